@@ -1,0 +1,157 @@
+"""`tandem lab ...`: a cluster of network-namespace hosts on this machine, and
+the faults to throw at it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tandem.errors import LabError
+from tandem.lab.lab import Lab
+
+app = typer.Typer(help="Network-namespace lab hosts and fault injection.", no_args_is_help=True)
+
+LabOpt = typer.Option(None, "--lab", "-l", help="lab name (default: $TANDEM_LAB or 'tandem')")
+
+
+def lab_name(name: str | None) -> str:
+    return name or os.environ.get("TANDEM_LAB") or "tandem"
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab creates namespaces and bridges: run as root")
+
+
+@app.command("up")
+def up(lab: str = LabOpt) -> None:
+    """Create the lab: hosts node1, node2, witness, client on a public and a
+    replication network."""
+    _require_root()
+    created = Lab.up(lab_name(lab))
+    _print_status(created.status())
+
+
+@app.command("down")
+def down(lab: str = LabOpt, keep_dir: bool = typer.Option(False, help="keep host directories")) -> None:
+    """Remove the lab: processes, mounts, loop devices, namespaces, bridges."""
+    _require_root()
+    removed = Lab.down_by_name(lab_name(lab), keep_dir=keep_dir)
+    typer.echo(f"lab {lab_name(lab)}: down ({len(removed)} objects removed)")
+
+
+@app.command("status")
+def status(lab: str = LabOpt, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Hosts, addresses, processes, partitions and slowed links."""
+    st = Lab.load(lab_name(lab)).status()
+    if json_out:
+        typer.echo(json.dumps(st, indent=2))
+    else:
+        _print_status(st)
+
+
+def _print_status(st: dict) -> None:
+    console = Console()
+    nets = ", ".join(f"{k} {v}" for k, v in st["networks"].items())
+    console.print(f"Lab [bold]{st['lab']}[/bold]  ({nets})  dir {st['dir']}")
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for col in ("host", "public", "replication", "links", "processes"):
+        table.add_column(col, justify="left")
+    for h in st["hosts"]:
+        procs = ", ".join(f"{p['name']}({p['pid']}{'' if p['running'] else ' dead'})"
+                          for p in h["processes"]) or "-"
+        table.add_row(h["name"], h["addresses"].get("public", "-"),
+                      h["addresses"].get("replication", "-"), h["links"], procs)
+    console.print(table)
+    if st["partitions"]:
+        cut = "; ".join(f"{a}->{b} ({n})" for a, b, n in st["partitions"])
+        console.print(f"Partitions: {cut}")
+    if st["slow"]:
+        console.print("Slow links: " + ", ".join(f"{k} {v}" for k, v in st["slow"].items()))
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(ctx: typer.Context, host: str, lab: str = LabOpt) -> None:
+    """Run a command inside a host: tandem lab exec node1 -- ip addr"""
+    if not ctx.args:
+        raise LabError("lab exec: give a command after the host, e.g. `tandem lab exec node1 -- ip addr`")
+    raise typer.Exit(Lab.load(lab_name(lab)).exec(host, ctx.args))
+
+
+@app.command("crash")
+def crash(host: str, lab: str = LabOpt) -> None:
+    """SIGKILL every process of a host and pull its cables."""
+    killed = Lab.load(lab_name(lab)).faults.crash(host)
+    typer.echo(f"{host}: crashed ({len(killed)} processes killed, links down)")
+
+
+@app.command("restart")
+def restart(host: str, lab: str = LabOpt) -> None:
+    """Bring a crashed host's links back up."""
+    Lab.load(lab_name(lab)).faults.restart(host)
+    typer.echo(f"{host}: links up")
+
+
+@app.command("partition")
+def partition(
+    side_a: str = typer.Argument(..., help="comma-separated hosts"),
+    side_b: str = typer.Argument(None, help="comma-separated hosts (default: all others)"),
+    net: str = typer.Option("both", help="public, replication or both"),
+    one_way: bool = typer.Option(False, "--one-way", help="drop only what A sends to B"),
+    lab: str = LabOpt,
+) -> None:
+    """Drop traffic between two sets of hosts."""
+    the_lab = Lab.load(lab_name(lab))
+    a = [h for h in side_a.split(",") if h]
+    b = [h for h in side_b.split(",") if h] if side_b else \
+        [h for h in the_lab.spec.host_names if h not in a]
+    the_lab.faults.partition(a, b, net=net, one_way=one_way)
+    arrow = "->" if one_way else "<->"
+    typer.echo(f"partitioned {','.join(a)} {arrow} {','.join(b)} on {net}")
+
+
+@app.command("heal")
+def heal(lab: str = LabOpt) -> None:
+    """Remove every partition."""
+    Lab.load(lab_name(lab)).faults.heal()
+    typer.echo("healed")
+
+
+@app.command("pause")
+def pause(host: str, process: str, lab: str = LabOpt) -> None:
+    """SIGSTOP a process started in a host."""
+    Lab.load(lab_name(lab)).faults.pause(host, process)
+    typer.echo(f"{host}/{process}: paused")
+
+
+@app.command("resume")
+def resume(host: str, process: str, lab: str = LabOpt) -> None:
+    """SIGCONT a paused process."""
+    Lab.load(lab_name(lab)).faults.resume(host, process)
+    typer.echo(f"{host}/{process}: resumed")
+
+
+@app.command("slow")
+def slow(host: str, rate: str = typer.Argument(..., help="tc rate, e.g. 1mbit"),
+         net: str = typer.Option("both"), lab: str = LabOpt) -> None:
+    """Rate-limit a host's links (tbf)."""
+    Lab.load(lab_name(lab)).faults.slow(host, rate, net)
+    typer.echo(f"{host}: limited to {rate} on {net}")
+
+
+@app.command("unslow")
+def unslow(host: str, lab: str = LabOpt) -> None:
+    """Remove a host's rate limits."""
+    Lab.load(lab_name(lab)).faults.unslow(host)
+    typer.echo(f"{host}: rate limits removed")
+
+
+@app.command("events")
+def events(lab: str = LabOpt, kind: str = typer.Option(None)) -> None:
+    """Print the lab's event log (JSON lines, CLOCK_MONOTONIC timestamps)."""
+    for ev in Lab.load(lab_name(lab)).events.iter(kind):
+        typer.echo(json.dumps(ev, sort_keys=True))

@@ -1,0 +1,52 @@
+"""The `tandem` command: one entry point, one sub-command group per room.
+
+Every user-facing failure is a TandemError, printed here as one line on stderr
+with a non-zero exit; nothing below this module prints tracebacks at users.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tandem.cli import config_cmd, demo_cmd, lab_cmd
+from tandem.errors import TandemError
+
+app = typer.Typer(
+    name="tandem",
+    help="High availability for a database-backed management tier, on one tested stack.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(lab_cmd.app, name="lab")
+app.command("demo")(demo_cmd.demo)
+
+
+def run() -> None:
+    try:
+        app(standalone_mode=False)
+    except TandemError as e:
+        for line in str(e).splitlines() or ["error"]:
+            print(f"tandem: {line}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("tandem: aborted", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("tandem: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+        if isinstance(e, click.ClickException):
+            print(f"tandem: {e.format_message()}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""The per-node agent (the Heartbeat/Pacemaker role): HA loop, resources, fencing."""

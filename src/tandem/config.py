@@ -1,0 +1,247 @@
+"""The one TOML file that describes a tandem cluster.
+
+Validated with pydantic so that every problem is reported at once, each as one
+line that names the key and says what is wrong (`nodes.node2.replication_address:
+not an IPv4 address`). Unknown keys are errors: a typo must never silently turn
+into a default. Secrets are given as file paths and read only when needed, so the
+parsed config (and anything that prints it) never holds a secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tandem.errors import ConfigError
+
+NAME_RE = r"^[a-z][a-z0-9-]{0,14}$"
+Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+def _address_text(v: Any) -> Any:
+    # pydantic would take 12 as 0.0.0.12: an address must be written as text.
+    if not isinstance(v, str | ipaddress.IPv4Address | ipaddress.IPv4Interface):
+        raise ValueError("not an IPv4 address (write it as a string, like \"10.0.0.1\")")
+    return v
+
+
+IPv4 = Annotated[ipaddress.IPv4Address, BeforeValidator(_address_text)]
+IPv4If = Annotated[ipaddress.IPv4Interface, BeforeValidator(_address_text)]
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2,
+              "g": 1024**3, "gib": 1024**3, "t": 1024**4, "tib": 1024**4}
+
+
+def parse_size(value: Any) -> int:
+    """Accept 1073741824, "1GiB", "512M" and return bytes."""
+    if isinstance(value, bool):
+        raise ValueError("not a size (use bytes or a string like '1GiB')")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+        if not m or m.group(2).lower() not in SIZE_UNITS:
+            raise ValueError(f"not a size: {value!r} (use bytes or a string like '1GiB')")
+        size = int(m.group(1)) * SIZE_UNITS[m.group(2).lower()]
+    else:
+        raise ValueError("not a size (use bytes or a string like '1GiB')")
+    if size <= 0:
+        raise ValueError("size must be positive")
+    return size
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Strict):
+    """A secret kept in a file; only the path is part of the config."""
+
+    file: Path
+
+    def read(self) -> bytes:
+        data = self.file.read_bytes().strip()
+        if len(data) < 16:
+            raise ConfigError([f"{self.file}: secret too short (need at least 16 bytes)"])
+        return data
+
+
+class Node(Strict):
+    public_address: IPv4
+    replication_address: IPv4 | None = None
+    nofailover: bool = False
+
+
+class Witness(Strict):
+    name: Name = "witness"
+    public_address: IPv4
+    replication_address: IPv4 | None = None
+
+
+class Volume(Strict):
+    size: int
+    port: int = Field(default=7789, ge=1, le=65535)
+    backing: Path
+    metadata: Path
+    protocol: Literal["C"] = "C"
+    ping_timeout: float = Field(default=0.5, gt=0, le=30)
+    resync_rate: int | None = None  # bytes/s cap, None = controller decides
+    fence_peer_command: str | None = None
+
+    @field_validator("size", "resync_rate", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else parse_size(v)
+
+
+class Vip(Strict):
+    address: IPv4If
+    network: Literal["public", "replication"] = "public"
+
+
+class Database(Strict):
+    kind: Literal["mariadb"] = "mariadb"
+    mountpoint: Path
+    port: int = Field(default=3306, ge=1, le=65535)
+    vip: Vip | None = None
+
+
+class Etcd(Strict):
+    embedded: bool = True
+    endpoints: list[str] = Field(default_factory=list)
+    lease_ttl: float = Field(default=1.0, gt=0, le=60)
+
+
+class Cluster(Strict):
+    name: Name
+    secret: SecretRef
+
+
+class Config(Strict):
+    cluster: Cluster
+    nodes: dict[Name, Node]
+    witness: Witness | None = None
+    etcd: Etcd = Etcd()
+    volumes: dict[Name, Volume] = Field(default_factory=dict)
+    database: Database | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        problems: list[tuple[str, str]] = []
+        if len(self.nodes) < 2:
+            problems.append(("nodes", "need at least two data nodes"))
+        seen: dict[ipaddress.IPv4Address, str] = {}
+        hosts: list[tuple[str, Node | Witness]] = [(f"nodes.{n}", v) for n, v in self.nodes.items()]
+        if self.witness:
+            hosts.append(("witness", self.witness))
+            if self.witness.name in self.nodes:
+                problems.append(("witness.name", f"{self.witness.name!r} is also a data node"))
+        for where, host in hosts:
+            for field in ("public_address", "replication_address"):
+                addr = getattr(host, field)
+                if addr is None:
+                    continue
+                if addr in seen:
+                    problems.append((f"{where}.{field}", f"duplicate address {addr} (also {seen[addr]})"))
+                else:
+                    seen[addr] = f"{where}.{field}"
+        for name, vol in self.volumes.items():
+            for n, node in self.nodes.items():
+                if node.replication_address is None:
+                    problems.append((f"nodes.{n}.replication_address",
+                                     f"required by volumes.{name} (the replication network)"))
+            if vol.backing == vol.metadata:
+                problems.append((f"volumes.{name}.metadata", "must differ from backing"))
+        vip = self.database.vip.address.ip if self.database and self.database.vip else None
+        if vip in seen:
+            problems.append(("database.vip.address", f"{vip} is already {seen[vip]}"))
+        if not self.etcd.embedded and not self.etcd.endpoints:
+            problems.append(("etcd.endpoints", "required when etcd.embedded = false"))
+        if problems:
+            raise ValueError(";;".join(f"{k}: {m}" for k, m in problems))
+        return self
+
+
+MESSAGES = {
+    "ip_v4_address": "not an IPv4 address",
+    "ip_v4_interface": "not an IPv4 address with prefix (like 10.0.0.5/24)",
+    "extra_forbidden": "unknown key (check the spelling; see the README for the keys)",
+    "missing": "required key is missing",
+    "int_type": "not an integer",
+    "int_parsing": "not an integer",
+    "float_type": "not a number",
+    "float_parsing": "not a number",
+    "bool_type": "not true or false",
+    "bool_parsing": "not true or false",
+    "string_type": "not a string",
+    "dict_type": "not a table",
+    "model_type": "not a table",
+    "list_type": "not a list",
+    "path_type": "not a path",
+    "literal_error": None,  # pydantic's text lists the allowed values
+    "string_pattern_mismatch": "not a valid name (lowercase letters, digits, '-', at most 15)",
+}
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = MESSAGES.get(e["type"]) or e["msg"]
+        if e["type"] == "value_error" and ";;" in msg:
+            lines.extend(part.removeprefix("Value error, ") for part in msg.split(";;"))
+            continue
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return lines
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError([f"{source}: {line}" for line in _format_errors(err)]) from None
+    return cfg
+
+
+def load_config(path: str | Path, check_secrets: bool = True) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read ({e.strerror})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML ({e})"]) from None
+    cfg = parse_config(data, str(path))
+    secret = cfg.cluster.secret.file
+    if not secret.is_absolute():
+        secret = (path.parent / secret).resolve()
+        cluster = cfg.cluster.model_copy(update={"secret": SecretRef(file=secret)})
+        cfg = cfg.model_copy(update={"cluster": cluster})
+    if check_secrets:
+        problems = []
+        if not secret.is_file():
+            problems.append(f"{path}: cluster.secret.file: no such file {secret} (create it with"
+                            " `head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE`)")
+        elif secret.stat().st_mode & 0o077:
+            problems.append(f"{path}: cluster.secret.file: {secret} is readable by others"
+                            " (chmod 600 it)")
+        if problems:
+            raise ConfigError(problems)
+    return cfg

@@ -1,0 +1,1 @@
+"""A cluster on one machine: network-namespace hosts, fault injection, event log."""

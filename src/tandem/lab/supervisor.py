@@ -1,0 +1,164 @@
+"""Start processes inside a lab host and stop exactly those processes.
+
+Each process gets its own session (so its whole group can be signalled), its
+output in the host's log directory, and a record file `run/procs/<name>.json`
+with its pid. Stopping and crashing go by those recorded pids and by the pids
+that live in the host's network namespace, which only the lab created: never
+by matching process names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tandem.errors import LabError
+from tandem.lab.shell import ns_prefix, run
+
+
+@dataclass(frozen=True)
+class ProcRecord:
+    host: str
+    name: str
+    pid: int
+    cmd: list[str]
+    log: str
+    started: float
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def pids_in_netns(netns: str) -> list[int]:
+    proc = run(["ip", "netns", "pids", netns], check=False)
+    return [int(p) for p in proc.stdout.split()] if proc.returncode == 0 else []
+
+
+class Supervisor:
+    """The processes of one host."""
+
+    def __init__(self, host: str, netns: str, host_dir: Path):
+        self.host = host
+        self.netns = netns
+        self.host_dir = host_dir
+        self.proc_dir = host_dir / "run" / "procs"
+        self.log_dir = host_dir / "log"
+        self._children: dict[int, subprocess.Popen] = {}
+
+    def _record_path(self, name: str) -> Path:
+        return self.proc_dir / f"{name}.json"
+
+    def start(self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> ProcRecord:
+        existing = self.get(name)
+        if existing and pid_alive(existing.pid):
+            raise LabError(f"{self.host}: process {name!r} already running (pid {existing.pid})")
+        self.proc_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        full_env = {**os.environ, "TANDEM_LAB_HOST": self.host, **(env or {})}
+        with open(log, "ab") as out:
+            child = subprocess.Popen(
+                [*ns_prefix(self.netns), *cmd], stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, env=full_env, cwd=str(cwd or self.host_dir),
+                start_new_session=True)
+        self._children[child.pid] = child
+        rec = ProcRecord(self.host, name, child.pid, list(cmd), str(log), time.time())
+        self._record_path(name).write_text(json.dumps(rec.__dict__))
+        return rec
+
+    def get(self, name: str) -> ProcRecord | None:
+        try:
+            return ProcRecord(**json.loads(self._record_path(name).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def records(self) -> list[ProcRecord]:
+        if not self.proc_dir.exists():
+            return []
+        return [ProcRecord(**json.loads(p.read_text())) for p in sorted(self.proc_dir.glob("*.json"))]
+
+    def require(self, name: str) -> ProcRecord:
+        rec = self.get(name)
+        if rec is None:
+            raise LabError(f"{self.host}: no process named {name!r} was started")
+        return rec
+
+    def signal(self, name: str, sig: int) -> None:
+        rec = self.require(name)
+        if not pid_alive(rec.pid):
+            raise LabError(f"{self.host}: process {name!r} (pid {rec.pid}) is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rec.pid, sig)
+
+    def stop(self, name: str, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process group, SIGKILL after `timeout`; return the exit code
+        when it was our child."""
+        rec = self.get(name)
+        if rec is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rec.pid, signal.SIGCONT)
+            os.killpg(rec.pid, signal.SIGTERM)
+        if not self._wait(rec.pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(rec.pid, signal.SIGKILL)
+            self._wait(rec.pid, 5)
+        code = self._reap(rec.pid)
+        self._record_path(name).unlink(missing_ok=True)
+        return code
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL every recorded process group and everything else in the host's
+        namespace; return the pids that were killed."""
+        killed = []
+        for rec in self.records():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(rec.pid, signal.SIGKILL)
+                killed.append(rec.pid)
+        for pid in pids_in_netns(self.netns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for pid in killed:
+                self._reap(pid)
+            if not any(pid_alive(p) for p in killed) and not pids_in_netns(self.netns):
+                break
+            time.sleep(0.02)
+        for rec in self.records():
+            self._record_path(rec.name).unlink(missing_ok=True)
+        return sorted(set(killed))
+
+    def _reap(self, pid: int) -> int | None:
+        child = self._children.get(pid)
+        if child is not None:
+            code = child.poll()
+            if code is not None:
+                del self._children[pid]
+            return code
+        return None
+
+    def _wait(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._reap(pid)
+            if not pid_alive(pid):
+                return True
+            time.sleep(0.02)
+        return False

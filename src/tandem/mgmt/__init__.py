@@ -1,0 +1,1 @@
+"""CloudStack-compatible management server and the simulated hypervisor host."""

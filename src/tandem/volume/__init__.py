@@ -1,0 +1,1 @@
+"""The replicated block device (the DRBD role): synchronous replication in user space."""

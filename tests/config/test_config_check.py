@@ -1,0 +1,122 @@
+"""`tandem config check` accepts a good file and names every bad key."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tandem.config import load_config, parse_size
+from tandem.errors import ConfigError
+from tests.conftest import run_tandem
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster.toml"
+
+
+@pytest.fixture
+def cfgdir(tmp_path: Path) -> Path:
+    shutil.copy(EXAMPLE, tmp_path / "cluster.toml")
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    os.chmod(secret, 0o600)
+    return tmp_path
+
+
+def edit(cfgdir: Path, old: str, new: str) -> Path:
+    path = cfgdir / "cluster.toml"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def check(path: Path) -> tuple[int, list[str]]:
+    proc = run_tandem("config", "check", str(path))
+    return proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()
+
+
+def test_example_is_ok(cfgdir):
+    code, lines = check(cfgdir / "cluster.toml")
+    assert (code, lines) == (0, ["ok"])
+    cfg = load_config(cfgdir / "cluster.toml")
+    assert cfg.volumes["db"].size == 1024**3
+    assert cfg.cluster.secret.file == (cfgdir / "secret").resolve()
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ('replication_address = "10.100.2.12"', 'replication_address = "10.100.2.300"',
+     "nodes.node2.replication_address: not an IPv4 address"),
+    ('port = 7789', 'port = "seven"', "volumes.db.port: not an integer"),
+    ('port = 7789', 'port = 70000', "volumes.db.port: Input should be less than or equal to 65535"),
+    ('ping_timeout = 0.5', 'ping_timout = 0.5', "volumes.db.ping_timout: unknown key"),
+    ('[etcd]', '[etcdd]', "etcdd: unknown key"),
+    ('public_address = "10.100.1.12"', 'public_address = "10.100.1.11"',
+     "nodes.node2.public_address: duplicate address 10.100.1.11 (also nodes.node1.public_address)"),
+    ('size = "1GiB"', 'size = "1 parsec"', "volumes.db.size: not a size: '1 parsec'"),
+    ('[nodes.node2]', '[nodes.Node_2]', "nodes.Node_2.[key]: not a valid name"),
+    ('name = "cloud"', '', "cluster.name: required key is missing"),
+    ('address = "10.100.1.100/24"', 'address = "10.100.1.12/24"',
+     "database.vip.address: 10.100.1.12 is already nodes.node2.public_address"),
+    ('embedded = true', 'embedded = false', "etcd.endpoints: required when etcd.embedded = false"),
+])
+def test_bad_values_are_named(cfgdir, old, new, expected):
+    code, lines = check(edit(cfgdir, old, new))
+    assert code == 2
+    assert any(expected in line for line in lines), lines
+    assert all(line.startswith("tandem: ") for line in lines)
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_every_problem_is_reported_at_once(cfgdir):
+    edit(cfgdir, 'replication_address = "10.100.2.12"', 'replication_address = 12')
+    code, lines = check(edit(cfgdir, 'ping_timeout = 0.5', 'pingtimeout = 0.5'))
+    assert code == 2
+    assert len(lines) == 2, lines
+
+
+def test_missing_secret_file(cfgdir):
+    (cfgdir / "secret").unlink()
+    code, lines = check(cfgdir / "cluster.toml")
+    assert code == 2
+    assert len(lines) == 1
+    assert "cluster.secret.file: no such file" in lines[0]
+
+
+def test_secret_readable_by_others_is_refused(cfgdir):
+    os.chmod(cfgdir / "secret", 0o644)
+    code, lines = check(cfgdir / "cluster.toml")
+    assert code == 2 and "readable by others" in lines[0]
+
+
+def test_secret_never_printed(cfgdir):
+    cfg = load_config(cfgdir / "cluster.toml")
+    dumped = repr(cfg) + cfg.model_dump_json()
+    assert "0123456789abcdef" not in dumped
+    assert cfg.cluster.secret.read() == b"0123456789abcdef0123456789abcdef"
+
+
+def test_not_toml_and_missing_file(cfgdir):
+    path = cfgdir / "cluster.toml"
+    path.write_text("[cluster\nname=")
+    code, lines = check(path)
+    assert code == 2 and len(lines) == 1 and "not valid TOML" in lines[0]
+    code, lines = check(cfgdir / "nope.toml")
+    assert code == 2 and "cannot read" in lines[0]
+
+
+def test_parse_size():
+    assert parse_size("4KiB") == 4096
+    assert parse_size(512) == 512
+    assert parse_size("2G") == 2 * 1024**3
+    for bad in ("-1", "1.5G", "", True, 0):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_config_error_type():
+    from tandem.config import parse_config
+    with pytest.raises(ConfigError) as err:
+        parse_config({"cluster": {"name": "x"}, "nodes": {}})
+    assert any("cluster.secret: required key is missing" in p for p in err.value.problems)

@@ -1,0 +1,148 @@
+"""Each fault primitive really acts on traffic and processes, and heals."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from tandem.errors import LabError
+from tests.lab.netprobe import ping, udp_reaches
+
+HTTP_GET = (
+    "import sys, urllib.request\n"
+    "try:\n"
+    "    urllib.request.urlopen(f'http://{sys.argv[1]}:8000/', timeout=float(sys.argv[2])).read()\n"
+    "    print('OK')\n"
+    "except Exception as e:\n"
+    "    print('FAIL', type(e).__name__)\n"
+)
+
+
+def http_ok(lab, src, dst, timeout=1.0) -> bool:
+    out = lab.run(src, [sys.executable, "-c", HTTP_GET, lab.address(dst), str(timeout)],
+                  timeout=timeout + 10).stdout
+    return out.strip() == "OK"
+
+
+def test_hosts_reach_each_other_on_their_networks(healed):
+    lab = healed
+    assert ping(lab, "node1", "node2", "public")
+    assert ping(lab, "node1", "node2", "replication")
+    assert ping(lab, "client", "witness", "public")
+    # The client has no cable on the replication network.
+    with pytest.raises(LabError):
+        lab.address("client", "replication")
+    assert ping(lab, "client", "node1", "public") is not False  # sanity: probe returns bool
+
+
+def test_partition_blocks_exactly_the_chosen_pairs(healed):
+    lab = healed
+    lab.faults.partition(["node1"], ["node2"], net="public")
+    assert not ping(lab, "node1", "node2", "public")
+    assert not ping(lab, "node2", "node1", "public")
+    # Other network and other pairs are untouched.
+    assert ping(lab, "node1", "node2", "replication")
+    assert ping(lab, "node1", "witness", "public")
+    assert ping(lab, "client", "node2", "public")
+    lab.faults.heal()
+    assert ping(lab, "node1", "node2", "public")
+
+
+def test_one_way_partition_blocks_one_direction(healed):
+    lab = healed
+    lab.faults.partition(["node1"], ["node2"], net="replication", one_way=True)
+    assert not udp_reaches(lab, "node1", "node2", "replication")
+    assert udp_reaches(lab, "node2", "node1", "replication")
+    lab.faults.heal()
+    assert udp_reaches(lab, "node1", "node2", "replication")
+
+
+def test_isolate_cuts_a_host_from_everyone(healed):
+    lab = healed
+    lab.faults.isolate("witness")
+    for other in ("node1", "node2", "client"):
+        assert not ping(lab, other, "witness", "public")
+    assert ping(lab, "node1", "node2", "public")
+    events = [e for e in lab.events.read("fault") if e["fault"] == "partition"]
+    assert events and events[-1]["a"] == ["witness"]
+
+
+def test_crash_kills_every_process_of_the_host_and_restart_brings_links_back(healed):
+    lab = healed
+    a = lab.spawn("node2", "sleeper-a", ["sleep", "300"])
+    b = lab.spawn("node2", "sleeper-b", ["sh", "-c", "sleep 300 & sleep 300; wait"])
+    other = lab.spawn("node1", "sleeper", ["sleep", "300"])
+    from tandem.lab.supervisor import pid_alive, pids_in_netns
+    time.sleep(0.2)
+    assert len(pids_in_netns(lab.spec.netns("node2"))) >= 3
+    t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
+    killed = lab.faults.crash("node2")
+    assert a.pid in killed and b.pid in killed
+    assert pids_in_netns(lab.spec.netns("node2")) == []
+    assert not pid_alive(a.pid) and not pid_alive(b.pid)
+    assert pid_alive(other.pid), "a crash of node2 must not touch node1"
+    assert not ping(lab, "node1", "node2", "public")
+    crash_events = [e for e in lab.events.read("fault") if e["fault"] == "crash"]
+    assert crash_events[-1]["host"] == "node2" and crash_events[-1]["t"] >= t0
+    lab.faults.restart("node2")
+    assert ping(lab, "node1", "node2", "public")
+    assert ping(lab, "node1", "node2", "replication")
+    lab.stop("node1", "sleeper")
+    assert not pid_alive(other.pid)
+
+
+def test_pause_stops_a_process_from_answering(healed):
+    lab = healed
+    lab.spawn("node2", "web", [sys.executable, "-m", "http.server", "--bind",
+                               lab.address("node2"), "8000"])
+    try:
+        deadline = time.monotonic() + 10
+        while not http_ok(lab, "client", "node2") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert http_ok(lab, "client", "node2")
+        lab.faults.pause("node2", "web")
+        assert not http_ok(lab, "client", "node2", timeout=1.0)
+        lab.faults.resume("node2", "web")
+        assert http_ok(lab, "client", "node2", timeout=5.0)
+    finally:
+        lab.stop("node2", "web")
+
+
+def test_slow_link_limits_throughput(healed):
+    lab = healed
+    sink = ("import socket,sys\ns=socket.socket();s.bind((sys.argv[1],9100));s.listen()\n"
+            "c,_=s.accept()\nwhile c.recv(65536): pass\n")
+    source = ("import socket,sys,time\nt=time.monotonic();s=socket.create_connection((sys.argv[1],9100))\n"
+              "s.sendall(b'x'*int(sys.argv[2]));s.shutdown(1);s.recv(1);print(time.monotonic()-t)\n")
+
+    def transfer_seconds(nbytes: int) -> float:
+        lab.spawn("node2", "sink", [sys.executable, "-c", sink, lab.address("node2")])
+        try:
+            time.sleep(0.3)
+            out = lab.run("node1", [sys.executable, "-c", source, lab.address("node2"),
+                                    str(nbytes)], timeout=30).stdout
+            return float(out.strip())
+        finally:
+            lab.stop("node2", "sink")
+
+    fast = transfer_seconds(1_000_000)
+    lab.faults.slow("node1", "8mbit", net="public")
+    slow = transfer_seconds(1_000_000)
+    lab.faults.unslow("node1")
+    # 1 MB at 8 Mbit/s needs about a second; unshaped it takes milliseconds.
+    assert slow > 5 * fast, (fast, slow)
+    assert slow > 0.5
+
+
+def test_unknown_hosts_and_networks_are_clear_errors(healed):
+    lab = healed
+    with pytest.raises(LabError, match="no host 'node9'"):
+        lab.faults.partition(["node1"], ["node9"])
+    with pytest.raises(LabError, match="network 'pubic'"):
+        lab.faults.partition(["node1"], ["node2"], net="pubic")
+    with pytest.raises(LabError, match="on both sides"):
+        lab.faults.partition(["node1"], ["node1"])
+    with pytest.raises(LabError, match="no process named"):
+        lab.faults.pause("node1", "nothing")
