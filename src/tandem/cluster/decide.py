@@ -1,0 +1,168 @@
+"""The HA decision core: one cluster snapshot and the node's own state in, one
+action and the sentence that explains it out (after Patroni's ``_run_cycle``).
+
+Sans-IO: no DCS, clock, resource or sleep in here; the caller passes `now`
+(monotonic) and carries the decision out. Read :func:`decide` top to bottom:
+it is the decision table, a flat list of early-return guards followed by one
+fork on who holds the leader key. The branches are small functions, one
+concern each.
+
+Safety rules it keeps (and ``tests/cluster_decide`` checks for every input):
+
+- only the key holder leads (PROMOTE/LEAD), and only within its lease deadline
+  minus a margin; past it, a holder always demotes (except in maintenance,
+  where the operator owns the resources, as in Pacemaker and Patroni's pause);
+- a node races for the key only when the key is free, and takes it over from
+  a living key only with a fence confirmed for exactly that key;
+- a node whose disk is not UpToDate, locally or per the DCS, never seeks or
+  keeps leadership; nor does an unhealthy, nofailover or standby node seek it.
+
+What the driver owes it: call decide() at least every renewal interval and
+also at ``lease_deadline - margin`` even while a DCS call is still pending
+(never only after an awaited call returns), and carry out DEMOTE within the
+margin. With TTL 1 s, keepalives every 0.25 s and a 0.5 s operation timeout,
+a margin of 0.3 s leaves at least 0.3 s between the demotion and the earliest
+moment the key can vanish (keepalive sent + TTL, see ``tandem.dcs.base.Renewal``).
+"""
+
+from __future__ import annotations
+
+from tandem.cluster.view import Action, Decision, LocalState
+from tandem.dcs.view import ClusterView, Leader
+from tandem.volume.states import DiskState
+
+
+def decide(view: ClusterView, local: LocalState, now: float) -> Decision:
+    """What this node does now, and why."""
+    me = local.node
+    holds_key = view.is_leader(me)
+    if view.maintenance:
+        return Decision(Action.NOTHING, "maintenance mode is on: leaving resources and keys alone")
+    if (local.is_primary or holds_key) and local.deadline_passed(now):
+        return Decision(Action.DEMOTE, _deadline_sentence(local, now))
+    if not local.dcs_ok:
+        if local.is_primary:
+            left = local.lease_deadline - local.margin - now  # type: ignore[operator]
+            return Decision(Action.LEAD, f"the DCS is unreachable: keeping resources for at most"
+                                         f" {left:.2f} s more, until the lease deadline minus margin")
+        return Decision(Action.FOLLOW, "the DCS is unreachable: staying secondary")
+    if view.leader is None:
+        return _no_leader(view, local)
+    if holds_key:
+        return _as_leader(view, local, view.leader)
+    return _as_follower(view, local, view.leader)
+
+
+# --- eligibility ---------------------------------------------------------------------
+def disk_problems(view: ClusterView, local: LocalState) -> list[str]:
+    """Why this node's data may not be served as primary; empty if it may."""
+    why = [] if local.disk_state is DiskState.UP_TO_DATE else [f"its disk is {local.disk_state or 'unknown'}"]
+    return why + [f"the DCS records {w}" for w in view.not_up_to_date(local.node)]
+
+
+def why_not_eligible(view: ClusterView, local: LocalState) -> list[str]:
+    """Why this node may not become leader; empty if it may."""
+    why = [] if local.healthy else ["it is not healthy"]
+    why += disk_problems(view, local)
+    member = view.member(local.node)
+    if local.nofailover or (member is not None and member.nofailover):
+        why.append("nofailover is set")
+    if view.is_standby(local.node):
+        why.append("it is in standby")
+    return why
+
+
+def peer_is_eligible(view: ClusterView, node: str) -> bool:
+    """Whether `node` could take over, judged from its member key and the volume records."""
+    m = view.member(node)
+    return (m is not None and m.healthy and not m.nofailover and not view.is_standby(node)
+            and m.disk_state is DiskState.UP_TO_DATE and view.up_to_date_everywhere(node))
+
+
+def _successor(view: ClusterView, me: str) -> str | None:
+    """The eligible peer to hand over to (the first by name: deterministic)."""
+    return next((m.node for m in view.members if m.node != me and peer_is_eligible(view, m.node)), None)
+
+
+# --- the fork ------------------------------------------------------------------------
+def _no_leader(view: ClusterView, local: LocalState) -> Decision:
+    why = why_not_eligible(view, local)
+    if why:
+        if local.is_primary:
+            return Decision(Action.DEMOTE, f"demoting: nobody holds the leader key and this node may not"
+                                           f" take it because {_and(why)}")
+        return Decision(Action.FOLLOW, f"staying secondary: nobody holds the leader key but this node"
+                                       f" may not take it because {_and(why)}")
+    wanted = view.switchover.candidate if view.switchover else None
+    if wanted and wanted != local.node and peer_is_eligible(view, wanted):
+        return Decision(Action.FOLLOW, f"staying secondary: the operator asked for {wanted} to take"
+                                       f" over and it is eligible", target=wanted)
+    verb = "keeping the primary role" if local.is_primary else "promoting"
+    return Decision(Action.ACQUIRE, f"racing for the free leader key (epoch {view.epoch + 1}), then"
+                                    f" {verb}: this node is healthy and its disk is UpToDate")
+
+
+def _as_leader(view: ClusterView, local: LocalState, leader: Leader) -> Decision:
+    me = local.node
+    successor = _successor(view, me)
+    disk_bad = disk_problems(view, local)
+    if disk_bad:
+        return Decision(Action.STEP_DOWN, f"stepping down from epoch {leader.epoch}: {_and(disk_bad)}",
+                        target=successor)
+    if not local.healthy and successor:
+        return Decision(Action.STEP_DOWN, f"stepping down from epoch {leader.epoch}: resources are"
+                                          f" unhealthy and {successor} can take over", target=successor)
+    if view.is_standby(me):
+        tail = f"handing over to {successor}" if successor else "no eligible peer: the service stops"
+        return Decision(Action.STEP_DOWN, f"stepping down: this node is in standby, {tail}", target=successor)
+    sw = view.switchover
+    if sw is not None and sw.leader in (me, None) and sw.candidate != me:
+        target = sw.candidate or successor
+        if target and peer_is_eligible(view, target):
+            return Decision(Action.STEP_DOWN, f"stepping down for the requested switchover to {target}",
+                            target=target)
+        return _lead(view, local, leader, f"ignoring the switchover request: "
+                     f"{(target + ' is') if target else 'no peer is'} not eligible", clear=True)
+    stale = sw is not None and (sw.leader not in (me, None) or sw.candidate == me)
+    if not local.healthy:
+        return _lead(view, local, leader, "resources are unhealthy and no peer can take over", clear=stale)
+    return _lead(view, local, leader, "", clear=stale)
+
+
+def _lead(view: ClusterView, local: LocalState, leader: Leader, note: str, clear: bool) -> Decision:
+    tail = f" ({note})" if note else ""
+    if not local.is_primary:
+        return Decision(Action.PROMOTE, f"holding the leader key (epoch {leader.epoch}): starting the"
+                                        f" resource group{tail}", clear_switchover=clear)
+    return Decision(Action.LEAD, f"holding the leader key (epoch {leader.epoch}): renewing the lease and"
+                                 f" keeping resources started{tail}", clear_switchover=clear)
+
+
+def _as_follower(view: ClusterView, local: LocalState, leader: Leader) -> Decision:
+    other = leader.node
+    if local.is_primary:
+        return Decision(Action.DEMOTE, f"demoting: {other} holds the leader key (epoch {leader.epoch})")
+    why = why_not_eligible(view, local)
+    if local.fenced_token == leader.revision:
+        if why:
+            return Decision(Action.FOLLOW, f"staying secondary: {other} is fenced but this node may not"
+                                           f" take over because {_and(why)}")
+        return Decision(Action.FENCED_TAKEOVER, f"taking over from {other} without waiting for its lease:"
+                                                f" the fencing agent confirmed it is off", target=other)
+    if local.leader_unreachable and local.fencing and not why:
+        return Decision(Action.FENCE_LEADER, f"fencing {other}: it holds the leader key (epoch"
+                                             f" {leader.epoch}) but looks dead", target=other)
+    return Decision(Action.FOLLOW, f"following {other} (epoch {leader.epoch}) as secondary")
+
+
+# --- sentences -----------------------------------------------------------------------
+def _deadline_sentence(local: LocalState, now: float) -> str:
+    if local.lease_deadline is None:
+        return "demoting: this node writes or holds the key without a lease it has renewed"
+    late = now - (local.lease_deadline - local.margin)
+    return (f"demoting: the lease could not be renewed and its deadline minus the {local.margin:.2f} s"
+            f" margin passed {late:.2f} s ago")
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

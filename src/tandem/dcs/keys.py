@@ -1,0 +1,139 @@
+"""Where each piece of cluster state lives in the key space, and how it is encoded.
+
+Pure functions, no I/O: the etcd backend reads every key under the cluster's
+prefix in one range request (so the snapshot is one revision) and hands the raw
+key-values to :func:`view_from_kvs`. Values are JSON with sorted keys, so the
+same value always encodes to the same bytes and a transaction can compare a
+value byte for byte (the leader key's value is compared that way).
+
+Layout under ``/tandem/<cluster>/``::
+
+    leader               {"node", "epoch"}          on the holder's lease
+    epoch                {"epoch"}                  last epoch handed out (no lease)
+    members/<node>       Member                     on the node's lease
+    volume/<resource>    VolumeState                written by the leader, fenced
+    switchover           Switchover                 written by the operator
+    maintenance          {}                         present = maintenance on
+    standby/<node>       {}                         present = node in standby
+    history              [HistoryEntry, ...]        appended by the leader, fenced
+
+``epoch`` and ``standby/`` are additions to the DESIGN list: the epoch must
+survive the leader key (which vanishes with its lease), and standby is an
+operator's order about a node that its own lease-bound member key cannot carry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from tandem.dcs.view import (
+    ClusterView,
+    Leader,
+    Member,
+    Switchover,
+    VolumeState,
+    history_from_value,
+)
+
+HISTORY_LIMIT = 100  #: entries kept in the history key, oldest dropped first
+
+
+@dataclass(frozen=True, slots=True)
+class RawKV:
+    """One key as the DCS returned it."""
+
+    key: str
+    value: bytes
+    create_revision: int = 0
+    mod_revision: int = 0
+    lease: int = 0
+
+
+class Keys:
+    """Key names of one cluster."""
+
+    def __init__(self, cluster: str):
+        if not cluster or "/" in cluster:
+            raise ValueError(f"cluster name {cluster!r}: must be non-empty and contain no '/'")
+        self.cluster = cluster
+        self.prefix = f"/tandem/{cluster}/"
+        self.leader = self.prefix + "leader"
+        self.epoch = self.prefix + "epoch"
+        self.members = self.prefix + "members/"
+        self.volumes = self.prefix + "volume/"
+        self.switchover = self.prefix + "switchover"
+        self.maintenance = self.prefix + "maintenance"
+        self.standbys = self.prefix + "standby/"
+        self.history = self.prefix + "history"
+
+    def member(self, node: str) -> str:
+        return self.members + _name(node)
+
+    def volume(self, resource: str) -> str:
+        return self.volumes + _name(resource)
+
+    def standby(self, node: str) -> str:
+        return self.standbys + _name(node)
+
+
+def _name(part: str) -> str:
+    if not part or "/" in part:
+        raise ValueError(f"{part!r}: a node or resource name must be non-empty and contain no '/'")
+    return part
+
+
+def encode(value: Any) -> bytes:
+    """Canonical JSON: equal values give equal bytes (transactions compare them)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def view_from_kvs(keys: Keys, revision: int, kvs: Iterable[RawKV]) -> ClusterView:
+    """Build the snapshot from every key under the prefix.
+
+    Garbage in a value never breaks the view: an undecodable leader key still
+    counts as held (nobody may take a key that exists), other undecodable keys
+    are skipped.
+    """
+    leader = switchover = None
+    members: list[Member] = []
+    volumes: list[VolumeState] = []
+    standby: set[str] = set()
+    history: tuple = ()
+    maintenance = False
+    epoch = epoch_rev = 0
+    for kv in kvs:
+        data = decode(kv.value)
+        ok = isinstance(data, dict)
+        if kv.key == keys.leader:
+            leader = Leader.from_value(data if ok else {"node": "<undecodable>"},
+                                       kv.create_revision, kv.lease)
+        elif kv.key == keys.epoch:
+            epoch, epoch_rev = (int(data.get("epoch", 0)) if ok else 0), kv.mod_revision
+        elif kv.key == keys.maintenance:
+            maintenance = True
+        elif kv.key == keys.switchover and ok:
+            switchover = Switchover.from_value(data, kv.mod_revision)
+        elif kv.key == keys.history and isinstance(data, list):
+            history = history_from_value(d for d in data if isinstance(d, dict))
+        elif kv.key.startswith(keys.members) and ok:
+            members.append(Member.from_value(kv.key[len(keys.members):], data, kv.mod_revision))
+        elif kv.key.startswith(keys.volumes) and ok:
+            volumes.append(VolumeState.from_value(kv.key[len(keys.volumes):], data, kv.mod_revision))
+        elif kv.key.startswith(keys.standbys):
+            standby.add(kv.key[len(keys.standbys):])
+    return ClusterView(cluster=keys.cluster, revision=revision, leader=leader,
+                       members=tuple(sorted(members, key=lambda m: m.node)),
+                       volumes=tuple(sorted(volumes, key=lambda v: v.resource)),
+                       switchover=switchover, maintenance=maintenance,
+                       standby=frozenset(standby), history=history,
+                       epoch=max(epoch, leader.epoch if leader else 0), epoch_revision=epoch_rev)

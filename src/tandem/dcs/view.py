@@ -1,0 +1,232 @@
+"""Immutable snapshots of what the DCS holds (after Patroni's `Cluster`/`Member`/`Leader`).
+
+Each agent cycle reads one `ClusterView` (all keys at one etcd revision) and
+decides from it alone; nothing here is ever mutated, and only the agent object
+keeps mutable flags. The types are frozen dataclasses built by ``from_...``
+constructors (from the decoded JSON of a key) or ``empty()``, with small
+predicates so that the decision code reads like the decision table.
+
+The string values of the enums and the JSON field names are stored in etcd and
+shown by ``tandem status --json``: add, never rename.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from tandem.volume.states import DiskState
+
+
+class NodeRole(StrEnum):
+    """What a node's agent reports it is doing (the member key's ``role``)."""
+
+    PRIMARY = "primary"  #: resources started, writable
+    REPLICA = "replica"  #: secondary, replicating from the primary
+    STOPPED = "stopped"  #: resources stopped (starting, standby, failed)
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """The holder of the leader key.
+
+    `revision` is the key's etcd create_revision: it changes whenever the key
+    is created anew, never otherwise, so it is the **fencing token** every
+    leadership-dependent write compares. `epoch` is the human-sized counter of
+    leaderships (1, 2, 3, ...) shown in status and history.
+    """
+
+    node: str
+    epoch: int
+    revision: int
+    lease: int = 0
+
+    @classmethod
+    def from_value(cls, data: Mapping[str, Any], revision: int, lease: int) -> Leader:
+        return cls(node=str(data.get("node", "")), epoch=int(data.get("epoch", 0)),
+                   revision=revision, lease=lease)
+
+    def to_value(self) -> dict[str, Any]:
+        return {"node": self.node, "epoch": self.epoch}
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One node as its agent last reported it (key ``members/<node>``, on its lease).
+
+    The key vanishes with the node's lease, so a member present in the view is
+    a node whose agent renewed its lease within the TTL.
+    """
+
+    node: str
+    role: NodeRole = NodeRole.STOPPED
+    disk_state: DiskState | None = None
+    healthy: bool = False
+    nofailover: bool = False
+    api_url: str = ""
+    connection: str = ""  #: replication link state (the volume's ConnectionState)
+    sync_percent: float | None = None  #: resync progress when a resync runs
+    revision: int = 0  #: mod_revision of the key
+
+    @classmethod
+    def from_value(cls, node: str, data: Mapping[str, Any], revision: int = 0) -> Member:
+        disk = data.get("disk_state")
+        return cls(node=node, role=_enum(NodeRole, data.get("role"), NodeRole.STOPPED),
+                   disk_state=_enum(DiskState, disk, None) if disk else None,
+                   healthy=bool(data.get("healthy", False)),
+                   nofailover=bool(data.get("nofailover", False)),
+                   api_url=str(data.get("api_url", "")), connection=str(data.get("connection", "")),
+                   sync_percent=data.get("sync_percent"), revision=revision)
+
+    def to_value(self) -> dict[str, Any]:
+        return {"role": self.role.value, "disk_state": self.disk_state.value if self.disk_state else None,
+                "healthy": self.healthy, "nofailover": self.nofailover, "api_url": self.api_url,
+                "connection": self.connection, "sync_percent": self.sync_percent}
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeState:
+    """The cluster's record of one replicated resource (key ``volume/<resource>``).
+
+    Written only by the leader, guarded by its fencing token: it is the
+    authority on which disks may be promoted. A node missing from `disks` has
+    no recorded state and is not promotable while a record exists.
+    """
+
+    resource: str
+    disks: tuple[tuple[str, DiskState], ...] = ()
+    generation: str = ""  #: current generation identifier of the UpToDate data
+    revision: int = 0  #: mod_revision of the key, 0 if absent
+
+    @classmethod
+    def from_value(cls, resource: str, data: Mapping[str, Any], revision: int = 0) -> VolumeState:
+        disks = data.get("disks") or {}
+        return cls(resource=resource,
+                   disks=tuple(sorted((str(n), _enum(DiskState, s, DiskState.OUTDATED))
+                                      for n, s in disks.items())),
+                   generation=str(data.get("generation", "")), revision=revision)
+
+    @classmethod
+    def empty(cls, resource: str) -> VolumeState:
+        return cls(resource=resource)
+
+    def to_value(self) -> dict[str, Any]:
+        return {"disks": {n: s.value for n, s in self.disks}, "generation": self.generation}
+
+    def disk(self, node: str) -> DiskState | None:
+        return dict(self.disks).get(node)
+
+    def is_up_to_date(self, node: str) -> bool:
+        return self.disk(node) is DiskState.UP_TO_DATE
+
+    def with_disk(self, node: str, state: DiskState) -> VolumeState:
+        """A copy with `node`'s disk set to `state` (revision kept for the CAS)."""
+        disks = dict(self.disks)
+        disks[node] = state
+        return VolumeState(self.resource, tuple(sorted(disks.items())), self.generation, self.revision)
+
+
+@dataclass(frozen=True, slots=True)
+class Switchover:
+    """An operator's request to move leadership (key ``switchover``).
+
+    ``leader`` set: a switchover, valid only while that node leads.
+    ``leader`` None: a failover, ``tandem failover --to NODE``, for when there
+    is no leader. ``candidate`` None: any eligible node.
+    """
+
+    leader: str | None = None
+    candidate: str | None = None
+    revision: int = 0
+
+    @classmethod
+    def from_value(cls, data: Mapping[str, Any], revision: int = 0) -> Switchover:
+        return cls(leader=data.get("leader") or None, candidate=data.get("candidate") or None,
+                   revision=revision)
+
+    def to_value(self) -> dict[str, Any]:
+        return {"leader": self.leader, "candidate": self.candidate}
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One leadership change: who became leader, at which epoch, why, when (wall clock)."""
+
+    epoch: int
+    node: str
+    reason: str
+    at: float
+
+    @classmethod
+    def from_value(cls, data: Mapping[str, Any]) -> HistoryEntry:
+        return cls(epoch=int(data.get("epoch", 0)), node=str(data.get("node", "")),
+                   reason=str(data.get("reason", "")), at=float(data.get("at", 0.0)))
+
+    def to_value(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "node": self.node, "reason": self.reason, "at": self.at}
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """Every tandem key of one cluster at one DCS revision."""
+
+    cluster: str
+    revision: int = 0  #: the DCS revision the snapshot was read at
+    leader: Leader | None = None
+    members: tuple[Member, ...] = ()
+    volumes: tuple[VolumeState, ...] = ()
+    switchover: Switchover | None = None
+    maintenance: bool = False
+    standby: frozenset[str] = field(default_factory=frozenset)
+    history: tuple[HistoryEntry, ...] = ()
+    epoch: int = 0  #: the last epoch handed out (key ``epoch``)
+    epoch_revision: int = 0  #: mod_revision of the epoch key, 0 if absent
+
+    @classmethod
+    def empty(cls, cluster: str) -> ClusterView:
+        return cls(cluster=cluster)
+
+    # --- predicates --------------------------------------------------------------
+    def is_unlocked(self) -> bool:
+        """No node holds the leader key."""
+        return self.leader is None
+
+    def is_leader(self, node: str) -> bool:
+        return self.leader is not None and self.leader.node == node
+
+    def member(self, node: str) -> Member | None:
+        return next((m for m in self.members if m.node == node), None)
+
+    def volume(self, resource: str) -> VolumeState | None:
+        return next((v for v in self.volumes if v.resource == resource), None)
+
+    def is_standby(self, node: str) -> bool:
+        return node in self.standby
+
+    def up_to_date_everywhere(self, node: str) -> bool:
+        """True if every recorded volume says `node`'s disk is UpToDate (vacuously
+        true when no volume has been recorded yet, i.e. a fresh cluster)."""
+        return all(v.is_up_to_date(node) for v in self.volumes)
+
+    def not_up_to_date(self, node: str) -> list[str]:
+        """`resource: state` for each volume where `node` is not UpToDate."""
+        return [f"{v.resource} is {v.disk(node) or 'unrecorded'}" for v in self.volumes
+                if not v.is_up_to_date(node)]
+
+    @property
+    def last_failover(self) -> HistoryEntry | None:
+        return self.history[-1] if self.history else None
+
+
+def history_from_value(items: Iterable[Mapping[str, Any]]) -> tuple[HistoryEntry, ...]:
+    return tuple(HistoryEntry.from_value(i) for i in items)
+
+
+def _enum(kind: Any, value: Any, default: Any) -> Any:
+    """Unknown values (from a newer agent) decode to `default` instead of failing the view."""
+    try:
+        return kind(value)
+    except ValueError:
+        return default

@@ -1,0 +1,354 @@
+"""Generation identifiers: who has the newer data, and is a bitmap resync enough?
+
+Each node keeps three kinds of 64-bit identifiers (after DRBD's "UUIDs"):
+
+* ``current`` names the data generation on this disk now. A fresh, never
+  synced disk has ``current == 0``.
+* ``bitmap`` names the generation at which this node started recording writes
+  in its dirty bitmap because the peer was away (0 = the bitmap is not in use).
+  Everything written since that generation is marked in the bitmap, so a peer
+  whose ``current`` equals our ``bitmap`` can catch up with a bitmap resync.
+* ``history`` holds older generations (newest first) so that two nodes whose
+  bitmaps are useless can still tell "related but far apart" (full resync)
+  from "different data sets" (refuse).
+
+Random identifiers are drawn by the caller (no randomness in here) and must
+never be 0, which means "none".
+
+The decision at connect time, :func:`decide_sync`, is pure and symmetric: with
+the inputs swapped it returns the mirrored outcome, so both nodes reach the same
+conclusion independently. The rules, in order:
+
+1. A side without a disk cannot take part: no sync.
+2. Both fresh (current 0): the UpToDate one (made so by a forced promotion) is
+   the source of a full sync; if neither or both are, nothing happens.
+3. One side fresh: full sync from the other.
+4. Same current: no sync, unless one side crashed as Primary (its activity
+   log extents are in its bitmap: bitmap resync from it) or one side is
+   Inconsistent (full sync from the consistent one).
+5. Peer's bitmap == our current: the peer wrote since our generation, we are
+   the bitmap-sync target; the mirror case makes us the source.
+6. Our current in the peer's history: the peer is ahead but its bitmap does
+   not reach back to us: full sync target (and the mirror case).
+7. Same bitmap, different current: both wrote since the common generation,
+   split brain; a bitmap resync can repair it once a policy picks a victim.
+8. A common generation anywhere in the histories: split brain that only a full
+   sync can repair, only by manual ``discard-my-data``.
+9. Otherwise the data sets are unrelated: refuse.
+
+Split brain is never merged: either a policy from :class:`SplitBrainPolicy`
+or the manual discard-my-data flag picks the side whose changes are thrown
+away, or the connection is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from tandem.volume.states import DiskState, Role
+
+HISTORY_LEN = 4
+"""How many older generations a node remembers."""
+
+_U64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationIds:
+    """The generation identifiers of one disk (see the module docstring)."""
+
+    current: int = 0
+    bitmap: int = 0
+    history: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for value in (self.current, self.bitmap, *self.history):
+            if not 0 <= value <= _U64:
+                raise ValueError(f"generation identifier {value!r} is not a u64")
+        if len(self.history) > HISTORY_LEN:
+            raise ValueError(f"at most {HISTORY_LEN} history entries, got {len(self.history)}")
+
+    @property
+    def is_fresh(self) -> bool:
+        """True for a disk that never held a generation of data."""
+        return self.current == 0
+
+
+def _push(history: tuple[int, ...], value: int) -> tuple[int, ...]:
+    if value == 0:
+        return history
+    return (value, *history)[:HISTORY_LEN]
+
+
+def _check_new(uuid: int) -> None:
+    if not 0 < uuid <= _U64:
+        raise ValueError("a new generation identifier must be a non-zero u64")
+
+
+def new_current(ids: GenerationIds, uuid: int) -> GenerationIds:
+    """Start a new generation: a Primary is about to write without its peer.
+
+    The old current becomes the bitmap identifier, so the peer (still at the
+    old current) can later be caught up with a bitmap resync. If the bitmap is
+    already in use, it keeps its older base (the bitmap still holds every
+    change since then) and the old current goes to the history instead.
+    """
+    _check_new(uuid)
+    if ids.bitmap == 0:
+        return GenerationIds(uuid, ids.current, ids.history)
+    return GenerationIds(uuid, ids.bitmap, _push(ids.history, ids.current))
+
+
+def start_resync_source(ids: GenerationIds, sync_uuid: int) -> GenerationIds:
+    """The sync source marks the start of a resync with a fresh identifier.
+
+    The target adopts ``sync_uuid`` as its current (see
+    :func:`start_resync_target`); should the resync be interrupted, the next
+    connect finds source.bitmap == target.current and resumes with a bitmap
+    resync instead of starting over (the target keeps its merged bitmap).
+    """
+    _check_new(sync_uuid)
+    return GenerationIds(ids.current, sync_uuid, _push(ids.history, ids.bitmap))
+
+
+def start_resync_target(ids: GenerationIds, sync_uuid: int) -> GenerationIds:
+    """The sync target adopts the source's sync identifier (see above)."""
+    _check_new(sync_uuid)
+    return GenerationIds(sync_uuid, 0, _push(ids.history, ids.current))
+
+
+def finish_resync_source(ids: GenerationIds) -> GenerationIds:
+    """Resync done on the source: the bitmap is empty, forget its identifier."""
+    return GenerationIds(ids.current, 0, _push(ids.history, ids.bitmap))
+
+
+def finish_resync_target(ids: GenerationIds, source_current: int) -> GenerationIds:
+    """Resync done on the target: it now holds the source's generation."""
+    _check_new(source_current)
+    return GenerationIds(source_current, 0, _push(ids.history, ids.current))
+
+
+class SyncOutcome(StrEnum):
+    """What to do with a freshly connected peer."""
+
+    NO_SYNC = "NoSync"
+    SOURCE_BITMAP = "SourceBitmap"
+    TARGET_BITMAP = "TargetBitmap"
+    SOURCE_FULL = "SourceFull"
+    TARGET_FULL = "TargetFull"
+    SPLIT_BRAIN = "SplitBrain"
+    UNRELATED = "Unrelated"
+
+    def mirror(self) -> SyncOutcome:
+        """The outcome the peer computes from the same facts."""
+        return _MIRROR.get(self, self)
+
+    @property
+    def is_source(self) -> bool:
+        return self in (SyncOutcome.SOURCE_BITMAP, SyncOutcome.SOURCE_FULL)
+
+    @property
+    def is_target(self) -> bool:
+        return self in (SyncOutcome.TARGET_BITMAP, SyncOutcome.TARGET_FULL)
+
+    @property
+    def is_full(self) -> bool:
+        return self in (SyncOutcome.SOURCE_FULL, SyncOutcome.TARGET_FULL)
+
+    @property
+    def refused(self) -> bool:
+        """True if the connection must not proceed (go StandAlone)."""
+        return self in (SyncOutcome.SPLIT_BRAIN, SyncOutcome.UNRELATED)
+
+
+_MIRROR = {
+    SyncOutcome.SOURCE_BITMAP: SyncOutcome.TARGET_BITMAP,
+    SyncOutcome.TARGET_BITMAP: SyncOutcome.SOURCE_BITMAP,
+    SyncOutcome.SOURCE_FULL: SyncOutcome.TARGET_FULL,
+    SyncOutcome.TARGET_FULL: SyncOutcome.SOURCE_FULL,
+}
+
+
+class SplitBrainPolicy(StrEnum):
+    """Automatic split-brain recovery (both nodes must use the same policy)."""
+
+    DISCONNECT = "disconnect"  #: never resolve automatically
+    DISCARD_ZERO_CHANGES = "discard-zero-changes"
+    DISCARD_SECONDARY = "discard-secondary"
+    DISCARD_LEAST_RECENT_PRIMARY = "discard-least-recent-primary"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncFlags:
+    """The facts about one side besides its identifiers.
+
+    ``node`` breaks ties deterministically (names differ; the handshake
+    refuses a peer with our own name). ``bitmap_weight`` is the number of dirty
+    blocks, i.e. the changes made while disconnected. ``lost_leadership`` is
+    set by the agent on the node that was Primary less recently (it lost the
+    leader key to the other).
+    """
+
+    node: str
+    disk: DiskState = DiskState.UP_TO_DATE
+    role: Role = Role.SECONDARY
+    crashed_primary: bool = False
+    discard_my_data: bool = False
+    lost_leadership: bool = False
+    bitmap_weight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDecision:
+    """An outcome and the rule that produced it (the log line)."""
+
+    outcome: SyncOutcome
+    reason: str
+    #: for SPLIT_BRAIN: True if a bitmap resync can repair it once a victim is chosen
+    bitmap_repairable: bool = field(default=False, compare=False)
+
+    def mirror(self) -> SyncDecision:
+        return replace(self, outcome=self.outcome.mirror())
+
+
+_NO_DISK = (DiskState.DISKLESS, DiskState.FAILED)
+
+
+def decide_sync(
+    local: GenerationIds,
+    peer: GenerationIds,
+    local_flags: SyncFlags,
+    peer_flags: SyncFlags,
+    policy: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT,
+) -> SyncDecision:
+    """Decide the resync direction at connect (rules in the module docstring).
+
+    A split brain is handed to :func:`resolve_split_brain` with ``policy``;
+    the result is still SPLIT_BRAIN if nothing resolves it.
+    """
+    decision = _compare(local, peer, local_flags, peer_flags)
+    if decision.outcome is SyncOutcome.SPLIT_BRAIN:
+        return resolve_split_brain(decision, policy, local_flags, peer_flags)
+    return decision
+
+
+def _we_win(local_flags: SyncFlags, peer_flags: SyncFlags) -> bool:
+    """A symmetric tie-break: the node with the greater name."""
+    if local_flags.node == peer_flags.node:
+        raise ValueError("both sides have the same node name; cannot break a tie")
+    return local_flags.node > peer_flags.node
+
+
+def _source_if(we_are_source: bool, full: bool, reason: str) -> SyncDecision:
+    if full:
+        outcome = SyncOutcome.SOURCE_FULL if we_are_source else SyncOutcome.TARGET_FULL
+    else:
+        outcome = SyncOutcome.SOURCE_BITMAP if we_are_source else SyncOutcome.TARGET_BITMAP
+    return SyncDecision(outcome, reason)
+
+
+def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncFlags) -> SyncDecision:
+    if lf.disk in _NO_DISK or pf.disk in _NO_DISK:
+        return SyncDecision(SyncOutcome.NO_SYNC, "a side has no usable disk")
+
+    if local.is_fresh and peer.is_fresh:
+        ours = lf.disk is DiskState.UP_TO_DATE
+        theirs = pf.disk is DiskState.UP_TO_DATE
+        if ours != theirs:
+            return _source_if(ours, True, "both fresh, initial full sync from the UpToDate side")
+        return SyncDecision(SyncOutcome.NO_SYNC, "both fresh; promote one with force to start")
+    if local.is_fresh or peer.is_fresh:
+        return _source_if(peer.is_fresh, True, "one side fresh, full sync from the other")
+
+    if local.current == peer.current:
+        ours_ok, theirs_ok = lf.disk.is_consistent, pf.disk.is_consistent
+        if ours_ok != theirs_ok:
+            return _source_if(ours_ok, True, "same generation, one side inconsistent")
+        if lf.crashed_primary != pf.crashed_primary:
+            return _source_if(lf.crashed_primary, False, "same generation, crashed primary's AL")
+        if lf.crashed_primary:
+            return _source_if(_we_win(lf, pf), False, "same generation, both crashed primaries")
+        if lf.bitmap_weight or pf.bitmap_weight:
+            # Blocks marked out of sync by an online verify: the Primary's copy
+            # (or, with none, the larger name's) is the one users have been reading.
+            if (lf.role is Role.PRIMARY) != (pf.role is Role.PRIMARY):
+                ours = lf.role is Role.PRIMARY
+            else:
+                ours = _we_win(lf, pf)
+            return _source_if(ours, False, "same generation, blocks marked out of sync")
+        return SyncDecision(SyncOutcome.NO_SYNC, "same generation")
+
+    peer_ahead = peer.bitmap != 0 and peer.bitmap == local.current
+    we_ahead = local.bitmap != 0 and local.bitmap == peer.current
+    if peer_ahead != we_ahead:
+        return _source_if(we_ahead, False, "one side wrote since the other's generation")
+
+    in_peer_history = local.current in peer.history
+    in_our_history = peer.current in local.history
+    if not (peer_ahead or we_ahead) and in_peer_history != in_our_history:
+        return _source_if(in_our_history, True, "generation in history, bitmap too old")
+
+    if local.bitmap != 0 and local.bitmap == peer.bitmap:
+        return SyncDecision(
+            SyncOutcome.SPLIT_BRAIN,
+            "split brain: both wrote since their common generation",
+            bitmap_repairable=True,
+        )
+    ours = {local.current, local.bitmap, *local.history} - {0}
+    theirs = {peer.current, peer.bitmap, *peer.history} - {0}
+    if ours & theirs:
+        return SyncDecision(
+            SyncOutcome.SPLIT_BRAIN, "split brain: diverged generations with a common ancestor"
+        )
+    return SyncDecision(SyncOutcome.UNRELATED, "unrelated data: no common generation")
+
+
+def resolve_split_brain(
+    decision: SyncDecision,
+    policy: SplitBrainPolicy,
+    local_flags: SyncFlags,
+    peer_flags: SyncFlags,
+) -> SyncDecision:
+    """Pick the split-brain victim, or keep SPLIT_BRAIN (refuse, go StandAlone).
+
+    The manual discard-my-data flag wins over any policy. Automatic policies
+    only apply when the split brain is bitmap-repairable (the two sides share
+    the generation their bitmaps start from); otherwise a full sync would
+    overwrite a history the policy knows nothing about.
+    """
+    if decision.outcome is not SyncOutcome.SPLIT_BRAIN:
+        return decision
+    full = not decision.bitmap_repairable
+    mine, theirs = local_flags.discard_my_data, peer_flags.discard_my_data
+    if mine != theirs:
+        return _source_if(theirs, full, "split brain resolved by discard-my-data")
+    if mine:
+        return replace(decision, reason="split brain: both sides asked to discard their data")
+    if full or policy is SplitBrainPolicy.DISCONNECT:
+        return decision
+    victim = _policy_victim(policy, local_flags, peer_flags)
+    if victim is None:
+        return replace(decision, reason=f"{decision.reason}; {policy} cannot decide")
+    return _source_if(victim == "peer", False, f"split brain resolved by {policy}")
+
+
+def _policy_victim(policy: SplitBrainPolicy, lf: SyncFlags, pf: SyncFlags) -> str | None:
+    """Return "local" or "peer" for the side whose changes are discarded."""
+    if policy is SplitBrainPolicy.DISCARD_ZERO_CHANGES:
+        ours, theirs = lf.bitmap_weight == 0, pf.bitmap_weight == 0
+        if ours and theirs:
+            return "peer" if _we_win(lf, pf) else "local"
+        if ours != theirs:
+            return "local" if ours else "peer"
+        return None
+    if policy is SplitBrainPolicy.DISCARD_SECONDARY:
+        ours, theirs = lf.role is Role.SECONDARY, pf.role is Role.SECONDARY
+        if ours != theirs:
+            return "local" if ours else "peer"
+        return None
+    if policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY:
+        if lf.lost_leadership != pf.lost_leadership:
+            return "local" if lf.lost_leadership else "peer"
+        return None
+    return None

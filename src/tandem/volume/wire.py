@@ -1,0 +1,716 @@
+"""Frames and messages of the replication link (no I/O).
+
+Every frame is a fixed 20-byte header followed by a payload::
+
+    magic u32 "TNDM" | version u8 | type u8 | flags u16 | length u32 | seq u64
+
+all big-endian. ``seq`` carries the sequence number of the messages that have
+one (Write, WriteAck, Flush, FlushAck and the last seq of an AckRange) and is 0
+for all others; ``flags`` is reserved and must be 0. A receiver rejects a frame
+with a bad magic, another version, an unknown type, non-zero reserved bits, a
+length above its limit or a payload that does not decode to exactly one
+message -- with :class:`RemoteProtocolError`, after which the decoder stays
+poisoned: a stream that lost its framing cannot be trusted again.
+
+Writes are the hot path: :func:`encode_write_header` / :func:`pack_write_header_into`
+produce only the 28 bytes in front of the data, so the driver can hand
+``[header, data]`` to ``socket.sendmsg`` without copying the data.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+from tandem.volume.genid import HISTORY_LEN, GenerationIds
+from tandem.volume.states import DiskState, Role
+
+MAGIC = 0x544E444D  # "TNDM"
+VERSION = 1
+HEADER = struct.Struct("!IBBHIQ")
+HEADER_SIZE = HEADER.size  # 20
+MAX_DATA = 1 << 20
+"""The largest data block a Write or ResyncData may carry."""
+DEFAULT_MAX_PAYLOAD = MAX_DATA + 64
+"""Default payload limit: a full data block plus the fields in front of it."""
+
+_WRITE_HEADER = struct.Struct("!IBBHIQQ")  # frame header + offset
+WRITE_HEADER_SIZE = _WRITE_HEADER.size  # 28
+_U64 = struct.Struct("!Q")
+_U64_U32 = struct.Struct("!QI")
+_U64_U8 = struct.Struct("!QB")
+_VERIFY_REQ = struct.Struct("!QII")
+# role, disk, flags, size, block size, weight, current, bitmap, nhist
+_STATE = struct.Struct("!BBBQIQQQB")
+
+Buffer = bytes | bytearray | memoryview
+
+
+class ProtocolError(Exception):
+    """The replication protocol was broken; ``reason`` says how.
+
+    Raised as :class:`RemoteProtocolError` when the peer sent something
+    invalid (log it, close the link, reconnect) and as
+    :class:`LocalProtocolError` when this node misused the API (a bug here).
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that break the protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This node tried to do something the protocol does not allow."""
+
+
+class _NeedData(Enum):
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData.NEED_DATA
+"""Returned by ``next_event()`` when more bytes must be fed first."""
+NeedData = Literal[_NeedData.NEED_DATA]
+
+
+# --- messages -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame of each side: who I am and my challenge for you."""
+
+    node: str
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """The HMAC answering the peer's challenge (see auth.py)."""
+
+    hmac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOk:
+    """I verified your AuthResponse."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateExchange:
+    """A node's state; sent once after authentication and again on changes."""
+
+    role: Role
+    disk: DiskState
+    generations: GenerationIds
+    size: int
+    bitmap_weight: int
+    crashed_primary: bool = False
+    discard_my_data: bool = False
+    lost_leadership: bool = False
+    #: bytes per dirty-bitmap bit; both sides must agree to exchange bitmaps
+    block_size: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Application data written on the Primary, to be written on the peer."""
+
+    seq: int
+    offset: int
+    data: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAck:
+    """The Write with this seq is written on the peer (protocol C)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckRange:
+    """Acknowledges every Write with first <= seq <= last (batched acks)."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """A barrier: make every earlier Write durable; shares the Write seq space."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlushAck:
+    """Every Write before the Flush with this seq is durable on the peer."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRequest:
+    """Sync target asks the source for a range."""
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncData:
+    """Sync source's answer: the data of a requested range."""
+
+    offset: int
+    data: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncDone:
+    """Sync target has everything: both sides go Connected."""
+
+
+@dataclass(frozen=True, slots=True)
+class BitmapChunk:
+    """A slice of the raw dirty bitmap, at byte ``offset``; ``last`` ends it."""
+
+    offset: int
+    data: bytes
+    last: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    """Asks the peer for one digest per ``blocksize`` block of a range."""
+
+    offset: int
+    length: int
+    blocksize: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyDigests:
+    """Answer to a VerifyRequest: equal-length digests, one per block."""
+
+    offset: int
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """The sender closes the link; ``reason`` is for the peer's log."""
+
+    reason: str
+
+
+Message = (
+    Hello
+    | AuthResponse
+    | AuthOk
+    | StateExchange
+    | Write
+    | WriteAck
+    | AckRange
+    | Flush
+    | FlushAck
+    | ResyncRequest
+    | ResyncData
+    | ResyncDone
+    | BitmapChunk
+    | VerifyRequest
+    | VerifyDigests
+    | Ping
+    | Pong
+    | Disconnect
+)
+
+# Stable type codes: never renumber.
+TYPE_CODES: dict[type, int] = {
+    Hello: 1,
+    AuthResponse: 2,
+    AuthOk: 3,
+    StateExchange: 4,
+    Write: 5,
+    WriteAck: 6,
+    AckRange: 7,
+    Flush: 8,
+    FlushAck: 9,
+    ResyncRequest: 10,
+    ResyncData: 11,
+    ResyncDone: 12,
+    BitmapChunk: 13,
+    VerifyRequest: 14,
+    VerifyDigests: 15,
+    Ping: 16,
+    Pong: 17,
+    Disconnect: 18,
+}
+
+_ROLE_CODES = {Role.PRIMARY: 1, Role.SECONDARY: 2}
+_DISK_CODES = {
+    DiskState.UP_TO_DATE: 1,
+    DiskState.OUTDATED: 2,
+    DiskState.INCONSISTENT: 3,
+    DiskState.DISKLESS: 4,
+    DiskState.FAILED: 5,
+}
+_ROLES = {v: k for k, v in _ROLE_CODES.items()}
+_DISKS = {v: k for k, v in _DISK_CODES.items()}
+_F_CRASHED, _F_DISCARD, _F_LOST = 1, 2, 4
+MAX_NAME = 255
+MAX_REASON = 1024
+MIN_NONCE, MAX_NONCE = 16, 64
+MAX_MAC = 64
+
+
+# --- encoding -------------------------------------------------------------
+
+
+def encode_write_header(seq: int, offset: int, length: int) -> bytes:
+    """The 28 bytes sent in front of ``length`` bytes of Write data."""
+    try:
+        return _WRITE_HEADER.pack(MAGIC, VERSION, TYPE_CODES[Write], 0, length + 8, seq, offset)
+    except struct.error as exc:
+        raise LocalProtocolError(f"cannot encode Write header: {exc}") from None
+
+
+def pack_write_header_into(buf: bytearray | memoryview, pos: int, seq: int, offset: int, length: int) -> None:
+    """Like :func:`encode_write_header`, into a preallocated buffer at ``pos``."""
+    try:
+        _WRITE_HEADER.pack_into(buf, pos, MAGIC, VERSION, TYPE_CODES[Write], 0, length + 8, seq, offset)
+    except struct.error as exc:
+        raise LocalProtocolError(f"cannot encode Write header: {exc}") from None
+
+
+def encode_parts(msg: Message) -> list[Buffer]:
+    """Encode ``msg`` as buffers to send in order; data blocks are not copied."""
+    try:
+        if isinstance(msg, Write | ResyncData):
+            seq = msg.seq if isinstance(msg, Write) else 0
+            if len(msg.data) > MAX_DATA:
+                raise LocalProtocolError(f"{type(msg).__name__} data above {MAX_DATA} bytes")
+            head = _WRITE_HEADER.pack(
+                MAGIC, VERSION, TYPE_CODES[type(msg)], 0, len(msg.data) + 8, seq, msg.offset
+            )
+            return [head, msg.data]
+        seq, payload = _ENCODERS[type(msg)](msg)
+        head = HEADER.pack(MAGIC, VERSION, TYPE_CODES[type(msg)], 0, len(payload), seq)
+    except (struct.error, KeyError, UnicodeEncodeError, OverflowError, TypeError) as exc:
+        raise LocalProtocolError(f"cannot encode {msg!r:.80}: {exc}") from None
+    return [head + payload]
+
+
+def encode(msg: Message) -> bytes:
+    """Encode ``msg`` as one frame (copies data; see :func:`encode_parts`)."""
+    return b"".join(encode_parts(msg))
+
+
+def coalesce_acks(seqs: Iterator[int] | list[int] | set[int]) -> list[WriteAck | AckRange]:
+    """Turn a set of acked seqs into as few ack messages as possible."""
+    out: list[WriteAck | AckRange] = []
+    ordered = sorted(set(seqs))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        if i == j:
+            out.append(WriteAck(ordered[i]))
+        else:
+            out.append(AckRange(ordered[i], ordered[j]))
+        i = j + 1
+    return out
+
+
+def _name(text: str, limit: int, what: str) -> bytes:
+    raw = text.encode()
+    if len(raw) > limit:
+        raise LocalProtocolError(f"{what} longer than {limit} bytes")
+    return raw
+
+
+def _enc_hello(m: Hello) -> tuple[int, bytes]:
+    node = _name(m.node, MAX_NAME, "node name")
+    if not MIN_NONCE <= len(m.nonce) <= MAX_NONCE:
+        raise LocalProtocolError(f"nonce must be {MIN_NONCE}..{MAX_NONCE} bytes")
+    return 0, bytes([len(m.nonce)]) + m.nonce + bytes([len(node)]) + node
+
+
+def _enc_auth(m: AuthResponse) -> tuple[int, bytes]:
+    if not 0 < len(m.hmac) <= MAX_MAC:
+        raise LocalProtocolError(f"an HMAC must be 1..{MAX_MAC} bytes")
+    return 0, bytes(m.hmac)
+
+
+def _enc_empty(_m: object) -> tuple[int, bytes]:
+    return 0, b""
+
+
+def _enc_state(m: StateExchange) -> tuple[int, bytes]:
+    g = m.generations
+    flags = (
+        (_F_CRASHED if m.crashed_primary else 0)
+        | (_F_DISCARD if m.discard_my_data else 0)
+        | (_F_LOST if m.lost_leadership else 0)
+    )
+    head = _STATE.pack(
+        _ROLE_CODES[m.role],
+        _DISK_CODES[m.disk],
+        flags,
+        m.size,
+        m.block_size,
+        m.bitmap_weight,
+        g.current,
+        g.bitmap,
+        len(g.history),
+    )
+    return 0, head + b"".join(_U64.pack(h) for h in g.history)
+
+
+def _enc_seq(m: WriteAck | Flush | FlushAck) -> tuple[int, bytes]:
+    return m.seq, b""
+
+
+def _enc_range(m: AckRange) -> tuple[int, bytes]:
+    if m.first > m.last:
+        raise LocalProtocolError("AckRange with first > last")
+    return m.last, _U64.pack(m.first)
+
+
+def _enc_req(m: ResyncRequest) -> tuple[int, bytes]:
+    if not 0 < m.length <= MAX_DATA:
+        raise LocalProtocolError(f"ResyncRequest length must be 1..{MAX_DATA}")
+    return 0, _U64_U32.pack(m.offset, m.length)
+
+
+def _enc_chunk(m: BitmapChunk) -> tuple[int, bytes]:
+    return 0, _U64_U8.pack(m.offset, int(m.last)) + bytes(m.data)
+
+
+def _enc_vreq(m: VerifyRequest) -> tuple[int, bytes]:
+    if m.blocksize <= 0 or m.length <= 0:
+        raise LocalProtocolError("VerifyRequest length and blocksize must be positive")
+    return 0, _VERIFY_REQ.pack(m.offset, m.length, m.blocksize)
+
+
+def _enc_digests(m: VerifyDigests) -> tuple[int, bytes]:
+    size = len(m.digests[0]) if m.digests else 0
+    if any(len(d) != size for d in m.digests) or size > 255:
+        raise LocalProtocolError("VerifyDigests digests must have one length <= 255")
+    return 0, _U64_U8.pack(m.offset, size) + b"".join(m.digests)
+
+
+def _enc_nonce(m: Ping | Pong) -> tuple[int, bytes]:
+    return 0, _U64.pack(m.nonce)
+
+
+def _enc_disconnect(m: Disconnect) -> tuple[int, bytes]:
+    return 0, _name(m.reason, MAX_REASON, "disconnect reason")
+
+
+_ENCODERS = {
+    Hello: _enc_hello,
+    AuthResponse: _enc_auth,
+    AuthOk: _enc_empty,
+    StateExchange: _enc_state,
+    WriteAck: _enc_seq,
+    AckRange: _enc_range,
+    Flush: _enc_seq,
+    FlushAck: _enc_seq,
+    ResyncRequest: _enc_req,
+    ResyncDone: _enc_empty,
+    BitmapChunk: _enc_chunk,
+    VerifyRequest: _enc_vreq,
+    VerifyDigests: _enc_digests,
+    Ping: _enc_nonce,
+    Pong: _enc_nonce,
+    Disconnect: _enc_disconnect,
+}
+
+
+# --- decoding -------------------------------------------------------------
+
+
+def _bad(reason: str) -> RemoteProtocolError:
+    return RemoteProtocolError(reason)
+
+
+def _take(buf: bytearray, start: int, end: int) -> bytes:
+    with memoryview(buf) as view:
+        return view[start:end].tobytes()
+
+
+def _expect_len(name: str, start: int, end: int, size: int) -> None:
+    if end - start != size:
+        raise _bad(f"{name} payload is {end - start} bytes, expected {size}")
+
+
+def _expect_no_seq(name: str, seq: int) -> None:
+    if seq != 0:
+        raise _bad(f"{name} frame with non-zero seq")
+
+
+def _dec_hello(buf: bytearray, s: int, e: int, seq: int) -> Hello:
+    _expect_no_seq("Hello", seq)
+    if e - s < 2:
+        raise _bad("Hello payload truncated")
+    nlen = buf[s]
+    if not MIN_NONCE <= nlen <= MAX_NONCE or s + 1 + nlen + 1 > e:
+        raise _bad("Hello nonce length invalid")
+    nonce = _take(buf, s + 1, s + 1 + nlen)
+    p = s + 1 + nlen
+    name_len = buf[p]
+    if p + 1 + name_len != e:
+        raise _bad("Hello node name length inconsistent with payload")
+    return Hello(_take(buf, p + 1, e).decode(), nonce)
+
+
+def _dec_auth(buf: bytearray, s: int, e: int, seq: int) -> AuthResponse:
+    _expect_no_seq("AuthResponse", seq)
+    if not 0 < e - s <= MAX_MAC:
+        raise _bad(f"AuthResponse must carry 1..{MAX_MAC} bytes")
+    return AuthResponse(_take(buf, s, e))
+
+
+def _empty(cls: type) -> object:
+    def dec(buf: bytearray, s: int, e: int, seq: int) -> object:
+        _expect_no_seq(cls.__name__, seq)
+        _expect_len(cls.__name__, s, e, 0)
+        return cls()
+
+    return dec
+
+
+def _dec_state(buf: bytearray, s: int, e: int, seq: int) -> StateExchange:
+    _expect_no_seq("StateExchange", seq)
+    if e - s < _STATE.size:
+        raise _bad("StateExchange payload truncated")
+    role, disk, flags, size, block_size, weight, cur, bm, nhist = _STATE.unpack_from(buf, s)
+    if nhist > HISTORY_LEN:
+        raise _bad(f"StateExchange with {nhist} history entries")
+    _expect_len("StateExchange", s, e, _STATE.size + 8 * nhist)
+    if role not in _ROLES or disk not in _DISKS:
+        raise _bad("StateExchange with unknown role or disk state")
+    if flags & ~(_F_CRASHED | _F_DISCARD | _F_LOST):
+        raise _bad("StateExchange with unknown flags")
+    hist = struct.unpack_from(f"!{nhist}Q", buf, s + _STATE.size)
+    return StateExchange(
+        role=_ROLES[role],
+        disk=_DISKS[disk],
+        generations=GenerationIds(cur, bm, hist),
+        size=size,
+        bitmap_weight=weight,
+        block_size=block_size,
+        crashed_primary=bool(flags & _F_CRASHED),
+        discard_my_data=bool(flags & _F_DISCARD),
+        lost_leadership=bool(flags & _F_LOST),
+    )
+
+
+def _data_msg(cls: type) -> object:
+    def dec(buf: bytearray, s: int, e: int, seq: int) -> object:
+        if e - s < 8:
+            raise _bad(f"{cls.__name__} payload truncated")
+        if e - s - 8 > MAX_DATA:
+            raise _bad(f"{cls.__name__} data above {MAX_DATA} bytes")
+        (offset,) = _U64.unpack_from(buf, s)
+        data = _take(buf, s + 8, e)
+        if cls is Write:
+            return Write(seq, offset, data)
+        _expect_no_seq(cls.__name__, seq)
+        return ResyncData(offset, data)
+
+    return dec
+
+
+def _seq_msg(cls: type) -> object:
+    def dec(buf: bytearray, s: int, e: int, seq: int) -> object:
+        _expect_len(cls.__name__, s, e, 0)
+        return cls(seq)
+
+    return dec
+
+
+def _dec_range(buf: bytearray, s: int, e: int, seq: int) -> AckRange:
+    _expect_len("AckRange", s, e, 8)
+    (first,) = _U64.unpack_from(buf, s)
+    if first > seq:
+        raise _bad("AckRange with first > last")
+    return AckRange(first, seq)
+
+
+def _dec_req(buf: bytearray, s: int, e: int, seq: int) -> ResyncRequest:
+    _expect_no_seq("ResyncRequest", seq)
+    _expect_len("ResyncRequest", s, e, _U64_U32.size)
+    offset, length = _U64_U32.unpack_from(buf, s)
+    if not 0 < length <= MAX_DATA:
+        raise _bad("ResyncRequest length out of range")
+    return ResyncRequest(offset, length)
+
+
+def _dec_chunk(buf: bytearray, s: int, e: int, seq: int) -> BitmapChunk:
+    _expect_no_seq("BitmapChunk", seq)
+    if e - s < _U64_U8.size:
+        raise _bad("BitmapChunk payload truncated")
+    offset, last = _U64_U8.unpack_from(buf, s)
+    if last > 1:
+        raise _bad("BitmapChunk last flag must be 0 or 1")
+    return BitmapChunk(offset, _take(buf, s + _U64_U8.size, e), bool(last))
+
+
+def _dec_vreq(buf: bytearray, s: int, e: int, seq: int) -> VerifyRequest:
+    _expect_no_seq("VerifyRequest", seq)
+    _expect_len("VerifyRequest", s, e, _VERIFY_REQ.size)
+    offset, length, blocksize = _VERIFY_REQ.unpack_from(buf, s)
+    if length == 0 or blocksize == 0:
+        raise _bad("VerifyRequest with zero length or blocksize")
+    return VerifyRequest(offset, length, blocksize)
+
+
+def _dec_digests(buf: bytearray, s: int, e: int, seq: int) -> VerifyDigests:
+    _expect_no_seq("VerifyDigests", seq)
+    if e - s < _U64_U8.size:
+        raise _bad("VerifyDigests payload truncated")
+    offset, size = _U64_U8.unpack_from(buf, s)
+    body = _take(buf, s + _U64_U8.size, e)
+    if size == 0:
+        if body:
+            raise _bad("VerifyDigests with zero digest size but a body")
+        return VerifyDigests(offset, ())
+    if len(body) % size:
+        raise _bad("VerifyDigests body is not a whole number of digests")
+    return VerifyDigests(offset, tuple(body[i : i + size] for i in range(0, len(body), size)))
+
+
+def _nonce_msg(cls: type) -> object:
+    def dec(buf: bytearray, s: int, e: int, seq: int) -> object:
+        _expect_no_seq(cls.__name__, seq)
+        _expect_len(cls.__name__, s, e, 8)
+        return cls(_U64.unpack_from(buf, s)[0])
+
+    return dec
+
+
+def _dec_disconnect(buf: bytearray, s: int, e: int, seq: int) -> Disconnect:
+    _expect_no_seq("Disconnect", seq)
+    if e - s > MAX_REASON:
+        raise _bad("Disconnect reason too long")
+    return Disconnect(_take(buf, s, e).decode())
+
+
+_DECODERS = {
+    TYPE_CODES[Hello]: _dec_hello,
+    TYPE_CODES[AuthResponse]: _dec_auth,
+    TYPE_CODES[AuthOk]: _empty(AuthOk),
+    TYPE_CODES[StateExchange]: _dec_state,
+    TYPE_CODES[Write]: _data_msg(Write),
+    TYPE_CODES[WriteAck]: _seq_msg(WriteAck),
+    TYPE_CODES[AckRange]: _dec_range,
+    TYPE_CODES[Flush]: _seq_msg(Flush),
+    TYPE_CODES[FlushAck]: _seq_msg(FlushAck),
+    TYPE_CODES[ResyncRequest]: _dec_req,
+    TYPE_CODES[ResyncData]: _data_msg(ResyncData),
+    TYPE_CODES[ResyncDone]: _empty(ResyncDone),
+    TYPE_CODES[BitmapChunk]: _dec_chunk,
+    TYPE_CODES[VerifyRequest]: _dec_vreq,
+    TYPE_CODES[VerifyDigests]: _dec_digests,
+    TYPE_CODES[Ping]: _nonce_msg(Ping),
+    TYPE_CODES[Pong]: _nonce_msg(Pong),
+    TYPE_CODES[Disconnect]: _dec_disconnect,
+}
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages: ``feed()`` bytes, pull ``next_event()``.
+
+    Bytes are appended to one bytearray and consumed by advancing a read
+    position; the consumed prefix is dropped only once it is at least half
+    the buffer, so feeding a frame in many small pieces costs linear time.
+    The length field is checked as soon as a header is complete, before
+    buffering the payload, so a hostile length cannot make us hold 4 GiB.
+    """
+
+    __slots__ = ("_buf", "_pos", "_max_payload", "_error")
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
+        self._buf = bytearray()
+        self._pos = 0
+        self._max_payload = max_payload
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def poisoned(self) -> bool:
+        return self._error is not None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet decoded."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: Buffer) -> None:
+        """Append received bytes; ignored once the decoder is poisoned."""
+        if self._error is None:
+            self._buf += data
+
+    def next_event(self) -> Message | NeedData:
+        """The next complete message, or NEED_DATA; raises RemoteProtocolError."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+        except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            self._error = RemoteProtocolError(f"malformed payload: {exc}")
+            raise self._error from None
+
+    def _next(self) -> Message | NeedData:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return NEED_DATA
+        magic, version, mtype, flags, length, seq = HEADER.unpack_from(buf, pos)
+        if magic != MAGIC:
+            raise _bad(f"bad magic 0x{magic:08x}")
+        if version != VERSION:
+            raise _bad(f"unsupported protocol version {version}")
+        decoder = _DECODERS.get(mtype)
+        if decoder is None:
+            raise _bad(f"unknown message type {mtype}")
+        if flags:
+            raise _bad(f"reserved flags set: 0x{flags:04x}")
+        if length > self._max_payload:
+            raise _bad(f"frame payload of {length} bytes exceeds the limit {self._max_payload}")
+        start = pos + HEADER_SIZE
+        end = start + length
+        if len(buf) < end:
+            return NEED_DATA
+        msg = decoder(buf, start, end, seq)
+        self._pos = end
+        if end >= len(buf):
+            buf.clear()
+            self._pos = 0
+        elif end > len(buf) // 2:
+            del buf[:end]
+            self._pos = 0
+        return msg  # type: ignore[return-value]

@@ -1,0 +1,74 @@
+"""The key layout and the snapshot decoding, without etcd."""
+
+from __future__ import annotations
+
+import pytest
+
+from tandem.dcs.keys import Keys, RawKV, encode, view_from_kvs
+from tandem.dcs.view import ClusterView, Leader, Member, NodeRole, Switchover, VolumeState
+from tandem.volume.states import DiskState
+
+K = Keys("prod")
+
+
+def kv(key: str, value: object, create: int = 5, mod: int = 6, lease: int = 0) -> RawKV:
+    raw = value if isinstance(value, bytes) else encode(value)
+    return RawKV(K.prefix + key, raw, create, mod, lease)
+
+
+def test_encoding_is_canonical_so_transactions_can_compare_values():
+    assert encode({"node": "n1", "epoch": 2}) == encode({"epoch": 2, "node": "n1"})
+    assert encode({"node": "n1", "epoch": 2}) == b'{"epoch":2,"node":"n1"}'
+
+
+def test_names_with_a_slash_are_refused():
+    with pytest.raises(ValueError):
+        Keys("a/b")
+    with pytest.raises(ValueError):
+        K.member("x/y")
+
+
+def test_view_round_trips_every_key():
+    m = Member("node1", NodeRole.PRIMARY, DiskState.UP_TO_DATE, True, False, "http://n1:8008", "Connected")
+    vol = VolumeState("r0", (("node1", DiskState.UP_TO_DATE), ("node2", DiskState.OUTDATED)), "g7")
+    view = view_from_kvs(K, 42, [
+        kv("leader", {"node": "node1", "epoch": 3}, create=17, lease=99),
+        kv("epoch", {"epoch": 3}, mod=17),
+        kv("members/node1", m.to_value(), mod=20),
+        kv("volume/r0", vol.to_value(), mod=21),
+        kv("switchover", Switchover("node1", "node2").to_value(), mod=22),
+        kv("maintenance", {}),
+        kv("standby/node2", {}),
+        kv("history", [{"epoch": 3, "node": "node1", "reason": "crash of node2", "at": 1.5}]),
+    ])
+    assert view.revision == 42 and view.leader == Leader("node1", 3, 17, 99)
+    assert view.epoch == 3 and view.epoch_revision == 17
+    assert view.member("node1") == Member(**{**_fields(m), "revision": 20})
+    assert view.volume("r0").disk("node2") is DiskState.OUTDATED and view.volume("r0").revision == 21
+    assert view.switchover == Switchover("node1", "node2", 22)
+    assert view.maintenance and view.is_standby("node2") and not view.is_standby("node1")
+    assert view.last_failover.reason == "crash of node2"
+    assert not view.up_to_date_everywhere("node2") and view.up_to_date_everywhere("node1")
+
+
+def test_garbage_never_breaks_the_view_and_a_garbage_leader_still_holds_the_key():
+    view = view_from_kvs(K, 9, [
+        kv("leader", b"\xff not json", create=3),
+        kv("members/node2", b"[1,2"),
+        kv("volume/r0", {"disks": {"node1": "Sideways"}}),
+        kv("members/node1", {"role": "astronaut", "disk_state": "UpToDate"}),
+    ])
+    assert not view.is_unlocked() and view.leader.revision == 3
+    assert view.member("node2") is None
+    assert view.member("node1").role is NodeRole.STOPPED
+    # An unknown disk state is never promotable.
+    assert view.volume("r0").disk("node1") is DiskState.OUTDATED
+
+
+def test_empty_view():
+    v = ClusterView.empty("prod")
+    assert v.is_unlocked() and v.up_to_date_everywhere("node1") and v.last_failover is None
+
+
+def _fields(m: Member) -> dict:
+    return {f: getattr(m, f) for f in m.__slots__}

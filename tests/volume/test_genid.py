@@ -1,0 +1,224 @@
+"""Generation identifiers: the sync decision and split-brain policies."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tandem.volume import genid
+from tandem.volume.genid import (
+    GenerationIds,
+    SplitBrainPolicy,
+    SyncFlags,
+    SyncOutcome,
+    decide_sync,
+)
+from tandem.volume.states import DiskState, Role
+
+Out = SyncOutcome
+A = SyncFlags(node="node1")
+B = SyncFlags(node="node2")
+
+
+def decide(
+    local: GenerationIds,
+    peer: GenerationIds,
+    lf: SyncFlags = A,
+    pf: SyncFlags = B,
+    policy: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT,
+) -> SyncOutcome:
+    return decide_sync(local, peer, lf, pf, policy).outcome
+
+
+@pytest.mark.parametrize(
+    ("local", "peer", "expected"),
+    [
+        (GenerationIds(10), GenerationIds(10), Out.NO_SYNC),
+        (GenerationIds(11, 10), GenerationIds(10), Out.SOURCE_BITMAP),
+        (GenerationIds(10), GenerationIds(11, 10), Out.TARGET_BITMAP),
+        (GenerationIds(10), GenerationIds(0), Out.SOURCE_FULL),
+        (GenerationIds(0), GenerationIds(10), Out.TARGET_FULL),
+        (GenerationIds(12, 0, (11, 10)), GenerationIds(10), Out.SOURCE_FULL),
+        (GenerationIds(10), GenerationIds(12, 0, (11, 10)), Out.TARGET_FULL),
+        (GenerationIds(11, 10), GenerationIds(12, 10), Out.SPLIT_BRAIN),
+        (GenerationIds(11, 0, (9,)), GenerationIds(12, 0, (9,)), Out.SPLIT_BRAIN),
+        (GenerationIds(11, 10, (9,)), GenerationIds(21, 20, (19,)), Out.UNRELATED),
+    ],
+)
+def test_decision_table(local: GenerationIds, peer: GenerationIds, expected: SyncOutcome) -> None:
+    assert decide(local, peer) is expected
+    assert decide(peer, local, B, A) is expected.mirror()
+
+
+def test_both_fresh_full_sync_from_the_up_to_date_side() -> None:
+    up = SyncFlags(node="node1", disk=DiskState.UP_TO_DATE)
+    inc = SyncFlags(node="node2", disk=DiskState.INCONSISTENT)
+    fresh = GenerationIds()
+    assert decide(fresh, fresh, up, inc) is Out.SOURCE_FULL
+    assert decide(fresh, fresh, inc, up) is Out.TARGET_FULL
+    inc1 = SyncFlags(node="node1", disk=DiskState.INCONSISTENT)
+    assert decide(fresh, fresh, inc1, inc) is Out.NO_SYNC
+
+
+def test_diskless_side_never_syncs() -> None:
+    diskless = SyncFlags(node="node2", disk=DiskState.DISKLESS)
+    assert decide(GenerationIds(11, 10), GenerationIds(10), A, diskless) is Out.NO_SYNC
+
+
+def test_crashed_primary_resyncs_its_activity_log() -> None:
+    crashed = SyncFlags(node="node1", crashed_primary=True)
+    assert decide(GenerationIds(10), GenerationIds(10), crashed, B) is Out.SOURCE_BITMAP
+    both = SyncFlags(node="node2", crashed_primary=True)
+    first = decide(GenerationIds(10), GenerationIds(10), crashed, both)
+    assert first.mirror() is decide(GenerationIds(10), GenerationIds(10), both, crashed)
+    assert first in (Out.SOURCE_BITMAP, Out.TARGET_BITMAP)
+
+
+def test_same_generation_but_inconsistent_side_gets_full_sync() -> None:
+    inc = SyncFlags(node="node2", disk=DiskState.INCONSISTENT)
+    assert decide(GenerationIds(10), GenerationIds(10), A, inc) is Out.SOURCE_FULL
+
+
+def test_lifecycle_disconnect_write_resync() -> None:
+    both = GenerationIds(10)
+    a = genid.new_current(both, 11)  # a Primary writes while b is away
+    assert a == GenerationIds(11, 10)
+    assert decide(a, both) is Out.SOURCE_BITMAP
+    a = genid.new_current(a, 12)  # demote/promote again while still away
+    assert a.bitmap == 10 and a.history == (11,)
+    assert decide(a, both) is Out.SOURCE_BITMAP
+    # resync starts, then the link breaks: resumes as a bitmap resync
+    a = genid.start_resync_source(a, 50)
+    b = genid.start_resync_target(both, 50)
+    assert decide(a, b) is Out.SOURCE_BITMAP
+    assert decide(b, a, B, A) is Out.TARGET_BITMAP
+    # resync finishes: identical generations
+    a = genid.finish_resync_source(a)
+    b = genid.finish_resync_target(b, a.current)
+    assert a.bitmap == 0 and decide(a, b) is Out.NO_SYNC
+
+
+def test_interrupted_full_sync_resumes_as_bitmap_sync() -> None:
+    a, b = GenerationIds(10), GenerationIds()
+    assert decide(a, b) is Out.SOURCE_FULL
+    a = genid.start_resync_source(a, 77)
+    b = genid.start_resync_target(b, 77)
+    assert decide(a, b) is Out.SOURCE_BITMAP
+
+
+def test_new_identifiers_must_be_non_zero() -> None:
+    with pytest.raises(ValueError):
+        genid.new_current(GenerationIds(1), 0)
+    with pytest.raises(ValueError):
+        GenerationIds(1, 2, (3, 4, 5, 6, 7))
+
+
+def test_history_is_bounded() -> None:
+    ids = GenerationIds(1)
+    for uuid in range(2, 20):
+        ids = genid.finish_resync_target(ids, uuid)
+    assert len(ids.history) == genid.HISTORY_LEN and ids.history[0] == 18
+
+
+# --- split brain -------------------------------------------------------------
+
+SB_A, SB_B = GenerationIds(11, 10), GenerationIds(12, 10)
+
+
+def test_split_brain_is_refused_by_default() -> None:
+    d = decide_sync(SB_A, SB_B, A, B)
+    assert d.outcome is Out.SPLIT_BRAIN and d.outcome.refused and d.bitmap_repairable
+
+
+def test_discard_my_data_wins_over_policy() -> None:
+    me = SyncFlags(node="node1", discard_my_data=True)
+    assert decide(SB_A, SB_B, me, B) is Out.TARGET_BITMAP
+    assert decide(SB_B, SB_A, B, me) is Out.SOURCE_BITMAP
+    peer_too = SyncFlags(node="node2", discard_my_data=True)
+    assert decide(SB_A, SB_B, me, peer_too) is Out.SPLIT_BRAIN
+    # history-only split brain needs a full sync, and only manual discard does it
+    h_a, h_b = GenerationIds(11, 0, (9,)), GenerationIds(12, 0, (9,))
+    assert decide(h_a, h_b, me, B) is Out.TARGET_FULL
+    zero = SplitBrainPolicy.DISCARD_ZERO_CHANGES
+    assert decide(h_a, h_b, A, SyncFlags(node="node2"), zero) is Out.SPLIT_BRAIN
+
+
+def test_discard_zero_changes() -> None:
+    policy = SplitBrainPolicy.DISCARD_ZERO_CHANGES
+    changed = SyncFlags(node="node1", bitmap_weight=5)
+    unchanged = SyncFlags(node="node2", bitmap_weight=0)
+    assert decide(SB_A, SB_B, changed, unchanged, policy) is Out.SOURCE_BITMAP
+    assert decide(SB_B, SB_A, unchanged, changed, policy) is Out.TARGET_BITMAP
+    both = SyncFlags(node="node2", bitmap_weight=3)
+    assert decide(SB_A, SB_B, changed, both, policy) is Out.SPLIT_BRAIN
+
+
+def test_discard_secondary() -> None:
+    policy = SplitBrainPolicy.DISCARD_SECONDARY
+    prim = SyncFlags(node="node1", role=Role.PRIMARY)
+    sec = SyncFlags(node="node2", role=Role.SECONDARY)
+    assert decide(SB_A, SB_B, prim, sec, policy) is Out.SOURCE_BITMAP
+    assert decide(SB_B, SB_A, sec, prim, policy) is Out.TARGET_BITMAP
+    assert decide(SB_A, SB_B, SyncFlags(node="node1"), sec, policy) is Out.SPLIT_BRAIN
+
+
+def test_discard_least_recent_primary() -> None:
+    policy = SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY
+    lost = SyncFlags(node="node1", lost_leadership=True)
+    assert decide(SB_A, SB_B, lost, B, policy) is Out.TARGET_BITMAP
+    assert decide(SB_A, SB_B, A, B, policy) is Out.SPLIT_BRAIN
+
+
+# --- properties --------------------------------------------------------------
+
+pool = st.sampled_from([0, 1, 2, 3, 4])
+small_ids = st.builds(
+    GenerationIds, pool, pool, st.lists(st.sampled_from([1, 2, 3, 4]), max_size=3).map(tuple)
+)
+
+
+def flags(node: str) -> st.SearchStrategy[SyncFlags]:
+    return st.builds(
+        SyncFlags,
+        node=st.just(node),
+        disk=st.sampled_from([DiskState.UP_TO_DATE, DiskState.OUTDATED, DiskState.INCONSISTENT]),
+        role=st.sampled_from(Role),
+        crashed_primary=st.booleans(),
+        discard_my_data=st.booleans(),
+        lost_leadership=st.booleans(),
+        bitmap_weight=st.sampled_from([0, 7]),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(small_ids, small_ids, flags("node1"), flags("node2"), st.sampled_from(SplitBrainPolicy))
+def test_decision_is_symmetric(
+    a: GenerationIds, b: GenerationIds, fa: SyncFlags, fb: SyncFlags, policy: SplitBrainPolicy
+) -> None:
+    ours = decide_sync(a, b, fa, fb, policy).outcome
+    theirs = decide_sync(b, a, fb, fa, policy).outcome
+    assert theirs is ours.mirror()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from("ab"), max_size=6))
+def test_disconnected_writers_model(writers: list[str]) -> None:
+    """Whoever wrote while apart is the source; both wrote -> split brain."""
+    ids = {"a": GenerationIds(100), "b": GenerationIds(100)}
+    fresh = itertools.count(1000)
+    for who in writers:
+        ids[who] = genid.new_current(ids[who], next(fresh))
+    outcome = decide(ids["a"], ids["b"])
+    wrote = set(writers)
+    if not wrote:
+        assert outcome is Out.NO_SYNC
+    elif wrote == {"a"}:
+        assert outcome is Out.SOURCE_BITMAP
+    elif wrote == {"b"}:
+        assert outcome is Out.TARGET_BITMAP
+    else:
+        d = decide_sync(ids["a"], ids["b"], A, B)
+        assert d.outcome is Out.SPLIT_BRAIN and d.bitmap_repairable

@@ -1,0 +1,161 @@
+"""Metadata file: atomic updates and crash safety."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tandem.errors import TandemError
+from tandem.volume.genid import GenerationIds
+from tandem.volume.meta import MetaError, MetaStore
+from tandem.volume.states import DiskState
+
+SIZE = 64 << 20
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "r0.meta"
+
+
+def corrupt(path: Path, slot: int, at: int = 40) -> None:
+    """Flip bytes inside one slot, as a torn or rotten write would."""
+    slot_size = path.stat().st_size // 2
+    with open(path, "r+b") as f:
+        f.seek(slot * slot_size + at)
+        old = f.read(4)
+        f.seek(slot * slot_size + at)
+        f.write(bytes(b ^ 0xFF for b in old))
+
+
+def newest_slot(store: MetaStore) -> int:
+    return store._slot
+
+
+def test_create_and_reopen(path: Path) -> None:
+    with MetaStore.create(path, SIZE, "node1", disk=DiskState.UP_TO_DATE) as store:
+        assert store.state.node == "node1" and store.state.size == SIZE
+        assert store.bitmap.weight == 0
+    with MetaStore.open(path) as store:
+        assert store.state.disk is DiskState.UP_TO_DATE
+        assert store.state.seq == 2
+
+
+def test_create_refuses_to_overwrite(path: Path) -> None:
+    MetaStore.create(path, SIZE, "node1").close()
+    with pytest.raises(MetaError, match="exists"):
+        MetaStore.create(path, SIZE, "node1")
+
+
+def test_update_persists_all_fields_and_the_bitmap(path: Path) -> None:
+    with MetaStore.create(path, SIZE, "node1") as store:
+        gen = GenerationIds(11, 10, (9,))
+        store.bitmap.set_range(8192, 100)
+        state = store.update(
+            disk=DiskState.OUTDATED, generations=gen, peer_outdated=True, al_extents=(3, 1), primary=True
+        )
+        assert state.seq == 3
+        store.mark_dirty_and_persist([(0, 1), (SIZE - 1, 1)])
+    with MetaStore.open(path) as store:
+        s = store.state
+        assert (s.disk, s.generations, s.peer_outdated, s.al_extents) == (
+            DiskState.OUTDATED,
+            gen,
+            True,
+            (3, 1),
+        )
+        assert store.crashed_primary  # it was Primary when last written
+        assert [b for b in range(store.bitmap.nbits) if store.bitmap.test(b)] == [
+            0,
+            2,
+            store.bitmap.nbits - 1,
+        ]
+
+
+def test_updates_alternate_slots(path: Path) -> None:
+    with MetaStore.create(path, SIZE, "node1") as store:
+        slots = []
+        for _ in range(4):
+            store.update()
+            slots.append(newest_slot(store))
+    assert slots == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("torn", [0, 1])
+def test_corrupt_newest_slot_falls_back_to_previous_state(path: Path, torn: int) -> None:
+    with MetaStore.create(path, SIZE, "node1") as store:
+        store.update(disk=DiskState.UP_TO_DATE)
+        if newest_slot(store) != torn:
+            store.update(disk=DiskState.OUTDATED)  # the newest slot is `torn`
+        newest = store.state
+    corrupt(path, torn)
+    with MetaStore.open(path) as store:
+        assert store.state.seq == newest.seq - 1
+        assert store.state != newest
+
+
+def test_corrupt_older_slot_is_ignored(path: Path) -> None:
+    with MetaStore.create(path, SIZE, "node1") as store:
+        store.update(disk=DiskState.UP_TO_DATE)
+        newest_seq, older = store.state.seq, newest_slot(store) ^ 1
+    corrupt(path, older, at=3)  # in the magic
+    with MetaStore.open(path) as store:
+        assert store.state.seq == newest_seq and store.state.disk is DiskState.UP_TO_DATE
+        store.update(disk=DiskState.OUTDATED)  # overwrites the bad slot
+    with MetaStore.open(path) as store:
+        assert store.state.disk is DiskState.OUTDATED
+
+
+def test_corrupt_bitmap_bytes_are_detected(path: Path) -> None:
+    with MetaStore.create(path, SIZE, "node1") as store:
+        store.mark_dirty_and_persist([(0, SIZE)])
+        newest = newest_slot(store)
+    slot_size = path.stat().st_size // 2
+    raw = path.read_bytes()
+    at = raw.index(b"\xff" * 256, newest * slot_size) + 1000  # inside the all-dirty bitmap
+    assert at < (newest + 1) * slot_size
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(b"\x00")
+    with MetaStore.open(path) as store:
+        assert store.bitmap.weight == 0  # fell back to the state before the marking
+
+
+def test_both_slots_corrupt_is_a_clear_error(path: Path) -> None:
+    MetaStore.create(path, SIZE, "node1").close()
+    corrupt(path, 0)
+    corrupt(path, 1, at=2)
+    with pytest.raises(MetaError) as info:
+        MetaStore.open(path)
+    msg = str(info.value)
+    assert "both slots" in msg and "slot 0: checksum" in msg and "slot 1: bad magic" in msg
+    assert isinstance(info.value, TandemError)
+
+
+def test_not_a_metadata_file(path: Path) -> None:
+    path.write_bytes(b"hello")
+    with pytest.raises(MetaError, match="not a tandem metadata file"):
+        MetaStore.open(path)
+    with pytest.raises(MetaError, match="cannot open"):
+        MetaStore.open(path.with_name("missing"))
+
+
+def test_update_rejects_managed_fields(path: Path) -> None:
+    with MetaStore.create(path, SIZE, "node1") as store:
+        with pytest.raises(ValueError):
+            store.update(seq=99)
+        with pytest.raises(ValueError):
+            store.update(size=1)
+        with pytest.raises(TypeError):
+            store.update(no_such_field=1)
+
+
+def test_ten_gib_bitmap_fits(tmp_path: Path) -> None:
+    path = tmp_path / "big.meta"
+    with MetaStore.create(path, 10 << 30, "node1") as store:
+        store.mark_dirty_and_persist([(5 << 30, 1 << 20)])
+    assert os.path.getsize(path) < 1 << 20
+    with MetaStore.open(path) as store:
+        assert store.bitmap.weight == 256
