@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from tandem.cli import config_cmd, demo_cmd, lab_cmd
+from tandem.cli import config_cmd, demo_cmd, lab_cmd, volume_cmd
 from tandem.errors import TandemError
 
 app = typer.Typer(
@@ -22,12 +22,13 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(lab_cmd.app, name="lab")
+app.add_typer(volume_cmd.app, name="volume")
 app.command("demo")(demo_cmd.demo)
 
 
 def run() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except TandemError as e:
         for line in str(e).splitlines() or ["error"]:
             print(f"tandem: {line}", file=sys.stderr)
@@ -46,6 +47,7 @@ def run() -> None:
             print(f"tandem: {e.format_message()}", file=sys.stderr)
             sys.exit(e.exit_code)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""A tandem cluster config for a lab: the lab's addresses, a fresh secret, and
+per-host environments, so every lab test and the demo run the real CLI against
+one config file exactly as an operator would."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from tandem.lab.lab import Lab
+
+
+def write_cluster_config(lab: Lab, *, volume_size: str = "256MiB", ping_timeout: float = 0.5,
+                         fence_peer_command: str | None = None, extra: str = "") -> Path:
+    etc = lab.spec.dir / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    secret = etc / "secret"
+    if not secret.exists():
+        secret.write_text(secrets.token_hex(32) + "\n")
+        os.chmod(secret, 0o600)
+    fence = f'fence_peer_command = "{fence_peer_command}"\n' if fence_peer_command else ""
+    text = f"""# written by the lab for lab {lab.spec.name}
+[cluster]
+name = "{lab.spec.name}"
+secret = {{ file = "{secret}" }}
+
+[nodes.node1]
+public_address = "{lab.address('node1', 'public')}"
+replication_address = "{lab.address('node1', 'replication')}"
+
+[nodes.node2]
+public_address = "{lab.address('node2', 'public')}"
+replication_address = "{lab.address('node2', 'replication')}"
+
+[witness]
+name = "witness"
+public_address = "{lab.address('witness', 'public')}"
+replication_address = "{lab.address('witness', 'replication')}"
+
+[volumes.db]
+size = "{volume_size}"
+port = 7789
+backing = "db.img"
+metadata = "db.meta"
+ping_timeout = {ping_timeout}
+{fence}{extra}"""
+    path = etc / "cluster.toml"
+    path.write_text(text)
+    return path
+
+
+def host_env(lab: Lab, host: str, config: Path) -> dict[str, str]:
+    hd = lab.host_dir(host)
+    return {"TANDEM_CONFIG": str(config), "TANDEM_NODE": host,
+            "TANDEM_DATA_DIR": str(hd / "data"), "TANDEM_RUN_DIR": str(hd / "run")}
+
+
+def tandem_argv(*args: str) -> list[str]:
+    exe = Path(sys.executable).parent / "tandem"
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "tandem.cli.main", *args]

@@ -1,0 +1,103 @@
+"""The node's own copy of the data: positional I/O on a backing file or device.
+
+The one rule here: an I/O error is never swallowed. The first error marks the
+store failed (the volume then reports the disk Failed and stops acknowledging
+writes), and every later call fails fast with the same errno. The lab can make
+chosen byte ranges fail with EIO, to test exactly that path on a real stack.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+
+class DiskFailed(OSError):
+    """The backing store returned an I/O error; the disk is Failed."""
+
+
+class BackingStore:
+    def __init__(self, path: str | Path, size: int,
+                 on_failure: Callable[[OSError], None] | None = None):
+        self.path = Path(path)
+        self.size = size
+        self.fd = os.open(self.path, os.O_RDWR)
+        actual = os.lseek(self.fd, 0, os.SEEK_END)
+        if actual < size:
+            os.close(self.fd)
+            raise OSError(errno.EINVAL, f"{self.path}: {actual} bytes, the volume needs {size}")
+        self.failed: OSError | None = None
+        self._on_failure = on_failure
+        self._inject: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def create(path: str | Path, size: int) -> None:
+        """Make a sparse backing file of `size` bytes (an existing file keeps its data)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    # --- fault injection (lab) ----------------------------------------------------
+    def inject_errors(self, ranges: list[tuple[int, int]]) -> None:
+        """Make I/O touching any (offset, length) range fail with EIO."""
+        self._inject = list(ranges)
+
+    def _check(self, offset: int, length: int) -> None:
+        if self.failed is not None:
+            raise DiskFailed(self.failed.errno or errno.EIO, "backing store failed earlier")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise OSError(errno.EINVAL, f"I/O beyond the volume: {offset}+{length} > {self.size}")
+        for start, n in self._inject:
+            if offset < start + n and start < offset + length:
+                self._fail(OSError(errno.EIO, f"injected I/O error at {start}+{n}"))
+
+    def _fail(self, err: OSError) -> None:
+        with self._lock:
+            first = self.failed is None
+            if first:
+                self.failed = err
+        if first and self._on_failure:
+            self._on_failure(err)
+        raise DiskFailed(err.errno or errno.EIO, str(err))
+
+    # --- I/O -----------------------------------------------------------------------
+    def pread(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as e:
+            self._fail(e)
+        if len(data) != length:
+            self._fail(OSError(errno.EIO, f"short read at {offset}: {len(data)} of {length}"))
+        return data
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        self._check(offset, len(data))
+        try:
+            n = os.pwrite(self.fd, data, offset)
+        except OSError as e:
+            self._fail(e)
+        if n != len(data):
+            self._fail(OSError(errno.EIO, f"short write at {offset}: {n} of {len(data)}"))
+
+    def flush(self) -> None:
+        if self.failed is not None:
+            raise DiskFailed(self.failed.errno or errno.EIO, "backing store failed earlier")
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            self._fail(e)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

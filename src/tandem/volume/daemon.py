@@ -1,0 +1,78 @@
+"""The per-node volume daemon: a Replicator plus its control socket.
+
+Runs in the foreground (a supervisor, systemd or the lab, keeps it alive);
+SIGTERM demotes if possible and shuts down cleanly. Everything an operator or
+the agent asks of it goes through the control socket (see control.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from tandem.errors import TandemError
+from tandem.volume.control import ControlServer
+from tandem.volume.replicator import Replicator, run_fence_command
+from tandem.volume.spec import VolumeSpec
+
+log = logging.getLogger("tandem.volume")
+
+
+def _ranges(req: dict[str, Any]) -> list[tuple[int, int]]:
+    raw = req.get("ranges", [])
+    if not isinstance(raw, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) and x >= 0 for x in r)
+            for r in raw):
+        raise TandemError("ranges must be a list of [offset, length] pairs of non-negative integers")
+    return [(a, b) for a, b in raw]
+
+
+def handlers(rep: Replicator, stop: threading.Event) -> dict:
+    def primary(req):
+        rep.promote(force=bool(req.get("force")))
+        return rep.status()
+
+    def secondary(req):
+        rep.demote()
+        return rep.status()
+
+    def down(req):
+        stop.set()
+        return "stopping"
+
+    return {
+        "status": lambda req: rep.status(),
+        "primary": primary,
+        "secondary": secondary,
+        "verify": lambda req: rep.verify(),
+        "invalidate": lambda req: (rep.invalidate(), rep.status())[1],
+        "discard-my-data": lambda req: (rep.set_discard_my_data(), rep.status())[1],
+        "connect": lambda req: (rep.reconnect("connect requested"), rep.status())[1],
+        "disconnect": lambda req: (rep.disconnect(), rep.status())[1],
+        "outdate": lambda req: (rep.outdate(), rep.status())[1],
+        "lost-leadership": lambda req: setattr(rep, "lost_leadership", True),
+        "inject-eio": lambda req: rep.store.inject_errors(_ranges(req)),
+        "down": down,
+    }
+
+
+def run(spec: VolumeSpec, secret: bytes) -> None:
+    fence = run_fence_command(spec.fence_peer_command, spec) if spec.fence_peer_command else None
+    rep = Replicator(spec, secret, fence_peer=fence)
+    stop = threading.Event()
+    server = ControlServer(spec.control_socket, handlers(rep, stop))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    rep.start()
+    server.start()
+    log.info("volume %s up on %s (peer %s at %s:%d)", spec.resource, spec.node, spec.peer,
+             spec.peer_address, spec.port)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        rep.stop()
+        log.info("volume %s down", spec.resource)

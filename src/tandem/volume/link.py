@@ -1,0 +1,224 @@
+"""The thin threaded driver around one `PeerConnection`: a socket, a receiver
+thread, and locks.
+
+Threads instead of asyncio because the callers are FUSE worker threads blocked
+in the kernel: a write must go from a worker to the socket with no hand-off to
+another thread, and each hand-off costs tens of microseconds. Two locks:
+
+* `state_lock` guards the sans-IO state machine; it is never held across I/O.
+* `send_lock` keeps frames whole and in sequence order on the socket; sequence
+  numbers are allocated under it, so wire order == sequence order.
+
+The receiver thread never waits for anything but the socket and `send_lock`;
+acknowledgements are coalesced per batch of received frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tandem.volume import wire
+from tandem.volume.peer import Event, PeerConfig, PeerConnection, TickAction
+from tandem.volume.states import ConnectionState
+
+log = logging.getLogger("tandem.volume.link")
+
+RECV_SIZE = 4 << 20
+
+
+def tune_socket(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+
+
+class Link:
+    """One authenticated replication connection. `on_events(link, events)` is
+    called from the receiver thread with every batch of events; `on_closed(link,
+    reason)` once when the link ends, whatever ended it."""
+
+    def __init__(self, sock: socket.socket, config: PeerConfig,
+                 on_events: Callable[[Link, list[Event]], None],
+                 on_closed: Callable[[Link, str], None]):
+        self.sock = sock
+        self.peer = PeerConnection(config, now=time.monotonic())
+        self.state_lock = threading.Lock()
+        self.send_lock = threading.Lock()
+        self._on_events = on_events
+        self._on_closed = on_closed
+        self._closed = threading.Event()
+        self.close_reason = ""
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        tune_socket(sock)
+        self._thread = threading.Thread(target=self._receive_loop, name="link-recv", daemon=True)
+
+    def start(self) -> None:
+        self._send_raw([self._take_automatic()])
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def state(self) -> ConnectionState:
+        return self.peer.state
+
+    # --- sending -------------------------------------------------------------------
+    def send(self, msg: wire.Message, register: Callable[[], Any] | None = None) -> Any:
+        """Send one message. `register` runs under the state lock right after the
+        state machine accepted it (to record a waiter before any ack can arrive)."""
+        with self.send_lock:
+            with self.state_lock:
+                parts = self.peer.send_parts(msg)
+                token = register() if register else None
+            self._send_raw(parts)
+        return token
+
+    def send_write(self, offset: int, data: memoryview | bytes,
+                   register: Callable[[int], Any]) -> Any:
+        """Allocate the next sequence number, let `register(seq)` record the waiter,
+        and put the Write on the wire."""
+        with self.send_lock:
+            with self.state_lock:
+                seq = self.peer.allocate_seq()
+                parts = self.peer.send_parts(wire.Write(seq, offset, data))
+                token = register(seq)
+            self._send_raw(parts)
+        return token
+
+    def send_flush(self, register: Callable[[int], Any]) -> Any:
+        with self.send_lock:
+            with self.state_lock:
+                seq = self.peer.allocate_seq()
+                parts = self.peer.send_parts(wire.Flush(seq))
+                token = register(seq)
+            self._send_raw(parts)
+        return token
+
+    def send_many(self, msgs: list[wire.Message]) -> None:
+        if not msgs:
+            return
+        with self.send_lock:
+            with self.state_lock:
+                parts: list = []
+                for m in msgs:
+                    parts.extend(self.peer.send_parts(m))
+            self._send_raw(parts)
+
+    def _take_automatic(self) -> bytes:
+        with self.state_lock:
+            return self.peer.data_to_send()
+
+    def _send_raw(self, parts: list) -> None:
+        parts = [p for p in parts if len(p)]
+        if not parts or self.closed:
+            if self.closed:
+                raise ConnectionError(f"link closed: {self.close_reason}")
+            return
+        try:
+            total = sum(len(p) for p in parts)
+            sent = self.sock.sendmsg(parts)
+            while sent < total:
+                # Partial send: flatten what is left (rare, only when buffers fill).
+                rest = b"".join(bytes(p) for p in parts)[sent:]
+                parts, total, sent = [rest], len(rest), 0
+                sent = self.sock.send(rest)
+            self.bytes_sent += total
+        except OSError as e:
+            with self.state_lock:
+                self.peer.send_failed()
+            self.close(f"send failed: {e.strerror or e}")
+            raise ConnectionError(f"send to peer failed: {e}") from None
+
+    # --- receiving -----------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        buf = bytearray(RECV_SIZE)
+        view = memoryview(buf)
+        reason = "receiver ended"
+        try:
+            while not self.closed:
+                try:
+                    n = self.sock.recv_into(view)
+                except OSError as e:
+                    reason = f"receive failed: {e.strerror or e}"
+                    break
+                self.bytes_received += n
+                events: list[Event] = []
+                try:
+                    with self.state_lock:
+                        self.peer.receive_bytes(bytes(view[:n]) if n else b"")
+                        while (ev := self.peer.next_event()) is not wire.NEED_DATA:
+                            events.append(ev)
+                        auto = self.peer.data_to_send()
+                except wire.ProtocolError as e:
+                    reason = f"protocol error: {e.reason}"
+                    log.warning("replication link: %s; closing", reason)
+                    with contextlib.suppress(OSError):
+                        self.sock.sendall(self._take_automatic())
+                    break
+                if auto:
+                    with self.send_lock, contextlib.suppress(ConnectionError):
+                        self._send_raw([auto])
+                if events:
+                    self._on_events(self, events)
+                if self.peer.state.is_terminal:
+                    reason = f"link ended: {self.peer.state}"
+                    for ev in events:
+                        if isinstance(ev, wire.Disconnect):
+                            reason = f"peer disconnected: {ev.reason}"
+                    break
+                if n == 0:
+                    reason = "peer closed the connection"
+                    break
+        except Exception as e:  # a bug must not leave writers hanging forever
+            log.exception("replication receiver crashed")
+            reason = f"receiver crashed: {type(e).__name__}: {e}"
+        self.close(reason)
+
+    # --- time ----------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        if self.closed:
+            return
+        with self.state_lock:
+            actions = self.peer.tick(now)
+        if TickAction.PEER_DEAD in actions:
+            self.close(f"peer did not answer for {self.peer.config.ping_timeout:.2f}s")
+        elif TickAction.SEND_PING in actions:
+            with self.send_lock, contextlib.suppress(ConnectionError):
+                self._send_raw([self._take_automatic()])
+
+    # --- ending ----------------------------------------------------------------------
+    def disconnect(self, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            self.send(wire.Disconnect(reason[: wire.MAX_REASON]))
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        with self.state_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            self.close_reason = reason
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self._on_closed(self, reason)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+
+def new_nonce() -> bytes:
+    return os.urandom(16)

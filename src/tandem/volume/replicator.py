@@ -1,0 +1,957 @@
+"""One node's replicated volume: local disk + metadata + the link to the peer.
+
+This is where protocol C is kept. A write from the application (a FUSE worker
+thread) is sent to the peer first, written locally while the peer writes, and
+completes only when both are done; a flush completes after the local fdatasync
+and the peer's. When the peer goes away, the writes it never acknowledged (and
+every block written since its last completed flush) are marked in the dirty
+bitmap, the Primary starts a new data generation, and, if fencing is configured,
+write completion is suspended until the fence-peer callback confirms the peer
+is Outdated. Only then are the writes acknowledged.
+
+Resync is pulled by the target (window of requests, optional rate cap); the
+source answers under the range lock so an application write to the same range
+can never be overtaken on the wire. Verify is run by the Primary: digests of a
+range are taken locally and requested from the peer at the same stream
+position, so concurrent writes never cause false differences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import queue
+import random
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tandem.errors import TandemError
+from tandem.volume import genid, wire
+from tandem.volume.backing import BackingStore
+from tandem.volume.bitmap import ActivityLog, ActivityLogFull
+from tandem.volume.genid import SplitBrainPolicy
+from tandem.volume.link import Link, new_nonce
+from tandem.volume.meta import MetaStore
+from tandem.volume.peer import (
+    Authenticated,
+    FlushCompleted,
+    PeerConfig,
+    StateChanged,
+    SyncDecided,
+    WritesAcked,
+)
+from tandem.volume.rangelock import RangeLock
+from tandem.volume.spec import VolumeSpec
+from tandem.volume.states import ConnectionState, DiskState, Role
+
+log = logging.getLogger("tandem.volume")
+
+RESYNC_CHUNK = 256 << 10
+RESYNC_WINDOW = 16
+VERIFY_CHUNK = 1 << 20
+VERIFY_WINDOW = 4
+UNFLUSHED_GRAIN = 64 << 10
+WRITABLE_LINK = frozenset({ConnectionState.CONNECTED, ConnectionState.SYNC_SOURCE,
+                           ConnectionState.SYNC_TARGET, ConnectionState.WF_BITMAP_S,
+                           ConnectionState.WF_BITMAP_T})
+HANDSHAKING = frozenset({ConnectionState.CONNECTING, ConnectionState.WF_REPORT_PARAMS})
+
+
+class VolumeError(TandemError):
+    pass
+
+
+def new_uuid() -> int:
+    return random.getrandbits(64) or 1
+
+
+class Waiter:
+    """Completes exactly once; waiting costs one lock acquire."""
+
+    __slots__ = ("_lock", "error")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.error: OSError | None = None
+
+    def done(self, error: OSError | None = None) -> None:
+        self.error = error
+        self._lock.release()
+
+    def wait(self, timeout: float = -1) -> bool:
+        return self._lock.acquire(timeout=timeout)
+
+
+@dataclass
+class Progress:
+    """Resync or verify progress, for status (percent, rate, ETA)."""
+
+    kind: str
+    total: int
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    differences: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = max((self.finished or time.monotonic()) - self.started, 1e-6)
+        rate = self.done / elapsed
+        left = max(self.total - self.done, 0)
+        out = {"kind": self.kind, "total_bytes": self.total, "done_bytes": self.done,
+               "percent": round(100.0 * self.done / self.total, 2) if self.total else 100.0,
+               "rate_mib_s": round(rate / (1 << 20), 2), "elapsed_s": round(elapsed, 3),
+               "eta_s": round(left / rate, 1) if rate > 0 and not self.finished else 0.0,
+               "finished": self.finished is not None}
+        if self.kind == "verify":
+            out["out_of_sync_blocks"] = self.differences
+        return out
+
+
+class Replicator:
+    """The replicated device of one node (see the module docstring)."""
+
+    def __init__(self, spec: VolumeSpec, secret: bytes,
+                 fence_peer: Callable[[], bool] | None = None,
+                 split_brain_policy: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT):
+        self.spec = spec
+        self.size = spec.size
+        self._secret = secret
+        self.fence_peer = fence_peer
+        self.policy = split_brain_policy
+        self.meta = MetaStore.open(spec.metadata)
+        st = self.meta.state
+        if st.size != spec.size:
+            raise VolumeError(f"{spec.metadata}: metadata is for {st.size} bytes, config says"
+                              f" {spec.size}")
+        self.bitmap = self.meta.bitmap
+        self.store = BackingStore(spec.backing, spec.size, on_failure=self._disk_failed)
+        self.crashed_primary = self.meta.crashed_primary
+        self.al = ActivityLog(st.al_slots, st.al_extent_size)
+        if self.crashed_primary:
+            # Writes in flight at the crash may be on one disk only: resync the hot extents.
+            ranges = ActivityLog(st.al_slots, st.al_extent_size, st.al_extents).ranges(spec.size)
+            self.meta.mark_dirty_and_persist(ranges, primary=False, al_extents=())
+            log.warning("crashed while Primary: %d activity-log extents marked for resync",
+                        len(ranges))
+        self.role = Role.SECONDARY
+        self.ranges = RangeLock()
+        self.io_lock = threading.Lock()
+        self.meta_lock = threading.Lock()
+        self.io_open = threading.Event()
+        self.io_open.set()
+        self.suspended_reason = ""
+        self.link: Link | None = None
+        self.last_link_error = ""
+        self.standalone_reason = ""
+        self.peer_status: wire.StateExchange | None = None
+        self.peer_disk: DiskState | None = DiskState.OUTDATED if st.peer_outdated else None
+        self.discard_my_data = False
+        self.lost_leadership = False
+        self._pending_writes: dict[int, tuple[Waiter, int, int]] = {}
+        self._pending_flushes: dict[int, Waiter] = {}
+        self._unflushed: dict[int, int] = {}
+        self.resync: Progress | None = None
+        self.verify_progress: Progress | None = None
+        self._rs_window: threading.Semaphore | None = None
+        self._rs_target_started = False
+        self._source_queue: queue.Queue = queue.Queue()
+        self._flush_queue: queue.Queue = queue.Queue()
+        self._verify_expected: dict[int, list[bytes]] = {}
+        self._verify_window = threading.Semaphore(VERIFY_WINDOW)
+        self.stats = {"writes": 0, "bytes_written": 0, "flushes": 0, "reads": 0,
+                      "replicated_writes": 0, "bitmap_writes": 0, "resync_bytes_received": 0,
+                      "resync_bytes_sent": 0}
+        self._running = True
+        self._stopped = threading.Event()
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self.fuse = None
+
+    # ======================================================================= life
+    def start(self) -> None:
+        for target, name in ((self._connect_loop, "connector"), (self._tick_loop, "ticker"),
+                             (self._source_loop, "resync-source"),
+                             (self._peer_flush_loop, "peer-flush")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        if self.role is Role.PRIMARY:
+            with contextlib.suppress(TandemError):
+                self.demote()
+        self._running = False
+        link = self.link
+        if link:
+            link.disconnect("peer is going down")
+        if self._listener:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        self._source_queue.put(None)
+        self._flush_queue.put(None)
+        for t in self._threads:
+            t.join(timeout=3)
+        with self.meta_lock:
+            with contextlib.suppress(Exception):
+                self.meta.update(primary=False)
+            self.meta.close()
+        self.store.close()
+        self._stopped.set()
+
+    # ================================================================= block API
+    def read(self, offset: int, length: int) -> bytes:
+        self.stats["reads"] += 1
+        return self.store.pread(offset, length)
+
+    def write(self, offset: int, data: memoryview | bytes) -> None:
+        if self.role is not Role.PRIMARY:
+            raise OSError(errno.EROFS, "volume is Secondary")
+        n = len(data)
+        self.io_open.wait()
+        self._al_touch(offset, n)
+        try:
+            waiter = None
+            token = self.ranges.acquire(offset, n)
+            try:
+                link = self._writable_link()
+                if link is not None:
+                    try:
+                        waiter = link.send_write(offset, data, lambda seq: self._register_write(
+                            seq, offset, n))
+                    except (ConnectionError, wire.ProtocolError):
+                        if waiter is None:
+                            with self.io_lock:
+                                self.bitmap.set_range(offset, n)
+                if link is None:
+                    with self.io_lock:
+                        self.bitmap.set_range(offset, n)
+                    self.stats["bitmap_writes"] += 1
+                self.store.pwrite(offset, data)
+            finally:
+                self.ranges.release(token)
+            if waiter is not None:
+                waiter.wait()
+                if waiter.error:
+                    raise waiter.error
+                self.stats["replicated_writes"] += 1
+            self.stats["writes"] += 1
+            self.stats["bytes_written"] += n
+        finally:
+            self._al_complete(offset, n)
+
+    def flush(self) -> None:
+        if self.role is not Role.PRIMARY:
+            self.store.flush()
+            return
+        self.io_open.wait()
+        waiter = None
+        link = self._writable_link()
+        if link is not None:
+            with contextlib.suppress(ConnectionError, wire.ProtocolError):
+                waiter = link.send_flush(self._register_flush)
+        self.store.flush()
+        if waiter is not None:
+            waiter.wait()
+            if waiter.error:
+                raise waiter.error
+        self.stats["flushes"] += 1
+
+    def _writable_link(self) -> Link | None:
+        link = self.link
+        if link is None or link.closed:
+            return None
+        deadline = time.monotonic() + 2.0
+        while link.state in HANDSHAKING and not link.closed and time.monotonic() < deadline:
+            time.sleep(0.001)  # a connect is in progress: wait for its decision
+        if link.state in WRITABLE_LINK and not link.closed and self.peer_disk_usable():
+            return link
+        return None
+
+    def peer_disk_usable(self) -> bool:
+        ps = self.peer_status
+        return ps is not None and ps.disk not in (DiskState.FAILED, DiskState.DISKLESS)
+
+    def _register_write(self, seq: int, offset: int, n: int) -> Waiter:
+        w = Waiter()
+        with self.io_lock:
+            self._pending_writes[seq] = (w, offset, n)
+            for g in range(offset // UNFLUSHED_GRAIN, (offset + n - 1) // UNFLUSHED_GRAIN + 1):
+                self._unflushed[g] = seq
+        return w
+
+    def _register_flush(self, seq: int) -> Waiter:
+        w = Waiter()
+        with self.io_lock:
+            self._pending_flushes[seq] = w
+        return w
+
+    def _al_touch(self, offset: int, n: int) -> None:
+        with self.meta_lock:
+            while True:
+                try:
+                    new = self.al.touch(offset, n)
+                    break
+                except ActivityLogFull:
+                    self.meta_lock.release()
+                    time.sleep(0.001)
+                    self.meta_lock.acquire()
+            if new:
+                # Before the first write into a new extent: the log on disk must
+                # cover it, so a crash now resyncs it (and evicted extents' bits
+                # reach the disk with this update).
+                self.meta.update(al_extents=self.al.extents())
+
+    def _al_complete(self, offset: int, n: int) -> None:
+        with self.meta_lock:
+            self.al.complete(offset, n)
+
+    def _disk_failed(self, err: OSError) -> None:
+        log.error("backing store failed: %s; disk is Failed, no further I/O is acknowledged", err)
+        with contextlib.suppress(Exception), self.meta_lock:
+            self.meta.update(disk=DiskState.FAILED)
+        link = self.link
+        if link is not None:
+            threading.Thread(target=link.disconnect, args=("peer disk failed",), daemon=True).start()
+
+    # ================================================================ role changes
+    def promote(self, force: bool = False) -> None:
+        disk = self.meta.state.disk
+        if self.role is Role.PRIMARY:
+            return
+        if disk is not DiskState.UP_TO_DATE and not force:
+            raise VolumeError(f"refusing to promote: local disk is {disk} (not UpToDate); use"
+                              " --force only if you know this copy is the one to keep")
+        if disk in (DiskState.FAILED, DiskState.DISKLESS):
+            raise VolumeError(f"cannot promote: local disk is {disk}")
+        ps = self.peer_status
+        link = self.link
+        connected = link is not None and not link.closed and link.state in WRITABLE_LINK
+        if connected and ps is not None and ps.role is Role.PRIMARY:
+            raise VolumeError(f"refusing to promote: peer {self.spec.peer} is Primary")
+        if link is not None and link.state in (ConnectionState.SYNC_TARGET,
+                                               ConnectionState.WF_BITMAP_T):
+            raise VolumeError("refusing to promote: this node is a resync target")
+        forced_new_data = disk is not DiskState.UP_TO_DATE or self.meta.state.generations.is_fresh
+        with self.meta_lock:
+            changes: dict[str, Any] = {"primary": True, "disk": DiskState.UP_TO_DATE}
+            if not connected or forced_new_data:
+                changes["generations"] = genid.new_current(self.meta.state.generations, new_uuid())
+            self.meta.update(**changes)
+        if connected and forced_new_data:
+            # Our data just became the reference: connect again so the handshake
+            # makes this node the source of a full sync.
+            link.disconnect("forced promotion: resynchronising from the new Primary")
+            connected = False
+        self.role = Role.PRIMARY
+        self.lost_leadership = False
+        if connected:
+            self._send_status()
+        self._mount()
+        log.info("promoted to Primary%s", " (forced)" if force else "")
+
+    def demote(self) -> None:
+        if self.role is Role.SECONDARY:
+            return
+        self._unmount()
+        # Wait for writes still completing (FUSE is gone, so none start).
+        deadline = time.monotonic() + 10
+        while self.ranges.busy() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.role = Role.SECONDARY
+        with self.meta_lock:
+            self.meta.update(primary=False, al_extents=())
+        self._send_status()
+        log.info("demoted to Secondary")
+
+    def _mount(self) -> None:
+        from tandem.volume.fuse_raw import FuseServer
+        self.spec.mount_dir.mkdir(parents=True, exist_ok=True)
+        from tandem.volume.fuse_raw import cleanup_stale_mount
+        cleanup_stale_mount(str(self.spec.mount_dir))
+        server = FuseServer(self, self.spec.mount_dir, filename="disk", threads=8)
+        server.start()
+        self.fuse = server
+
+    def _unmount(self) -> None:
+        server = self.fuse
+        if server is None:
+            return
+        users = subprocess.run(["losetup", "-j", str(self.spec.device_file)], capture_output=True,
+                               text=True).stdout.strip()
+        if users:
+            raise VolumeError(f"volume is in use ({users.split(':')[0]}); unmount the filesystem"
+                              " and detach the loop device first")
+        server.stop()
+        self.fuse = None
+
+    def outdate(self) -> None:
+        """Mark our own disk Outdated (what a fence-peer handler asks of a peer)."""
+        if self.role is Role.PRIMARY:
+            raise VolumeError("refusing to outdate the Primary's disk")
+        with self.meta_lock:
+            if self.meta.state.disk is DiskState.UP_TO_DATE:
+                self.meta.update(disk=DiskState.OUTDATED)
+        self._send_status()
+
+    def invalidate(self) -> None:
+        """Throw away the local copy: full sync from the peer at the next connect."""
+        if self.role is Role.PRIMARY:
+            raise VolumeError("refusing to invalidate the Primary (demote it first)")
+        with self.meta_lock:
+            self.bitmap.set_all()
+            self.meta.update(disk=DiskState.INCONSISTENT)
+        self.reconnect("local data invalidated")
+
+    def set_discard_my_data(self) -> None:
+        if self.role is Role.PRIMARY:
+            raise VolumeError("refusing discard-my-data on the Primary (demote it first)")
+        self.discard_my_data = True
+        self.standalone_reason = ""
+        self.reconnect("discard-my-data requested")
+
+    def reconnect(self, reason: str) -> None:
+        self.standalone_reason = ""
+        link = self.link
+        if link is not None:
+            link.disconnect(reason)
+
+    def disconnect(self, reason: str = "disconnected by the operator") -> None:
+        self.standalone_reason = reason
+        link = self.link
+        if link is not None:
+            link.disconnect(reason)
+
+    # ================================================================== the link
+    def _status_msg(self) -> wire.StateExchange:
+        st = self.meta.state
+        return wire.StateExchange(
+            role=self.role, disk=st.disk, generations=st.generations, size=self.size,
+            bitmap_weight=self.bitmap.weight, crashed_primary=self.crashed_primary,
+            discard_my_data=self.discard_my_data, lost_leadership=self.lost_leadership,
+            block_size=st.block_size)
+
+    def _send_status(self) -> None:
+        link = self.link
+        if link is not None and not link.closed and link.state not in HANDSHAKING:
+            with contextlib.suppress(ConnectionError, wire.ProtocolError):
+                link.send(self._status_msg())
+
+    def _peer_config(self, initiator: bool) -> PeerConfig:
+        t = self.spec.ping_timeout
+        return PeerConfig(node=self.spec.node, secret=self._secret, nonce=new_nonce(),
+                          initiator=initiator, ping_interval=t / 4, ping_timeout=t * 0.6,
+                          handshake_timeout=max(5.0, 4 * t), split_brain_policy=self.policy)
+
+    def _connect_loop(self) -> None:
+        if not self.spec.dials:
+            self._listener = socket.create_server((self.spec.address, self.spec.port),
+                                                  reuse_port=False, backlog=4)
+            self._listener.settimeout(0.2)
+        while self._running:
+            if self.link is not None or self.standalone_reason or self.store.failed:
+                time.sleep(0.05)
+                continue
+            sock = self._dial() if self.spec.dials else self._accept()
+            if sock is None:
+                continue
+            link = Link(sock, self._peer_config(self.spec.dials), self._on_events,
+                        self._on_link_closed)
+            self._rs_target_started = False
+            self.link = link
+            try:
+                link.start()
+            except ConnectionError:
+                continue
+
+    def _dial(self) -> socket.socket | None:
+        try:
+            sock = socket.create_connection((self.spec.peer_address, self.spec.port), timeout=0.5,
+                                            source_address=(self.spec.address, 0))
+            sock.settimeout(None)
+            return sock
+        except OSError:
+            time.sleep(0.1)
+            return None
+
+    def _accept(self) -> socket.socket | None:
+        assert self._listener
+        try:
+            sock, addr = self._listener.accept()
+        except (TimeoutError, OSError):
+            return None
+        sock.settimeout(None)
+        if self.link is not None:
+            sock.close()
+            return None
+        return sock
+
+    def _tick_loop(self) -> None:
+        interval = min(0.05, self.spec.ping_timeout / 10)
+        last_persist = time.monotonic()
+        while self._running:
+            time.sleep(interval)
+            link = self.link
+            if link is not None:
+                link.tick(time.monotonic())
+            now = time.monotonic()
+            if now - last_persist > 1.0:
+                last_persist = now
+                if self.link is None and self.role is Role.PRIMARY:
+                    with self.meta_lock, contextlib.suppress(Exception):
+                        self.meta.persist()
+
+    def _on_events(self, link: Link, events: list) -> None:
+        acks: list[int] = []
+        for ev in events:
+            if isinstance(ev, wire.Write):
+                if not self._apply_write(link, ev):
+                    return
+                acks.append(ev.seq)
+            elif isinstance(ev, WritesAcked):
+                self._complete_writes(ev.seqs)
+            elif isinstance(ev, FlushCompleted):
+                self._complete_flush(ev.seq)
+            elif isinstance(ev, wire.Flush):
+                self._send_acks(link, acks)
+                acks = []
+                self._flush_queue.put((link, ev.seq))
+            elif isinstance(ev, wire.ResyncData):
+                self._apply_resync(link, ev)
+            elif isinstance(ev, wire.ResyncRequest):
+                self._source_queue.put((link, ev))
+            else:
+                self._send_acks(link, acks)
+                acks = []
+                self._on_control_event(link, ev)
+        self._send_acks(link, acks)
+
+    def _send_acks(self, link: Link, acks: list[int]) -> None:
+        if acks:
+            with contextlib.suppress(ConnectionError, wire.ProtocolError):
+                link.send_many(wire.coalesce_acks(acks))
+
+    def _apply_write(self, link: Link, ev: wire.Write) -> bool:
+        try:
+            self.store.pwrite(ev.offset, ev.data)
+        except OSError as e:
+            log.error("cannot apply replicated write at %d: %s", ev.offset, e)
+            link.disconnect("secondary disk failed")
+            return False
+        self.stats["writes"] += 1
+        self.stats["bytes_written"] += len(ev.data)
+        return True
+
+    def _peer_flush_loop(self) -> None:
+        """Secondary side: fdatasync for the Primary's flushes, coalesced."""
+        while True:
+            item = self._flush_queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:
+                try:
+                    nxt = self._flush_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._flush_queue.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                self.store.flush()
+            except OSError:
+                for link, _ in batch:
+                    link.disconnect("secondary disk failed on flush")
+                continue
+            by_link: dict[int, tuple[Link, list]] = {}
+            for link, seq in batch:
+                by_link.setdefault(id(link), (link, []))[1].append(wire.FlushAck(seq))
+            for link, msgs in by_link.values():
+                with contextlib.suppress(ConnectionError, wire.ProtocolError):
+                    link.send_many(msgs)
+
+    def _complete_writes(self, seqs: tuple[int, ...]) -> None:
+        with self.io_lock:
+            done = [self._pending_writes.pop(s, None) for s in seqs]
+        for item in done:
+            if item is not None:
+                item[0].done()
+
+    def _complete_flush(self, seq: int) -> None:
+        with self.io_lock:
+            w = self._pending_flushes.pop(seq, None)
+            self._unflushed = {g: s for g, s in self._unflushed.items() if s > seq}
+        if w is not None:
+            w.done()
+
+    def _on_control_event(self, link: Link, ev: Any) -> None:
+        if isinstance(ev, Authenticated):
+            log.info("peer %s authenticated", ev.peer_node)
+            if ev.peer_node != self.spec.peer:
+                link.disconnect(f"expected peer {self.spec.peer}, got {ev.peer_node}")
+                return
+            with contextlib.suppress(ConnectionError, wire.ProtocolError):
+                link.send(self._status_msg())
+        elif isinstance(ev, SyncDecided):
+            self.peer_status = ev.peer
+            self.peer_disk = ev.peer.disk
+            if ev.refused:
+                self.standalone_reason = ev.reason
+                log.error("connection refused: %s (StandAlone until resolved)", ev.reason)
+                return
+            log.info("connected: %s (%s)", ev.decision.outcome, ev.reason)
+            out = ev.decision.outcome
+            if out.is_target and out.is_full:
+                with self.io_lock:
+                    self.bitmap.set_all()
+            if out.is_source or out.is_target:
+                self._send_bitmap(link)
+            if self.discard_my_data and out.is_target:
+                self.discard_my_data = False
+        elif isinstance(ev, StateChanged):
+            log.info("link %s -> %s (%s)", ev.old, ev.new, ev.reason)
+            if ev.new is ConnectionState.SYNC_SOURCE:
+                self._start_source(link)
+        elif isinstance(ev, wire.StateExchange):
+            self.peer_status = ev
+            self.peer_disk = ev.disk
+            if (link.state is ConnectionState.SYNC_TARGET and not self._rs_target_started
+                    and ev.generations.bitmap):
+                self._rs_target_started = True
+                self._start_target(link, ev)
+        elif isinstance(ev, wire.BitmapChunk):
+            with self.io_lock:
+                self.bitmap.or_bytes(ev.offset, ev.data)
+        elif isinstance(ev, wire.ResyncDone):
+            self._finish_source()
+        elif isinstance(ev, wire.VerifyRequest):
+            self._answer_verify(link, ev)
+        elif isinstance(ev, wire.VerifyDigests):
+            self._compare_digests(ev)
+        elif isinstance(ev, wire.Disconnect):
+            log.warning("peer disconnects: %s", ev.reason)
+
+    def _send_bitmap(self, link: Link) -> None:
+        with self.io_lock:
+            chunks = list(self.bitmap.chunks(32 << 10))
+        msgs = [wire.BitmapChunk(off, data, False) for off, data in chunks]
+        msgs.append(wire.BitmapChunk(0, b"", True))
+        with contextlib.suppress(ConnectionError, wire.ProtocolError):
+            for i in range(0, len(msgs), 16):
+                link.send_many(msgs[i:i + 16])
+
+    def _on_link_closed(self, link: Link, reason: str) -> None:
+        with self.io_lock:
+            if self.link is not link:
+                return
+            was_replicating = link.peer.decision is not None and not link.peer.decision.refused
+            writes = list(self._pending_writes.values())
+            flushes = list(self._pending_flushes.values())
+            self._pending_writes.clear()
+            self._pending_flushes.clear()
+            for _, off, n in writes:
+                self.bitmap.set_range(off, n)
+            for g in self._unflushed:
+                self.bitmap.set_range(g * UNFLUSHED_GRAIN,
+                                      min(UNFLUSHED_GRAIN, self.size - g * UNFLUSHED_GRAIN))
+            self._unflushed.clear()
+            fence = self.role is Role.PRIMARY and was_replicating and self.fence_peer is not None
+            if fence:
+                self.io_open.clear()
+                self.suspended_reason = "fencing the peer"
+        self.last_link_error = reason
+        if self._rs_window is not None:
+            for _ in range(RESYNC_WINDOW):
+                self._rs_window.release()
+        log.warning("replication link lost: %s (%d writes, %d flushes in flight)", reason,
+                    len(writes), len(flushes))
+        if self.role is Role.PRIMARY and was_replicating:
+            with self.meta_lock:
+                ids = genid.new_current(self.meta.state.generations, new_uuid())
+                self.meta.update(generations=ids)
+        elif was_replicating:
+            with self.meta_lock, contextlib.suppress(Exception):
+                self.meta.persist()
+        self.link = None
+        self.peer_status = None
+        if self.resync and not self.resync.finished:
+            self.resync.finished = time.monotonic()
+        if fence:
+            threading.Thread(target=self._fence_and_resume, args=(writes, flushes), daemon=True,
+                             name="fence-peer").start()
+        else:
+            for w, _, _ in writes:
+                w.done()
+            for w in flushes:
+                w.done()
+
+    def _fence_and_resume(self, writes: list, flushes: list) -> None:
+        attempt = 0
+        while self._running:
+            attempt += 1
+            try:
+                ok = bool(self.fence_peer and self.fence_peer())
+            except Exception as e:
+                log.error("fence-peer failed: %s", e)
+                ok = False
+            if ok:
+                break
+            self.suspended_reason = f"fencing the peer (attempt {attempt} failed, retrying)"
+            time.sleep(min(1.0, 0.1 * attempt))
+        else:
+            return
+        self.peer_disk = DiskState.OUTDATED
+        with self.meta_lock:
+            self.meta.update(peer_outdated=True)
+        log.info("peer fenced (marked Outdated); resuming I/O")
+        self.suspended_reason = ""
+        self.io_open.set()
+        for w, _, _ in writes:
+            w.done()
+        for w in flushes:
+            w.done()
+
+    # =================================================================== resync
+    def _start_source(self, link: Link) -> None:
+        with self.meta_lock:
+            ids = genid.start_resync_source(self.meta.state.generations, new_uuid())
+            self.meta.update(generations=ids)
+        self.resync = Progress("resync-source", self.bitmap.weight * self.meta.state.block_size)
+        with contextlib.suppress(ConnectionError, wire.ProtocolError):
+            link.send(self._status_msg())
+
+    def _source_loop(self) -> None:
+        """Answer resync requests under the range lock (see the module docstring)."""
+        while True:
+            item = self._source_queue.get()
+            if item is None:
+                return
+            link, req = item
+            if link.closed:
+                continue
+            try:
+                with self.ranges.hold(req.offset, req.length):
+                    data = self.store.pread(req.offset, req.length)
+                    link.send(wire.ResyncData(req.offset, data))
+            except (ConnectionError, wire.ProtocolError):
+                continue
+            except OSError as e:
+                link.disconnect(f"sync source cannot read: {e}")
+                continue
+            self.stats["resync_bytes_sent"] += req.length
+            if self.resync:
+                self.resync.done += req.length
+
+    def _finish_source(self) -> None:
+        with self.meta_lock:
+            with self.io_lock:
+                self.bitmap.clear_all()
+            ids = genid.finish_resync_source(self.meta.state.generations)
+            self.meta.update(generations=ids, peer_outdated=False)
+        self.peer_disk = DiskState.UP_TO_DATE
+        self.crashed_primary = False
+        if self.resync:
+            self.resync.done = self.resync.total
+            self.resync.finished = time.monotonic()
+        log.info("resync finished (source)")
+
+    def _start_target(self, link: Link, source: wire.StateExchange) -> None:
+        with self.meta_lock:
+            ids = genid.start_resync_target(self.meta.state.generations, source.generations.bitmap)
+            self.meta.update(generations=ids, disk=DiskState.INCONSISTENT)
+        threading.Thread(target=self._pull, args=(link, source), daemon=True,
+                         name="resync-target").start()
+
+    def _pull(self, link: Link, source: wire.StateExchange) -> None:
+        with self.io_lock:
+            runs = list(self.bitmap.dirty_runs(max_length=RESYNC_CHUNK))
+        total = sum(n for _, n in runs)
+        self.resync = progress = Progress("resync-target", total)
+        self._rs_window = window = threading.Semaphore(RESYNC_WINDOW)
+        rate = self.spec.resync_rate
+        log.info("resync: pulling %d bytes in %d requests", total, len(runs))
+        last_persist = time.monotonic()
+        for off, n in runs:
+            window.acquire()
+            if link.closed:
+                return
+            if rate:
+                ahead = progress.done / rate - (time.monotonic() - progress.started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            try:
+                link.send(wire.ResyncRequest(off, n))
+            except (ConnectionError, wire.ProtocolError):
+                return
+            if time.monotonic() - last_persist > 1.0:
+                last_persist = time.monotonic()
+                with self.meta_lock:
+                    self.meta.persist()
+        for _ in range(RESYNC_WINDOW):
+            window.acquire()
+        if link.closed:
+            return
+        try:
+            link.send(wire.ResyncDone())
+        except (ConnectionError, wire.ProtocolError):
+            return
+        with self.meta_lock:
+            with self.io_lock:
+                self.bitmap.clear_all()
+            ids = genid.finish_resync_target(self.meta.state.generations, source.generations.current)
+            self.meta.update(generations=ids, disk=DiskState.UP_TO_DATE)
+        self.crashed_primary = False
+        progress.done = total
+        progress.finished = time.monotonic()
+        self._rs_window = None
+        log.info("resync finished (target): %d bytes in %.2fs", total,
+                 progress.finished - progress.started)
+        self._send_status()
+
+    def _apply_resync(self, link: Link, ev: wire.ResyncData) -> None:
+        try:
+            self.store.pwrite(ev.offset, ev.data)
+        except OSError as e:
+            log.error("cannot apply resync data at %d: %s", ev.offset, e)
+            link.disconnect("sync target disk failed")
+            return
+        with self.io_lock:
+            self.bitmap.clear_range(ev.offset, len(ev.data))
+        self.stats["resync_bytes_received"] += len(ev.data)
+        if self.resync:
+            self.resync.done += len(ev.data)
+        if self._rs_window is not None:
+            self._rs_window.release()
+
+    # =================================================================== verify
+    def verify(self, timeout: float = 600) -> dict[str, Any]:
+        link = self.link
+        if link is None or link.closed or link.state is not ConnectionState.CONNECTED:
+            raise VolumeError("verify needs a Connected peer (not resyncing)")
+        ps = self.peer_status
+        if ps is not None and ps.role is Role.PRIMARY:
+            raise VolumeError(f"run verify on the Primary ({self.spec.peer})")
+        progress = self.verify_progress = Progress("verify", self.size)
+        self._verify_expected.clear()
+        deadline = time.monotonic() + timeout
+        for off in range(0, self.size, VERIFY_CHUNK):
+            n = min(VERIFY_CHUNK, self.size - off)
+            while not self._verify_window.acquire(timeout=0.5):
+                if link.closed or time.monotonic() > deadline:
+                    raise VolumeError(f"verify aborted: {link.close_reason or 'timed out'}")
+            with self.ranges.hold(off, n):
+                self._verify_expected[off] = _digests(self.store.pread(off, n))
+                try:
+                    link.send(wire.VerifyRequest(off, n, 4096))
+                except (ConnectionError, wire.ProtocolError) as e:
+                    raise VolumeError(f"verify aborted: {e}") from None
+        for _ in range(VERIFY_WINDOW):
+            while not self._verify_window.acquire(timeout=0.5):
+                if link.closed or time.monotonic() > deadline:
+                    raise VolumeError(f"verify aborted: {link.close_reason or 'timed out'}")
+        for _ in range(VERIFY_WINDOW):
+            self._verify_window.release()
+        progress.finished = time.monotonic()
+        result = progress.as_dict()
+        log.info("verify finished: %d blocks out of sync", progress.differences)
+        return result
+
+    def _answer_verify(self, link: Link, ev: wire.VerifyRequest) -> None:
+        try:
+            digests = _digests(self.store.pread(ev.offset, ev.length))
+        except OSError as e:
+            link.disconnect(f"verify: cannot read: {e}")
+            return
+        with contextlib.suppress(ConnectionError, wire.ProtocolError):
+            link.send(wire.VerifyDigests(ev.offset, tuple(digests)))
+
+    def _compare_digests(self, ev: wire.VerifyDigests) -> None:
+        mine = self._verify_expected.pop(ev.offset, [])
+        diff = [i for i, (a, b) in enumerate(zip(mine, ev.digests, strict=False)) if a != b]
+        if diff:
+            with self.io_lock:
+                for i in diff:
+                    self.bitmap.set_range(ev.offset + i * 4096, 4096)
+            with self.meta_lock:
+                self.meta.persist()
+        p = self.verify_progress
+        if p is not None:
+            p.differences += len(diff)
+            p.done += len(mine) * 4096
+        self._verify_window.release()
+
+    # =================================================================== status
+    def status(self) -> dict[str, Any]:
+        st = self.meta.state
+        link = self.link
+        if self.store.failed:
+            conn = "StandAlone"
+        elif link is not None and not link.closed:
+            conn = str(link.state)
+        elif self.standalone_reason:
+            conn = "StandAlone"
+        else:
+            conn = "Connecting"
+        ps = self.peer_status
+        out: dict[str, Any] = {
+            "resource": self.spec.resource,
+            "node": self.spec.node,
+            "role": str(self.role),
+            "disk": str(DiskState.FAILED if self.store.failed else st.disk),
+            "size": self.size,
+            "generations": {"current": f"{st.generations.current:016X}",
+                            "bitmap": f"{st.generations.bitmap:016X}",
+                            "history": [f"{h:016X}" for h in st.generations.history]},
+            "out_of_sync_bytes": self.bitmap.weight * st.block_size,
+            "suspended": not self.io_open.is_set(),
+            "peer": {
+                "node": self.spec.peer,
+                "connection": conn,
+                "role": str(ps.role) if ps else "Unknown",
+                "disk": str(self.peer_disk) if self.peer_disk else "DUnknown",
+            },
+            "device": str(self.spec.device_file) if self.fuse else None,
+            "stats": dict(self.stats),
+        }
+        if self.suspended_reason:
+            out["suspended_reason"] = self.suspended_reason
+        if self.standalone_reason:
+            out["peer"]["standalone_reason"] = self.standalone_reason
+        if self.last_link_error:
+            out["peer"]["last_error"] = self.last_link_error
+        if self.resync:
+            out["resync"] = self.resync.as_dict()
+        if self.verify_progress:
+            out["verify"] = self.verify_progress.as_dict()
+        if self.store.failed:
+            out["disk_error"] = str(self.store.failed)
+        return out
+
+
+def _digests(data: bytes) -> list[bytes]:
+    mv = memoryview(data)
+    return [hashlib.blake2b(mv[i:i + 4096], digest_size=16).digest()
+            for i in range(0, len(data), 4096)]
+
+
+def run_fence_command(command: str, spec: VolumeSpec) -> Callable[[], bool]:
+    """A fence-peer callback that runs an operator's command (exit 0 = fenced)."""
+    def fence() -> bool:
+        env = {**os.environ, "TANDEM_RESOURCE": spec.resource, "TANDEM_PEER": spec.peer,
+               "TANDEM_NODE": spec.node}
+        proc = subprocess.run(command, shell=True, env=env, capture_output=True, text=True,
+                              timeout=30)
+        if proc.returncode != 0:
+            log.error("fence-peer command exited %d: %s", proc.returncode,
+                      (proc.stderr or proc.stdout).strip()[-200:])
+        return proc.returncode == 0
+    return fence

@@ -1,0 +1,261 @@
+"""Protocol C, resync, verify, split brain, fencing and disk errors on a real
+two-node volume (FUSE file, daemons in lab hosts, the replication network)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from tests.volume_lab.harness import pwrite_sync, read_range
+
+MiB = 1 << 20
+
+
+def test_initial_sync_and_verify_identical(fresh):
+    vp = fresh
+    dev = vp.device("node1")
+    payload = os.urandom(3 * MiB)
+    pwrite_sync(dev, 5 * MiB, payload)
+    # Protocol C: once fsync returned, the bytes are on node2's backing file too.
+    assert read_range(vp.backing("node2"), 5 * MiB, len(payload)) == payload
+    res = vp.tandem("node1", "volume", "verify", "db", "--json")
+    assert '"out_of_sync_blocks": 0' in res.stdout
+    st = vp.status("node1")
+    assert st["role"] == "Primary" and st["stats"]["replicated_writes"] > 0
+    assert vp.status("node2")["role"] == "Secondary"
+    # The Secondary exposes no device.
+    assert not vp.device("node2").exists()
+
+
+def test_resync_copies_only_what_changed(fresh):
+    vp = fresh
+    dev = vp.device("node1")
+    fd = os.open(dev, os.O_RDWR)
+    os.fsync(fd)
+    os.close(fd)
+    before = vp.status("node2")["stats"]["resync_bytes_received"]
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node1")["peer"]["connection"] != "Connected", 10, "link down")
+    rng = random.Random(7)
+    blocks = sorted(rng.sample(range(0, 64 * MiB // 4096), 100))
+    for b in blocks:
+        pwrite_sync(dev, b * 4096, os.urandom(4096))
+    changed = len(blocks) * 4096
+    st = vp.status("node1")
+    assert st["out_of_sync_bytes"] >= changed
+    vp.lab.faults.heal()
+    vp.wait_connected_uptodate()
+    resynced = vp.status("node2")["stats"]["resync_bytes_received"] - before
+    # Only the changed blocks (and at most a few grains written just before the cut).
+    assert changed <= resynced <= changed + 256 * 1024, (changed, resynced)
+    res = vp.tandem("node1", "volume", "verify", "db", "--json")
+    assert '"out_of_sync_blocks": 0' in res.stdout
+
+
+def test_verify_finds_and_marks_differences(fresh):
+    vp = fresh
+    # Corrupt node2's copy behind tandem's back: verify must notice exactly it.
+    with open(vp.backing("node2"), "r+b") as f:
+        f.seek(10 * MiB + 8192)
+        f.write(b"\xff" * 4096)
+        f.flush()
+        os.fsync(f.fileno())
+    proc = vp.tandem("node1", "volume", "verify", "db", check=False)
+    assert proc.returncode == 1
+    assert "1 blocks out of sync" in proc.stdout
+    assert vp.status("node1")["out_of_sync_bytes"] == 4096
+    # A reconnect resyncs the marked block from the Primary.
+    vp.tandem("node1", "volume", "connect", "db")
+    vp.wait_connected_uptodate()
+    vp.wait(lambda: vp.status("node1")["out_of_sync_bytes"] == 0, 10, "bitmap cleared")
+    assert read_range(vp.backing("node2"), 10 * MiB + 8192, 4096) == \
+        read_range(vp.backing("node1"), 10 * MiB + 8192, 4096)
+    assert "0 blocks out of sync" in vp.tandem("node1", "volume", "verify", "db").stdout
+
+
+def test_writes_continue_while_peer_is_away_and_crashed_secondary_resyncs(fresh):
+    vp = fresh
+    dev = vp.device("node1")
+    vp.lab.faults.crash("node2")
+    t0 = time.monotonic()
+    pwrite_sync(dev, 0, b"a" * 8192)
+    assert time.monotonic() - t0 < 5, "the Primary must keep writing without its peer"
+    vp.wait(lambda: vp.status("node1")["peer"]["connection"] == "Connecting", 5, "peer lost")
+    assert vp.status("node1")["out_of_sync_bytes"] >= 8192
+    vp.lab.faults.restart("node2")
+    vp.start("node2")
+    vp.wait_connected_uptodate()
+    assert read_range(vp.backing("node2"), 0, 8192) == b"a" * 8192
+
+
+def test_crashed_primary_loses_no_acknowledged_write_and_resyncs_on_return(fresh):
+    vp = fresh
+    dev = vp.device("node1")
+    acked: dict[int, bytes] = {}
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            data = os.urandom(4096)
+            try:
+                pwrite_sync(dev, (i % 4096) * 4096, data)
+            except OSError:
+                return
+            acked[(i % 4096) * 4096] = data
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(1.0)
+    vp.lab.faults.crash("node1")
+    stop.set()
+    t.join(10)
+    assert len(acked) > 20
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 5, "node2 sees loss")
+    vp.tandem("node2", "volume", "primary", "db")
+    dev2 = vp.device("node2")
+    for off, data in acked.items():
+        assert read_range(dev2, off, 4096) == data, f"acknowledged write at {off} lost"
+    # node2 keeps writing, then node1 comes back as Secondary and catches up.
+    pwrite_sync(dev2, 20 * MiB, b"n" * 4096)
+    vp.lab.faults.restart("node1")
+    vp.start("node1")
+    vp.wait_connected_uptodate()
+    assert vp.status("node1")["role"] == "Secondary"
+    assert "0 blocks out of sync" in vp.tandem("node2", "volume", "verify", "db").stdout
+    assert read_range(vp.backing("node1"), 20 * MiB, 4096) == b"n" * 4096
+    # Hand the Primary role back for the following tests.
+    vp.tandem("node2", "volume", "secondary", "db")
+
+
+def test_split_brain_is_detected_and_refused_until_resolved(fresh):
+    vp = fresh
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+    vp.tandem("node2", "volume", "primary", "db")
+    pwrite_sync(vp.device("node1"), 0, b"1" * 4096)
+    pwrite_sync(vp.device("node2"), 4096, b"2" * 4096)
+    vp.tandem("node2", "volume", "secondary", "db")
+    vp.lab.faults.heal()
+    vp.wait(lambda: vp.status("node1")["peer"]["connection"] == "StandAlone", 15, "split brain")
+    st = vp.status("node1")
+    assert "split brain" in st["peer"]["standalone_reason"]
+    time.sleep(1.0)
+    assert vp.status("node1")["peer"]["connection"] == "StandAlone", "must stay refused"
+    assert read_range(vp.backing("node2"), 4096, 4096) == b"2" * 4096, "nothing merged"
+    vp.tandem("node2", "volume", "discard-my-data", "db")
+    vp.tandem("node1", "volume", "connect", "db")
+    vp.wait_connected_uptodate()
+    assert read_range(vp.backing("node2"), 0, 4096) == b"1" * 4096
+    assert read_range(vp.backing("node2"), 4096, 4096) == read_range(vp.backing("node1"), 4096, 4096)
+    assert "0 blocks out of sync" in vp.tandem("node1", "volume", "verify", "db").stdout
+
+
+def _link_port(vp) -> tuple[str, int]:
+    # node2 listens (node1 < node2 dials); a stranger dials in from the witness.
+    return vp.lab.address("node2", "replication"), 7789
+
+
+def _stranger(vp, payload: bytes) -> bytes:
+    code = (
+        "import socket,sys\n"
+        "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3)\n"
+        "s.sendall(bytes.fromhex(sys.argv[3]))\n"
+        "data=b''\n"
+        "try:\n"
+        "    while True:\n"
+        "        c=s.recv(65536)\n"
+        "        if not c: break\n"
+        "        data+=c\n"
+        "except Exception: pass\n"
+        "print(data.hex())\n")
+    import sys
+    host, port = _link_port(vp)
+    out = vp.lab.run("witness", [sys.executable, "-c", code, host, str(port), payload.hex()],
+                     timeout=20).stdout.strip()
+    return bytes.fromhex(out)
+
+
+def test_malformed_frames_and_wrong_secret_are_rejected(fresh):
+    vp = fresh
+    # Take node1 off the link so node2's port is free for strangers.
+    vp.tandem("node1", "volume", "disconnect", "db")
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+    before = vp.backing("node2").read_bytes()[:8 * MiB]
+    from tandem.volume import wire
+    from tandem.volume.auth import Handshake
+    garbage = b"GET / HTTP/1.0\r\n\r\n" + os.urandom(64)
+    _stranger(vp, garbage)
+    oversized = bytearray(wire.encode(wire.Ping(1)))
+    oversized[8:12] = (1 << 30).to_bytes(4, "big")
+    _stranger(vp, bytes(oversized))
+    hs = Handshake(secret=b"not-the-secret-0123456789", node="node1", nonce=os.urandom(16),
+                   initiator=True)
+    _stranger(vp, wire.encode(hs.hello()))
+    log = vp.log("node2")
+    assert "protocol error" in log
+    assert "not-the-secret" not in log
+    assert vp.backing("node2").read_bytes()[:8 * MiB] == before
+    vp.tandem("node1", "volume", "connect", "db")
+    vp.wait_connected_uptodate()
+
+
+def test_fence_peer_suspends_writes_until_it_succeeds(pair, healed, tmp_path):
+    from tests.volume_lab.harness import VolumePair
+    flag = pair.lab.spec.dir / "fence-ok"
+    calls = pair.lab.spec.dir / "fence-calls"
+    flag.unlink(missing_ok=True)
+    calls.unlink(missing_ok=True)
+    cmd = f"echo $TANDEM_PEER >> {calls}; test -e {flag}"
+    vp = VolumePair(pair.lab, fence_peer_command=cmd)
+    vp.fresh("node1")
+    dev = vp.device("node1")
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    done = threading.Event()
+
+    def write():
+        pwrite_sync(dev, 0, b"f" * 4096)
+        done.set()
+
+    t = threading.Thread(target=write)
+    t.start()
+    time.sleep(2.0)
+    assert not done.is_set(), "a write must not complete before the peer is fenced"
+    st = vp.status("node1")
+    assert st["suspended"] and "fencing" in st["suspended_reason"]
+    assert calls.read_text().split()[0] == "node2"
+    flag.touch()
+    assert done.wait(10)
+    t.join()
+    assert vp.status("node1")["peer"]["disk"] == "Outdated"
+    vp.lab.faults.heal()
+    vp.wait_connected_uptodate()
+    # Leave the module's default (no fencing) config in place for later tests.
+    vp.teardown()
+    from tandem.lab.clusterconf import write_cluster_config
+    write_cluster_config(pair.lab, volume_size="64MiB")
+
+
+def test_backing_store_eio_is_never_acknowledged(fresh):
+    vp = fresh
+    dev = vp.device("node1")
+    vp.tandem("node1", "volume", "status", "db")
+    from tandem.volume import control
+    sock = vp.lab.host_dir("node1") / "run" / "volume-db.sock"
+    control.call(sock, "inject-eio", ranges=[[8 * MiB, 4096]])
+    with pytest.raises(OSError) as err:
+        pwrite_sync(dev, 8 * MiB, b"x" * 4096)
+    assert err.value.errno == errno.EIO
+    st = vp.status("node1")
+    assert st["disk"] == "Failed" and "injected" in st["disk_error"]
+    # Once Failed, nothing more is acknowledged, anywhere on the disk.
+    with pytest.raises(OSError):
+        pwrite_sync(dev, 0, b"y" * 4096)
+    vp.lab.faults.crash("node1")
+    vp.lab.faults.restart("node1")
