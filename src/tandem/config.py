@@ -113,16 +113,35 @@ class Vip(Strict):
 
 
 class Database(Strict):
+    """The database service the agent runs on the Primary: volume -> ext4 mount ->
+    MariaDB -> DB VIP. Relative paths are below the node's data directory."""
+
     kind: Literal["mariadb"] = "mariadb"
+    volume: Name = "db"
     mountpoint: Path
     port: int = Field(default=3306, ge=1, le=65535)
     vip: Vip | None = None
+    user: str = Field(default="tandem", pattern=r"^[A-Za-z0-9_]{1,32}$")
+    password_file: Path | None = None  #: the application user's password (mode 600)
+    buffer_pool_size: str = Field(default="128M", pattern=r"^\d+[KMG]?$")
 
 
 class Etcd(Strict):
     embedded: bool = True
     endpoints: list[str] = Field(default_factory=list)
-    lease_ttl: float = Field(default=1.0, gt=0, le=60)
+    client_port: int = Field(default=2379, ge=1, le=65535)
+    peer_port: int = Field(default=2380, ge=1, le=65535)
+    lease_ttl: int = Field(default=1, ge=1, le=60)
+    op_timeout: float = Field(default=0.5, gt=0, le=10)
+
+
+class Agent(Strict):
+    """Timing of the HA loop; see tandem.cluster.decide for the safety argument."""
+
+    interval: float = Field(default=0.25, gt=0, le=10)
+    margin: float = Field(default=0.3, gt=0, le=10)
+    monitor_interval: float = Field(default=1.0, gt=0, le=60)
+    nofailover: bool = False
 
 
 class Cluster(Strict):
@@ -137,6 +156,7 @@ class Config(Strict):
     etcd: Etcd = Etcd()
     volumes: dict[Name, Volume] = Field(default_factory=dict)
     database: Database | None = None
+    agent: Agent = Agent()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -168,6 +188,10 @@ class Config(Strict):
         vip = self.database.vip.address.ip if self.database and self.database.vip else None
         if vip in seen:
             problems.append(("database.vip.address", f"{vip} is already {seen[vip]}"))
+        if self.database and self.database.volume not in self.volumes:
+            problems.append(("database.volume", f"no volume {self.database.volume!r} in volumes"))
+        if self.agent.margin >= self.etcd.lease_ttl:
+            problems.append(("agent.margin", "must be smaller than etcd.lease_ttl"))
         if not self.etcd.embedded and not self.etcd.endpoints:
             problems.append(("etcd.endpoints", "required when etcd.embedded = false"))
         if problems:
@@ -215,6 +239,17 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     except ValidationError as err:
         raise ConfigError([f"{source}: {line}" for line in _format_errors(err)]) from None
     return cfg
+
+
+def etcd_endpoints(cfg: Config, first: str | None = None) -> list[str]:
+    """host:port of the etcd members; `first` (this node) is asked first."""
+    if not cfg.etcd.embedded:
+        return list(cfg.etcd.endpoints)
+    hosts = [(n, str(node.public_address)) for n, node in cfg.nodes.items()]
+    if cfg.witness:
+        hosts.append((cfg.witness.name, str(cfg.witness.public_address)))
+    hosts.sort(key=lambda h: h[0] != first)
+    return [f"{addr}:{cfg.etcd.client_port}" for _, addr in hosts]
 
 
 def load_config(path: str | Path, check_secrets: bool = True) -> Config:

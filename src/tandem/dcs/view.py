@@ -68,6 +68,7 @@ class Member:
     api_url: str = ""
     connection: str = ""  #: replication link state (the volume's ConnectionState)
     sync_percent: float | None = None  #: resync progress when a resync runs
+    note: str = ""  #: the agent's last decision, in one sentence
     revision: int = 0  #: mod_revision of the key
 
     @classmethod
@@ -78,12 +79,13 @@ class Member:
                    healthy=bool(data.get("healthy", False)),
                    nofailover=bool(data.get("nofailover", False)),
                    api_url=str(data.get("api_url", "")), connection=str(data.get("connection", "")),
-                   sync_percent=data.get("sync_percent"), revision=revision)
+                   sync_percent=data.get("sync_percent"), note=str(data.get("note", "")),
+                   revision=revision)
 
     def to_value(self) -> dict[str, Any]:
         return {"role": self.role.value, "disk_state": self.disk_state.value if self.disk_state else None,
                 "healthy": self.healthy, "nofailover": self.nofailover, "api_url": self.api_url,
-                "connection": self.connection, "sync_percent": self.sync_percent}
+                "connection": self.connection, "sync_percent": self.sync_percent, "note": self.note}
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,14 +29,25 @@ def _ranges(req: dict[str, Any]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in raw]
 
 
+def _until(req: dict[str, Any]) -> float | None:
+    until = req.get("until")
+    if until is not None and not isinstance(until, int | float):
+        raise TandemError("write-lease: 'until' must be a CLOCK_MONOTONIC time in seconds or null")
+    return None if until is None else float(until)
+
+
 def handlers(rep: Replicator, stop: threading.Event) -> dict:
     def primary(req):
         rep.promote(force=bool(req.get("force")))
         return rep.status()
 
     def secondary(req):
-        rep.demote()
+        rep.demote(force=bool(req.get("force")))
         return rep.status()
+
+    def suspend(req):
+        drained = rep.suspend(str(req.get("reason", "suspended by the operator")))
+        return {"drained": drained}
 
     def down(req):
         stop.set()
@@ -54,6 +65,9 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
         "outdate": lambda req: (rep.outdate(), rep.status())[1],
         "lost-leadership": lambda req: setattr(rep, "lost_leadership", True),
         "inject-eio": lambda req: rep.store.inject_errors(_ranges(req)),
+        "suspend-io": suspend,
+        "write-lease": lambda req: rep.set_write_lease(_until(req)),
+        "resume-io": lambda req: rep.resume(),
         "down": down,
     }
 

@@ -149,6 +149,10 @@ class Replicator:
         self.io_open = threading.Event()
         self.io_open.set()
         self.suspended_reason = ""
+        self._held_by_operator = False
+        self._fencing: tuple[list, list] | None = None
+        self._write_lease: float | None = None
+        self._lease_held_io = False
         self.link: Link | None = None
         self.last_link_error = ""
         self.standalone_reason = ""
@@ -216,7 +220,13 @@ class Replicator:
         if self.role is not Role.PRIMARY:
             raise OSError(errno.EROFS, "volume is Secondary")
         n = len(data)
-        self.io_open.wait()
+        lease = self._write_lease
+        if lease is not None and time.monotonic() >= lease:
+            self._lease_expired()
+        if not self.io_open.is_set():
+            self.io_open.wait()
+            if self.role is not Role.PRIMARY:
+                raise OSError(errno.EIO, "volume was demoted while I/O was suspended")
         self._al_touch(offset, n)
         try:
             waiter = None
@@ -252,7 +262,12 @@ class Replicator:
         if self.role is not Role.PRIMARY:
             self.store.flush()
             return
+        lease = self._write_lease
+        if lease is not None and time.monotonic() >= lease:
+            self._lease_expired()
         self.io_open.wait()
+        if self.role is not Role.PRIMARY:
+            raise OSError(errno.EIO, "volume was demoted while I/O was suspended")
         waiter = None
         link = self._writable_link()
         if link is not None:
@@ -356,10 +371,62 @@ class Replicator:
         if connected:
             self._send_status()
         self._mount()
+        lab_event("writable", node=self.spec.node, writable=True, reason="promoted")
         log.info("promoted to Primary%s", " (forced)" if force else "")
 
-    def demote(self) -> None:
+    def set_write_lease(self, until: float | None) -> None:
+        """The agent's leadership, as seen by the volume: after `until` (CLOCK_MONOTONIC,
+        shared by every process on the machine) no write completes until the lease is
+        renewed. A hung or paused agent thus cannot leave a writable Primary behind."""
+        self._write_lease = until
+        if until is not None and time.monotonic() < until and self._lease_held_io:
+            self._lease_held_io = False
+            self.resume()
+
+    def _lease_expired(self) -> None:
+        if not self._lease_held_io:
+            self._lease_held_io = True
+            self.suspend("the agent's write lease expired", timeout=0)
+
+    def suspend(self, reason: str, timeout: float = 2.0) -> bool:
+        """Stop completing writes at once (the agent lost its lease): new writes
+        block, and this returns once no write is between "started" and
+        "acknowledged" (True), or after `timeout` (False)."""
+        self.suspended_reason = reason
+        self._held_by_operator = True
+        self.io_open.clear()
+        lab_event("writable", node=self.spec.node, writable=False, reason=reason)
+        deadline = time.monotonic() + timeout
+        while self.ranges.busy() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return not self.ranges.busy()
+
+    def resume(self) -> None:
+        if self.role is Role.PRIMARY and not self.io_open.is_set():
+            lab_event("writable", node=self.spec.node, writable=True, reason="resumed")
+        self._held_by_operator = False
+        self.suspended_reason = ""
+        self.io_open.set()
+
+    def demote(self, force: bool = False) -> None:
+        """Back to Secondary. `force`: writes blocked by a suspension fail with
+        EIO and the FUSE file is torn away even if a loop device still holds it
+        (what the agent does when its lease is gone)."""
         if self.role is Role.SECONDARY:
+            return
+        if force:
+            self.suspend("forced demotion", timeout=0.5)
+            self.role = Role.SECONDARY
+            self._fail_fenced_waiters()
+            self.io_open.set()  # blocked writers wake up and fail
+            server, self.fuse = self.fuse, None
+            if server is not None:
+                server.stop(timeout=2.0)
+            with self.meta_lock:
+                self.meta.update(primary=False, al_extents=())
+            self.suspended_reason = ""
+            self._send_status()
+            log.info("demoted to Secondary (forced)")
             return
         self._unmount()
         # Wait for writes still completing (FUSE is gone, so none start).
@@ -367,6 +434,7 @@ class Replicator:
         while self.ranges.busy() and time.monotonic() < deadline:
             time.sleep(0.005)
         self.role = Role.SECONDARY
+        lab_event("writable", node=self.spec.node, writable=False, reason="demoted")
         with self.meta_lock:
             self.meta.update(primary=False, al_extents=())
         self._send_status()
@@ -503,6 +571,9 @@ class Replicator:
             if link is not None:
                 link.tick(time.monotonic())
             now = time.monotonic()
+            lease = self._write_lease
+            if self.role is Role.PRIMARY and lease is not None and now >= lease:
+                self._lease_expired()
             if now - last_persist > 1.0:
                 last_persist = now
                 if self.link is None and self.role is Role.PRIMARY:
@@ -694,9 +765,24 @@ class Replicator:
             for w in flushes:
                 w.done()
 
+    def _fail_fenced_waiters(self) -> None:
+        """The fence never succeeded and we are no longer Primary: the writes it
+        held were not replicated, so they fail instead of completing."""
+        with self.io_lock:
+            held, self._fencing = self._fencing, None
+        if held is not None:
+            writes, flushes = held
+            err = OSError(errno.EIO, "demoted before the peer could be fenced")
+            for w, _, _ in writes:
+                w.done(err)
+            for w in flushes:
+                w.done(err)
+
     def _fence_and_resume(self, writes: list, flushes: list) -> None:
+        with self.io_lock:
+            self._fencing = (writes, flushes)
         attempt = 0
-        while self._running:
+        while self._running and self.role is Role.PRIMARY:
             attempt += 1
             try:
                 ok = bool(self.fence_peer and self.fence_peer())
@@ -708,13 +794,21 @@ class Replicator:
             self.suspended_reason = f"fencing the peer (attempt {attempt} failed, retrying)"
             time.sleep(min(1.0, 0.1 * attempt))
         else:
+            self._fail_fenced_waiters()
             return
+        with self.io_lock:
+            if self._fencing is None:
+                return  # a forced demotion failed these writes already
+            self._fencing = None
         self.peer_disk = DiskState.OUTDATED
         with self.meta_lock:
             self.meta.update(peer_outdated=True)
-        log.info("peer fenced (marked Outdated); resuming I/O")
-        self.suspended_reason = ""
-        self.io_open.set()
+        if self._held_by_operator:
+            log.info("peer fenced (marked Outdated); I/O stays suspended: %s", self.suspended_reason)
+        else:
+            log.info("peer fenced (marked Outdated); resuming I/O")
+            self.suspended_reason = ""
+            self.io_open.set()
         for w, _, _ in writes:
             w.done()
         for w in flushes:
@@ -935,6 +1029,15 @@ class Replicator:
         if self.store.failed:
             out["disk_error"] = str(self.store.failed)
         return out
+
+
+def lab_event(kind: str, **fields: Any) -> None:
+    """Record a fact for the lab's checker (only when running in a lab)."""
+    path = os.environ.get("TANDEM_LAB_EVENTS")
+    if path:
+        from tandem.lab.events import EventLog
+        with contextlib.suppress(OSError):
+            EventLog(path).record(kind, **fields)
 
 
 def _digests(data: bytes) -> list[bytes]:

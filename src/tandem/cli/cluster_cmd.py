@@ -1,0 +1,233 @@
+"""The cluster commands: `tandem agent`, `status`, `switchover`, `failover`,
+`standby`, `unstandby`, `maintenance`, `history`, `fence-peer`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from tandem.config import Config, etcd_endpoints, load_config
+from tandem.errors import TandemError
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="cluster config (default $TANDEM_CONFIG"
+                         " or /etc/tandem/cluster.toml)")
+
+
+def _cfg(config: Path | None) -> Config:
+    return load_config(config or Path(os.environ.get("TANDEM_CONFIG", "/etc/tandem/cluster.toml")))
+
+
+def _dcs(cfg: Config, node: str = "cli"):
+    from tandem.dcs.etcd import EtcdDCS
+    me = os.environ.get("TANDEM_NODE")
+    return EtcdDCS(cfg.cluster.name, node, etcd_endpoints(cfg, me), ttl=cfg.etcd.lease_ttl,
+                   op_timeout=max(1.0, cfg.etcd.op_timeout))
+
+
+async def _load(cfg: Config):
+    dcs = _dcs(cfg)
+    try:
+        for _ in range(len(dcs.endpoints)):
+            try:
+                return await dcs.load()
+            except TandemError:
+                continue
+        return await dcs.load()
+    finally:
+        await dcs.close()
+
+
+def agent(config: Path = ConfigOpt, node: str = typer.Option(None, "--node"),
+          data_dir: Path = typer.Option(None, "--data-dir"), run_dir: Path = typer.Option(None, "--run-dir"),
+          log_level: str = typer.Option("info")) -> None:
+    """Run the HA agent of this node in the foreground."""
+    from tandem.cluster.agent import Agent
+    from tandem.logs import setup_logging
+    from tandem.volume.spec import data_dir as dd
+    from tandem.volume.spec import node_name, resolve
+    from tandem.volume.spec import run_dir as rd
+    cfg = _cfg(config)
+    if cfg.database is None:
+        raise TandemError("the config has no [database] section: nothing for the agent to run")
+    me = node_name(cfg, node)
+    spec = resolve(cfg, cfg.database.volume, me, data_dir, run_dir)
+    setup_logging(log_level)
+    ag = Agent(cfg, me, spec, dd(data_dir), rd(run_dir))
+    asyncio.run(ag.run())
+
+
+def status(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--json"),
+           watch: float = typer.Option(0, "--watch", help="refresh every N seconds")) -> None:
+    """Nodes, roles, disks (reported and recorded), replication, resources, last failover."""
+    from tandem.cluster.status import render, status_dict
+    cfg = _cfg(config)
+    vip = str(cfg.database.vip.address.ip) if cfg.database and cfg.database.vip else None
+    console = Console()
+    while True:
+        st = status_dict(asyncio.run(_load(cfg)), list(cfg.nodes), vip)
+        if json_out:
+            typer.echo(json.dumps(st, indent=2))
+        else:
+            if watch:
+                console.clear()
+            render(st, console)
+        if not watch:
+            return
+        time.sleep(watch)
+
+
+def switchover(config: Path = ConfigOpt, to: str = typer.Option(None, "--to"),
+               force: bool = typer.Option(False, "--force", help="do not ask for confirmation"),
+               timeout: float = typer.Option(30.0)) -> None:
+    """Move the database service to the other node, gracefully and in order."""
+    from tandem.cluster.decide import peer_is_eligible
+    from tandem.dcs.view import Switchover
+    cfg = _cfg(config)
+    view = asyncio.run(_load(cfg))
+    if view.leader is None:
+        raise TandemError("no leader: use `tandem failover --to NODE` instead")
+    cur = view.leader.node
+    candidates = [n for n in cfg.nodes if n != cur]
+    target = to or (candidates[0] if candidates else None)
+    if target not in cfg.nodes:
+        raise TandemError(f"--to {to}: not a node of this cluster ({', '.join(cfg.nodes)})")
+    if target == cur:
+        raise TandemError(f"{target} is already the leader")
+    if not peer_is_eligible(view, target):
+        raise TandemError(f"{target} is not eligible (see `tandem status` for why)")
+    typer.echo(f"before: leader {cur} (epoch {view.leader.epoch}); {target} is replica")
+    if not force and not typer.confirm(f"demote {cur} and promote {target}?"):
+        raise typer.Abort()
+
+    async def go():
+        dcs = _dcs(cfg)
+        try:
+            if not await dcs.set_switchover(Switchover(leader=cur, candidate=target)):
+                raise TandemError("another switchover is pending (see `tandem status`)")
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < timeout:
+                v = await dcs.load()
+                m = v.member(target)
+                if v.leader and v.leader.node == target and m and m.role.value == "primary":
+                    return v, time.monotonic() - t0
+                await asyncio.sleep(0.05)
+            raise TandemError(f"switchover to {target} did not finish in {timeout:g} s")
+        finally:
+            await dcs.close()
+
+    v, took = asyncio.run(go())
+    typer.echo(f"after: leader {target} (epoch {v.leader.epoch}); {cur} demoted to replica"
+               f" ({took:.2f} s)")
+
+
+def failover(config: Path = ConfigOpt, to: str = typer.Option(..., "--to")) -> None:
+    """With no leader, ask for NODE to take over (it must still be eligible)."""
+    from tandem.dcs.view import Switchover
+    cfg = _cfg(config)
+    if to not in cfg.nodes:
+        raise TandemError(f"--to {to}: not a node of this cluster ({', '.join(cfg.nodes)})")
+
+    async def go():
+        dcs = _dcs(cfg)
+        try:
+            v = await dcs.load()
+            if v.leader is not None:
+                raise TandemError(f"{v.leader.node} is the leader: use `tandem switchover` instead")
+            if not await dcs.set_switchover(Switchover(leader=None, candidate=to)):
+                raise TandemError("another switchover/failover request is pending")
+        finally:
+            await dcs.close()
+    asyncio.run(go())
+    typer.echo(f"failover to {to} requested")
+
+
+def _flag(cfg: Config, what: str, node: str | None, on: bool) -> None:
+    async def go():
+        dcs = _dcs(cfg)
+        try:
+            if what == "maintenance":
+                await dcs.set_maintenance(on)
+            else:
+                await dcs.set_standby(node, on)  # type: ignore[arg-type]
+        finally:
+            await dcs.close()
+    asyncio.run(go())
+
+
+def standby(node: str, config: Path = ConfigOpt) -> None:
+    """Move everything off NODE and keep it from taking over."""
+    cfg = _cfg(config)
+    if node not in cfg.nodes:
+        raise TandemError(f"{node}: not a node of this cluster ({', '.join(cfg.nodes)})")
+    _flag(cfg, "standby", node, True)
+    typer.echo(f"{node}: standby")
+
+
+def unstandby(node: str, config: Path = ConfigOpt) -> None:
+    """Let NODE run resources again."""
+    cfg = _cfg(config)
+    if node not in cfg.nodes:
+        raise TandemError(f"{node}: not a node of this cluster ({', '.join(cfg.nodes)})")
+    _flag(cfg, "standby", node, False)
+    typer.echo(f"{node}: online")
+
+
+def maintenance(state: str = typer.Argument(..., help="on or off"), config: Path = ConfigOpt) -> None:
+    """on: agents stop acting and leave resources alone; off: they resume."""
+    if state not in ("on", "off"):
+        raise TandemError(f"maintenance {state!r}: say `on` or `off`")
+    _flag(_cfg(config), "maintenance", None, state == "on")
+    typer.echo(f"maintenance {state}")
+
+
+def history(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Leader changes, newest last."""
+    view = asyncio.run(_load(_cfg(config)))
+    rows = [{"epoch": h.epoch, "node": h.node, "reason": h.reason, "at": h.at} for h in view.history]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['at']))}  epoch {r['epoch']:>3}"
+                   f"  {r['node']:<8} {r['reason']}")
+
+
+def fence_peer(resource: str, config: Path = ConfigOpt) -> None:
+    """Called by the volume daemon when the Primary loses its peer: record the
+    peer's disk as Outdated in the DCS, fenced by this node's leader key.
+    Exit 0 only if the record is written."""
+    from tandem.volume.spec import node_name
+    cfg = _cfg(config)
+    me = node_name(cfg, None)
+    peer = next(n for n in cfg.nodes if n != me)
+
+    async def go() -> bool:
+        dcs = _dcs(cfg)
+        try:
+            v = await dcs.load()
+            if v.leader is None or v.leader.node != me:
+                raise TandemError(f"fence-peer: {me} does not hold the leader key; refusing")
+            return await dcs.mark_peer_outdated(resource, peer, v.leader)
+        finally:
+            await dcs.close()
+    if not asyncio.run(go()):
+        raise TandemError(f"fence-peer: could not record {peer} Outdated (leadership changed?)")
+    typer.echo(f"{peer}: Outdated for {resource}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("agent")(agent)
+    app.command("status")(status)
+    app.command("switchover")(switchover)
+    app.command("failover")(failover)
+    app.command("standby")(standby)
+    app.command("unstandby")(unstandby)
+    app.command("maintenance")(maintenance)
+    app.command("history")(history)
+    app.command("fence-peer")(fence_peer)

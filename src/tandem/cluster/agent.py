@@ -1,0 +1,334 @@
+"""The per-node agent: the asyncio driver around `decide()`.
+
+Three concurrent duties, so that no slow call can delay a safety action:
+
+* the **lease task** renews the node's etcd lease every TTL/4 and hands the
+  volume daemon a *write lease* (deadline minus margin, on CLOCK_MONOTONIC):
+  past it the volume completes no write, even if this process hangs or is
+  paused;
+* the **watch task** wakes the loop the moment anything under the cluster
+  prefix changes (a vanished leader key starts the race at once);
+* the **loop** reads one snapshot, asks `decide()`, carries the decision out,
+  and publishes the node's member key with that decision's sentence.
+
+The leader also keeps the volume record in the DCS true: the peer is UpToDate
+there only while it is connected and in sync; the volume's fence-peer hook
+(`tandem fence-peer`) marks it Outdated before any write completes without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tandem.cluster.dbgroup import build_db_group
+from tandem.cluster.decide import decide
+from tandem.cluster.resources import ResourceGroup
+from tandem.cluster.view import Action, Decision, LocalState
+from tandem.cluster.volume_resource import volume_call
+from tandem.config import Config, etcd_endpoints
+from tandem.dcs.base import DCSError
+from tandem.dcs.etcd import EtcdDCS
+from tandem.dcs.view import ClusterView, HistoryEntry, Leader, Member, NodeRole, VolumeState
+from tandem.errors import TandemError
+from tandem.volume.spec import VolumeSpec
+from tandem.volume.states import DiskState
+
+log = logging.getLogger("tandem.agent")
+
+
+def lab_event(kind: str, **fields: Any) -> None:
+    path = os.environ.get("TANDEM_LAB_EVENTS")
+    if path:
+        from tandem.lab.events import EventLog
+        with contextlib.suppress(OSError):
+            EventLog(path).record(kind, **fields)
+
+
+class Agent:
+    def __init__(self, cfg: Config, node: str, spec: VolumeSpec, data_dir: Path, run_dir: Path,
+                 api_url: str = ""):
+        self.cfg = cfg
+        self.node = node
+        self.spec = spec
+        self.peer = spec.peer
+        self.resource = spec.resource
+        self.api_url = api_url
+        self.margin = cfg.agent.margin
+        self.interval = cfg.agent.interval
+        self.dcs = EtcdDCS(cfg.cluster.name, node, etcd_endpoints(cfg, node), ttl=cfg.etcd.lease_ttl,
+                           op_timeout=cfg.etcd.op_timeout)
+        self.group: ResourceGroup = build_db_group(cfg, spec, data_dir, run_dir)
+        self.view = ClusterView.empty(cfg.cluster.name)
+        self.leader: Leader | None = None
+        self.lease_deadline: float | None = None
+        self.primary = False  # the group is started (or starting) on this node
+        self.healthy = True
+        self.volume: dict[str, Any] | None = None
+        self.last: Decision | None = None
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self._last_monitor = 0.0
+
+    # ====================================================================== tasks
+    def request_stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    async def run(self) -> None:
+        import signal
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        lab_event("agent_start", node=self.node)
+        tasks = [asyncio.create_task(self._lease_loop(), name="lease"),
+                 asyncio.create_task(self._watch_loop(), name="watch")]
+        try:
+            await self._main_loop()
+        finally:
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await self._shutdown()
+
+    async def _lease_loop(self) -> None:
+        period = self.cfg.etcd.lease_ttl / 4
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                r = await self.dcs.renew_lease()
+                if r.lost:
+                    self.lease_deadline = None
+                    self.wake.set()
+                else:
+                    self.lease_deadline = r.deadline
+                    if self.primary:
+                        await self._push_write_lease()
+            except DCSError as e:
+                log.warning("lease renewal failed: %s", e)
+                self.wake.set()
+            except TandemError as e:
+                log.warning("write lease not pushed to the volume: %s", e)
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+    async def _push_write_lease(self) -> None:
+        until = None if self.lease_deadline is None else self.lease_deadline - self.margin
+        await volume_call(self.spec.control_socket, "write-lease", timeout=0.5, until=until)
+
+    async def _watch_loop(self) -> None:
+        while not self.stopping:
+            try:
+                async for _ in self.dcs.watch():
+                    self.wake.set()
+            except DCSError:
+                pass
+            await asyncio.sleep(0.2)
+
+    async def _main_loop(self) -> None:
+        while not self.stopping:
+            timeout = self.interval
+            if (self.primary or self.leader) and self.lease_deadline is not None:
+                timeout = max(0.0, min(timeout, self.lease_deadline - self.margin - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            self.wake.clear()
+            try:
+                await self.cycle()
+            except Exception:
+                log.exception("HA cycle failed")
+                await asyncio.sleep(0.2)
+
+    # ====================================================================== one cycle
+    async def cycle(self) -> Decision:
+        dcs_ok = True
+        try:
+            self.view = await self.dcs.load()
+        except DCSError as e:
+            dcs_ok = False
+            log.warning("DCS unreachable: %s", e)
+        self.volume = await self._volume_status()
+        disk = DiskState(self.volume["disk"]) if self.volume else None
+        local = LocalState(
+            node=self.node, disk_state=disk, healthy=self.healthy and self.volume is not None,
+            is_primary=self.primary, dcs_ok=dcs_ok, lease_deadline=self.lease_deadline,
+            nofailover=self.cfg.agent.nofailover, margin=self.margin)
+        if self.leader and not self.view.is_leader(self.node) and dcs_ok:
+            self.leader = None  # the key is gone (expired or released)
+        if self.view.is_leader(self.node) and self.leader is None and self.view.leader:
+            self.leader = self.view.leader  # restarted agent still holding its key
+        decision = decide(self.view, local, time.monotonic())
+        if self.last is None or decision.reason != self.last.reason:
+            log.info("%s", decision.reason, extra={"fields": {"action": str(decision.action)}})
+        self.last = decision
+        await self.act(decision)
+        if dcs_ok:
+            await self._publish()
+        return decision
+
+    async def _volume_status(self) -> dict[str, Any] | None:
+        try:
+            return await volume_call(self.spec.control_socket, "status", timeout=1.0)
+        except TandemError:
+            return None
+
+    async def _publish(self) -> None:
+        v = self.volume or {}
+        rs = v.get("resync") or {}
+        member = Member(
+            node=self.node, role=NodeRole.PRIMARY if self.primary else NodeRole.REPLICA,
+            disk_state=DiskState(v["disk"]) if v else None,
+            healthy=self.healthy and bool(v), nofailover=self.cfg.agent.nofailover,
+            api_url=self.api_url, connection=(v.get("peer") or {}).get("connection", ""),
+            sync_percent=rs.get("percent") if rs and not rs.get("finished") else None,
+            note=self.last.reason if self.last else "")
+        with contextlib.suppress(DCSError):
+            await self.dcs.touch_member(member)
+
+    # ====================================================================== actions
+    async def act(self, d: Decision) -> None:
+        a = d.action
+        if a is Action.NOTHING:
+            return
+        if a is Action.DEMOTE:
+            await self._demote(d.reason)
+        elif a is Action.FOLLOW:
+            if self.primary or (self.volume and self.volume.get("role") == "Primary"):
+                await self._stop_group(d.reason, graceful=True)
+        elif a is Action.ACQUIRE:
+            await self._acquire(d)
+        elif a in (Action.PROMOTE, Action.LEAD):
+            if a is Action.PROMOTE:
+                await self._promote(d.reason)
+            else:
+                await self._lead()
+            if d.clear_switchover:
+                with contextlib.suppress(DCSError):
+                    await self.dcs.clear_switchover()
+        elif a is Action.STEP_DOWN:
+            await self._step_down(d)
+        elif a in (Action.FENCE_LEADER, Action.FENCED_TAKEOVER):
+            log.warning("no fencing agent configured: %s", d.reason)
+
+    async def _acquire(self, d: Decision) -> None:
+        try:
+            leader = await self.dcs.attempt_to_acquire_leader(self.view)
+        except DCSError as e:
+            log.warning("could not race for the leader key: %s", e)
+            return
+        if leader is None:
+            log.info("lost the race for the leader key")
+            return
+        self.leader = leader
+        lab_event("leader_acquired", node=self.node, epoch=leader.epoch)
+        log.info("acquired the leader key (epoch %d)", leader.epoch)
+        reason = "switchover" if self.view.switchover else "failover"
+        prev = self.view.history[-1].node if self.view.history else None
+        with contextlib.suppress(DCSError):
+            await self.dcs.append_history(
+                HistoryEntry(epoch=leader.epoch, node=self.node,
+                             reason=f"{reason}: {d.reason}" + (f" (after {prev})" if prev else ""),
+                             at=time.time()), leader)
+        await self._promote("acquired the leader key")
+
+    async def _record_volume_state(self) -> bool:
+        """As leader: me UpToDate; the peer UpToDate only if it is connected and in sync."""
+        if self.leader is None:
+            return False
+        v = self.volume or {}
+        peer = v.get("peer") or {}
+        peer_ok = peer.get("connection") == "Connected" and peer.get("disk") == "UpToDate"
+        current = self.view.volume(self.resource) or VolumeState.empty(self.resource)
+        want = current.with_disk(self.node, DiskState.UP_TO_DATE).with_disk(
+            self.peer, DiskState.UP_TO_DATE if peer_ok else
+            (current.disk(self.peer) if current.disk(self.peer) not in (None, DiskState.UP_TO_DATE)
+             else DiskState.OUTDATED))
+        if want.disks == current.disks:
+            return True
+        try:
+            ok = await self.dcs.set_volume_state(want, self.leader)
+        except DCSError as e:
+            log.warning("could not record the volume state: %s", e)
+            return False
+        if ok:
+            log.info("volume record: %s", dict(want.disks))
+        return ok
+
+    async def _promote(self, why: str) -> None:
+        if not await self._record_volume_state():
+            log.warning("not promoting yet: the volume record could not be written")
+            return
+        try:
+            await self._push_write_lease()
+        except TandemError as e:
+            log.warning("not promoting yet: %s", e)
+            return
+        self.primary = True
+        t0 = time.monotonic()
+        lab_event("promote_start", node=self.node)
+        res = await self.group.start()
+        for op in res.ops:
+            lab_event("resource", node=self.node, resource=op.resource, op=op.op, ok=op.ok,
+                      seconds=round(op.seconds, 4))
+        if res.ok:
+            self.healthy = True
+            lab_event("promoted", node=self.node, seconds=round(time.monotonic() - t0, 4))
+            log.info("resource group started in %.2f s: %s", time.monotonic() - t0, res.sentence)
+        else:
+            self.primary = False
+            self.healthy = False
+            log.error("resource group failed to start: %s", res.sentence)
+
+    async def _lead(self) -> None:
+        await self._record_volume_state()
+        now = time.monotonic()
+        if now - self._last_monitor < self.cfg.agent.monitor_interval:
+            return
+        self._last_monitor = now
+        res = await self.group.check()
+        if not res.ok and res.failover_needed:
+            log.error("%s", res.sentence)
+            self.healthy = False
+            self.wake.set()
+
+    async def _stop_group(self, why: str, graceful: bool) -> None:
+        t0 = time.monotonic()
+        res = await self.group.stop()
+        self.primary = False
+        lab_event("demoted", node=self.node, graceful=graceful, ok=res.ok,
+                  seconds=round(time.monotonic() - t0, 4))
+        log.info("resource group stopped (%s): %s", why, res.sentence)
+
+    async def _demote(self, why: str) -> None:
+        """At once: the volume stops completing writes before anything else."""
+        lab_event("demote_start", node=self.node, reason=why)
+        with contextlib.suppress(TandemError):
+            await volume_call(self.spec.control_socket, "suspend-io", timeout=1.0, reason=why)
+        with contextlib.suppress(TandemError):
+            await volume_call(self.spec.control_socket, "secondary", timeout=5.0, force=True)
+        await self._stop_group(why, graceful=False)
+        if self.leader is not None:
+            with contextlib.suppress(DCSError):
+                await self.dcs.release_leader(self.leader)
+            self.leader = None
+
+    async def _step_down(self, d: Decision) -> None:
+        await self._stop_group(d.reason, graceful=True)
+        if self.leader is not None:
+            lab_event("leader_released", node=self.node, target=d.target)
+            with contextlib.suppress(DCSError):
+                await self.dcs.release_leader(self.leader)
+            self.leader = None
+        if d.clear_switchover:
+            with contextlib.suppress(DCSError):
+                await self.dcs.clear_switchover()
+
+    async def _shutdown(self) -> None:
+        if self.primary:
+            await self._step_down(Decision(Action.STEP_DOWN, "agent shutting down"))
+        await self.dcs.close()

@@ -1,0 +1,51 @@
+"""The database resource group of one node, built from the cluster config:
+volume Primary -> ext4 mount -> MariaDB -> DB VIP, started in that order and
+stopped in reverse (Heartbeat's haresources line, as typed objects)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tandem.cluster.resources import ResourceGroup, build
+from tandem.cluster.resources.config import FilesystemConfig, MariaDBConfig, VipConfig
+from tandem.cluster.volume_resource import VolumeResource, VolumeResourceConfig
+from tandem.config import Config
+from tandem.errors import ConfigError
+from tandem.volume.spec import VolumeSpec
+
+
+def db_paths(cfg: Config, data_dir: Path, run_dir: Path) -> dict[str, Path]:
+    db = cfg.database
+    assert db is not None
+    mount = db.mountpoint if db.mountpoint.is_absolute() else data_dir / db.mountpoint
+    return {"mount": mount, "datadir": mount / "mysql", "fs_run": run_dir / "fs-db",
+            "mariadb_run": run_dir / "mariadb"}
+
+
+def build_db_group(cfg: Config, spec: VolumeSpec, data_dir: Path, run_dir: Path) -> ResourceGroup:
+    db = cfg.database
+    if db is None:
+        raise ConfigError(["database: the agent needs a [database] section"])
+    if db.password_file is None:
+        raise ConfigError(["database.password_file: required by the agent (the application"
+                           " user's password, mode 600)"])
+    paths = db_paths(cfg, data_dir, run_dir)
+    for p in paths.values():
+        p.mkdir(parents=True, exist_ok=True)
+    members = [
+        VolumeResource(VolumeResourceConfig(name="volume", resource=spec.resource,
+                                            control_socket=spec.control_socket)),
+        build(FilesystemConfig(name="filesystem", device=spec.device_file, mountpoint=paths["mount"],
+                               run_dir=paths["fs_run"], mkfs=True, start_timeout=60,
+                               stop_timeout=15, monitor_interval=cfg.agent.monitor_interval)),
+        build(MariaDBConfig(name="mariadb", datadir=paths["datadir"], run_dir=paths["mariadb_run"],
+                            require_mountpoint=paths["mount"], port=db.port, app_user=db.user,
+                            password_file=db.password_file.resolve(),
+                            buffer_pool_size=db.buffer_pool_size, start_timeout=120,
+                            stop_timeout=20, monitor_timeout=5)),
+    ]
+    if db.vip is not None:
+        members.append(build(VipConfig(name="db-vip", address=db.vip.address,
+                                       interface="pub0" if db.vip.network == "public" else "rep0",
+                                       arp_count=1)))
+    return ResourceGroup("db", members)

@@ -1,0 +1,230 @@
+"""ext4 on a loop device on a file: the primary's view of the replicated volume.
+
+Start attaches the device file (the volume's FUSE file) with
+``losetup --direct-io=on --find --show``, writes down *which* loop device it
+got in a node-local state file before doing anything else (a restarted agent
+must detach exactly that one, never guess), makes ext4 only when blkid finds
+no filesystem at all and ``mkfs = true``, and mounts without fsck: ext4
+replays its journal on mount, which is all the recovery a crashed primary's
+filesystem needs. Mount options, and why, for a journal on a replicated file:
+
+- ``noatime``: reads must not turn into replicated writes.
+- ``data=ordered`` (ext4's default, stated so nobody "tunes" it away): file
+  data reaches the volume before the metadata that points at it, so a
+  failover never exposes stale blocks inside files.
+- ``barrier=1`` (default, stated): the cache flushes ext4 issues for its
+  journal commits become FUSE fsyncs, which is exactly where protocol C waits
+  for the peer. ``nobarrier`` would let acknowledged commits vanish.
+- ``errors=remount-ro``: when the volume returns EIO (suspended, failing disk)
+  stop writing at once instead of carrying on over a half-written journal;
+  ``errors=panic`` would take down every host sharing the kernel.
+- no ``journal_async_commit``: ext4 refuses it with data=ordered, and it
+  trades a flush for replay-time checks we do not want to depend on.
+
+Stop unmounts (retrying briefly), and when the mount stays busy it names the
+processes that hold it (a /proc scan) and fails: killing unknown processes or
+a lazy unmount would leave the filesystem writable behind our back while the
+peer takes over. Then it detaches exactly the loop device it recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
+from tandem.cluster.resources.config import FilesystemConfig
+from tandem.cluster.resources.procs import holders
+
+MOUNT_OPTIONS = ("noatime", "data=ordered", "barrier=1", "errors=remount-ro")
+PROBE_NAME = ".tandem-probe"
+
+
+def mount_source(mountpoint: Path) -> str | None:
+    """The device mounted at `mountpoint` (``/dev/loop3``), None if nothing is."""
+    target = os.path.realpath(mountpoint)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fields = pre.split()
+            if fields[4].replace("\\040", " ") == target:
+                found = post.split()[1]  # the last mount on top wins
+    return found
+
+
+def mount_options(mountpoint: Path) -> set[str]:
+    target = os.path.realpath(mountpoint)
+    opts: set[str] = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target:
+                opts = set(fields[5].split(","))
+    return opts
+
+
+def loop_backing_file(dev: str) -> str | None:
+    """What a loop device is attached to now (None: detached or not a loop)."""
+    name = Path(dev).name
+    try:
+        return Path(f"/sys/block/{name}/loop/backing_file").read_text().strip()
+    except OSError:
+        return None
+
+
+class Filesystem(Resource):
+    kind = "filesystem"
+    config: FilesystemConfig
+
+    def __init__(self, config: FilesystemConfig):
+        super().__init__(config)
+
+    @property
+    def _is_block(self) -> bool:
+        try:
+            return stat.S_ISBLK(os.stat(self.config.device).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def _our_loop(self) -> str | None:
+        """The loop device recorded in our state, if it is still attached to our file."""
+        st = self.load_state()
+        dev = st.get("loop") if st else None
+        if dev and loop_backing_file(dev) == os.path.realpath(self.config.device):
+            return dev
+        return None
+
+    async def _attach(self) -> tuple[str, str]:
+        cfg = self.config
+        if self._is_block:
+            return str(cfg.device), f"using block device {cfg.device}"
+        if not cfg.device.is_file():
+            raise ResourceError(f"device file {cfg.device} does not exist (is the volume Primary?)")
+        dev = self._our_loop()
+        if dev:
+            return dev, f"{dev} already attached by us"
+        real = os.path.realpath(cfg.device)
+        others = (await run_cmd(["losetup", "-n", "-O", "NAME", "-j", real], timeout=10)).output.split()
+        if others:
+            raise ResourceError(f"{cfg.device} is already attached as {', '.join(others)}, not by this"
+                                " resource: refusing to attach it twice (detach it by hand after checking)")
+        args = ["losetup", "--find", "--show"]
+        if cfg.direct_io:
+            args.insert(1, "--direct-io=on")
+        dev = (await run_cmd([*args, real], timeout=30)).output.strip().splitlines()[-1]
+        if not dev.startswith("/dev/loop"):
+            raise ResourceError(f"losetup printed {dev!r}, not a loop device")
+        self.save_state({"loop": dev, "device": real})
+        return dev, f"attached {dev} (direct I/O {'on' if cfg.direct_io else 'off'})"
+
+    async def _ensure_fs(self, dev: str) -> str:
+        cfg = self.config
+        res = await run_cmd(["blkid", "-p", "-o", "value", "-s", "TYPE", dev], timeout=30, check=False)
+        fstype = res.output.strip()
+        if res.returncode == 2 or (res.returncode == 0 and not fstype):
+            if not cfg.mkfs:
+                raise ResourceError(f"no filesystem on {cfg.device} and mkfs is off: refusing to mount")
+            # nodiscard: the FUSE file refuses FALLOCATE; lazy_journal_init=0: the
+            # journal is zeroed now, so a replay never trips over old blocks.
+            await run_cmd(["mkfs.ext4", "-q", "-E", "nodiscard,lazy_journal_init=0", dev], timeout=300)
+            return "made ext4"
+        if res.returncode != 0:
+            raise ResourceError(f"blkid {dev}: {res.last_line}")
+        if fstype != cfg.fstype:
+            raise ResourceError(f"{cfg.device} holds {fstype}, not {cfg.fstype}: refusing to mount")
+        return f"found {fstype}"
+
+    async def _start(self) -> str:
+        cfg = self.config
+        dev, attached = await self._attach()
+        src = mount_source(cfg.mountpoint)
+        if src is not None:
+            if os.path.realpath(src) == os.path.realpath(dev):
+                return f"{cfg.mountpoint} already mounted from {dev}"
+            raise ResourceError(f"{cfg.mountpoint} is already mounted from {src}, not {dev}")
+        made = await self._ensure_fs(dev)
+        cfg.mountpoint.mkdir(parents=True, exist_ok=True)
+        opts = ",".join([*MOUNT_OPTIONS, *cfg.options])
+        await run_cmd(["mount", "-t", cfg.fstype, "-o", opts, dev, str(cfg.mountpoint)], timeout=120)
+        return f"{attached}, {made}, mounted at {cfg.mountpoint}"
+
+    async def _stop(self) -> str:
+        cfg = self.config
+        done = []
+        mounted = mount_source(cfg.mountpoint)
+        ours = self._our_loop()
+        if mounted is not None:
+            if ours is not None and os.path.realpath(mounted) != os.path.realpath(ours):
+                raise ResourceError(f"{cfg.mountpoint} is mounted from {mounted}, not from our {ours}:"
+                                    " leaving it alone")
+            await self._umount()
+            done.append(f"unmounted {cfg.mountpoint}")
+        if ours is not None:
+            await run_cmd(["losetup", "-d", ours], timeout=30)
+            done.append(f"detached {ours}")
+        elif not self._is_block and cfg.device.exists():
+            real = os.path.realpath(cfg.device)
+            res = await run_cmd(["losetup", "-n", "-O", "NAME", "-j", real], timeout=10, check=False)
+            if res.output.split():  # not ours to detach, but the operator must know
+                done.append(f"left {', '.join(res.output.split())} attached (no state file says we"
+                            " attached it)")
+        self.clear_state()
+        return ", ".join(done) if done else "was not mounted"
+
+    async def _umount(self) -> None:
+        cfg = self.config
+        last = ""
+        for attempt in range(cfg.umount_retries):
+            res = await run_cmd(["umount", str(cfg.mountpoint)], timeout=60, check=False)
+            if res.returncode == 0:
+                return
+            last = res.last_line
+            if attempt + 1 < cfg.umount_retries:
+                await asyncio.sleep(0.2 * (attempt + 1))
+        who = await asyncio.to_thread(holders, cfg.mountpoint)
+        if who:
+            names = ", ".join(f"pid {pid} ({comm})" for pid, comm in who)
+            raise ResourceError(f"cannot unmount {cfg.mountpoint}: busy, held by {names};"
+                                " not killing processes we did not start")
+        raise ResourceError(f"cannot unmount {cfg.mountpoint}: {last}")
+
+    async def _monitor(self) -> Health:
+        cfg = self.config
+        src = mount_source(cfg.mountpoint)
+        if src is None:
+            if self._our_loop():
+                return Health.failed(f"{cfg.mountpoint} is not mounted but our loop device is attached")
+            return Health.stopped(f"{cfg.mountpoint} is not mounted")
+        ours = self._our_loop() or (str(cfg.device) if self._is_block else None)
+        if ours is None or os.path.realpath(src) != os.path.realpath(ours):
+            return Health.failed(f"{cfg.mountpoint} is mounted from {src}, not from our device")
+        if "ro" in mount_options(cfg.mountpoint):
+            return Health.failed(f"{cfg.mountpoint} is read-only (ext4 remounts so after an I/O error)")
+        if cfg.probe:
+            await asyncio.to_thread(self._probe)
+        return Health.ok(f"{cfg.mountpoint} mounted from {src}" + (", probe written and read back"
+                                                                    if cfg.probe else ""))
+
+    def _probe(self) -> None:
+        """Write, fsync and read back a small file: proves the whole stack
+        (ext4, loop, FUSE, replication) completes a flush. Runs in a worker
+        thread because it can hang on a suspended volume; the monitor timeout
+        then reports it (the thread finishes whenever the kernel lets it)."""
+        path = self.config.mountpoint / PROBE_NAME
+        token = secrets.token_hex(16).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, token)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            back = path.read_bytes()
+        except OSError as e:
+            raise ResourceError(f"probe file {path}: {e.strerror}") from None
+        if back != token:
+            raise ResourceError(f"probe file {path}: read back different bytes")

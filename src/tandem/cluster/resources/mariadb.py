@@ -1,0 +1,189 @@
+"""MariaDB on the replicated filesystem, started and watched by the agent.
+
+mariadbd runs as a child of the agent in its own session (the agent itself runs
+inside the node's network namespace), remembered by pid + start time in a
+node-local state file, so a restarted agent still finds and stops it, and a
+recycled pid is never signalled. Everything that must not move with the data
+(pid file, socket, log, tmpdir, state) lives in the node's run dir; only the
+datadir is on the replicated disk.
+
+Crash safety on our volume, option by option (``--no-defaults``, so nothing
+from /etc/mysql sneaks in):
+
+- ``innodb_flush_log_at_trx_commit=1`` and ``sync_binlog=1``: a COMMIT is
+  acknowledged only after the redo log and the binlog are flushed, and a flush
+  on ext4/loop/FUSE completes only when the peer has it too (protocol C).
+- ``innodb_doublewrite=1``: InnoDB pages are 16 KiB, ext4 blocks 4 KiB, and
+  loop/FUSE/replication may split a page write; a crash can tear a page, which
+  the redo log cannot repair. The doublewrite buffer can.
+- binlog on (``log_bin``, ROW, ``server_id``): with the binlog, InnoDB and the
+  binlog agree after crash recovery (two-phase commit via the binlog), and
+  the binlog is what point-in-time recovery or a later async replica needs.
+- ``innodb_flush_method=O_DIRECT``: no second copy of the pool in ext4's page
+  cache; data and log writes go straight to loop (fsync still follows).
+- ``skip_name_resolve``: a DNS hiccup must not stall logins during failover.
+
+First use initialises the datadir (``mariadb-install-db``). Every start then
+deletes anonymous users (they shadow '%' users on TCP logins) and creates or
+updates the application user from the password file. The password never
+reaches an argument list, a log or the binlog: we send only its
+mysql_native_password hash, over stdin.
+
+``require_mountpoint`` guards the classic HA accident: when the replicated
+filesystem is not mounted, a fresh empty datadir would be initialised on the
+root disk and served as if it were the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import time
+
+from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
+from tandem.cluster.resources.config import MariaDBConfig
+from tandem.cluster.resources.procs import ProcRef, spawn, tail, terminate
+
+CLIENT = "mariadb"
+INSTALL_DB = "mariadb-install-db"
+
+
+def native_password_hash(password: bytes) -> str:
+    """mysql_native_password's stored form: ``*`` + SHA1(SHA1(password)) in hex."""
+    return "*" + hashlib.sha1(hashlib.sha1(password).digest()).hexdigest().upper()
+
+
+def read_secret(path: os.PathLike[str] | str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read().strip()
+    except OSError as e:
+        raise ResourceError(f"password file {path}: {e.strerror}") from None
+    if len(data) < 8:
+        raise ResourceError(f"password file {path}: password too short (need at least 8 bytes)")
+    if os.stat(path).st_mode & 0o077:
+        raise ResourceError(f"password file {path} is readable by others (chmod 600 it)")
+    return data
+
+
+class MariaDB(Resource):
+    kind = "mariadb"
+    config: MariaDBConfig
+
+    @property
+    def socket(self) -> str:
+        return str(self.private_dir / "mysqld.sock")
+
+    @property
+    def log(self):
+        return self.private_dir / "mariadbd.log"
+
+    def _ref(self) -> ProcRef | None:
+        st = self.load_state()
+        return ProcRef.from_json(st) if st else None
+
+    def argv(self) -> list[str]:
+        c = self.config
+        d = self.private_dir
+        (d / "tmp").mkdir(exist_ok=True)
+        return [
+            c.mariadbd, "--no-defaults", f"--datadir={c.datadir}", "--user=root",
+            f"--socket={self.socket}", f"--pid-file={d / 'mariadbd.pid'}", f"--tmpdir={d / 'tmp'}",
+            f"--bind-address={c.bind_address}", f"--port={c.port}", "--skip-name-resolve",
+            "--log-bin=mariadb-bin", "--server-id=1", "--binlog-format=ROW", "--sync-binlog=1",
+            f"--binlog-expire-logs-seconds={c.binlog_expire_seconds}",
+            "--innodb-flush-log-at-trx-commit=1", "--innodb-doublewrite=1",
+            "--innodb-flush-method=O_DIRECT", f"--innodb-buffer-pool-size={c.buffer_pool_size}",
+            f"--innodb-log-file-size={c.log_file_size}", f"--max-connections={c.max_connections}",
+            *c.extra_options,
+        ]
+
+    async def sql(self, statements: str, timeout: float) -> str:
+        """Run SQL as root over the unix socket with the mariadb client (a
+        killable subprocess: a stuck server cannot stall the event loop)."""
+        res = await run_cmd([CLIENT, "--no-defaults", "--protocol=socket", f"--socket={self.socket}",
+                             "--user=root", "--connect-timeout=2", "--batch", "--skip-column-names"],
+                            timeout=timeout, input=statements.encode(), check=False)
+        if res.returncode != 0:
+            raise ResourceError(f"query failed: {res.last_line}")
+        return res.output
+
+    # --- start -----------------------------------------------------------------------
+    async def _start(self) -> str:
+        c = self.config
+        ref = self._ref()
+        if ref is not None and ref.alive():
+            await self.sql("SELECT 1", timeout=c.monitor_timeout)
+            return f"already running (pid {ref.pid})"
+        if c.require_mountpoint is not None and not os.path.ismount(c.require_mountpoint):
+            raise ResourceError(f"{c.require_mountpoint} is not mounted: refusing to start MariaDB"
+                                " (it would serve an empty datadir from the wrong disk)")
+        password = read_secret(c.password_file)
+        steps = []
+        if not (c.datadir / "mysql").is_dir():
+            t0 = time.monotonic()
+            c.datadir.mkdir(parents=True, exist_ok=True)
+            await run_cmd([INSTALL_DB, "--no-defaults", f"--datadir={c.datadir}", "--user=root",
+                           "--auth-root-authentication-method=normal", "--skip-test-db"],
+                          timeout=c.start_timeout)
+            steps.append(f"initialised {c.datadir} in {time.monotonic() - t0:.1f} s")
+        for stale in ("mysqld.sock", "mysqld.sock.lock", "mariadbd.pid"):
+            (self.private_dir / stale).unlink(missing_ok=True)
+        t0 = time.monotonic()
+        ref = spawn(self.argv(), self.log)
+        self.save_state(ref.to_json())
+        await self._wait_ready(ref)
+        await self._provision(password)
+        steps.append(f"mariadbd pid {ref.pid} answering on {c.bind_address}:{c.port}"
+                     f" after {time.monotonic() - t0:.1f} s")
+        return ", ".join(steps)
+
+    async def _wait_ready(self, ref: ProcRef) -> None:
+        while True:
+            if not ref.alive():
+                self.clear_state()
+                raise ResourceError(f"mariadbd exited during startup: {tail(self.log, 2)}")
+            try:
+                await self.sql("SELECT 1", timeout=5)
+                return
+            except ResourceError:
+                await asyncio.sleep(0.1)
+
+    async def _provision(self, password: bytes) -> None:
+        c = self.config
+        user = f"'{c.app_user}'@'{c.app_host}'"
+        pw = native_password_hash(password)
+        await self.sql(
+            # no anonymous users; passwordless root only over the node-local socket
+            "DELETE FROM mysql.global_priv WHERE User='' OR (User='root' AND Host<>'localhost');\n"
+            "FLUSH PRIVILEGES;\n"
+            f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY PASSWORD '{pw}';\n"
+            f"ALTER USER {user} IDENTIFIED BY PASSWORD '{pw}';\n"
+            f"GRANT ALL PRIVILEGES ON *.* TO {user};\n", timeout=30)
+
+    # --- stop / monitor ------------------------------------------------------------------
+    async def _stop(self) -> str:
+        ref = self._ref()
+        if ref is None:
+            return "was not running"
+        # Leave 5 s of the stop timeout for SIGKILL and the kernel's cleanup.
+        grace = max(1.0, self.config.stop_timeout - 5)
+        t0 = time.monotonic()
+        how = await terminate(ref, grace, signal.SIGTERM)
+        if ref.alive():
+            raise ResourceError(f"mariadbd pid {ref.pid} {how}")
+        self.clear_state()
+        return f"mariadbd pid {ref.pid} {how} in {time.monotonic() - t0:.1f} s"
+
+    async def _monitor(self) -> Health:
+        ref = self._ref()
+        if ref is None:
+            return Health.stopped("not started")
+        if not ref.alive():
+            return Health.failed(f"mariadbd pid {ref.pid} is gone: {tail(self.log, 1)}")
+        out = await self.sql("SELECT 1", timeout=self.config.monitor_timeout)
+        if out.strip() != "1":
+            return Health.failed(f"SELECT 1 returned {out.strip()[:60]!r}")
+        return Health.ok(f"pid {ref.pid} answers SELECT 1")

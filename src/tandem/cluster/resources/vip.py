@@ -1,0 +1,134 @@
+"""A virtual IP address on an interface of the current network namespace.
+
+The agent runs inside its node (in the lab: the host's namespace), so ``ip``
+acts on that node's interfaces. Start adds the address and announces it with
+gratuitous ARP (``arping -U``: unsolicited ARP requests with the VIP as
+sender and target, which update existing neighbour entries — Linux accepts
+them even within its 1 s locktime). The arping runs detached: its first
+packet leaves at once, the second a second later (to catch a neighbour that
+missed the first), and the start does not wait those seconds, because the
+VIP move is on the failover's critical path. Stop kills a still-running
+arping first (remembered by pid in the run dir): a late announcement from the
+old holder would pull the neighbours' caches back to it after the move.
+
+Monitor checks that the address is present and the link has carrier; stop
+removes the address. Deciding that only one node holds the VIP is the
+cluster's job (leader lease, fencing), not this resource's; :func:`holders`
+is the checker's probe of that invariant in a lab.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from typing import TYPE_CHECKING
+
+from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
+from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources.procs import ProcRef
+
+if TYPE_CHECKING:
+    from tandem.lab.lab import Lab
+
+
+class Vip(Resource):
+    kind = "vip"
+    config: VipConfig
+
+    def __init__(self, config: VipConfig):
+        super().__init__(config)
+        self._arping: subprocess.Popen | None = None
+
+    @property
+    def _cidr(self) -> str:
+        return str(self.config.address.with_prefixlen)
+
+    async def _link(self) -> dict:
+        res = await run_cmd(["ip", "-j", "addr", "show", "dev", self.config.interface], timeout=5,
+                            check=False)
+        if res.returncode != 0:
+            raise ResourceError(f"interface {self.config.interface}: {res.last_line}")
+        return json.loads(res.output)[0]
+
+    async def _present(self) -> tuple[bool, dict]:
+        link = await self._link()
+        ip = str(self.config.address.ip)
+        have = any(a.get("local") == ip for a in link.get("addr_info", []))
+        return have, link
+
+    def _reap_arping(self) -> None:
+        if self._arping is not None and self._arping.poll() is not None:
+            self._arping = None
+
+    def _silence(self) -> None:
+        """Kill an announcing arping of ours that is still running."""
+        self._reap_arping()
+        refs = [ProcRef.of(self._arping.pid)] if self._arping is not None else []
+        st = self.load_state() if self.config.run_dir else None
+        if st:
+            refs.append(ProcRef.from_json(st))
+        for ref in refs:
+            if ref is not None:
+                ref.signal(signal.SIGKILL)
+        if self._arping is not None:
+            self._arping.wait(1)
+            self._arping = None
+        if self.config.run_dir:
+            self.clear_state()
+
+    def _announce(self) -> str:
+        n = self.config.arp_count
+        if n == 0:
+            return "no gratuitous ARP (arp_count = 0)"
+        self._silence()
+        self._arping = subprocess.Popen(
+            ["arping", "-q", "-U", "-c", str(n), "-I", self.config.interface, str(self.config.address.ip)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        ref = ProcRef.of(self._arping.pid)
+        if self.config.run_dir and ref is not None:
+            self.save_state(ref.to_json())
+        return f"announced with {n} gratuitous ARP{'s' if n > 1 else ''}"
+
+    async def _start(self) -> str:
+        c = self.config
+        have, _ = await self._present()
+        if have:
+            return f"{self._cidr} already on {c.interface}, " + self._announce()
+        await run_cmd(["ip", "addr", "add", self._cidr, "dev", c.interface], timeout=5)
+        return f"added {self._cidr} to {c.interface}, " + self._announce()
+
+    async def _stop(self) -> str:
+        c = self.config
+        self._silence()
+        have, _ = await self._present()
+        if not have:
+            return f"{c.address.ip} was not on {c.interface}"
+        await run_cmd(["ip", "addr", "del", self._cidr, "dev", c.interface], timeout=5)
+        return f"removed {self._cidr} from {c.interface}"
+
+    async def _monitor(self) -> Health:
+        c = self.config
+        self._reap_arping()
+        have, link = await self._present()
+        if not have:
+            return Health.stopped(f"{c.address.ip} is not on {c.interface}")
+        if "LOWER_UP" not in link.get("flags", []):
+            return Health.failed(f"{c.address.ip} is on {c.interface}, but the link has no carrier")
+        return Health.ok(f"{c.address.ip} is on {c.interface}")
+
+
+def holders(lab: Lab, address: str) -> list[str]:
+    """The lab hosts that have `address` on any interface now (for the
+    checker's "at most one holder of each VIP" invariant)."""
+    found = []
+    for host in lab.spec.host_names:
+        proc = lab.run(host, ["ip", "-j", "-4", "addr", "show"], check=False, timeout=10)
+        if proc.returncode != 0:
+            continue
+        for link in json.loads(proc.stdout or "[]"):
+            if any(a.get("local") == address for a in link.get("addr_info", [])):
+                found.append(host)
+                break
+    return found

@@ -1,0 +1,107 @@
+"""`tandem status`: the cluster as crm_mon would show it, from the DCS alone
+(so it works from any node, or from the operator's seat).
+
+Read top-down: summary (cluster, leader and epoch, maintenance) -> nodes ->
+resources -> volumes -> last failover. Healthy output is short; reasons appear
+only when something is not as it should be. `--json` has stable field names.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tandem.cluster.decide import peer_is_eligible
+from tandem.dcs.view import ClusterView
+
+
+def status_dict(view: ClusterView, cfg_nodes: list[str], vip: str | None) -> dict[str, Any]:
+    leader = view.leader
+    nodes = []
+    for n in cfg_nodes:
+        m = view.member(n)
+        recorded = {v.resource: (v.disk(n).value if v.disk(n) else None) for v in view.volumes}
+        row: dict[str, Any] = {
+            "node": n,
+            "online": m is not None,
+            "role": "Leader" if leader and leader.node == n else (m.role.value if m else "Offline"),
+            "disk": m.disk_state.value if m and m.disk_state else None,
+            "disk_recorded": recorded,
+            "connection": m.connection if m else None,
+            "healthy": m.healthy if m else False,
+            "standby": view.is_standby(n),
+            "nofailover": m.nofailover if m else False,
+            "eligible": peer_is_eligible(view, n),
+            "sync_percent": m.sync_percent if m else None,
+            "last_action": m.note if m else "",
+        }
+        if not row["eligible"] and not (leader and leader.node == n):
+            why = []
+            if m is None:
+                why.append("agent not running (no member key)")
+            else:
+                if not m.healthy:
+                    why.append("unhealthy")
+                if m.disk_state and m.disk_state.value != "UpToDate":
+                    why.append(f"disk is {m.disk_state.value}")
+            why += [f"DCS records {w}" for w in view.not_up_to_date(n)]
+            if view.is_standby(n):
+                why.append("in standby")
+            row["not_promotable_because"] = why
+        nodes.append(row)
+    last = view.last_failover
+    return {
+        "cluster": view.cluster,
+        "leader": {"node": leader.node, "epoch": leader.epoch} if leader else None,
+        "epoch": view.epoch,
+        "maintenance": view.maintenance,
+        "switchover": ({"from": view.switchover.leader, "to": view.switchover.candidate}
+                       if view.switchover else None),
+        "nodes": nodes,
+        "resources": {"db": {"running_on": leader.node if leader else None,
+                             "vip": vip}},
+        "volumes": [{"resource": v.resource, "disks": {n: s.value for n, s in v.disks}}
+                    for v in view.volumes],
+        "last_failover": ({"epoch": last.epoch, "node": last.node, "reason": last.reason,
+                           "at": last.at} if last else None),
+    }
+
+
+def render(st: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    lead = st["leader"]
+    head = (f"Cluster [bold]{st['cluster']}[/bold]: leader "
+            + (f"[bold]{lead['node']}[/bold] (epoch {lead['epoch']})" if lead else "[red]none[/red]"))
+    if st["maintenance"]:
+        head += "  [yellow]MAINTENANCE: the agents leave resources alone[/yellow]"
+    if st["switchover"]:
+        head += f"  switchover requested -> {st['switchover']['to'] or 'any'}"
+    console.print(head)
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("node", "role", "disk (reported)", "disk (DCS)", "replication", "health"):
+        table.add_column(col, justify="left")
+    for n in st["nodes"]:
+        rec = ", ".join(f"{s}" for s in n["disk_recorded"].values() if s) or "-"
+        health = "ok" if n["healthy"] else ("offline" if not n["online"] else "unhealthy")
+        if n["standby"]:
+            health += ", standby"
+        repl = n["connection"] or "-"
+        if n["sync_percent"] is not None:
+            repl += f" {n['sync_percent']:.1f}%"
+        table.add_row(n["node"], n["role"], n["disk"] or "-", rec, repl, health)
+    console.print(table)
+    db = st["resources"]["db"]
+    where = db["running_on"] or "[red]stopped[/red]"
+    vip = f", db-vip {db['vip']}" if db["vip"] else ""
+    console.print(f"Resources: db group (volume, filesystem, mariadb{vip}) on {where}")
+    for n in st["nodes"]:
+        if n.get("not_promotable_because"):
+            console.print(f"  {n['node']} cannot be promoted: {', '.join(n['not_promotable_because'])}")
+    last = st["last_failover"]
+    if last:
+        ago = time.time() - last["at"]
+        console.print(f"Last leader change: epoch {last['epoch']} -> {last['node']}, {ago:.0f} s ago"
+                      f" ({last['reason']})")

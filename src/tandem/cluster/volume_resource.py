@@ -1,0 +1,74 @@
+"""The replicated volume as the first member of the database group.
+
+Start = promote the local volume daemon (its FUSE file appears), stop = demote
+it, monitor = it is Primary on a disk that has not failed. The daemon runs
+independently of the agent (as the DRBD kernel module does of Pacemaker), so
+the agent talks to it over its control socket, in a worker thread so the HA
+loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+
+from tandem.cluster.resources.base import Health, Resource, ResourceError
+from tandem.cluster.resources.config import ResourceBase, Seconds
+from tandem.errors import TandemError
+from tandem.volume import control
+
+
+class VolumeResourceConfig(ResourceBase):
+    kind: Literal["volume"] = "volume"
+    resource: str
+    control_socket: Path
+    start_timeout: Seconds = 15.0
+    stop_timeout: Seconds = 15.0
+    monitor_timeout: Seconds = 3.0
+
+
+async def volume_call(socket: Path, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
+    try:
+        return await asyncio.wait_for(
+            asyncio.to_thread(control.call, socket, cmd, timeout, **args), timeout + 1)
+    except TimeoutError:
+        raise TandemError(f"volume daemon did not answer {cmd!r} within {timeout:g} s") from None
+
+
+class VolumeResource(Resource):
+    kind = "volume"
+
+    def __init__(self, config: VolumeResourceConfig):
+        super().__init__(config)
+        self.socket = config.control_socket
+
+    async def _start(self) -> str:
+        try:
+            st = await volume_call(self.socket, "primary", timeout=self.config.start_timeout)
+        except TandemError as e:
+            raise ResourceError(f"volume {self.config.resource}: {e}") from None
+        return f"volume {self.config.resource} is Primary (disk {st['disk']})"
+
+    async def _stop(self) -> str:
+        try:
+            await volume_call(self.socket, "secondary", timeout=self.config.stop_timeout)
+            return f"volume {self.config.resource} is Secondary"
+        except TandemError as e:
+            # Still held (a loop device or mount could not be released): tear it away.
+            try:
+                await volume_call(self.socket, "secondary", timeout=self.config.stop_timeout, force=True)
+            except TandemError as e2:
+                raise ResourceError(f"volume {self.config.resource}: {e2}") from None
+            return f"volume {self.config.resource} forced to Secondary ({e})"
+
+    async def _monitor(self) -> Health:
+        try:
+            st = await volume_call(self.socket, "status", timeout=self.config.monitor_timeout)
+        except TandemError as e:
+            return Health.failed(f"volume daemon unreachable: {e}")
+        if st["disk"] in ("Failed", "Diskless"):
+            return Health.failed(f"local disk is {st['disk']}")
+        if st["role"] != "Primary":
+            return Health.stopped(f"volume is {st['role']}")
+        return Health.ok(f"Primary, disk {st['disk']}, peer {st['peer']['connection']}")

@@ -1,0 +1,170 @@
+"""The whole tandem stack in a lab: etcd on node1, node2 and the witness (its
+leader moved to the witness), a replicated volume on node1/node2, and an agent
+on each data node running the database group (volume -> ext4 -> MariaDB -> DB
+VIP). Used by the demo, the agent tests and the benchmarks, through the same
+CLI and config file an operator would use."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tandem.dcs.etcd_server import LabEtcd
+from tandem.errors import LabError
+from tandem.lab.clusterconf import host_env, tandem_argv, write_cluster_config
+from tandem.lab.lab import Lab
+from tandem.lab.shell import ns_prefix
+
+DATA_NODES = ("node1", "node2")
+
+
+class LabStack:
+    def __init__(self, lab: Lab, volume_size: str = "256MiB", ping_timeout: float = 0.5,
+                 lease_ttl: int = 1):
+        self.lab = lab
+        etc = lab.spec.dir / "etc"
+        etc.mkdir(parents=True, exist_ok=True)
+        self.password_file = etc / "db-password"
+        if not self.password_file.exists():
+            self.password_file.write_text(secrets.token_hex(16) + "\n")
+            os.chmod(self.password_file, 0o600)
+        self.vip = str(lab.spec.vip(0))
+        extra = f"""
+[etcd]
+embedded = true
+lease_ttl = {lease_ttl}
+
+[database]
+volume = "db"
+mountpoint = "dbmnt"
+port = 3306
+vip = {{ address = "{self.vip}/24" }}
+password_file = "{self.password_file}"
+"""
+        fence = " ".join(tandem_argv("fence-peer", "db"))
+        self.config = write_cluster_config(lab, volume_size=volume_size, ping_timeout=ping_timeout,
+                                           fence_peer_command=fence, extra=extra)
+        self.etcd = LabEtcd(lab)
+
+    # --- commands ------------------------------------------------------------------
+    def env(self, host: str) -> dict[str, str]:
+        return host_env(self.lab, host, self.config)
+
+    def tandem(self, host: str, *args: str, check: bool = True, timeout: float = 60,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*ns_prefix(self.lab.spec.netns(host)), *tandem_argv(*args)],
+                              capture_output=True, text=True, timeout=timeout, input=input,
+                              env={**os.environ, **self.env(host)})
+        if check and proc.returncode != 0:
+            raise LabError(f"{host}: tandem {' '.join(args)}: {(proc.stderr or proc.stdout).strip()}")
+        return proc
+
+    def status(self, host: str = "witness") -> dict:
+        return json.loads(self.tandem(host, "status", "--json").stdout)
+
+    def volume_status(self, host: str) -> dict:
+        return json.loads(self.tandem(host, "volume", "status", "db", "--json").stdout)
+
+    # --- life cycle ----------------------------------------------------------------
+    def start(self, timeout: float = 120) -> None:
+        self.etcd.start()
+        self.etcd.move_leader("witness")
+        for h in DATA_NODES:
+            for name in ("db.img", "db.meta"):
+                (self.lab.host_dir(h) / "data" / name).unlink(missing_ok=True)
+            self.tandem(h, "volume", "create", "db")
+            self.start_volume(h)
+        # Initial full sync from node1, then hand the role to the agents.
+        self.tandem("node1", "volume", "primary", "db", "--force")
+        self.wait(lambda: self.volume_status("node2")["disk"] == "UpToDate", 120, "initial sync")
+        self.tandem("node1", "volume", "secondary", "db")
+        self.start_agent("node1")
+        self.wait(lambda: (self.status().get("leader") or {}).get("node") == "node1", 60,
+                  "node1 to lead")
+        self.start_agent("node2")
+        self.wait_service(timeout)
+
+    def start_volume(self, host: str) -> None:
+        self.lab.spawn(host, "volume-db", tandem_argv("volume", "up", "db"), env=self.env(host))
+        self.wait(lambda: self.tandem(host, "volume", "status", "db", check=False).returncode == 0,
+                  20, f"{host} volume daemon")
+
+    def start_agent(self, host: str) -> None:
+        self.lab.spawn(host, "agent", tandem_argv("agent"), env=self.env(host))
+
+    def restart_host(self, host: str) -> None:
+        """After a crash: links up, etcd member, volume daemon and agent again."""
+        self.lab.faults.restart(host)
+        self.etcd.start_member(host)
+        self.start_volume(host)
+        self.start_agent(host)
+
+    def wait_service(self, timeout: float = 60) -> str:
+        """Until some node leads with its group started and the DB answers on the VIP."""
+        def ok():
+            st = self.status()
+            lead = st.get("leader")
+            if not lead:
+                return None
+            row = next(n for n in st["nodes"] if n["node"] == lead["node"])
+            if row["role"] != "Leader" or not row["healthy"]:
+                return None
+            return lead["node"] if self.db_ping() else None
+        return self.wait(ok, timeout, "the database service")
+
+    def db_ping(self) -> bool:
+        code = ("import pymysql,sys\n"
+                "c=pymysql.connect(host=sys.argv[1],user='tandem',password=open(sys.argv[2]).read().strip(),"
+                "connect_timeout=1)\n"
+                "c.cursor().execute('SELECT 1')\n")
+        proc = self.lab.run("client", [sys.executable, "-c", code, self.vip, str(self.password_file)],
+                            check=False, timeout=10)
+        return proc.returncode == 0
+
+    def query(self, sql: str, host: str = "client") -> list[tuple]:
+        code = ("import pymysql,sys,json\n"
+                "c=pymysql.connect(host=sys.argv[1],user='tandem',password=open(sys.argv[2]).read().strip(),"
+                "database='tandem',connect_timeout=2,read_timeout=30)\n"
+                "cur=c.cursor();cur.execute(sys.argv[3]);print(json.dumps([list(r) for r in cur.fetchall()],"
+                "default=str))\n")
+        proc = self.lab.run(host, [sys.executable, "-c", code, self.vip, str(self.password_file), sql],
+                            timeout=60)
+        return [tuple(r) for r in json.loads(proc.stdout)]
+
+    def start_writer(self, name: str = "writer", duration: float = 600) -> Path:
+        out = self.lab.host_dir("client") / "data" / f"{name}.jsonl"
+        out.unlink(missing_ok=True)
+        self.lab.spawn("client", name, [sys.executable, "-m", "tandem.lab.writer", "--host", self.vip,
+                                        "--password-file", str(self.password_file), "--out", str(out),
+                                        "--duration", str(duration), "--writer-id", name])
+        return out
+
+    def leader(self) -> str | None:
+        return (self.status().get("leader") or {}).get("node")
+
+    def wait(self, pred, timeout: float, what: str, interval: float = 0.1):
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                last = pred()
+                if last:
+                    return last
+            except (LabError, json.JSONDecodeError, StopIteration) as e:
+                last = e
+            time.sleep(interval)
+        raise LabError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r}); logs in"
+                       f" {self.lab.spec.dir}/hosts/*/log")
+
+    def stop(self) -> None:
+        for h in DATA_NODES:
+            for proc in ("agent", "volume-db"):
+                rec = self.lab.supervisor(h).get(proc)
+                if rec:
+                    self.lab.stop(h, proc, timeout=20)
+        self.etcd.stop()

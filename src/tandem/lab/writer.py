@@ -1,0 +1,78 @@
+"""A workload that proves durability: insert rows with unique ids through the
+DB VIP, one autocommit transaction each, and log every acknowledged id with
+CLOCK_MONOTONIC. After a failover the checker reads the table back; an id in
+the log that is missing from the table is a lost acknowledged write.
+
+Run inside a lab host: `python -m tandem.lab.writer --host VIP --out FILE ...`.
+Errors (connection refused during failover) are logged too, so the checker can
+measure unavailability: last ack before the fault -> first ack after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, default=3306)
+    ap.add_argument("--user", default="tandem")
+    ap.add_argument("--password-file", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--writer-id", default="w1")
+    args = ap.parse_args()
+    import pymysql
+    password = open(args.password_file).read().strip()
+    out = open(args.out, "a", buffering=1)
+    end = time.monotonic() + args.duration
+    seq = 0
+    conn = None
+    while time.monotonic() < end:
+        try:
+            if conn is None:
+                conn = pymysql.connect(host=args.host, port=args.port, user=args.user, password=password,
+                                       connect_timeout=1, read_timeout=1, write_timeout=1, autocommit=True)
+                with conn.cursor() as c:
+                    c.execute("CREATE DATABASE IF NOT EXISTS tandem")
+                    c.execute("USE tandem")
+                    c.execute("CREATE TABLE IF NOT EXISTS acked (id VARCHAR(64) PRIMARY KEY,"
+                              " t DOUBLE NOT NULL, pad VARBINARY(200)) ENGINE=InnoDB")
+            seq += 1
+            rid = f"{args.writer_id}-{os.getpid()}-{seq}"
+            t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
+            with conn.cursor() as c:
+                c.execute("INSERT INTO acked (id, t, pad) VALUES (%s, %s, %s)", (rid, t0, os.urandom(64)))
+            t1 = time.clock_gettime(time.CLOCK_MONOTONIC)
+            out.write(json.dumps({"id": rid, "sent": t0, "acked": t1}) + "\n")
+        except Exception as e:  # any failure: log it, reconnect, go on
+            out.write(json.dumps({"error": f"{type(e).__name__}: {e}"[:200],
+                                  "t": time.clock_gettime(time.CLOCK_MONOTONIC)}) + "\n")
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+            conn = None
+            time.sleep(0.02)
+    out.close()
+
+
+def read_log(path: str) -> tuple[list[dict], list[dict]]:
+    acks, errors = [], []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash of the writer itself
+            (errors if "error" in rec else acks).append(rec)
+    return acks, errors
+
+
+if __name__ == "__main__":
+    main()

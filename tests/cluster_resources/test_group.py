@@ -1,0 +1,146 @@
+"""ResourceGroup with exec resources acting on files (no network namespace
+involved, so these run in the test process): order, reverse stop that carries
+on past a failing member, restart of a failed member and its dependents, the
+restart threshold and its window, start rollback, and operation timeouts that
+kill the command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tandem.cluster.resources import ResourceGroup, build, parse_resource
+from tandem.cluster.resources.procs import ProcRef
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def member(d: Path, name: str, *, fail_stop: bool = False, fail_start: bool = False, **extra):
+    log, flag = d / "log", d / f"{name}.on"
+    start = f"echo start {name} >> {log}" + ("; echo cannot start; exit 1" if fail_start
+                                             else f"; touch {flag}")
+    stop = f"echo stop {name} >> {log}" + ("; echo stuck; exit 1" if fail_stop else f"; rm -f {flag}")
+    return build(parse_resource({"kind": "exec", "name": name, "start": start, "stop": stop,
+                                 "monitor": f"test -e {flag} || exit 7", **extra}))
+
+
+def log_of(d: Path) -> list[str]:
+    text = (d / "log").read_text() if (d / "log").exists() else ""
+    (d / "log").write_text("")
+    return text.splitlines()
+
+
+def test_start_in_order_stop_in_reverse_past_a_failing_stop(tmp_path):
+    group = ResourceGroup("g", [member(tmp_path, "a"), member(tmp_path, "b", fail_stop=True),
+                                member(tmp_path, "c")])
+
+    async def go():
+        return await group.start(), await group.stop()
+
+    started, stopped = asyncio.run(go())
+    assert started.ok and started.sentence == "started a, b, c in order"
+    assert log_of(tmp_path) == ["start a", "start b", "start c", "stop c", "stop b", "stop a"]
+    assert not stopped.ok and stopped.stop_failed == ("b",)
+    assert stopped.sentence == "stopped 2 of 3 resources; stop FAILED for b: stop command exited 1: stuck"
+    assert [h for _, h in group.history][-1] == stopped.sentence
+    assert len(group.history) == 8  # 6 member operations + 2 group sentences
+
+
+def test_restart_threshold_then_failover_and_window(tmp_path):
+    clock = Clock()
+    group = ResourceGroup("g", [member(tmp_path, "a"), member(tmp_path, "b", max_failures=3,
+                                                              failure_window=60), member(tmp_path, "c")],
+                          clock=clock)
+
+    async def go():
+        assert (await group.start()).ok
+        log_of(tmp_path)
+        healthy = await group.check()
+        assert healthy.ok and healthy.sentence == "all 3 resources healthy"
+        results = []
+        for _ in range(3):
+            (tmp_path / "b.on").unlink()  # b dies
+            clock.now += 10
+            results.append(await group.check())
+        return results
+
+    first, second, third = asyncio.run(go())
+    assert first.ok and first.sentence == ("restarted b and 1 dependent after failure 1/3 within 60 s"
+                                           " (monitor command says not running)")
+    assert second.ok and "failure 2/3" in second.sentence
+    assert not third.ok and third.failover_needed
+    assert third.sentence == ("b failed 3 times within 60 s (last: monitor command says not running):"
+                              " giving up on this node, failover needed")
+    # b's restarts took c (after b) along, never a (before b); the third did nothing.
+    assert log_of(tmp_path) == ["stop c", "stop b", "start b", "start c"] * 2
+
+    # Outside the window the old failures no longer count.
+    clock.now += 61
+    again = asyncio.run(group.check())
+    assert again.ok and "failure 1/3" in again.sentence
+
+
+def test_failed_start_rolls_back_in_reverse(tmp_path):
+    group = ResourceGroup("g", [member(tmp_path, "a"), member(tmp_path, "b"),
+                                member(tmp_path, "c", fail_start=True), member(tmp_path, "d")])
+    res = asyncio.run(group.start())
+    assert not res.ok and res.failover_needed and not group.started
+    assert res.sentence == ("start failed at c (start command exited 1: cannot start); stopped c, b, a"
+                            " again; failover needed")
+    assert log_of(tmp_path) == ["start a", "start b", "start c", "stop c", "stop b", "stop a"]
+
+
+def test_timeouts_bound_every_operation_and_kill_the_command(tmp_path):
+    pidfile = tmp_path / "pid"
+    res = build(parse_resource({
+        "kind": "exec", "name": "slow", "start": f"echo $$ > {pidfile}; exec sleep 30",
+        "stop": "sleep 30", "monitor": "sleep 30",
+        "start_timeout": 0.5, "stop_timeout": 0.3, "monitor_timeout": 0.3}))
+
+    async def go():
+        return await res.start(), await res.monitor(), await res.stop()
+
+    t0 = time.monotonic()
+    start, health, stop = asyncio.run(go())
+    assert time.monotonic() - t0 < 3
+    assert not start.ok and start.sentence == "start timed out after 0.5 s"
+    assert health.state == "failed" and health.reason == "monitor timed out after 0.3 s"
+    assert not stop.ok and stop.sentence == "stop timed out after 0.3 s"
+    pid = int(pidfile.read_text())
+    ref = ProcRef.of(pid)
+    assert ref is None or not ref.alive(), f"sleep {pid} survived the timeout"
+
+
+def test_check_on_a_stopped_group_touches_nothing(tmp_path):
+    group = ResourceGroup("g", [member(tmp_path, "a")])
+    res = asyncio.run(group.check())
+    assert res.ok and res.sentence == "group is stopped"
+    assert not (tmp_path / "log").exists()
+
+
+def test_duplicate_member_names_rejected(tmp_path):
+    with pytest.raises(ValueError, match="duplicate member names"):
+        ResourceGroup("g", [member(tmp_path, "a"), member(tmp_path, "a")])
+
+
+def test_no_zombie_left_behind(tmp_path):
+    """The group's exec commands are all reaped."""
+    asyncio.run(ResourceGroup("g", [member(tmp_path, "a")]).start())
+    zombies = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        ref = ProcRef.of(int(pid))
+        stat = Path(f"/proc/{pid}/stat").read_text() if ref else ""
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(pid)
+    assert zombies == []
