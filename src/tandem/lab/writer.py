@@ -11,9 +11,11 @@ measure unavailability: last ack before the fault -> first ack after it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+from pathlib import Path
 
 
 def main() -> None:
@@ -27,8 +29,8 @@ def main() -> None:
     ap.add_argument("--writer-id", default="w1")
     args = ap.parse_args()
     import pymysql
-    password = open(args.password_file).read().strip()
-    out = open(args.out, "a", buffering=1)
+    password = Path(args.password_file).read_text().strip()
+    out = open(args.out, "a", buffering=1)  # noqa: SIM115 (open for the whole run)
     end = time.monotonic() + args.duration
     seq = 0
     conn = None
@@ -53,10 +55,8 @@ def main() -> None:
             out.write(json.dumps({"error": f"{type(e).__name__}: {e}"[:200],
                                   "t": time.clock_gettime(time.CLOCK_MONOTONIC)}) + "\n")
             if conn is not None:
-                try:
+                with contextlib.suppress(Exception):
                     conn.close()
-                except Exception:
-                    pass
             conn = None
             time.sleep(0.02)
     out.close()
