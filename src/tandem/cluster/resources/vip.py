@@ -7,7 +7,11 @@ sender and target, which update existing neighbour entries — Linux accepts
 them even within its 1 s locktime). The arping runs detached: its first
 packet leaves at once, the second a second later (to catch a neighbour that
 missed the first), and the start does not wait those seconds, because the
-VIP move is on the failover's critical path. Stop kills a still-running
+VIP move is on the failover's critical path. So that the start does not
+return before the first announcement is out (arping takes a few ms to start,
+more on a loaded machine, and a packet sent in that gap goes to the old
+holder), start also sends one gratuitous ARP itself, synchronously, on a raw
+packet socket. Stop kills a still-running
 arping first (remembered by pid in the run dir): a late announcement from the
 old holder would pull the neighbours' caches back to it after the move.
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import struct
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -77,10 +83,20 @@ class Vip(Resource):
         if self.config.run_dir:
             self.clear_state()
 
-    def _announce(self) -> str:
+    def _garp_now(self, link: dict) -> None:
+        """One unsolicited ARP request (what ``arping -U`` sends), right now."""
+        mac = bytes.fromhex(link["address"].replace(":", ""))
+        ip = self.config.address.ip.packed
+        arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + b"\xff" * 6 + ip
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind((self.config.interface, 0))
+            sock.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+
+    def _announce(self, link: dict) -> str:
         n = self.config.arp_count
         if n == 0:
             return "no gratuitous ARP (arp_count = 0)"
+        self._garp_now(link)
         self._silence()
         self._arping = subprocess.Popen(
             ["arping", "-q", "-U", "-c", str(n), "-I", self.config.interface, str(self.config.address.ip)],
@@ -93,11 +109,11 @@ class Vip(Resource):
 
     async def _start(self) -> str:
         c = self.config
-        have, _ = await self._present()
+        have, link = await self._present()
         if have:
-            return f"{self._cidr} already on {c.interface}, " + self._announce()
+            return f"{self._cidr} already on {c.interface}, " + self._announce(link)
         await run_cmd(["ip", "addr", "add", self._cidr, "dev", c.interface], timeout=5)
-        return f"added {self._cidr} to {c.interface}, " + self._announce()
+        return f"added {self._cidr} to {c.interface}, " + self._announce(link)
 
     async def _stop(self) -> str:
         c = self.config
