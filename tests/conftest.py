@@ -3,6 +3,7 @@ whatever happens to the test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -55,6 +56,22 @@ def lab(lab_root):
     try:
         yield the_lab
     finally:
+        keep = os.environ.get("TANDEM_KEEP_LOGS")
+        if keep:
+            import signal
+            import time
+            for h in the_lab.spec.host_names:
+                rec = the_lab.supervisor(h).get("volume-db")
+                if rec:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(rec.pid, signal.SIGUSR1)
+            time.sleep(0.5)
+            dest = Path(keep) / name
+            dest.mkdir(parents=True, exist_ok=True)
+            for log in the_lab.spec.dir.glob("hosts/*/log/*.log"):
+                shutil.copy(log, dest / f"{log.parent.parent.name}-{log.name}")
+            if the_lab.spec.event_file.exists():
+                shutil.copy(the_lab.spec.event_file, dest / "events.jsonl")
         Lab.down_by_name(name, lab_root)
 
 

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from tandem.cli import cluster_cmd, config_cmd, demo_cmd, lab_cmd, volume_cmd
+from tandem.cli import cluster_cmd, config_cmd, demo_cmd, lab_cmd, mgmt_cmd, volume_cmd
 from tandem.errors import TandemError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(volume_cmd.app, name="volume")
+app.add_typer(mgmt_cmd.app, name="mgmt")
 app.command("demo")(demo_cmd.demo)
 cluster_cmd.register(app)
 

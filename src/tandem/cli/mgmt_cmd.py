@@ -123,7 +123,10 @@ def create_admin(db: str = DbOpt, db_password_file: Path = PwFileOpt,
     from tandem.mgmt.db import Database
     from tandem.mgmt.migrations import migrate
     if password_file is not None:
-        password = password_file.read_text().strip()
+        try:
+            password = password_file.read_text().strip()
+        except OSError as e:
+            raise TandemError(f"--password-file: cannot read {password_file} ({e.strerror})") from None
     else:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     if len(password) < 8:

@@ -73,6 +73,9 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
 
 
 def run(spec: VolumeSpec, secret: bytes) -> None:
+    import faulthandler
+    import sys
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)  # thread dump on demand
     fence = run_fence_command(spec.fence_peer_command, spec) if spec.fence_peer_command else None
     rep = Replicator(spec, secret, fence_peer=fence)
     stop = threading.Event()

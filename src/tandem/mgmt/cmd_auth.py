@@ -1,0 +1,109 @@
+"""Login, logout and API keys.
+
+Sessions are rows in the database (see `auth`), so the `sessionkey` a client
+gets from one server works on all of them, and survives the server's death.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tandem.mgmt import auth
+from tandem.mgmt.commands import PAGING, Call, Param, command
+from tandem.mgmt.db import Cursor
+from tandem.mgmt.envelopes import ACCOUNT_ERROR, UNAUTHORIZED, ApiError, ListResult, Response, param_error
+
+
+@command("login", Param("username", required=True), Param("password", required=True, max_length=1024),
+         Param("domain"), Param("domainid", "uuid"), needs_auth=False)
+async def login(call: Call) -> Response:
+    """Logs a user in with a password; answers a sessionkey valid on every server."""
+    p = call.params
+
+    def write(cur: Cursor) -> tuple[auth.Caller, str, str] | None:
+        caller = auth.by_password(cur, p["username"], p["password"], p.get("domain"))
+        if caller is None:
+            return None
+        key, jsession = auth.create_session(cur, caller.user_id)
+        return caller, key, jsession
+
+    got = await call.server.db.write(write)
+    if got is None:
+        raise ApiError(UNAUTHORIZED, "unable to verify user credentials")
+    caller, key, jsession = got
+    body = {"username": caller.username, "userid": caller.user_id, "domainid": caller.domain_id,
+            "timeout": auth.SESSION_TIMEOUT_S, "account": caller.account, "firstname": caller.firstname,
+            "lastname": caller.lastname, "type": caller.account_type, "registered": False,
+            "sessionkey": key}
+    cookies = {"JSESSIONID": jsession, "sessionkey": key, "userid": caller.user_id,
+               "account": caller.account, "domainid": caller.domain_id, "role": str(caller.account_type),
+               "username": caller.username, "timezone": ""}
+    return Response(body, cookies=cookies)
+
+
+@command("logout")
+async def logout(call: Call) -> Response:
+    """Ends the calling session (on every server)."""
+    if call.sessionkey:
+        key = call.sessionkey
+        await call.server.db.write(lambda cur: auth.delete_session(cur, key), idempotent=True)
+    return Response({"description": "success"}, cookies={"sessionkey": "", "JSESSIONID": ""})
+
+
+def _may_manage(call: Call, user_id: str) -> None:
+    caller = call.caller
+    assert caller is not None
+    if not caller.is_admin and caller.user_id != user_id:
+        raise ApiError(ACCOUNT_ERROR, "only an admin may manage another user's keys")
+
+
+@command("registerUserKeys", Param("id", "uuid", required=True, description="the user ID"))
+async def register_user_keys(call: Call) -> Response:
+    """Generates a new API key and secret key for a user."""
+    user_id = call.params["id"]
+    _may_manage(call, user_id)
+    keys = await call.server.db.write(lambda cur: auth.register_keys(cur, user_id), idempotent=True)
+    if keys is None:
+        raise param_error(f"Unable to find user by id {user_id}")
+    return Response({"userkeys": {"apikey": keys[0], "secretkey": keys[1]}})
+
+
+@command("getUserKeys", Param("id", "uuid", required=True, description="the user ID"))
+async def get_user_keys(call: Call) -> Response:
+    """Answers the API key and secret key of a user."""
+    user_id = call.params["id"]
+    _may_manage(call, user_id)
+    keys = await call.server.db.read(lambda cur: auth.get_keys(cur, user_id))
+    if keys is None:
+        raise param_error(f"Unable to find user by id {user_id}")
+    return Response({"userkeys": {"apikey": keys[0], "secretkey": keys[1]}})
+
+
+@command("listUsers", Param("id", "uuid"), Param("username"), Param("listall", "boolean"), *PAGING)
+async def list_users(call: Call) -> Response:
+    """Lists users (the caller alone unless an admin asks with listall)."""
+    caller = call.caller
+    assert caller is not None
+    where, args = [], []
+    if not (caller.is_admin and call.params.get("listall")):
+        where.append("u.account_id=%s")
+        args.append(caller.account_id)
+    for param, col in (("id", "u.id"), ("username", "u.username")):
+        if param in call.params:
+            where.append(f"{col}=%s")
+            args.append(call.params[param])
+    sql = ("SELECT u.*, a.name AS account, a.type AS accounttype, a.domain_id, d.name AS domain FROM user u"
+           " JOIN account a ON a.id=u.account_id JOIN domain d ON d.id=a.domain_id"
+           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY u.created")
+
+    def read(cur: Cursor) -> list[dict[str, Any]]:
+        cur.execute(sql, args)
+        return list(cur.fetchall())
+
+    rows = await call.server.db.read(read)
+    users = [{"id": r["id"], "username": r["username"], "firstname": r["firstname"],
+              "lastname": r["lastname"],
+              "email": r["email"], "account": r["account"], "accounttype": r["accounttype"],
+              "domainid": r["domain_id"], "domain": r["domain"], "state": r["state"],
+              "apikey": r["apikey"]} for r in rows]
+    return Response(ListResult("user", users))

@@ -1,0 +1,294 @@
+"""The one door to MariaDB: a small connection pool whose calls survive a
+database failover.
+
+The management servers reach MariaDB through a VIP that moves when the database
+fails over. A request in flight then sees its connection break; the right answer
+for the client is a little latency, not an error. So every call goes through
+`Database.read` or `Database.write`, which retry on connection-level errors for a
+bounded time (the *retry budget*, default 8 s) — but only when retrying cannot
+apply a change twice:
+
+- reads are always safe to repeat;
+- a write transaction that broke *before* COMMIT was sent was rolled back by the
+  server, so it is repeated from the start;
+- a write that broke *during* COMMIT has an unknown outcome. Unless the caller
+  declared it idempotent, the transaction also inserted a unique marker row, and
+  the layer looks that marker up on a fresh connection to learn whether the
+  commit happened, instead of guessing.
+
+The bound is the budget plus at most one I/O timeout (5 s): a connection to a
+host that vanished without a reset hangs until then.
+
+Blocking pymysql calls run on a thread pool, so the asyncio loop never waits on
+the database. The password is held in memory only and never appears in a repr
+or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+import pymysql
+import pymysql.cursors
+
+from tandem.errors import TandemError
+
+log = logging.getLogger("tandem.mgmt.db")
+
+T = TypeVar("T")
+Cursor = pymysql.cursors.DictCursor
+
+# Errors that mean "the connection (or the server behind it) went away", plus the
+# ones that roll a transaction back and say "try again".
+CONNECTION_ERRNOS = {2002, 2003, 2006, 2013, 2014, 2055, 1053, 1927, 1040, 1290, 1836, 4031}
+ROLLED_BACK_ERRNOS = {1205, 1213}
+
+
+class DbUnavailable(TandemError):
+    """The database could not be reached within the retry budget."""
+
+
+@dataclass(frozen=True)
+class DbUrl:
+    """Where the database is: parsed from `mysql://user:pass@host:port/db`."""
+
+    host: str
+    port: int
+    user: str
+    database: str
+    password: str = field(default="", repr=False)
+    unix_socket: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, password: str | None = None) -> DbUrl:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not parts.path.strip("/"):
+            raise TandemError("--db: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        pw = password if password is not None else unquote(parts.password or "")
+        return cls(host=parts.hostname, port=parts.port or 3306, user=unquote(parts.username or "root"),
+                   database=parts.path.strip("/"), password=pw)
+
+    def safe(self) -> str:
+        """The URL without its password, fit for logs and messages."""
+        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+def is_connection_error(e: BaseException) -> bool:
+    if isinstance(e, pymysql.err.InterfaceError):
+        return True
+    if isinstance(e, pymysql.err.OperationalError | pymysql.err.InternalError) and e.args:
+        return e.args[0] in CONNECTION_ERRNOS
+    return isinstance(e, ConnectionError | TimeoutError | BrokenPipeError)
+
+
+def is_rolled_back(e: BaseException) -> bool:
+    return isinstance(e, pymysql.err.OperationalError) and bool(e.args) and e.args[0] in ROLLED_BACK_ERRNOS
+
+
+class _CommitUnknown(Exception):
+    """COMMIT was sent but no answer came back."""
+
+
+class Database:
+    """A pool of pymysql connections and the retry policy around them."""
+
+    def __init__(self, url: DbUrl, *, retry_budget: float = 8.0, pool_size: int = 8,
+                 connect_timeout: float = 2.0, io_timeout: float = 5.0):
+        self.url = url
+        self.retry_budget = retry_budget
+        self.connect_timeout = connect_timeout
+        self.io_timeout = io_timeout
+        self._idle: queue.LifoQueue[pymysql.connections.Connection] = queue.LifoQueue()
+        self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="tandem-db")
+        self._lock = threading.Lock()
+        self.retries = 0  # connection-level retries so far, for tests and status
+
+    def __repr__(self) -> str:
+        return f"Database({self.url.safe()})"
+
+    # -- connections -------------------------------------------------------------
+    def connect(self, database: bool = True) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host=self.url.host, port=self.url.port, user=self.url.user, password=self.url.password,
+            database=self.url.database if database else None, unix_socket=self.url.unix_socket,
+            autocommit=True, charset="utf8mb4", cursorclass=Cursor,
+            connect_timeout=max(1, int(self.connect_timeout)),
+            read_timeout=self.io_timeout, write_timeout=self.io_timeout,
+            # Short lock waits: our transactions are short, and a timeout is retried.
+            init_command="SET SESSION tx_isolation='READ-COMMITTED', SESSION time_zone='+00:00',"
+                         " SESSION innodb_lock_wait_timeout=5",
+        )
+
+    def _take(self) -> pymysql.connections.Connection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self.connect()
+
+    def _give(self, conn: pymysql.connections.Connection) -> None:
+        self._idle.put(conn)
+
+    def connect_retrying(self) -> pymysql.connections.Connection:
+        """A new connection of the caller's own, found within the retry budget."""
+        for _ in self._attempts("connect"):
+            try:
+                return self.connect()
+            except Exception as e:
+                if not is_connection_error(e):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            with contextlib.suppress(Exception):  # closing a broken connection
+                conn.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the retry loop ------------------------------------------------------------
+    def _attempts(self, what: str):
+        """Yield attempt numbers until the budget is spent; sleep between them."""
+        deadline = time.monotonic() + self.retry_budget
+        delay = 0.05
+        attempt = 0
+        while True:
+            yield attempt
+            attempt += 1
+            self.retries += 1
+            if time.monotonic() + delay > deadline:
+                raise DbUnavailable(f"database {self.url.safe()} unreachable for {self.retry_budget:.0f} s"
+                                    f" ({what})")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def read_sync(self, fn: Callable[[Cursor], T]) -> T:
+        """Run `fn(cursor)` outside any transaction; repeat it on connection loss."""
+        last: BaseException | None = None
+        for _ in self._attempts("read"):
+            conn = None
+            try:
+                conn = self._take()
+                with conn.cursor() as cur:
+                    result = fn(cur)
+                self._give(conn)
+                return result
+            except Exception as e:
+                _discard(conn)
+                if not (is_connection_error(e) or is_rolled_back(e)):
+                    raise
+                if last is None:
+                    log.warning("db read failed, retrying for up to %.0f s: %s", self.retry_budget,
+                                _errtext(e))
+                last = e
+        raise AssertionError(last)  # pragma: no cover - _attempts raises first
+
+    def write_sync(self, fn: Callable[[Cursor], T], *, idempotent: bool = False) -> T:
+        """Run `fn(cursor)` in one transaction and commit it exactly once.
+
+        `fn` may be called several times (each time in a fresh transaction) but its
+        changes are committed once. Set `idempotent` when committing twice would be
+        harmless; otherwise a marker row makes an unknown COMMIT outcome checkable.
+        """
+        marker = None if idempotent else secrets.token_hex(16)
+        attempts = self._attempts("write")
+        for attempt in attempts:
+            conn = None
+            try:
+                conn = self._take()
+                conn.begin()
+                with conn.cursor() as cur:
+                    result = fn(cur)
+                    if marker:
+                        cur.execute("INSERT INTO txn_marker (id) VALUES (%s)", (marker,))
+                try:
+                    conn.commit()
+                except Exception as e:
+                    if is_connection_error(e):
+                        raise _CommitUnknown() from e
+                    raise
+                self._give(conn)
+                return result
+            except _CommitUnknown as e:
+                _discard(conn)
+                log.warning("db commit outcome unknown: %s", _errtext(e.__cause__))
+                if marker is None:
+                    # Idempotent: committing again is harmless.
+                    continue
+                if self._marker_committed(marker, attempts):
+                    return result
+            except Exception as e:
+                _discard(conn)
+                if not (is_connection_error(e) or is_rolled_back(e)):
+                    raise
+                if attempt == 0:
+                    log.warning("db write failed before commit, retrying: %s", _errtext(e))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _marker_committed(self, marker: str, attempts) -> bool:
+        while True:
+            conn = None
+            try:
+                conn = self.connect()
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1 FROM txn_marker WHERE id=%s", (marker,))
+                    found = cur.fetchone() is not None
+                self._give(conn)
+                return found
+            except Exception as e:
+                _discard(conn)
+                if not is_connection_error(e):
+                    raise
+                next(attempts)
+
+    # -- asyncio face ----------------------------------------------------------------
+    async def read(self, fn: Callable[[Cursor], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.read_sync, fn)
+
+    async def write(self, fn: Callable[[Cursor], T], *, idempotent: bool = False) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self.write_sync(fn, idempotent=idempotent))
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        """One quick probe without retries: is the database answering right now?"""
+        def probe() -> bool:
+            conn = None
+            try:
+                conn = pymysql.connect(
+                    host=self.url.host, port=self.url.port, user=self.url.user, password=self.url.password,
+                    database=self.url.database, unix_socket=self.url.unix_socket,
+                    connect_timeout=max(1, int(timeout)), read_timeout=timeout)
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                return True
+            except Exception:  # noqa: BLE001 - any failure means "not healthy"
+                return False
+            finally:
+                _discard(conn)
+        return await asyncio.get_running_loop().run_in_executor(None, probe)
+
+
+def _discard(conn: pymysql.connections.Connection | None) -> None:
+    if conn is None:
+        return
+    with contextlib.suppress(Exception):  # the connection is already broken
+        conn.close()
+
+
+def _errtext(e: BaseException | None) -> str:
+    if e is None:
+        return "?"
+    return f"{type(e).__name__}{e.args!r}"[:200]

@@ -1,0 +1,71 @@
+"""How a management server asks a (simulated) hypervisor host to do something.
+
+Each call carries the job's request id, so repeating it — after a timeout, a
+broken connection or a takeover by another management server — can only return
+the first result. That makes retrying here always safe, and it is what turns
+"at least once" delivery into "exactly once" effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+
+class HostUnavailable(Exception):
+    """The host did not answer within the retry budget."""
+
+
+@dataclass(frozen=True)
+class HostResult:
+    ok: bool
+    state: str | None
+    error: str | None
+    replayed: bool
+
+
+class HostClient:
+    def __init__(self, base_url: str, *, retry_budget: float = 20.0, timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self.retry_budget = retry_budget
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def op(self, request_id: str, op: str, vm: str, spec: dict[str, Any] | None = None) -> HostResult:
+        """Apply `op` to `vm` under `request_id`; retry until the host answers."""
+        deadline = time.monotonic() + self.retry_budget
+        delay = 0.1
+        body = {"request_id": request_id, "op": op, "vm": vm, "spec": spec or {}}
+        while True:
+            try:
+                http = await self._http()
+                async with http.post(f"{self.base_url}/v1/ops", json=body) as resp:
+                    data = await resp.json()
+                if resp.status == 409 and data.get("busy"):
+                    raise _Busy(data.get("error"))
+                if resp.status not in (200, 409):
+                    raise HostUnavailable(f"host answered HTTP {resp.status}: {data.get('error')}")
+                return HostResult(ok=bool(data.get("ok")), state=data.get("state"), error=data.get("error"),
+                                  replayed=bool(data.get("replayed")))
+            except (TimeoutError, aiohttp.ClientError, ValueError, _Busy) as e:
+                if time.monotonic() + delay > deadline:
+                    raise HostUnavailable(f"host {self.base_url} unavailable: {type(e).__name__}") from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+class _Busy(Exception):
+    pass

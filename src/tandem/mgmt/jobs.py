@@ -1,0 +1,334 @@
+"""Async jobs that survive the death of the management server running them.
+
+The rules, all enforced in MariaDB so that every server sees the same truth:
+
+- **Ownership.** A job row names its `owner`, the server that accepted it. Only
+  the owner executes it, and every change a job makes to the database is written
+  in a transaction that first locks the job row and checks that the owner is
+  still this server and the job still pending (`JobContext.write`). A server
+  that lost a job (because others thought it dead) can therefore never commit
+  anything for it.
+- **Heartbeat lease.** Each server has a `mgmt_server` row whose `heartbeat` it
+  sets to the database's `NOW(6)` every `heartbeat_interval`. Times come from the
+  database clock only, so server clocks do not matter. A server that could not
+  beat for `dead_after` seconds stops starting jobs (it may already be presumed
+  dead).
+- **Takeover.** Each beat, a server also runs one atomic UPDATE that moves the
+  pending jobs of every server whose heartbeat is older than `dead_after` to
+  itself. Row locks make each job move to exactly one survivor.
+- **Exactly-once effects.** A job may run again after a takeover (or a database
+  outage), from the start. Its effects on the hypervisor carry the job id as
+  request id, so the host applies each once and replays the first result; its
+  database effects commit once, with the final state and status in one
+  transaction guarded as above.
+- **Per-object queue.** A job is runnable only when it is the oldest pending job
+  of its object (`instance_id`), so operations on one VM run one after another in
+  the order they were accepted, whichever servers own them; different VMs run in
+  parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tandem.mgmt.db import Cursor, Database, DbUnavailable
+from tandem.mgmt.envelopes import INTERNAL_ERROR, RESOURCE_UNAVAILABLE, ApiError
+from tandem.mgmt.hostclient import HostClient, HostUnavailable
+
+log = logging.getLogger("tandem.mgmt.jobs")
+
+T = TypeVar("T")
+PENDING, SUCCEEDED, FAILED = 0, 1, 2
+HOUSEKEEPING_INTERVAL = 60.0
+
+
+class LostJob(Exception):
+    """This server no longer owns the job (another server took it over)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    cmd: str
+    instance_type: str
+    instance_id: str
+    params: dict[str, Any]
+    account_id: str
+    user_id: str
+    takeovers: int
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        return cls(id=row["id"], cmd=row["cmd"], instance_type=row["instance_type"],
+                   instance_id=row["instance_id"], params=json.loads(row["params"]),
+                   account_id=row["account_id"], user_id=row["user_id"], takeovers=row["takeovers"])
+
+
+class JobContext:
+    """What a job handler may do: owner-guarded DB writes and host operations."""
+
+    def __init__(self, manager: JobManager, job: Job):
+        self.manager = manager
+        self.job = job
+        self.host = manager.host
+
+    async def read(self, fn: Callable[[Cursor], T]) -> T:
+        return await self.manager.db.read(fn)
+
+    async def write(self, fn: Callable[[Cursor], T]) -> T:
+        """Run `fn` in a transaction that commits only while we own the pending job."""
+        def guarded(cur: Cursor) -> T:
+            self.manager._lock_owned(cur, self.job.id)
+            return fn(cur)
+        return await self.manager.db.write(guarded)
+
+    async def finish(self, fn: Callable[[Cursor], dict[str, Any]]) -> None:
+        """Apply the job's final DB changes and mark it succeeded, atomically.
+
+        `fn` returns the job result (e.g. `{"virtualmachine": {...}}`).
+        """
+        def guarded(cur: Cursor) -> None:
+            self.manager._lock_owned(cur, self.job.id)
+            result = fn(cur)
+            self.manager._complete(cur, self.job.id, SUCCEEDED, 0, result)
+        await self.manager.db.write(guarded)
+
+    async def fail(self, error: ApiError, fn: Callable[[Cursor], None] | None = None) -> None:
+        """Record the failure (and `fn`'s repairs to the object) atomically."""
+        def guarded(cur: Cursor) -> None:
+            self.manager._lock_owned(cur, self.job.id)
+            if fn:
+                fn(cur)
+            self.manager._complete(cur, self.job.id, FAILED, error.code, error.body())
+        await self.manager.db.write(guarded)
+
+
+JobHandler = Callable[[JobContext], Awaitable[None]]
+
+
+@dataclass
+class Lease:
+    """Our side of the heartbeat lease, sans-IO: the caller passes monotonic times.
+
+    Two judgements: `fenced` — our last beat is so old that others may already
+    presume us dead, so start no new job; `may_take_over` — we have beaten
+    steadily for a whole `dead_after`, so a stale heartbeat of another server
+    means that server, not the database, stopped. After any slow or failed beat
+    (a database outage makes *every* heartbeat stale) the clock restarts.
+    """
+
+    dead_after: float
+    interval: float
+    last_beat: float | None = None
+    steady_since: float | None = None
+
+    def beat_done(self, started: float, finished: float) -> None:
+        if self.steady_since is None or finished - started > self.interval:
+            self.steady_since = finished
+        self.last_beat = finished
+
+    def beat_failed(self) -> None:
+        self.steady_since = None
+
+    def may_take_over(self, now: float) -> bool:
+        return self.steady_since is not None and now - self.steady_since >= self.dead_after
+
+    def fenced(self, now: float) -> bool:
+        return self.last_beat is None or now - self.last_beat > self.dead_after * 0.75
+
+
+class JobManager:
+    """Accepts, executes, heartbeats and takes over async jobs for one server."""
+
+    def __init__(self, db: Database, server_id: str, address: str, host: HostClient,
+                 handlers: dict[str, JobHandler], *, dead_after: float = 3.0,
+                 heartbeat_interval: float | None = None, poll_interval: float = 0.2,
+                 max_parallel: int = 32):
+        self.db = db
+        self.server_id = server_id
+        self.address = address
+        self.host = host
+        self.handlers = handlers
+        self.dead_after = dead_after
+        self.heartbeat_interval = heartbeat_interval or max(0.1, dead_after / 4)
+        self.poll_interval = poll_interval
+        self.max_parallel = max_parallel
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self.lease = Lease(self.dead_after, self.heartbeat_interval)
+        self._next_housekeeping = 0.0
+        self._ended: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        started = time.monotonic()
+        await self.db.write(self._register, idempotent=True)
+        self.lease.beat_done(started, time.monotonic())
+        self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                       asyncio.create_task(self._dispatch_loop(), name="dispatch")]
+
+    async def stop(self) -> None:
+        for t in [*self._tasks, *self.running.values()]:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self.running.values(), return_exceptions=True)
+
+    def _register(self, cur: Cursor) -> None:
+        cur.execute("INSERT INTO mgmt_server (id, address, heartbeat, started)"
+                    " VALUES (%s, %s, NOW(6), NOW(6))"
+                    " ON DUPLICATE KEY UPDATE address=VALUES(address), heartbeat=NOW(6), started=NOW(6)",
+                    (self.server_id, self.address))
+
+    @property
+    def fenced(self) -> bool:
+        return self.lease.fenced(time.monotonic())
+
+    # -- accepting -----------------------------------------------------------------
+    def submit(self, cur: Cursor, cmd: str, instance_type: str, instance_id: str, params: dict[str, Any],
+               account_id: str, user_id: str) -> str:
+        """Insert a job owned by this server (inside the caller's transaction)."""
+        job_id = str(uuid.uuid4())
+        cur.execute("INSERT INTO async_job (id, cmd, instance_type, instance_id, params, account_id, user_id,"
+                    " owner) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (job_id, cmd, instance_type, instance_id, json.dumps(params), account_id, user_id,
+                     self.server_id))
+        return job_id
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    # -- heartbeat and takeover ------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.db.write(self._beat, idempotent=True)
+                self.lease.beat_done(started, time.monotonic())
+                if self.lease.may_take_over(time.monotonic()):
+                    taken = await self.db.write(self._take_over, idempotent=True)
+                    if taken:
+                        log.warning("took over %d pending job(s) of dead management server(s)", taken)
+                        self._wake.set()
+                if time.monotonic() >= self._next_housekeeping:
+                    await self.db.write(self._housekeeping, idempotent=True)
+                    self._next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+            except Exception as e:
+                self.lease.beat_failed()
+                if isinstance(e, DbUnavailable):
+                    log.warning("heartbeat failed: %s", e)
+                else:
+                    log.exception("heartbeat failed")
+            await asyncio.sleep(self.heartbeat_interval)
+
+    def _beat(self, cur: Cursor) -> None:
+        cur.execute("UPDATE mgmt_server SET heartbeat=NOW(6) WHERE id=%s", (self.server_id,))
+        if cur.rowcount == 0:
+            self._register(cur)
+
+    def _take_over(self, cur: Cursor) -> int:
+        cur.execute(
+            "UPDATE async_job j LEFT JOIN mgmt_server s ON s.id = j.owner"
+            " SET j.owner=%s, j.takeovers=j.takeovers+1"
+            " WHERE j.status=0 AND j.owner <> %s"
+            " AND (s.id IS NULL OR s.heartbeat < NOW(6) - INTERVAL %s MICROSECOND)",
+            (self.server_id, self.server_id, int(self.dead_after * 1_000_000)))
+        return cur.rowcount
+
+    @staticmethod
+    def _housekeeping(cur: Cursor) -> None:
+        """Old commit markers and expired sessions go (any server may do it)."""
+        cur.execute("DELETE FROM txn_marker WHERE created < NOW(6) - INTERVAL 1 HOUR LIMIT 5000")
+        cur.execute("DELETE FROM session WHERE last_used < NOW(6) - INTERVAL 1 DAY"
+                    " OR TIMESTAMPDIFF(SECOND, last_used, NOW(6)) > timeout_s LIMIT 5000")
+
+    # -- executing ---------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            if self.fenced or len(self.running) >= self.max_parallel:
+                continue
+            # A job that ends while we read may still look pending in what we read:
+            # remember what ends from now on, so it is not started again.
+            self._ended = set()
+            try:
+                rows = await self.db.read(self._runnable)
+            except DbUnavailable as e:
+                log.warning("cannot poll jobs: %s", e)
+                continue
+            except Exception:
+                log.exception("cannot poll jobs")
+                continue
+            for row in rows:
+                if row["id"] in self.running or row["id"] in self._ended:
+                    continue
+                if len(self.running) >= self.max_parallel:
+                    break
+                job = Job.from_row(row)
+                task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+                self.running[job.id] = task
+
+    def _runnable(self, cur: Cursor) -> list[dict[str, Any]]:
+        cur.execute(
+            "SELECT j.* FROM async_job j WHERE j.owner=%s AND j.status=0 AND NOT EXISTS"
+            " (SELECT 1 FROM async_job k WHERE k.instance_id=j.instance_id AND k.status=0 AND k.seq < j.seq)"
+            " ORDER BY j.seq LIMIT %s", (self.server_id, self.max_parallel))
+        return list(cur.fetchall())
+
+    async def _execute(self, job: Job) -> None:
+        ctx = JobContext(self, job)
+        try:
+            handler = self.handlers.get(job.cmd)
+            if handler is None:
+                await ctx.fail(ApiError(INTERNAL_ERROR, f"no handler for {job.cmd}"))
+            else:
+                log.info("job %s %s %s: running%s", job.id, job.cmd, job.instance_id,
+                         f" (takeover {job.takeovers})" if job.takeovers else "")
+                await handler(ctx)
+        except LostJob:
+            log.warning("job %s: no longer pending for this server (taken over or finished); dropped",
+                        job.id)
+        except ApiError as e:
+            await self._fail_quietly(ctx, e)
+        except HostUnavailable as e:
+            await self._fail_quietly(ctx, ApiError(RESOURCE_UNAVAILABLE, str(e)))
+        except DbUnavailable as e:
+            log.warning("job %s: database unavailable, will retry: %s", job.id, e)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s failed", job.id)
+            await self._fail_quietly(ctx, ApiError(INTERNAL_ERROR, "internal error while executing the job"))
+        finally:
+            self.running.pop(job.id, None)
+            self._ended.add(job.id)
+            self._wake.set()
+
+    async def _fail_quietly(self, ctx: JobContext, error: ApiError) -> None:
+        try:
+            await ctx.fail(error)
+        except LostJob:
+            pass
+        except Exception:
+            log.exception("job %s: cannot record failure", ctx.job.id)
+
+    # -- guarded writes -------------------------------------------------------------------
+    def _lock_owned(self, cur: Cursor, job_id: str) -> None:
+        cur.execute("SELECT owner, status FROM async_job WHERE id=%s FOR UPDATE", (job_id,))
+        row = cur.fetchone()
+        if row is None or row["owner"] != self.server_id or row["status"] != PENDING:
+            raise LostJob(job_id)
+
+    def _complete(self, cur: Cursor, job_id: str, status: int, code: int, result: dict[str, Any]) -> None:
+        cur.execute("UPDATE async_job SET status=%s, result_code=%s, result=%s, completed=NOW(6),"
+                    " executed_by=%s WHERE id=%s",
+                    (status, code, json.dumps(result, default=str), self.server_id, job_id))

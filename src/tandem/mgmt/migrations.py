@@ -1,0 +1,146 @@
+"""The schema, created and upgraded by numbered migrations.
+
+Each migration is a list of statements applied once, in order, and recorded in
+`schema_version`. Several management servers may start at the same moment
+against an empty database, so the upgrade holds a named lock (`GET_LOCK`) while it
+runs: the first server migrates, the others wait and then find nothing to do.
+Migrations only ever append: an applied number is never edited, a change is a new
+number.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tandem.mgmt.db import Cursor, Database
+
+log = logging.getLogger("tandem.mgmt.migrations")
+
+ROOT_DOMAIN_ID = "3f1e4c6a-0000-4000-8000-000000000001"
+ZONE_ID = "6c2b9a4e-0000-4000-8000-000000000001"
+NETWORK_ID = "9d1a7f3b-0000-4000-8000-000000000001"
+OSTYPE_ID = "0a1b2c3d-0000-4000-8000-000000000001"
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "users, accounts, domains, sessions", [
+        """CREATE TABLE domain (
+            id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL, path VARCHAR(1024) NOT NULL,
+            parent_id CHAR(36) NULL, created DATETIME(6) NOT NULL DEFAULT NOW(6)) ENGINE=InnoDB""",
+        """CREATE TABLE account (
+            id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL, domain_id CHAR(36) NOT NULL,
+            type TINYINT NOT NULL DEFAULT 0, state VARCHAR(16) NOT NULL DEFAULT 'enabled',
+            created DATETIME(6) NOT NULL DEFAULT NOW(6),
+            UNIQUE KEY account_name (domain_id, name)) ENGINE=InnoDB""",
+        """CREATE TABLE user (
+            id CHAR(36) PRIMARY KEY, account_id CHAR(36) NOT NULL, username VARCHAR(255) NOT NULL,
+            password_hash VARCHAR(255) NOT NULL, firstname VARCHAR(255) NOT NULL DEFAULT '',
+            lastname VARCHAR(255) NOT NULL DEFAULT '', email VARCHAR(255) NOT NULL DEFAULT '',
+            apikey VARCHAR(128) NULL, secretkey VARCHAR(128) NULL,
+            state VARCHAR(16) NOT NULL DEFAULT 'enabled', created DATETIME(6) NOT NULL DEFAULT NOW(6),
+            UNIQUE KEY user_apikey (apikey), UNIQUE KEY user_name (account_id, username)) ENGINE=InnoDB""",
+        """CREATE TABLE session (
+            key_hash CHAR(64) PRIMARY KEY, user_id CHAR(36) NOT NULL, jsessionid CHAR(32) NOT NULL,
+            created DATETIME(6) NOT NULL DEFAULT NOW(6), last_used DATETIME(6) NOT NULL DEFAULT NOW(6),
+            timeout_s INT NOT NULL DEFAULT 1800, KEY session_user (user_id)) ENGINE=InnoDB""",
+        """CREATE TABLE txn_marker (
+            id CHAR(32) PRIMARY KEY, created DATETIME(6) NOT NULL DEFAULT NOW(6)) ENGINE=InnoDB""",
+        f"""INSERT INTO domain (id, name, path) VALUES ('{ROOT_DOMAIN_ID}', 'ROOT', '/')""",
+    ]),
+    (2, "zones, offerings, templates, networks, os types", [
+        """CREATE TABLE zone (
+            id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL UNIQUE, description VARCHAR(1024) NOT NULL,
+            networktype VARCHAR(16) NOT NULL DEFAULT 'Advanced', allocationstate VARCHAR(16) NOT NULL
+            DEFAULT 'Enabled') ENGINE=InnoDB""",
+        """CREATE TABLE service_offering (
+            id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL UNIQUE, displaytext VARCHAR(1024) NOT NULL,
+            cpunumber INT NOT NULL, cpuspeed INT NOT NULL, memory INT NOT NULL,
+            created DATETIME(6) NOT NULL DEFAULT NOW(6)) ENGINE=InnoDB""",
+        """CREATE TABLE os_type (
+            id CHAR(36) PRIMARY KEY, description VARCHAR(255) NOT NULL) ENGINE=InnoDB""",
+        """CREATE TABLE template (
+            id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL, displaytext VARCHAR(1024) NOT NULL,
+            ostypeid CHAR(36) NOT NULL, zone_id CHAR(36) NOT NULL, featured BOOL NOT NULL DEFAULT TRUE,
+            public BOOL NOT NULL DEFAULT TRUE, account_id CHAR(36) NULL, size BIGINT NOT NULL,
+            format VARCHAR(16) NOT NULL DEFAULT 'QCOW2', created DATETIME(6) NOT NULL DEFAULT NOW(6))
+            ENGINE=InnoDB""",
+        """CREATE TABLE network (
+            id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL, displaytext VARCHAR(1024) NOT NULL,
+            zone_id CHAR(36) NOT NULL, cidr VARCHAR(32) NOT NULL, gateway VARCHAR(32) NOT NULL,
+            state VARCHAR(16) NOT NULL DEFAULT 'Implemented', type VARCHAR(16) NOT NULL DEFAULT 'Shared')
+            ENGINE=InnoDB""",
+        f"""INSERT INTO zone (id, name, description) VALUES ('{ZONE_ID}', 'zone1', 'Simulated zone')""",
+        f"""INSERT INTO os_type (id, description) VALUES ('{OSTYPE_ID}', 'Other Linux (64-bit)')""",
+        """INSERT INTO service_offering (id, name, displaytext, cpunumber, cpuspeed, memory) VALUES
+            ('5b7f0c1e-0000-4000-8000-000000000001', 'Small Instance', '1 vCPU, 512 MB', 1, 1000, 512),
+            ('5b7f0c1e-0000-4000-8000-000000000002', 'Medium Instance', '2 vCPU, 2 GB', 2, 2000, 2048)""",
+        f"""INSERT INTO template (id, name, displaytext, ostypeid, zone_id, size) VALUES
+            ('7e4d2a9c-0000-4000-8000-000000000001', 'tandem-linux', 'Simulated Linux', '{OSTYPE_ID}',
+             '{ZONE_ID}', 2147483648)""",
+        f"""INSERT INTO network (id, name, displaytext, zone_id, cidr, gateway) VALUES
+            ('{NETWORK_ID}', 'defaultGuestNetwork', 'Default guest network', '{ZONE_ID}',
+             '10.1.0.0/16', '10.1.0.1')""",
+    ]),
+    (3, "virtual machines, async jobs, management servers", [
+        """CREATE TABLE vm (
+            id CHAR(36) PRIMARY KEY, seq BIGINT NOT NULL AUTO_INCREMENT UNIQUE,
+            name VARCHAR(255) NOT NULL, displayname VARCHAR(255) NOT NULL,
+            account_id CHAR(36) NOT NULL, zone_id CHAR(36) NOT NULL, template_id CHAR(36) NOT NULL,
+            service_offering_id CHAR(36) NOT NULL, network_id CHAR(36) NOT NULL,
+            keypair VARCHAR(255) NULL, vmgroup VARCHAR(255) NULL,
+            state VARCHAR(16) NOT NULL, created DATETIME(6) NOT NULL DEFAULT NOW(6),
+            removed DATETIME(6) NULL, KEY vm_account (account_id)) ENGINE=InnoDB""",
+        """CREATE TABLE mgmt_server (
+            id VARCHAR(64) PRIMARY KEY, address VARCHAR(255) NOT NULL, heartbeat DATETIME(6) NOT NULL,
+            started DATETIME(6) NOT NULL) ENGINE=InnoDB""",
+        """CREATE TABLE async_job (
+            id CHAR(36) PRIMARY KEY, seq BIGINT NOT NULL AUTO_INCREMENT UNIQUE,
+            cmd VARCHAR(64) NOT NULL, instance_type VARCHAR(32) NOT NULL, instance_id CHAR(36) NOT NULL,
+            params TEXT NOT NULL, account_id CHAR(36) NOT NULL, user_id CHAR(36) NOT NULL,
+            owner VARCHAR(64) NOT NULL, status TINYINT NOT NULL DEFAULT 0, result_code INT NOT NULL DEFAULT 0,
+            result MEDIUMTEXT NULL, takeovers INT NOT NULL DEFAULT 0, executed_by VARCHAR(64) NULL,
+            created DATETIME(6) NOT NULL DEFAULT NOW(6), completed DATETIME(6) NULL,
+            KEY job_queue (instance_id, status, seq), KEY job_owner (owner, status)) ENGINE=InnoDB""",
+    ]),
+    (4, "indexes for housekeeping", [
+        "CREATE INDEX txn_marker_created ON txn_marker (created)",
+        "CREATE INDEX session_last_used ON session (last_used)",
+    ]),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def current_version(cur: Cursor) -> int:
+    cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INT PRIMARY KEY, description "
+                "VARCHAR(255) NOT NULL, applied DATETIME(6) NOT NULL DEFAULT NOW(6)) ENGINE=InnoDB")
+    cur.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
+    return int(cur.fetchone()["v"])
+
+
+def migrate(db: Database, target: int = LATEST) -> list[int]:
+    """Bring the schema to `target`; return the versions applied now."""
+    conn = db.connect_retrying()
+    applied: list[int] = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT GET_LOCK('tandem_migrate', 60) AS got")
+            if cur.fetchone()["got"] != 1:
+                raise RuntimeError("another server holds the migration lock for 60 s")
+            try:
+                have = current_version(cur)
+                for version, description, statements in MIGRATIONS:
+                    if version <= have or version > target:
+                        continue
+                    # MariaDB commits DDL implicitly: a failure midway is fixed by hand,
+                    # which is why each migration is small.
+                    for stmt in statements:
+                        cur.execute(stmt)
+                    cur.execute("INSERT INTO schema_version (version, description) VALUES (%s, %s)",
+                                (version, description))
+                    log.info("schema migrated to %d: %s", version, description)
+                    applied.append(version)
+            finally:
+                cur.execute("DO RELEASE_LOCK('tandem_migrate')")
+    finally:
+        conn.close()
+    return applied

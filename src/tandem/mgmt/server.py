@@ -1,0 +1,225 @@
+"""The management server: CloudStack's `/client/api` over aiohttp.
+
+A request goes through a fixed pipeline, and each stage can only refuse it
+before anything is stored: size limits -> parameters (query string and POST
+form) -> command lookup (432) -> authentication (401: API key + signature, or a
+database session) -> parameter validation (431) -> the command. Errors become
+CloudStack error envelopes whose `errorcode` equals the HTTP status.
+
+The server keeps no state of its own: sessions, jobs and objects are in MariaDB,
+so any number of instances can serve the same cloud behind a load balancer, and
+`/health` (200 only while the database answers) tells haproxy which ones can.
+Request parameters are never logged: they carry passwords, signatures and
+session keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import pymysql
+from aiohttp import web
+
+from tandem.errors import TandemError
+from tandem.mgmt import auth, cmd_auth, cmd_catalog, cmd_vm, signing  # noqa: F401 - registers commands
+from tandem.mgmt.commands import REGISTRY, Call
+from tandem.mgmt.db import Database, DbUnavailable, DbUrl
+from tandem.mgmt.envelopes import (
+    INTERNAL_ERROR,
+    PARAM_ERROR,
+    UNAUTHORIZED,
+    UNSUPPORTED_ACTION,
+    ApiError,
+    ListResult,
+    envelope_name,
+    render,
+)
+from tandem.mgmt.hostclient import HostClient
+from tandem.mgmt.jobs import JobManager
+from tandem.mgmt.migrations import migrate
+from tandem.mgmt.vmjobs import HANDLERS
+
+log = logging.getLogger("tandem.mgmt.server")
+
+API_PATH = "/client/api"
+MAX_PARAMS = 200
+
+
+@dataclass(frozen=True)
+class MgmtConfig:
+    db: DbUrl
+    host: str = "127.0.0.1"
+    port: int = 8080
+    server_id: str = "mgmt1"
+    simhost: str = "http://127.0.0.1:8250"
+    dead_after: float = 3.0
+    db_retry_budget: float = 8.0
+    host_retry_budget: float = 20.0
+    max_request_bytes: int = 64 * 1024
+    migrate: bool = True
+
+
+class MgmtServer:
+    """One management server instance: the HTTP API plus its job manager."""
+
+    def __init__(self, config: MgmtConfig):
+        self.config = config
+        self.db = Database(config.db, retry_budget=config.db_retry_budget)
+        self.host = HostClient(config.simhost, retry_budget=config.host_retry_budget)
+        self.jobs = JobManager(self.db, config.server_id, f"{config.host}:{config.port}", self.host, HANDLERS,
+                               dead_after=config.dead_after)
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_request_bytes)
+        app.router.add_route("GET", API_PATH, self.handle)
+        app.router.add_route("POST", API_PATH, self.handle)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/client/api/health", self.health)
+        return app
+
+    async def start(self) -> None:
+        if self.config.migrate:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, migrate, self.db)
+            except pymysql.err.MySQLError as e:
+                why = e.args[-1] if e.args else e
+                raise TandemError(f"database {self.config.db.safe()}: {why}") from None
+        await self.jobs.start()
+        # Long request lines reach our handler, which answers them with a CloudStack error.
+        limit = self.config.max_request_bytes
+        self._runner = web.AppRunner(self.make_app(), access_log=None,
+                                     max_line_size=2 * limit + 8192, max_field_size=16384)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.config.host, self.config.port).start()
+        log.info("management server %s listening on %s:%d (db %s)", self.config.server_id, self.config.host,
+                 self.config.port, self.config.db.safe())
+
+    async def stop(self) -> None:
+        await self.jobs.stop()
+        if self._runner:
+            await self._runner.cleanup()
+        await self.host.close()
+        self.db.close()
+
+    # -- HTTP ---------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        ok = await self.db.ping()
+        return web.json_response({"status": "ok" if ok else "database unreachable",
+                                  "server": self.config.server_id}, status=200 if ok else 503)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        fmt, name, command, user = "xml", "errorresponse", "?", None
+        try:
+            fmt = "json" if request.query.get("response", "").lower() == "json" else "xml"
+            raw = await self._params(request)
+            fmt = "json" if raw.get("response", "").lower() == "json" else "xml"
+            command = raw.get("command", "")
+            if not command:
+                raise ApiError(UNSUPPORTED_ACTION, "no command given (add command=NAME)")
+            cmd = REGISTRY.get(command.lower())
+            if cmd is None:
+                raise ApiError(UNSUPPORTED_ACTION, f"The given command: {command[:64]} does not exist or"
+                                                   " it is not available for user")
+            name = cmd.response_name or envelope_name(cmd.name)
+            caller, sessionkey = None, None
+            if cmd.needs_auth:
+                caller, sessionkey = await self._authenticate(request, raw)
+                user = caller.username
+                if cmd.admin_only and not caller.is_admin:
+                    raise ApiError(UNSUPPORTED_ACTION, f"The given command: {cmd.name} does not exist or it"
+                                                       " is not available for user")
+            lowered = {k.lower(): v for k, v in raw.items()}
+            call = Call(cmd.name, caller, cmd.parse(lowered), self, sessionkey)
+            response = await cmd.handler(call)
+            body = response.body.body() if isinstance(response.body, ListResult) else response.body
+            text, ctype = render(response.name or name, body, fmt)
+            resp = web.Response(text=text, status=200, headers={"Content-Type": ctype})
+            for key, value in response.cookies.items():
+                if value:
+                    resp.set_cookie(key, value, path="/client", httponly=key in ("JSESSIONID", "sessionkey"))
+                else:
+                    resp.del_cookie(key, path="/client")
+            status = 200
+        except ApiError as e:
+            resp, status = self._error(name, e, fmt), e.code
+        except DbUnavailable as e:
+            resp, status = self._error(name, ApiError(INTERNAL_ERROR, f"{e}; try again"), fmt), INTERNAL_ERROR
+        except Exception:
+            log.exception("command %s failed", command[:64])
+            resp = self._error(name, ApiError(INTERNAL_ERROR, "internal error; see the server log"), fmt)
+            status = INTERNAL_ERROR
+        ms = round((time.monotonic() - started) * 1000, 1)
+        log.info("api %s %s user=%s status=%d %.1fms", request.method, command[:64], user, status, ms,
+                 extra={"fields": {"method": request.method, "command": command[:64], "user": user,
+                                   "status": status, "ms": ms, "server": self.config.server_id}})
+        return resp
+
+    @staticmethod
+    def _error(name: str, error: ApiError, fmt: str) -> web.Response:
+        text, ctype = render(name, error.body(), fmt)
+        return web.Response(text=text, status=error.code, headers={"Content-Type": ctype})
+
+    async def _params(self, request: web.Request) -> dict[str, str]:
+        """Query string and form parameters; the first value of a name wins."""
+        limit = self.config.max_request_bytes
+        if len(request.query_string) > limit or (request.content_length or 0) > limit:
+            raise ApiError(PARAM_ERROR, f"request too large: the limit is {limit} bytes of parameters")
+        merged: list[tuple[str, str]] = list(request.query.items())
+        if request.method == "POST":
+            try:
+                form = await request.post()
+            except web.HTTPRequestEntityTooLarge:
+                raise ApiError(PARAM_ERROR, f"request too large: the limit is {limit} bytes of parameters"
+                               ) from None
+            for key, value in form.items():
+                if isinstance(value, str):
+                    merged.append((key, value))
+        out: dict[str, str] = {}
+        for key, value in merged:
+            out.setdefault(key, value)
+        if len(out) > MAX_PARAMS:
+            raise ApiError(PARAM_ERROR, f"too many parameters: the limit is {MAX_PARAMS}")
+        return out
+
+    async def _authenticate(self, request: web.Request,
+                            raw: dict[str, str]) -> tuple[auth.Caller, str | None]:
+        """The caller, from an API key and signature or else from a session key."""
+        lowered = {k.lower(): v for k, v in raw.items()}
+        denied = ApiError(UNAUTHORIZED, "unable to verify user credentials and/or request signature")
+        apikey = lowered.get("apikey")
+        if apikey is not None:
+            signature = lowered.get("signature")
+            if not signature:
+                raise ApiError(UNAUTHORIZED, "unable to verify user credentials: the request has an apiKey"
+                                             " but no signature")
+            if lowered.get("signatureversion") == "3":
+                try:
+                    signing.check_expires(lowered.get("expires"))
+                except signing.ExpiresError as e:
+                    raise ApiError(UNAUTHORIZED, f"unable to verify request signature: {e}") from None
+            found = await self.db.read(lambda cur: auth.by_apikey(cur, apikey))
+            if found is None or not signing.signature_matches(raw, found[1], signature):
+                raise denied
+            return found[0], None
+        sessionkey = lowered.get("sessionkey") or request.cookies.get("sessionkey")
+        if sessionkey:
+            caller = await self.db.read(lambda cur: auth.by_session(cur, sessionkey))
+            if caller is not None:
+                return caller, sessionkey
+        raise denied
+
+
+async def serve(config: MgmtConfig) -> None:
+    """Run one management server until cancelled."""
+    server = MgmtServer(config)
+    await server.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()

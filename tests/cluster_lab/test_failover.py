@@ -1,0 +1,192 @@
+"""The agent moves the database service safely: crash, isolation, replication
+cut, switchover, standby, maintenance; proven with the writer's log and the
+lab's monotonic event log."""
+
+from __future__ import annotations
+
+import time
+
+from tandem.lab.checker import lost_writes, overlapping_writers, write_gap
+from tandem.lab.writer import read_log
+
+
+def monotonic() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def stored_ids(stack) -> set[str]:
+    return {r[0] for r in stack.query("SELECT id FROM tandem.acked")}
+
+
+def run_writer_through(stack, fault, settle: float = 2.0, name: str = "writer"):
+    """Start a writer, apply `fault()` after it has written, wait for service
+    again, stop the writer; return (acks, t_fault)."""
+    out = stack.start_writer(name)
+    stack.wait(lambda: out.exists() and len(out.read_text().splitlines()) > 50, 30, "writer running")
+    t_fault = monotonic()
+    fault()
+    return out, t_fault
+
+
+def finish_writer(stack, out, name: str = "writer"):
+    time.sleep(1.0)
+    stack.lab.stop("client", name)
+    acks, errors = read_log(str(out))
+    return acks, errors
+
+
+def assert_no_loss_no_overlap(stack, acks):
+    assert acks, "the writer acknowledged nothing"
+    lost = lost_writes(acks, stored_ids(stack))
+    assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:3]}"
+    overlaps = overlapping_writers(stack.lab.events.read())
+    assert overlaps == [], f"two writable nodes at once: {overlaps}"
+
+
+def test_crash_of_the_primary_moves_the_service_and_loses_nothing(healthy):
+    stack = healthy
+    out, t_fault = run_writer_through(stack, lambda: stack.lab.faults.crash("node1"))
+    assert stack.wait_service(30) == "node2"
+    acks, _ = finish_writer(stack, out)
+    assert_no_loss_no_overlap(stack, acks)
+    gap = write_gap(acks, t_fault)
+    assert gap is not None, "no write acknowledged after the failover"
+    st = stack.status()
+    assert st["leader"]["node"] == "node2"
+    assert st["last_failover"]["node"] == "node2"
+    # The crashed node returns as a replica and catches up.
+    stack.restart_host("node1")
+    stack.wait(lambda: next(n for n in stack.status()["nodes"] if n["node"] == "node1")["disk"]
+               == "UpToDate", 90, "node1 resynced")
+    assert stack.leader() == "node2"
+
+
+def test_crash_of_the_secondary_keeps_the_service(healthy):
+    stack = healthy
+    out, t_fault = run_writer_through(stack, lambda: stack.lab.faults.crash("node2"))
+    time.sleep(2.0)
+    acks, _ = finish_writer(stack, out)
+    assert stack.leader() == "node1"
+    st = stack.status()
+    node2 = next(n for n in st["nodes"] if n["node"] == "node2")
+    assert not node2["online"]
+    assert st["volumes"][0]["disks"]["node2"] == "Outdated"
+    gap = write_gap(acks, t_fault)
+    assert gap is not None and gap < 3.0, gap
+    assert_no_loss_no_overlap(stack, acks)
+    stack.restart_host("node2")
+    stack.wait(lambda: stack.status()["volumes"][0]["disks"]["node2"] == "UpToDate", 90,
+               "node2 resynced and recorded UpToDate")
+
+
+def test_primary_cut_off_from_the_dcs_majority_stops_writing_before_the_other_promotes(healthy):
+    stack = healthy
+    lab = stack.lab
+    # node1 keeps its replication link and the client; loses etcd's majority.
+    out, t_fault = run_writer_through(
+        stack, lambda: lab.faults.partition(["node1"], ["node2", "witness"], net="public"))
+    stack.wait(lambda: stack.leader() == "node2", 30, "node2 to lead")
+    lab.faults.heal()
+    stack.wait_service(30)
+    acks, _ = finish_writer(stack, out)
+    events = lab.events.read()
+    ends = [e["t"] for e in events if e["kind"] == "writable" and e["node"] == "node1"
+            and not e["writable"] and e["t"] > t_fault]
+    starts = [e["t"] for e in events if e["kind"] == "writable" and e["node"] == "node2"
+              and e["writable"] and e["t"] > t_fault]
+    assert ends and starts, (ends, starts)
+    assert ends[0] < starts[0], f"node1 stopped at {ends[0]}, node2 started at {starts[0]}"
+    assert_no_loss_no_overlap(stack, acks)
+
+
+def test_replication_cut_outdates_the_peer_which_then_must_not_promote(healthy):
+    stack = healthy
+    lab = stack.lab
+    out, _ = run_writer_through(
+        stack, lambda: lab.faults.partition(["node1"], ["node2"], net="replication"))
+    stack.wait(lambda: stack.status()["volumes"][0]["disks"]["node2"] == "Outdated", 15,
+               "node2 recorded Outdated")
+    time.sleep(1.0)
+    acks_before = len(read_log(str(out))[0])
+    assert stack.leader() == "node1"
+    # Writes continue on node1 without its peer.
+    stack.wait(lambda: len(read_log(str(out))[0]) > acks_before + 20, 10, "writes continue")
+    lab.faults.crash("node1")
+    time.sleep(4.0)
+    st = stack.status()
+    assert st["leader"] is None, "the Outdated node must not take over"
+    node2 = next(n for n in st["nodes"] if n["node"] == "node2")
+    assert any("Outdated" in why for why in node2["not_promotable_because"])
+    acks, _ = finish_writer(stack, out)
+    # node1 returns: it holds the newest data and takes the service back.
+    lab.faults.heal()
+    stack.restart_host("node1")
+    assert stack.wait_service(60) == "node1"
+    assert_no_loss_no_overlap(stack, acks)
+
+
+def test_switchover_round_trip(healthy):
+    stack = healthy
+    out = stack.start_writer("sw")
+    stack.wait(lambda: out.exists() and len(out.read_text().splitlines()) > 50, 30, "writer")
+    t0 = monotonic()
+    res = stack.tandem("witness", "switchover", "--to", "node2", "--force", timeout=60)
+    assert "after: leader node2" in res.stdout and "node1 demoted" in res.stdout
+    assert stack.wait_service(30) == "node2"
+    gap1 = write_gap(read_log(str(out))[0], t0)
+    t1 = monotonic()
+    stack.tandem("witness", "switchover", "--to", "node1", "--force", timeout=60)
+    assert stack.wait_service(30) == "node1"
+    acks, _ = finish_writer(stack, out, "sw")
+    gap2 = write_gap(acks, t1)
+    assert gap1 is not None and gap2 is not None
+    assert_no_loss_no_overlap(stack, acks)
+    assert [h["node"] for h in stack.status()["last_failover"] and
+            [stack.status()["last_failover"]]][-1] == "node1"
+
+
+def test_standby_moves_everything_off_a_node(healthy):
+    stack = healthy
+    stack.tandem("witness", "standby", "node1")
+    stack.wait(lambda: stack.leader() == "node2", 30, "service on node2")
+    stack.wait_service(30)
+    time.sleep(1.0)
+    assert stack.leader() == "node2"
+    st = stack.status()
+    node1 = next(n for n in st["nodes"] if n["node"] == "node1")
+    assert node1["standby"] and "in standby" in node1["not_promotable_because"]
+    stack.tandem("witness", "unstandby", "node1")
+
+
+def test_maintenance_leaves_resources_alone(healthy):
+    stack = healthy
+    stack.tandem("witness", "maintenance", "on")
+    time.sleep(0.5)
+    # A switchover request and a standby order are both ignored in maintenance.
+    stack.tandem("witness", "standby", "node1")
+    time.sleep(3.0)
+    assert stack.leader() == "node1"
+    assert stack.db_ping()
+    st = stack.status()
+    assert st["maintenance"]
+    node1 = next(n for n in st["nodes"] if n["node"] == "node1")
+    assert "maintenance" in node1["last_action"]
+    stack.tandem("witness", "unstandby", "node1")
+    stack.tandem("witness", "maintenance", "off")
+    time.sleep(1.0)
+    assert stack.leader() == "node1"
+
+
+def test_bad_cli_input_gives_one_clear_line(healthy):
+    stack = healthy
+    for args, expected in [
+        (("switchover", "--to", "node9", "--force"), "--to node9: not a node of this cluster"),
+        (("switchover", "--to", "node1", "--force"), "node1 is already the leader"),
+        (("maintenance", "maybe"), "maintenance 'maybe': say `on` or `off`"),
+        (("standby", "nodeX"), "nodeX: not a node of this cluster"),
+        (("failover", "--to", "node2"), "node1 is the leader: use `tandem switchover` instead"),
+    ]:
+        proc = stack.tandem("witness", *args, check=False)
+        assert proc.returncode != 0, args
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (args, proc.stderr)

@@ -1,0 +1,177 @@
+"""The API surface against a real server process and a real MariaDB:
+envelopes, errors, paging, authentication, and that refused requests change
+nothing."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import requests
+
+from tandem.mgmt import signing
+from tests.mgmt.conftest import Api, create_admin
+
+
+def _counts(mariadb, database: str) -> dict[str, int]:
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        out = {}
+        for table in ("vm", "async_job", "session", "user"):
+            cur.execute(f"SELECT COUNT(*) FROM `{database}`.{table}")
+            out[table] = cur.fetchone()[0]
+        cur.execute(f"SELECT apikey, secretkey FROM `{database}`.user ORDER BY id")
+        out["keys"] = hash(tuple(cur.fetchall()))
+        return out
+
+
+def _error(resp: requests.Response, status: int, name: str) -> str:
+    body = resp.json()
+    assert resp.status_code == status, body
+    assert list(body) == [name], body
+    err = body[name]
+    assert err["errorcode"] == status and isinstance(err["cserrorcode"], int) and err["errortext"]
+    return err["errortext"]
+
+
+def test_envelopes_paging_filters_and_xml(cloud):
+    api: Api = cloud["api"]
+    zones = api("listZones")
+    assert zones["count"] == 1 and zones["zone"][0]["name"] == "zone1"
+    assert api("listZones", name="nope") == {}
+    assert api("listPublicIpAddresses") == {}
+    offerings = api("listServiceOfferings")
+    assert offerings["count"] == 2
+    page2 = api("listServiceOfferings", page=2, pagesize=1)
+    assert page2["count"] == 2 and len(page2["serviceoffering"]) == 1
+    assert page2["serviceoffering"][0]["id"] != api("listServiceOfferings", page=1, pagesize=1)[
+        "serviceoffering"][0]["id"]
+    assert api("listServiceOfferings", keyword="medium")["serviceoffering"][0]["memory"] == 2048
+    assert api("listTemplates", templatefilter="executable")["template"][0]["name"] == "tandem-linux"
+    assert api("listTemplates", templatefilter="self") == {}
+    assert api("listNetworks")["network"][0]["traffictype"] == "Guest"
+    assert api("listCapabilities")["capability"]["cloudstackversion"]
+    apis = {a["name"]: a for a in api("listApis")["api"]}
+    assert apis["deployVirtualMachine"]["isasync"] is True and apis["listZones"]["isasync"] is False
+
+    p = api.params("listZones")
+    p["response"] = "xml"
+    p["signature"] = signing.sign({k: v for k, v in p.items() if k != "signature"}, api.secret)
+    resp = requests.get(api.endpoint, params=p, timeout=10)
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/xml")
+    root = ET.fromstring(resp.text)
+    assert root.tag == "listzonesresponse" and root.findtext("count") == "1"
+    assert root.find("zone/name").text == "zone1"
+
+
+def test_errors_have_codes_and_change_nothing(cloud, mariadb):
+    api: Api = cloud["api"]
+    db = cloud["db"]
+    before = _counts(mariadb, db)
+    # unknown command
+    assert "does not exist" in _error(api.raw("frobnicate"), 432, "errorresponse")
+    # bad signature
+    p = api.params("listZones")
+    p["signature"] = p["signature"][:-4] + "AAA="
+    _error(requests.get(api.endpoint, params=p, timeout=10), 401, "listzonesresponse")
+    # tampered parameter after signing
+    p = api.params("deployVirtualMachine", zoneid="6c2b9a4e-0000-4000-8000-000000000001")
+    p["zoneid"] = "6c2b9a4e-0000-4000-8000-000000000002"
+    _error(requests.get(api.endpoint, params=p, timeout=10), 401, "deployvirtualmachineresponse")
+    # unknown key
+    bad = Api(api.endpoint, "nosuchkey", api.secret)
+    _error(bad.raw("listZones"), 401, "listzonesresponse")
+    # expired signatureVersion 3
+    text = _error(api.raw("listZones", expires_in=-5), 401, "listzonesresponse")
+    assert "expired" in text
+    # no credentials at all
+    _error(requests.get(api.endpoint, params={"command": "listZones", "response": "json"}, timeout=10),
+           401, "listzonesresponse")
+    # missing and malformed parameters
+    assert "missing parameter zoneid" in _error(api.raw("deployVirtualMachine"), 431,
+                                                 "deployvirtualmachineresponse")
+    text = _error(api.raw("deployVirtualMachine", zoneid="xyz", serviceofferingid="1", templateid="2"),
+                  431, "deployvirtualmachineresponse")
+    assert "zoneid" in text and "not a UUID" in text
+    text = _error(api.raw("deployVirtualMachine", zoneid="6c2b9a4e-0000-4000-8000-00000000000f",
+                          serviceofferingid="5b7f0c1e-0000-4000-8000-000000000001",
+                          templateid="7e4d2a9c-0000-4000-8000-000000000001"),
+                  431, "deployvirtualmachineresponse")
+    assert "no such zone" in text
+    _error(api.raw("listZones", pagesize="ten"), 431, "listzonesresponse")
+    _error(api.raw("listTemplates", templatefilter="bogus"), 431, "listtemplatesresponse")
+    _error(api.raw("startVirtualMachine", id="00000000-0000-4000-8000-000000000000"), 431,
+           "startvirtualmachineresponse")
+    _error(api.raw("queryAsyncJobResult", jobid="00000000-0000-4000-8000-000000000000"), 431,
+           "queryasyncjobresultresponse")
+    # oversized request, as a query string and as a POST body
+    p = api.params("listZones", name="x" * 70_000)
+    resp = requests.post(api.endpoint + "?response=json", data=p, timeout=10)
+    assert "too large" in _error(resp, 431, "errorresponse")
+    assert "too large" in _error(requests.get(api.endpoint, params=p, timeout=10), 431, "errorresponse")
+    assert _counts(mariadb, db) == before
+
+
+def test_post_form_login_session_and_logout(cloud):
+    server = cloud["server"]
+    admin = cloud["admin"]
+    s = requests.Session()
+    r = s.post(server.endpoint, data={"command": "login", "username": "admin", "password": admin["password"],
+                                      "response": "json"}, timeout=10)
+    assert r.status_code == 200, r.text
+    login = r.json()["loginresponse"]
+    assert login["sessionkey"] and "JSESSIONID" in s.cookies
+    assert s.cookies["sessionkey"] == login["sessionkey"]
+    r = requests.get(server.endpoint, params={"command": "listZones", "response": "json",
+                                              "sessionkey": login["sessionkey"]}, timeout=10)
+    assert r.status_code == 200 and r.json()["listzonesresponse"]["count"] == 1
+    # the cookie alone also works (browsers)
+    assert s.get(server.endpoint, params={"command": "listZones", "response": "json"}).status_code == 200
+    bad = requests.post(server.endpoint, data={"command": "login", "username": "admin", "password": "wrong",
+                                               "response": "json"}, timeout=10)
+    assert bad.status_code == 401 and bad.json()["loginresponse"]["errorcode"] == 401
+    r = s.get(server.endpoint, params={"command": "logout", "response": "json",
+                                       "sessionkey": login["sessionkey"]})
+    assert r.status_code == 200
+    r = requests.get(server.endpoint, params={"command": "listZones", "response": "json",
+                                              "sessionkey": login["sessionkey"]}, timeout=10)
+    assert r.status_code == 401
+
+
+def test_user_keys_and_permissions(cloud, procs, mariadb):
+    api: Api = cloud["api"]
+    bob = create_admin(procs, mariadb, cloud["db"], "bob", user=True)
+    bob_api = Api(api.endpoint, bob["apikey"], bob["secretkey"])
+    keys = bob_api("getUserKeys", id=bob["userid"])["userkeys"]
+    assert keys["apikey"] == bob["apikey"]
+    r = bob_api.raw("getUserKeys", id=cloud["admin"]["userid"])
+    assert r.status_code == 531
+    # users see their own VMs; an admin sees everyone's with listall
+    vm = bob_api("deployVirtualMachine", zoneid="6c2b9a4e-0000-4000-8000-000000000001",
+                 serviceofferingid="5b7f0c1e-0000-4000-8000-000000000001",
+                 templateid="7e4d2a9c-0000-4000-8000-000000000001", name="bobs")
+    assert bob_api.wait_job(vm["jobid"])["jobresult"]["virtualmachine"]["account"] == "bob"
+    assert api("listVirtualMachines") == {}
+    assert api("listVirtualMachines", listall=True)["virtualmachine"][0]["id"] == vm["id"]
+    assert bob_api.raw("stopVirtualMachine", id=vm["id"]).status_code == 200
+    assert bob_api("listAsyncJobs")["count"] == 2 and api("listAsyncJobs") == {}
+    r = requests.post(api.endpoint, data={"command": "login", "username": "bob", "password": bob["password"],
+                                          "domain": "/", "response": "json"}, timeout=10)
+    assert r.status_code == 200 and r.json()["loginresponse"]["type"] == 0
+    new = api("registerUserKeys", id=bob["userid"])["userkeys"]
+    assert new["apikey"] != bob["apikey"]
+    assert bob_api.raw("listZones").status_code == 401
+    assert Api(api.endpoint, new["apikey"], new["secretkey"])("listZones")["count"] == 1
+
+
+def test_health_answers_while_the_database_does(cloud):
+    r = requests.get(cloud["server"].base + "/health", timeout=5)
+    assert r.status_code == 200 and r.json()["server"] == "mgmt1"
+
+
+def test_secrets_never_logged(cloud, procs, mariadb):
+    api: Api = cloud["api"]
+    api("listZones")
+    requests.post(cloud["server"].endpoint, data={"command": "login", "username": "admin",
+                                                  "password": cloud["admin"]["password"]}, timeout=10)
+    log = procs.log("mgmt1")
+    for secret in (mariadb.password, cloud["admin"]["secretkey"], cloud["admin"]["password"]):
+        assert secret not in log

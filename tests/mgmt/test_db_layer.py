@@ -1,0 +1,140 @@
+"""The database layer's retry rules against a real MariaDB, with a loopback TCP
+proxy that can lose the answer to a COMMIT: a write is committed exactly once
+whether the connection breaks before COMMIT or after the server committed."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import pytest
+
+from tandem.mgmt.db import Database, DbUnavailable, DbUrl
+from tandem.mgmt.migrations import migrate
+from tests.mgmt.conftest import free_port
+
+
+class CommitEater:
+    """A TCP proxy to MariaDB; when armed, it forwards the next COMMIT to the
+    server but closes the client's connection instead of passing the answer."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream = upstream_port
+        self.port = free_port()
+        self.armed = threading.Event()
+        self.eaten = 0
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            state = {"eat": False}
+            threading.Thread(target=self._pump, args=(client, server, state, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, state, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, state: dict, to_server: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if to_server and self.armed.is_set() and b"COMMIT" in data.upper():
+                    self.armed.clear()
+                    state["eat"] = True
+                if not to_server and state["eat"]:
+                    self.eaten += 1
+                    break  # the server answered the COMMIT: the client never hears it
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+
+@pytest.fixture
+def layer(mariadb, database):
+    proxy = CommitEater(mariadb.port)
+    url = DbUrl(host="127.0.0.1", port=proxy.port, user=mariadb.user, database=database,
+                password=mariadb.password)
+    db = Database(url, retry_budget=5)
+    migrate(db)
+    db.write_sync(lambda cur: cur.execute("CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)"),
+                  idempotent=True)
+    try:
+        yield db, proxy
+    finally:
+        db.close()
+        proxy.close()
+
+
+def _count(db: Database) -> int:
+    def read(cur):
+        cur.execute("SELECT COUNT(*) AS n FROM t")
+        return cur.fetchone()["n"]
+    return db.read_sync(read)
+
+
+def test_lost_commit_answer_is_checked_not_guessed(layer):
+    db, proxy = layer
+    calls = []
+
+    def insert(cur):
+        calls.append(1)
+        cur.execute("INSERT INTO t (v) VALUES (1)")
+        return "done"
+
+    proxy.armed.set()
+    assert db.write_sync(insert) == "done"
+    assert proxy.eaten == 1 and len(calls) == 1
+    assert _count(db) == 1  # committed once, found by its marker, not repeated
+
+
+def test_connection_killed_before_commit_is_retried(layer, mariadb):
+    db, _ = layer
+    calls = []
+
+    def insert(cur):
+        calls.append(1)
+        cur.execute("INSERT INTO t (v) VALUES (2)")
+        if len(calls) == 1:
+            cur.execute("SELECT CONNECTION_ID() AS id")
+            me = cur.fetchone()["id"]
+            with mariadb.root_conn() as root, root.cursor() as rc:
+                rc.execute(f"KILL {int(me)}")
+        return "ok"
+
+    assert db.write_sync(insert) == "ok"
+    assert len(calls) == 2 and _count(db) == 1
+
+
+def test_unreachable_database_fails_after_the_budget():
+    db = Database(DbUrl(host="127.0.0.1", port=free_port(), user="x", database="x"), retry_budget=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(DbUnavailable) as err:
+        db.read_sync(lambda cur: cur.execute("SELECT 1"))
+    assert 0.5 <= time.monotonic() - t0 < 3  # it gives up when the next pause would overrun the budget
+    assert "unreachable" in str(err.value)
+    db.close()
+
+
+def test_password_is_not_in_repr():
+    url = DbUrl.parse("mysql://u:hunter2secret@127.0.0.1:3306/db")
+    assert url.password == "hunter2secret"
+    db = Database(url)
+    assert "hunter2secret" not in repr(url) + url.safe() + repr(db)
+    db.close()

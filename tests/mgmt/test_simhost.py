@@ -1,0 +1,44 @@
+"""The simulated host: idempotent by request id (also while the first request
+runs), strict about conflicting operations, durable state, an effect log."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from tests.mgmt.conftest import SimHostProc
+
+
+def _op(host: SimHostProc, rid: str, op: str, vm: str, **spec) -> requests.Response:
+    return requests.post(host.url + "/v1/ops", json={"request_id": rid, "op": op, "vm": vm, "spec": spec},
+                         timeout=10)
+
+
+def test_request_ids_make_operations_idempotent(procs):
+    host = SimHostProc(procs, op_seconds=0.3)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _op(host, "r1", "create", "vm1").json(), range(4)))
+    assert all(a["ok"] and a["state"] == "Running" for a in answers)
+    assert sum(1 for a in answers if not a.get("replayed")) == 1
+    assert host.stats()["joined"] == 3
+    assert _op(host, "r2", "stop", "vm1").json()["state"] == "Stopped"
+    again = _op(host, "r1", "create", "vm1").json()
+    assert again["replayed"] and again["state"] == "Running"  # the first answer, not today's state
+    refused = _op(host, "r3", "reboot", "vm1")
+    assert refused.status_code == 409 and "not Running" in refused.json()["error"]
+    assert [(e["request_id"], e["op"]) for e in host.effects()] == [("r1", "create"), ("r2", "stop")]
+    state = json.loads((host.dir / "state.json").read_text())
+    assert state["vms"]["vm1"]["state"] == "Stopped" and "r3" in state["requests"]
+
+
+def test_concurrent_different_operations_on_one_vm_are_refused(procs):
+    host = SimHostProc(procs, op_seconds=0.5)
+    assert _op(host, "c", "create", "vm1").status_code == 200
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda rid: _op(host, rid, "reboot", "vm1"), ["x", "y"])
+    assert sorted([a.status_code, b.status_code]) == [200, 409]
+    assert [e for e in host.effects() if e.get("conflict")]
+    bad = requests.post(host.url + "/v1/ops", data="nope", timeout=5)
+    assert bad.status_code == 400
