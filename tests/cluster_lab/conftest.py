@@ -1,5 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from tandem.lab.stack import LabStack
@@ -12,6 +19,25 @@ def stack(lab):
         st.start()
         yield st
     finally:
+        if os.environ.get("TANDEM_KEEP_LOGS"):
+            import shutil
+            import subprocess
+            spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            for h in ("node1", "node2"):
+                rec = lab.supervisor(h).get("agent")
+                if rec:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(rec.pid, signal.SIGUSR1)
+                if rec and Path(spy).exists():
+                    dump = subprocess.run([spy, "dump", "--pid", str(rec.pid)], capture_output=True,
+                                          text=True, timeout=30).stdout
+                    (lab.host_dir(h) / "log" / "agent-stacks.log").write_text(dump)
+            for h in ("node1", "node2"):  # thread dumps of the volume daemons into their logs
+                rec = lab.supervisor(h).get("volume-db")
+                if rec:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(rec.pid, signal.SIGUSR1)
+            time.sleep(0.5)
         st.stop()
 
 

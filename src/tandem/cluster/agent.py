@@ -50,6 +50,22 @@ def lab_event(kind: str, **fields: Any) -> None:
             EventLog(path).record(kind, **fields)
 
 
+def _really_cancelled() -> bool:
+    """True if this task itself was asked to stop (not a gRPC call cancelled under it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: every asyncio task and where it waits, into the log (for a stuck agent)."""
+    import io
+    for task in asyncio.all_tasks():
+        buf = io.StringIO()
+        with contextlib.suppress(Exception):
+            task.print_stack(file=buf)
+        log.warning("task %s:\n%s", task.get_name(), buf.getvalue())
+
+
 class Agent:
     def __init__(self, cfg: Config, node: str, spec: VolumeSpec, data_dir: Path, run_dir: Path,
                  api_url: str = ""):
@@ -74,6 +90,8 @@ class Agent:
         self.wake = asyncio.Event()
         self.stopping = False
         self._last_monitor = 0.0
+        self._start_failures = 0
+        self._unhealthy_since = 0.0
 
     # ====================================================================== tasks
     def request_stop(self) -> None:
@@ -85,6 +103,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
         lab_event("agent_start", node=self.node)
         tasks = [asyncio.create_task(self._lease_loop(), name="lease"),
                  asyncio.create_task(self._watch_loop(), name="watch")]
@@ -99,10 +118,14 @@ class Agent:
 
     async def _lease_loop(self) -> None:
         period = self.cfg.etcd.lease_ttl / 4
+        last = time.monotonic()
         while not self.stopping:
             started = time.monotonic()
+            if started - last > 3 * period:
+                log.warning("lease loop stalled for %.2f s", started - last)
+            last = started
             try:
-                r = await self.dcs.renew_lease()
+                r = await self._bounded(self.dcs.renew_lease(), "lease renewal")
                 if r.lost:
                     self.lease_deadline = None
                     self.wake.set()
@@ -115,7 +138,28 @@ class Agent:
                 self.wake.set()
             except TandemError as e:
                 log.warning("write lease not pushed to the volume: %s", e)
+            except Exception:  # this task must never die: without it the node cannot lead
+                log.exception("lease renewal failed unexpectedly")
+                self.wake.set()
+            except asyncio.CancelledError:
+                if _really_cancelled():
+                    raise
+                log.warning("lease renewal was cancelled under us; retrying")
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+    async def _bounded(self, coro, what: str):
+        """Await a DCS call for at most op_timeout + 0.2 s, whatever it does: asyncio's
+        wait_for waits for a cancelled gRPC call to unwind, which can take long."""
+        task = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait({task}, timeout=self.cfg.etcd.op_timeout + 0.2)
+        if task in done:
+            if task.cancelled():
+                raise DCSError(f"etcd: {what} was cancelled (channel closed)")
+            return task.result()
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await self.dcs._drop_client()
+        raise DCSError(f"etcd: {what} did not return within {self.cfg.etcd.op_timeout + 0.2:.1f} s")
 
     async def _push_write_lease(self) -> None:
         until = None if self.lease_deadline is None else self.lease_deadline - self.margin
@@ -128,6 +172,11 @@ class Agent:
                     self.wake.set()
             except DCSError:
                 pass
+            except Exception:
+                log.exception("watch failed unexpectedly")
+            except asyncio.CancelledError:
+                if _really_cancelled():
+                    raise
             await asyncio.sleep(0.2)
 
     async def _main_loop(self) -> None:
@@ -143,16 +192,23 @@ class Agent:
             except Exception:
                 log.exception("HA cycle failed")
                 await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                if _really_cancelled():
+                    raise
+                log.warning("HA cycle: a call was cancelled under us; next cycle")
 
     # ====================================================================== one cycle
     async def cycle(self) -> Decision:
         dcs_ok = True
         try:
-            self.view = await self.dcs.load()
+            self.view = await self._bounded(self.dcs.load(), "read")
         except DCSError as e:
             dcs_ok = False
             log.warning("DCS unreachable: %s", e)
         self.volume = await self._volume_status()
+        if not self.healthy and not self.primary and time.monotonic() - self._unhealthy_since > 10.0:
+            log.info("resource failures are 10 s old: eligible again")
+            self.healthy = True
         disk = DiskState(self.volume["disk"]) if self.volume else None
         local = LocalState(
             node=self.node, disk_state=disk, healthy=self.healthy and self.volume is not None,
@@ -277,12 +333,17 @@ class Agent:
                       seconds=round(op.seconds, 4))
         if res.ok:
             self.healthy = True
+            self._start_failures = 0
             lab_event("promoted", node=self.node, seconds=round(time.monotonic() - t0, 4))
             log.info("resource group started in %.2f s: %s", time.monotonic() - t0, res.sentence)
         else:
             self.primary = False
             self.healthy = False
+            self._unhealthy_since = time.monotonic()
+            self._start_failures += 1
             log.error("resource group failed to start: %s", res.sentence)
+            # Do not hammer: back off (up to 2 s) before the next attempt.
+            await asyncio.sleep(min(2.0, 0.1 * 2 ** min(self._start_failures, 5)))
 
     async def _lead(self) -> None:
         await self._record_volume_state()
@@ -294,6 +355,7 @@ class Agent:
         if not res.ok and res.failover_needed:
             log.error("%s", res.sentence)
             self.healthy = False
+            self._unhealthy_since = time.monotonic()
             self.wake.set()
 
     async def _stop_group(self, why: str, graceful: bool) -> None:

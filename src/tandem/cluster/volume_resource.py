@@ -10,6 +10,8 @@ loop never blocks on it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,10 +30,17 @@ class VolumeResourceConfig(ResourceBase):
     monitor_timeout: Seconds = 3.0
 
 
+# Control calls get threads of their own: the default executor also runs file
+# probes that can block on a suspended volume, and a starved executor must never
+# delay the write-lease renewal that keeps the Primary writable.
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="volume-ctl")
+
+
 async def volume_call(socket: Path, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    call = functools.partial(control.call, socket, cmd, timeout, **args)
     try:
-        return await asyncio.wait_for(
-            asyncio.to_thread(control.call, socket, cmd, timeout, **args), timeout + 1)
+        return await asyncio.wait_for(loop.run_in_executor(_EXECUTOR, call), timeout + 1)
     except TimeoutError:
         raise TandemError(f"volume daemon did not answer {cmd!r} within {timeout:g} s") from None
 

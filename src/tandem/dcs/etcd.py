@@ -85,11 +85,14 @@ class EtcdDCS(DCS):
                             options=dict(_CHANNEL_OPTIONS))
 
     async def _drop_client(self) -> None:
+        """Forget the current channel and move to the next endpoint. The old
+        channel is closed in the background: a gRPC close can ignore
+        cancellation for a long time, and no caller may wait for it."""
         client, self._client = self._client, None
         self._current = (self._current + 1) % len(self.endpoints)
         if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 0.2)
+            closing = asyncio.ensure_future(client.close())
+            closing.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _call(self, what: str, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
         """Run one etcd request within op_timeout; map every failure to DCSError."""
@@ -103,6 +106,17 @@ class EtcdDCS(DCS):
             raise DCSError(f"etcd {endpoint}: {what} failed: {_reason(e)}") from e
         except aetcd.exceptions.ClientError as e:
             raise DCSError(f"etcd {endpoint}: {what} refused: {_reason(e)}") from e
+        except Exception as e:  # gRPC surfaces some failures raw: the contract says DCSError
+            await self._drop_client()
+            raise DCSError(f"etcd {endpoint}: {what} failed: {type(e).__name__}: {_reason(e)}") from e
+        except asyncio.CancelledError:
+            # gRPC cancels calls whose channel was closed (by another caller's
+            # timeout); only a cancellation of *this* task may propagate as such.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            await self._drop_client()
+            raise DCSError(f"etcd {endpoint}: {what} failed: call cancelled (channel closed)") from None
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -48,6 +48,7 @@ class Faults:
         self.lab.events.record("fault", fault="crash", host=host)
         killed = self.lab.supervisor(host).kill_all()
         self._links(host, "down")
+        self._forget_addresses(host)
         release_host_storage(self.spec.host_dir(host))
         with self.lab.state() as st:
             if host not in st["down"]:
@@ -61,6 +62,20 @@ class Faults:
         with self.lab.state() as st:
             st["down"] = [h for h in st["down"] if h != host]
         self.lab.events.record("heal", fault="restart", host=host)
+
+    def _forget_addresses(self, host: str) -> None:
+        """A machine that loses power loses the addresses its software added
+        (virtual IPs); only the configured ones come back with it."""
+        import json
+        ns = self.spec.netns(host)
+        for net in self.spec.host(host).networks:
+            out = in_ns(ns, ["ip", "-j", "-4", "addr", "show", "dev", NET_IFNAME[net]]).stdout
+            fixed = str(self.spec.address(host, net))
+            for link in json.loads(out or "[]"):
+                for a in link.get("addr_info", []):
+                    if a.get("local") != fixed:
+                        in_ns(ns, ["ip", "addr", "del", f"{a['local']}/{a['prefixlen']}",
+                                   "dev", NET_IFNAME[net]], check=False)
 
     def _links(self, host: str, updown: str) -> None:
         ns = self.spec.netns(host)

@@ -132,7 +132,7 @@ class FuseServer:
     def __init__(self, backend: BlockBackend, mountpoint: str | os.PathLike[str],
                  filename: str = "disk", threads: int = DEFAULT_THREADS, *,
                  max_write: int = DEFAULT_MAX_WRITE, uid: int = 0, gid: int = 0,
-                 mode: int = 0o600, fsname: str = "tandem") -> None:
+                 mode: int = 0o600, fsname: str = "tandem", nice: int | None = None) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
         if "/" in filename or filename in ("", ".", ".."):
@@ -145,6 +145,7 @@ class FuseServer:
         self.threads = threads
         self.max_write = max_write
         self.fsname = fsname
+        self.nice = nice  # per worker thread (see tandem.volume.link.HOT_THREAD_NICE)
         self._uid, self._gid, self._mode = uid, gid, mode
         self.io_flusher: bool | None = None
         self.proto_minor = 0
@@ -335,6 +336,11 @@ class FuseServer:
         page boundary: a backend may hand it to O_DIRECT I/O without copying.
         """
         ok = fuse_sys.set_io_flusher()
+        if self.nice is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except OSError as e:
+                log.debug("fuse: cannot set worker niceness: %s", e)
         if self.io_flusher is None:
             self.io_flusher = ok
             if not ok:

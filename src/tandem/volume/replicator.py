@@ -54,8 +54,9 @@ from tandem.volume.states import ConnectionState, DiskState, Role
 
 log = logging.getLogger("tandem.volume")
 
-RESYNC_CHUNK = 256 << 10
-RESYNC_WINDOW = 16
+RESYNC_CHUNK = 1 << 20  # wire.MAX_DATA: fewer, larger messages for a full sync
+RESYNC_WINDOW = 64  # requests in flight (at most 64 MiB of 1 MiB chunks)
+RESYNC_BATCH = 32  # requests (or answers) sent in one sendmsg
 VERIFY_CHUNK = 1 << 20
 VERIFY_WINDOW = 4
 UNFLUSHED_GRAIN = 64 << 10
@@ -89,6 +90,34 @@ class Waiter:
 
     def wait(self, timeout: float = -1) -> bool:
         return self._lock.acquire(timeout=timeout)
+
+
+
+class ResyncWindow:
+    """Resync requests in flight. The puller waits until a batch's worth of
+    answers came back, so neither it nor the receiver wakes per message."""
+
+    def __init__(self, size: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._free = size
+        self._want = size + 1  # nobody waits
+
+    def release(self, n: int = 1) -> None:
+        with self._cond:
+            self._free += n
+            if self._free >= self._want:
+                self._cond.notify()
+
+    def take(self, most: int, least: int) -> int:
+        """Wait until `least` slots are free, then take up to `most` of them."""
+        with self._cond:
+            self._want = least
+            while self._free < least:
+                self._cond.wait()
+            self._want = 1 << 62
+            got = min(self._free, most)
+            self._free -= got
+            return got
 
 
 @dataclass
@@ -152,6 +181,7 @@ class Replicator:
         self._held_by_operator = False
         self._fencing: tuple[list, list] | None = None
         self._write_lease: float | None = None
+        self._dumped = False
         self._lease_held_io = False
         self.link: Link | None = None
         self.last_link_error = ""
@@ -165,15 +195,14 @@ class Replicator:
         self._unflushed: dict[int, int] = {}
         self.resync: Progress | None = None
         self.verify_progress: Progress | None = None
-        self._rs_window: threading.Semaphore | None = None
+        self._rs_window: ResyncWindow | None = None
         self._rs_target_started = False
         self._source_queue: queue.Queue = queue.Queue()
-        self._flush_queue: queue.Queue = queue.Queue()
         self._verify_expected: dict[int, list[bytes]] = {}
         self._verify_window = threading.Semaphore(VERIFY_WINDOW)
         self.stats = {"writes": 0, "bytes_written": 0, "flushes": 0, "reads": 0,
                       "replicated_writes": 0, "bitmap_writes": 0, "resync_bytes_received": 0,
-                      "resync_bytes_sent": 0}
+                      "resync_bytes_sent": 0, "al_updates": 0}
         self._running = True
         self._stopped = threading.Event()
         self._listener: socket.socket | None = None
@@ -183,8 +212,7 @@ class Replicator:
     # ======================================================================= life
     def start(self) -> None:
         for target, name in ((self._connect_loop, "connector"), (self._tick_loop, "ticker"),
-                             (self._source_loop, "resync-source"),
-                             (self._peer_flush_loop, "peer-flush")):
+                             (self._source_loop, "resync-source")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -201,7 +229,6 @@ class Replicator:
             with contextlib.suppress(OSError):
                 self._listener.close()
         self._source_queue.put(None)
-        self._flush_queue.put(None)
         for t in self._threads:
             t.join(timeout=3)
         with self.meta_lock:
@@ -249,7 +276,7 @@ class Replicator:
             finally:
                 self.ranges.release(token)
             if waiter is not None:
-                waiter.wait()
+                self._wait(waiter, "write", offset)
                 if waiter.error:
                     raise waiter.error
                 self.stats["replicated_writes"] += 1
@@ -275,10 +302,26 @@ class Replicator:
                 waiter = link.send_flush(self._register_flush)
         self.store.flush()
         if waiter is not None:
-            waiter.wait()
+            self._wait(waiter, "flush", -1)
             if waiter.error:
                 raise waiter.error
         self.stats["flushes"] += 1
+
+    def _wait(self, waiter: Waiter, what: str, offset: int) -> None:
+        """Wait for the peer's acknowledgement; complain (once, with every thread's
+        stack) if it takes unreasonably long, which would be a bug or a stuck peer."""
+        if waiter.wait(10.0):
+            return
+        link = self.link
+        log.error("%s at %d waiting for the peer for 10 s (link %s, %d writes and %d flushes pending,"
+                  " suspended: %s)", what, offset, link.state if link else None,
+                  len(self._pending_writes), len(self._pending_flushes), self.suspended_reason or "no")
+        if not self._dumped:
+            self._dumped = True
+            import faulthandler
+            import sys
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        waiter.wait()
 
     def _writable_link(self) -> Link | None:
         link = self.link
@@ -324,6 +367,7 @@ class Replicator:
                 # cover it, so a crash now resyncs it (and evicted extents' bits
                 # reach the disk with this update).
                 self.meta.update(al_extents=self.al.extents())
+                self.stats["al_updates"] += 1
 
     def _al_complete(self, offset: int, n: int) -> None:
         with self.meta_lock:
@@ -419,6 +463,9 @@ class Replicator:
             self.role = Role.SECONDARY
             self._fail_fenced_waiters()
             self.io_open.set()  # blocked writers wake up and fail
+            # No write can complete from here on: tell the peer at once, so it
+            # may promote while the FUSE file is still being torn down.
+            self._send_status()
             server, self.fuse = self.fuse, None
             if server is not None:
                 server.stop(timeout=2.0)
@@ -445,7 +492,9 @@ class Replicator:
         self.spec.mount_dir.mkdir(parents=True, exist_ok=True)
         from tandem.volume.fuse_raw import cleanup_stale_mount
         cleanup_stale_mount(str(self.spec.mount_dir))
-        server = FuseServer(self, self.spec.mount_dir, filename="disk", threads=8)
+        from tandem.volume.link import HOT_THREAD_NICE
+        server = FuseServer(self, self.spec.mount_dir, filename="disk", threads=8,
+                            nice=HOT_THREAD_NICE)
         server.start()
         self.fuse = server
 
@@ -510,8 +559,10 @@ class Replicator:
     def _send_status(self) -> None:
         link = self.link
         if link is not None and not link.closed and link.state not in HANDSHAKING:
-            with contextlib.suppress(ConnectionError, wire.ProtocolError):
+            try:
                 link.send(self._status_msg())
+            except (ConnectionError, wire.ProtocolError) as e:
+                log.warning("could not tell the peer our state: %s", e)
 
     def _peer_config(self, initiator: bool) -> PeerConfig:
         t = self.spec.ping_timeout
@@ -582,28 +633,32 @@ class Replicator:
 
     def _on_events(self, link: Link, events: list) -> None:
         acks: list[int] = []
+        flushes: list[int] = []
         for ev in events:
-            if isinstance(ev, wire.Write):
+            kind = type(ev)
+            if kind is wire.Write:
                 if not self._apply_write(link, ev):
                     return
                 acks.append(ev.seq)
-            elif isinstance(ev, WritesAcked):
+            elif kind is WritesAcked:
                 self._complete_writes(ev.seqs)
-            elif isinstance(ev, FlushCompleted):
+            elif kind is FlushCompleted:
                 self._complete_flush(ev.seq)
-            elif isinstance(ev, wire.Flush):
-                self._send_acks(link, acks)
-                acks = []
-                self._flush_queue.put((link, ev.seq))
-            elif isinstance(ev, wire.ResyncData):
+            elif kind is wire.Flush:
+                # Answered after this batch: one fdatasync covers every Flush in it,
+                # and every Write before it is acked first (in `acks` or already sent).
+                flushes.append(ev.seq)
+            elif kind is wire.ResyncData:
                 self._apply_resync(link, ev)
-            elif isinstance(ev, wire.ResyncRequest):
+            elif kind is wire.ResyncRequest:
                 self._source_queue.put((link, ev))
             else:
                 self._send_acks(link, acks)
                 acks = []
                 self._on_control_event(link, ev)
         self._send_acks(link, acks)
+        if flushes:
+            self._peer_flush(link, flushes)
 
     def _send_acks(self, link: Link, acks: list[int]) -> None:
         if acks:
@@ -621,34 +676,20 @@ class Replicator:
         self.stats["bytes_written"] += len(ev.data)
         return True
 
-    def _peer_flush_loop(self) -> None:
-        """Secondary side: fdatasync for the Primary's flushes, coalesced."""
-        while True:
-            item = self._flush_queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while True:
-                try:
-                    nxt = self._flush_queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._flush_queue.put(None)
-                    break
-                batch.append(nxt)
-            try:
-                self.store.flush()
-            except OSError:
-                for link, _ in batch:
-                    link.disconnect("secondary disk failed on flush")
-                continue
-            by_link: dict[int, tuple[Link, list]] = {}
-            for link, seq in batch:
-                by_link.setdefault(id(link), (link, []))[1].append(wire.FlushAck(seq))
-            for link, msgs in by_link.values():
-                with contextlib.suppress(ConnectionError, wire.ProtocolError):
-                    link.send_many(msgs)
+    def _peer_flush(self, link: Link, seqs: list[int]) -> None:
+        """Secondary side: fdatasync for the Primary's flushes, in the receiver thread.
+
+        Doing it here instead of handing it to another thread saves a thread
+        wakeup per flush (the Primary's own fdatasync runs meanwhile); Flushes
+        that arrived in one batch share one fdatasync.
+        """
+        try:
+            self.store.flush()
+        except OSError:
+            link.disconnect("secondary disk failed on flush")
+            return
+        with contextlib.suppress(ConnectionError, wire.ProtocolError):
+            link.send_many([wire.FlushAck(s) for s in seqs])
 
     def _complete_writes(self, seqs: tuple[int, ...]) -> None:
         with self.io_lock:
@@ -693,6 +734,9 @@ class Replicator:
             if ev.new is ConnectionState.SYNC_SOURCE:
                 self._start_source(link)
         elif isinstance(ev, wire.StateExchange):
+            old = self.peer_status
+            if old is None or (old.role, old.disk) != (ev.role, ev.disk):
+                log.info("peer %s is now %s, disk %s", self.spec.peer, ev.role, ev.disk)
             self.peer_status = ev
             self.peer_disk = ev.disk
             if (link.state is ConnectionState.SYNC_TARGET and not self._rs_target_started
@@ -741,8 +785,7 @@ class Replicator:
                 self.suspended_reason = "fencing the peer"
         self.last_link_error = reason
         if self._rs_window is not None:
-            for _ in range(RESYNC_WINDOW):
-                self._rs_window.release()
+            self._rs_window.release(RESYNC_WINDOW)  # the puller sees the link closed
         log.warning("replication link lost: %s (%d writes, %d flushes in flight)", reason,
                     len(writes), len(flushes))
         if self.role is Role.PRIMARY and was_replicating:
@@ -824,26 +867,56 @@ class Replicator:
             link.send(self._status_msg())
 
     def _source_loop(self) -> None:
-        """Answer resync requests under the range lock (see the module docstring)."""
+        """Answer resync requests under the range lock (see the module docstring).
+
+        Requests waiting in the queue are answered together: their ranges are
+        held, read, and sent in one sendmsg, so scattered small blocks do not
+        cost a system call and a peer wakeup each.
+        """
         while True:
             item = self._source_queue.get()
             if item is None:
                 return
-            link, req = item
-            if link.closed:
-                continue
-            try:
-                with self.ranges.hold(req.offset, req.length):
-                    data = self.store.pread(req.offset, req.length)
-                    link.send(wire.ResyncData(req.offset, data))
-            except (ConnectionError, wire.ProtocolError):
-                continue
-            except OSError as e:
-                link.disconnect(f"sync source cannot read: {e}")
-                continue
-            self.stats["resync_bytes_sent"] += req.length
-            if self.resync:
-                self.resync.done += req.length
+            batch = [item]
+            stop = False
+            while len(batch) < RESYNC_BATCH:
+                try:
+                    nxt = self._source_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            by_link: dict[int, tuple[Link, list]] = {}
+            for link, req in batch:
+                if not link.closed:
+                    by_link.setdefault(id(link), (link, []))[1].append(req)
+            for link, reqs in by_link.values():
+                self._answer_resync(link, reqs)
+            if stop:
+                return
+
+    def _answer_resync(self, link: Link, reqs: list) -> None:
+        tokens = []
+        try:
+            msgs = []
+            for req in reqs:
+                tokens.append(self.ranges.acquire(req.offset, req.length))
+                msgs.append(wire.ResyncData(req.offset, self.store.pread(req.offset, req.length)))
+            link.send_many(msgs)
+        except (ConnectionError, wire.ProtocolError):
+            return
+        except OSError as e:
+            link.disconnect(f"sync source cannot read: {e}")
+            return
+        finally:
+            for t in tokens:
+                self.ranges.release(t)
+        sent = sum(r.length for r in reqs)
+        self.stats["resync_bytes_sent"] += sent
+        if self.resync:
+            self.resync.done += sent
 
     def _finish_source(self) -> None:
         with self.meta_lock:
@@ -870,33 +943,41 @@ class Replicator:
             runs = list(self.bitmap.dirty_runs(max_length=RESYNC_CHUNK))
         total = sum(n for _, n in runs)
         self.resync = progress = Progress("resync-target", total)
-        self._rs_window = window = threading.Semaphore(RESYNC_WINDOW)
+        self._rs_window = window = ResyncWindow(RESYNC_WINDOW)
         rate = self.spec.resync_rate
         log.info("resync: pulling %d bytes in %d requests", total, len(runs))
         last_persist = time.monotonic()
-        for off, n in runs:
-            window.acquire()
+        i = 0
+        while i < len(runs):
+            want = min(RESYNC_BATCH, len(runs) - i)
+            got = window.take(want, want)  # a whole batch, in one sendmsg
             if link.closed:
                 return
             if rate:
                 ahead = progress.done / rate - (time.monotonic() - progress.started)
                 if ahead > 0:
                     time.sleep(ahead)
+            batch = [wire.ResyncRequest(*r) for r in runs[i:i + got]]
+            i += got
             try:
-                link.send(wire.ResyncRequest(off, n))
+                link.send_many(batch)
             except (ConnectionError, wire.ProtocolError):
                 return
             if time.monotonic() - last_persist > 1.0:
                 last_persist = time.monotonic()
+                try:  # the bits cleared so far may reach the disk only after their data
+                    self.store.flush()
+                except OSError:
+                    return
                 with self.meta_lock:
                     self.meta.persist()
-        for _ in range(RESYNC_WINDOW):
-            window.acquire()
+        window.take(RESYNC_WINDOW, RESYNC_WINDOW)  # every answer is in
         if link.closed:
             return
         try:
+            self.store.flush()  # UpToDate only once the resynced data is durable
             link.send(wire.ResyncDone())
-        except (ConnectionError, wire.ProtocolError):
+        except (ConnectionError, wire.ProtocolError, OSError):
             return
         with self.meta_lock:
             with self.io_lock:
