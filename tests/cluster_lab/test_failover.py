@@ -54,6 +54,9 @@ def test_crash_of_the_primary_moves_the_service_and_loses_nothing(healthy):
     st = stack.status()
     assert st["leader"]["node"] == "node2"
     assert st["last_failover"]["node"] == "node2"
+    # InnoDB recovered cleanly from the crash image on the volume.
+    check = stack.query("CHECK TABLE tandem.acked EXTENDED")
+    assert check[-1][2:] == ("status", "OK"), check
     # The crashed node returns as a replica and catches up.
     stack.restart_host("node1")
     stack.wait(lambda: next(n for n in stack.status()["nodes"] if n["node"] == "node1")["disk"]

@@ -74,6 +74,8 @@ def test_crash_kills_every_process_of_the_host_and_restart_brings_links_back(hea
     a = lab.spawn("node2", "sleeper-a", ["sleep", "300"])
     b = lab.spawn("node2", "sleeper-b", ["sh", "-c", "sleep 300 & sleep 300; wait"])
     other = lab.spawn("node1", "sleeper", ["sleep", "300"])
+    vip = str(lab.spec.vip(7))
+    lab.run("node2", ["ip", "addr", "add", f"{vip}/24", "dev", "pub0"])
     from tandem.lab.supervisor import pid_alive, pids_in_netns
     time.sleep(0.2)
     assert len(pids_in_netns(lab.spec.netns("node2"))) >= 3
@@ -87,6 +89,9 @@ def test_crash_kills_every_process_of_the_host_and_restart_brings_links_back(hea
     crash_events = [e for e in lab.events.read("fault") if e["fault"] == "crash"]
     assert crash_events[-1]["host"] == "node2" and crash_events[-1]["t"] >= t0
     lab.faults.restart("node2")
+    assert vip not in lab.run("node2", ["ip", "-4", "addr", "show", "dev", "pub0"]).stdout, \
+        "a crashed host must come back without the virtual addresses its software added"
+    assert lab.address("node2") in lab.run("node2", ["ip", "-4", "addr", "show", "dev", "pub0"]).stdout
     assert ping(lab, "node1", "node2", "public")
     assert ping(lab, "node1", "node2", "replication")
     lab.stop("node1", "sleeper")

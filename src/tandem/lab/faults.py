@@ -77,6 +77,15 @@ class Faults:
                         in_ns(ns, ["ip", "addr", "del", f"{a['local']}/{a['prefixlen']}",
                                    "dev", NET_IFNAME[net]], check=False)
 
+    def unplug(self, host: str) -> None:
+        """Pull a host's cables without stopping anything on it (no carrier)."""
+        self.lab.events.record("fault", fault="unplug", host=host)
+        self._links(host, "down")
+
+    def plug(self, host: str) -> None:
+        self._links(host, "up")
+        self.lab.events.record("heal", fault="unplug", host=host)
+
     def _links(self, host: str, updown: str) -> None:
         ns = self.spec.netns(host)
         for net in self.spec.host(host).networks:
