@@ -68,7 +68,6 @@ def demo(lab: str = typer.Option(None, "--lab", "-l", help="lab name (default: d
     if os.geteuid() != 0:
         raise LabError("the demo builds a lab of network namespaces: run it as root")
     name = lab or os.environ.get("TANDEM_LAB") or "demo"
-    before = run(["ip", "netns", "list"]).stdout
     Lab.down_by_name(name)
     the_lab = Lab.up(name)
     ok = False
@@ -116,8 +115,10 @@ def demo(lab: str = typer.Option(None, "--lab", "-l", help="lab name (default: d
         if not keep:
             Lab.down_by_name(name)
     if not keep:
-        after = run(["ip", "netns", "list"]).stdout
-        console.print(f"lab {name} down: " + ("nothing left behind" if before == after else
-                                                "WARNING: namespaces differ"))
+        from tandem.lab.lab import lab_root, loops_backed_under, mounts_under
+        left = [ns for ns in run(["ip", "netns", "list"]).stdout.split() if ns.startswith(f"{name}-")]
+        left += mounts_under(lab_root() / name) + loops_backed_under(lab_root() / name)
+        console.print(f"lab {name} down: " + ("nothing left behind (namespaces, mounts, loop devices)"
+                                                if not left else f"WARNING: left behind: {left}"))
     if not ok:
         raise typer.Exit(1)

@@ -38,7 +38,7 @@ def main() -> None:
         try:
             if conn is None:
                 conn = pymysql.connect(host=args.host, port=args.port, user=args.user, password=password,
-                                       connect_timeout=1, read_timeout=1, write_timeout=1, autocommit=True)
+                                       connect_timeout=0.3, read_timeout=1, write_timeout=1, autocommit=True)
                 with conn.cursor() as c:
                     c.execute("CREATE DATABASE IF NOT EXISTS tandem")
                     c.execute("USE tandem")
