@@ -259,3 +259,19 @@ def test_backing_store_eio_is_never_acknowledged(fresh):
         pwrite_sync(dev, 0, b"y" * 4096)
     vp.lab.faults.crash("node1")
     vp.lab.faults.restart("node1")
+
+
+def test_promotion_refuses_a_disk_that_is_not_up_to_date(fresh):
+    vp = fresh
+    vp.tandem("node1", "volume", "secondary", "db")
+    vp.tandem("node2", "volume", "outdate", "db")
+    assert vp.status("node2")["disk"] == "Outdated"
+    proc = vp.tandem("node2", "volume", "primary", "db", check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to promote: local disk is Outdated" in lines[0]
+    assert vp.status("node2")["role"] == "Secondary"
+    # The operator may override, knowingly.
+    vp.tandem("node2", "volume", "primary", "db", "--force")
+    assert vp.status("node2")["role"] == "Primary"
+    vp.tandem("node2", "volume", "secondary", "db")
