@@ -149,6 +149,23 @@ class Cluster(Strict):
     secret: SecretRef
 
 
+class Mgmt(Strict):
+    """The management tier cloned on every data node (optional): a management
+    server on `server_port` of each node's public address, haproxy on `port`
+    balancing across all of them, and the API VIP on a node whose haproxy is
+    healthy. The servers reach MariaDB through the DB VIP as `db_user` (default:
+    database.user, with database.password_file)."""
+
+    port: int = Field(default=8080, ge=1, le=65535)  #: haproxy, the address clients use
+    server_port: int = Field(default=8081, ge=1, le=65535)  #: each management server
+    api_vip: Vip | None = None
+    simhost: str = Field(default="http://127.0.0.1:8250", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    db_name: str = Field(default="cloud", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    db_user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,32}$")
+    dead_after: float = Field(default=3.0, gt=0, le=600)  #: heartbeat age before job takeover
+    db_retry: float = Field(default=8.0, gt=0, le=600)  #: how long requests wait for the database
+
+
 class Config(Strict):
     cluster: Cluster
     nodes: dict[Name, Node]
@@ -157,6 +174,7 @@ class Config(Strict):
     volumes: dict[Name, Volume] = Field(default_factory=dict)
     database: Database | None = None
     agent: Agent = Agent()
+    mgmt: Mgmt | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -188,6 +206,14 @@ class Config(Strict):
         vip = self.database.vip.address.ip if self.database and self.database.vip else None
         if vip in seen:
             problems.append(("database.vip.address", f"{vip} is already {seen[vip]}"))
+        if self.mgmt is not None:
+            if self.database is None or self.database.vip is None:
+                problems.append(("mgmt", "needs [database] with a vip (the servers use the DB VIP)"))
+            if self.mgmt.port == self.mgmt.server_port:
+                problems.append(("mgmt.server_port", "must differ from mgmt.port"))
+            api = self.mgmt.api_vip.address.ip if self.mgmt.api_vip else None
+            if api is not None and (api in seen or api == vip):
+                problems.append(("mgmt.api_vip.address", f"{api} is already in use in this config"))
         if self.database and self.database.volume not in self.volumes:
             problems.append(("database.volume", f"no volume {self.database.volume!r} in volumes"))
         if self.agent.margin >= self.etcd.lease_ttl:

@@ -80,6 +80,10 @@ class Agent:
         self.dcs = EtcdDCS(cfg.cluster.name, node, etcd_endpoints(cfg, node), ttl=cfg.etcd.lease_ttl,
                            op_timeout=cfg.etcd.op_timeout)
         self.group: ResourceGroup = build_db_group(cfg, spec, data_dir, run_dir)
+        self.clones = None  # the management tier on every node ([mgmt]), see tandem.cluster.clones
+        if cfg.mgmt is not None:
+            from tandem.cluster.clones import CloneSet
+            self.clones = CloneSet(cfg, node, run_dir)
         self.view = ClusterView.empty(cfg.cluster.name)
         self.leader: Leader | None = None
         self.lease_deadline: float | None = None
@@ -107,6 +111,8 @@ class Agent:
         lab_event("agent_start", node=self.node)
         tasks = [asyncio.create_task(self._lease_loop(), name="lease"),
                  asyncio.create_task(self._watch_loop(), name="watch")]
+        if self.clones is not None:  # on every node, whatever its role
+            tasks.append(asyncio.create_task(self.clones.run(self), name="clones"))
         try:
             await self._main_loop()
         finally:
@@ -240,7 +246,8 @@ class Agent:
             node=self.node, role=NodeRole.PRIMARY if self.primary else NodeRole.REPLICA,
             disk_state=DiskState(v["disk"]) if v else None,
             healthy=self.healthy and bool(v), nofailover=self.cfg.agent.nofailover,
-            api_url=self.api_url, connection=(v.get("peer") or {}).get("connection", ""),
+            api_url=self.clones.api_url() if self.clones is not None else self.api_url,
+            connection=(v.get("peer") or {}).get("connection", ""),
             sync_percent=rs.get("percent") if rs and not rs.get("finished") else None,
             note=self.last.reason if self.last else "")
         with contextlib.suppress(DCSError):
@@ -391,6 +398,9 @@ class Agent:
                 await self.dcs.clear_switchover()
 
     async def _shutdown(self) -> None:
+        if self.clones is not None:
+            with contextlib.suppress(Exception):
+                await self.clones.shutdown(self)
         if self.primary:
             await self._step_down(Decision(Action.STEP_DOWN, "agent shutting down"))
         await self.dcs.close()

@@ -1,0 +1,426 @@
+"""The management tier, cloned on every data node: a management server and an
+haproxy in front of all of them, plus the API VIP on one node whose haproxy is
+healthy (DESIGN: "Cloned on every node: management server, haproxy; the API
+VIP goes to a node whose haproxy is healthy").
+
+Why a separate task of the agent, not members of the DB group:
+
+- the clones run on every node whatever its role, so a DB switchover or
+  failover never touches them (the management servers ride out the database
+  move by retrying; haproxy keeps serving);
+- starting a Python management server takes a second or more; in the HA
+  cycle that would delay a demotion. :meth:`CloneSet.run` is its own asyncio
+  task and shares nothing with the HA loop but the DCS client and the lease
+  deadline.
+
+Clone policy (Pacemaker's clone with on-fail=restart and no migration
+threshold, since there is nowhere to migrate a clone to): every tick each
+member is monitored; an unhealthy member is stopped and started again, with a
+back-off that doubles up to :data:`MAX_BACKOFF`. A management server that
+cannot reach the database at start exits after its retry budget and is
+restarted the same way, so the order in which the cluster comes up does not
+matter.
+
+Each start of a management server is a new *incarnation* with its own server
+id (``<node>-<n>``): a server that was SIGKILLed is dead for good, and its
+unfinished jobs are taken over by a survivor (which may be the next
+incarnation on the same node) through the job heartbeat lease in MariaDB.
+
+haproxy (:class:`MgmtHaproxy`) balances across every node's management
+server with HTTP health checks on ``/health`` (200 only while that server
+reaches the database) and redispatch. Each server is listed a second time as
+an unchecked *backup*: when no server passes its check — during a database
+switchover every ``/health`` fails for a moment — requests still go to a live
+server, which waits for the database (bounded) instead of haproxy answering
+503. Only commands that read (``list*``, ``query*``, ``get*``) are retried at
+layer 7 after reaching a server; connect failures are always retried
+elsewhere.
+
+API VIP placement goes through the DCS, with one key ``apivip`` on the
+holder's lease (the same lease as its member key), taken with a
+create-if-absent transaction:
+
+- a node holds the VIP only while it holds that key, its own haproxy is
+  healthy and its lease is valid with the agent's safety margin; otherwise it
+  removes the address and deletes the key (if still its own);
+- a node without the VIP takes the key when it is free and its haproxy is
+  healthy;
+- the key is sticky: the VIP stays where it is across DB switchovers and
+  failovers (clients' connections to haproxy are not cut when the database
+  moves) and moves only when its holder's haproxy fails or the holder dies
+  (its lease, and so the key, expires within the TTL).
+
+So at most one node holds the key at a time; a holder that loses its lease
+drops the address at its next tick, before the margin runs out (the same
+argument as the leader's self-demotion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from aetcd import transactions as tx
+
+from tandem.cluster.resources.base import Health, Resource, ResourceError
+from tandem.cluster.resources.config import (
+    AbsPath,
+    Backend,
+    HaproxyConfig,
+    Port,
+    ResourceBase,
+    Seconds,
+    VipConfig,
+)
+from tandem.cluster.resources.haproxy import Haproxy
+from tandem.cluster.resources.procs import ProcRef, spawn, tail, terminate
+from tandem.cluster.resources.vip import Vip
+from tandem.config import Config
+from tandem.dcs.base import DCSError
+from tandem.dcs.keys import decode, encode
+
+if TYPE_CHECKING:
+    from tandem.cluster.agent import Agent
+
+log = logging.getLogger("tandem.clones")
+
+TICK = 0.25  #: seconds between clone monitor ticks
+MAX_BACKOFF = 4.0  #: longest wait between restarts of a failing clone
+READ_ONLY_COMMANDS = r"^(list|query|get)"
+
+
+def tandem_exe() -> list[str]:
+    exe = Path(sys.executable).parent / "tandem"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "tandem.cli.main"]
+
+
+# ====================================================================== management server
+class MgmtServerConfig(ResourceBase):
+    kind: Literal["mgmt"] = "mgmt"
+    node: str
+    run_dir: AbsPath
+    listen_address: str
+    port: Port = 8081
+    db_host: str
+    db_port: Port = 3306
+    db_name: str
+    db_user: str
+    password_file: AbsPath
+    simhost: str
+    dead_after: Seconds = 3.0
+    db_retry: Seconds = 8.0
+    start_grace: Seconds = 30.0  #: monitor says "starting" this long before it wants the port
+    start_timeout: Seconds = 10.0
+    stop_timeout: Seconds = 10.0
+    monitor_timeout: Seconds = 3.0
+
+
+class MgmtServer(Resource):
+    """`tandem mgmt serve` as a daemon known by pid + start time."""
+
+    kind = "mgmt"
+    config: MgmtServerConfig
+
+    @property
+    def log_path(self) -> Path:
+        return self.private_dir / "mgmt.log"
+
+    def ref(self) -> ProcRef | None:
+        st = self.load_state()
+        return ProcRef.from_json(st) if st and "pid" in st else None
+
+    def server_id(self) -> str | None:
+        st = self.load_state()
+        return st.get("server_id") if st else None
+
+    def _ensure_database(self) -> None:
+        """Create the database if missing (best effort: the DB may not be up yet)."""
+        import pymysql
+        c = self.config
+        try:
+            conn = pymysql.connect(host=c.db_host, port=c.db_port, user=c.db_user,
+                                   password=c.password_file.read_text().strip(), connect_timeout=1,
+                                   read_timeout=3, write_timeout=3)
+        except (pymysql.err.MySQLError, OSError):
+            return
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{c.db_name}`")
+        except pymysql.err.MySQLError:
+            pass
+        finally:
+            conn.close()
+
+    async def _start(self) -> str:
+        ref = self.ref()
+        if ref is not None and ref.alive():
+            return f"already running (pid {ref.pid})"
+        c = self.config
+        await asyncio.get_running_loop().run_in_executor(None, self._ensure_database)
+        st = self.load_state() or {}
+        incarnation = int(st.get("incarnation", 0)) + 1
+        server_id = f"{c.node}-{incarnation}"
+        argv = [*tandem_exe(), "mgmt", "serve",
+                "--db", f"mysql://{c.db_user}@{c.db_host}:{c.db_port}/{c.db_name}",
+                "--db-password-file", str(c.password_file),
+                "--listen", f"{c.listen_address}:{c.port}", "--server-id", server_id,
+                "--simhost", c.simhost, "--dead-after", str(c.dead_after), "--db-retry", str(c.db_retry)]
+        ref = spawn(argv, self.log_path)
+        self.save_state({**ref.to_json(), "incarnation": incarnation, "server_id": server_id,
+                         "started": time.monotonic()})
+        return f"management server {server_id} pid {ref.pid} starting on {c.listen_address}:{c.port}"
+
+    async def _stop(self) -> str:
+        ref = self.ref()
+        if ref is None:
+            return "was not running"
+        how = await terminate(ref, max(1.0, self.config.stop_timeout - 5), signal.SIGTERM)
+        if ref.alive():
+            raise ResourceError(f"management server pid {ref.pid} {how}")
+        st = self.load_state() or {}
+        self.save_state({"incarnation": st.get("incarnation", 0)})  # keep counting incarnations
+        return f"management server pid {ref.pid} {how}"
+
+    async def _monitor(self) -> Health:
+        ref = self.ref()
+        st = self.load_state() or {}
+        if ref is None:
+            return Health.stopped("not started")
+        if not ref.alive():
+            return Health.failed(f"management server pid {ref.pid} is gone: {tail(self.log_path, 1)[-200:]}")
+        c = self.config
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(c.listen_address, c.port), 1.0)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return Health.ok(f"{st.get('server_id')} pid {ref.pid} listening on {c.listen_address}:{c.port}")
+        except (OSError, TimeoutError):
+            age = time.monotonic() - float(st.get("started", 0))
+            if age < c.start_grace:
+                return Health.ok(f"{st.get('server_id')} pid {ref.pid} starting ({age:.0f} s)")
+            return Health.failed(f"pid {ref.pid} does not listen on {c.listen_address}:{c.port}")
+
+
+# ====================================================================== haproxy
+def render_mgmt_haproxy(c: HaproxyConfig, stats_socket: str) -> str:
+    """haproxy for the management API (pure): checked servers, unchecked backups."""
+    servers = "\n".join(f"    server {b.name} {b.address}:{b.port} check" for b in c.backends)
+    backups = "\n".join(f"    server {b.name}-any {b.address}:{b.port} backup" for b in c.backends)
+    return f"""# written by tandem for resource {c.name}; changes are overwritten
+global
+    stats socket {stats_socket} mode 600 level admin
+    maxconn 4000
+
+defaults
+    mode http
+    timeout connect {c.connect_timeout_ms}ms
+    timeout client {c.server_timeout_ms}ms
+    timeout server {c.server_timeout_ms}ms
+    timeout check {c.connect_timeout_ms}ms
+    retries {c.retries}
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
+
+frontend {c.name}
+    bind {c.bind_address}:{c.port}
+    default_backend {c.name}-servers
+
+backend {c.name}-servers
+    balance roundrobin
+    option allbackups
+    option httpchk GET {c.health_path}
+    http-check expect status 200
+    # only commands that read may be sent again after reaching a server
+    acl read_only url_param(command) -m reg -i {READ_ONLY_COMMANDS}
+    http-request disable-l7-retry if !read_only
+    default-server inter {c.check_interval_ms}ms fall {c.fall} rise {c.rise}
+{servers}
+{backups}
+"""
+
+
+class MgmtHaproxy(Haproxy):
+    """The cluster's haproxy resource with the management API's routing rules."""
+
+    async def _write_config(self, backends: list[Backend] | None = None) -> None:
+        import os
+
+        from tandem.cluster.resources.base import run_cmd
+        if backends is not None:
+            self.config = self.config.model_copy(update={"backends": backends})
+        tmp = self.cfg_path.with_suffix(".new")
+        tmp.write_text(render_mgmt_haproxy(self.config, self.stats_socket))
+        res = await run_cmd([self.config.haproxy, "-c", "-q", "-f", str(tmp)], timeout=10, check=False)
+        if res.returncode != 0:
+            raise ResourceError(f"haproxy rejects the generated config: {res.last_line}")
+        os.replace(tmp, self.cfg_path)
+
+
+# ====================================================================== the clone set
+class CloneSet:
+    """haproxy and the management server on this node, and the API VIP."""
+
+    def __init__(self, cfg: Config, node: str, run_dir: Path):
+        m = cfg.mgmt
+        db = cfg.database
+        assert m is not None and db is not None and db.vip is not None and db.password_file is not None
+        self.node = node
+        self.address = str(cfg.nodes[node].public_address)
+        self.port = m.port
+        rd = (run_dir / "clones").resolve()
+        rd.mkdir(parents=True, exist_ok=True)
+        self.haproxy = MgmtHaproxy(HaproxyConfig(
+            name="haproxy", run_dir=rd, port=m.port, check_interval_ms=300, fall=2, rise=1,
+            retries=3, connect_timeout_ms=1000, server_timeout_ms=60000, monitor_timeout=2,
+            backends=[Backend(name=n, address=str(nd.public_address), port=m.server_port)
+                      for n, nd in sorted(cfg.nodes.items())]))
+        self.mgmt = MgmtServer(MgmtServerConfig(
+            name="mgmt", node=node, run_dir=rd, listen_address=self.address, port=m.server_port,
+            db_host=str(db.vip.address.ip), db_port=db.port, db_name=m.db_name,
+            db_user=m.db_user or db.user, password_file=db.password_file.resolve(),
+            simhost=m.simhost, dead_after=m.dead_after, db_retry=m.db_retry))
+        self.members: list[Resource] = [self.haproxy, self.mgmt]
+        self.vip: Vip | None = None
+        if m.api_vip is not None:
+            self.vip = Vip(VipConfig(name="api-vip", address=m.api_vip.address,
+                                     interface="pub0" if m.api_vip.network == "public" else "rep0",
+                                     arp_count=1, run_dir=rd))
+        self.health: dict[str, Health] = {}
+        self._retry_at: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self.haproxy_ok = False
+        self.holding = False  #: the API VIP is on this node (as far as we did it)
+        self._vip_checked = 0.0
+        self._had_key = False
+
+    # --- what the agent publishes ---------------------------------------------------
+    def api_url(self) -> str:
+        """This node's API address while its haproxy is healthy, else empty."""
+        return f"http://{self.address}:{self.port}/client/api" if self.haproxy_ok else ""
+
+    def summary(self) -> dict[str, Any]:
+        return {name: str(h) for name, h in self.health.items()} | {"api_vip": self.holding}
+
+    # --- the task -------------------------------------------------------------------
+    async def run(self, agent: Agent) -> None:
+        while not agent.stopping:
+            t0 = time.monotonic()
+            try:
+                await self.tick(agent)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except Exception:  # this task must not die
+                log.exception("clone tick failed")
+            await asyncio.sleep(max(0.05, TICK - (time.monotonic() - t0)))
+
+    async def tick(self, agent: Agent) -> None:
+        healths = await asyncio.gather(*(m.monitor() for m in self.members))
+        for m, h in zip(self.members, healths, strict=True):
+            self.health[m.name] = h
+            if h.is_ok:
+                if self._backoff.get(m.name):
+                    self._backoff[m.name] = 0.0
+                continue
+            now = time.monotonic()
+            if now < self._retry_at.get(m.name, 0.0):
+                continue
+            backoff = min(MAX_BACKOFF, max(0.5, 2 * self._backoff.get(m.name, 0.0)))
+            self._backoff[m.name] = backoff
+            self._retry_at[m.name] = now + backoff
+            if h.state.value == "failed":
+                log.warning("clone %s unhealthy (%s): restarting", m.name, h.reason)
+                await m.stop()
+            r = await m.start()
+            (log.info if r.ok else log.error)("clone %s", r)
+        self.haproxy_ok = self.health.get("haproxy") is not None and self.health["haproxy"].is_ok
+        if self.vip is not None:
+            await self._place_vip(agent)
+
+    # --- the API VIP ----------------------------------------------------------------
+    def _key(self, agent: Agent) -> bytes:
+        return (agent.dcs.keys.prefix + "apivip").encode()
+
+    async def _place_vip(self, agent: Agent) -> None:
+        assert self.vip is not None
+        deadline = agent.lease_deadline
+        lease_ok = deadline is not None and deadline - agent.margin > time.monotonic()
+        if not (lease_ok and self.haproxy_ok):
+            why = "haproxy unhealthy" if lease_ok else "no valid lease"
+            await self._drop(agent, why, release=lease_ok)
+            return
+        try:
+            mine = await self._claim(agent)
+        except DCSError as e:
+            log.warning("API VIP: DCS: %s", e)
+            return  # keep what we have: the lease check above bounds how long
+        if mine:
+            if not self.holding or not (await self.vip.monitor()).is_ok:
+                r = await self.vip.start()
+                self.holding = r.ok
+                (log.info if r.ok else log.error)("API VIP: %s", r)
+                from tandem.cluster.agent import lab_event
+                lab_event("api_vip", node=self.node, op="start", ok=r.ok)
+        else:
+            await self._drop(agent, "another node holds the API VIP key", release=False)
+
+    async def _claim(self, agent: Agent) -> bool:
+        """Hold (or take, if free) the `apivip` key on our lease; True if ours."""
+        key = self._key(agent)
+        lease = await agent.dcs._lease()
+        value = encode({"node": self.node})
+        ok, responses, _ = await agent.dcs._txn(
+            "claim API VIP", [tx.Create(key) == 0], [tx.Put(key, value, lease=lease)], [tx.Get(key)])
+        if ok:
+            log.info("API VIP: took the key")
+            self._had_key = True
+            return True
+        kvs = responses[0].response_range.kvs if responses else []
+        if not kvs:
+            return False
+        holder = decode(kvs[0].value)
+        if isinstance(holder, dict) and holder.get("node") == self.node:
+            if kvs[0].lease == lease:
+                self._had_key = True
+                return True
+            # ours from a previous lease (a restarted agent): free it, take it next tick
+            await agent.dcs._txn("drop stale API VIP key",
+                                 [tx.Value(key) == value, tx.Mod(key) == kvs[0].mod_revision],
+                                 [tx.Delete(key)])
+        return False
+
+    async def _drop(self, agent: Agent, why: str, release: bool, force_check: bool = False) -> None:
+        assert self.vip is not None
+        now = time.monotonic()
+        if self.holding or force_check or now - self._vip_checked >= 2.0:
+            self._vip_checked = now
+            if self.holding or (await self.vip.monitor()).state.value != "stopped":
+                r = await self.vip.stop()
+                log.warning("API VIP removed (%s): %s", why, r)
+                from tandem.cluster.agent import lab_event
+                lab_event("api_vip", node=self.node, op="stop", ok=r.ok, reason=why)
+                self.holding = False
+        if release and self._had_key:
+            with contextlib.suppress(DCSError):
+                key = self._key(agent)
+                await agent.dcs._txn("release API VIP", [tx.Value(key) == encode({"node": self.node})],
+                                     [tx.Delete(key)])
+            self._had_key = False
+
+    async def shutdown(self, agent: Agent) -> None:
+        """Agent stopping: the VIP and its key first, then haproxy and the server."""
+        if self.vip is not None:
+            with contextlib.suppress(Exception):
+                self._had_key = True
+                await self._drop(agent, "agent shutting down", release=True, force_check=True)
+        for m in reversed(self.members):
+            r = await m.stop()
+            log.info("clone %s", r)
