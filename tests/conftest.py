@@ -35,6 +35,12 @@ def _needs_root() -> None:
         pytest.fail("lab tests need root, iproute2 and nftables: run scripts/setup as root")
 
 
+def _loop_devices() -> dict[str, str]:
+    out = subprocess.run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], capture_output=True,
+                         text=True).stdout
+    return {p[0]: (p[1] if len(p) > 1 else "") for p in (line.split(None, 1) for line in out.splitlines())}
+
+
 def fresh_lab_name(prefix: str = "t") -> str:
     return (prefix + secrets.token_hex(4))[:8]
 
@@ -52,6 +58,7 @@ def lab(lab_root):
     from tandem.lab.lab import Lab
     _needs_root()
     name = fresh_lab_name()
+    loops_before = _loop_devices()
     the_lab = Lab.up(name, root=lab_root)
     try:
         yield the_lab
@@ -73,6 +80,9 @@ def lab(lab_root):
             if the_lab.spec.event_file.exists():
                 shutil.copy(the_lab.spec.event_file, dest / "events.jsonl")
         Lab.down_by_name(name, lab_root)
+        leaked = {d: f for d, f in _loop_devices().items()
+                  if d not in loops_before and (f == "/disk" or f.startswith(str(lab_root)))}
+        assert not leaked, f"lab {name} left loop devices behind: {leaked}"
 
 
 @pytest.fixture

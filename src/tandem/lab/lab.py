@@ -328,10 +328,32 @@ def loops_backed_under(path: Path) -> list[str]:
     return devs
 
 
+def _mount_sources() -> dict[str, str]:
+    """mount point -> mounted device, from /proc/self/mountinfo."""
+    out = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            out[fields[4].replace("\\040", " ")] = fields[sep + 2]
+    return out
+
+
 def _release_storage(lab_dir: Path) -> list[str]:
     """Unmount what is mounted under the lab and detach its loop devices, in the
-    order a crashed machine's kernel would lose them (ext4 on loop, then FUSE)."""
+    order a crashed machine's kernel would lose them: ext4 on loop, the loop
+    devices, then the FUSE files under them. The loop devices are found first:
+    once a FUSE mount is gone their backing path no longer names the lab."""
     removed = []
+    loops = loops_backed_under(lab_dir)
+    sources = _mount_sources()
+    for mp in mounts_under(lab_dir):
+        if sources.get(mp) in loops and run(["umount", mp], check=False, timeout=10).returncode != 0:
+            run(["umount", "-l", mp], check=False, timeout=10)
+        removed.append(f"mount {mp}")
+    for dev in loops:
+        run(["losetup", "-d", dev], check=False)
+        removed.append(f"loop {dev}")
     for _ in range(3):
         mps = mounts_under(lab_dir)
         if not mps:
@@ -340,9 +362,6 @@ def _release_storage(lab_dir: Path) -> list[str]:
             if run(["umount", mp], check=False, timeout=10).returncode != 0:
                 run(["umount", "-l", mp], check=False, timeout=10)
             removed.append(f"mount {mp}")
-    for dev in loops_backed_under(lab_dir):
-        run(["losetup", "-d", dev], check=False)
-        removed.append(f"loop {dev}")
     return removed
 
 
