@@ -45,10 +45,13 @@ def run() -> None:
         print("tandem: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # click usage errors and the like
-        import click
-        if isinstance(e, click.ClickException):
+        try:
+            from click.exceptions import ClickException
+        except ImportError:  # typer vendors its own click
+            from typer._click.exceptions import ClickException  # type: ignore[no-redef]
+        if isinstance(e, ClickException):
             print(f"tandem: {e.format_message()}", file=sys.stderr)
-            sys.exit(e.exit_code)
+            sys.exit(e.exit_code or 2)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 

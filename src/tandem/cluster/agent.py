@@ -367,6 +367,11 @@ class Agent:
 
     async def _stop_group(self, why: str, graceful: bool) -> None:
         t0 = time.monotonic()
+        if graceful:
+            # MariaDB first, while the VIP still carries its connection closes to the
+            # clients (they reconnect at once instead of waiting for a timeout).
+            with contextlib.suppress(KeyError):
+                await self.group.member("mariadb").stop()
         res = await self.group.stop()
         self.primary = False
         lab_event("demoted", node=self.node, graceful=graceful, ok=res.ok,

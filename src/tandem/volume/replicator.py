@@ -410,6 +410,11 @@ class Replicator:
             # makes this node the source of a full sync.
             link.disconnect("forced promotion: resynchronising from the new Primary")
             connected = False
+        if self._fencing is None and not self._lease_held_io:
+            # Whatever suspended I/O belonged to an earlier term as Primary.
+            self._held_by_operator = False
+            self.suspended_reason = ""
+            self.io_open.set()
         self.role = Role.PRIMARY
         self.lost_leadership = False
         if connected:
@@ -481,6 +486,10 @@ class Replicator:
         while self.ranges.busy() and time.monotonic() < deadline:
             time.sleep(0.005)
         self.role = Role.SECONDARY
+        self._fail_fenced_waiters()
+        self._held_by_operator = False
+        self.suspended_reason = ""
+        self.io_open.set()
         lab_event("writable", node=self.spec.node, writable=False, reason="demoted")
         with self.meta_lock:
             self.meta.update(primary=False, al_extents=())
@@ -838,6 +847,10 @@ class Replicator:
             time.sleep(min(1.0, 0.1 * attempt))
         else:
             self._fail_fenced_waiters()
+            if self.role is not Role.PRIMARY:
+                # A Secondary refuses writes anyway: leave the gate open for the next promotion.
+                self.suspended_reason = ""
+                self.io_open.set()
             return
         with self.io_lock:
             if self._fencing is None:
