@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from tandem.cli import bench_cmd, cluster_cmd, config_cmd, demo_cmd, lab_cmd, mgmt_cmd, volume_cmd
+from tandem.cli import bench_cmd, cluster_cmd, config_cmd, demo_cmd, lab_cmd, mgmt_cmd, sim_cmd, volume_cmd
 from tandem.errors import TandemError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(volume_cmd.app, name="volume")
 app.add_typer(mgmt_cmd.app, name="mgmt")
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(sim_cmd.app, name="sim")
 app.command("demo")(demo_cmd.demo)
 cluster_cmd.register(app)
 

@@ -96,6 +96,8 @@ class Agent:
         self._last_monitor = 0.0
         self._start_failures = 0
         self._unhealthy_since = 0.0
+        self.deadline_lease: int | None = None
+        self._published: tuple[dict, float] | None = None
 
     # ====================================================================== tasks
     def request_stop(self) -> None:
@@ -137,6 +139,7 @@ class Agent:
                     self.wake.set()
                 else:
                     self.lease_deadline = r.deadline
+                    self.deadline_lease = self.dcs.lease_id
                     if self.primary:
                         await self._push_write_lease()
             except DCSError as e:
@@ -167,8 +170,19 @@ class Agent:
         await self.dcs._drop_client()
         raise DCSError(f"etcd: {what} did not return within {self.cfg.etcd.op_timeout + 0.2:.1f} s")
 
+    def key_deadline(self) -> float | None:
+        """The lease deadline that counts for leadership: only one measured on the
+        lease the leader key hangs on (a fresh lease after a lapse does not extend
+        a key that was on the old one)."""
+        if self.leader is not None and self.leader.lease and self.leader.lease != self.deadline_lease:
+            return None
+        return self.lease_deadline
+
     async def _push_write_lease(self) -> None:
-        until = None if self.lease_deadline is None else self.lease_deadline - self.margin
+        deadline = self.key_deadline()
+        until = None if deadline is None else deadline - self.margin
+        if until is None:
+            raise TandemError("no lease deadline for the leader key yet")
         await volume_call(self.spec.control_socket, "write-lease", timeout=0.5, until=until)
 
     async def _watch_loop(self) -> None:
@@ -218,7 +232,7 @@ class Agent:
         disk = DiskState(self.volume["disk"]) if self.volume else None
         local = LocalState(
             node=self.node, disk_state=disk, healthy=self.healthy and self.volume is not None,
-            is_primary=self.primary, dcs_ok=dcs_ok, lease_deadline=self.lease_deadline,
+            is_primary=self.primary, dcs_ok=dcs_ok, lease_deadline=self.key_deadline(),
             nofailover=self.cfg.agent.nofailover, margin=self.margin)
         if self.leader and not self.view.is_leader(self.node) and dcs_ok:
             self.leader = None  # the key is gone (expired or released)
@@ -250,8 +264,12 @@ class Agent:
             connection=(v.get("peer") or {}).get("connection", ""),
             sync_percent=rs.get("percent") if rs and not rs.get("finished") else None,
             note=self.last.reason if self.last else "")
+        value, now = member.to_value(), time.monotonic()
+        if self._published and self._published[0] == value and now - self._published[1] < 2.0:
+            return
         with contextlib.suppress(DCSError):
             await self.dcs.touch_member(member)
+            self._published = (value, now)
 
     # ====================================================================== actions
     async def act(self, d: Decision) -> None:

@@ -347,6 +347,12 @@ def _release_storage(lab_dir: Path) -> list[str]:
     removed = []
     loops = loops_backed_under(lab_dir)
     sources = _mount_sources()
+    # A loop whose FUSE file was already torn away shows a bare "/disk" as backing
+    # file; it is still ours if it is mounted inside the lab.
+    prefix = str(lab_dir.resolve()) if lab_dir.exists() else str(lab_dir)
+    loops += [src for mp, src in sources.items()
+              if src.startswith("/dev/loop") and src not in loops
+              and (mp == prefix or mp.startswith(prefix + "/"))]
     for mp in mounts_under(lab_dir):
         if sources.get(mp) in loops and run(["umount", mp], check=False, timeout=10).returncode != 0:
             run(["umount", "-l", mp], check=False, timeout=10)

@@ -430,7 +430,8 @@ class Replicator:
         self._write_lease = until
         if until is not None and time.monotonic() < until and self._lease_held_io:
             self._lease_held_io = False
-            self.resume()
+            if self._fencing is None:  # never reopen I/O in the middle of a fence
+                self.resume()
 
     def _lease_expired(self) -> None:
         if not self._lease_held_io:
@@ -462,6 +463,10 @@ class Replicator:
         EIO and the FUSE file is torn away even if a loop device still holds it
         (what the agent does when its lease is gone)."""
         if self.role is Role.SECONDARY:
+            if force and self._fencing is None:  # drop a hold left by suspend-io
+                self._held_by_operator = False
+                self.suspended_reason = ""
+                self.io_open.set()
             return
         if force:
             self.suspend("forced demotion", timeout=0.5)

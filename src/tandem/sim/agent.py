@@ -1,0 +1,338 @@
+"""The agent, mirroring ``tandem.cluster.agent.Agent`` line for line where it
+matters for safety, but on simulated time and calling the REAL ``decide()``.
+
+Two coroutines per agent process, as in the real driver: the lease loop
+(renew every TTL/4, push deadline - margin to the volume as its write lease)
+and the main loop (wait for a watch wake-up or the interval, capped at the
+lease deadline minus margin; then one cycle: load, volume status, decide,
+act, publish the member key). The watch task is the world delivering a wake-up
+over the node's network for every DCS change. Volume control calls are local
+and instant. Resources other than the volume start and stop instantly.
+
+``Variant`` switches break the agent on purpose, so tests can prove the
+checker catches it; ``fence_loop`` is the volume's fence-peer hook running the
+``tandem fence-peer`` command (its own DCS session, not paused with the agent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import TYPE_CHECKING
+
+from tandem.cluster.decide import decide
+from tandem.cluster.view import Action, Decision, LocalState
+from tandem.dcs.base import DCSError
+from tandem.dcs.view import ClusterView, HistoryEntry, Leader, Member, NodeRole, VolumeState
+from tandem.sim.dcs import SimDCS
+from tandem.sim.kernel import Coro, Process, Sleep, WaitWake
+from tandem.volume.states import DiskState, Role
+
+if TYPE_CHECKING:
+    from tandem.sim.volume import SimVolume
+    from tandem.sim.world import World
+
+RESOURCE = "db"
+TTL, OP_TIMEOUT, INTERVAL, MARGIN, MONITOR_INTERVAL = 1.0, 0.5, 0.25, 0.3, 1.0
+
+VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin")
+
+#: Fixes for bugs this simulation found in the real code (see the README of
+#: tests/sim). The world applies all of them unless asked to run the code as is.
+FIXES = {
+    "clear_hold_on_promote": "volume: the agent's DEMOTE sends suspend-io (io_open cleared,"
+                             " _held_by_operator set) and then secondary --force, which returns early on"
+                             " a Secondary and never reopens I/O; nothing clears the hold, so the next"
+                             " promotion blocks every write (or, after a forced demotion, the next"
+                             " successful fence-peer keeps I/O closed): promote() should reopen I/O",
+    "no_lease_no_promote": "agent: _promote pushes write lease None (= unlimited) when the lease loop"
+                           " has no deadline yet; promote only with an unexpired lease deadline",
+    "key_on_my_lease": "agent: a leader key with this node's name on a lease this process does not"
+                       " renew (a restarted agent, or two concurrent grants) is adopted as its own;"
+                       " release it instead",
+    "deadline_of_key_lease": "agent: after its lease expired, the lease loop grants a new lease and"
+                             " takes its deadline as the leader's (and pushes it as the write lease)"
+                             " although the leader key died with the old lease: a deadline counts for"
+                             " leadership only if it is the key's lease",
+    "fencing_survives_lease_renewal": "volume: set_write_lease() resumes I/O (io_open) while a"
+                                      " fence-peer is still in progress, so writes complete without"
+                                      " the peer and without the fence",
+}
+
+
+class SimAgent:
+    def __init__(self, world: World, node: str, proc: Process, vol: SimVolume, variant: str = "none"):
+        self.world, self.node, self.proc, self.vol = world, node, proc, vol
+        self.sim = world.sim
+        self.clock = proc.clock
+        self.peer = world.peer_of(node)
+        self.variant = variant
+        self.margin = 0.0 if variant == "no_margin" else MARGIN
+        self.dcs = SimDCS(world.cluster, node, self.clock, ttl=TTL, op_timeout=OP_TIMEOUT)
+        self.view = ClusterView.empty(world.cluster)
+        self.leader: Leader | None = None
+        self.lease_deadline: float | None = None
+        self.primary = False
+        self.healthy = True
+        self.volume: dict | None = None
+        self.last: Decision | None = None
+        self._last_monitor = 0.0
+        self._start_failures = 0
+        self._unhealthy_since = 0.0
+        self._published: tuple | None = None
+        self.deadline_lease: int | None = None  #: the lease self.lease_deadline was renewed on
+
+    def deadline(self) -> float | None:
+        """lease_deadline as the real agent uses it; with the fix, a deadline counts for a
+        holder or primary only while it belongs to the lease the leader key is on."""
+        if ("deadline_of_key_lease" in self.world.fixes and (self.primary or self.leader)
+                and (self.leader is None or self.leader.lease != self.deadline_lease)):
+            return None
+        return self.lease_deadline
+
+    def start(self) -> None:
+        self.proc.spawn(self._lease_loop())
+        self.proc.spawn(self._main_loop())
+
+    def log(self, what: str) -> None:
+        self.sim.log(self.node, what)
+
+    # ====================================================================== tasks
+    def _lease_loop(self) -> Coro:
+        period = TTL / 4
+        while True:
+            started = self.clock.now()
+            try:
+                r = yield from self.dcs.renew_lease()
+                if r.lost:
+                    self.lease_deadline = None
+                    self.proc.set_wake()
+                else:
+                    self.lease_deadline = r.deadline
+                    self.deadline_lease = self.dcs.lease_id
+                    if self.primary:
+                        self._push_write_lease()
+            except DCSError:
+                self.proc.set_wake()
+            yield Sleep(max(0.0, period - (self.clock.now() - started)))
+
+    def _push_write_lease(self) -> None:
+        deadline = self.deadline()
+        if deadline is None and "deadline_of_key_lease" in self.world.fixes:
+            return  # never push "no limit"; the old write lease runs out by itself
+        until = None if deadline is None else deadline - self.margin
+        self.vol.set_write_lease(until)
+
+    def _main_loop(self) -> Coro:
+        while True:
+            timeout = INTERVAL
+            deadline = self.deadline()
+            if (self.primary or self.leader) and deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - self.margin - self.clock.now()))
+            yield WaitWake(timeout)
+            self.proc.wake = False
+            yield from self.cycle()
+
+    # ====================================================================== one cycle
+    def cycle(self) -> Coro:
+        dcs_ok = True
+        try:
+            self.view = yield from self.dcs.load()
+        except DCSError:
+            dcs_ok = False
+        self.volume = self.vol.status()
+        now = self.clock.now()
+        if not self.healthy and not self.primary and now - self._unhealthy_since > 10.0:
+            self.healthy = True
+        disk = DiskState(self.volume["disk"])
+        local = LocalState(node=self.node, disk_state=disk, healthy=self.healthy, is_primary=self.primary,
+                           dcs_ok=dcs_ok, lease_deadline=self.deadline(), margin=self.margin)
+        if ("key_on_my_lease" in self.world.fixes and dcs_ok and self.view.leader is not None
+                and self.view.leader.node == self.node and self.view.leader.lease != self.dcs.lease_id):
+            self.log(f"the leader key is on lease {self.view.leader.lease}, not on this process's"
+                     f" lease {self.dcs.lease_id}: releasing it")
+            if self.primary:
+                yield from self._demote("leader key on a foreign lease")
+            with contextlib.suppress(DCSError):
+                yield from self.dcs.release_leader(self.view.leader)
+            self.leader = None
+            return None
+        if self.leader and not self.view.is_leader(self.node) and dcs_ok:
+            self.leader = None
+        if self.view.is_leader(self.node) and self.leader is None and self.view.leader:
+            self.leader = self.view.leader
+        seen = self.view
+        if self.variant == "promote_outdated":  # BROKEN: decide() never sees the volume records
+            seen = dataclasses.replace(seen, volumes=())
+        decision = decide(seen, local, now)
+        if self.last is None or decision.reason != self.last.reason:
+            self.log(f"{decision.action}: {decision.reason}")
+        self.last = decision
+        yield from self.act(decision)
+        if dcs_ok:
+            yield from self._publish()
+        return decision
+
+    def _publish(self) -> Coro:
+        v = self.volume or {}
+        member = Member(node=self.node, role=NodeRole.PRIMARY if self.primary else NodeRole.REPLICA,
+                        disk_state=DiskState(v["disk"]) if v else None, healthy=self.healthy and bool(v),
+                        connection=(v.get("peer") or {}).get("connection", ""),
+                        note=self.last.reason if self.last else "")
+        # agent.py writes the member key every cycle; every write is a watch event that wakes
+        # both agents, so they cycle back to back (about 2 RTTs per cycle). Unless the world
+        # asks for that faithful busy loop, write only what changed (value or lease).
+        sig = (member, self.dcs.lease_id)
+        if not self.world.busy_watch and sig == self._published:
+            return
+        try:
+            yield from self.dcs.touch_member(member)
+            self._published = (member, self.dcs.lease_id)
+        except DCSError:
+            pass
+
+    # ====================================================================== actions
+    def act(self, d: Decision) -> Coro:
+        a = d.action
+        if a is Action.NOTHING:
+            return
+        if a is Action.DEMOTE:
+            yield from self._demote(d.reason)
+        elif a is Action.FOLLOW:
+            if self.primary or (self.volume and self.volume.get("role") == "Primary"):
+                self._stop_group(d.reason, graceful=True)
+        elif a is Action.ACQUIRE:
+            yield from self._acquire(d)
+        elif a in (Action.PROMOTE, Action.LEAD):
+            if a is Action.PROMOTE:
+                yield from self._promote(d.reason)
+            else:
+                yield from self._lead()
+            if d.clear_switchover:
+                with contextlib.suppress(DCSError):
+                    yield from self.dcs.clear_switchover()
+        elif a is Action.STEP_DOWN:
+            yield from self._step_down(d)
+
+    def _acquire(self, d: Decision) -> Coro:
+        try:
+            leader = yield from self.dcs.attempt_to_acquire_leader(self.view)
+        except DCSError:
+            return
+        if leader is None:
+            return
+        self.leader = leader
+        self.log(f"acquired the leader key (epoch {leader.epoch}, token {leader.revision},"
+                 f" lease {leader.lease})")
+        with contextlib.suppress(DCSError):
+            yield from self.dcs.append_history(HistoryEntry(leader.epoch, self.node, "failover", 0.0), leader)
+        yield from self._promote("acquired the leader key")
+
+    def _record_volume_state(self) -> Coro:
+        if self.leader is None:
+            return False
+        v = self.volume or {}
+        peer = v.get("peer") or {}
+        peer_ok = peer.get("connection") == "Connected" and peer.get("disk") == "UpToDate"
+        current = self.view.volume(RESOURCE) or VolumeState.empty(RESOURCE)
+        want = current.with_disk(self.node, DiskState.UP_TO_DATE).with_disk(
+            self.peer, DiskState.UP_TO_DATE if peer_ok else
+            (current.disk(self.peer) if current.disk(self.peer) not in (None, DiskState.UP_TO_DATE)
+             else DiskState.OUTDATED))
+        if want.disks == current.disks:
+            return True
+        try:
+            ok = yield from self.dcs.set_volume_state(want, self.leader)
+        except DCSError:
+            return False
+        if ok:
+            self.log(f"volume record: {dict(want.disks)}")
+        return ok
+
+    def _promote(self, why: str) -> Coro:
+        if ("no_lease_no_promote" in self.world.fixes
+                and (self.deadline() is None or self.deadline() - self.margin <= self.clock.now())):
+            self.log("not promoting yet: no unexpired lease deadline")
+            return
+        if not (yield from self._record_volume_state()):
+            return
+        self._push_write_lease()
+        self.primary = True
+        err = self.vol.promote()  # the resource group: volume first, the rest instantly
+        if err is None:
+            self.healthy = True
+            self._start_failures = 0
+        else:
+            self.log(f"resource group failed to start: {err}")
+            self.primary = False
+            self.healthy = False
+            self._unhealthy_since = self.clock.now()
+            self._start_failures += 1
+            yield Sleep(min(2.0, 0.1 * 2 ** min(self._start_failures, 5)))
+
+    def _lead(self) -> Coro:
+        yield from self._record_volume_state()
+        now = self.clock.now()
+        if now - self._last_monitor < MONITOR_INTERVAL:
+            return
+        self._last_monitor = now
+        if self.vol.role is not Role.PRIMARY:
+            self.healthy = False
+            self._unhealthy_since = now
+            self.proc.set_wake()
+
+    def _stop_group(self, why: str, graceful: bool) -> None:
+        self.vol.demote(force=False)
+        self.primary = False
+
+    def _demote(self, why: str) -> Coro:
+        self.vol.suspend(why)
+        self.vol.demote(force=True)
+        self._stop_group(why, graceful=False)
+        if self.leader is not None:
+            with contextlib.suppress(DCSError):
+                yield from self.dcs.release_leader(self.leader)
+            self.leader = None
+
+    def _step_down(self, d: Decision) -> Coro:
+        self._stop_group(d.reason, graceful=True)
+        if self.leader is not None:
+            with contextlib.suppress(DCSError):
+                yield from self.dcs.release_leader(self.leader)
+            self.leader = None
+        if d.clear_switchover:
+            with contextlib.suppress(DCSError):
+                yield from self.dcs.clear_switchover()
+
+
+# ========================================================================== fence-peer
+def fence_peer_command(world: World, node: str, proc: Process) -> Coro:
+    """``tandem fence-peer db``: a fresh DCS session; refuse unless this node holds
+    the key; then record the peer Outdated under that key."""
+    dcs = SimDCS(world.cluster, node, proc.clock, ttl=TTL, op_timeout=OP_TIMEOUT)
+    try:
+        v = yield from dcs.load()
+        if v.leader is None or v.leader.node != node:
+            return False
+        return (yield from dcs.mark_peer_outdated(RESOURCE, world.peer_of(node), v.leader))
+    except DCSError:
+        return False
+
+
+def fence_loop(world: World, vol: SimVolume, proc: Process, variant: str) -> Coro:
+    """Replicator._fence_and_resume: retry the hook while Primary."""
+    attempt = 0
+    while vol.up and vol.role is Role.PRIMARY:
+        attempt += 1
+        if variant == "skip_fence":  # BROKEN: resume without recording the peer Outdated
+            ok = True
+        else:
+            ok = yield from fence_peer_command(world, vol.node, proc)
+        if ok:
+            break
+        yield Sleep(min(1.0, 0.1 * attempt))
+    else:
+        vol.fence_done(False)
+        return
+    world.sim.log(vol.node, f"fence-peer done after {attempt} attempt(s)")
+    vol.fence_done(True)

@@ -1,0 +1,311 @@
+"""The replicated volume as a small state machine (after tandem.volume.replicator).
+
+What is kept because safety depends on it:
+
+- role, local disk state, generation identifiers (a history of ids; the last
+  is current), and the data as the set of write ids on this disk;
+- the agent's **write lease** (local monotonic deadline): a write arriving past
+  it suspends I/O; a later, unexpired lease resumes it (``set_write_lease``);
+- ``io_open`` shared by the operator's suspend-io, the lease and fencing, and
+  writes that arrive while it is closed wait and complete when it opens again
+  (after re-checking only the role, as the real write path does);
+- the **fence-peer hook**: a Primary that loses a peer it was replicating to
+  starts a new generation, closes I/O and runs the fence command (a separate
+  process, see ``tandem.sim.agent.fence_loop``) until it succeeds or the node
+  is no longer Primary;
+- the replication link (:class:`Repl`): cut by faults, a handshake that picks
+  the sync source from generation ids (a Primary never becomes a target; on
+  split brain the Primary's data wins, as "discard-secondary"), a resync of
+  random duration that copies the source's data to the target (Inconsistent
+  until done). While connected, a write is on both disks before it is acked.
+
+Writes are atomic (issued and acked in one instant): no write is ever "in
+flight" when the link drops, so the held-writes list of the real fencing
+path is always empty and only the writes waiting on ``io_open`` matter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from tandem.volume.states import DiskState, Role
+
+if TYPE_CHECKING:
+    from tandem.sim.world import World
+
+UP, OUT, INC = DiskState.UP_TO_DATE, DiskState.OUTDATED, DiskState.INCONSISTENT
+
+
+class SimVolume:
+    def __init__(self, world: World, node: str):
+        self.world = world
+        self.sim = world.sim
+        self.node = node
+        self.clock = world.clocks[node]
+        self.up = True
+        self.role = Role.SECONDARY
+        self.disk = UP
+        self.data: set[int] = set()
+        self.gens: tuple[int, ...] = (1,)
+        self.wlease: float | None = None
+        self.io_open = True
+        self.held_by_operator = False
+        self.lease_held_io = False
+        self.fencing = False
+        self.blocked: list[int] = []
+        self.peer_disk: DiskState | None = None
+        self.repl: Repl = None  # type: ignore[assignment]  # set by the world
+        # writable intervals on true time, for the checker
+        self._open: float | None = None
+        self._open_end = math.inf
+        self.intervals: list[tuple[float, float]] = []
+
+    # --- what the agent reads ----------------------------------------------------------
+    def status(self) -> dict:
+        r = self.repl
+        if r.state == "connected":
+            conn = "Connected"
+        elif r.state == "sync":
+            conn = "SyncSource" if r.source is self else "SyncTarget"
+        else:
+            conn = ""
+        peer = r.peer_of(self)
+        pd = peer.disk if r.state != "down" else self.peer_disk
+        return {"role": self.role.value, "disk": self.disk.value,
+                "peer": {"connection": conn, "disk": pd.value if pd else None}}
+
+    # --- writable intervals ------------------------------------------------------------
+    def writable(self) -> bool:
+        return (self.up and self.role is Role.PRIMARY and self.io_open
+                and (self.wlease is None or self.clock.now() < self.wlease))
+
+    def track(self) -> None:
+        now = self.sim.now
+        if self._open is not None and now >= self._open_end:
+            self._close(self._open_end)
+        w = self.writable()
+        end = math.inf if self.wlease is None else self.clock.true_at(self.wlease)
+        if w and self._open is None:
+            self._open, self._open_end = now, end
+            self.sim.log(self.node, f"writable (lease until {end:.4f})")
+        elif w:
+            self._open_end = end
+        elif self._open is not None:
+            self._close(min(now, self._open_end))
+
+    def _close(self, t: float) -> None:
+        self.intervals.append((self._open, t))  # type: ignore[arg-type]
+        self.sim.log(self.node, f"not writable since {t:.4f}")
+        self._open = None
+        self._open_end = math.inf
+
+    def finish(self) -> None:
+        self.track()
+        if self._open is not None:
+            self.intervals.append((self._open, min(self.sim.now, self._open_end)))
+            self._open = None
+
+    # --- the block API ---------------------------------------------------------------
+    def write(self, wid: int) -> str:
+        if not self.up or self.role is not Role.PRIMARY:
+            return "refused"
+        if self.wlease is not None and self.clock.now() >= self.wlease:
+            self._lease_expired()
+        if not self.io_open:
+            self.blocked.append(wid)
+            return "blocked"
+        self._complete(wid)
+        return "acked"
+
+    def _complete(self, wid: int) -> None:
+        self.data.add(wid)
+        r = self.repl
+        if r.state == "connected" or (r.state == "sync" and r.source is self):
+            r.peer_of(self).data.add(wid)
+        self.world.on_ack(wid, self)
+
+    def _release_blocked(self) -> None:
+        blocked, self.blocked = self.blocked, []
+        for wid in blocked:
+            if self.up and self.role is Role.PRIMARY:
+                self._complete(wid)  # the real write path re-checks only the role here
+
+    # --- control socket commands ------------------------------------------------------
+    def set_write_lease(self, until: float | None) -> None:
+        self.wlease = until
+        if until is not None and self.clock.now() < until and self.lease_held_io:
+            self.lease_held_io = False
+            if self.fencing and "fencing_survives_lease_renewal" in self.world.fixes:
+                self.held_by_operator = False  # the fence reopens I/O when it succeeds
+            else:
+                self.resume()
+        self.track()
+
+    def _lease_expired(self) -> None:
+        if not self.lease_held_io:
+            self.lease_held_io = True
+            self.suspend("the agent's write lease expired")
+
+    def suspend(self, reason: str) -> None:
+        self.held_by_operator = True
+        self.io_open = False
+        self.track()
+
+    def resume(self) -> None:
+        self.held_by_operator = False
+        self.io_open = True
+        self.track()
+        self._release_blocked()
+
+    def promote(self) -> str | None:
+        """None on success, else why the volume refuses."""
+        if self.role is Role.PRIMARY:
+            return None
+        if self.disk is not UP:
+            return f"local disk is {self.disk}"
+        r = self.repl
+        peer = r.peer_of(self)
+        if r.state != "down" and peer.role is Role.PRIMARY:
+            return "peer is Primary"
+        if r.state == "sync" and r.target is self:
+            return "this node is a resync target"
+        if r.state == "down":
+            self.gens = (*self.gens, self.world.new_gen())
+        if "clear_hold_on_promote" in self.world.fixes:
+            # a suspend-io from an earlier demotion must not outlive it
+            self.held_by_operator, self.lease_held_io, self.io_open = False, False, True
+        self.role = Role.PRIMARY
+        self.sim.log(self.node, f"volume Primary (gen {self.gens[-1]}, link {r.state})")
+        self.world.on_promote(self)
+        self.track()
+        r.try_connect()
+        return None
+
+    def demote(self, force: bool = False) -> None:
+        if self.role is Role.SECONDARY:
+            return
+        if force:
+            self.suspend("forced demotion")
+            self.role = Role.SECONDARY
+            self.fencing = False  # _fail_fenced_waiters
+            self.io_open = True
+            self.blocked.clear()  # they fail with EIO
+        else:
+            self.role = Role.SECONDARY
+        self.sim.log(self.node, "volume Secondary" + (" (forced)" if force else ""))
+        self.track()
+
+    # --- link events --------------------------------------------------------------------
+    def on_link_lost(self) -> None:
+        if self.role is Role.PRIMARY:
+            self.gens = (*self.gens, self.world.new_gen())
+            self.fencing = True
+            self.io_open = False
+            self.track()
+            self.world.start_fence(self)
+
+    def fence_done(self, ok: bool) -> None:
+        """End of _fence_and_resume: ok, or the node stopped being Primary."""
+        if not ok:
+            self.fencing = False
+            self.blocked.clear()
+            return
+        if not self.fencing:
+            return  # a forced demotion failed the held writes already
+        self.fencing = False
+        self.peer_disk = OUT
+        if not self.held_by_operator:
+            self.io_open = True
+            self.track()
+            self._release_blocked()
+
+    # --- host crash and restart ---------------------------------------------------------
+    def crash(self) -> None:
+        self.up = False
+        self.role = Role.SECONDARY
+        self.io_open, self.held_by_operator, self.lease_held_io = True, False, False
+        self.fencing = False
+        self.blocked.clear()
+        self.wlease = None
+        self.track()
+        self.repl.drop("host crashed")
+
+    def restart(self) -> None:
+        self.up = True
+        self.track()
+        self.repl.try_connect()
+
+
+class Repl:
+    """The replication link between the two volumes."""
+
+    def __init__(self, world: World, a: SimVolume, b: SimVolume):
+        self.world = world
+        self.sim = world.sim
+        self.a, self.b = a, b
+        self.cuts = 0
+        self.state = "down"  # down | sync | connected
+        self.source: SimVolume | None = None
+        self.target: SimVolume | None = None
+        self.session = 0
+        a.repl = b.repl = self
+
+    def peer_of(self, v: SimVolume) -> SimVolume:
+        return self.b if v is self.a else self.a
+
+    def drop(self, reason: str) -> None:
+        if self.state == "down":
+            return
+        self.state = "down"
+        self.session += 1
+        self.source = self.target = None
+        self.sim.log("link", f"down: {reason}")
+        for v in (self.a, self.b):
+            if v.up:
+                v.on_link_lost()
+
+    def try_connect(self) -> None:
+        a, b = self.a, self.b
+        if self.state != "down" or self.cuts or not (a.up and b.up):
+            return
+        if a.role is Role.PRIMARY and b.role is Role.PRIMARY:
+            return
+        ga, gb = a.gens[-1], b.gens[-1]
+        if ga == gb and a.disk is not INC and b.disk is not INC:
+            self.state = "connected"
+            self.session += 1
+            self.sim.log("link", f"connected, in sync (gen {ga})")
+            return
+        if ga == gb:
+            source = b if a.disk is INC else a
+        elif ga in b.gens:
+            source = b
+        elif gb in a.gens:
+            source = a
+        else:
+            prim = [v for v in (a, b) if v.role is Role.PRIMARY]
+            if not prim:
+                return  # split brain, no Primary to decide: wait
+            source = prim[0]
+        target = self.peer_of(source)
+        if target.role is Role.PRIMARY or source.disk is INC:
+            return
+        self.state, self.source, self.target = "sync", source, target
+        self.session += 1
+        target.disk = INC
+        self.sim.log("link", f"resync {source.node} -> {target.node}"
+                             f" (gens {source.gens[-1]} / {target.gens[-1]})")
+        self.sim.after(self.sim.rng.uniform(0.02, 0.6), self._sync_done, self.session)
+
+    def _sync_done(self, session: int) -> None:
+        if session != self.session or self.state != "sync":
+            return
+        s, t = self.source, self.target
+        assert s is not None and t is not None
+        t.data = set(s.data)
+        t.gens = s.gens
+        t.disk = UP
+        self.world.resynced(t.node)
+        self.state = "connected"
+        self.sim.log("link", f"resync done: {t.node} UpToDate")
