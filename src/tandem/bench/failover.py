@@ -78,7 +78,7 @@ class FailoverOptions:
     volume_size: str = "256MiB"
     parts: tuple[str, ...] = PARTS
     keep: bool = False  # leave the lab up (debugging)
-    connect_timeout: float | None = None  # None: the lab writer (1 s); else tandem.bench.fastwriter
+    connect_timeout: float | None = None  # None: the lab writer's default; else passed to it
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -467,16 +467,16 @@ class Bench:
 
     def start_writer(self, duration: float) -> Path:
         if self.opts.connect_timeout is None:
-            self.res["writer"] = "tandem.lab.writer (connect/read/write timeouts 1 s)"
+            self.res["writer"] = "tandem.lab.writer (connect timeout 0.3 s, read/write timeouts 1 s)"
             return self.stack.start_writer("benchw", duration=duration)
         st = self.stack
         out = self.lab.host_dir("client") / "data" / "benchw.jsonl"
         out.unlink(missing_ok=True)
         self.lab.spawn("client", "benchw", [
-            sys.executable, "-m", "tandem.bench.fastwriter", "--host", st.vip, "--password-file",
+            sys.executable, "-m", "tandem.lab.writer", "--host", st.vip, "--password-file",
             str(st.password_file), "--out", str(out), "--duration", str(duration), "--writer-id", "benchw",
             "--connect-timeout", str(self.opts.connect_timeout), "--io-timeout", "1"])
-        self.res["writer"] = (f"tandem.bench.fastwriter (connect timeout {self.opts.connect_timeout:g} s,"
+        self.res["writer"] = (f"tandem.lab.writer (connect timeout {self.opts.connect_timeout:g} s,"
                               " read/write timeouts 1 s)")
         return out
 

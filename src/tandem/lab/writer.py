@@ -27,6 +27,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--writer-id", default="w1")
+    ap.add_argument("--connect-timeout", type=float, default=0.3,
+                    help="client connect timeout: how soon a client retries after the VIP moved")
+    ap.add_argument("--io-timeout", type=float, default=1.0)
     args = ap.parse_args()
     import pymysql
     password = Path(args.password_file).read_text().strip()
@@ -38,7 +41,8 @@ def main() -> None:
         try:
             if conn is None:
                 conn = pymysql.connect(host=args.host, port=args.port, user=args.user, password=password,
-                                       connect_timeout=0.3, read_timeout=1, write_timeout=1, autocommit=True)
+                                       connect_timeout=args.connect_timeout, read_timeout=args.io_timeout,
+                                       write_timeout=args.io_timeout, autocommit=True)
                 with conn.cursor() as c:
                     c.execute("CREATE DATABASE IF NOT EXISTS tandem")
                     c.execute("USE tandem")
