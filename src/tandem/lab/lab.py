@@ -353,6 +353,18 @@ def _release_storage(lab_dir: Path) -> list[str]:
     loops += [src for mp, src in sources.items()
               if src.startswith("/dev/loop") and src not in loops
               and (mp == prefix or mp.startswith(prefix + "/"))]
+    # ... and so is a loop the lab's filesystem resources recorded attaching.
+    attached = {line.split(None, 1)[0]: (line.split(None, 1) + [""])[1].strip() for line in
+                run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=False).stdout.splitlines()
+                if line.strip()}
+    for state in lab_dir.glob("hosts/*/run/**/state.json") if lab_dir.exists() else []:
+        try:
+            dev = json.loads(state.read_text()).get("loop")
+        except (OSError, ValueError, AttributeError):
+            continue
+        back = attached.get(dev)
+        if back is not None and dev not in loops and (back == "/disk" or back.startswith(prefix + "/")):
+            loops.append(dev)
     for mp in mounts_under(lab_dir):
         if sources.get(mp) in loops and run(["umount", mp], check=False, timeout=10).returncode != 0:
             run(["umount", "-l", mp], check=False, timeout=10)

@@ -94,7 +94,10 @@ class Filesystem(Resource):
         """The loop device recorded in our state, if it is still attached to our file."""
         st = self.load_state()
         dev = st.get("loop") if st else None
-        if dev and loop_backing_file(dev) == os.path.realpath(self.config.device):
+        # After the volume's FUSE file was torn away under it (forced demotion), the
+        # loop device still exists but its backing path reads "/<file name>".
+        if dev and loop_backing_file(dev) in (os.path.realpath(self.config.device),
+                                              "/" + Path(self.config.device).name):
             return dev
         return None
 
