@@ -37,10 +37,12 @@ root disk and served as if it were the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
 import time
+from pathlib import Path
 
 from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
 from tandem.cluster.resources.config import MariaDBConfig
@@ -53,6 +55,20 @@ INSTALL_DB = "mariadb-install-db"
 def native_password_hash(password: bytes) -> str:
     """mysql_native_password's stored form: ``*`` + SHA1(SHA1(password)) in hex."""
     return "*" + hashlib.sha1(hashlib.sha1(password).digest()).hexdigest().upper()
+
+
+def _accepts(sock: Path) -> bool:
+    """True if something accepts connections on the Unix socket."""
+    import socket as _socket
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.settimeout(0.2)
+    try:
+        s.connect(str(sock))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def read_secret(path: os.PathLike[str] | str) -> bytes:
@@ -141,10 +157,14 @@ class MariaDB(Resource):
         return ", ".join(steps)
 
     async def _wait_ready(self, ref: ProcRef) -> None:
+        sock = self.private_dir / "mysqld.sock"
         while True:
             if not ref.alive():
                 self.clear_state()
                 raise ResourceError(f"mariadbd exited during startup: {tail(self.log, 2)}")
+            if not _accepts(sock):  # cheap probe first: a client process costs ~50 ms
+                await asyncio.sleep(0.02)
+                continue
             try:
                 await self.sql("SELECT 1", timeout=5)
                 return
@@ -152,9 +172,17 @@ class MariaDB(Resource):
                 await asyncio.sleep(0.1)
 
     async def _provision(self, password: bytes) -> None:
+        """Users as configured. Skipped when the datadir (which travels with the
+        volume) records that exactly this was done: it costs a client process and
+        a few hundred ms of every failover."""
         c = self.config
         user = f"'{c.app_user}'@'{c.app_host}'"
         pw = native_password_hash(password)
+        marker = c.datadir / ".tandem-provisioned"
+        want = hashlib.sha256(f"{user}\n{pw}".encode()).hexdigest()
+        with contextlib.suppress(OSError):
+            if marker.read_text().strip() == want:
+                return
         await self.sql(
             # no anonymous users; passwordless root only over the node-local socket
             "DELETE FROM mysql.global_priv WHERE User='' OR (User='root' AND Host<>'localhost');\n"
@@ -162,6 +190,8 @@ class MariaDB(Resource):
             f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY PASSWORD '{pw}';\n"
             f"ALTER USER {user} IDENTIFIED BY PASSWORD '{pw}';\n"
             f"GRANT ALL PRIVILEGES ON *.* TO {user};\n", timeout=30)
+        with contextlib.suppress(OSError):
+            marker.write_text(want + "\n")
 
     # --- stop / monitor ------------------------------------------------------------------
     async def _stop(self) -> str:
