@@ -339,6 +339,16 @@ def _mount_sources() -> dict[str, str]:
     return out
 
 
+def _state_files(top: Path) -> list[Path]:
+    """Resource state files below `top`, never entering a mount point (a dead FUSE
+    mount answers every look with ENOTCONN)."""
+    found = []
+    for root, dirs, files in os.walk(top, onerror=lambda e: None):
+        dirs[:] = [d for d in dirs if not os.path.ismount(os.path.join(root, d))]
+        found += [Path(root) / f for f in files if f == "state.json"]
+    return found
+
+
 def _release_storage(lab_dir: Path) -> list[str]:
     """Unmount what is mounted under the lab and detach its loop devices, in the
     order a crashed machine's kernel would lose them: ext4 on loop, the loop
@@ -357,7 +367,7 @@ def _release_storage(lab_dir: Path) -> list[str]:
     attached = {line.split(None, 1)[0]: (line.split(None, 1) + [""])[1].strip() for line in
                 run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=False).stdout.splitlines()
                 if line.strip()}
-    for state in lab_dir.glob("hosts/*/run/**/state.json") if lab_dir.exists() else []:
+    for state in _state_files(lab_dir / "hosts"):
         try:
             dev = json.loads(state.read_text()).get("loop")
         except (OSError, ValueError, AttributeError):
