@@ -87,3 +87,36 @@ def test_cli_lab_round_trip(lab_root):
     assert down.returncode == 0
     assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                       text=True).stdout
+
+
+def test_down_copes_with_a_dead_fuse_mount(lab_root):
+    """A killed FUSE daemon leaves a mount that answers ENOTCONN; `down` must still
+    remove everything, including a loop device on the dead file."""
+    import os
+    import signal
+    import sys
+    import time
+
+    name = fresh_lab_name("f")
+    lab = Lab.up(name, root=lab_root)
+    try:
+        data = lab.host_dir("node1") / "data" / "backing.img"
+        subprocess.run(["truncate", "-s", "16M", str(data)], check=True)
+        mnt = lab.host_dir("node1") / "run" / "volume-x"
+        mnt.mkdir(parents=True)
+        rec = lab.spawn("node1", "fuse",
+                        [sys.executable, "-m", "tandem.volume.fuse_raw", str(data), str(mnt)])
+        deadline = time.monotonic() + 20
+        while not (mnt / "disk").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dev = subprocess.run(["losetup", "--find", "--show", str(mnt / "disk")], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        os.kill(rec.pid, signal.SIGKILL)
+        time.sleep(0.3)
+        assert mounts_under(lab.spec.dir)
+        assert dev in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    finally:
+        Lab.down_by_name(name, lab_root)
+    assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not mounts_under(lab_root / name)
+    assert dev not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
