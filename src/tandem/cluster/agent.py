@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -36,18 +35,13 @@ from tandem.dcs.base import DCSError
 from tandem.dcs.etcd import EtcdDCS
 from tandem.dcs.view import ClusterView, HistoryEntry, Leader, Member, NodeRole, VolumeState
 from tandem.errors import TandemError
+from tandem.lab.events import record_lab_event as lab_event
 from tandem.volume.spec import VolumeSpec
 from tandem.volume.states import DiskState
 
 log = logging.getLogger("tandem.agent")
 
 
-def lab_event(kind: str, **fields: Any) -> None:
-    path = os.environ.get("TANDEM_LAB_EVENTS")
-    if path:
-        from tandem.lab.events import EventLog
-        with contextlib.suppress(OSError):
-            EventLog(path).record(kind, **fields)
 
 
 def _really_cancelled() -> bool:

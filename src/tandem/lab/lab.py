@@ -22,7 +22,7 @@ from pathlib import Path
 from tandem.errors import LabError
 from tandem.lab.events import EventLog
 from tandem.lab.shell import in_ns, ns_prefix, run
-from tandem.lab.supervisor import Supervisor, pids_in_netns
+from tandem.lab.supervisor import Supervisor, pid_alive, pids_in_netns
 from tandem.lab.topology import (
     DEFAULT_ROOT,
     NET_IFNAME,
@@ -262,7 +262,7 @@ class Lab:
         for h in self.spec.hosts:
             sup = self.supervisor(h.name)
             procs = [{"name": r.name, "pid": r.pid,
-                      "running": _alive(r.pid)} for r in sup.records()]
+                      "running": pid_alive(r.pid)} for r in sup.records()]
             hosts.append({
                 "name": h.name,
                 "netns": self.spec.netns(h.name),
@@ -273,11 +273,6 @@ class Lab:
         return {"lab": self.spec.name, "dir": str(self.spec.dir),
                 "networks": {n: str(self.spec.subnet(n)) for n in ("public", "replication")},
                 "hosts": hosts, "partitions": st["blocks"], "slow": st["slow"]}
-
-
-def _alive(pid: int) -> bool:
-    from tandem.lab.supervisor import pid_alive
-    return pid_alive(pid)
 
 
 def _netns_list() -> list[str]:

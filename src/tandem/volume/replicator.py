@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tandem.errors import TandemError
+from tandem.lab.events import record_lab_event as lab_event
 from tandem.volume import genid, wire
 from tandem.volume.backing import BackingStore
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull
@@ -1130,13 +1131,6 @@ class Replicator:
         return out
 
 
-def lab_event(kind: str, **fields: Any) -> None:
-    """Record a fact for the lab's checker (only when running in a lab)."""
-    path = os.environ.get("TANDEM_LAB_EVENTS")
-    if path:
-        from tandem.lab.events import EventLog
-        with contextlib.suppress(OSError):
-            EventLog(path).record(kind, **fields)
 
 
 def _digests(data: bytes) -> list[bytes]:
