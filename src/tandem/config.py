@@ -79,10 +79,53 @@ class SecretRef(Strict):
         return data
 
 
+class Fencing(Strict):
+    """How to power off a node that holds the leader key but looks dead, so the
+    survivor may take over without waiting for its lease (see tandem.cluster.fencing).
+
+    One flat table for every agent kind: the keys of the other kinds are
+    refused, so a ``command`` under ``agent = "ipmitool"`` is an error, not
+    silently ignored. Given cluster-wide (``[fencing]``) or for fencing one node
+    (``[nodes.NAME.fencing]``, which replaces the cluster-wide one for it)."""
+
+    agent: Literal["exec", "ipmitool", "lab"]
+    timeout: float = Field(default=10.0, gt=0, le=300)  #: the whole fence, confirmation included
+    retry_after: float = Field(default=5.0, gt=0, le=600)  #: after a failed fence of the same leader
+    #: the leader counts as dead when etcd saw no keepalive of its lease for more than this
+    #: many whole seconds (etcd reports a lease's remaining TTL in whole seconds)
+    leader_silent_after: int = Field(default=2, ge=1, le=60)
+    # exec
+    command: list[str] | None = None  #: argv; "{node}" and "{address}" are replaced
+    # ipmitool
+    address: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:-]{1,253}$")  #: the BMC
+    user: str | None = Field(default=None, pattern=r"^[^\s]{1,64}$")
+    password_file: Path | None = None  #: the BMC password (passed to ipmitool -f, never read by us)
+    interface: Literal["lanplus", "lan"] = "lanplus"
+    ipmitool: str = "ipmitool"  #: the executable (name on PATH or path)
+    # lab
+    lab: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9]{0,7}$")  #: the lab's name
+    #: the network namespace the lab's bridges live in (where `tandem lab up` ran)
+    root_netns: Path = Path("/proc/1/ns/net")
+
+    @model_validator(mode="after")
+    def _per_agent(self) -> Fencing:
+        needs = {"exec": ("command",), "ipmitool": ("address", "user", "password_file"), "lab": ("lab",)}
+        problems = [(k, f"required when agent = {self.agent!r}") for k in needs[self.agent]
+                    if getattr(self, k) is None]
+        problems += [(k, f"only for agent = {kind!r}") for kind, keys in needs.items()
+                     if kind != self.agent for k in keys if getattr(self, k) is not None]
+        if self.agent == "exec" and self.command is not None and not self.command:
+            problems.append(("command", "must not be empty"))
+        if problems:
+            raise ValueError(";;".join(f"{k}: {m}" for k, m in problems))
+        return self
+
+
 class Node(Strict):
     public_address: IPv4
     replication_address: IPv4 | None = None
     nofailover: bool = False
+    fencing: Fencing | None = None  #: how to fence this node (overrides the cluster-wide [fencing])
 
 
 class Witness(Strict):
@@ -142,6 +185,11 @@ class Agent(Strict):
     margin: float = Field(default=0.3, gt=0, le=10)
     monitor_interval: float = Field(default=1.0, gt=0, le=60)
     nofailover: bool = False
+    #: commands run on every role change of this node (TANDEM_ROLE_OLD/NEW, ... in their env)
+    notify: list[list[str]] = Field(default_factory=list)
+    notify_timeout: float = Field(default=10.0, gt=0, le=300)
+    #: arm a watchdog device (softdog or hardware): the node resets if the agent hangs
+    watchdog: Path | None = None
 
 
 class Cluster(Strict):
@@ -175,6 +223,12 @@ class Config(Strict):
     database: Database | None = None
     agent: Agent = Agent()
     mgmt: Mgmt | None = None
+    fencing: Fencing | None = None  #: cluster-wide fencing agent (per node: nodes.NAME.fencing)
+
+    def fencing_for(self, node: str) -> Fencing | None:
+        """The fencing agent that powers `node` off, if any."""
+        n = self.nodes.get(node)
+        return (n.fencing if n is not None else None) or self.fencing
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -218,6 +272,8 @@ class Config(Strict):
             problems.append(("database.volume", f"no volume {self.database.volume!r} in volumes"))
         if self.agent.margin >= self.etcd.lease_ttl:
             problems.append(("agent.margin", "must be smaller than etcd.lease_ttl"))
+        if any(not argv for argv in self.agent.notify):
+            problems.append(("agent.notify", "a command must not be empty"))
         if not self.etcd.embedded and not self.etcd.endpoints:
             problems.append(("etcd.endpoints", "required when etcd.embedded = false"))
         if problems:
@@ -251,10 +307,11 @@ def _format_errors(err: ValidationError) -> list[str]:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
         msg = MESSAGES.get(e["type"]) or e["msg"]
-        if e["type"] == "value_error" and ";;" in msg:
-            lines.extend(part.removeprefix("Value error, ") for part in msg.split(";;"))
+        if e["type"] == "value_error":  # a model validator's "key: problem;;key: problem"
+            parts = msg.removeprefix("Value error, ").split(";;")
+            lines.extend(f"{loc}.{part}" if loc and ": " in part else
+                         (f"{loc}: {part}" if loc else part) for part in parts)
             continue
-        msg = msg.removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}" if loc else msg)
     return lines
 

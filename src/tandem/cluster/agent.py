@@ -14,6 +14,15 @@ Three concurrent duties, so that no slow call can delay a safety action:
 The leader also keeps the volume record in the DCS true: the peer is UpToDate
 there only while it is connected and in sync; the volume's fence-peer hook
 (`tandem fence-peer`) marks it Outdated before any write completes without it.
+
+Fencing (``[fencing]``): a replica whose replication link to the leader is
+down, and whose DCS has seen no keepalive of the leader's lease for
+``leader_silent_after`` s, runs the fencing agent against the leader's node
+in the background (the loop keeps running). Only a *confirmed* fence is
+recorded in the DCS, guarded on the leader key's token; decide() then sees
+``fenced_token`` and answers FENCED_TAKEOVER, which replaces that exact key
+and promotes without waiting for the lease. A failed or unconfirmed fence
+changes nothing: the replica waits for the lease, as without fencing.
 """
 
 from __future__ import annotations
@@ -27,13 +36,15 @@ from typing import Any
 
 from tandem.cluster.dbgroup import build_db_group
 from tandem.cluster.decide import decide
+from tandem.cluster.fencing import FenceResult, fence_agent
+from tandem.cluster.notify import Notifier
 from tandem.cluster.resources import ResourceGroup
 from tandem.cluster.view import Action, Decision, LocalState
 from tandem.cluster.volume_resource import volume_call
 from tandem.config import Config, etcd_endpoints
 from tandem.dcs.base import DCSError
 from tandem.dcs.etcd import EtcdDCS
-from tandem.dcs.view import ClusterView, HistoryEntry, Leader, Member, NodeRole, VolumeState
+from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, NodeRole, VolumeState
 from tandem.errors import TandemError
 from tandem.lab.events import record_lab_event as lab_event
 from tandem.volume.spec import VolumeSpec
@@ -41,7 +52,9 @@ from tandem.volume.states import DiskState
 
 log = logging.getLogger("tandem.agent")
 
-
+#: lease keepalive period cap: replicas judge the leader's liveness by the age of
+#: its last keepalive, so a long TTL must not mean rare keepalives
+MAX_RENEW_PERIOD = 0.5
 
 
 def _really_cancelled() -> bool:
@@ -92,6 +105,15 @@ class Agent:
         self._unhealthy_since = 0.0
         self.deadline_lease: int | None = None
         self._published: tuple[dict, float] | None = None
+        self._fence_task: asyncio.Task | None = None
+        self._fence_failed: dict[int, float] = {}  # leader token -> when its fence failed
+        self.last_fence: FenceResult | None = None
+        self.notifier = Notifier(cfg.agent.notify, cfg.agent.notify_timeout, node, cfg.cluster.name)
+        self._role = "replica"
+        self.watchdog = None
+        if cfg.agent.watchdog is not None:
+            from tandem.cluster.watchdog import Watchdog
+            self.watchdog = Watchdog(cfg.agent.watchdog, cfg.etcd.lease_ttl)
 
     # ====================================================================== tasks
     def request_stop(self) -> None:
@@ -105,6 +127,8 @@ class Agent:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
         lab_event("agent_start", node=self.node)
+        if self.watchdog is not None:
+            self.watchdog.arm()
         tasks = [asyncio.create_task(self._lease_loop(), name="lease"),
                  asyncio.create_task(self._watch_loop(), name="watch")]
         if self.clones is not None:  # on every node, whatever its role
@@ -119,13 +143,15 @@ class Agent:
             await self._shutdown()
 
     async def _lease_loop(self) -> None:
-        period = self.cfg.etcd.lease_ttl / 4
+        period = min(self.cfg.etcd.lease_ttl / 4, MAX_RENEW_PERIOD)
         last = time.monotonic()
         while not self.stopping:
             started = time.monotonic()
             if started - last > 3 * period:
                 log.warning("lease loop stalled for %.2f s", started - last)
             last = started
+            if self.watchdog is not None:
+                self.watchdog.pet()
             try:
                 r = await self._bounded(self.dcs.renew_lease(), "lease renewal")
                 if r.lost:
@@ -224,10 +250,12 @@ class Agent:
             log.info("resource failures are 10 s old: eligible again")
             self.healthy = True
         disk = DiskState(self.volume["disk"]) if self.volume else None
+        fencing, unreachable = await self._fencing_inputs(dcs_ok)
         local = LocalState(
             node=self.node, disk_state=disk, healthy=self.healthy and self.volume is not None,
             is_primary=self.primary, dcs_ok=dcs_ok, lease_deadline=self.key_deadline(),
-            nofailover=self.cfg.agent.nofailover, margin=self.margin)
+            nofailover=self.cfg.agent.nofailover, margin=self.margin, fencing=fencing,
+            leader_unreachable=unreachable, fenced_token=self.view.fenced_token() if dcs_ok else None)
         if self.leader and not self.view.is_leader(self.node) and dcs_ok:
             self.leader = None  # the key is gone (expired or released)
         if self.view.is_leader(self.node) and self.leader is None and self.view.leader:
@@ -237,9 +265,92 @@ class Agent:
             log.info("%s", decision.reason, extra={"fields": {"action": str(decision.action)}})
         self.last = decision
         await self.act(decision)
+        self._notify_role_change(decision)
         if dcs_ok:
             await self._publish()
         return decision
+
+    # ====================================================================== fencing
+    async def _fencing_inputs(self, dcs_ok: bool) -> tuple[bool, bool]:
+        """(a fencing agent may be used against the leader now, the leader looks dead).
+
+        Dead means both: this node's replication link to it is down, and the
+        DCS has had no keepalive of its lease for more than leader_silent_after
+        whole seconds. A leader that renews, or that still talks to its peer,
+        is never fenced."""
+        lead = self.view.leader
+        if not dcs_ok or lead is None or lead.node == self.node or self.primary:
+            return False, False
+        cfg = self.cfg.fencing_for(lead.node)
+        if cfg is None:
+            return False, False
+        failed = self._fence_failed.get(lead.revision)
+        usable = failed is None or time.monotonic() - failed >= cfg.retry_after
+        if self._fence_task is not None:  # a fence is running: it reports back by itself
+            return usable, True
+        peer = (self.volume or {}).get("peer") or {}
+        if lead.node != self.peer or not self.volume or peer.get("connection") == "Connected":
+            return usable, False
+        if not lead.lease:
+            return usable, False
+        try:
+            silent = await self._bounded(self.dcs.lease_silence(lead.lease), "lease info")
+        except DCSError as e:
+            log.warning("cannot tell whether %s still renews its lease: %s", lead.node, e)
+            return usable, False
+        return usable, silent is not None and silent > cfg.leader_silent_after
+
+    def _start_fence(self, d: Decision) -> None:
+        lead = self.view.leader
+        if self._fence_task is not None or lead is None or lead.node != d.target:
+            return
+        self._fence_task = asyncio.create_task(self._fence(lead), name=f"fence {lead.node}")
+
+    async def _fence(self, lead: Leader) -> None:
+        cfg = self.cfg.fencing_for(lead.node)
+        assert cfg is not None
+        address = str(self.cfg.nodes[lead.node].public_address) if lead.node in self.cfg.nodes else ""
+        try:
+            lab_event("fence_start", node=self.node, target=lead.node, agent=cfg.agent, token=lead.revision)
+            log.warning("fencing %s (epoch %d, token %d) with the %s agent", lead.node, lead.epoch,
+                        lead.revision, cfg.agent)
+            res = await fence_agent(cfg).fence(lead.node, address)
+            self.last_fence = res
+            lab_event("fence_confirmed" if res.confirmed else "fence_failed", node=self.node,
+                      target=lead.node, agent=cfg.agent, token=lead.revision, reason=res.reason,
+                      seconds=res.seconds)
+            if not res.confirmed:
+                self._fence_failed[lead.revision] = time.monotonic()
+                log.error("fencing %s failed, waiting for its lease instead: %s", lead.node, res.reason)
+                return
+            log.warning("fenced %s in %.2f s: %s", lead.node, res.seconds, res.reason)
+            fence = Fence(node=lead.node, revision=lead.revision, by=self.node, agent=cfg.agent,
+                          reason=res.reason, at=time.time())
+            try:
+                recorded = await self._bounded(self.dcs.record_fence(fence, lead), "record fence")
+            except DCSError as e:
+                recorded = False
+                log.warning("could not record the fence of %s: %s", lead.node, e)
+            if recorded:
+                lab_event("fence_recorded", node=self.node, target=lead.node, token=lead.revision)
+            else:
+                log.warning("fence of %s not recorded (its key changed or the DCS is unreachable)",
+                            lead.node)
+        finally:
+            self._fence_task = None
+            self.wake.set()
+
+    # ====================================================================== notify
+    def _notify_role_change(self, d: Decision) -> None:
+        role = "primary" if self.primary else "replica"
+        if role == self._role:
+            return
+        old, self._role = self._role, role
+        lead = self.view.leader
+        lab_event("role_change", node=self.node, old=old, new=role)
+        if self.notifier.commands:
+            self.notifier.role_changed(old, role, epoch=lead.epoch if lead else self.view.epoch,
+                                       leader=lead.node if lead else None, reason=d.reason)
 
     async def _volume_status(self) -> dict[str, Any] | None:
         try:
@@ -287,22 +398,33 @@ class Agent:
                     await self.dcs.clear_switchover()
         elif a is Action.STEP_DOWN:
             await self._step_down(d)
-        elif a in (Action.FENCE_LEADER, Action.FENCED_TAKEOVER):
-            log.warning("no fencing agent configured: %s", d.reason)
+        elif a is Action.FENCE_LEADER:
+            if self.primary or (self.volume and self.volume.get("role") == "Primary"):
+                await self._stop_group(d.reason, graceful=True)
+            self._start_fence(d)
+        elif a is Action.FENCED_TAKEOVER:
+            await self._acquire(d, fenced=self.view.leader)
 
-    async def _acquire(self, d: Decision) -> None:
+    async def _acquire(self, d: Decision, fenced: Leader | None = None) -> None:
         try:
-            leader = await self.dcs.attempt_to_acquire_leader(self.view)
+            if fenced is not None:
+                leader = await self.dcs.take_over_leader(fenced, self.view)
+            else:
+                leader = await self.dcs.attempt_to_acquire_leader(self.view)
         except DCSError as e:
             log.warning("could not race for the leader key: %s", e)
             return
         if leader is None:
-            log.info("lost the race for the leader key")
+            log.info("lost the race for the leader key" if fenced is None else
+                     f"fenced takeover from {fenced.node} refused: its key or the records changed")
             return
         self.leader = leader
-        lab_event("leader_acquired", node=self.node, epoch=leader.epoch)
-        log.info("acquired the leader key (epoch %d)", leader.epoch)
-        reason = "switchover" if self.view.switchover else "failover"
+        extra = {"fenced": fenced.node} if fenced is not None else {}
+        lab_event("leader_acquired", node=self.node, epoch=leader.epoch, **extra)
+        log.info("acquired the leader key (epoch %d)%s", leader.epoch,
+                 f" from fenced {fenced.node}" if fenced is not None else "")
+        reason = ("fenced failover" if fenced is not None else
+                  "switchover" if self.view.switchover else "failover")
         prev = self.view.history[-1].node if self.view.history else None
         with contextlib.suppress(DCSError):
             await self.dcs.append_history(
@@ -415,9 +537,16 @@ class Agent:
                 await self.dcs.clear_switchover()
 
     async def _shutdown(self) -> None:
+        if self._fence_task is not None:
+            self._fence_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._fence_task
         if self.clones is not None:
             with contextlib.suppress(Exception):
                 await self.clones.shutdown(self)
         if self.primary:
             await self._step_down(Decision(Action.STEP_DOWN, "agent shutting down"))
+        await self.notifier.drain()
+        if self.watchdog is not None:
+            self.watchdog.disarm()
         await self.dcs.close()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from tandem.dcs.view import (
     ClusterView,
+    Fence,
     HistoryEntry,
     Leader,
     Member,
@@ -42,7 +43,7 @@ from tandem.errors import TandemError
 from tandem.volume.states import DiskState
 
 __all__ = [
-    "DCS", "DCSError", "Renewal", "Change", "ClusterView", "HistoryEntry", "Leader", "Member",
+    "DCS", "DCSError", "Renewal", "Change", "ClusterView", "Fence", "HistoryEntry", "Leader", "Member",
     "NodeRole", "Switchover", "VolumeState", "DiskState",
 ]
 
@@ -124,6 +125,19 @@ class DCS(ABC):
         Only for a node whose fencing agent confirmed that `old.node` is powered
         off: it skips waiting for the old lease to expire. Returns None if the
         key changed meanwhile or another node won the race."""
+
+    @abstractmethod
+    async def record_fence(self, fence: Fence, leader: Leader) -> bool:
+        """Record a confirmed fence of `leader`'s node, only while `leader` still
+        holds the key (one transaction, the fenced-write compares). False if the
+        key changed: the record would describe a leadership that is over."""
+
+    @abstractmethod
+    async def lease_silence(self, lease: int) -> float | None:
+        """For how many whole seconds the DCS has seen no keepalive of `lease`
+        (granted TTL minus remaining TTL); None if the lease is gone. How a
+        replica judges that the leader stopped renewing, from the DCS's own
+        clock rather than from the leader's word."""
 
     @abstractmethod
     async def renew_lease(self) -> Renewal:

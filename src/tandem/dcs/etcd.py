@@ -34,7 +34,7 @@ from aetcd import transactions as tx
 
 from tandem.dcs.base import DCS, Change, DCSError, Renewal, monotonic
 from tandem.dcs.keys import HISTORY_LIMIT, Keys, RawKV, decode, encode, view_from_kvs
-from tandem.dcs.view import ClusterView, HistoryEntry, Leader, Member, Switchover, VolumeState
+from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, Switchover, VolumeState
 
 T = TypeVar("T")
 
@@ -238,7 +238,27 @@ class EtcdDCS(DCS):
                                         [tx.Delete(self.keys.leader.encode())])
         if not deleted:
             return None
-        return await self.attempt_to_acquire_leader(view)
+        new = await self.attempt_to_acquire_leader(view)
+        if new is not None and old.lease:
+            # The fenced node's session is over: end its lease so its member key
+            # (still saying "primary") goes now instead of at the TTL.
+            with contextlib.suppress(DCSError):
+                await self._call("revoke fenced lease", lambda c: c.revoke_lease(old.lease))
+        return new
+
+    async def record_fence(self, fence: Fence, leader: Leader) -> bool:
+        if (fence.node, fence.revision) != (leader.node, leader.revision):
+            raise ValueError(f"a fence of {fence.node} (token {fence.revision}) does not describe"
+                             f" {leader.node}'s leadership (token {leader.revision})")
+        ok, _, _ = await self._txn("record fence", self._fenced(leader),
+                                   [tx.Put(self.keys.fence.encode(), encode(fence.to_value()))])
+        return ok
+
+    async def lease_silence(self, lease: int) -> float | None:
+        info = await self._call("lease info", lambda c: c.get_lease_info(lease, keys=False))
+        if info is None or info.TTL < 0:
+            return None
+        return float(max(0, info.grantedTTL - info.TTL))
 
     async def release_leader(self, leader: Leader) -> bool:
         ok, _, _ = await self._txn("release leader", self._fenced(leader),

@@ -16,6 +16,8 @@ Layout under ``/tandem/<cluster>/``::
     maintenance          {}                         present = maintenance on
     standby/<node>       {}                         present = node in standby
     history              [HistoryEntry, ...]        appended by the leader, fenced
+    fence                Fence                      a confirmed fence of the leader key's node,
+                                                    written only while that key exists
 
 ``epoch`` and ``standby/`` are additions to the DESIGN list: the epoch must
 survive the leader key (which vanishes with its lease), and standby is an
@@ -31,6 +33,7 @@ from typing import Any
 
 from tandem.dcs.view import (
     ClusterView,
+    Fence,
     Leader,
     Member,
     Switchover,
@@ -68,6 +71,7 @@ class Keys:
         self.maintenance = self.prefix + "maintenance"
         self.standbys = self.prefix + "standby/"
         self.history = self.prefix + "history"
+        self.fence = self.prefix + "fence"
 
     def member(self, node: str) -> str:
         return self.members + _name(node)
@@ -104,7 +108,7 @@ def view_from_kvs(keys: Keys, revision: int, kvs: Iterable[RawKV]) -> ClusterVie
     counts as held (nobody may take a key that exists), other undecodable keys
     are skipped.
     """
-    leader = switchover = None
+    leader = switchover = fence = None
     members: list[Member] = []
     volumes: list[VolumeState] = []
     standby: set[str] = set()
@@ -123,6 +127,8 @@ def view_from_kvs(keys: Keys, revision: int, kvs: Iterable[RawKV]) -> ClusterVie
             maintenance = True
         elif kv.key == keys.switchover and ok:
             switchover = Switchover.from_value(data, kv.mod_revision)
+        elif kv.key == keys.fence and ok:
+            fence = Fence.from_value(data)
         elif kv.key == keys.history and isinstance(data, list):
             history = history_from_value(d for d in data if isinstance(d, dict))
         elif kv.key.startswith(keys.members) and ok:
@@ -136,4 +142,5 @@ def view_from_kvs(keys: Keys, revision: int, kvs: Iterable[RawKV]) -> ClusterVie
                        volumes=tuple(sorted(volumes, key=lambda v: v.resource)),
                        switchover=switchover, maintenance=maintenance,
                        standby=frozenset(standby), history=history,
-                       epoch=max(epoch, leader.epoch if leader else 0), epoch_revision=epoch_rev)
+                       epoch=max(epoch, leader.epoch if leader else 0), epoch_revision=epoch_rev,
+                       fence=fence)

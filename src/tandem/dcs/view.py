@@ -171,6 +171,33 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Fence:
+    """The last confirmed fence (key ``fence``): `node`, holder of the leader key
+    with fencing token `revision`, was powered off by `by`'s fencing agent.
+
+    Written only while that leader key still exists with that token, so a
+    record can never be mistaken for a fence of a newer leadership: it applies
+    exactly while ``leader.revision == fence.revision``."""
+
+    node: str
+    revision: int
+    by: str = ""
+    agent: str = ""
+    reason: str = ""
+    at: float = 0.0  #: wall clock, for people
+
+    @classmethod
+    def from_value(cls, data: Mapping[str, Any]) -> Fence:
+        return cls(node=str(data.get("node", "")), revision=int(data.get("revision", 0)),
+                   by=str(data.get("by", "")), agent=str(data.get("agent", "")),
+                   reason=str(data.get("reason", "")), at=float(data.get("at", 0.0)))
+
+    def to_value(self) -> dict[str, Any]:
+        return {"node": self.node, "revision": self.revision, "by": self.by, "agent": self.agent,
+                "reason": self.reason, "at": self.at}
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterView:
     """Every tandem key of one cluster at one DCS revision."""
 
@@ -185,6 +212,7 @@ class ClusterView:
     history: tuple[HistoryEntry, ...] = ()
     epoch: int = 0  #: the last epoch handed out (key ``epoch``)
     epoch_revision: int = 0  #: mod_revision of the epoch key, 0 if absent
+    fence: Fence | None = None  #: the last confirmed fence (of this or an older leadership)
 
     @classmethod
     def empty(cls, cluster: str) -> ClusterView:
@@ -216,6 +244,13 @@ class ClusterView:
         """`resource: state` for each volume where `node` is not UpToDate."""
         return [f"{v.resource} is {v.disk(node) or 'unrecorded'}" for v in self.volumes
                 if not v.is_up_to_date(node)]
+
+    def fenced_token(self) -> int | None:
+        """The current leader key's token if its node is confirmed fenced, else None."""
+        f, lead = self.fence, self.leader
+        if f is not None and lead is not None and f.revision == lead.revision and f.node == lead.node:
+            return f.revision
+        return None
 
     @property
     def last_failover(self) -> HistoryEntry | None:

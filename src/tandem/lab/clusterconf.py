@@ -51,6 +51,12 @@ ping_timeout = {ping_timeout}
     return path
 
 
+def lab_fencing(lab: Lab, timeout: float = 20.0, silent_after: int = 2) -> str:
+    """The TOML of a cluster-wide lab fence: a node is fenced by crashing its lab host."""
+    return (f'[fencing]\nagent = "lab"\nlab = "{lab.spec.name}"\ntimeout = {timeout}\n'
+            f'leader_silent_after = {silent_after}\n')
+
+
 def host_env(lab: Lab, host: str, config: Path) -> dict[str, str]:
     hd = lab.host_dir(host)
     return {"TANDEM_CONFIG": str(config), "TANDEM_NODE": host,

@@ -25,7 +25,9 @@ DATA_NODES = ("node1", "node2")
 
 class LabStack:
     def __init__(self, lab: Lab, volume_size: str = "256MiB", ping_timeout: float = 0.5,
-                 lease_ttl: int = 1):
+                 lease_ttl: int = 1, extra_config: str = ""):
+        """`extra_config`: more TOML for the cluster config (fencing, agent notify hooks), see
+        :func:`tandem.lab.clusterconf.lab_fencing`."""
         self.lab = lab
         etc = lab.spec.dir / "etc"
         etc.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,7 @@ mountpoint = "dbmnt"
 port = 3306
 vip = {{ address = "{self.vip}/24" }}
 password_file = "{self.password_file}"
-"""
+{extra_config}"""
         fence = " ".join(tandem_argv("fence-peer", "db"))
         self.config = write_cluster_config(lab, volume_size=volume_size, ping_timeout=ping_timeout,
                                            fence_peer_command=fence, extra=extra)
