@@ -9,8 +9,8 @@ import pytest
 
 from tandem.dcs.base import Member, NodeRole
 from tandem.dcs.view import Fence
-from tests.dcs.conftest import run, session
 from tests.cluster_lab.lab_prefix import lab_prefix
+from tests.dcs.conftest import run, session
 
 pytestmark = pytest.mark.lab
 _prefix = lab_prefix("hf")
