@@ -104,12 +104,13 @@ class Fencing(Strict):
     ipmitool: str = "ipmitool"  #: the executable (name on PATH or path)
     # lab
     lab: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9]{0,7}$")  #: the lab's name
-    #: the network namespace the lab's bridges live in (where `tandem lab up` ran)
-    root_netns: Path = Path("/proc/1/ns/net")
+    #: a handle (nsfs bind mount) on the network namespace the lab's bridges live in
+    root_netns: Path | None = None
 
     @model_validator(mode="after")
     def _per_agent(self) -> Fencing:
-        needs = {"exec": ("command",), "ipmitool": ("address", "user", "password_file"), "lab": ("lab",)}
+        needs = {"exec": ("command",), "ipmitool": ("address", "user", "password_file"),
+                 "lab": ("lab", "root_netns")}
         problems = [(k, f"required when agent = {self.agent!r}") for k in needs[self.agent]
                     if getattr(self, k) is None]
         problems += [(k, f"only for agent = {kind!r}") for kind, keys in needs.items()

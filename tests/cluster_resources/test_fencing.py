@@ -138,5 +138,5 @@ def test_ipmitool_not_installed(tmp_path, monkeypatch):
 # --- lab (its error path; the crash itself is in tests/cluster_lab/test_fencing.py) ----------
 def test_lab_fence_of_a_lab_that_is_not_up(tmp_path, monkeypatch):
     monkeypatch.setenv("TANDEM_LAB_ROOT", str(tmp_path))
-    r = fence(Fencing(agent="lab", lab="hfnone", root_netns=Path("/proc/self/ns/net")))
+    r = fence(Fencing(agent="lab", lab="hfnone", root_netns=Path(f"/proc/{os.getpid()}/ns/net")))
     assert not r.confirmed and "not up" in r.reason

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tandem.lab.lab import Lab
+from tandem.lab.shell import run
 
 
 def write_cluster_config(lab: Lab, *, volume_size: str = "256MiB", ping_timeout: float = 0.5,
@@ -51,10 +52,24 @@ ping_timeout = {ping_timeout}
     return path
 
 
+def root_netns_handle(lab: Lab) -> Path:
+    """A handle on this process's network namespace (where the lab's bridges are),
+    bind-mounted in the lab's directory, so an agent inside a host namespace can run
+    a lab fault there (`nsenter --net=HANDLE`). /proc/1/ns/net is no substitute:
+    pid 1 may not be ours to inspect (containers). `tandem lab down` unmounts it
+    with everything else mounted under the lab."""
+    handle = lab.spec.dir / "etc" / "root-netns"
+    handle.parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(handle):
+        handle.touch()
+        run(["mount", "--bind", f"/proc/{os.getpid()}/ns/net", str(handle)])
+    return handle
+
+
 def lab_fencing(lab: Lab, timeout: float = 20.0, silent_after: int = 2) -> str:
     """The TOML of a cluster-wide lab fence: a node is fenced by crashing its lab host."""
-    return (f'[fencing]\nagent = "lab"\nlab = "{lab.spec.name}"\ntimeout = {timeout}\n'
-            f'leader_silent_after = {silent_after}\n')
+    return (f'[fencing]\nagent = "lab"\nlab = "{lab.spec.name}"\nroot_netns = "{root_netns_handle(lab)}"\n'
+            f'timeout = {timeout}\nleader_silent_after = {silent_after}\n')
 
 
 def host_env(lab: Lab, host: str, config: Path) -> dict[str, str]:
