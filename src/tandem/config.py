@@ -117,8 +117,8 @@ class Fencing(Strict):
                      if kind != self.agent for k in keys if getattr(self, k) is not None]
         if self.agent == "exec" and self.command is not None and not self.command:
             problems.append(("command", "must not be empty"))
-        if problems:
-            raise ValueError(";;".join(f"{k}: {m}" for k, m in problems))
+        if problems:  # ";;"-terminated: _format_errors prefixes each with this table's key
+            raise ValueError("".join(f"{k}: {m};;" for k, m in problems))
         return self
 
 
@@ -308,10 +308,9 @@ def _format_errors(err: ValidationError) -> list[str]:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
         msg = MESSAGES.get(e["type"]) or e["msg"]
-        if e["type"] == "value_error":  # a model validator's "key: problem;;key: problem"
-            parts = msg.removeprefix("Value error, ").split(";;")
-            lines.extend(f"{loc}.{part}" if loc and ": " in part else
-                         (f"{loc}: {part}" if loc else part) for part in parts)
+        msg = msg.removeprefix("Value error, ")
+        if e["type"] == "value_error" and ";;" in msg:  # a model validator's "key: problem;;" list
+            lines.extend(f"{loc}.{part}" if loc else part for part in msg.split(";;") if part)
             continue
         lines.append(f"{loc}: {msg}" if loc else msg)
     return lines

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,6 @@ import pytest
 from tandem.config import load_config, parse_size
 from tandem.errors import ConfigError
 from tests.conftest import run_tandem
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster.toml"
-
-
-@pytest.fixture
-def cfgdir(tmp_path: Path) -> Path:
-    shutil.copy(EXAMPLE, tmp_path / "cluster.toml")
-    secret = tmp_path / "secret"
-    secret.write_text("0123456789abcdef0123456789abcdef\n")
-    os.chmod(secret, 0o600)
-    return tmp_path
 
 
 def edit(cfgdir: Path, old: str, new: str) -> Path:

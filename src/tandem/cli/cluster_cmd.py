@@ -53,6 +53,9 @@ def agent(config: Path = ConfigOpt, node: str = typer.Option(None, "--node"),
     from tandem.volume.spec import node_name, resolve
     from tandem.volume.spec import run_dir as rd
     cfg = _cfg(config)
+    if cfg.agent.watchdog is not None:  # before anything else: a node must not run unprotected
+        from tandem.cluster.watchdog import check_available
+        check_available(cfg.agent.watchdog)
     if cfg.database is None:
         raise TandemError("the config has no [database] section: nothing for the agent to run")
     me = node_name(cfg, node)
