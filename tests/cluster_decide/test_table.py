@@ -102,6 +102,15 @@ ROWS = [
      local("node2", fencing=True, fenced_token=TOKEN["node1"] - 1), A.FOLLOW, None, "following"),
     ("fenced but Outdated: no takeover", view("node1", disks={"node1": UP, "node2": OUT}),
      local("node2", fenced_token=TOKEN["node1"]), A.FOLLOW, None, "Outdated"),
+    ("a leader that still renews is never fenced", view("node1"),
+     local("node2", fencing=True, leader_unreachable=False), A.FOLLOW, None, "following"),
+    ("fenced but in standby: no takeover", view("node1", standby=frozenset({"node2"})),
+     local("node2", fencing=True, fenced_token=TOKEN["node1"]), A.FOLLOW, None, "standby"),
+    ("fenced but the DCS is unreachable: no takeover", view("node1"),
+     local("node2", fencing=True, fenced_token=TOKEN["node1"], dcs_ok=False), A.FOLLOW, None, "unreachable"),
+    ("the key expired while fencing: the ordinary race", view(None),
+     local("node2", fencing=True, leader_unreachable=True, fenced_token=TOKEN["node1"]), A.ACQUIRE, None,
+     "racing"),
 ]
 
 

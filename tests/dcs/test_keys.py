@@ -72,3 +72,18 @@ def test_empty_view():
 
 def _fields(m: Member) -> dict:
     return {f: getattr(m, f) for f in m.__slots__}
+
+
+def test_a_fence_record_applies_only_to_the_leadership_it_names():
+    fence = {"node": "node1", "revision": 5, "by": "node2", "agent": "lab", "reason": "crashed", "at": 1.0}
+    leader = kv("leader", {"node": "node1", "epoch": 2}, create=5, lease=77)
+    view = view_from_kvs(K, 9, [leader, kv("fence", fence)])
+    assert view.fence.by == "node2" and view.fenced_token() == 5
+    # A newer key (another create_revision) or another holder: the old record does not apply.
+    newer = kv("leader", {"node": "node1", "epoch": 3}, create=8, lease=78)
+    assert view_from_kvs(K, 9, [newer, kv("fence", fence)]).fenced_token() is None
+    other = kv("leader", {"node": "node2", "epoch": 2}, create=5, lease=77)
+    assert view_from_kvs(K, 9, [other, kv("fence", fence)]).fenced_token() is None
+    assert view_from_kvs(K, 9, [kv("fence", fence)]).fenced_token() is None
+    garbage = view_from_kvs(K, 9, [leader, kv("fence", b"{oops")])
+    assert garbage.fence is None and garbage.fenced_token() is None
