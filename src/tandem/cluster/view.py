@@ -57,8 +57,9 @@ class LocalState:
     dcs_ok: bool = True  #: the view was read this cycle (False: it is the last known one)
     lease_deadline: float | None = None
     nofailover: bool = False
-    fencing: bool = False  #: a fencing agent is configured
-    leader_unreachable: bool = False  #: replication link to the leader down and its member key stale
+    fencing: bool = False  #: a fencing agent for the leader's node is configured and not backing off
+    #: replication link to the leader down and the DCS saw no keepalive of its lease for a while
+    leader_unreachable: bool = False
     fenced_token: int | None = None
     margin: float = 0.3  #: demote this long before the lease deadline
 
