@@ -105,12 +105,32 @@ def test_2_confirmed_fence_takes_over_well_before_the_lease_expires(fstack, heal
     resync(stack, "node2")
 
 
-def test_3_notify_hooks_saw_every_role_change(fstack):
+def test_3_unplugged_primary_is_fenced_before_the_survivor_promotes(fstack, healed):
+    """The case fencing exists for: node2's cables are out but it still runs and
+    believes it is primary until its own lease deadline. node1 must not promote
+    before node2 is off; with the lab fence it is powered off (crashed) first."""
+    stack = fstack
+    stack.tandem("witness", "switchover", "--to", "node2", "--force", timeout=60)
+    assert stack.wait_service(60) == "node2"
+    out, t_fault = run_writer_through(stack, lambda: stack.lab.faults.unplug("node2"))
+    assert stack.wait_service(TTL + 30) == "node1"
+    acks, _ = finish_writer(stack, out)
+    crash = events_after(stack, t_fault, "fault", fault="crash", host="node2")
+    acquired = events_after(stack, t_fault, "leader_acquired", node="node1")
+    assert crash and acquired and acquired[0].get("fenced") == "node2", (crash, acquired)
+    assert crash[0]["t"] < acquired[0]["t"], "node1 took over before node2 was powered off"
+    assert acquired[0]["t"] - t_fault < TTL / 2, acquired[0]["t"] - t_fault
+    assert "node2" in stack.lab.read_state()["down"]
+    assert_no_loss_no_overlap(stack, acks)
+    resync(stack, "node2")
+
+
+def test_9_notify_hooks_saw_every_role_change(fstack):
     lines = [line.split() for line in fstack.notify_log.read_text().splitlines()]
-    # node1 became primary at the start, lost it (crash), node2 took over, then node1 again.
-    assert lines[0][:3] == ["node1", "replica", "primary"]
+    # node1 became primary first; then every failover and switchover above.
+    assert lines[0][:3] == ["node1", "replica", "primary"], lines
     changes = [tuple(x[:3]) for x in lines]
-    assert ("node2", "replica", "primary") in changes
-    assert changes.count(("node1", "replica", "primary")) == 2
+    assert ("node2", "replica", "primary") in changes and ("node1", "primary", "replica") in changes
+    assert changes.count(("node1", "replica", "primary")) >= 2
     epochs = [int(x[3]) for x in lines if x[2] == "primary"]
     assert epochs == sorted(epochs) and len(set(epochs)) == len(epochs), lines
