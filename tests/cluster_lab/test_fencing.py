@@ -24,6 +24,7 @@ from tests.cluster_lab.test_failover import (
 pytestmark = pytest.mark.lab
 _prefix = lab_prefix("hf")
 TTL = 10  #: the leader lease: long, so a takeover well before it can only come from a fence
+WELL_BEFORE = 0.6  #: a fenced takeover comes within this fraction of the TTL after the fault
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,8 @@ def test_2_confirmed_fence_takes_over_well_before_the_lease_expires(fstack, heal
     # The fence is the lab's crash of node2, in the event log like any crash.
     crashes = events_after(stack, start[0]["t"], "fault", fault="crash", host="node2")
     assert crashes and crashes[0]["t"] < confirmed[0]["t"]
-    # Well before the lease: under half the TTL after the crash (relative, not wall time).
-    assert acquired[0]["t"] - t_fault < TTL / 2, acquired[0]["t"] - t_fault
+    # Well before the lease (relative to the TTL, not wall time).
+    assert acquired[0]["t"] - t_fault < WELL_BEFORE * TTL, acquired[0]["t"] - t_fault
     assert start[0]["token"] == recorded[0]["token"]
     assert_no_loss_no_overlap(stack, acks)
     st = stack.status()
@@ -119,7 +120,7 @@ def test_3_unplugged_primary_is_fenced_before_the_survivor_promotes(fstack, heal
     acquired = events_after(stack, t_fault, "leader_acquired", node="node1")
     assert crash and acquired and acquired[0].get("fenced") == "node2", (crash, acquired)
     assert crash[0]["t"] < acquired[0]["t"], "node1 took over before node2 was powered off"
-    assert acquired[0]["t"] - t_fault < TTL / 2, acquired[0]["t"] - t_fault
+    assert acquired[0]["t"] - t_fault < WELL_BEFORE * TTL, acquired[0]["t"] - t_fault
     assert "node2" in stack.lab.read_state()["down"]
     assert_no_loss_no_overlap(stack, acks)
     resync(stack, "node2")
