@@ -46,7 +46,8 @@ def test_jobs_exactly_once():
     jobs = [{"jobid": "j1", "command": "deployVirtualMachine", "status": 1},
             {"jobid": "j2", "command": "stopVirtualMachine", "status": 1},
             {"jobid": "j3", "command": "startVirtualMachine", "status": 2}]
-    effects = [{"request_id": "j1", "op": "create", "vm": "v1"}, {"request_id": "j2", "op": "stop", "vm": "v1"}]
+    effects = [{"request_id": "j1", "op": "create", "vm": "v1"},
+               {"request_id": "j2", "op": "stop", "vm": "v1"}]
     assert checker.job_violations(jobs, effects) == []
     twice = checker.job_violations(jobs, [*effects, {"request_id": "j2", "op": "stop", "vm": "v1"}])
     assert len(twice) == 1 and "applied 2 times" in twice[0]
@@ -85,7 +86,7 @@ def test_a_seed_gives_the_same_schedules_and_covers_every_fault():
     assert {f["kind"] for f in faults} == set(KINDS)
     assert {f["params"]["shape"] for f in faults if f["kind"] == "partition"} == set(SHAPES)
     assert any(len(s["faults"]) > 1 for s in a)  # combinations
-    assert all(0 <= f["start"] and f["start"] + f["hold"] <= 20 + 1e-9 for f in faults)
+    assert all(f["start"] >= 0 and f["start"] + f["hold"] <= 20 + 1e-9 for f in faults)
 
 
 def test_analyse_turns_each_broken_history_into_a_violation():

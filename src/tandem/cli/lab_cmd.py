@@ -177,7 +177,7 @@ def torture(
     from tandem.lab.writer import read_log
     _require_root()
     name = lab or os.environ.get("TANDEM_LAB") or "torture"
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     Lab.down_by_name(name)
     the_lab = Lab.up(name)
     out = report or the_lab.spec.dir / "report"
@@ -201,14 +201,22 @@ def torture(
         console.print(f"results: {out / 'results.json'}; event log: {the_lab.spec.event_file}")
     finally:
         campaign.teardown()
+        import shutil
+        if the_lab.spec.event_file.exists():  # the history, for replays and later checks
+            shutil.copy(the_lab.spec.event_file, out / "events.jsonl")
+        if campaign.writer_log is not None and campaign.writer_log.exists():
+            shutil.copy(campaign.writer_log, out / "writer.jsonl")
+        for log in [*the_lab.spec.dir.glob("hosts/*/log/*.log"),
+                    *the_lab.spec.dir.glob("hosts/*/run/clones/*/*.log")]:
+            (out / "logs").mkdir(exist_ok=True)
+            host = log.relative_to(the_lab.spec.dir / "hosts").parts[0]
+            shutil.copy(log, out / "logs" / f"{host}-{log.parent.name}-{log.name}")
         if not keep:
             if report is None:  # the lab's directory goes with the lab: keep the report
-                import shutil
                 keep_dir = Path("/var/tmp/tandem-torture") / name
                 shutil.rmtree(keep_dir, ignore_errors=True)
                 keep_dir.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(out, keep_dir)
-                shutil.copy(the_lab.spec.event_file, keep_dir / "events.jsonl")
                 console.print(f"report kept in {keep_dir}")
             Lab.down_by_name(name)
     if result["violations"] or result["aborted"]:

@@ -198,12 +198,16 @@ class Campaign:
 
     def converge(self, bound: float) -> float | None:
         deadline = monotonic() + bound
+        next_census = monotonic() + 10
         while monotonic() < deadline:
             try:
                 if self.converged():
                     return monotonic()
             except (LabError, json.JSONDecodeError, KeyError, StopIteration) as e:
                 self._last_state = str(e)[:300]
+            if monotonic() > next_census:  # a daemon that died meanwhile would block it forever
+                self.nemesis.census()
+                next_census = monotonic() + 10
             time.sleep(0.5)
         return None
 
@@ -229,10 +233,18 @@ class Campaign:
         assert self.load is not None and self.watch is not None and self.writer_log is not None
         self.load.stop()
         self.lab.stop("client", "writer")
+        if self.aborted:  # one more chance to read the history back
+            with contextlib.suppress(LabError):
+                self.nemesis.heal_all()
+            self.converge(self.opts.converge_bound)
         jobs = self.load.final_status(timeout=120)
         self.watch.stop()
         acks, errors = read_log(str(self.writer_log))
-        stored = {r[0] for r in self.stack.query("SELECT id FROM tandem.acked")}
+        stored: set[str] | None
+        try:
+            stored = {r[0] for r in self.stack.query("SELECT id FROM tandem.acked")}
+        except LabError:
+            stored = None
         events = self.lab.events.read()
         return analyse(events, acks, errors, stored, jobs, self.stack.effects(), self.results,
                        self.opts, self.aborted)
@@ -251,14 +263,18 @@ def _within(t: float, results: list[ScheduleResult]) -> str | None:
     return None
 
 
-def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: set[str], jobs: list[dict],
+def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: set[str] | None,
+            jobs: list[dict],
             effects: list[dict], results: list[ScheduleResult], opts: Options,
             aborted: str | None) -> dict[str, Any]:
     """The campaign's verdict as JSON-ready data (pure: the tests feed it histories)."""
     violations: list[dict[str, Any]] = []
     for r in results:
         violations += [{"schedule": r.schedule.name, "check": "convergence", "what": v} for v in r.violations]
-    for lost in checker.lost_writes(acks, stored):
+    if stored is None:
+        violations.append({"schedule": None, "check": "lost-write",
+                           "what": "the table could not be read back: acknowledged writes unverified"})
+    for lost in checker.lost_writes(acks, stored or {a["id"] for a in acks}):
         violations.append({"schedule": None, "check": "lost-write",
                            "what": f"acknowledged id {lost} missing"})
     for a, b in checker.overlapping_writers(events):
@@ -284,7 +300,9 @@ def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: se
     return {
         "seed": opts.seed, "duration": opts.duration, "schedules_planned": opts.schedules,
         "schedules_run": len(results), "aborted": aborted,
-        "writes": {"acknowledged": len(acks), "errors": len(errors), "stored": len(stored)},
+        "writes": {"acknowledged": len(acks), "errors": len(errors), "stored": len(stored or ())},
+        "deaths": [{k: e[k] for k in ("t", "host", "name", "pid", "how")} for e in events
+                   if e["kind"] == "proc_died"],
         "jobs": {"accepted": len(jobs), "succeeded": sum(j["status"] == 1 for j in jobs),
                  "failed": sum(j["status"] == 2 for j in jobs), "effects": len(effects)},
         "faults_by_kind": {k: len(v) for k, v in sorted(by_kind.items())},

@@ -152,6 +152,46 @@ class Nemesis:
     def _heal_slow(self, p: dict) -> None:
         self.lab.faults.unslow(p["host"])
 
+    # --- processes that died on their own ---------------------------------------------------
+    EXPECTED = {"node1": ("etcd", "volume-db", "agent"), "node2": ("etcd", "volume-db", "agent"),
+                "witness": ("etcd", "simhost")}
+
+    def census(self) -> list[dict[str, Any]]:
+        """The lab's own daemons that are gone although their host is up (no fault of
+        ours killed them): recorded as `proc_died` with how they ended, and started
+        again so the campaign goes on. A finding for the report, not hidden."""
+        from tandem.lab.supervisor import pid_alive
+        down = set(self.lab.read_state()["down"])
+        dead = []
+        for host, names in self.EXPECTED.items():
+            if host in down:
+                continue
+            for name in names:
+                rec = self.lab.supervisor(host).get(name)
+                if rec is None or pid_alive(rec.pid):
+                    continue
+                how = "unknown (not our child)"
+                with contextlib.suppress(ChildProcessError):
+                    pid, status = os.waitpid(rec.pid, os.WNOHANG)
+                    if pid:
+                        how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+                               if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}")
+                entry = {"host": host, "name": name, "pid": rec.pid, "how": how}
+                self.lab.events.record("proc_died", **entry)
+                dead.append(entry)
+                self._start(host, name)
+        return dead
+
+    def _start(self, host: str, name: str) -> None:
+        if name == "etcd":
+            self.stack.etcd.start_member(host)
+        elif name == "volume-db":
+            self.stack.start_volume(host)
+        elif name == "agent":
+            self.stack.start_agent(host)
+        elif self.on_restart:
+            self.on_restart(host)
+
     # --- everything ----------------------------------------------------------------------
     def heal_all(self) -> None:
         """Whatever a schedule left behind: resume, unslow, reconnect, power on."""
@@ -164,3 +204,4 @@ class Nemesis:
             self.lab.faults.unslow(key.split("/")[0])
         for host in st["down"]:
             self.restart(host)
+        self.census()

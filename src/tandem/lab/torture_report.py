@@ -42,6 +42,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f" {j['effects']} effects on the simulated host",
         "convergence after healing (s): " + (", ".join(f"{k} {v:.1f}" for k, v in c.items()) or "-"),
     ]
+    for d in result.get("deaths", []):
+        lines.append(f"daemon died without a fault: {d['name']} on {d['host']} (pid {d['pid']}, {d['how']});"
+                     " restarted")
     if result.get("aborted"):
         lines.append(f"ABORTED: {result['aborted']}")
     by_check: dict[str, int] = {}
