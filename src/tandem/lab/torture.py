@@ -70,7 +70,7 @@ class Campaign:
         self.lab = lab
         self.opts = opts
         self.stack = MgmtStack(lab, volume_size="256MiB", op_seconds=0.5, dead_after=2.0)
-        self.nemesis = Nemesis(self.stack, on_restart=self._restarted)
+        self.nemesis = Nemesis(self.stack, on_restart=self._restarted, leader=self._db_vip_holder)
         self.watch: VipWatch | None = None
         self.load: ApiLoad | None = None
         self.writer_log: Path | None = None
@@ -80,6 +80,15 @@ class Campaign:
     def say(self, line: str) -> None:
         if self.opts.progress:
             self.opts.progress(line)
+
+    def _db_vip_holder(self) -> str | None:
+        """Where the DB group runs, from the VIP watcher (instant; `tandem status` is a
+        process start and a DCS read, seconds on a loaded machine)."""
+        if self.watch is not None:
+            held = [h for (h, a), on in list(self.watch.held.items()) if a == self.stack.vip and on]
+            if len(held) == 1:
+                return held[0]
+        return self.stack.leader()
 
     def _restarted(self, host: str) -> None:
         if host == "witness":
@@ -109,9 +118,32 @@ class Campaign:
             self.say(f"schedule {sched.name}: {'; '.join(f['describe'] for f in res.faults) or 'no fault'}"
                      f" -> converged {f'in {conv:.1f} s' if conv is not None else 'NEVER'}"
                      f", {len(res.violations)} violation(s)")
-            if res.t_converged is None:
-                self.aborted = f"schedule {sched.name} did not converge within {self.opts.converge_bound:g} s"
+            if res.t_converged is None and not self.repair(sched.name):
+                bound = self.opts.converge_bound
+                self.aborted = (f"schedule {sched.name} did not converge within {bound:g} s,"
+                                " not even after power-cycling the data nodes")
                 break
+
+    def repair(self, name: str) -> bool:
+        """After a schedule that never converged (already a violation): power-cycle the
+        data nodes whose agent is not a healthy member, else both, one at a time, so
+        the next schedules start from a working cluster. True if that converged."""
+        try:
+            rows = {n["node"]: n for n in self.stack.status()["nodes"]}
+            stuck = [n for n in DATA_NODES if not (rows[n]["online"] and rows[n]["healthy"])]
+        except (LabError, json.JSONDecodeError, KeyError):
+            stuck = []
+        for group in ([stuck] if stuck else []) + [list(DATA_NODES)]:
+            for host in group:
+                self.lab.events.record("repair", schedule=name, host=host, why="no convergence")
+                self.say(f"  repair: power-cycling {host}")
+                with contextlib.suppress(LabError):
+                    if host not in self.lab.read_state()["down"]:
+                        self.lab.faults.crash(host)
+                    self.nemesis.restart(host)
+            if self.converge(self.opts.converge_bound) is not None:
+                return True
+        return False
 
     def run_schedule(self, sched: Schedule) -> ScheduleResult:
         ev = self.lab.events

@@ -24,8 +24,9 @@ from tandem.lab.torture_plan import Fault
 
 
 class Nemesis:
-    def __init__(self, stack: LabStack, on_restart=None):
+    def __init__(self, stack: LabStack, on_restart=None, leader=None):
         self.stack = stack
+        self.leader = leader or stack.leader  # callable: the node running the DB group now
         self.lab = stack.lab
         self.on_restart = on_restart  # callable(host): services beyond the stack's (the simulated host)
         self.paused: dict[tuple[str, str], int] = {}  # (host, name) -> pid we stopped
@@ -115,7 +116,7 @@ class Nemesis:
     def _target(self, p: dict) -> tuple[str, int]:
         host, name = p["host"], p["name"]
         if host == "leader":
-            host = self.stack.leader() or "node1"
+            host = self.leader() or "node1"
         if name == "mariadb":  # started by the agent, not by the lab: its pid file
             pidfile = self.lab.host_dir(host) / "run" / "mariadb" / "mariadb" / "mariadbd.pid"
             try:
