@@ -6,7 +6,10 @@ VIP watcher from the hosts' kernels)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -35,10 +38,19 @@ def campaign(lab_root):
         yield c
     finally:
         c.teardown()
+        keep = os.environ.get("TANDEM_KEEP_LOGS")
+        if keep:  # the history and every host's logs, for a failure's post-mortem
+            dest = Path(keep) / lab.spec.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for log in [lab.spec.event_file, *lab.spec.dir.glob("hosts/*/log/*.log"),
+                        *lab.spec.dir.glob("hosts/*/run/clones/*/*.log")]:
+                if log.exists():
+                    name = "-".join(log.relative_to(lab.spec.dir).parts[1::2]) or log.name
+                    shutil.copy(log, dest / name)
         Lab.down_by_name(lab.spec.name, root=lab_root)
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)  # the cluster comes up in the first test; a loaded machine is slow
 def test_short_schedules_pass_with_zero_violations(campaign):
     r = campaign.result
     assert [d["name"] for d in r["schedules"]] == [f"{SEED}:0", f"{SEED}:1"], campaign.lines

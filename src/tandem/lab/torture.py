@@ -141,6 +141,8 @@ class Campaign:
                     if host not in self.lab.read_state()["down"]:
                         self.lab.faults.crash(host)
                     self.nemesis.restart(host)
+                    if self.stack.volume_status(host)["disk"] == "Failed":  # replace the disk
+                        self.stack.tandem(host, "volume", "invalidate", "db")
             if self.converge(self.opts.converge_bound) is not None:
                 return True
         return False

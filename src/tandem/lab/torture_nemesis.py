@@ -80,11 +80,14 @@ class Nemesis:
         return f"I/O errors on the whole backing store of {p['host']}"
 
     def _heal_eio(self, p: dict) -> None:
-        """A failed disk is replaced by power-cycling its node: the daemon comes back
-        without the injected errors and resynchronises from the peer."""
+        """Replace the failed disk, as an operator would: power-cycle the node (the
+        daemon comes back without the injected errors, its metadata still saying
+        Failed: a disk that returned errors is not trusted again by itself), then
+        `volume invalidate` so it is filled by a full sync from the peer."""
         if p["host"] not in self.lab.read_state()["down"]:
             self.lab.faults.crash(p["host"])
         self.restart(p["host"])
+        self.stack.tandem(p["host"], "volume", "invalidate", "db", timeout=60)
 
     # --- partitions ------------------------------------------------------------------------
     def _blocks(self, p: dict) -> list[list[str]]:
