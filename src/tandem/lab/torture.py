@@ -125,9 +125,13 @@ class Campaign:
                 break
 
     def repair(self, name: str) -> bool:
-        """After a schedule that never converged (already a violation): power-cycle the
-        data nodes whose agent is not a healthy member, else both, one at a time, so
-        the next schedules start from a working cluster. True if that converged."""
+        """After a schedule that never converged (already a violation), what an operator
+        would do, so the next schedules start from a working cluster: first resolve the
+        volume by hand (a split brain: the Secondary discards its data; a Failed disk
+        is replaced); then power-cycle the data nodes whose agent is not a healthy
+        member; then both, one at a time. True once the cluster converged."""
+        if self._resolve_volume(name) and self.converge(self.opts.converge_bound) is not None:
+            return True
         try:
             rows = {n["node"]: n for n in self.stack.status()["nodes"]}
             stuck = [n for n in DATA_NODES if not (rows[n]["online"] and rows[n]["healthy"])]
@@ -199,6 +203,27 @@ class Campaign:
 
     # --- convergence -------------------------------------------------------------------------
     _last_state: str = ""
+
+    def _resolve_volume(self, name: str) -> bool:
+        acted = False
+        for host in DATA_NODES:
+            try:
+                vs = self.stack.volume_status(host)
+                cmd = None
+                if vs["role"] == "Secondary" and vs["disk"] == "Failed":
+                    cmd = "invalidate"
+                elif vs["role"] == "Secondary" and vs["peer"]["connection"] == "StandAlone":
+                    cmd = "discard-my-data"
+                elif vs["peer"]["connection"] == "StandAlone":
+                    cmd = "connect"
+                if cmd:
+                    self.lab.events.record("repair", schedule=name, host=host, why=f"volume {cmd}")
+                    self.say(f"  repair: volume {cmd} on {host}")
+                    self.stack.tandem(host, "volume", cmd, "db")
+                    acted = True
+            except (LabError, json.JSONDecodeError, KeyError):
+                continue
+        return acted
 
     def converged(self) -> bool:
         """One leader with its group running, the other node a healthy replica, both
