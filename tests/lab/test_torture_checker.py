@@ -112,3 +112,27 @@ def test_analyse_turns_each_broken_history_into_a_violation():
     assert checks(events=[*clean, _writable("node1", True, 4.0)]) == ["two-writers"]
     assert checks(events=[*clean, _vip("node1", True, 5.0)]) == ["two-vip-holders"]
     assert checks(effects=effects * 2) == ["jobs"]
+
+
+def test_report_table_json_and_timeline(tmp_path):
+    import json
+
+    from rich.console import Console
+
+    from tandem.lab import torture_report as rep
+    sched = draw_schedule(1, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
+    r.faults = [{"index": 0, "kind": "crash", "describe": "crash node1", "start": 2.0, "end": 6.0}]
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(150) if not 20 < i < 40]
+    events = [_writable("node1", True, 0.0), {"kind": "fault", "fault": "crash", "host": "node1", "t": 2.0},
+              _writable("node2", True, 3.5), _vip("node1", True, 0.0), _vip("node1", False, 2.0),
+              _vip("node2", True, 3.6)]
+    result = analyse(events, acks, [], {a["id"] for a in acks}, [], [], [r], Options(duration=10), None)
+    rep.write_json(result, tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text())["faults_by_kind"] == {"crash": 1}
+    console = Console(record=True, width=120)
+    console.print(rep.summary_table(result))
+    assert "crash" in console.export_text()
+    assert any(line.startswith("violations: 0") for line in rep.summary_lines(result))
+    rep.timeline_png(rep.pick_schedule(result), events, acks, tmp_path / "t.png")
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

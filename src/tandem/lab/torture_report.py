@@ -73,10 +73,11 @@ def pick_schedule(result: dict[str, Any]) -> dict[str, Any] | None:
     scheds = result["schedules"]
     if not scheds:
         return None
-    bad = [s for s in scheds if s["violations"]]
     bad_names = {v["schedule"] for v in result["violations"]}
-    bad += [s for s in scheds if s["name"] in bad_names]
-    return bad[0] if bad else max(scheds, key=lambda s: (len(s["faults_applied"]), s["unavailable_s"] or 0))
+    bad = [s for s in scheds if s["name"] in bad_names]
+    if bad:
+        return bad[0]
+    return max(scheds, key=lambda s: (len(s["faults_applied"]), min(s["unavailable_s"] or 0, 1e9)))
 
 
 def timeline_png(sched: dict[str, Any], events: list[dict], acks: list[dict], path: Path) -> None:
