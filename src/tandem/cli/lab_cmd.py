@@ -183,7 +183,10 @@ def torture(
     out = report or the_lab.spec.dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     opts = Options(schedules=schedules, seed=seed, duration=duration, only=only,
-                   converge_bound=converge_bound, progress=lambda line: console.print(line, highlight=False))
+                   converge_bound=converge_bound, progress=lambda line: console.print(line, highlight=False),
+                   stop_file=out / "STOP")
+    (out / "STOP").unlink(missing_ok=True)
+    console.print(f"lab {name}; to end early (with the checks): touch {out / 'STOP'}", highlight=False)
     campaign = Campaign(the_lab, opts)
     try:
         campaign.setup()

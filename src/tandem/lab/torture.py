@@ -46,6 +46,7 @@ class Options:
     converge_bound: float = 120.0  # s from "all healed" to full redundancy
     api_workers: int = 2
     progress: Any = None  # callable(str) for a line per schedule
+    stop_file: Path | None = None  # if it appears: no further schedule, straight to the checks
 
 
 @dataclass
@@ -111,6 +112,9 @@ class Campaign:
     def run(self) -> None:
         indexes = [self.opts.only] if self.opts.only is not None else range(self.opts.schedules)
         for i in indexes:
+            if self.opts.stop_file is not None and self.opts.stop_file.exists():
+                self.say(f"{self.opts.stop_file} exists: no more schedules, checking the history")
+                break
             sched = draw_schedule(self.opts.seed, i, self.opts.duration)
             res = self.run_schedule(sched)
             self.results.append(res)
