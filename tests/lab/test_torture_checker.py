@@ -136,3 +136,11 @@ def test_report_table_json_and_timeline(tmp_path):
     assert any(line.startswith("violations: 0") for line in rep.summary_lines(result))
     rep.timeline_png(rep.pick_schedule(result), events, acks, tmp_path / "t.png")
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_crash_ends_the_hosts_vip_holding():
+    """The watcher's monitor on a crashed host dies with it; the crash itself ends the holding."""
+    crash = {"kind": "fault", "fault": "crash", "host": "node1", "t": 2.0}
+    events = [_vip("node1", True, 1.0), crash, _vip("node2", True, 3.0), _vip("node1", False, 60.0)]
+    assert checker.double_vip_holders(events) == []
+    assert checker.double_vip_holders([_vip("node1", True, 1.0), _vip("node2", True, 3.0)])

@@ -193,6 +193,7 @@ def torture(
         campaign.run()
         result = campaign.finish()
         rep.write_json(result, out / "results.json")
+        rep.write_json(campaign.history, out / "history.json")
         console.print(rep.summary_table(result))
         for line in rep.summary_lines(result):
             console.print(line, highlight=False)

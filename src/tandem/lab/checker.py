@@ -68,7 +68,13 @@ def vip_intervals(events: Iterable[dict]) -> dict[str, list[Interval]]:
     VIP watcher, stamped `at` the moment the host's kernel reported the change)."""
     since: dict[tuple[str, str], float] = {}
     out: dict[str, list[Interval]] = {}
-    for ev in sorted((e for e in events if e["kind"] == "vip"), key=lambda e: e.get("at", e["t"])):
+    relevant = (e for e in events
+                if e["kind"] == "vip" or (e["kind"] == "fault" and e.get("fault") == "crash"))
+    for ev in sorted(relevant, key=lambda e: e.get("at", e["t"])):
+        if ev["kind"] == "fault":  # a crashed host (cables out, then its addresses gone) holds nothing
+            for key in [k for k in since if k[1] == ev["host"]]:
+                out.setdefault(key[0], []).append(Interval(key[1], since.pop(key), ev["t"]))
+            continue
         key, t = (ev["address"], ev["host"]), ev.get("at", ev["t"])
         if ev["held"] and key not in since:
             since[key] = t

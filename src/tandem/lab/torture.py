@@ -77,6 +77,7 @@ class Campaign:
         self.writer_log: Path | None = None
         self.results: list[ScheduleResult] = []
         self.aborted: str | None = None
+        self.history: dict[str, Any] = {}  # what the checks read besides the logs, for a re-check
 
     def say(self, line: str) -> None:
         if self.opts.progress:
@@ -309,6 +310,8 @@ class Campaign:
         except LabError:
             stored = None
         events = self.lab.events.read()
+        self.history = {"stored": sorted(stored) if stored is not None else None, "jobs": jobs,
+                        "effects": self.stack.effects()}
         return analyse(events, acks, errors, stored, jobs, self.stack.effects(), self.results,
                        self.opts, self.aborted)
 

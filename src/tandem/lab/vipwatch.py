@@ -55,57 +55,76 @@ class VipWatch:
         self.held: dict[tuple[str, str], bool] = {}
         self.lock = threading.Lock()
         self.offset = 0.0  # wall - monotonic
+        self.stopping = False
 
     def start(self) -> None:
         self.offset = time.time() - monotonic()
+        self.stopping = False
         for h in self.hosts:
-            proc = subprocess.Popen(["ip", "-n", self.lab.spec.netns(h), "-ts", "-o", "-4", "monitor",
-                                     "address"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                    text=True, bufsize=1)
-            self.procs[h] = proc
-            t = threading.Thread(target=self._read, args=(h, proc), daemon=True, name=f"vipwatch-{h}")
+            self._spawn(h)
+            t = threading.Thread(target=self._read, args=(h,), daemon=True, name=f"vipwatch-{h}")
             t.start()
             self.threads.append(t)
         time.sleep(0.1)  # monitors subscribed before the snapshot: no change falls between
         self.snapshot("start")
 
+    def _spawn(self, host: str) -> None:
+        # `ip -n` enters the host's namespace: a crash of the host kills it with
+        # everything else there; _read then starts another.
+        self.procs[host] = subprocess.Popen(
+            ["ip", "-n", self.lab.spec.netns(host), "-ts", "-o", "-4", "monitor", "address"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
     def snapshot(self, why: str) -> dict[str, list[str]]:
         """Ask every host which watched addresses it has now (and record differences)."""
         found: dict[str, list[str]] = {}
         for h in self.hosts:
-            proc = in_ns(self.lab.spec.netns(h), ["ip", "-j", "-4", "addr", "show"], check=False)
-            now = monotonic()
-            have = set()
-            with contextlib.suppress(json.JSONDecodeError):
-                for link in json.loads(proc.stdout or "[]"):
-                    have |= {a.get("local") for a in link.get("addr_info", [])}
-            for addr in self.addresses:
-                self._set(h, addr, addr in have, now, source=why)
-                if addr in have:
-                    found.setdefault(addr, []).append(h)
+            for addr in self._snapshot_host(h, why):
+                found.setdefault(addr, []).append(h)
         return found
+
+    def _snapshot_host(self, host: str, why: str) -> set[str]:
+        proc = in_ns(self.lab.spec.netns(host), ["ip", "-j", "-4", "addr", "show"], check=False)
+        now = monotonic()
+        have = set()
+        with contextlib.suppress(json.JSONDecodeError):
+            for link in json.loads(proc.stdout or "[]"):
+                have |= {a.get("local") for a in link.get("addr_info", [])}
+        for addr in self.addresses:
+            self._set(host, addr, addr in have, now, source=why)
+        return have & self.addresses
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.snapshot("stop")
-        for proc in self.procs.values():
+        self.stopping = True
+        for proc in list(self.procs.values()):
             if proc.poll() is None:
                 proc.terminate()
-        for proc in self.procs.values():
+        for proc in list(self.procs.values()):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
         for t in self.threads:
             t.join(5)
 
-    def _read(self, host: str, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            parsed = parse_monitor_line(line)
-            if parsed is None:
-                continue
-            wall, addr, held = parsed
-            if addr in self.addresses:
-                self._set(host, addr, held, wall - self.offset, source="monitor")
+    def _read(self, host: str) -> None:
+        while not self.stopping:
+            proc = self.procs[host]
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                parsed = parse_monitor_line(line)
+                if parsed is None:
+                    continue
+                wall, addr, held = parsed
+                if addr in self.addresses:
+                    self._set(host, addr, held, wall - self.offset, source="monitor")
+            proc.wait()
+            if self.stopping:
+                return
+            self._spawn(host)  # killed by a crash of its host: watch again, and look now
+            time.sleep(0.05)
+            with contextlib.suppress(Exception):
+                self._snapshot_host(host, "restart")
 
     def _set(self, host: str, addr: str, held: bool, t: float, source: str) -> None:
         with self.lock:
