@@ -28,7 +28,7 @@ def campaign(lab_root):
     _needs_root()
     lab = Lab.up(fresh_lab_name("ht"), root=lab_root)
     lines: list[str] = []
-    c = Campaign(lab, Options(schedules=2, seed=SEED, duration=6.0, converge_bound=90.0,
+    c = Campaign(lab, Options(schedules=2, seed=SEED, duration=6.0, converge_bound=120.0,
                               api_workers=1, progress=lines.append))
     try:
         c.setup()

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from tandem.errors import LabError
 from tandem.lab import checker
 from tandem.lab.events import monotonic
 from tandem.lab.lab import Lab
-from tandem.lab.mgmtstack import MgmtStack
+from tandem.lab.mgmtstack import API_PORT, MgmtStack, client_session
 from tandem.lab.stack import DATA_NODES
 from tandem.lab.torture_load import ApiClient, ApiLoad
 from tandem.lab.torture_nemesis import Nemesis
@@ -77,7 +79,8 @@ class Campaign:
         self.writer_log: Path | None = None
         self.results: list[ScheduleResult] = []
         self.aborted: str | None = None
-        self.history: dict[str, Any] = {}  # what the checks read besides the logs, for a re-check
+        self.history: dict[str, Any] = {}
+        self._http = client_session()  # what the checks read besides the logs, for a re-check
 
     def say(self, line: str) -> None:
         if self.opts.progress:
@@ -255,8 +258,12 @@ class Campaign:
         if not self.stack.db_ping():
             self._last_state = "DB VIP does not answer"
             return False
-        if self.stack._client_get(f"http://{self.stack.api_vip}:8080/health") != 200:
-            self._last_state = "API VIP does not answer"
+        try:  # from the operator's seat (the root namespace reaches the public bridge)
+            code = self._http.get(f"http://{self.stack.api_vip}:{API_PORT}/health", timeout=5).status_code
+        except requests.RequestException as e:
+            code = repr(e)[:120]
+        if code != 200:
+            self._last_state = f"API VIP does not answer: {code}"
             return False
         return True
 
