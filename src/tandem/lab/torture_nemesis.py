@@ -80,14 +80,18 @@ class Nemesis:
         return f"I/O errors on the whole backing store of {p['host']}"
 
     def _heal_eio(self, p: dict) -> None:
-        """Replace the failed disk, as an operator would: power-cycle the node (the
-        daemon comes back without the injected errors, its metadata still saying
-        Failed: a disk that returned errors is not trusted again by itself), then
-        `volume invalidate` so it is filled by a full sync from the peer."""
-        if p["host"] not in self.lab.read_state()["down"]:
-            self.lab.faults.crash(p["host"])
-        self.restart(p["host"])
-        self.stack.tandem(p["host"], "volume", "invalidate", "db", timeout=60)
+        """Replace the failed disk, as an operator would: power the node off, put in
+        a new disk (fresh backing file and metadata: `volume create`), power on; the
+        fresh disk is filled by a full sync from the peer. (`volume invalidate` on
+        the old disk after a reboot is the other operator path; the campaign found
+        it refused as a split brain, see the torture report.)"""
+        host = p["host"]
+        if host not in self.lab.read_state()["down"]:
+            self.lab.faults.crash(host)
+        for name in ("db.img", "db.meta"):
+            (self.lab.host_dir(host) / "data" / name).unlink(missing_ok=True)
+        self.stack.tandem(host, "volume", "create", "db", timeout=60)
+        self.restart(host)
 
     # --- partitions ------------------------------------------------------------------------
     def _blocks(self, p: dict) -> list[list[str]]:
