@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -155,3 +156,72 @@ def events(lab: str = LabOpt, kind: str = typer.Option(None)) -> None:
     """Print the lab's event log (JSON lines, CLOCK_MONOTONIC timestamps)."""
     for ev in Lab.load(lab_name(lab)).events.iter(kind):
         typer.echo(json.dumps(ev, sort_keys=True))
+
+
+@app.command("torture")
+def torture(
+    schedules: int = typer.Option(10, min=1, help="randomized fault schedules to run"),
+    seed: int = typer.Option(1, help="seed of the schedules: the same seed gives the same faults"),
+    duration: float = typer.Option(20.0, min=4.0, help="seconds of faults per schedule"),
+    only: int = typer.Option(None, help="replay only schedule K of the seed"),
+    converge_bound: float = typer.Option(120.0, help="seconds allowed to return to full redundancy"),
+    lab: str = typer.Option(None, "--lab", "-l", help="lab name (default: torture)"),
+    report: Path = typer.Option(None, help="directory for results.json and timeline.png"
+                                           " (default: the lab's directory)"),
+    keep: bool = typer.Option(False, help="leave the lab up afterwards"),
+) -> None:
+    """Fault campaign: one cluster, N seeded schedules of crashes, partitions, pauses,
+    slow links and disk errors under DB and API load; heal, converge, check."""
+    from tandem.lab import torture_report as rep
+    from tandem.lab.torture import Campaign, Options
+    from tandem.lab.writer import read_log
+    _require_root()
+    name = lab or os.environ.get("TANDEM_LAB") or "torture"
+    console = Console(width=max(Console().width, 110))
+    Lab.down_by_name(name)
+    the_lab = Lab.up(name)
+    out = report or the_lab.spec.dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    opts = Options(schedules=schedules, seed=seed, duration=duration, only=only,
+                   converge_bound=converge_bound, progress=lambda line: console.print(line, highlight=False),
+                   stop_file=out / "STOP")
+    (out / "STOP").unlink(missing_ok=True)
+    console.print(f"lab {name}; to end early (with the checks): touch {out / 'STOP'}", highlight=False)
+    campaign = Campaign(the_lab, opts)
+    try:
+        campaign.setup()
+        campaign.run()
+        result = campaign.finish()
+        rep.write_json(result, out / "results.json")
+        rep.write_json(campaign.history, out / "history.json")
+        console.print(rep.summary_table(result))
+        for line in rep.summary_lines(result):
+            console.print(line, highlight=False)
+        sched = rep.pick_schedule(result)
+        if sched is not None and campaign.writer_log is not None:
+            png = out / "timeline.png"
+            rep.timeline_png(sched, the_lab.events.read(), read_log(str(campaign.writer_log))[0], png)
+            console.print(f"timeline of schedule {sched['name']}: {png}")
+        console.print(f"results: {out / 'results.json'}; event log: {the_lab.spec.event_file}")
+    finally:
+        campaign.teardown()
+        import shutil
+        if the_lab.spec.event_file.exists():  # the history, for replays and later checks
+            shutil.copy(the_lab.spec.event_file, out / "events.jsonl")
+        if campaign.writer_log is not None and campaign.writer_log.exists():
+            shutil.copy(campaign.writer_log, out / "writer.jsonl")
+        for log in [*the_lab.spec.dir.glob("hosts/*/log/*.log"),
+                    *the_lab.spec.dir.glob("hosts/*/run/clones/*/*.log")]:
+            (out / "logs").mkdir(exist_ok=True)
+            host = log.relative_to(the_lab.spec.dir / "hosts").parts[0]
+            shutil.copy(log, out / "logs" / f"{host}-{log.parent.name}-{log.name}")
+        if not keep:
+            if report is None:  # the lab's directory goes with the lab: keep the report
+                keep_dir = Path("/var/tmp/tandem-torture") / name
+                shutil.rmtree(keep_dir, ignore_errors=True)
+                keep_dir.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(out, keep_dir)
+                console.print(f"report kept in {keep_dir}")
+            Lab.down_by_name(name)
+    if result["violations"] or result["aborted"]:
+        raise typer.Exit(1)

@@ -5,6 +5,8 @@ one CLOCK_MONOTONIC every lab host shares.
   the table read back afterwards;
 - never two writers: the intervals in which a node's volume was writable
   (from its `writable` events; a host crash ends its interval) never overlap;
+- at most one holder of each VIP at any instant (the VIP watcher's `vip` events);
+- every accepted job applied exactly once on the simulated host;
 - unavailability: the gap in acknowledged writes around a fault.
 """
 
@@ -58,3 +60,95 @@ def write_gap(acks: list[dict], t_fault: float) -> float | None:
     if not before or not after:
         return None
     return min(after) - max(before)
+
+
+# --- VIP holders -----------------------------------------------------------------------
+def vip_intervals(events: Iterable[dict]) -> dict[str, list[Interval]]:
+    """Per address, the intervals each host held it (from the `vip` events of the
+    VIP watcher, stamped `at` the moment the host's kernel reported the change)."""
+    since: dict[tuple[str, str], float] = {}
+    out: dict[str, list[Interval]] = {}
+    relevant = (e for e in events
+                if e["kind"] == "vip" or (e["kind"] == "fault" and e.get("fault") == "crash"))
+    for ev in sorted(relevant, key=lambda e: e.get("at", e["t"])):
+        if ev["kind"] == "fault":  # a crashed host (cables out, then its addresses gone) holds nothing
+            for key in [k for k in since if k[1] == ev["host"]]:
+                out.setdefault(key[0], []).append(Interval(key[1], since.pop(key), ev["t"]))
+            continue
+        key, t = (ev["address"], ev["host"]), ev.get("at", ev["t"])
+        if ev["held"] and key not in since:
+            since[key] = t
+        elif not ev["held"] and key in since:
+            out.setdefault(key[0], []).append(Interval(key[1], since.pop(key), t))
+    for (addr, host), t in since.items():
+        out.setdefault(addr, []).append(Interval(host, t, float("inf")))
+    return {a: sorted(iv, key=lambda i: i.start) for a, iv in out.items()}
+
+
+def double_vip_holders(events: Iterable[dict],
+                       tolerance: float = 0.0) -> list[tuple[str, Interval, Interval]]:
+    """Every time two hosts held one address at once for longer than `tolerance`
+    seconds (the watcher's resolution: two hosts' reports are stamped by two
+    processes)."""
+    found = []
+    for addr, iv in vip_intervals(events).items():
+        for i, a in enumerate(iv):
+            for b in iv[i + 1:]:
+                if a.node != b.node and min(a.end, b.end) - max(a.start, b.start) > tolerance:
+                    found.append((addr, a, b))
+    return found
+
+
+# --- jobs on the simulated host ---------------------------------------------------------
+def job_violations(jobs: Iterable[dict], effects: Iterable[dict]) -> list[str]:
+    """Every accepted job completes exactly once on the simulated host.
+
+    `jobs`: what the API accepted, each {"jobid", "command", "status"} with the final
+    CloudStack jobstatus (0 pending, 1 succeeded, 2 failed); `effects`: the simulated
+    host's effect log (one line per operation applied, keyed by the job id)."""
+    effects = list(effects)
+    out = [f"job {e.get('request_id')}: {e.get('op')} ran on VM {e.get('vm')} while another operation"
+           " was running on it" for e in effects if e.get("conflict")]
+    count: dict[str, int] = {}
+    for e in effects:
+        if not e.get("conflict"):
+            count[str(e.get("request_id"))] = count.get(str(e.get("request_id")), 0) + 1
+    for j in jobs:
+        n = count.get(j["jobid"], 0)
+        if n > 1:
+            out.append(f"job {j['jobid']} ({j['command']}): applied {n} times on the host")
+        elif j["status"] == 0:
+            out.append(f"job {j['jobid']} ({j['command']}): accepted but never completed")
+        elif j["status"] == 1 and n == 0:
+            out.append(f"job {j['jobid']} ({j['command']}): reported done but never applied on the host")
+        elif j["status"] == 2 and n == 1:
+            out.append(f"job {j['jobid']} ({j['command']}): reported failed but applied on the host")
+    return out
+
+
+# --- availability -----------------------------------------------------------------------
+def unavailability(ack_times: list[float], start: float, end: float) -> float:
+    """The longest time without an acknowledged write that touches [start, end]:
+    gaps that begin before the fault or end after its heal count whole (a client
+    sees the whole gap). `ack_times` sorted."""
+    import bisect
+    i = bisect.bisect_right(ack_times, start)
+    prev = ack_times[i - 1] if i > 0 else start
+    worst = 0.0
+    while i < len(ack_times) and ack_times[i] <= end:
+        worst = max(worst, ack_times[i] - prev)
+        prev = ack_times[i]
+        i += 1
+    nxt = ack_times[i] if i < len(ack_times) else None
+    if nxt is None:
+        return float("inf")  # never available again
+    return max(worst, nxt - prev)
+
+
+def percentiles(values: list[float], ps: Iterable[int] = (50, 90, 99, 100)) -> dict[str, float]:
+    """Nearest-rank percentiles (p100 = max); {} for no values."""
+    import math
+    v = sorted(values)
+    if not v:
+        return {}
+    return {f"p{p}": v[max(0, math.ceil(p / 100 * len(v)) - 1)] for p in ps}

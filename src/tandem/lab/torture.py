@@ -1,0 +1,392 @@
+"""`tandem lab torture`: a Jepsen-style fault campaign against one real lab cluster.
+
+One cluster (etcd, agents, volumes, MariaDB, management servers, haproxy, the
+simulated host) is brought up once; then N schedules drawn from a seeded RNG
+(torture_plan) are run against it under a mixed workload: the DB writer through
+the DB VIP (unique acknowledged ids) and API clients deploying/stopping/starting
+VMs through the API VIP. After each schedule everything is healed and the cluster
+must converge within a bound (one leader with its resources running, both disks
+UpToDate and Connected, each VIP on exactly one host); then online verify must
+find both disks identical. At the end the checker reads the whole history:
+no acknowledged write lost, never two writable nodes, never two holders of a
+VIP, every accepted job applied exactly once; and measures write unavailability
+per fault kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tandem.errors import LabError
+from tandem.lab import checker
+from tandem.lab.events import monotonic
+from tandem.lab.lab import Lab
+from tandem.lab.mgmtstack import API_PORT, MgmtStack, client_session
+from tandem.lab.stack import DATA_NODES
+from tandem.lab.torture_load import ApiClient, ApiLoad
+from tandem.lab.torture_nemesis import Nemesis
+from tandem.lab.torture_plan import Schedule, draw_schedule
+from tandem.lab.vipwatch import VipWatch
+from tandem.lab.writer import read_log
+
+VIP_TOLERANCE = 0.05  # s: two `ip monitor` processes stamp the two hosts' reports
+
+
+@dataclass
+class Options:
+    schedules: int = 10
+    seed: int = 1
+    duration: float = 20.0
+    only: int | None = None  # replay one schedule of the seed
+    converge_bound: float = 120.0  # s from "all healed" to full redundancy
+    api_workers: int = 2
+    progress: Any = None  # callable(str) for a line per schedule
+    stop_file: Path | None = None  # if it appears: no further schedule, straight to the checks
+
+
+@dataclass
+class ScheduleResult:
+    schedule: Schedule
+    t_start: float
+    t_faults_end: float = 0.0
+    t_healed: float = 0.0
+    t_converged: float | None = None
+    verify: dict[str, Any] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)  # applied: kind, describe, start, end
+    violations: list[str] = field(default_factory=list)
+    t_end: float = 0.0
+
+    @property
+    def converge_seconds(self) -> float | None:
+        return None if self.t_converged is None else self.t_converged - self.t_healed
+
+
+class Campaign:
+    def __init__(self, lab: Lab, opts: Options):
+        self.lab = lab
+        self.opts = opts
+        self.stack = MgmtStack(lab, volume_size="256MiB", op_seconds=0.5, dead_after=2.0)
+        self.nemesis = Nemesis(self.stack, on_restart=self._restarted, leader=self._db_vip_holder)
+        self.watch: VipWatch | None = None
+        self.load: ApiLoad | None = None
+        self.writer_log: Path | None = None
+        self.results: list[ScheduleResult] = []
+        self.aborted: str | None = None
+        self.history: dict[str, Any] = {}
+        self._http = client_session()  # what the checks read besides the logs, for a re-check
+
+    def say(self, line: str) -> None:
+        if self.opts.progress:
+            self.opts.progress(line)
+
+    def _db_vip_holder(self) -> str | None:
+        """Where the DB group runs, from the VIP watcher (instant; `tandem status` is a
+        process start and a DCS read, seconds on a loaded machine)."""
+        if self.watch is not None:
+            held = [h for (h, a), on in list(self.watch.held.items()) if a == self.stack.vip and on]
+            if len(held) == 1:
+                return held[0]
+        return self.stack.leader()
+
+    def _restarted(self, host: str) -> None:
+        if host == "witness":
+            self.stack.start_simhost()
+
+    # --- the run ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        t0 = time.monotonic()
+        self.stack.start()
+        self.watch = VipWatch(self.lab, [self.stack.vip, self.stack.api_vip])
+        self.watch.start()
+        self.writer_log = self.stack.start_writer("writer", duration=10 ** 6)
+        admin = self.stack.admin
+        self.load = ApiLoad(ApiClient(self.stack.endpoint, admin["apikey"], admin["secretkey"]),
+                            workers=self.opts.api_workers, seed=self.opts.seed)
+        self.load.start()
+        self.say(f"cluster up in {time.monotonic() - t0:.1f} s; writer and {self.opts.api_workers} API"
+                 " clients running")
+
+    def run(self) -> None:
+        indexes = [self.opts.only] if self.opts.only is not None else range(self.opts.schedules)
+        for i in indexes:
+            if self.opts.stop_file is not None and self.opts.stop_file.exists():
+                self.say(f"{self.opts.stop_file} exists: no more schedules, checking the history")
+                break
+            sched = draw_schedule(self.opts.seed, i, self.opts.duration)
+            res = self.run_schedule(sched)
+            self.results.append(res)
+            conv = res.converge_seconds
+            self.say(f"schedule {sched.name}: {'; '.join(f['describe'] for f in res.faults) or 'no fault'}"
+                     f" -> converged {f'in {conv:.1f} s' if conv is not None else 'NEVER'}"
+                     f", {len(res.violations)} violation(s)")
+            if res.t_converged is None and not self.repair(sched.name):
+                bound = self.opts.converge_bound
+                self.aborted = (f"schedule {sched.name} did not converge within {bound:g} s,"
+                                " not even after power-cycling the data nodes")
+                break
+
+    def repair(self, name: str) -> bool:
+        """After a schedule that never converged (already a violation), what an operator
+        would do, so the next schedules start from a working cluster: first resolve the
+        volume by hand (a split brain: the Secondary discards its data; a Failed disk
+        is replaced); then power-cycle the data nodes whose agent is not a healthy
+        member; then both, one at a time. True once the cluster converged."""
+        if self._resolve_volume(name) and self.converge(self.opts.converge_bound) is not None:
+            return True
+        try:
+            rows = {n["node"]: n for n in self.stack.status()["nodes"]}
+            stuck = [n for n in DATA_NODES if not (rows[n]["online"] and rows[n]["healthy"])]
+        except (LabError, json.JSONDecodeError, KeyError):
+            stuck = []
+        for group in ([stuck] if stuck else []) + [list(DATA_NODES)]:
+            for host in group:
+                self.lab.events.record("repair", schedule=name, host=host, why="no convergence")
+                self.say(f"  repair: power-cycling {host}")
+                with contextlib.suppress(LabError):
+                    if host not in self.lab.read_state()["down"]:
+                        self.lab.faults.crash(host)
+                    self.nemesis.restart(host)
+                    if self.stack.volume_status(host)["disk"] == "Failed":  # replace the disk
+                        self.stack.tandem(host, "volume", "invalidate", "db")
+            if self.converge(self.opts.converge_bound) is not None:
+                return True
+        return False
+
+    def run_schedule(self, sched: Schedule) -> ScheduleResult:
+        ev = self.lab.events
+        t0 = monotonic()
+        res = ScheduleResult(sched, t0)
+        ev.record("schedule", schedule=sched.name, phase="start", plan=sched.to_json())
+        actions = sorted([(f.start, 0, i) for i, f in enumerate(sched.faults)] +
+                         [(f.end, 1, i) for i, f in enumerate(sched.faults)])
+        applied: dict[int, dict[str, Any]] = {}
+        for at, heal, i in actions:
+            delay = t0 + at - monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            f = sched.faults[i]
+            tag = {"schedule": sched.name, "fault": i, "fault_kind": f.kind, "describe": f.describe()}
+            if not heal:
+                t = monotonic()
+                if self.nemesis.apply(f, tag):
+                    applied[i] = {"index": i, "kind": f.kind, "describe": f.describe(), "start": t}
+            elif i in applied:
+                self.nemesis.heal(f, tag)
+                applied[i]["end"] = monotonic()
+        delay = t0 + sched.duration - monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        res.t_faults_end = monotonic()
+        try:
+            self.nemesis.heal_all()
+        except LabError as e:
+            res.violations.append(f"healing failed: {e}")
+        res.t_healed = monotonic()
+        for a in applied.values():
+            a.setdefault("end", res.t_healed)
+        res.faults = list(applied.values())
+        ev.record("schedule", schedule=sched.name, phase="healed")
+        res.t_converged = self.converge(self.opts.converge_bound)
+        if res.t_converged is None:
+            res.violations.append(f"no full redundancy within {self.opts.converge_bound:g} s after healing:"
+                                  f" {self._last_state}")
+        else:
+            ev.record("converged", schedule=sched.name, seconds=round(res.t_converged - res.t_healed, 3))
+            res.verify = self.verify()
+            if res.verify.get("error"):
+                res.violations.append(f"online verify failed: {res.verify['error']}")
+            elif res.verify.get("out_of_sync_blocks"):
+                res.violations.append(f"online verify: {res.verify['out_of_sync_blocks']} blocks differ"
+                                      " between the disks after healing")
+        res.t_end = monotonic()
+        ev.record("schedule", schedule=sched.name, phase="end", violations=res.violations)
+        return res
+
+    # --- convergence -------------------------------------------------------------------------
+    _last_state: str = ""
+
+    def _resolve_volume(self, name: str) -> bool:
+        acted = False
+        for host in DATA_NODES:
+            try:
+                vs = self.stack.volume_status(host)
+                cmd = None
+                if vs["role"] == "Secondary" and vs["disk"] == "Failed":
+                    cmd = "invalidate"
+                elif vs["role"] == "Secondary" and vs["peer"]["connection"] == "StandAlone":
+                    cmd = "discard-my-data"
+                elif vs["peer"]["connection"] == "StandAlone":
+                    cmd = "connect"
+                if cmd:
+                    self.lab.events.record("repair", schedule=name, host=host, why=f"volume {cmd}")
+                    self.say(f"  repair: volume {cmd} on {host}")
+                    self.stack.tandem(host, "volume", cmd, "db")
+                    acted = True
+            except (LabError, json.JSONDecodeError, KeyError):
+                continue
+        return acted
+
+    def converged(self) -> bool:
+        """One leader with its group running, the other node a healthy replica, both
+        disks UpToDate and Connected, the DB and the API answering on their VIPs,
+        each VIP on exactly one host (the DB VIP on the leader)."""
+        st = self.stack.status()
+        lead = (st.get("leader") or {}).get("node")
+        rows = {n["node"]: n for n in st["nodes"]}
+        if lead is None or rows[lead]["role"] != "Leader" or not all(r["healthy"] for r in rows.values()):
+            nodes = [(n, r["role"], r["healthy"]) for n, r in rows.items()]
+            self._last_state = f"leader {lead}, nodes {nodes}"
+            return False
+        for n in DATA_NODES:
+            vs = self.stack.volume_status(n)
+            role = "Primary" if n == lead else "Secondary"
+            if vs["disk"] != "UpToDate" or vs["peer"]["connection"] != "Connected" or vs["role"] != role:
+                self._last_state = f"{n}: {vs['role']} {vs['disk']} {vs['peer']['connection']}"
+                return False
+        assert self.watch is not None
+        holders = self.watch.snapshot("converge")
+        if holders.get(self.stack.vip) != [lead] or len(holders.get(self.stack.api_vip, [])) != 1:
+            self._last_state = f"VIP holders {holders}"
+            return False
+        if not self.stack.db_ping():
+            self._last_state = "DB VIP does not answer"
+            return False
+        try:  # from the operator's seat (the root namespace reaches the public bridge)
+            code = self._http.get(f"http://{self.stack.api_vip}:{API_PORT}/health", timeout=5).status_code
+        except requests.RequestException as e:
+            code = repr(e)[:120]
+        if code != 200:
+            self._last_state = f"API VIP does not answer: {code}"
+            return False
+        return True
+
+    def converge(self, bound: float) -> float | None:
+        deadline = monotonic() + bound
+        next_census = monotonic() + 10
+        while monotonic() < deadline:
+            try:
+                if self.converged():
+                    return monotonic()
+            except (LabError, json.JSONDecodeError, KeyError, StopIteration) as e:
+                self._last_state = str(e)[:300]
+            if monotonic() > next_census:  # a daemon that died meanwhile would block it forever
+                self.nemesis.census()
+                next_census = monotonic() + 10
+            time.sleep(0.5)
+        return None
+
+    def verify(self) -> dict[str, Any]:
+        """Online verify on the Primary: block checksums of both disks compared."""
+        last = ""
+        for _ in range(3):
+            lead = self.stack.leader()
+            if lead is None:
+                last = "no leader"
+            else:
+                proc = self.stack.tandem(lead, "volume", "verify", "db", "--json", check=False, timeout=300)
+                try:
+                    return {**json.loads(proc.stdout), "node": lead}
+                except json.JSONDecodeError:
+                    last = (proc.stderr or proc.stdout).strip()[-300:]
+            time.sleep(2)
+        return {"error": last}
+
+    # --- the end -------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Stop the workload and check the whole history."""
+        assert self.load is not None and self.watch is not None and self.writer_log is not None
+        self.load.stop()
+        self.lab.stop("client", "writer")
+        if self.aborted:  # one more chance to read the history back
+            with contextlib.suppress(LabError):
+                self.nemesis.heal_all()
+            self.converge(self.opts.converge_bound)
+        jobs = self.load.final_status(timeout=120)
+        self.watch.stop()
+        acks, errors = read_log(str(self.writer_log))
+        stored: set[str] | None
+        try:
+            stored = {r[0] for r in self.stack.query("SELECT id FROM tandem.acked")}
+        except LabError:
+            stored = None
+        events = self.lab.events.read()
+        self.history = {"stored": sorted(stored) if stored is not None else None, "jobs": jobs,
+                        "effects": self.stack.effects()}
+        return analyse(events, acks, errors, stored, jobs, self.stack.effects(), self.results,
+                       self.opts, self.aborted)
+
+    def teardown(self) -> None:
+        for part in (self.load, self.watch):
+            if part is not None:
+                with contextlib.suppress(Exception):  # teardown goes on
+                    part.stop()
+
+
+def _within(t: float, results: list[ScheduleResult]) -> str | None:
+    for r in results:
+        if r.t_start <= t <= (r.t_end or float("inf")):
+            return r.schedule.name
+    return None
+
+
+def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: set[str] | None,
+            jobs: list[dict],
+            effects: list[dict], results: list[ScheduleResult], opts: Options,
+            aborted: str | None) -> dict[str, Any]:
+    """The campaign's verdict as JSON-ready data (pure: the tests feed it histories)."""
+    violations: list[dict[str, Any]] = []
+    for r in results:
+        violations += [{"schedule": r.schedule.name, "check": "convergence", "what": v} for v in r.violations]
+    if stored is None:
+        violations.append({"schedule": None, "check": "lost-write",
+                           "what": "the table could not be read back: acknowledged writes unverified"})
+    for lost in checker.lost_writes(acks, stored or {a["id"] for a in acks}):
+        violations.append({"schedule": None, "check": "lost-write",
+                           "what": f"acknowledged id {lost} missing"})
+    for a, b in checker.overlapping_writers(events):
+        violations.append({"schedule": _within(max(a.start, b.start), results), "check": "two-writers",
+                           "what": f"{a.node} writable {a.start:.3f}-{a.end:.3f} and {b.node}"
+                                   f" {b.start:.3f}-{b.end:.3f}"})
+    for addr, a, b in checker.double_vip_holders(events, VIP_TOLERANCE):
+        violations.append({"schedule": _within(max(a.start, b.start), results), "check": "two-vip-holders",
+                           "what": f"{addr} on {a.node} {a.start:.3f}-{a.end:.3f} and on {b.node}"
+                                   f" {b.start:.3f}-{b.end:.3f}"})
+    for v in checker.job_violations(jobs, effects):
+        violations.append({"schedule": None, "check": "jobs", "what": v})
+    ack_times = sorted(a["acked"] for a in acks)
+    faults = []
+    for r in results:
+        for f in r.faults:
+            u = checker.unavailability(ack_times, f["start"], f["end"])
+            faults.append({**f, "schedule": r.schedule.name, "unavailable_s": u})
+    by_kind: dict[str, list[float]] = {}
+    for f in faults:
+        by_kind.setdefault(f["kind"], []).append(f["unavailable_s"])
+    sched_unavail = [checker.unavailability(ack_times, r.t_start, r.t_converged or r.t_end) for r in results]
+    return {
+        "seed": opts.seed, "duration": opts.duration, "schedules_planned": opts.schedules,
+        "schedules_run": len(results), "aborted": aborted,
+        "writes": {"acknowledged": len(acks), "errors": len(errors), "stored": len(stored or ())},
+        "deaths": [{k: e[k] for k in ("t", "host", "name", "pid", "how")} for e in events
+                   if e["kind"] == "proc_died"],
+        "jobs": {"accepted": len(jobs), "succeeded": sum(j["status"] == 1 for j in jobs),
+                 "failed": sum(j["status"] == 2 for j in jobs), "effects": len(effects)},
+        "faults_by_kind": {k: len(v) for k, v in sorted(by_kind.items())},
+        "unavailability_by_kind": {k: checker.percentiles(v) for k, v in sorted(by_kind.items())},
+        "unavailability_per_schedule": checker.percentiles(sched_unavail),
+        "convergence_s": checker.percentiles([r.converge_seconds for r in results
+                                              if r.converge_seconds is not None]),
+        "violations": violations,
+        "schedules": [{**r.schedule.to_json(), "t_start": r.t_start, "t_healed": r.t_healed,
+                       "t_end": r.t_end, "converge_s": r.converge_seconds, "verify": r.verify,
+                       "faults_applied": r.faults, "violations": r.violations,
+                       "unavailable_s": u} for r, u in zip(results, sched_unavail, strict=True)],
+        "faults": faults,
+    }

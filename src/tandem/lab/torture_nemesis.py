@@ -1,0 +1,215 @@
+"""The campaign's nemesis: turns a planned fault (torture_plan.Fault) into the
+lab's fault injection on a running stack, and heals it again.
+
+Every fault and heal is recorded as a `nemesis` event (schedule, fault index,
+kind, phase) next to the lab's own `fault`/`heal` events, so the checker and
+the report attribute unavailability to the fault that caused it.
+
+Faults whose target is gone (a pause of a process on a host crashed by an
+overlapping fault) are recorded as skipped, not failed: combinations are drawn
+blindly on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import Any
+
+from tandem.errors import LabError, TandemError
+from tandem.lab.stack import DATA_NODES, LabStack
+from tandem.lab.topology import NETWORKS
+from tandem.lab.torture_plan import Fault
+
+
+class Nemesis:
+    def __init__(self, stack: LabStack, on_restart=None, leader=None):
+        self.stack = stack
+        self.leader = leader or stack.leader  # callable: the node running the DB group now
+        self.lab = stack.lab
+        self.on_restart = on_restart  # callable(host): services beyond the stack's (the simulated host)
+        self.paused: dict[tuple[str, str], int] = {}  # (host, name) -> pid we stopped
+
+    # --- one fault ---------------------------------------------------------------------
+    def apply(self, fault: Fault, tag: dict[str, Any]) -> bool:
+        """Inject `fault`; False (and a `skipped` record) if its target is not there."""
+        try:
+            detail = getattr(self, f"_apply_{fault.kind}")(fault.params)
+        except (LabError, TandemError, OSError) as e:
+            self.lab.events.record("nemesis", **tag, phase="skipped", why=str(e)[:300])
+            return False
+        self.lab.events.record("nemesis", **tag, phase="start", detail=detail)
+        return True
+
+    def heal(self, fault: Fault, tag: dict[str, Any]) -> None:
+        try:
+            getattr(self, f"_heal_{fault.kind}")(fault.params)
+        except (LabError, TandemError, OSError) as e:
+            self.lab.events.record("nemesis", **tag, phase="heal_failed", why=str(e)[:300])
+            return
+        self.lab.events.record("nemesis", **tag, phase="end")
+
+    # --- crash ---------------------------------------------------------------------------
+    def _apply_crash(self, p: dict) -> str:
+        self.lab.faults.crash(p["host"])
+        return f"crashed {p['host']}"
+
+    def _heal_crash(self, p: dict) -> None:
+        self.restart(p["host"])
+
+    def restart(self, host: str) -> None:
+        if host not in self.lab.read_state()["down"]:
+            return
+        if host in DATA_NODES:
+            self.stack.restart_host(host)
+        else:
+            self.lab.faults.restart(host)
+            self.stack.etcd.start_member(host)
+        if self.on_restart:
+            self.on_restart(host)
+
+    # --- disk errors ---------------------------------------------------------------------
+    def _apply_eio(self, p: dict) -> str:
+        """Every I/O of the node's backing store fails from now on: the disk goes
+        Failed at its next read or write (a Secondary at the next replicated write)."""
+        from tandem.volume import control
+        sock = self.lab.host_dir(p["host"]) / "run" / "volume-db.sock"
+        size = control.call(sock, "status", timeout=5)["size"]
+        control.call(sock, "inject-eio", ranges=[[0, size]], timeout=5)
+        return f"I/O errors on the whole backing store of {p['host']}"
+
+    def _heal_eio(self, p: dict) -> None:
+        """Replace the failed disk, as an operator would: power the node off, put in
+        a new disk (fresh backing file and metadata: `volume create`), power on; the
+        fresh disk is filled by a full sync from the peer. (`volume invalidate` on
+        the old disk after a reboot is the other operator path; the campaign found
+        it refused as a split brain, see the torture report.)"""
+        host = p["host"]
+        if host not in self.lab.read_state()["down"]:
+            self.lab.faults.crash(host)
+        for name in ("db.img", "db.meta"):
+            (self.lab.host_dir(host) / "data" / name).unlink(missing_ok=True)
+        self.stack.tandem(host, "volume", "create", "db", timeout=60)
+        self.restart(host)
+
+    # --- partitions ------------------------------------------------------------------------
+    def _blocks(self, p: dict) -> list[list[str]]:
+        nets = NETWORKS if p["net"] == "both" else (p["net"],)
+        out = []
+        for n in nets:
+            for x in p["a"]:
+                for y in p["b"]:
+                    if n in self.lab.spec.host(x).networks and n in self.lab.spec.host(y).networks:
+                        out.append([x, y, n])
+                        if not p["one_way"]:
+                            out.append([y, x, n])
+        return out
+
+    def _apply_partition(self, p: dict) -> str:
+        self.lab.faults.partition(p["a"], p["b"], net=p["net"], one_way=p["one_way"])
+        return f"{','.join(p['a'])} {'->' if p['one_way'] else '<->'} {','.join(p['b'])} on {p['net']}"
+
+    def _heal_partition(self, p: dict) -> None:
+        """Remove this partition's rules only: an overlapping one stays."""
+        mine = self._blocks(p)
+        with self.lab.state() as st:
+            st["blocks"] = [b for b in st["blocks"] if b not in mine]
+            blocks = st["blocks"]
+        self.lab.faults.apply_partitions(blocks)
+        self.lab.events.record("heal", fault="partition", a=p["a"], b=p["b"], net=p["net"])
+
+    # --- paused processes ------------------------------------------------------------------
+    def _target(self, p: dict) -> tuple[str, int]:
+        host, name = p["host"], p["name"]
+        if host == "leader":
+            host = self.leader() or "node1"
+        if name == "mariadb":  # started by the agent, not by the lab: its pid file
+            pidfile = self.lab.host_dir(host) / "run" / "mariadb" / "mariadb" / "mariadbd.pid"
+            try:
+                return host, int(pidfile.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                raise LabError(f"no MariaDB running on {host}") from None
+        rec = self.lab.supervisor(host).get(name)
+        if rec is None or host in self.lab.read_state()["down"]:
+            raise LabError(f"no {name} running on {host}")
+        return host, rec.pid
+
+    def _apply_pause(self, p: dict) -> str:
+        host, pid = self._target(p)
+        os.kill(pid, signal.SIGSTOP)
+        self.paused[(host, p["name"])] = pid
+        self.lab.events.record("fault", fault="pause", host=host, name=p["name"], pid=pid)
+        return f"SIGSTOP {p['name']} pid {pid} on {host}"
+
+    def _heal_pause(self, p: dict) -> None:
+        key = next((k for k in self.paused if k[1] == p["name"] and p["host"] in (k[0], "leader")), None)
+        pid = self.paused.pop(key, None) if key else None
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            self.lab.events.record("heal", fault="pause", host=key[0], name=p["name"], pid=pid)
+
+    # --- slow links ------------------------------------------------------------------------
+    def _apply_slow(self, p: dict) -> str:
+        if p["host"] in self.lab.read_state()["down"]:
+            raise LabError(f"{p['host']} is down")
+        self.lab.faults.slow(p["host"], p["rate"], p["net"])
+        return f"{p['host']} {p['net']} limited to {p['rate']}"
+
+    def _heal_slow(self, p: dict) -> None:
+        self.lab.faults.unslow(p["host"])
+
+    # --- processes that died on their own ---------------------------------------------------
+    EXPECTED = {"node1": ("etcd", "volume-db", "agent"), "node2": ("etcd", "volume-db", "agent"),
+                "witness": ("etcd", "simhost")}
+
+    def census(self) -> list[dict[str, Any]]:
+        """The lab's own daemons that are gone although their host is up (no fault of
+        ours killed them): recorded as `proc_died` with how they ended, and started
+        again so the campaign goes on. A finding for the report, not hidden."""
+        from tandem.lab.supervisor import pid_alive
+        down = set(self.lab.read_state()["down"])
+        dead = []
+        for host, names in self.EXPECTED.items():
+            if host in down:
+                continue
+            for name in names:
+                rec = self.lab.supervisor(host).get(name)
+                if rec is None or pid_alive(rec.pid):
+                    continue
+                how = "unknown (not our child)"
+                with contextlib.suppress(ChildProcessError):
+                    pid, status = os.waitpid(rec.pid, os.WNOHANG)
+                    if pid:
+                        how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+                               if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}")
+                entry = {"host": host, "name": name, "pid": rec.pid, "how": how}
+                self.lab.events.record("proc_died", **entry)
+                dead.append(entry)
+                self._start(host, name)
+        return dead
+
+    def _start(self, host: str, name: str) -> None:
+        if name == "etcd":
+            self.stack.etcd.start_member(host)
+        elif name == "volume-db":
+            self.stack.start_volume(host)
+        elif name == "agent":
+            self.stack.start_agent(host)
+        elif self.on_restart:
+            self.on_restart(host)
+
+    # --- everything ----------------------------------------------------------------------
+    def heal_all(self) -> None:
+        """Whatever a schedule left behind: resume, unslow, reconnect, power on."""
+        for host, name in list(self.paused):
+            self._heal_pause({"host": host, "name": name})
+        st = self.lab.read_state()
+        if st["blocks"]:
+            self.lab.faults.heal()
+        for key in list(st["slow"]):
+            self.lab.faults.unslow(key.split("/")[0])
+        for host in st["down"]:
+            self.restart(host)
+        self.census()

@@ -1,0 +1,134 @@
+"""The campaign's report: a summary table for the terminal, the results as JSON,
+and a timeline picture of one schedule (faults, roles, VIP holders, write
+throughput) drawn from the event log and the writer's log."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "never" if math.isinf(x) else f"{x:.2f}"
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    t = Table(title=f"torture campaign seed {result['seed']}: {result['schedules_run']} schedules of"
+                    f" {result['duration']:g} s", show_lines=False)
+    t.add_column("fault kind")
+    t.add_column("faults", justify="right")
+    for p in ("p50", "p90", "p99", "p100"):
+        t.add_column(f"unavail {p} s", justify="right")
+    for kind, n in result["faults_by_kind"].items():
+        pc = result["unavailability_by_kind"].get(kind, {})
+        t.add_row(kind, str(n), *(_fmt(pc.get(p)) for p in ("p50", "p90", "p99", "p100")))
+    pc = result["unavailability_per_schedule"]
+    t.add_row("[bold]per schedule[/bold]", str(result["schedules_run"]),
+              *(_fmt(pc.get(p)) for p in ("p50", "p90", "p99", "p100")))
+    return t
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    w, j, c = result["writes"], result["jobs"], result["convergence_s"]
+    lines = [
+        f"writes: {w['acknowledged']} acknowledged, {w['stored']} rows stored, {w['errors']} failed attempts",
+        f"API jobs: {j['accepted']} accepted, {j['succeeded']} succeeded, {j['failed']} failed;"
+        f" {j['effects']} effects on the simulated host",
+        "convergence after healing (s): " + (", ".join(f"{k} {v:.1f}" for k, v in c.items()) or "-"),
+    ]
+    for d in result.get("deaths", []):
+        lines.append(f"daemon died without a fault: {d['name']} on {d['host']} (pid {d['pid']}, {d['how']});"
+                     " restarted")
+    if result.get("aborted"):
+        lines.append(f"ABORTED: {result['aborted']}")
+    by_check: dict[str, int] = {}
+    for v in result["violations"]:
+        by_check[v["check"]] = by_check.get(v["check"], 0) + 1
+    lines.append(f"violations: {len(result['violations'])}" +
+                 (" (" + ", ".join(f"{k} {n}" for k, n in by_check.items()) + ")" if by_check else ""))
+    lines += [f"  [{v['schedule'] or '-'}] {v['check']}: {v['what']}" for v in result["violations"][:20]]
+    return lines
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and math.isinf(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+    path.write_text(json.dumps(clean(result), indent=1, sort_keys=True, default=str) + "\n")
+
+
+def pick_schedule(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The schedule worth a picture: one with a violation, else the most faults."""
+    scheds = result["schedules"]
+    if not scheds:
+        return None
+    bad_names = {v["schedule"] for v in result["violations"]}
+    bad = [s for s in scheds if s["name"] in bad_names]
+    if bad:
+        return bad[0]
+    return max(scheds, key=lambda s: (len(s["faults_applied"]), min(s["unavailable_s"] or 0, 1e9)))
+
+
+def timeline_png(sched: dict[str, Any], events: list[dict], acks: list[dict], path: Path) -> None:
+    """Faults, writable nodes, VIP holders and acknowledged writes per second, on the
+    lab clock relative to the schedule's start."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tandem.lab.checker import vip_intervals, writable_intervals
+
+    t0 = sched["t_start"]
+    t1 = sched["t_end"] or (t0 + sched["duration"])
+    span = t1 - t0
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(12, 6.5), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 1.3]})
+    rows: list[str] = []
+
+    def bar(label: str, start: float, end: float, color: str) -> None:
+        if label not in rows:
+            rows.append(label)
+        s, e = max(start, t0) - t0, min(end, t1) - t0
+        if e > s:
+            ax.barh(rows.index(label), e - s, left=s, height=0.6, color=color)
+
+    for f in sched["faults_applied"]:
+        bar(f"fault {f['index']}: {f['describe']}"[:48], f["start"], f["end"], "tab:red")
+    for iv in writable_intervals(events):
+        bar(f"writable: {iv.node}", iv.start, iv.end, "tab:green")
+    for addr, ivs in sorted(vip_intervals(events).items()):
+        for iv in ivs:
+            bar(f"VIP {addr} on {iv.node}", iv.start, iv.end, "tab:blue")
+    ax.axvline(sched["t_healed"] - t0, color="black", linestyle="--", linewidth=1)
+    if sched.get("converge_s") is not None:
+        ax.axvline(sched["t_healed"] + sched["converge_s"] - t0, color="tab:green", linestyle=":",
+                   linewidth=1)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(f"schedule {sched['name']}: faults (red), writable volume (green), VIP holders (blue);"
+                 " dashed: all healed, dotted: converged", fontsize=9)
+    width = 0.25
+    nbins = max(1, int(span / width) + 1)
+    counts = [0] * nbins
+    for a in acks:
+        if t0 <= a["acked"] < t1:
+            counts[int((a["acked"] - t0) / width)] += 1
+    ax2.bar([i * width for i in range(nbins)], [c / width for c in counts], width=width, align="edge",
+            color="tab:gray")
+    ax2.set_ylabel("acked writes/s")
+    ax2.set_xlabel("seconds since the schedule started (CLOCK_MONOTONIC)")
+    ax2.set_xlim(0, span)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

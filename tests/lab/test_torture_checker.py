@@ -1,0 +1,146 @@
+"""The campaign's checker and planner on hand-made histories: each check must
+fail on the history it exists for (a lost write, two writers, a double VIP
+holder, a job applied twice or never), and a seed must give the same faults."""
+
+from __future__ import annotations
+
+import math
+
+from tandem.lab import checker
+from tandem.lab.torture import Options, ScheduleResult, analyse
+from tandem.lab.torture_plan import KINDS, SHAPES, draw_schedule
+from tandem.lab.vipwatch import parse_monitor_line
+
+VIP = "10.1.1.100"
+
+
+def _vip(host: str, held: bool, at: float) -> dict:
+    return {"kind": "vip", "t": at + 0.001, "at": at, "host": host, "address": VIP, "held": held}
+
+
+def _writable(node: str, on: bool, t: float) -> dict:
+    return {"kind": "writable", "t": t, "node": node, "writable": on}
+
+
+def test_a_clean_vip_move_has_one_holder_at_a_time():
+    events = [_vip("node1", True, 1.0), _vip("node1", False, 5.0), _vip("node2", True, 5.01)]
+    assert checker.double_vip_holders(events) == []
+    assert [i.node for i in checker.vip_intervals(events)[VIP]] == ["node1", "node2"]
+
+
+def test_two_holders_of_one_vip_are_found():
+    events = [_vip("node1", True, 1.0), _vip("node2", True, 4.0), _vip("node1", False, 6.0)]
+    [(addr, a, b)] = checker.double_vip_holders(events)
+    assert addr == VIP and {a.node, b.node} == {"node1", "node2"}
+    # an overlap shorter than the watcher's resolution is tolerated only when asked
+    short = [_vip("node1", True, 1.0), _vip("node2", True, 5.00), _vip("node1", False, 5.02)]
+    assert checker.double_vip_holders(short) and not checker.double_vip_holders(short, tolerance=0.05)
+
+
+def test_a_vip_still_held_at_the_end_counts_until_forever():
+    events = [_vip("node1", True, 1.0), _vip("node2", True, 100.0)]
+    assert len(checker.double_vip_holders(events)) == 1
+
+
+def test_jobs_exactly_once():
+    jobs = [{"jobid": "j1", "command": "deployVirtualMachine", "status": 1},
+            {"jobid": "j2", "command": "stopVirtualMachine", "status": 1},
+            {"jobid": "j3", "command": "startVirtualMachine", "status": 2}]
+    effects = [{"request_id": "j1", "op": "create", "vm": "v1"},
+               {"request_id": "j2", "op": "stop", "vm": "v1"}]
+    assert checker.job_violations(jobs, effects) == []
+    twice = checker.job_violations(jobs, [*effects, {"request_id": "j2", "op": "stop", "vm": "v1"}])
+    assert len(twice) == 1 and "applied 2 times" in twice[0]
+    lost = checker.job_violations(jobs, effects[:1])
+    assert len(lost) == 1 and "never applied" in lost[0]
+    pending = checker.job_violations([{**jobs[0], "status": 0}], [])
+    assert "never completed" in pending[0]
+    conflict = checker.job_violations(jobs, [*effects, {"request_id": "j9", "op": "start", "vm": "v1",
+                                                        "conflict": True}])
+    assert len(conflict) == 1 and "while another operation" in conflict[0]
+
+
+def test_unavailability_counts_the_whole_gap_around_a_fault():
+    acks = [0.0, 0.1, 0.2, 3.2, 3.3]
+    assert math.isclose(checker.unavailability(acks, 1.0, 2.0), 3.0)  # gap 0.2 -> 3.2 spans the fault
+    assert math.isclose(checker.unavailability(acks, 3.25, 3.28), 0.1)
+    assert checker.unavailability(acks, 4.0, 5.0) == float("inf")  # never available again
+    assert checker.percentiles([1.0, 2.0, 3.0, 4.0]) == {"p50": 2.0, "p90": 4.0, "p99": 4.0, "p100": 4.0}
+
+
+def test_monitor_lines_are_parsed():
+    add = "[2026-11-25T06:15:44.357049] 23: pub0    inet 10.1.1.100/24 scope global pub0\\       valid_lft"
+    dele = "[2026-11-25T06:15:44.582718] Deleted 23: pub0    inet 10.1.1.100/24 scope global pub0\\"
+    t1, a1, h1 = parse_monitor_line(add)
+    t2, a2, h2 = parse_monitor_line(dele)
+    assert (a1, h1, a2, h2) == ("10.1.1.100", True, "10.1.1.100", False)
+    assert math.isclose(t2 - t1, 0.225669, abs_tol=1e-6)
+    assert parse_monitor_line("[2026-11-25T06:15:44.357049] 23: pub0 inet6 fe80::1/64") is None
+
+
+def test_a_seed_gives_the_same_schedules_and_covers_every_fault():
+    a = [draw_schedule(7, i, 20).to_json() for i in range(200)]
+    assert a == [draw_schedule(7, i, 20).to_json() for i in range(200)]
+    assert a != [draw_schedule(8, i, 20).to_json() for i in range(200)]
+    faults = [f for s in a for f in s["faults"]]
+    assert {f["kind"] for f in faults} == set(KINDS)
+    assert {f["params"]["shape"] for f in faults if f["kind"] == "partition"} == set(SHAPES)
+    assert any(len(s["faults"]) > 1 for s in a)  # combinations
+    assert all(f["start"] >= 0 and f["start"] + f["hold"] <= 20 + 1e-9 for f in faults)
+
+
+def test_analyse_turns_each_broken_history_into_a_violation():
+    sched = draw_schedule(1, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
+    r.faults = [{"index": 0, "kind": "crash", "describe": "crash node1", "start": 2.0, "end": 6.0}]
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(150) if not 20 < i < 40]
+    stored = {a["id"] for a in acks}
+    clean = [_writable("node1", True, 0.0), {"kind": "fault", "fault": "crash", "host": "node1", "t": 2.0},
+             _writable("node2", True, 3.5), _vip("node1", True, 0.0), _vip("node1", False, 2.0),
+             _vip("node2", True, 3.6)]
+    jobs = [{"jobid": "j1", "command": "deployVirtualMachine", "status": 1}]
+    effects = [{"request_id": "j1", "op": "create", "vm": "v1"}]
+    ok = analyse(clean, acks, [], stored, jobs, effects, [r], Options(), None)
+    assert ok["violations"] == []
+    assert ok["faults_by_kind"] == {"crash": 1} and math.isclose(ok["faults"][0]["unavailable_s"], 2.0)
+
+    def checks(events=clean, stored=stored, effects=effects):
+        out = analyse(events, acks, [], stored, jobs, effects, [r], Options(), None)
+        return [v["check"] for v in out["violations"]]
+
+    assert checks(stored=stored - {"w-77"}) == ["lost-write"]
+    assert checks(events=[*clean, _writable("node1", True, 4.0)]) == ["two-writers"]
+    assert checks(events=[*clean, _vip("node1", True, 5.0)]) == ["two-vip-holders"]
+    assert checks(effects=effects * 2) == ["jobs"]
+
+
+def test_report_table_json_and_timeline(tmp_path):
+    import json
+
+    from rich.console import Console
+
+    from tandem.lab import torture_report as rep
+    sched = draw_schedule(1, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
+    r.faults = [{"index": 0, "kind": "crash", "describe": "crash node1", "start": 2.0, "end": 6.0}]
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(150) if not 20 < i < 40]
+    events = [_writable("node1", True, 0.0), {"kind": "fault", "fault": "crash", "host": "node1", "t": 2.0},
+              _writable("node2", True, 3.5), _vip("node1", True, 0.0), _vip("node1", False, 2.0),
+              _vip("node2", True, 3.6)]
+    result = analyse(events, acks, [], {a["id"] for a in acks}, [], [], [r], Options(duration=10), None)
+    rep.write_json(result, tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text())["faults_by_kind"] == {"crash": 1}
+    console = Console(record=True, width=120)
+    console.print(rep.summary_table(result))
+    assert "crash" in console.export_text()
+    assert any(line.startswith("violations: 0") for line in rep.summary_lines(result))
+    rep.timeline_png(rep.pick_schedule(result), events, acks, tmp_path / "t.png")
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_crash_ends_the_hosts_vip_holding():
+    """The watcher's monitor on a crashed host dies with it; the crash itself ends the holding."""
+    crash = {"kind": "fault", "fault": "crash", "host": "node1", "t": 2.0}
+    events = [_vip("node1", True, 1.0), crash, _vip("node2", True, 3.0), _vip("node1", False, 60.0)]
+    assert checker.double_vip_holders(events) == []
+    assert checker.double_vip_holders([_vip("node1", True, 1.0), _vip("node2", True, 3.0)])
