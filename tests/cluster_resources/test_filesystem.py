@@ -53,6 +53,20 @@ def test_no_filesystem_and_mkfs_off_refuses(lab, resources):
     assert "detached /dev/loop" in stop["message"]
 
 
+def test_no_mkfs_over_data_blkid_does_not_recognise(lab, resources):
+    """blkid finds nothing, mkfs is on, but the device holds bytes: never format it."""
+    cfg = fs_config(lab, "fs4")
+    with open(cfg["device"], "r+b") as f:
+        f.seek(300 << 10)
+        f.write(b"rows of a database that lost its superblock")
+    before = open(cfg["device"], "rb").read(1 << 20)
+    out = op(lab, HOST, "filesystem", "start", cfg)
+    assert not out["ok"] and "refusing mkfs" in out["message"], out
+    assert "not all zeros" in out["message"]
+    assert open(cfg["device"], "rb").read(1 << 20) == before
+    must(lab, HOST, "filesystem", "stop", cfg)
+
+
 def test_busy_stop_names_the_holder(lab, resources):
     cfg = fs_config(lab, "fs3")
     resources.start(HOST, "filesystem", cfg)

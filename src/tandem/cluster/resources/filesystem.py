@@ -33,6 +33,7 @@ import asyncio
 import os
 import secrets
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
@@ -41,6 +42,26 @@ from tandem.cluster.resources.procs import holders
 
 MOUNT_OPTIONS = ("noatime", "data=ordered", "barrier=1", "errors=remount-ro")
 PROBE_NAME = ".tandem-probe"
+# How long looking up the device path may take before the volume behind it is
+# called unresponsive (a held FUSE volume does not answer GETATTR).
+DEVICE_LOOKUP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    exists: bool
+    is_block: bool
+    real: str  # what /sys/block/loopN/loop/backing_file shows for it
+
+
+def device_facts(device: Path) -> DeviceFacts:
+    """stat + realpath of the device: blocking, and on a FUSE file a round trip
+    to the volume daemon. Only ever called off the event loop."""
+    try:
+        mode = os.stat(device).st_mode
+    except FileNotFoundError:
+        return DeviceFacts(False, False, os.path.realpath(device))
+    return DeviceFacts(True, stat.S_ISBLK(mode), os.path.realpath(device))
 
 
 def mount_source(mountpoint: Path) -> str | None:
@@ -76,41 +97,78 @@ def loop_backing_file(dev: str) -> str | None:
         return None
 
 
+BLANK_BYTES = 1 << 20
+
+
+def not_blank(dev: str) -> str | None:
+    """Why `dev` must not be formatted, None when its first MiB reads back as zeros.
+
+    blkid also says "nothing found" when it cannot read the device (a loop whose
+    FUSE file was torn away), and mkfs over a database is the one mistake no
+    resync can undo; a volume that ever held ext4 has its superblock at 1 KiB."""
+    try:
+        fd = os.open(dev, os.O_RDONLY)
+        try:
+            head = os.pread(fd, BLANK_BYTES, 0)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return f"its first MiB cannot be read ({e.strerror})"
+    if len(head) < BLANK_BYTES:
+        return f"it is shorter than {BLANK_BYTES} bytes"
+    if head.count(0) != len(head):
+        return "its first MiB is not all zeros"
+    return None
+
+
 class Filesystem(Resource):
     kind = "filesystem"
     config: FilesystemConfig
 
     def __init__(self, config: FilesystemConfig):
         super().__init__(config)
+        self._known: DeviceFacts | None = None
 
-    @property
-    def _is_block(self) -> bool:
+    async def _facts(self) -> DeviceFacts:
+        """What the device is, looked up in a thread and remembered once it exists.
+
+        The device is usually the volume's FUSE file: a stat of it is answered by
+        the volume daemon, which may hold every worker while writes are held (fence,
+        lapsed write lease). Doing that on the event loop once froze the agent,
+        so it could never renew the lease that would have released the volume."""
+        if self._known is not None:
+            return self._known
         try:
-            return stat.S_ISBLK(os.stat(self.config.device).st_mode)
-        except FileNotFoundError:
-            return False
+            facts = await asyncio.wait_for(asyncio.to_thread(device_facts, self.config.device),
+                                           DEVICE_LOOKUP_TIMEOUT)
+        except TimeoutError:
+            raise ResourceError(f"{self.config.device} does not answer a stat within"
+                                f" {DEVICE_LOOKUP_TIMEOUT:.0f} s (volume I/O held?)") from None
+        if facts.exists:
+            self._known = facts
+        return facts
 
-    def _our_loop(self) -> str | None:
+    def _our_loop(self, facts: DeviceFacts) -> str | None:
         """The loop device recorded in our state, if it is still attached to our file."""
         st = self.load_state()
         dev = st.get("loop") if st else None
         # After the volume's FUSE file was torn away under it (forced demotion), the
         # loop device still exists but its backing path reads "/<file name>".
-        if dev and loop_backing_file(dev) in (os.path.realpath(self.config.device),
-                                              "/" + Path(self.config.device).name):
+        if dev and loop_backing_file(dev) in (facts.real, "/" + Path(self.config.device).name):
             return dev
         return None
 
     async def _attach(self) -> tuple[str, str]:
         cfg = self.config
-        if self._is_block:
+        facts = await self._facts()
+        if facts.is_block:
             return str(cfg.device), f"using block device {cfg.device}"
-        if not cfg.device.is_file():
+        if not facts.exists:
             raise ResourceError(f"device file {cfg.device} does not exist (is the volume Primary?)")
-        dev = self._our_loop()
+        dev = self._our_loop(facts)
         if dev:
             return dev, f"{dev} already attached by us"
-        real = os.path.realpath(cfg.device)
+        real = facts.real
         others = (await run_cmd(["losetup", "-n", "-O", "NAME", "-j", real], timeout=10)).output.split()
         if others:
             raise ResourceError(f"{cfg.device} is already attached as {', '.join(others)}, not by this"
@@ -131,6 +189,10 @@ class Filesystem(Resource):
         if res.returncode == 2 or (res.returncode == 0 and not fstype):
             if not cfg.mkfs:
                 raise ResourceError(f"no filesystem on {cfg.device} and mkfs is off: refusing to mount")
+            why = await asyncio.to_thread(not_blank, dev)
+            if why:
+                raise ResourceError(f"blkid finds no filesystem on {dev} but {why}: refusing mkfs"
+                                    " (check the volume and the loop device by hand)")
             # nodiscard: the FUSE file refuses FALLOCATE; lazy_journal_init=0: the
             # journal is zeroed now, so a replay never trips over old blocks.
             await run_cmd(["mkfs.ext4", "-q", "-E", "nodiscard,lazy_journal_init=0", dev], timeout=300)
@@ -159,7 +221,8 @@ class Filesystem(Resource):
         cfg = self.config
         done = []
         mounted = mount_source(cfg.mountpoint)
-        ours = self._our_loop()
+        facts = await self._facts()
+        ours = self._our_loop(facts)
         if mounted is not None:
             if ours is not None and os.path.realpath(mounted) != os.path.realpath(ours):
                 raise ResourceError(f"{cfg.mountpoint} is mounted from {mounted}, not from our {ours}:"
@@ -169,9 +232,8 @@ class Filesystem(Resource):
         if ours is not None:
             await run_cmd(["losetup", "-d", ours], timeout=30)
             done.append(f"detached {ours}")
-        elif not self._is_block and cfg.device.exists():
-            real = os.path.realpath(cfg.device)
-            res = await run_cmd(["losetup", "-n", "-O", "NAME", "-j", real], timeout=10, check=False)
+        elif not facts.is_block and facts.exists:
+            res = await run_cmd(["losetup", "-n", "-O", "NAME", "-j", facts.real], timeout=10, check=False)
             if res.output.split():  # not ours to detach, but the operator must know
                 done.append(f"left {', '.join(res.output.split())} attached (no state file says we"
                             " attached it)")
@@ -198,11 +260,12 @@ class Filesystem(Resource):
     async def _monitor(self) -> Health:
         cfg = self.config
         src = mount_source(cfg.mountpoint)
+        facts = await self._facts()
         if src is None:
-            if self._our_loop():
+            if self._our_loop(facts):
                 return Health.failed(f"{cfg.mountpoint} is not mounted but our loop device is attached")
             return Health.stopped(f"{cfg.mountpoint} is not mounted")
-        ours = self._our_loop() or (str(cfg.device) if self._is_block else None)
+        ours = self._our_loop(facts) or (str(cfg.device) if facts.is_block else None)
         if ours is None or os.path.realpath(src) != os.path.realpath(ours):
             return Health.failed(f"{cfg.mountpoint} is mounted from {src}, not from our device")
         if "ro" in mount_options(cfg.mountpoint):
