@@ -147,9 +147,10 @@ class MariaDB:
         return db
 
 
-@pytest.fixture(scope="session")
-def mariadb() -> Iterator[MariaDB]:
-    root = Path(tempfile.mkdtemp(prefix="tandem-mariadb-", dir="/var/tmp"))
+@contextlib.contextmanager
+def private_mariadb(prefix: str = "tandem-mariadb-") -> Iterator[MariaDB]:
+    """A fresh MariaDB in a temporary directory, stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     db = None
     try:
         db = MariaDB.fresh(root)
@@ -158,6 +159,12 @@ def mariadb() -> Iterator[MariaDB]:
         if db is not None:
             db.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    with private_mariadb() as db:
+        yield db
 
 
 @pytest.fixture
