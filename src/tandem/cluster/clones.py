@@ -239,6 +239,7 @@ class CloneSet:
         self.holding = False  #: the API VIP is on this node (as far as we did it)
         self._vip_checked = 0.0
         self._had_key = False
+        self._published: tuple[bytes, int] | None = None
 
     # --- what the agent publishes ---------------------------------------------------
     def api_url(self) -> str:
@@ -247,6 +248,27 @@ class CloneSet:
 
     def summary(self) -> dict[str, Any]:
         return {name: str(h) for name, h in self.health.items()} | {"api_vip": self.holding}
+
+    def published(self) -> dict[str, Any]:
+        """What `tandem status` shows of this node's clones: states, the server id,
+        and a reason only when not running (stable while healthy, so it is written
+        only on changes). No secrets: the reasons are monitor sentences."""
+        out: dict[str, Any] = {}
+        for m in self.members:
+            h = self.health.get(m.name)
+            if h is None:
+                out[m.name] = {"state": "unknown"}
+                continue
+            state = {"ok": "running", "failed": "failed", "stopped": "stopped"}[h.state.value]
+            if state == "running" and "starting" in h.reason:
+                state = "starting"
+            quiet = state in ("running", "starting")
+            out[m.name] = {"state": state} | ({} if quiet else {"detail": h.reason[:200]})
+        sid = self.mgmt.server_id()
+        if sid:
+            out["mgmt"]["server_id"] = sid
+        out["api_vip"] = self.holding
+        return out
 
     # --- the task -------------------------------------------------------------------
     async def run(self, agent: Agent) -> None:
@@ -284,6 +306,20 @@ class CloneSet:
         self.haproxy_ok = self.health.get("haproxy") is not None and self.health["haproxy"].is_ok
         if self.vip is not None:
             await self._place_vip(agent)
+        try:
+            await self._publish(agent)
+        except DCSError as e:
+            log.debug("publishing the clones' state: %s", e)
+
+    async def _publish(self, agent: Agent) -> None:
+        """``clones/<node>`` on our lease, when it changed (or the lease did)."""
+        value = encode(self.published())
+        lease = await agent.dcs._lease()
+        if self._published == (value, lease):
+            return
+        key = (agent.dcs.keys.prefix + "clones/" + self.node).encode()
+        await agent.dcs._txn("publish clones", [], [tx.Put(key, value, lease=lease)])
+        self._published = (value, lease)
 
     # --- the API VIP ----------------------------------------------------------------
     def _key(self, agent: Agent) -> bytes:
