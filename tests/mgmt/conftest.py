@@ -147,6 +147,26 @@ class MariaDB:
         return db
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mgmt_key_file() -> Iterator[Path]:
+    """The key that seals API secrets, for every `tandem mgmt` the tests start
+    (through the environment, as an operator may give it)."""
+    root = Path(tempfile.mkdtemp(prefix="tandem-mgmt-key-", dir="/var/tmp"))
+    path = root / "secret"
+    path.write_text(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    old = os.environ.get("TANDEM_MGMT_KEY_FILE")
+    os.environ["TANDEM_MGMT_KEY_FILE"] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("TANDEM_MGMT_KEY_FILE", None)
+        else:
+            os.environ["TANDEM_MGMT_KEY_FILE"] = old
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def private_mariadb(prefix: str = "tandem-mariadb-") -> Iterator[MariaDB]:
     """A fresh MariaDB in a temporary directory, stopped and removed afterwards."""

@@ -107,6 +107,7 @@ class MgmtServerConfig(ResourceBase):
     db_name: str
     db_user: str
     password_file: AbsPath
+    key_file: AbsPath  #: seals API secret keys in the database (the cluster secret file)
     simhost: str
     dead_after: Seconds = 3.0
     db_retry: Seconds = 8.0
@@ -163,7 +164,7 @@ class MgmtServer(Resource):
         server_id = f"{c.node}-{incarnation}"
         argv = [*tandem_exe(), "mgmt", "serve",
                 "--db", f"mysql://{c.db_user}@{c.db_host}:{c.db_port}/{c.db_name}",
-                "--db-password-file", str(c.password_file),
+                "--db-password-file", str(c.password_file), "--key-file", str(c.key_file),
                 "--listen", f"{c.listen_address}:{c.port}", "--server-id", server_id,
                 "--simhost", c.simhost, "--dead-after", str(c.dead_after), "--db-retry", str(c.db_retry)]
         ref = spawn(argv, self.log_path)
@@ -225,6 +226,7 @@ class CloneSet:
             name="mgmt", node=node, run_dir=rd, listen_address=self.address, port=m.server_port,
             db_host=str(db.vip.address.ip), db_port=db.port, db_name=m.db_name,
             db_user=m.db_user or db.user, password_file=db.password_file.resolve(),
+            key_file=cfg.cluster.secret.file.resolve(),
             simhost=m.simhost, dead_after=m.dead_after, db_retry=m.db_retry))
         self.members: list[Resource] = [self.haproxy, self.mgmt]
         self.vip: Vip | None = None

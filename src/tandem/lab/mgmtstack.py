@@ -47,6 +47,7 @@ dead_after = {dead_after}
 db_retry = {db_retry}
 """)
         self.admin: dict[str, str] = {}
+        self.key_file = lab.spec.dir / "etc" / "secret"  #: the cluster secret (clusterconf writes it)
 
     # --- addresses ---------------------------------------------------------------------
     @property
@@ -88,6 +89,7 @@ db_retry = {db_retry}
             self.vip, str(self.password_file))
         proc = self.lab.run("client", [*tandem_argv("mgmt", "create-admin", "--db", self.db_url(),
                                                     "--db-password-file", str(self.password_file),
+                                                    "--key-file", str(self.key_file),
                                                     "--username", username, "--password-file", str(pw),
                                                     "--json")], check=False, timeout=120)
         if proc.returncode != 0:
