@@ -33,6 +33,7 @@ class MgmtStack(LabStack):
         super().__init__(lab, volume_size=volume_size, **kw)
         self.api_vip = str(lab.spec.vip(1))
         self.op_seconds = op_seconds
+        self.db_retry = db_retry  #: the servers' database retry budget: the bound of a request's wait
         self.simhost_url = f"http://{lab.address('witness')}:{SIMHOST_PORT}"
         self.simhost_dir = lab.host_dir("witness") / "data" / "simhost"
         with open(self.config, "a") as f:
