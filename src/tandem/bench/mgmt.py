@@ -38,6 +38,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from tandem.errors import LabError, TandemError
@@ -134,6 +135,15 @@ def run_workers(n: int, seconds: float, body: Callable[[int, threading.Event], N
     return time.monotonic() - t0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def list_slice(api: Client, workers: int, seconds: float) -> dict[str, Any]:
     ok, failed = Counter(), Counter()
 
@@ -218,11 +228,19 @@ class Bench:
             order += [1, 2, 2, 1]
         slices: dict[int, list[dict]] = {1: [], 2: []}
         api = self.api
+        pids = [int(self.stack.mgmt_state(s)["pid"]) for s in servers]
         try:
             for n in order:
                 use_servers(self.lab, holder, servers[:1] if n == 1 else servers, servers)
+                cpu0, own0, t0 = [cpu_seconds(p) for p in pids], os.times(), time.monotonic()
                 row = (list_slice(api, o.list_workers, o.seconds) if kind == "list"
                        else self.deploy_slice(api, o.deploy_workers, o.seconds))
+                wall = time.monotonic() - t0
+                own = os.times()
+                row["server_cpu"] = [round((cpu_seconds(p) - c) / wall, 3) for p, c in zip(pids, cpu0,
+                                                                                            strict=True)]
+                row["client_cpu"] = round((own.user + own.system - own0.user - own0.system) / wall, 3)
+                row["load1"] = os.getloadavg()[0]
                 slices[n].append(row)
                 rate = row["calls_per_s"] if kind == "list" else row["completed_per_s"]
                 self.say(f"{kind}: {n} server(s): {rate:.1f}/s")
@@ -244,6 +262,10 @@ class Bench:
                                / sum(r["submit_seconds"] for r in rows),
                                "failed": sum(r["failed_requests"] for r in rows)
                                + sum(r["jobs"] - r["succeeded"] for r in rows)}
+            out[str(n)]["server_cpu"] = [round(sum(r["server_cpu"][i] for r in rows) / len(rows), 2)
+                                         for i in range(len(servers))]
+            out[str(n)]["client_cpu"] = round(sum(r["client_cpu"] for r in rows) / len(rows), 2)
+            out[str(n)]["load1"] = round(sum(r["load1"] for r in rows) / len(rows), 1)
         return out
 
     def vip_holder(self) -> str:
@@ -394,11 +416,17 @@ def render(res: dict[str, Any], command: str | None = None) -> None:
         if part == "deploy":
             t.add_row("deploy requests accepted/s", f"{r['1']['accepted_per_s']:.1f}",
                       f"{r['2']['accepted_per_s']:.1f}", "", "")
+        if "server_cpu" in r["1"]:
+            def cpu(x: dict) -> str:
+                return "+".join(f"{c:.2f}" for c in x["server_cpu"]) + f" / {x['client_cpu']:.2f}"
+            t.add_row(f"  {part}: CPU cores used, servers / client", cpu(r["1"]), cpu(r["2"]), "", "")
+            t.add_row(f"  {part}: machine load (1 min)", f"{r['1']['load1']:.1f}", f"{r['2']['load1']:.1f}",
+                      "", "")
     console.print(t)
     f = res.get("faults")
     if f:
         ft = Table(title="faults under API load (through the API VIP, 2 servers)")
-        for col in ("fault", "requests", "failed", "failed within bound", "longest wait", "service back"):
+        for col in ("fault", "requests", "failed", "failed within bound", "longest wait", "DB back after"):
             ft.add_column(col, justify="right" if col != "fault" else "left")
         for ph, label, key in (("switchover", "DB switchover", "switchover_s"),
                                ("crash", f"crash of DB primary {f['crashed']}", "crash_service_s")):
