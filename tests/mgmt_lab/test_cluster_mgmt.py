@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import threading
 import time
@@ -154,6 +155,7 @@ class ApiLoad:
         self.jobs: list[str] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True) for w in range(workers)]
+        self.tag = secrets.token_hex(3)  # VM names are unique per account: one tag per load
 
     def _call(self, cmd: str, **params: str) -> requests.Response:
         if self.sessionkey:  # a login session instead of signed requests
@@ -170,7 +172,7 @@ class ApiLoad:
             try:
                 if cmd == "deployVirtualMachine":
                     r = self._call(cmd, zoneid=ZONE, serviceofferingid=SMALL, templateid=TEMPLATE,
-                                   name=f"w{worker}-{i}")
+                                   name=f"w{self.tag}-{worker}-{i}")
                 else:
                     r = self._call(cmd, page="1", pagesize="20")
                 status, text = r.status_code, r.text[:200]
