@@ -207,6 +207,9 @@ class ApiLoad:
 def _db_on(mstack, node: str) -> None:
     """Move the database to `node` (if it is not there) and wait until it serves."""
     if mstack.wait_service(60) != node:
+        def eligible() -> bool:  # a node back from a crash resyncs first
+            return next(n for n in mstack.status()["nodes"] if n["node"] == node)["eligible"]
+        mstack.wait(eligible, 180, f"{node} to be eligible")
         mstack.tandem("witness", "switchover", "--to", node, "--force", timeout=60)
         mstack.wait(lambda: mstack.wait_service(60) == node, 90, f"the database on {node}")
 
