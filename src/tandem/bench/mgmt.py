@@ -268,6 +268,13 @@ class Bench:
             out[str(n)]["load1"] = round(sum(r["load1"] for r in rows) / len(rows), 1)
         return out
 
+    def wait_eligible(self, node: str) -> None:
+        """A switchover is refused to a node that is not eligible (resyncing, or briefly
+        unhealthy on a loaded machine): wait for it, not to measure a refusal."""
+        def eligible() -> bool:
+            return next(n for n in self.stack.status()["nodes"] if n["node"] == node)["eligible"]
+        self.stack.wait(eligible, 180, f"{node} to be eligible")
+
     def vip_holder(self) -> str:
         holders = self.stack.api_vip_holders()
         if len(holders) != 1:
@@ -282,8 +289,10 @@ class Bench:
         lead = st.wait_service(60)
         if lead != holder:  # so the measured switchover goes to the node the crash will hit
             self.say(f"unmeasured switchover {lead} -> {holder} (the crash must spare the API VIP)")
+            self.wait_eligible(holder)
             st.tandem("witness", "switchover", "--to", holder, "--force", timeout=60)
             st.wait(lambda: st.wait_service(60) == holder, 60, f"the database on {holder}")
+        self.wait_eligible(other)
         before = self.max_seq()
         api = self.api
         phase = ["warmup"]
