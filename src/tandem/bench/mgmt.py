@@ -431,7 +431,8 @@ def render(res: dict[str, Any], command: str | None = None) -> None:
             t.add_row(f"  {part}: CPU cores used, servers / client", cpu(r["1"]), cpu(r["2"]), "", "")
             t.add_row(f"  {part}: machine load (1 min)", f"{r['1']['load1']:.1f}", f"{r['2']['load1']:.1f}",
                       "", "")
-    console.print(t)
+    if res.get("list") or res.get("deploy"):
+        console.print(t)
     f = res.get("faults")
     if f:
         ft = Table(title="faults under API load (through the API VIP, 2 servers)")
