@@ -57,7 +57,7 @@ def lab_root(tmp_path_factory) -> Path:
 def lab(lab_root):
     from tandem.lab.lab import Lab
     _needs_root()
-    name = fresh_lab_name(os.environ.get("TANDEM_LAB_PREFIX", "t"))  # a shared machine: one prefix each
+    name = fresh_lab_name()
     loops_before = _loop_devices()
     the_lab = Lab.up(name, root=lab_root)
     try:
