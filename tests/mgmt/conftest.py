@@ -147,9 +147,30 @@ class MariaDB:
         return db
 
 
-@pytest.fixture(scope="session")
-def mariadb() -> Iterator[MariaDB]:
-    root = Path(tempfile.mkdtemp(prefix="tandem-mariadb-", dir="/var/tmp"))
+@pytest.fixture(scope="session", autouse=True)
+def mgmt_key_file() -> Iterator[Path]:
+    """The key that seals API secrets, for every `tandem mgmt` the tests start
+    (through the environment, as an operator may give it)."""
+    root = Path(tempfile.mkdtemp(prefix="tandem-mgmt-key-", dir="/var/tmp"))
+    path = root / "secret"
+    path.write_text(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    old = os.environ.get("TANDEM_MGMT_KEY_FILE")
+    os.environ["TANDEM_MGMT_KEY_FILE"] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("TANDEM_MGMT_KEY_FILE", None)
+        else:
+            os.environ["TANDEM_MGMT_KEY_FILE"] = old
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_mariadb(prefix: str = "tandem-mariadb-") -> Iterator[MariaDB]:
+    """A fresh MariaDB in a temporary directory, stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     db = None
     try:
         db = MariaDB.fresh(root)
@@ -158,6 +179,12 @@ def mariadb() -> Iterator[MariaDB]:
         if db is not None:
             db.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    with private_mariadb() as db:
+        yield db
 
 
 @pytest.fixture

@@ -4,18 +4,15 @@ latency, not errors, and no job is lost or applied twice."""
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.mgmt.conftest import Api, MariaDB, MgmtProc, SimHostProc, create_admin
+from tests.mgmt.conftest import Api, MariaDB, MgmtProc, SimHostProc, create_admin, private_mariadb
 
 ZONE = "6c2b9a4e-0000-4000-8000-000000000001"
 SMALL = "5b7f0c1e-0000-4000-8000-000000000001"
@@ -24,15 +21,8 @@ TEMPLATE = "7e4d2a9c-0000-4000-8000-000000000001"
 
 @pytest.fixture
 def own_mariadb():
-    root = Path(tempfile.mkdtemp(prefix="tandem-mariadb-failover-", dir="/var/tmp"))
-    db = None
-    try:
-        db = MariaDB.fresh(root)
+    with private_mariadb("tandem-mariadb-failover-") as db:
         yield db
-    finally:
-        if db is not None:
-            db.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_requests_and_jobs_ride_out_database_restarts(own_mariadb: MariaDB, procs):

@@ -12,7 +12,8 @@ import time
 import pytest
 import requests
 
-from tandem.mgmt.haproxy import Backend, render_config
+from tandem.cluster.resources.config import Backend, HaproxyConfig
+from tandem.cluster.resources.haproxy import render
 from tests.mgmt.conftest import MgmtProc, SimHostProc, _http_ok, _stop_pid, create_admin, free_port, wait_for
 
 ZONE = "6c2b9a4e-0000-4000-8000-000000000001"
@@ -35,9 +36,10 @@ def test_killing_one_server_behind_haproxy(procs, mariadb, database, haproxy_bin
     admin = create_admin(procs, mariadb, database)
     port = free_port()
     cfg = procs.root / "haproxy.cfg"
-    cfg.write_text(render_config(f"127.0.0.1:{port}", [Backend("a", f"127.0.0.1:{a.port}"),
-                                                       Backend("b", f"127.0.0.1:{b.port}")],
-                                 check_interval_ms=300))
+    backends = [Backend(name=n, address="127.0.0.1", port=s.port) for n, s in (("a", a), ("b", b))]
+    conf = HaproxyConfig(name="api", run_dir=procs.root, bind_address="127.0.0.1", port=port,
+                         check_interval_ms=300, backends=backends)
+    cfg.write_text(render(conf, str(procs.root / "haproxy.sock")))
     check = subprocess.run([haproxy_bin, "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     with open(procs.root / "haproxy.log", "ab") as log:

@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from tandem.lab.mgmtstack import MgmtStack
+from tests.cluster_lab.lab_prefix import lab_prefix
+
+_prefix = lab_prefix("hm")  # labs of this package are named hm… on the shared machine
 
 
 @pytest.fixture(scope="module")

@@ -121,5 +121,57 @@ def failover(
         raise typer.Exit(1)  # the lab could not be driven through every round
 
 
+@app.command("mgmt")
+def mgmt(
+    seconds: float = typer.Option(8.0, help="length of one throughput slice"),
+    rounds: int = typer.Option(2, help="slice quadruples (1,2,2,1 servers) per measurement"),
+    list_workers: int = typer.Option(6, help="concurrent clients for list calls"),
+    deploy_workers: int = typer.Option(4, help="concurrent clients submitting deploys"),
+    load_workers: int = typer.Option(3, help="concurrent clients during the faults"),
+    op_seconds: float = typer.Option(0.2, help="simulated host operation time (s)"),
+    db_retry: float = typer.Option(10.0, help="the servers' database retry budget (s): the bound"),
+    only: str = typer.Option("list,deploy,faults", help="parts to run: list,deploy,faults"),
+    lab: str = typer.Option("hmbench", help="name of the private lab (created and removed)"),
+    keep: bool = typer.Option(False, help="leave the lab up afterwards (debugging)"),
+    save: Path = typer.Option(None, "--save", help="also write the results as JSON to this file"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
+):
+    """Management API throughput with one vs two servers; failed requests and lost or
+    duplicated jobs across a DB switchover and a DB primary crash (issue 6 benchmark)."""
+    import sys
+
+    from tandem.bench.mgmt import PARTS, MgmtBenchOptions, render, run
+
+    parts = tuple(p.strip() for p in only.split(",") if p.strip())
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        raise TandemError(f"--only: unknown or no part(s) {', '.join(bad)} (choose from {', '.join(PARTS)})")
+    for name, v, lo, hi in (("--seconds", seconds, 1, 600), ("--rounds", rounds, 1, 20),
+                            ("--list-workers", list_workers, 1, 64),
+                            ("--deploy-workers", deploy_workers, 1, 64),
+                            ("--load-workers", load_workers, 1, 64), ("--op-seconds", op_seconds, 0, 30),
+                            ("--db-retry", db_retry, 1, 120)):
+        if not lo <= v <= hi:
+            raise TandemError(f"{name} {v:g}: must be between {lo} and {hi}")
+    opts = MgmtBenchOptions(lab=lab, seconds=seconds, rounds=rounds, list_workers=list_workers,
+                            deploy_workers=deploy_workers, load_workers=load_workers, op_seconds=op_seconds,
+                            db_retry=db_retry, keep=keep, parts=parts)
+
+    def say(msg: str) -> None:
+        if not as_json:
+            typer.echo(f"· {msg}", err=True)
+
+    res = run(opts, say)
+    res["command"] = " ".join(["tandem", *sys.argv[1:]])
+    if save is not None:
+        save.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    if as_json:
+        typer.echo(json.dumps(res, indent=1, default=str))
+    else:
+        render(res, res["command"])
+    if res.get("errors"):
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":  # until it is wired into `tandem bench`
     app()

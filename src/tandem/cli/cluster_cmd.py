@@ -30,15 +30,21 @@ def _dcs(cfg: Config, node: str = "cli"):
                    op_timeout=max(1.0, cfg.etcd.op_timeout))
 
 
-async def _load(cfg: Config):
+async def _load(cfg: Config, also=None):
+    """The cluster view; with `also` (an async function of the DCS client), the pair
+    (view, what `also` read with the same client)."""
+    async def read():
+        view = await dcs.load()
+        return view if also is None else (view, await also(dcs))
+
     dcs = _dcs(cfg)
     try:
         for _ in range(len(dcs.endpoints)):
             try:
-                return await dcs.load()
+                return await read()
             except TandemError:
                 continue
-        return await dcs.load()
+        return await read()
     finally:
         await dcs.close()
 
@@ -68,12 +74,15 @@ def agent(config: Path = ConfigOpt, node: str = typer.Option(None, "--node"),
 def status(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--json"),
            watch: float = typer.Option(0, "--watch", help="refresh every N seconds")) -> None:
     """Nodes, roles, disks (reported and recorded), replication, resources, last failover."""
-    from tandem.cluster.status import render, status_dict
+    from tandem.cluster.status import load_clones, render, status_dict
     cfg = _cfg(config)
     vip = str(cfg.database.vip.address.ip) if cfg.database and cfg.database.vip else None
+    api_vip = str(cfg.mgmt.api_vip.address.ip) if cfg.mgmt and cfg.mgmt.api_vip else None
     console = Console()
     while True:
-        st = status_dict(asyncio.run(_load(cfg)), list(cfg.nodes), vip)
+        loaded = asyncio.run(_load(cfg, also=load_clones if cfg.mgmt else None))
+        view, clones = loaded if cfg.mgmt else (loaded, None)
+        st = status_dict(view, list(cfg.nodes), vip, clones=clones, api_vip=api_vip)
         if json_out:
             typer.echo(json.dumps(st, indent=2))
         else:

@@ -23,6 +23,19 @@ app = typer.Typer(help="CloudStack-compatible management server and simulated ho
 
 DbOpt = typer.Option(..., "--db", help="mysql://USER@HOST:PORT/DATABASE (password: see --db-password-file)")
 PwFileOpt = typer.Option(None, "--db-password-file", help="file holding the database password")
+KeyFileOpt = typer.Option(None, "--key-file", envvar="TANDEM_MGMT_KEY_FILE",
+                          help="file whose contents key the encryption of API secret keys in the database"
+                               " (in a cluster: the cluster secret file)")
+
+
+def _key_file(path: Path | None) -> Path:
+    """The key file, checked here so a mistake is one clear line, not a traceback."""
+    if path is None:
+        raise TandemError("--key-file (or TANDEM_MGMT_KEY_FILE): required; it seals the API secret keys"
+                          " stored in the database")
+    from tandem.mgmt.secretbox import SecretBox
+    SecretBox.from_file(path)  # readable and long enough
+    return path
 
 
 def _db_url(db: str, password_file: Path | None):
@@ -58,7 +71,7 @@ def _logging(verbose: bool) -> None:
 
 
 @app.command("serve")
-def serve(db: str = DbOpt, db_password_file: Path = PwFileOpt,
+def serve(db: str = DbOpt, db_password_file: Path = PwFileOpt, key_file: Path = KeyFileOpt,
           listen: str = typer.Option("127.0.0.1:8080", help="ADDRESS:PORT for /client/api"),
           server_id: str = typer.Option(..., "--server-id", help="this server's unique name"),
           simhost: str = typer.Option("http://127.0.0.1:8250", help="URL of the (simulated) host"),
@@ -75,7 +88,7 @@ def serve(db: str = DbOpt, db_password_file: Path = PwFileOpt,
         raise TandemError("--server-id: give a name of 1 to 64 characters")
     config = MgmtConfig(db=_db_url(db, db_password_file), host=host, port=port, server_id=server_id,
                         simhost=simhost, dead_after=dead_after, db_retry_budget=db_retry,
-                        host_retry_budget=host_retry,
+                        host_retry_budget=host_retry, key_file=_key_file(key_file),
                         migrate=not no_migrate)
     _logging(verbose)
     try:
@@ -113,7 +126,7 @@ def migrate_cmd(db: str = DbOpt, db_password_file: Path = PwFileOpt) -> None:
 
 
 @app.command("create-admin")
-def create_admin(db: str = DbOpt, db_password_file: Path = PwFileOpt,
+def create_admin(db: str = DbOpt, db_password_file: Path = PwFileOpt, key_file: Path = KeyFileOpt,
                  username: str = typer.Option("admin", help="user (and account) name"),
                  password_file: Path = typer.Option(None, help="file with the password (else a prompt)"),
                  user: bool = typer.Option(False, "--user", help="create a plain user, not an admin"),
@@ -122,6 +135,8 @@ def create_admin(db: str = DbOpt, db_password_file: Path = PwFileOpt,
     from tandem.mgmt import auth
     from tandem.mgmt.db import Database
     from tandem.mgmt.migrations import migrate
+    from tandem.mgmt.secretbox import SecretBox
+    box = SecretBox.from_file(_key_file(key_file))
     if password_file is not None:
         try:
             password = password_file.read_text().strip()
@@ -138,7 +153,7 @@ def create_admin(db: str = DbOpt, db_password_file: Path = PwFileOpt,
             raise TandemError(f"user {username!r} already exists")
         kind = auth.ACCOUNT_USER if user else auth.ACCOUNT_ADMIN
         uid = auth.create_user(cur, username, password, account_type=kind)
-        return uid, auth.register_keys(cur, uid)
+        return uid, auth.register_keys(cur, uid, box)
 
     try:
         _db_call(lambda: migrate(database), database)

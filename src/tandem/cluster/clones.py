@@ -26,15 +26,11 @@ id (``<node>-<n>``): a server that was SIGKILLed is dead for good, and its
 unfinished jobs are taken over by a survivor (which may be the next
 incarnation on the same node) through the job heartbeat lease in MariaDB.
 
-haproxy (:class:`MgmtHaproxy`) balances across every node's management
+haproxy (:class:`tandem.cluster.resources.haproxy.Haproxy`, whose module
+docstring explains the routing) balances across every node's management
 server with HTTP health checks on ``/health`` (200 only while that server
-reaches the database) and redispatch. Each server is listed a second time as
-an unchecked *backup*: when no server passes its check — during a database
-switchover every ``/health`` fails for a moment — requests still go to a live
-server, which waits for the database (bounded) instead of haproxy answering
-503. Only commands that read (``list*``, ``query*``, ``get*``) are retried at
-layer 7 after reaching a server; connect failures are always retried
-elsewhere.
+reaches the database), redispatch, and unchecked backups for the moment of a
+database switchover when every check fails.
 
 API VIP placement goes through the DCS, with one key ``apivip`` on the
 holder's lease (the same lease as its member key), taken with a
@@ -92,7 +88,6 @@ log = logging.getLogger("tandem.clones")
 
 TICK = 0.25  #: seconds between clone monitor ticks
 MAX_BACKOFF = 4.0  #: longest wait between restarts of a failing clone
-READ_ONLY_COMMANDS = r"^(list|query|get)"
 
 
 def tandem_exe() -> list[str]:
@@ -112,6 +107,7 @@ class MgmtServerConfig(ResourceBase):
     db_name: str
     db_user: str
     password_file: AbsPath
+    key_file: AbsPath  #: seals API secret keys in the database (the cluster secret file)
     simhost: str
     dead_after: Seconds = 3.0
     db_retry: Seconds = 8.0
@@ -168,7 +164,7 @@ class MgmtServer(Resource):
         server_id = f"{c.node}-{incarnation}"
         argv = [*tandem_exe(), "mgmt", "serve",
                 "--db", f"mysql://{c.db_user}@{c.db_host}:{c.db_port}/{c.db_name}",
-                "--db-password-file", str(c.password_file),
+                "--db-password-file", str(c.password_file), "--key-file", str(c.key_file),
                 "--listen", f"{c.listen_address}:{c.port}", "--server-id", server_id,
                 "--simhost", c.simhost, "--dead-after", str(c.dead_after), "--db-retry", str(c.db_retry)]
         ref = spawn(argv, self.log_path)
@@ -208,61 +204,6 @@ class MgmtServer(Resource):
             return Health.failed(f"pid {ref.pid} does not listen on {c.listen_address}:{c.port}")
 
 
-# ====================================================================== haproxy
-def render_mgmt_haproxy(c: HaproxyConfig, stats_socket: str) -> str:
-    """haproxy for the management API (pure): checked servers, unchecked backups."""
-    servers = "\n".join(f"    server {b.name} {b.address}:{b.port} check" for b in c.backends)
-    backups = "\n".join(f"    server {b.name}-any {b.address}:{b.port} backup" for b in c.backends)
-    return f"""# written by tandem for resource {c.name}; changes are overwritten
-global
-    stats socket {stats_socket} mode 600 level admin
-    maxconn 4000
-
-defaults
-    mode http
-    timeout connect {c.connect_timeout_ms}ms
-    timeout client {c.server_timeout_ms}ms
-    timeout server {c.server_timeout_ms}ms
-    timeout check {c.connect_timeout_ms}ms
-    retries {c.retries}
-    option redispatch 1
-    retry-on conn-failure empty-response response-timeout
-
-frontend {c.name}
-    bind {c.bind_address}:{c.port}
-    default_backend {c.name}-servers
-
-backend {c.name}-servers
-    balance roundrobin
-    option allbackups
-    option httpchk GET {c.health_path}
-    http-check expect status 200
-    # only commands that read may be sent again after reaching a server
-    acl read_only url_param(command) -m reg -i {READ_ONLY_COMMANDS}
-    http-request disable-l7-retry if !read_only
-    default-server inter {c.check_interval_ms}ms fall {c.fall} rise {c.rise}
-{servers}
-{backups}
-"""
-
-
-class MgmtHaproxy(Haproxy):
-    """The cluster's haproxy resource with the management API's routing rules."""
-
-    async def _write_config(self, backends: list[Backend] | None = None) -> None:
-        import os
-
-        from tandem.cluster.resources.base import run_cmd
-        if backends is not None:
-            self.config = self.config.model_copy(update={"backends": backends})
-        tmp = self.cfg_path.with_suffix(".new")
-        tmp.write_text(render_mgmt_haproxy(self.config, self.stats_socket))
-        res = await run_cmd([self.config.haproxy, "-c", "-q", "-f", str(tmp)], timeout=10, check=False)
-        if res.returncode != 0:
-            raise ResourceError(f"haproxy rejects the generated config: {res.last_line}")
-        os.replace(tmp, self.cfg_path)
-
-
 # ====================================================================== the clone set
 class CloneSet:
     """haproxy and the management server on this node, and the API VIP."""
@@ -276,7 +217,7 @@ class CloneSet:
         self.port = m.port
         rd = (run_dir / "clones").resolve()
         rd.mkdir(parents=True, exist_ok=True)
-        self.haproxy = MgmtHaproxy(HaproxyConfig(
+        self.haproxy = Haproxy(HaproxyConfig(
             name="haproxy", run_dir=rd, port=m.port, check_interval_ms=300, fall=2, rise=1,
             retries=3, connect_timeout_ms=1000, server_timeout_ms=60000, monitor_timeout=2,
             backends=[Backend(name=n, address=str(nd.public_address), port=m.server_port)
@@ -285,6 +226,7 @@ class CloneSet:
             name="mgmt", node=node, run_dir=rd, listen_address=self.address, port=m.server_port,
             db_host=str(db.vip.address.ip), db_port=db.port, db_name=m.db_name,
             db_user=m.db_user or db.user, password_file=db.password_file.resolve(),
+            key_file=cfg.cluster.secret.file.resolve(),
             simhost=m.simhost, dead_after=m.dead_after, db_retry=m.db_retry))
         self.members: list[Resource] = [self.haproxy, self.mgmt]
         self.vip: Vip | None = None
@@ -299,6 +241,7 @@ class CloneSet:
         self.holding = False  #: the API VIP is on this node (as far as we did it)
         self._vip_checked = 0.0
         self._had_key = False
+        self._published: tuple[bytes, int] | None = None
 
     # --- what the agent publishes ---------------------------------------------------
     def api_url(self) -> str:
@@ -307,6 +250,27 @@ class CloneSet:
 
     def summary(self) -> dict[str, Any]:
         return {name: str(h) for name, h in self.health.items()} | {"api_vip": self.holding}
+
+    def published(self) -> dict[str, Any]:
+        """What `tandem status` shows of this node's clones: states, the server id,
+        and a reason only when not running (stable while healthy, so it is written
+        only on changes). No secrets: the reasons are monitor sentences."""
+        out: dict[str, Any] = {}
+        for m in self.members:
+            h = self.health.get(m.name)
+            if h is None:
+                out[m.name] = {"state": "unknown"}
+                continue
+            state = {"ok": "running", "failed": "failed", "stopped": "stopped"}[h.state.value]
+            if state == "running" and "starting" in h.reason:
+                state = "starting"
+            quiet = state in ("running", "starting")
+            out[m.name] = {"state": state} | ({} if quiet else {"detail": h.reason[:200]})
+        sid = self.mgmt.server_id()
+        if sid:
+            out["mgmt"]["server_id"] = sid
+        out["api_vip"] = self.holding
+        return out
 
     # --- the task -------------------------------------------------------------------
     async def run(self, agent: Agent) -> None:
@@ -344,6 +308,20 @@ class CloneSet:
         self.haproxy_ok = self.health.get("haproxy") is not None and self.health["haproxy"].is_ok
         if self.vip is not None:
             await self._place_vip(agent)
+        try:
+            await self._publish(agent)
+        except DCSError as e:
+            log.debug("publishing the clones' state: %s", e)
+
+    async def _publish(self, agent: Agent) -> None:
+        """``clones/<node>`` on our lease, when it changed (or the lease did)."""
+        value = encode(self.published())
+        lease = await agent.dcs._lease()
+        if self._published == (value, lease):
+            return
+        key = (agent.dcs.keys.prefix + "clones/" + self.node).encode()
+        await agent.dcs._txn("publish clones", [], [tx.Put(key, value, lease=lease)])
+        self._published = (value, lease)
 
     # --- the API VIP ----------------------------------------------------------------
     def _key(self, agent: Agent) -> bytes:

@@ -2,8 +2,9 @@
 (so it works from any node, or from the operator's seat).
 
 Read top-down: summary (cluster, leader and epoch, maintenance) -> nodes ->
-resources -> volumes -> last failover. Healthy output is short; reasons appear
-only when something is not as it should be. `--json` has stable field names.
+resources -> management tier clones (with ``[mgmt]``) -> volumes -> last
+failover. Healthy output is short; reasons appear only when something is not
+as it should be. `--json` has stable field names.
 """
 
 from __future__ import annotations
@@ -15,10 +16,49 @@ from rich.console import Console
 from rich.table import Table
 
 from tandem.cluster.decide import peer_is_eligible
+from tandem.dcs.keys import decode
 from tandem.dcs.view import ClusterView
 
+CLONES = ("mgmt", "haproxy")  #: the management tier's clones, as the agents publish them
 
-def status_dict(view: ClusterView, cfg_nodes: list[str], vip: str | None) -> dict[str, Any]:
+
+async def load_clones(dcs: Any) -> dict[str, Any]:
+    """What the agents publish of the management tier: ``clones/<node>`` (each on
+    its agent's lease, so a dead node's entry vanishes) and the ``apivip`` key
+    (its holder). Only states and reasons: no secrets live there."""
+    prefix = dcs.keys.prefix
+    rng = await dcs._call("read clones", lambda c: c.get_prefix((prefix + "clones/").encode()))
+    nodes = {}
+    for kv in rng.kvs:
+        data = decode(kv.value)
+        if isinstance(data, dict):
+            nodes[kv.key.decode()[len(prefix + "clones/"):]] = data
+    got = await dcs._call("read apivip", lambda c: c.get((prefix + "apivip").encode()))
+    holder = decode(got.value) if got is not None else None
+    return {"nodes": nodes, "api_vip_holder": holder.get("node") if isinstance(holder, dict) else None}
+
+
+def clone_rows(clones: dict[str, Any] | None, cfg_nodes: list[str]) -> dict[str, Any] | None:
+    """Per node: each clone's state (running/starting/failed/stopped/unknown) and
+    whether it holds the API VIP key."""
+    if clones is None:
+        return None
+    rows = {}
+    for n in cfg_nodes:
+        pub = clones["nodes"].get(n)
+        row: dict[str, Any] = {}
+        for c in CLONES:
+            entry = (pub or {}).get(c) or {}
+            row[c] = {"state": entry.get("state", "unknown"), "detail": entry.get("detail", "")}
+            if entry.get("server_id"):
+                row[c]["server_id"] = entry["server_id"]
+        row["api_vip"] = clones.get("api_vip_holder") == n
+        rows[n] = row
+    return rows
+
+
+def status_dict(view: ClusterView, cfg_nodes: list[str], vip: str | None,
+                clones: dict[str, Any] | None = None, api_vip: str | None = None) -> dict[str, Any]:
     leader = view.leader
     nodes = []
     for n in cfg_nodes:
@@ -63,6 +103,9 @@ def status_dict(view: ClusterView, cfg_nodes: list[str], vip: str | None) -> dic
         "nodes": nodes,
         "resources": {"db": {"running_on": leader.node if leader else None,
                              "vip": vip}},
+        "mgmt": (None if clones is None else
+                 {"api_vip": api_vip, "api_vip_on": clones.get("api_vip_holder"),
+                  "nodes": clone_rows(clones, cfg_nodes)}),
         "volumes": [{"resource": v.resource, "disks": {n: s.value for n, s in v.disks}}
                     for v in view.volumes],
         "last_failover": ({"epoch": last.epoch, "node": last.node, "reason": last.reason,
@@ -97,6 +140,26 @@ def render(st: dict[str, Any], console: Console | None = None) -> None:
     where = db["running_on"] or "[red]stopped[/red]"
     vip = f", db-vip {db['vip']}" if db["vip"] else ""
     console.print(f"Resources: db group (volume, filesystem, mariadb{vip}) on {where}")
+    mgmt = st.get("mgmt")
+    if mgmt:
+        on = mgmt["api_vip_on"] or "[red]no node[/red]"
+        console.print(f"Management tier: api-vip {mgmt['api_vip'] or '-'} on {on}")
+        ct = Table(box=None, pad_edge=False, show_edge=False)
+        for col in ("node", *CLONES, "api-vip"):
+            ct.add_column(col, justify="left")
+        for node, row in mgmt["nodes"].items():
+            cells = []
+            for c in CLONES:
+                state = row[c]["state"]
+                color = {"running": "green", "starting": "yellow"}.get(state, "red")
+                text = f"[{color}]{state}[/{color}]"
+                if row[c].get("server_id"):
+                    text += f" {row[c]['server_id']}"
+                if state not in ("running", "starting") and row[c]["detail"]:
+                    text += f" ({row[c]['detail'][:80]})"
+                cells.append(text)
+            ct.add_row(node, *cells, "holds" if row["api_vip"] else "")
+        console.print(ct)
     for n in st["nodes"]:
         if n.get("not_promotable_because"):
             console.print(f"  {n['node']} cannot be promoted: {', '.join(n['not_promotable_because'])}")

@@ -33,6 +33,7 @@ class MgmtStack(LabStack):
         super().__init__(lab, volume_size=volume_size, **kw)
         self.api_vip = str(lab.spec.vip(1))
         self.op_seconds = op_seconds
+        self.db_retry = db_retry  #: the servers' database retry budget: the bound of a request's wait
         self.simhost_url = f"http://{lab.address('witness')}:{SIMHOST_PORT}"
         self.simhost_dir = lab.host_dir("witness") / "data" / "simhost"
         with open(self.config, "a") as f:
@@ -47,6 +48,7 @@ dead_after = {dead_after}
 db_retry = {db_retry}
 """)
         self.admin: dict[str, str] = {}
+        self.key_file = lab.spec.dir / "etc" / "secret"  #: the cluster secret (clusterconf writes it)
 
     # --- addresses ---------------------------------------------------------------------
     @property
@@ -88,6 +90,7 @@ db_retry = {db_retry}
             self.vip, str(self.password_file))
         proc = self.lab.run("client", [*tandem_argv("mgmt", "create-admin", "--db", self.db_url(),
                                                     "--db-password-file", str(self.password_file),
+                                                    "--key-file", str(self.key_file),
                                                     "--username", username, "--password-file", str(pw),
                                                     "--json")], check=False, timeout=120)
         if proc.returncode != 0:

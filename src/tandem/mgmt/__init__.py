@@ -18,10 +18,13 @@ nothing. Modules, one job each:
 - `simhost`     the simulated host process (state file, effect log)
 - `db`          pymysql pool with bounded, safe retries across DB failovers
 - `migrations`  numbered schema migrations
-- `haproxy`     haproxy.cfg for several servers behind one address
+(haproxy in front of several servers: `tandem.cluster.resources.haproxy`)
+- `secretbox`   API secret keys encrypted at rest
 
 Run: `tandem mgmt simhost --state-dir D --listen 127.0.0.1:8250`, then
 `tandem mgmt create-admin --db mysql://USER@HOST:PORT/DB` and
 `tandem mgmt serve --db ... --server-id mgmt1 --listen 127.0.0.1:8080`
-(database password from `--db-password-file` or `TANDEM_DB_PASSWORD`).
+(database password from `--db-password-file` or `TANDEM_DB_PASSWORD`; both
+commands also need `--key-file` or `TANDEM_MGMT_KEY_FILE`, the file that keys the
+sealing of API secret keys: in a cluster the cluster secret file).
 """

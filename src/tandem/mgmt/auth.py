@@ -4,8 +4,9 @@ Everything lives in the database so that any management server can answer any
 request: a session made through one node works through every other, and clients
 never need sticky load balancing. Passwords are stored as scrypt hashes; session
 keys are stored as their SHA-256, so a copy of the database does not hand out
-live sessions. API secret keys must stay readable (the HMAC needs them) — they
-are never logged and only returned by `registerUserKeys`/`getUserKeys`.
+live sessions. API secret keys must stay readable (the HMAC needs them), so they
+are sealed with a key from a file outside the database (`secretbox`); they are
+never logged and only returned by `registerUserKeys`/`getUserKeys`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from tandem.mgmt.db import Cursor
 from tandem.mgmt.migrations import ROOT_DOMAIN_ID
+from tandem.mgmt.secretbox import SecretBox
 
 ACCOUNT_USER, ACCOUNT_ADMIN, ACCOUNT_DOMAIN_ADMIN = 0, 1, 2
 ROLE_NAMES = {ACCOUNT_USER: "User", ACCOUNT_ADMIN: "Admin", ACCOUNT_DOMAIN_ADMIN: "DomainAdmin"}
@@ -110,27 +112,30 @@ def find_user_id(cur: Cursor, username: str, domain_id: str = ROOT_DOMAIN_ID) ->
     return row["id"] if row else None
 
 
-def register_keys(cur: Cursor, user_id: str) -> tuple[str, str] | None:
-    """Mint a new API key pair for a user (replacing any old one)."""
+def register_keys(cur: Cursor, user_id: str, box: SecretBox) -> tuple[str, str] | None:
+    """Mint a new API key pair for a user (replacing any old one); the secret is stored sealed."""
     apikey = secrets.token_urlsafe(64)[:86]
     secretkey = secrets.token_urlsafe(64)[:86]
-    cur.execute("UPDATE user SET apikey=%s, secretkey=%s WHERE id=%s", (apikey, secretkey, user_id))
+    cur.execute("UPDATE user SET apikey=%s, secretkey=%s WHERE id=%s",
+                (apikey, box.seal(secretkey, user_id), user_id))
     return (apikey, secretkey) if cur.rowcount == 1 else None
 
 
-def get_keys(cur: Cursor, user_id: str) -> tuple[str | None, str | None] | None:
+def get_keys(cur: Cursor, user_id: str, box: SecretBox) -> tuple[str | None, str | None] | None:
     cur.execute("SELECT apikey, secretkey FROM user WHERE id=%s", (user_id,))
     row = cur.fetchone()
-    return (row["apikey"], row["secretkey"]) if row else None
+    if not row:
+        return None
+    return row["apikey"], (box.open(row["secretkey"], user_id) if row["secretkey"] else None)
 
 
-def by_apikey(cur: Cursor, apikey: str) -> tuple[Caller, str] | None:
+def by_apikey(cur: Cursor, apikey: str, box: SecretBox) -> tuple[Caller, str] | None:
     """The caller owning an API key and its secret, if the user is enabled."""
     cur.execute(_USER_SELECT + " WHERE u.apikey=%s", (apikey,))
     row = cur.fetchone()
     if not _enabled(row) or not row["secretkey"]:
         return None
-    return _caller(row), row["secretkey"]
+    return _caller(row), box.open(row["secretkey"], row["user_id"])
 
 
 def by_password(cur: Cursor, username: str, password: str, domain: str | None) -> Caller | None:

@@ -62,7 +62,8 @@ async def register_user_keys(call: Call) -> Response:
     """Generates a new API key and secret key for a user."""
     user_id = call.params["id"]
     _may_manage(call, user_id)
-    keys = await call.server.db.write(lambda cur: auth.register_keys(cur, user_id), idempotent=True)
+    box = call.server.box
+    keys = await call.server.db.write(lambda cur: auth.register_keys(cur, user_id, box), idempotent=True)
     if keys is None:
         raise param_error(f"Unable to find user by id {user_id}")
     return Response({"userkeys": {"apikey": keys[0], "secretkey": keys[1]}})
@@ -73,7 +74,7 @@ async def get_user_keys(call: Call) -> Response:
     """Answers the API key and secret key of a user."""
     user_id = call.params["id"]
     _may_manage(call, user_id)
-    keys = await call.server.db.read(lambda cur: auth.get_keys(cur, user_id))
+    keys = await call.server.db.read(lambda cur: auth.get_keys(cur, user_id, call.server.box))
     if keys is None:
         raise param_error(f"Unable to find user by id {user_id}")
     return Response({"userkeys": {"apikey": keys[0], "secretkey": keys[1]}})

@@ -105,6 +105,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE INDEX txn_marker_created ON txn_marker (created)",
         "CREATE INDEX session_last_used ON session (last_used)",
     ]),
+    (5, "room for sealed API secret keys (secretbox; rows are sealed at server start)", [
+        "ALTER TABLE user MODIFY secretkey VARCHAR(255) NULL",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]

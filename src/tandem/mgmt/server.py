@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pymysql
 from aiohttp import web
@@ -40,6 +41,7 @@ from tandem.mgmt.envelopes import (
 from tandem.mgmt.hostclient import HostClient
 from tandem.mgmt.jobs import JobManager
 from tandem.mgmt.migrations import migrate
+from tandem.mgmt.secretbox import SecretBox, seal_clear_rows
 from tandem.mgmt.vmjobs import HANDLERS
 
 log = logging.getLogger("tandem.mgmt.server")
@@ -60,6 +62,7 @@ class MgmtConfig:
     host_retry_budget: float = 20.0
     max_request_bytes: int = 64 * 1024
     migrate: bool = True
+    key_file: Path | None = None  #: seals API secret keys at rest (in a cluster: the cluster secret)
 
 
 class MgmtServer:
@@ -68,6 +71,9 @@ class MgmtServer:
     def __init__(self, config: MgmtConfig):
         self.config = config
         self.db = Database(config.db, retry_budget=config.db_retry_budget)
+        if config.key_file is None:
+            raise TandemError("a key file is required: it seals the API secret keys in the database")
+        self.box = SecretBox.from_file(config.key_file)
         self.host = HostClient(config.simhost, retry_budget=config.host_retry_budget)
         self.jobs = JobManager(self.db, config.server_id, f"{config.host}:{config.port}", self.host, HANDLERS,
                                dead_after=config.dead_after)
@@ -86,6 +92,7 @@ class MgmtServer:
         if self.config.migrate:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, migrate, self.db)
+                await self.db.write(lambda cur: seal_clear_rows(cur, self.box), idempotent=True)
             except pymysql.err.MySQLError as e:
                 why = e.args[-1] if e.args else e
                 raise TandemError(f"database {self.config.db.safe()}: {why}") from None
@@ -203,7 +210,7 @@ class MgmtServer:
                     signing.check_expires(lowered.get("expires"))
                 except signing.ExpiresError as e:
                     raise ApiError(UNAUTHORIZED, f"unable to verify request signature: {e}") from None
-            found = await self.db.read(lambda cur: auth.by_apikey(cur, apikey))
+            found = await self.db.read(lambda cur: auth.by_apikey(cur, apikey, self.box))
             if found is None or not signing.signature_matches(raw, found[1], signature):
                 raise denied
             return found[0], None

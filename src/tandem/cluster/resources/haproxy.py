@@ -7,13 +7,24 @@ by pid + start time. A reload starts a new haproxy with ``-sf OLDPID``: the new
 process binds (SO_REUSEPORT) and then tells the old one to finish its
 connections and exit, so no connection is refused during a reload.
 
-Routing choices: HTTP health checks (``option httpchk GET /health``, fast
-``inter``/``fall`` so a dead server leaves the rotation in about a second),
-``retries`` plus ``option redispatch`` so a request that hits a dead server
-before the check notices is retried on another one (clients see latency, not
-an error; management API calls are safe to retry on connect failure), and
-``retry-on conn-failure empty-response`` so only requests that cannot have
-reached the application are retried.
+Routing choices (the one haproxy config of the project; it fronts the
+management servers, which are stateless, so no stickiness):
+
+- HTTP health checks (``option httpchk GET /health``, fast ``inter``/``fall``
+  so a dead server leaves the rotation in about a second);
+- ``retries`` plus ``option redispatch`` and ``retry-on conn-failure
+  empty-response response-timeout``: a request that never reached a server
+  (connection refused: the server just died) is always sent to another one;
+- a request that reached a server which then died without answering may have
+  been executed. CloudStack sends everything as GET, so the method says
+  nothing; the command name does: only ``list*``, ``query*`` and ``get*``
+  commands (:data:`READ_ONLY_COMMANDS`) are retried at layer 7. A deploy or
+  stop whose answer was lost is not repeated behind the client's back: the
+  client sees an error and can check ``listAsyncJobs``;
+- each server is listed a second time as an unchecked *backup*: when no
+  server passes its check (during a database switchover every ``/health``
+  fails for a moment) requests still go to a live server, which waits for
+  the database (bounded) instead of haproxy answering 503.
 
 Monitor asks the stats socket (``show stat``): it proves the process answers
 and reports which servers are UP.
@@ -30,10 +41,13 @@ from tandem.cluster.resources.base import Health, Resource, ResourceError, run_c
 from tandem.cluster.resources.config import Backend, HaproxyConfig
 from tandem.cluster.resources.procs import ProcRef, spawn, tail, terminate
 
+READ_ONLY_COMMANDS = r"^(list|query|get)"  #: commands safe to send again after reaching a server
+
 
 def render(c: HaproxyConfig, stats_socket: str) -> str:
     """The haproxy configuration for `c` (pure: tests and `tandem status` can show it)."""
     servers = "\n".join(f"    server {b.name} {b.address}:{b.port} check" for b in c.backends)
+    backups = "\n".join(f"    server {b.name}-any {b.address}:{b.port} backup" for b in c.backends)
     return f"""# written by tandem for resource {c.name}; changes are overwritten
 global
     stats socket {stats_socket} mode 600 level admin
@@ -46,8 +60,8 @@ defaults
     timeout server {c.server_timeout_ms}ms
     timeout check {c.connect_timeout_ms}ms
     retries {c.retries}
-    option redispatch
-    retry-on conn-failure empty-response
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
 
 frontend {c.name}
     bind {c.bind_address}:{c.port}
@@ -55,10 +69,15 @@ frontend {c.name}
 
 backend {c.name}-servers
     balance roundrobin
+    option allbackups
     option httpchk GET {c.health_path}
     http-check expect status 200
+    # only commands that read may be sent again after reaching a server
+    acl read_only url_param(command) -m reg -i {READ_ONLY_COMMANDS}
+    http-request disable-l7-retry if !read_only
     default-server inter {c.check_interval_ms}ms fall {c.fall} rise {c.rise}
 {servers}
+{backups}
 """
 
 
@@ -178,6 +197,7 @@ class Haproxy(Resource):
             servers = await self.stat()
         except OSError as e:
             return Health.failed(f"stats socket: {e.strerror or e}")
+        servers = {n: s for n, s in servers.items() if s != "no check"}  # the unchecked backups
         up = sorted(n for n, s in servers.items() if s.startswith("UP"))
         down = sorted(n for n, s in servers.items() if not s.startswith("UP"))
         detail = f"{len(up)}/{len(servers)} servers up" + (f" (down: {', '.join(down)})" if down else "")
