@@ -4,6 +4,7 @@ and a stop that refuses (and names who holds the mount) while it is busy."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from tandem.cluster.resources.filesystem import loop_backing_file, mount_options, mount_source
 from tests.cluster_resources.conftest import must, op, sparse_file
@@ -59,11 +60,11 @@ def test_no_mkfs_over_data_blkid_does_not_recognise(lab, resources):
     with open(cfg["device"], "r+b") as f:
         f.seek(300 << 10)
         f.write(b"rows of a database that lost its superblock")
-    before = open(cfg["device"], "rb").read(1 << 20)
+    before = Path(cfg["device"]).read_bytes()[: 1 << 20]
     out = op(lab, HOST, "filesystem", "start", cfg)
     assert not out["ok"] and "refusing mkfs" in out["message"], out
     assert "not all zeros" in out["message"]
-    assert open(cfg["device"], "rb").read(1 << 20) == before
+    assert Path(cfg["device"]).read_bytes()[: 1 << 20] == before
     must(lab, HOST, "filesystem", "stop", cfg)
 
 
