@@ -56,8 +56,9 @@ from tandem.volume.states import ConnectionState, DiskState, Role
 log = logging.getLogger("tandem.volume")
 
 RESYNC_CHUNK = 1 << 20  # wire.MAX_DATA: fewer, larger messages for a full sync
-RESYNC_WINDOW = 64  # requests in flight (at most 64 MiB of 1 MiB chunks)
-RESYNC_BATCH = 32  # requests (or answers) sent in one sendmsg
+RESYNC_WINDOW = 64 << 20  # bytes requested and not yet received
+RESYNC_BATCH = 512  # most requests (or answers) sent in one sendmsg
+RESYNC_BATCH_BYTES = 16 << 20  # most bytes asked for in one batch
 VERIFY_CHUNK = 1 << 20
 VERIFY_WINDOW = 4
 UNFLUSHED_GRAIN = 64 << 10
@@ -95,30 +96,32 @@ class Waiter:
 
 
 class ResyncWindow:
-    """Resync requests in flight. The puller waits until a batch's worth of
-    answers came back, so neither it nor the receiver wakes per message."""
+    """Bytes of resync requests in flight. The puller waits until a batch's worth
+    of answers came back, so neither it nor the receiver wakes per message; the
+    window counts bytes, so scattered 4 KiB blocks keep as much data in flight as
+    1 MiB chunks do (a count of requests would starve the small-block case)."""
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self._cond = threading.Condition(threading.Lock())
         self._free = size
         self._want = size + 1  # nobody waits
 
-    def release(self, n: int = 1) -> None:
+    def release(self, n: int) -> None:
         with self._cond:
             self._free += n
             if self._free >= self._want:
                 self._cond.notify()
 
-    def take(self, most: int, least: int) -> int:
-        """Wait until `least` slots are free, then take up to `most` of them."""
+    def take(self, n: int) -> None:
+        """Wait until `n` bytes (at most the window) are free, then take them."""
+        n = min(n, self.size)
         with self._cond:
-            self._want = least
-            while self._free < least:
+            self._want = n
+            while self._free < n:
                 self._cond.wait()
             self._want = 1 << 62
-            got = min(self._free, most)
-            self._free -= got
-            return got
+            self._free -= n
 
 
 @dataclass
@@ -800,7 +803,7 @@ class Replicator:
                 self.suspended_reason = "fencing the peer"
         self.last_link_error = reason
         if self._rs_window is not None:
-            self._rs_window.release(RESYNC_WINDOW)  # the puller sees the link closed
+            self._rs_window.release(RESYNC_WINDOW)  # the puller wakes and sees the link closed
         log.warning("replication link lost: %s (%d writes, %d flushes in flight)", reason,
                     len(writes), len(flushes))
         if self.role is Role.PRIMARY and was_replicating:
@@ -897,8 +900,9 @@ class Replicator:
             if item is None:
                 return
             batch = [item]
+            nbytes = item[1].length
             stop = False
-            while len(batch) < RESYNC_BATCH:
+            while len(batch) < RESYNC_BATCH and nbytes < RESYNC_BATCH_BYTES:
                 try:
                     nxt = self._source_queue.get_nowait()
                 except queue.Empty:
@@ -907,6 +911,7 @@ class Replicator:
                     stop = True
                     break
                 batch.append(nxt)
+                nbytes += nxt[1].length
             by_link: dict[int, tuple[Link, list]] = {}
             for link, req in batch:
                 if not link.closed:
@@ -917,21 +922,19 @@ class Replicator:
                 return
 
     def _answer_resync(self, link: Link, reqs: list) -> None:
-        tokens = []
+        # One token for the whole batch: read and sent before any application
+        # write to these blocks can take a sequence number.
+        token = self.ranges.acquire_many([(r.offset, r.length) for r in reqs])
         try:
-            msgs = []
-            for req in reqs:
-                tokens.append(self.ranges.acquire(req.offset, req.length))
-                msgs.append(wire.ResyncData(req.offset, self.store.pread(req.offset, req.length)))
-            link.send_many(msgs)
+            pread = self.store.pread
+            link.send_many([wire.ResyncData(r.offset, pread(r.offset, r.length)) for r in reqs])
         except (ConnectionError, wire.ProtocolError):
             return
         except OSError as e:
             link.disconnect(f"sync source cannot read: {e}")
             return
         finally:
-            for t in tokens:
-                self.ranges.release(t)
+            self.ranges.release(token)
         sent = sum(r.length for r in reqs)
         self.stats["resync_bytes_sent"] += sent
         if self.resync:
@@ -968,16 +971,19 @@ class Replicator:
         last_persist = time.monotonic()
         i = 0
         while i < len(runs):
-            want = min(RESYNC_BATCH, len(runs) - i)
-            got = window.take(want, want)  # a whole batch, in one sendmsg
+            j, nbytes = i, 0
+            while j < len(runs) and j - i < RESYNC_BATCH and nbytes < RESYNC_BATCH_BYTES:
+                nbytes += runs[j][1]
+                j += 1
+            window.take(nbytes)  # a whole batch, in one sendmsg
             if link.closed:
                 return
             if rate:
                 ahead = progress.done / rate - (time.monotonic() - progress.started)
                 if ahead > 0:
                     time.sleep(ahead)
-            batch = [wire.ResyncRequest(*r) for r in runs[i:i + got]]
-            i += got
+            batch = [wire.ResyncRequest(*r) for r in runs[i:j]]
+            i = j
             try:
                 link.send_many(batch)
             except (ConnectionError, wire.ProtocolError):
@@ -990,7 +996,8 @@ class Replicator:
                     return
                 with self.meta_lock:
                     self.meta.persist()
-        window.take(RESYNC_WINDOW, RESYNC_WINDOW)  # every answer is in
+        window.take(RESYNC_WINDOW)  # every answer is in
+        received = time.monotonic()
         if link.closed:
             return
         try:
@@ -1007,8 +1014,9 @@ class Replicator:
         progress.done = total
         progress.finished = time.monotonic()
         self._rs_window = None
-        log.info("resync finished (target): %d bytes in %.2fs", total,
-                 progress.finished - progress.started)
+        log.info("resync finished (target): %d bytes in %d requests in %.3fs (data received"
+                 " after %.3fs)", total, len(runs), progress.finished - progress.started,
+                 received - progress.started)
         self._send_status()
 
     def _apply_resync(self, link: Link, ev: wire.ResyncData) -> None:
@@ -1024,7 +1032,7 @@ class Replicator:
         if self.resync:
             self.resync.done += len(ev.data)
         if self._rs_window is not None:
-            self._rs_window.release()
+            self._rs_window.release(len(ev.data))
 
     # =================================================================== verify
     def verify(self, timeout: float = 600) -> dict[str, Any]:
