@@ -39,7 +39,7 @@ from tandem.volume import genid, wire
 from tandem.volume.backing import BackingStore
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull
 from tandem.volume.genid import SplitBrainPolicy
-from tandem.volume.link import Link, new_nonce
+from tandem.volume.link import Link, Waiter, new_nonce
 from tandem.volume.meta import MetaStore
 from tandem.volume.peer import (
     Authenticated,
@@ -74,25 +74,6 @@ class VolumeError(TandemError):
 
 def new_uuid() -> int:
     return random.getrandbits(64) or 1
-
-
-class Waiter:
-    """Completes exactly once; waiting costs one lock acquire."""
-
-    __slots__ = ("_lock", "error")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self.error: OSError | None = None
-
-    def done(self, error: OSError | None = None) -> None:
-        self.error = error
-        self._lock.release()
-
-    def wait(self, timeout: float = -1) -> bool:
-        return self._lock.acquire(timeout=timeout)
-
 
 
 class ResyncWindow:
@@ -197,6 +178,8 @@ class Replicator:
         self._pending_writes: dict[int, tuple[Waiter, int, int]] = {}
         self._pending_flushes: dict[int, Waiter] = {}
         self._unflushed: dict[int, int] = {}
+        self._writes_ended = 0  # writes returned to the application (see flush)
+        self._durable_mark = -1  # _writes_ended when the last successful flush started
         self.resync: Progress | None = None
         self.verify_progress: Progress | None = None
         self._rs_window: ResyncWindow | None = None
@@ -206,7 +189,8 @@ class Replicator:
         self._verify_window = threading.Semaphore(VERIFY_WINDOW)
         self.stats = {"writes": 0, "bytes_written": 0, "flushes": 0, "reads": 0,
                       "replicated_writes": 0, "bitmap_writes": 0, "resync_bytes_received": 0,
-                      "resync_bytes_sent": 0, "al_updates": 0}
+                      "resync_bytes_sent": 0, "al_updates": 0,
+                      "flushes_skipped": 0}
         self._running = True
         self._stopped = threading.Event()
         self._listener: socket.socket | None = None
@@ -280,13 +264,15 @@ class Replicator:
             finally:
                 self.ranges.release(token)
             if waiter is not None:
-                self._wait(waiter, "write", offset)
+                self._wait(link, waiter, "write", offset)
                 if waiter.error:
                     raise waiter.error
                 self.stats["replicated_writes"] += 1
             self.stats["writes"] += 1
             self.stats["bytes_written"] += n
         finally:
+            with self.io_lock:  # also failed ones: a later flush must not be skipped
+                self._writes_ended += 1
             self._al_complete(offset, n)
 
     def flush(self) -> None:
@@ -299,6 +285,12 @@ class Replicator:
         self.io_open.wait()
         if self.role is not Role.PRIMARY:
             raise OSError(errno.EIO, "volume was demoted while I/O was suspended")
+        started = self._writes_ended
+        if started == self._durable_mark and self.store.failed is None:
+            # No write ended since a flush that completed on both sides had
+            # started: everything a caller saw complete is durable already.
+            self.stats["flushes_skipped"] += 1
+            return
         waiter = None
         link = self._writable_link()
         if link is not None:
@@ -306,17 +298,19 @@ class Replicator:
                 waiter = link.send_flush(self._register_flush)
         self.store.flush()
         if waiter is not None:
-            self._wait(waiter, "flush", -1)
+            self._wait(link, waiter, "flush", -1)
             if waiter.error:
                 raise waiter.error
+        if started > self._durable_mark:
+            self._durable_mark = started
         self.stats["flushes"] += 1
 
-    def _wait(self, waiter: Waiter, what: str, offset: int) -> None:
-        """Wait for the peer's acknowledgement; complain (once, with every thread's
-        stack) if it takes unreasonably long, which would be a bug or a stuck peer."""
-        if waiter.wait(10.0):
+    def _wait(self, link: Link, waiter: Waiter, what: str, offset: int) -> None:
+        """Wait for the peer's acknowledgement (reading the link ourselves when we
+        can, see `Link.wait`); complain (once, with every thread's stack) if it
+        takes unreasonably long, which would be a bug or a stuck peer."""
+        if link.wait(waiter, 10.0):
             return
-        link = self.link
         log.error("%s at %d waiting for the peer for 10 s (link %s, %d writes and %d flushes pending,"
                   " suspended: %s)", what, offset, link.state if link else None,
                   len(self._pending_writes), len(self._pending_flushes), self.suspended_reason or "no")
@@ -652,6 +646,7 @@ class Replicator:
     def _on_events(self, link: Link, events: list) -> None:
         acks: list[int] = []
         flushes: list[int] = []
+        rs_reqs: list[wire.ResyncRequest] = []
         for ev in events:
             kind = type(ev)
             if kind is wire.Write:
@@ -669,7 +664,7 @@ class Replicator:
             elif kind is wire.ResyncData:
                 self._apply_resync(link, ev)
             elif kind is wire.ResyncRequest:
-                self._source_queue.put((link, ev))
+                rs_reqs.append(ev)
             else:
                 self._send_acks(link, acks)
                 acks = []
@@ -677,6 +672,8 @@ class Replicator:
         self._send_acks(link, acks)
         if flushes:
             self._peer_flush(link, flushes)
+        if rs_reqs:
+            self._source_queue.put((link, rs_reqs))
 
     def _send_acks(self, link: Link, acks: list[int]) -> None:
         if acks:
@@ -891,35 +888,24 @@ class Replicator:
     def _source_loop(self) -> None:
         """Answer resync requests under the range lock (see the module docstring).
 
-        Requests waiting in the queue are answered together: their ranges are
-        held, read, and sent in one sendmsg, so scattered small blocks do not
-        cost a system call and a peer wakeup each.
+        The receiver queues the requests of one received batch together; they are
+        answered in slices of at most RESYNC_BATCH requests / RESYNC_BATCH_BYTES:
+        ranges held, read, and sent in one sendmsg, so scattered small blocks do
+        not cost a queue hand-off, a system call and a peer wakeup each.
         """
         while True:
             item = self._source_queue.get()
             if item is None:
                 return
-            batch = [item]
-            nbytes = item[1].length
-            stop = False
-            while len(batch) < RESYNC_BATCH and nbytes < RESYNC_BATCH_BYTES:
-                try:
-                    nxt = self._source_queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-                nbytes += nxt[1].length
-            by_link: dict[int, tuple[Link, list]] = {}
-            for link, req in batch:
-                if not link.closed:
-                    by_link.setdefault(id(link), (link, []))[1].append(req)
-            for link, reqs in by_link.values():
-                self._answer_resync(link, reqs)
-            if stop:
-                return
+            link, reqs = item
+            i = 0
+            while i < len(reqs) and not link.closed:
+                j, nbytes = i, 0
+                while j < len(reqs) and j - i < RESYNC_BATCH and nbytes < RESYNC_BATCH_BYTES:
+                    nbytes += reqs[j].length
+                    j += 1
+                self._answer_resync(link, reqs[i:j])
+                i = j
 
     def _answer_resync(self, link: Link, reqs: list) -> None:
         # One token for the whole batch: read and sent before any application
