@@ -3,22 +3,14 @@ thread, and locks.
 
 Threads instead of asyncio because the callers are FUSE worker threads blocked
 in the kernel: a write must go from a worker to the socket with no hand-off to
-another thread, and each hand-off costs tens of microseconds. Three locks:
+another thread, and each hand-off costs tens of microseconds. Two locks:
 
 * `state_lock` guards the sans-IO state machine; it is never held across I/O.
 * `send_lock` keeps frames whole and in sequence order on the socket; sequence
   numbers are allocated under it, so wire order == sequence order.
-* `_rx_lock` is the right to read the socket (leader/follower). A worker that
-  waits for the peer's acknowledgement takes it if it is free and reads the
-  socket itself, so the ack wakes the thread that needs it and nobody else (a
-  receiver thread completing the worker would cost one more wakeup and GIL
-  hand-off per write). Waiting workers that are not the leader sleep until the
-  leader completes them or, when it leaves, asks one of them to lead.
 
-The receiver thread reads whenever no worker has led for `LEADER_GRACE`: on an
-idle link, on the Secondary (it has no workers), and as a safety net. It never
-waits for anything but the socket and `send_lock`; acknowledgements are
-coalesced per batch of received frames.
+The receiver thread never waits for anything but the socket and `send_lock`;
+acknowledgements are coalesced per batch of received frames.
 """
 
 from __future__ import annotations
@@ -26,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -40,9 +31,6 @@ from tandem.volume.states import ConnectionState
 log = logging.getLogger("tandem.volume.link")
 
 RECV_SIZE = 4 << 20
-LEADER_GRACE = 0.02
-"""Seconds after the last worker-leader left before the receiver thread reads
-again: while writes keep coming, the workers read their acks themselves."""
 HOT_THREAD_NICE = -10
 """Niceness of the threads on the I/O path (FUSE workers, link receivers). Like a
 kernel block driver, the volume serves other processes' I/O: a commit waits on
@@ -66,9 +54,8 @@ def tune_socket(sock: socket.socket) -> None:
 
 
 class Waiter:
-    """One request waiting for the peer; completes exactly once. Sleeping costs
-    one lock acquire; `nudge` wakes the sleeper without completing it (to make
-    it the next leader), so a woken sleeper always re-checks `completed`."""
+    """One request waiting for the peer; completes exactly once, and waiting
+    costs one lock acquire (the receiver thread releases it)."""
 
     __slots__ = ("_lock", "error", "completed")
 
@@ -81,30 +68,10 @@ class Waiter:
     def done(self, error: OSError | None = None) -> None:
         self.error = error
         self.completed = True
-        self._wake()
+        self._lock.release()
 
-    def nudge(self) -> None:
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(RuntimeError):  # already woken: the sleeper re-checks anyway
-            self._lock.release()
-
-    def sleep(self, timeout: float) -> None:
-        """Until woken (completed or nudged) or `timeout` seconds."""
-        self._lock.acquire(timeout=max(timeout, 0.0))
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Until completed (True) or `timeout` seconds passed (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.completed:
-            if deadline is None:
-                self._lock.acquire()
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._lock.acquire(timeout=left):
-                return self.completed
-        return True
+    def wait(self, timeout: float = -1) -> bool:
+        return self._lock.acquire(timeout=timeout)
 
 
 class Link:
@@ -122,12 +89,6 @@ class Link:
         self._on_events = on_events
         self._on_closed = on_closed
         self._closed = threading.Event()
-        self._rx_lock = threading.Lock()
-        self._leading = False
-        self._last_lead = 0.0
-        self._followers: set[Waiter] = set()
-        self._rx_buf = bytearray(RECV_SIZE)
-        self._rx_view = memoryview(self._rx_buf)
         self.close_reason = ""
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -214,124 +175,52 @@ class Link:
             raise ConnectionError(f"send to peer failed: {e}") from None
 
     # --- receiving -----------------------------------------------------------------
-    def wait(self, waiter: Waiter, timeout: float) -> bool:
-        """Wait until `waiter` is completed (True) or `timeout` passed (False),
-        reading the socket ourselves while no other thread does (leader/follower:
-        see the module docstring)."""
-        deadline = time.monotonic() + timeout
-        while not waiter.completed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if self.closed:  # whoever closed the link completes (or fences) the waiters
-                return waiter.wait(left)
-            if self._rx_lock.acquire(blocking=False):
-                self._leading = True
-                try:
-                    self._lead(waiter, deadline)
-                finally:
-                    self._leading = False
-                    self._last_lead = time.monotonic()
-                    self._rx_lock.release()
-                self._nudge_follower()
-            else:
-                self._followers.add(waiter)
-                try:
-                    waiter.sleep(min(left, LEADER_GRACE))
-                finally:
-                    self._followers.discard(waiter)
-        return True
-
-    def _lead(self, waiter: Waiter, deadline: float) -> None:
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        while not waiter.completed and not self.closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            try:
-                ready = poller.poll(min(left, 0.1) * 1000)
-            except OSError:
-                return
-            if ready:
-                self._pump()
-
-    def _nudge_follower(self) -> None:
-        """The leader leaves: one waiting worker takes over reading."""
-        for w in list(self._followers):
-            if not w.completed:
-                w.nudge()
-                return
-
     def _receive_loop(self) -> None:
         boost_thread()
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
+        buf = bytearray(RECV_SIZE)
+        view = memoryview(buf)
+        reason = "receiver ended"
         try:
             while not self.closed:
-                if self._leading or time.monotonic() - self._last_lead < LEADER_GRACE:
-                    time.sleep(LEADER_GRACE)  # a worker reads; do not race it for the data
-                    continue
                 try:
-                    ready = poller.poll(100)
+                    n = self.sock.recv_into(view)
                 except OSError as e:
-                    self.close(f"receive failed: {e.strerror or e}")
+                    reason = f"receive failed: {e.strerror or e}"
                     break
-                if ready and self._rx_lock.acquire(blocking=False):
-                    try:
-                        self._pump()
-                    finally:
-                        self._rx_lock.release()
+                self.bytes_received += n
+                events: list[Event] = []
+                try:
+                    with self.state_lock:
+                        # Decoded in place: Write/ResyncData data are views into our
+                        # buffer, valid until the next recv, which comes after _on_events.
+                        self.peer.receive_bytes(view[:n] if n else b"", borrow=True)
+                        while (ev := self.peer.next_event()) is not wire.NEED_DATA:
+                            events.append(ev)
+                        auto = self.peer.data_to_send()
+                except wire.ProtocolError as e:
+                    reason = f"protocol error: {e.reason}"
+                    log.warning("replication link: %s; closing", reason)
+                    with contextlib.suppress(OSError):
+                        self.sock.sendall(self._take_automatic())
+                    break
+                if auto:
+                    with self.send_lock, contextlib.suppress(ConnectionError):
+                        self._send_raw([auto])
+                if events:
+                    self._on_events(self, events)
+                if self.peer.state.is_terminal:
+                    reason = f"link ended: {self.peer.state}"
+                    for ev in events:
+                        if isinstance(ev, wire.Disconnect):
+                            reason = f"peer disconnected: {ev.reason}"
+                    break
+                if n == 0:
+                    reason = "peer closed the connection"
+                    break
         except Exception as e:  # a bug must not leave writers hanging forever
             log.exception("replication receiver crashed")
-            self.close(f"receiver crashed: {type(e).__name__}: {e}")
-
-    def _pump(self) -> None:
-        """Read what the socket holds (without blocking) and handle it; the caller
-        holds `_rx_lock`. Closes the link when the stream ends or breaks."""
-        if self.closed:
-            return
-        view = self._rx_view
-        try:
-            n = self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self.close(f"receive failed: {e.strerror or e}")
-            return
-        self.bytes_received += n
-        events: list[Event] = []
-        try:
-            with self.state_lock:
-                self.peer.receive_bytes(view[:n] if n else b"")  # the decoder copies
-                while (ev := self.peer.next_event()) is not wire.NEED_DATA:
-                    events.append(ev)
-                auto = self.peer.data_to_send()
-        except wire.ProtocolError as e:
-            reason = f"protocol error: {e.reason}"
-            log.warning("replication link: %s; closing", reason)
-            with contextlib.suppress(OSError):
-                self.sock.sendall(self._take_automatic())
-            self.close(reason)
-            return
-        try:
-            if auto:
-                with self.send_lock, contextlib.suppress(ConnectionError):
-                    self._send_raw([auto])
-            if events:
-                self._on_events(self, events)
-        except Exception as e:  # a bug must not leave writers hanging forever
-            log.exception("replication receiver crashed")
-            self.close(f"receiver crashed: {type(e).__name__}: {e}")
-            return
-        if self.peer.state.is_terminal:
-            reason = f"link ended: {self.peer.state}"
-            for ev in events:
-                if isinstance(ev, wire.Disconnect):
-                    reason = f"peer disconnected: {ev.reason}"
-            self.close(reason)
-        elif n == 0:
-            self.close("peer closed the connection")
+            reason = f"receiver crashed: {type(e).__name__}: {e}"
+        self.close(reason)
 
     # --- time ----------------------------------------------------------------------
     def tick(self, now: float) -> None:

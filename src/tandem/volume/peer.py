@@ -411,12 +411,14 @@ class PeerConnection:
 
     # --- the three sans-IO calls ---
 
-    def receive_bytes(self, data: Buffer) -> None:
-        """Feed bytes from the socket; ``b""`` signals end of stream."""
+    def receive_bytes(self, data: Buffer, borrow: bool = False) -> None:
+        """Feed bytes from the socket; ``b""`` signals end of stream. ``borrow``:
+        see :meth:`FrameDecoder.feed` (pull events until NEED_DATA before reusing
+        ``data``; Write/ResyncData data are views into it)."""
         if self._error is not None or self._state.is_terminal:
             return
         if data:
-            self._decoder.feed(data)
+            self._decoder.feed(data, borrow)
             return
         reason = "peer closed the connection"
         if self._decoder.buffered:

@@ -306,10 +306,9 @@ class Replicator:
         self.stats["flushes"] += 1
 
     def _wait(self, link: Link, waiter: Waiter, what: str, offset: int) -> None:
-        """Wait for the peer's acknowledgement (reading the link ourselves when we
-        can, see `Link.wait`); complain (once, with every thread's stack) if it
-        takes unreasonably long, which would be a bug or a stuck peer."""
-        if link.wait(waiter, 10.0):
+        """Wait for the peer's acknowledgement; complain (once, with every thread's
+        stack) if it takes unreasonably long, which would be a bug or a stuck peer."""
+        if waiter.wait(10.0):
             return
         log.error("%s at %d waiting for the peer for 10 s (link %s, %d writes and %d flushes pending,"
                   " suspended: %s)", what, offset, link.state if link else None,
