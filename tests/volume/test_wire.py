@@ -74,6 +74,38 @@ def test_arbitrary_splits_of_a_stream(msgs: list[wire.Message], data: st.DataObj
     assert got == msgs
 
 
+def _owned(msg: wire.Message) -> wire.Message:
+    """A copy whose data no longer points into a lent buffer."""
+    if isinstance(msg, wire.Write):
+        return wire.Write(msg.seq, msg.offset, bytes(msg.data))
+    if isinstance(msg, wire.ResyncData):
+        return wire.ResyncData(msg.offset, bytes(msg.data))
+    return msg
+
+
+@SETTINGS
+@given(st.lists(messages, min_size=1, max_size=8), st.data())
+def test_lent_buffers_decode_like_copies(msgs: list[wire.Message], data: st.DataObject) -> None:
+    """Like a socket driver: one receive buffer, reused (overwritten with junk)
+    after each batch is drained; frames split anywhere must still decode."""
+    stream = b"".join(wire.encode(m) for m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    dec = FrameDecoder()
+    rx = bytearray(len(stream) + 1)
+    got: list[wire.Message] = []
+    prev = 0
+    for cut in [*cuts, len(stream)]:
+        n = cut - prev
+        rx[:n] = stream[prev:cut]
+        if n:
+            dec.feed(memoryview(rx)[:n], borrow=True)
+        prev = cut
+        got.extend(_owned(m) for m in decode_all(dec))
+        rx[:] = b"\xee" * len(rx)  # the driver reuses its buffer
+    assert got == msgs
+    assert dec.buffered == 0
+
+
 def test_byte_by_byte_feeding() -> None:
     msgs = [wire.Write(7, 4096, b"x" * 5000), wire.Flush(8), wire.Ping(3)]
     dec = FrameDecoder()

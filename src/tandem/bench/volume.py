@@ -118,9 +118,7 @@ class VolumeNodes:
 
     def up(self, preallocate: bool) -> None:
         for h in ("node1", "node2"):
-            if preallocate:
-                _zero_fill(self.backing(h), _parse_size(self.size))
-            self.tandem(h, "volume", "create", "db")
+            self.tandem(h, "volume", "create", "db", *(["--preallocate"] if preallocate else []))
             self.lab.spawn(h, "volume-db", tandem_argv("volume", "up", "db"), env=self.env(h))
         for h in ("node1", "node2"):
             wait(lambda h=h: self._alive(h), 30, f"{h} volume daemon")
@@ -141,11 +139,6 @@ class VolumeNodes:
         for h in ("node2", "node1"):
             if self.lab.supervisor(h).get("volume-db"):
                 self.lab.stop(h, "volume-db", timeout=20)
-
-
-def _parse_size(text: str) -> int:
-    from tandem.config import parse_size
-    return parse_size(text)
 
 
 def _zero_fill(path: Path, size: int) -> None:

@@ -37,12 +37,14 @@ def _call(spec: VolumeSpec, cmd: str, timeout: float = 60, **args: Any) -> Any:
 @app.command("create")
 def create(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: Path = DataOpt,
            run_dir: Path = RunOpt,
-           force: bool = typer.Option(False, help="overwrite existing metadata (loses its state)")):
+           force: bool = typer.Option(False, help="overwrite existing metadata (loses its state)"),
+           preallocate: bool = typer.Option(False, help="write the new part of the backing file"
+                                            " with zeros (thick: no allocation under a write)")):
     """Create this node's backing file and metadata (disk Inconsistent until the first sync)."""
     from tandem.volume.backing import BackingStore
     from tandem.volume.meta import MetaStore
     spec = _spec(resource, config, node, data_dir, run_dir)
-    BackingStore.create(spec.backing, spec.size)
+    BackingStore.create(spec.backing, spec.size, preallocate=preallocate)
     spec.metadata.parent.mkdir(parents=True, exist_ok=True)
     MetaStore.create(spec.metadata, spec.size, spec.node, overwrite=force).close()
     typer.echo(f"{resource}: created on {spec.node} ({spec.size} bytes, backing {spec.backing},"

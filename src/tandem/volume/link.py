@@ -53,6 +53,27 @@ def tune_socket(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
 
 
+class Waiter:
+    """One request waiting for the peer; completes exactly once, and waiting
+    costs one lock acquire (the receiver thread releases it)."""
+
+    __slots__ = ("_lock", "error", "completed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.error: OSError | None = None
+        self.completed = False
+
+    def done(self, error: OSError | None = None) -> None:
+        self.error = error
+        self.completed = True
+        self._lock.release()
+
+    def wait(self, timeout: float = -1) -> bool:
+        return self._lock.acquire(timeout=timeout)
+
+
 class Link:
     """One authenticated replication connection. `on_events(link, events)` is
     called from the receiver thread with every batch of events; `on_closed(link,
@@ -170,7 +191,9 @@ class Link:
                 events: list[Event] = []
                 try:
                     with self.state_lock:
-                        self.peer.receive_bytes(view[:n] if n else b"")  # the decoder copies
+                        # Decoded in place: Write/ResyncData data are views into our
+                        # buffer, valid until the next recv, which comes after _on_events.
+                        self.peer.receive_bytes(view[:n] if n else b"", borrow=True)
                         while (ev := self.peer.next_event()) is not wire.NEED_DATA:
                             events.append(ev)
                         auto = self.peer.data_to_send()

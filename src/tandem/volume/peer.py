@@ -333,6 +333,8 @@ class PeerConnection:
     def __init__(self, config: PeerConfig, *, now: float):
         self.config = config
         self._state = _S.CONNECTING
+        self._row_state: ConnectionState | None = None
+        self._rows: tuple[dict, dict] = _NO_ROWS
         self._decoder = FrameDecoder(config.max_payload)
         self._auth = Handshake(
             secret=config.secret,
@@ -409,12 +411,14 @@ class PeerConnection:
 
     # --- the three sans-IO calls ---
 
-    def receive_bytes(self, data: Buffer) -> None:
-        """Feed bytes from the socket; ``b""`` signals end of stream."""
+    def receive_bytes(self, data: Buffer, borrow: bool = False) -> None:
+        """Feed bytes from the socket; ``b""`` signals end of stream. ``borrow``:
+        see :meth:`FrameDecoder.feed` (pull events until NEED_DATA before reusing
+        ``data``; Write/ResyncData data are views into it)."""
         if self._error is not None or self._state.is_terminal:
             return
         if data:
-            self._decoder.feed(data)
+            self._decoder.feed(data, borrow)
             return
         reason = "peer closed the connection"
         if self._decoder.buffered:
@@ -527,16 +531,18 @@ class PeerConnection:
         self._set_state(nxt, reason)
 
     def _input(self, direction: Dir, msg: Message) -> None:
-        row = TRANSITIONS.get(self._state, {})
-        key = (direction, type(msg))
-        if key not in row:
+        state = self._state
+        if state is not self._row_state:  # enum hashing is slow: look rows up per state change
+            self._row_state = state
+            self._rows = _FAST_ROWS.get(state, _NO_ROWS)
+        entry = self._rows[direction is Dir.RECV].get(type(msg))
+        if entry is None:
             err = RemoteProtocolError if direction is Dir.RECV else LocalProtocolError
             verb = "received" if direction is Dir.RECV else "sent"
             raise err(f"{type(msg).__name__} {verb} in state {self._state}")
-        handler = _HANDLERS.get(key)
+        nxt, handler = entry
         if handler is not None:
             handler(self, msg)
-        nxt = row[key]
         if nxt is not SAME:
             self._set_state(nxt, f"{type(msg).__name__} {direction.value}")
 
@@ -787,3 +793,14 @@ _HANDLERS = {
     (Dir.RECV, Pong): PeerConnection._on_recv_pong,
     (Dir.RECV, Disconnect): PeerConnection._on_recv_disconnect,
 }
+
+_NO_ROWS: tuple[dict, dict] = ({}, {})
+_FAST_ROWS: dict[ConnectionState, tuple[dict, dict]] = {
+    state: tuple(  # type: ignore[misc]
+        {key[1]: (nxt, _HANDLERS.get(key)) for key, nxt in row.items()
+         if isinstance(key, tuple) and key[0] is d}
+        for d in (Dir.SEND, Dir.RECV))
+    for state, row in TRANSITIONS.items()
+}
+"""TRANSITIONS and _HANDLERS by state, then (send, recv), then message type: the
+per-frame lookup of :meth:`PeerConnection._input` without hashing enums."""

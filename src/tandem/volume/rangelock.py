@@ -11,27 +11,56 @@ overtaken by an application write to it.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_right
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
 class RangeLock:
+    """Each holder holds a sorted list of disjoint ranges: one range for a write,
+    a whole batch of scattered blocks for a resync answer. Overlap tests bisect
+    each holder's list, so a batch of hundreds of blocks costs no more to check
+    against than one range."""
+
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._held: dict[int, tuple[int, int]] = {}
+        self._held: dict[int, tuple[list[int], list[int]]] = {}  # token -> (starts, ends)
         self._next = 0
 
     def _overlaps(self, start: int, end: int) -> bool:
-        return any(s < end and start < e for s, e in self._held.values())
+        for starts, ends in self._held.values():
+            i = bisect_right(ends, start)  # first held range ending after `start`
+            if i < len(starts) and starts[i] < end:
+                return True
+        return False
 
     def acquire(self, offset: int, length: int, timeout: float | None = None) -> int:
-        end = offset + max(length, 1)
+        return self.acquire_many([(offset, length)], timeout)
+
+    def acquire_many(self, ranges: list[tuple[int, int]], timeout: float | None = None) -> int:
+        """Wait until none of the (offset, length) ranges overlaps a held one, then
+        hold them all under one token."""
+        spans = sorted((off, off + max(n, 1)) for off, n in ranges)
+        starts: list[int] = []
+        ends: list[int] = []
+        for s, e in spans:  # merge touching or overlapping ranges of this holder
+            if ends and s <= ends[-1]:
+                ends[-1] = max(ends[-1], e)
+            else:
+                starts.append(s)
+                ends.append(e)
+        pairs = list(zip(starts, ends, strict=True))
+
+        def free() -> bool:
+            return not any(self._overlaps(s, e) for s, e in pairs)
+
         with self._cond:
-            if not self._cond.wait_for(lambda: not self._overlaps(offset, end), timeout):
-                raise TimeoutError(f"range {offset}+{length} stayed busy")
+            if not self._cond.wait_for(free, timeout):
+                off, n = ranges[0]
+                raise TimeoutError(f"range {off}+{n} stayed busy")
             token = self._next
             self._next += 1
-            self._held[token] = (offset, end)
+            self._held[token] = (starts, ends)
             return token
 
     def release(self, token: int) -> None:

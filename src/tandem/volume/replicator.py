@@ -39,7 +39,7 @@ from tandem.volume import genid, wire
 from tandem.volume.backing import BackingStore
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull
 from tandem.volume.genid import SplitBrainPolicy
-from tandem.volume.link import Link, new_nonce
+from tandem.volume.link import Link, Waiter, new_nonce
 from tandem.volume.meta import MetaStore
 from tandem.volume.peer import (
     Authenticated,
@@ -56,8 +56,9 @@ from tandem.volume.states import ConnectionState, DiskState, Role
 log = logging.getLogger("tandem.volume")
 
 RESYNC_CHUNK = 1 << 20  # wire.MAX_DATA: fewer, larger messages for a full sync
-RESYNC_WINDOW = 64  # requests in flight (at most 64 MiB of 1 MiB chunks)
-RESYNC_BATCH = 32  # requests (or answers) sent in one sendmsg
+RESYNC_WINDOW = 64 << 20  # bytes requested and not yet received
+RESYNC_BATCH = 512  # most requests (or answers) sent in one sendmsg
+RESYNC_BATCH_BYTES = 16 << 20  # most bytes asked for in one batch
 VERIFY_CHUNK = 1 << 20
 VERIFY_WINDOW = 4
 UNFLUSHED_GRAIN = 64 << 10
@@ -75,50 +76,33 @@ def new_uuid() -> int:
     return random.getrandbits(64) or 1
 
 
-class Waiter:
-    """Completes exactly once; waiting costs one lock acquire."""
-
-    __slots__ = ("_lock", "error")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self.error: OSError | None = None
-
-    def done(self, error: OSError | None = None) -> None:
-        self.error = error
-        self._lock.release()
-
-    def wait(self, timeout: float = -1) -> bool:
-        return self._lock.acquire(timeout=timeout)
-
-
-
 class ResyncWindow:
-    """Resync requests in flight. The puller waits until a batch's worth of
-    answers came back, so neither it nor the receiver wakes per message."""
+    """Bytes of resync requests in flight. The puller waits until a batch's worth
+    of answers came back, so neither it nor the receiver wakes per message; the
+    window counts bytes, so scattered 4 KiB blocks keep as much data in flight as
+    1 MiB chunks do (a count of requests would starve the small-block case)."""
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self._cond = threading.Condition(threading.Lock())
         self._free = size
         self._want = size + 1  # nobody waits
 
-    def release(self, n: int = 1) -> None:
+    def release(self, n: int) -> None:
         with self._cond:
             self._free += n
             if self._free >= self._want:
                 self._cond.notify()
 
-    def take(self, most: int, least: int) -> int:
-        """Wait until `least` slots are free, then take up to `most` of them."""
+    def take(self, n: int) -> None:
+        """Wait until `n` bytes (at most the window) are free, then take them."""
+        n = min(n, self.size)
         with self._cond:
-            self._want = least
-            while self._free < least:
+            self._want = n
+            while self._free < n:
                 self._cond.wait()
             self._want = 1 << 62
-            got = min(self._free, most)
-            self._free -= got
-            return got
+            self._free -= n
 
 
 @dataclass
@@ -194,6 +178,8 @@ class Replicator:
         self._pending_writes: dict[int, tuple[Waiter, int, int]] = {}
         self._pending_flushes: dict[int, Waiter] = {}
         self._unflushed: dict[int, int] = {}
+        self._writes_ended = 0  # writes returned to the application (see flush)
+        self._durable_mark = -1  # _writes_ended when the last successful flush started
         self.resync: Progress | None = None
         self.verify_progress: Progress | None = None
         self._rs_window: ResyncWindow | None = None
@@ -203,7 +189,8 @@ class Replicator:
         self._verify_window = threading.Semaphore(VERIFY_WINDOW)
         self.stats = {"writes": 0, "bytes_written": 0, "flushes": 0, "reads": 0,
                       "replicated_writes": 0, "bitmap_writes": 0, "resync_bytes_received": 0,
-                      "resync_bytes_sent": 0, "al_updates": 0}
+                      "resync_bytes_sent": 0, "al_updates": 0,
+                      "flushes_skipped": 0}
         self._running = True
         self._stopped = threading.Event()
         self._listener: socket.socket | None = None
@@ -277,13 +264,15 @@ class Replicator:
             finally:
                 self.ranges.release(token)
             if waiter is not None:
-                self._wait(waiter, "write", offset)
+                self._wait(link, waiter, "write", offset)
                 if waiter.error:
                     raise waiter.error
                 self.stats["replicated_writes"] += 1
             self.stats["writes"] += 1
             self.stats["bytes_written"] += n
         finally:
+            with self.io_lock:  # also failed ones: a later flush must not be skipped
+                self._writes_ended += 1
             self._al_complete(offset, n)
 
     def flush(self) -> None:
@@ -296,6 +285,12 @@ class Replicator:
         self.io_open.wait()
         if self.role is not Role.PRIMARY:
             raise OSError(errno.EIO, "volume was demoted while I/O was suspended")
+        started = self._writes_ended
+        if started == self._durable_mark and self.store.failed is None:
+            # No write ended since a flush that completed on both sides had
+            # started: everything a caller saw complete is durable already.
+            self.stats["flushes_skipped"] += 1
+            return
         waiter = None
         link = self._writable_link()
         if link is not None:
@@ -303,17 +298,18 @@ class Replicator:
                 waiter = link.send_flush(self._register_flush)
         self.store.flush()
         if waiter is not None:
-            self._wait(waiter, "flush", -1)
+            self._wait(link, waiter, "flush", -1)
             if waiter.error:
                 raise waiter.error
+        if started > self._durable_mark:
+            self._durable_mark = started
         self.stats["flushes"] += 1
 
-    def _wait(self, waiter: Waiter, what: str, offset: int) -> None:
+    def _wait(self, link: Link, waiter: Waiter, what: str, offset: int) -> None:
         """Wait for the peer's acknowledgement; complain (once, with every thread's
         stack) if it takes unreasonably long, which would be a bug or a stuck peer."""
         if waiter.wait(10.0):
             return
-        link = self.link
         log.error("%s at %d waiting for the peer for 10 s (link %s, %d writes and %d flushes pending,"
                   " suspended: %s)", what, offset, link.state if link else None,
                   len(self._pending_writes), len(self._pending_flushes), self.suspended_reason or "no")
@@ -649,6 +645,7 @@ class Replicator:
     def _on_events(self, link: Link, events: list) -> None:
         acks: list[int] = []
         flushes: list[int] = []
+        rs_reqs: list[wire.ResyncRequest] = []
         for ev in events:
             kind = type(ev)
             if kind is wire.Write:
@@ -666,7 +663,7 @@ class Replicator:
             elif kind is wire.ResyncData:
                 self._apply_resync(link, ev)
             elif kind is wire.ResyncRequest:
-                self._source_queue.put((link, ev))
+                rs_reqs.append(ev)
             else:
                 self._send_acks(link, acks)
                 acks = []
@@ -674,6 +671,8 @@ class Replicator:
         self._send_acks(link, acks)
         if flushes:
             self._peer_flush(link, flushes)
+        if rs_reqs:
+            self._source_queue.put((link, rs_reqs))
 
     def _send_acks(self, link: Link, acks: list[int]) -> None:
         if acks:
@@ -800,7 +799,7 @@ class Replicator:
                 self.suspended_reason = "fencing the peer"
         self.last_link_error = reason
         if self._rs_window is not None:
-            self._rs_window.release(RESYNC_WINDOW)  # the puller sees the link closed
+            self._rs_window.release(RESYNC_WINDOW)  # the puller wakes and sees the link closed
         log.warning("replication link lost: %s (%d writes, %d flushes in flight)", reason,
                     len(writes), len(flushes))
         if self.role is Role.PRIMARY and was_replicating:
@@ -888,50 +887,39 @@ class Replicator:
     def _source_loop(self) -> None:
         """Answer resync requests under the range lock (see the module docstring).
 
-        Requests waiting in the queue are answered together: their ranges are
-        held, read, and sent in one sendmsg, so scattered small blocks do not
-        cost a system call and a peer wakeup each.
+        The receiver queues the requests of one received batch together; they are
+        answered in slices of at most RESYNC_BATCH requests / RESYNC_BATCH_BYTES:
+        ranges held, read, and sent in one sendmsg, so scattered small blocks do
+        not cost a queue hand-off, a system call and a peer wakeup each.
         """
         while True:
             item = self._source_queue.get()
             if item is None:
                 return
-            batch = [item]
-            stop = False
-            while len(batch) < RESYNC_BATCH:
-                try:
-                    nxt = self._source_queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            by_link: dict[int, tuple[Link, list]] = {}
-            for link, req in batch:
-                if not link.closed:
-                    by_link.setdefault(id(link), (link, []))[1].append(req)
-            for link, reqs in by_link.values():
-                self._answer_resync(link, reqs)
-            if stop:
-                return
+            link, reqs = item
+            i = 0
+            while i < len(reqs) and not link.closed:
+                j, nbytes = i, 0
+                while j < len(reqs) and j - i < RESYNC_BATCH and nbytes < RESYNC_BATCH_BYTES:
+                    nbytes += reqs[j].length
+                    j += 1
+                self._answer_resync(link, reqs[i:j])
+                i = j
 
     def _answer_resync(self, link: Link, reqs: list) -> None:
-        tokens = []
+        # One token for the whole batch: read and sent before any application
+        # write to these blocks can take a sequence number.
+        token = self.ranges.acquire_many([(r.offset, r.length) for r in reqs])
         try:
-            msgs = []
-            for req in reqs:
-                tokens.append(self.ranges.acquire(req.offset, req.length))
-                msgs.append(wire.ResyncData(req.offset, self.store.pread(req.offset, req.length)))
-            link.send_many(msgs)
+            pread = self.store.pread
+            link.send_many([wire.ResyncData(r.offset, pread(r.offset, r.length)) for r in reqs])
         except (ConnectionError, wire.ProtocolError):
             return
         except OSError as e:
             link.disconnect(f"sync source cannot read: {e}")
             return
         finally:
-            for t in tokens:
-                self.ranges.release(t)
+            self.ranges.release(token)
         sent = sum(r.length for r in reqs)
         self.stats["resync_bytes_sent"] += sent
         if self.resync:
@@ -968,16 +956,19 @@ class Replicator:
         last_persist = time.monotonic()
         i = 0
         while i < len(runs):
-            want = min(RESYNC_BATCH, len(runs) - i)
-            got = window.take(want, want)  # a whole batch, in one sendmsg
+            j, nbytes = i, 0
+            while j < len(runs) and j - i < RESYNC_BATCH and nbytes < RESYNC_BATCH_BYTES:
+                nbytes += runs[j][1]
+                j += 1
+            window.take(nbytes)  # a whole batch, in one sendmsg
             if link.closed:
                 return
             if rate:
                 ahead = progress.done / rate - (time.monotonic() - progress.started)
                 if ahead > 0:
                     time.sleep(ahead)
-            batch = [wire.ResyncRequest(*r) for r in runs[i:i + got]]
-            i += got
+            batch = [wire.ResyncRequest(*r) for r in runs[i:j]]
+            i = j
             try:
                 link.send_many(batch)
             except (ConnectionError, wire.ProtocolError):
@@ -990,7 +981,8 @@ class Replicator:
                     return
                 with self.meta_lock:
                     self.meta.persist()
-        window.take(RESYNC_WINDOW, RESYNC_WINDOW)  # every answer is in
+        window.take(RESYNC_WINDOW)  # every answer is in
+        received = time.monotonic()
         if link.closed:
             return
         try:
@@ -1007,8 +999,9 @@ class Replicator:
         progress.done = total
         progress.finished = time.monotonic()
         self._rs_window = None
-        log.info("resync finished (target): %d bytes in %.2fs", total,
-                 progress.finished - progress.started)
+        log.info("resync finished (target): %d bytes in %d requests in %.3fs (data received"
+                 " after %.3fs)", total, len(runs), progress.finished - progress.started,
+                 received - progress.started)
         self._send_status()
 
     def _apply_resync(self, link: Link, ev: wire.ResyncData) -> None:
@@ -1024,7 +1017,7 @@ class Replicator:
         if self.resync:
             self.resync.done += len(ev.data)
         if self._rs_window is not None:
-            self._rs_window.release()
+            self._rs_window.release(len(ev.data))
 
     # =================================================================== verify
     def verify(self, timeout: float = 600) -> dict[str, Any]:

@@ -455,7 +455,7 @@ def _bad(reason: str) -> RemoteProtocolError:
     return RemoteProtocolError(reason)
 
 
-def _take(buf: bytearray, start: int, end: int) -> bytes:
+def _take(buf: bytearray | memoryview, start: int, end: int) -> bytes:
     with memoryview(buf) as view:
         return view[start:end].tobytes()
 
@@ -534,7 +534,8 @@ def _data_msg(cls: type) -> object:
         if e - s - 8 > MAX_DATA:
             raise _bad(f"{cls.__name__} data above {MAX_DATA} bytes")
         (offset,) = _U64.unpack_from(buf, s)
-        data = _take(buf, s + 8, e)
+        # A lent buffer (see FrameDecoder.feed) is used in place; our own is reused.
+        data = buf[s + 8:e] if isinstance(buf, memoryview) else _take(buf, s + 8, e)
         if cls is Write:
             return Write(seq, offset, data)
         _expect_no_seq(cls.__name__, seq)
@@ -648,15 +649,23 @@ class FrameDecoder:
     the buffer, so feeding a frame in many small pieces costs linear time.
     The length field is checked as soon as a header is complete, before
     buffering the payload, so a hostile length cannot make us hold 4 GiB.
+
+    ``feed(data, borrow=True)`` lends the decoder the caller's buffer: frames
+    that lie wholly in it are decoded in place, and the data of Write and
+    ResyncData is then a memoryview into it (no copy), valid until the caller
+    reuses the buffer. The caller must pull events until NEED_DATA before it
+    does; at NEED_DATA the decoder copies an incomplete tail into its own buffer.
     """
 
-    __slots__ = ("_buf", "_pos", "_max_payload", "_error")
+    __slots__ = ("_buf", "_pos", "_max_payload", "_error", "_lent", "_lent_pos")
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
         self._buf = bytearray()
         self._pos = 0
         self._max_payload = max_payload
         self._error: RemoteProtocolError | None = None
+        self._lent: memoryview | None = None
+        self._lent_pos = 0
 
     @property
     def poisoned(self) -> bool:
@@ -665,18 +674,39 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet decoded."""
-        return len(self._buf) - self._pos
+        lent = 0 if self._lent is None else len(self._lent) - self._lent_pos
+        return len(self._buf) - self._pos + lent
 
-    def feed(self, data: Buffer) -> None:
+    def feed(self, data: Buffer, borrow: bool = False) -> None:
         """Append received bytes; ignored once the decoder is poisoned."""
-        if self._error is None:
+        if self._error is not None:
+            return
+        self._settle()
+        if borrow and self._pos >= len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+            self._lent, self._lent_pos = memoryview(data).cast("B"), 0
+        else:
             self._buf += data
+
+    def _settle(self) -> None:
+        """Copy what is left of a lent buffer into our own."""
+        lent = self._lent
+        if lent is not None:
+            self._lent = None
+            if self._lent_pos < len(lent):
+                self._buf += lent[self._lent_pos:]
 
     def next_event(self) -> Message | NeedData:
         """The next complete message, or NEED_DATA; raises RemoteProtocolError."""
         if self._error is not None:
             raise self._error
         try:
+            if self._lent is not None:
+                msg = self._next_lent()
+                if msg is not NEED_DATA:
+                    return msg
+                self._settle()
             return self._next()
         except RemoteProtocolError as exc:
             self._error = exc
@@ -685,27 +715,45 @@ class FrameDecoder:
             self._error = RemoteProtocolError(f"malformed payload: {exc}")
             raise self._error from None
 
-    def _next(self) -> Message | NeedData:
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < HEADER_SIZE:
+    def _next_lent(self) -> Message | NeedData:
+        lent, pos = self._lent, self._lent_pos
+        assert lent is not None
+        end = self._frame_end(lent, pos)
+        if end is None:
             return NEED_DATA
+        msg = self._decode(lent, pos, end)
+        self._lent_pos = end
+        return msg
+
+    def _frame_end(self, buf: bytearray | memoryview, pos: int) -> int | None:
+        """End of the frame at ``pos`` if it is complete (header checked)."""
+        if len(buf) - pos < HEADER_SIZE:
+            return None
         magic, version, mtype, flags, length, seq = HEADER.unpack_from(buf, pos)
         if magic != MAGIC:
             raise _bad(f"bad magic 0x{magic:08x}")
         if version != VERSION:
             raise _bad(f"unsupported protocol version {version}")
-        decoder = _DECODERS.get(mtype)
-        if decoder is None:
+        if mtype not in _DECODERS:
             raise _bad(f"unknown message type {mtype}")
         if flags:
             raise _bad(f"reserved flags set: 0x{flags:04x}")
         if length > self._max_payload:
             raise _bad(f"frame payload of {length} bytes exceeds the limit {self._max_payload}")
-        start = pos + HEADER_SIZE
-        end = start + length
-        if len(buf) < end:
+        end = pos + HEADER_SIZE + length
+        return end if len(buf) >= end else None
+
+    @staticmethod
+    def _decode(buf: bytearray | memoryview, pos: int, end: int) -> Message:
+        _, _, mtype, _, _, seq = HEADER.unpack_from(buf, pos)
+        return _DECODERS[mtype](buf, pos + HEADER_SIZE, end, seq)  # type: ignore[return-value]
+
+    def _next(self) -> Message | NeedData:
+        buf, pos = self._buf, self._pos
+        end = self._frame_end(buf, pos)
+        if end is None:
             return NEED_DATA
-        msg = decoder(buf, start, end, seq)
+        msg = self._decode(buf, pos, end)
         self._pos = end
         if end >= len(buf):
             buf.clear()
@@ -713,4 +761,4 @@ class FrameDecoder:
         elif end > len(buf) // 2:
             del buf[:end]
             self._pos = 0
-        return msg  # type: ignore[return-value]
+        return msg
