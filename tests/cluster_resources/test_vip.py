@@ -5,6 +5,7 @@ holds it at any time."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from tandem.cluster.resources.vip import holders
@@ -75,3 +76,36 @@ def test_old_holder_stops_announcing_when_the_vip_moves(lab, resources):
     time.sleep(2.3)
     assert client_neighbour(lab, addr) == mac(lab, "node2")
     assert ping(lab, addr)
+
+
+def test_vip_lifetime_bounds_a_frozen_holder(lab, resources):
+    """A VIP with a lifetime vanishes by itself when nobody refreshes it (a frozen
+    agent), stays while refreshed, and a refresh after stop never adds it back."""
+    addr = str(lab.spec.vip(3))
+    cfg = {"name": "lftvip", "address": f"{addr}/24", "interface": "pub0", "lifetime": 1}
+    resources.start("node1", "vip", cfg)
+    assert holders(lab, addr) == ["node1"]
+    deadline = time.monotonic() + 10
+    while holders(lab, addr) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert holders(lab, addr) == [], "the address outlived its lifetime"
+
+    script = f"""
+import asyncio, time
+from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources.vip import Vip
+async def main():
+    v = Vip(VipConfig(name="lftvip", address="{addr}/24", interface="pub0", lifetime=1))
+    assert (await v.start()).ok
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3.0:
+        assert await v.refresh()
+        await asyncio.sleep(0.2)
+    print("held", (await v.monitor()).is_ok)
+    assert (await v.stop()).ok
+    print("refresh after stop", await v.refresh())
+asyncio.run(main())
+"""
+    out = lab.run("node1", [sys.executable, "-c", script]).stdout
+    assert "held True" in out and "refresh after stop False" in out, out
+    assert holders(lab, addr) == []

@@ -39,6 +39,7 @@ from tandem.cluster.decide import decide
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
 from tandem.cluster.resources import ResourceGroup
+from tandem.cluster.resources.vip import Vip
 from tandem.cluster.view import Action, Decision, LocalState
 from tandem.cluster.volume_resource import volume_call
 from tandem.config import Config, etcd_endpoints
@@ -162,6 +163,7 @@ class Agent:
                     self.deadline_lease = self.dcs.lease_id
                     if self.primary:
                         await self._push_write_lease()
+                    await self._refresh_vips()
             except DCSError as e:
                 log.warning("lease renewal failed: %s", e)
                 self.wake.set()
@@ -175,6 +177,14 @@ class Agent:
                     raise
                 log.warning("lease renewal was cancelled under us; retrying")
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+    async def _refresh_vips(self) -> None:
+        """Extend the kernel lifetime of the VIPs this node holds (see resources.vip)."""
+        for m in self.group.members:
+            if isinstance(m, Vip) and not await m.refresh():
+                log.warning("could not refresh the lifetime of %s", m.name)
+        if self.clones is not None:
+            await self.clones.refresh_vip()
 
     async def _bounded(self, coro, what: str):
         """Await a DCS call for at most op_timeout + 0.2 s, whatever it does: asyncio's

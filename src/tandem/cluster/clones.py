@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aetcd import transactions as tx
 
+from tandem.cluster.dbgroup import vip_lifetime
 from tandem.cluster.resources.base import Health, Resource, ResourceError
 from tandem.cluster.resources.config import (
     AbsPath,
@@ -233,7 +234,7 @@ class CloneSet:
         if m.api_vip is not None:
             self.vip = Vip(VipConfig(name="api-vip", address=m.api_vip.address,
                                      interface="pub0" if m.api_vip.network == "public" else "rep0",
-                                     arp_count=1, run_dir=rd))
+                                     arp_count=1, run_dir=rd, lifetime=vip_lifetime(cfg.etcd.lease_ttl)))
         self.health: dict[str, Health] = {}
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
@@ -326,6 +327,11 @@ class CloneSet:
     # --- the API VIP ----------------------------------------------------------------
     def _key(self, agent: Agent) -> bytes:
         return (agent.dcs.keys.prefix + "apivip").encode()
+
+    async def refresh_vip(self) -> None:
+        """Called by the agent on every lease renewal: keeps the API VIP's kernel lifetime."""
+        if self.vip is not None and self.holding and not await self.vip.refresh():
+            log.warning("could not refresh the lifetime of the API VIP")
 
     async def _place_vip(self, agent: Agent) -> None:
         assert self.vip is not None

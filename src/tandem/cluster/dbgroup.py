@@ -4,6 +4,7 @@ stopped in reverse (Heartbeat's haresources line, as typed objects)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from tandem.cluster.resources import ResourceGroup, build
@@ -47,5 +48,13 @@ def build_db_group(cfg: Config, spec: VolumeSpec, data_dir: Path, run_dir: Path)
     if db.vip is not None:
         members.append(build(VipConfig(name="db-vip", address=db.vip.address,
                                        interface="pub0" if db.vip.network == "public" else "rep0",
-                                       arp_count=1)))
+                                       arp_count=1, lifetime=vip_lifetime(cfg.etcd.lease_ttl))))
     return ResourceGroup("db", members)
+
+
+def vip_lifetime(lease_ttl: float) -> int:
+    """Kernel lifetime of a VIP the agent refreshes with every lease renewal: the
+    lease TTL rounded up, plus one second of slack for a briefly stalled loop. A
+    frozen agent's node drops the address by itself about that long after its
+    last renewal, while its lease has long expired."""
+    return math.ceil(lease_ttl) + 1

@@ -109,6 +109,9 @@ class VipConfig(ResourceBase):
     address: IPv4If  #: with prefix, like "10.0.1.100/24"
     interface: str = Field(default="pub0", pattern=r"^[A-Za-z0-9_.@-]{1,15}$")
     arp_count: int = Field(default=2, ge=0, le=10)  #: gratuitous ARPs, 1 s apart
+    #: seconds the kernel keeps the address after its last refresh (None: forever).
+    #: The agent refreshes it with its lease, so a frozen agent loses the address.
+    lifetime: int | None = Field(default=None, ge=1, le=3600)
     run_dir: AbsPath | None = None  #: node-local: remembers the announcing arping across restarts
     start_timeout: Seconds = 10.0
     stop_timeout: Seconds = 10.0

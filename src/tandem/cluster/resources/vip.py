@@ -15,6 +15,13 @@ packet socket. Stop kills a still-running
 arping first (remembered by pid in the run dir): a late announcement from the
 old holder would pull the neighbours' caches back to it after the move.
 
+With a ``lifetime`` the address is added with that valid/preferred lifetime
+and :meth:`Vip.refresh` (called by the agent on every lease renewal) extends
+it: the kernel itself removes the address when the agent stops renewing (a
+SIGSTOPped or wedged agent can remove nothing, and without this it would keep
+the VIP on its node forever, beside the new holder's). Lifetimes have
+one-second resolution, so the bound is lifetime + 1 s after the last refresh.
+
 Monitor checks that the address is present and the link has carrier; stop
 removes the address. Deciding that only one node holds the VIP is the
 cluster's job (leader lease, fencing), not this resource's; :func:`holders`
@@ -23,6 +30,7 @@ is the checker's probe of that invariant in a lab.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -45,6 +53,11 @@ class Vip(Resource):
     def __init__(self, config: VipConfig):
         super().__init__(config)
         self._arping: subprocess.Popen | None = None
+        # refresh() runs from the lease loop, beside start/stop in the main loop:
+        # `ip addr change` ADDS a missing address, so it may only run while this
+        # resource has the address up, never across a stop.
+        self._lock = asyncio.Lock()
+        self._up = False
 
     @property
     def _cidr(self) -> str:
@@ -109,19 +122,45 @@ class Vip(Resource):
 
     async def _start(self) -> str:
         c = self.config
-        have, link = await self._present()
-        if have:
-            return f"{self._cidr} already on {c.interface}, " + self._announce(link)
-        await run_cmd(["ip", "addr", "add", self._cidr, "dev", c.interface], timeout=5)
+        async with self._lock:
+            have, link = await self._present()
+            if have:
+                await self._change()
+                self._up = True
+                return f"{self._cidr} already on {c.interface}, " + self._announce(link)
+            await run_cmd(["ip", "addr", "add", self._cidr, "dev", c.interface, *self._lifetime_args],
+                          timeout=5)
+            self._up = True
         return f"added {self._cidr} to {c.interface}, " + self._announce(link)
+
+    @property
+    def _lifetime_args(self) -> list[str]:
+        n = self.config.lifetime
+        return [] if n is None else ["valid_lft", str(n), "preferred_lft", str(n)]
+
+    async def refresh(self) -> bool:
+        """Extend the address's lifetime while this resource holds it up."""
+        if self.config.lifetime is None:
+            return True
+        async with self._lock:
+            return self._up and await self._change()
+
+    async def _change(self) -> bool:
+        if self.config.lifetime is None:
+            return True
+        res = await run_cmd(["ip", "addr", "change", self._cidr, "dev", self.config.interface,
+                             *self._lifetime_args], timeout=2, check=False)
+        return res.returncode == 0
 
     async def _stop(self) -> str:
         c = self.config
         self._silence()
-        have, _ = await self._present()
-        if not have:
-            return f"{c.address.ip} was not on {c.interface}"
-        await run_cmd(["ip", "addr", "del", self._cidr, "dev", c.interface], timeout=5)
+        async with self._lock:
+            self._up = False
+            have, _ = await self._present()
+            if not have:
+                return f"{c.address.ip} was not on {c.interface}"
+            await run_cmd(["ip", "addr", "del", self._cidr, "dev", c.interface], timeout=5)
         return f"removed {self._cidr} from {c.interface}"
 
     async def _monitor(self) -> Health:
