@@ -42,6 +42,18 @@ def test_a_vip_still_held_at_the_end_counts_until_forever():
     assert len(checker.double_vip_holders(events)) == 1
 
 
+def test_a_resubmitted_job_is_explained_by_its_orphan_once():
+    """The client lost the answer to j0 (start v1) and sent it again as j1: j0 did it."""
+    jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"},
+            {"jobid": "j2", "command": "startVirtualMachine", "status": 1, "vm": "v1"}]
+    effects = [{"request_id": "j0", "op": "start", "vm": "v1"}]
+    out = checker.job_violations(jobs, effects)
+    assert out == ["job j2 (startVirtualMachine): reported done but never applied on the host"]
+    other_vm = checker.job_violations(jobs[:1], [{"request_id": "j0", "op": "start", "vm": "v2"}])
+    assert other_vm and "never applied" in other_vm[0]
+    assert checker.job_violations(jobs[:1], effects) == []
+
+
 def test_jobs_exactly_once():
     jobs = [{"jobid": "j1", "command": "deployVirtualMachine", "status": 1},
             {"jobid": "j2", "command": "stopVirtualMachine", "status": 1},

@@ -105,8 +105,19 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict]) -> list[str]:
 
     `jobs`: what the API accepted, each {"jobid", "command", "status"} with the final
     CloudStack jobstatus (0 pending, 1 succeeded, 2 failed); `effects`: the simulated
-    host's effect log (one line per operation applied, keyed by the job id)."""
+    host's effect log (one line per operation applied, keyed by the job id).
+
+    A client that lost the answer to a submission and sent it again made two jobs:
+    the first (unknown to the client) applied the effect, the second found the VM
+    already in that state and finished without a host operation. So a job reported
+    done with no effect of its own is explained by at most one effect on the same VM
+    under an id the client never got back ("orphan"); anything else is a violation."""
     effects = list(effects)
+    accepted = {str(j["jobid"]) for j in jobs}
+    orphans: dict[str, int] = {}
+    for e in effects:
+        if not e.get("conflict") and str(e.get("request_id")) not in accepted:
+            orphans[str(e.get("vm"))] = orphans.get(str(e.get("vm")), 0) + 1
     out = [f"job {e.get('request_id')}: {e.get('op')} ran on VM {e.get('vm')} while another operation"
            " was running on it" for e in effects if e.get("conflict")]
     count: dict[str, int] = {}
@@ -119,6 +130,8 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict]) -> list[str]:
             out.append(f"job {j['jobid']} ({j['command']}): applied {n} times on the host")
         elif j["status"] == 0:
             out.append(f"job {j['jobid']} ({j['command']}): accepted but never completed")
+        elif j["status"] == 1 and n == 0 and orphans.get(str(j.get("vm")), 0) > 0:
+            orphans[str(j.get("vm"))] -= 1
         elif j["status"] == 1 and n == 0:
             out.append(f"job {j['jobid']} ({j['command']}): reported done but never applied on the host")
         elif j["status"] == 2 and n == 1:
