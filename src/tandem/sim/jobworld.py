@@ -315,7 +315,8 @@ class Server:
 
         def apply(db: ModelDb) -> Any:
             j = db.jobs.get(job_id)
-            if world.variant != "no_guard" and (j is None or not jobcore.may_commit(j.owner, j.status, self.sid)):
+            guarded = world.variant != "no_guard"  # BROKEN variant: a dead owner's claim is not fenced
+            if guarded and (j is None or not jobcore.may_commit(j.owner, j.status, self.sid)):
                 raise LostJob(job_id)
             assert j is not None
             world.db_write(j, self.sid)
@@ -353,6 +354,7 @@ class Server:
                     after = VmState(result["state"])
             yield Db(self._guarded(job_id, _set(vm, after, p.removed), SUCCEEDED))
         except LostJob:
+            self.world.stats["lost_claims"] += 1
             self.sim.log(self.sid, f"job {job_id}: lost (taken over or finished)")
         except DbUnavailable:
             pass
@@ -455,8 +457,10 @@ class JobWorld:
     def completed(self, job: JobRow) -> None:
         self.stats["completed"] += 1
         if job.completions > 1:
-            self.violate("completed_twice", f"{job.id} ({job.cmd} {job.vm}) completed again by {job.executed_by}")
-        self.sim.log(job.executed_by or "?", f"{job.id} {'succeeded' if job.status == SUCCEEDED else 'failed'}")
+            self.violate("completed_twice", f"{job.id} ({job.cmd} {job.vm}) completed again"
+                         f" by {job.executed_by}")
+        how = "succeeded" if job.status == SUCCEEDED else "failed"
+        self.sim.log(job.executed_by or "?", f"{job.id} {how}")
 
     def _fault(self, f: Fault, d: int) -> None:
         self.sim.log("fault", ("start " if d > 0 else "end ") + str(f))
@@ -496,7 +500,8 @@ class JobWorld:
             if mine in ("Destroyed", "Expunging"):
                 mine = None  # gone from the host
             if mine != "Error" and mine != self.host.vms.get(vm):
-                self.violate("state_mismatch", f"{vm}: database says {mine}, host says {self.host.vms.get(vm)}")
+                self.violate("state_mismatch", f"{vm}: database says {mine},"
+                             f" host says {self.host.vms.get(vm)}")
 
     def run(self) -> None:
         self.sim.run(self.heal + SETTLE)
@@ -511,7 +516,8 @@ def generate(seed: int) -> list[Fault]:
         kind = rng.choices(kinds, weights)[0]
         node = None if kind == "db_down" else rng.choice(SERVERS)
         dur = DURATION[1] / 3 if kind == "db_down" else DURATION[1]
-        out.append(Fault(kind, node, round(rng.uniform(*FAULT_WINDOW), 3), round(rng.uniform(DURATION[0], dur), 3)))
+        at, length = round(rng.uniform(*FAULT_WINDOW), 3), round(rng.uniform(DURATION[0], dur), 3)
+        out.append(Fault(kind, node, at, length))
     return sorted(out, key=lambda f: (f.at, f.kind))
 
 

@@ -29,6 +29,7 @@ survives a crash. The in-memory bitmap is lost with the process.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -191,17 +192,13 @@ class SimLink:
             auto = self.peer.data_to_send()
         except wire.ProtocolError as e:
             self.rep.world.protocol_error(self.rep.node, f"remote: {e.reason}")
-            try:
+            with contextlib.suppress(OSError):
                 self.end.send(self.peer.data_to_send())
-            except OSError:
-                pass
             self.close(f"protocol error: {e.reason}")
             return
         if auto:
-            try:
+            with contextlib.suppress(ConnectionError):
                 self._send_raw(auto)
-            except ConnectionError:
-                pass
         if events:
             self.rep.on_events(self, events)
         if self.closed:
@@ -222,16 +219,12 @@ class SimLink:
         if TickAction.PEER_DEAD in actions:
             self.close("peer did not answer")
         elif TickAction.SEND_PING in actions:
-            try:
+            with contextlib.suppress(ConnectionError):
                 self._send_raw(self.peer.data_to_send())
-            except ConnectionError:
-                pass
 
     def disconnect(self, reason: str) -> None:
-        try:
+        with contextlib.suppress(ConnectionError, wire.ProtocolError):
             self.send(wire.Disconnect(reason[: wire.MAX_REASON]))
-        except (ConnectionError, wire.ProtocolError):
-            pass
         self.close(reason)
 
     def close(self, reason: str) -> None:
@@ -317,12 +310,12 @@ class Replica:
         if new:
             self.meta_update(al_extents=self.al.extents())
         link = self.writable_link()
-        if link is None and self.link is not None and not self.link.closed and self.link.state in HANDSHAKING:
+        handshaking = self.link is not None and not self.link.closed and self.link.state in HANDSHAKING
+        if link is None and handshaking and self.sim.now - op.started < 2.0:
             # _writable_link waits (up to 2 s) for the handshake's decision
-            if self.sim.now - op.started < 2.0:
-                self.al.complete(op.block * BLOCK, BLOCK)
-                self.sim.after(0.002, self.write, op)
-                return
+            self.al.complete(op.block * BLOCK, BLOCK)
+            self.sim.after(0.002, self.write, op)
+            return
         data = block_bytes(op.wid)
         sent = False
         if link is not None:
@@ -501,19 +494,15 @@ class Replica:
     def send_status(self) -> None:
         link = self.link
         if link is not None and not link.closed and link.state not in HANDSHAKING:
-            try:
+            with contextlib.suppress(ConnectionError, wire.ProtocolError):
                 link.send(self.status_msg())
-            except (ConnectionError, wire.ProtocolError):
-                pass
 
     def attach(self, end: End, initiator: bool) -> None:
         link = SimLink(self, end, initiator)
         self.rs_target_started = False
         self.link = link
-        try:
+        with contextlib.suppress(ConnectionError):
             link.start()
-        except ConnectionError:
-            pass
 
     def on_events(self, link: SimLink, events: list) -> None:
         acks: list[int] = []
@@ -551,24 +540,18 @@ class Replica:
         self._send_acks(link, acks)
         if flushes:
             self.disk.flush()
-            try:
+            with contextlib.suppress(ConnectionError, wire.ProtocolError):
                 link.send_many([wire.FlushAck(s) for s in flushes])
-            except (ConnectionError, wire.ProtocolError):
-                pass
 
     def _send_acks(self, link: SimLink, acks: list[int]) -> None:
         if acks:
-            try:
+            with contextlib.suppress(ConnectionError, wire.ProtocolError):
                 link.send_many(wire.coalesce_acks(acks))
-            except (ConnectionError, wire.ProtocolError):
-                pass
 
     def _on_control_event(self, link: SimLink, ev: Any) -> None:
         if isinstance(ev, Authenticated):
-            try:
+            with contextlib.suppress(ConnectionError, wire.ProtocolError):
                 link.send(self.status_msg())
-            except (ConnectionError, wire.ProtocolError):
-                pass
         elif isinstance(ev, SyncDecided):
             self.peer_status = ev.peer
             self.peer_disk = ev.peer.disk
@@ -604,10 +587,8 @@ class Replica:
     def _send_bitmap(self, link: SimLink) -> None:
         msgs: list[wire.Message] = [wire.BitmapChunk(off, data, False) for off, data in self.bitmap.chunks(2)]
         msgs.append(wire.BitmapChunk(0, b"", True))
-        try:
+        with contextlib.suppress(ConnectionError, wire.ProtocolError):
             link.send_many(msgs)
-        except (ConnectionError, wire.ProtocolError):
-            pass
 
     def on_link_closed(self, link: SimLink, reason: str) -> None:
         if self.link is not link:
@@ -678,18 +659,14 @@ class Replica:
     # ------------------------------------------------------------------ resync
     def _start_source(self, link: SimLink) -> None:
         self.meta_update(generations=genid.start_resync_source(self.meta.generations, self.new_uuid()))
-        try:
+        with contextlib.suppress(ConnectionError, wire.ProtocolError):
             link.send(self.status_msg())
-        except (ConnectionError, wire.ProtocolError):
-            pass
 
     def _answer_resync(self, link: SimLink, req: wire.ResyncRequest) -> None:
         if link.closed or link is not self.link or not self.alive:
             return
-        try:
+        with contextlib.suppress(ConnectionError, wire.ProtocolError):
             link.send(wire.ResyncData(req.offset, self.disk.pread(req.offset, req.length)))
-        except (ConnectionError, wire.ProtocolError):
-            pass
 
     def _finish_source(self) -> None:
         self.bitmap.clear_all()

@@ -16,8 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from tandem.sim.agent import VARIANTS
-from tandem.sim.schedule import Result, generate, run, shrink
+from tandem.sim.schedule import Result, run, shrink
 
 
 def batch(n: int, seed: int, variant: str = "none", minutes: float | None = None,
@@ -88,7 +87,9 @@ def _print_summary(name: str, s: dict, seed: int, variant: str, what: str) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tandem.sim.models import MODELS, batch as model_batch, shrink as model_shrink
+    from tandem.sim.models import MODELS
+    from tandem.sim.models import batch as model_batch
+    from tandem.sim.models import shrink as model_shrink
     ap = argparse.ArgumentParser(prog="python -m tandem.sim.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=(*MODELS, "all"), default="ha")

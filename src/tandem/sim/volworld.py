@@ -36,8 +36,8 @@ from collections.abc import Iterator
 
 import tandem.volume.peer as peer_mod
 from tandem.sim.kernel import Sim
-from tandem.sim.schedule import Result
 from tandem.sim.replica import NBLOCKS, Durable, Op, Replica
+from tandem.sim.schedule import Result
 from tandem.sim.tcp import Wire
 from tandem.sim.world import Fault, Violation
 from tandem.volume.genid import GenerationIds
@@ -171,7 +171,8 @@ class VolWorld:
                     self.busy_blocks.add(block)
                     mine.add(op)
                     rep.write(op)
-                if not any(o.kind == "flush" for o in mine) and self.sim.rng.random() < WRITE_EVERY / FLUSH_EVERY:
+                flushing = any(o.kind == "flush" for o in mine)
+                if not flushing and self.sim.rng.random() < WRITE_EVERY / FLUSH_EVERY:
                     op = Op("flush", 0, -1, now)
                     op.snapshot = {b: w for b, w in enumerate(self.acked_latest) if w}
                     mine.add(op)
