@@ -107,3 +107,15 @@ def test_workers_give_the_same_answer():
     two = batch("jobs", 30, seed=200, variant="no_guard", workers=2)
     assert one["failing"] == two["failing"] and one["violations"] == two["violations"]
     assert one["events"] == two["events"]
+
+
+def test_in_flight_writes_after_a_forced_demotion_need_the_fuse_teardown():
+    """Seed 77 (found by the volume model): node1 is cut from the DCS and the replication link
+    at once; its write lease suspends I/O, the agent demotes it (force), and only then does the
+    link time out. Replicator._on_link_closed fences only a Primary, so the writes still waiting
+    for node2's ack complete *successfully* without node2; node2 is promoted without them. What
+    keeps the application from seeing those acks is that demote(force) stops the FUSE server
+    first (modelled by default; the variant leaves it out)."""
+    bad = volworld.run(77, variant="no_fuse_teardown")
+    assert "ack_unreplicated" in {v.kind for v in bad.violations}
+    assert volworld.run(77).ok
