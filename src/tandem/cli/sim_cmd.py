@@ -23,6 +23,9 @@ def sim(model: str = typer.Option("ha", help="ha | volume | jobs | all"),
         no_shrink: bool = typer.Option(False, "--no-shrink")) -> None:
     """Run N schedules and print a summary; every violation with its seed and a shrunk trace."""
     from tandem.sim.run import main
+    if model not in ("ha", "volume", "jobs", "all"):
+        typer.echo(f"--model: {model!r} is not one of ha, volume, jobs, all", err=True)
+        raise typer.Exit(2)
     argv = ["--model", model, "--schedules", str(schedules), "--seed", str(seed), "--variant", variant,
             "--workers", str(workers)]
     argv += ["--minutes", str(minutes)] if minutes is not None else []
