@@ -11,7 +11,7 @@ from tandem.sim import jobworld, volworld
 from tandem.sim.models import MODELS, batch, shrink
 from tandem.sim.run import main
 
-CI = {"volume": 120, "jobs": 120}
+CI = {"volume": 100, "jobs": 120}
 
 
 @pytest.mark.parametrize("name", ["volume", "jobs"])

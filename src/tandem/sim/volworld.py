@@ -15,7 +15,7 @@ not the leader, once the faults healed; these resolutions are counted, not hidde
 
 Invariants (checked on the history):
 
-- ``ack_unreplicated``: when the application sees a write acknowledged, the peer holds
+- ``ack_unreplicated``: when the application sees a write acknowledged, the peer wrote
   it, or the peer is recorded Outdated (fenced) and the block is in the bitmap;
 - ``lost_write``: a promoted disk, and both disks at the end, hold every write whose
   acknowledgement was followed by a completed flush (or a newer write of that block);
@@ -197,8 +197,10 @@ class VolWorld:
             self.stats["writes_acked"] += 1
             self.acked_latest[op.block] = max(self.acked_latest[op.block], op.wid)
             peer = self.reps[self.peer_of(rep.node)]
+            # protocol C: the peer wrote it (to its page cache; a crash may lose it since)
             held = self.durable[peer.node].disk.view()[op.block]
-            if held < op.wid and not (self.recorded_outdated[peer.node] and rep.bitmap.test(op.block)):
+            fenced = self.recorded_outdated[peer.node] and rep.bitmap.test(op.block)
+            if op.wid not in self.seen[peer.node] and not fenced:
                 self.violate("ack_unreplicated", f"write #{op.wid} (block {op.block}) acknowledged on"
                              f" {rep.node}; {peer.node} holds #{held} and is not fenced")
         else:
@@ -378,11 +380,15 @@ class VolWorld:
             self.op_failed(self.reps[node], op, "ENOTCONN")
 
     def _operator(self) -> None:
-        for node in NODES:
+        stuck = [n for n in NODES if self.reps[n].alive and self.reps[n].standalone_reason]
+        if not stuck:
+            return
+        reason = self.reps[stuck[0]].standalone_reason
+        for node in NODES:  # the victim: the node that is not the leader (whichever reported it)
             rep = self.reps[node]
-            if rep.alive and rep.standalone_reason and self.leader != node and rep.role is Role.SECONDARY:
+            if rep.alive and self.leader is not None and self.leader != node and rep.role is Role.SECONDARY:
                 self.stats["operator_discards"] += 1
-                self.sim.log("operator", f"discard-my-data on {node} ({rep.standalone_reason})")
+                self.sim.log("operator", f"discard-my-data on {node} ({reason})")
                 rep.set_discard_my_data()
                 self.reps[self.peer_of(node)].standalone_reason = ""
 
