@@ -83,7 +83,7 @@ def batch(name: str, n: int, seed: int, variant: str = "none", minutes: float | 
           progress: Callable[[int], None] | None = None) -> dict:
     """Run seeds seed..seed+n-1 of one model; `progress(seed)` for each failing seed as found."""
     t0 = time.perf_counter()
-    chunk = max(1, min(100, n // max(1, workers * 8) or 1))
+    chunk = max(1, min(20 if minutes else 100, n // max(1, workers * 8) or 1))
     jobs = [(name, s, min(chunk, seed + n - s), variant, stop_at_first) for s in range(seed, seed + n, chunk)]
     total = {"schedules": 0, "faults": Counter(), "violations": Counter(), "failing": [], "acked": 0,
              "promotions": 0, "events": 0, "sim_seconds": 0.0, "stats": Counter()}
