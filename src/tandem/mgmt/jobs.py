@@ -42,11 +42,21 @@ from typing import Any, TypeVar
 from tandem.mgmt.db import Cursor, Database, DbUnavailable
 from tandem.mgmt.envelopes import INTERNAL_ERROR, RESOURCE_UNAVAILABLE, ApiError
 from tandem.mgmt.hostclient import HostClient, HostUnavailable
+from tandem.mgmt.jobcore import (
+    FAILED,
+    GUARD_SQL,
+    PENDING,
+    RUNNABLE_SQL,
+    SUCCEEDED,
+    TAKEOVER_SQL,
+    Lease,
+    may_commit,
+)
 
 log = logging.getLogger("tandem.mgmt.jobs")
 
 T = TypeVar("T")
-PENDING, SUCCEEDED, FAILED = 0, 1, 2
+__all__ = ["FAILED", "PENDING", "SUCCEEDED", "JobContext", "JobManager", "Lease", "LostJob"]
 HOUSEKEEPING_INTERVAL = 60.0
 
 
@@ -112,37 +122,6 @@ class JobContext:
 
 
 JobHandler = Callable[[JobContext], Awaitable[None]]
-
-
-@dataclass
-class Lease:
-    """Our side of the heartbeat lease, sans-IO: the caller passes monotonic times.
-
-    Two judgements: `fenced` — our last beat is so old that others may already
-    presume us dead, so start no new job; `may_take_over` — we have beaten
-    steadily for a whole `dead_after`, so a stale heartbeat of another server
-    means that server, not the database, stopped. After any slow or failed beat
-    (a database outage makes *every* heartbeat stale) the clock restarts.
-    """
-
-    dead_after: float
-    interval: float
-    last_beat: float | None = None
-    steady_since: float | None = None
-
-    def beat_done(self, started: float, finished: float) -> None:
-        if self.steady_since is None or finished - started > self.interval:
-            self.steady_since = finished
-        self.last_beat = finished
-
-    def beat_failed(self) -> None:
-        self.steady_since = None
-
-    def may_take_over(self, now: float) -> bool:
-        return self.steady_since is not None and now - self.steady_since >= self.dead_after
-
-    def fenced(self, now: float) -> bool:
-        return self.last_beat is None or now - self.last_beat > self.dead_after * 0.75
 
 
 class JobManager:
@@ -235,10 +214,7 @@ class JobManager:
 
     def _take_over(self, cur: Cursor) -> int:
         cur.execute(
-            "UPDATE async_job j LEFT JOIN mgmt_server s ON s.id = j.owner"
-            " SET j.owner=%s, j.takeovers=j.takeovers+1"
-            " WHERE j.status=0 AND j.owner <> %s"
-            " AND (s.id IS NULL OR s.heartbeat < NOW(6) - INTERVAL %s MICROSECOND)",
+            TAKEOVER_SQL,
             (self.server_id, self.server_id, int(self.dead_after * 1_000_000)))
         return cur.rowcount
 
@@ -278,10 +254,7 @@ class JobManager:
                 self.running[job.id] = task
 
     def _runnable(self, cur: Cursor) -> list[dict[str, Any]]:
-        cur.execute(
-            "SELECT j.* FROM async_job j WHERE j.owner=%s AND j.status=0 AND NOT EXISTS"
-            " (SELECT 1 FROM async_job k WHERE k.instance_id=j.instance_id AND k.status=0 AND k.seq < j.seq)"
-            " ORDER BY j.seq LIMIT %s", (self.server_id, self.max_parallel))
+        cur.execute(RUNNABLE_SQL, (self.server_id, self.max_parallel))
         return list(cur.fetchall())
 
     async def _execute(self, job: Job) -> None:
@@ -323,9 +296,9 @@ class JobManager:
 
     # -- guarded writes -------------------------------------------------------------------
     def _lock_owned(self, cur: Cursor, job_id: str) -> None:
-        cur.execute("SELECT owner, status FROM async_job WHERE id=%s FOR UPDATE", (job_id,))
+        cur.execute(GUARD_SQL, (job_id,))
         row = cur.fetchone()
-        if row is None or row["owner"] != self.server_id or row["status"] != PENDING:
+        if row is None or not may_commit(row["owner"], row["status"], self.server_id):
             raise LostJob(job_id)
 
     def _complete(self, cur: Cursor, job_id: str, status: int, code: int, result: dict[str, Any]) -> None:

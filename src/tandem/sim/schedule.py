@@ -48,6 +48,7 @@ class Result:
     promotions: int = 0
     events: int = 0
     sim_seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

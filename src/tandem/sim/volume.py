@@ -14,8 +14,8 @@ What is kept because safety depends on it:
   process, see ``tandem.sim.agent.fence_loop``) until it succeeds or the node
   is no longer Primary;
 - the replication link (:class:`Repl`): cut by faults, a handshake that picks
-  the sync source from generation ids (a Primary never becomes a target; on
-  split brain the Primary's data wins, as "discard-secondary"), a resync of
+  the sync source from generation ids (a Primary never becomes a target; a
+  split brain is refused, as the volume's "disconnect" policy does), a resync of
   random duration that copies the source's data to the target (Inconsistent
   until done). While connected, a write is on both disks before it is acked.
 
@@ -249,6 +249,7 @@ class Repl:
         self.source: SimVolume | None = None
         self.target: SimVolume | None = None
         self.session = 0
+        self.split_brain = False
         a.repl = b.repl = self
 
     def peer_of(self, v: SimVolume) -> SimVolume:
@@ -284,10 +285,12 @@ class Repl:
         elif gb in a.gens:
             source = a
         else:
-            prim = [v for v in (a, b) if v.role is Role.PRIMARY]
-            if not prim:
-                return  # split brain, no Primary to decide: wait
-            source = prim[0]
+            # split brain: the volume's policy is "disconnect" (genid.SplitBrainPolicy.DISCONNECT,
+            # what Replicator uses): refuse and stay StandAlone until an operator decides
+            if not self.split_brain:
+                self.split_brain = True
+                self.sim.log("link", f"split brain (gens {ga} / {gb}): StandAlone")
+            return
         target = self.peer_of(source)
         if target.role is Role.PRIMARY or source.disk is INC:
             return
