@@ -42,3 +42,22 @@ def test_concurrent_different_operations_on_one_vm_are_refused(procs):
     assert [e for e in host.effects() if e.get("conflict")]
     bad = requests.post(host.url + "/v1/ops", data="nope", timeout=5)
     assert bad.status_code == 400
+
+
+def test_an_expired_request_is_refused_unless_already_known(procs):
+    """A request whose sender's job lease ran out (a server paused mid-job) must
+    not act: another server may have taken the job over and failed it meanwhile.
+    A request id the host already knows still replays (that is no new effect)."""
+    import time
+    host = SimHostProc(procs, op_seconds=0.05)
+    body = {"request_id": "j1", "op": "create", "vm": "vm1", "spec": {}}
+    late = requests.post(host.url + "/v1/ops", json={**body, "expires": time.time() - 1}, timeout=10)
+    assert late.status_code == 409 and late.json()["expired"], late.text
+    assert host.effects() == []
+    ok = requests.post(host.url + "/v1/ops", json={**body, "expires": time.time() + 30}, timeout=10)
+    assert ok.status_code == 200 and ok.json()["ok"]
+    again = requests.post(host.url + "/v1/ops", json={**body, "expires": time.time() - 1}, timeout=10)
+    assert again.json()["replayed"]
+    assert [e["request_id"] for e in host.effects()] == ["j1"]
+    bad = requests.post(host.url + "/v1/ops", json={**body, "request_id": "j2", "expires": "x"}, timeout=10)
+    assert bad.status_code == 400

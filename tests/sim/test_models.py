@@ -119,3 +119,14 @@ def test_in_flight_writes_after_a_forced_demotion_need_the_fuse_teardown():
     bad = volworld.run(77, variant="no_fuse_teardown")
     assert "ack_unreplicated" in {v.kind for v in bad.violations}
     assert volworld.run(77).ok
+
+
+@pytest.mark.parametrize("seed", [15942, 17647])
+def test_a_paused_servers_host_request_is_fenced(seed):
+    """Found by the long batch: a server paused between its guarded write and its
+    host request resumed after the job was taken over (and failed) and applied it
+    anyway, interleaved with later jobs on the VM. With the host-request fence
+    (Lease.may_send + expiry enforced by the host) the seed is clean."""
+    m = MODELS["jobs"]
+    assert not m.run(seed).violations
+    assert m.run(seed, variant="no_host_fence").violations

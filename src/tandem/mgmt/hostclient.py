@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+
+class RequestExpired(Exception):
+    """The sender's job lease ran out before the host acted: nothing was done."""
 
 
 class HostUnavailable(Exception):
@@ -44,16 +49,28 @@ class HostClient:
         if self._session is not None:
             await self._session.close()
 
-    async def op(self, request_id: str, op: str, vm: str, spec: dict[str, Any] | None = None) -> HostResult:
-        """Apply `op` to `vm` under `request_id`; retry until the host answers."""
+    async def op(self, request_id: str, op: str, vm: str, spec: dict[str, Any] | None = None, *,
+                 valid_until: Callable[[], float | None] | None = None) -> HostResult:
+        """Apply `op` to `vm` under `request_id`; retry until the host answers.
+
+        `valid_until()`: monotonic time until which the sender may act (its job
+        lease); sent as a wall-clock expiry the host enforces. RequestExpired when
+        it has run out: the caller must prove it still owns the job first."""
         deadline = time.monotonic() + self.retry_budget
         delay = 0.1
-        body = {"request_id": request_id, "op": op, "vm": vm, "spec": spec or {}}
+        body: dict[str, Any] = {"request_id": request_id, "op": op, "vm": vm, "spec": spec or {}}
         while True:
             try:
+                if valid_until is not None:
+                    left = (valid_until() or 0.0) - time.monotonic()
+                    if left <= 0:
+                        raise RequestExpired(f"{op} of {request_id}: our job lease ran out")
+                    body["expires"] = time.time() + left
                 http = await self._http()
                 async with http.post(f"{self.base_url}/v1/ops", json=body) as resp:
                     data = await resp.json()
+                if resp.status == 409 and data.get("expired"):
+                    raise RequestExpired(f"host refused {op} of {request_id}: our job lease ran out")
                 if resp.status == 409 and data.get("busy"):
                     raise _Busy(data.get("error"))
                 if resp.status not in (200, 409):

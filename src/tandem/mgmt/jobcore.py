@@ -9,6 +9,8 @@ its statement must say the same thing: change both or neither.
 - `may_commit`: the guard of every job write (the row is locked FOR UPDATE first).
 - `owner_dead`: whose pending jobs a takeover moves (heartbeat on the DB clock).
 - `runnable`: a job runs only as the oldest pending job of its object.
+- `Lease.may_send` / `requests_valid_until`: the fence on host requests (a paused
+  owner's late request is refused by the host, or never sent).
 """
 
 from __future__ import annotations
@@ -45,11 +47,35 @@ class Lease:
     interval: float
     last_beat: float | None = None
     steady_since: float | None = None
+    beat_started: float | None = None  #: when the last successful beat was sent
+    stretch_since: float | None = None  #: start of the current unbroken run of valid beats
 
     def beat_done(self, started: float, finished: float) -> None:
         if self.steady_since is None or finished - started > self.interval:
             self.steady_since = finished
+        until = self.requests_valid_until()
+        if until is None or finished > until:
+            # A moment without validity: someone may have taken our jobs over since.
+            self.stretch_since = finished
         self.last_beat = finished
+        self.beat_started = started
+
+    def requests_valid_until(self) -> float | None:
+        """Until when the host may act on a request we send now (None: never).
+
+        Counted from when the last beat was *sent* (the database stamped it no
+        earlier), so it ends a quarter of `dead_after` before anyone may presume
+        us dead; the clocks of servers and host must agree better than that."""
+        return None if self.beat_started is None else self.beat_started + self.dead_after * 0.75
+
+    def may_send(self, now: float, confirmed_at: float | None) -> bool:
+        """A host request for a job may go out now: our lease is valid and has been
+        without a gap since `confirmed_at`, when a guarded write last proved the job
+        ours. A paused server resumes with a gap, so it must prove ownership again
+        (and learns that the job was taken over) before touching the host."""
+        until = self.requests_valid_until()
+        return (until is not None and now < until and confirmed_at is not None
+                and self.stretch_since is not None and confirmed_at >= self.stretch_since)
 
     def beat_failed(self) -> None:
         self.steady_since = None

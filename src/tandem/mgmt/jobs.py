@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from tandem.mgmt.db import Cursor, Database, DbUnavailable
 from tandem.mgmt.envelopes import INTERNAL_ERROR, RESOURCE_UNAVAILABLE, ApiError
-from tandem.mgmt.hostclient import HostClient, HostUnavailable
+from tandem.mgmt.hostclient import HostClient, HostResult, HostUnavailable, RequestExpired
 from tandem.mgmt.jobcore import (
     FAILED,
     GUARD_SQL,
@@ -89,6 +89,7 @@ class JobContext:
         self.manager = manager
         self.job = job
         self.host = manager.host
+        self.confirmed_at: float | None = None  #: when a guarded write last proved the job ours
 
     async def read(self, fn: Callable[[Cursor], T]) -> T:
         return await self.manager.db.read(fn)
@@ -98,7 +99,41 @@ class JobContext:
         def guarded(cur: Cursor) -> T:
             self.manager._lock_owned(cur, self.job.id)
             return fn(cur)
-        return await self.manager.db.write(guarded)
+        started = time.monotonic()
+        out = await self.manager.db.write(guarded)
+        self.confirmed_at = started
+        return out
+
+    async def host_op(self, op: str, vm: str, spec: dict[str, Any] | None = None) -> HostResult:
+        """This job's host request, sent only while the job provably is ours.
+
+        `Lease.may_send`: after any gap in our heartbeat lease (a pause, a DB outage)
+        a guarded write proves ownership again first, so a server that was presumed
+        dead and whose job was taken over meanwhile gets LostJob instead of acting;
+        the expiry the host enforces covers a pause after the request left."""
+        lease = self.manager.lease
+        budget = self.host.retry_budget
+        deadline = time.monotonic() + budget
+
+        def valid_until() -> float | None:
+            ok = lease.may_send(time.monotonic(), self.confirmed_at)
+            return lease.requests_valid_until() if ok else None
+
+        while True:
+            now = time.monotonic()
+            if not lease.may_send(now, self.confirmed_at):
+                if now > deadline:
+                    raise HostUnavailable(f"{op} of {self.job.id}: no valid job lease for {budget:.0f} s")
+                until = lease.requests_valid_until()
+                if until is not None and now < until:
+                    await self.write(lambda cur: None)  # LostJob when it is no longer ours
+                else:
+                    await asyncio.sleep(0.1)  # the heartbeat renews the lease
+                continue
+            try:
+                return await self.host.op(self.job.id, op, vm, spec, valid_until=valid_until)
+            except RequestExpired:
+                continue
 
     async def finish(self, fn: Callable[[Cursor], dict[str, Any]]) -> None:
         """Apply the job's final DB changes and mark it succeeded, atomically.

@@ -70,6 +70,10 @@ class SimHost:
             f.flush()
             os.fsync(f.fileno())
 
+    def known(self, request_id: str) -> bool:
+        """Done or running: a repeat of it replays, whatever its expiry."""
+        return request_id in self.requests or request_id in self._inflight
+
     async def apply(self, request_id: str, op: str, vm: str, spec: dict[str, Any]) -> dict[str, Any]:
         """Apply `op` to `vm` once per request id; return the (first) result."""
         if request_id in self.requests:
@@ -153,10 +157,15 @@ def make_app(host: SimHost) -> web.Application:
             body = await request.json()
             rid, name, vm = str(body["request_id"]), str(body["op"]), str(body["vm"])
             spec = dict(body.get("spec") or {})
+            expires = None if body.get("expires") is None else float(body["expires"])
         except (ValueError, KeyError, TypeError):
             return web.json_response({"ok": False, "error": "need JSON with request_id, op, vm"}, status=400)
         if name not in OPS or not rid or not vm:
             return web.json_response({"ok": False, "error": f"unknown op {name!r}"}, status=400)
+        if expires is not None and time.time() > expires and not host.known(rid):
+            return web.json_response({"ok": False, "expired": True,
+                                      "error": f"request {rid} expired (its sender's job lease ran out)"},
+                                     status=409)
         try:
             # Shielded: a client that hangs up must not cut an effect in half.
             result = await asyncio.shield(host.apply(rid, name, vm, spec))

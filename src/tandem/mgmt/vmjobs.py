@@ -55,7 +55,7 @@ async def run_plan(ctx: JobContext, command: str, spec: dict[str, Any] | None = 
         if p.during is not None and p.during != state:
             await ctx.write(_set_state(vm_id, p.during))
         try:
-            result = await ctx.host.op(ctx.job.id, p.host_op, vm_id, spec)
+            result = await ctx.host_op(p.host_op, vm_id, spec)
         except HostUnavailable as e:
             # We cannot know whether the operation happened: say so with Error.
             await ctx.fail(ApiError(RESOURCE_UNAVAILABLE, str(e)), _set_state(vm_id, VmState.ERROR))

@@ -51,7 +51,7 @@ FAULT_WINDOW = (0.5, 5.0)
 SETTLE = 10.0
 KIND_WEIGHTS = {"crash": 3, "pause": 3, "partition": 3, "db_down": 1}
 DURATION = (0.1, 3.0)
-VARIANTS = ("none", "no_guard", "takeover_live", "no_queue", "fresh_request_id")
+VARIANTS = ("none", "no_guard", "takeover_live", "no_queue", "fresh_request_id", "no_host_fence")
 COMMANDS = ("start", "stop", "reboot", "start", "stop", "reboot", "start", "stop", "destroy")
 
 
@@ -79,6 +79,7 @@ class HostCall(NamedTuple):
     rid: str
     op: str
     vm: str
+    valid_until: float | None  #: Lease.requests_valid_until (None: no expiry, a broken variant)
 
 
 class Wake(NamedTuple):
@@ -117,7 +118,11 @@ class Host:
         self.busy: dict[str, str] = {}
         self.effects: dict[str, int] = {}  # job id -> effects applied
 
-    def request(self, rid: str, op: str, vm: str, reply: Any) -> None:
+    def request(self, rid: str, op: str, vm: str, valid_until: float | None, reply: Any) -> None:
+        known = rid in self.requests or rid in self.inflight
+        if valid_until is not None and self.world.sim.now > valid_until and not known:
+            reply({"expired": True})  # simhost: the sender's job lease ran out
+            return
         if rid in self.requests:
             reply(dict(self.requests[rid], replayed=True))
             return
@@ -209,7 +214,7 @@ class Server:
             w.send(self.sid, self._at_db, task, tok, cmd.fn)
         elif type(cmd) is HostCall:
             sim.after(HOST_TIMEOUT, self._deliver, task, tok, None, TimeoutError())
-            w.send(self.sid, w.host.request, cmd.rid, cmd.op, cmd.vm,
+            w.send(self.sid, w.host.request, cmd.rid, cmd.op, cmd.vm, cmd.valid_until,
                    lambda r, task=task, tok=tok: w.send(self.sid, self._deliver, task, tok, r, None))
 
     def _at_db(self, task: list, tok: int, fn: Any) -> None:
@@ -338,10 +343,13 @@ class Server:
                 return
             after = p.after
             if p.host_op is not None:
+                confirmed = None  # JobContext.confirmed_at
                 if p.during is not None and p.during != state:
+                    t = self.sim.now
                     yield Db(self._guarded(job_id, _set(vm, p.during)))
+                    confirmed = t
                 try:
-                    result = yield from self._host(job_id, p.host_op, vm)
+                    result = yield from self._host(job_id, p.host_op, vm, confirmed)
                 except HostUnavailable:
                     yield Db(self._guarded(job_id, _set(vm, VmState.ERROR), FAILED))
                     return
@@ -363,15 +371,32 @@ class Server:
             self.ended.add(job_id)
             self.set_wake()
 
-    def _host(self, job_id: str, op: str, vm: str) -> Generator:
-        """HostClient.op: retry until the host answers, within the budget."""
+    def _host(self, job_id: str, op: str, vm: str, confirmed: float | None) -> Generator:
+        """JobContext.host_op + HostClient.op: send only while the job provably is
+        ours (Lease.may_send, proving it again after a lease gap), with an expiry the
+        host enforces; retry until the host answers, within the budget (one budget
+        here, where the real code has one for the lease wait and one for retries)."""
         deadline = self.sim.now + RETRY_BUDGET
         delay = 0.1
         self.world.attempts += 1
         rid = job_id if self.world.variant != "fresh_request_id" else f"{job_id}#{self.world.attempts}"
+        fence = self.world.variant != "no_host_fence"  # BROKEN variant: host requests are not fenced
         while True:
+            now = self.sim.now
+            if fence and not self.lease.may_send(now, confirmed):
+                if now > deadline:
+                    raise HostUnavailable(vm)
+                until = self.lease.requests_valid_until()
+                if until is not None and now < until:
+                    yield Db(self._guarded(job_id))  # LostJob when it is no longer ours
+                    confirmed = now
+                else:
+                    yield Sleep(0.1)
+                continue
             try:
-                result = yield HostCall(rid, op, vm)
+                result = yield HostCall(rid, op, vm, self.lease.requests_valid_until() if fence else None)
+                if result.get("expired"):
+                    continue
                 if result.get("busy"):
                     raise TimeoutError
                 return result
