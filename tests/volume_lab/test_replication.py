@@ -242,6 +242,53 @@ def test_fence_peer_suspends_writes_until_it_succeeds(pair, healed, tmp_path):
     write_cluster_config(pair.lab, volume_size="64MiB")
 
 
+def test_a_fence_that_lands_after_the_peer_returned_resumes_io(pair, healed, tmp_path):
+    """Torture campaign seed 5: the fence kept failing, the write lease lapsed and
+    was renewed meanwhile, the link came back and resynced; when the fence finally
+    succeeded, I/O stayed suspended for good and the connected peer was reported
+    Outdated. Now the held write completes and the peer's state is the link's."""
+    from tandem.volume import control
+    from tests.volume_lab.harness import VolumePair
+    flag = pair.lab.spec.dir / "fence-ok"
+    flag.unlink(missing_ok=True)
+    vp = VolumePair(pair.lab, fence_peer_command=f"test -e {flag}")
+    try:
+        vp.fresh("node1")
+        dev = vp.device("node1")
+        sock = vp.lab.host_dir("node1") / "run" / "volume-db.sock"
+        control.call(sock, "write-lease", until=time.monotonic() + 60)
+        vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+        done = threading.Event()
+
+        def write():
+            pwrite_sync(dev, 0, b"g" * 4096)
+            done.set()
+
+        t = threading.Thread(target=write)
+        t.start()
+        vp.wait(lambda: "fencing" in (vp.status("node1").get("suspended_reason") or ""), 20,
+                "the fence to start")
+        control.call(sock, "write-lease", until=time.monotonic() + 0.3)  # lapses during the fence
+        time.sleep(1.0)
+        control.call(sock, "write-lease", until=time.monotonic() + 60)  # the agent renews it
+        vp.lab.faults.heal()
+        vp.wait(lambda: vp.status("node1")["peer"].get("connection") == "Connected", 30,
+                "the link to come back")
+        assert not done.is_set()
+        flag.touch()
+        assert done.wait(15), "the held write never completed: I/O stayed suspended"
+        t.join()
+        vp.wait_connected_uptodate()
+        st = vp.status("node1")
+        assert not st["suspended"], st
+        assert st["peer"]["disk"] == "UpToDate", st
+        pwrite_sync(dev, 4096, b"h" * 4096)  # and I/O flows
+    finally:
+        vp.teardown()
+        from tandem.lab.clusterconf import write_cluster_config
+        write_cluster_config(pair.lab, volume_size="64MiB")
+
+
 def test_backing_store_eio_is_never_acknowledged(fresh):
     vp = fresh
     dev = vp.device("node1")

@@ -433,7 +433,11 @@ class Replicator:
     def _lease_expired(self) -> None:
         if not self._lease_held_io:
             self._lease_held_io = True
+            operator = self._held_by_operator
             self.suspend("the agent's write lease expired", timeout=0)
+            # This hold is the lease's: the next lease lifts it, not an operator. (Counted
+            # as an operator's, a lease renewed during a fence left I/O shut for good.)
+            self._held_by_operator = operator
 
     def suspend(self, reason: str, timeout: float = 2.0) -> bool:
         """Stop completing writes at once (the agent lost its lease): new writes
@@ -861,10 +865,15 @@ class Replicator:
             if self._fencing is None:
                 return  # a forced demotion failed these writes already
             self._fencing = None
-        self.peer_disk = DiskState.OUTDATED
-        with self.meta_lock:
-            self.meta.update(peer_outdated=True)
-        if self._held_by_operator:
+        if self.link is None:
+            self.peer_disk = DiskState.OUTDATED
+            with self.meta_lock:
+                self.meta.update(peer_outdated=True)
+        else:
+            # The fence landed after the peer came back: its disk state is what the new
+            # connection says (resync), not the Outdated the fence recorded.
+            log.info("peer fenced, but it is connected again: its state comes from the link")
+        if self._held_by_operator or self._lease_held_io:
             log.info("peer fenced (marked Outdated); I/O stays suspended: %s", self.suspended_reason)
         else:
             log.info("peer fenced (marked Outdated); resuming I/O")
