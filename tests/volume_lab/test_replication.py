@@ -32,6 +32,25 @@ def test_initial_sync_and_verify_identical(fresh):
     assert not vp.device("node2").exists()
 
 
+def test_verify_after_an_aborted_verify(fresh):
+    """Torture campaign seed 5: a verify cut short by a link failure left every later
+    verify stuck at 0 bytes (its unanswered requests' window permits were gone)."""
+    from tandem.volume import control
+    vp = fresh
+    vp.wait_connected_uptodate()
+    sock = vp.lab.host_dir("node1") / "run" / "volume-db.sock"
+    vp.lab.faults.pause("node2", "volume-db")  # the peer stops answering mid-verify
+    try:
+        with pytest.raises(control.ControlError) as first:  # straight away: within the ping timeout
+            control.call(sock, "verify", timeout=60)
+    finally:
+        vp.lab.faults.resume("node2", "volume-db")
+    assert "verify aborted" in str(first.value)
+    vp.wait_connected_uptodate()
+    again = vp.tandem("node1", "volume", "verify", "db", "--json")
+    assert '"out_of_sync_blocks": 0' in again.stdout
+
+
 def test_resync_copies_only_what_changed(fresh):
     vp = fresh
     dev = vp.device("node1")

@@ -1038,10 +1038,13 @@ class Replicator:
             raise VolumeError(f"run verify on the Primary ({self.spec.peer})")
         progress = self.verify_progress = Progress("verify", self.size)
         self._verify_expected.clear()
+        # A fresh window per run: an aborted run never gets the permits of its
+        # unanswered requests back (that wedged every later verify at 0 bytes).
+        window = self._verify_window = threading.Semaphore(VERIFY_WINDOW)
         deadline = time.monotonic() + timeout
         for off in range(0, self.size, VERIFY_CHUNK):
             n = min(VERIFY_CHUNK, self.size - off)
-            while not self._verify_window.acquire(timeout=0.5):
+            while not window.acquire(timeout=0.5):
                 if link.closed or time.monotonic() > deadline:
                     raise VolumeError(f"verify aborted: {link.close_reason or 'timed out'}")
             with self.ranges.hold(off, n):
@@ -1051,11 +1054,11 @@ class Replicator:
                 except (ConnectionError, wire.ProtocolError) as e:
                     raise VolumeError(f"verify aborted: {e}") from None
         for _ in range(VERIFY_WINDOW):
-            while not self._verify_window.acquire(timeout=0.5):
+            while not window.acquire(timeout=0.5):
                 if link.closed or time.monotonic() > deadline:
                     raise VolumeError(f"verify aborted: {link.close_reason or 'timed out'}")
         for _ in range(VERIFY_WINDOW):
-            self._verify_window.release()
+            window.release()
         progress.finished = time.monotonic()
         result = progress.as_dict()
         log.info("verify finished: %d blocks out of sync", progress.differences)
@@ -1071,7 +1074,9 @@ class Replicator:
             link.send(wire.VerifyDigests(ev.offset, tuple(digests)))
 
     def _compare_digests(self, ev: wire.VerifyDigests) -> None:
-        mine = self._verify_expected.pop(ev.offset, [])
+        if ev.offset not in self._verify_expected:
+            return  # an answer to an aborted run: its permit belongs to an old window
+        mine = self._verify_expected.pop(ev.offset)
         diff = [i for i, (a, b) in enumerate(zip(mine, ev.digests, strict=False)) if a != b]
         if diff:
             with self.io_lock:
