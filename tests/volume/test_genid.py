@@ -77,6 +77,16 @@ def test_crashed_primary_resyncs_its_activity_log() -> None:
     assert first in (Out.SOURCE_BITMAP, Out.TARGET_BITMAP)
 
 
+def test_an_inconsistent_side_is_a_full_sync_target_not_a_split_brain() -> None:
+    """Torture campaign seed 7: a failed disk, its node rebooted, `volume invalidate`:
+    the generations look like a split brain, but an Inconsistent disk has nothing to keep."""
+    inc = SyncFlags(node="node2", disk=DiskState.INCONSISTENT)
+    assert decide(GenerationIds(11, 10), GenerationIds(12, 10), A, inc) is Out.SOURCE_FULL
+    assert decide(GenerationIds(12, 10), GenerationIds(11, 10), inc, A) is Out.TARGET_FULL
+    outdated = SyncFlags(node="node1", disk=DiskState.OUTDATED)  # no UpToDate source: unchanged
+    assert decide(GenerationIds(11, 10), GenerationIds(12, 10), outdated, inc) is Out.SPLIT_BRAIN
+
+
 def test_same_generation_but_inconsistent_side_gets_full_sync() -> None:
     inc = SyncFlags(node="node2", disk=DiskState.INCONSISTENT)
     assert decide(GenerationIds(10), GenerationIds(10), A, inc) is Out.SOURCE_FULL

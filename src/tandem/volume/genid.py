@@ -261,6 +261,15 @@ def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncF
     if local.is_fresh or peer.is_fresh:
         return _source_if(peer.is_fresh, True, "one side fresh, full sync from the other")
 
+    # An Inconsistent disk (invalidated, or a full sync cut short) holds nothing worth
+    # keeping whatever its identifiers say: it is a full-sync target of an UpToDate peer,
+    # never a split brain (a failed disk an operator invalidated was refused as one).
+    if lf.disk.is_consistent != pf.disk.is_consistent:
+        source = lf if lf.disk.is_consistent else pf
+        if source.disk is DiskState.UP_TO_DATE:
+            return _source_if(lf.disk.is_consistent, True,
+                              "one side Inconsistent, full sync from the UpToDate side")
+
     if local.current == peer.current:
         ours_ok, theirs_ok = lf.disk.is_consistent, pf.disk.is_consistent
         if ours_ok != theirs_ok:
