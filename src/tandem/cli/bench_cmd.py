@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -83,7 +84,6 @@ def failover(
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ):
     """Crash failovers and switchovers under a writer vs keepalived (issue 5 benchmark)."""
-    import sys
 
     from tandem.bench.failover import PARTS, FailoverOptions, render, run
 
@@ -105,6 +105,11 @@ def failover(
                            settle=settle, parts=parts, lease_ttl=lease_ttl, keep=keep,
                            connect_timeout=connect_timeout)
 
+    _run_and_report(run, render, opts, as_json, save)
+
+
+def _run_and_report(run, render, opts, as_json: bool, save: Path | None) -> None:
+    """Run a lab benchmark with progress on stderr; table or JSON on stdout, optional file."""
     def say(msg: str) -> None:
         if not as_json:
             typer.echo(f"· {msg}", err=True)
@@ -138,7 +143,6 @@ def mgmt(
 ):
     """Management API throughput with one vs two servers; failed requests and lost or
     duplicated jobs across a DB switchover and a DB primary crash (issue 6 benchmark)."""
-    import sys
 
     from tandem.bench.mgmt import PARTS, MgmtBenchOptions, render, run
 
@@ -157,20 +161,7 @@ def mgmt(
                             deploy_workers=deploy_workers, load_workers=load_workers, op_seconds=op_seconds,
                             db_retry=db_retry, keep=keep, parts=parts)
 
-    def say(msg: str) -> None:
-        if not as_json:
-            typer.echo(f"· {msg}", err=True)
-
-    res = run(opts, say)
-    res["command"] = " ".join(["tandem", *sys.argv[1:]])
-    if save is not None:
-        save.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    if as_json:
-        typer.echo(json.dumps(res, indent=1, default=str))
-    else:
-        render(res, res["command"])
-    if res.get("errors"):
-        raise typer.Exit(1)
+    _run_and_report(run, render, opts, as_json, save)
 
 
 if __name__ == "__main__":  # until it is wired into `tandem bench`
