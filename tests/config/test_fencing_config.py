@@ -62,3 +62,13 @@ def test_watchdog_enabled_where_there_is_none_is_one_clear_line(cfgdir, tmp_path
     path.write_text(path.read_text().replace(str(missing), str(not_a_device)))
     proc = run_tandem("agent", "--config", str(path), "--node", "node1")
     assert "is not a character device" in proc.stdout + proc.stderr
+
+
+def test_the_fencing_example_is_valid(tmp_path):
+    import shutil
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[2] / "examples" / "cluster-fencing.toml"
+    shutil.copy(example, tmp_path / "cluster.toml")
+    (tmp_path / "secret").write_text("0123456789abcdef0123456789abcdef\n")
+    (tmp_path / "secret").chmod(0o600)
+    assert check(tmp_path / "cluster.toml") == (0, ["ok"])
