@@ -262,6 +262,17 @@ class Bench:
                  f" longest pause {out['max_write_gap'] * 1000:.0f} ms")
         return out
 
+    def _outage(self, what: str, new: str, served: str | None, t_fault: float) -> tuple[dict, list]:
+        """After a fault: `new` serves, a write got through; the outage and its events."""
+        t_back = monotonic()
+        if served != new:
+            raise LabError(f"{what}: expected {new} to serve, got {served}")
+        self.log.wait_ack(lambda a: a["sent"] >= t_back, 30, f"a write after {what}")
+        o = outage(self.log.acks, t_fault, t_back)
+        if o is None:
+            raise LabError(f"{what}: no acknowledged write around it")
+        return o, self.events_between(t_fault, o["first_ack"] + 0.001)
+
     def crash_round(self, i: int) -> dict:
         st, lab = self.stack, self.lab
         old = self.ready()
@@ -276,14 +287,7 @@ class Bench:
             with contextlib.suppress(TandemError):
                 st.restart_host(old)
             raise
-        t_back = monotonic()
-        if served != new:
-            raise LabError(f"crash {i}: expected {new} to serve, got {served}")
-        self.log.wait_ack(lambda a: a["sent"] >= t_back, 30, f"a write after crash {i}")
-        o = outage(self.log.acks, t_fault, t_back)
-        if o is None:
-            raise LabError(f"crash {i}: no acknowledged write around the fault")
-        ev = self.events_between(t_fault, o["first_ack"] + 0.001)
+        o, ev = self._outage(f"crash {i}", new, served, t_fault)
         row = {"round": i, "crashed": old, "new": new, "crash_call": t_dead - t_fault,
                **{k: o[k] for k in ("gap", "fault_to_first_ack")}}
         row.update(self.timeline(ev, t_fault, new))
@@ -345,14 +349,7 @@ class Bench:
         proc = st.tandem("witness", "switchover", "--to", new, "--force", timeout=60)
         t_cmd = monotonic()
         served = st.wait_service(self.opts.service_timeout)
-        t_back = monotonic()
-        if served != new:
-            raise LabError(f"switchover {i}: expected {new} to serve, got {served}")
-        self.log.wait_ack(lambda a: a["sent"] >= t_back, 30, f"a write after switchover {i}")
-        o = outage(self.log.acks, t_fault, t_back)
-        if o is None:
-            raise LabError(f"switchover {i}: no acknowledged write around it")
-        ev = self.events_between(t_fault, o["first_ack"] + 0.001)
+        o, ev = self._outage(f"switchover {i}", new, served, t_fault)
         row = {"round": i, "from": old, "to": new, "gap": o["gap"],
                "command": t_cmd - t_fault, "reported": parse_took(proc.stdout)}
         row.update(self.timeline(ev, t_fault, new))

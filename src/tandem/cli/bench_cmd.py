@@ -38,11 +38,7 @@ def volume(
     """The replicated volume vs local disk vs MariaDB semi-sync (issue 4 benchmark)."""
     from tandem.bench.volume import PARTS, BenchOptions, render, run
 
-    parts = tuple(p.strip() for p in only.split(",") if p.strip())
-    bad = [p for p in parts if p not in PARTS]
-    if bad:
-        raise TandemError(f"--only: unknown part(s) {', '.join(bad)} (choose from"
-                          f" {', '.join(PARTS)})")
+    parts = _parts(only, PARTS)
     try:
         thread_counts = tuple(int(t) for t in threads.split(",") if t.strip())
     except ValueError:
@@ -87,11 +83,7 @@ def failover(
 
     from tandem.bench.failover import PARTS, FailoverOptions, render, run
 
-    parts = tuple(p.strip() for p in only.split(",") if p.strip())
-    bad = [p for p in parts if p not in PARTS]
-    if bad:
-        raise TandemError(f"--only: unknown part(s) {', '.join(bad)} (choose from"
-                          f" {', '.join(PARTS)})")
+    parts = _parts(only, PARTS)
     for name, v in (("--crashes", crashes), ("--switchovers", switchovers),
                     ("--keepalived-rounds", keepalived_rounds)):
         if v is not None and not 0 <= v <= 1000:
@@ -106,6 +98,15 @@ def failover(
                            connect_timeout=connect_timeout)
 
     _run_and_report(run, render, opts, as_json, save)
+
+
+def _parts(only: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """`--only a,b`: the parts to run, each one the benchmark knows."""
+    parts = tuple(p.strip() for p in only.split(",") if p.strip())
+    bad = [p for p in parts if p not in known]
+    if bad:
+        raise TandemError(f"--only: unknown part(s) {', '.join(bad)} (choose from {', '.join(known)})")
+    return parts
 
 
 def _run_and_report(run, render, opts, as_json: bool, save: Path | None) -> None:
@@ -146,10 +147,9 @@ def mgmt(
 
     from tandem.bench.mgmt import PARTS, MgmtBenchOptions, render, run
 
-    parts = tuple(p.strip() for p in only.split(",") if p.strip())
-    bad = [p for p in parts if p not in PARTS]
-    if bad or not parts:
-        raise TandemError(f"--only: unknown or no part(s) {', '.join(bad)} (choose from {', '.join(PARTS)})")
+    parts = _parts(only, PARTS)
+    if not parts:
+        raise TandemError(f"--only: no part given (choose from {', '.join(PARTS)})")
     for name, v, lo, hi in (("--seconds", seconds, 1, 600), ("--rounds", rounds, 1, 20),
                             ("--list-workers", list_workers, 1, 64),
                             ("--deploy-workers", deploy_workers, 1, 64),
