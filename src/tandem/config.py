@@ -144,6 +144,11 @@ class Volume(Strict):
     ping_timeout: float = Field(default=0.5, gt=0, le=30)
     resync_rate: int | None = None  # bytes/s cap, None = controller decides
     fence_peer_command: str | None = None
+    #: "write-through": a write completes only once durable on both disks, and the
+    #: loop device on it is marked write-through, so ext4 sends no cache flushes
+    #: (each one is a round trip to the peer). "write-back": writes complete when
+    #: written on both sides; flushes make them durable (DRBD's default shape).
+    cache: Literal["write-through", "write-back"] = "write-through"
 
     @field_validator("size", "resync_rate", mode="before")
     @classmethod

@@ -45,6 +45,25 @@ def test_start_monitor_stop_cycle(lab, resources):
     assert (lab.host_dir(HOST) / "data" / "fs1-mnt" / ".tandem-probe").exists()
 
 
+def _write_cache(dev: str) -> str:
+    return Path(f"/sys/block/{dev.rsplit('/', 1)[-1]}/queue/write_cache").read_text().strip()
+
+
+def test_write_through_marks_the_loop_device(lab, resources):
+    """For a write-through volume the loop device must say it has no volatile
+    cache (so ext4's flushes stop there); for anything else it must not."""
+    plain = fs_config(lab, "fs-wb")
+    resources.start(HOST, "filesystem", plain)
+    assert _write_cache(mount_source(plain["mountpoint"])) == "write back"
+    cfg = {**fs_config(lab, "fs-wt"), "write_through": True}
+    first = resources.start(HOST, "filesystem", cfg)
+    assert "write-through" in first["message"]
+    dev = mount_source(cfg["mountpoint"])
+    assert dev and _write_cache(dev) == "write through"
+    must(lab, HOST, "filesystem", "stop", cfg)
+    must(lab, HOST, "filesystem", "stop", plain)
+
+
 def test_no_filesystem_and_mkfs_off_refuses(lab, resources):
     cfg = {**fs_config(lab, "fs2"), "mkfs": False}
     out = op(lab, HOST, "filesystem", "start", cfg)

@@ -52,7 +52,7 @@ messages = st.one_of(
         lost_leadership=st.booleans(),
         block_size=st.integers(min_value=0, max_value=2**32 - 1),
     ),
-    st.builds(wire.Write, u64, u64, data),
+    st.builds(wire.Write, u64, u64, data, st.booleans()),
     st.builds(wire.WriteAck, u64),
     ack_ranges(),
     st.builds(wire.Flush, u64),

@@ -77,7 +77,7 @@ def test_arbitrary_splits_of_a_stream(msgs: list[wire.Message], data: st.DataObj
 def _owned(msg: wire.Message) -> wire.Message:
     """A copy whose data no longer points into a lent buffer."""
     if isinstance(msg, wire.Write):
-        return wire.Write(msg.seq, msg.offset, bytes(msg.data))
+        return wire.Write(msg.seq, msg.offset, bytes(msg.data), msg.durable)
     if isinstance(msg, wire.ResyncData):
         return wire.ResyncData(msg.offset, bytes(msg.data))
     return msg
@@ -133,6 +133,38 @@ def test_write_header_lets_the_driver_send_data_separately() -> None:
     dec.feed(head)
     dec.feed(memoryview(data))
     assert decode_all(dec) == [wire.Write(42, 1 << 40, data)]
+
+
+def test_durable_flag_travels_in_the_header_of_writes_only() -> None:
+    data = b"d" * 4096
+    head = wire.encode_write_header(9, 8192, len(data), durable=True)
+    buf = bytearray(wire.WRITE_HEADER_SIZE)
+    wire.pack_write_header_into(buf, 0, 9, 8192, len(data), durable=True)
+    assert bytes(buf) == head
+    assert wire.encode_parts(wire.Write(9, 8192, data, True))[0] == head
+    assert wire.HEADER.unpack_from(head)[3] == wire.F_DURABLE
+    for borrow in (False, True):  # decoded in place and from the decoder's own buffer
+        dec = FrameDecoder()
+        dec.feed(head + data, borrow=borrow)
+        (msg,) = decode_all(dec)
+        assert msg.durable and bytes(msg.data) == data and msg.seq == 9
+    plain = FrameDecoder()
+    plain.feed(wire.encode(wire.Write(9, 8192, data)))
+    assert decode_all(plain)[0].durable is False
+
+
+@pytest.mark.parametrize(("mtype", "payload", "flags"), [
+    (wire.TYPE_CODES[wire.Flush], b"", wire.F_DURABLE),  # durable means nothing on a Flush
+    (wire.TYPE_CODES[wire.ResyncData], struct.pack("!Q", 0) + b"x", wire.F_DURABLE),
+    (wire.TYPE_CODES[wire.Write], struct.pack("!Q", 0) + b"x", 0x0002),  # unknown bit
+    (wire.TYPE_CODES[wire.Write], struct.pack("!Q", 0) + b"x", wire.F_DURABLE | 0x8000),
+])
+def test_flags_other_than_durable_on_a_write_are_rejected(mtype: int, payload: bytes,
+                                                          flags: int) -> None:
+    dec = FrameDecoder()
+    dec.feed(frame(mtype, payload, seq=1 if mtype != wire.TYPE_CODES[wire.ResyncData] else 0,
+                   flags=flags))
+    assert_poisoned(dec, "reserved flags")
 
 
 def test_state_exchange_fields_survive() -> None:

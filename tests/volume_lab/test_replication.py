@@ -341,3 +341,52 @@ def test_promotion_refuses_a_disk_that_is_not_up_to_date(fresh):
     vp.tandem("node2", "volume", "primary", "db", "--force")
     assert vp.status("node2")["role"] == "Primary"
     vp.tandem("node2", "volume", "secondary", "db")
+
+
+def _dirty_pages(path, offset: int, length: int) -> int:
+    """Pages of `path` in [offset, offset+length) that are dirty or under writeback
+    in the host's page cache (cachestat(2), Linux 6.5+): data not yet durable."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    rng = (ctypes.c_uint64 * 2)(offset, length)
+    out = (ctypes.c_uint64 * 5)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(451, fd, rng, out, 0) != 0:  # __NR_cachestat
+            raise OSError(ctypes.get_errno(), "cachestat")
+    finally:
+        os.close(fd)
+    return int(out[1] + out[2])
+
+
+def test_write_through_volume_acknowledges_only_durable_writes(fresh, tmp_path):
+    """The default cache mode: a write the application saw complete is on stable
+    storage on both nodes, with no fsync at all (the loop device above it is marked
+    write-through and sends none)."""
+    vp = fresh
+    assert vp.status("node1").get("write_through") is True
+    # The instrument can fail: a plain buffered write on the same file system is dirty.
+    control = vp.data_dir("node2") / "control.bin"
+    fd = os.open(control, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, b"c" * 8 * 4096, 0)
+        assert _dirty_pages(control, 0, 8 * 4096) > 0
+    finally:
+        os.close(fd)
+        control.unlink()
+    import mmap
+    buf = mmap.mmap(-1, MiB)
+    buf.write(os.urandom(MiB))
+    flushes = vp.status("node1")["stats"]["flushes"]
+    fd = os.open(vp.device("node1"), os.O_WRONLY | os.O_DIRECT)
+    try:
+        for i in range(8):
+            off = (3 + i * 5) * MiB
+            os.pwrite(fd, memoryview(buf)[: (i + 1) * 64 * 1024], off)
+            for h in ("node2", "node1"):  # checked right after the write returned
+                assert _dirty_pages(vp.backing(h), off, (i + 1) * 64 * 1024) == 0, (h, i)
+    finally:
+        os.close(fd)
+    assert vp.status("node1")["stats"]["flushes"] == flushes  # no fsync was needed
+    assert read_range(vp.backing("node2"), 3 * MiB, 64 * 1024) == bytes(buf[: 64 * 1024])

@@ -77,6 +77,7 @@ class BenchOptions:
     parts: tuple[str, ...] = PARTS
     semisync: bool = True
     ext4_options: str = ""  # extra mount options for ext4 on the volume (documented)
+    cache: str = "write-through"  # the volume's cache mode (config.Volume.cache)
 
 
 @dataclass
@@ -85,10 +86,12 @@ class VolumeNodes:
 
     lab: Lab
     size: str
+    cache: str = "write-through"
     config: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.config = write_cluster_config(self.lab, volume_size=self.size, ping_timeout=0.5)
+        self.config = write_cluster_config(self.lab, volume_size=self.size, ping_timeout=0.5,
+                                           cache=self.cache)
 
     def env(self, host: str) -> dict[str, str]:
         return host_env(self.lab, host, self.config)
@@ -331,14 +334,15 @@ def run(opts: BenchOptions, say: Callable[[str], None] = lambda s: None) -> dict
         "volume_size": opts.volume_size, "parts": list(opts.parts),
         "mariadb_options": list(COMMON_OPTIONS), "fio_common": list(FIO_COMMON),
         "fio_jobs": {k: list(v) for k, v in FIO_JOBS.items()},
-        "mkfs": " ".join(EXT4_MKFS), "ext4_extra_mount_options": opts.ext4_options}}
+        "mkfs": " ".join(EXT4_MKFS), "ext4_extra_mount_options": opts.ext4_options,
+        "volume_cache": opts.cache}}
     say(f"lab {opts.lab}: up")
     lab = Lab.up(opts.lab)
     dbs: list[MariaDB] = []
     vol: VolumeNodes | None = None
     try:
         with contextlib.ExitStack() as stack:
-            vol = VolumeNodes(lab, opts.volume_size)
+            vol = VolumeNodes(lab, opts.volume_size, opts.cache)
             say("volume: create, up, promote node1, initial full sync")
             vol.up(opts.preallocate)
             t0 = time.monotonic()
@@ -349,7 +353,8 @@ def run(opts: BenchOptions, say: Callable[[str], None] = lambda s: None) -> dict
             n1 = lab.host_dir("node1") / "data"
             mnt = n1 / "mnt"
             mnt.mkdir(parents=True, exist_ok=True)
-            loop = stack.enter_context(loop_device(str(vol.device("node1"))))
+            loop = stack.enter_context(loop_device(
+                str(vol.device("node1")), write_through=opts.cache == "write-through"))
             subprocess.run([*EXT4_MKFS, loop], check=True, capture_output=True, timeout=300)
             stack.enter_context(_ext4(loop, str(mnt), opts.ext4_options))
             stack.callback(_stop_all, dbs)  # before the unmount, whatever happens
@@ -591,7 +596,8 @@ def render(res: dict[str, Any]) -> None:
     console.print(escape(f"filesystems: (a) {fs.get('local', '?')}; (b) {fs.get('tandem', '?')}"
                          f" [{res['options']['mkfs']}]"))
     console.print("backing files: " + ("preallocated (zero-filled, thick)"
-                                       if res["options"]["preallocated_backing"] else "sparse"))
+                                       if res["options"]["preallocated_backing"] else "sparse")
+                  + f"; volume cache: {res['options'].get('volume_cache', 'write-back')}")
     console.print("mariadb (all instances): " + " ".join(res["options"]["mariadb_options"]))
     for name, ok in s.get("targets_met", {}).items():
         console.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'NOT met'}[/]: {name}")

@@ -32,6 +32,8 @@ def volume(
                              help="parts to run: sysbench,fio,resync"),
     semisync: bool = typer.Option(True, help="include (c) MariaDB semi-sync replication"),
     ext4_options: str = typer.Option("", help="extra ext4 mount options on the volume"),
+    cache: str = typer.Option("write-through", help="the volume's cache mode: write-through"
+                              " or write-back"),
     lab: str = typer.Option("bench", help="name of the private lab (created and removed)"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ):
@@ -39,13 +41,15 @@ def volume(
     from tandem.bench.volume import PARTS, BenchOptions, render, run
 
     parts = _parts(only, PARTS)
+    if cache not in ("write-through", "write-back"):
+        raise TandemError(f"--cache: {cache!r} is not write-through or write-back")
     try:
         thread_counts = tuple(int(t) for t in threads.split(",") if t.strip())
     except ValueError:
         raise TandemError(f"--threads: not a list of integers: {threads!r}") from None
     opts = BenchOptions(lab=lab, seconds=seconds, fio_seconds=fio_seconds,
                         threads=thread_counts, rounds=rounds, volume_size=size, parts=parts,
-                        semisync=semisync, ext4_options=ext4_options,
+                        semisync=semisync, ext4_options=ext4_options, cache=cache,
                         preallocate=not sparse)
 
     def say(msg: str) -> None:

@@ -38,6 +38,7 @@ def build_db_group(cfg: Config, spec: VolumeSpec, data_dir: Path, run_dir: Path)
                                             control_socket=spec.control_socket)),
         build(FilesystemConfig(name="filesystem", device=spec.device_file, mountpoint=paths["mount"],
                                run_dir=paths["fs_run"], mkfs=True, start_timeout=60,
+                               write_through=spec.write_through,
                                stop_timeout=15, monitor_interval=cfg.agent.monitor_interval)),
         build(MariaDBConfig(name="mariadb", datadir=paths["datadir"], run_dir=paths["mariadb_run"],
                             require_mountpoint=paths["mount"], port=db.port, app_user=db.user,

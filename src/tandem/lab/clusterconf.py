@@ -14,7 +14,8 @@ from tandem.lab.shell import run
 
 
 def write_cluster_config(lab: Lab, *, volume_size: str = "256MiB", ping_timeout: float = 0.5,
-                         fence_peer_command: str | None = None, extra: str = "") -> Path:
+                         fence_peer_command: str | None = None, extra: str = "",
+                         cache: str = "write-through") -> Path:
     etc = lab.spec.dir / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     secret = etc / "secret"
@@ -46,6 +47,7 @@ port = 7789
 backing = "db.img"
 metadata = "db.meta"
 ping_timeout = {ping_timeout}
+cache = "{cache}"
 {fence}{extra}"""
     path = etc / "cluster.toml"
     path.write_text(text)

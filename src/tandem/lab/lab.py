@@ -32,6 +32,7 @@ from tandem.lab.topology import (
     default_hosts,
     preferred_octet,
 )
+from tandem.volume.fuse_stack import set_write_through
 
 
 def lab_root() -> Path:
@@ -375,6 +376,8 @@ def _release_storage(lab_dir: Path) -> list[str]:
             run(["umount", "-l", mp], check=False, timeout=10)
         removed.append(f"mount {mp}")
     for dev in loops:
+        with contextlib.suppress(OSError, RuntimeError):  # a write-through mark outlives the detach
+            set_write_through(dev, False)
         run(["losetup", "-d", dev], check=False)
         removed.append(f"loop {dev}")
     for _ in range(3):

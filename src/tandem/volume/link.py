@@ -119,13 +119,13 @@ class Link:
         return token
 
     def send_write(self, offset: int, data: memoryview | bytes,
-                   register: Callable[[int], Any]) -> Any:
+                   register: Callable[[int], Any], durable: bool = False) -> Any:
         """Allocate the next sequence number, let `register(seq)` record the waiter,
         and put the Write on the wire."""
         with self.send_lock:
             with self.state_lock:
                 seq = self.peer.allocate_seq()
-                parts = self.peer.send_parts(wire.Write(seq, offset, data))
+                parts = self.peer.send_parts(wire.Write(seq, offset, data, durable))
                 token = register(seq)
             self._send_raw(parts)
         return token

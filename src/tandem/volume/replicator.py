@@ -141,6 +141,7 @@ class Replicator:
         self._secret = secret
         self.fence_peer = fence_peer
         self.policy = split_brain_policy
+        self.write_through = spec.write_through
         self.meta = MetaStore.open(spec.metadata)
         st = self.meta.state
         if st.size != spec.size:
@@ -178,6 +179,7 @@ class Replicator:
         self._pending_writes: dict[int, tuple[Waiter, int, int]] = {}
         self._pending_flushes: dict[int, Waiter] = {}
         self._unflushed: dict[int, int] = {}
+        self._unsynced = False  # receiver thread: durable Writes applied, not yet fdatasync'ed
         self._writes_ended = 0  # writes returned to the application (see flush)
         self._durable_mark = -1  # _writes_ended when the last successful flush started
         self.resync: Progress | None = None
@@ -243,6 +245,7 @@ class Replicator:
             if self.role is not Role.PRIMARY:
                 raise OSError(errno.EIO, "volume was demoted while I/O was suspended")
         self._al_touch(offset, n)
+        durable = self.write_through
         try:
             waiter = None
             token = self.ranges.acquire(offset, n)
@@ -251,7 +254,7 @@ class Replicator:
                 if link is not None:
                     try:
                         waiter = link.send_write(offset, data, lambda seq: self._register_write(
-                            seq, offset, n))
+                            seq, offset, n), durable)
                     except (ConnectionError, wire.ProtocolError):
                         if waiter is None:
                             with self.io_lock:
@@ -260,7 +263,7 @@ class Replicator:
                     with self.io_lock:
                         self.bitmap.set_range(offset, n)
                     self.stats["bitmap_writes"] += 1
-                self.store.pwrite(offset, data)
+                self.store.pwrite(offset, data, durable)
             finally:
                 self.ranges.release(token)
             if waiter is not None:
@@ -339,6 +342,8 @@ class Replicator:
         w = Waiter()
         with self.io_lock:
             self._pending_writes[seq] = (w, offset, n)
+            if self.write_through:
+                return w  # acknowledged means durable on the peer: nothing to redo
             for g in range(offset // UNFLUSHED_GRAIN, (offset + n - 1) // UNFLUSHED_GRAIN + 1):
                 self._unflushed[g] = seq
         return w
@@ -650,10 +655,14 @@ class Replicator:
         acks: list[int] = []
         flushes: list[int] = []
         rs_reqs: list[wire.ResyncRequest] = []
+        # Durable Writes: a lone one is written with RWF_DSYNC; several share one
+        # fdatasync before their acks (see _send_acks).
+        alone = len(events) == 1
+        self._unsynced = False
         for ev in events:
             kind = type(ev)
             if kind is wire.Write:
-                if not self._apply_write(link, ev):
+                if not self._apply_write(link, ev, alone):
                     return
                 acks.append(ev.seq)
             elif kind is WritesAcked:
@@ -679,13 +688,27 @@ class Replicator:
             self._source_queue.put((link, rs_reqs))
 
     def _send_acks(self, link: Link, acks: list[int]) -> None:
-        if acks:
-            with contextlib.suppress(ConnectionError, wire.ProtocolError):
-                link.send_many(wire.coalesce_acks(acks))
+        if not acks:
+            return
+        if self._unsynced:
+            self._unsynced = False
+            try:
+                self.store.flush()
+            except OSError as e:
+                log.error("cannot make replicated writes durable: %s", e)
+                link.disconnect("secondary disk failed on flush")
+                return
+        with contextlib.suppress(ConnectionError, wire.ProtocolError):
+            link.send_many(wire.coalesce_acks(acks))
 
-    def _apply_write(self, link: Link, ev: wire.Write) -> bool:
+    def _apply_write(self, link: Link, ev: wire.Write, alone: bool = False) -> bool:
         try:
-            self.store.pwrite(ev.offset, ev.data)
+            if ev.durable and alone:
+                self.store.pwrite(ev.offset, ev.data, durable=True)
+            else:
+                self.store.pwrite(ev.offset, ev.data)
+                if ev.durable:
+                    self._unsynced = True
         except OSError as e:
             log.error("cannot apply replicated write at %d: %s", ev.offset, e)
             link.disconnect("secondary disk failed")
@@ -1109,6 +1132,8 @@ class Replicator:
             "role": str(self.role),
             "disk": str(DiskState.FAILED if self.store.failed else st.disk),
             "size": self.size,
+            "cache": "write-through" if self.write_through else "write-back",
+            "write_through": self.write_through,
             "generations": {"current": f"{st.generations.current:016X}",
                             "bitmap": f"{st.generations.bitmap:016X}",
                             "history": [f"{h:016X}" for h in st.generations.history]},

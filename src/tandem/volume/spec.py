@@ -35,6 +35,7 @@ class VolumeSpec:
     fence_peer_command: str | None
     run_dir: Path
     secret_file: Path
+    write_through: bool = True  #: see config.Volume.cache
 
     @property
     def control_socket(self) -> Path:
@@ -97,4 +98,4 @@ def resolve(cfg: Config, resource: str, node: str, data: Path | None = None,
         address=str(me.replication_address), peer_address=str(other.replication_address),
         port=vol.port, ping_timeout=vol.ping_timeout, resync_rate=vol.resync_rate,
         fence_peer_command=vol.fence_peer_command, run_dir=run_dir(run),
-        secret_file=cfg.cluster.secret.file)
+        secret_file=cfg.cluster.secret.file, write_through=vol.cache == "write-through")

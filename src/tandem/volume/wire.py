@@ -6,8 +6,11 @@ Every frame is a fixed 20-byte header followed by a payload::
 
 all big-endian. ``seq`` carries the sequence number of the messages that have
 one (Write, WriteAck, Flush, FlushAck and the last seq of an AckRange) and is 0
-for all others; ``flags`` is reserved and must be 0. A receiver rejects a frame
-with a bad magic, another version, an unknown type, non-zero reserved bits, a
+for all others. ``flags`` is 0 except on a Write, which may carry
+:data:`F_DURABLE` ("make this write durable before you acknowledge it", the
+write-through mode: DRBD sends the same hint as FUA on its data packets). A
+receiver rejects a frame with a bad magic, another version, an unknown type,
+any other flag bit, a
 length above its limit or a payload that does not decode to exactly one
 message -- with :class:`RemoteProtocolError`, after which the decoder stays
 poisoned: a stream that lost its framing cannot be trusted again.
@@ -36,6 +39,9 @@ MAX_DATA = 1 << 20
 """The largest data block a Write or ResyncData may carry."""
 DEFAULT_MAX_PAYLOAD = MAX_DATA + 64
 """Default payload limit: a full data block plus the fields in front of it."""
+
+F_DURABLE = 0x0001
+"""Write flag: the peer acknowledges only once the data is on stable storage."""
 
 _WRITE_HEADER = struct.Struct("!IBBHIQQ")  # frame header + offset
 WRITE_HEADER_SIZE = _WRITE_HEADER.size  # 28
@@ -128,6 +134,8 @@ class Write:
     seq: int
     offset: int
     data: Buffer
+    #: acknowledge only once durable on the peer (write-through volumes)
+    durable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,18 +294,21 @@ MAX_MAC = 64
 # --- encoding -------------------------------------------------------------
 
 
-def encode_write_header(seq: int, offset: int, length: int) -> bytes:
+def encode_write_header(seq: int, offset: int, length: int, durable: bool = False) -> bytes:
     """The 28 bytes sent in front of ``length`` bytes of Write data."""
     try:
-        return _WRITE_HEADER.pack(MAGIC, VERSION, TYPE_CODES[Write], 0, length + 8, seq, offset)
+        return _WRITE_HEADER.pack(MAGIC, VERSION, TYPE_CODES[Write], F_DURABLE if durable else 0,
+                                  length + 8, seq, offset)
     except struct.error as exc:
         raise LocalProtocolError(f"cannot encode Write header: {exc}") from None
 
 
-def pack_write_header_into(buf: bytearray | memoryview, pos: int, seq: int, offset: int, length: int) -> None:
+def pack_write_header_into(buf: bytearray | memoryview, pos: int, seq: int, offset: int, length: int,
+                           durable: bool = False) -> None:
     """Like :func:`encode_write_header`, into a preallocated buffer at ``pos``."""
     try:
-        _WRITE_HEADER.pack_into(buf, pos, MAGIC, VERSION, TYPE_CODES[Write], 0, length + 8, seq, offset)
+        _WRITE_HEADER.pack_into(buf, pos, MAGIC, VERSION, TYPE_CODES[Write],
+                                F_DURABLE if durable else 0, length + 8, seq, offset)
     except struct.error as exc:
         raise LocalProtocolError(f"cannot encode Write header: {exc}") from None
 
@@ -306,11 +317,13 @@ def encode_parts(msg: Message) -> list[Buffer]:
     """Encode ``msg`` as buffers to send in order; data blocks are not copied."""
     try:
         if isinstance(msg, Write | ResyncData):
-            seq = msg.seq if isinstance(msg, Write) else 0
+            is_write = isinstance(msg, Write)
+            seq = msg.seq if is_write else 0
+            flags = F_DURABLE if is_write and msg.durable else 0
             if len(msg.data) > MAX_DATA:
                 raise LocalProtocolError(f"{type(msg).__name__} data above {MAX_DATA} bytes")
             head = _WRITE_HEADER.pack(
-                MAGIC, VERSION, TYPE_CODES[type(msg)], 0, len(msg.data) + 8, seq, msg.offset
+                MAGIC, VERSION, TYPE_CODES[type(msg)], flags, len(msg.data) + 8, seq, msg.offset
             )
             return [head, msg.data]
         seq, payload = _ENCODERS[type(msg)](msg)
@@ -619,6 +632,7 @@ def _dec_disconnect(buf: bytearray, s: int, e: int, seq: int) -> Disconnect:
     return Disconnect(_take(buf, s, e).decode())
 
 
+_WRITE_CODE = TYPE_CODES[Write]
 _DECODERS = {
     TYPE_CODES[Hello]: _dec_hello,
     TYPE_CODES[AuthResponse]: _dec_auth,
@@ -736,8 +750,8 @@ class FrameDecoder:
             raise _bad(f"unsupported protocol version {version}")
         if mtype not in _DECODERS:
             raise _bad(f"unknown message type {mtype}")
-        if flags:
-            raise _bad(f"reserved flags set: 0x{flags:04x}")
+        if flags and (mtype != _WRITE_CODE or flags != F_DURABLE):
+            raise _bad(f"reserved flags set: 0x{flags:04x} on message type {mtype}")
         if length > self._max_payload:
             raise _bad(f"frame payload of {length} bytes exceeds the limit {self._max_payload}")
         end = pos + HEADER_SIZE + length
@@ -745,8 +759,11 @@ class FrameDecoder:
 
     @staticmethod
     def _decode(buf: bytearray | memoryview, pos: int, end: int) -> Message:
-        _, _, mtype, _, _, seq = HEADER.unpack_from(buf, pos)
-        return _DECODERS[mtype](buf, pos + HEADER_SIZE, end, seq)  # type: ignore[return-value]
+        _, _, mtype, flags, _, seq = HEADER.unpack_from(buf, pos)
+        msg = _DECODERS[mtype](buf, pos + HEADER_SIZE, end, seq)
+        if flags:  # only F_DURABLE on a Write gets past _frame_end
+            msg = Write(msg.seq, msg.offset, msg.data, True)  # type: ignore[union-attr]
+        return msg  # type: ignore[return-value]
 
     def _next(self) -> Message | NeedData:
         buf, pos = self._buf, self._pos

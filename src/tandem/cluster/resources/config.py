@@ -59,6 +59,9 @@ class FilesystemConfig(ResourceBase):
     fstype: Literal["ext4"] = "ext4"
     options: list[str] = Field(default_factory=list)  #: extra mount options
     direct_io: bool = True
+    #: the device completes a write only once it is durable (a write-through tandem
+    #: volume): the loop device is marked write-through, so no cache flushes are sent
+    write_through: bool = False
     probe: bool = True  #: monitor writes, fsyncs and reads back a small file
     umount_retries: int = Field(default=3, ge=1, le=50)
 

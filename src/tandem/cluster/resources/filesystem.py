@@ -14,7 +14,10 @@ filesystem needs. Mount options, and why, for a journal on a replicated file:
   failover never exposes stale blocks inside files.
 - ``barrier=1`` (default, stated): the cache flushes ext4 issues for its
   journal commits become FUSE fsyncs, which is exactly where protocol C waits
-  for the peer. ``nobarrier`` would let acknowledged commits vanish.
+  for the peer. ``nobarrier`` would let acknowledged commits vanish. With a
+  write-through volume (``write_through``, the default of tandem volumes) the
+  loop device says it has no volatile cache, so the block layer drops those
+  flushes itself: every write it completes is already durable on both disks.
 - ``errors=remount-ro``: when the volume returns EIO (suspended, failing disk)
   stop writing at once instead of carrying on over a half-written journal;
   ``errors=panic`` would take down every host sharing the kernel.
@@ -30,6 +33,7 @@ peer takes over. Then it detaches exactly the loop device it recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import stat
@@ -39,6 +43,7 @@ from pathlib import Path
 from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
 from tandem.cluster.resources.config import FilesystemConfig
 from tandem.cluster.resources.procs import holders
+from tandem.volume.fuse_stack import set_write_through
 
 MOUNT_OPTIONS = ("noatime", "data=ordered", "barrier=1", "errors=remount-ro")
 PROBE_NAME = ".tandem-probe"
@@ -206,6 +211,13 @@ class Filesystem(Resource):
     async def _start(self) -> str:
         cfg = self.config
         dev, attached = await self._attach()
+        if dev.startswith("/dev/loop"):  # stated every time: the setting outlives a detach
+            try:
+                await asyncio.to_thread(set_write_through, dev, cfg.write_through)
+            except (OSError, RuntimeError) as e:
+                raise ResourceError(f"cannot set the write cache mode of {dev}: {e}") from None
+            if cfg.write_through:
+                attached += ", write-through"
         src = mount_source(cfg.mountpoint)
         if src is not None:
             if os.path.realpath(src) == os.path.realpath(dev):
@@ -230,6 +242,8 @@ class Filesystem(Resource):
             await self._umount()
             done.append(f"unmounted {cfg.mountpoint}")
         if ours is not None:
+            with contextlib.suppress(OSError, RuntimeError):  # the next user of this loop device
+                await asyncio.to_thread(set_write_through, ours, False)
             await run_cmd(["losetup", "-d", ours], timeout=30)
             done.append(f"detached {ours}")
         elif not facts.is_block and facts.exists:
