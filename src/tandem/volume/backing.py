@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from tandem.volume.wire import FileSlice
+
 
 class DiskFailed(OSError):
     """The backing store returned an I/O error; the disk is Failed."""
@@ -82,6 +84,12 @@ class BackingStore:
         raise DiskFailed(err.errno or errno.EIO, str(err))
 
     # --- I/O -----------------------------------------------------------------------
+    def file_slice(self, offset: int, length: int) -> FileSlice:
+        """The range as a FileSlice, for a driver that sends it with sendfile
+        (checked like a read: failed disk, bounds, injected errors)."""
+        self._check(offset, length)
+        return FileSlice(self.fd, offset, length)
+
     def pread(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
         try:

@@ -14,7 +14,10 @@ poisoned: a stream that lost its framing cannot be trusted again.
 
 Writes are the hot path: :func:`encode_write_header` / :func:`pack_write_header_into`
 produce only the 28 bytes in front of the data, so the driver can hand
-``[header, data]`` to ``socket.sendmsg`` without copying the data.
+``[header, data]`` to ``socket.sendmsg`` without copying the data. The data of a
+ResyncData may also be a :class:`FileSlice` (a range of the sync source's backing
+file), which the driver sends with ``sendfile``: a full sync then never copies
+the volume through user space on the source.
 """
 
 from __future__ import annotations
@@ -47,6 +50,19 @@ _VERIFY_REQ = struct.Struct("!QII")
 _STATE = struct.Struct("!BBBQIQQQB")
 
 Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class FileSlice:
+    """``length`` bytes at ``offset`` of the open file ``fd``, to be sent as the
+    data of a ResyncData without reading them into memory (see link.py)."""
+
+    fd: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
 
 
 class ProtocolError(Exception):
@@ -172,7 +188,7 @@ class ResyncData:
     """Sync source's answer: the data of a requested range."""
 
     offset: int
-    data: Buffer
+    data: Buffer | FileSlice
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +338,10 @@ def encode_parts(msg: Message) -> list[Buffer]:
 
 def encode(msg: Message) -> bytes:
     """Encode ``msg`` as one frame (copies data; see :func:`encode_parts`)."""
-    return b"".join(encode_parts(msg))
+    parts = encode_parts(msg)
+    if any(isinstance(p, FileSlice) for p in parts):
+        raise LocalProtocolError("a FileSlice can only be sent by a driver (encode_parts)")
+    return b"".join(parts)  # type: ignore[arg-type]
 
 
 def coalesce_acks(seqs: Iterator[int] | list[int] | set[int]) -> list[WriteAck | AckRange]:
