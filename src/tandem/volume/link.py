@@ -10,7 +10,12 @@ another thread, and each hand-off costs tens of microseconds. Two locks:
   numbers are allocated under it, so wire order == sequence order.
 
 The receiver thread never waits for anything but the socket and `send_lock`;
-acknowledgements are coalesced per batch of received frames.
+acknowledgements are coalesced per batch of received frames. Events that our
+own sends cause while a batch is handled (our last BitmapChunk makes us
+SyncSource) are handed over right after it, not at the next receive.
+
+A part of a frame may be a `wire.FileSlice`: it is sent with sendfile, the
+header in front of it with MSG_MORE.
 """
 
 from __future__ import annotations

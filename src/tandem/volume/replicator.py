@@ -9,11 +9,23 @@ bitmap, the Primary starts a new data generation, and, if fencing is configured,
 write completion is suspended until the fence-peer callback confirms the peer
 is Outdated. Only then are the writes acknowledged.
 
-Resync is pulled by the target (window of requests, optional rate cap); the
-source answers under the range lock so an application write to the same range
-can never be overtaken on the wire. Verify is run by the Primary: digests of a
-range are taken locally and requested from the peer at the same stream
-position, so concurrent writes never cause false differences.
+Resync is pulled by the target: it walks the union of both dirty bitmaps
+(exchanged at connect) and sends ResyncRequests in batches of up to
+RESYNC_BATCH per sendmsg, keeping at most RESYNC_WINDOW bytes in flight
+(optional rate cap). The source answers a batch under one range lock, so an
+application write to the same range can never be overtaken on the wire; ranges
+of SENDFILE_MIN or more go out with sendfile (page cache to socket, no copy in
+user space), small ones are pread and sent together. The target writes each
+answer and clears its bits; a ResyncCheckpointer thread makes a long resync
+resumable (snapshot bits, fdatasync, persist the snapshot) without stalling the
+transfer. At the end the target fdatasyncs, sends ResyncDone and only then
+persists UpToDate with a clean bitmap -- no bit reaches the metadata cleared
+before its data is durable. What a small resync still costs is mostly that
+last fdatasync of scattered blocks and one frame per dirty run each way.
+
+Verify is run by the Primary: digests of a range are taken locally and
+requested from the peer at the same stream position, so concurrent writes
+never cause false differences.
 """
 
 from __future__ import annotations
