@@ -298,3 +298,38 @@ def test_file_slice_is_passed_through_and_checked() -> None:
         wire.encode_parts(wire.ResyncData(0, wire.FileSlice(3, 0, wire.MAX_DATA + 1)))
     with pytest.raises(wire.LocalProtocolError, match="FileSlice"):
         wire.encode(wire.ResyncData(4096, fs))
+
+
+@SETTINGS
+@given(st.lists(messages, min_size=1, max_size=8), st.data())
+def test_kept_tails_decode_like_copies(msgs: list[wire.Message], data: st.DataObject) -> None:
+    """Like the link's receive loop: the incomplete tail stays in the caller's
+    buffer (moved to its front), and the decoder never copies a byte itself."""
+    stream = b"".join(wire.encode(m) for m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    dec = FrameDecoder()
+    rx = bytearray(len(stream) + 1)
+    got: list[wire.Message] = []
+    prev = tail = 0
+    for cut in [*cuts, len(stream)]:
+        n = cut - prev
+        rx[tail : tail + n] = stream[prev:cut]
+        prev, end = cut, tail + n
+        if end:
+            dec.feed(memoryview(rx)[:end], borrow=True, keep_tail=True)
+        got.extend(_owned(m) for m in decode_all(dec))
+        tail = dec.release_lent()
+        assert dec.buffered == 0 and len(dec._buf) == 0  # nothing copied
+        rx[:tail] = rx[end - tail : end]
+        rx[tail:] = b"\xee" * (len(rx) - tail)  # the driver reuses its buffer
+    assert got == msgs
+    assert tail == 0
+
+
+def test_kept_tail_still_checks_the_header_first() -> None:
+    """An oversized length is refused as soon as the header is in, even while
+    the rest of the frame would stay in the caller's buffer."""
+    dec = FrameDecoder()
+    raw = frame(wire.TYPE_CODES[wire.ResyncData], b"", length=wire.DEFAULT_MAX_PAYLOAD + 1)
+    dec.feed(memoryview(bytearray(raw)), borrow=True, keep_tail=True)
+    assert_poisoned(dec, "exceeds the limit")

@@ -212,20 +212,27 @@ class Link:
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
         reason = "receiver ended"
+        tail = 0  # buf[:tail]: the start of a frame not complete yet
         try:
             while not self.closed:
                 try:
-                    n = self.sock.recv_into(view)
+                    n = self.sock.recv_into(view[tail:])
                 except OSError as e:
                     reason = f"receive failed: {e.strerror or e}"
                     break
                 self.bytes_received += n
+                end = tail + n
                 events: list[Event] = []
                 try:
                     with self.state_lock:
                         # Decoded in place: Write/ResyncData data are views into our
                         # buffer, valid until the next recv, which comes after _on_events.
-                        self.peer.receive_bytes(view[:n] if n else b"", borrow=True)
+                        if n:
+                            self.peer.receive_bytes(view[:end], borrow=True, keep_tail=True)
+                        else:
+                            if tail:  # EOF in the middle of a frame: the decoder says so
+                                self.peer.receive_bytes(bytes(view[:tail]))
+                            self.peer.receive_bytes(b"")
                         while (ev := self.peer.next_event()) is not wire.NEED_DATA:
                             events.append(ev)
                         auto = self.peer.data_to_send()
@@ -250,6 +257,10 @@ class Link:
                 if n == 0:
                     reason = "peer closed the connection"
                     break
+                with self.state_lock:
+                    tail = self.peer.release_received()
+                if tail:  # every event is handled: move the incomplete frame to the front
+                    view[:tail] = view[end - tail:end]
         except Exception as e:  # a bug must not leave writers hanging forever
             log.exception("replication receiver crashed")
             reason = f"receiver crashed: {type(e).__name__}: {e}"

@@ -411,19 +411,23 @@ class PeerConnection:
 
     # --- the three sans-IO calls ---
 
-    def receive_bytes(self, data: Buffer, borrow: bool = False) -> None:
-        """Feed bytes from the socket; ``b""`` signals end of stream. ``borrow``:
-        see :meth:`FrameDecoder.feed` (pull events until NEED_DATA before reusing
-        ``data``; Write/ResyncData data are views into it)."""
+    def receive_bytes(self, data: Buffer, borrow: bool = False, keep_tail: bool = False) -> None:
+        """Feed bytes from the socket; ``b""`` signals end of stream. ``borrow``
+        and ``keep_tail``: see :class:`FrameDecoder` (pull events until NEED_DATA
+        before reusing ``data``; Write/ResyncData data are views into it)."""
         if self._error is not None or self._state.is_terminal:
             return
         if data:
-            self._decoder.feed(data, borrow)
+            self._decoder.feed(data, borrow, keep_tail)
             return
         reason = "peer closed the connection"
         if self._decoder.buffered:
             reason += " in the middle of a frame"
         self._fire(Trigger.EOF, reason)
+
+    def release_received(self) -> int:
+        """See :meth:`FrameDecoder.release_lent`."""
+        return self._decoder.release_lent()
 
     def next_event(self) -> Event | NeedData:
         """The next event for the driver, or NEED_DATA; raises if poisoned."""

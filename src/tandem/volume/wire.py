@@ -674,9 +674,16 @@ class FrameDecoder:
     ResyncData is then a memoryview into it (no copy), valid until the caller
     reuses the buffer. The caller must pull events until NEED_DATA before it
     does; at NEED_DATA the decoder copies an incomplete tail into its own buffer.
+
+    ``feed(data, borrow=True, keep_tail=True)`` avoids even that copy: at
+    NEED_DATA the incomplete tail stays in the caller's buffer, and the caller,
+    before reusing the buffer, calls :meth:`release_lent` to learn its length and
+    feeds those bytes again in front of the next ones. Otherwise, once a large
+    frame straddled two receives, every later byte went through our own buffer
+    (appended, sliced out, compacted): three extra copies of a full sync.
     """
 
-    __slots__ = ("_buf", "_pos", "_max_payload", "_error", "_lent", "_lent_pos")
+    __slots__ = ("_buf", "_pos", "_max_payload", "_error", "_lent", "_lent_pos", "_keep_tail")
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
         self._buf = bytearray()
@@ -685,6 +692,7 @@ class FrameDecoder:
         self._error: RemoteProtocolError | None = None
         self._lent: memoryview | None = None
         self._lent_pos = 0
+        self._keep_tail = False
 
     @property
     def poisoned(self) -> bool:
@@ -696,7 +704,7 @@ class FrameDecoder:
         lent = 0 if self._lent is None else len(self._lent) - self._lent_pos
         return len(self._buf) - self._pos + lent
 
-    def feed(self, data: Buffer, borrow: bool = False) -> None:
+    def feed(self, data: Buffer, borrow: bool = False, keep_tail: bool = False) -> None:
         """Append received bytes; ignored once the decoder is poisoned."""
         if self._error is not None:
             return
@@ -705,8 +713,15 @@ class FrameDecoder:
             self._buf.clear()
             self._pos = 0
             self._lent, self._lent_pos = memoryview(data).cast("B"), 0
+            self._keep_tail = keep_tail
         else:
             self._buf += data
+
+    def release_lent(self) -> int:
+        """Give the lent buffer back (after NEED_DATA, see the class docstring):
+        the number of bytes at its end that belong to an incomplete frame."""
+        lent, self._lent = self._lent, None
+        return 0 if lent is None else len(lent) - self._lent_pos
 
     def _settle(self) -> None:
         """Copy what is left of a lent buffer into our own."""
@@ -723,7 +738,7 @@ class FrameDecoder:
         try:
             if self._lent is not None:
                 msg = self._next_lent()
-                if msg is not NEED_DATA:
+                if msg is not NEED_DATA or self._keep_tail:
                     return msg
                 self._settle()
             return self._next()
