@@ -80,6 +80,8 @@ def _owned(msg: wire.Message) -> wire.Message:
         return wire.Write(msg.seq, msg.offset, bytes(msg.data))
     if isinstance(msg, wire.ResyncData):
         return wire.ResyncData(msg.offset, bytes(msg.data))
+    if isinstance(msg, wire.ResyncDataBatch):
+        return wire.ResyncDataBatch(msg.ranges, bytes(msg.data))
     return msg
 
 
@@ -117,7 +119,7 @@ def test_byte_by_byte_feeding() -> None:
 
 
 def test_all_types_have_codes_and_decoders() -> None:
-    assert len(set(wire.TYPE_CODES.values())) == len(wire.TYPE_CODES) == 18
+    assert len(set(wire.TYPE_CODES.values())) == len(wire.TYPE_CODES) == 20
 
 
 def test_write_header_lets_the_driver_send_data_separately() -> None:
@@ -233,6 +235,25 @@ def test_truncated_frame_waits_for_more() -> None:
         (wire.TYPE_CODES[wire.VerifyDigests], struct.pack("!QB", 0, 4) + b"abcdef", 0, "whole number"),
         (wire.TYPE_CODES[wire.ResyncRequest], struct.pack("!QI", 0, 0), 0, "out of range"),
         (wire.TYPE_CODES[wire.BitmapChunk], struct.pack("!QB", 0, 2), 0, "last flag"),
+        (wire.TYPE_CODES[wire.ResyncRequests], b"\x00\x00", 0, "truncated"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!I", 0), 0, "0 ranges"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!I", wire.MAX_RANGES + 1), 0, "ranges"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 2, 0, 4096), 0,
+         "table truncated"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 1, 0, 0), 0, "out of range"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 1, 0, wire.MAX_DATA + 1), 0,
+         "out of range"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 1, 0, 4096) + b"x", 0,
+         "after its ranges"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 1, 0, 4096), 3, "non-zero seq"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!IQI", 1, 0, 4) + b"abc", 0,
+         "not the sum"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!IQI", 1, 0, 2) + b"abc", 0,
+         "not the sum"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!I", 0), 0, "0 ranges"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!IQI", 1, 0, 0), 0, "out of range"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!IQI", 1, 0, 1) + b"a", 9,
+         "non-zero seq"),
         (wire.TYPE_CODES[wire.AuthResponse], b"", 0, "1..64"),
     ],
 )
@@ -333,3 +354,29 @@ def test_kept_tail_still_checks_the_header_first() -> None:
     raw = frame(wire.TYPE_CODES[wire.ResyncData], b"", length=wire.DEFAULT_MAX_PAYLOAD + 1)
     dec.feed(memoryview(bytearray(raw)), borrow=True, keep_tail=True)
     assert_poisoned(dec, "exceeds the limit")
+
+
+def test_batched_resync_messages_refuse_to_encode_what_decoders_reject() -> None:
+    with pytest.raises(wire.LocalProtocolError, match="ranges"):
+        wire.encode(wire.ResyncRequests(()))
+    with pytest.raises(wire.LocalProtocolError, match="ranges"):
+        wire.encode(wire.ResyncRequests(((0, 1),) * (wire.MAX_RANGES + 1)))
+    with pytest.raises(wire.LocalProtocolError, match="length"):
+        wire.encode(wire.ResyncRequests(((0, 0),)))
+    with pytest.raises(wire.LocalProtocolError, match="sum"):
+        wire.encode(wire.ResyncDataBatch(((0, 4),), b"abc"))
+    big = tuple((i << 17, 1 << 17) for i in range(8))  # 1 MiB of data + 8 entries: above
+    with pytest.raises(wire.LocalProtocolError, match="above"):
+        wire.encode(wire.ResyncDataBatch(big, bytes(1 << 20)))
+
+
+def test_a_full_batch_fits_the_payload_limit() -> None:
+    """The largest batch the source builds (see Replicator._read_batches) still
+    passes a decoder with the default limit."""
+    n = (wire.DEFAULT_MAX_PAYLOAD - wire.batch_payload_size([])) // (12 + 4096)
+    rs = tuple((i * 8192, 4096) for i in range(n))
+    assert wire.batch_payload_size(rs) <= wire.DEFAULT_MAX_PAYLOAD
+    msg = wire.ResyncDataBatch(rs, bytes(4096 * n))
+    dec = FrameDecoder()
+    dec.feed(wire.encode(msg))
+    assert decode_all(dec) == [msg]

@@ -16,6 +16,22 @@ from pathlib import Path
 
 from tandem.volume.wire import FileSlice
 
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        import ctypes
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
 
 class DiskFailed(OSError):
     """The backing store returned an I/O error; the disk is Failed."""
@@ -100,6 +116,16 @@ class BackingStore:
             self._fail(OSError(errno.EIO, f"short read at {offset}: {len(data)} of {length}"))
         return data
 
+    def pread_into(self, offset: int, view: memoryview) -> None:
+        """Read ``len(view)`` bytes at ``offset`` into ``view`` (no new buffer)."""
+        self._check(offset, len(view))
+        try:
+            n = os.preadv(self.fd, [view], offset)
+        except OSError as e:
+            self._fail(e)
+        if n != len(view):
+            self._fail(OSError(errno.EIO, f"short read at {offset}: {n} of {len(view)}"))
+
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
         self._check(offset, len(data))
         try:
@@ -116,6 +142,14 @@ class BackingStore:
             os.fdatasync(self.fd)
         except OSError as e:
             self._fail(e)
+
+    def start_writeback(self) -> None:
+        """Start writing dirty pages back without waiting for them to finish
+        (Linux sync_file_range), so a later fdatasync has less left to do. Best
+        effort: durability still comes only from :meth:`flush`."""
+        if _sync_file_range is None or self.failed is not None or self.fd < 0:
+            return
+        _sync_file_range(self.fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -69,6 +69,7 @@ log = logging.getLogger("tandem.volume")
 
 RESYNC_CHUNK = 1 << 20  # wire.MAX_DATA: fewer, larger messages for a full sync
 SENDFILE_MIN = 64 << 10  # resync ranges at least this long are sent with sendfile
+WRITEBACK_KICK = 0.005  # resync target: start writeback this often while data arrives
 RESYNC_WINDOW = 64 << 20  # bytes requested and not yet received
 RESYNC_BATCH = 512  # most requests (or answers) sent in one sendmsg
 RESYNC_BATCH_BYTES = 16 << 20  # most bytes asked for in one batch
@@ -119,22 +120,30 @@ class ResyncWindow:
 
 
 class ResyncCheckpointer:
-    """Makes a running resync resumable, from its own thread so that neither the
-    puller nor the receiver ever waits for the disk (an inline fdatasync of a
-    second's worth of data stalled the whole pipeline for ~0.25 s per second).
+    """The sync target's disk work while data comes in, in its own thread, so
+    neither the puller nor the receiver ever waits for the disk:
 
-    Every ``interval`` seconds the bitmap is snapshotted, the data fdatasync'ed,
-    and only then the snapshot persisted. A bit is cleared after its data was
-    written, so every clear bit in the snapshot is durable when it reaches the
-    metadata; a bit cleared later stays set there, which is merely conservative.
+    * every ``kick`` seconds, if data arrived, writeback of the dirty pages is
+      started (sync_file_range, no waiting), so the fdatasync before ResyncDone
+      finds little left: it took ~0.2 s after a 1 GiB full sync and ~55 ms after
+      a 1% resync (2600 scattered blocks) when all writeback began only there;
+    * every ``interval`` seconds a checkpoint makes the resync resumable: the
+      bitmap is snapshotted, the data fdatasync'ed, and only then the snapshot
+      persisted. A bit is cleared after its data was written, so every clear
+      bit in the snapshot is durable when it reaches the metadata; a bit cleared
+      later stays set there, which is merely conservative. (Inline in the
+      puller, this stalled the whole pipeline for ~0.25 s per second.)
     """
 
-    def __init__(self, store: BackingStore, snapshot: Callable[[], bytes],
-                 persist: Callable[[bytes], None], interval: float = 1.0) -> None:
+    def __init__(self, store: BackingStore, received: Callable[[], int],
+                 snapshot: Callable[[], bytes], persist: Callable[[bytes], None],
+                 interval: float = 1.0, kick: float = WRITEBACK_KICK) -> None:
         self._store = store
+        self._received = received
         self._snapshot = snapshot
         self._persist = persist
         self._interval = interval
+        self._kick = kick
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="resync-checkpoint", daemon=True)
 
@@ -148,13 +157,20 @@ class ResyncCheckpointer:
             self._thread.join()
 
     def _run(self) -> None:
+        last_checkpoint = time.monotonic()
+        seen = self._received()
         try:
-            while not self._stop.wait(self._interval):
-                snap = self._snapshot()
-                self._store.flush()
-                if self._stop.is_set():
-                    return
-                self._persist(snap)
+            while not self._stop.wait(self._kick):
+                if time.monotonic() - last_checkpoint >= self._interval:
+                    last_checkpoint = time.monotonic()
+                    snap = self._snapshot()
+                    self._store.flush()
+                    if self._stop.is_set():
+                        return
+                    self._persist(snap)
+                elif self._received() != seen:
+                    seen = self._received()
+                    self._store.start_writeback()
         except OSError as e:  # the store marked itself Failed and dropped the link
             log.error("resync checkpoint failed: %s", e)
 
@@ -708,7 +724,7 @@ class Replicator:
     def _on_events(self, link: Link, events: list) -> None:
         acks: list[int] = []
         flushes: list[int] = []
-        rs_reqs: list[wire.ResyncRequest] = []
+        rs_reqs: list[tuple[int, int]] = []
         for ev in events:
             kind = type(ev)
             if kind is wire.Write:
@@ -723,10 +739,14 @@ class Replicator:
                 # Answered after this batch: one fdatasync covers every Flush in it,
                 # and every Write before it is acked first (in `acks` or already sent).
                 flushes.append(ev.seq)
+            elif kind is wire.ResyncDataBatch:
+                self._apply_resync_batch(link, ev)
             elif kind is wire.ResyncData:
                 self._apply_resync(link, ev)
+            elif kind is wire.ResyncRequests:
+                rs_reqs.extend(ev.ranges)
             elif kind is wire.ResyncRequest:
-                rs_reqs.append(ev)
+                rs_reqs.append((ev.offset, ev.length))
             else:
                 self._send_acks(link, acks)
                 acks = []
@@ -956,62 +976,89 @@ class Replicator:
     def _source_loop(self) -> None:
         """Answer resync requests under the range lock (see the module docstring).
 
-        The receiver queues the requests of one received batch together; they are
-        answered in slices of at most RESYNC_BATCH requests / RESYNC_BATCH_BYTES:
-        ranges held, read, and sent in one sendmsg, so scattered small blocks do
-        not cost a queue hand-off, a system call and a peer wakeup each.
+        The receiver queues the requested ranges of one received batch together;
+        they are answered in slices of at most RESYNC_BATCH ranges /
+        RESYNC_BATCH_BYTES: ranges held, read, and sent in one sendmsg, so
+        scattered small blocks do not cost a queue hand-off, a system call and
+        a peer wakeup each.
         """
         while True:
             item = self._source_queue.get()
             if item is None:
                 return
-            link, reqs = item
+            link, ranges = item
             i = 0
-            while i < len(reqs) and not link.closed:
+            while i < len(ranges) and not link.closed:
                 j, nbytes = i, 0
-                while j < len(reqs) and j - i < RESYNC_BATCH and nbytes < RESYNC_BATCH_BYTES:
-                    nbytes += reqs[j].length
+                while j < len(ranges) and j - i < RESYNC_BATCH and nbytes < RESYNC_BATCH_BYTES:
+                    nbytes += ranges[j][1]
                     j += 1
-                self._answer_resync(link, reqs[i:j])
+                self._answer_resync(link, ranges[i:j])
                 i = j
 
-    def _answer_resync(self, link: Link, reqs: list) -> None:
+    def _answer_resync(self, link: Link, ranges: list[tuple[int, int]]) -> None:
         # One token for the whole batch: read and sent before any application
         # write to these blocks can take a sequence number. Large ranges go out
         # with sendfile (no copy through user space); a later write to them may
         # show up in the data already, but its Write follows on the wire anyway.
-        token = self.ranges.acquire_many([(r.offset, r.length) for r in reqs])
+        # Small ranges are read back to back into one buffer and sent as
+        # ResyncDataBatch frames: one frame per ~1 MiB, not one per block.
+        token = self.ranges.acquire_many(ranges)
         sliced = False
         try:
             store = self.store
-            msgs = []
-            for r in reqs:
-                if r.length >= SENDFILE_MIN:
+            msgs: list[wire.Message] = []
+            small = []
+            for off, n in ranges:
+                if n >= SENDFILE_MIN:
                     sliced = True
-                    msgs.append(wire.ResyncData(r.offset, store.file_slice(r.offset, r.length)))
+                    msgs.append(wire.ResyncData(off, store.file_slice(off, n)))
                 else:
-                    msgs.append(wire.ResyncData(r.offset, store.pread(r.offset, r.length)))
+                    small.append((off, n))
+            msgs.extend(self._read_batches(small))
             link.send_many(msgs)
         except (ConnectionError, wire.ProtocolError):
             if sliced:
-                self._probe_read(reqs)  # was it the disk under sendfile?
+                self._probe_read(ranges)  # was it the disk under sendfile?
             return
         except OSError as e:
             link.disconnect(f"sync source cannot read: {e}")
             return
         finally:
             self.ranges.release(token)
-        sent = sum(r.length for r in reqs)
+        sent = sum(n for _, n in ranges)
         self.stats["resync_bytes_sent"] += sent
         if self.resync:
             self.resync.done += sent
 
-    def _probe_read(self, reqs: list) -> None:
+    def _read_batches(self, ranges: list[tuple[int, int]]) -> list[wire.ResyncDataBatch]:
+        """ResyncDataBatch frames for small ranges, each within the payload limit."""
+        out = []
+        i = 0
+        while i < len(ranges):
+            j, size = i, wire.batch_payload_size([])
+            per_range = wire.batch_payload_size([(0, 0)]) - size
+            while (j < len(ranges) and j - i < wire.MAX_RANGES
+                   and size + per_range + ranges[j][1] <= wire.DEFAULT_MAX_PAYLOAD):
+                size += per_range + ranges[j][1]
+                j += 1
+            part = tuple(ranges[i:j])
+            buf = bytearray(sum(n for _, n in part))
+            view = memoryview(buf)
+            pos = 0
+            for off, n in part:
+                self.store.pread_into(off, view[pos:pos + n])
+                pos += n
+            out.append(wire.ResyncDataBatch(part, buf))
+            i = j
+        return out
+
+    def _probe_read(self, ranges: list[tuple[int, int]]) -> None:
         """sendfile failed: a read error there looks like a send error. Read the
         ranges once, so a failing disk is noticed (and reported Failed) here."""
         try:
-            for r in reqs:
-                self.store.pread(r.offset, r.length)
+            for off, n in ranges:
+                self.store.pread(off, n)
         except OSError as e:
             log.error("sync source cannot read: %s", e)
 
@@ -1041,9 +1088,9 @@ class Replicator:
         total = sum(n for _, n in runs)
         self.resync = progress = Progress("resync-target", total)
         self._rs_window = window = ResyncWindow(RESYNC_WINDOW)
-        log.info("resync: pulling %d bytes in %d requests", total, len(runs))
-        checkpoints = ResyncCheckpointer(self.store, self._bitmap_snapshot,
-                                         self._persist_snapshot)
+        log.info("resync: pulling %d bytes in %d ranges", total, len(runs))
+        checkpoints = ResyncCheckpointer(self.store, lambda: self.stats["resync_bytes_received"],
+                                         self._bitmap_snapshot, self._persist_snapshot)
         checkpoints.start()
         try:
             if not self._request_all(link, runs, window, progress):
@@ -1068,7 +1115,7 @@ class Replicator:
         progress.done = total
         progress.finished = time.monotonic()
         self._rs_window = None
-        log.info("resync finished (target): %d bytes in %d requests in %.3fs (data received"
+        log.info("resync finished (target): %d bytes in %d ranges in %.3fs (data received"
                  " after %.3fs)", total, len(runs), progress.finished - progress.started,
                  received - progress.started)
         self._send_status()
@@ -1090,10 +1137,10 @@ class Replicator:
                 ahead = progress.done / rate - (time.monotonic() - progress.started)
                 if ahead > 0:
                     time.sleep(ahead)
-            batch = [wire.ResyncRequest(*r) for r in runs[i:j]]
+            batch = wire.ResyncRequests(tuple(runs[i:j]))
             i = j
             try:
-                link.send_many(batch)
+                link.send(batch)
             except (ConnectionError, wire.ProtocolError):
                 return False
         return True
@@ -1105,6 +1152,26 @@ class Replicator:
     def _persist_snapshot(self, raw: bytes) -> None:
         with self.meta_lock:
             self.meta.persist(raw)
+
+    def _apply_resync_batch(self, link: Link, ev: wire.ResyncDataBatch) -> None:
+        data = memoryview(ev.data)
+        pos = 0
+        try:
+            for off, n in ev.ranges:
+                self.store.pwrite(off, data[pos:pos + n])
+                pos += n
+        except OSError as e:
+            log.error("cannot apply resync data: %s", e)
+            link.disconnect("sync target disk failed")
+            return
+        with self.io_lock:  # bits cleared only after their data is written
+            for off, n in ev.ranges:
+                self.bitmap.clear_range(off, n)
+        self.stats["resync_bytes_received"] += pos
+        if self.resync:
+            self.resync.done += pos
+        if self._rs_window is not None:
+            self._rs_window.release(pos)
 
     def _apply_resync(self, link: Link, ev: wire.ResyncData) -> None:
         try:

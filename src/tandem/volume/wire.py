@@ -192,6 +192,23 @@ class ResyncData:
 
 
 @dataclass(frozen=True, slots=True)
+class ResyncRequests:
+    """Sync target asks for many ranges in one frame (a small resync has one
+    dirty run per few blocks: a frame each made the per-frame work dominate)."""
+
+    ranges: tuple[tuple[int, int], ...]  # (offset, length), 1..MAX_RANGES of them
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncDataBatch:
+    """Sync source's answer to several small requested ranges in one frame:
+    ``data`` is their bytes, back to back, in the order of ``ranges``."""
+
+    ranges: tuple[tuple[int, int], ...]
+    data: Buffer
+
+
+@dataclass(frozen=True, slots=True)
 class ResyncDone:
     """Sync target has everything: both sides go Connected."""
 
@@ -253,6 +270,8 @@ Message = (
     | ResyncData
     | ResyncDone
     | BitmapChunk
+    | ResyncRequests
+    | ResyncDataBatch
     | VerifyRequest
     | VerifyDigests
     | Ping
@@ -280,6 +299,8 @@ TYPE_CODES: dict[type, int] = {
     Ping: 16,
     Pong: 17,
     Disconnect: 18,
+    ResyncRequests: 19,
+    ResyncDataBatch: 20,
 }
 
 _ROLE_CODES = {Role.PRIMARY: 1, Role.SECONDARY: 2}
@@ -297,6 +318,10 @@ MAX_NAME = 255
 MAX_REASON = 1024
 MIN_NONCE, MAX_NONCE = 16, 64
 MAX_MAC = 64
+MAX_RANGES = 4096
+"""The most ranges a ResyncRequests or ResyncDataBatch may carry."""
+_RANGE = struct.Struct("!QI")  # offset, length
+_COUNT = struct.Struct("!I")
 
 
 # --- encoding -------------------------------------------------------------
@@ -329,6 +354,8 @@ def encode_parts(msg: Message) -> list[Buffer]:
                 MAGIC, VERSION, TYPE_CODES[type(msg)], 0, len(msg.data) + 8, seq, msg.offset
             )
             return [head, msg.data]
+        if isinstance(msg, ResyncDataBatch):
+            return [_enc_batch_head(msg), msg.data]
         seq, payload = _ENCODERS[type(msg)](msg)
         head = HEADER.pack(MAGIC, VERSION, TYPE_CODES[type(msg)], 0, len(payload), seq)
     except (struct.error, KeyError, UnicodeEncodeError, OverflowError, TypeError) as exc:
@@ -422,6 +449,45 @@ def _enc_req(m: ResyncRequest) -> tuple[int, bytes]:
     return 0, _U64_U32.pack(m.offset, m.length)
 
 
+def _check_ranges(name: str, ranges: tuple[tuple[int, int], ...]) -> None:
+    if not 0 < len(ranges) <= MAX_RANGES:
+        raise LocalProtocolError(f"{name} must carry 1..{MAX_RANGES} ranges")
+    if any(not 0 < n <= MAX_DATA for _, n in ranges):
+        raise LocalProtocolError(f"{name} range length must be 1..{MAX_DATA}")
+
+
+def _pack_ranges(ranges: tuple[tuple[int, int], ...]) -> bytes:
+    out = bytearray(_COUNT.size + _RANGE.size * len(ranges))
+    _COUNT.pack_into(out, 0, len(ranges))
+    pos = _COUNT.size
+    for off, n in ranges:
+        _RANGE.pack_into(out, pos, off, n)
+        pos += _RANGE.size
+    return bytes(out)
+
+
+def _enc_reqs(m: ResyncRequests) -> tuple[int, bytes]:
+    _check_ranges("ResyncRequests", m.ranges)
+    return 0, _pack_ranges(m.ranges)
+
+
+def batch_payload_size(ranges: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> int:
+    """Payload bytes of a ResyncDataBatch over ``ranges`` (must be at most
+    DEFAULT_MAX_PAYLOAD, the limit every decoder enforces)."""
+    return _COUNT.size + _RANGE.size * len(ranges) + sum(n for _, n in ranges)
+
+
+def _enc_batch_head(m: ResyncDataBatch) -> bytes:
+    _check_ranges("ResyncDataBatch", m.ranges)
+    if sum(n for _, n in m.ranges) != len(m.data):
+        raise LocalProtocolError("ResyncDataBatch data is not the sum of its ranges")
+    size = batch_payload_size(m.ranges)
+    if size > DEFAULT_MAX_PAYLOAD:
+        raise LocalProtocolError(f"ResyncDataBatch payload of {size} bytes above"
+                                 f" {DEFAULT_MAX_PAYLOAD}")
+    return HEADER.pack(MAGIC, VERSION, TYPE_CODES[ResyncDataBatch], 0, size, 0) + _pack_ranges(m.ranges)
+
+
 def _enc_chunk(m: BitmapChunk) -> tuple[int, bytes]:
     return 0, _U64_U8.pack(m.offset, int(m.last)) + bytes(m.data)
 
@@ -457,6 +523,7 @@ _ENCODERS = {
     Flush: _enc_seq,
     FlushAck: _enc_seq,
     ResyncRequest: _enc_req,
+    ResyncRequests: _enc_reqs,
     ResyncDone: _enc_empty,
     BitmapChunk: _enc_chunk,
     VerifyRequest: _enc_vreq,
@@ -588,6 +655,41 @@ def _dec_req(buf: bytearray, s: int, e: int, seq: int) -> ResyncRequest:
     return ResyncRequest(offset, length)
 
 
+def _unpack_ranges(name: str, buf: bytearray | memoryview, s: int, e: int
+                   ) -> tuple[tuple[tuple[int, int], ...], int]:
+    """The range table at ``s``; returns it and where it ends."""
+    if e - s < _COUNT.size:
+        raise _bad(f"{name} payload truncated")
+    (count,) = _COUNT.unpack_from(buf, s)
+    if not 0 < count <= MAX_RANGES:
+        raise _bad(f"{name} with {count} ranges (1..{MAX_RANGES})")
+    end = s + _COUNT.size + _RANGE.size * count
+    if end > e:
+        raise _bad(f"{name} range table truncated")
+    ranges = tuple(_RANGE.iter_unpack(bytes(buf[s + _COUNT.size:end])))
+    if any(not 0 < n <= MAX_DATA for _, n in ranges):
+        raise _bad(f"{name} range length out of range")
+    return ranges, end
+
+
+def _dec_reqs(buf: bytearray, s: int, e: int, seq: int) -> ResyncRequests:
+    _expect_no_seq("ResyncRequests", seq)
+    ranges, end = _unpack_ranges("ResyncRequests", buf, s, e)
+    if end != e:
+        raise _bad(f"ResyncRequests payload has {e - end} bytes after its ranges")
+    return ResyncRequests(ranges)
+
+
+def _dec_batch(buf: bytearray, s: int, e: int, seq: int) -> ResyncDataBatch:
+    _expect_no_seq("ResyncDataBatch", seq)
+    ranges, end = _unpack_ranges("ResyncDataBatch", buf, s, e)
+    if sum(n for _, n in ranges) != e - end:
+        raise _bad("ResyncDataBatch data is not the sum of its ranges")
+    # A lent buffer (see FrameDecoder.feed) is used in place; our own is reused.
+    data = buf[end:e] if isinstance(buf, memoryview) else _take(buf, end, e)
+    return ResyncDataBatch(ranges, data)
+
+
 def _dec_chunk(buf: bytearray, s: int, e: int, seq: int) -> BitmapChunk:
     _expect_no_seq("BitmapChunk", seq)
     if e - s < _U64_U8.size:
@@ -657,6 +759,8 @@ _DECODERS = {
     TYPE_CODES[Ping]: _nonce_msg(Ping),
     TYPE_CODES[Pong]: _nonce_msg(Pong),
     TYPE_CODES[Disconnect]: _dec_disconnect,
+    TYPE_CODES[ResyncRequests]: _dec_reqs,
+    TYPE_CODES[ResyncDataBatch]: _dec_batch,
 }
 
 
