@@ -18,6 +18,12 @@ produce only the 28 bytes in front of the data, so the driver can hand
 ResyncData may also be a :class:`FileSlice` (a range of the sync source's backing
 file), which the driver sends with ``sendfile``: a full sync then never copies
 the volume through user space on the source.
+
+A small resync has thousands of scattered dirty blocks, so ranges travel in
+bulk: ResyncRequests is ``count u32`` then ``count`` times ``offset u64 |
+length u32``; ResyncDataBatch is the same table followed by the ranges' data
+back to back. Both carry 1..MAX_RANGES ranges of 1..MAX_DATA bytes each, and a
+batch's data must be exactly the sum of its lengths and fit the payload limit.
 """
 
 from __future__ import annotations
