@@ -257,6 +257,7 @@ class Replicator:
         self.verify_progress: Progress | None = None
         self._rs_window: ResyncWindow | None = None
         self._rs_target_started = False
+        self._rs_target_since: float | None = None
         self._source_queue: queue.Queue = queue.Queue()
         self._connect_wake = threading.Event()
         self._verify_expected: dict[int, list[bytes]] = {}
@@ -678,6 +679,7 @@ class Replicator:
             link = Link(sock, self._peer_config(self.spec.dials), self._on_events,
                         self._on_link_closed)
             self._rs_target_started = False
+            self._rs_target_since = None
             self.link = link
             try:
                 link.start()
@@ -833,6 +835,10 @@ class Replicator:
             log.info("link %s -> %s (%s)", ev.old, ev.new, ev.reason)
             if ev.new is ConnectionState.SYNC_SOURCE:
                 self._start_source(link)
+            elif ev.new is ConnectionState.SYNC_TARGET:
+                # The resync's clock starts here, when the handshake is over: the
+                # identifiers persisted on both sides before data moves belong to it.
+                self._rs_target_since = time.monotonic()
         elif isinstance(ev, wire.StateExchange):
             old = self.peer_status
             if old is None or (old.role, old.disk) != (ev.role, ev.disk):
@@ -1089,7 +1095,8 @@ class Replicator:
         with self.io_lock:
             runs = list(self.bitmap.dirty_runs(max_length=RESYNC_CHUNK))
         total = sum(n for _, n in runs)
-        self.resync = progress = Progress("resync-target", total)
+        self.resync = progress = Progress("resync-target", total,
+                                          started=self._rs_target_since or time.monotonic())
         self._rs_window = window = ResyncWindow(RESYNC_WINDOW)
         log.info("resync: pulling %d bytes in %d ranges", total, len(runs))
         checkpoints = ResyncCheckpointer(self.store, lambda: self.stats["resync_bytes_received"],
