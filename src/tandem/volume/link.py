@@ -259,6 +259,11 @@ class Link:
                     break
                 with self.state_lock:
                     tail = self.peer.release_received()
+                    if tail > len(buf) // 2:
+                        # A frame this large (a raised payload limit) would not fit
+                        # behind itself: the decoder keeps it in its own buffer.
+                        self.peer.receive_bytes(bytes(view[end - tail:end]))
+                        tail = 0
                 if tail:  # every event is handled: move the incomplete frame to the front
                     view[:tail] = view[end - tail:end]
         except Exception as e:  # a bug must not leave writers hanging forever
