@@ -1051,6 +1051,7 @@ class Replicator:
                    and size + per_range + ranges[j][1] <= wire.DEFAULT_MAX_PAYLOAD):
                 size += per_range + ranges[j][1]
                 j += 1
+            j = max(j, i + 1)  # ranges are < SENDFILE_MIN, far below the limit; never stall
             part = tuple(ranges[i:j])
             buf = bytearray(sum(n for _, n in part))
             view = memoryview(buf)
