@@ -36,6 +36,17 @@ def ack_ranges(draw: st.DrawFn) -> wire.AckRange:
     return wire.AckRange(first, last)
 
 
+ranges = st.lists(st.tuples(u64, st.integers(min_value=1, max_value=wire.MAX_DATA)),
+                  min_size=1, max_size=8).map(tuple)
+
+
+@st.composite
+def data_batches(draw: st.DrawFn) -> wire.ResyncDataBatch:
+    lengths = draw(st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=6))
+    rs = tuple((draw(u64), n) for n in lengths)
+    return wire.ResyncDataBatch(rs, draw(st.binary(min_size=sum(lengths), max_size=sum(lengths))))
+
+
 messages = st.one_of(
     st.builds(wire.Hello, names, nonces),
     st.builds(wire.AuthResponse, st.binary(min_size=1, max_size=wire.MAX_MAC)),
@@ -60,6 +71,8 @@ messages = st.one_of(
     st.builds(wire.ResyncRequest, u64, st.integers(min_value=1, max_value=wire.MAX_DATA)),
     st.builds(wire.ResyncData, u64, data),
     st.just(wire.ResyncDone()),
+    st.builds(wire.ResyncRequests, ranges),
+    data_batches(),
     st.builds(wire.BitmapChunk, u64, st.binary(max_size=200), st.booleans()),
     st.builds(wire.VerifyRequest, u64, u32_pos, u32_pos),
     verify_digests(),

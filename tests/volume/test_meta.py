@@ -159,3 +159,24 @@ def test_ten_gib_bitmap_fits(tmp_path: Path) -> None:
     assert os.path.getsize(path) < 1 << 20
     with MetaStore.open(path) as store:
         assert store.bitmap.weight == 256
+
+
+def test_persist_writes_a_bitmap_snapshot_not_the_live_bitmap(path: Path) -> None:
+    """A resync checkpoint persists the bits as they were before its fdatasync:
+    bits cleared since (data not yet durable) must stay set on disk."""
+    with MetaStore.create(path, SIZE, "node1") as store:
+        store.bitmap.set_all()
+        store.bitmap.clear_range(0, 1 << 20)
+        snap = store.bitmap.raw
+        store.bitmap.clear_range(1 << 20, 1 << 20)  # after the snapshot
+        store.persist(snap)
+        live_weight = store.bitmap.weight
+    with MetaStore.open(path) as store:
+        assert not store.bitmap.is_dirty(0, 1 << 20)
+        assert store.bitmap.is_dirty(1 << 20, 1)
+        assert store.bitmap.weight == live_weight + 256
+
+
+def test_persist_rejects_a_snapshot_of_another_size(path: Path) -> None:
+    with MetaStore.create(path, SIZE, "node1") as store, pytest.raises(MetaError, match="snapshot"):
+        store.persist(b"\xff" * 7)

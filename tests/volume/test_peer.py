@@ -34,8 +34,10 @@ from tandem.volume.wire import (
     LocalProtocolError,
     RemoteProtocolError,
     ResyncData,
+    ResyncDataBatch,
     ResyncDone,
     ResyncRequest,
+    ResyncRequests,
     StateExchange,
     Write,
     WriteAck,
@@ -529,3 +531,72 @@ def test_online_verify_round_trip() -> None:
     a.receive_bytes(wire.encode(wire.VerifyDigests(0, (b"d" * 32,))))  # unsolicited
     with pytest.raises(RemoteProtocolError):
         a.next_event()
+
+
+def _in_sync_target_state() -> Link:
+    link = connected_pair(
+        status(Role.PRIMARY, GenerationIds(11, 10)), status(Role.SECONDARY, GenerationIds(10))
+    )
+    link.send(link.a, BitmapChunk(0, b"\x0f", last=True))
+    link.send(link.b, BitmapChunk(0, b"", last=True))
+    link.pump()
+    return link
+
+
+def test_batched_resync_completes() -> None:
+    """Many ranges asked in one frame, small ones answered together in another,
+    a large one alone: each range answered exactly once, then Connected."""
+    link = _in_sync_target_state()
+    a, b = link.a, link.b
+    link.send(b, ResyncRequests(((0, 4096), (8192, 4096), (1 << 20, 65536))))
+    link.pump()
+    (reqs,) = link.take(a, ResyncRequests)
+    assert reqs.ranges == ((0, 4096), (8192, 4096), (1 << 20, 65536))
+    link.send(a, ResyncDataBatch(((8192, 4096), (0, 4096)), b"b" * 4096 + b"a" * 4096))
+    link.send(a, ResyncData(1 << 20, b"c" * 65536))
+    link.pump()
+    assert link.take(b, ResyncDataBatch) == [
+        ResyncDataBatch(((8192, 4096), (0, 4096)), b"b" * 4096 + b"a" * 4096)]
+    assert a.resync_bytes == b.resync_bytes == 8192 + 65536
+    link.send(b, ResyncDone())
+    link.pump()
+    assert a.state is b.state is CS.CONNECTED
+
+
+def test_batched_resync_answers_must_match_requests() -> None:
+    link = _in_sync_target_state()
+    a, b = link.a, link.b
+    link.send(b, ResyncRequests(((0, 4096), (8192, 4096))))
+    link.pump()
+    with pytest.raises(LocalProtocolError, match="answers no request"):
+        a.send(ResyncDataBatch(((0, 4096), (4096, 4096)), bytes(8192)))  # 4096 never asked
+    assert a.state is CS.PROTOCOL_ERROR
+
+
+def test_a_batch_answering_no_request_is_the_peers_fault() -> None:
+    link = _in_sync_target_state()
+    b = link.b
+    link.send(b, ResyncRequests(((0, 4096),)))
+    link.pump()
+    b.receive_bytes(wire.encode(ResyncDataBatch(((0, 4096), (0, 4096)), bytes(8192))))
+    with pytest.raises(RemoteProtocolError, match="answers no request"):
+        b.next_event()  # the second range answers a request already answered
+
+
+def test_duplicate_ranges_in_one_request_frame_are_refused() -> None:
+    link = _in_sync_target_state()
+    with pytest.raises(LocalProtocolError, match="already in flight"):
+        link.b.send(ResyncRequests(((0, 4096), (0, 4096))))
+    link2 = _in_sync_target_state()
+    link2.a.receive_bytes(wire.encode(ResyncRequests(((0, 4096), (0, 4096)))))
+    with pytest.raises(RemoteProtocolError, match="duplicate"):
+        link2.a.next_event()
+
+
+def test_batched_resync_messages_only_while_resyncing() -> None:
+    link = connected_pair(status(Role.PRIMARY, GenerationIds(10)), status(Role.SECONDARY, GenerationIds(10)))
+    with pytest.raises(LocalProtocolError, match="ResyncRequests sent in state Connected"):
+        link.b.send(ResyncRequests(((0, 4096),)))
+    link.a.receive_bytes(wire.encode(ResyncDataBatch(((0, 1),), b"x")))
+    with pytest.raises(RemoteProtocolError, match="ResyncDataBatch received in state Connected"):
+        link.a.next_event()

@@ -80,6 +80,8 @@ def _owned(msg: wire.Message) -> wire.Message:
         return wire.Write(msg.seq, msg.offset, bytes(msg.data), msg.durable)
     if isinstance(msg, wire.ResyncData):
         return wire.ResyncData(msg.offset, bytes(msg.data))
+    if isinstance(msg, wire.ResyncDataBatch):
+        return wire.ResyncDataBatch(msg.ranges, bytes(msg.data))
     return msg
 
 
@@ -117,7 +119,7 @@ def test_byte_by_byte_feeding() -> None:
 
 
 def test_all_types_have_codes_and_decoders() -> None:
-    assert len(set(wire.TYPE_CODES.values())) == len(wire.TYPE_CODES) == 18
+    assert len(set(wire.TYPE_CODES.values())) == len(wire.TYPE_CODES) == 20
 
 
 def test_write_header_lets_the_driver_send_data_separately() -> None:
@@ -265,6 +267,25 @@ def test_truncated_frame_waits_for_more() -> None:
         (wire.TYPE_CODES[wire.VerifyDigests], struct.pack("!QB", 0, 4) + b"abcdef", 0, "whole number"),
         (wire.TYPE_CODES[wire.ResyncRequest], struct.pack("!QI", 0, 0), 0, "out of range"),
         (wire.TYPE_CODES[wire.BitmapChunk], struct.pack("!QB", 0, 2), 0, "last flag"),
+        (wire.TYPE_CODES[wire.ResyncRequests], b"\x00\x00", 0, "truncated"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!I", 0), 0, "0 ranges"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!I", wire.MAX_RANGES + 1), 0, "ranges"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 2, 0, 4096), 0,
+         "table truncated"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 1, 0, 0), 0, "out of range"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 1, 0, wire.MAX_DATA + 1), 0,
+         "out of range"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 1, 0, 4096) + b"x", 0,
+         "after its ranges"),
+        (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!IQI", 1, 0, 4096), 3, "non-zero seq"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!IQI", 1, 0, 4) + b"abc", 0,
+         "not the sum"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!IQI", 1, 0, 2) + b"abc", 0,
+         "not the sum"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!I", 0), 0, "0 ranges"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!IQI", 1, 0, 0), 0, "out of range"),
+        (wire.TYPE_CODES[wire.ResyncDataBatch], struct.pack("!IQI", 1, 0, 1) + b"a", 9,
+         "non-zero seq"),
         (wire.TYPE_CODES[wire.AuthResponse], b"", 0, "1..64"),
     ],
 )
@@ -317,3 +338,77 @@ def test_large_stream_is_decoded_without_quadratic_copies() -> None:
         count += len(decode_all(dec))
         assert len(dec._buf) < 2 * len(one) + 3000  # consumed bytes are dropped
     assert count == 2000
+
+
+def test_file_slice_is_passed_through_and_checked() -> None:
+    """ResyncData may carry a FileSlice (sent with sendfile by the link); the
+    size limit still applies and a plain encode() cannot copy it."""
+    fs = wire.FileSlice(fd=3, offset=4096, length=8192)
+    head, data = wire.encode_parts(wire.ResyncData(4096, fs))
+    assert data is fs
+    assert head == wire.encode(wire.ResyncData(4096, bytes(8192)))[: wire.WRITE_HEADER_SIZE]
+    with pytest.raises(wire.LocalProtocolError, match="above"):
+        wire.encode_parts(wire.ResyncData(0, wire.FileSlice(3, 0, wire.MAX_DATA + 1)))
+    with pytest.raises(wire.LocalProtocolError, match="FileSlice"):
+        wire.encode(wire.ResyncData(4096, fs))
+
+
+@SETTINGS
+@given(st.lists(messages, min_size=1, max_size=8), st.data())
+def test_kept_tails_decode_like_copies(msgs: list[wire.Message], data: st.DataObject) -> None:
+    """Like the link's receive loop: the incomplete tail stays in the caller's
+    buffer (moved to its front), and the decoder never copies a byte itself."""
+    stream = b"".join(wire.encode(m) for m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    dec = FrameDecoder()
+    rx = bytearray(len(stream) + 1)
+    got: list[wire.Message] = []
+    prev = tail = 0
+    for cut in [*cuts, len(stream)]:
+        n = cut - prev
+        rx[tail : tail + n] = stream[prev:cut]
+        prev, end = cut, tail + n
+        if end:
+            dec.feed(memoryview(rx)[:end], borrow=True, keep_tail=True)
+        got.extend(_owned(m) for m in decode_all(dec))
+        tail = dec.release_lent()
+        assert dec.buffered == 0 and len(dec._buf) == 0  # nothing copied
+        rx[:tail] = rx[end - tail : end]
+        rx[tail:] = b"\xee" * (len(rx) - tail)  # the driver reuses its buffer
+    assert got == msgs
+    assert tail == 0
+
+
+def test_kept_tail_still_checks_the_header_first() -> None:
+    """An oversized length is refused as soon as the header is in, even while
+    the rest of the frame would stay in the caller's buffer."""
+    dec = FrameDecoder()
+    raw = frame(wire.TYPE_CODES[wire.ResyncData], b"", length=wire.DEFAULT_MAX_PAYLOAD + 1)
+    dec.feed(memoryview(bytearray(raw)), borrow=True, keep_tail=True)
+    assert_poisoned(dec, "exceeds the limit")
+
+
+def test_batched_resync_messages_refuse_to_encode_what_decoders_reject() -> None:
+    with pytest.raises(wire.LocalProtocolError, match="ranges"):
+        wire.encode(wire.ResyncRequests(()))
+    with pytest.raises(wire.LocalProtocolError, match="ranges"):
+        wire.encode(wire.ResyncRequests(((0, 1),) * (wire.MAX_RANGES + 1)))
+    with pytest.raises(wire.LocalProtocolError, match="length"):
+        wire.encode(wire.ResyncRequests(((0, 0),)))
+    with pytest.raises(wire.LocalProtocolError, match="sum"):
+        wire.encode(wire.ResyncDataBatch(((0, 4),), b"abc"))
+    big = tuple((i << 17, 1 << 17) for i in range(8))  # 1 MiB of data + 8 entries: above
+    with pytest.raises(wire.LocalProtocolError, match="above"):
+        wire.encode(wire.ResyncDataBatch(big, bytes(1 << 20)))
+
+
+def test_a_full_batch_fits_the_payload_limit() -> None:
+    """The largest batch the source builds (see Replicator._read_batches) still
+    passes a decoder with the default limit."""
+    n = (wire.DEFAULT_MAX_PAYLOAD - wire.batch_payload_size([])) // (12 + 4096)
+    rs = tuple((i * 8192, 4096) for i in range(n))
+    assert wire.batch_payload_size(rs) <= wire.DEFAULT_MAX_PAYLOAD
+    msg = wire.ResyncDataBatch(rs, bytes(4096 * n))
+    dec = FrameDecoder()
+    dec.feed(wire.encode(msg))
+    assert decode_all(dec) == [msg]

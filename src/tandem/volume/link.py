@@ -10,12 +10,18 @@ another thread, and each hand-off costs tens of microseconds. Two locks:
   numbers are allocated under it, so wire order == sequence order.
 
 The receiver thread never waits for anything but the socket and `send_lock`;
-acknowledgements are coalesced per batch of received frames.
+acknowledgements are coalesced per batch of received frames. Events that our
+own sends cause while a batch is handled (our last BitmapChunk makes us
+SyncSource) are handed over right after it, not at the next receive.
+
+A part of a frame may be a `wire.FileSlice`: it is sent with sendfile, the
+header in front of it with MSG_MORE.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -160,13 +166,16 @@ class Link:
                 raise ConnectionError(f"link closed: {self.close_reason}")
             return
         try:
-            total = sum(len(p) for p in parts)
-            sent = self.sock.sendmsg(parts)
-            while sent < total:
-                # Partial send: flatten what is left (rare, only when buffers fill).
-                rest = b"".join(bytes(p) for p in parts)[sent:]
-                parts, total, sent = [rest], len(rest), 0
-                sent = self.sock.send(rest)
+            total = 0
+            start = 0
+            for i, p in enumerate(parts):
+                if isinstance(p, wire.FileSlice):
+                    # The header in front goes out with MSG_MORE, so it shares a
+                    # segment with the file data instead of leaving alone (TCP_NODELAY).
+                    total += self._sendmsg_all(parts[start:i], socket.MSG_MORE)
+                    total += self._sendfile_all(p)
+                    start = i + 1
+            total += self._sendmsg_all(parts[start:], 0)
             self.bytes_sent += total
         except OSError as e:
             with self.state_lock:
@@ -174,26 +183,56 @@ class Link:
             self.close(f"send failed: {e.strerror or e}")
             raise ConnectionError(f"send to peer failed: {e}") from None
 
+    def _sendmsg_all(self, parts: list, flags: int) -> int:
+        if not parts:
+            return 0
+        total = sum(len(p) for p in parts)
+        sent = self.sock.sendmsg(parts, [], flags)
+        if sent < total:
+            # Partial send: flatten what is left (rare, only when buffers fill).
+            rest = b"".join(bytes(p) for p in parts)[sent:]
+            self.sock.sendall(rest, flags)
+        return total
+
+    def _sendfile_all(self, part: wire.FileSlice) -> int:
+        """Page cache -> socket without a copy through user space."""
+        offset, left = part.offset, part.length
+        out = self.sock.fileno()
+        while left:
+            n = os.sendfile(out, part.fd, offset, left)
+            if n == 0:
+                raise OSError(errno.EIO, f"sendfile: end of file at {offset}")
+            offset += n
+            left -= n
+        return part.length
+
     # --- receiving -----------------------------------------------------------------
     def _receive_loop(self) -> None:
         boost_thread()
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
         reason = "receiver ended"
+        tail = 0  # buf[:tail]: the start of a frame not complete yet
         try:
             while not self.closed:
                 try:
-                    n = self.sock.recv_into(view)
+                    n = self.sock.recv_into(view[tail:])
                 except OSError as e:
                     reason = f"receive failed: {e.strerror or e}"
                     break
                 self.bytes_received += n
+                end = tail + n
                 events: list[Event] = []
                 try:
                     with self.state_lock:
                         # Decoded in place: Write/ResyncData data are views into our
                         # buffer, valid until the next recv, which comes after _on_events.
-                        self.peer.receive_bytes(view[:n] if n else b"", borrow=True)
+                        if n:
+                            self.peer.receive_bytes(view[:end], borrow=True, keep_tail=True)
+                        else:
+                            if tail:  # EOF in the middle of a frame: the decoder says so
+                                self.peer.receive_bytes(bytes(view[:tail]))
+                            self.peer.receive_bytes(b"")
                         while (ev := self.peer.next_event()) is not wire.NEED_DATA:
                             events.append(ev)
                         auto = self.peer.data_to_send()
@@ -208,6 +247,7 @@ class Link:
                         self._send_raw([auto])
                 if events:
                     self._on_events(self, events)
+                    self._deliver_queued_events()
                 if self.peer.state.is_terminal:
                     reason = f"link ended: {self.peer.state}"
                     for ev in events:
@@ -217,10 +257,41 @@ class Link:
                 if n == 0:
                     reason = "peer closed the connection"
                     break
+                with self.state_lock:
+                    tail = self.peer.release_received()
+                    if tail > len(buf) // 2:
+                        # A frame this large (a raised payload limit) would not fit
+                        # behind itself: the decoder keeps it in its own buffer.
+                        self.peer.receive_bytes(bytes(view[end - tail:end]))
+                        tail = 0
+                if tail:  # every event is handled: move the incomplete frame to the front
+                    view[:tail] = view[end - tail:end]
         except Exception as e:  # a bug must not leave writers hanging forever
             log.exception("replication receiver crashed")
             reason = f"receiver crashed: {type(e).__name__}: {e}"
         self.close(reason)
+
+    def _deliver_queued_events(self) -> None:
+        """Hand over events our own sends queued while the last batch was handled.
+
+        Sending can move the state machine too (our last BitmapChunk makes us
+        SyncSource); such an event waits in the machine until someone pulls it.
+        Pulled only at the next receive, it waited for the peer's next frame --
+        often a ping, a sizeable part of a second -- before the resync started.
+        """
+        for _ in range(8):  # each round needs a new state change: a few at most
+            events: list[Event] = []
+            with self.state_lock:
+                if self.peer.state.is_terminal:
+                    return
+                try:
+                    while (ev := self.peer.next_event()) is not wire.NEED_DATA:
+                        events.append(ev)
+                except wire.ProtocolError:
+                    return  # the receive loop meets the same error and closes
+            if not events:
+                return
+            self._on_events(self, events)
 
     # --- time ----------------------------------------------------------------------
     def tick(self, now: float) -> None:

@@ -251,16 +251,23 @@ class MetaStore:
             self.bitmap.set_range(offset, length)
         return self.update(**changes)
 
-    def persist(self) -> MetaState:
-        """Write the current state and bitmap again (after bitmap changes)."""
-        return self.update()
+    def persist(self, bitmap_raw: bytes | None = None) -> MetaState:
+        """Write the current state and bitmap again (after bitmap changes).
 
-    def _write(self, state: MetaState) -> MetaState:
+        ``bitmap_raw`` (a :attr:`DirtyBitmap.raw` snapshot taken earlier) is
+        written instead of the live bitmap: a resync target checkpoints the bits
+        it cleared before an fdatasync, not those it cleared since."""
+        return self._write(self._state, bitmap_raw)
+
+    def _write(self, state: MetaState, bitmap_raw: bytes | None = None) -> MetaState:
         state = replace(state, seq=self._state.seq + 1)
         js = state.to_json()
         if len(js) > _MAX_JSON:
             raise MetaError(f"{self.path}: metadata fields too large ({len(js)} bytes)")
-        body = struct.pack("!I", len(js)) + js + self.bitmap.raw
+        raw = self.bitmap.raw if bitmap_raw is None else bitmap_raw
+        if len(raw) != (self.bitmap.nbits + 7) // 8:
+            raise MetaError(f"{self.path}: bitmap snapshot of {len(raw)} bytes does not fit")
+        body = struct.pack("!I", len(js)) + js + raw
         head = _SLOT_HEADER.pack(_MAGIC, state.seq, len(body), _digest(state.seq, body))
         slot = self._slot ^ 1
         buf = head + body

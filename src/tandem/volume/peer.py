@@ -29,8 +29,10 @@ The rules, in plain words:
   for split brain / unrelated data / incompatible states, to StandAlone.
 * In WFBitMap* both sides send their dirty bitmap as BitmapChunks, the last
   one flagged; once both "last" chunks passed, the link is SyncSource or
-  SyncTarget. The target requests ranges (ResyncRequest), the source answers
-  each with ResyncData, and the target ends with ResyncDone: Connected.
+  SyncTarget. The target requests ranges (ResyncRequest, or many at once in a
+  ResyncRequests), the source answers each range exactly once, alone in a
+  ResyncData or with other small ones in a ResyncDataBatch, and the target
+  ends with ResyncDone: Connected.
 * Writes and Flushes share one sequence space, strictly increasing per
   direction; they are allowed from Connected through the resync states, and
   only from the side whose StateExchange says Primary. Acks may arrive in any
@@ -82,8 +84,10 @@ from tandem.volume.wire import (
     ProtocolError,
     RemoteProtocolError,
     ResyncData,
+    ResyncDataBatch,
     ResyncDone,
     ResyncRequest,
+    ResyncRequests,
     StateExchange,
     VerifyDigests,
     VerifyRequest,
@@ -170,7 +174,9 @@ Event = (
     | Write
     | Flush
     | ResyncRequest
+    | ResyncRequests
     | ResyncData
+    | ResyncDataBatch
     | ResyncDone
     | BitmapChunk
     | VerifyRequest
@@ -229,14 +235,18 @@ TRANSITIONS: dict[ConnectionState, dict[_Input, ConnectionState | None]] = {
         **_LIVE,
         **_DATA,
         (Dir.RECV, ResyncRequest): SAME,
+        (Dir.RECV, ResyncRequests): SAME,
         (Dir.SEND, ResyncData): SAME,
+        (Dir.SEND, ResyncDataBatch): SAME,
         (Dir.RECV, ResyncDone): _S.CONNECTED,
     },
     _S.SYNC_TARGET: {
         **_LIVE,
         **_DATA,
         (Dir.SEND, ResyncRequest): SAME,
+        (Dir.SEND, ResyncRequests): SAME,
         (Dir.RECV, ResyncData): SAME,
+        (Dir.RECV, ResyncDataBatch): SAME,
         (Dir.SEND, ResyncDone): _S.CONNECTED,
     },
     _S.CONNECTED: {
@@ -411,19 +421,23 @@ class PeerConnection:
 
     # --- the three sans-IO calls ---
 
-    def receive_bytes(self, data: Buffer, borrow: bool = False) -> None:
-        """Feed bytes from the socket; ``b""`` signals end of stream. ``borrow``:
-        see :meth:`FrameDecoder.feed` (pull events until NEED_DATA before reusing
-        ``data``; Write/ResyncData data are views into it)."""
+    def receive_bytes(self, data: Buffer, borrow: bool = False, keep_tail: bool = False) -> None:
+        """Feed bytes from the socket; ``b""`` signals end of stream. ``borrow``
+        and ``keep_tail``: see :class:`FrameDecoder` (pull events until NEED_DATA
+        before reusing ``data``; Write/ResyncData data are views into it)."""
         if self._error is not None or self._state.is_terminal:
             return
         if data:
-            self._decoder.feed(data, borrow)
+            self._decoder.feed(data, borrow, keep_tail)
             return
         reason = "peer closed the connection"
         if self._decoder.buffered:
             reason += " in the middle of a frame"
         self._fire(Trigger.EOF, reason)
+
+    def release_received(self) -> int:
+        """See :meth:`FrameDecoder.release_lent`."""
+        return self._decoder.release_lent()
 
     def next_event(self) -> Event | NeedData:
         """The next event for the driver, or NEED_DATA; raises if poisoned."""
@@ -701,6 +715,36 @@ class PeerConnection:
         self.resync_bytes += len(msg.data)
         self._events.append(msg)
 
+    def _on_send_rs_requests(self, msg: ResyncRequests) -> None:
+        out = self._rs_out
+        for offset, length in msg.ranges:
+            if offset in out:
+                raise LocalProtocolError(f"ResyncRequest at {offset} already in flight")
+            out[offset] = length
+
+    def _on_recv_rs_requests(self, msg: ResyncRequests) -> None:
+        pending = self._rs_in
+        for offset, length in msg.ranges:
+            if offset in pending:
+                raise RemoteProtocolError(f"duplicate ResyncRequest at {offset}")
+            pending[offset] = length
+        self._events.append(msg)
+
+    def _on_send_rs_batch(self, msg: ResyncDataBatch) -> None:
+        pending = self._rs_in
+        for offset, length in msg.ranges:
+            if pending.pop(offset, None) != length:
+                raise LocalProtocolError(f"ResyncDataBatch range at {offset} answers no request")
+        self.resync_bytes += len(msg.data)
+
+    def _on_recv_rs_batch(self, msg: ResyncDataBatch) -> None:
+        out = self._rs_out
+        for offset, length in msg.ranges:
+            if out.pop(offset, None) != length:
+                raise RemoteProtocolError(f"ResyncDataBatch range at {offset} answers no request")
+        self.resync_bytes += len(msg.data)
+        self._events.append(msg)
+
     def _on_send_rs_done(self, msg: ResyncDone) -> None:
         if self._rs_out:
             raise LocalProtocolError(f"ResyncDone with {len(self._rs_out)} requests in flight")
@@ -783,6 +827,10 @@ _HANDLERS = {
     (Dir.RECV, ResyncRequest): PeerConnection._on_recv_rs_request,
     (Dir.SEND, ResyncData): PeerConnection._on_send_rs_data,
     (Dir.RECV, ResyncData): PeerConnection._on_recv_rs_data,
+    (Dir.SEND, ResyncRequests): PeerConnection._on_send_rs_requests,
+    (Dir.RECV, ResyncRequests): PeerConnection._on_recv_rs_requests,
+    (Dir.SEND, ResyncDataBatch): PeerConnection._on_send_rs_batch,
+    (Dir.RECV, ResyncDataBatch): PeerConnection._on_recv_rs_batch,
     (Dir.SEND, ResyncDone): PeerConnection._on_send_rs_done,
     (Dir.RECV, ResyncDone): PeerConnection._on_recv_rs_done,
     (Dir.SEND, VerifyRequest): PeerConnection._on_send_verify_req,

@@ -17,7 +17,16 @@ poisoned: a stream that lost its framing cannot be trusted again.
 
 Writes are the hot path: :func:`encode_write_header` / :func:`pack_write_header_into`
 produce only the 28 bytes in front of the data, so the driver can hand
-``[header, data]`` to ``socket.sendmsg`` without copying the data.
+``[header, data]`` to ``socket.sendmsg`` without copying the data. The data of a
+ResyncData may also be a :class:`FileSlice` (a range of the sync source's backing
+file), which the driver sends with ``sendfile``: a full sync then never copies
+the volume through user space on the source.
+
+A small resync has thousands of scattered dirty blocks, so ranges travel in
+bulk: ResyncRequests is ``count u32`` then ``count`` times ``offset u64 |
+length u32``; ResyncDataBatch is the same table followed by the ranges' data
+back to back. Both carry 1..MAX_RANGES ranges of 1..MAX_DATA bytes each, and a
+batch's data must be exactly the sum of its lengths and fit the payload limit.
 """
 
 from __future__ import annotations
@@ -53,6 +62,19 @@ _VERIFY_REQ = struct.Struct("!QII")
 _STATE = struct.Struct("!BBBQIQQQB")
 
 Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class FileSlice:
+    """``length`` bytes at ``offset`` of the open file ``fd``, to be sent as the
+    data of a ResyncData without reading them into memory (see link.py)."""
+
+    fd: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
 
 
 class ProtocolError(Exception):
@@ -180,6 +202,23 @@ class ResyncData:
     """Sync source's answer: the data of a requested range."""
 
     offset: int
+    data: Buffer | FileSlice
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRequests:
+    """Sync target asks for many ranges in one frame (a small resync has one
+    dirty run per few blocks: a frame each made the per-frame work dominate)."""
+
+    ranges: tuple[tuple[int, int], ...]  # (offset, length), 1..MAX_RANGES of them
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncDataBatch:
+    """Sync source's answer to several small requested ranges in one frame:
+    ``data`` is their bytes, back to back, in the order of ``ranges``."""
+
+    ranges: tuple[tuple[int, int], ...]
     data: Buffer
 
 
@@ -245,6 +284,8 @@ Message = (
     | ResyncData
     | ResyncDone
     | BitmapChunk
+    | ResyncRequests
+    | ResyncDataBatch
     | VerifyRequest
     | VerifyDigests
     | Ping
@@ -272,6 +313,8 @@ TYPE_CODES: dict[type, int] = {
     Ping: 16,
     Pong: 17,
     Disconnect: 18,
+    ResyncRequests: 19,
+    ResyncDataBatch: 20,
 }
 
 _ROLE_CODES = {Role.PRIMARY: 1, Role.SECONDARY: 2}
@@ -289,6 +332,10 @@ MAX_NAME = 255
 MAX_REASON = 1024
 MIN_NONCE, MAX_NONCE = 16, 64
 MAX_MAC = 64
+MAX_RANGES = 4096
+"""The most ranges a ResyncRequests or ResyncDataBatch may carry."""
+_RANGE = struct.Struct("!QI")  # offset, length
+_COUNT = struct.Struct("!I")
 
 
 # --- encoding -------------------------------------------------------------
@@ -326,6 +373,8 @@ def encode_parts(msg: Message) -> list[Buffer]:
                 MAGIC, VERSION, TYPE_CODES[type(msg)], flags, len(msg.data) + 8, seq, msg.offset
             )
             return [head, msg.data]
+        if isinstance(msg, ResyncDataBatch):
+            return [_enc_batch_head(msg), msg.data]
         seq, payload = _ENCODERS[type(msg)](msg)
         head = HEADER.pack(MAGIC, VERSION, TYPE_CODES[type(msg)], 0, len(payload), seq)
     except (struct.error, KeyError, UnicodeEncodeError, OverflowError, TypeError) as exc:
@@ -335,7 +384,10 @@ def encode_parts(msg: Message) -> list[Buffer]:
 
 def encode(msg: Message) -> bytes:
     """Encode ``msg`` as one frame (copies data; see :func:`encode_parts`)."""
-    return b"".join(encode_parts(msg))
+    parts = encode_parts(msg)
+    if any(isinstance(p, FileSlice) for p in parts):
+        raise LocalProtocolError("a FileSlice can only be sent by a driver (encode_parts)")
+    return b"".join(parts)  # type: ignore[arg-type]
 
 
 def coalesce_acks(seqs: Iterator[int] | list[int] | set[int]) -> list[WriteAck | AckRange]:
@@ -416,6 +468,45 @@ def _enc_req(m: ResyncRequest) -> tuple[int, bytes]:
     return 0, _U64_U32.pack(m.offset, m.length)
 
 
+def _check_ranges(name: str, ranges: tuple[tuple[int, int], ...]) -> None:
+    if not 0 < len(ranges) <= MAX_RANGES:
+        raise LocalProtocolError(f"{name} must carry 1..{MAX_RANGES} ranges")
+    if any(not 0 < n <= MAX_DATA for _, n in ranges):
+        raise LocalProtocolError(f"{name} range length must be 1..{MAX_DATA}")
+
+
+def _pack_ranges(ranges: tuple[tuple[int, int], ...]) -> bytes:
+    out = bytearray(_COUNT.size + _RANGE.size * len(ranges))
+    _COUNT.pack_into(out, 0, len(ranges))
+    pos = _COUNT.size
+    for off, n in ranges:
+        _RANGE.pack_into(out, pos, off, n)
+        pos += _RANGE.size
+    return bytes(out)
+
+
+def _enc_reqs(m: ResyncRequests) -> tuple[int, bytes]:
+    _check_ranges("ResyncRequests", m.ranges)
+    return 0, _pack_ranges(m.ranges)
+
+
+def batch_payload_size(ranges: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> int:
+    """Payload bytes of a ResyncDataBatch over ``ranges`` (must be at most
+    DEFAULT_MAX_PAYLOAD, the limit every decoder enforces)."""
+    return _COUNT.size + _RANGE.size * len(ranges) + sum(n for _, n in ranges)
+
+
+def _enc_batch_head(m: ResyncDataBatch) -> bytes:
+    _check_ranges("ResyncDataBatch", m.ranges)
+    if sum(n for _, n in m.ranges) != len(m.data):
+        raise LocalProtocolError("ResyncDataBatch data is not the sum of its ranges")
+    size = batch_payload_size(m.ranges)
+    if size > DEFAULT_MAX_PAYLOAD:
+        raise LocalProtocolError(f"ResyncDataBatch payload of {size} bytes above"
+                                 f" {DEFAULT_MAX_PAYLOAD}")
+    return HEADER.pack(MAGIC, VERSION, TYPE_CODES[ResyncDataBatch], 0, size, 0) + _pack_ranges(m.ranges)
+
+
 def _enc_chunk(m: BitmapChunk) -> tuple[int, bytes]:
     return 0, _U64_U8.pack(m.offset, int(m.last)) + bytes(m.data)
 
@@ -451,6 +542,7 @@ _ENCODERS = {
     Flush: _enc_seq,
     FlushAck: _enc_seq,
     ResyncRequest: _enc_req,
+    ResyncRequests: _enc_reqs,
     ResyncDone: _enc_empty,
     BitmapChunk: _enc_chunk,
     VerifyRequest: _enc_vreq,
@@ -582,6 +674,41 @@ def _dec_req(buf: bytearray, s: int, e: int, seq: int) -> ResyncRequest:
     return ResyncRequest(offset, length)
 
 
+def _unpack_ranges(name: str, buf: bytearray | memoryview, s: int, e: int
+                   ) -> tuple[tuple[tuple[int, int], ...], int]:
+    """The range table at ``s``; returns it and where it ends."""
+    if e - s < _COUNT.size:
+        raise _bad(f"{name} payload truncated")
+    (count,) = _COUNT.unpack_from(buf, s)
+    if not 0 < count <= MAX_RANGES:
+        raise _bad(f"{name} with {count} ranges (1..{MAX_RANGES})")
+    end = s + _COUNT.size + _RANGE.size * count
+    if end > e:
+        raise _bad(f"{name} range table truncated")
+    ranges = tuple(_RANGE.iter_unpack(bytes(buf[s + _COUNT.size:end])))
+    if any(not 0 < n <= MAX_DATA for _, n in ranges):
+        raise _bad(f"{name} range length out of range")
+    return ranges, end
+
+
+def _dec_reqs(buf: bytearray, s: int, e: int, seq: int) -> ResyncRequests:
+    _expect_no_seq("ResyncRequests", seq)
+    ranges, end = _unpack_ranges("ResyncRequests", buf, s, e)
+    if end != e:
+        raise _bad(f"ResyncRequests payload has {e - end} bytes after its ranges")
+    return ResyncRequests(ranges)
+
+
+def _dec_batch(buf: bytearray, s: int, e: int, seq: int) -> ResyncDataBatch:
+    _expect_no_seq("ResyncDataBatch", seq)
+    ranges, end = _unpack_ranges("ResyncDataBatch", buf, s, e)
+    if sum(n for _, n in ranges) != e - end:
+        raise _bad("ResyncDataBatch data is not the sum of its ranges")
+    # A lent buffer (see FrameDecoder.feed) is used in place; our own is reused.
+    data = buf[end:e] if isinstance(buf, memoryview) else _take(buf, end, e)
+    return ResyncDataBatch(ranges, data)
+
+
 def _dec_chunk(buf: bytearray, s: int, e: int, seq: int) -> BitmapChunk:
     _expect_no_seq("BitmapChunk", seq)
     if e - s < _U64_U8.size:
@@ -652,6 +779,8 @@ _DECODERS = {
     TYPE_CODES[Ping]: _nonce_msg(Ping),
     TYPE_CODES[Pong]: _nonce_msg(Pong),
     TYPE_CODES[Disconnect]: _dec_disconnect,
+    TYPE_CODES[ResyncRequests]: _dec_reqs,
+    TYPE_CODES[ResyncDataBatch]: _dec_batch,
 }
 
 
@@ -669,9 +798,16 @@ class FrameDecoder:
     ResyncData is then a memoryview into it (no copy), valid until the caller
     reuses the buffer. The caller must pull events until NEED_DATA before it
     does; at NEED_DATA the decoder copies an incomplete tail into its own buffer.
+
+    ``feed(data, borrow=True, keep_tail=True)`` avoids even that copy: at
+    NEED_DATA the incomplete tail stays in the caller's buffer, and the caller,
+    before reusing the buffer, calls :meth:`release_lent` to learn its length and
+    feeds those bytes again in front of the next ones. Otherwise, once a large
+    frame straddled two receives, every later byte went through our own buffer
+    (appended, sliced out, compacted): three extra copies of a full sync.
     """
 
-    __slots__ = ("_buf", "_pos", "_max_payload", "_error", "_lent", "_lent_pos")
+    __slots__ = ("_buf", "_pos", "_max_payload", "_error", "_lent", "_lent_pos", "_keep_tail")
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
         self._buf = bytearray()
@@ -680,6 +816,7 @@ class FrameDecoder:
         self._error: RemoteProtocolError | None = None
         self._lent: memoryview | None = None
         self._lent_pos = 0
+        self._keep_tail = False
 
     @property
     def poisoned(self) -> bool:
@@ -691,7 +828,7 @@ class FrameDecoder:
         lent = 0 if self._lent is None else len(self._lent) - self._lent_pos
         return len(self._buf) - self._pos + lent
 
-    def feed(self, data: Buffer, borrow: bool = False) -> None:
+    def feed(self, data: Buffer, borrow: bool = False, keep_tail: bool = False) -> None:
         """Append received bytes; ignored once the decoder is poisoned."""
         if self._error is not None:
             return
@@ -700,8 +837,15 @@ class FrameDecoder:
             self._buf.clear()
             self._pos = 0
             self._lent, self._lent_pos = memoryview(data).cast("B"), 0
+            self._keep_tail = keep_tail
         else:
             self._buf += data
+
+    def release_lent(self) -> int:
+        """Give the lent buffer back (after NEED_DATA, see the class docstring):
+        the number of bytes at its end that belong to an incomplete frame."""
+        lent, self._lent = self._lent, None
+        return 0 if lent is None else len(lent) - self._lent_pos
 
     def _settle(self) -> None:
         """Copy what is left of a lent buffer into our own."""
@@ -718,7 +862,7 @@ class FrameDecoder:
         try:
             if self._lent is not None:
                 msg = self._next_lent()
-                if msg is not NEED_DATA:
+                if msg is not NEED_DATA or self._keep_tail:
                     return msg
                 self._settle()
             return self._next()
