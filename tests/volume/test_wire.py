@@ -199,7 +199,7 @@ def test_bad_magic() -> None:
 
 def test_wrong_version() -> None:
     dec = FrameDecoder()
-    dec.feed(frame(16, struct.pack("!Q", 1), version=2))
+    dec.feed(frame(16, struct.pack("!Q", 1), version=1))
     assert_poisoned(dec, "version")
 
 

@@ -41,7 +41,7 @@ from tandem.volume.genid import HISTORY_LEN, GenerationIds
 from tandem.volume.states import DiskState, Role
 
 MAGIC = 0x544E444D  # "TNDM"
-VERSION = 1
+VERSION = 2  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch
 HEADER = struct.Struct("!IBBHIQ")
 HEADER_SIZE = HEADER.size  # 20
 MAX_DATA = 1 << 20
