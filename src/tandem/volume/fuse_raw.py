@@ -47,7 +47,14 @@ from tandem.volume import fuse_sys
 log = logging.getLogger(__name__)
 
 PAGE = mmap.PAGESIZE
-DEFAULT_THREADS = 8
+MAX_BACKGROUND = 16
+"""Kernel limit on background requests in flight (loop's async direct I/O is
+background): at most this many workers can be held by writes of the loop device."""
+SPARE_WORKERS = 4
+"""Workers beyond MAX_BACKGROUND: while the volume holds every write (fencing,
+suspended I/O), GETATTR, OPEN, STATFS still find a free worker, so ``stat`` of
+the device file, blkid and losetup answer instead of hanging."""
+DEFAULT_THREADS = MAX_BACKGROUND + SPARE_WORKERS
 DEFAULT_MAX_WRITE = 1 << 20
 ATTR_VALID_S = 3600  # size and mode never change while mounted
 
@@ -132,9 +139,12 @@ class FuseServer:
     def __init__(self, backend: BlockBackend, mountpoint: str | os.PathLike[str],
                  filename: str = "disk", threads: int = DEFAULT_THREADS, *,
                  max_write: int = DEFAULT_MAX_WRITE, uid: int = 0, gid: int = 0,
-                 mode: int = 0o600, fsname: str = "tandem", nice: int | None = None) -> None:
+                 mode: int = 0o600, fsname: str = "tandem", nice: int | None = None,
+                 max_background: int = MAX_BACKGROUND) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
+        if not 1 <= max_background <= 0xFFFF:
+            raise ValueError("max_background must be in 1..65535")
         if "/" in filename or filename in ("", ".", ".."):
             raise ValueError(f"bad filename {filename!r}")
         if max_write < PAGE or max_write % PAGE:
@@ -143,6 +153,7 @@ class FuseServer:
         self.mountpoint = os.path.abspath(os.fspath(mountpoint))
         self.filename = filename
         self.threads = threads
+        self.max_background = max_background
         self.max_write = max_write
         self.fsname = fsname
         self.nice = nice  # per worker thread (see tandem.volume.link.HOT_THREAD_NICE)
@@ -296,7 +307,8 @@ class FuseServer:
         if not flags & abi.MAX_PAGES:
             self.max_write = min(self.max_write, 32 * PAGE)
         body = abi.INIT_OUT.pack(abi.KERNEL_MAJOR, self.proto_minor, max_readahead, flags,
-                                 64, 48, self.max_write, 1, max_pages, 0, 0)
+                                 self.max_background, self.max_background * 3 // 4,
+                                 self.max_write, 1, max_pages, 0, 0)
         os.writev(fd, [_OUT_ERR.pack(16 + len(body), 0, unique), body])
         log.info("fuse: INIT kernel 7.%d, using 7.%d, flags %#x, max_write %d",
                  minor, self.proto_minor, flags, self.max_write)

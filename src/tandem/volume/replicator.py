@@ -588,7 +588,7 @@ class Replicator:
         from tandem.volume.fuse_raw import cleanup_stale_mount
         cleanup_stale_mount(str(self.spec.mount_dir))
         from tandem.volume.link import HOT_THREAD_NICE
-        server = FuseServer(self, self.spec.mount_dir, filename="disk", threads=8,
+        server = FuseServer(self, self.spec.mount_dir, filename="disk",
                             nice=HOT_THREAD_NICE)
         server.start()
         self.fuse = server
