@@ -9,6 +9,7 @@ chosen byte ranges fail with EIO, to test exactly that path on a real stack.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -33,6 +34,10 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _sync_file_range = _load_sync_file_range()
 
 
+DIRECT_ALIGN = 4096
+DIRECT_MAX = 1 << 20  # wire.MAX_DATA
+
+
 class DiskFailed(OSError):
     """The backing store returned an I/O error; the disk is Failed."""
 
@@ -43,6 +48,9 @@ class BackingStore:
         self.path = Path(path)
         self.size = size
         self.fd = os.open(self.path, os.O_RDWR)
+        self._direct_fd = -1  # opened on first use (-2: not available)
+        self._direct_buf: mmap.mmap | None = None
+        self._direct_view = memoryview(b"")
         actual = os.lseek(self.fd, 0, os.SEEK_END)
         if actual < size:
             os.close(self.fd)
@@ -126,6 +134,39 @@ class BackingStore:
         if n != len(view):
             self._fail(OSError(errno.EIO, f"short read at {offset}: {n} of {len(view)}"))
 
+    def pwrite_durable_direct(self, offset: int, data: bytes | memoryview) -> None:
+        """A durable write for the one thread that applies a peer's Writes.
+
+        O_DIRECT + RWF_DSYNC skips the page cache and its writeback (measured here
+        ~250 us instead of ~300-340 us for a 4 KiB write): it sits on the path of
+        every write the Primary waits for. The data is copied into an aligned
+        buffer first (received frames are not aligned); unaligned writes, or a
+        file system without O_DIRECT, take the buffered path.
+        """
+        n = len(data)
+        if (offset | n) & (DIRECT_ALIGN - 1) or n > DIRECT_MAX or not self._direct_ready():
+            self.pwrite(offset, data, durable=True)
+            return
+        self._check(offset, n)
+        view = self._direct_view[:n]
+        view[:] = data
+        try:
+            done = os.pwritev(self._direct_fd, (view,), offset, os.RWF_DSYNC)
+        except OSError as e:
+            self._fail(e)
+        if done != n:
+            self._fail(OSError(errno.EIO, f"short write at {offset}: {done} of {n}"))
+
+    def _direct_ready(self) -> bool:
+        if self._direct_fd == -1:
+            try:
+                self._direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT)
+                self._direct_buf = mmap.mmap(-1, DIRECT_MAX)
+                self._direct_view = memoryview(self._direct_buf)
+            except OSError:
+                self._direct_fd = -2  # not supported here: buffered from now on
+        return self._direct_fd >= 0
+
     def pwrite(self, offset: int, data: bytes | memoryview, durable: bool = False) -> None:
         """Write; with ``durable`` return only once the data is on stable storage
         (RWF_DSYNC: one system call, cheaper than pwrite + fdatasync)."""
@@ -160,3 +201,8 @@ class BackingStore:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self._direct_fd >= 0:
+            self._direct_view.release()
+            self._direct_buf.close()
+            os.close(self._direct_fd)
+        self._direct_fd = -2

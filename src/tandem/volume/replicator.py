@@ -788,7 +788,7 @@ class Replicator:
     def _apply_write(self, link: Link, ev: wire.Write, alone: bool = False) -> bool:
         try:
             if ev.durable and alone:
-                self.store.pwrite(ev.offset, ev.data, durable=True)
+                self.store.pwrite_durable_direct(ev.offset, ev.data)
             else:
                 self.store.pwrite(ev.offset, ev.data)
                 if ev.durable:
