@@ -210,3 +210,21 @@ def test_completion_without_touch_is_a_bug() -> None:
         al.complete(0, 1)
     with pytest.raises(ValueError):
         al.touch(0, 3 * EXT)  # spans more extents than slots
+
+
+def test_victims_names_what_touch_evicts() -> None:
+    x = EXT
+    al = ActivityLog(slots=2)
+    assert al.victims(0, 1) == []  # free slots: nothing leaves
+    al.touch(0, 1)
+    al.touch(x, 1)
+    assert al.victims(0, 1) == []  # already logged
+    with pytest.raises(ActivityLogFull):  # both pinned ...
+        al.victims(2 * x, 1)
+    al.complete(0, 1)
+    al.complete(x, 1)
+    assert al.victims(2 * x, 1) == [0]  # ... the least recently used goes first
+    assert al.victims(2 * x - 1, 2) == [0]  # a write over extents 1 and 2 keeps 1
+    assert al.victims(2 * x, 1) == [0]  # asking does not evict
+    al.touch(2 * x, 1)
+    assert al.extents() == (1, 2)

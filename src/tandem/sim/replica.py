@@ -11,8 +11,10 @@ metadata record.
 
 **Modelled** after ``tandem.volume.replicator.Replicator`` and ``link.Link``,
 method by method, because they are threads and sockets: the write path (AL
-touch and persist, send Write or mark the bitmap, local write, wait for the
-peer's ack), flush, promote/demote/suspend/resume, ``_on_link_closed`` (bitmap
+touch and persist, flushing first when an extent with completed writes is
+evicted, send Write or mark the bitmap, local write, wait for the peer's ack),
+flush, promote (deferred while the handshake decides)/demote (flushing before
+the AL is cleared)/suspend/resume, ``_on_link_closed`` (bitmap
 marks for unacknowledged and unflushed writes, new generation, fence-peer hold),
 ``_fence_and_resume``, the resync source/target (windowed pull, periodic
 persist, ResyncDone, finish), the connect loop (one side dials, the other
@@ -119,7 +121,7 @@ class Op:
     """An application write or flush in progress (the FUSE request)."""
 
     __slots__ = ("kind", "wid", "block", "started", "state", "peer_done", "local_done", "seq", "registered",
-                 "snapshot")
+                 "snapshot", "mark")
 
     def __init__(self, kind: str, wid: int = 0, block: int = -1, started: float = 0.0):
         self.kind, self.wid, self.block, self.started = kind, wid, block, started
@@ -129,6 +131,7 @@ class Op:
         self.seq = 0
         self.registered = False
         self.snapshot: dict[int, int] = {}
+        self.mark = -1  #: a flush: writes_ended when it started
 
 
 class SimLink:
@@ -272,6 +275,10 @@ class Replica:
         self.blocked: list[Op] = []  # waiting on io_open
         self.rs_target_started = False
         self.pull: dict[str, Any] | None = None
+        self.writes_ended = 0  # _writes_ended
+        self.durable_mark = -1  # _durable_mark: writes_ended when the last good flush started
+        self.extent_ended: dict[int, int] = {}  # AL extent -> writes_ended at its last write
+        self.evict_flush: Op | None = None  # the flush an AL eviction waits for
         self.last_persist = self.sim.now
 
     # ------------------------------------------------------------------ helpers
@@ -303,10 +310,23 @@ class Replica:
             self.blocked.append(op)
             return
         try:
-            new = self.al.touch(op.block * BLOCK, BLOCK)
+            victims = self.al.victims(op.block * BLOCK, BLOCK)
         except ActivityLogFull:
             self.sim.after(0.001, self.write, op)
             return
+        if (any(self.extent_ended.get(v, 0) > self.durable_mark for v in victims)
+                and self.variant != "al_drop_unflushed"):
+            # _al_touch: an extent leaves the log only once its writes are durable on
+            # both disks; the writer flushes (here: waits for a flush) and tries again
+            f = self.evict_flush
+            if f is None or f.state in ("done", "failed"):
+                self.evict_flush = f = Op("flush", 0, -1, self.sim.now)
+                self.flush(f)
+            self.sim.after(0.001, self.write, op)
+            return
+        new = self.al.touch(op.block * BLOCK, BLOCK)
+        for v in victims:
+            self.extent_ended.pop(v, None)
         if new:
             self.meta_update(al_extents=self.al.extents())
         link = self.writable_link()
@@ -355,20 +375,30 @@ class Replica:
         if op.state == "sent" and op.local_done and op.peer_done:
             op.state = "done"
             if op.kind == "write":
-                self.al.complete(op.block * BLOCK, BLOCK)
+                self._write_ended(op)
+            elif op.mark > self.durable_mark:
+                self.durable_mark = op.mark
             self.world.op_done(self, op)
+
+    def _write_ended(self, op: Op) -> None:
+        """write()'s finally: count it, unpin its AL extent, note when it ended."""
+        self.writes_ended += 1
+        self.al.complete(op.block * BLOCK, BLOCK)
+        self.extent_ended[op.block * BLOCK // EXTENT] = self.writes_ended
 
     def flush(self, op: Op) -> None:
         if not self.alive:
             return
         if self.role is not Role.PRIMARY:
             self.disk.flush()
+            op.state = "failed"
             self.world.op_failed(self, op, "EROFS")
             return
         if not self.io_open:
             op.state = "waiting_io"
             self.blocked.append(op)
             return
+        op.mark = self.writes_ended
         link = self.writable_link()
         sent = False
         if link is not None:
@@ -398,6 +428,7 @@ class Replica:
         blocked, self.blocked = self.blocked, []
         for op in blocked:
             if self.role is not Role.PRIMARY:
+                op.state = "failed"
                 self.world.op_failed(self, op, "EIO")
             elif op.kind == "write":
                 self.write(op)
@@ -413,6 +444,11 @@ class Replica:
         if disk is not DiskState.UP_TO_DATE and not force and self.variant != "promote_outdated":
             return f"local disk is {disk}"
         ps, link = self.peer_status, self.link
+        if (link is not None and not link.closed and link.state is ConnectionState.WF_REPORT_PARAMS
+                and self.variant != "promote_in_handshake"):
+            # promote() waits (under the status lock) for the decision our StateExchange,
+            # sent as a Secondary of the old generation, leads to; the agent retries
+            return "the connection handshake has not decided the resync direction yet"
         connected = link is not None and not link.closed and link.state in WRITABLE_LINK
         if connected and ps is not None and ps.role is Role.PRIMARY:
             return "peer is Primary"
@@ -460,11 +496,13 @@ class Replica:
             self.io_open = True
             self._release_blocked()  # they fail with EIO
             self.send_status()
+            self._flush_both()
             self.meta_update(primary=False, al_extents=())
             self.send_status()
             self.log("Secondary (forced)")
             return
         # graceful: the application is stopped first (the world stops issuing I/O)
+        self._flush_both()
         self.role = Role.SECONDARY
         self.fail_fenced_waiters()
         self.held_by_operator = False
@@ -473,6 +511,21 @@ class Replica:
         self.meta_update(primary=False, al_extents=())
         self.send_status()
         self.log("Secondary")
+
+    def _flush_both(self) -> None:
+        """Replicator._flush_both before the AL is cleared: local fdatasync, and a Flush
+        to the peer on a writable link (the real one waits for it, bounded; here the
+        demotion goes on at once, the Flush still reaches the peer in order)."""
+        if self.variant == "al_drop_unflushed":  # BROKEN variant: the AL forgets cached writes
+            return
+        self.disk.flush()
+        link = self.writable_link()
+        if link is not None:
+            op = Op("flush", 0, -1, self.sim.now)
+            op.state, op.local_done = "sent", True
+            seq = link.peer.allocate_seq()
+            with contextlib.suppress(ConnectionError, wire.ProtocolError):
+                link.send(wire.Flush(seq), lambda: self.register_flush(seq, op))
 
     def set_discard_my_data(self) -> str | None:
         if self.role is Role.PRIMARY:
@@ -630,7 +683,7 @@ class Replica:
                 if op.state == "sent":
                     op.state = "failed"
                     if op.kind == "write":
-                        self.al.complete(op.block * BLOCK, BLOCK)
+                        self._write_ended(op)
                     self.world.op_failed(self, op, "EIO")
 
     def fence_result(self, ok: bool) -> None:

@@ -34,6 +34,19 @@ seeing those acks. And a crashed Primary that returns before a failover is the r
 source of its activity-log extents (genid rule 4), so acknowledged writes that it never
 flushed are lost although the peer held them: allowed by block-device semantics (only
 flushed writes are promised), which is what ``lost_write`` checks.
+
+``promote_in_handshake`` (seeds 5000, 4965, 5881): promote() while the handshake decides
+the resync direction started a generation the peer never heard of (our StateExchange,
+already sent, said Secondary with the old generation), so a new Primary became the
+SyncTarget of older data. promote() now waits for the decision (DRBD defers a role change
+during a connection's state change the same way). ``al_drop_unflushed`` (seeds 6216,
+8979, 11562, 11688): an activity-log extent was evicted, or the log cleared on demotion,
+while a completed write in it was only in a page cache; a crash lost it on one disk and no
+resync covered it (replicas differ for good). Both now flush first (DRBD keeps an extent
+in its log until the peer's barrier ack and flushes before a log transaction). Seeds 4079
+and 7381 were the checker's: a crash had reverted a block to an older acknowledged write,
+the source held a later write over it, and ``split_brain_merged`` took that for a loss;
+it now follows what overwrote what (``parent``).
 """
 
 from __future__ import annotations
@@ -62,7 +75,7 @@ SETTLE = 5.0  #: seconds after the last heal by which both disks must be identic
 KIND_WEIGHTS = {"crash": 3, "partition": 3, "reset": 3, "slow": 1, "isolate": 2, "switchover": 2}
 DURATION = {"crash": (0.05, 2.5), "partition": (0.05, 2.5), "slow": (0.2, 2.5), "isolate": (0.2, 2.5)}
 VARIANTS = ("none", "ack_before_peer", "resync_wrong_direction", "skip_bitmap_mark", "promote_outdated",
-            "no_fence", "no_fuse_teardown")
+            "no_fence", "no_fuse_teardown", "promote_in_handshake", "al_drop_unflushed")
 
 
 def generate(seed: int) -> list[Fault]:
@@ -109,6 +122,7 @@ class VolWorld:
         self.wid = 0
         self.acked: set[int] = set()
         self.origin: dict[int, str] = {}
+        self.parent: dict[int, int] = {}  #: write -> the write it overwrote on its Primary
         self.acked_latest = [0] * NBLOCKS
         self.durable_acked = [0] * NBLOCKS
         self.seen: dict[str, set[int]] = {n: {0} for n in NODES}
@@ -176,6 +190,7 @@ class VolWorld:
                     self.wid += 1
                     op = Op("write", self.wid, block, now)
                     self.origin[self.wid] = node
+                    self.parent[self.wid] = self.durable[node].disk.view()[block]
                     self.busy_blocks.add(block)
                     mine.add(op)
                     rep.write(op)
@@ -239,12 +254,23 @@ class VolWorld:
         self.stats["resyncs"] += 1
         source = self.peer_of(target.node)
         view = self.durable[target.node].disk.view()
-        unknown = sorted({w for w in view if w in self.acked and w not in self.seen[source]})
+        have = self.durable[source].disk.view()
+        unknown = sorted({w for b, w in enumerate(view) if w in self.acked and w not in self.seen[source]
+                          and not self._descends(have[b], w)})
         if unknown:
             kind = "divergent_acked" if target.node in self.discard_ok else "split_brain_merged"
             self.violate(kind, f"resync {source} -> {target.node} overwrites acknowledged write(s)"
                          f" {unknown[:5]} that {source} never had")
         self.discard_ok.discard(target.node)
+
+    def _descends(self, newer: int, older: int) -> bool:
+        """`newer` was written over `older`, directly or through a chain of writes: the
+        source's block already holds a successor of the target's (a crash reverted the
+        target to `older`; a write that superseded it reached the source by resync, so the
+        source never *saw* `older` and yet nothing acknowledged is lost)."""
+        while newer > older:
+            newer = self.parent.get(newer, 0)
+        return newer == older
 
     def resync_done(self, target: Replica) -> None:
         pass

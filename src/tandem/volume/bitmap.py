@@ -298,17 +298,30 @@ class ActivityLog:
             raise ValueError("a write range needs offset >= 0 and length > 0")
         return range(offset // self.extent_size, (offset + length - 1) // self.extent_size + 1)
 
+    def victims(self, offset: int, length: int) -> list[int]:
+        """The extents that ``touch(offset, length)`` would evict (least recently used
+        first); raises ActivityLogFull as touch would.
+
+        An evicted extent is no longer resynced after a crash of this Primary, so
+        every write that completed in it must be durable on both disks first: the
+        caller flushes before it touches when this is not empty (DRBD keeps an
+        extent in its log until the peer's barrier ack, and writes a log transaction
+        with a cache flush first, for the same reason)."""
+        span = self._span(offset, length)
+        if len(span) > self.slots:
+            raise ValueError(f"a write spanning {len(span)} extents exceeds {self.slots} slots")
+        new = sum(1 for e in span if e not in self._lru)
+        free = self.slots - len(self._lru)
+        evictable = [e for e, pins in self._lru.items() if pins == 0 and e not in span]
+        if new > free + len(evictable):
+            raise ActivityLogFull(f"all {self.slots} activity log slots have writes in flight")
+        return evictable[: max(0, new - free)]
+
     def touch(self, offset: int, length: int) -> list[int]:
         """Pin the extents of a write; return the extent numbers newly added."""
         span = self._span(offset, length)
         new = [e for e in span if e not in self._lru]
-        if len(span) > self.slots:
-            raise ValueError(f"a write spanning {len(span)} extents exceeds {self.slots} slots")
-        free = self.slots - len(self._lru)
-        evictable = [e for e, pins in self._lru.items() if pins == 0 and e not in span]
-        if len(new) > free + len(evictable):
-            raise ActivityLogFull(f"all {self.slots} activity log slots have writes in flight")
-        for victim in evictable[: max(0, len(new) - free)]:
+        for victim in self.victims(offset, length):
             del self._lru[victim]
         for e in span:
             self._lru[e] = self._lru.get(e, 0) + 1

@@ -83,6 +83,8 @@ WRITABLE_LINK = frozenset({ConnectionState.CONNECTED, ConnectionState.SYNC_SOURC
                            ConnectionState.SYNC_TARGET, ConnectionState.WF_BITMAP_S,
                            ConnectionState.WF_BITMAP_T})
 HANDSHAKING = frozenset({ConnectionState.CONNECTING, ConnectionState.WF_REPORT_PARAMS})
+PROMOTE_HANDSHAKE_WAIT = 2.0
+"""How long promote() waits for a connection handshake to decide the resync direction."""
 
 
 class VolumeError(TandemError):
@@ -234,6 +236,10 @@ class Replicator:
         self.ranges = RangeLock()
         self.io_lock = threading.Lock()
         self.meta_lock = threading.Lock()
+        # Serialises a role change with the StateExchange of a handshake: either our
+        # status goes out after the promotion (and announces it), or the promotion
+        # waits for the decision that status leads to (see promote).
+        self._status_lock = threading.Lock()
         self.io_open = threading.Event()
         self.io_open.set()
         self.suspended_reason = ""
@@ -255,6 +261,7 @@ class Replicator:
         self._unsynced = False  # receiver thread: durable Writes applied, not yet fdatasync'ed
         self._writes_ended = 0  # writes returned to the application (see flush)
         self._durable_mark = -1  # _writes_ended when the last successful flush started
+        self._extent_ended: dict[int, int] = {}  # AL extent -> _writes_ended at its last write
         self.resync: Progress | None = None
         self.verify_progress: Progress | None = None
         self._rs_window: ResyncWindow | None = None
@@ -351,7 +358,8 @@ class Replicator:
         finally:
             with self.io_lock:  # also failed ones: a later flush must not be skipped
                 self._writes_ended += 1
-            self._al_complete(offset, n)
+                ticket = self._writes_ended
+            self._al_complete(offset, n, ticket)
 
     def flush(self) -> None:
         if self.role is not Role.PRIMARY:
@@ -433,12 +441,29 @@ class Replicator:
         with self.meta_lock:
             while True:
                 try:
-                    new = self.al.touch(offset, n)
-                    break
+                    victims = self.al.victims(offset, n)
                 except ActivityLogFull:
                     self.meta_lock.release()
                     time.sleep(0.001)
                     self.meta_lock.acquire()
+                    continue
+                if any(self._extent_ended.get(v, 0) > self._durable_mark for v in victims):
+                    # An extent leaves the log only once its writes are durable on both
+                    # disks: a crash no longer resyncs it, and a completed write may still
+                    # sit in a page cache here or on the peer (the replicas would differ
+                    # for good). Flushed, so the next try finds them below the mark.
+                    self.meta_lock.release()
+                    try:
+                        if self.role is not Role.PRIMARY:
+                            raise OSError(errno.EIO, "volume was demoted during a write")
+                        self.flush()
+                    finally:
+                        self.meta_lock.acquire()
+                    continue
+                new = self.al.touch(offset, n)
+                for v in victims:
+                    self._extent_ended.pop(v, None)
+                break
             if new:
                 # Before the first write into a new extent: the log on disk must
                 # cover it, so a crash now resyncs it (and evicted extents' bits
@@ -446,9 +471,12 @@ class Replicator:
                 self.meta.update(al_extents=self.al.extents())
                 self.stats["al_updates"] += 1
 
-    def _al_complete(self, offset: int, n: int) -> None:
+    def _al_complete(self, offset: int, n: int, ticket: int) -> None:
+        size = self.al.extent_size
         with self.meta_lock:
             self.al.complete(offset, n)
+            for e in range(offset // size, (offset + n - 1) // size + 1):
+                self._extent_ended[e] = ticket
 
     def _disk_failed(self, err: OSError) -> None:
         log.error("backing store failed: %s; disk is Failed, no further I/O is acknowledged", err)
@@ -460,9 +488,39 @@ class Replicator:
 
     # ================================================================ role changes
     def promote(self, force: bool = False) -> None:
+        """Become Primary. Never while a handshake is deciding the resync direction
+        from a StateExchange that says we are a Secondary with the old generation:
+        the peer would decide on stale facts (it could make this node, now writing
+        a new generation, the SyncTarget of older data). Like DRBD, the role change
+        waits until the handshake decided (up to PROMOTE_HANDSHAKE_WAIT, then
+        refuses: the agent retries). Before our StateExchange is sent (Connecting),
+        the promotion goes ahead and that StateExchange announces it."""
+        deadline = time.monotonic() + PROMOTE_HANDSHAKE_WAIT
+        while True:
+            with self._status_lock:
+                link = self.link
+                if (link is None or link.closed
+                        or link.state is not ConnectionState.WF_REPORT_PARAMS):
+                    connected = self._promote_locked(force)
+                    if connected is None:
+                        return  # Primary already
+                    break
+            if time.monotonic() >= deadline:
+                raise VolumeError("refusing to promote: the connection handshake has not decided"
+                                  " the resync direction yet; retry")
+            time.sleep(0.002)
+        if connected:
+            self._send_status()
+        self._mount()
+        lab_event("writable", node=self.spec.node, writable=True, reason="promoted")
+        log.info("promoted to Primary%s", " (forced)" if force else "")
+
+    def _promote_locked(self, force: bool) -> bool | None:
+        """promote() under the status lock: True if the peer must be told, None if
+        this node was Primary already."""
         disk = self.meta.state.disk
         if self.role is Role.PRIMARY:
-            return
+            return None
         if disk is not DiskState.UP_TO_DATE and not force:
             raise VolumeError(f"refusing to promote: local disk is {disk} (not UpToDate); use"
                               " --force only if you know this copy is the one to keep")
@@ -494,11 +552,7 @@ class Replicator:
             self.io_open.set()
         self.role = Role.PRIMARY
         self.lost_leadership = False
-        if connected:
-            self._send_status()
-        self._mount()
-        lab_event("writable", node=self.spec.node, writable=True, reason="promoted")
-        log.info("promoted to Primary%s", " (forced)" if force else "")
+        return connected
 
     def set_write_lease(self, until: float | None) -> None:
         """The agent's leadership, as seen by the volume: after `until` (CLOCK_MONOTONIC,
@@ -560,6 +614,7 @@ class Replicator:
             server, self.fuse = self.fuse, None
             if server is not None:
                 server.stop(timeout=2.0)
+            self._flush_both(timeout=0.5)
             with self.meta_lock:
                 self.meta.update(primary=False, al_extents=())
             self.suspended_reason = ""
@@ -571,6 +626,7 @@ class Replicator:
         deadline = time.monotonic() + 10
         while self.ranges.busy() and time.monotonic() < deadline:
             time.sleep(0.005)
+        self._flush_both(timeout=5.0)
         self.role = Role.SECONDARY
         self._fail_fenced_waiters()
         self._held_by_operator = False
@@ -581,6 +637,28 @@ class Replicator:
             self.meta.update(primary=False, al_extents=())
         self._send_status()
         log.info("demoted to Secondary")
+
+    def _flush_both(self, timeout: float) -> None:
+        """Before the activity log is cleared (demotion): what this term wrote is made
+        durable here and, over a live link, on the peer (waiting at most `timeout`).
+        A crash after the demotion no longer resyncs the logged extents, so a write
+        left in a page cache would be lost on one disk only and the replicas would
+        differ for good (the application may have stopped without a final flush)."""
+        try:
+            self.store.flush()
+        except OSError as e:
+            log.error("flush before demotion failed: %s", e)
+        link = self.link
+        if (link is None or link.closed or link.state not in WRITABLE_LINK
+                or not self.peer_disk_usable()):
+            return
+        try:
+            waiter = link.send_flush(self._register_flush)
+        except (ConnectionError, wire.ProtocolError):
+            return  # the link is gone: its close marked what the peer may lack
+        if not waiter.wait(timeout):
+            log.warning("the peer did not confirm a flush within %.1f s before the demotion",
+                        timeout)
 
     def _mount(self) -> None:
         from tandem.volume.fuse_raw import FuseServer
@@ -836,7 +914,7 @@ class Replicator:
             if ev.peer_node != self.spec.peer:
                 link.disconnect(f"expected peer {self.spec.peer}, got {ev.peer_node}")
                 return
-            with contextlib.suppress(ConnectionError, wire.ProtocolError):
+            with self._status_lock, contextlib.suppress(ConnectionError, wire.ProtocolError):
                 link.send(self._status_msg())
         elif isinstance(ev, SyncDecided):
             self.peer_status = ev.peer

@@ -1,0 +1,146 @@
+"""Safety rules of the real Replicator found by the volume simulation (tandem sim --model
+volume), tested on the real code: a real Replicator (metadata file, backing file) and, for
+the handshake, a real Link over a socket pair to a PeerConnection the test drives.
+
+- seeds 5000/4965/5881: promote() while the handshake decides the resync direction
+  must wait for the decision (the StateExchange already sent says Secondary, old
+  generation), never start a new generation the peer does not know about;
+- seeds 6216/8979/11562/11688: an activity-log extent leaves the log only once the writes
+  that completed in it are durable (the eviction flushes first).
+
+The FUSE server is not on these paths: the AL test sets the role directly instead of
+promote() (which would mount the FUSE file)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from tandem.volume import replicator as rep_mod
+from tandem.volume import wire
+from tandem.volume.backing import BackingStore
+from tandem.volume.genid import GenerationIds
+from tandem.volume.link import Link
+from tandem.volume.meta import MetaStore
+from tandem.volume.peer import PeerConfig, PeerConnection
+from tandem.volume.replicator import Replicator, VolumeError
+from tandem.volume.spec import VolumeSpec
+from tandem.volume.states import ConnectionState, DiskState, Role
+
+SECRET = b"test secret for the replicator safety tests"
+SIZE = 1 << 20
+BLOCK = 4096
+EXTENT = 4 * BLOCK
+GEN = 0x1111
+
+
+def make_replicator(tmp_path, al_slots: int = 61) -> Replicator:
+    backing, meta = tmp_path / "node1.img", tmp_path / "node1.meta"
+    BackingStore.create(backing, SIZE)
+    MetaStore.create(meta, SIZE, "node1", disk=DiskState.UP_TO_DATE, generations=GenerationIds(GEN),
+                     al_slots=al_slots, al_extent_size=EXTENT).close()
+    spec = VolumeSpec(resource="r0", node="node1", peer="node2", size=SIZE, backing=backing,
+                      metadata=meta, address="127.0.0.1", peer_address="127.0.0.1", port=1,
+                      ping_timeout=2.0, resync_rate=None, fence_peer_command=None, run_dir=tmp_path,
+                      secret_file=tmp_path / "secret")
+    return Replicator(spec, SECRET)
+
+
+def test_al_eviction_flushes_writes_of_the_evicted_extent_first(tmp_path):
+    rep = make_replicator(tmp_path, al_slots=2)
+    try:
+        rep.role = Role.PRIMARY  # see the module docstring; no link: writes go to the bitmap
+        rep.write(0 * EXTENT, b"a" * BLOCK)
+        rep.write(1 * EXTENT, b"b" * BLOCK)
+        assert rep.stats["flushes"] == 0  # free slots: nothing leaves the log
+        rep.write(2 * EXTENT, b"c" * BLOCK)  # evicts extent 0, written and not flushed
+        assert rep.stats["flushes"] == 1
+        assert rep.meta.state.al_extents == (1, 2)
+        rep.write(0 * EXTENT, b"d" * BLOCK)  # evicts extent 1: its write ended before that flush
+        assert rep.stats["flushes"] == 1
+        assert rep.meta.state.al_extents == (2, 0)
+        rep.write(3 * EXTENT, b"e" * BLOCK)  # evicts extent 2, written after the flush
+        assert rep.stats["flushes"] == 2
+        assert rep.meta.state.al_extents == (0, 3)
+        rep.flush()
+        rep.write(1 * EXTENT, b"f" * BLOCK)  # evicts extent 0, flushed by the application
+        assert rep.stats["flushes"] == 3  # the application's flush only
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()
+
+
+def _pump(sock: socket.socket, peer: PeerConnection, until, timeout: float = 5.0) -> None:
+    """Drive the test's side of the link until `until()` holds."""
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"link stuck in {peer.state}"
+        try:
+            data = sock.recv(1 << 16)
+        except TimeoutError:
+            continue
+        peer.receive_bytes(data)
+        while peer.next_event() is not wire.NEED_DATA:
+            pass
+        out = peer.data_to_send()
+        if out:
+            sock.sendall(out)
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of a loopback TCP connection (the link tunes TCP options)."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        a = socket.create_connection(srv.getsockname())
+        b, _ = srv.accept()
+    return a, b
+
+
+def test_promote_waits_for_the_handshake_decision(tmp_path, monkeypatch):
+    monkeypatch.setattr(rep_mod, "PROMOTE_HANDSHAKE_WAIT", 0.3)
+    rep = make_replicator(tmp_path)
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    rep.link = link
+    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
+                          now=time.monotonic())
+    try:
+        link.start()
+        theirs.sendall(peer.data_to_send())
+        # authenticated; node1's StateExchange (Secondary, generation GEN) reached the peer,
+        # whose own StateExchange is not sent yet: node1 waits in WFReportParams
+        _pump(theirs, peer, lambda: peer.peer_status is not None)
+        assert peer.peer_status.role is Role.SECONDARY and peer.peer_status.generations.current == GEN
+        assert link.state is ConnectionState.WF_REPORT_PARAMS
+        t0 = time.monotonic()
+        with pytest.raises(VolumeError, match="handshake"):
+            rep.promote()
+        assert time.monotonic() - t0 >= 0.3  # it waited for the decision first
+        st = rep.meta.state
+        assert rep.role is Role.SECONDARY and not st.primary
+        assert st.generations == GenerationIds(GEN)  # no generation the peer does not know
+        # the peer wrote since GEN: the decision makes node1 the bitmap-sync target,
+        # and a target is not promoted either
+        ahead = wire.StateExchange(role=Role.PRIMARY, disk=DiskState.UP_TO_DATE,
+                                   generations=GenerationIds(0x2222, GEN), size=SIZE, bitmap_weight=0,
+                                   crashed_primary=False, discard_my_data=False,
+                                   lost_leadership=False, block_size=BLOCK)
+        theirs.sendall(peer.send(ahead))
+        deadline = time.monotonic() + 5
+        while link.state is ConnectionState.WF_REPORT_PARAMS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.state in (ConnectionState.WF_BITMAP_T, ConnectionState.SYNC_TARGET)
+        with pytest.raises(VolumeError):
+            rep.promote()
+        assert rep.meta.state.generations.current == GEN
+    finally:
+        if rep.fuse is not None:  # only if promote() wrongly went ahead (and mounted)
+            rep.fuse.stop(timeout=2.0)
+        link.disconnect("test over")
+        theirs.close()
+        rep.meta.close()
+        rep.store.close()
