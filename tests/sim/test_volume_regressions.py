@@ -12,9 +12,9 @@ from tandem.sim import volworld
 FIXED = {
     # promote() during the handshake started a generation the peer never heard of: the new
     # Primary became a SyncTarget (its writes then broke the protocol, or were overwritten)
-    5000: ("promote_in_handshake", {"protocol_error"}),
-    4965: ("promote_in_handshake", {"protocol_error"}),
-    5881: ("promote_in_handshake", {"protocol_error"}),
+    5000: ("promote_in_handshake", {"primary_sync_target"}),
+    4965: ("promote_in_handshake", {"primary_sync_target"}),
+    5881: ("promote_in_handshake", {"primary_sync_target"}),
     # an AL extent was dropped (evicted, or the log cleared on demotion) while a completed
     # write in it was only in a page cache; a crash lost it on one disk, nothing resynced it
     6216: ("al_drop_unflushed", {"replicas_differ"}),

@@ -144,3 +144,33 @@ def test_promote_waits_for_the_handshake_decision(tmp_path, monkeypatch):
         theirs.close()
         rep.meta.close()
         rep.store.close()
+
+
+def test_demotion_during_the_handshake_is_announced_after_the_decision(tmp_path):
+    rep = make_replicator(tmp_path)
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
+                          now=time.monotonic())
+    try:
+        rep.role = Role.PRIMARY  # see the module docstring (no FUSE file to tear down)
+        rep.link = link
+        link.start()
+        theirs.sendall(peer.data_to_send())
+        _pump(theirs, peer, lambda: peer.peer_status is not None)
+        assert peer.peer_status.role is Role.PRIMARY  # what node1 said in the handshake
+        rep.demote(force=True)  # the agent lost its lease meanwhile: no StateExchange now
+        assert rep.role is Role.SECONDARY
+        same = wire.StateExchange(role=Role.SECONDARY, disk=DiskState.UP_TO_DATE,
+                                  generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0,
+                                  crashed_primary=False, discard_my_data=False,
+                                  lost_leadership=False, block_size=BLOCK)
+        theirs.sendall(peer.send(same))  # same generation: Connected, no resync
+        # after the decision node1 corrects the role the peer decided on
+        _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED
+              and peer.peer_status.role is Role.SECONDARY)
+    finally:
+        link.disconnect("test over")
+        theirs.close()
+        rep.meta.close()
+        rep.store.close()

@@ -622,6 +622,8 @@ class Replica:
             if self.discard_my_data and out.is_target:
                 self.discard_my_data = False
                 self.world.discarding(self)
+            if ev.local.role is not self.role:  # demoted during the handshake: tell the peer
+                self.send_status()
         elif isinstance(ev, StateChanged):
             if ev.new is ConnectionState.SYNC_SOURCE:
                 self._start_source(link)

@@ -25,6 +25,10 @@ Invariants (checked on the history):
   discard-my-data) or with the operator's discard (two nodes acknowledged writes);
 - ``replicas_differ`` / ``no_convergence``: after the faults healed, the link is
   Connected, both disks UpToDate and block for block identical;
+- ``primary_sync_target``: a Primary never becomes a resync target (reads of blocks not yet
+  resynced would return stale data, and the peer's older data would be the reference);
+- ``stale_peer_state`` / ``no_primary``: after the faults healed each side knows the other's
+  role and disk, and the leader is Primary;
 - ``protocol_error``: neither side ever breaks the wire protocol.
 
 Findings kept as variants: ``no_fuse_teardown`` (seed 77) shows that the replicator itself
@@ -253,6 +257,9 @@ class VolWorld:
     def resync_started(self, target: Replica) -> None:
         self.stats["resyncs"] += 1
         source = self.peer_of(target.node)
+        if target.role is Role.PRIMARY:  # it reads (and writes on) blocks not yet resynced
+            self.violate("primary_sync_target", f"{target.node} is Primary and a resync target of"
+                         f" {source}")
         view = self.durable[target.node].disk.view()
         have = self.durable[source].disk.view()
         unknown = sorted({w for b, w in enumerate(view) if w in self.acked and w not in self.seen[source]
@@ -391,6 +398,10 @@ class VolWorld:
             return
         if self.outstanding[old]:
             return  # the application is stopping: wait for its I/O
+        if self.isolated[old] or self.lease_until is not None:
+            # the handover goes through the DCS, which the leader cannot reach: wait (its
+            # lease lapses and the switchover is cancelled, or it reaches the DCS again)
+            return
         rep.demote()
         self.leader = self.peer_of(old)
         self.switching = None
@@ -399,7 +410,14 @@ class VolWorld:
     def _fail_app(self, node: str) -> None:
         """demote(force) stops the FUSE server: every request still open fails (ENOTCONN), also
         writes waiting for the peer's ack, which the replicator itself would complete *successfully*
-        if the link dropped after the demotion (its fence hold applies only to a Primary)."""
+        if the link dropped after the demotion (its fence hold applies only to a Primary).
+
+        The application instance dies with it (the agent stops the resource group hard):
+        the next one, on the new Primary, recovers from the disk as after a crash, so what
+        it never flushed may be lost, like in ``_crash`` (seed 22768: the peer's host crash
+        had lost an acknowledged, unflushed write; the new Primary is the reference)."""
+        if self.reps[node].role is Role.PRIMARY:
+            self.acked_latest = list(self.durable_acked)
         for op in list(self.outstanding[node]):
             if self.variant == "no_fuse_teardown" and op.state == "sent":
                 continue  # the replicator alone: these complete when the link drops
@@ -494,6 +512,16 @@ class VolWorld:
             if diff:
                 self.violate("replicas_differ", f"blocks {diff[:6]} differ: " + ", ".join(
                     f"#{va[i]}/#{vb[i]}" for i in diff[:6]))
+            for r, other in ((a, b), (b, a)):
+                ps = r.peer_status
+                if ps is None or ps.role is not other.role or ps.disk is not other.meta.disk:
+                    seen = f"{ps.role}/{ps.disk}" if ps else "nothing"
+                    self.violate("stale_peer_state", f"{r.node} sees {seen}, {other.node} is"
+                                 f" {other.role}/{other.meta.disk}")
+            leader = self.reps[self.leader] if self.leader else None
+            if leader is None or leader.role is not Role.PRIMARY:
+                self.violate("no_primary", f"{SETTLE:g} s after the faults healed: leader"
+                             f" {self.leader}, {leader.role if leader else 'none'}")
         for n in NODES:
             lost = self._lost(n)
             if lost:

@@ -932,6 +932,10 @@ class Replicator:
                 self._send_bitmap(link)
             if self.discard_my_data and out.is_target:
                 self.discard_my_data = False
+            if ev.local.role is not self.role:
+                # Demoted while the handshake was deciding (a StateExchange is not sent
+                # then): the peer decided on our old role and would refuse to promote.
+                self._send_status()
         elif isinstance(ev, StateChanged):
             log.info("link %s -> %s (%s)", ev.old, ev.new, ev.reason)
             if ev.new is ConnectionState.SYNC_SOURCE:
