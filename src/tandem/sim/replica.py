@@ -502,12 +502,12 @@ class Replica:
             self.log("Secondary (forced)")
             return
         # graceful: the application is stopped first (the world stops issuing I/O)
-        self._flush_both()
         self.role = Role.SECONDARY
         self.fail_fenced_waiters()
         self.held_by_operator = False
         self.io_open = True
         self._release_blocked()
+        self._flush_both()
         self.meta_update(primary=False, al_extents=())
         self.send_status()
         self.log("Secondary")

@@ -626,13 +626,15 @@ class Replicator:
         deadline = time.monotonic() + 10
         while self.ranges.busy() and time.monotonic() < deadline:
             time.sleep(0.005)
-        self._flush_both(timeout=5.0)
         self.role = Role.SECONDARY
         self._fail_fenced_waiters()
         self._held_by_operator = False
         self.suspended_reason = ""
         self.io_open.set()
         lab_event("writable", node=self.spec.node, writable=False, reason="demoted")
+        # As a Secondary: a link lost meanwhile marks what the peer may lack, and starts
+        # no new generation (which would make the next connect a split brain).
+        self._flush_both(timeout=5.0)
         with self.meta_lock:
             self.meta.update(primary=False, al_extents=())
         self._send_status()
