@@ -42,6 +42,9 @@ def _loop_devices() -> dict[str, str]:
 
 
 def fresh_lab_name(prefix: str = "t") -> str:
+    """A random lab name; TANDEM_LAB_PREFIX (when several people share the machine) replaces
+    the prefix."""
+    prefix = os.environ.get("TANDEM_LAB_PREFIX") or prefix
     return (prefix + secrets.token_hex(4))[:8]
 
 
