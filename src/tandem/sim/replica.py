@@ -321,6 +321,7 @@ class Replica:
             f = self.evict_flush
             if f is None or f.state in ("done", "failed"):
                 self.evict_flush = f = Op("flush", 0, -1, self.sim.now)
+                self.world.stats["al_flushes"] += 1
                 self.flush(f)
             self.sim.after(0.001, self.write, op)
             return

@@ -132,7 +132,7 @@ class VolWorld:
         self.seen: dict[str, set[int]] = {n: {0} for n in NODES}
         self.discard_ok: set[str] = set()
         self.stats = {"writes_acked": 0, "flushes": 0, "promotions": 0, "standalone": 0,
-                      "operator_discards": 0, "resyncs": 0, "fences": 0, "failed_ops": 0}
+                      "operator_discards": 0, "resyncs": 0, "fences": 0, "failed_ops": 0, "al_flushes": 0}
         self.heal = healed_at(faults)
         self.workload_until = self.heal + SETTLE / 2
         for f in faults:
