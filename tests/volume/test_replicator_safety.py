@@ -37,7 +37,7 @@ EXTENT = 4 * BLOCK
 GEN = 0x1111
 
 
-def make_replicator(tmp_path, al_slots: int = 61) -> Replicator:
+def make_replicator(tmp_path, al_slots: int = 61, write_through: bool = True) -> Replicator:
     backing, meta = tmp_path / "node1.img", tmp_path / "node1.meta"
     BackingStore.create(backing, SIZE)
     MetaStore.create(meta, SIZE, "node1", disk=DiskState.UP_TO_DATE, generations=GenerationIds(GEN),
@@ -45,12 +45,12 @@ def make_replicator(tmp_path, al_slots: int = 61) -> Replicator:
     spec = VolumeSpec(resource="r0", node="node1", peer="node2", size=SIZE, backing=backing,
                       metadata=meta, address="127.0.0.1", peer_address="127.0.0.1", port=1,
                       ping_timeout=2.0, resync_rate=None, fence_peer_command=None, run_dir=tmp_path,
-                      secret_file=tmp_path / "secret")
+                      secret_file=tmp_path / "secret", write_through=write_through)
     return Replicator(spec, SECRET)
 
 
 def test_al_eviction_flushes_writes_of_the_evicted_extent_first(tmp_path):
-    rep = make_replicator(tmp_path, al_slots=2)
+    rep = make_replicator(tmp_path, al_slots=2, write_through=False)  # the write-back cache
     try:
         rep.role = Role.PRIMARY  # see the module docstring; no link: writes go to the bitmap
         rep.write(0 * EXTENT, b"a" * BLOCK)
@@ -172,5 +172,19 @@ def test_demotion_during_the_handshake_is_announced_after_the_decision(tmp_path)
     finally:
         link.disconnect("test over")
         theirs.close()
+        rep.meta.close()
+        rep.store.close()
+
+
+def test_al_eviction_needs_no_flush_with_the_write_through_cache(tmp_path):
+    rep = make_replicator(tmp_path, al_slots=2, write_through=True)
+    try:
+        rep.role = Role.PRIMARY  # see the module docstring
+        for i in range(5):  # every write evicts from the third on: each was durable already
+            rep.write((i % 3) * EXTENT, bytes([i]) * BLOCK)
+        assert rep.stats["flushes"] == 0
+        assert rep.meta.state.al_extents == (0, 1)
+    finally:
+        rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()

@@ -447,11 +447,13 @@ class Replicator:
                     time.sleep(0.001)
                     self.meta_lock.acquire()
                     continue
-                if any(self._extent_ended.get(v, 0) > self._durable_mark for v in victims):
+                if not self.write_through and any(self._extent_ended.get(v, 0) > self._durable_mark
+                                                  for v in victims):
                     # An extent leaves the log only once its writes are durable on both
-                    # disks: a crash no longer resyncs it, and a completed write may still
-                    # sit in a page cache here or on the peer (the replicas would differ
-                    # for good). Flushed, so the next try finds them below the mark.
+                    # disks: a crash no longer resyncs it, and with the write-back cache a
+                    # completed write may still sit in a page cache here or on the peer
+                    # (the replicas would differ for good). Flushed, so the next try finds
+                    # them below the mark. (Write-through: completed means durable.)
                     self.meta_lock.release()
                     try:
                         if self.role is not Role.PRIMARY:
@@ -645,7 +647,10 @@ class Replicator:
         durable here and, over a live link, on the peer (waiting at most `timeout`).
         A crash after the demotion no longer resyncs the logged extents, so a write
         left in a page cache would be lost on one disk only and the replicas would
-        differ for good (the application may have stopped without a final flush)."""
+        differ for good (the application may have stopped without a final flush).
+        With the write-through cache every completed write is durable on both already."""
+        if self.write_through:
+            return
         try:
             self.store.flush()
         except OSError as e:
