@@ -104,8 +104,22 @@ async def main():
     print("held", (await v.monitor()).is_ok)
     assert (await v.stop()).ok
     print("refresh after stop", await v.refresh())
+    # A new holder waits out hold_until; an unrefreshed address is gone about
+    # `lifetime` after it was added, at most 1/4 s late (the takeover rule relies on it).
+    v.hold_until = time.monotonic() + 0.6
+    t0 = time.monotonic()
+    assert (await v.start()).ok
+    print("held back", round(time.monotonic() - t0, 3))
+    added = time.monotonic()
+    while (await v.monitor()).is_ok and time.monotonic() - added < 5:
+        await asyncio.sleep(0.05)
+    print("expired after", round(time.monotonic() - added, 3))
+    await v.stop()
 asyncio.run(main())
 """
     out = lab.run("node1", [sys.executable, "-c", script]).stdout
     assert "held True" in out and "refresh after stop False" in out, out
+    values = dict(line.rsplit(" ", 1) for line in out.splitlines() if line.startswith(("held back", "expired")))
+    assert float(values["held back"]) >= 0.6
+    assert 0.7 <= float(values["expired after"]) <= 1.0 + 0.25 + 0.2, out
     assert holders(lab, addr) == []

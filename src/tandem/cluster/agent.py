@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tandem.cluster.dbgroup import build_db_group
+from tandem.cluster.dbgroup import build_db_group, vip_takeover_grace
 from tandem.cluster.decide import decide
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
@@ -186,11 +186,15 @@ class Agent:
         if self.clones is not None:
             await self.clones.refresh_vip()
 
-    async def _bounded(self, coro, what: str):
-        """Await a DCS call for at most op_timeout + 0.2 s, whatever it does: asyncio's
-        wait_for waits for a cancelled gRPC call to unwind, which can take long."""
+    async def _bounded(self, coro, what: str, limit: float | None = None):
+        """Await a DCS call for at most op_timeout + 0.2 s (or `limit`), whatever it
+        does: asyncio's wait_for waits for a cancelled gRPC call to unwind, which can
+        take long."""
         task = asyncio.ensure_future(coro)
-        done, _ = await asyncio.wait({task}, timeout=self.cfg.etcd.op_timeout + 0.2)
+        timeout = self.cfg.etcd.op_timeout + 0.2
+        if limit is not None:
+            timeout = max(0.01, min(timeout, limit))
+        done, _ = await asyncio.wait({task}, timeout=timeout)
         if task in done:
             if task.cancelled():
                 raise DCSError(f"etcd: {what} was cancelled (channel closed)")
@@ -198,7 +202,7 @@ class Agent:
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         await self.dcs._drop_client()
-        raise DCSError(f"etcd: {what} did not return within {self.cfg.etcd.op_timeout + 0.2:.1f} s")
+        raise DCSError(f"etcd: {what} did not return within {timeout:.2f} s")
 
     def key_deadline(self) -> float | None:
         """The lease deadline that counts for leadership: only one measured on the
@@ -250,8 +254,14 @@ class Agent:
     # ====================================================================== one cycle
     async def cycle(self) -> Decision:
         dcs_ok = True
+        limit = None
+        if (self.primary or self.leader) and self.lease_deadline is not None:
+            # Never read past the point where the lease obliges us to step down.
+            limit = self.lease_deadline - self.margin - time.monotonic()
         try:
-            self.view = await self._bounded(self.dcs.load(), "read")
+            if limit is not None and limit <= 0:
+                raise DCSError("lease deadline reached: not waiting for the DCS")
+            self.view = await self._bounded(self.dcs.load(), "read", limit)
         except DCSError as e:
             dcs_ok = False
             log.warning("DCS unreachable: %s", e)
@@ -429,12 +439,14 @@ class Agent:
                      f"fenced takeover from {fenced.node} refused: its key or the records changed")
             return
         self.leader = leader
+        reason = ("fenced failover" if fenced is not None else
+                  "switchover" if self.view.switchover else "failover")
+        if reason == "failover":  # the old holder may be frozen with its VIP still up
+            self._hold_vip(vip_takeover_grace(self.cfg.etcd.lease_ttl))
         extra = {"fenced": fenced.node} if fenced is not None else {}
         lab_event("leader_acquired", node=self.node, epoch=leader.epoch, **extra)
         log.info("acquired the leader key (epoch %d)%s", leader.epoch,
                  f" from fenced {fenced.node}" if fenced is not None else "")
-        reason = ("fenced failover" if fenced is not None else
-                  "switchover" if self.view.switchover else "failover")
         prev = self.view.history[-1].node if self.view.history else None
         with contextlib.suppress(DCSError):
             await self.dcs.append_history(
@@ -522,11 +534,29 @@ class Agent:
                   seconds=round(time.monotonic() - t0, 4))
         log.info("resource group stopped (%s): %s", why, res.sentence)
 
+    def _hold_vip(self, grace: float) -> None:
+        with contextlib.suppress(KeyError):
+            vip = self.group.member("db-vip")
+            if isinstance(vip, Vip):
+                vip.hold_until = time.monotonic() + grace
+
+    async def _drop_vip(self) -> None:
+        with contextlib.suppress(KeyError):
+            r = await self.group.member("db-vip").stop()
+            if not r.ok:
+                log.error("demotion: the DB VIP did not go: %s", r)
+
     async def _demote(self, why: str) -> None:
-        """At once: the volume stops completing writes before anything else."""
+        """At once: the volume stops completing writes, and the DB VIP goes, before
+        anything else (neither waits for the other: a paused volume daemon must not
+        keep the address up while another node takes over)."""
         lab_event("demote_start", node=self.node, reason=why)
-        with contextlib.suppress(TandemError):
-            await volume_call(self.spec.control_socket, "suspend-io", timeout=1.0, reason=why)
+
+        async def suspend() -> None:
+            with contextlib.suppress(TandemError):
+                await volume_call(self.spec.control_socket, "suspend-io", timeout=1.0, reason=why)
+
+        await asyncio.gather(suspend(), self._drop_vip())
         with contextlib.suppress(TandemError):
             await volume_call(self.spec.control_socket, "secondary", timeout=5.0, force=True)
         await self._stop_group(why, graceful=False)

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aetcd import transactions as tx
 
-from tandem.cluster.dbgroup import vip_lifetime
+from tandem.cluster.dbgroup import vip_lifetime, vip_takeover_grace
 from tandem.cluster.resources.base import Health, Resource, ResourceError
 from tandem.cluster.resources.config import (
     AbsPath,
@@ -231,6 +231,7 @@ class CloneSet:
             simhost=m.simhost, dead_after=m.dead_after, db_retry=m.db_retry))
         self.members: list[Resource] = [self.haproxy, self.mgmt]
         self.vip: Vip | None = None
+        self.grace = vip_takeover_grace(cfg.etcd.lease_ttl)
         if m.api_vip is not None:
             self.vip = Vip(VipConfig(name="api-vip", address=m.api_vip.address,
                                      interface="pub0" if m.api_vip.network == "public" else "rep0",
@@ -366,6 +367,8 @@ class CloneSet:
         if ok:
             log.info("API VIP: took the key")
             self._had_key = True
+            if self.vip is not None:  # a frozen previous holder's address must expire first
+                self.vip.hold_until = time.monotonic() + self.grace
             return True
         kvs = responses[0].response_range.kvs if responses else []
         if not kvs:

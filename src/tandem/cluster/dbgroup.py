@@ -54,8 +54,21 @@ def build_db_group(cfg: Config, spec: VolumeSpec, data_dir: Path, run_dir: Path)
 
 
 def vip_lifetime(lease_ttl: float) -> int:
-    """Kernel lifetime of a VIP the agent refreshes with every lease renewal: the
-    lease TTL rounded up, plus one second of slack for a briefly stalled loop. A
-    frozen agent's node drops the address by itself about that long after its
-    last renewal, while its lease has long expired."""
-    return math.ceil(lease_ttl) + 1
+    """Kernel lifetime of a VIP the agent refreshes with every lease renewal.
+
+    A frozen agent's node must drop the address by itself before another node
+    can put it up: that node gets the key only once the lease expired in etcd
+    (TTL after the last keepalive), and starts its VIP :func:`vip_takeover_grace`
+    later still. The kernel counts whole seconds and removes an expired address
+    up to 1/4 s late, so: the TTL less half a second, rounded down, at least 1.
+    (It was TTL+1: the campaign saw the old and the new holder overlap for up
+    to 1.3 s with a paused agent or a paused etcd member.)"""
+    return max(1, math.floor(lease_ttl - 0.5))
+
+
+def vip_takeover_grace(lease_ttl: float) -> float:
+    """How long a node that just took a VIP's key waits before adding the address:
+    the previous holder's last refresh was at most about a TTL before the key
+    became free, so its address lives at most lifetime + 1/4 s beyond that. Zero
+    for TTLs of 2 s and more; 0.5 s with the lab's 1 s TTL."""
+    return max(0.0, vip_lifetime(lease_ttl) + 0.5 - lease_ttl)

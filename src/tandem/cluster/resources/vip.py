@@ -36,6 +36,7 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 from typing import TYPE_CHECKING
 
 from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
@@ -58,6 +59,9 @@ class Vip(Resource):
         # resource has the address up, never across a stop.
         self._lock = asyncio.Lock()
         self._up = False
+        #: CLOCK_MONOTONIC time before which start() must not add the address (set
+        #: by whoever just took the key, see dbgroup.vip_takeover_grace)
+        self.hold_until = 0.0
 
     @property
     def _cidr(self) -> str:
@@ -122,6 +126,9 @@ class Vip(Resource):
 
     async def _start(self) -> str:
         c = self.config
+        wait = self.hold_until - time.monotonic()
+        if wait > 0:  # the previous holder's address may still be alive: let it expire
+            await asyncio.sleep(min(wait, 5.0))
         async with self._lock:
             have, link = await self._present()
             if have:
