@@ -149,6 +149,15 @@ class Volume(Strict):
     #: (each one is a round trip to the peer). "write-back": writes complete when
     #: written on both sides; flushes make them durable (DRBD's default shape).
     cache: Literal["write-through", "write-back"] = "write-through"
+    #: What to do when the nodes reconnect after both wrote (split brain), like DRBD's
+    #: after-sb-*: "disconnect" refuses and waits for an operator's discard-my-data;
+    #: the others pick a victim whose changes are overwritten by a bitmap resync from
+    #: the other side: the side with no changes ("discard-zero-changes"), the Secondary
+    #: ("discard-secondary") or the node that lost the leader key
+    #: ("discard-least-recent-primary"). Both nodes must use the same value (the
+    #: handshake refuses otherwise); one that cannot decide leaves the split brain refused.
+    after_split_brain: Literal["disconnect", "discard-zero-changes", "discard-secondary",
+                               "discard-least-recent-primary"] = "disconnect"
 
     @field_validator("size", "resync_rate", mode="before")
     @classmethod

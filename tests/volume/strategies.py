@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from tandem.volume import wire
-from tandem.volume.genid import HISTORY_LEN, GenerationIds
+from tandem.volume.genid import HISTORY_LEN, GenerationIds, SplitBrainPolicy
 from tandem.volume.states import DiskState, Role
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -61,6 +61,7 @@ messages = st.one_of(
         crashed_primary=st.booleans(),
         discard_my_data=st.booleans(),
         lost_leadership=st.booleans(),
+        split_brain_policy=st.sampled_from(SplitBrainPolicy),
         block_size=st.integers(min_value=0, max_value=2**32 - 1),
     ),
     st.builds(wire.Write, u64, u64, data, st.booleans()),

@@ -232,3 +232,32 @@ def test_disconnected_writers_model(writers: list[str]) -> None:
     else:
         d = decide_sync(ids["a"], ids["b"], A, B)
         assert d.outcome is Out.SPLIT_BRAIN and d.bitmap_repairable
+
+
+@settings(max_examples=400, deadline=None)
+@given(flags("node1"), flags("node2"), st.sampled_from(SplitBrainPolicy))
+def test_policy_discards_the_side_its_rule_names(fa: SyncFlags, fb: SyncFlags,
+                                                 policy: SplitBrainPolicy) -> None:
+    """A bitmap-repairable split brain: a policy resolves it only by its own rule,
+    both sides agree on the victim, and the resync never widens to a full sync."""
+    if DiskState.INCONSISTENT in (fa.disk, fb.disk):
+        return  # an Inconsistent side is a plain full-sync target, not a split brain
+    ours = decide_sync(SB_A, SB_B, fa, fb, policy)
+    theirs = decide_sync(SB_B, SB_A, fb, fa, policy)
+    assert theirs.outcome is ours.outcome.mirror()
+    assert ours.split_brain_resolved == theirs.split_brain_resolved
+    if ours.outcome is Out.SPLIT_BRAIN:
+        assert not ours.split_brain_resolved
+        return
+    assert ours.split_brain_resolved and not ours.outcome.is_full
+    victim, keeper = (fb, fa) if ours.outcome.is_source else (fa, fb)
+    if victim.discard_my_data != keeper.discard_my_data:
+        assert victim.discard_my_data  # the manual flag wins over any policy
+    elif policy is SplitBrainPolicy.DISCARD_ZERO_CHANGES:
+        assert victim.bitmap_weight == 0
+    elif policy is SplitBrainPolicy.DISCARD_SECONDARY:
+        assert victim.role is Role.SECONDARY and keeper.role is Role.PRIMARY
+    elif policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY:
+        assert victim.lost_leadership and not keeper.lost_leadership
+    else:
+        pytest.fail(f"{policy} resolved a split brain: {ours}")

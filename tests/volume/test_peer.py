@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tandem.volume import wire
 from tandem.volume.auth import AuthFailed
 from tandem.volume.bitmap import DirtyBitmap
-from tandem.volume.genid import GenerationIds, SyncOutcome
+from tandem.volume.genid import GenerationIds, SplitBrainPolicy, SyncOutcome
 from tandem.volume.peer import (
     TRANSITIONS,
     Authenticated,
@@ -199,6 +199,50 @@ def test_size_mismatch_is_refused() -> None:
     assert link.a.state is CS.STANDALONE
     (decided,) = link.decided(link.b)
     assert "sizes differ" in decided.reason
+
+
+def test_split_brain_policy_mismatch_is_refused_on_both_sides() -> None:
+    """Different after-split-brain policies could let both sides keep their data:
+    refused even when the data is in sync, and the reason names both policies."""
+    sec, zero = SplitBrainPolicy.DISCARD_SECONDARY, SplitBrainPolicy.DISCARD_ZERO_CHANGES
+    link = Link(make("node1", True, split_brain_policy=sec), make("node2", False, split_brain_policy=zero))
+    link.pump()
+    link.send(link.a, StateExchange(Role.PRIMARY, DiskState.UP_TO_DATE, GenerationIds(10), SIZE, 0,
+                                    split_brain_policy=sec))
+    link.send(link.b, StateExchange(Role.SECONDARY, DiskState.UP_TO_DATE, GenerationIds(10), SIZE, 0,
+                                    split_brain_policy=zero))
+    link.pump()
+    link.settle()
+    assert link.a.state is link.b.state is CS.STANDALONE
+    (da,), (db,) = link.decided(link.a), link.decided(link.b)
+    assert da.refused and db.refused
+    assert "discard-secondary here, discard-zero-changes on the peer" in da.reason
+    assert "discard-zero-changes here, discard-secondary on the peer" in db.reason
+
+
+def test_status_must_announce_the_links_policy() -> None:
+    a = make("node1", True, split_brain_policy=SplitBrainPolicy.DISCARD_SECONDARY)
+    b = make("node2", False)
+    link = Link(a, b)
+    link.pump()
+    with pytest.raises(LocalProtocolError, match="announces split-brain policy disconnect"):
+        link.send(a, status(Role.PRIMARY))
+
+
+def test_split_brain_resolved_by_the_shared_policy() -> None:
+    sec = SplitBrainPolicy.DISCARD_SECONDARY
+
+    def st_(role: Role, gen: GenerationIds, weight: int) -> StateExchange:
+        return StateExchange(role, DiskState.UP_TO_DATE, gen, SIZE, weight, split_brain_policy=sec)
+
+    link = connected_pair(st_(Role.PRIMARY, GenerationIds(11, 10), 3),
+                          st_(Role.SECONDARY, GenerationIds(12, 10), 2), split_brain_policy=sec)
+    assert link.a.state is CS.WF_BITMAP_S and link.b.state is CS.WF_BITMAP_T
+    (da,), (db,) = link.decided(link.a), link.decided(link.b)
+    assert not da.refused and da.decision.split_brain_resolved and db.decision.split_brain_resolved
+    assert da.decision.outcome is SyncOutcome.SOURCE_BITMAP
+    assert db.decision.outcome is SyncOutcome.TARGET_BITMAP
+    assert "discard-secondary" in da.reason
 
 
 def test_block_size_mismatch_is_refused() -> None:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tandem.volume import wire
-from tandem.volume.genid import GenerationIds
+from tandem.volume.genid import GenerationIds, SplitBrainPolicy
 from tandem.volume.states import DiskState, Role
 from tandem.volume.wire import NEED_DATA, FrameDecoder, ProtocolError, RemoteProtocolError
 
@@ -178,11 +178,13 @@ def test_state_exchange_fields_survive() -> None:
         99,
         crashed_primary=True,
         lost_leadership=True,
+        split_brain_policy=SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY,
     )
     dec = FrameDecoder()
     dec.feed(wire.encode(msg))
     (got,) = decode_all(dec)
     assert got == msg and got.lost_leadership and not got.discard_my_data
+    assert got.split_brain_policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY
 
 
 def test_coalesce_acks() -> None:
@@ -254,15 +256,33 @@ def test_truncated_frame_waits_for_more() -> None:
         (wire.TYPE_CODES[wire.StateExchange], b"\x01\x01", 0, "truncated"),
         (
             wire.TYPE_CODES[wire.StateExchange],
-            struct.pack("!BBBQIQQQB", 9, 1, 0, 0, 0, 0, 0, 0, 0),
+            struct.pack("!BBBBQIQQQB", 9, 1, 0, 0, 0, 0, 0, 0, 0, 0),
             0,
             "unknown role",
         ),
         (
             wire.TYPE_CODES[wire.StateExchange],
-            struct.pack("!BBBQIQQQB", 1, 1, 0, 0, 0, 0, 0, 0, 2),
+            struct.pack("!BBBBQIQQQB", 1, 1, 0, 0, 0, 0, 0, 0, 0, 2),
             0,
             "expected",
+        ),
+        (
+            wire.TYPE_CODES[wire.StateExchange],
+            struct.pack("!BBBBQIQQQB", 1, 1, 0, 4, 0, 0, 0, 0, 0, 0),
+            0,
+            "unknown split-brain policy code 4",
+        ),
+        (
+            wire.TYPE_CODES[wire.StateExchange],
+            struct.pack("!BBBBQIQQQB", 1, 1, 0, 255, 0, 0, 0, 0, 0, 0),
+            0,
+            "unknown split-brain policy code 255",
+        ),
+        (
+            wire.TYPE_CODES[wire.StateExchange],
+            struct.pack("!BBBQIQQQB", 1, 1, 0, 0, 0, 0, 0, 0, 0),  # version 2 layout, no policy
+            0,
+            "truncated",
         ),
         (wire.TYPE_CODES[wire.VerifyDigests], struct.pack("!QB", 0, 4) + b"abcdef", 0, "whole number"),
         (wire.TYPE_CODES[wire.ResyncRequest], struct.pack("!QI", 0, 0), 0, "out of range"),

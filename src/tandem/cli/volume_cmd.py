@@ -135,7 +135,8 @@ def render_status(st: dict) -> str:
         disk += f" out-of-sync:{st['out_of_sync_bytes'] // 1024}KiB"
     lines.append(disk)
     p = st["peer"]
-    lines.append(f"  {p['node']} connection:{p['connection']} role:{p['role']} peer-disk:{p['disk']}")
+    lines.append(f"  {p['node']} connection:{p['connection']} role:{p['role']} peer-disk:{p['disk']}"
+                 + (f" after-split-brain:{st['after_split_brain']}" if "after_split_brain" in st else ""))
     rs = st.get("resync")
     if rs and not rs["finished"]:
         lines.append(f"    {rs['kind']}: {rs['percent']:.1f}% {rs['rate_mib_s']} MiB/s"

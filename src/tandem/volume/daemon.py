@@ -77,7 +77,7 @@ def run(spec: VolumeSpec, secret: bytes) -> None:
     import sys
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)  # thread dump on demand
     fence = run_fence_command(spec.fence_peer_command, spec) if spec.fence_peer_command else None
-    rep = Replicator(spec, secret, fence_peer=fence)
+    rep = Replicator(spec, secret, fence_peer=fence, split_brain_policy=spec.after_split_brain)
     stop = threading.Event()
     server = ControlServer(spec.control_socket, handlers(rep, stop))
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -207,6 +207,8 @@ class SyncDecision:
     reason: str
     #: for SPLIT_BRAIN: True if a bitmap resync can repair it once a victim is chosen
     bitmap_repairable: bool = field(default=False, compare=False)
+    #: a split brain that discard-my-data or a policy resolved: one side's changes go
+    split_brain_resolved: bool = field(default=False, compare=False)
 
     def mirror(self) -> SyncDecision:
         return replace(self, outcome=self.outcome.mirror())
@@ -331,7 +333,8 @@ def resolve_split_brain(
     full = not decision.bitmap_repairable
     mine, theirs = local_flags.discard_my_data, peer_flags.discard_my_data
     if mine != theirs:
-        return _source_if(theirs, full, "split brain resolved by discard-my-data")
+        return replace(_source_if(theirs, full, "split brain resolved by discard-my-data"),
+                       split_brain_resolved=True)
     if mine:
         return replace(decision, reason="split brain: both sides asked to discard their data")
     if full or policy is SplitBrainPolicy.DISCONNECT:
@@ -339,7 +342,8 @@ def resolve_split_brain(
     victim = _policy_victim(policy, local_flags, peer_flags)
     if victim is None:
         return replace(decision, reason=f"{decision.reason}; {policy} cannot decide")
-    return _source_if(victim == "peer", False, f"split brain resolved by {policy}")
+    return replace(_source_if(victim == "peer", False, f"split brain resolved by {policy}"),
+                   split_brain_resolved=True)
 
 
 def _policy_victim(policy: SplitBrainPolicy, lf: SyncFlags, pf: SyncFlags) -> str | None:

@@ -576,6 +576,10 @@ class PeerConnection:
             self._fire(Trigger.AUTHENTICATED, f"authenticated {peer}")
 
     def _on_send_state(self, msg: StateExchange) -> None:
+        if msg.split_brain_policy is not self.config.split_brain_policy:
+            raise LocalProtocolError(f"StateExchange announces split-brain policy"
+                                     f" {msg.split_brain_policy}, the link uses"
+                                     f" {self.config.split_brain_policy}")
         if self._both_primary(msg, self.peer_status):
             raise LocalProtocolError("cannot become Primary while the peer is Primary")
         self.local_status = msg
@@ -789,6 +793,10 @@ def _disconnect_frame(reason: str) -> bytes:
 
 def _refusal(decision: SyncDecision, local: StateExchange, peer: StateExchange) -> str | None:
     """Why the link must not proceed despite (or because of) the decision."""
+    if local.split_brain_policy is not peer.split_brain_policy:
+        # Each side applies its own policy: different ones could both keep their data.
+        return (f"after-split-brain policies differ ({local.split_brain_policy} here,"
+                f" {peer.split_brain_policy} on the peer); both nodes must use the same")
     if decision.outcome.refused:
         return decision.reason
     if local.size != peer.size:

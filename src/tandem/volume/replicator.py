@@ -210,12 +210,13 @@ class Replicator:
 
     def __init__(self, spec: VolumeSpec, secret: bytes,
                  fence_peer: Callable[[], bool] | None = None,
-                 split_brain_policy: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT):
+                 split_brain_policy: SplitBrainPolicy | None = None):
         self.spec = spec
         self.size = spec.size
         self._secret = secret
         self.fence_peer = fence_peer
-        self.policy = split_brain_policy
+        #: after-split-brain policy (default: the spec's); sent in our StateExchange
+        self.policy = split_brain_policy or spec.after_split_brain
         self.write_through = spec.write_through
         self.meta = MetaStore.open(spec.metadata)
         st = self.meta.state
@@ -735,7 +736,7 @@ class Replicator:
             role=self.role, disk=st.disk, generations=st.generations, size=self.size,
             bitmap_weight=self.bitmap.weight, crashed_primary=self.crashed_primary,
             discard_my_data=self.discard_my_data, lost_leadership=self.lost_leadership,
-            block_size=st.block_size)
+            block_size=st.block_size, split_brain_policy=self.policy)
 
     def _send_status(self) -> None:
         link = self.link
@@ -932,6 +933,8 @@ class Replicator:
                 return
             log.info("connected: %s (%s)", ev.decision.outcome, ev.reason)
             out = ev.decision.outcome
+            if ev.decision.split_brain_resolved:
+                self._log_split_brain_resolved(ev)
             if out.is_target and out.is_full:
                 with self.io_lock:
                     self.bitmap.set_all()
@@ -972,6 +975,23 @@ class Replicator:
             self._compare_digests(ev)
         elif isinstance(ev, wire.Disconnect):
             log.warning("peer disconnects: %s", ev.reason)
+
+    def _log_split_brain_resolved(self, ev: SyncDecided) -> None:
+        """One WARNING line (and a lab event): whose changes go, by which rule, how much.
+
+        The bytes are an upper bound known at the decision: the union of both dirty
+        bitmaps, which the target resyncs, is at most the sum of their weights.
+        """
+        out = ev.decision.outcome
+        victim = self.spec.node if out.is_target else self.spec.peer
+        keeper = self.spec.peer if out.is_target else self.spec.node
+        block = ev.local.block_size
+        ours, theirs = ev.local.bitmap_weight * block, ev.peer.bitmap_weight * block
+        log.warning("split brain resolved automatically (%s): discarding the changes made on %s"
+                    " while disconnected, resyncing up to %d bytes from %s (%d dirty here, %d on"
+                    " the peer)", ev.reason, victim, ours + theirs, keeper, ours, theirs)
+        lab_event("split-brain-resolved", node=self.spec.node, victim=victim, keeper=keeper,
+                  reason=ev.reason, policy=str(self.policy), resync_bytes_max=ours + theirs)
 
     def _send_bitmap(self, link: Link) -> None:
         with self.io_lock:
@@ -1394,6 +1414,7 @@ class Replicator:
             "size": self.size,
             "cache": "write-through" if self.write_through else "write-back",
             "write_through": self.write_through,
+            "after_split_brain": str(self.policy),
             "generations": {"current": f"{st.generations.current:016X}",
                             "bitmap": f"{st.generations.bitmap:016X}",
                             "history": [f"{h:016X}" for h in st.generations.history]},

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tandem.config import Config
 from tandem.errors import TandemError
+from tandem.volume.genid import SplitBrainPolicy
 
 DEFAULT_DATA_DIR = Path("/var/lib/tandem")
 DEFAULT_RUN_DIR = Path("/run/tandem")
@@ -36,6 +37,7 @@ class VolumeSpec:
     run_dir: Path
     secret_file: Path
     write_through: bool = True  #: see config.Volume.cache
+    after_split_brain: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT  #: config.Volume.after_split_brain
 
     @property
     def control_socket(self) -> Path:
@@ -98,4 +100,5 @@ def resolve(cfg: Config, resource: str, node: str, data: Path | None = None,
         address=str(me.replication_address), peer_address=str(other.replication_address),
         port=vol.port, ping_timeout=vol.ping_timeout, resync_rate=vol.resync_rate,
         fence_peer_command=vol.fence_peer_command, run_dir=run_dir(run),
-        secret_file=cfg.cluster.secret.file, write_through=vol.cache == "write-through")
+        secret_file=cfg.cluster.secret.file, write_through=vol.cache == "write-through",
+        after_split_brain=SplitBrainPolicy(vol.after_split_brain))

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from tandem.volume.genid import HISTORY_LEN, GenerationIds
+from tandem.volume.genid import HISTORY_LEN, GenerationIds, SplitBrainPolicy
 from tandem.volume.states import DiskState, Role
 
 MAGIC = 0x544E444D  # "TNDM"
-VERSION = 2  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch
+VERSION = 3  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange
 HEADER = struct.Struct("!IBBHIQ")
 HEADER_SIZE = HEADER.size  # 20
 MAX_DATA = 1 << 20
@@ -58,8 +58,8 @@ _U64 = struct.Struct("!Q")
 _U64_U32 = struct.Struct("!QI")
 _U64_U8 = struct.Struct("!QB")
 _VERIFY_REQ = struct.Struct("!QII")
-# role, disk, flags, size, block size, weight, current, bitmap, nhist
-_STATE = struct.Struct("!BBBQIQQQB")
+# role, disk, flags, split-brain policy, size, block size, weight, current, bitmap, nhist
+_STATE = struct.Struct("!BBBBQIQQQB")
 
 Buffer = bytes | bytearray | memoryview
 
@@ -147,6 +147,9 @@ class StateExchange:
     lost_leadership: bool = False
     #: bytes per dirty-bitmap bit; both sides must agree to exchange bitmaps
     block_size: int = 4096
+    #: the sender's after-split-brain policy; both sides must use the same one
+    #: (like DRBD's after-sb-*), else the decision would not be symmetric
+    split_brain_policy: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +331,13 @@ _DISK_CODES = {
 _ROLES = {v: k for k, v in _ROLE_CODES.items()}
 _DISKS = {v: k for k, v in _DISK_CODES.items()}
 _F_CRASHED, _F_DISCARD, _F_LOST = 1, 2, 4
+_POLICY_CODES = {
+    SplitBrainPolicy.DISCONNECT: 0,
+    SplitBrainPolicy.DISCARD_ZERO_CHANGES: 1,
+    SplitBrainPolicy.DISCARD_SECONDARY: 2,
+    SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY: 3,
+}
+_POLICIES = {code: policy for policy, code in _POLICY_CODES.items()}
 MAX_NAME = 255
 MAX_REASON = 1024
 MIN_NONCE, MAX_NONCE = 16, 64
@@ -442,6 +452,7 @@ def _enc_state(m: StateExchange) -> tuple[int, bytes]:
         _ROLE_CODES[m.role],
         _DISK_CODES[m.disk],
         flags,
+        _POLICY_CODES[m.split_brain_policy],
         m.size,
         m.block_size,
         m.bitmap_weight,
@@ -610,7 +621,7 @@ def _dec_state(buf: bytearray, s: int, e: int, seq: int) -> StateExchange:
     _expect_no_seq("StateExchange", seq)
     if e - s < _STATE.size:
         raise _bad("StateExchange payload truncated")
-    role, disk, flags, size, block_size, weight, cur, bm, nhist = _STATE.unpack_from(buf, s)
+    role, disk, flags, policy, size, block_size, weight, cur, bm, nhist = _STATE.unpack_from(buf, s)
     if nhist > HISTORY_LEN:
         raise _bad(f"StateExchange with {nhist} history entries")
     _expect_len("StateExchange", s, e, _STATE.size + 8 * nhist)
@@ -618,6 +629,8 @@ def _dec_state(buf: bytearray, s: int, e: int, seq: int) -> StateExchange:
         raise _bad("StateExchange with unknown role or disk state")
     if flags & ~(_F_CRASHED | _F_DISCARD | _F_LOST):
         raise _bad("StateExchange with unknown flags")
+    if policy not in _POLICIES:
+        raise _bad(f"StateExchange with unknown split-brain policy code {policy}")
     hist = struct.unpack_from(f"!{nhist}Q", buf, s + _STATE.size)
     return StateExchange(
         role=_ROLES[role],
@@ -629,6 +642,7 @@ def _dec_state(buf: bytearray, s: int, e: int, seq: int) -> StateExchange:
         crashed_primary=bool(flags & _F_CRASHED),
         discard_my_data=bool(flags & _F_DISCARD),
         lost_leadership=bool(flags & _F_LOST),
+        split_brain_policy=_POLICIES[policy],
     )
 
 
