@@ -17,13 +17,15 @@ NODES = ("node1", "node2")
 
 class VolumePair:
     def __init__(self, lab: Lab, size: str = "64MiB", fence_peer_command: str | None = None,
-                 ping_timeout: float = 0.5):
+                 ping_timeout: float = 0.5, extra: str = ""):
         self.lab = lab
         self.config = write_cluster_config(lab, volume_size=size, ping_timeout=ping_timeout,
-                                           fence_peer_command=fence_peer_command)
+                                           fence_peer_command=fence_peer_command, extra=extra)
+        #: a host's own config file instead of the shared one (a deliberate mismatch)
+        self.host_configs: dict[str, Path] = {}
 
     def env(self, host: str) -> dict[str, str]:
-        return host_env(self.lab, host, self.config)
+        return host_env(self.lab, host, self.host_configs.get(host, self.config))
 
     def tandem(self, host: str, *args: str, check: bool = True,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:

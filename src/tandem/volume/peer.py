@@ -27,6 +27,9 @@ The rules, in plain words:
 * Then each side sends a StateExchange; when both are known the sync decision
   (genid.decide_sync) moves the link to Connected, to WFBitMapS/WFBitMapT or,
   for split brain / unrelated data / incompatible states, to StandAlone.
+  Each StateExchange carries the sender's after-split-brain policy (it must be
+  the one in PeerConfig); different policies on the two sides are refused like
+  a split brain, since each side applies its own and both could keep their data.
 * In WFBitMap* both sides send their dirty bitmap as BitmapChunks, the last
   one flagged; once both "last" chunks passed, the link is SyncSource or
   SyncTarget. The target requests ranges (ResyncRequest, or many at once in a
