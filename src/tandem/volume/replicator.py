@@ -977,7 +977,8 @@ class Replicator:
             log.warning("peer disconnects: %s", ev.reason)
 
     def _log_split_brain_resolved(self, ev: SyncDecided) -> None:
-        """One WARNING line (and a lab event): whose changes go, by which rule, how much.
+        """One WARNING line (and a lab event): whose changes go, by which rule, how much
+        (the operator's discard-my-data wins over the policy, see genid).
 
         The bytes are an upper bound known at the decision: the union of both dirty
         bitmaps, which the target resyncs, is at most the sum of their weights.
@@ -987,11 +988,14 @@ class Replicator:
         keeper = self.spec.peer if out.is_target else self.spec.node
         block = ev.local.block_size
         ours, theirs = ev.local.bitmap_weight * block, ev.peer.bitmap_weight * block
-        log.warning("split brain resolved automatically (%s): discarding the changes made on %s"
+        manual = ev.local.discard_my_data or ev.peer.discard_my_data
+        how = "by the operator" if manual else "automatically"
+        log.warning("split brain resolved %s (%s): discarding the changes made on %s"
                     " while disconnected, resyncing up to %d bytes from %s (%d dirty here, %d on"
-                    " the peer)", ev.reason, victim, ours + theirs, keeper, ours, theirs)
+                    " the peer)", how, ev.reason, victim, ours + theirs, keeper, ours, theirs)
         lab_event("split-brain-resolved", node=self.spec.node, victim=victim, keeper=keeper,
-                  reason=ev.reason, policy=str(self.policy), resync_bytes_max=ours + theirs)
+                  reason=ev.reason, policy="discard-my-data" if manual else str(self.policy),
+                  resync_bytes_max=ours + theirs)
 
     def _send_bitmap(self, link: Link) -> None:
         with self.io_lock:
