@@ -102,6 +102,32 @@ def test_primary_cut_off_from_the_dcs_majority_stops_writing_before_the_other_pr
     assert_no_loss_no_overlap(stack, acks)
 
 
+def test_split_partition_heals_by_itself_the_side_that_lost_the_key_is_discarded(healthy):
+    """node1 (leader) and the client | node2 and the witness, on every network: node1
+    loses the lease and demotes with its last writes held by the fence step (never
+    acknowledged), node2 takes over. After the heal both disks changed since they
+    parted: the lab cluster's after_split_brain = discard-least-recent-primary makes
+    node1 (told by its agent that it lost the key) the resync target, no operator."""
+    stack = healthy
+    lab = stack.lab
+    out, _ = run_writer_through(
+        stack, lambda: lab.faults.partition(["node1", "client"], ["node2", "witness"]))
+    stack.wait(lambda: stack.leader() == "node2", 30, "node2 to lead")
+    time.sleep(1.0)
+    lab.faults.heal()
+    assert stack.wait_service(30) == "node2"
+    acks, _ = finish_writer(stack, out)
+
+    def redundant() -> bool:
+        vols = [stack.volume_status(h) for h in ("node1", "node2")]
+        return all(v["disk"] == "UpToDate" and v["peer"]["connection"] == "Connected"
+                   for v in vols)
+
+    stack.wait(redundant, 60, "both disks UpToDate and connected again, without an operator")
+    assert "split brain resolved" in (lab.host_dir("node1") / "log" / "volume-db.log").read_text()
+    assert_no_loss_no_overlap(stack, acks)
+
+
 def test_replication_cut_outdates_the_peer_which_then_must_not_promote(healthy):
     stack = healthy
     lab = stack.lab

@@ -119,7 +119,8 @@ asyncio.run(main())
 """
     out = lab.run("node1", [sys.executable, "-c", script]).stdout
     assert "held True" in out and "refresh after stop False" in out, out
-    values = dict(line.rsplit(" ", 1) for line in out.splitlines() if line.startswith(("held back", "expired")))
+    values = dict(line.rsplit(" ", 1) for line in out.splitlines()
+                  if line.startswith(("held back", "expired")))
     assert float(values["held back"]) >= 0.6
     assert 0.7 <= float(values["expired after"]) <= 1.0 + 0.25 + 0.2, out
     assert holders(lab, addr) == []

@@ -555,6 +555,8 @@ class Agent:
         async def suspend() -> None:
             with contextlib.suppress(TandemError):
                 await volume_call(self.spec.control_socket, "suspend-io", timeout=1.0, reason=why)
+            with contextlib.suppress(TandemError):  # for after_split_brain = least-recent-primary
+                await volume_call(self.spec.control_socket, "lost-leadership", timeout=1.0)
 
         await asyncio.gather(suspend(), self._drop_vip())
         with contextlib.suppress(TandemError):

@@ -15,7 +15,7 @@ from tandem.lab.shell import run
 
 def write_cluster_config(lab: Lab, *, volume_size: str = "256MiB", ping_timeout: float = 0.5,
                          fence_peer_command: str | None = None, extra: str = "",
-                         cache: str = "write-through") -> Path:
+                         cache: str = "write-through", after_split_brain: str = "disconnect") -> Path:
     etc = lab.spec.dir / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     secret = etc / "secret"
@@ -48,6 +48,7 @@ backing = "db.img"
 metadata = "db.meta"
 ping_timeout = {ping_timeout}
 cache = "{cache}"
+after_split_brain = "{after_split_brain}"
 {fence}{extra}"""
     path = etc / "cluster.toml"
     path.write_text(text)
