@@ -40,7 +40,7 @@ def test_example_is_ok(cfgdir):
     ('port = 7789', 'port = 70000', "volumes.db.port: Input should be less than or equal to 65535"),
     ('ping_timeout = 0.5', 'ping_timout = 0.5', "volumes.db.ping_timout: unknown key"),
     ('cache = "write-through"', 'cache = "writethrough"', "volumes.db.cache: Input should be"),
-    ('after_split_brain = "disconnect"', 'after_split_brain = "discard-younger-primary"',
+    ('after_split_brain = "discard-least-recent-primary"', 'after_split_brain = "discard-younger-primary"',
      "volumes.db.after_split_brain: Input should be 'disconnect', 'discard-zero-changes',"),
     ('[etcd]', '[etcdd]', "etcdd: unknown key"),
     ('public_address = "10.100.1.12"', 'public_address = "10.100.1.11"',
