@@ -561,6 +561,13 @@ class Agent:
         await asyncio.gather(suspend(), self._drop_vip())
         with contextlib.suppress(TandemError):
             await volume_call(self.spec.control_socket, "secondary", timeout=5.0, force=True)
+        with contextlib.suppress(TandemError, KeyError, TypeError):
+            st = await volume_call(self.spec.control_socket, "status", timeout=1.0)
+            peer = st["peer"]
+            if peer["connection"] == "StandAlone" and "split brain" in peer.get("standalone_reason", ""):
+                # A split brain refused while we were still Primary: ask again, now
+                # that the handshake carries "lost leadership" (after_split_brain).
+                await volume_call(self.spec.control_socket, "connect", timeout=2.0)
         await self._stop_group(why, graceful=False)
         if self.leader is not None:
             with contextlib.suppress(DCSError):

@@ -37,6 +37,8 @@ import contextlib
 import os
 import secrets
 import stat
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,15 @@ from tandem.volume.fuse_stack import set_write_through
 
 MOUNT_OPTIONS = ("noatime", "data=ordered", "barrier=1", "errors=remount-ro")
 PROBE_NAME = ".tandem-probe"
+
+
+def _settle(fut: asyncio.Future, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
 # How long looking up the device path may take before the volume behind it is
 # called unresponsive (a held FUSE volume does not answer GETATTR).
 DEVICE_LOOKUP_TIMEOUT = 5.0
@@ -133,6 +144,7 @@ class Filesystem(Resource):
     def __init__(self, config: FilesystemConfig):
         super().__init__(config)
         self._known: DeviceFacts | None = None
+        self._probe_pending: tuple[asyncio.Future, float] | None = None
 
     async def _facts(self) -> DeviceFacts:
         """What the device is, looked up in a thread and remembered once it exists.
@@ -285,9 +297,34 @@ class Filesystem(Resource):
         if "ro" in mount_options(cfg.mountpoint):
             return Health.failed(f"{cfg.mountpoint} is read-only (ext4 remounts so after an I/O error)")
         if cfg.probe:
-            await asyncio.to_thread(self._probe)
+            await self._probe_once()
         return Health.ok(f"{cfg.mountpoint} mounted from {src}" + (", probe written and read back"
                                                                     if cfg.probe else ""))
+
+    async def _probe_once(self) -> None:
+        """One probe at a time, on its own thread: a probe stuck on held volume I/O
+        is reported again (with its age) instead of starting another thread each
+        monitor cycle, which would exhaust asyncio's default executor and stall every
+        other to_thread call of the agent."""
+        pending = self._probe_pending
+        if pending is not None and not pending[0].done():
+            raise ResourceError(f"the probe started {time.monotonic() - pending[1]:.1f} s ago has not"
+                                " returned (volume I/O held?)")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def run() -> None:
+            try:
+                self._probe()
+                result: BaseException | None = None
+            except BaseException as e:  # handed to the event loop
+                result = e
+            loop.call_soon_threadsafe(_settle, fut, result)
+
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved if we gave up
+        self._probe_pending = (fut, time.monotonic())
+        threading.Thread(target=run, name="fs-probe", daemon=True).start()
+        await asyncio.shield(fut)
 
     def _probe(self) -> None:
         """Write, fsync and read back a small file: proves the whole stack
