@@ -300,7 +300,8 @@ class VolWorld:
             self.violate("outdated_promoted", f"{rep.node} promoted while recorded Outdated")
         lost = self._lost(rep.node)
         if lost:
-            self.violate("lost_write", f"{rep.node} promoted without flushed writes: " + "; ".join(lost[:3]))
+            what = "acknowledged" if self.write_through else "flushed"
+            self.violate("lost_write", f"{rep.node} promoted without {what} writes: " + "; ".join(lost[:3]))
 
     def resync_started(self, target: Replica) -> None:
         self.stats["resyncs"] += 1
