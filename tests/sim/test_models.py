@@ -24,6 +24,7 @@ def test_ci_batch_has_no_violations(name):
     if name == "volume":  # failovers, fences and resyncs really happen
         assert st["promotions"] > CI[name] and st["fences"] > 20 and st["resyncs"] > CI[name]
         assert st["writes_acked"] > 100 * CI[name] and st["flushes"] > 20 * CI[name]
+        assert st["write_through_runs"] == CI[name] // 2  # both cache modes
     else:
         assert st["takeovers"] > 20 and st["succeeded"] > 5 * CI[name]
 

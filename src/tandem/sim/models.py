@@ -23,10 +23,11 @@ from tandem.sim.world import Fault
 @dataclass(frozen=True)
 class Model:
     name: str
-    run: Callable[..., Result]  #: run(seed, faults=None, variant="none")
+    run: Callable[..., Result]  #: run(seed, faults=None, variant="none", **options)
     generate: Callable[[int], list[Fault]]
     variants: tuple[str, ...]
     what: str  #: what `Result.acked` and `Result.promotions` count here
+    options: tuple[str, ...] = ()  #: keyword options of run (volume: cache)
 
 
 def _ha_run(seed: int, faults: list[Fault] | None = None, variant: str = "none") -> Result:
@@ -36,13 +37,13 @@ def _ha_run(seed: int, faults: list[Fault] | None = None, variant: str = "none")
 MODELS = {
     "ha": Model("ha", _ha_run, ha_schedule.generate, HA_VARIANTS, "acked writes, promotions"),
     "volume": Model("volume", volworld.run, volworld.generate, volworld.VARIANTS,
-                    "acked writes, promotions"),
+                    "acked writes, promotions", ("cache",)),
     "jobs": Model("jobs", jobworld.run, jobworld.generate, jobworld.VARIANTS,
                   "jobs succeeded, takeovers"),
 }
 
 
-def shrink(model: Model, result: Result, variant: str = "none") -> Result:
+def shrink(model: Model, result: Result, variant: str = "none", **options) -> Result:
     """Greedily drop faults while the run (same seed) still fails the same way."""
     want = {v.kind for v in result.violations}
     best, changed = result, True
@@ -50,19 +51,19 @@ def shrink(model: Model, result: Result, variant: str = "none") -> Result:
         changed = False
         for i in range(len(best.faults) - 1, -1, -1):
             trial = best.faults[:i] + best.faults[i + 1:]
-            r = model.run(best.seed, trial, variant)
+            r = model.run(best.seed, trial, variant, **options)
             if r.violations and {v.kind for v in r.violations} & want:
                 best, changed = r, True
     return best
 
 
-def _chunk(args: tuple[str, int, int, str, bool]) -> dict:
-    name, first, n, variant, stop_at_first = args
+def _chunk(args: tuple[str, int, int, str, bool, dict]) -> dict:
+    name, first, n, variant, stop_at_first, options = args
     model = MODELS[name]
     out = {"schedules": 0, "faults": Counter(), "violations": Counter(), "failing": [], "acked": 0,
            "promotions": 0, "events": 0, "sim_seconds": 0.0, "stats": Counter()}
     for seed in range(first, first + n):
-        r = model.run(seed, variant=variant)
+        r = model.run(seed, variant=variant, **options)
         out["schedules"] += 1
         out["faults"].update(f.kind for f in r.faults)
         out["acked"] += r.acked
@@ -80,11 +81,14 @@ def _chunk(args: tuple[str, int, int, str, bool]) -> dict:
 
 def batch(name: str, n: int, seed: int, variant: str = "none", minutes: float | None = None,
           workers: int = 1, stop_at_first: bool = False,
-          progress: Callable[[int], None] | None = None) -> dict:
-    """Run seeds seed..seed+n-1 of one model; `progress(seed)` for each failing seed as found."""
+          progress: Callable[[int], None] | None = None, options: dict | None = None) -> dict:
+    """Run seeds seed..seed+n-1 of one model; `progress(seed)` for each failing seed as found;
+    `options` are the model's keyword options (volume: cache)."""
+    options = options or {}
     t0 = time.perf_counter()
     chunk = max(1, min(20 if minutes else 100, n // max(1, workers * 8) or 1))
-    jobs = [(name, s, min(chunk, seed + n - s), variant, stop_at_first) for s in range(seed, seed + n, chunk)]
+    jobs = [(name, s, min(chunk, seed + n - s), variant, stop_at_first, options)
+            for s in range(seed, seed + n, chunk)]
     total = {"schedules": 0, "faults": Counter(), "violations": Counter(), "failing": [], "acked": 0,
              "promotions": 0, "events": 0, "sim_seconds": 0.0, "stats": Counter()}
 

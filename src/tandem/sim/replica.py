@@ -27,6 +27,13 @@ flush (fdatasync) makes the cache durable; a crash keeps each unflushed block
 with probability 1/2 (writeback may or may not have happened). ``MetaStore``'s
 update is an atomic, fsynced replace of (MetaState, bitmap bytes): exactly what
 survives a crash. The in-memory bitmap is lost with the process.
+
+**Cache modes** (``VolumeSpec.write_through``, per world): write-back as above; with
+write-through the Primary writes with RWF_DSYNC (durable when the write returns), sends
+each Write with the durable flag, and the peer acknowledges it only once durable (a lone
+Write in a receive batch durably at once, several with one fdatasync before the acks),
+exactly as ``Replicator._on_events``/``_apply_write``/``_send_acks``; nothing is recorded
+as unflushed, and AL evictions and demotions flush nothing.
 """
 
 from __future__ import annotations
@@ -87,9 +94,16 @@ class Disk:
             out[b] = w
         return out
 
-    def pwrite(self, offset: int, data: bytes) -> None:
+    def pwrite(self, offset: int, data: bytes, durable: bool = False) -> None:
+        """Into the page cache; with `durable` (RWF_DSYNC, or O_DIRECT + RWF_DSYNC) on
+        stable storage when it returns, and no longer dirty in the cache."""
         for i in range(0, len(data), BLOCK):
-            self.cache[(offset + i) // BLOCK] = int.from_bytes(data[i:i + 8], "big")
+            b, w = (offset + i) // BLOCK, int.from_bytes(data[i:i + 8], "big")
+            if durable:
+                self.durable[b] = w
+                self.cache.pop(b, None)
+            else:
+                self.cache[b] = w
 
     def pread(self, offset: int, length: int) -> bytes:
         v = self.view()
@@ -245,6 +259,7 @@ class Replica:
     def __init__(self, world: VolWorld, node: str, durable: Durable, variant: str = "none"):
         self.world, self.node, self.durable, self.variant = world, node, durable, variant
         self.sim = world.sim
+        self.write_through = world.write_through  #: VolumeSpec.write_through (config `cache`)
         self.alive = True
         self.policy = genid.SplitBrainPolicy.DISCONNECT
         self.disk = durable.disk
@@ -272,6 +287,7 @@ class Replica:
         self.pending_writes: dict[int, Op] = {}
         self.pending_flushes: dict[int, Op] = {}
         self.unflushed: dict[int, int] = {}
+        self.unsynced = False  # receiver: durable Writes applied, not yet fdatasync'ed
         self.blocked: list[Op] = []  # waiting on io_open
         self.rs_target_started = False
         self.pull: dict[str, Any] | None = None
@@ -314,10 +330,11 @@ class Replica:
         except ActivityLogFull:
             self.sim.after(0.001, self.write, op)
             return
-        if (any(self.extent_ended.get(v, 0) > self.durable_mark for v in victims)
+        if (not self.write_through and any(self.extent_ended.get(v, 0) > self.durable_mark for v in victims)
                 and self.variant != "al_drop_unflushed"):
             # _al_touch: an extent leaves the log only once its writes are durable on
             # both disks; the writer flushes (here: waits for a flush) and tries again
+            # (write-through: a completed write is durable on both already)
             f = self.evict_flush
             if f is None or f.state in ("done", "failed"):
                 self.evict_flush = f = Op("flush", 0, -1, self.sim.now)
@@ -343,7 +360,8 @@ class Replica:
             seq = link.peer.allocate_seq()
             op.seq = seq
             try:
-                link.send(wire.Write(seq, op.block * BLOCK, data), lambda: self.register_write(seq, op))
+                link.send(wire.Write(seq, op.block * BLOCK, data, self.write_through),
+                          lambda: self.register_write(seq, op))
                 sent = True
             except (ConnectionError, wire.ProtocolError):
                 if op.registered:
@@ -352,7 +370,8 @@ class Replica:
                     self.bitmap.set_range(op.block * BLOCK, BLOCK)
         if link is None:
             self.bitmap.set_range(op.block * BLOCK, BLOCK)
-        self.disk.pwrite(op.block * BLOCK, data)
+        # BROKEN variant wt_no_local_sync: the local write without RWF_DSYNC
+        self.disk.pwrite(op.block * BLOCK, data, self.write_through and self.variant != "wt_no_local_sync")
         self.world.applied(self.node, op.wid, op.block)
         op.local_done = True
         op.state = "sent"
@@ -369,6 +388,8 @@ class Replica:
     def register_write(self, seq: int, op: Op) -> None:
         op.registered = True
         self.pending_writes[seq] = op
+        if self.write_through:
+            return  # acknowledged means durable on the peer: nothing to redo
         for g in range(op.block * BLOCK // GRAIN, (op.block * BLOCK + BLOCK - 1) // GRAIN + 1):
             self.unflushed[g] = seq
 
@@ -517,6 +538,8 @@ class Replica:
         """Replicator._flush_both before the AL is cleared: local fdatasync, and a Flush
         to the peer on a writable link (the real one waits for it, bounded; here the
         demotion goes on at once, the Flush still reaches the peer in order)."""
+        if self.write_through:
+            return  # every completed write is durable on both already
         if self.variant == "al_drop_unflushed":  # BROKEN variant: the AL forgets cached writes
             return
         self.disk.flush()
@@ -561,12 +584,16 @@ class Replica:
     def on_events(self, link: SimLink, events: list) -> None:
         acks: list[int] = []
         flushes: list[int] = []
+        # Durable Writes (_on_events): a lone one is written with RWF_DSYNC; several share
+        # one fdatasync before their acks (_send_acks).
+        alone = len(events) == 1
+        self.unsynced = False
         for ev in events:
             if link is not self.link or not self.alive:
                 return
             kind = type(ev)
             if kind is wire.Write:
-                self.disk.pwrite(ev.offset, ev.data)
+                self._apply_write(ev, alone)
                 self.world.applied(self.node, int.from_bytes(ev.data[:8], "big"), ev.offset // BLOCK)
                 acks.append(ev.seq)
             elif kind is WritesAcked:
@@ -597,7 +624,20 @@ class Replica:
             with contextlib.suppress(ConnectionError, wire.ProtocolError):
                 link.send_many([wire.FlushAck(s) for s in flushes])
 
+    def _apply_write(self, ev: wire.Write, alone: bool) -> None:
+        if self.variant == "wt_ack_before_durable":  # BROKEN: buffered, acked before durable
+            self.disk.pwrite(ev.offset, ev.data)
+        elif ev.durable and alone:
+            self.disk.pwrite(ev.offset, ev.data, durable=True)  # pwrite_durable_direct
+        else:
+            self.disk.pwrite(ev.offset, ev.data)
+            if ev.durable:
+                self.unsynced = True
+
     def _send_acks(self, link: SimLink, acks: list[int]) -> None:
+        if acks and self.unsynced:
+            self.unsynced = False
+            self.disk.flush()
         if acks:
             with contextlib.suppress(ConnectionError, wire.ProtocolError):
                 link.send_many(wire.coalesce_acks(acks))

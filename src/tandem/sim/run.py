@@ -2,6 +2,7 @@
 
     tandem sim --model ha|volume|jobs|all --schedules 1000 --seed 1 [--workers 2]
     tandem sim --model volume --replay 1234 [--keep 0,2] [--variant no_fence]
+    tandem sim --model volume --cache write-through   # one cache mode (default: by seed)
     tandem sim --minutes 1 --seed 7        # as many as fit in a minute
 
 Schedule i of a batch uses seed S + i; every failure prints that seed, the
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="processes (each runs whole schedules)")
     ap.add_argument("--minutes", type=float, default=None, help="stop starting schedules after this long")
     ap.add_argument("--variant", default="none", help="a deliberately broken variant of the model")
+    ap.add_argument("--cache", choices=("write-back", "write-through"), default=None,
+                    help="volume: simulate only this cache mode (default: even seeds"
+                         " write-through, odd seeds write-back)")
     ap.add_argument("--replay", type=int, default=None, metavar="SEED",
                     help="run one schedule, print its trace")
     ap.add_argument("--keep", default=None, help="with --replay: only these fault indexes (e.g. 0,2)")
@@ -117,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         print("--schedules and --workers must be at least 1", file=sys.stderr)
         return 2
     ha_extra = a.as_is or a.busy_watch
+    if a.cache is not None and any("cache" not in MODELS[n].options for n in names):
+        print("--cache applies to the volume model only", file=sys.stderr)
+        return 2
+    options = {"cache": a.cache} if a.cache is not None else {}
 
     def run_one(name: str, seed: int, faults=None) -> Result:
         if name == "ha" and ha_extra:
             return run(seed, faults, a.variant, a.as_is, a.busy_watch)
-        return MODELS[name].run(seed, faults, a.variant)
+        return MODELS[name].run(seed, faults, a.variant, **options)
 
     if a.replay is not None:
         if a.model == "all":
@@ -150,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "ha" and ha_extra:
                 sm = shrink(r, a.variant, a.as_is, a.busy_watch)
             else:
-                sm = model_shrink(MODELS[name], r, a.variant)
+                sm = model_shrink(MODELS[name], r, a.variant, **options)
             keep = ",".join(str(r.faults.index(f)) for f in sm.faults) or '""'
             print(f"\nVIOLATION — replay: tandem sim --model {name} --replay {seed} --keep {keep}"
                   + (f" --variant {a.variant}" if a.variant != "none" else "")
+                  + (f" --cache {a.cache}" if a.cache else "")
                   + (" --as-is" if a.as_is else "") + (" --busy-watch" if a.busy_watch else ""))
             print(describe(sm, a.variant))
             sys.stdout.flush()
@@ -167,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in s["failing"]:
                 report(seed)
         else:
-            s = model_batch(name, a.schedules, a.seed, a.variant, a.minutes, a.workers, progress=report)
+            s = model_batch(name, a.schedules, a.seed, a.variant, a.minutes, a.workers, progress=report,
+                            options=options)
         _print_summary(name, s, a.seed, a.variant, MODELS[name].what)
         bad = bad or bool(s["failing"])
     return 1 if bad else 0

@@ -18,7 +18,10 @@ Invariants (checked on the history):
 - ``ack_unreplicated``: when the application sees a write acknowledged, the peer wrote
   it, or the peer is recorded Outdated (fenced) and the block is in the bitmap;
 - ``lost_write``: a promoted disk, and both disks at the end, hold every write whose
-  acknowledgement was followed by a completed flush (or a newer write of that block);
+  acknowledgement was followed by a completed flush (write-through: every acknowledged
+  write), or a newer write of that block;
+- ``ack_not_durable`` (write-through): when the application sees a write acknowledged, it
+  is on stable storage locally and, unless the peer is fenced, on the peer's;
 - ``outdated_promoted``: no disk that is not UpToDate is promoted without force;
 - ``split_brain_merged`` / ``divergent_acked``: a resync never overwrites writes that
   were acknowledged on the target and never seen by the source; silently (no
@@ -30,6 +33,13 @@ Invariants (checked on the history):
 - ``stale_peer_state`` / ``no_primary``: after the faults healed each side knows the other's
   role and disk, and the leader is Primary;
 - ``protocol_error``: neither side ever breaks the wire protocol.
+
+**Cache modes**: both are simulated, even seeds write-through and odd ones write-back (or
+one forced with ``cache=``; ``tandem sim --cache``). Write-back: the application flushes,
+a crash loses what no flush covered. Write-through: the application never flushes (ext4
+sends none to a write-through loop device) and relies on completion alone. Broken
+variants: ``wt_ack_before_durable`` (the peer applies a durable Write to its page cache
+and acknowledges it) and ``wt_no_local_sync`` (the Primary's own write without RWF_DSYNC).
 
 Findings kept as variants: ``no_fuse_teardown`` (seed 77) shows that the replicator itself
 completes writes that were waiting for the peer successfully when the link drops after a
@@ -79,7 +89,20 @@ SETTLE = 5.0  #: seconds after the last heal by which both disks must be identic
 KIND_WEIGHTS = {"crash": 3, "partition": 3, "reset": 3, "slow": 1, "isolate": 2, "switchover": 2}
 DURATION = {"crash": (0.05, 2.5), "partition": (0.05, 2.5), "slow": (0.2, 2.5), "isolate": (0.2, 2.5)}
 VARIANTS = ("none", "ack_before_peer", "resync_wrong_direction", "skip_bitmap_mark", "promote_outdated",
-            "no_fence", "no_fuse_teardown", "promote_in_handshake", "al_drop_unflushed")
+            "no_fence", "no_fuse_teardown", "promote_in_handshake", "al_drop_unflushed",
+            "wt_ack_before_durable", "wt_no_local_sync")
+CACHES = ("write-back", "write-through")
+
+
+def cache_of(seed: int, cache: str | None = None) -> str:
+    """The cache mode of a schedule: `cache`, or by the seed's parity (even seeds
+    write-through, odd ones write-back), so every batch covers both and a seed replays
+    in the mode it ran in."""
+    if cache is None:
+        return CACHES[1] if seed % 2 == 0 else CACHES[0]
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {', '.join(CACHES)}, not {cache!r}")
+    return cache
 
 
 def generate(seed: int) -> list[Fault]:
@@ -104,9 +127,16 @@ def healed_at(faults: list[Fault]) -> float:
 
 
 class VolWorld:
-    def __init__(self, seed: int, faults: list[Fault], variant: str = "none"):
+    #: the write-through contract, checked when the application sees an ack (the history
+    #: checks, lost_write and replicas_differ, apply as well)
+    check_at_ack = True
+
+    def __init__(self, seed: int, faults: list[Fault], variant: str = "none", cache: str | None = None):
         self.sim = Sim(seed)
         self.variant = variant
+        self.cache = cache_of(seed, cache)
+        self.write_through = self.cache == "write-through"
+        self.sim.log("world", f"cache {self.cache}")
         self.wire = Wire(self.sim)
         self._uuid = random.Random(seed ^ 0x5EED)
         ids = GenerationIds(self.uuid())
@@ -132,7 +162,8 @@ class VolWorld:
         self.seen: dict[str, set[int]] = {n: {0} for n in NODES}
         self.discard_ok: set[str] = set()
         self.stats = {"writes_acked": 0, "flushes": 0, "promotions": 0, "standalone": 0,
-                      "operator_discards": 0, "resyncs": 0, "fences": 0, "failed_ops": 0, "al_flushes": 0}
+                      "operator_discards": 0, "resyncs": 0, "fences": 0, "failed_ops": 0, "al_flushes": 0,
+                      "write_through_runs": int(self.write_through)}
         self.heal = healed_at(faults)
         self.workload_until = self.heal + SETTLE / 2
         for f in faults:
@@ -199,7 +230,10 @@ class VolWorld:
                     mine.add(op)
                     rep.write(op)
                 flushing = any(o.kind == "flush" for o in mine)
-                if not flushing and self.sim.rng.random() < WRITE_EVERY / FLUSH_EVERY:
+                # write-through: the loop device announces no volatile cache, so ext4 sends no
+                # flushes; the application relies on completion alone
+                if (not self.write_through and not flushing
+                        and self.sim.rng.random() < WRITE_EVERY / FLUSH_EVERY):
                     op = Op("flush", 0, -1, now)
                     op.snapshot = {b: w for b, w in enumerate(self.acked_latest) if w}
                     mine.add(op)
@@ -222,11 +256,25 @@ class VolWorld:
             if op.wid not in self.seen[peer.node] and not fenced:
                 self.violate("ack_unreplicated", f"write #{op.wid} (block {op.block}) acknowledged on"
                              f" {rep.node}; {peer.node} holds #{held} and is not fenced")
+            if self.write_through:
+                # completed means durable on both disks: the application never flushes
+                if op.wid > self.durable_acked[op.block]:
+                    self.durable_acked[op.block] = op.wid
+                if self.check_at_ack:
+                    self._check_durable(rep.node, op, "locally")
+                    if op.wid in self.seen[peer.node] and not fenced:
+                        self._check_durable(peer.node, op, "on the peer")
         else:
             self.stats["flushes"] += 1
             for b, w in op.snapshot.items():
                 if w > self.durable_acked[b]:
                     self.durable_acked[b] = w
+
+    def _check_durable(self, node: str, op: Op, where: str) -> None:
+        stable = self.durable[node].disk.durable[op.block]
+        if stable != op.wid:
+            self.violate("ack_not_durable", f"write #{op.wid} (block {op.block}) acknowledged"
+                         f" (write-through) but not durable {where}: {node}'s disk holds #{stable}")
 
     def op_failed(self, rep: Replica, op: Op, why: str) -> None:
         if op in self.outstanding[rep.node]:
@@ -252,7 +300,8 @@ class VolWorld:
             self.violate("outdated_promoted", f"{rep.node} promoted while recorded Outdated")
         lost = self._lost(rep.node)
         if lost:
-            self.violate("lost_write", f"{rep.node} promoted without flushed writes: " + "; ".join(lost[:3]))
+            what = "acknowledged" if self.write_through else "flushed"
+            self.violate("lost_write", f"{rep.node} promoted without {what} writes: " + "; ".join(lost[:3]))
 
     def resync_started(self, target: Replica) -> None:
         self.stats["resyncs"] += 1
@@ -547,9 +596,11 @@ class VolWorld:
             peer_mod.decide_sync = orig
 
 
-def run(seed: int, faults: list[Fault] | None = None, variant: str = "none") -> Result:
+def run(seed: int, faults: list[Fault] | None = None, variant: str = "none",
+        cache: str | None = None) -> Result:
+    """One schedule; `cache` forces the cache mode (default: by the seed, see cache_of)."""
     faults = generate(seed) if faults is None else faults
-    w = VolWorld(seed, faults, variant)
+    w = VolWorld(seed, faults, variant, cache)
     w.run()
     return Result(seed, faults, sorted(w.violations, key=lambda v: v.at), w.sim.trace,
                   w.stats["writes_acked"], w.stats["promotions"], w.sim.events, w.heal + SETTLE,
