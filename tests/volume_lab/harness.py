@@ -17,10 +17,11 @@ NODES = ("node1", "node2")
 
 class VolumePair:
     def __init__(self, lab: Lab, size: str = "64MiB", fence_peer_command: str | None = None,
-                 ping_timeout: float = 0.5, extra: str = ""):
+                 ping_timeout: float = 0.5, extra: str = "", after_split_brain: str = "disconnect"):
         self.lab = lab
         self.config = write_cluster_config(lab, volume_size=size, ping_timeout=ping_timeout,
-                                           fence_peer_command=fence_peer_command, extra=extra)
+                                           fence_peer_command=fence_peer_command, extra=extra,
+                                           after_split_brain=after_split_brain)
         #: a host's own config file instead of the shared one (a deliberate mismatch)
         self.host_configs: dict[str, Path] = {}
 

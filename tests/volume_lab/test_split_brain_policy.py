@@ -14,7 +14,7 @@ BLOCK = 4096
 
 
 def _pair(lab, policy: str):
-    vp = VolumePair(lab, extra=f'after_split_brain = "{policy}"\n')
+    vp = VolumePair(lab, after_split_brain=policy)
     try:
         yield vp
     finally:
