@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from tandem.volume.wire import FileSlice
+from tandem.volume.wire import MAX_DATA, FileSlice
 
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -35,7 +35,7 @@ _sync_file_range = _load_sync_file_range()
 
 
 DIRECT_ALIGN = 4096
-DIRECT_MAX = 1 << 20  # wire.MAX_DATA
+DIRECT_MAX = MAX_DATA  # the largest Write a peer sends
 
 
 class DiskFailed(OSError):
