@@ -82,3 +82,26 @@ def test_as_is_two_writers_after_a_lease_regrant_and_its_fix():
     faults = [generate(14518)[i] for i in (0, 1)]
     assert {v.kind for v in run(14518, faults, as_is=True).violations} == {"two_writers"}
     assert run(14518, faults).ok
+
+
+@pytest.mark.parametrize("seed", [68805, 87905, 102590, 107336])
+def test_a_promotion_with_the_link_down_fences_the_peer_first(seed):
+    """Found by a 70,000-schedule batch: the leader recorded its peer UpToDate while
+    the link was up, the link dropped before the volume promoted, and the new
+    Primary acknowledged writes the cluster still counted on the peer for; the peer
+    was promoted later without them. The volume now fences a peer it does not know
+    Outdated when it promotes without a connection (DRBD runs fence-peer then too)."""
+    assert {v.kind for v in run(seed, variant="no_fence_on_promote").violations} == {"lost_write"}
+    r = run(seed)
+    assert r.ok, [str(v) for v in r.violations]
+
+
+def test_a_promotion_refused_by_a_resync_is_no_node_failure():
+    """Seed 118244: node1 took the key just as a resync made it the target of node2's
+    newer data; its volume refused to promote (Inconsistent) and the agent counted
+    that as a node failure: unhealthy for 10 s while node2 was recorded Outdated, so
+    nobody was writable 8 s after the faults healed. A refusal by the volume's own
+    state is no failure now, and the record is never written from a disk that is
+    not UpToDate."""
+    r = run(118244)
+    assert r.ok, [str(v) for v in r.violations]

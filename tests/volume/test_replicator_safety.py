@@ -188,3 +188,86 @@ def test_al_eviction_needs_no_flush_with_the_write_through_cache(tmp_path):
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+def _fenced_replicator(tmp_path, monkeypatch, fence):
+    rep = make_replicator(tmp_path)
+    rep.fence_peer = fence
+    monkeypatch.setattr(rep, "_mount", lambda: None)  # the FUSE front end is not on this path
+    return rep
+
+
+def test_promotion_without_the_peer_waits_for_fence_peer(tmp_path, monkeypatch):
+    """ha simulation seeds 68805/87905/102590/107336: the leader recorded its peer
+    UpToDate over a live link, the link dropped, then the volume promoted and
+    acknowledged writes the cluster still counted on the peer for."""
+    import threading
+    calls, allow = [], threading.Event()
+
+    def fence() -> bool:
+        calls.append(time.monotonic())
+        return allow.wait(5)
+
+    rep = _fenced_replicator(tmp_path, monkeypatch, fence)
+    done = threading.Event()
+    try:
+        rep.promote()  # no link: the peer's disk is not known Outdated
+        assert rep.role is Role.PRIMARY and not rep.io_open.is_set()
+        assert rep.meta.state.generations.current != GEN  # writes start a new generation
+        writer = threading.Thread(target=lambda: (rep.write(0, b"x" * BLOCK), done.set()), daemon=True)
+        writer.start()
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert calls, "fence-peer was not called"
+        assert not done.wait(0.2), "a write completed before the peer was fenced"
+        allow.set()
+        assert done.wait(5)
+        assert rep.meta.state.peer_outdated and rep.peer_disk is DiskState.OUTDATED
+        assert len(calls) == 1
+    finally:
+        allow.set()
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()
+
+
+def test_promotion_after_the_agent_recorded_the_peer_outdated_needs_no_fence(tmp_path, monkeypatch):
+    calls = []
+    rep = _fenced_replicator(tmp_path, monkeypatch, lambda: calls.append(1) or True)
+    try:
+        rep.promote(peer_outdated=True)
+        assert rep.io_open.is_set()
+        rep.write(0, b"y" * BLOCK)
+        assert calls == [] and rep.meta.state.peer_outdated
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()
+
+
+def test_a_failed_fence_then_a_demotion_fails_held_writes(tmp_path, monkeypatch):
+    import threading
+    rep = _fenced_replicator(tmp_path, monkeypatch, lambda: False)  # the DCS refuses every try
+    errors: list[BaseException] = []
+
+    def write():
+        try:
+            rep.write(0, b"z" * BLOCK)
+        except OSError as e:
+            errors.append(e)
+
+    try:
+        rep.promote()
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        time.sleep(0.3)
+        assert writer.is_alive()  # held while fence-peer keeps failing
+        monkeypatch.setattr(rep, "fuse", None)
+        rep.demote(force=True)
+        writer.join(5)
+        assert not writer.is_alive() and errors, "the held write did not fail"
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

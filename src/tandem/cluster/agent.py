@@ -107,6 +107,7 @@ class Agent:
         self.deadline_lease: int | None = None
         self._published: tuple[dict, float] | None = None
         self._fence_task: asyncio.Task | None = None
+        self._peer_recorded_outdated = False  # what the last volume record said of the peer
         self._fence_failed: dict[int, float] = {}  # leader token -> when its fence failed
         self.last_fence: FenceResult | None = None
         self.notifier = Notifier(cfg.agent.notify, cfg.agent.notify_timeout, node, cfg.cluster.name)
@@ -455,11 +456,26 @@ class Agent:
                              at=time.time()), leader)
         await self._promote("acquired the leader key")
 
+    async def _volume_not_ready(self) -> str:
+        """Why the local volume cannot be promoted now by its own state (empty if it can)."""
+        self.volume = await self._volume_status()
+        v = self.volume or {}
+        conn = (v.get("peer") or {}).get("connection")
+        if v and v.get("disk") != "UpToDate":
+            return f"local disk is {v.get('disk')}"
+        if conn in ("SyncTarget", "WFBitmapT"):
+            return "this node is a resync target"
+        return ""
+
     async def _record_volume_state(self) -> bool:
-        """As leader: me UpToDate; the peer UpToDate only if it is connected and in sync."""
+        """As leader: me UpToDate; the peer UpToDate only if it is connected and in sync.
+        Never while the local disk is not UpToDate (a resync made it a target since
+        the decision): that record would call the newer peer Outdated."""
         if self.leader is None:
             return False
         v = self.volume or {}
+        if v and v.get("disk") != "UpToDate":
+            return False
         peer = v.get("peer") or {}
         peer_ok = peer.get("connection") == "Connected" and peer.get("disk") == "UpToDate"
         current = self.view.volume(self.resource) or VolumeState.empty(self.resource)
@@ -468,6 +484,7 @@ class Agent:
             (current.disk(self.peer) if current.disk(self.peer) not in (None, DiskState.UP_TO_DATE)
              else DiskState.OUTDATED))
         if want.disks == current.disks:
+            self._peer_recorded_outdated = want.disk(self.peer) is not DiskState.UP_TO_DATE
             return True
         try:
             ok = await self.dcs.set_volume_state(want, self.leader)
@@ -475,10 +492,13 @@ class Agent:
             log.warning("could not record the volume state: %s", e)
             return False
         if ok:
+            self._peer_recorded_outdated = want.disk(self.peer) is not DiskState.UP_TO_DATE
             log.info("volume record: %s", dict(want.disks))
         return ok
 
     async def _promote(self, why: str) -> None:
+        # Taking the key took DCS round trips: record what the volume is now.
+        self.volume = await self._volume_status()
         if not await self._record_volume_state():
             log.warning("not promoting yet: the volume record could not be written")
             return
@@ -488,6 +508,11 @@ class Agent:
             log.warning("not promoting yet: %s", e)
             return
         self.primary = True
+        # The volume fences the peer itself if the link is down when it promotes
+        # and the record above still counted the peer UpToDate (the link dropped
+        # since): the promotion must not write where the cluster counts on the peer.
+        volume = self.group.member("volume")
+        volume.peer_outdated = self._peer_recorded_outdated  # type: ignore[attr-defined]
         t0 = time.monotonic()
         lab_event("promote_start", node=self.node)
         res = await self.group.start()
@@ -501,10 +526,18 @@ class Agent:
             log.info("resource group started in %.2f s: %s", time.monotonic() - t0, res.sentence)
         else:
             self.primary = False
-            self.healthy = False
-            self._unhealthy_since = time.monotonic()
             self._start_failures += 1
             log.error("resource group failed to start: %s", res.sentence)
+            not_ready = await self._volume_not_ready()
+            if not_ready:
+                # The volume refused because of its disk (a resync began since the
+                # decision to take the key): not a fault of this node, and the disk
+                # state alone keeps it out of the race until it is UpToDate again. A
+                # 10 s health penalty here left the cluster with no writer at all.
+                log.warning("not counted as a node failure: %s", not_ready)
+            else:
+                self.healthy = False
+                self._unhealthy_since = time.monotonic()
             # Do not hammer: back off (up to 2 s) before the next attempt.
             await asyncio.sleep(min(2.0, 0.1 * 2 ** min(self._start_failures, 5)))
 

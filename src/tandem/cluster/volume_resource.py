@@ -51,10 +51,14 @@ class VolumeResource(Resource):
     def __init__(self, config: VolumeResourceConfig):
         super().__init__(config)
         self.socket = config.control_socket
+        # Set by the agent before a start: the DCS records the peer's disk Outdated
+        # under this node's key, so a promotion with the link down needs no fence.
+        self.peer_outdated = False
 
     async def _start(self) -> str:
         try:
-            st = await volume_call(self.socket, "primary", timeout=self.config.start_timeout)
+            st = await volume_call(self.socket, "primary", timeout=self.config.start_timeout,
+                                   peer_outdated=self.peer_outdated)
         except TandemError as e:
             raise ResourceError(f"volume {self.config.resource}: {e}") from None
         return f"volume {self.config.resource} is Primary (disk {st['disk']})"

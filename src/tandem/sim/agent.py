@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 RESOURCE = "db"
 TTL, OP_TIMEOUT, INTERVAL, MARGIN, MONITOR_INTERVAL = 1.0, 0.5, 0.25, 0.3, 1.0
 
-VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin")
+VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "no_fence_on_promote")
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -78,6 +78,7 @@ class SimAgent:
         self.last: Decision | None = None
         self._last_monitor = 0.0
         self._start_failures = 0
+        self._peer_recorded_outdated = False
         self._unhealthy_since = 0.0
         self._published: tuple | None = None
         self.deadline_lease: int | None = None  #: the lease self.lease_deadline was renewed on
@@ -232,6 +233,8 @@ class SimAgent:
         if self.leader is None:
             return False
         v = self.volume or {}
+        if v and v.get("disk") != "UpToDate":
+            return False
         peer = v.get("peer") or {}
         peer_ok = peer.get("connection") == "Connected" and peer.get("disk") == "UpToDate"
         current = self.view.volume(RESOURCE) or VolumeState.empty(RESOURCE)
@@ -240,12 +243,14 @@ class SimAgent:
             (current.disk(self.peer) if current.disk(self.peer) not in (None, DiskState.UP_TO_DATE)
              else DiskState.OUTDATED))
         if want.disks == current.disks:
+            self._peer_recorded_outdated = want.disk(self.peer) is not DiskState.UP_TO_DATE
             return True
         try:
             ok = yield from self.dcs.set_volume_state(want, self.leader)
         except DCSError:
             return False
         if ok:
+            self._peer_recorded_outdated = want.disk(self.peer) is not DiskState.UP_TO_DATE
             self.log(f"volume record: {dict(want.disks)}")
         return ok
 
@@ -254,20 +259,26 @@ class SimAgent:
                 and (self.deadline() is None or self.deadline() - self.margin <= self.clock.now())):
             self.log("not promoting yet: no unexpired lease deadline")
             return
+        self.volume = self.vol.status()  # taking the key took DCS round trips
         if not (yield from self._record_volume_state()):
             return
         self._push_write_lease()
         self.primary = True
-        err = self.vol.promote()  # the resource group: volume first, the rest instantly
+        # the resource group: volume first, the rest instantly
+        err = self.vol.promote(peer_outdated=self._peer_recorded_outdated)
         if err is None:
             self.healthy = True
             self._start_failures = 0
         else:
             self.log(f"resource group failed to start: {err}")
             self.primary = False
-            self.healthy = False
-            self._unhealthy_since = self.clock.now()
             self._start_failures += 1
+            st = self.vol.status()
+            if st["disk"] != "UpToDate" or st["peer"]["connection"] == "SyncTarget":
+                self.log("not counted as a node failure: the volume is not ready")
+            else:
+                self.healthy = False
+                self._unhealthy_since = self.clock.now()
             yield Sleep(min(2.0, 0.1 * 2 ** min(self._start_failures, 5)))
 
     def _lead(self) -> Coro:

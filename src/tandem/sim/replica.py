@@ -458,8 +458,9 @@ class Replica:
                 self.flush(op)
 
     # ------------------------------------------------------------------ roles
-    def promote(self, force: bool = False) -> str | None:
-        """None, or why the volume refuses (VolumeError)."""
+    def promote(self, force: bool = False, peer_outdated: bool = False) -> str | None:
+        """None, or why the volume refuses (VolumeError). Without a connection and
+        with the peer not known Outdated, I/O waits for the fence-peer hook."""
         disk = self.meta.disk
         if self.role is Role.PRIMARY:
             return None
@@ -485,11 +486,17 @@ class Replica:
         if connected and forced_new_data and link is not None:
             link.disconnect("forced promotion: resynchronising from the new Primary")
             connected = False
+        if not connected and peer_outdated:
+            self.peer_disk = DiskState.OUTDATED
+            self.meta_update(peer_outdated=True)
         if self.fencing is None:
             self.held_by_operator = False
             self.io_open = True
         self.role = Role.PRIMARY
         self.lost_leadership = False
+        if not connected and self.peer_disk is not DiskState.OUTDATED:
+            self.io_open = False
+            self._begin_fence([], [])
         if connected:
             self.send_status()
         self.log(f"Primary (gen {self.meta.generations.current:x}, link"
@@ -656,6 +663,8 @@ class Replica:
                 return
             out = ev.decision.outcome
             self.log(f"connected: {out} ({ev.reason})")
+            if self.meta.peer_outdated:
+                self.meta_update(peer_outdated=False)  # the link says what the peer is now
             if out.is_target and out.is_full:
                 self.bitmap.set_all()
             if out.is_source or out.is_target:
@@ -712,12 +721,18 @@ class Replica:
         self.peer_status = None
         self.pull = None
         if fence:
-            self.fencing = (writes, flushes)
-            self.world.start_fence(self)
+            self._begin_fence(writes, flushes)
         else:
             for op in writes + flushes:
                 op.peer_done = True
                 self._maybe_done(op)
+
+    def _begin_fence(self, writes: list[Op], flushes: list[Op]) -> None:
+        """A fence still running hands its held writes to this one."""
+        if self.fencing is not None:
+            writes, flushes = self.fencing[0] + writes, self.fencing[1] + flushes
+        self.fencing = (writes, flushes)
+        self.world.start_fence(self)
 
     def fail_fenced_waiters(self) -> None:
         held, self.fencing = self.fencing, None

@@ -158,8 +158,10 @@ class SimVolume:
         self.track()
         self._release_blocked()
 
-    def promote(self) -> str | None:
-        """None on success, else why the volume refuses."""
+    def promote(self, peer_outdated: bool = False) -> str | None:
+        """None on success, else why the volume refuses. With the link down and the
+        peer not known Outdated (`peer_outdated`: the agent recorded it), I/O waits
+        for the fence-peer hook, as on a link lost while Primary."""
         if self.role is Role.PRIMARY:
             return None
         if self.disk is not UP:
@@ -170,12 +172,20 @@ class SimVolume:
             return "peer is Primary"
         if r.state == "sync" and r.target is self:
             return "this node is a resync target"
+        fence = False
         if r.state == "down":
             self.gens = (*self.gens, self.world.new_gen())
-        if "clear_hold_on_promote" in self.world.fixes:
+            if peer_outdated:
+                self.peer_disk = OUT
+            fence = self.peer_disk is not OUT and self.world.variant != "no_fence_on_promote"
+        if "clear_hold_on_promote" in self.world.fixes and not self.fencing:
             # a suspend-io from an earlier demotion must not outlive it
             self.held_by_operator, self.lease_held_io, self.io_open = False, False, True
         self.role = Role.PRIMARY
+        if fence:
+            self.fencing = True
+            self.io_open = False
+            self.world.start_fence(self)
         self.sim.log(self.node, f"volume Primary (gen {self.gens[-1]}, link {r.state})")
         self.world.on_promote(self)
         self.track()
@@ -273,6 +283,7 @@ class Repl:
         if a.role is Role.PRIMARY and b.role is Role.PRIMARY:
             return
         ga, gb = a.gens[-1], b.gens[-1]
+        a.peer_disk = b.peer_disk = None  # from here on the link says what the peer's disk is
         if ga == gb and a.disk is not INC and b.disk is not INC:
             self.state = "connected"
             self.session += 1

@@ -171,8 +171,8 @@ class VolWorld:
             if f.duration > 0:
                 self.sim.at(f.at + f.duration, self._fault_end, f)
         # created, connected and in sync; node1 is the leader and Primary
-        self.reps[NODES[0]].promote()
         self._record(NODES[0])
+        self.reps[NODES[0]].promote(peer_outdated=self.recorded_outdated[NODES[1]])
         for n in NODES:
             self.sim.after(0.05, self.reps[n].tick)
         self.sim.after(0.0, self._dial)
@@ -395,7 +395,7 @@ class VolWorld:
             if rep.alive and (not self._was_outdated or self.variant == "promote_outdated"):
                 self._record(node)
                 if rep.role is Role.SECONDARY and self.switching is None:
-                    err = rep.promote()
+                    err = rep.promote(peer_outdated=self.recorded_outdated[self.peer_of(node)])
                     if err:
                         self.sim.log(node, f"promotion refused: {err}")
         if self.sim.now > self.heal + 0.5:

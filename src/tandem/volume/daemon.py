@@ -38,7 +38,7 @@ def _until(req: dict[str, Any]) -> float | None:
 
 def handlers(rep: Replicator, stop: threading.Event) -> dict:
     def primary(req):
-        rep.promote(force=bool(req.get("force")))
+        rep.promote(force=bool(req.get("force")), peer_outdated=bool(req.get("peer_outdated")))
         return rep.status()
 
     def secondary(req):

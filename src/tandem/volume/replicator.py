@@ -246,6 +246,7 @@ class Replicator:
         self.suspended_reason = ""
         self._held_by_operator = False
         self._fencing: tuple[list, list] | None = None
+        self._lost_as_secondary: Link | None = None
         self._write_lease: float | None = None
         self._dumped = False
         self._lease_held_io = False
@@ -490,8 +491,14 @@ class Replicator:
             threading.Thread(target=link.disconnect, args=("peer disk failed",), daemon=True).start()
 
     # ================================================================ role changes
-    def promote(self, force: bool = False) -> None:
-        """Become Primary. Never while a handshake is deciding the resync direction
+    def promote(self, force: bool = False, peer_outdated: bool = False) -> None:
+        """Become Primary. Without a connection to the peer the new Primary's first
+        writes would exist here only, while the cluster may still count the peer's
+        disk as UpToDate (a link that dropped between the agent's check and this
+        call): as DRBD runs fence-peer on a promotion with the peer unknown, I/O
+        stays suspended until the fence-peer hook confirms the peer Outdated.
+        `peer_outdated`: the caller (the agent) has already recorded it, so no
+        second fence is needed. Never while a handshake is deciding the resync direction
         from a StateExchange that says we are a Secondary with the old generation:
         the peer would decide on stale facts (it could make this node, now writing
         a new generation, the SyncTarget of older data). Like DRBD, the role change
@@ -504,7 +511,7 @@ class Replicator:
                 link = self.link
                 if (link is None or link.closed
                         or link.state is not ConnectionState.WF_REPORT_PARAMS):
-                    connected = self._promote_locked(force)
+                    connected = self._promote_locked(force, peer_outdated)
                     if connected is None:
                         return  # Primary already
                     break
@@ -518,7 +525,7 @@ class Replicator:
         lab_event("writable", node=self.spec.node, writable=True, reason="promoted")
         log.info("promoted to Primary%s", " (forced)" if force else "")
 
-    def _promote_locked(self, force: bool) -> bool | None:
+    def _promote_locked(self, force: bool, peer_outdated: bool = False) -> bool | None:
         """promote() under the status lock: True if the peer must be told, None if
         this node was Primary already."""
         disk = self.meta.state.disk
@@ -548,13 +555,39 @@ class Replicator:
             # makes this node the source of a full sync.
             link.disconnect("forced promotion: resynchronising from the new Primary")
             connected = False
+        if not connected and peer_outdated:
+            self.peer_disk = DiskState.OUTDATED
+            with self.meta_lock:
+                self.meta.update(peer_outdated=True)
         if self._fencing is None and not self._lease_held_io:
             # Whatever suspended I/O belonged to an earlier term as Primary.
             self._held_by_operator = False
             self.suspended_reason = ""
             self.io_open.set()
-        self.role = Role.PRIMARY
+        with self.io_lock:
+            # The link may have dropped since `connected` was read, and its loss been
+            # handled as a Secondary's (no new generation, no fence): handle it here.
+            # A loss not handled yet sees the Primary role set below and does it all.
+            dropped = connected and self._lost_as_secondary is link
+            if dropped:
+                connected = False
+            self.role = Role.PRIMARY
+            fence = (not connected and self.fence_peer is not None
+                     and self.peer_disk is not DiskState.OUTDATED)
+            if fence:
+                self.io_open.clear()
+                self.suspended_reason = "fencing the peer (promoted without a connection to it)"
+                token = self._begin_fence([], [])
         self.lost_leadership = False
+        if dropped:
+            log.warning("the link dropped while promoting: new generation")
+            with self.meta_lock:
+                self.meta.update(generations=genid.new_current(self.meta.state.generations, new_uuid()))
+        if fence:
+            log.warning("promoted without a connection to %s, whose disk is not known Outdated:"
+                        " I/O waits for fence-peer", self.spec.peer)
+            threading.Thread(target=self._fence_and_resume, args=(token,), daemon=True,
+                             name="fence-peer").start()
         return connected
 
     def set_write_lease(self, until: float | None) -> None:
@@ -932,6 +965,12 @@ class Replicator:
                 log.error("connection refused: %s (StandAlone until resolved)", ev.reason)
                 return
             log.info("connected: %s (%s)", ev.decision.outcome, ev.reason)
+            if self.meta.state.peer_outdated:
+                # What the peer's disk is now comes from the link (a resync target is
+                # Inconsistent until done): a stale mark would let a later promotion
+                # with the link down skip fencing a peer that is UpToDate by then.
+                with self.meta_lock:
+                    self.meta.update(peer_outdated=False)
             out = ev.decision.outcome
             if ev.decision.split_brain_resolved:
                 self._log_split_brain_resolved(ev)
@@ -1022,9 +1061,12 @@ class Replicator:
                                       min(UNFLUSHED_GRAIN, self.size - g * UNFLUSHED_GRAIN))
             self._unflushed.clear()
             fence = self.role is Role.PRIMARY and was_replicating and self.fence_peer is not None
+            if self.role is not Role.PRIMARY:
+                self._lost_as_secondary = link  # a promotion racing this loss must know
             if fence:
                 self.io_open.clear()
                 self.suspended_reason = "fencing the peer"
+                token = self._begin_fence(writes, flushes)
         self.last_link_error = reason
         if self._rs_window is not None:
             self._rs_window.release(RESYNC_WINDOW)  # the puller wakes and sees the link closed
@@ -1043,7 +1085,7 @@ class Replicator:
         if self.resync and not self.resync.finished:
             self.resync.finished = time.monotonic()
         if fence:
-            threading.Thread(target=self._fence_and_resume, args=(writes, flushes), daemon=True,
+            threading.Thread(target=self._fence_and_resume, args=(token,), daemon=True,
                              name="fence-peer").start()
         else:
             for w, _, _ in writes:
@@ -1064,11 +1106,22 @@ class Replicator:
             for w in flushes:
                 w.done(err)
 
-    def _fence_and_resume(self, writes: list, flushes: list) -> None:
-        with self.io_lock:
-            self._fencing = (writes, flushes)
+    def _begin_fence(self, writes: list, flushes: list) -> tuple[list, list]:
+        """Under io_lock: the writes and flushes the fence holds. A fence still
+        running (the link came back and dropped again) hands its held writes to
+        this one and stops: they complete only once the latest loss is fenced."""
+        if self._fencing is not None:
+            writes = self._fencing[0] + writes
+            flushes = self._fencing[1] + flushes
+        self._fencing = (writes, flushes)
+        return self._fencing
+
+    def _fence_and_resume(self, token: tuple[list, list]) -> None:
+        writes, flushes = token
         attempt = 0
         while self._running and self.role is Role.PRIMARY:
+            if self._fencing is not token:
+                return  # a later fence took over these writes, or a demotion failed them
             attempt += 1
             try:
                 ok = bool(self.fence_peer and self.fence_peer())
@@ -1087,8 +1140,8 @@ class Replicator:
                 self.io_open.set()
             return
         with self.io_lock:
-            if self._fencing is None:
-                return  # a forced demotion failed these writes already
+            if self._fencing is not token:
+                return  # failed by a forced demotion, or taken over by a later fence
             self._fencing = None
         if self.link is None:
             self.peer_disk = DiskState.OUTDATED
