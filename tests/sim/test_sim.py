@@ -90,8 +90,10 @@ def test_a_promotion_with_the_link_down_fences_the_peer_first(seed):
     the link was up, the link dropped before the volume promoted, and the new
     Primary acknowledged writes the cluster still counted on the peer for; the peer
     was promoted later without them. The volume now fences a peer it does not know
-    Outdated when it promotes without a connection (DRBD runs fence-peer then too)."""
-    assert {v.kind for v in run(seed, variant="no_fence_on_promote").violations} == {"lost_write"}
+    Outdated when it promotes without a connection (DRBD runs fence-peer then too),
+    and the agent re-reads the volume before it records (which closes the window in
+    the model; the volume's side is tested on the real Replicator in
+    tests/volume/test_replicator_safety.py)."""
     r = run(seed)
     assert r.ok, [str(v) for v in r.violations]
 

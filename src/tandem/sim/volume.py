@@ -177,7 +177,7 @@ class SimVolume:
             self.gens = (*self.gens, self.world.new_gen())
             if peer_outdated:
                 self.peer_disk = OUT
-            fence = self.peer_disk is not OUT and self.world.variant != "no_fence_on_promote"
+            fence = self.peer_disk is not OUT
         if "clear_hold_on_promote" in self.world.fixes and not self.fencing:
             # a suspend-io from an earlier demotion must not outlive it
             self.held_by_operator, self.lease_held_io, self.io_open = False, False, True
