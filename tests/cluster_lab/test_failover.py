@@ -4,6 +4,7 @@ lab's monotonic event log."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from tandem.lab.checker import lost_writes, overlapping_writers, write_gap
@@ -129,6 +130,35 @@ def test_split_partition_heals_by_itself_the_side_that_lost_the_key_is_discarded
     log1 = (lab.host_dir("node1") / "log" / "volume-db.log").read_text()
     assert "cannot decide" not in log1
     assert_no_loss_no_overlap(stack, acks)
+
+
+def test_a_hung_monitor_does_not_hold_up_the_demotion(healthy):
+    """Torture 9:15 and 10:4: the leader's volume held every write (its write lease
+    had expired), so the filesystem probe hung for its whole 10 s monitor timeout;
+    the HA loop awaited that monitor and demoted only 22 s after the DCS came back.
+    Here the leader's I/O is suspended (the probe hangs), then the leader is cut off
+    from the DCS: its demotion must start at the lease deadline, not after the
+    monitor gives up."""
+    from tandem.volume import control
+    stack = healthy
+    lab = stack.lab
+    sock = lab.host_dir("node1") / "run" / "volume-db.sock"
+    control.call(sock, "suspend-io", timeout=5, reason="test: hold the I/O so the filesystem probe hangs")
+    try:
+        time.sleep(3.0)  # a monitor tick (every 1 s) is now waiting on the held filesystem
+        t_cut = monotonic()
+        lab.faults.partition(["node1"], ["node2", "witness"], net="public")
+        stack.wait(lambda: any(e["kind"] == "demote_start" and e["node"] == "node1" and e["t"] > t_cut
+                               for e in lab.events.read()), 30, "node1 to start demoting")
+        started = min(e["t"] for e in lab.events.read()
+                      if e["kind"] == "demote_start" and e["node"] == "node1" and e["t"] > t_cut)
+        # lease TTL 1 s; the monitor timeout is 10 s
+        assert started - t_cut < 3.0, f"node1 began demoting {started - t_cut:.1f} s after the cut"
+    finally:
+        lab.faults.heal()
+        with contextlib.suppress(Exception):
+            control.call(sock, "resume-io", timeout=5)
+    stack.wait_service(60)
 
 
 def test_replication_cut_outdates_the_peer_which_then_must_not_promote(healthy):
