@@ -180,6 +180,16 @@ def test_discard_least_recent_primary() -> None:
     lost = SyncFlags(node="node1", lost_leadership=True)
     assert decide(SB_A, SB_B, lost, B, policy) is Out.TARGET_BITMAP
     assert decide(SB_A, SB_B, A, B, policy) is Out.SPLIT_BRAIN
+    assert decide_sync(SB_A, SB_B, A, B, policy).policy_undecided  # the nodes try again later
+    assert not decide_sync(SB_A, SB_B, A, B).policy_undecided  # "disconnect": the operator decides
+    # torture 10:4: both had been told they lost leadership; one is Primary again (it holds
+    # the key now): the Secondary is the least recent Primary
+    prim = SyncFlags(node="node1", role=Role.PRIMARY, lost_leadership=True)
+    sec = SyncFlags(node="node2", role=Role.SECONDARY, lost_leadership=True)
+    assert decide(SB_A, SB_B, prim, sec, policy) is Out.SOURCE_BITMAP
+    assert decide(SB_B, SB_A, sec, prim, policy) is Out.TARGET_BITMAP
+    both = SyncFlags(node="node2", role=Role.PRIMARY)
+    assert decide(SB_A, SB_B, SyncFlags(node="node1", role=Role.PRIMARY), both, policy) is Out.SPLIT_BRAIN
 
 
 # --- properties --------------------------------------------------------------
@@ -258,6 +268,9 @@ def test_policy_discards_the_side_its_rule_names(fa: SyncFlags, fb: SyncFlags,
     elif policy is SplitBrainPolicy.DISCARD_SECONDARY:
         assert victim.role is Role.SECONDARY and keeper.role is Role.PRIMARY
     elif policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY:
-        assert victim.lost_leadership and not keeper.lost_leadership
+        if victim.lost_leadership == keeper.lost_leadership:  # then the current Primary wins
+            assert victim.role is Role.SECONDARY and keeper.role is Role.PRIMARY
+        else:
+            assert victim.lost_leadership and not keeper.lost_leadership
     else:
         pytest.fail(f"{policy} resolved a split brain: {ours}")

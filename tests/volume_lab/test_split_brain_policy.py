@@ -123,3 +123,34 @@ def test_different_policies_are_refused(secondary):
     finally:
         vp.host_configs.pop("node2", None)
         other.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def least_recent(lab, healed):
+    yield from _pair(lab, "discard-least-recent-primary")
+
+
+def test_an_undecided_split_brain_is_tried_again_after_a_role_change(least_recent):
+    """Torture 10:4: both nodes Primary at the reconnect, so discard-least-recent-primary
+    could not decide; later only node1 was Primary, but both stayed StandAlone until an
+    operator ran discard-my-data. A policy that cannot decide now retries the handshake
+    (at a role change at once, else every few seconds), and with one side Primary the
+    Secondary is the least recent Primary."""
+    vp = least_recent
+    vp.fresh("node1")
+    marks = {h: len(vp.log(h)) for h in ("node1", "node2")}
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+    vp.tandem("node2", "volume", "primary", "db")
+    pwrite_sync(vp.device("node1"), 0, b"1" * BLOCK)
+    pwrite_sync(vp.device("node2"), BLOCK, b"2" * BLOCK)
+    vp.lab.faults.heal()  # both Primary: the policy has no victim
+    for h in ("node1", "node2"):
+        vp.wait(lambda h=h: "cannot decide" in vp.log(h)[marks[h]:], 15, f"{h} to refuse")
+    t0 = time.monotonic()
+    vp.tandem("node2", "volume", "secondary", "db")
+    vp.wait_connected_uptodate()
+    assert time.monotonic() - t0 < 10
+    assert read_range(vp.backing("node2"), 0, BLOCK) == b"1" * BLOCK  # node1 (Primary) kept
+    assert read_range(vp.backing("node2"), BLOCK, BLOCK) != b"2" * BLOCK
+    _identical(vp)

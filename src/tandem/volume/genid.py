@@ -209,6 +209,10 @@ class SyncDecision:
     bitmap_repairable: bool = field(default=False, compare=False)
     #: a split brain that discard-my-data or a policy resolved: one side's changes go
     split_brain_resolved: bool = field(default=False, compare=False)
+    #: an automatic policy found no victim *now* (both Primary, say): the roles and
+    #: flags it reads may change, so the nodes try again later instead of waiting
+    #: for an operator
+    policy_undecided: bool = field(default=False, compare=False)
 
     def mirror(self) -> SyncDecision:
         return replace(self, outcome=self.outcome.mirror())
@@ -341,7 +345,8 @@ def resolve_split_brain(
         return decision
     victim = _policy_victim(policy, local_flags, peer_flags)
     if victim is None:
-        return replace(decision, reason=f"{decision.reason}; {policy} cannot decide")
+        return replace(decision, reason=f"{decision.reason}; {policy} cannot decide",
+                       policy_undecided=True)
     return replace(_source_if(victim == "peer", False, f"split brain resolved by {policy}"),
                    split_brain_resolved=True)
 
@@ -363,5 +368,10 @@ def _policy_victim(policy: SplitBrainPolicy, lf: SyncFlags, pf: SyncFlags) -> st
     if policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY:
         if lf.lost_leadership != pf.lost_leadership:
             return "local" if lf.lost_leadership else "peer"
+        # Both (or neither) were told they lost leadership: a side that is Primary
+        # now is the most recent Primary (under the agent it holds the leader key).
+        ours, theirs = lf.role is Role.SECONDARY, pf.role is Role.SECONDARY
+        if ours != theirs:
+            return "local" if ours else "peer"
         return None
     return None

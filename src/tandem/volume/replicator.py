@@ -84,6 +84,9 @@ WRITABLE_LINK = frozenset({ConnectionState.CONNECTED, ConnectionState.SYNC_SOURC
                            ConnectionState.WF_BITMAP_T})
 HANDSHAKING = frozenset({ConnectionState.CONNECTING, ConnectionState.WF_REPORT_PARAMS})
 PROMOTE_HANDSHAKE_WAIT = 2.0
+#: seconds between handshakes while a split-brain policy cannot decide (both
+#: Primary, say): a role change in between retries at once
+UNDECIDED_RETRY = 5.0
 """How long promote() waits for a connection handshake to decide the resync direction."""
 
 
@@ -247,6 +250,7 @@ class Replicator:
         self._held_by_operator = False
         self._fencing: tuple[list, list] | None = None
         self._lost_as_secondary: Link | None = None
+        self._undecided_retry_at: float | None = None  # see UNDECIDED_RETRY
         self._write_lease: float | None = None
         self._dumped = False
         self._lease_held_io = False
@@ -521,6 +525,7 @@ class Replicator:
             time.sleep(0.002)
         if connected:
             self._send_status()
+        self._retry_undecided_now()
         self._mount()
         lab_event("writable", node=self.spec.node, writable=True, reason="promoted")
         log.info("promoted to Primary%s", " (forced)" if force else "")
@@ -655,6 +660,7 @@ class Replicator:
                 self.meta.update(primary=False, al_extents=())
             self.suspended_reason = ""
             self._send_status()
+            self._retry_undecided_now()
             log.info("demoted to Secondary (forced)")
             return
         self._unmount()
@@ -674,6 +680,7 @@ class Replicator:
         with self.meta_lock:
             self.meta.update(primary=False, al_extents=())
         self._send_status()
+        self._retry_undecided_now()
         log.info("demoted to Secondary")
 
     def _flush_both(self, timeout: float) -> None:
@@ -749,7 +756,14 @@ class Replicator:
         self.standalone_reason = ""
         self.reconnect("discard-my-data requested")
 
+    def _retry_undecided_now(self) -> None:
+        """A role change may give the split-brain policy its victim."""
+        if self._undecided_retry_at is not None:
+            self._undecided_retry_at = time.monotonic()
+            self._connect_wake.set()
+
     def reconnect(self, reason: str) -> None:
+        self._undecided_retry_at = None
         self.standalone_reason = ""
         link = self.link
         if link is not None:
@@ -757,6 +771,7 @@ class Replicator:
         self._connect_wake.set()
 
     def disconnect(self, reason: str = "disconnected by the operator") -> None:
+        self._undecided_retry_at = None
         self.standalone_reason = reason
         link = self.link
         if link is not None:
@@ -791,6 +806,11 @@ class Replicator:
                                                   reuse_port=False, backlog=4)
             self._listener.settimeout(0.2)
         while self._running:
+            retry = self._undecided_retry_at
+            if (self.standalone_reason and retry is not None and time.monotonic() >= retry
+                    and self.link is None):
+                self._undecided_retry_at = None
+                self.standalone_reason = ""
             if self.link is not None or self.standalone_reason or self.store.failed:
                 # Woken at once when a link ends or the operator asks to connect:
                 # a reconnect costs a handshake, not a polling interval.
@@ -962,7 +982,13 @@ class Replicator:
             self.peer_disk = ev.peer.disk
             if ev.refused:
                 self.standalone_reason = ev.reason
-                log.error("connection refused: %s (StandAlone until resolved)", ev.reason)
+                if ev.decision.policy_undecided:
+                    self._undecided_retry_at = time.monotonic() + UNDECIDED_RETRY
+                    log.error("connection refused: %s (StandAlone; trying again in %.0f s or at"
+                              " the next role change)", ev.reason, UNDECIDED_RETRY)
+                else:
+                    self._undecided_retry_at = None
+                    log.error("connection refused: %s (StandAlone until resolved)", ev.reason)
                 return
             log.info("connected: %s (%s)", ev.decision.outcome, ev.reason)
             if self.meta.state.peer_outdated:
