@@ -182,6 +182,10 @@ class Database(Strict):
     user: str = Field(default="tandem", pattern=r"^[A-Za-z0-9_]{1,32}$")
     password_file: Path | None = None  #: the application user's password (mode 600)
     buffer_pool_size: str = Field(default="128M", pattern=r"^\d+[KMG]?$")
+    #: binary logs older than this go at the next rotation (restart, size limit):
+    #: without it they fill the volume (a lab campaign did, after 78 failovers)
+    binlog_expire_seconds: int = Field(default=86400, ge=0)
+    max_binlog_size: str = Field(default="256M", pattern=r"^\d+[KMG]?$")
 
 
 class Etcd(Strict):

@@ -97,3 +97,25 @@ def test_init_start_query_stop_restart_keeps_data(lab, resources, db_setup):
     recovered = must(lab, HOST, "mariadb", "start", db)
     assert f"pid {pid}" not in recovered["message"]
     assert rows(lab, password) == [1, 2, 3]
+
+
+def test_old_binary_logs_expire_at_rotation(lab, resources, db_setup):
+    """A lab campaign filled a 256 MiB volume with binary logs (one more per
+    restart, none ever removed): MariaDB then could not start on either node."""
+    import time
+    fs, db, password = db_setup
+    db = {**db, "binlog_expire_seconds": 2, "max_binlog_size": "4096"}
+    resources.start(HOST, "filesystem", fs)
+    resources.start(HOST, "mariadb", db)
+    with connect(lab, password) as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@binlog_expire_logs_seconds, @@max_binlog_size")
+        assert cur.fetchone() == (2, 4096)
+        cur.execute("SHOW BINARY LOGS")
+        first = cur.fetchall()[0][0]
+        cur.execute("FLUSH BINARY LOGS")
+        time.sleep(3)
+        cur.execute("FLUSH BINARY LOGS")  # rotation: logs older than 2 s go
+        cur.execute("SHOW BINARY LOGS")
+        names = [r[0] for r in cur.fetchall()]
+    assert first not in names, names
+    must(lab, HOST, "mariadb", "stop", db)

@@ -43,7 +43,9 @@ def build_db_group(cfg: Config, spec: VolumeSpec, data_dir: Path, run_dir: Path)
         build(MariaDBConfig(name="mariadb", datadir=paths["datadir"], run_dir=paths["mariadb_run"],
                             require_mountpoint=paths["mount"], port=db.port, app_user=db.user,
                             password_file=db.password_file.resolve(),
-                            buffer_pool_size=db.buffer_pool_size, start_timeout=120,
+                            buffer_pool_size=db.buffer_pool_size,
+                            binlog_expire_seconds=db.binlog_expire_seconds,
+                            max_binlog_size=db.max_binlog_size, start_timeout=120,
                             stop_timeout=20, monitor_timeout=5)),
     ]
     if db.vip is not None:

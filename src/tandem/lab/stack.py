@@ -47,6 +47,8 @@ mountpoint = "dbmnt"
 port = 3306
 vip = {{ address = "{self.vip}/24" }}
 password_file = "{self.password_file}"
+binlog_expire_seconds = 300
+max_binlog_size = "16M"
 {extra_config}"""
         fence = " ".join(tandem_argv("fence-peer", "db"))
         # The agent tells a volume when its node lost the leader key involuntarily:

@@ -79,6 +79,7 @@ class MariaDBConfig(ResourceBase):
     buffer_pool_size: str = Field(default="128M", pattern=r"^\d+[KMG]?$")
     log_file_size: str = Field(default="48M", pattern=r"^\d+[KMG]?$")
     binlog_expire_seconds: int = Field(default=86400, ge=0)
+    max_binlog_size: str = Field(default="256M", pattern=r"^\d+[KMG]?$")
     max_connections: int = Field(default=400, ge=10, le=100000)
     extra_options: list[str] = Field(default_factory=list)
     mariadbd: str = "/usr/sbin/mariadbd"

@@ -110,6 +110,7 @@ class MariaDB(Resource):
             f"--bind-address={c.bind_address}", f"--port={c.port}", "--skip-name-resolve",
             "--log-bin=mariadb-bin", "--server-id=1", "--binlog-format=ROW", "--sync-binlog=1",
             f"--binlog-expire-logs-seconds={c.binlog_expire_seconds}",
+            f"--max-binlog-size={c.max_binlog_size}",
             "--innodb-flush-log-at-trx-commit=1", "--innodb-doublewrite=1",
             "--innodb-flush-method=O_DIRECT", f"--innodb-buffer-pool-size={c.buffer_pool_size}",
             f"--innodb-log-file-size={c.log_file_size}", f"--max-connections={c.max_connections}",
