@@ -311,6 +311,8 @@ class ActivityLog:
         if len(span) > self.slots:
             raise ValueError(f"a write spanning {len(span)} extents exceeds {self.slots} slots")
         new = sum(1 for e in span if e not in self._lru)
+        if not new:
+            return []  # the usual case, a hot extent: no walk over every slot (per write)
         free = self.slots - len(self._lru)
         evictable = [e for e, pins in self._lru.items() if pins == 0 and e not in span]
         if new > free + len(evictable):
@@ -321,7 +323,7 @@ class ActivityLog:
         """Pin the extents of a write; return the extent numbers newly added."""
         span = self._span(offset, length)
         new = [e for e in span if e not in self._lru]
-        for victim in self.victims(offset, length):
+        for victim in self.victims(offset, length) if new else ():
             del self._lru[victim]
         for e in span:
             self._lru[e] = self._lru.get(e, 0) + 1

@@ -247,7 +247,8 @@ class Link:
                         self._send_raw([auto])
                 if events:
                     self._on_events(self, events)
-                    self._deliver_queued_events()
+                    if self.peer.has_events:  # rare: our own sends moved the machine
+                        self._deliver_queued_events()
                 if self.peer.state.is_terminal:
                     reason = f"link ended: {self.peer.state}"
                     for ev in events:

@@ -401,6 +401,11 @@ class PeerConnection:
         return self._error
 
     @property
+    def has_events(self) -> bool:
+        """Events wait to be pulled with :meth:`next_event` (without decoding more)."""
+        return bool(self._events)
+
+    @property
     def in_flight_writes(self) -> int:
         return len(self._tx.writes)
 
