@@ -243,7 +243,10 @@ class _WriteOp:
             self.left -= 1
             if self.left:
                 return
-        self.rep._end_write(self)
+        try:
+            self.rep._end_write(self)
+        except Exception:  # a bug: never let it stop the caller (the link's receiver)
+            log.exception("ending the write at %d failed", self.offset)
 
 
 class Replicator:
@@ -425,17 +428,19 @@ class Replicator:
     def _end_write(self, op: _WriteOp) -> None:
         """Both halves of a write are done: account for it, then complete it. Also
         failed ones count as ended: a later flush must not be skipped."""
-        if op.error is None:
-            stats = self.stats
-            if op.replicated:
-                stats["replicated_writes"] += 1
-            stats["writes"] += 1
-            stats["bytes_written"] += op.n
-        with self.io_lock:
-            self._writes_ended += 1
-            ticket = self._writes_ended
-        self._al_complete(op.offset, op.n, ticket)
-        op.complete(op.error)
+        try:
+            if op.error is None:
+                stats = self.stats
+                if op.replicated:
+                    stats["replicated_writes"] += 1
+                stats["writes"] += 1
+                stats["bytes_written"] += op.n
+            with self.io_lock:
+                self._writes_ended += 1
+                ticket = self._writes_ended
+            self._al_complete(op.offset, op.n, ticket)
+        finally:  # whatever failed here (a bug), the write is never left hanging
+            op.complete(op.error)
 
     def flush(self) -> None:
         if self.role is not Role.PRIMARY:
