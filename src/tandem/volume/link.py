@@ -166,6 +166,10 @@ class Link:
                 raise ConnectionError(f"link closed: {self.close_reason}")
             return
         try:
+            if len(parts) <= 2 and type(parts[-1]) is not wire.FileSlice:
+                # A Write (header, data) or one other frame: no file slice to look for.
+                self.bytes_sent += self._sendmsg_all(parts, 0)
+                return
             total = 0
             start = 0
             for i, p in enumerate(parts):

@@ -511,9 +511,10 @@ class Replicator:
         link = self.link
         if link is None or link.closed:
             return None
-        deadline = time.monotonic() + 2.0
-        while link.state in HANDSHAKING and not link.closed and time.monotonic() < deadline:
-            time.sleep(0.001)  # a connect is in progress: wait for its decision
+        if link.state in HANDSHAKING:
+            deadline = time.monotonic() + 2.0
+            while link.state in HANDSHAKING and not link.closed and time.monotonic() < deadline:
+                time.sleep(0.001)  # a connect is in progress: wait for its decision
         if link.state in WRITABLE_LINK and not link.closed and self.peer_disk_usable():
             return link
         return None
