@@ -253,7 +253,7 @@ class Link:
                     self._on_events(self, events)
                     if self.peer.has_events:  # rare: our own sends moved the machine
                         self._deliver_queued_events()
-                if self.peer.state.is_terminal:
+                if self.peer.terminal:
                     reason = f"link ended: {self.peer.state}"
                     for ev in events:
                         if isinstance(ev, wire.Disconnect):
@@ -287,7 +287,7 @@ class Link:
         for _ in range(8):  # each round needs a new state change: a few at most
             events: list[Event] = []
             with self.state_lock:
-                if self.peer.state.is_terminal:
+                if self.peer.terminal:
                     return
                 try:
                     while (ev := self.peer.next_event()) is not wire.NEED_DATA:
