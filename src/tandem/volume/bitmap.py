@@ -330,6 +330,20 @@ class ActivityLog:
             self._lru.move_to_end(e)
         return new
 
+    def touch_hot(self, offset: int, length: int) -> bool:
+        """Pin the extent of a write that lies in one extent already in the log and
+        return True (nothing to evict, nothing new to persist); else change nothing
+        and return False (use :meth:`victims` and :meth:`touch`). The usual write
+        hits a hot extent: this is its whole activity-log cost."""
+        es = self.extent_size
+        e = offset // es
+        lru = self._lru
+        if offset < 0 or length <= 0 or e != (offset + length - 1) // es or e not in lru:
+            return False
+        lru[e] += 1
+        lru.move_to_end(e)
+        return True
+
     def complete(self, offset: int, length: int) -> None:
         """Unpin the extents of a finished write."""
         for e in self._span(offset, length):

@@ -541,6 +541,8 @@ class Replicator:
 
     def _al_touch(self, offset: int, n: int) -> None:
         with self.meta_lock:
+            if self.al.touch_hot(offset, n):
+                return
             while True:
                 try:
                     victims = self.al.victims(offset, n)
