@@ -348,8 +348,8 @@ class PeerConnection:
     def __init__(self, config: PeerConfig, *, now: float):
         self.config = config
         self._state = _S.CONNECTING
-        # _state.is_terminal hashes an enum member (a Python-level __hash__) and was
-        # asked several times per frame: kept as a plain bool, updated with _state.
+        # _state.is_terminal (a Python property and a set lookup) was asked several
+        # times per frame: kept as a plain bool, updated with _state.
         self._terminal = False
         self._row_state: ConnectionState | None = None
         self._rows: tuple[dict, dict] = _NO_ROWS
@@ -407,7 +407,7 @@ class PeerConnection:
 
     @property
     def terminal(self) -> bool:
-        """``state.is_terminal``, without hashing the enum member."""
+        """``state.is_terminal``, as a plain attribute (asked per received frame)."""
         return self._terminal
 
     @property
