@@ -228,3 +228,40 @@ def test_victims_names_what_touch_evicts() -> None:
     assert al.victims(2 * x, 1) == [0]  # asking does not evict
     al.touch(2 * x, 1)
     assert al.extents() == (1, 2)
+
+
+def test_touch_hot_pins_exactly_like_touch() -> None:
+    """The fast path of a write into a logged extent: same pins, same LRU order as
+    touch(); anything else (new extent, two extents, bad range) is left to touch()."""
+    import random
+
+    rnd = random.Random(7)
+    ext = 4096 * 4
+    fast, slow = ActivityLog(4, ext), ActivityLog(4, ext)
+    inflight: list[tuple[int, int]] = []
+    for _ in range(3000):
+        if inflight and (rnd.random() < 0.45 or len(inflight) > 3):
+            off, n = inflight.pop(rnd.randrange(len(inflight)))
+            fast.complete(off, n)
+            slow.complete(off, n)
+            continue
+        off = rnd.randrange(0, 12 * ext, 512)
+        n = rnd.choice([512, 4096, ext, ext + 4096])
+        try:
+            victims = slow.victims(off, n)
+        except ActivityLogFull:
+            continue
+        assert fast.victims(off, n) == victims
+        hot = fast.touch_hot(off, n)
+        if hot:
+            assert victims == [] and off // ext == (off + n - 1) // ext
+        else:
+            fast.touch(off, n)
+        slow.touch(off, n)
+        inflight.append((off, n))
+        assert fast.extents() == slow.extents()
+        assert fast._lru == slow._lru
+    assert not ActivityLog(4, ext).touch_hot(0, 4096)  # not in the log: touch() adds it
+    al = ActivityLog(4, ext, (0,))
+    assert not al.touch_hot(ext - 512, 1024)  # spans two extents
+    assert not al.touch_hot(0, 0) and al.in_flight() == 0

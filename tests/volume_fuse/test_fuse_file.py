@@ -168,3 +168,75 @@ def test_concurrent_writers(server: FuseServer, backing: str) -> None:
                 data = f.read(block)
                 assert data == bytes([k + 1]) * (block - 4) + i.to_bytes(4, "big")
     assert server.stats()["WRITE"] >= nthreads * per_thread
+
+
+class AsyncBackend(FileBackend):
+    """Writes locally at once and completes each write from another thread, once
+    the test releases it (as the replicated volume does when the peer acks)."""
+
+    def __init__(self, path: str, size: int) -> None:
+        super().__init__(path, size)
+        self.pending: list = []
+        self.arrived = threading.Event()
+
+    def write_async(self, offset: int, data: memoryview, complete) -> None:  # noqa: ANN001
+        self.write(offset, data)
+        self.pending.append(complete)
+        self.arrived.set()
+
+    def complete_all(self, error: OSError | None = None) -> None:
+        pending, self.pending = self.pending, []
+        self.arrived.clear()
+        for complete in pending:
+            threading.Thread(target=complete, args=(error,)).start()
+
+
+def test_asynchronous_writes_free_the_worker_and_complete_from_another_thread(
+        backing: str, mnt: str) -> None:
+    backend = AsyncBackend(backing, SIZE)
+    results: list = []
+
+    def write(off: int) -> None:
+        fd = os.open(srv.path, os.O_RDWR | os.O_DIRECT)
+        buf = mmap.mmap(-1, 4096)
+        buf[:] = b"a" * 4096
+        try:
+            results.append(os.pwritev(fd, [buf], off))
+        except OSError as e:
+            results.append(e.errno)
+        finally:
+            os.close(fd)
+
+    try:
+        with FuseServer(backend, mnt, threads=1) as srv:
+            writer = threading.Thread(target=write, args=(8192,))
+            writer.start()
+            assert backend.arrived.wait(10)
+            # The only worker is free while the write waits: a read is served.
+            fd = os.open(srv.path, os.O_RDONLY)
+            try:
+                assert os.pread(fd, 4096, 8192) == b"a" * 4096
+            finally:
+                os.close(fd)
+            writer.join(0.2)
+            assert writer.is_alive() and not results  # not complete before its completion
+            backend.complete_all()
+            writer.join(10)
+            assert results == [4096]
+            writer = threading.Thread(target=write, args=(16384,))
+            writer.start()
+            assert backend.arrived.wait(10)
+            backend.complete_all(OSError(errno.EIO, "peer lost"))
+            writer.join(10)
+            assert results == [4096, errno.EIO]
+            writer = threading.Thread(target=write, args=(0,))
+            writer.start()
+            assert backend.arrived.wait(10)
+            late = backend.pending
+            srv.stop(timeout=1.0)  # busy (the writer has it open): the connection is aborted
+        writer.join(10)
+        assert not writer.is_alive() and len(results) == 3 and results[2] != 4096
+        for complete in late:  # completed after stop: no reply into a closed fd
+            complete(None)
+    finally:
+        backend.close()

@@ -311,6 +311,8 @@ class ActivityLog:
         if len(span) > self.slots:
             raise ValueError(f"a write spanning {len(span)} extents exceeds {self.slots} slots")
         new = sum(1 for e in span if e not in self._lru)
+        if not new:
+            return []  # the usual case, a hot extent: no walk over every slot (per write)
         free = self.slots - len(self._lru)
         evictable = [e for e, pins in self._lru.items() if pins == 0 and e not in span]
         if new > free + len(evictable):
@@ -321,12 +323,26 @@ class ActivityLog:
         """Pin the extents of a write; return the extent numbers newly added."""
         span = self._span(offset, length)
         new = [e for e in span if e not in self._lru]
-        for victim in self.victims(offset, length):
+        for victim in self.victims(offset, length) if new else ():
             del self._lru[victim]
         for e in span:
             self._lru[e] = self._lru.get(e, 0) + 1
             self._lru.move_to_end(e)
         return new
+
+    def touch_hot(self, offset: int, length: int) -> bool:
+        """Pin the extent of a write that lies in one extent already in the log and
+        return True (nothing to evict, nothing new to persist); else change nothing
+        and return False (use :meth:`victims` and :meth:`touch`). The usual write
+        hits a hot extent: this is its whole activity-log cost."""
+        es = self.extent_size
+        e = offset // es
+        lru = self._lru
+        if offset < 0 or length <= 0 or e != (offset + length - 1) // es or e not in lru:
+            return False
+        lru[e] += 1
+        lru.move_to_end(e)
+        return True
 
     def complete(self, offset: int, length: int) -> None:
         """Unpin the extents of a finished write."""

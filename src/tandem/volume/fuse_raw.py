@@ -39,6 +39,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 from tandem.volume import fuse_abi as abi
@@ -74,6 +75,12 @@ class BlockBackend(Protocol):
     backend that queues data must copy it. ``write`` returns when the write is
     complete per the replication protocol; ``flush`` when everything written
     before it is durable locally and on the peer.
+
+    A backend may also have ``write_async(offset, data, complete)`` (see
+    :meth:`tandem.volume.replicator.Replicator.write_async`): it returns once it
+    no longer needs ``data`` and calls ``complete(error)`` exactly once, from any
+    thread, when the write is complete; the server then replies from that thread
+    and the worker goes back to reading requests at once.
     """
 
     size: int
@@ -165,6 +172,10 @@ class FuseServer:
         self._workers: list[threading.Thread] = []
         self._counts: list[list[int]] = []
         self._mounted = False
+        # Replies of asynchronous writes come from other threads: written only while
+        # their fd is open (a closed fd's number may already belong to another file).
+        self._reply_lock = threading.Lock()
+        self._open_fds: set[int] = set()
         self._name = os.fsencode(filename)
         self._conn_id: int | None = None
         self._build_replies()
@@ -203,6 +214,7 @@ class FuseServer:
             self._fds = [self._session_fd]
             self._fds += [fuse_sys.clone_fd(self._session_fd) for _ in range(self.threads - 1)]
             self._counts = [[0] * (abi.MAX_OPCODE + 1) for _ in self._fds]
+            self._open_fds = set(self._fds)
             for i, fd in enumerate(self._fds):
                 t = threading.Thread(target=self._serve, args=(fd, self._counts[i]),
                                      name=f"fuse-{i}", daemon=True)
@@ -249,7 +261,9 @@ class FuseServer:
             # Never close an fd a live thread still reads: the number could be reused.
             if i < len(self._workers) and self._workers[i].is_alive():
                 continue
-            self._try(os.close, fd)
+            with self._reply_lock:
+                self._open_fds.discard(fd)
+                self._try(os.close, fd)
         self._fds, self._workers, self._session_fd = [], [], -1
 
     def stats(self) -> dict[str, int]:
@@ -369,6 +383,8 @@ class FuseServer:
         pack_write = _OUT_WRITE.pack
         rw_off = base + abi.IN_HEADER.size
         write, writev, readv = os.write, os.writev, os.readv
+        write_async = getattr(backend, "write_async", None)
+        reply_async = self._reply_async
         try:
             while True:
                 try:
@@ -389,6 +405,14 @@ class FuseServer:
                             continue
                         if off + length > size:
                             length = size - off
+                        if write_async is not None:
+                            try:
+                                write_async(off, mv[PAGE:PAGE + length],
+                                            partial(reply_async, fd, unique, off, length))
+                            except Exception as e:  # noqa: BLE001 - refused before it started
+                                self._log_backend_error("write", off, length, e)
+                                write(fd, pack_err(16, -_errno_of(e), unique))
+                            continue
                         try:
                             backend.write(off, mv[PAGE:PAGE + length])
                         except Exception as e:  # noqa: BLE001 - every failure goes to the kernel
@@ -434,6 +458,24 @@ class FuseServer:
                 buf.close()
             except BufferError:  # a backend kept a view of the buffer
                 log.warning("fuse: request buffer still referenced at exit")
+
+    def _reply_async(self, fd: int, unique: int, off: int, length: int,
+                     error: Exception | None) -> None:
+        """Complete an asynchronous WRITE (any thread): reply on the worker's fd,
+        where the kernel keeps the request."""
+        if error is None:
+            msg = _OUT_WRITE.pack(24, 0, unique, length, 0)
+        else:
+            self._log_backend_error("write", off, length, error)
+            msg = _OUT_ERR.pack(16, -_errno_of(error), unique)
+        with self._reply_lock:
+            if fd not in self._open_fds:
+                return  # stopped: the kernel ended the request with the connection
+            try:
+                os.write(fd, msg)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENODEV):
+                    log.error("fuse: reply to a write: %s", e)
 
     def _log_backend_error(self, op: str, off: int, length: int, e: Exception) -> None:
         if isinstance(e, OSError):

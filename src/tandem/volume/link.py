@@ -166,6 +166,10 @@ class Link:
                 raise ConnectionError(f"link closed: {self.close_reason}")
             return
         try:
+            if len(parts) <= 2 and type(parts[-1]) is not wire.FileSlice:
+                # A Write (header, data) or one other frame: no file slice to look for.
+                self.bytes_sent += self._sendmsg_all(parts, 0)
+                return
             total = 0
             start = 0
             for i, p in enumerate(parts):
@@ -247,8 +251,9 @@ class Link:
                         self._send_raw([auto])
                 if events:
                     self._on_events(self, events)
-                    self._deliver_queued_events()
-                if self.peer.state.is_terminal:
+                    if self.peer.has_events:  # rare: our own sends moved the machine
+                        self._deliver_queued_events()
+                if self.peer.terminal:
                     reason = f"link ended: {self.peer.state}"
                     for ev in events:
                         if isinstance(ev, wire.Disconnect):
@@ -282,7 +287,7 @@ class Link:
         for _ in range(8):  # each round needs a new state change: a few at most
             events: list[Event] = []
             with self.state_lock:
-                if self.peer.state.is_terminal:
+                if self.peer.terminal:
                     return
                 try:
                     while (ev := self.peer.next_event()) is not wire.NEED_DATA:

@@ -334,6 +334,8 @@ class _Ledger:
         self.flushes[seq] = True
 
     def completed_flushes(self) -> list[int]:
+        if not self.flushes:
+            return []  # every ack asks: usually nothing to look at
         done = [s for s, acked in self.flushes.items() if acked and self.writes_before_done(s)]
         for s in done:
             del self.flushes[s]
@@ -346,6 +348,9 @@ class PeerConnection:
     def __init__(self, config: PeerConfig, *, now: float):
         self.config = config
         self._state = _S.CONNECTING
+        # _state.is_terminal (a Python property and a set lookup) was asked several
+        # times per frame: kept as a plain bool, updated with _state.
+        self._terminal = False
         self._row_state: ConnectionState | None = None
         self._rows: tuple[dict, dict] = _NO_ROWS
         self._decoder = FrameDecoder(config.max_payload)
@@ -401,6 +406,16 @@ class PeerConnection:
         return self._error
 
     @property
+    def terminal(self) -> bool:
+        """``state.is_terminal``, as a plain attribute (asked per received frame)."""
+        return self._terminal
+
+    @property
+    def has_events(self) -> bool:
+        """Events wait to be pulled with :meth:`next_event` (without decoding more)."""
+        return bool(self._events)
+
+    @property
     def in_flight_writes(self) -> int:
         return len(self._tx.writes)
 
@@ -428,7 +443,7 @@ class PeerConnection:
         """Feed bytes from the socket; ``b""`` signals end of stream. ``borrow``
         and ``keep_tail``: see :class:`FrameDecoder` (pull events until NEED_DATA
         before reusing ``data``; Write/ResyncData data are views into it)."""
-        if self._error is not None or self._state.is_terminal:
+        if self._error is not None or self._terminal:
             return
         if data:
             self._decoder.feed(data, borrow, keep_tail)
@@ -447,7 +462,7 @@ class PeerConnection:
         if self._error is not None:
             raise self._error
         while not self._events:
-            if self._state.is_terminal:
+            if self._terminal:
                 return NEED_DATA
             try:
                 msg = self._decoder.next_event()
@@ -525,21 +540,23 @@ class PeerConnection:
     def _check_usable(self) -> None:
         if self._error is not None:
             raise self._error
-        if self._state.is_terminal:
+        if self._terminal:
             raise LocalProtocolError(f"the link is closed ({self._state})")
 
     def _poison(self, exc: ProtocolError) -> None:
         if self._error is not None:
             return
         self._error = exc
-        if not self._state.is_terminal:
+        if not self._terminal:
             self._outbox.append(_disconnect_frame(f"protocol error: {exc.reason}"))
         self._state = _S.PROTOCOL_ERROR
+        self._terminal = True
 
     def _set_state(self, new: ConnectionState, reason: str) -> None:
         if new is not self._state:
             self._events.append(StateChanged(self._state, new, reason))
             self._state = new
+            self._terminal = new.is_terminal
 
     def _fire(self, trigger: Trigger, reason: str) -> None:
         nxt = TRANSITIONS.get(self._state, {}).get(trigger, SAME)

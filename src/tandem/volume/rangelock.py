@@ -26,6 +26,7 @@ class RangeLock:
         self._cond = threading.Condition()
         self._held: dict[int, tuple[list[int], list[int]]] = {}  # token -> (starts, ends)
         self._next = 0
+        self._waiting = 0  # acquirers in wait_for: release notifies only if any
 
     def _overlaps(self, start: int, end: int) -> bool:
         for starts, ends in self._held.values():
@@ -35,6 +36,15 @@ class RangeLock:
         return False
 
     def acquire(self, offset: int, length: int, timeout: float | None = None) -> int:
+        """One range: the path of every application write, kept short (no sorting,
+        merging or closure when nothing overlaps)."""
+        start, end = offset, offset + max(length, 1)
+        with self._cond:
+            if not self._overlaps(start, end):
+                token = self._next
+                self._next += 1
+                self._held[token] = ([start], [end])
+                return token
         return self.acquire_many([(offset, length)], timeout)
 
     def acquire_many(self, ranges: list[tuple[int, int]], timeout: float | None = None) -> int:
@@ -55,7 +65,12 @@ class RangeLock:
             return not any(self._overlaps(s, e) for s, e in pairs)
 
         with self._cond:
-            if not self._cond.wait_for(free, timeout):
+            self._waiting += 1
+            try:
+                ok = self._cond.wait_for(free, timeout)
+            finally:
+                self._waiting -= 1
+            if not ok:
                 off, n = ranges[0]
                 raise TimeoutError(f"range {off}+{n} stayed busy")
             token = self._next
@@ -66,7 +81,8 @@ class RangeLock:
     def release(self, token: int) -> None:
         with self._cond:
             del self._held[token]
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
 
     @contextmanager
     def hold(self, offset: int, length: int) -> Iterator[None]:

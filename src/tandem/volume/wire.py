@@ -918,10 +918,18 @@ class FrameDecoder:
     @staticmethod
     def _decode(buf: bytearray | memoryview, pos: int, end: int) -> Message:
         _, _, mtype, flags, _, seq = HEADER.unpack_from(buf, pos)
-        msg = _DECODERS[mtype](buf, pos + HEADER_SIZE, end, seq)
-        if flags:  # only F_DURABLE on a Write gets past _frame_end
-            msg = Write(msg.seq, msg.offset, msg.data, True)  # type: ignore[union-attr]
-        return msg  # type: ignore[return-value]
+        if mtype == _WRITE_CODE:
+            # The hot path, inline: one Write object per frame, durable flag included
+            # (only F_DURABLE, and only on a Write, gets past _frame_end).
+            s = pos + HEADER_SIZE
+            if end - s < 8:
+                raise _bad("Write payload truncated")
+            if end - s - 8 > MAX_DATA:
+                raise _bad(f"Write data above {MAX_DATA} bytes")
+            (offset,) = _U64.unpack_from(buf, s)
+            data = buf[s + 8:end] if isinstance(buf, memoryview) else _take(buf, s + 8, end)
+            return Write(seq, offset, data, flags == F_DURABLE)
+        return _DECODERS[mtype](buf, pos + HEADER_SIZE, end, seq)  # type: ignore[return-value]
 
     def _next(self) -> Message | NeedData:
         buf, pos = self._buf, self._pos

@@ -1,0 +1,123 @@
+"""The Primary's write path with a real Replicator and a real Link over TCP to a
+PeerConnection the test drives: a write returns its FUSE worker once it is sent and
+written locally, and completes (in the link's receiver thread) only when the peer's
+acknowledgement arrives -- acknowledged = on both disks."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from tandem.volume import wire
+from tandem.volume.genid import GenerationIds
+from tandem.volume.link import Link
+from tandem.volume.peer import PeerConfig, PeerConnection
+from tandem.volume.states import ConnectionState, DiskState, Role
+from tests.volume.test_replicator_safety import (
+    BLOCK,
+    GEN,
+    SECRET,
+    SIZE,
+    _pump,
+    _tcp_pair,
+    make_replicator,
+)
+
+
+def _connected_primary(tmp_path):
+    rep = make_replicator(tmp_path)
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
+                                     initiator=False), now=time.monotonic())
+    rep.role = Role.PRIMARY  # no FUSE file: the test calls write_async itself
+    rep.link = link
+    link.start()
+    theirs.sendall(peer.data_to_send())
+    _pump(theirs, peer, lambda: peer.peer_status is not None)
+    same = wire.StateExchange(role=Role.SECONDARY, disk=DiskState.UP_TO_DATE,
+                              generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0,
+                              crashed_primary=False, discard_my_data=False,
+                              lost_leadership=False, block_size=BLOCK)
+    theirs.sendall(peer.send(same))
+    _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED)
+    deadline = time.monotonic() + 5
+    while rep._writable_link() is None:
+        assert time.monotonic() < deadline, "the Primary never saw the link Connected"
+        time.sleep(0.01)
+    return rep, link, peer, theirs
+
+
+def _receive_writes(sock, peer: PeerConnection, timeout: float = 5.0) -> list[wire.Write]:
+    """The test's side of the link: the Writes that arrive (at least one)."""
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + timeout
+    writes: list[wire.Write] = []
+    while not writes:
+        assert time.monotonic() < deadline, "no Write arrived"
+        try:
+            peer.receive_bytes(sock.recv(1 << 16))
+        except TimeoutError:
+            continue
+        while (ev := peer.next_event()) is not wire.NEED_DATA:
+            if isinstance(ev, wire.Write):
+                writes.append(wire.Write(ev.seq, ev.offset, bytes(ev.data), ev.durable))
+    return writes
+
+
+def _close(rep, link, theirs) -> None:
+    link.disconnect("test over")
+    theirs.close()
+    rep.role = Role.SECONDARY
+    rep.meta.close()
+    rep.store.close()
+
+
+def test_write_completes_in_the_receiver_only_after_the_peer_acks(tmp_path):
+    rep, link, peer, theirs = _connected_primary(tmp_path)
+    done: list = []
+    completed = threading.Event()
+
+    def complete(error):
+        done.append((error, threading.current_thread().name))
+        completed.set()
+
+    try:
+        data = bytearray(b"w" * BLOCK)
+        rep.write_async(2 * BLOCK, memoryview(data), complete)
+        data[:] = b"x" * BLOCK  # not used after write_async returned
+        writes = _receive_writes(theirs, peer)
+        assert writes[0].offset == 2 * BLOCK and writes[0].data == b"w" * BLOCK
+        assert writes[0].durable  # write-through: the peer acks only once it is durable
+        with open(rep.spec.backing, "rb") as f:  # the local half is done
+            f.seek(2 * BLOCK)
+            assert f.read(BLOCK) == b"w" * BLOCK
+        assert not completed.wait(0.3), "completed before the peer acknowledged"
+        assert rep.stats["writes"] == 0
+        theirs.sendall(peer.send(wire.WriteAck(writes[0].seq)))
+        assert completed.wait(5)
+        assert done == [(None, "link-recv")]
+        assert rep.stats["writes"] == 1 and rep.stats["replicated_writes"] == 1
+        assert rep._writes_ended == 1 and not rep._pending_writes
+        assert rep.al.in_flight() == 0
+        assert rep.bitmap.weight == 0
+    finally:
+        _close(rep, link, theirs)
+
+
+def test_a_lost_link_completes_the_write_and_marks_it_out_of_sync(tmp_path):
+    rep, link, peer, theirs = _connected_primary(tmp_path)
+    done: list = []
+    completed = threading.Event()
+    try:
+        rep.write_async(5 * BLOCK, b"q" * BLOCK,
+                        lambda error: (done.append(error), completed.set()))
+        assert not completed.wait(0.3)
+        theirs.close()  # the peer goes away without acknowledging (no fence-peer hook)
+        assert completed.wait(5)
+        assert done == [None]
+        assert rep.bitmap.weight >= 1  # the next connect resyncs the block
+        assert rep.stats["writes"] == 1 and not rep._pending_writes
+    finally:
+        _close(rep, link, theirs)
