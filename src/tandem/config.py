@@ -209,6 +209,18 @@ class Agent(Strict):
     notify_timeout: float = Field(default=10.0, gt=0, le=300)
     #: arm a watchdog device (softdog or hardware): the node resets if the agent hangs
     watchdog: Path | None = None
+    #: a node whose resources failed stays out of the leader race this long; each failure
+    #: within `failure_reset` s of the previous one doubles it, up to `failure_timeout_max`
+    failure_timeout: float = Field(default=10.0, gt=0, le=3600)
+    failure_timeout_max: float = Field(default=300.0, gt=0, le=86400)
+    failure_reset: float = Field(default=600.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _penalties_grow(self) -> Agent:
+        if self.failure_timeout_max < self.failure_timeout:
+            raise ValueError(f"failure_timeout_max ({self.failure_timeout_max:g}) is below failure_timeout"
+                             f" ({self.failure_timeout:g}): make it at least as long")
+        return self
 
 
 class Cluster(Strict):

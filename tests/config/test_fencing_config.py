@@ -27,6 +27,9 @@ def append(cfgdir, text: str):
     ('[nodes.node1.fencing]\nagent = "exec"\n', "nodes.node1.fencing.command: required when agent = 'exec'"),
     ('[agent]\nnotify = [[]]\n', "agent.notify: a command must not be empty"),
     ('[agent]\nnotify = "echo hi"\n', "agent.notify: not a list"),
+    ('[agent]\nfailure_timeout = 30\nfailure_timeout_max = 20\n',
+     "agent: failure_timeout_max (20) is below failure_timeout (30): make it at least as long"),
+    ('[agent]\nfailure_reset = 0\n', "agent.failure_reset: Input should be greater than 0"),
 ])
 def test_bad_fencing_and_notify_keys_are_named(cfgdir, text, expected):
     code, lines = check(append(cfgdir, text))

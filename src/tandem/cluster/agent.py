@@ -38,6 +38,7 @@ from tandem.cluster.dbgroup import build_db_group, vip_takeover_grace
 from tandem.cluster.decide import decide
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
+from tandem.cluster.penalty import FailurePenalty
 from tandem.cluster.resources import ResourceGroup
 from tandem.cluster.resources.vip import Vip
 from tandem.cluster.view import Action, Decision, LocalState
@@ -104,7 +105,8 @@ class Agent:
         self._last_monitor = 0.0
         self._monitor_task: asyncio.Task | None = None
         self._start_failures = 0
-        self._unhealthy_since = 0.0
+        a = cfg.agent
+        self.penalty = FailurePenalty(a.failure_timeout, a.failure_timeout_max, a.failure_reset)
         self.deadline_lease: int | None = None
         self._published: tuple[dict, float] | None = None
         self._fence_task: asyncio.Task | None = None
@@ -268,8 +270,9 @@ class Agent:
             dcs_ok = False
             log.warning("DCS unreachable: %s", e)
         self.volume = await self._volume_status()
-        if not self.healthy and not self.primary and time.monotonic() - self._unhealthy_since > 10.0:
-            log.info("resource failures are 10 s old: eligible again")
+        if not self.healthy and not self.primary and self.penalty.served(time.monotonic()):
+            log.info("resource failure penalty served (%g s after failure %d): eligible again",
+                     self.penalty.penalty(), self.penalty.failures)
             self.healthy = True
         disk = DiskState(self.volume["disk"]) if self.volume else None
         fencing, unreachable = await self._fencing_inputs(dcs_ok)
@@ -390,7 +393,8 @@ class Agent:
             api_url=self.clones.api_url() if self.clones is not None else self.api_url,
             connection=(v.get("peer") or {}).get("connection", ""),
             sync_percent=rs.get("percent") if rs and not rs.get("finished") else None,
-            note=self.last.reason if self.last else "")
+            note=self.last.reason if self.last else "",
+            failures=self.penalty.recent(time.monotonic()), last_failure=self.penalty.last_reason)
         value, now = member.to_value(), time.monotonic()
         if self._published and self._published[0] == value and now - self._published[1] < 2.0:
             return
@@ -537,8 +541,7 @@ class Agent:
                 # 10 s health penalty here left the cluster with no writer at all.
                 log.warning("not counted as a node failure: %s", not_ready)
             else:
-                self.healthy = False
-                self._unhealthy_since = time.monotonic()
+                self._failed(res.sentence)
             # Do not hammer: back off (up to 2 s) before the next attempt.
             await asyncio.sleep(min(2.0, 0.1 * 2 ** min(self._start_failures, 5)))
 
@@ -559,13 +562,21 @@ class Agent:
             res = await self.group.check()
             if not res.ok and res.failover_needed and self.primary:
                 log.error("%s", res.sentence)
-                self.healthy = False
-                self._unhealthy_since = time.monotonic()
+                self._failed(res.sentence)
                 self.wake.set()
         except Exception:
             log.exception("monitoring failed")
         finally:
             self._monitor_task = None
+
+    def _failed(self, why: str) -> None:
+        """This node's resources failed: out of the race for the key for a while."""
+        self.healthy = False
+        out = self.penalty.record(time.monotonic(), why)
+        if self.penalty.failures > 1:
+            log.warning("failure %d in a row: not eligible for leadership for %g s",
+                        self.penalty.failures, out)
+        lab_event("penalty", node=self.node, failures=self.penalty.failures, seconds=out)
 
     async def _cancel_monitor(self) -> None:
         """Before the group stops: a monitor or recovery in flight holds the group's

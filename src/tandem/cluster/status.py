@@ -77,6 +77,8 @@ def status_dict(view: ClusterView, cfg_nodes: list[str], vip: str | None,
             "eligible": peer_is_eligible(view, n),
             "sync_percent": m.sync_percent if m else None,
             "last_action": m.note if m else "",
+            "failures": m.failures if m else 0,
+            "last_failure": m.last_failure if m else "",
         }
         if not row["eligible"] and not (leader and leader.node == n):
             why = []
@@ -84,7 +86,8 @@ def status_dict(view: ClusterView, cfg_nodes: list[str], vip: str | None,
                 why.append("agent not running (no member key)")
             else:
                 if not m.healthy:
-                    why.append("unhealthy")
+                    why.append(f"unhealthy after {m.failures} failure(s) in a row" if m.failures > 1
+                               else "unhealthy")
                 if m.disk_state and m.disk_state.value != "UpToDate":
                     why.append(f"disk is {m.disk_state.value}")
             why += [f"DCS records {w}" for w in view.not_up_to_date(n)]
@@ -163,6 +166,8 @@ def render(st: dict[str, Any], console: Console | None = None) -> None:
     for n in st["nodes"]:
         if n.get("not_promotable_because"):
             console.print(f"  {n['node']} cannot be promoted: {', '.join(n['not_promotable_because'])}")
+        if n.get("failures") and n.get("last_failure"):
+            console.print(f"  {n['node']} failed {n['failures']} time(s) in a row, last: {n['last_failure']}")
     last = st["last_failover"]
     if last:
         ago = time.time() - last["at"]

@@ -69,6 +69,8 @@ class Member:
     connection: str = ""  #: replication link state (the volume's ConnectionState)
     sync_percent: float | None = None  #: resync progress when a resync runs
     note: str = ""  #: the agent's last decision, in one sentence
+    failures: int = 0  #: resource failures in a row (each doubling the time out of the race)
+    last_failure: str = ""  #: what failed last, in one sentence
     revision: int = 0  #: mod_revision of the key
 
     @classmethod
@@ -80,12 +82,14 @@ class Member:
                    nofailover=bool(data.get("nofailover", False)),
                    api_url=str(data.get("api_url", "")), connection=str(data.get("connection", "")),
                    sync_percent=data.get("sync_percent"), note=str(data.get("note", "")),
+                   failures=_count(data.get("failures")), last_failure=str(data.get("last_failure", "")),
                    revision=revision)
 
     def to_value(self) -> dict[str, Any]:
         return {"role": self.role.value, "disk_state": self.disk_state.value if self.disk_state else None,
                 "healthy": self.healthy, "nofailover": self.nofailover, "api_url": self.api_url,
-                "connection": self.connection, "sync_percent": self.sync_percent, "note": self.note}
+                "connection": self.connection, "sync_percent": self.sync_percent, "note": self.note,
+                "failures": self.failures, "last_failure": self.last_failure}
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +263,11 @@ class ClusterView:
 
 def history_from_value(items: Iterable[Mapping[str, Any]]) -> tuple[HistoryEntry, ...]:
     return tuple(HistoryEntry.from_value(i) for i in items)
+
+
+def _count(value: Any) -> int:
+    """A count from a member record; anything else (a newer or broken writer) is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _enum(kind: Any, value: Any, default: Any) -> Any:

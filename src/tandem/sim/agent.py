@@ -21,6 +21,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from tandem.cluster.decide import decide
+from tandem.cluster.penalty import FailurePenalty
 from tandem.cluster.view import Action, Decision, LocalState
 from tandem.dcs.base import DCSError
 from tandem.dcs.view import ClusterView, HistoryEntry, Leader, Member, NodeRole, VolumeState
@@ -79,7 +80,7 @@ class SimAgent:
         self._last_monitor = 0.0
         self._start_failures = 0
         self._peer_recorded_outdated = False
-        self._unhealthy_since = 0.0
+        self.penalty = FailurePenalty()  # the real agent's defaults
         self._published: tuple | None = None
         self.deadline_lease: int | None = None  #: the lease self.lease_deadline was renewed on
 
@@ -143,7 +144,7 @@ class SimAgent:
             dcs_ok = False
         self.volume = self.vol.status()
         now = self.clock.now()
-        if not self.healthy and not self.primary and now - self._unhealthy_since > 10.0:
+        if not self.healthy and not self.primary and self.penalty.served(now):
             self.healthy = True
         disk = DiskState(self.volume["disk"])
         local = LocalState(node=self.node, disk_state=disk, healthy=self.healthy, is_primary=self.primary,
@@ -278,7 +279,7 @@ class SimAgent:
                 self.log("not counted as a node failure: the volume is not ready")
             else:
                 self.healthy = False
-                self._unhealthy_since = self.clock.now()
+                self.penalty.record(self.clock.now(), f"start failed: {err}")
             yield Sleep(min(2.0, 0.1 * 2 ** min(self._start_failures, 5)))
 
     def _lead(self) -> Coro:
@@ -289,7 +290,7 @@ class SimAgent:
         self._last_monitor = now
         if self.vol.role is not Role.PRIMARY:
             self.healthy = False
-            self._unhealthy_since = now
+            self.penalty.record(now, "the volume is not Primary")
             self.proc.set_wake()
 
     def _stop_group(self, why: str, graceful: bool) -> None:

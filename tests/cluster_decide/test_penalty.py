@@ -1,0 +1,79 @@
+"""The failure penalty that keeps a failing node out of the leader race: the
+first failure costs `failure_timeout` as before, failures in a row double it up
+to the maximum (no endless ping-pong when a fault follows the data from node to
+node), a quiet spell forgives; the count reaches `tandem status` (pure)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
+
+from tandem.cluster.penalty import REASON_CHARS, FailurePenalty
+from tandem.cluster.status import render, status_dict
+from tandem.dcs.view import Member
+from tests.cluster_decide.build import member, view
+
+
+def test_failures_in_a_row_double_the_time_out_up_to_the_maximum():
+    p = FailurePenalty(first=10, longest=300, reset=600)
+    now, outs = 1000.0, []
+    for _ in range(8):
+        outs.append(p.record(now, "mariadb failed to start"))
+        assert not p.served(now + outs[-1] - 0.01) and p.served(now + outs[-1])
+        now += outs[-1] + 1  # fails again as soon as it is back (the ping-pong of torture 11:77)
+    assert outs == [10, 20, 40, 80, 160, 300, 300, 300]
+    assert p.recent(now) == 8
+
+
+def test_a_quiet_spell_forgives_and_a_lone_failure_costs_the_first_timeout_again():
+    p = FailurePenalty(first=10, longest=300, reset=600)
+    p.record(0.0, "x")
+    p.record(20.0, "x")
+    assert p.penalty() == 20
+    assert p.recent(620.0) == 2 and p.recent(620.01) == 0
+    assert p.record(700.0, "y") == 10 and p.failures == 1
+
+
+def test_no_failure_means_no_penalty():
+    p = FailurePenalty()
+    assert p.served(0.0) and p.recent(0.0) == 0 and p.penalty() == 0
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=2000.0), min_size=1, max_size=30),
+       st.floats(min_value=0.5, max_value=60), st.floats(min_value=1, max_value=20))
+def test_the_penalty_is_bounded_and_never_shrinks_within_a_run(gaps, first, factor):
+    p = FailurePenalty(first=first, longest=first * factor, reset=first * factor * 2)
+    now, previous = 0.0, 0.0
+    for gap in gaps:
+        now += gap
+        in_run = p.last_at is not None and now - p.last_at <= p.reset
+        out = p.record(now, "r" * 500)
+        assert first <= out <= p.longest
+        assert out >= previous or not in_run
+        previous = out
+    assert len(p.last_reason) == REASON_CHARS
+
+
+def test_status_shows_the_failures_in_a_row_and_what_failed_last():
+    failing = Member("node2", healthy=False, failures=3,
+                     last_failure="start failed at mariadb (mariadbd exited 1: No space left on device)")
+    record = json.loads(json.dumps(failing.to_value()))
+    assert Member.from_value("node2", record) == failing
+    st_ = status_dict(view("node1", members=(member("node1"), failing)), ["node1", "node2"], None)
+    row = st_["nodes"][1]
+    assert row["failures"] == 3 and "No space left" in row["last_failure"]
+    assert row["not_promotable_because"][0] == "unhealthy after 3 failure(s) in a row"
+    console = Console(record=True, width=200)
+    render(st_, console)
+    assert ("node2 failed 3 time(s) in a row, last: start failed at mariadb (mariadbd exited 1:"
+            " No space left on device)") in console.export_text()
+
+
+@pytest.mark.parametrize("bad", [-1, "3", True, 2.5, None])
+def test_a_broken_failure_count_in_a_member_record_reads_as_zero(bad):
+    assert Member.from_value("node1", {"failures": bad}).failures == 0
+
