@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -96,6 +97,45 @@ def test_crash_kills_every_process_of_the_host_and_restart_brings_links_back(hea
     assert ping(lab, "node1", "node2", "replication")
     lab.stop("node1", "sleeper")
     assert not pid_alive(other.pid)
+
+
+def test_a_stale_record_never_signals_the_process_that_got_its_pid(healed):
+    """A recorded process died by itself and its pid went to a process outside the
+    lab (pid_max is 32768 here: this happens within a campaign). Pausing, stopping
+    and crashing the host must leave that process alone."""
+    import json
+    import signal
+    import subprocess
+    lab = healed
+    sup = lab.supervisor("node2")
+    rec = lab.spawn("node2", "short-lived", ["sleep", "300"])
+    outsider = subprocess.Popen(["sleep", "300"], start_new_session=True)  # root netns, own group
+    try:
+        lab.stop("node2", "short-lived")
+        lab.spawn("node2", "short-lived", ["sleep", "300"])
+        os.kill(sup.get("short-lived").pid, signal.SIGKILL)  # dies by itself: the record stays
+        path = sup.proc_dir / "short-lived.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "pid": outsider.pid}))
+        assert rec.pid != outsider.pid and not sup.running("short-lived")
+        with pytest.raises(LabError, match="not running"):
+            lab.faults.pause("node2", "short-lived")
+        assert _state(outsider.pid) != "T", "SIGSTOP reached a process outside the lab"
+        lab.stop("node2", "short-lived")
+        path.write_text(json.dumps({**json.loads(path.read_text() if path.exists() else "{}"),
+                                    "host": "node2", "name": "short-lived", "pid": outsider.pid,
+                                    "cmd": ["sleep"], "log": "", "started": 0.0}))
+        lab.faults.crash("node2")
+        lab.faults.restart("node2")
+        assert outsider.poll() is None, "a stale record killed a process outside the lab"
+        assert _state(outsider.pid) in ("S", "R")
+    finally:
+        outsider.kill()
+        outsider.wait()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_pause_stops_a_process_from_answering(healed):

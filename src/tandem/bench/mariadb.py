@@ -89,9 +89,7 @@ class MariaDB:
         while time.monotonic() < deadline:
             if self.socket.exists() and self.sql("SELECT 1", check=False).returncode == 0:
                 break
-            rec = self.lab.supervisor(self.host).get(self.name)
-            from tandem.lab.supervisor import pid_alive
-            if rec is None or not pid_alive(rec.pid):
+            if not self.lab.supervisor(self.host).running(self.name):
                 raise BenchError(f"mariadbd {self.name} exited at start; see {self.error_log}")
             time.sleep(0.2)
         else:

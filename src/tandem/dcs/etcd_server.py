@@ -198,9 +198,7 @@ class LabEtcd:
                        member_command(m, list(self.members.values()), self.token, self.timing, state))
 
     def running(self, host: str) -> bool:
-        from tandem.lab.supervisor import pid_alive
-        rec = self.lab.supervisor(host).get(self.proc)
-        return rec is not None and pid_alive(rec.pid)
+        return self.lab.supervisor(host).running(self.proc)
 
     def stop(self) -> None:
         for h in self.hosts:

@@ -22,7 +22,7 @@ from pathlib import Path
 from tandem.errors import LabError
 from tandem.lab.events import EventLog
 from tandem.lab.shell import in_ns, ns_prefix, run
-from tandem.lab.supervisor import Supervisor, pid_alive, pids_in_netns
+from tandem.lab.supervisor import Supervisor, pids_in_netns
 from tandem.lab.topology import (
     DEFAULT_ROOT,
     NET_IFNAME,
@@ -263,7 +263,7 @@ class Lab:
         for h in self.spec.hosts:
             sup = self.supervisor(h.name)
             procs = [{"name": r.name, "pid": r.pid,
-                      "running": pid_alive(r.pid)} for r in sup.records()]
+                      "running": sup.owns(r.pid)} for r in sup.records()]
             hosts.append({
                 "name": h.name,
                 "netns": self.spec.netns(h.name),

@@ -5,6 +5,12 @@ output in the host's log directory, and a record file `run/procs/<name>.json`
 with its pid. Stopping and crashing go by those recorded pids and by the pids
 that live in the host's network namespace, which only the lab created: never
 by matching process names.
+
+A record outlives its process when the process dies by itself, and this
+machine recycles pids quickly (pid_max 32768, thousands of processes per
+campaign): a recorded pid is signalled only while it still lives in the host's
+network namespace (:func:`in_netns`). Without that check a stale record could
+stop or kill a process of another lab, of CI, or of the machine itself.
 """
 
 from __future__ import annotations
@@ -43,6 +49,15 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def in_netns(pid: int, netns: str) -> bool:
+    """Is `pid` a live process inside the lab network namespace `netns`?"""
+    try:
+        return (os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{netns}").st_ino
+                and pid_alive(pid))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+
+
 def pids_in_netns(netns: str) -> list[int]:
     proc = run(["ip", "netns", "pids", netns], check=False)
     return [int(p) for p in proc.stdout.split()] if proc.returncode == 0 else []
@@ -65,7 +80,7 @@ class Supervisor:
     def start(self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None,
               cwd: Path | None = None) -> ProcRecord:
         existing = self.get(name)
-        if existing and pid_alive(existing.pid):
+        if existing and self.owns(existing.pid):
             raise LabError(f"{self.host}: process {name!r} already running (pid {existing.pid})")
         self.proc_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +107,15 @@ class Supervisor:
             return []
         return [ProcRecord(**json.loads(p.read_text())) for p in sorted(self.proc_dir.glob("*.json"))]
 
+    def owns(self, pid: int) -> bool:
+        """Is `pid` still a process of this host (not a recycled pid elsewhere)?"""
+        return in_netns(pid, self.netns)
+
+    def running(self, name: str) -> bool:
+        """Is the process recorded as `name` still running?"""
+        rec = self.get(name)
+        return rec is not None and self.owns(rec.pid)
+
     def require(self, name: str) -> ProcRecord:
         rec = self.get(name)
         if rec is None:
@@ -100,7 +124,7 @@ class Supervisor:
 
     def signal(self, name: str, sig: int) -> None:
         rec = self.require(name)
-        if not pid_alive(rec.pid):
+        if not self.owns(rec.pid):
             raise LabError(f"{self.host}: process {name!r} (pid {rec.pid}) is not running")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(rec.pid, sig)
@@ -111,13 +135,14 @@ class Supervisor:
         rec = self.get(name)
         if rec is None:
             return None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(rec.pid, signal.SIGCONT)
-            os.killpg(rec.pid, signal.SIGTERM)
-        if not self._wait(rec.pid, timeout):
+        if self.owns(rec.pid):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(rec.pid, signal.SIGKILL)
-            self._wait(rec.pid, 5)
+                os.killpg(rec.pid, signal.SIGCONT)
+                os.killpg(rec.pid, signal.SIGTERM)
+            if not self._wait(rec.pid, timeout) and self.owns(rec.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(rec.pid, signal.SIGKILL)
+                self._wait(rec.pid, 5)
         code = self._reap(rec.pid)
         self._record_path(name).unlink(missing_ok=True)
         return code
@@ -127,9 +152,10 @@ class Supervisor:
         namespace; return the pids that were killed."""
         killed = []
         for rec in self.records():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(rec.pid, signal.SIGKILL)
-                killed.append(rec.pid)
+            if self.owns(rec.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(rec.pid, signal.SIGKILL)
+                    killed.append(rec.pid)
         for pid in pids_in_netns(self.netns):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

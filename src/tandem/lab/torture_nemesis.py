@@ -127,11 +127,15 @@ class Nemesis:
         if name == "mariadb":  # started by the agent, not by the lab: its pid file
             pidfile = self.lab.host_dir(host) / "run" / "mariadb" / "mariadb" / "mariadbd.pid"
             try:
-                return host, int(pidfile.read_text().split()[0])
+                pid = int(pidfile.read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 raise LabError(f"no MariaDB running on {host}") from None
-        rec = self.lab.supervisor(host).get(name)
-        if rec is None or host in self.lab.read_state()["down"]:
+            if not self.lab.supervisor(host).owns(pid):  # a stale pid file: the pid may be anyone's now
+                raise LabError(f"no MariaDB running on {host} (pid {pid} of its pid file is not there)")
+            return host, pid
+        sup = self.lab.supervisor(host)
+        rec = sup.get(name)
+        if rec is None or host in self.lab.read_state()["down"] or not sup.owns(rec.pid):
             raise LabError(f"no {name} running on {host}")
         return host, rec.pid
 
@@ -145,7 +149,7 @@ class Nemesis:
     def _heal_pause(self, p: dict) -> None:
         key = next((k for k in self.paused if k[1] == p["name"] and p["host"] in (k[0], "leader")), None)
         pid = self.paused.pop(key, None) if key else None
-        if pid is not None:
+        if pid is not None and self.lab.supervisor(key[0]).owns(pid):  # not a recycled pid
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
             self.lab.events.record("heal", fault="pause", host=key[0], name=p["name"], pid=pid)
@@ -168,15 +172,15 @@ class Nemesis:
         """The lab's own daemons that are gone although their host is up (no fault of
         ours killed them): recorded as `proc_died` with how they ended, and started
         again so the campaign goes on. A finding for the report, not hidden."""
-        from tandem.lab.supervisor import pid_alive
         down = set(self.lab.read_state()["down"])
         dead = []
         for host, names in self.EXPECTED.items():
             if host in down:
                 continue
             for name in names:
-                rec = self.lab.supervisor(host).get(name)
-                if rec is None or pid_alive(rec.pid):
+                sup = self.lab.supervisor(host)
+                rec = sup.get(name)
+                if rec is None or sup.owns(rec.pid):
                     continue
                 how = "unknown (not our child)"
                 with contextlib.suppress(ChildProcessError):
