@@ -191,3 +191,23 @@ def test_unknown_hosts_and_networks_are_clear_errors(healed):
         lab.faults.partition(["node1"], ["node1"])
     with pytest.raises(LabError, match="no process named"):
         lab.faults.pause("node1", "nothing")
+
+
+def test_the_vip_watch_shares_our_mount_namespace(healed):
+    """Its `ip monitor` processes live as long as a campaign: in a mount namespace of
+    their own (what `ip -n` makes) they held a copy of every mount of the moment, so
+    each ext4 unmounted later stayed alive with its loop device attached (12 such
+    loops after 40 torture schedules)."""
+    from tandem.lab.supervisor import pids_in_netns
+    from tandem.lab.vipwatch import VipWatch
+    lab = healed
+    watch = VipWatch(lab, [str(lab.spec.vip(9))], hosts=["node1", "node2"])
+    watch.start()
+    try:
+        ours = os.readlink("/proc/self/ns/mnt")
+        for host, proc in watch.procs.items():
+            assert proc.poll() is None, host
+            assert os.readlink(f"/proc/{proc.pid}/ns/mnt") == ours, f"{host}'s monitor has its own mounts"
+            assert proc.pid in pids_in_netns(lab.spec.netns(host)), "the monitor must die with its host"
+    finally:
+        watch.stop()

@@ -26,7 +26,7 @@ from datetime import datetime
 
 from tandem.lab.events import monotonic
 from tandem.lab.lab import Lab
-from tandem.lab.shell import in_ns
+from tandem.lab.shell import in_ns, ns_prefix
 
 _LINE = re.compile(r"^\[(?P<ts>[^\]]+)\]\s+(?P<deleted>Deleted\s+)?\d+:\s+\S+\s+inet\s+(?P<addr>[\d.]+)/")
 
@@ -69,10 +69,13 @@ class VipWatch:
         self.snapshot("start")
 
     def _spawn(self, host: str) -> None:
-        # `ip -n` enters the host's namespace: a crash of the host kills it with
-        # everything else there; _read then starts another.
+        # In the host's network namespace: a crash of the host kills it with
+        # everything else there; _read then starts another. Never `ip -n`: it also
+        # unshares a mount namespace, and that copy of every mount at its start kept
+        # the ext4 of each later unmount alive (and its loop device attached) for as
+        # long as the monitor ran.
         self.procs[host] = subprocess.Popen(
-            ["ip", "-n", self.lab.spec.netns(host), "-ts", "-o", "-4", "monitor", "address"],
+            [*ns_prefix(self.lab.spec.netns(host)), "ip", "-ts", "-o", "-4", "monitor", "address"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
 
     def snapshot(self, why: str) -> dict[str, list[str]]:
