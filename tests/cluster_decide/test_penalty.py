@@ -38,6 +38,15 @@ def test_a_quiet_spell_forgives_and_a_lone_failure_costs_the_first_timeout_again
     assert p.record(700.0, "y") == 10 and p.failures == 1
 
 
+def test_cleanup_forgets_every_failure():
+    p = FailurePenalty(first=10, longest=300, reset=600)
+    for t in (0.0, 1.0, 2.0):
+        p.record(t, "x")
+    assert p.clear() == 3
+    assert p.served(2.0) and p.recent(2.0) == 0 and p.last_reason == ""
+    assert p.record(3.0, "y") == 10, "the next failure is a first one again"
+
+
 def test_no_failure_means_no_penalty():
     p = FailurePenalty()
     assert p.served(0.0) and p.recent(0.0) == 0 and p.penalty() == 0

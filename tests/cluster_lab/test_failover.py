@@ -246,9 +246,32 @@ def test_bad_cli_input_gives_one_clear_line(healthy):
         (("switchover", "--to", "node1", "--force"), "node1 is already the leader"),
         (("maintenance", "maybe"), "maintenance 'maybe': say `on` or `off`"),
         (("standby", "nodeX"), "nodeX: not a node of this cluster"),
+        (("cleanup", "nodeX"), "nodeX: not a node of this cluster"),
         (("failover", "--to", "node2"), "node1 is the leader: use `tandem switchover` instead"),
     ]:
         proc = stack.tandem("witness", *args, check=False)
         assert proc.returncode != 0, args
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (args, proc.stderr)
+
+
+def test_cleanup_reaches_the_agent_of_that_node_once(healthy):
+    """`tandem cleanup NODE` (Pacemaker's cleanup, after the operator fixed what kept
+    failing): NODE's agent forgets its failures once per request; the other agent
+    ignores it. (What forgetting does: tests/cluster_decide/test_penalty.py.)"""
+    stack = healthy
+    lab = stack.lab
+
+    def cleanups(node: str, since: float) -> list[dict]:
+        return [e for e in lab.events.read()
+                if e["kind"] == "cleanup" and e["node"] == node and e["t"] > since]
+
+    t0 = monotonic()
+    proc = stack.tandem("witness", "cleanup", "node2")
+    assert proc.stdout.strip() == "node2: failures cleared (its agent acts on it within a cycle)"
+    stack.wait(lambda: len(cleanups("node2", t0)) == 1, 15, "node2's agent to take the cleanup")
+    stack.tandem("witness", "cleanup", "node2")
+    stack.wait(lambda: len(cleanups("node2", t0)) == 2, 15, "node2's agent to take the second cleanup")
+    time.sleep(1.0)  # several agent cycles: no request is taken twice, node1 took none
+    assert len(cleanups("node2", t0)) == 2 and cleanups("node1", t0) == []
+    assert all(r["healthy"] for r in stack.status()["nodes"])

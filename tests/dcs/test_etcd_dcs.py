@@ -202,6 +202,13 @@ def test_maintenance_switchover_standby_keys(etcd_ok, cluster_name):
             assert (await a.load()).standby == frozenset({"node2"})
             await a.set_standby("node2", False)
             assert not (await a.load()).standby
+            assert (await a.load()).cleanup_revision("node2") == 0
+            await a.request_cleanup("node2")
+            first = (await a.load()).cleanup_revision("node2")
+            await a.request_cleanup("node2")
+            view = await a.load()
+            assert view.cleanup_revision("node2") > first > 0, "each request is a new revision"
+            assert view.cleanup_revision("node1") == 0
     run(scenario())
 
 

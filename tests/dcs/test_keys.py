@@ -39,6 +39,7 @@ def test_view_round_trips_every_key():
         kv("switchover", Switchover("node1", "node2").to_value(), mod=22),
         kv("maintenance", {}),
         kv("standby/node2", {}),
+        kv("cleanup/node1", {"at": 1.0}, mod=23),
         kv("history", [{"epoch": 3, "node": "node1", "reason": "crash of node2", "at": 1.5}]),
     ])
     assert view.revision == 42 and view.leader == Leader("node1", 3, 17, 99)
@@ -48,6 +49,7 @@ def test_view_round_trips_every_key():
     assert view.switchover == Switchover("node1", "node2", 22)
     assert view.maintenance and view.is_standby("node2") and not view.is_standby("node1")
     assert view.last_failover.reason == "crash of node2"
+    assert view.cleanup_revision("node1") == 23 and view.cleanup_revision("node2") == 0
     assert not view.up_to_date_everywhere("node2") and view.up_to_date_everywhere("node1")
 
 

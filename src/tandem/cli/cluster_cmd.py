@@ -190,6 +190,22 @@ def unstandby(node: str, config: Path = ConfigOpt) -> None:
     typer.echo(f"{node}: online")
 
 
+def cleanup(node: str, config: Path = ConfigOpt) -> None:
+    """Forget NODE's resource failures (after fixing their cause): eligible again at once."""
+    cfg = _cfg(config)
+    if node not in cfg.nodes:
+        raise TandemError(f"{node}: not a node of this cluster ({', '.join(cfg.nodes)})")
+
+    async def go():
+        dcs = _dcs(cfg)
+        try:
+            await dcs.request_cleanup(node)
+        finally:
+            await dcs.close()
+    asyncio.run(go())
+    typer.echo(f"{node}: failures cleared (its agent acts on it within a cycle)")
+
+
 def maintenance(state: str = typer.Argument(..., help="on or off"), config: Path = ConfigOpt) -> None:
     """on: agents stop acting and leave resources alone; off: they resume."""
     if state not in ("on", "off"):
@@ -241,5 +257,6 @@ def register(app: typer.Typer) -> None:
     app.command("standby")(standby)
     app.command("unstandby")(unstandby)
     app.command("maintenance")(maintenance)
+    app.command("cleanup")(cleanup)
     app.command("history")(history)
     app.command("fence-peer")(fence_peer)

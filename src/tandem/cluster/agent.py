@@ -107,6 +107,7 @@ class Agent:
         self._start_failures = 0
         a = cfg.agent
         self.penalty = FailurePenalty(a.failure_timeout, a.failure_timeout_max, a.failure_reset)
+        self._cleanup_seen: int | None = None  # revision of our cleanup key when last acted on
         self.deadline_lease: int | None = None
         self._published: tuple[dict, float] | None = None
         self._fence_task: asyncio.Task | None = None
@@ -269,6 +270,8 @@ class Agent:
         except DCSError as e:
             dcs_ok = False
             log.warning("DCS unreachable: %s", e)
+        if dcs_ok:
+            self._take_cleanup()
         self.volume = await self._volume_status()
         if not self.healthy and not self.primary and self.penalty.served(time.monotonic()):
             log.info("resource failure penalty served (%g s after failure %d): eligible again",
@@ -568,6 +571,21 @@ class Agent:
             log.exception("monitoring failed")
         finally:
             self._monitor_task = None
+
+    def _take_cleanup(self) -> None:
+        """Act on a new ``tandem cleanup`` of this node: forget the failures (the
+        node's and its resources'), healthy again; the monitor finds any fault
+        still there. A request older than this agent is history, not an order."""
+        rev = self.view.cleanup_revision(self.node)
+        if self._cleanup_seen is None or rev <= self._cleanup_seen:
+            self._cleanup_seen = rev if self._cleanup_seen is None else self._cleanup_seen
+            return
+        self._cleanup_seen = rev
+        n = self.penalty.clear()
+        self.group.failures.reset()
+        self.healthy = True
+        log.warning("operator cleanup: %d node failure(s) and every resource failure count forgotten", n)
+        lab_event("cleanup", node=self.node, failures=n)
 
     def _failed(self, why: str) -> None:
         """This node's resources failed: out of the race for the key for a while."""

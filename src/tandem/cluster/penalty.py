@@ -53,6 +53,12 @@ class FailurePenalty:
         """Has the penalty of the last failure run out at `now`?"""
         return self.last_at is None or now >= self.eligible_at()
 
+    def clear(self) -> int:
+        """The operator fixed the cause (``tandem cleanup``): forget every failure.
+        Returns how many were forgotten."""
+        n, self.failures, self.last_at, self.last_reason = self.failures, 0, None, ""
+        return n
+
     def recent(self, now: float) -> int:
         """Failures that still count at `now` (0 once `reset` has passed)."""
         if self.last_at is None or now - self.last_at > self.reset:

@@ -214,6 +214,11 @@ class DCS(ABC):
         take it out."""
 
     @abstractmethod
+    async def request_cleanup(self, node: str) -> None:
+        """Ask `node`'s agent to forget its resource failures (the operator fixed
+        the cause): it is eligible for leadership again at once."""
+
+    @abstractmethod
     async def close(self) -> None:
         """Close connections; the lease is left to expire (a crash does the same)."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -315,6 +316,10 @@ class EtcdDCS(DCS):
 
     async def set_standby(self, node: str, on: bool) -> None:
         await self._flag(self.keys.standby(node), on, f"standby {node}")
+
+    async def request_cleanup(self, node: str) -> None:
+        key, value = self.keys.cleanup(node).encode(), encode({"at": time.time()})
+        await self._call(f"request cleanup of {node}", lambda c: c.put(key, value))
 
     async def _flag(self, key: str, on: bool, what: str) -> None:
         if on:

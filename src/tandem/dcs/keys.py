@@ -15,13 +15,16 @@ Layout under ``/tandem/<cluster>/``::
     switchover           Switchover                 written by the operator
     maintenance          {}                         present = maintenance on
     standby/<node>       {}                         present = node in standby
+    cleanup/<node>       {"at"}                     written by the operator: forget node's failures
     history              [HistoryEntry, ...]        appended by the leader, fenced
     fence                Fence                      a confirmed fence of the leader key's node,
                                                     written only while that key exists
 
 ``epoch`` and ``standby/`` are additions to the DESIGN list: the epoch must
 survive the leader key (which vanishes with its lease), and standby is an
-operator's order about a node that its own lease-bound member key cannot carry.
+operator's order about a node that its own lease-bound member key cannot carry;
+so is ``cleanup/`` (Pacemaker's cleanup): the node's agent acts on each new
+revision of its key, which then stays as a harmless record.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Keys:
         self.switchover = self.prefix + "switchover"
         self.maintenance = self.prefix + "maintenance"
         self.standbys = self.prefix + "standby/"
+        self.cleanups = self.prefix + "cleanup/"
         self.history = self.prefix + "history"
         self.fence = self.prefix + "fence"
 
@@ -81,6 +85,9 @@ class Keys:
 
     def standby(self, node: str) -> str:
         return self.standbys + _name(node)
+
+    def cleanup(self, node: str) -> str:
+        return self.cleanups + _name(node)
 
 
 def _name(part: str) -> str:
@@ -112,6 +119,7 @@ def view_from_kvs(keys: Keys, revision: int, kvs: Iterable[RawKV]) -> ClusterVie
     members: list[Member] = []
     volumes: list[VolumeState] = []
     standby: set[str] = set()
+    cleanups: dict[str, int] = {}
     history: tuple = ()
     maintenance = False
     epoch = epoch_rev = 0
@@ -137,10 +145,13 @@ def view_from_kvs(keys: Keys, revision: int, kvs: Iterable[RawKV]) -> ClusterVie
             volumes.append(VolumeState.from_value(kv.key[len(keys.volumes):], data, kv.mod_revision))
         elif kv.key.startswith(keys.standbys):
             standby.add(kv.key[len(keys.standbys):])
+        elif kv.key.startswith(keys.cleanups):
+            cleanups[kv.key[len(keys.cleanups):]] = kv.mod_revision
     return ClusterView(cluster=keys.cluster, revision=revision, leader=leader,
                        members=tuple(sorted(members, key=lambda m: m.node)),
                        volumes=tuple(sorted(volumes, key=lambda v: v.resource)),
                        switchover=switchover, maintenance=maintenance,
                        standby=frozenset(standby), history=history,
+                       cleanups=tuple(sorted(cleanups.items())),
                        epoch=max(epoch, leader.epoch if leader else 0), epoch_revision=epoch_rev,
                        fence=fence)

@@ -217,6 +217,7 @@ class ClusterView:
     epoch: int = 0  #: the last epoch handed out (key ``epoch``)
     epoch_revision: int = 0  #: mod_revision of the epoch key, 0 if absent
     fence: Fence | None = None  #: the last confirmed fence (of this or an older leadership)
+    cleanups: tuple[tuple[str, int], ...] = ()  #: (node, revision of its cleanup key)
 
     @classmethod
     def empty(cls, cluster: str) -> ClusterView:
@@ -238,6 +239,10 @@ class ClusterView:
 
     def is_standby(self, node: str) -> bool:
         return node in self.standby
+
+    def cleanup_revision(self, node: str) -> int:
+        """Revision of the operator's last cleanup request for `node` (0: none)."""
+        return next((rev for n, rev in self.cleanups if n == node), 0)
 
     def up_to_date_everywhere(self, node: str) -> bool:
         """True if every recorded volume says `node`'s disk is UpToDate (vacuously
