@@ -156,3 +156,42 @@ def test_a_crash_ends_the_hosts_vip_holding():
     events = [_vip("node1", True, 1.0), crash, _vip("node2", True, 3.0), _vip("node1", False, 60.0)]
     assert checker.double_vip_holders(events) == []
     assert checker.double_vip_holders([_vip("node1", True, 1.0), _vip("node2", True, 3.0)])
+
+
+def test_campaigns_combine_into_one_record_and_bad_files_are_one_line(tmp_path):
+    """`tandem lab torture-summary`: counts add up, percentiles come from every fault
+    (not from the runs' percentiles), a violation anywhere shows; junk is refused."""
+    import json
+
+    from tandem.lab import torture_report as rep
+    from tests.conftest import run_tandem
+    dirs = []
+    for seed, gap, lost in ((1, (20, 40), set()), (2, (10, 90), {"w-5"})):
+        sched = draw_schedule(seed, 0, 10)
+        r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
+        r.faults = [{"index": 0, "kind": "crash", "describe": "crash node1", "start": 2.0, "end": 6.0}]
+        acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(150)
+                if not gap[0] < i < gap[1]]
+        crash = {"kind": "fault", "fault": "crash", "host": "node1", "t": 2.0}
+        events = [_writable("node1", True, 0.0), crash, _writable("node2", True, 3.5)]
+        res = analyse(events, acks, [], {a["id"] for a in acks} - lost, [], [], [r], Options(seed=seed), None)
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        rep.write_json(res, d / "results.json")
+        dirs.append(d)
+    proc = run_tandem("lab", "torture-summary", *map(str, dirs), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["schedules_run"] == 2 and out["faults_by_kind"] == {"crash": 2}
+    assert [v["check"] for v in out["violations"]] == ["lost-write"]
+    u = sorted(json.loads((d / "results.json").read_text())["faults"][0]["unavailable_s"] for d in dirs)
+    assert out["unavailability_by_kind"]["crash"] == {"p50": u[0], "p90": u[1], "p99": u[1], "p100": u[1]}
+    table = run_tandem("lab", "torture-summary", *map(str, dirs))
+    assert table.returncode == 0 and "seed 1 1 schedules (0 violations), seed 2 1 schedules (1 violations)" \
+        in table.stdout, table.stdout
+    junk = tmp_path / "junk.json"
+    junk.write_text("[1, 2")
+    bad = run_tandem("lab", "torture-summary", str(dirs[0]), str(junk))
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode != 0 and len(lines) == 1
+    assert lines[0].startswith(f"tandem: {junk}: not a campaign's"), lines

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tandem.errors import LabError
+from tandem.errors import LabError, TandemError
 from tandem.lab.lab import Lab
 
 app = typer.Typer(help="Network-namespace lab hosts and fault injection.", no_args_is_help=True)
@@ -156,6 +156,37 @@ def events(lab: str = LabOpt, kind: str = typer.Option(None)) -> None:
     """Print the lab's event log (JSON lines, CLOCK_MONOTONIC timestamps)."""
     for ev in Lab.load(lab_name(lab)).events.iter(kind):
         typer.echo(json.dumps(ev, sort_keys=True))
+
+
+@app.command("torture-summary")
+def torture_summary(
+    reports: list[Path] = typer.Argument(..., help="report directories (or their results.json)"),
+    json_out: bool = typer.Option(False, "--json", help="the combined record as JSON"),
+) -> None:
+    """Several campaigns as one table: schedules, faults by kind, unavailability, violations."""
+    from tandem.lab import torture_report as rep
+    results = []
+    for path in reports:
+        file = path / "results.json" if path.is_dir() else path
+        try:
+            results.append(json.loads(file.read_text()))
+        except (OSError, ValueError) as e:
+            raise TandemError(f"{file}: not a campaign's results.json ({e}); give the --report directory"
+                              " of a finished `tandem lab torture`") from None
+        if not isinstance(results[-1], dict) or "schedules" not in results[-1]:
+            raise TandemError(f"{file}: not a campaign's results.json (no schedules); give the --report"
+                              " directory of a finished `tandem lab torture`")
+    combined = rep.combine(results)
+    if json_out:
+        typer.echo(json.dumps(combined, indent=1, sort_keys=True, default=str))
+        return
+    console = Console(width=max(Console().width, 110))
+    console.print(rep.summary_table(combined))
+    runs = [f"seed {c['seed']} {c['schedules_run']} schedules ({c['violations']} violations)"
+            for c in combined["campaigns"]]
+    console.print("campaigns: " + ", ".join(runs), highlight=False)
+    for line in rep.summary_lines(combined):
+        console.print(line, highlight=False)
 
 
 @app.command("torture")

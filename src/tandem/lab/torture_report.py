@@ -68,6 +68,40 @@ def write_json(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(clean(result), indent=1, sort_keys=True, default=str) + "\n")
 
 
+def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several campaigns' results.json as one record (the 1,000-schedule target is
+    reached over many runs): sums, and percentiles recomputed from every fault's and
+    every schedule's own unavailability, never averaged from per-run percentiles."""
+    from tandem.lab.checker import percentiles
+
+    def num(x: Any) -> float:
+        return math.inf if x is None else float(x)  # write_json stores "never" as null
+
+    faults = [f for r in results for f in r.get("faults", [])]
+    by_kind: dict[str, list[float]] = {}
+    for f in faults:
+        by_kind.setdefault(f["kind"], []).append(num(f["unavailable_s"]))
+    scheds = [s for r in results for s in r.get("schedules", [])]
+    return {
+        "campaigns": [{"seed": r["seed"], "schedules_run": r["schedules_run"], "aborted": r.get("aborted"),
+                       "violations": len(r["violations"])} for r in results],
+        "schedules_run": sum(r["schedules_run"] for r in results),
+        "duration": max((r["duration"] for r in results), default=0.0),
+        "seed": ",".join(str(r["seed"]) for r in results),
+        "writes": {k: sum(r["writes"][k] for r in results) for k in ("acknowledged", "errors", "stored")},
+        "jobs": {k: sum(r["jobs"][k] for r in results)
+                 for k in ("accepted", "succeeded", "failed", "effects")},
+        "deaths": [d for r in results for d in r.get("deaths", [])],
+        "aborted": "; ".join(f"seed {r['seed']}: {r['aborted']}" for r in results
+                             if r.get("aborted")) or None,
+        "faults_by_kind": {k: len(v) for k, v in sorted(by_kind.items())},
+        "unavailability_by_kind": {k: percentiles(v) for k, v in sorted(by_kind.items())},
+        "unavailability_per_schedule": percentiles([num(s["unavailable_s"]) for s in scheds]),
+        "convergence_s": percentiles([s["converge_s"] for s in scheds if s.get("converge_s") is not None]),
+        "violations": [v for r in results for v in r["violations"]],
+    }
+
+
 def pick_schedule(result: dict[str, Any]) -> dict[str, Any] | None:
     """The schedule worth a picture: one with a violation, else the most faults."""
     scheds = result["schedules"]
