@@ -6,7 +6,9 @@ the handshake, a real Link over a socket pair to a PeerConnection the test drive
   must wait for the decision (the StateExchange already sent says Secondary, old
   generation), never start a new generation the peer does not know about;
 - seeds 6216/8979/11562/11688: an activity-log extent leaves the log only once the writes
-  that completed in it are durable (the eviction flushes first).
+  that completed in it are durable (the eviction flushes first);
+- seed 314725: a demotion empties the log in memory as on disk, so the next term logs
+  its first write into any extent before writing.
 
 The FUSE server is not on these paths: the AL test sets the role directly instead of
 promote() (which would mount the FUSE file)."""
@@ -68,6 +70,25 @@ def test_al_eviction_flushes_writes_of_the_evicted_extent_first(tmp_path):
         rep.flush()
         rep.write(1 * EXTENT, b"f" * BLOCK)  # evicts extent 0, flushed by the application
         assert rep.stats["flushes"] == 3  # the application's flush only
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()
+
+
+@pytest.mark.parametrize("write_through", [True, False])
+def test_the_term_after_a_demotion_logs_its_writes_again(tmp_path, write_through):
+    rep = make_replicator(tmp_path, write_through=write_through)
+    try:
+        rep.role = Role.PRIMARY  # see the module docstring
+        rep.write(0, b"a" * BLOCK)
+        assert rep.meta.state.al_extents == (0,)
+        rep.demote()
+        assert rep.role is Role.SECONDARY and rep.meta.state.al_extents == ()
+        rep.role = Role.PRIMARY  # switched back: a new term in the same process
+        rep.write(0, b"b" * BLOCK)
+        # on disk before the write: a crash now resyncs extent 0 from the next Primary
+        assert rep.meta.state.al_extents == (0,)
     finally:
         rep.role = Role.SECONDARY
         rep.meta.close()

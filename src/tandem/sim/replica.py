@@ -526,7 +526,7 @@ class Replica:
             self._release_blocked()  # they fail with EIO
             self.send_status()
             self._flush_both()
-            self.meta_update(primary=False, al_extents=())
+            self.meta_update(primary=False, al_extents=self._forget_idle_extents())
             self.send_status()
             self.log("Secondary (forced)")
             return
@@ -537,9 +537,16 @@ class Replica:
         self.io_open = True
         self._release_blocked()
         self._flush_both()
-        self.meta_update(primary=False, al_extents=())
+        self.meta_update(primary=False, al_extents=self._forget_idle_extents())
         self.send_status()
         self.log("Secondary")
+
+    def _forget_idle_extents(self) -> tuple[int, ...]:
+        """Replicator.demote: the log in memory is emptied with the one on disk
+        (variant ``al_kept_after_demote`` keeps it: seed 314725's divergence)."""
+        if self.variant == "al_kept_after_demote":  # BROKEN variant
+            return ()
+        return self.al.forget_idle()
 
     def _flush_both(self) -> None:
         """Replicator._flush_both before the AL is cleared: local fdatasync, and a Flush

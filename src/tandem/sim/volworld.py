@@ -61,6 +61,12 @@ in its log until the peer's barrier ack and flushes before a log transaction). S
 and 7381 were the checker's: a crash had reverted a block to an older acknowledged write,
 the source held a later write over it, and ``split_brain_merged`` took that for a loss;
 it now follows what overwrote what (``parent``).
+
+``al_kept_after_demote`` (seed 314725, found in session 5's batch of 100,000): a
+demotion emptied the activity log on disk but not in memory; after a switchover and a
+switchover back, the new term's first write into a still-listed extent looked hot, so it
+was never logged; the new Primary crashed with it unflushed, no resync covered it, and
+the replicas differed for good. The demotion now forgets the idle extents in memory too.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ KIND_WEIGHTS = {"crash": 3, "partition": 3, "reset": 3, "slow": 1, "isolate": 2,
 DURATION = {"crash": (0.05, 2.5), "partition": (0.05, 2.5), "slow": (0.2, 2.5), "isolate": (0.2, 2.5)}
 VARIANTS = ("none", "ack_before_peer", "resync_wrong_direction", "skip_bitmap_mark", "promote_outdated",
             "no_fence", "no_fuse_teardown", "promote_in_handshake", "al_drop_unflushed",
-            "wt_ack_before_durable", "wt_no_local_sync")
+            "wt_ack_before_durable", "wt_no_local_sync", "al_kept_after_demote")
 CACHES = ("write-back", "write-through")
 
 

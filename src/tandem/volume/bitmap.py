@@ -352,6 +352,18 @@ class ActivityLog:
                 raise ValueError(f"extent {e} completed more often than touched")
             self._lru[e] = pins - 1
 
+    def forget_idle(self) -> tuple[int, ...]:
+        """Drop every extent no write holds; returns what is left (to persist).
+
+        For a demotion, which empties the log on disk: an extent left here but
+        not on disk would make the next term's first write into it look hot, so
+        it would never be logged, and a crash would not resync it (volume sim
+        seed 314725: switchover, switchover back, crash of the new Primary,
+        replicas differing for good)."""
+        for e in [e for e, pins in self._lru.items() if pins == 0]:
+            del self._lru[e]
+        return tuple(self._lru)
+
     def extents(self) -> tuple[int, ...]:
         """Extent numbers in the log, least recently used first (what to persist)."""
         return tuple(self._lru)

@@ -759,7 +759,7 @@ class Replicator:
                 server.stop(timeout=2.0)
             self._flush_both(timeout=0.5)
             with self.meta_lock:
-                self.meta.update(primary=False, al_extents=())
+                self.meta.update(primary=False, al_extents=self.al.forget_idle())
             self.suspended_reason = ""
             self._send_status()
             self._retry_undecided_now()
@@ -780,7 +780,7 @@ class Replicator:
         # no new generation (which would make the next connect a split brain).
         self._flush_both(timeout=5.0)
         with self.meta_lock:
-            self.meta.update(primary=False, al_extents=())
+            self.meta.update(primary=False, al_extents=self.al.forget_idle())
         self._send_status()
         self._retry_undecided_now()
         log.info("demoted to Secondary")
