@@ -159,50 +159,39 @@ def failover(config: Path = ConfigOpt, to: str = typer.Option(..., "--to")) -> N
     typer.echo(f"failover to {to} requested")
 
 
-def _flag(cfg: Config, what: str, node: str | None, on: bool) -> None:
+def _with_dcs(cfg: Config, request) -> None:
+    """Run one operator request (an async function of the DCS client), then close."""
     async def go():
         dcs = _dcs(cfg)
         try:
-            if what == "maintenance":
-                await dcs.set_maintenance(on)
-            else:
-                await dcs.set_standby(node, on)  # type: ignore[arg-type]
+            await request(dcs)
         finally:
             await dcs.close()
     asyncio.run(go())
 
 
-def standby(node: str, config: Path = ConfigOpt) -> None:
-    """Move everything off NODE and keep it from taking over."""
+def _node_cfg(config: Path | None, node: str) -> Config:
     cfg = _cfg(config)
     if node not in cfg.nodes:
         raise TandemError(f"{node}: not a node of this cluster ({', '.join(cfg.nodes)})")
-    _flag(cfg, "standby", node, True)
+    return cfg
+
+
+def standby(node: str, config: Path = ConfigOpt) -> None:
+    """Move everything off NODE and keep it from taking over."""
+    _with_dcs(_node_cfg(config, node), lambda dcs: dcs.set_standby(node, True))
     typer.echo(f"{node}: standby")
 
 
 def unstandby(node: str, config: Path = ConfigOpt) -> None:
     """Let NODE run resources again."""
-    cfg = _cfg(config)
-    if node not in cfg.nodes:
-        raise TandemError(f"{node}: not a node of this cluster ({', '.join(cfg.nodes)})")
-    _flag(cfg, "standby", node, False)
+    _with_dcs(_node_cfg(config, node), lambda dcs: dcs.set_standby(node, False))
     typer.echo(f"{node}: online")
 
 
 def cleanup(node: str, config: Path = ConfigOpt) -> None:
     """Forget NODE's resource failures (after fixing their cause): eligible again at once."""
-    cfg = _cfg(config)
-    if node not in cfg.nodes:
-        raise TandemError(f"{node}: not a node of this cluster ({', '.join(cfg.nodes)})")
-
-    async def go():
-        dcs = _dcs(cfg)
-        try:
-            await dcs.request_cleanup(node)
-        finally:
-            await dcs.close()
-    asyncio.run(go())
+    _with_dcs(_node_cfg(config, node), lambda dcs: dcs.request_cleanup(node))
     typer.echo(f"{node}: failures cleared (its agent acts on it within a cycle)")
 
 
@@ -210,7 +199,7 @@ def maintenance(state: str = typer.Argument(..., help="on or off"), config: Path
     """on: agents stop acting and leave resources alone; off: they resume."""
     if state not in ("on", "off"):
         raise TandemError(f"maintenance {state!r}: say `on` or `off`")
-    _flag(_cfg(config), "maintenance", None, state == "on")
+    _with_dcs(_cfg(config), lambda dcs: dcs.set_maintenance(state == "on"))
     typer.echo(f"maintenance {state}")
 
 
