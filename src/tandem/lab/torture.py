@@ -286,15 +286,18 @@ class Campaign:
         """Online verify on the Primary: block checksums of both disks compared."""
         last = ""
         for _ in range(3):
-            lead = self.stack.leader()
-            if lead is None:
-                last = "no leader"
-            else:
+            try:  # the DCS may be unreachable for a moment (a daemon died: the census restarts it)
+                lead = self.stack.leader()
+            except (LabError, json.JSONDecodeError) as e:
+                lead, last = None, str(e)[-300:]
+            if lead is not None:
                 proc = self.stack.tandem(lead, "volume", "verify", "db", "--json", check=False, timeout=300)
                 try:
                     return {**json.loads(proc.stdout), "node": lead}
                 except json.JSONDecodeError:
                     last = (proc.stderr or proc.stdout).strip()[-300:]
+            else:
+                last = last or "no leader"
             time.sleep(2)
         return {"error": last}
 

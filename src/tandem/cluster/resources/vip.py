@@ -146,11 +146,14 @@ class Vip(Resource):
         return [] if n is None else ["valid_lft", str(n), "preferred_lft", str(n)]
 
     async def refresh(self) -> bool:
-        """Extend the address's lifetime while this resource holds it up."""
+        """Extend the address's lifetime while this resource holds it up; False only
+        when that failed (an address this node does not hold has nothing to extend:
+        the agent asked every replica's VIPs at each renewal and logged a failure
+        four times a second, 80% of a replica's log)."""
         if self.config.lifetime is None:
             return True
         async with self._lock:
-            return self._up and await self._change()
+            return not self._up or await self._change()
 
     async def _change(self) -> bool:
         if self.config.lifetime is None:
