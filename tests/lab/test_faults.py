@@ -113,6 +113,9 @@ def test_a_stale_record_never_signals_the_process_that_got_its_pid(healed):
     try:
         lab.stop("node2", "short-lived")
         lab.spawn("node2", "short-lived", ["sleep", "300"])
+        # running at once, although nsenter may not have entered node2's namespace yet
+        # (a campaign's census took such a just-started agent for dead)
+        assert sup.running("short-lived")
         os.kill(sup.get("short-lived").pid, signal.SIGKILL)  # dies by itself: the record stays
         path = sup.proc_dir / "short-lived.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "pid": outsider.pid}))

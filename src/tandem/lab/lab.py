@@ -263,7 +263,7 @@ class Lab:
         for h in self.spec.hosts:
             sup = self.supervisor(h.name)
             procs = [{"name": r.name, "pid": r.pid,
-                      "running": sup.owns(r.pid)} for r in sup.records()]
+                      "running": sup.alive(r)} for r in sup.records()]
             hosts.append({
                 "name": h.name,
                 "netns": self.spec.netns(h.name),

@@ -8,9 +8,13 @@ by matching process names.
 
 A record outlives its process when the process dies by itself, and this
 machine recycles pids quickly (pid_max 32768, thousands of processes per
-campaign): a recorded pid is signalled only while it still lives in the host's
-network namespace (:func:`in_netns`). Without that check a stale record could
-stop or kill a process of another lab, of CI, or of the machine itself.
+campaign): a recorded process is signalled only while its pid still names the
+process that was started, known by its kernel start time (and a bare pid, such
+as MariaDB's pid file, only while it lives in the host's network namespace:
+:func:`in_netns`). Without that check a stale record could stop or kill a
+process of another lab, of CI, or of the machine itself. (Not the namespace for
+records: a process just started is still in the root namespace until nsenter
+has entered the host's, and a campaign's census took such an agent for dead.)
 """
 
 from __future__ import annotations
@@ -37,6 +41,17 @@ class ProcRecord:
     cmd: list[str]
     log: str
     started: float
+    start_ticks: int | None = None  #: kernel start time (clock ticks since boot): the identity
+
+
+def start_ticks(pid: int) -> int | None:
+    """The kernel start time of a live (not zombie) `pid`, None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def pid_alive(pid: int) -> bool:
@@ -80,7 +95,7 @@ class Supervisor:
     def start(self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None,
               cwd: Path | None = None) -> ProcRecord:
         existing = self.get(name)
-        if existing and self.owns(existing.pid):
+        if existing and self.alive(existing):
             raise LabError(f"{self.host}: process {name!r} already running (pid {existing.pid})")
         self.proc_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +107,8 @@ class Supervisor:
                 stderr=subprocess.STDOUT, env=full_env, cwd=str(cwd or self.host_dir),
                 start_new_session=True)
         self._children[child.pid] = child
-        rec = ProcRecord(self.host, name, child.pid, list(cmd), str(log), time.time())
+        rec = ProcRecord(self.host, name, child.pid, list(cmd), str(log), time.time(),
+                         start_ticks(child.pid))
         self._record_path(name).write_text(json.dumps(rec.__dict__))
         return rec
 
@@ -108,13 +124,19 @@ class Supervisor:
         return [ProcRecord(**json.loads(p.read_text())) for p in sorted(self.proc_dir.glob("*.json"))]
 
     def owns(self, pid: int) -> bool:
-        """Is `pid` still a process of this host (not a recycled pid elsewhere)?"""
+        """Is the bare `pid` (no record) a process of this host, not a recycled pid?"""
         return in_netns(pid, self.netns)
+
+    def alive(self, rec: ProcRecord) -> bool:
+        """Is the recorded process still running (its pid not handed to another)?"""
+        if rec.start_ticks is None:  # a record from before start times were kept
+            return self.owns(rec.pid)
+        return start_ticks(rec.pid) == rec.start_ticks
 
     def running(self, name: str) -> bool:
         """Is the process recorded as `name` still running?"""
         rec = self.get(name)
-        return rec is not None and self.owns(rec.pid)
+        return rec is not None and self.alive(rec)
 
     def require(self, name: str) -> ProcRecord:
         rec = self.get(name)
@@ -124,7 +146,7 @@ class Supervisor:
 
     def signal(self, name: str, sig: int) -> None:
         rec = self.require(name)
-        if not self.owns(rec.pid):
+        if not self.alive(rec):
             raise LabError(f"{self.host}: process {name!r} (pid {rec.pid}) is not running")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(rec.pid, sig)
@@ -135,11 +157,11 @@ class Supervisor:
         rec = self.get(name)
         if rec is None:
             return None
-        if self.owns(rec.pid):
+        if self.alive(rec):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(rec.pid, signal.SIGCONT)
                 os.killpg(rec.pid, signal.SIGTERM)
-            if not self._wait(rec.pid, timeout) and self.owns(rec.pid):
+            if not self._wait(rec.pid, timeout) and self.alive(rec):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(rec.pid, signal.SIGKILL)
                 self._wait(rec.pid, 5)
@@ -152,7 +174,7 @@ class Supervisor:
         namespace; return the pids that were killed."""
         killed = []
         for rec in self.records():
-            if self.owns(rec.pid):
+            if self.alive(rec):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(rec.pid, signal.SIGKILL)
                     killed.append(rec.pid)

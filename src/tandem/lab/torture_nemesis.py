@@ -135,7 +135,7 @@ class Nemesis:
             return host, pid
         sup = self.lab.supervisor(host)
         rec = sup.get(name)
-        if rec is None or host in self.lab.read_state()["down"] or not sup.owns(rec.pid):
+        if rec is None or host in self.lab.read_state()["down"] or not sup.alive(rec):
             raise LabError(f"no {name} running on {host}")
         return host, rec.pid
 
@@ -180,7 +180,7 @@ class Nemesis:
             for name in names:
                 sup = self.lab.supervisor(host)
                 rec = sup.get(name)
-                if rec is None or sup.owns(rec.pid):
+                if rec is None or sup.alive(rec):
                     continue
                 how = "unknown (not our child)"
                 with contextlib.suppress(ChildProcessError):
