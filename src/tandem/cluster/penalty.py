@@ -33,12 +33,20 @@ class FailurePenalty:
     last_reason: str = ""
 
     def record(self, now: float, reason: str) -> float:
-        """Count a failure at `now`; returns the penalty it earns, in seconds."""
-        if self.last_at is None or now - self.last_at > self.reset:
+        """Count a failure at `now`; returns the penalty it earns, in seconds.
+
+        Only a failure after the penalty was served doubles it: a leader that
+        retries its start while no peer can take over fails every second or two,
+        and counting each of those reached the longest penalty within five seconds
+        (torture 15:41); such a failure starts the same penalty again from now."""
+        self.last_reason = reason[:REASON_CHARS]
+        if self.last_at is not None and now - self.last_at > self.reset:
             self.failures = 0
+        if self.failures and now < self.eligible_at():
+            self.last_at = now
+            return self.penalty()
         self.failures += 1
         self.last_at = now
-        self.last_reason = reason[:REASON_CHARS]
         return self.penalty()
 
     def penalty(self) -> float:

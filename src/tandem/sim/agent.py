@@ -275,7 +275,8 @@ class SimAgent:
             self.primary = False
             self._start_failures += 1
             st = self.vol.status()
-            if st["disk"] != "UpToDate" or st["peer"]["connection"] == "SyncTarget":
+            if (st["disk"] != "UpToDate" or st["peer"]["connection"] == "SyncTarget"
+                    or (st["peer"]["connection"] == "Connected" and st["peer"]["role"] == "Primary")):
                 self.log("not counted as a node failure: the volume is not ready")
             else:
                 self.healthy = False

@@ -73,7 +73,8 @@ class SimVolume:
         peer = r.peer_of(self)
         pd = peer.disk if r.state != "down" else self.peer_disk
         return {"role": self.role.value, "disk": self.disk.value,
-                "peer": {"connection": conn, "disk": pd.value if pd else None}}
+                "peer": {"connection": conn, "disk": pd.value if pd else None,
+                         "role": peer.role.value if r.state != "down" else "Unknown"}}
 
     # --- writable intervals ------------------------------------------------------------
     def writable(self) -> bool:
