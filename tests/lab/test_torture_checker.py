@@ -195,3 +195,18 @@ def test_campaigns_combine_into_one_record_and_bad_files_are_one_line(tmp_path):
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode != 0 and len(lines) == 1
     assert lines[0].startswith(f"tandem: {junk}: not a campaign's"), lines
+
+
+def test_a_paused_primary_stops_being_writable_at_its_lease_deadline():
+    """Torture 16:10: node1's volume daemon was SIGSTOPped, node2 promoted after the
+    lease, and node1 recorded 'writable false' only when it ran again. No write starts
+    after the deadline it records as `since`; without it the overlap is real."""
+    lease_end = {"kind": "writable", "node": "node1", "writable": False, "t": 9.0, "since": 4.5,
+                 "reason": "the agent's write lease expired"}
+    events = [_writable("node1", True, 0.0), _writable("node2", True, 5.0), lease_end]
+    assert checker.overlapping_writers(events) == []
+    assert checker.writable_intervals(events)[0].end == 4.5
+    late = {**lease_end, "since": 5.5}
+    assert len(checker.overlapping_writers([*events[:2], late])) == 1
+    no_since = {k: v for k, v in lease_end.items() if k != "since"}
+    assert len(checker.overlapping_writers([*events[:2], no_since])) == 1

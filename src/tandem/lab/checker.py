@@ -35,7 +35,10 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
             if ev["writable"] and node not in open_since:
                 open_since[node] = ev["t"]
             elif not ev["writable"] and node in open_since:
-                out.append(Interval(node, open_since.pop(node), ev["t"]))
+                # `since`: the lease deadline after which no write started, when the
+                # daemon noticed later (it was paused: it records nothing while stopped)
+                start = open_since.pop(node)
+                out.append(Interval(node, start, max(start, min(ev["t"], ev.get("since", ev["t"])))))
         elif ev["kind"] == "fault" and ev.get("fault") == "crash":
             node = ev["host"]
             if node in open_since:
