@@ -111,6 +111,7 @@ def test_a_stale_record_never_signals_the_process_that_got_its_pid(healed):
     rec = lab.spawn("node2", "short-lived", ["sleep", "300"])
     outsider = subprocess.Popen(["sleep", "300"], start_new_session=True)  # root netns, own group
     try:
+        time.sleep(0.05)  # start times have a 10 ms resolution: the recorded one must differ
         lab.stop("node2", "short-lived")
         lab.spawn("node2", "short-lived", ["sleep", "300"])
         # running at once, although nsenter may not have entered node2's namespace yet
