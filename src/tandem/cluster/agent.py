@@ -582,8 +582,9 @@ class Agent:
         node's and its resources'), healthy again; the monitor finds any fault
         still there. A request older than this agent is history, not an order."""
         rev = self.view.cleanup_revision(self.node)
-        if self._cleanup_seen is None or rev <= self._cleanup_seen:
-            self._cleanup_seen = rev if self._cleanup_seen is None else self._cleanup_seen
+        if self._cleanup_seen is None:  # the first view: what is there already is history
+            self._cleanup_seen = rev
+        if rev <= self._cleanup_seen:
             return
         self._cleanup_seen = rev
         n = self.penalty.clear()

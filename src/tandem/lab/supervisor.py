@@ -56,12 +56,7 @@ def start_ticks(pid: int) -> int | None:
 
 def pid_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    return start_ticks(pid) is not None
 
 
 def in_netns(pid: int, netns: str) -> bool:

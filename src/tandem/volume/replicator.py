@@ -728,10 +728,8 @@ class Replicator:
         self.suspended_reason = reason
         self._held_by_operator = True
         self.io_open.clear()
-        if since is None:
-            lab_event("writable", node=self.spec.node, writable=False, reason=reason)
-        else:
-            lab_event("writable", node=self.spec.node, writable=False, reason=reason, since=since)
+        lab_event("writable", node=self.spec.node, writable=False, reason=reason,
+                  **({} if since is None else {"since": since}))
         deadline = time.monotonic() + timeout
         while self.ranges.busy() and time.monotonic() < deadline:
             time.sleep(0.001)
