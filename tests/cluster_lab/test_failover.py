@@ -44,6 +44,26 @@ def assert_no_loss_no_overlap(stack, acks):
     assert overlaps == [], f"two writable nodes at once: {overlaps}"
 
 
+def test_the_lab_reads_what_the_operator_sees(healthy):
+    """The lab reads status in its own process (etcd's JSON gateway, the volume's
+    control socket) instead of starting the CLI: both must say the same."""
+    import json
+    stack = healthy
+    for _ in range(5):  # a member record may be republished between the two reads
+        cli = json.loads(stack.tandem("witness", "status", "--json").stdout)
+        if stack.status() == cli:
+            break
+    assert stack.status() == cli
+    assert cli["leader"]["node"] == "node1" and len(cli["nodes"]) == 2
+    for host in ("node1", "node2"):
+        cli_vol = json.loads(stack.tandem(host, "volume", "status", "db", "--json").stdout)
+        ours = stack.volume_status(host)
+        for key in ("resource", "node", "role", "disk", "size", "cache", "generations"):
+            assert ours.get(key) == cli_vol.get(key), key
+        assert ours["peer"]["connection"] == cli_vol["peer"]["connection"] == "Connected"
+    assert stack.db_ping()
+
+
 def test_crash_of_the_primary_moves_the_service_and_loses_nothing(healthy):
     stack = healthy
     out, t_fault = run_writer_through(stack, lambda: stack.lab.faults.crash("node1"))

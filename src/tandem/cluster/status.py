@@ -10,6 +10,7 @@ as it should be. `--json` has stable field names.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
@@ -28,13 +29,24 @@ async def load_clones(dcs: Any) -> dict[str, Any]:
     (its holder). Only states and reasons: no secrets live there."""
     prefix = dcs.keys.prefix
     rng = await dcs._call("read clones", lambda c: c.get_prefix((prefix + "clones/").encode()))
-    nodes = {}
-    for kv in rng.kvs:
-        data = decode(kv.value)
-        if isinstance(data, dict):
-            nodes[kv.key.decode()[len(prefix + "clones/"):]] = data
     got = await dcs._call("read apivip", lambda c: c.get((prefix + "apivip").encode()))
-    holder = decode(got.value) if got is not None else None
+    kvs = [(kv.key.decode(), kv.value) for kv in rng.kvs]
+    if got is not None:
+        kvs.append((prefix + "apivip", got.value))
+    return clones_from_kvs(prefix, kvs)
+
+
+def clones_from_kvs(prefix: str, kvs: Iterable[tuple[str, bytes]]) -> dict[str, Any]:
+    """The clones' part of the cluster's keys (any other key is ignored)."""
+    nodes: dict[str, Any] = {}
+    holder = None
+    for key, value in kvs:
+        if key.startswith(prefix + "clones/"):
+            data = decode(value)
+            if isinstance(data, dict):
+                nodes[key[len(prefix + "clones/"):]] = data
+        elif key == prefix + "apivip":
+            holder = decode(value)
     return {"nodes": nodes, "api_vip_holder": holder.get("node") if isinstance(holder, dict) else None}
 
 
