@@ -38,6 +38,7 @@ from tandem.mgmt.envelopes import (
     envelope_name,
     render,
 )
+from tandem.mgmt.health import SharedProbe
 from tandem.mgmt.hostclient import HostClient
 from tandem.mgmt.jobs import JobManager
 from tandem.mgmt.migrations import migrate
@@ -78,6 +79,7 @@ class MgmtServer:
         self.jobs = JobManager(self.db, config.server_id, f"{config.host}:{config.port}", self.host, HANDLERS,
                                dead_after=config.dead_after)
         self._runner: web.AppRunner | None = None
+        self.health_probe = SharedProbe(self.db.ping)
 
     # -- lifecycle -----------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -115,7 +117,7 @@ class MgmtServer:
 
     # -- HTTP ---------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
-        ok = await self.db.ping()
+        ok = await self.health_probe.check()
         return web.json_response({"status": "ok" if ok else "database unreachable",
                                   "server": self.config.server_id}, status=200 if ok else 503)
 
