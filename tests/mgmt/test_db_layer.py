@@ -4,6 +4,7 @@ whether the connection breaks before COMMIT or after the server committed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -138,3 +139,20 @@ def test_password_is_not_in_repr():
     db = Database(url)
     assert "hunter2secret" not in repr(url) + url.safe() + repr(db)
     db.close()
+
+
+def test_connections_build_no_ssl_context(layer, monkeypatch):
+    """Our MariaDB has no TLS: pymysql's default still built an SSL context (every system
+    CA loaded) per connection, which was most of an idle management server's CPU."""
+    import ssl
+    built = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: built.append(1) or real(*a, **k))
+    db, _ = layer
+    conn = db.connect()
+    try:
+        assert not conn.ssl
+    finally:
+        conn.close()
+    assert asyncio.run(db.ping()) is True
+    assert built == []

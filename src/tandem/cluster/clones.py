@@ -143,7 +143,7 @@ class MgmtServer(Resource):
         try:
             conn = pymysql.connect(host=c.db_host, port=c.db_port, user=c.db_user,
                                    password=c.password_file.read_text().strip(), connect_timeout=1,
-                                   read_timeout=3, write_timeout=3)
+                                   read_timeout=3, write_timeout=3, ssl_disabled=True)
         except (pymysql.err.MySQLError, OSError):
             return
         try:

@@ -178,7 +178,8 @@ max_binlog_size = "16M"
         try:
             conn = pymysql.connect(host=self.vip, user="tandem",
                                    password=self.password_file.read_text().strip(),
-                                   connect_timeout=1, read_timeout=5, write_timeout=5)
+                                   connect_timeout=1, read_timeout=5, write_timeout=5,
+                                   ssl_disabled=True)
         except pymysql.MySQLError:
             return False
         try:

@@ -42,7 +42,8 @@ def main() -> None:
             if conn is None:
                 conn = pymysql.connect(host=args.host, port=args.port, user=args.user, password=password,
                                        connect_timeout=args.connect_timeout, read_timeout=args.io_timeout,
-                                       write_timeout=args.io_timeout, autocommit=True)
+                                       write_timeout=args.io_timeout, autocommit=True,
+                                       ssl_disabled=True)  # no TLS on the lab DB: skip the SSL context
                 with conn.cursor() as c:
                     c.execute("CREATE DATABASE IF NOT EXISTS tandem")
                     c.execute("USE tandem")
