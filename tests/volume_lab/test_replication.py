@@ -4,6 +4,7 @@ two-node volume (FUSE file, daemons in lab hosts, the replication network)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import threading
@@ -390,3 +391,62 @@ def test_write_through_volume_acknowledges_only_durable_writes(fresh, tmp_path):
         os.close(fd)
     assert vp.status("node1")["stats"]["flushes"] == flushes  # no fsync was needed
     assert read_range(vp.backing("node2"), 3 * MiB, 64 * 1024) == bytes(buf[: 64 * 1024])
+
+
+def test_a_disk_filled_from_an_outdated_peer_is_outdated_too(fresh):
+    """Torture 25:15: node1, Primary, wrote alone after its peer was outdated; then
+    node1's disk failed and was replaced. The new disk was filled by a full sync from
+    the Outdated node2 and called UpToDate, so node1 was promoted on data missing
+    acknowledged writes. A resync target is only as current as its source."""
+    vp = fresh
+    dev = vp.device("node1")
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+    pwrite_sync(dev, 0, b"n" * 4096)  # only node1 has it
+    vp.tandem("node2", "volume", "outdate", "db")
+    assert vp.status("node2")["disk"] == "Outdated"
+    vp.stop("node1")
+    vp.create("node1")  # a new, empty disk
+    vp.start("node1")
+    vp.lab.faults.heal()
+    vp.wait(lambda: vp.status("node1")["peer"]["connection"] == "Connected"
+            and vp.status("node1")["disk"] != "Inconsistent", 60, "the full sync from node2")
+    assert vp.status("node1")["disk"] == "Outdated"
+    assert vp.status("node2")["peer"]["disk"] == "Outdated"
+    proc = vp.tandem("node1", "volume", "primary", "db", check=False)
+    assert proc.returncode != 0 and "refusing to promote: local disk is Outdated" in proc.stderr
+    assert vp.status("node1")["role"] == "Secondary"
+
+
+def test_a_failed_disk_with_the_newest_data_is_attached_again(fresh):
+    """The other half of torture 25:15: when the peer is Outdated, the failed disk
+    holds the only copy of the newest writes; after a restart `attach` takes it back
+    in the state it failed in, and it resyncs the peer."""
+    from tandem.volume import control
+    vp = fresh
+    dev = vp.device("node1")
+    proc = vp.tandem("node1", "volume", "attach", "db", check=False)
+    assert proc.returncode != 0 and "nothing to attach: the disk is UpToDate" in proc.stderr
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+    pwrite_sync(dev, 0, b"n" * 4096)  # only node1 has it
+    vp.tandem("node2", "volume", "outdate", "db")
+    sock = vp.lab.host_dir("node1") / "run" / "volume-db.sock"
+    control.call(sock, "inject-eio", ranges=[[0, 64 * MiB]])
+    with pytest.raises(OSError):
+        pwrite_sync(dev, 4096, b"x" * 4096)
+    assert vp.status("node1")["disk"] == "Failed"
+    proc = vp.tandem("node1", "volume", "attach", "db", check=False)
+    assert proc.returncode != 0 and "while Primary" in proc.stderr
+    vp.lab.faults.crash("node1")  # power cycle: the error was transient
+    vp.lab.faults.restart("node1")
+    vp.start("node1")
+    assert vp.status("node1")["disk"] == "Failed"  # remembered across the restart
+    vp.tandem("node1", "volume", "attach", "db")
+    assert vp.status("node1")["disk"] == "UpToDate"
+    vp.lab.faults.heal()
+    vp.wait_connected_uptodate()
+    vp.tandem("node1", "volume", "primary", "db")
+    assert read_range(vp.device("node1"), 0, 4096) == b"n" * 4096
+    res = json.loads(vp.tandem("node1", "volume", "verify", "db", "--json").stdout)
+    assert res["out_of_sync_blocks"] == 0

@@ -85,6 +85,8 @@ def _simple(cmd: str, help_text: str, **fixed: Any):
 app.command("down")(_simple("down", "Stop the daemon (demotes first if Primary)."))
 app.command("secondary")(_simple("secondary", "Demote to Secondary (the FUSE file goes away)."))
 app.command("invalidate")(_simple("invalidate", "Discard local data: full sync from the peer."))
+app.command("attach")(_simple(
+    "attach", "Take a Failed disk back (after a restart) in the state it failed in."))
 app.command("discard-my-data")(_simple(
     "discard-my-data", "Resolve a split brain by throwing away this node's changes."))
 app.command("connect")(_simple("connect", "(Re)connect to the peer."))

@@ -136,8 +136,9 @@ class Campaign:
         """After a schedule that never converged (already a violation), what an operator
         would do, so the next schedules start from a working cluster: first resolve the
         volume by hand (a split brain: the Secondary discards its data; a Failed disk
-        is replaced); then power-cycle the data nodes whose agent is not a healthy
-        member; then both, one at a time. True once the cluster converged."""
+        is resynced from an UpToDate peer, else attached again); then power-cycle the
+        data nodes whose agent is not a healthy member; then both, one at a time.
+        True once the cluster converged."""
         if self._resolve_volume(name) and self.converge(self.opts.converge_bound) is not None:
             return True
         try:
@@ -153,8 +154,8 @@ class Campaign:
                     if host not in self.lab.read_state()["down"]:
                         self.lab.faults.crash(host)
                     self.nemesis.restart(host)
-                    if self.stack.volume_status(host)["disk"] == "Failed":  # replace the disk
-                        self.stack.tandem(host, "volume", "invalidate", "db")
+                    if self.stack.volume_status(host)["disk"] == "Failed":
+                        self.nemesis.recover_failed_disk(host)
             if self.converge(self.opts.converge_bound) is not None:
                 return True
         return False
@@ -219,7 +220,7 @@ class Campaign:
                 vs = self.stack.volume_status(host)
                 cmd = None
                 if vs["role"] == "Secondary" and vs["disk"] == "Failed":
-                    cmd = "invalidate"
+                    cmd = "invalidate" if vs["peer"].get("disk") == "UpToDate" else "attach"
                 elif vs["role"] == "Secondary" and vs["peer"]["connection"] == "StandAlone":
                     cmd = "discard-my-data"
                 elif vs["peer"]["connection"] == "StandAlone":

@@ -79,19 +79,40 @@ class Nemesis:
         control.call(sock, "inject-eio", ranges=[[0, size]], timeout=5)
         return f"I/O errors on the whole backing store of {p['host']}"
 
+    def peer_up_to_date(self, host: str) -> bool:
+        peer = next(h for h in DATA_NODES if h != host)
+        try:
+            return self.stack.volume_status(peer)["disk"] == "UpToDate"
+        except (LabError, KeyError):
+            return False
+
+    def recover_failed_disk(self, host: str) -> str:
+        """After a reboot, a Failed disk: `invalidate` (full sync from the peer) when the
+        peer is UpToDate, else `attach` (this disk may hold the only newest copy)."""
+        cmd = "invalidate" if self.peer_up_to_date(host) else "attach"
+        self.stack.tandem(host, "volume", cmd, "db", timeout=120)
+        return cmd
+
     def _heal_eio(self, p: dict) -> None:
-        """Replace the failed disk, as an operator would: power the node off, put in
-        a new disk (fresh backing file and metadata: `volume create`), power on; the
-        fresh disk is filled by a full sync from the peer. (`volume invalidate` on
-        the old disk after a reboot is the other operator path; the campaign found
-        it refused as a split brain, see the torture report.)"""
+        """What an operator does with a failed disk. If the peer's disk is UpToDate,
+        replace it: power the node off, put in a new disk (fresh backing file and
+        metadata: `volume create`), power on; a full sync from the peer fills it. If
+        not (the peer was fenced: Outdated), the failed disk holds the only copy of
+        the newest acknowledged writes, and throwing it away loses them (torture
+        25:15): treat the error as transient instead, reboot with the same disk and
+        `volume attach` it."""
         host = p["host"]
+        peer_ok = self.peer_up_to_date(host)
         if host not in self.lab.read_state()["down"]:
             self.lab.faults.crash(host)
-        for name in ("db.img", "db.meta"):
-            (self.lab.host_dir(host) / "data" / name).unlink(missing_ok=True)
-        self.stack.tandem(host, "volume", "create", "db", timeout=60)
+        if peer_ok:
+            for name in ("db.img", "db.meta"):
+                (self.lab.host_dir(host) / "data" / name).unlink(missing_ok=True)
+            self.stack.tandem(host, "volume", "create", "db", timeout=60)
         self.restart(host)
+        if not peer_ok and self.stack.volume_status(host)["disk"] == "Failed":
+            self.stack.tandem(host, "volume", "attach", "db", timeout=120)
+        self.lab.events.record("disk_heal", host=host, action="replaced" if peer_ok else "attached")
 
     # --- partitions ------------------------------------------------------------------------
     def _blocks(self, p: dict) -> list[list[str]]:

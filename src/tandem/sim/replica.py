@@ -788,8 +788,8 @@ class Replica:
 
     def _finish_source(self) -> None:
         self.bitmap.clear_all()
+        self.peer_disk = genid.disk_after_resync(self.meta.disk)
         self.meta_update(generations=genid.finish_resync_source(self.meta.generations), peer_outdated=False)
-        self.peer_disk = DiskState.UP_TO_DATE
         self.crashed_primary = False
         self.log("resync finished (source)")
 
@@ -845,7 +845,7 @@ class Replica:
         self.bitmap.clear_all()
         self.meta_update(generations=genid.finish_resync_target(self.meta.generations,
                                                                 source.generations.current),
-                         disk=DiskState.UP_TO_DATE)
+                         disk=genid.disk_after_resync(source.disk))
         self.crashed_primary = False
         self.log("resync finished (target)")
         self.world.resync_done(self)

@@ -59,6 +59,7 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
         "secondary": secondary,
         "verify": lambda req: rep.verify(),
         "invalidate": lambda req: (rep.invalidate(), rep.status())[1],
+        "attach": lambda req: (rep.attach(), rep.status())[1],
         "discard-my-data": lambda req: (rep.set_discard_my_data(), rep.status())[1],
         "connect": lambda req: (rep.reconnect("connect requested"), rep.status())[1],
         "disconnect": lambda req: (rep.disconnect(), rep.status())[1],

@@ -129,6 +129,16 @@ def finish_resync_target(ids: GenerationIds, source_current: int) -> GenerationI
     return GenerationIds(source_current, 0, _push(ids.history, ids.current))
 
 
+def disk_after_resync(source_disk: DiskState) -> DiskState:
+    """A resync copies the source's data, and no more: the target is UpToDate only
+    when the source was. An Outdated source (fenced, or itself filled from an
+    Outdated disk) leaves the target Outdated, so neither can be promoted without
+    force: the newest writes exist nowhere the cluster can see (torture 25:15, the
+    last UpToDate disk failed and was replaced while its peer was fenced; the new
+    disk was filled from the Outdated peer, called UpToDate, and promoted)."""
+    return DiskState.UP_TO_DATE if source_disk is DiskState.UP_TO_DATE else DiskState.OUTDATED
+
+
 class SyncOutcome(StrEnum):
     """What to do with a freshly connected peer."""
 

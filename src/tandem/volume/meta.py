@@ -61,11 +61,14 @@ class MetaState:
     al_extents: tuple[int, ...] = ()
     al_slots: int = 61
     al_extent_size: int = EXTENT_SIZE
+    #: the disk state when the backing store failed (what `attach` restores)
+    failed_from: DiskState | None = None
     seq: int = 0
 
     def to_json(self) -> bytes:
         data = asdict(self)
         data["disk"] = self.disk.value
+        data["failed_from"] = self.failed_from.value if self.failed_from else None
         data["generations"] = {
             "current": self.generations.current,
             "bitmap": self.generations.bitmap,
@@ -91,6 +94,8 @@ class MetaState:
         if unknown:
             raise ValueError(f"unknown metadata fields {sorted(unknown)}")
         data["disk"] = DiskState(data["disk"])
+        if data.get("failed_from") is not None:
+            data["failed_from"] = DiskState(data["failed_from"])
         data["al_extents"] = tuple(data["al_extents"])
         return cls(
             **data,

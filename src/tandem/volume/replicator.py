@@ -591,7 +591,8 @@ class Replicator:
     def _disk_failed(self, err: OSError) -> None:
         log.error("backing store failed: %s; disk is Failed, no further I/O is acknowledged", err)
         with contextlib.suppress(Exception), self.meta_lock:
-            self.meta.update(disk=DiskState.FAILED)
+            if self.meta.state.disk is not DiskState.FAILED:
+                self.meta.update(disk=DiskState.FAILED, failed_from=self.meta.state.disk)
         link = self.link
         if link is not None:
             threading.Thread(target=link.disconnect, args=("peer disk failed",), daemon=True).start()
@@ -856,6 +857,28 @@ class Replicator:
             self.bitmap.set_all()
             self.meta.update(disk=DiskState.INCONSISTENT)
         self.reconnect("local data invalidated")
+
+    def attach(self) -> None:
+        """Take a Failed disk back after its cause was fixed (a controller reset, a
+        cable: DRBD's attach after an I/O-error detach), in the state it had when it
+        failed. Nothing written after the failure was acknowledged, so the disk holds
+        every write acknowledged before it, and after a fence it may hold the only
+        copy of the newest ones: replacing it would lose them. Every block is read
+        once first; a disk that still fails stays Failed."""
+        st = self.meta.state
+        if st.disk is not DiskState.FAILED:
+            raise VolumeError(f"nothing to attach: the disk is {st.disk}, not Failed")
+        if self.role is Role.PRIMARY:
+            raise VolumeError("refusing to attach while Primary (demote it first)")
+        if self.store.failed:
+            raise VolumeError("the backing store still fails in this daemon: restart it"
+                              " (`tandem volume down` and `up`), then attach")
+        for off in range(0, self.spec.size, 1 << 20):
+            self.store.pread(off, min(1 << 20, self.spec.size - off))  # OSError: still failing
+        with self.meta_lock:
+            self.meta.update(disk=st.failed_from or DiskState.OUTDATED, failed_from=None)
+        log.warning("disk attached again as %s (it had failed)", self.meta.state.disk)
+        self.reconnect("disk attached")
 
     def set_discard_my_data(self) -> None:
         if self.role is Role.PRIMARY:
@@ -1407,8 +1430,9 @@ class Replicator:
             with self.io_lock:
                 self.bitmap.clear_all()
             ids = genid.finish_resync_source(self.meta.state.generations)
+            peer_disk = genid.disk_after_resync(self.meta.state.disk)
             self.meta.update(generations=ids, peer_outdated=False)
-        self.peer_disk = DiskState.UP_TO_DATE
+        self.peer_disk = peer_disk
         self.crashed_primary = False
         if self.resync:
             self.resync.done = self.resync.total
@@ -1451,7 +1475,7 @@ class Replicator:
             with self.io_lock:
                 self.bitmap.clear_all()
             ids = genid.finish_resync_target(self.meta.state.generations, source.generations.current)
-            self.meta.update(generations=ids, disk=DiskState.UP_TO_DATE)
+            self.meta.update(generations=ids, disk=genid.disk_after_resync(source.disk))
         self.crashed_primary = False
         progress.done = total
         progress.finished = time.monotonic()
