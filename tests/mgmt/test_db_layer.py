@@ -5,8 +5,6 @@ whether the connection breaks before COMMIT or after the server committed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import threading
 import time
 
@@ -15,56 +13,26 @@ import pytest
 from tandem.mgmt.db import Database, DbUnavailable, DbUrl
 from tandem.mgmt.migrations import migrate
 from tests.mgmt.conftest import free_port
+from tests.mgmt.tcpproxy import TcpProxy
 
 
-class CommitEater:
+class CommitEater(TcpProxy):
     """A TCP proxy to MariaDB; when armed, it forwards the next COMMIT to the
     server but closes the client's connection instead of passing the answer."""
 
     def __init__(self, upstream_port: int):
-        self.upstream = upstream_port
-        self.port = free_port()
         self.armed = threading.Event()
         self.eaten = 0
-        self._sock = socket.create_server(("127.0.0.1", self.port))
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
-    def close(self) -> None:
-        self._closed = True
-        self._sock.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            state = {"eat": False}
-            threading.Thread(target=self._pump, args=(client, server, state, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, state, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, state: dict, to_server: bool) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if to_server and self.armed.is_set() and b"COMMIT" in data.upper():
-                    self.armed.clear()
-                    state["eat"] = True
-                if not to_server and state["eat"]:
-                    self.eaten += 1
-                    break  # the server answered the COMMIT: the client never hears it
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
+    def chunk_hook(self, data: bytes, to_server: bool, state: dict) -> bool:
+        if to_server and self.armed.is_set() and b"COMMIT" in data.upper():
+            self.armed.clear()
+            state["eat"] = True
+        if not to_server and state.get("eat"):
+            self.eaten += 1
+            return False  # the server answered the COMMIT: the client never hears it
+        return True
 
 
 @pytest.fixture

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import socket
-import threading
 
 import pytest
 import requests
 
 from tandem.mgmt.health import SharedProbe
 from tests.mgmt.conftest import Procs, SimHostProc, _http_ok, create_admin, free_port, wait_for
+from tests.mgmt.tcpproxy import TcpProxy
 
 
 class CountingProbe:
@@ -60,49 +58,13 @@ def test_a_probe_that_raises_is_unhealthy_and_the_next_one_runs():
     asyncio.run(go())
 
 
-class HoldingProxy:
-    """TCP proxy on loopback to MariaDB; in hold mode it accepts connections and
-    never answers (a database that hangs), counting them."""
+class HoldingProxy(TcpProxy):
+    """In hold mode it accepts connections and never answers (a database that hangs)."""
 
-    def __init__(self, port: int):
-        self.target = port
-        self.hold = False
-        self.held: list[socket.socket] = []
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.lsock.getsockname()[1]
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
+    hold = False
 
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.lsock.accept()
-            except OSError:
-                return
-            if self.hold:
-                self.held.append(conn)
-                continue
-            up = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._stop = True
-        self.lsock.close()
-        for s in self.held:
-            s.close()
+    def accept_hook(self, client) -> bool:
+        return not self.hold
 
 
 def test_a_hanging_database_gets_one_probe_per_server_not_one_per_request(procs: Procs, mariadb, database):
