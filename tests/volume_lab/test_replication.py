@@ -450,3 +450,35 @@ def test_a_failed_disk_with_the_newest_data_is_attached_again(fresh):
     assert read_range(vp.device("node1"), 0, 4096) == b"n" * 4096
     res = json.loads(vp.tandem("node1", "volume", "verify", "db", "--json").stdout)
     assert res["out_of_sync_blocks"] == 0
+
+
+def test_a_primary_whose_disk_fails_does_not_fence_its_peer(pair, healed):
+    """Torture 26:39: the Primary's disk failed, which drops the link, and the Primary
+    then fenced its peer: the one disk holding every acknowledged write was marked
+    Outdated, and the service waited for the failed disk to be replaced."""
+    from tandem.lab.clusterconf import write_cluster_config
+    from tandem.volume import control
+    from tests.volume_lab.harness import VolumePair
+    calls = pair.lab.spec.dir / "fence-calls"
+    calls.unlink(missing_ok=True)
+    vp = VolumePair(pair.lab, fence_peer_command=f"echo $TANDEM_PEER >> {calls}")
+    try:
+        vp.fresh("node1")  # its forced promotion may fence before the first connect
+        dev = vp.device("node1")
+        pwrite_sync(dev, 0, b"a" * 4096)
+        calls.unlink(missing_ok=True)
+        sock = vp.lab.host_dir("node1") / "run" / "volume-db.sock"
+        control.call(sock, "inject-eio", ranges=[[0, 64 * MiB]])
+        with pytest.raises(OSError):
+            pwrite_sync(dev, 4096, b"x" * 4096)
+        vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+        time.sleep(1.0)  # a fence would have run by now
+        assert not calls.exists(), f"the peer was fenced: {vp.log('node1')[-3000:]}"
+        assert vp.status("node1")["disk"] == "Failed"
+        assert vp.status("node1")["peer"]["disk"] != "Outdated"
+        vp.tandem("node1", "volume", "secondary", "db", "--force", check=False)
+        vp.tandem("node2", "volume", "primary", "db")  # no force needed: UpToDate
+        assert read_range(vp.device("node2"), 0, 4096) == b"a" * 4096
+    finally:
+        vp.teardown()
+        write_cluster_config(pair.lab, volume_size="64MiB")

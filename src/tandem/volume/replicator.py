@@ -1224,7 +1224,13 @@ class Replicator:
                 self.bitmap.set_range(g * UNFLUSHED_GRAIN,
                                       min(UNFLUSHED_GRAIN, self.size - g * UNFLUSHED_GRAIN))
             self._unflushed.clear()
-            fence = self.role is Role.PRIMARY and was_replicating and self.fence_peer is not None
+            # Our own disk failed (it is what dropped the link): the peer holds every
+            # acknowledged write and must stay eligible, so it is not fenced, and what
+            # the peer has not acknowledged fails (torture 26:39: fencing it left the
+            # cluster without an UpToDate disk until ours was replaced).
+            disk_failed = self.store.failed is not None
+            fence = (self.role is Role.PRIMARY and was_replicating and self.fence_peer is not None
+                     and not disk_failed)
             if self.role is not Role.PRIMARY:
                 self._lost_as_secondary = link  # a promotion racing this loss must know
             if fence:
@@ -1236,7 +1242,7 @@ class Replicator:
             self._rs_window.release(RESYNC_WINDOW)  # the puller wakes and sees the link closed
         log.warning("replication link lost: %s (%d writes, %d flushes in flight)", reason,
                     len(writes), len(flushes))
-        if self.role is Role.PRIMARY and was_replicating:
+        if self.role is Role.PRIMARY and was_replicating and not disk_failed:
             with self.meta_lock:
                 ids = genid.new_current(self.meta.state.generations, new_uuid())
                 self.meta.update(generations=ids)
@@ -1252,10 +1258,12 @@ class Replicator:
             threading.Thread(target=self._fence_and_resume, args=(token,), daemon=True,
                              name="fence-peer").start()
         else:
+            err = OSError(errno.EIO, "local disk failed before the peer acknowledged") \
+                if disk_failed else None
             for w, _, _ in writes:
-                w.done()
+                w.done(err)
             for w in flushes:
-                w.done()
+                w.done(err)
 
     def _fail_fenced_waiters(self) -> None:
         """The fence never succeeded and we are no longer Primary: the writes it
