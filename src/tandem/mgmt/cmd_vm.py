@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tandem.mgmt import views
 from tandem.mgmt.commands import PAGING, Call, Param, command
@@ -19,6 +19,10 @@ from tandem.mgmt.db import Cursor
 from tandem.mgmt.envelopes import RESOURCE_IN_USE, ApiError, ListResult, Response, param_error
 from tandem.mgmt.listing import Query, run_list
 from tandem.mgmt.migrations import NETWORK_ID
+
+if TYPE_CHECKING:
+    from tandem.mgmt.auth import Caller
+    from tandem.mgmt.jobs import JobManager
 
 HOSTNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 VM_STATES = ("Starting", "Running", "Stopping", "Stopped", "Destroyed", "Expunging", "Error")
@@ -99,24 +103,34 @@ async def deploy_vm(call: Call) -> Response:
     return Response({"id": vm_id, "jobid": job_id})
 
 
+def queue_vm_job(cur: Cursor, jobs: JobManager, caller: Caller, vm_id: str, cmd: str,
+                 params: dict[str, Any]) -> str:
+    """Queue `cmd` on VM `vm_id` (in the caller's transaction), after checking it exists
+    and is the caller's.
+
+    The VM row is locked first, so the jobs of one VM are inserted one transaction
+    after the other: their queue order (``seq``, given at INSERT) is their commit
+    order. Without the lock, two stops accepted during a database failover took
+    their numbers in one order and committed in the other; the dispatcher saw only
+    the later one, ran it as the head of the queue, then ran the other as well, on
+    the same VM at the same time (torture 28: the simulated host saw both).
+    """
+    cur.execute("SELECT account_id, state FROM vm WHERE id=%s AND removed IS NULL FOR UPDATE", (vm_id,))
+    row = cur.fetchone()
+    if row is None or (row["account_id"] != caller.account_id and not caller.is_admin):
+        raise param_error(f"Unable to find virtual machine with id {vm_id}")
+    if row["state"] == "Expunging":
+        raise param_error(f"virtual machine {vm_id} is being expunged")
+    return jobs.submit(cur, cmd, "VirtualMachine", vm_id, params, row["account_id"], caller.user_id)
+
+
 async def _vm_job(call: Call, cmd: str, params: dict[str, Any]) -> Response:
-    """Queue `cmd` on the VM named by `id`, after checking it exists and is ours."""
+    """Queue `cmd` on the VM named by `id`."""
     caller = call.caller
     assert caller is not None
     vm_id = call.params["id"]
     server = call.server
-
-    def write(cur: Cursor) -> str:
-        cur.execute("SELECT account_id, state FROM vm WHERE id=%s AND removed IS NULL", (vm_id,))
-        row = cur.fetchone()
-        if row is None or (row["account_id"] != caller.account_id and not caller.is_admin):
-            raise param_error(f"Unable to find virtual machine with id {vm_id}")
-        if row["state"] == "Expunging":
-            raise param_error(f"virtual machine {vm_id} is being expunged")
-        return server.jobs.submit(cur, cmd, "VirtualMachine", vm_id, params, row["account_id"],
-                                  caller.user_id)
-
-    job_id = await server.db.write(write)
+    job_id = await server.db.write(lambda cur: queue_vm_job(cur, server.jobs, caller, vm_id, cmd, params))
     server.jobs.kick()
     return Response({"jobid": job_id})
 
