@@ -130,3 +130,53 @@ asyncio.run(main())
     assert float(values["held back"]) >= 0.6
     assert 0.7 <= float(values["expired after"]) <= 1.0 + 0.25 + 0.2, out
     assert holders(lab, addr) == []
+
+
+def test_a_client_cut_off_during_the_move_is_pointed_at_the_new_holder_after_healing(lab, healed,
+                                                                                       resources):
+    """The client missed node2's announcement (partitioned from node2 when the VIP
+    moved) and kept node1's MAC; without the periodic re-announcement it sent to
+    node1 until its entry expired (15-45 s: the campaign's longest write gaps)."""
+    import threading
+    addr = str(lab.spec.vip(4))
+    cfg = {"name": "garpvip", "address": f"{addr}/24", "interface": "pub0", "arp_count": 1}
+    resources.start("node1", "vip", cfg)
+    assert ping(lab, addr)
+    assert client_neighbour(lab, addr) == mac(lab, "node1")
+    must(lab, "node1", "vip", "stop", cfg)
+    lab.faults.partition(["client"], ["node2"], net="public")
+    script = f"""
+import asyncio, time
+from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources.vip import Vip
+async def main():
+    v = Vip(VipConfig(name="garpvip", address="{addr}/24", interface="pub0", arp_count=1,
+                      garp_refresh=0.5))
+    assert (await v.start()).ok
+    print("started", flush=True)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 6.0:  # what the agent does at each lease renewal
+        assert await v.refresh()
+        await asyncio.sleep(0.25)
+    await v.stop()
+asyncio.run(main())
+"""
+    out: list[str] = []
+    holder = threading.Thread(
+        target=lambda: out.append(lab.run("node2", [sys.executable, "-c", script]).stdout))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 5
+        while holders(lab, addr) != ["node2"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # node2's announcement is out, and lost
+        assert client_neighbour(lab, addr) == mac(lab, "node1")
+        lab.faults.heal()
+        deadline = time.monotonic() + 2.0
+        while client_neighbour(lab, addr) != mac(lab, "node2") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client_neighbour(lab, addr) == mac(lab, "node2")
+    finally:
+        lab.faults.heal()
+        holder.join(30)
+    assert out and "started" in out[0]

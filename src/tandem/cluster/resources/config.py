@@ -113,6 +113,11 @@ class VipConfig(ResourceBase):
     address: IPv4If  #: with prefix, like "10.0.1.100/24"
     interface: str = Field(default="pub0", pattern=r"^[A-Za-z0-9_.@-]{1,15}$")
     arp_count: int = Field(default=2, ge=0, le=10)  #: gratuitous ARPs, 1 s apart
+    #: while held (and refreshed by the agent), one more gratuitous ARP every this many
+    #: seconds (0: never), like keepalived's garp_master_refresh: a host that was cut
+    #: off when the VIP moved missed the announcement and would send to the old
+    #: holder's MAC until its neighbour entry expired (15-45 s, seen in the campaign)
+    garp_refresh: float = Field(default=1.0, ge=0, le=3600)
     #: seconds the kernel keeps the address after its last refresh (None: forever).
     #: The agent refreshes it with its lease, so a frozen agent loses the address.
     lifetime: int | None = Field(default=None, ge=1, le=3600)

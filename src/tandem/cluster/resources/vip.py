@@ -31,6 +31,7 @@ is the checker's probe of that invariant in a lab.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -62,6 +63,7 @@ class Vip(Resource):
         #: CLOCK_MONOTONIC time before which start() must not add the address (set
         #: by whoever just took the key, see dbgroup.vip_takeover_grace)
         self.hold_until = 0.0
+        self._announced: tuple[float, dict] | None = None  #: (when, link) of the last announcement
 
     @property
     def _cidr(self) -> str:
@@ -114,6 +116,7 @@ class Vip(Resource):
         if n == 0:
             return "no gratuitous ARP (arp_count = 0)"
         self._garp_now(link)
+        self._announced = (time.monotonic(), link)
         self._silence()
         self._arping = subprocess.Popen(
             ["arping", "-q", "-U", "-c", str(n), "-I", self.config.interface, str(self.config.address.ip)],
@@ -146,14 +149,25 @@ class Vip(Resource):
         return [] if n is None else ["valid_lft", str(n), "preferred_lft", str(n)]
 
     async def refresh(self) -> bool:
-        """Extend the address's lifetime while this resource holds it up; False only
+        """Extend the address's lifetime (and re-announce it, see `garp_refresh`) while
+        this resource holds it up; False only
         when that failed (an address this node does not hold has nothing to extend:
         the agent asked every replica's VIPs at each renewal and logged a failure
         four times a second, 80% of a replica's log)."""
-        if self.config.lifetime is None:
-            return True
         async with self._lock:
-            return not self._up or await self._change()
+            if not self._up:
+                return True
+            self._reannounce()
+            return await self._change()
+
+    def _reannounce(self) -> None:
+        """A gratuitous ARP every `garp_refresh` seconds while held (see the config)."""
+        every, last = self.config.garp_refresh, self._announced
+        if not every or last is None or time.monotonic() - last[0] < every:
+            return
+        self._announced = (time.monotonic(), last[1])
+        with contextlib.suppress(OSError):
+            self._garp_now(last[1])
 
     async def _change(self) -> bool:
         if self.config.lifetime is None:
@@ -167,6 +181,7 @@ class Vip(Resource):
         self._silence()
         async with self._lock:
             self._up = False
+            self._announced = None
             have, _ = await self._present()
             if not have:
                 return f"{c.address.ip} was not on {c.interface}"
