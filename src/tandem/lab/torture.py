@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,6 +260,11 @@ class Campaign:
         if not self.stack.db_ping():
             self._last_state = "DB VIP does not answer"
             return False
+        if self._writes_since is not None and not self._writer_acked_since(self._writes_since):
+            # db_ping asks from the root namespace; the writer is the client's seat (a
+            # client that missed the VIP's announcement can still be sending elsewhere)
+            self._last_state = "the writer has acknowledged nothing since healing"
+            return False
         try:  # from the operator's seat (the root namespace reaches the public bridge)
             code = self._http.get(f"http://{self.stack.api_vip}:{API_PORT}/health", timeout=5).status_code
         except requests.RequestException as e:
@@ -268,8 +274,30 @@ class Campaign:
             return False
         return True
 
-    def converge(self, bound: float) -> float | None:
+    _writes_since: float | None = None
+
+    def _writer_acked_since(self, t: float) -> bool:
+        """The writer's log (its last few KiB) holds an ack made after `t`."""
+        assert self.writer_log is not None
+        try:
+            with open(self.writer_log, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 8192))
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            return False
+        for line in reversed(lines):
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if "acked" in rec:
+                    return rec["acked"] > t
+        return False
+
+    def converge(self, bound: float, writer: bool = True) -> float | None:
+        """Until converged (see `converged`), at most `bound` seconds; with `writer`,
+        the client's writer must also have written since this call."""
         deadline = monotonic() + bound
+        self._writes_since = monotonic() if writer else None
         next_census = monotonic() + 10
         while monotonic() < deadline:
             try:
@@ -311,7 +339,7 @@ class Campaign:
         if self.aborted:  # one more chance to read the history back
             with contextlib.suppress(LabError):
                 self.nemesis.heal_all()
-            self.converge(self.opts.converge_bound)
+            self.converge(self.opts.converge_bound, writer=False)  # the writer is stopped
         jobs = self.load.final_status(timeout=120)
         self.watch.stop()
         acks, errors = read_log(str(self.writer_log))
