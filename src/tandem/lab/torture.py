@@ -221,7 +221,7 @@ class Campaign:
                 vs = self.stack.volume_status(host)
                 cmd = None
                 if vs["role"] == "Secondary" and vs["disk"] == "Failed":
-                    cmd = "invalidate" if vs["peer"].get("disk") == "UpToDate" else "attach"
+                    cmd = "invalidate" if self.nemesis.peer_up_to_date(host) else "attach"
                 elif vs["role"] == "Secondary" and vs["peer"]["connection"] == "StandAlone":
                     cmd = "discard-my-data"
                 elif vs["peer"]["connection"] == "StandAlone":

@@ -80,10 +80,14 @@ class Nemesis:
         return f"I/O errors on the whole backing store of {p['host']}"
 
     def peer_up_to_date(self, host: str) -> bool:
+        """The peer's disk is UpToDate by its own account and by the DCS record. A
+        fenced peer still calls its disk UpToDate (only the DCS says Outdated), and
+        a disk filled from it was taken for current (torture 36:25: 828 writes lost)."""
         peer = next(h for h in DATA_NODES if h != host)
         try:
-            return self.stack.volume_status(peer)["disk"] == "UpToDate"
-        except (LabError, KeyError):
+            recorded = self.stack.status()["volumes"][0]["disks"].get(peer)
+            return recorded == "UpToDate" and self.stack.volume_status(peer)["disk"] == "UpToDate"
+        except (LabError, KeyError, IndexError):
             return False
 
     def recover_failed_disk(self, host: str) -> str:
