@@ -56,13 +56,28 @@ def lost_writes(acks: Iterable[dict], stored_ids: set[str]) -> list[str]:
     return [a["id"] for a in acks if a["id"] not in stored_ids]
 
 
-def write_gap(acks: list[dict], t_fault: float) -> float | None:
-    """Seconds from the last acknowledgement before `t_fault` to the first after it."""
-    before = [a["acked"] for a in acks if a["acked"] <= t_fault]
-    after = [a["acked"] for a in acks if a["acked"] > t_fault]
-    if not before or not after:
+def write_gap(acks: list[dict], t_fault: float, window: float = 30.0) -> float | None:
+    """The longest time without an acknowledgement around the fault: the largest gap
+    between consecutive acks that ends after `t_fault` and starts before
+    `t_fault + window`. Not simply "last ack before -> first ack after": a write
+    the dying primary acknowledged a millisecond after the fault was recorded made
+    that 0.004 s in a demo whose writes really stopped for 1.4 s."""
+    span = _longest_gap(acks, t_fault, window)
+    return None if span is None else span[1] - span[0]
+
+
+def writes_resumed(acks: list[dict], t_fault: float, window: float = 30.0) -> float | None:
+    """When the longest gap around the fault (see `write_gap`) ended."""
+    span = _longest_gap(acks, t_fault, window)
+    return None if span is None else span[1]
+
+
+def _longest_gap(acks: list[dict], t_fault: float, window: float) -> tuple[float, float] | None:
+    times = sorted(a["acked"] for a in acks)
+    if not any(t <= t_fault for t in times) or not any(t > t_fault for t in times):
         return None
-    return min(after) - max(before)
+    spans = [(a, b) for a, b in zip(times, times[1:], strict=False) if b > t_fault and a < t_fault + window]
+    return max(spans, key=lambda s: s[1] - s[0]) if spans else None
 
 
 # --- VIP holders -----------------------------------------------------------------------

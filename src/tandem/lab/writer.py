@@ -5,7 +5,7 @@ the log that is missing from the table is a lost acknowledged write.
 
 Run inside a lab host: `python -m tandem.lab.writer --host VIP --out FILE ...`.
 Errors (connection refused during failover) are logged too, so the checker can
-measure unavailability: last ack before the fault -> first ack after it.
+measure unavailability: the longest time without an ack around the fault.
 """
 
 from __future__ import annotations
