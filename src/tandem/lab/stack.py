@@ -6,7 +6,6 @@ CLI and config file an operator would use."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -16,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import pymysql
 import requests
 
 from tandem.cluster.status import clones_from_kvs, status_dict
@@ -29,6 +27,7 @@ from tandem.errors import LabError
 from tandem.lab.clusterconf import host_env, tandem_argv, write_cluster_config
 from tandem.lab.lab import Lab
 from tandem.lab.shell import ns_prefix
+from tandem.mgmt.db import answers
 from tandem.volume import control
 from tandem.volume.control import ControlError
 from tandem.volume.spec import resolve
@@ -175,22 +174,8 @@ max_binlog_size = "16M"
 
     def db_ping(self) -> bool:
         """The DB VIP answers a query (from the root namespace, on the public bridge)."""
-        try:
-            conn = pymysql.connect(host=self.vip, user="tandem",
-                                   password=self.password_file.read_text().strip(),
-                                   connect_timeout=1, read_timeout=5, write_timeout=5,
-                                   ssl_disabled=True)
-        except pymysql.MySQLError:
-            return False
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            return True
-        except pymysql.MySQLError:
-            return False
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
+        return answers(connect_timeout=1, read_timeout=5, write_timeout=5, host=self.vip, user="tandem",
+                       password=self.password_file.read_text().strip())
 
     def query(self, sql: str, host: str = "client") -> list[tuple]:
         code = ("import pymysql,sys,json\n"

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import pymysql
@@ -273,21 +273,26 @@ class Database:
 
     async def ping(self, timeout: float = 1.0) -> bool:
         """One quick probe without retries: is the database answering right now?"""
-        def probe() -> bool:
-            conn = None
-            try:
-                conn = pymysql.connect(
-                    host=self.url.host, port=self.url.port, user=self.url.user, password=self.url.password,
-                    database=self.url.database, unix_socket=self.url.unix_socket,
-                    connect_timeout=max(1, int(timeout)), read_timeout=timeout, **PLAIN_TCP)
-                with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
-                return True
-            except Exception:  # noqa: BLE001 - any failure means "not healthy"
-                return False
-            finally:
-                _discard(conn)
-        return await asyncio.get_running_loop().run_in_executor(None, probe)
+        u = self.url
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: answers(
+            connect_timeout=max(1, int(timeout)), read_timeout=timeout, host=u.host, port=u.port,
+            user=u.user, password=u.password, database=u.database, unix_socket=u.unix_socket))
+
+
+def answers(connect_timeout: float, read_timeout: float, **connect: Any) -> bool:
+    """One ``SELECT 1`` on a new plain-TCP connection, no retries (pymysql.connect's
+    `connect` arguments): does the database answer right now?"""
+    conn = None
+    try:
+        conn = pymysql.connect(connect_timeout=connect_timeout, read_timeout=read_timeout, **connect,
+                               **PLAIN_TCP)
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not answering"
+        return False
+    finally:
+        _discard(conn)
 
 
 def _discard(conn: pymysql.connections.Connection | None) -> None:
