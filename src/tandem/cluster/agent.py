@@ -273,8 +273,6 @@ class Agent:
         if dcs_ok:
             self._take_cleanup()
         self.volume = await self._volume_status()
-        if dcs_ok:
-            await self._adopt_recorded_outdated()
         if not self.healthy and not self.primary and self.penalty.served(time.monotonic()):
             log.info("resource failure penalty served (%g s after failure %d): eligible again",
                      self.penalty.penalty(), self.penalty.failures)
@@ -381,28 +379,6 @@ class Agent:
         if self.notifier.commands:
             self.notifier.role_changed(old, role, epoch=lead.epoch if lead else self.view.epoch,
                                        leader=lead.node if lead else None, reason=d.reason)
-
-    async def _adopt_recorded_outdated(self) -> None:
-        """The leader fenced this node: the DCS records its disk Outdated, but the
-        volume daemon, cut off, still calls it UpToDate. Mark the disk itself Outdated
-        while the link is down (DRBD's outdate-peer handler does this on the peer), so
-        that nobody takes it for current: a disk resynced from it stays Outdated too
-        (torture 36:25: a failed Primary disk, the only copy of 828 acknowledged
-        writes, was replaced and filled from this one, which said UpToDate)."""
-        v = self.volume
-        if not v or self.primary or v.get("role") != "Secondary" or v.get("disk") != "UpToDate":
-            return
-        if (v.get("peer") or {}).get("connection") == "Connected":
-            return  # the link keeps a connected replica current; the leader records it again
-        recorded = next((vol.disk(self.node) for vol in self.view.volumes
-                         if vol.resource == self.spec.resource), None)
-        if recorded is not DiskState.OUTDATED:
-            return
-        try:
-            self.volume = await volume_call(self.spec.control_socket, "outdate", timeout=1.0)
-            log.warning("disk marked Outdated: the DCS records it so (the leader fenced this node)")
-        except TandemError as e:
-            log.warning("could not mark the disk Outdated as the DCS records it: %s", e)
 
     async def _volume_status(self) -> dict[str, Any] | None:
         try:
