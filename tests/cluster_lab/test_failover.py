@@ -188,6 +188,10 @@ def test_replication_cut_outdates_the_peer_which_then_must_not_promote(healthy):
         stack, lambda: lab.faults.partition(["node1"], ["node2"], net="replication"))
     stack.wait(lambda: stack.status()["volumes"][0]["disks"]["node2"] == "Outdated", 15,
                "node2 recorded Outdated")
+    # node2's agent marks the disk itself Outdated, so no resync from it passes for
+    # current (torture 36:25)
+    stack.wait(lambda: stack.volume_status("node2")["disk"] == "Outdated", 10,
+               "node2's own disk Outdated")
     time.sleep(1.0)
     acks_before = len(read_log(str(out))[0])
     assert stack.leader() == "node1"

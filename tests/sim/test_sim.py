@@ -107,3 +107,20 @@ def test_a_promotion_refused_by_a_resync_is_no_node_failure():
     not UpToDate."""
     r = run(118244)
     assert r.ok, [str(v) for v in r.violations]
+
+
+def test_the_checker_wants_both_disks_up_to_date_after_healing():
+    """The redundancy invariant: a disk left Outdated for good (8b5a9bb, reverted: an
+    agent adopting a stale fence record) is a violation even while a node is writable."""
+    from tandem.sim.checker import check
+    from tandem.sim.schedule import LIVENESS_BOUND, healed_at
+    from tandem.sim.world import World
+    from tandem.volume.states import DiskState
+
+    faults = [Fault("link_cut", None, 3.0, 1.0)]
+    world = World(11, faults)
+    heal = healed_at(faults)
+    world.run(heal + LIVENESS_BOUND + 0.5)
+    assert check(world, heal, LIVENESS_BOUND) == []
+    world.nodes["node2"].vol.disk = DiskState.OUTDATED
+    assert [v.kind for v in check(world, heal, LIVENESS_BOUND)] == ["redundancy"]

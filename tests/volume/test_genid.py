@@ -92,6 +92,27 @@ def test_same_generation_but_inconsistent_side_gets_full_sync() -> None:
     assert decide(GenerationIds(10), GenerationIds(10), A, inc) is Out.SOURCE_FULL
 
 
+def test_an_outdated_disk_on_the_same_data_as_an_up_to_date_peer_is_up_to_date() -> None:
+    """The fenced node's agent outdated its disk, but the Primary wrote nothing since:
+    the connect finds the same data, and the disk is current again (DRBD does the same).
+    Anything else (data marked out of sync, a crashed Primary's activity log, both
+    Outdated, a different generation) keeps the disk as it is until a resync."""
+    up, out = DiskState.UP_TO_DATE, DiskState.OUTDATED
+    outdated = SyncFlags(node="node2", disk=out)
+    d = decide_sync(GenerationIds(10), GenerationIds(10), A, outdated)
+    assert d.outcome is Out.NO_SYNC and d.same_data and d.mirror().same_data
+    assert genid.disk_after_connect(d.same_data, out, up) is up
+    assert genid.disk_after_connect(d.same_data, up, out) is up  # the UpToDate side
+    assert genid.disk_after_connect(d.same_data, out, out) is out  # nobody current
+    assert genid.disk_after_connect(d.same_data, DiskState.INCONSISTENT, up) is DiskState.INCONSISTENT
+    for lf, pf in [(SyncFlags(node="node1", bitmap_weight=3), outdated),
+                   (SyncFlags(node="node1", crashed_primary=True), outdated)]:
+        d = decide_sync(GenerationIds(10), GenerationIds(10), lf, pf)
+        assert not d.same_data and d.outcome is not Out.NO_SYNC
+    d = decide_sync(GenerationIds(11, 10), GenerationIds(10), A, outdated)
+    assert not d.same_data and d.outcome is Out.SOURCE_BITMAP
+
+
 def test_lifecycle_disconnect_write_resync() -> None:
     both = GenerationIds(10)
     a = genid.new_current(both, 11)  # a Primary writes while b is away

@@ -482,3 +482,46 @@ def test_a_primary_whose_disk_fails_does_not_fence_its_peer(pair, healed):
     finally:
         vp.teardown()
         write_cluster_config(pair.lab, volume_size="64MiB")
+
+
+def test_an_outdated_disk_that_reconnects_on_the_same_data_is_up_to_date_again(fresh):
+    """The agent marks its disk Outdated when the DCS records a fence (torture 36:25).
+    If nothing was written since (the leader made no new generation), the connect
+    finds the same data: the disk must become UpToDate again, or the node is never
+    eligible (8b5a9bb, reverted: two mgmt-lab tests waited 180 s for node2)."""
+    vp = fresh
+    vp.tandem("node1", "volume", "secondary", "db")  # nobody writes: the same generation
+    # While the link is up, the agent's outdate is refused: the link keeps the disk current.
+    st = json.loads(vp.tandem("node2", "volume", "outdate", "db", "--unless-connected",
+                              "--json").stdout)
+    assert st["disk"] == "UpToDate"
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+    st = json.loads(vp.tandem("node2", "volume", "outdate", "db", "--unless-connected",
+                              "--json").stdout)
+    assert st["disk"] == "Outdated"
+    seen = len(vp.log("node2"))  # the log goes on across tests
+    vp.lab.faults.heal()
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] == "Connected", 30, "reconnect")
+    vp.wait(lambda: vp.status("node2")["disk"] == "UpToDate"
+            and vp.status("node1")["peer"]["disk"] == "UpToDate", 10,
+            "node2 UpToDate again, and node1 told so")
+    assert "disk Outdated -> UpToDate: the peer is UpToDate with the same data" in vp.log("node2")[seen:]
+
+
+def test_an_outdated_disk_behind_its_peer_stays_outdated_until_resynced(fresh):
+    """The other side of the rule above: a fenced disk whose Primary wrote since is
+    behind, and only the resync (not the connect) makes it UpToDate."""
+    vp = fresh
+    dev = vp.device("node1")
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+    vp.tandem("node2", "volume", "outdate", "db", "--unless-connected")
+    pwrite_sync(dev, 8192, b"w" * 4096)  # only node1 has it
+    assert vp.status("node2")["disk"] == "Outdated"
+    seen = len(vp.log("node2"))  # the log goes on across tests
+    vp.lab.faults.heal()
+    vp.wait_connected_uptodate(60)
+    assert "the peer is UpToDate with the same data" not in vp.log("node2")[seen:]
+    assert "resync" in vp.log("node2")[seen:].lower()
+    assert read_range(vp.backing("node2"), 8192, 4096) == b"w" * 4096

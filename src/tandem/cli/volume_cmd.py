@@ -91,7 +91,21 @@ app.command("discard-my-data")(_simple(
     "discard-my-data", "Resolve a split brain by throwing away this node's changes."))
 app.command("connect")(_simple("connect", "(Re)connect to the peer."))
 app.command("disconnect")(_simple("disconnect", "Drop the link and stay StandAlone."))
-app.command("outdate")(_simple("outdate", "Mark this (Secondary) disk Outdated."))
+
+
+@app.command("outdate")
+def outdate(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: Path = DataOpt,
+            run_dir: Path = RunOpt,
+            unless_connected: bool = typer.Option(
+                False, "--unless-connected",
+                help="do nothing while the link to the peer is up (what the agent does when the"
+                     " DCS records this disk Outdated)"),
+            json_out: bool = typer.Option(False, "--json")):
+    """Mark this (Secondary) disk Outdated: it cannot be promoted without --force. A
+    connect to an UpToDate peer with the same data makes it UpToDate again."""
+    spec = _spec(resource, config, node, data_dir, run_dir)
+    st = _call(spec, "outdate", unless_connected=unless_connected)
+    typer.echo(json.dumps(st, indent=2) if json_out else render_status(st))
 
 
 @app.command("primary")

@@ -50,7 +50,7 @@ from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, No
 from tandem.errors import TandemError
 from tandem.lab.events import record_lab_event as lab_event
 from tandem.volume.spec import VolumeSpec
-from tandem.volume.states import DiskState
+from tandem.volume.states import LINK_UP, DiskState
 
 log = logging.getLogger("tandem.agent")
 
@@ -112,6 +112,9 @@ class Agent:
         self._published: tuple[dict, float] | None = None
         self._fence_task: asyncio.Task | None = None
         self._peer_recorded_outdated = False  # what the last volume record said of the peer
+        #: revision of the volume record when the replication link was last seen up
+        #: (-1: not seen since start; any Outdated record may be this disk's fence)
+        self._record_rev_linked = -1
         self._fence_failed: dict[int, float] = {}  # leader token -> when its fence failed
         self.last_fence: FenceResult | None = None
         self.notifier = Notifier(cfg.agent.notify, cfg.agent.notify_timeout, node, cfg.cluster.name)
@@ -273,6 +276,8 @@ class Agent:
         if dcs_ok:
             self._take_cleanup()
         self.volume = await self._volume_status()
+        if dcs_ok:
+            await self._adopt_recorded_outdated()
         if not self.healthy and not self.primary and self.penalty.served(time.monotonic()):
             log.info("resource failure penalty served (%g s after failure %d): eligible again",
                      self.penalty.penalty(), self.penalty.failures)
@@ -380,6 +385,40 @@ class Agent:
             self.notifier.role_changed(old, role, epoch=lead.epoch if lead else self.view.epoch,
                                        leader=lead.node if lead else None, reason=d.reason)
 
+    async def _adopt_recorded_outdated(self) -> None:
+        """The leader fenced this node: the DCS records its disk Outdated, but the
+        volume daemon, cut off, still calls it UpToDate. Mark the disk itself Outdated
+        (DRBD's outdate-peer handler does this on the peer), so that nobody takes it
+        for current: a disk resynced from it stays Outdated too (torture 36:25: a
+        failed Primary disk, the only copy of 828 acknowledged writes, was replaced
+        and filled from this one, which said UpToDate).
+
+        Only a record written since the link was last up counts: an Outdated left
+        from an earlier fence, not yet rewritten by the leader after the resync, says
+        nothing about this disk now (the leader may have crashed since, and this
+        node must take over). A disk outdated when the leader wrote nothing new
+        becomes UpToDate again at the next connect (same data, genid.disk_after_connect).
+        """
+        v = self.volume
+        record = self.view.volume(self.resource)
+        revision = record.revision if record else 0
+        if v and (v.get("peer") or {}).get("connection") in LINK_UP:
+            self._record_rev_linked = revision
+            return
+        if (not v or self.primary or v.get("role") != "Secondary" or v.get("disk") != "UpToDate"
+                or record is None or record.disk(self.node) is not DiskState.OUTDATED
+                or revision <= self._record_rev_linked):
+            return
+        try:
+            self.volume = await volume_call(self.spec.control_socket, "outdate", timeout=1.0,
+                                            unless_connected=True)
+        except TandemError as e:
+            log.warning("could not mark the disk Outdated as the DCS records it: %s", e)
+            return
+        if self.volume and self.volume.get("disk") == "Outdated":
+            log.warning("disk marked Outdated: the DCS records it so since the replication"
+                        " link was last up (the leader fenced this node)")
+
     async def _volume_status(self) -> dict[str, Any] | None:
         try:
             return await volume_call(self.spec.control_socket, "status", timeout=1.0)
@@ -471,7 +510,7 @@ class Agent:
         conn = (v.get("peer") or {}).get("connection")
         if v and v.get("disk") != "UpToDate":
             return f"local disk is {v.get('disk')}"
-        if conn in ("SyncTarget", "WFBitmapT"):
+        if conn in ("SyncTarget", "WFBitMapT"):
             return "this node is a resync target"
         if conn == "Connected" and (v.get("peer") or {}).get("role") == "Primary":
             # The old leader's volume is still Primary (its agent frozen: its write

@@ -27,7 +27,7 @@ from tandem.dcs.base import DCSError
 from tandem.dcs.view import ClusterView, HistoryEntry, Leader, Member, NodeRole, VolumeState
 from tandem.sim.dcs import SimDCS
 from tandem.sim.kernel import Coro, Process, Sleep, WaitWake
-from tandem.volume.states import DiskState, Role
+from tandem.volume.states import LINK_UP, DiskState, Role
 
 if TYPE_CHECKING:
     from tandem.sim.volume import SimVolume
@@ -80,6 +80,7 @@ class SimAgent:
         self._last_monitor = 0.0
         self._start_failures = 0
         self._peer_recorded_outdated = False
+        self._record_rev_linked = -1
         self.penalty = FailurePenalty()  # the real agent's defaults
         self._published: tuple | None = None
         self.deadline_lease: int | None = None  #: the lease self.lease_deadline was renewed on
@@ -143,6 +144,8 @@ class SimAgent:
         except DCSError:
             dcs_ok = False
         self.volume = self.vol.status()
+        if dcs_ok and self.variant != "promote_outdated":  # BROKEN: it never reads the records
+            self._adopt_recorded_outdated()
         now = self.clock.now()
         if not self.healthy and not self.primary and self.penalty.served(now):
             self.healthy = True
@@ -174,6 +177,23 @@ class SimAgent:
         if dcs_ok:
             yield from self._publish()
         return decision
+
+    def _adopt_recorded_outdated(self) -> None:
+        """agent.py: a disk the DCS records Outdated since the link was last up is
+        marked Outdated by its own node."""
+        v = self.volume or {}
+        record = self.view.volume(RESOURCE)
+        revision = record.revision if record else 0
+        if (v.get("peer") or {}).get("connection") in LINK_UP:
+            self._record_rev_linked = revision
+            return
+        if (self.primary or v.get("role") != "Secondary" or v.get("disk") != "UpToDate"
+                or record is None or record.disk(self.node) is not DiskState.OUTDATED
+                or revision <= self._record_rev_linked):
+            return
+        if self.vol.outdate(unless_connected=True):
+            self.log("disk marked Outdated: the DCS records it so since the link was last up")
+        self.volume = self.vol.status()
 
     def _publish(self) -> Coro:
         v = self.volume or {}

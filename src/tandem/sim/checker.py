@@ -7,7 +7,12 @@
     Primary (checked at each promotion, in ``World.on_promote``);
 (3) outdated_promoted: a disk recorded Outdated (DCS) or locally Outdated never
     becomes Primary (also at each promotion);
-(4) liveness: `bound` seconds after the last fault healed, some node is writable.
+(4) liveness: `bound` seconds after the last fault healed, some node is writable;
+(5) redundancy: by then the link is up and both disks are UpToDate again, unless
+    the volumes refused each other (split brain: StandAlone until an operator
+    decides). A disk left Outdated for good (the agent adopting a stale fence
+    record, an Outdated disk that a connect on the same data never upgraded) is
+    a cluster one fault away from having no eligible node.
 """
 
 from __future__ import annotations
@@ -31,4 +36,10 @@ def check(world: World, healed_at: float, bound: float) -> list[Violation]:
     if not any(s <= t <= e for s, e, _ in spans if e > s):
         out.append(Violation("liveness", t, f"no node writable {bound:g} s after the faults healed"
                              f" at {healed_at:.3f}"))
+    repl = world.repl
+    if not repl.split_brain:
+        disks = {n.name: n.vol.disk.value for n in world.nodes.values()}
+        if repl.state != "connected" or set(disks.values()) != {"UpToDate"}:
+            out.append(Violation("redundancy", t, f"link {repl.state}, disks {disks}"
+                                 f" {bound:g} s after the faults healed at {healed_at:.3f}"))
     return sorted(out, key=lambda v: v.at)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from tandem.volume import genid
 from tandem.volume.states import DiskState, Role
 
 if TYPE_CHECKING:
@@ -207,6 +208,18 @@ class SimVolume:
         self.sim.log(self.node, "volume Secondary" + (" (forced)" if force else ""))
         self.track()
 
+    def outdate(self, unless_connected: bool = False) -> bool:
+        """Replicator.outdate: the agent adopting the DCS record of a fence."""
+        if self.role is Role.PRIMARY or not self.up:
+            return False
+        if unless_connected and self.repl.state != "down":
+            return False
+        marked = self.disk is UP
+        if marked:
+            self.disk = OUT
+            self.sim.log(self.node, "disk marked Outdated")
+        return marked
+
     # --- link events --------------------------------------------------------------------
     def on_link_lost(self) -> None:
         if self.role is Role.PRIMARY:
@@ -289,6 +302,8 @@ class Repl:
             self.state = "connected"
             self.session += 1
             self.sim.log("link", f"connected, in sync (gen {ga})")
+            a.disk, b.disk = (genid.disk_after_connect(True, a.disk, b.disk),
+                              genid.disk_after_connect(True, b.disk, a.disk))
             return
         if ga == gb:
             source = b if a.disk is INC else a
@@ -320,7 +335,7 @@ class Repl:
         assert s is not None and t is not None
         t.data = set(s.data)
         t.gens = s.gens
-        t.disk = UP
+        t.disk = genid.disk_after_resync(s.disk)
         self.world.resynced(t.node)
         self.state = "connected"
         self.sim.log("link", f"resync done: {t.node} UpToDate")

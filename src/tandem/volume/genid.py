@@ -139,6 +139,17 @@ def disk_after_resync(source_disk: DiskState) -> DiskState:
     return DiskState.UP_TO_DATE if source_disk is DiskState.UP_TO_DATE else DiskState.OUTDATED
 
 
+def disk_after_connect(same_data: bool, local_disk: DiskState, peer_disk: DiskState) -> DiskState:
+    """An Outdated disk that connects to an UpToDate peer holding the same data is
+    UpToDate: nothing is missing. Without this, a disk outdated by a fence whose
+    Primary then wrote nothing (or outdated just as the link came back) stayed
+    Outdated for good, and its node was never eligible again (DRBD upgrades it the
+    same way). Any other case keeps the local disk state."""
+    if same_data and local_disk is DiskState.OUTDATED and peer_disk is DiskState.UP_TO_DATE:
+        return DiskState.UP_TO_DATE
+    return local_disk
+
+
 class SyncOutcome(StrEnum):
     """What to do with a freshly connected peer."""
 
@@ -223,6 +234,9 @@ class SyncDecision:
     #: flags it reads may change, so the nodes try again later instead of waiting
     #: for an operator
     policy_undecided: bool = field(default=False, compare=False)
+    #: NO_SYNC because both sides hold the same data (same generation, nothing
+    #: marked out of sync, no crashed Primary's activity log to replay)
+    same_data: bool = field(default=False, compare=False)
 
     def mirror(self) -> SyncDecision:
         return replace(self, outcome=self.outcome.mirror())
@@ -302,7 +316,7 @@ def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncF
             else:
                 ours = _we_win(lf, pf)
             return _source_if(ours, False, "same generation, blocks marked out of sync")
-        return SyncDecision(SyncOutcome.NO_SYNC, "same generation")
+        return SyncDecision(SyncOutcome.NO_SYNC, "same generation", same_data=True)
 
     peer_ahead = peer.bitmap != 0 and peer.bitmap == local.current
     we_ahead = local.bitmap != 0 and local.bitmap == peer.current

@@ -53,7 +53,7 @@ from tandem.lab.events import record_lab_event as lab_event
 from tandem.volume import genid, wire
 from tandem.volume.backing import BackingStore
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull
-from tandem.volume.genid import SplitBrainPolicy
+from tandem.volume.genid import SplitBrainPolicy, SyncOutcome
 from tandem.volume.link import Link, Waiter, new_nonce
 from tandem.volume.meta import MetaStore
 from tandem.volume.peer import (
@@ -840,14 +840,27 @@ class Replicator:
         server.stop()
         self.fuse = None
 
-    def outdate(self) -> None:
-        """Mark our own disk Outdated (what a fence-peer handler asks of a peer)."""
+    def outdate(self, unless_connected: bool = False) -> bool:
+        """Mark our own disk Outdated (what a fence-peer handler asks of a peer).
+
+        `unless_connected`: do nothing if the link is up and past its handshake
+        (the agent adopting the DCS record: a connected replica is kept current by
+        the link, and the record is stale). A handshake still in flight does not
+        stop it: its NoSync on the same data makes the disk UpToDate again.
+        Returns whether the disk was marked."""
         if self.role is Role.PRIMARY:
             raise VolumeError("refusing to outdate the Primary's disk")
-        with self.meta_lock:
-            if self.meta.state.disk is DiskState.UP_TO_DATE:
+        with self._status_lock, self.meta_lock:
+            link = self.link
+            if unless_connected and link is not None and not link.closed:
+                d = link.peer.decision
+                if d is not None and not d.refused:
+                    return False
+            marked = self.meta.state.disk is DiskState.UP_TO_DATE
+            if marked:
                 self.meta.update(disk=DiskState.OUTDATED)
         self._send_status()
+        return marked
 
     def invalidate(self) -> None:
         """Throw away the local copy: full sync from the peer at the next connect."""
@@ -1145,7 +1158,19 @@ class Replicator:
                 self._send_bitmap(link)
             if self.discard_my_data and out.is_target:
                 self.discard_my_data = False
-            if ev.local.role is not self.role:
+            upgraded = False
+            if out is SyncOutcome.NO_SYNC:
+                with self.meta_lock:
+                    disk = self.meta.state.disk
+                    after = genid.disk_after_connect(ev.decision.same_data, disk, ev.peer.disk)
+                    if after is not disk:
+                        self.meta.update(disk=after)
+                        upgraded = True
+                if upgraded:
+                    log.info("disk %s -> %s: the peer is %s with the same data", disk, after,
+                             ev.peer.disk)
+                    self._send_status()
+            if ev.local.role is not self.role and not upgraded:
                 # Demoted while the handshake was deciding (a StateExchange is not sent
                 # then): the peer decided on our old role and would refuse to promote.
                 self._send_status()

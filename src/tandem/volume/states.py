@@ -70,6 +70,12 @@ class ConnectionState(StrEnum):
         return self.is_terminal and self is not ConnectionState.STANDALONE
 
 
+#: link states past the handshake: the peer's writes reach the Secondary's disk,
+#: or a resync is deciding what it lacks (StrEnum: they match the status strings)
+LINK_UP = frozenset({ConnectionState.WF_BITMAP_S, ConnectionState.WF_BITMAP_T,
+                     ConnectionState.SYNC_SOURCE, ConnectionState.SYNC_TARGET,
+                     ConnectionState.CONNECTED})
+
 _TERMINAL = frozenset(
     {
         ConnectionState.STANDALONE,
