@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.cluster.dbgroup import build_db_group, vip_takeover_grace
-from tandem.cluster.decide import decide
+from tandem.cluster.decide import decide, fence_to_adopt
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
 from tandem.cluster.penalty import FailurePenalty
@@ -50,7 +50,7 @@ from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, No
 from tandem.errors import TandemError
 from tandem.lab.events import record_lab_event as lab_event
 from tandem.volume.spec import VolumeSpec
-from tandem.volume.states import LINK_UP, DiskState
+from tandem.volume.states import DiskState
 
 log = logging.getLogger("tandem.agent")
 
@@ -386,28 +386,11 @@ class Agent:
                                        leader=lead.node if lead else None, reason=d.reason)
 
     async def _adopt_recorded_outdated(self) -> None:
-        """The leader fenced this node: the DCS records its disk Outdated, but the
-        volume daemon, cut off, still calls it UpToDate. Mark the disk itself Outdated
-        (DRBD's outdate-peer handler does this on the peer), so that nobody takes it
-        for current: a disk resynced from it stays Outdated too (torture 36:25: a
-        failed Primary disk, the only copy of 828 acknowledged writes, was replaced
-        and filled from this one, which said UpToDate).
-
-        Only a record written since the link was last up counts: an Outdated left
-        from an earlier fence, not yet rewritten by the leader after the resync, says
-        nothing about this disk now (the leader may have crashed since, and this
-        node must take over). A disk outdated when the leader wrote nothing new
-        becomes UpToDate again at the next connect (same data, genid.disk_after_connect).
-        """
-        v = self.volume
-        record = self.view.volume(self.resource)
-        revision = record.revision if record else 0
-        if v and (v.get("peer") or {}).get("connection") in LINK_UP:
-            self._record_rev_linked = revision
-            return
-        if (not v or self.primary or v.get("role") != "Secondary" or v.get("disk") != "UpToDate"
-                or record is None or record.disk(self.node) is not DiskState.OUTDATED
-                or revision <= self._record_rev_linked):
+        """Mark the disk Outdated when the DCS records this node fenced (decide.fence_to_adopt)."""
+        self._record_rev_linked, adopt = fence_to_adopt(
+            self.volume, self.view.volume(self.resource), self.node, self.primary,
+            self._record_rev_linked)
+        if not adopt:
             return
         try:
             self.volume = await volume_call(self.spec.control_socket, "outdate", timeout=1.0,

@@ -28,8 +28,8 @@ moment the key can vanish (keepalive sent + TTL, see ``tandem.dcs.base.Renewal``
 from __future__ import annotations
 
 from tandem.cluster.view import Action, Decision, LocalState
-from tandem.dcs.view import ClusterView, Leader
-from tandem.volume.states import DiskState
+from tandem.dcs.view import ClusterView, Leader, VolumeState
+from tandem.volume.states import LINK_UP, DiskState
 
 
 def decide(view: ClusterView, local: LocalState, now: float) -> Decision:
@@ -54,6 +54,28 @@ def decide(view: ClusterView, local: LocalState, now: float) -> Decision:
 
 
 # --- eligibility ---------------------------------------------------------------------
+def fence_to_adopt(volume: dict | None, record: VolumeState | None, node: str, primary: bool,
+                   rev_linked: int) -> tuple[int, bool]:
+    """Whether the leader fenced this node since its replication link was last up:
+    the DCS records its disk Outdated while its volume daemon, cut off, still says
+    UpToDate, so the agent must mark the disk Outdated itself (DRBD's outdate-peer
+    does this on the peer; torture 36:25 refilled a failed Primary disk from such a
+    node and lost 828 acknowledged writes).
+
+    Only a record written since the link was last up counts (`rev_linked`, the
+    record's revision then; -1 if never seen): an Outdated left from an earlier
+    fence, not yet rewritten after the resync, says nothing about the disk now.
+    Returns the new `rev_linked` and whether to outdate the disk."""
+    revision = record.revision if record else 0
+    v = volume or {}
+    if (v.get("peer") or {}).get("connection") in LINK_UP:
+        return revision, False
+    adopt = (not primary and v.get("role") == "Secondary" and v.get("disk") == "UpToDate"
+             and record is not None and record.disk(node) is DiskState.OUTDATED
+             and revision > rev_linked)
+    return rev_linked, adopt
+
+
 def disk_problems(view: ClusterView, local: LocalState) -> list[str]:
     """Why this node's data may not be served as primary; empty if it may."""
     why = [] if local.disk_state is DiskState.UP_TO_DATE else [f"its disk is {local.disk_state or 'unknown'}"]

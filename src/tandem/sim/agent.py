@@ -20,14 +20,14 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING
 
-from tandem.cluster.decide import decide
+from tandem.cluster.decide import decide, fence_to_adopt
 from tandem.cluster.penalty import FailurePenalty
 from tandem.cluster.view import Action, Decision, LocalState
 from tandem.dcs.base import DCSError
 from tandem.dcs.view import ClusterView, HistoryEntry, Leader, Member, NodeRole, VolumeState
 from tandem.sim.dcs import SimDCS
 from tandem.sim.kernel import Coro, Process, Sleep, WaitWake
-from tandem.volume.states import LINK_UP, DiskState, Role
+from tandem.volume.states import DiskState, Role
 
 if TYPE_CHECKING:
     from tandem.sim.volume import SimVolume
@@ -179,21 +179,12 @@ class SimAgent:
         return decision
 
     def _adopt_recorded_outdated(self) -> None:
-        """agent.py: a disk the DCS records Outdated since the link was last up is
-        marked Outdated by its own node."""
-        v = self.volume or {}
-        record = self.view.volume(RESOURCE)
-        revision = record.revision if record else 0
-        if (v.get("peer") or {}).get("connection") in LINK_UP:
-            self._record_rev_linked = revision
-            return
-        if (self.primary or v.get("role") != "Secondary" or v.get("disk") != "UpToDate"
-                or record is None or record.disk(self.node) is not DiskState.OUTDATED
-                or revision <= self._record_rev_linked):
-            return
-        if self.vol.outdate(unless_connected=True):
+        """agent.py: mark the disk Outdated when the DCS records this node fenced."""
+        self._record_rev_linked, adopt = fence_to_adopt(
+            self.volume, self.view.volume(RESOURCE), self.node, self.primary, self._record_rev_linked)
+        if adopt and self.vol.outdate(unless_connected=True):
             self.log("disk marked Outdated: the DCS records it so since the link was last up")
-        self.volume = self.vol.status()
+            self.volume = self.vol.status()
 
     def _publish(self) -> Coro:
         v = self.volume or {}

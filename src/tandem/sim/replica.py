@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.volume import genid, wire
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull, DirtyBitmap
-from tandem.volume.genid import SyncOutcome
 from tandem.volume.meta import MetaState
 from tandem.volume.peer import (
     Authenticated,
@@ -681,10 +680,10 @@ class Replica:
                 self.discard_my_data = False
                 self.world.discarding(self)
             after = genid.disk_after_connect(ev.decision.same_data, self.meta.disk, ev.peer.disk)
-            if out is SyncOutcome.NO_SYNC and after is not self.meta.disk:
+            upgraded = after is not self.meta.disk
+            if upgraded:
                 self.meta_update(disk=after)  # same data as an UpToDate peer
-                self.send_status()
-            elif ev.local.role is not self.role:  # demoted during the handshake: tell the peer
+            if upgraded or ev.local.role is not self.role:  # or demoted during the handshake
                 self.send_status()
         elif isinstance(ev, StateChanged):
             if ev.new is ConnectionState.SYNC_SOURCE:

@@ -53,7 +53,7 @@ from tandem.lab.events import record_lab_event as lab_event
 from tandem.volume import genid, wire
 from tandem.volume.backing import BackingStore
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull
-from tandem.volume.genid import SplitBrainPolicy, SyncOutcome
+from tandem.volume.genid import SplitBrainPolicy
 from tandem.volume.link import Link, Waiter, new_nonce
 from tandem.volume.meta import MetaStore
 from tandem.volume.peer import (
@@ -1158,21 +1158,18 @@ class Replicator:
                 self._send_bitmap(link)
             if self.discard_my_data and out.is_target:
                 self.discard_my_data = False
-            upgraded = False
-            if out is SyncOutcome.NO_SYNC:
-                with self.meta_lock:
-                    disk = self.meta.state.disk
-                    after = genid.disk_after_connect(ev.decision.same_data, disk, ev.peer.disk)
-                    if after is not disk:
-                        self.meta.update(disk=after)
-                        upgraded = True
-                if upgraded:
-                    log.info("disk %s -> %s: the peer is %s with the same data", disk, after,
-                             ev.peer.disk)
-                    self._send_status()
-            if ev.local.role is not self.role and not upgraded:
-                # Demoted while the handshake was deciding (a StateExchange is not sent
-                # then): the peer decided on our old role and would refuse to promote.
+            with self.meta_lock:
+                disk = self.meta.state.disk
+                after = genid.disk_after_connect(ev.decision.same_data, disk, ev.peer.disk)
+                if after is not disk:
+                    self.meta.update(disk=after)
+            if after is not disk:
+                log.info("disk %s -> %s: the peer is %s with the same data", disk, after,
+                         ev.peer.disk)
+            if after is not disk or ev.local.role is not self.role:
+                # The peer decided on our old state: the disk just upgraded, or a
+                # demotion while the handshake was deciding (a StateExchange is not
+                # sent then), and it would refuse to promote.
                 self._send_status()
         elif isinstance(ev, StateChanged):
             log.info("link %s -> %s (%s)", ev.old, ev.new, ev.reason)
