@@ -84,8 +84,11 @@ ROWS = [
     ("unhealthy leader with no eligible peer keeps going",
      view("node1", members=(member("node1"), member("node2", healthy=False))),
      local(primary=True, healthy=False), A.LEAD, None, "no peer"),
-    ("leader whose disk failed steps down", view("node1"), local(disk=FAILED, primary=True),
-     A.STEP_DOWN, "node2", "Failed"),
+    ("leader whose disk failed demotes at once, no graceful stop to hang on",
+     view("node1"), local(disk=FAILED, primary=True), A.DEMOTE, "node2", "Failed"),
+    ("leader whose DCS record is not UpToDate steps down gracefully",
+     view("node1", disks={"node1": OUT, "node2": UP}), local(primary=True), A.STEP_DOWN, "node2",
+     "DCS records"),
     # --- leader is other -------------------------------------------------------------
     ("replica follows", view("node1"), local("node2"), A.FOLLOW, None, "following node1"),
     ("old primary sees another leader and demotes", view("node2"), local("node1", primary=True),

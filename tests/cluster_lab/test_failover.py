@@ -85,6 +85,51 @@ def test_crash_of_the_primary_moves_the_service_and_loses_nothing(healthy):
     assert stack.leader() == "node2"
 
 
+def _replace_disk(stack, host: str) -> None:
+    """What an operator does with a failed disk: power off, a new disk, power on; the
+    full sync from the peer fills it."""
+    if host not in stack.lab.read_state()["down"]:
+        stack.lab.faults.crash(host)
+    for name in ("db.img", "db.meta"):
+        (stack.lab.host_dir(host) / "data" / name).unlink(missing_ok=True)
+    stack.tandem(host, "volume", "create", "db", timeout=60)
+    stack.restart_host(host)
+    stack.wait(lambda: stack.status()["volumes"][0]["disks"].get(host) == "UpToDate", 120,
+               f"{host}'s new disk synced and recorded UpToDate")
+
+
+def test_a_failed_disk_on_the_primary_moves_the_service_at_once_and_loses_nothing(healthy):
+    """Torture 41:27: the leader whose disk failed stepped down gracefully, and the
+    graceful stop hung on MariaDB over the dead disk while the key stayed held. A
+    failed disk has nothing left to flush: the leader demotes at once."""
+    from tandem.volume import control
+    stack = healthy
+    sock = stack.lab.host_dir("node1") / "run" / "volume-db.sock"
+
+    def eio() -> None:
+        size = control.call(sock, "status", timeout=5)["size"]
+        control.call(sock, "inject-eio", ranges=[[0, size]], timeout=5)
+
+    out, t_fault = run_writer_through(stack, eio)
+    try:
+        stack.wait(lambda: stack.leader() == "node2", 30, "node2 leader")
+        assert stack.wait_service(30) == "node2"
+        acks, _ = finish_writer(stack, out)
+        assert_no_loss_no_overlap(stack, acks)
+        assert write_gap(acks, t_fault) is not None, "no write acknowledged after the failover"
+        demotions = [e for e in stack.lab.events.read("demote_start")
+                     if e["t"] > t_fault and e["node"] == "node1"]
+        assert demotions and "at once" in demotions[0]["reason"], demotions
+        assert "Failed" in demotions[0]["reason"], demotions
+        ended = [e for e in stack.lab.events.read("writable")
+                 if e["t"] > t_fault and e["node"] == "node1" and not e["writable"]]
+        assert ended and ended[0]["reason"] == "disk failed", ended
+    finally:
+        with contextlib.suppress(Exception):
+            stack.lab.stop("client", "writer")
+        _replace_disk(stack, "node1")
+
+
 def test_crash_of_the_secondary_keeps_the_service(healthy):
     stack = healthy
     out, t_fault = run_writer_through(stack, lambda: stack.lab.faults.crash("node2"))

@@ -315,6 +315,9 @@ def test_backing_store_eio_is_never_acknowledged(fresh):
     vp.tandem("node1", "volume", "status", "db")
     from tandem.volume import control
     sock = vp.lab.host_dir("node1") / "run" / "volume-db.sock"
+    # The write lease the agent pushes: valid well past this test's end.
+    control.call(sock, "write-lease", until=time.monotonic() + 600)
+    t0 = time.monotonic()
     control.call(sock, "inject-eio", ranges=[[8 * MiB, 4096]])
     with pytest.raises(OSError) as err:
         pwrite_sync(dev, 8 * MiB, b"x" * 4096)
@@ -324,6 +327,11 @@ def test_backing_store_eio_is_never_acknowledged(fresh):
     # Once Failed, nothing more is acknowledged, anywhere on the disk.
     with pytest.raises(OSError):
         pwrite_sync(dev, 0, b"y" * 4096)
+    # ... so for the lab's checker this Primary stops being a writer at once, not
+    # when its write lease ends (torture 41:27 counted it as a second writer).
+    ended = [e for e in vp.lab.events.read("writable")
+             if e["t"] > t0 and e["node"] == "node1" and not e["writable"]]
+    assert [e["reason"] for e in ended] == ["disk failed"], ended
     vp.lab.faults.crash("node1")
     vp.lab.faults.restart("node1")
 

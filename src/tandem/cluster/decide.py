@@ -128,6 +128,11 @@ def _as_leader(view: ClusterView, local: LocalState, leader: Leader) -> Decision
     me = local.node
     successor = _successor(view, me)
     disk_bad = disk_problems(view, local)
+    if local.disk_state in (DiskState.FAILED, DiskState.DISKLESS):
+        # Nothing to flush and no clean stop to wait for (MariaDB hangs on a dead
+        # disk): stop at once and free the key for the peer (torture 41:27).
+        return Decision(Action.DEMOTE, f"demoting at once from epoch {leader.epoch}: {_and(disk_bad)}",
+                        target=successor)
     if disk_bad:
         return Decision(Action.STEP_DOWN, f"stepping down from epoch {leader.epoch}: {_and(disk_bad)}",
                         target=successor)

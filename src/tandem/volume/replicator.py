@@ -523,6 +523,11 @@ class Replicator:
             return link
         return None
 
+    def disk_usable(self) -> bool:
+        """Whether writes can complete on this node's own disk (a Failed disk fails
+        every write with EIO, and its link is dropped)."""
+        return self.meta.state.disk not in (DiskState.FAILED, DiskState.DISKLESS)
+
     def peer_disk_usable(self) -> bool:
         ps = self.peer_status
         return ps is not None and ps.disk not in (DiskState.FAILED, DiskState.DISKLESS)
@@ -593,6 +598,10 @@ class Replicator:
         with contextlib.suppress(Exception), self.meta_lock:
             if self.meta.state.disk is not DiskState.FAILED:
                 self.meta.update(disk=DiskState.FAILED, failed_from=self.meta.state.disk)
+        if self.role is Role.PRIMARY:
+            # No write completes from here on (the link goes too): for the lab's
+            # checker this Primary stops being a writer now, not when its lease ends.
+            lab_event("writable", node=self.spec.node, writable=False, reason="disk failed")
         link = self.link
         if link is not None:
             threading.Thread(target=link.disconnect, args=("peer disk failed",), daemon=True).start()
@@ -737,7 +746,7 @@ class Replicator:
         return not self.ranges.busy()
 
     def resume(self) -> None:
-        if self.role is Role.PRIMARY and not self.io_open.is_set():
+        if self.role is Role.PRIMARY and not self.io_open.is_set() and self.disk_usable():
             lab_event("writable", node=self.spec.node, writable=True, reason="resumed")
         self._held_by_operator = False
         self.suspended_reason = ""
