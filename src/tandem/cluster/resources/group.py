@@ -22,12 +22,15 @@ check never interleaves with a stop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tandem.cluster.resources.base import Health, HealthState, OpResult, Resource
+
+log = logging.getLogger("tandem.resources")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,12 @@ class ResourceGroup:
     def _note(self, text: str) -> None:
         self.history.append((self.clock(), text))
 
+    def _done(self, r: OpResult) -> None:
+        """One line per operation as it ends, not only the group's sentence at the
+        end: a start that hangs is then found by its last line (torture 40:38)."""
+        self._note(str(r))
+        (log.info if r.ok else log.warning)("%s", r)
+
     def member(self, name: str) -> Resource:
         for m in self.members:
             if m.name == name:
@@ -110,7 +119,7 @@ class ResourceGroup:
         for m in self.members[index:]:
             r = await m.start()
             ops.append(r)
-            self._note(str(r))
+            self._done(r)
             if not r.ok:
                 return ops, r
         return ops, None
@@ -133,7 +142,7 @@ class ResourceGroup:
         for m in members:
             r = await m.stop()  # never raises: a failed stop is a result, and we carry on
             ops.append(r)
-            self._note(str(r))
+            self._done(r)
         return ops
 
     async def stop(self) -> GroupResult:
