@@ -105,3 +105,39 @@ def test_busy_stop_names_the_holder(lab, resources):
     finally:
         lab.stop(HOST, "holder")
     assert "unmounted" in must(lab, HOST, "filesystem", "stop", cfg)["message"]
+
+
+def test_a_cancelled_start_leaves_no_loop_device_behind(lab):
+    """The agent cancels a start in flight (it demotes while a monitor's recovery
+    restarts the filesystem). Wherever the cancel lands, the stop that follows
+    must leave no loop device on the file: one attached by a losetup whose start
+    was cancelled before it recorded the device stayed attached for good (CI)."""
+    import asyncio
+    import contextlib
+
+    from tandem.cluster.resources.config import FilesystemConfig
+    from tandem.cluster.resources.filesystem import Filesystem
+    cfg = FilesystemConfig(**fs_config(lab, "fs-cancel"))
+
+    def attached() -> list[str]:
+        return subprocess.run(["losetup", "-n", "-O", "NAME", "-j", str(cfg.device)],
+                              capture_output=True, text=True).stdout.split()
+
+    async def cancelled_start_then_stop(delay: float):
+        fs = Filesystem(cfg)
+        task = asyncio.ensure_future(fs.start())
+        await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return await fs.stop()
+
+    try:
+        for i in range(25):
+            stopped = asyncio.run(cancelled_start_then_stop(0.002 * i))
+            assert attached() == [], f"cancel after {2 * i} ms: {stopped}"
+            assert mount_source(cfg.mountpoint) is None, stopped
+    finally:
+        for dev in attached():
+            subprocess.run(["umount", str(cfg.mountpoint)], capture_output=True)
+            subprocess.run(["losetup", "-d", dev], capture_output=True)

@@ -144,6 +144,7 @@ class Filesystem(Resource):
     def __init__(self, config: FilesystemConfig):
         super().__init__(config)
         self._known: DeviceFacts | None = None
+        self._attaching: asyncio.Future | None = None  # a losetup that a cancelled start left running
         self._probe_pending: tuple[asyncio.Future, float] | None = None
 
     async def _facts(self) -> DeviceFacts:
@@ -190,14 +191,22 @@ class Filesystem(Resource):
         if others:
             raise ResourceError(f"{cfg.device} is already attached as {', '.join(others)}, not by this"
                                 " resource: refusing to attach it twice (detach it by hand after checking)")
+        # Shielded: a start cancelled here (the agent demoting while a monitor's
+        # recovery restarts this resource) must still record the loop device it
+        # attached, or nobody ever detaches it (a CI run left one behind).
+        self._attaching = asyncio.ensure_future(self._attach_and_record(real))
+        dev = await asyncio.shield(self._attaching)
+        return dev, f"attached {dev} (direct I/O {'on' if cfg.direct_io else 'off'})"
+
+    async def _attach_and_record(self, real: str) -> str:
         args = ["losetup", "--find", "--show"]
-        if cfg.direct_io:
+        if self.config.direct_io:
             args.insert(1, "--direct-io=on")
         dev = (await run_cmd([*args, real], timeout=30)).output.strip().splitlines()[-1]
         if not dev.startswith("/dev/loop"):
             raise ResourceError(f"losetup printed {dev!r}, not a loop device")
         self.save_state({"loop": dev, "device": real})
-        return dev, f"attached {dev} (direct I/O {'on' if cfg.direct_io else 'off'})"
+        return dev
 
     async def _ensure_fs(self, dev: str) -> str:
         cfg = self.config
@@ -244,6 +253,10 @@ class Filesystem(Resource):
     async def _stop(self) -> str:
         cfg = self.config
         done = []
+        if self._attaching is not None and not self._attaching.done():
+            # Its loop device is ours to detach once it is recorded.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._attaching), 35)
         mounted = mount_source(cfg.mountpoint)
         facts = await self._facts()
         ours = self._our_loop(facts)
