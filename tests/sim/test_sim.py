@@ -20,7 +20,7 @@ def test_ci_batch_has_no_violations():
     assert s["schedules"] == CI_SCHEDULES
     assert not s["failing_seeds"], [str(v) for r in s["failures"] for v in r.violations][:5]
     assert set(s["faults"]) >= {"crash", "partition", "partition_up", "partition_down", "link_cut",
-                                "pause", "loss", "skew", "switchover"}
+                                "pause", "loss", "skew", "switchover", "disk_fail"}
     assert s["promotions"] > CI_SCHEDULES  # failovers really happen
     assert s["acked_writes"] > 100 * CI_SCHEDULES
     assert time.perf_counter() - t0 < 120
@@ -124,3 +124,30 @@ def test_the_checker_wants_both_disks_up_to_date_after_healing():
     assert check(world, heal, LIVENESS_BOUND) == []
     world.nodes["node2"].vol.disk = DiskState.OUTDATED
     assert [v.kind for v in check(world, heal, LIVENESS_BOUND)] == ["redundancy"]
+
+
+def test_a_failed_disk_on_the_primary_hands_the_service_over_and_is_replaced():
+    """node1 leads and its disk fails: no write completes there from then on, node2
+    takes over with every acknowledged write, and after the heal (a new disk, since
+    node2 is UpToDate) a full sync brings both disks back."""
+    from tandem.sim.world import World
+    faults = [Fault("disk_fail", "node1", 3.0, 2.0)]
+    r = run(1, faults)  # seed 1: node1 leads at 3.0 s
+    assert r.ok, [str(v) for v in r.violations]
+    assert any("disk Failed" in line for line in r.trace)
+    assert any("disk replaced" in line for line in r.trace)
+    world = World(1, faults)
+    world.run(3.0 + 2.0 + 8.5)
+    assert world.nodes["node1"].vol.intervals[-1][1] <= 3.0 + 1e-9  # not writable past the failure
+    assert any(s >= 3.0 for s, _ in world.nodes["node2"].vol.intervals)
+
+
+def test_the_checker_catches_an_operator_replacing_the_only_current_disk():
+    """Torture 25:15: a failed disk was replaced while its peer was Outdated (fenced):
+    the failed disk held the only copy of the newest acknowledged writes."""
+    variant = "replace_failed_disk"
+    s = batch(CI_SCHEDULES, seed=1, variant=variant, stop_at_first=True)
+    assert s["failing_seeds"], "no violation found with variant replace_failed_disk"
+    bad = s["failures"][0]
+    assert {v.kind for v in bad.violations} & {"lost_write", "liveness"}, [str(v) for v in bad.violations]
+    assert run(bad.seed).ok  # the lab's rule (attach when the peer is not UpToDate) survives it

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 RESOURCE = "db"
 TTL, OP_TIMEOUT, INTERVAL, MARGIN, MONITOR_INTERVAL = 1.0, 0.5, 0.25, 0.3, 1.0
 
-VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin")
+VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk")
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.

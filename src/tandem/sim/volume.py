@@ -35,7 +35,7 @@ from tandem.volume.states import DiskState, Role
 if TYPE_CHECKING:
     from tandem.sim.world import World
 
-UP, OUT, INC = DiskState.UP_TO_DATE, DiskState.OUTDATED, DiskState.INCONSISTENT
+UP, OUT, INC, FAILED = DiskState.UP_TO_DATE, DiskState.OUTDATED, DiskState.INCONSISTENT, DiskState.FAILED
 
 
 class SimVolume:
@@ -47,6 +47,7 @@ class SimVolume:
         self.up = True
         self.role = Role.SECONDARY
         self.disk = UP
+        self.failed_from: DiskState | None = None  # what a Failed disk was before it failed
         self.data: set[int] = set()
         self.gens: tuple[int, ...] = (1,)
         self.wlease: float | None = None
@@ -79,7 +80,7 @@ class SimVolume:
 
     # --- writable intervals ------------------------------------------------------------
     def writable(self) -> bool:
-        return (self.up and self.role is Role.PRIMARY and self.io_open
+        return (self.up and self.role is Role.PRIMARY and self.io_open and self.disk is not FAILED
                 and (self.wlease is None or self.clock.now() < self.wlease))
 
     def track(self) -> None:
@@ -121,6 +122,8 @@ class SimVolume:
         return "acked"
 
     def _complete(self, wid: int) -> None:
+        if self.disk is FAILED:
+            return  # EIO: never acknowledged
         self.data.add(wid)
         r = self.repl
         if r.state == "connected" or (r.state == "sync" and r.source is self):
@@ -222,7 +225,7 @@ class SimVolume:
 
     # --- link events --------------------------------------------------------------------
     def on_link_lost(self) -> None:
-        if self.role is Role.PRIMARY:
+        if self.role is Role.PRIMARY and self.disk is not FAILED:  # a failed disk never fences (87dddc9)
             self.gens = (*self.gens, self.world.new_gen())
             self.fencing = True
             self.io_open = False
@@ -243,6 +246,30 @@ class SimVolume:
             self.io_open = True
             self.track()
             self._release_blocked()
+
+    # --- disk failure -------------------------------------------------------------------
+    def fail_disk(self) -> None:
+        """Replicator._disk_failed: every I/O of the backing store fails; the disk is
+        Failed (remembered across restarts), no write completes, the link drops."""
+        if self.disk is FAILED:
+            return
+        self.failed_from, self.disk = self.disk, FAILED
+        self.sim.log(self.node, f"disk Failed (was {self.failed_from})")
+        self.track()
+        self.repl.drop("peer disk failed")
+
+    def replace_disk(self) -> None:
+        """`volume create` on a new disk (the host is powered off): empty, fresh
+        generation, Inconsistent until a full sync fills it."""
+        self.data, self.gens = set(), (self.world.new_gen(),)
+        self.disk, self.failed_from = INC, None
+        self.sim.log(self.node, "disk replaced: empty, Inconsistent")
+
+    def attach(self) -> None:
+        """Replicator.attach: the same disk back, in the state it had when it failed."""
+        if self.disk is FAILED:
+            self.disk, self.failed_from = self.failed_from or OUT, None
+            self.sim.log(self.node, f"disk attached again as {self.disk}")
 
     # --- host crash and restart ---------------------------------------------------------
     def crash(self) -> None:
@@ -292,7 +319,7 @@ class Repl:
 
     def try_connect(self) -> None:
         a, b = self.a, self.b
-        if self.state != "down" or self.cuts or not (a.up and b.up):
+        if self.state != "down" or self.cuts or not (a.up and b.up) or FAILED in (a.disk, b.disk):
             return
         if a.role is Role.PRIMARY and b.role is Role.PRIMARY:
             return
@@ -305,7 +332,7 @@ class Repl:
             a.disk, b.disk = (genid.disk_after_connect(True, a.disk, b.disk),
                               genid.disk_after_connect(True, b.disk, a.disk))
             return
-        if ga == gb:
+        if a.disk is INC or b.disk is INC:  # never a sync source (a new disk: unrelated gens)
             source = b if a.disk is INC else a
         elif ga in b.gens:
             source = b

@@ -187,14 +187,9 @@ class World:
         self.sim.log("fault", f"start {f}")
         node = self.nodes.get(f.node) if f.node else None
         if f.kind == "crash" and node:
-            node.crashed += 1
-            if node.crashed == 1:
-                if node.agent:
-                    node.agent.proc.kill()
-                for p in node.fences:
-                    p.kill()
-                node.fences.clear()
-                node.vol.crash()
+            self._power_off(node)
+        elif f.kind == "disk_fail" and node:
+            node.vol.fail_disk()
         elif f.kind.startswith("partition") and node:
             for way in (("up", "down") if f.kind == "partition" else (f.kind.split("_")[1],)):
                 self._block(node.name, way, +1)
@@ -218,10 +213,9 @@ class World:
         self.sim.log("fault", f"end {f.kind}{' ' + f.node if f.node else ''}")
         node = self.nodes.get(f.node) if f.node else None
         if f.kind == "crash" and node:
-            node.crashed -= 1
-            if node.crashed == 0:
-                node.vol.restart()
-                node.start_agent()
+            self._power_on(node)
+        elif f.kind == "disk_fail" and node:
+            self._heal_disk(node)
         elif f.kind.startswith("partition") and node:
             for way in (("up", "down") if f.kind == "partition" else (f.kind.split("_")[1],)):
                 self._block(node.name, way, -1)
@@ -234,6 +228,41 @@ class World:
                 node.agent.proc.resume()
         elif f.kind == "loss" and node:
             self.net.loss.pop(node.name, None)
+
+    def _power_off(self, node: Node) -> None:
+        node.crashed += 1
+        if node.crashed == 1:
+            if node.agent:
+                node.agent.proc.kill()
+            for p in node.fences:
+                p.kill()
+            node.fences.clear()
+            node.vol.crash()
+
+    def _power_on(self, node: Node) -> None:
+        node.crashed -= 1
+        if node.crashed == 0:
+            node.vol.restart()
+            node.start_agent()
+
+    def _heal_disk(self, node: Node) -> None:
+        """What the lab's operator does (torture_nemesis._heal_eio): power-cycle the
+        host; a new disk if the peer's disk is UpToDate by its own account and by
+        the DCS record, else the same disk attached again (it may hold the only
+        copy of the newest acknowledged writes)."""
+        vol = node.vol
+        if vol.disk is not DiskState.FAILED:
+            return
+        peer = self.repl.peer_of(vol)
+        record = self.dcs.view(self.keys).volume(RESOURCE)
+        peer_ok = (peer.up and peer.disk is DiskState.UP_TO_DATE
+                   and record is not None and record.disk(peer.node) is DiskState.UP_TO_DATE)
+        self._power_off(node)
+        if peer_ok or self.variant == "replace_failed_disk":  # BROKEN: 25:15, writes lost
+            vol.replace_disk()
+        else:
+            vol.attach()
+        self._power_on(node)
 
     def run(self, until: float) -> None:
         self.sim.run(until)
