@@ -226,6 +226,48 @@ def test_a_hung_monitor_does_not_hold_up_the_demotion(healthy):
     stack.wait_service(60)
 
 
+def test_a_promotion_that_cannot_finish_is_abandoned_when_the_lease_runs_out(healthy):
+    """Torture 40:38 and 51:44: the new leader's volume went Primary, then the DCS
+    was lost; with the write lease gone the volume completes no I/O, and MariaDB's
+    start waited for its 120 s timeout while the agent, stuck in the start, neither
+    demoted nor let anybody else in. The agent must give up the start once its
+    lease runs out, demote, and take part again after the heal."""
+    from tandem.volume import control
+    stack = healthy
+    lab = stack.lab
+    sock = lab.host_dir("node2") / "run" / "volume-db.sock"
+    t0 = monotonic()
+    lab.faults.crash("node1")
+
+    def promoted_volume() -> bool:
+        return any(e["node"] == "node2" and e["writable"] and e["t"] > t0
+                   for e in lab.events.read("writable"))
+
+    try:
+        deadline = time.monotonic() + 30
+        while not promoted_volume():  # the start goes on: mount, MariaDB
+            assert time.monotonic() < deadline, "node2's volume never became Primary"
+            time.sleep(0.005)
+        # Hold the I/O as an expired write lease would, and cut node2 off the DCS.
+        control.call(sock, "suspend-io", timeout=5, reason="test: the start cannot finish")
+        t_cut = monotonic()
+        lab.faults.partition(["node2"], ["witness", "client"], net="public")
+        stack.wait(lambda: any(e["node"] == "node2" and e["t"] > t0 for e in
+                               lab.events.read("promote_abandoned") + lab.events.read("promoted")),
+                   30, "node2's start to end or be abandoned")
+        ended = [e for e in lab.events.read() if e["t"] > t0 and e.get("node") == "node2"
+                 and e["kind"] in ("promote_abandoned", "promoted")]
+        assert ended[0]["kind"] == "promote_abandoned", f"the start completed: {ended[0]}"
+        assert ended[0]["t"] - t_cut < 5.0, f"abandoned {ended[0]['t'] - t_cut:.1f} s after the cut"
+        stack.wait(lambda: stack.volume_status("node2")["role"] == "Secondary", 15, "node2 demoted")
+    finally:
+        lab.faults.heal()
+        with contextlib.suppress(Exception):
+            control.call(sock, "resume-io", timeout=5)
+    assert stack.wait_service(60) == "node2"  # it takes part again after the heal
+    stack.restart_host("node1")
+
+
 def test_replication_cut_outdates_the_peer_which_then_must_not_promote(healthy):
     stack = healthy
     lab = stack.lab

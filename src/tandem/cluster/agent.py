@@ -550,7 +550,26 @@ class Agent:
         volume.peer_outdated = self._peer_recorded_outdated  # type: ignore[attr-defined]
         t0 = time.monotonic()
         lab_event("promote_start", node=self.node)
-        res = await self.group.start()
+        starting = asyncio.ensure_future(self.group.start())
+        if not await self._within_lease(starting):
+            # The start cannot finish without I/O, and the volume completes none once
+            # the write lease runs out: waiting for the step's own timeout (MariaDB:
+            # 120 s) kept the key's holder out of service and everyone else out of the
+            # race (torture 40:38, 51:44). Give up now and demote.
+            starting.cancel()
+            try:
+                await starting
+            except asyncio.CancelledError:
+                if _really_cancelled():
+                    raise
+            except Exception:  # noqa: S110 - the start is abandoned whatever it ended with
+                pass
+            lab_event("promote_abandoned", node=self.node, seconds=round(time.monotonic() - t0, 4))
+            log.warning("promotion abandoned after %.2f s: the lease ran out while the resource"
+                        " group was starting", time.monotonic() - t0)
+            await self._demote("the lease ran out while the resource group was starting")
+            return
+        res = starting.result()
         for op in res.ops:
             lab_event("resource", node=self.node, resource=op.resource, op=op.op, ok=op.ok,
                       seconds=round(op.seconds, 4))
@@ -574,6 +593,17 @@ class Agent:
                 self._failed(res.sentence)
             # Do not hammer: back off (up to 2 s) before the next attempt.
             await asyncio.sleep(min(2.0, 0.1 * 2 ** min(self._start_failures, 5)))
+
+    async def _within_lease(self, task: asyncio.Future) -> bool:
+        """Wait for `task` while the leader key's lease (minus the margin) lasts:
+        True if it ended in time, False once the lease ran out first."""
+        while not task.done():
+            deadline = self.key_deadline()
+            left = None if deadline is None else deadline - self.margin - time.monotonic()
+            if left is None or left <= 0:
+                return False
+            await asyncio.wait({task}, timeout=min(left, 0.1))
+        return True
 
     async def _lead(self) -> None:
         await self._record_volume_state()
