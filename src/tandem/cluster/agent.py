@@ -65,6 +65,16 @@ def _really_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+async def _cancel(task: asyncio.Future, timeout: float) -> None:
+    """Cancel `task` and give it `timeout` s to unwind. Its outcome is dropped (an
+    exception it ends with is retrieved, not raised here); a cancellation of the
+    caller itself still propagates."""
+    if not task.done():
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.wait({task}, timeout=timeout)
+
+
 def _dump_tasks() -> None:
     """SIGUSR1: every asyncio task and where it waits, into the log (for a stuck agent)."""
     import io
@@ -556,14 +566,7 @@ class Agent:
             # the write lease runs out: waiting for the step's own timeout (MariaDB:
             # 120 s) kept the key's holder out of service and everyone else out of the
             # race (torture 40:38, 51:44). Give up now and demote.
-            starting.cancel()
-            try:
-                await starting
-            except asyncio.CancelledError:
-                if _really_cancelled():
-                    raise
-            except Exception:  # noqa: S110 - the start is abandoned whatever it ended with
-                pass
+            await _cancel(starting, 10.0)  # the stop below waits for the group's lock anyway
             lab_event("promote_abandoned", node=self.node, seconds=round(time.monotonic() - t0, 4))
             log.warning("promotion abandoned after %.2f s: the lease ran out while the resource"
                         " group was starting", time.monotonic() - t0)
@@ -658,10 +661,9 @@ class Agent:
         """Before the group stops: a monitor or recovery in flight holds the group's
         lock and would make the stop wait for it."""
         task = self._monitor_task
-        if task is not None and not task.done():
-            task.cancel()
+        if task is not None:
             with contextlib.suppress(BaseException):
-                await asyncio.wait({task}, timeout=2.0)
+                await _cancel(task, 2.0)
         self._monitor_task = None
 
     async def _stop_group(self, why: str, graceful: bool) -> None:

@@ -128,7 +128,7 @@ def _as_leader(view: ClusterView, local: LocalState, leader: Leader) -> Decision
     me = local.node
     successor = _successor(view, me)
     disk_bad = disk_problems(view, local)
-    if local.disk_state in (DiskState.FAILED, DiskState.DISKLESS):
+    if local.disk_state is not None and not local.disk_state.has_disk:
         # Nothing to flush and no clean stop to wait for (MariaDB hangs on a dead
         # disk): stop at once and free the key for the peer (torture 41:27).
         return Decision(Action.DEMOTE, f"demoting at once from epoch {leader.epoch}: {_and(disk_bad)}",

@@ -441,7 +441,7 @@ class Replica:
         if link is None or link.closed:
             return None
         ps = self.peer_status
-        usable = ps is not None and ps.disk not in (DiskState.FAILED, DiskState.DISKLESS)
+        usable = ps is not None and ps.disk.has_disk
         if link.state in WRITABLE_LINK and usable:
             return link
         return None

@@ -242,9 +242,6 @@ class SyncDecision:
         return replace(self, outcome=self.outcome.mirror())
 
 
-_NO_DISK = (DiskState.DISKLESS, DiskState.FAILED)
-
-
 def decide_sync(
     local: GenerationIds,
     peer: GenerationIds,
@@ -279,7 +276,7 @@ def _source_if(we_are_source: bool, full: bool, reason: str) -> SyncDecision:
 
 
 def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncFlags) -> SyncDecision:
-    if lf.disk in _NO_DISK or pf.disk in _NO_DISK:
+    if not (lf.disk.has_disk and pf.disk.has_disk):
         return SyncDecision(SyncOutcome.NO_SYNC, "a side has no usable disk")
 
     if local.is_fresh and peer.is_fresh:

@@ -523,14 +523,9 @@ class Replicator:
             return link
         return None
 
-    def disk_usable(self) -> bool:
-        """Whether writes can complete on this node's own disk (a Failed disk fails
-        every write with EIO, and its link is dropped)."""
-        return self.meta.state.disk not in (DiskState.FAILED, DiskState.DISKLESS)
-
     def peer_disk_usable(self) -> bool:
         ps = self.peer_status
-        return ps is not None and ps.disk not in (DiskState.FAILED, DiskState.DISKLESS)
+        return ps is not None and ps.disk.has_disk
 
     def _register_write(self, seq: int, op: _WriteOp) -> _WriteOp:
         offset, n = op.offset, op.n
@@ -651,7 +646,7 @@ class Replicator:
         if disk is not DiskState.UP_TO_DATE and not force:
             raise VolumeError(f"refusing to promote: local disk is {disk} (not UpToDate); use"
                               " --force only if you know this copy is the one to keep")
-        if disk in (DiskState.FAILED, DiskState.DISKLESS):
+        if not disk.has_disk:
             raise VolumeError(f"cannot promote: local disk is {disk}")
         ps = self.peer_status
         link = self.link
@@ -746,7 +741,7 @@ class Replicator:
         return not self.ranges.busy()
 
     def resume(self) -> None:
-        if self.role is Role.PRIMARY and not self.io_open.is_set() and self.disk_usable():
+        if self.role is Role.PRIMARY and not self.io_open.is_set() and self.meta.state.disk.has_disk:
             lab_event("writable", node=self.spec.node, writable=True, reason="resumed")
         self._held_by_operator = False
         self.suspended_reason = ""

@@ -32,6 +32,11 @@ class DiskState(StrEnum):
         """True if the data on disk is one coherent generation (may be old)."""
         return self in (DiskState.UP_TO_DATE, DiskState.OUTDATED)
 
+    @property
+    def has_disk(self) -> bool:
+        """False if no I/O can complete on it: none attached, or failing (EIO)."""
+        return self not in (DiskState.DISKLESS, DiskState.FAILED)
+
 
 class ConnectionState(StrEnum):
     """Where the replication link to one peer stands.
