@@ -53,6 +53,14 @@ Cursor = pymysql.cursors.DictCursor
 # ones that roll a transaction back and say "try again".
 CONNECTION_ERRNOS = {2002, 2003, 2006, 2013, 2014, 2055, 1053, 1927, 1040, 1290, 1836, 4031}
 ROLLED_BACK_ERRNOS = {1205, 1213}
+# The server answered, but its storage failed: disk full, error reading or writing
+# a file, an engine error, an error during COMMIT. Our database lives on a
+# replicated volume, and these are what a failing disk looks like from a client
+# just before the agent moves the database away (torture 52/53: a job's guard
+# query got 1024 "Error reading file" from a Primary whose disk had failed). Not
+# a verdict on the request: like a lost connection, it is repeated within the
+# budget, and a COMMIT that fails this way has an unknown outcome.
+STORAGE_ERRNOS = {1021, 1024, 1026, 1030, 1180}
 
 
 class DbUnavailable(TandemError):
@@ -90,6 +98,16 @@ def is_connection_error(e: BaseException) -> bool:
     if isinstance(e, pymysql.err.OperationalError | pymysql.err.InternalError) and e.args:
         return e.args[0] in CONNECTION_ERRNOS
     return isinstance(e, ConnectionError | TimeoutError | BrokenPipeError)
+
+
+def is_storage_error(e: BaseException) -> bool:
+    return (isinstance(e, pymysql.err.OperationalError | pymysql.err.InternalError) and bool(e.args)
+            and e.args[0] in STORAGE_ERRNOS)
+
+
+def is_transient(e: BaseException) -> bool:
+    """Worth repeating: the connection, the server's storage or a lock wait failed."""
+    return is_connection_error(e) or is_storage_error(e) or is_rolled_back(e)
 
 
 def is_rolled_back(e: BaseException) -> bool:
@@ -197,7 +215,7 @@ class Database:
                 return result
             except Exception as e:
                 _discard(conn)
-                if not (is_connection_error(e) or is_rolled_back(e)):
+                if not is_transient(e):
                     raise
                 if last is None:
                     log.warning("db read failed, retrying for up to %.0f s: %s", self.retry_budget,
@@ -226,7 +244,7 @@ class Database:
                 try:
                     conn.commit()
                 except Exception as e:
-                    if is_connection_error(e):
+                    if is_connection_error(e) or is_storage_error(e):
                         raise _CommitUnknown() from e
                     raise
                 self._give(conn)
@@ -241,7 +259,7 @@ class Database:
                     return result
             except Exception as e:
                 _discard(conn)
-                if not (is_connection_error(e) or is_rolled_back(e)):
+                if not is_transient(e):
                     raise
                 if attempt == 0:
                     log.warning("db write failed before commit, retrying: %s", _errtext(e))
@@ -259,7 +277,7 @@ class Database:
                 return found
             except Exception as e:
                 _discard(conn)
-                if not is_connection_error(e):
+                if not (is_connection_error(e) or is_storage_error(e)):
                     raise
                 next(attempts)
 

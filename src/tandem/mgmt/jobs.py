@@ -21,6 +21,10 @@ The rules, all enforced in MariaDB so that every server sees the same truth:
   request id, so the host applies each once and replays the first result; its
   database effects commit once, with the final state and status in one
   transaction guarded as above.
+- **Unknown is not failed.** Once a job has sent its request to the host, the
+  effect may have happened; an unexpected error after that (the database's disk
+  failing under the final commit, say) leaves the job pending, to be run again
+  after a back-off, instead of reporting a failure the host contradicts.
 - **Per-object queue.** A job is runnable only when it is the oldest pending job
   of its object (`instance_id`), so operations on one VM run one after another in
   the order they were accepted, whichever servers own them; different VMs run in
@@ -58,6 +62,7 @@ log = logging.getLogger("tandem.mgmt.jobs")
 T = TypeVar("T")
 __all__ = ["FAILED", "PENDING", "SUCCEEDED", "JobContext", "JobManager", "Lease", "LostJob"]
 HOUSEKEEPING_INTERVAL = 60.0
+RETRY_BACKOFF = (0.5, 10.0)  #: first and longest pause before a job whose outcome is unknown runs again
 
 
 class LostJob(Exception):
@@ -90,6 +95,7 @@ class JobContext:
         self.job = job
         self.host = manager.host
         self.confirmed_at: float | None = None  #: when a guarded write last proved the job ours
+        self.host_contacted = False  #: a host request left: its effect may have happened
 
     async def read(self, fn: Callable[[Cursor], T]) -> T:
         return await self.manager.db.read(fn)
@@ -130,6 +136,7 @@ class JobContext:
                 else:
                     await asyncio.sleep(0.1)  # the heartbeat renews the lease
                 continue
+            self.host_contacted = True
             try:
                 return await self.host.op(self.job.id, op, vm, spec, valid_until=valid_until)
             except RequestExpired:
@@ -180,6 +187,7 @@ class JobManager:
         self.lease = Lease(self.dead_after, self.heartbeat_interval)
         self._next_housekeeping = 0.0
         self._ended: set[str] = set()
+        self._retry: dict[str, tuple[int, float]] = {}  # job id -> (unknown outcomes so far, not before)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -282,6 +290,8 @@ class JobManager:
             for row in rows:
                 if row["id"] in self.running or row["id"] in self._ended:
                     continue
+                if row["id"] in self._retry and time.monotonic() < self._retry[row["id"]][1]:
+                    continue
                 if len(self.running) >= self.max_parallel:
                     break
                 job = Job.from_row(row)
@@ -294,6 +304,7 @@ class JobManager:
 
     async def _execute(self, job: Job) -> None:
         ctx = JobContext(self, job)
+        pending = False
         try:
             handler = self.handlers.get(job.cmd)
             if handler is None:
@@ -310,16 +321,33 @@ class JobManager:
         except HostUnavailable as e:
             await self._fail_quietly(ctx, ApiError(RESOURCE_UNAVAILABLE, str(e)))
         except DbUnavailable as e:
+            pending = True
             log.warning("job %s: database unavailable, will retry: %s", job.id, e)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("job %s failed", job.id)
-            await self._fail_quietly(ctx, ApiError(INTERNAL_ERROR, "internal error while executing the job"))
+            if ctx.host_contacted:
+                pending = True
+                log.exception("job %s: error after its host request (the effect may have happened);"
+                              " left pending, runs again in %.1f s", job.id, self._back_off(job.id))
+            else:
+                log.exception("job %s failed", job.id)
+                await self._fail_quietly(ctx, ApiError(INTERNAL_ERROR,
+                                                       "internal error while executing the job"))
         finally:
+            if not pending:
+                self._retry.pop(job.id, None)
             self.running.pop(job.id, None)
             self._ended.add(job.id)
             self._wake.set()
+
+    def _back_off(self, job_id: str) -> float:
+        """Schedule the next run of a job left pending; return the pause."""
+        first, longest = RETRY_BACKOFF
+        tries = self._retry.get(job_id, (0, 0.0))[0]
+        pause = min(longest, first * 2 ** tries)
+        self._retry[job_id] = (tries + 1, time.monotonic() + pause)
+        return pause
 
     async def _fail_quietly(self, ctx: JobContext, error: ApiError) -> None:
         try:

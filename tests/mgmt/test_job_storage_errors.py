@@ -1,0 +1,96 @@
+"""A job whose host request went out must not be reported failed because the
+database then failed under it: the host's effect may (here: does) stand.
+
+Torture 52/53 found two jobs "reported failed but applied on the host": the
+Primary's disk failed, the job's final guarded commit got MariaDB error 1024
+("Error reading file") after the host had stopped/started the VM, and the job
+was marked failed. Here a trigger makes the real MariaDB answer the final state
+change with the errors a failing disk produces, counted down in a MyISAM table
+(a non-transactional table keeps the count across the rollback).
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.mgmt.conftest import Api, MgmtProc, SimHostProc, create_admin, wait_for
+from tests.mgmt.test_ha import _deploy, _exactly_once
+
+FAILING_FINAL_STATE = """
+CREATE TRIGGER fail_final_state BEFORE UPDATE ON vm FOR EACH ROW BEGIN
+  DECLARE left_ INT DEFAULT 0;
+  DECLARE errno_ INT DEFAULT 0;
+  IF NEW.state = 'Stopped' THEN
+    SELECT remaining, errno INTO left_, errno_ FROM fail_plan LIMIT 1;
+    IF left_ > 0 THEN
+      UPDATE fail_plan SET remaining = remaining - 1;
+      SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = errno_, MESSAGE_TEXT = 'simulated storage error';
+    END IF;
+  END IF;
+END
+"""
+
+
+def _plan_failures(mariadb, database: str, errno: int, times: int) -> None:
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        cur.execute(f"USE `{database}`")
+        cur.execute("CREATE TABLE IF NOT EXISTS fail_plan (errno INT NOT NULL, remaining INT NOT NULL)"
+                    " ENGINE=MyISAM")
+        cur.execute("DELETE FROM fail_plan")
+        cur.execute("INSERT INTO fail_plan VALUES (%s, %s)", (errno, times))
+        cur.execute("DROP TRIGGER IF EXISTS fail_final_state")
+        cur.execute(FAILING_FINAL_STATE)
+
+
+def _remaining(mariadb, database: str) -> int:
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT remaining FROM `{database}`.fail_plan")
+        return cur.fetchone()[0]
+
+
+def _running_vm(procs, mariadb, database, host, **server) -> tuple[Api, str, MgmtProc]:
+    mgmt = MgmtProc(procs, mariadb, database, host, "se", **server)
+    admin = create_admin(procs, mariadb, database)
+    api = Api(mgmt.endpoint, admin["apikey"], admin["secretkey"])
+    vm, job = _deploy(api, "victim")
+    assert api.wait_job(job)["jobstatus"] == 1
+    return api, vm, mgmt
+
+
+def test_a_disk_error_under_the_final_commit_is_repeated_not_reported(procs, mariadb, database):
+    """Three 1024 "Error reading file" answers, then the disk is fine again."""
+    host = SimHostProc(procs)
+    api, vm, _ = _running_vm(procs, mariadb, database, host)
+    _plan_failures(mariadb, database, 1024, 3)
+    result = api.wait_job(api("stopVirtualMachine", id=vm)["jobid"], timeout=30)
+    assert result["jobstatus"] == 1, result
+    assert result["jobresult"]["virtualmachine"]["state"] == "Stopped"
+    assert _remaining(mariadb, database) == 0, "the error was never returned: the test proves nothing"
+    assert host.vms()[vm]["state"] == "Stopped"
+    _exactly_once(host)
+
+
+def test_a_job_whose_database_keeps_failing_after_the_host_acted_stays_pending(procs, mariadb, database):
+    """An error no retry layer knows (1036, "table is read only": ext4 remounted
+    read-only) keeps coming after the host stopped the VM: the job stays pending,
+    runs again with back-off, and succeeds once the database is healthy -- with the
+    host's effect applied once."""
+    host = SimHostProc(procs)
+    api, vm, mgmt = _running_vm(procs, mariadb, database, host, db_retry=1.0)
+    _plan_failures(mariadb, database, 1036, 10_000)
+    job = api("stopVirtualMachine", id=vm)["jobid"]
+    wait_for(lambda: host.vms()[vm]["state"] == "Stopped", 20, "the host to stop the VM")
+    wait_for(lambda: _remaining(mariadb, database) < 10_000, 10, "the job to fail its final commit")
+    time.sleep(2.0)  # several runs and back-offs
+    assert api("queryAsyncJobResult", jobid=job)["jobstatus"] == 0, "reported while its outcome is unknown"
+    assert "left pending" in procs.log("se")
+    tries = 10_000 - _remaining(mariadb, database)
+    assert 2 <= tries <= 10, f"{tries} runs in about 2 s: no back-off, or no retry"
+    _plan_failures(mariadb, database, 1036, 0)
+    result = api.wait_job(job, timeout=40)
+    assert result["jobstatus"] == 1, result
+    assert result["jobresult"]["virtualmachine"]["state"] == "Stopped"
+    effects = _exactly_once(host)
+    assert [e["op"] for e in effects if e["request_id"] == job] == ["stop"]
+    assert host.stats()["replayed"] >= 1, "later runs must be answered from the host's record"
+    assert mgmt.proc.poll() is None
