@@ -21,10 +21,13 @@ The rules, all enforced in MariaDB so that every server sees the same truth:
   request id, so the host applies each once and replays the first result; its
   database effects commit once, with the final state and status in one
   transaction guarded as above.
-- **Unknown is not failed.** Once a job has sent its request to the host, the
-  effect may have happened; an unexpected error after that (the database's disk
-  failing under the final commit, say) leaves the job pending, to be run again
-  after a back-off, instead of reporting a failure the host contradicts.
+- **Unknown is not failed.** Once a job's request may have reached the host
+  (here or on a server that owned the job before), the effect may have happened;
+  an error after that (the database's disk failing under the final commit, a
+  host that stopped answering mid-request) leaves the job pending, to run again
+  after a back-off and learn the first result from the host, instead of
+  reporting a failure the host contradicts. Only after `unknown_limit` seconds of
+  that does the job fail, saying the outcome is unknown.
 - **Per-object queue.** A job is runnable only when it is the oldest pending job
   of its object (`instance_id`), so operations on one VM run one after another in
   the order they were accepted, whichever servers own them; different VMs run in
@@ -65,6 +68,15 @@ HOUSEKEEPING_INTERVAL = 60.0
 RETRY_BACKOFF = (0.5, 10.0)  #: first and longest pause before a job whose outcome is unknown runs again
 
 
+@dataclass
+class _Unknown:
+    """A job left pending because its host effect may have happened."""
+
+    since: float
+    tries: int = 0
+    not_before: float = 0.0
+
+
 class LostJob(Exception):
     """This server no longer owns the job (another server took it over)."""
 
@@ -95,7 +107,8 @@ class JobContext:
         self.job = job
         self.host = manager.host
         self.confirmed_at: float | None = None  #: when a guarded write last proved the job ours
-        self.host_contacted = False  #: a host request left: its effect may have happened
+        #: a request of this job may have reached the host (in this run or an earlier one)
+        self.maybe_applied = job.takeovers > 0 or job.id in manager.contacted
 
     async def read(self, fn: Callable[[Cursor], T]) -> T:
         return await self.manager.db.read(fn)
@@ -129,18 +142,30 @@ class JobContext:
             now = time.monotonic()
             if not lease.may_send(now, self.confirmed_at):
                 if now > deadline:
-                    raise HostUnavailable(f"{op} of {self.job.id}: no valid job lease for {budget:.0f} s")
+                    raise HostUnavailable(f"{op} of {self.job.id}: no valid job lease for {budget:.0f} s",
+                                          maybe_delivered=False)
                 until = lease.requests_valid_until()
                 if until is not None and now < until:
                     await self.write(lambda cur: None)  # LostJob when it is no longer ours
                 else:
                     await asyncio.sleep(0.1)  # the heartbeat renews the lease
                 continue
-            self.host_contacted = True
+            self.manager.contacted.add(self.job.id)
             try:
-                return await self.host.op(self.job.id, op, vm, spec, valid_until=valid_until)
-            except RequestExpired:
+                result = await self.host.op(self.job.id, op, vm, spec, valid_until=valid_until)
+            except RequestExpired as e:
+                self.maybe_applied |= e.maybe_delivered
                 continue
+            except HostUnavailable as e:
+                self.maybe_applied |= e.maybe_delivered
+                raise
+            self.maybe_applied = True
+            return result
+
+    def unknown_too_long(self) -> bool:
+        """This job's host outcome has been unknown for longer than the manager waits."""
+        u = self.manager._unknown.get(self.job.id)
+        return u is not None and time.monotonic() - u.since > self.manager.unknown_limit
 
     async def finish(self, fn: Callable[[Cursor], dict[str, Any]]) -> None:
         """Apply the job's final DB changes and mark it succeeded, atomically.
@@ -172,7 +197,7 @@ class JobManager:
     def __init__(self, db: Database, server_id: str, address: str, host: HostClient,
                  handlers: dict[str, JobHandler], *, dead_after: float = 3.0,
                  heartbeat_interval: float | None = None, poll_interval: float = 0.2,
-                 max_parallel: int = 32):
+                 max_parallel: int = 32, unknown_limit: float = 600.0):
         self.db = db
         self.server_id = server_id
         self.address = address
@@ -182,12 +207,15 @@ class JobManager:
         self.heartbeat_interval = heartbeat_interval or max(0.1, dead_after / 4)
         self.poll_interval = poll_interval
         self.max_parallel = max_parallel
+        self.unknown_limit = unknown_limit
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self.lease = Lease(self.dead_after, self.heartbeat_interval)
         self._next_housekeeping = 0.0
         self._ended: set[str] = set()
-        self._retry: dict[str, tuple[int, float]] = {}  # job id -> (unknown outcomes so far, not before)
+        self._unknown: dict[str, _Unknown] = {}
+        #: jobs whose host request may have left from this server (pruned as they end here)
+        self.contacted: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -290,7 +318,7 @@ class JobManager:
             for row in rows:
                 if row["id"] in self.running or row["id"] in self._ended:
                     continue
-                if row["id"] in self._retry and time.monotonic() < self._retry[row["id"]][1]:
+                if row["id"] in self._unknown and time.monotonic() < self._unknown[row["id"]].not_before:
                     continue
                 if len(self.running) >= self.max_parallel:
                     break
@@ -319,35 +347,50 @@ class JobManager:
         except ApiError as e:
             await self._fail_quietly(ctx, e)
         except HostUnavailable as e:
-            await self._fail_quietly(ctx, ApiError(RESOURCE_UNAVAILABLE, str(e)))
+            if ctx.maybe_applied and self._keep_pending(job, str(e)):
+                pending = True
+            else:
+                await self._fail_quietly(ctx, ApiError(RESOURCE_UNAVAILABLE, self._unknown_text(job, str(e))))
         except DbUnavailable as e:
             pending = True
             log.warning("job %s: database unavailable, will retry: %s", job.id, e)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            if ctx.host_contacted:
+        except Exception as e:
+            if ctx.maybe_applied and self._keep_pending(job, f"{type(e).__name__}: {e}"):
                 pending = True
-                log.exception("job %s: error after its host request (the effect may have happened);"
-                              " left pending, runs again in %.1f s", job.id, self._back_off(job.id))
             else:
                 log.exception("job %s failed", job.id)
-                await self._fail_quietly(ctx, ApiError(INTERNAL_ERROR,
-                                                       "internal error while executing the job"))
+                await self._fail_quietly(ctx, ApiError(INTERNAL_ERROR, self._unknown_text(
+                    job, "internal error while executing the job")))
         finally:
             if not pending:
-                self._retry.pop(job.id, None)
+                self._unknown.pop(job.id, None)
+                self.contacted.discard(job.id)
             self.running.pop(job.id, None)
             self._ended.add(job.id)
             self._wake.set()
 
-    def _back_off(self, job_id: str) -> float:
-        """Schedule the next run of a job left pending; return the pause."""
+    def _keep_pending(self, job: Job, why: str) -> bool:
+        """Leave a job whose host effect may have happened pending, to run again
+        after a back-off; False once it has been unknown for `unknown_limit`."""
+        now = time.monotonic()
+        u = self._unknown.setdefault(job.id, _Unknown(since=now))
+        if now - u.since > self.unknown_limit:
+            return False
         first, longest = RETRY_BACKOFF
-        tries = self._retry.get(job_id, (0, 0.0))[0]
-        pause = min(longest, first * 2 ** tries)
-        self._retry[job_id] = (tries + 1, time.monotonic() + pause)
-        return pause
+        pause = min(longest, first * 2 ** u.tries)
+        u.tries += 1
+        u.not_before = now + pause
+        log.warning("job %s: %s after its host request (the effect may have happened); left pending,"
+                    " runs again in %.1f s", job.id, why, pause)
+        return True
+
+    def _unknown_text(self, job: Job, text: str) -> str:
+        u = self._unknown.get(job.id)
+        if u is None:
+            return text
+        return f"{text}; outcome on the host unknown after {time.monotonic() - u.since:.0f} s of retries"
 
     async def _fail_quietly(self, ctx: JobContext, error: ApiError) -> None:
         try:

@@ -57,7 +57,10 @@ async def run_plan(ctx: JobContext, command: str, spec: dict[str, Any] | None = 
         try:
             result = await ctx.host_op(p.host_op, vm_id, spec)
         except HostUnavailable as e:
-            # We cannot know whether the operation happened: say so with Error.
+            if ctx.maybe_applied and not ctx.unknown_too_long():
+                raise  # the job manager keeps the job pending and runs it again
+            # Never reached the host (or unknown for too long): Error, since the
+            # VM's state was set to the transitional one.
             await ctx.fail(ApiError(RESOURCE_UNAVAILABLE, str(e)), _set_state(vm_id, VmState.ERROR))
             return
         gone = p.host_op == "destroy" and "does not exist" in (result.error or "")

@@ -1,5 +1,6 @@
-"""A job whose host request went out must not be reported failed because the
-database then failed under it: the host's effect may (here: does) stand.
+"""A job whose host request may have reached the host must not be reported
+failed because something failed after it: the host's effect may (here: does)
+stand. It stays pending and runs again; the host replays the first result.
 
 Torture 52/53 found two jobs "reported failed but applied on the host": the
 Primary's disk failed, the job's final guarded commit got MariaDB error 1024
@@ -11,6 +12,8 @@ change with the errors a failing disk produces, counted down in a MyISAM table
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 from tests.mgmt.conftest import Api, MgmtProc, SimHostProc, create_admin, wait_for
@@ -94,3 +97,39 @@ def test_a_job_whose_database_keeps_failing_after_the_host_acted_stays_pending(p
     assert [e["op"] for e in effects if e["request_id"] == job] == ["stop"]
     assert host.stats()["replayed"] >= 1, "later runs must be answered from the host's record"
     assert mgmt.proc.poll() is None
+
+
+def test_a_host_that_stops_answering_mid_request_leaves_the_job_pending_not_failed(procs, mariadb, database):
+    """The host takes the stop request and freezes (SIGSTOP) for longer than the
+    server's host retry budget; when it wakes it finishes the stop. The job must
+    not have been reported failed (with the VM in Error) meanwhile: it waits, asks
+    again under the same request id, and succeeds with the host's first result."""
+    host = SimHostProc(procs, op_seconds=1.0)
+    api, vm, _ = _running_vm(procs, mariadb, database, host, host_retry=2.0)
+    job = api("stopVirtualMachine", id=vm)["jobid"]
+    wait_for(lambda: f"job {job} stopVirtualMachine" in procs.log("se"), 10, "the job to start")
+    time.sleep(0.4)  # its request is on the host, which works 1 s on it
+    os.kill(host.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: "left pending" in procs.log("se")
+                 or api("queryAsyncJobResult", jobid=job)["jobstatus"] != 0, 45, "the host request to time out")
+        assert api("queryAsyncJobResult", jobid=job)["jobstatus"] == 0, "reported while its outcome is unknown"
+    finally:
+        os.kill(host.proc.pid, signal.SIGCONT)
+    result = api.wait_job(job, timeout=40)
+    assert result["jobstatus"] == 1, result
+    assert result["jobresult"]["virtualmachine"]["state"] == "Stopped"
+    assert [e["op"] for e in _exactly_once(host) if e["request_id"] == job] == ["stop"]
+
+
+def test_a_host_that_refuses_connections_fails_the_job_at_once(procs, mariadb, database):
+    """The other side of the rule: a request that never reached the host (the
+    host is gone: connection refused) fails the job within the budget, VM Error."""
+    host = SimHostProc(procs, op_seconds=0.2)
+    api, vm, _ = _running_vm(procs, mariadb, database, host, host_retry=2.0)
+    host.proc.kill()
+    host.proc.wait(10)
+    result = api.wait_job(api("stopVirtualMachine", id=vm)["jobid"], timeout=30)
+    assert result["jobstatus"] == 2, result
+    assert "unavailable" in result["jobresult"]["errortext"]
+    assert "left pending" not in procs.log("se")
