@@ -243,8 +243,8 @@ def _http_ok(url: str) -> bool:
 
 
 class SimHostProc:
-    def __init__(self, procs: Procs, op_seconds: float = 0.3):
-        self.port = free_port()
+    def __init__(self, procs: Procs, op_seconds: float = 0.3, port: int | None = None):
+        self.port = port or free_port()
         self.dir = procs.root / "simhost"
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = procs.spawn("simhost", ["simhost", "--state-dir", str(self.dir), "--listen",

@@ -51,6 +51,10 @@ def _remaining(mariadb, database: str) -> int:
         return cur.fetchone()[0]
 
 
+def _status(api: Api, job: str) -> int:
+    return api("queryAsyncJobResult", jobid=job)["jobstatus"]
+
+
 def _running_vm(procs, mariadb, database, host, **server) -> tuple[Api, str, MgmtProc]:
     mgmt = MgmtProc(procs, mariadb, database, host, "se", **server)
     admin = create_admin(procs, mariadb, database)
@@ -111,9 +115,9 @@ def test_a_host_that_stops_answering_mid_request_leaves_the_job_pending_not_fail
     time.sleep(0.4)  # its request is on the host, which works 1 s on it
     os.kill(host.proc.pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: "left pending" in procs.log("se")
-                 or api("queryAsyncJobResult", jobid=job)["jobstatus"] != 0, 45, "the host request to time out")
-        assert api("queryAsyncJobResult", jobid=job)["jobstatus"] == 0, "reported while its outcome is unknown"
+        wait_for(lambda: "left pending" in procs.log("se") or _status(api, job) != 0, 45,
+                 "the host request to time out")
+        assert _status(api, job) == 0, "reported while its outcome is unknown"
     finally:
         os.kill(host.proc.pid, signal.SIGCONT)
     result = api.wait_job(job, timeout=40)
@@ -133,3 +137,31 @@ def test_a_host_that_refuses_connections_fails_the_job_at_once(procs, mariadb, d
     assert result["jobstatus"] == 2, result
     assert "unavailable" in result["jobresult"]["errortext"]
     assert "left pending" not in procs.log("se")
+
+
+def test_a_restarted_server_does_not_fail_a_job_whose_earlier_run_reached_the_host(procs, mariadb, database):
+    """The server dies while the host works on its stop request (the host finishes
+    it), and comes back under the same id while the host is down (connection
+    refused: this run's requests provably never arrive). The job row says its
+    request left in an earlier run, so the job waits for the host instead of
+    failing; when the host is back it replays the first result."""
+    host = SimHostProc(procs, op_seconds=1.0)
+    api, vm, mgmt = _running_vm(procs, mariadb, database, host, host_retry=1.0)
+    job = api("stopVirtualMachine", id=vm)["jobid"]
+    wait_for(lambda: f"job {job} stopVirtualMachine" in procs.log("se"), 10, "the job to start")
+    time.sleep(0.4)
+    mgmt.kill()
+    wait_for(lambda: any(e["request_id"] == job for e in host.effects()), 10, "the host to finish the stop")
+    host.proc.kill()
+    host.proc.wait(10)
+    again = MgmtProc(procs, mariadb, database, host, "se", host_retry=1.0)
+    api.endpoint = again.endpoint
+    wait_for(lambda: "left pending" in procs.log("se") or _status(api, job) != 0, 20, "the job to run again")
+    time.sleep(1.5)  # more runs, each refused by the dead host
+    assert _status(api, job) == 0, "failed although its request reached the host in an earlier run"
+    host = SimHostProc(procs, op_seconds=1.0, port=host.port)  # back, with its state
+    result = api.wait_job(job, timeout=40)
+    assert result["jobstatus"] == 1, result
+    assert result["jobresult"]["virtualmachine"]["state"] == "Stopped"
+    assert [e["op"] for e in _exactly_once(host) if e["request_id"] == job] == ["stop"]
+    assert host.stats()["replayed"] >= 1

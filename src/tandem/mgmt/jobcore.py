@@ -11,6 +11,9 @@ its statement must say the same thing: change both or neither.
 - `runnable`: a job runs only as the oldest pending job of its object.
 - `Lease.may_send` / `requests_valid_until`: the fence on host requests (a paused
   owner's late request is refused by the host, or never sent).
+- `MARK_SENT_SQL` / `may_fail_unreached`: a job records that its host request
+  may leave before it leaves; a job whose request may have reached the host is
+  never failed for want of an answer, it runs again after `retry_pause`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ TAKEOVER_SQL = (
     " SET j.owner=%s, j.takeovers=j.takeovers+1"
     " WHERE j.status=0 AND j.owner <> %s"
     " AND (s.id IS NULL OR s.heartbeat < NOW(6) - INTERVAL %s MICROSECOND)")
+MARK_SENT_SQL = "UPDATE async_job SET host_sent=1 WHERE id=%s"
+RETRY_BACKOFF = (0.5, 10.0)  #: first and longest pause before a job whose outcome is unknown runs again
 RUNNABLE_SQL = (
     "SELECT j.* FROM async_job j WHERE j.owner=%s AND j.status=0 AND NOT EXISTS"
     " (SELECT 1 FROM async_job k WHERE k.instance_id=j.instance_id AND k.status=0 AND k.seq < j.seq)"
@@ -121,3 +126,17 @@ def runnable(jobs: Iterable[QueuedJob], me: str, limit: int) -> list[QueuedJob]:
     mine = sorted((j for j in pending if j.owner == me and oldest[j.instance_id] == j.seq),
                   key=lambda j: j.seq)
     return mine[:limit]
+
+
+def may_fail_unreached(sent_before: bool, maybe_delivered: bool) -> bool:
+    """May a job whose host did not answer be reported failed? Only when no
+    request of it can have reached the host: none left in an earlier run (by
+    this server or an earlier owner: `host_sent` was 0 when this run read the
+    job) and every attempt of this run was refused before the host could act."""
+    return not sent_before and not maybe_delivered
+
+
+def retry_pause(tries: int) -> float:
+    """The pause before run `tries + 1` of a job whose host outcome is unknown."""
+    first, longest = RETRY_BACKOFF
+    return min(longest, first * 2 ** tries)

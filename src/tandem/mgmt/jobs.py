@@ -22,7 +22,9 @@ The rules, all enforced in MariaDB so that every server sees the same truth:
   database effects commit once, with the final state and status in one
   transaction guarded as above.
 - **Unknown is not failed.** Once a job's request may have reached the host
-  (here or on a server that owned the job before), the effect may have happened;
+  (in this run, or in an earlier one here or on a server that owned the job
+  before: `host_sent` is set in the job row before a request leaves), the
+  effect may have happened;
   an error after that (the database's disk failing under the final commit, a
   host that stopped answering mid-request) leaves the job pending, to run again
   after a back-off and learn the first result from the host, instead of
@@ -52,12 +54,15 @@ from tandem.mgmt.hostclient import HostClient, HostResult, HostUnavailable, Requ
 from tandem.mgmt.jobcore import (
     FAILED,
     GUARD_SQL,
+    MARK_SENT_SQL,
     PENDING,
     RUNNABLE_SQL,
     SUCCEEDED,
     TAKEOVER_SQL,
     Lease,
     may_commit,
+    may_fail_unreached,
+    retry_pause,
 )
 
 log = logging.getLogger("tandem.mgmt.jobs")
@@ -65,7 +70,6 @@ log = logging.getLogger("tandem.mgmt.jobs")
 T = TypeVar("T")
 __all__ = ["FAILED", "PENDING", "SUCCEEDED", "JobContext", "JobManager", "Lease", "LostJob"]
 HOUSEKEEPING_INTERVAL = 60.0
-RETRY_BACKOFF = (0.5, 10.0)  #: first and longest pause before a job whose outcome is unknown runs again
 
 
 @dataclass
@@ -91,12 +95,14 @@ class Job:
     account_id: str
     user_id: str
     takeovers: int
+    host_sent: bool = False  #: an earlier run (here or on an earlier owner) may have sent its host request
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
         return cls(id=row["id"], cmd=row["cmd"], instance_type=row["instance_type"],
                    instance_id=row["instance_id"], params=json.loads(row["params"]),
-                   account_id=row["account_id"], user_id=row["user_id"], takeovers=row["takeovers"])
+                   account_id=row["account_id"], user_id=row["user_id"], takeovers=row["takeovers"],
+                   host_sent=bool(row.get("host_sent", 0)))
 
 
 class JobContext:
@@ -107,8 +113,13 @@ class JobContext:
         self.job = job
         self.host = manager.host
         self.confirmed_at: float | None = None  #: when a guarded write last proved the job ours
-        #: a request of this job may have reached the host (in this run or an earlier one)
-        self.maybe_applied = job.takeovers > 0 or job.id in manager.contacted
+        self.maybe_delivered = False  #: a request of this run may have reached the host
+        self._marked = job.host_sent  #: host_sent is set in the job row
+
+    @property
+    def maybe_applied(self) -> bool:
+        """The host may have applied this job's operation (in this run or an earlier one)."""
+        return not may_fail_unreached(self.job.host_sent, self.maybe_delivered)
 
     async def read(self, fn: Callable[[Cursor], T]) -> T:
         return await self.manager.db.read(fn)
@@ -150,16 +161,21 @@ class JobContext:
                 else:
                     await asyncio.sleep(0.1)  # the heartbeat renews the lease
                 continue
-            self.manager.contacted.add(self.job.id)
+            if not self._marked:
+                # Recorded before the request can leave, so that every later run,
+                # here or on a server that takes the job over, knows it may have.
+                await self.write(lambda cur: cur.execute(MARK_SENT_SQL, (self.job.id,)))
+                self._marked = True
+                continue  # the write took time: look at the lease again
             try:
                 result = await self.host.op(self.job.id, op, vm, spec, valid_until=valid_until)
             except RequestExpired as e:
-                self.maybe_applied |= e.maybe_delivered
+                self.maybe_delivered |= e.maybe_delivered
                 continue
             except HostUnavailable as e:
-                self.maybe_applied |= e.maybe_delivered
+                self.maybe_delivered |= e.maybe_delivered
                 raise
-            self.maybe_applied = True
+            self.maybe_delivered = True
             return result
 
     def unknown_too_long(self) -> bool:
@@ -186,6 +202,7 @@ class JobContext:
                 fn(cur)
             self.manager._complete(cur, self.job.id, FAILED, error.code, error.body())
         await self.manager.db.write(guarded)
+        log.info("job %s %s %s: failed: %s", self.job.id, self.job.cmd, self.job.instance_id, error.text)
 
 
 JobHandler = Callable[[JobContext], Awaitable[None]]
@@ -214,8 +231,6 @@ class JobManager:
         self._next_housekeeping = 0.0
         self._ended: set[str] = set()
         self._unknown: dict[str, _Unknown] = {}
-        #: jobs whose host request may have left from this server (pruned as they end here)
-        self.contacted: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -366,7 +381,6 @@ class JobManager:
         finally:
             if not pending:
                 self._unknown.pop(job.id, None)
-                self.contacted.discard(job.id)
             self.running.pop(job.id, None)
             self._ended.add(job.id)
             self._wake.set()
@@ -378,8 +392,7 @@ class JobManager:
         u = self._unknown.setdefault(job.id, _Unknown(since=now))
         if now - u.since > self.unknown_limit:
             return False
-        first, longest = RETRY_BACKOFF
-        pause = min(longest, first * 2 ** u.tries)
+        pause = retry_pause(u.tries)
         u.tries += 1
         u.not_before = now + pause
         log.warning("job %s: %s after its host request (the effect may have happened); left pending,"

@@ -108,6 +108,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (5, "room for sealed API secret keys (secretbox; rows are sealed at server start)", [
         "ALTER TABLE user MODIFY secretkey VARCHAR(255) NULL",
     ]),
+    (6, "async_job.host_sent: a job's host request may have left (its effect may have happened)", [
+        "ALTER TABLE async_job ADD COLUMN host_sent TINYINT NOT NULL DEFAULT 0",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -21,7 +21,10 @@ Invariants:
   (bounded by ``SETTLE``): none is lost;
 - ``interleaved``: two requests on one VM never run at once on the host, and the
   database writes of jobs on one VM follow their acceptance order, never mixed;
-- ``state_mismatch``: at the end, the database's VM state is the host's (except Error).
+- ``state_mismatch``: at the end, the database's VM state is the host's (except Error);
+- ``failed_but_applied``: no job is reported failed while the host applied its
+  operation (a job whose request may have reached the host waits and asks again:
+  ``jobcore.may_fail_unreached``, the ``host_sent`` mark, ``retry_pause``).
 """
 
 from __future__ import annotations
@@ -51,7 +54,10 @@ FAULT_WINDOW = (0.5, 5.0)
 SETTLE = 10.0
 KIND_WEIGHTS = {"crash": 3, "pause": 3, "partition": 3, "db_down": 1}
 DURATION = (0.1, 3.0)
-VARIANTS = ("none", "no_guard", "takeover_live", "no_queue", "fresh_request_id", "no_host_fence")
+#: deliberately broken variants; "a+b" breaks both (the host fence and the
+#: host_sent rule each stop a paused owner's late request: only both together fail)
+VARIANTS = ("none", "no_guard", "takeover_live", "no_queue", "fresh_request_id", "no_host_fence",
+            "fail_unknown", "no_host_fence+fail_unknown")
 COMMANDS = ("start", "stop", "reboot", "start", "stop", "reboot", "start", "stop", "destroy")
 
 
@@ -64,7 +70,9 @@ class DbUnavailable(Exception):
 
 
 class HostUnavailable(Exception):
-    pass
+    def __init__(self, maybe_delivered: bool):
+        super().__init__(maybe_delivered)
+        self.maybe_delivered = maybe_delivered
 
 
 class Sleep(NamedTuple):
@@ -97,6 +105,7 @@ class JobRow:
     takeovers: int = 0
     completions: int = 0
     executed_by: str | None = None
+    host_sent: bool = False
 
 
 @dataclass
@@ -177,6 +186,7 @@ class Server:
         self.lease = Lease(DEAD_AFTER, INTERVAL)
         self.running: set[str] = set()
         self.ended: set[str] = set()
+        self.unknown: dict[str, tuple[int, float]] = {}  # job id -> (runs left pending, not before)
         self.wake = False
         self.waiter: tuple[list, int] | None = None
 
@@ -281,7 +291,7 @@ class Server:
         now, n = self.world.sim.now, 0
         for j in db.jobs.values():
             hb = db.servers.get(j.owner)
-            if self.world.variant == "takeover_live":  # BROKEN: the owner's heartbeat is not checked
+            if self.world.broken("takeover_live"):  # BROKEN: the owner's heartbeat is not checked
                 hb = None
             if jobcore.takes_over(j.owner, j.status, self.sid, hb, now, DEAD_AFTER):
                 j.owner = self.sid
@@ -290,7 +300,7 @@ class Server:
         return n
 
     def _runnable(self, db: ModelDb) -> list[JobRow]:
-        if self.world.variant == "no_queue":  # BROKEN: every pending job of ours runs at once
+        if self.world.broken("no_queue"):  # BROKEN: every pending job of ours runs at once
             return sorted((j for j in db.jobs.values() if j.owner == self.sid and j.status == PENDING),
                           key=lambda j: j.seq)
         rows = [QueuedJob(j.seq, j.vm, j.owner, j.status) for j in db.jobs.values()]
@@ -311,8 +321,10 @@ class Server:
             for row in rows:
                 if row.id in self.running or row.id in self.ended:
                     continue
+                if self.sim.now < self.unknown.get(row.id, (0, 0.0))[1]:
+                    continue
                 self.running.add(row.id)
-                self.spawn(self._execute(row.id, row.cmd, row.vm, row.takeovers))
+                self.spawn(self._execute(row.id, row.cmd, row.vm, row.host_sent))
 
     # --- executing: vmjobs.run_plan with JobContext's guarded writes -----------------
     def _guarded(self, job_id: str, fn: Any = None, final: int | None = None) -> Any:
@@ -320,7 +332,7 @@ class Server:
 
         def apply(db: ModelDb) -> Any:
             j = db.jobs.get(job_id)
-            guarded = world.variant != "no_guard"  # BROKEN variant: a dead owner's claim is not fenced
+            guarded = not world.broken("no_guard")  # BROKEN variant: a dead owner's claim is not fenced
             if guarded and (j is None or not jobcore.may_commit(j.owner, j.status, self.sid)):
                 raise LostJob(job_id)
             assert j is not None
@@ -334,7 +346,7 @@ class Server:
             return out
         return apply
 
-    def _execute(self, job_id: str, cmd: str, vm: str, takeovers: int) -> Generator:
+    def _execute(self, job_id: str, cmd: str, vm: str, sent_before: bool) -> Generator:
         try:
             state = yield Db(lambda db: db.vms.get(vm))
             p = plan(cmd, state)
@@ -348,10 +360,22 @@ class Server:
                     t = self.sim.now
                     yield Db(self._guarded(job_id, _set(vm, p.during)))
                     confirmed = t
+                if not sent_before:  # JobContext.host_op: MARK_SENT_SQL before the request leaves
+                    t = self.sim.now
+                    yield Db(self._guarded(job_id, _mark_sent(job_id)))
+                    confirmed = t
                 try:
                     result = yield from self._host(job_id, p.host_op, vm, confirmed)
-                except HostUnavailable:
-                    yield Db(self._guarded(job_id, _set(vm, VmState.ERROR), FAILED))
+                except HostUnavailable as e:
+                    # BROKEN variant fail_unknown: fail although the request may have arrived
+                    if (jobcore.may_fail_unreached(sent_before, e.maybe_delivered)
+                            or self.world.broken("fail_unknown")):
+                        yield Db(self._guarded(job_id, _set(vm, VmState.ERROR), FAILED))
+                    else:  # JobManager._keep_pending
+                        tries = self.unknown.get(job_id, (0, 0.0))[0]
+                        self.unknown[job_id] = (tries + 1, self.sim.now + jobcore.retry_pause(tries))
+                        self.world.stats["unknown_outcomes"] += 1
+                        self.sim.log(self.sid, f"job {job_id}: host outcome unknown, left pending")
                     return
                 gone = p.host_op == "destroy" and "does not exist" in (result.get("error") or "")
                 if not result.get("ok") and not gone:
@@ -378,14 +402,15 @@ class Server:
         here, where the real code has one for the lease wait and one for retries)."""
         deadline = self.sim.now + RETRY_BUDGET
         delay = 0.1
+        maybe_delivered = False
         self.world.attempts += 1
-        rid = job_id if self.world.variant != "fresh_request_id" else f"{job_id}#{self.world.attempts}"
-        fence = self.world.variant != "no_host_fence"  # BROKEN variant: host requests are not fenced
+        rid = job_id if not self.world.broken("fresh_request_id") else f"{job_id}#{self.world.attempts}"
+        fence = not self.world.broken("no_host_fence")  # BROKEN variant: host requests are not fenced
         while True:
             now = self.sim.now
             if fence and not self.lease.may_send(now, confirmed):
                 if now > deadline:
-                    raise HostUnavailable(vm)
+                    raise HostUnavailable(maybe_delivered)
                 until = self.lease.requests_valid_until()
                 if until is not None and now < until:
                     yield Db(self._guarded(job_id))  # LostJob when it is no longer ours
@@ -398,13 +423,24 @@ class Server:
                 if result.get("expired"):
                     continue
                 if result.get("busy"):
-                    raise TimeoutError
+                    raise _Busy
                 return result
-            except TimeoutError:
+            except (TimeoutError, _Busy) as e:
+                maybe_delivered |= isinstance(e, TimeoutError)  # busy: refused before acting
                 if self.sim.now + delay > deadline:
-                    raise HostUnavailable(vm) from None
+                    raise HostUnavailable(maybe_delivered) from None
                 yield Sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+
+class _Busy(Exception):
+    pass
+
+
+def _mark_sent(job_id: str) -> Any:
+    def fn(db: ModelDb) -> None:
+        db.jobs[job_id].host_sent = True
+    return fn
 
 
 def _set(vm: str, state: Any, removed: bool = False) -> Any:
@@ -418,6 +454,7 @@ class JobWorld:
     def __init__(self, seed: int, faults: list[Fault], variant: str = "none"):
         self.sim = Sim(seed)
         self.variant = variant
+        self._broken = set(variant.split("+"))
         self.db = ModelDb()
         self.db_down = False
         self.host = Host(self)
@@ -428,7 +465,8 @@ class JobWorld:
         self.violations: list[Violation] = []
         self.attempts = 0
         self.last_writer: dict[str, int] = {}
-        self.stats = {"accepted": 0, "completed": 0, "succeeded": 0, "takeovers": 0, "lost_claims": 0}
+        self.stats = {"accepted": 0, "completed": 0, "succeeded": 0, "takeovers": 0, "lost_claims": 0,
+                      "unknown_outcomes": 0}
         self.heal = max([f.at + f.duration for f in faults] + [FAULT_WINDOW[1]])
         for f in faults:
             self.sim.at(f.at, self._fault, f, +1)
@@ -468,6 +506,9 @@ class JobWorld:
         self.stats["accepted"] += 1
         self.sim.log(sid, f"accepted {jid}: {cmd} {vm}")
         self.servers[sid].set_wake()
+
+    def broken(self, part: str) -> bool:
+        return part in self._broken
 
     def db_write(self, job: JobRow, sid: str) -> None:
         """Every guarded write: jobs of one VM write in acceptance order, never mixed."""
@@ -520,6 +561,9 @@ class JobWorld:
                              f" {SETTLE:g} s after the faults healed")
             self.stats["takeovers"] += j.takeovers
             self.stats["succeeded"] += j.status == SUCCEEDED
+            if j.status == FAILED and self.host.effects.get(j.id, 0) > 0:
+                self.violate("failed_but_applied", f"{j.id} ({j.cmd} {j.vm}) reported failed, but the host"
+                             " applied it")
         for vm in VMS:
             mine = self.db.vms.get(vm)
             if mine in ("Destroyed", "Expunging"):
