@@ -141,3 +141,18 @@ def test_a_cancelled_start_leaves_no_loop_device_behind(lab):
         for dev in attached():
             subprocess.run(["umount", str(cfg.mountpoint)], capture_output=True)
             subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def test_a_nearly_full_filesystem_is_reported_not_failed(lab, resources):
+    """A full disk wedges MariaDB (torture 56/57) but is no reason to fail over (the
+    peer holds the same data): the monitor stays ok and says SPACE LOW."""
+    cfg = {**fs_config(lab, "fs-full"), "warn_used": 0.5, "probe": False}
+    resources.start(HOST, "filesystem", cfg)
+    health = must(lab, HOST, "filesystem", "monitor", cfg)
+    assert "used" in health["message"] and "SPACE LOW" not in health["message"]
+    filler = Path(cfg["mountpoint"]) / "filler"
+    subprocess.run(["fallocate", "-l", "100M", str(filler)], check=True)
+    health = must(lab, HOST, "filesystem", "monitor", cfg)
+    assert "SPACE LOW" in health["message"] and "MiB free" in health["message"]
+    filler.unlink()
+    assert "SPACE LOW" not in must(lab, HOST, "filesystem", "monitor", cfg)["message"]

@@ -123,7 +123,7 @@ def test_lifecycle_disconnect_write_resync() -> None:
     assert decide(a, both) is Out.SOURCE_BITMAP
     # resync starts, then the link breaks: resumes as a bitmap resync
     a = genid.start_resync_source(a, 50)
-    b = genid.start_resync_target(both, 50)
+    b = genid.start_resync_target(both, a.bitmap)
     assert decide(a, b) is Out.SOURCE_BITMAP
     assert decide(b, a, B, A) is Out.TARGET_BITMAP
     # resync finishes: identical generations
@@ -138,6 +138,35 @@ def test_interrupted_full_sync_resumes_as_bitmap_sync() -> None:
     a = genid.start_resync_source(a, 77)
     b = genid.start_resync_target(b, 77)
     assert decide(a, b) is Out.SOURCE_BITMAP
+
+
+def test_a_start_of_resync_the_target_never_heard_of_is_undone() -> None:
+    """Torture 57:30: a split brain resolved by policy (node2 the source), the link
+    broke before node1 adopted node2's sync identifier, node2 went on writing as
+    Primary. The next connect must resolve the same split brain again by a bitmap
+    resync, not refuse it as one with only a common ancestor (StandAlone)."""
+    policy = SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY
+    lost = SyncFlags(node="node1", lost_leadership=True)
+    a = genid.new_current(GenerationIds(10), 11)  # node1 wrote while apart
+    b = genid.new_current(GenerationIds(10), 12)  # node2 was promoted and wrote
+    assert decide(a, b, lost, B, policy) is Out.TARGET_BITMAP
+    b = genid.start_resync_source(b, 99)  # node1 never hears of it
+    b = genid.new_current(b, 13)  # the link broke again; node2 writes on alone
+    d = decide_sync(a, b, lost, B, policy)
+    assert d.outcome is Out.TARGET_BITMAP and d.split_brain_resolved
+    assert decide_sync(b, a, B, lost, policy).outcome is Out.SOURCE_BITMAP
+    assert decide_sync(a, b, A, B).bitmap_repairable  # without a policy: still repairable
+    # once the target adopted the identifier, nothing is undone: a plain interrupted resync
+    a2 = genid.start_resync_target(a, b.bitmap)
+    assert decide(a2, b) is Out.TARGET_BITMAP and decide(b, a2, B, A) is Out.SOURCE_BITMAP
+
+
+def test_a_lost_start_of_resync_does_not_widen_to_a_full_sync() -> None:
+    a = GenerationIds(10)
+    b = genid.start_resync_source(genid.new_current(a, 11), 99)
+    b = genid.new_current(b, 12)
+    assert decide(a, b) is Out.TARGET_BITMAP
+    assert decide(b, a, B, A) is Out.SOURCE_BITMAP
 
 
 def test_new_identifiers_must_be_non_zero() -> None:
@@ -262,6 +291,34 @@ def test_disconnected_writers_model(writers: list[str]) -> None:
         assert outcome is Out.TARGET_BITMAP
     else:
         d = decide_sync(ids["a"], ids["b"], A, B)
+        assert d.outcome is Out.SPLIT_BRAIN and d.bitmap_repairable
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "lost-a", "lost-b"]), max_size=5))
+def test_lost_resync_starts_change_nothing(actions: list[str]) -> None:
+    """Writers apart, plus starts of resync as source that never reached the peer:
+    the outcome is the one the writes alone call for."""
+    ids = {"a": GenerationIds(100), "b": GenerationIds(100)}
+    fresh = itertools.count(1000)
+    wrote = set()
+    for act in actions:
+        who = act[-1]
+        if act.startswith("lost-"):
+            if ids[who].bitmap:
+                ids[who] = genid.start_resync_source(ids[who], next(fresh))
+        else:
+            ids[who] = genid.new_current(ids[who], next(fresh))
+            wrote.add(who)
+    d = decide_sync(ids["a"], ids["b"], A, B)
+    assert decide_sync(ids["b"], ids["a"], B, A).outcome is d.outcome.mirror()
+    if not wrote:
+        assert d.outcome is Out.NO_SYNC
+    elif wrote == {"a"}:
+        assert d.outcome is Out.SOURCE_BITMAP
+    elif wrote == {"b"}:
+        assert d.outcome is Out.TARGET_BITMAP
+    else:
         assert d.outcome is Out.SPLIT_BRAIN and d.bitmap_repairable
 
 

@@ -196,6 +196,8 @@ def torture(
     duration: float = typer.Option(20.0, min=4.0, help="seconds of faults per schedule"),
     only: int = typer.Option(None, help="replay only schedule K of the seed"),
     converge_bound: float = typer.Option(120.0, help="seconds allowed to return to full redundancy"),
+    volume_size: str = typer.Option("512MiB", help="size of the DB volume (the writer's table grows"
+                                                    " ~40 MB an hour; verify reads all of it per schedule)"),
     lab: str = typer.Option(None, "--lab", "-l", help="lab name (default: torture)"),
     report: Path = typer.Option(None, help="directory for results.json and timeline.png"
                                            " (default: the lab's directory)"),
@@ -214,7 +216,8 @@ def torture(
     out = report or the_lab.spec.dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     opts = Options(schedules=schedules, seed=seed, duration=duration, only=only,
-                   converge_bound=converge_bound, progress=lambda line: console.print(line, highlight=False),
+                   converge_bound=converge_bound, volume_size=volume_size,
+                   progress=lambda line: console.print(line, highlight=False),
                    stop_file=out / "STOP")
     (out / "STOP").unlink(missing_ok=True)
     console.print(f"lab {name}; to end early (with the checks): touch {out / 'STOP'}", highlight=False)

@@ -31,12 +31,14 @@ from tandem.lab.events import monotonic
 from tandem.lab.lab import Lab
 from tandem.lab.mgmtstack import API_PORT, MgmtStack, client_session
 from tandem.lab.stack import DATA_NODES
+from tandem.lab.timelimit import Overran, time_limit
 from tandem.lab.torture_load import ApiClient, ApiLoad
 from tandem.lab.torture_nemesis import Nemesis
 from tandem.lab.torture_plan import Schedule, draw_schedule
 from tandem.lab.vipwatch import VipWatch
 from tandem.lab.writer import read_log
 
+STEP_SLACK = 300.0  # s: beyond its own bounds, what a step may take before the campaign gives up
 VIP_TOLERANCE = 0.05  # s: two `ip monitor` processes stamp the two hosts' reports
 
 
@@ -48,6 +50,7 @@ class Options:
     only: int | None = None  # replay one schedule of the seed
     converge_bound: float = 120.0  # s from "all healed" to full redundancy
     api_workers: int = 2
+    volume_size: str = "512MiB"  # the DB volume: the writer's table grows by ~40 MB an hour
     progress: Any = None  # callable(str) for a line per schedule
     stop_file: Path | None = None  # if it appears: no further schedule, straight to the checks
 
@@ -73,7 +76,7 @@ class Campaign:
     def __init__(self, lab: Lab, opts: Options):
         self.lab = lab
         self.opts = opts
-        self.stack = MgmtStack(lab, volume_size="256MiB", op_seconds=0.5, dead_after=2.0)
+        self.stack = MgmtStack(lab, volume_size=opts.volume_size, op_seconds=0.5, dead_after=2.0)
         self.nemesis = Nemesis(self.stack, on_restart=self._restarted, leader=self._db_vip_holder)
         self.watch: VipWatch | None = None
         self.load: ApiLoad | None = None
@@ -116,22 +119,62 @@ class Campaign:
 
     def run(self) -> None:
         indexes = [self.opts.only] if self.opts.only is not None else range(self.opts.schedules)
+        bound = self.opts.converge_bound
         for i in indexes:
             if self.opts.stop_file is not None and self.opts.stop_file.exists():
                 self.say(f"{self.opts.stop_file} exists: no more schedules, checking the history")
                 break
             sched = draw_schedule(self.opts.seed, i, self.opts.duration)
-            res = self.run_schedule(sched)
+            try:  # faults, healing and convergence all have their own bounds: this one is spare
+                with time_limit(sched.duration + bound + STEP_SLACK, f"schedule {sched.name}"):
+                    res = self.run_schedule(sched)
+            except Overran as e:
+                self._abort(sched.name, str(e))
+                break
             self.results.append(res)
             conv = res.converge_seconds
             self.say(f"schedule {sched.name}: {'; '.join(f['describe'] for f in res.faults) or 'no fault'}"
                      f" -> converged {f'in {conv:.1f} s' if conv is not None else 'NEVER'}"
                      f", {len(res.violations)} violation(s)")
-            if res.t_converged is None and not self.repair(sched.name):
-                bound = self.opts.converge_bound
-                self.aborted = (f"schedule {sched.name} did not converge within {bound:g} s,"
-                                " not even after power-cycling the data nodes")
+            if res.t_converged is not None:
+                full = self._db_volume_full()
+                if full:
+                    self._abort(sched.name, full)
+                    break
+                continue
+            try:  # three rounds of convergence at most, and the restarts between them
+                with time_limit(3 * bound + 2 * STEP_SLACK, f"repair after schedule {sched.name}"):
+                    repaired = self.repair(sched.name)
+            except Overran as e:
+                self._abort(sched.name, str(e))
                 break
+            if not repaired:
+                self._abort(sched.name, f"schedule {sched.name} did not converge within {bound:g} s,"
+                                        " not even after power-cycling the data nodes")
+                break
+
+    def _db_volume_full(self, limit: float = 0.9) -> str | None:
+        """The leader's DB file system, when it is more than `limit` full. A full disk
+        wedges MariaDB (it waits for space, commits hang): torture 56/57 ran into it
+        after 240 schedules on a 256 MiB volume and it looked like a failed failover."""
+        lead = self._db_vip_holder()
+        if lead not in DATA_NODES:
+            return None
+        try:
+            mnt = self.lab.host_dir(lead) / "data" / self.stack.cluster_config().database.mountpoint
+            st = os.statvfs(mnt)
+        except OSError:
+            return None
+        used = 1 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
+        if used <= limit:
+            return None
+        return (f"the DB volume on {lead} is {used:.0%} full ({st.f_bavail * st.f_frsize >> 20} MiB left):"
+                " the campaign stops before the database wedges; give it more room with --volume-size")
+
+    def _abort(self, name: str, why: str) -> None:
+        self.aborted = why
+        self.lab.events.record("aborted", schedule=name, why=why)
+        self.say(f"campaign aborted: {why}")
 
     def repair(self, name: str) -> bool:
         """After a schedule that never converged (already a violation), what an operator
@@ -337,9 +380,13 @@ class Campaign:
         self.load.stop()
         self.lab.stop("client", "writer")
         if self.aborted:  # one more chance to read the history back
-            with contextlib.suppress(LabError):
-                self.nemesis.heal_all()
-            self.converge(self.opts.converge_bound, writer=False)  # the writer is stopped
+            try:
+                with time_limit(self.opts.converge_bound + STEP_SLACK, "the last heal and convergence"):
+                    with contextlib.suppress(LabError):
+                        self.nemesis.heal_all()
+                    self.converge(self.opts.converge_bound, writer=False)  # the writer is stopped
+            except Overran as e:
+                self.aborted += f"; then {e}"
         jobs = self.load.final_status(timeout=120)
         self.watch.stop()
         acks, errors = read_log(str(self.writer_log))

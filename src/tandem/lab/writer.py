@@ -50,10 +50,10 @@ def main() -> None:
                     c.execute("CREATE TABLE IF NOT EXISTS acked (id VARCHAR(64) PRIMARY KEY,"
                               " t DOUBLE NOT NULL, pad VARBINARY(200)) ENGINE=InnoDB")
             seq += 1
-            rid = f"{args.writer_id}-{os.getpid()}-{seq}"
+            rid = f"{args.writer_id}-{os.getpid()}-{seq:010d}"  # in order: dense pages
             t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
             with conn.cursor() as c:
-                c.execute("INSERT INTO acked (id, t, pad) VALUES (%s, %s, %s)", (rid, t0, os.urandom(64)))
+                c.execute("INSERT INTO acked (id, t, pad) VALUES (%s, %s, %s)", (rid, t0, os.urandom(32)))
             t1 = time.clock_gettime(time.CLOCK_MONOTONIC)
             out.write(json.dumps({"id": rid, "sent": t0, "acked": t1}) + "\n")
         except Exception as e:  # any failure: log it, reconnect, go on

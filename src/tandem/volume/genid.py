@@ -17,7 +17,10 @@ never be 0, which means "none".
 
 The decision at connect time, :func:`decide_sync`, is pure and symmetric: with
 the inputs swapped it returns the mirrored outcome, so both nodes reach the same
-conclusion independently. The rules, in order:
+conclusion independently. A start of resync that one side recorded as source and
+the other never heard of is undone in the comparison first (the sync identifier
+is derived from the old bitmap identifier to make that recognisable). The rules,
+in order:
 
 1. A side without a disk cannot take part: no sync.
 2. Both fresh (current 0): the UpToDate one (made so by a forced promotion) is
@@ -100,16 +103,57 @@ def new_current(ids: GenerationIds, uuid: int) -> GenerationIds:
     return GenerationIds(uuid, ids.bitmap, _push(ids.history, ids.current))
 
 
-def start_resync_source(ids: GenerationIds, sync_uuid: int) -> GenerationIds:
-    """The sync source marks the start of a resync with a fresh identifier.
+def sync_uuid_from(base: int) -> int:
+    """The identifier a sync source derives from its old bitmap identifier.
 
-    The target adopts ``sync_uuid`` as its current (see
-    :func:`start_resync_target`); should the resync be interrupted, the next
-    connect finds source.bitmap == target.current and resumes with a bitmap
-    resync instead of starting over (the target keeps its merged bitmap).
+    Derived, not random, so that a sync source whose start of resync never
+    reached the target (the link broke between the source persisting it and the
+    target adopting it) can be recognised at the next connect and the start
+    undone in the comparison (DRBD does the same with its UUID offset): else the
+    two sides look like a split brain with only a common ancestor, which no
+    policy may resolve (torture 57:30: an automatically resolved split brain
+    became a StandAlone one after the link broke at the start of the resync).
     """
-    _check_new(sync_uuid)
+    x = (base ^ 0x9E3779B97F4A7C15) & _U64  # splitmix64 finaliser: any base maps far away
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _U64
+    return (x ^ (x >> 31)) or 1
+
+
+def start_resync_source(ids: GenerationIds, fresh_uuid: int) -> GenerationIds:
+    """The sync source marks the start of a resync with a new bitmap identifier.
+
+    The target adopts it as its current (see :func:`start_resync_target`);
+    should the resync be interrupted, the next connect finds source.bitmap ==
+    target.current and resumes with a bitmap resync instead of starting over
+    (the target keeps its merged bitmap). The identifier is derived from the old
+    bitmap identifier when there is one (see :func:`sync_uuid_from`), else it is
+    ``fresh_uuid``.
+    """
+    _check_new(fresh_uuid)
+    sync_uuid = sync_uuid_from(ids.bitmap) if ids.bitmap else fresh_uuid
     return GenerationIds(ids.current, sync_uuid, _push(ids.history, ids.bitmap))
+
+
+def _unseen_resync_start_undone(ids: GenerationIds, other: GenerationIds) -> GenerationIds:
+    """``ids`` as they were before starts of resync (as source) that ``other``,
+    the would-be target, never heard of.
+
+    Such a start only replaced the bitmap identifier: the bitmap itself still
+    holds every block written since the old one (the target requests blocks,
+    and clears them on the source, only after adopting the new identifier).
+    """
+    seen = {other.current, other.bitmap, *other.history}
+    for _ in range(HISTORY_LEN):
+        if ids.bitmap == 0 or ids.bitmap in seen:
+            break
+        base = next((h for h in ids.history if sync_uuid_from(h) == ids.bitmap), None)
+        if base is None:
+            break
+        rest = list(ids.history)
+        rest.remove(base)
+        ids = GenerationIds(ids.current, base, tuple(rest))
+    return ids
 
 
 def start_resync_target(ids: GenerationIds, sync_uuid: int) -> GenerationIds:
@@ -297,6 +341,7 @@ def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncF
             return _source_if(lf.disk.is_consistent, True,
                               "one side Inconsistent, full sync from the UpToDate side")
 
+    local, peer = _unseen_resync_start_undone(local, peer), _unseen_resync_start_undone(peer, local)
     if local.current == peer.current:
         ours_ok, theirs_ok = lf.disk.is_consistent, pf.disk.is_consistent
         if ours_ok != theirs_ok:

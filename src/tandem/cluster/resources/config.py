@@ -63,6 +63,9 @@ class FilesystemConfig(ResourceBase):
     #: volume): the loop device is marked write-through, so no cache flushes are sent
     write_through: bool = False
     probe: bool = True  #: monitor writes, fsyncs and reads back a small file
+    #: monitor warns (in the log and in its status line) above this fraction of space used:
+    #: a full disk does not fail over (the peer holds the same data) but wedges MariaDB
+    warn_used: float = Field(default=0.9, gt=0, le=1)
     umount_retries: int = Field(default=3, ge=1, le=50)
 
 

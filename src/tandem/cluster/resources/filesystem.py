@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import stat
@@ -46,6 +47,8 @@ from tandem.cluster.resources.base import Health, Resource, ResourceError, run_c
 from tandem.cluster.resources.config import FilesystemConfig
 from tandem.cluster.resources.procs import holders
 from tandem.volume.fuse_stack import set_write_through
+
+log = logging.getLogger(__name__)
 
 MOUNT_OPTIONS = ("noatime", "data=ordered", "barrier=1", "errors=remount-ro")
 PROBE_NAME = ".tandem-probe"
@@ -146,6 +149,7 @@ class Filesystem(Resource):
         self._known: DeviceFacts | None = None
         self._attaching: asyncio.Future | None = None  # a losetup that a cancelled start left running
         self._probe_pending: tuple[asyncio.Future, float] | None = None
+        self._warned_full = False
 
     async def _facts(self) -> DeviceFacts:
         """What the device is, looked up in a thread and remembered once it exists.
@@ -309,10 +313,27 @@ class Filesystem(Resource):
             return Health.failed(f"{cfg.mountpoint} is mounted from {src}, not from our device")
         if "ro" in mount_options(cfg.mountpoint):
             return Health.failed(f"{cfg.mountpoint} is read-only (ext4 remounts so after an I/O error)")
+        room = self._room()
         if cfg.probe:
             await self._probe_once()
-        return Health.ok(f"{cfg.mountpoint} mounted from {src}" + (", probe written and read back"
-                                                                    if cfg.probe else ""))
+        return Health.ok(f"{cfg.mountpoint} mounted from {src}, {room}" + (", probe written and read back"
+                                                                            if cfg.probe else ""))
+
+    def _room(self) -> str:
+        """Space used, and a warning when it first goes above `warn_used` (no failover:
+        the peer has the same data; but MariaDB on a full disk waits and commits hang)."""
+        try:
+            st = os.statvfs(self.config.mountpoint)
+        except OSError as e:
+            return f"space unknown ({e.strerror})"
+        used = 1 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
+        left = f"{used:.0%} used, {st.f_bavail * st.f_frsize >> 20} MiB free"
+        full = used > self.config.warn_used
+        if full and not self._warned_full:
+            log.warning("%s is %s: a full disk stalls the database; grow the volume or free space",
+                        self.config.mountpoint, left)
+        self._warned_full = full
+        return f"SPACE LOW: {left}" if full else left
 
     async def _probe_once(self) -> None:
         """One probe at a time, on its own thread: a probe stuck on held volume I/O
