@@ -91,6 +91,23 @@ def test_status_shows_the_failures_in_a_row_and_what_failed_last():
             " No space left on device)") in console.export_text()
 
 
+def test_status_shows_a_resource_warning_of_a_healthy_node():
+    full = Member("node1", healthy=True, warnings=("/data/dbmnt SPACE LOW: 93% used, 15 MiB free; grow the"
+                                                   " volume or free space",))
+    record = json.loads(json.dumps(full.to_value()))
+    assert Member.from_value("node1", record) == full
+    st_ = status_dict(view("node1", members=(full, member("node2"))), ["node1", "node2"], None)
+    assert st_["nodes"][0]["warnings"] == list(full.warnings) and st_["nodes"][1]["warnings"] == []
+    console = Console(record=True, width=200)
+    render(st_, console)
+    assert "node1 warning: /data/dbmnt SPACE LOW: 93% used" in console.export_text()
+
+
+@pytest.mark.parametrize("bad", [None, "x", [1, None], {"a": 1}])
+def test_broken_warnings_in_a_member_record_read_as_none(bad):
+    assert Member.from_value("node1", {"warnings": bad}).warnings == ()
+
+
 @pytest.mark.parametrize("bad", [-1, "3", True, 2.5, None])
 def test_a_broken_failure_count_in_a_member_record_reads_as_zero(bad):
     assert Member.from_value("node1", {"failures": bad}).failures == 0

@@ -115,6 +115,7 @@ class Agent:
         self._last_monitor = 0.0
         self._monitor_task: asyncio.Task | None = None
         self._start_failures = 0
+        self._warnings: tuple[str, ...] = ()  # from the last monitor, for the member record
         a = cfg.agent
         self.penalty = FailurePenalty(a.failure_timeout, a.failure_timeout_max, a.failure_reset)
         self._cleanup_seen: int | None = None  # revision of our cleanup key when last acted on
@@ -429,7 +430,8 @@ class Agent:
             connection=(v.get("peer") or {}).get("connection", ""),
             sync_percent=rs.get("percent") if rs and not rs.get("finished") else None,
             note=self.last.reason if self.last else "",
-            failures=self.penalty.recent(time.monotonic()), last_failure=self.penalty.last_reason)
+            failures=self.penalty.recent(time.monotonic()), last_failure=self.penalty.last_reason,
+            warnings=self._warnings)
         value, now = member.to_value(), time.monotonic()
         if self._published and self._published[0] == value and now - self._published[1] < 2.0:
             return
@@ -623,6 +625,7 @@ class Agent:
     async def _monitor(self) -> None:
         try:
             res = await self.group.check()
+            self._warnings = tuple(h.warning for h in res.health.values() if h.warning)
             if not res.ok and res.failover_needed and self.primary:
                 log.error("%s", res.sentence)
                 self._failed(res.sentence)

@@ -91,6 +91,7 @@ def status_dict(view: ClusterView, cfg_nodes: list[str], vip: str | None,
             "last_action": m.note if m else "",
             "failures": m.failures if m else 0,
             "last_failure": m.last_failure if m else "",
+            "warnings": list(m.warnings) if m else [],
         }
         if not row["eligible"] and not (leader and leader.node == n):
             why = []
@@ -178,6 +179,8 @@ def render(st: dict[str, Any], console: Console | None = None) -> None:
     for n in st["nodes"]:
         if n.get("not_promotable_because"):
             console.print(f"  {n['node']} cannot be promoted: {', '.join(n['not_promotable_because'])}")
+        for w in n.get("warnings") or []:
+            console.print(f"  [yellow]{n['node']} warning: {w}[/yellow]")
         if n.get("failures") and n.get("last_failure"):
             console.print(f"  {n['node']} failed {n['failures']} time(s) in a row, last: {n['last_failure']}")
     last = st["last_failover"]

@@ -71,6 +71,7 @@ class Member:
     note: str = ""  #: the agent's last decision, in one sentence
     failures: int = 0  #: resource failures in a row (each doubling the time out of the race)
     last_failure: str = ""  #: what failed last, in one sentence
+    warnings: tuple[str, ...] = ()  #: healthy resources the operator should look at (space low)
     revision: int = 0  #: mod_revision of the key
 
     @classmethod
@@ -83,13 +84,14 @@ class Member:
                    api_url=str(data.get("api_url", "")), connection=str(data.get("connection", "")),
                    sync_percent=data.get("sync_percent"), note=str(data.get("note", "")),
                    failures=_count(data.get("failures")), last_failure=str(data.get("last_failure", "")),
-                   revision=revision)
+                   warnings=_strings(data.get("warnings")), revision=revision)
 
     def to_value(self) -> dict[str, Any]:
         return {"role": self.role.value, "disk_state": self.disk_state.value if self.disk_state else None,
                 "healthy": self.healthy, "nofailover": self.nofailover, "api_url": self.api_url,
                 "connection": self.connection, "sync_percent": self.sync_percent, "note": self.note,
-                "failures": self.failures, "last_failure": self.last_failure}
+                "failures": self.failures, "last_failure": self.last_failure,
+                "warnings": list(self.warnings)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +275,13 @@ def history_from_value(items: Iterable[Mapping[str, Any]]) -> tuple[HistoryEntry
 def _count(value: Any) -> int:
     """A count from a member record; anything else (a newer or broken writer) is 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _strings(value: Any, most: int = 8, chars: int = 300) -> tuple[str, ...]:
+    """A short list of sentences from a member record; anything else reads as none."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(v[:chars] for v in value[:most] if isinstance(v, str))
 
 
 def _enum(kind: Any, value: Any, default: Any) -> Any:

@@ -54,10 +54,12 @@ class Health:
 
     state: HealthState
     reason: str
+    #: healthy, but the operator should act before it is not (a nearly full disk)
+    warning: str = ""
 
     @classmethod
-    def ok(cls, reason: str) -> Health:
-        return cls(HealthState.OK, reason)
+    def ok(cls, reason: str, warning: str = "") -> Health:
+        return cls(HealthState.OK, reason, warning)
 
     @classmethod
     def failed(cls, reason: str) -> Health:

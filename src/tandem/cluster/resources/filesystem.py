@@ -313,27 +313,29 @@ class Filesystem(Resource):
             return Health.failed(f"{cfg.mountpoint} is mounted from {src}, not from our device")
         if "ro" in mount_options(cfg.mountpoint):
             return Health.failed(f"{cfg.mountpoint} is read-only (ext4 remounts so after an I/O error)")
-        room = self._room()
+        room, warning = self._room()
         if cfg.probe:
             await self._probe_once()
         return Health.ok(f"{cfg.mountpoint} mounted from {src}, {room}" + (", probe written and read back"
-                                                                            if cfg.probe else ""))
+                                                                            if cfg.probe else ""), warning)
 
-    def _room(self) -> str:
-        """Space used, and a warning when it first goes above `warn_used` (no failover:
-        the peer has the same data; but MariaDB on a full disk waits and commits hang)."""
+    def _room(self) -> tuple[str, str]:
+        """Space used, and a warning above `warn_used` (no failover: the peer has the
+        same data; but MariaDB on a full disk waits for space and commits hang)."""
         try:
             st = os.statvfs(self.config.mountpoint)
         except OSError as e:
-            return f"space unknown ({e.strerror})"
+            return f"space unknown ({e.strerror})", ""
         used = 1 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
         left = f"{used:.0%} used, {st.f_bavail * st.f_frsize >> 20} MiB free"
-        full = used > self.config.warn_used
-        if full and not self._warned_full:
-            log.warning("%s is %s: a full disk stalls the database; grow the volume or free space",
-                        self.config.mountpoint, left)
-        self._warned_full = full
-        return f"SPACE LOW: {left}" if full else left
+        if used <= self.config.warn_used:
+            self._warned_full = False
+            return left, ""
+        warning = f"{self.config.mountpoint} SPACE LOW: {left}; grow the volume or free space"
+        if not self._warned_full:  # once per crossing; the member record keeps saying it
+            log.warning("%s (a full disk stalls the database)", warning)
+        self._warned_full = True
+        return f"SPACE LOW: {left}", warning
 
     async def _probe_once(self) -> None:
         """One probe at a time, on its own thread: a probe stuck on held volume I/O
