@@ -87,6 +87,21 @@ def test_an_inconsistent_side_is_a_full_sync_target_not_a_split_brain() -> None:
     assert decide(GenerationIds(11, 10), GenerationIds(12, 10), outdated, inc) is Out.SPLIT_BRAIN
 
 
+def test_an_interrupted_resync_resumes_from_the_bitmaps_not_from_scratch() -> None:
+    """The target of a bitmap resync is Inconsistent until it is done; the link breaks
+    halfway. Its identifiers name the source's resync, so the next connect resumes with
+    the bitmaps (a few changed blocks), not a full sync of the whole device."""
+    inc = SyncFlags(node="node2", disk=DiskState.INCONSISTENT)
+    src = genid.start_resync_source(genid.new_current(GenerationIds(10), 11), 99)
+    dst = genid.start_resync_target(GenerationIds(10), src.bitmap)
+    assert decide(src, dst, A, inc) is Out.SOURCE_BITMAP
+    assert decide(dst, src, inc, A) is Out.TARGET_BITMAP
+    src = genid.new_current(src, 12)  # the source went on writing alone: still the same bitmap
+    assert decide(src, dst, A, inc) is Out.SOURCE_BITMAP
+    # an Inconsistent disk from elsewhere (invalidated, replaced) still gets everything
+    assert decide(src, GenerationIds(77, 0, (10,)), A, inc) is Out.SOURCE_FULL
+
+
 def test_same_generation_but_inconsistent_side_gets_full_sync() -> None:
     inc = SyncFlags(node="node2", disk=DiskState.INCONSISTENT)
     assert decide(GenerationIds(10), GenerationIds(10), A, inc) is Out.SOURCE_FULL

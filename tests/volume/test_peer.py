@@ -531,6 +531,50 @@ def test_any_frame_counts_as_life() -> None:
     assert link.take(a, StateExchange) == [b_status]
 
 
+def test_part_of_a_frame_counts_as_life_and_silence_does_not() -> None:
+    """A large frame crossing a slow link takes longer than the ping timeout: its first
+    bytes prove the peer alive (a resync at 4 Mbit/s timed out every half second)."""
+    link = connected_pair(ping_interval=1.0, ping_timeout=2.0)
+    a, b = link.a, link.b
+    a.tick(0.0)
+    assert a.tick(1.0) == [TickAction.SEND_PING]
+    a.data_to_send()  # the pong will wait behind the data
+    frame = b.send(status(Role.SECONDARY, weight=1))
+    a.receive_bytes(frame[:5])  # not a whole frame yet
+    assert a.next_event() is NEED_DATA
+    assert a.tick(2.0) == []
+    assert a.tick(3.9) == []  # ... and then nothing: dead one timeout after the last byte
+    assert a.tick(4.0) == [TickAction.PEER_DEAD]
+
+
+def test_the_driver_may_vouch_for_a_busy_peer() -> None:
+    """The driver sees the peer's TCP take more of our data (its process reads): alive."""
+    link = connected_pair(ping_interval=1.0, ping_timeout=2.0)
+    a = link.a
+    a.tick(0.0)
+    assert a.tick(1.0) == [TickAction.SEND_PING]
+    a.data_to_send()
+    a.note_alive()
+    assert a.tick(2.5) == []
+    assert a.tick(4.4) == []  # the last sign of life was at 2.5; the ping still waits
+    assert a.tick(4.5) == [TickAction.PEER_DEAD]
+
+
+def test_a_frame_then_a_partition_still_ends_in_a_timeout() -> None:
+    """A frame heard after our ping, then the network goes: the pong never comes, and
+    the peer must be declared dead one timeout after the frame (it never was)."""
+    link = connected_pair(ping_interval=1.0, ping_timeout=2.0)
+    a, b = link.a, link.b
+    a.tick(0.0)
+    assert a.tick(1.0) == [TickAction.SEND_PING]
+    a.data_to_send()  # lost
+    a.receive_bytes(b.send(status(Role.SECONDARY, weight=1)))
+    link.drain(a)
+    assert a.tick(1.5) == []
+    assert a.tick(3.4) == []
+    assert a.tick(3.5) == [TickAction.PEER_DEAD]
+
+
 def test_handshake_timeout() -> None:
     a = make("node1", True, handshake_timeout=5.0)
     assert a.tick(4.9) == []

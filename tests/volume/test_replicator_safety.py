@@ -292,3 +292,52 @@ def test_a_failed_fence_then_a_demotion_fails_held_writes(tmp_path, monkeypatch)
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+def test_a_write_past_the_gate_when_a_forced_demotion_lands_fails_and_stays_off_the_disk(tmp_path,
+                                                                                         monkeypatch):
+    """Torture 59:71: a forced demotion told the peer "Secondary" while a write that had
+    passed the role check was still on its way; the peer promoted, and the write landed
+    here alone, acknowledged: 2 blocks differed between the disks while both looked in
+    sync. Such a write must fail, not touch this disk, and a flush after the demotion
+    must not call anything durable."""
+    import threading
+    rep = make_replicator(tmp_path)
+    gate, reached = threading.Event(), threading.Event()
+    touch = rep._al_touch
+
+    def slow_touch(offset, n):  # the writer is preempted right after the role check
+        reached.set()
+        gate.wait(5)
+        touch(offset, n)
+
+    monkeypatch.setattr(rep, "_al_touch", slow_touch)
+    results: list[BaseException | None] = []
+
+    def write():
+        try:
+            rep.write(8 * BLOCK, b"s" * BLOCK)
+            results.append(None)
+        except OSError as e:
+            results.append(e)
+
+    try:
+        rep.role = Role.PRIMARY  # as in the AL tests: no FUSE file, no link
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        assert reached.wait(5)
+        rep.demote(force=True)
+        assert rep.role is Role.SECONDARY
+        gate.set()
+        writer.join(5)
+        assert results and isinstance(results[0], OSError), results
+        with open(tmp_path / "node1.img", "rb") as f:
+            f.seek(8 * BLOCK)
+            assert f.read(BLOCK) == bytes(BLOCK)  # nothing landed
+        with pytest.raises(OSError):
+            rep.flush()
+    finally:
+        gate.set()
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

@@ -338,6 +338,13 @@ def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncF
     if lf.disk.is_consistent != pf.disk.is_consistent:
         source = lf if lf.disk.is_consistent else pf
         if source.disk is DiskState.UP_TO_DATE:
+            src, dst = (local, peer) if lf.disk.is_consistent else (peer, local)
+            if src.bitmap != 0 and dst.current == src.bitmap:
+                # A resync from this source, interrupted: the source clears its bitmap
+                # only when the resync is done, so its bitmap and the target's (what
+                # is still missing) cover every block that differs; no full sync.
+                return _source_if(lf.disk.is_consistent, False,
+                                  "one side Inconsistent, resuming its interrupted resync")
             return _source_if(lf.disk.is_consistent, True,
                               "one side Inconsistent, full sync from the UpToDate side")
 

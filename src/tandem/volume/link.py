@@ -34,6 +34,9 @@ from tandem.volume import wire
 from tandem.volume.peer import Event, PeerConfig, PeerConnection, TickAction
 from tandem.volume.states import ConnectionState
 
+_TCP_INFO_LEN = 136
+_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in struct tcp_info (Linux >= 4.1)
+
 log = logging.getLogger("tandem.volume.link")
 
 RECV_SIZE = 4 << 20
@@ -92,6 +95,8 @@ class Link:
         self.peer = PeerConnection(config, now=time.monotonic())
         self.state_lock = threading.Lock()
         self.send_lock = threading.Lock()
+        self._ping_waiting = False  # a ping the ticker could not send yet (the send lock was busy)
+        self._acked_seen = 0  # tcpi_bytes_acked at the last tick
         self._on_events = on_events
         self._on_closed = on_closed
         self._closed = threading.Event()
@@ -299,16 +304,44 @@ class Link:
             self._on_events(self, events)
 
     # --- time ----------------------------------------------------------------------
+    def _peer_took_more(self) -> bool:
+        """The peer's TCP acknowledged more of our data since the last tick: its
+        process reads (zero-window probes of a frozen one do not count)."""
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        except OSError:
+            return False
+        if len(info) < _BYTES_ACKED + 8:
+            return False
+        acked = int.from_bytes(info[_BYTES_ACKED:_BYTES_ACKED + 8], "little")
+        more, self._acked_seen = acked > self._acked_seen, acked
+        return more
+
     def tick(self, now: float) -> None:
         if self.closed:
             return
+        more = self._peer_took_more()
         with self.state_lock:
+            if more:
+                self.peer.note_alive()
             actions = self.peer.tick(now)
         if TickAction.PEER_DEAD in actions:
             self.close(f"peer did not answer for {self.peer.config.ping_timeout:.2f}s")
-        elif TickAction.SEND_PING in actions:
-            with self.send_lock, contextlib.suppress(ConnectionError):
-                self._send_raw([self._take_automatic()])
+        elif TickAction.SEND_PING in actions or self._ping_waiting:
+            # Never wait for the send lock here: its holder may be stuck on a full socket
+            # buffer because the network drops everything, and a ticker waiting behind
+            # it never declared the peer dead (a resync cut by a partition hung both
+            # sides until TCP gave up). Busy: the ping stays queued and leaves with the
+            # holder's next frame or at a later tick; the deadline runs meanwhile.
+            if self.send_lock.acquire(blocking=False):
+                try:
+                    self._ping_waiting = False
+                    with contextlib.suppress(ConnectionError):
+                        self._send_raw([self._take_automatic()])
+                finally:
+                    self.send_lock.release()
+            else:
+                self._ping_waiting = True
 
     # --- ending ----------------------------------------------------------------------
     def disconnect(self, reason: str) -> None:

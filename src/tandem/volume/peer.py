@@ -446,12 +446,22 @@ class PeerConnection:
         if self._error is not None or self._terminal:
             return
         if data:
+            # Any bytes are a sign of life, also the start of a frame that takes longer
+            # than the ping timeout to arrive on a slow link (resync data at 4 Mbit/s:
+            # the target timed out every half second and never finished).
+            self._heard = True
             self._decoder.feed(data, borrow, keep_tail)
             return
         reason = "peer closed the connection"
         if self._decoder.buffered:
             reason += " in the middle of a frame"
         self._fire(Trigger.EOF, reason)
+
+    def note_alive(self) -> None:
+        """The driver saw the peer make progress without a frame from it: its TCP
+        acknowledged more of our data (our frames queue behind a slow link, and the
+        peer's answer to a ping waits behind them)."""
+        self._heard = True
 
     def release_received(self) -> int:
         """See :meth:`FrameDecoder.release_lent`."""
@@ -523,8 +533,10 @@ class PeerConnection:
         if self._state is _S.CONNECTING:
             return []
         if self._ping_nonce is not None:
-            silent = self._last_heard < self._ping_sent_at
-            if silent and now - self._ping_sent_at >= self.config.ping_timeout:
+            # The pong is owed: silence from the later of the ping and the last sign of
+            # life. (Measured from the ping alone, a frame heard after it and then a
+            # partition left the pong missing and the peer alive forever.)
+            if now - max(self._ping_sent_at, self._last_heard) >= self.config.ping_timeout:
                 self._fire(Trigger.TIMED_OUT, f"no answer to a ping for {self.config.ping_timeout}s")
                 return [TickAction.PEER_DEAD]
             return []

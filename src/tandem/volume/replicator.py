@@ -403,6 +403,12 @@ class Replicator:
         error: OSError | None = None
         token = self.ranges.acquire(offset, n)
         try:
+            if self.role is not Role.PRIMARY:
+                # Demoted between the check above and here (a forced demotion does not
+                # wait long for writes that are between the two): the peer may be
+                # Primary already, and a local-only write would make this disk differ
+                # from its copy while both look in sync (torture 59:71, 2 blocks).
+                raise OSError(errno.EIO, "volume was demoted during the write")
             link = self._writable_link()
             if link is not None:
                 try:
@@ -448,8 +454,9 @@ class Replicator:
 
     def flush(self) -> None:
         if self.role is not Role.PRIMARY:
-            self.store.flush()
-            return
+            # Only the FUSE file of a Primary flushes; one left over from a forced
+            # demotion must not tell its writer that anything is durable on both.
+            raise OSError(errno.EIO, "volume is Secondary: nothing to flush")
         lease = self._write_lease
         if lease is not None and time.monotonic() >= lease:
             self._lease_expired(lease)
@@ -758,7 +765,17 @@ class Replicator:
                 self.io_open.set()
             return
         if force:
-            self.suspend("forced demotion", timeout=0.5)
+            if not self.suspend("forced demotion", timeout=0.5):
+                # Writes still under way (a send stuck on a dead network, a slow disk):
+                # the peer must not hear "Secondary" while one of them may still reach
+                # it or land here alone. Cut the link: they fail or go to the bitmap,
+                # and the next connect sorts out who has what.
+                link = self.link
+                if link is not None:  # close, not disconnect: a Disconnect frame would
+                    link.close("forced demotion with writes still under way")  # queue too
+                deadline = time.monotonic() + 2.0
+                while self.ranges.busy() and time.monotonic() < deadline:
+                    time.sleep(0.001)
             self.role = Role.SECONDARY
             self._fail_fenced_waiters()
             self.io_open.set()  # blocked writers wake up and fail
