@@ -320,7 +320,10 @@ class Link:
     def tick(self, now: float) -> None:
         if self.closed:
             return
-        more = self._peer_took_more()
+        # Only while a send of ours is under way (our ping queues behind it on a slow
+        # link): a frozen peer's kernel still takes a trickle of small frames into its
+        # buffer, and that must not keep it alive past the ping timeout.
+        more = self._peer_took_more() and self.send_lock.locked()
         with self.state_lock:
             if more:
                 self.peer.note_alive()
