@@ -341,3 +341,37 @@ def test_a_write_past_the_gate_when_a_forced_demotion_lands_fails_and_stays_off_
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+def status_exchange(role: Role) -> wire.StateExchange:
+    return wire.StateExchange(role=role, disk=DiskState.UP_TO_DATE, generations=GenerationIds(GEN),
+                              size=SIZE, bitmap_weight=0)
+
+
+def test_verify_answers_after_a_failover_mark_nothing(tmp_path):
+    """Torture 59:71: a verify started on the Primary went on after a failover; the new
+    Primary's writes made its answers differ from reads done before: 2 blocks reported
+    out of sync that were not. Answers that arrive after a role changed are dropped
+    (and the run aborts); before that, a real difference is still marked."""
+    import threading
+    rep = make_replicator(tmp_path)
+    try:
+        peer = status_exchange(Role.SECONDARY)
+        rep.role, rep.peer_status = Role.PRIMARY, peer
+        rep._verify_roles = rep._roles()
+        rep._verify_window = window = threading.Semaphore(0)
+        same, other = b"\x01" * 16, b"\x02" * 16
+        rep._verify_expected[0] = [same, same]
+        rep._compare_digests(wire.VerifyDigests(0, (same, other)))  # roles unchanged: marked
+        assert rep.bitmap.weight == 1 and window.acquire(blocking=False)
+        rep._verify_expected[2 * BLOCK] = [same, same]
+        rep.role, rep.peer_status = Role.SECONDARY, status_exchange(Role.PRIMARY)  # failover
+        rep._compare_digests(wire.VerifyDigests(2 * BLOCK, (other, other)))
+        assert rep.bitmap.weight == 1  # nothing more marked
+        assert window.acquire(blocking=False)  # the permit still comes back
+        with pytest.raises(VolumeError, match="a role changed"):
+            rep._verify_roles_unchanged(rep._verify_roles)
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

@@ -180,7 +180,7 @@ def torture_summary(
     if json_out:
         typer.echo(json.dumps(combined, indent=1, sort_keys=True, default=str))
         return
-    console = Console(width=max(Console().width, 110), emoji=False)  # "58:100:" names a schedule, not an emoji
+    console = Console(width=max(Console().width, 110), emoji=False)  # "58:100:" is no emoji
     console.print(rep.summary_table(combined))
     runs = [f"seed {c['seed']} {c['schedules_run']} schedules ({c['violations']} violations)"
             for c in combined["campaigns"]]
@@ -210,7 +210,7 @@ def torture(
     from tandem.lab.writer import read_log
     _require_root()
     name = lab or os.environ.get("TANDEM_LAB") or "torture"
-    console = Console(width=max(Console().width, 110), emoji=False)  # "58:100:" names a schedule, not an emoji
+    console = Console(width=max(Console().width, 110), emoji=False)  # "58:100:" is no emoji
     Lab.down_by_name(name)
     the_lab = Lab.up(name)
     out = report or the_lab.spec.dir / "report"

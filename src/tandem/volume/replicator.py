@@ -321,6 +321,7 @@ class Replicator:
         self._connect_wake = threading.Event()
         self._verify_expected: dict[int, list[bytes]] = {}
         self._verify_window = threading.Semaphore(VERIFY_WINDOW)
+        self._verify_roles: tuple[Role, Role | None] | None = None  # both roles when the run began
         self.stats = {"writes": 0, "bytes_written": 0, "flushes": 0, "reads": 0,
                       "replicated_writes": 0, "bitmap_writes": 0, "resync_bytes_received": 0,
                       "resync_bytes_sent": 0, "al_updates": 0,
@@ -1614,6 +1615,11 @@ class Replicator:
             raise VolumeError(f"run verify on the Primary ({self.spec.peer})")
         progress = self.verify_progress = Progress("verify", self.size)
         self._verify_expected.clear()
+        # Digests compare only while the roles stay: the node that writes is the one
+        # whose range lock orders reads and writes. After a failover mid-run (torture
+        # 59:71: node2 started it as Primary, node1 took over and wrote) an answer can
+        # include a write our read missed: a difference that is not there.
+        roles = self._verify_roles = self._roles()
         # A fresh window per run: an aborted run never gets the permits of its
         # unanswered requests back (that wedged every later verify at 0 bytes).
         window = self._verify_window = threading.Semaphore(VERIFY_WINDOW)
@@ -1623,6 +1629,7 @@ class Replicator:
             while not window.acquire(timeout=0.5):
                 if link.closed or time.monotonic() > deadline:
                     raise VolumeError(f"verify aborted: {link.close_reason or 'timed out'}")
+            self._verify_roles_unchanged(roles)
             with self.ranges.hold(off, n):
                 self._verify_expected[off] = _digests(self.store.pread(off, n))
                 try:
@@ -1635,10 +1642,20 @@ class Replicator:
                     raise VolumeError(f"verify aborted: {link.close_reason or 'timed out'}")
         for _ in range(VERIFY_WINDOW):
             window.release()
+        self._verify_roles_unchanged(roles)
         progress.finished = time.monotonic()
         result = progress.as_dict()
         log.info("verify finished: %d blocks out of sync", progress.differences)
         return result
+
+    def _roles(self) -> tuple[Role, Role | None]:
+        ps = self.peer_status
+        return self.role, ps.role if ps is not None else None
+
+    def _verify_roles_unchanged(self, roles: tuple[Role, Role | None]) -> None:
+        if self._roles() != roles:
+            raise VolumeError("verify aborted: a role changed during the run (run it again on the"
+                              " Primary)")
 
     def _answer_verify(self, link: Link, ev: wire.VerifyRequest) -> None:
         try:
@@ -1653,6 +1670,9 @@ class Replicator:
         if ev.offset not in self._verify_expected:
             return  # an answer to an aborted run: its permit belongs to an old window
         mine = self._verify_expected.pop(ev.offset)
+        if self._roles() != self._verify_roles:  # the run aborts; this answer proves nothing
+            self._verify_window.release()
+            return
         diff = [i for i, (a, b) in enumerate(zip(mine, ev.digests, strict=False)) if a != b]
         if diff:
             with self.io_lock:
