@@ -371,6 +371,8 @@ class Campaign:
             else:
                 last = last or "no leader"
             time.sleep(2)
+            if "role changed" in last:  # a failover during the run: once it settled, again
+                self.converge(self.opts.converge_bound, writer=False)
         return {"error": last}
 
     # --- the end -------------------------------------------------------------------------------
