@@ -38,6 +38,7 @@ from tandem.lab.torture_plan import Schedule, draw_schedule
 from tandem.lab.vipwatch import VipWatch
 from tandem.lab.writer import read_log
 
+VERIFY_TIMEOUT = 300.0  # s: one online verify of the whole DB volume
 STEP_SLACK = 300.0  # s: beyond its own bounds, what a step may take before the campaign gives up
 VIP_TOLERANCE = 0.05  # s: two `ip monitor` processes stamp the two hosts' reports
 
@@ -125,8 +126,10 @@ class Campaign:
                 self.say(f"{self.opts.stop_file} exists: no more schedules, checking the history")
                 break
             sched = draw_schedule(self.opts.seed, i, self.opts.duration)
-            try:  # faults, healing and convergence all have their own bounds: this one is spare
-                with time_limit(sched.duration + bound + STEP_SLACK, f"schedule {sched.name}"):
+            try:  # faults, healing, convergence and verify (up to three runs, with a convergence
+                # before each retry) all have their own bounds: this one is spare
+                with time_limit(sched.duration + 4 * bound + 3 * VERIFY_TIMEOUT + STEP_SLACK,
+                                f"schedule {sched.name}"):
                     res = self.run_schedule(sched)
             except Overran as e:
                 self._abort(sched.name, str(e))
@@ -363,7 +366,8 @@ class Campaign:
             except (LabError, json.JSONDecodeError) as e:
                 lead, last = None, str(e)[-300:]
             if lead is not None:
-                proc = self.stack.tandem(lead, "volume", "verify", "db", "--json", check=False, timeout=300)
+                proc = self.stack.tandem(lead, "volume", "verify", "db", "--json", check=False,
+                                         timeout=VERIFY_TIMEOUT)
                 try:
                     return {**json.loads(proc.stdout), "node": lead}
                 except json.JSONDecodeError:
