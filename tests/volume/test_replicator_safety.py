@@ -375,3 +375,234 @@ def test_verify_answers_after_a_failover_mark_nothing(tmp_path):
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+# --- a link lost while writes wait for the peer (protocol C: no write completes that
+# --- the peer neither acknowledged nor was fenced for)
+
+def _connected(rep: Replicator, on_closed=None):
+    """node1 (`rep`) Connected to a PeerConnection the test drives, same generation."""
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(True), rep._on_events, on_closed or rep._on_link_closed)
+    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
+                          now=time.monotonic())
+    rep.link = link
+    link.start()
+    theirs.sendall(peer.data_to_send())
+    _pump(theirs, peer, lambda: peer.peer_status is not None)
+    theirs.sendall(peer.send(status_exchange(Role.SECONDARY)))
+    _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED)
+    deadline = time.monotonic() + 5
+    while (rep.peer_status is None or link.state is not ConnectionState.CONNECTED) \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert rep._writable_link() is link
+    return link, peer, theirs
+
+
+def _received_writes(sock: socket.socket, peer: PeerConnection, count: int) -> list[wire.Write]:
+    """Read from the link until `count` Writes arrived (none is acknowledged)."""
+    writes: list[wire.Write] = []
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + 5
+    while len(writes) < count:
+        assert time.monotonic() < deadline, "the Write never reached the peer"
+        try:
+            data = sock.recv(1 << 16)
+        except TimeoutError:
+            continue
+        peer.receive_bytes(data)
+        while (ev := peer.next_event()) is not wire.NEED_DATA:
+            if isinstance(ev, wire.Write):
+                writes.append(ev)
+    return writes
+
+
+def _writer(rep: Replicator, offset: int, results: list):
+    import threading
+
+    def write():
+        try:
+            rep.write(offset, b"w" * BLOCK)
+            results.append(None)
+        except OSError as e:
+            results.append(e)
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    return t
+
+
+def _close(rep: Replicator, link: Link | None, theirs: socket.socket) -> None:
+    if link is not None:
+        link.close("test over")
+    theirs.close()
+    rep.role = Role.SECONDARY
+    rep.meta.close()
+    rep.store.close()
+
+
+def test_writes_a_forced_demotion_left_waiting_for_the_ack_fail_when_the_link_drops(tmp_path,
+                                                                                    monkeypatch):
+    """Cut off from the DCS and the peer, the agent suspends I/O and demotes by force: the
+    write is past the range lock (written here, sent), so nothing cuts the link. When the
+    link then times out, the write the peer never acknowledged completed as written (and a
+    waiting fsync as durable) although no fence ran and the peer may be promoted."""
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY  # no FUSE file: see the module docstring
+    link, peer, theirs = _connected(rep)
+    results: list = []
+    try:
+        writer = _writer(rep, 0, results)
+        _received_writes(theirs, peer, 1)  # the peer has it and stays silent
+        monkeypatch.setattr(rep, "fuse", None)
+        rep.demote(force=True)
+        assert rep.role is Role.SECONDARY and writer.is_alive()
+        theirs.close()  # the link drops
+        writer.join(5)
+        assert results and isinstance(results[0], OSError), results
+    finally:
+        _close(rep, link, theirs)
+
+
+@pytest.mark.parametrize("fence_succeeds", [False, True])
+def test_a_write_that_finds_the_link_gone_waits_for_the_fence(tmp_path, monkeypatch, fence_succeeds):
+    """A write passed the I/O gate, then waited (activity log, range lock) while the link
+    dropped and the fence began: it found no link and completed at once, written here
+    only, while the peer was not fenced yet (and an isolated Primary's fence fails)."""
+    import threading
+    allow, reached, gate = threading.Event(), threading.Event(), threading.Event()
+    rep = _fenced_replicator(tmp_path, monkeypatch, lambda: allow.wait(5) and fence_succeeds)
+    rep.role = Role.PRIMARY
+    link, peer, theirs = _connected(rep)
+    touch = rep._al_touch
+
+    def slow_touch(offset, n):
+        reached.set()
+        gate.wait(5)
+        touch(offset, n)
+
+    monkeypatch.setattr(rep, "_al_touch", slow_touch)
+    results: list = []
+    try:
+        writer = _writer(rep, 4 * BLOCK, results)
+        assert reached.wait(5)
+        theirs.close()  # the link drops while the write waits
+        deadline = time.monotonic() + 5
+        while rep._fencing is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert rep._fencing is not None, "the loss did not start a fence"
+        gate.set()
+        writer.join(0.3)
+        assert writer.is_alive() and not results, "the write completed before the peer was fenced"
+        assert rep.bitmap.weight == 1  # written here, marked for the peer
+        allow.set()
+        if fence_succeeds:
+            writer.join(5)
+            assert results == [None] and rep.peer_disk is DiskState.OUTDATED
+        else:
+            monkeypatch.setattr(rep, "fuse", None)
+            rep.demote(force=True)  # what the agent does when it cannot fence
+            writer.join(5)
+            assert results and isinstance(results[0], OSError), results
+    finally:
+        gate.set()
+        allow.set()
+        _close(rep, None, theirs)
+
+
+def test_a_write_between_the_close_and_its_handling_waits_for_the_fence(tmp_path, monkeypatch):
+    """The link is marked closed before its loss is handled (the fence begins): a write in
+    between found no link, no fence yet, and completed at once."""
+    import threading
+    handling, proceed, allow = threading.Event(), threading.Event(), threading.Event()
+    rep = _fenced_replicator(tmp_path, monkeypatch, lambda: allow.wait(5) and False)
+    rep.role = Role.PRIMARY
+
+    def slow_on_closed(link, reason):
+        handling.set()
+        proceed.wait(5)
+        rep._on_link_closed(link, reason)
+
+    link, peer, theirs = _connected(rep, on_closed=slow_on_closed)
+    results: list = []
+    try:
+        theirs.close()
+        assert handling.wait(5) and link.closed
+        writer = _writer(rep, 8 * BLOCK, results)
+        writer.join(0.3)
+        assert writer.is_alive() and not results, "the write completed before the loss was handled"
+        proceed.set()
+        deadline = time.monotonic() + 5
+        while rep._fencing is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        writer.join(0.2)
+        assert writer.is_alive(), "the write completed before the peer was fenced"
+        allow.set()  # the fence fails: the agent demotes
+        monkeypatch.setattr(rep, "fuse", None)
+        rep.demote(force=True)
+        writer.join(5)
+        assert results and isinstance(results[0], OSError), results
+    finally:
+        proceed.set()
+        allow.set()
+        _close(rep, None, theirs)
+
+
+def test_a_flush_whose_send_fails_waits_for_the_fence(tmp_path, monkeypatch):
+    """Write-back cache: the Flush was registered, then its send failed and handed it to
+    the link's loss and fence; flush() lost track of it and returned after the local
+    fdatasync only, while the peer was neither flushed nor fenced."""
+    import threading
+    allow = threading.Event()
+    rep = make_replicator(tmp_path, write_through=False)
+    rep.fence_peer = lambda: allow.wait(5) and True
+    rep.role = Role.PRIMARY
+    link, peer, theirs = _connected(rep)
+
+    def failing_send(parts):
+        link.close("test: the send failed")
+        raise ConnectionError("test: the send failed")
+
+    monkeypatch.setattr(link, "_send_raw", failing_send)
+    flushed = threading.Event()
+    errors: list = []
+
+    def flush():
+        try:
+            rep.flush()
+        except OSError as e:
+            errors.append(e)
+        flushed.set()
+
+    try:
+        threading.Thread(target=flush, daemon=True).start()
+        assert not flushed.wait(0.3), "the flush returned before the peer was fenced"
+        allow.set()
+        assert flushed.wait(5) and not errors
+        assert rep.peer_disk is DiskState.OUTDATED
+    finally:
+        allow.set()
+        _close(rep, None, theirs)
+
+
+def test_a_write_while_this_side_has_not_taken_in_the_decision_is_replicated(tmp_path):
+    """The link is Connected (or WFBitmapS) before the receiver took the peer's status and
+    sent the bitmap: a write then went to the bitmap only; set after the bitmap went out,
+    its bit was cleared at the end of the resync and the block differed for good."""
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY
+    link, peer, theirs = _connected(rep)
+    status, rep.peer_status = rep.peer_status, None  # the window: decided, not taken in
+    results: list = []
+    try:
+        writer = _writer(rep, 12 * BLOCK, results)
+        writer.join(0.2)
+        assert writer.is_alive() and not results, "the write did not wait for the decision"
+        rep.peer_status = status
+        (w,) = _received_writes(theirs, peer, 1)
+        theirs.sendall(peer.send(wire.WriteAck(w.seq)))
+        writer.join(5)
+        assert results == [None]
+        assert rep.stats["bitmap_writes"] == 0 and rep.bitmap.weight == 0
+    finally:
+        _close(rep, link, theirs)

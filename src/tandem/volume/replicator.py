@@ -83,6 +83,7 @@ WRITABLE_LINK = frozenset({ConnectionState.CONNECTED, ConnectionState.SYNC_SOURC
                            ConnectionState.SYNC_TARGET, ConnectionState.WF_BITMAP_S,
                            ConnectionState.WF_BITMAP_T})
 HANDSHAKING = frozenset({ConnectionState.CONNECTING, ConnectionState.WF_REPORT_PARAMS})
+LIVE_LINK = WRITABLE_LINK | HANDSHAKING  #: any other state is terminal: the link is being closed
 PROMOTE_HANDSHAKE_WAIT = 2.0
 #: seconds between handshakes while a split-brain policy cannot decide (both
 #: Primary, say): a role change in between retries at once
@@ -307,6 +308,8 @@ class Replicator:
         self.lost_leadership = False
         self._pending_writes: dict[int, tuple[Waiter, int, int]] = {}
         self._pending_flushes: dict[int, Waiter] = {}
+        self._loss_handled: Link | None = None  # the last link whose loss _on_link_closed took in
+        self._held_seq = 0  # negative keys of writes/flushes held for a link loss (see _hold_for_link_loss)
         self._unflushed: dict[int, int] = {}
         self._unsynced = False  # receiver thread: durable Writes applied, not yet fdatasync'ed
         self._writes_ended = 0  # writes returned to the application (see flush)
@@ -402,6 +405,7 @@ class Replicator:
         op = _WriteOp(self, offset, n, complete)
         durable = self.write_through
         error: OSError | None = None
+        held = False
         token = self.ranges.acquire(offset, n)
         try:
             if self.role is not Role.PRIMARY:
@@ -412,17 +416,14 @@ class Replicator:
                 raise OSError(errno.EIO, "volume was demoted during the write")
             link = self._writable_link()
             if link is not None:
-                try:
-                    link.send_write(offset, data, op.register, durable)
-                except (ConnectionError, wire.ProtocolError):
-                    # Registered (the send itself failed): the link's loss marks the
+                with contextlib.suppress(ConnectionError, wire.ProtocolError):
+                    # Failed after the Write was registered: the link's loss marks the
                     # bitmap and completes the peer's half, after a fence if needed.
-                    if not op.replicated:
-                        with self.io_lock:
-                            self.bitmap.set_range(offset, n)
-            else:
+                    link.send_write(offset, data, op.register, durable)
+            if not op.replicated:
                 with self.io_lock:
                     self.bitmap.set_range(offset, n)
+                    held = self._hold_for_link_loss(op)  # its peer half: the loss's outcome
                 self.stats["bitmap_writes"] += 1
             self.store.pwrite(offset, data, durable)
         except OSError as e:
@@ -432,7 +433,7 @@ class Replicator:
             error = OSError(errno.EIO, f"write failed: {type(e).__name__}")
         finally:
             self.ranges.release(token)
-        if not op.replicated:
+        if not op.replicated and not held:
             op.left = 1  # no peer half to wait for
         op.half_done(error)
 
@@ -470,11 +471,24 @@ class Replicator:
             # started: everything a caller saw complete is durable already.
             self.stats["flushes_skipped"] += 1
             return
-        waiter = None
+        registered: list[Waiter] = []
+
+        def register(seq: int) -> Waiter:
+            registered.append(self._register_flush(seq))
+            return registered[-1]
+
         link = self._writable_link()
         if link is not None:
+            # A send that fails after registering hands the waiter to the link's loss
+            # (and its fence): it is still ours to wait for.
             with contextlib.suppress(ConnectionError, wire.ProtocolError):
-                waiter = link.send_flush(self._register_flush)
+                link.send_flush(register)
+        if not registered:
+            w = Waiter()
+            with self.io_lock:
+                if self._hold_for_link_loss(w):
+                    registered.append(w)
+        waiter = registered[0] if registered else None
         self.store.flush()
         if waiter is not None:
             self._wait(link, waiter, "flush", -1)
@@ -523,13 +537,22 @@ class Replicator:
         link = self.link
         if link is None or link.closed:
             return None
-        if link.state in HANDSHAKING:
+        if self._deciding(link):
             deadline = time.monotonic() + 2.0
-            while link.state in HANDSHAKING and not link.closed and time.monotonic() < deadline:
+            while self._deciding(link) and not link.closed and time.monotonic() < deadline:
                 time.sleep(0.001)  # a connect is in progress: wait for its decision
         if link.state in WRITABLE_LINK and not link.closed and self.peer_disk_usable():
             return link
         return None
+
+    def _deciding(self, link: Link) -> bool:
+        """The handshake has not decided yet, as far as this node acted on it: the
+        link may already be Connected (or WFBitmapS) while the receiver has not yet
+        taken the peer's status and sent its bitmap. A write that took the bitmap
+        path then could set its bit after that bitmap went out, and the end of
+        the resync would clear it: the block would differ for good."""
+        state = link.state
+        return state in HANDSHAKING or (state in WRITABLE_LINK and self.peer_status is None)
 
     def peer_disk_usable(self) -> bool:
         ps = self.peer_status
@@ -550,6 +573,32 @@ class Replicator:
         with self.io_lock:
             self._pending_flushes[seq] = w
         return w
+
+    def _hold_for_link_loss(self, item: _WriteOp | Waiter) -> bool:
+        """Under io_lock: a write or flush the peer will not see, while the loss of
+        the link may still need a fence. Protocol C: it may not complete before the
+        fence succeeded (nor at all if it fails), so it joins what the fence holds,
+        or, if the loss is not handled yet (the link is closed but its handler has
+        not run: a send failed, a ping timed out), the pending ones that handler
+        collects (a link in a terminal state is closed by its driver). False: no loss
+        is pending."""
+        if self._fencing is not None:
+            if isinstance(item, Waiter):
+                self._fencing[1].append(item)
+            else:
+                self._fencing[0].append((item, item.offset, item.n))
+            return True
+        link = self.link
+        if link is None or self._loss_handled is link:
+            return False
+        if not link.closed and link.state in LIVE_LINK:
+            return False  # alive, the peer's disk is not usable: nothing to fence
+        self._held_seq -= 1
+        if isinstance(item, Waiter):
+            self._pending_flushes[self._held_seq] = item
+        else:
+            self._pending_writes[self._held_seq] = (item, item.offset, item.n)
+        return True
 
     def _al_touch(self, offset: int, n: int) -> None:
         with self.meta_lock:
@@ -629,7 +678,8 @@ class Replicator:
             with self._status_lock:
                 link = self.link
                 if (link is None or link.closed
-                        or link.state is not ConnectionState.WF_REPORT_PARAMS):
+                        or not (link.state is ConnectionState.WF_REPORT_PARAMS
+                                or (link.state in WRITABLE_LINK and self.peer_status is None))):
                     connected = self._promote_locked(force, peer_outdated)
                     if connected is None:
                         return  # Primary already
@@ -1281,6 +1331,10 @@ class Replicator:
                 self.io_open.clear()
                 self.suspended_reason = "fencing the peer"
                 token = self._begin_fence(writes, flushes)
+            # Handled: from here a write the peer does not see is held by the fence or
+            # completes as StandAlone's (see _hold_for_link_loss).
+            self._loss_handled = link
+            demoted = self.role is not Role.PRIMARY
         self.last_link_error = reason
         if self._rs_window is not None:
             self._rs_window.release(RESYNC_WINDOW)  # the puller wakes and sees the link closed
@@ -1302,8 +1356,14 @@ class Replicator:
             threading.Thread(target=self._fence_and_resume, args=(token,), daemon=True,
                              name="fence-peer").start()
         else:
-            err = OSError(errno.EIO, "local disk failed before the peer acknowledged") \
-                if disk_failed else None
+            err = None
+            if disk_failed:
+                err = OSError(errno.EIO, "local disk failed before the peer acknowledged")
+            elif demoted:
+                # Writes of the term that a forced demotion ended while they waited for
+                # the peer's ack: the peer never confirmed them and was not fenced (it
+                # may be promoted now), so they must not complete as written.
+                err = OSError(errno.EIO, "demoted before the peer acknowledged")
             for w, _, _ in writes:
                 w.done(err)
             for w in flushes:
