@@ -132,6 +132,43 @@ asyncio.run(main())
     assert holders(lab, addr) == []
 
 
+def test_a_refresh_too_long_after_its_lease_renewal_does_not_put_the_address_back(lab, resources):
+    """Torture 64:47: the agent was SIGSTOPped between its lease renewal and the VIP
+    refresh; meanwhile the address expired and node1 took over. Resumed 1.8 s after
+    its lease ended, the agent went on with the refresh, and `ip addr change` put
+    the DB VIP back on node2 for a second beside node1's. A refresh whose renewal is
+    too old must extend nothing; one on a fresh renewal keeps the address."""
+    addr = str(lab.spec.vip(5))
+    script = f"""
+import asyncio, time
+from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources.vip import Vip
+async def main():
+    v = Vip(VipConfig(name="latevip", address="{addr}/24", interface="pub0", lifetime=1))
+    assert (await v.start()).ok
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.0:  # timely renewals: held
+        assert await v.refresh(time.monotonic() + 0.25)
+        await asyncio.sleep(0.2)
+    print("held", (await v.monitor()).is_ok)
+    t0 = time.monotonic()
+    gone = None
+    while time.monotonic() - t0 < 3.0:  # every renewal too old: nothing extended
+        assert await v.refresh(time.monotonic() - 0.01)
+        if gone is None and not (await v.monitor()).is_ok:
+            gone = time.monotonic() - t0
+        await asyncio.sleep(0.1)
+    print("gone after", gone, "present", (await v.monitor()).is_ok)
+    await v.stop()
+asyncio.run(main())
+"""
+    out = lab.run("node1", [sys.executable, "-c", script]).stdout
+    assert "held True" in out and "present False" in out, out
+    gone = float(out.split("gone after ")[1].split()[0])
+    assert gone <= 1.0 + 0.25 + 0.3, out
+    assert holders(lab, addr) == []
+
+
 def test_a_client_cut_off_during_the_move_is_pointed_at_the_new_holder_after_healing(lab, healed,
                                                                                        resources):
     """The client missed node2's announcement (partitioned from node2 when the VIP

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tandem.cluster.dbgroup import build_db_group, vip_takeover_grace
+from tandem.cluster.dbgroup import VIP_REFRESH_SLACK, build_db_group, vip_takeover_grace
 from tandem.cluster.decide import decide, fence_to_adopt
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
@@ -180,9 +180,11 @@ class Agent:
                 else:
                     self.lease_deadline = r.deadline
                     self.deadline_lease = self.dcs.lease_id
+                    # VIPs first: their refresh must follow the renewal closely (see
+                    # VIP_REFRESH_SLACK); the write lease has the deadline to go by.
+                    await self._refresh_vips(r.deadline - r.ttl + VIP_REFRESH_SLACK)
                     if self.primary:
                         await self._push_write_lease()
-                    await self._refresh_vips()
             except DCSError as e:
                 log.warning("lease renewal failed: %s", e)
                 self.wake.set()
@@ -197,13 +199,14 @@ class Agent:
                 log.warning("lease renewal was cancelled under us; retrying")
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
 
-    async def _refresh_vips(self) -> None:
-        """Extend the kernel lifetime of the VIPs this node holds (see resources.vip)."""
+    async def _refresh_vips(self, valid_until: float) -> None:
+        """Extend the kernel lifetime of the VIPs this node holds (see resources.vip),
+        until `valid_until`: later, the renewal is too old to extend them on."""
         for m in self.group.members:
-            if isinstance(m, Vip) and not await m.refresh():
+            if isinstance(m, Vip) and not await m.refresh(valid_until):
                 log.warning("could not refresh the lifetime of %s", m.name)
         if self.clones is not None:
-            await self.clones.refresh_vip()
+            await self.clones.refresh_vip(valid_until)
 
     async def _bounded(self, coro, what: str, limit: float | None = None):
         """Await a DCS call for at most op_timeout + 0.2 s (or `limit`), whatever it

@@ -329,9 +329,10 @@ class CloneSet:
     def _key(self, agent: Agent) -> bytes:
         return (agent.dcs.keys.prefix + "apivip").encode()
 
-    async def refresh_vip(self) -> None:
-        """Called by the agent on every lease renewal: keeps the API VIP's kernel lifetime."""
-        if self.vip is not None and self.holding and not await self.vip.refresh():
+    async def refresh_vip(self, valid_until: float | None = None) -> None:
+        """Called by the agent on every lease renewal: keeps the API VIP's kernel lifetime
+        (see :meth:`Vip.refresh` for `valid_until`)."""
+        if self.vip is not None and self.holding and not await self.vip.refresh(valid_until):
             log.warning("could not refresh the lifetime of the API VIP")
 
     async def _place_vip(self, agent: Agent) -> None:

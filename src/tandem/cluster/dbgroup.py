@@ -68,6 +68,14 @@ def vip_lifetime(lease_ttl: float) -> int:
     return max(1, math.floor(lease_ttl - 0.5))
 
 
+VIP_REFRESH_SLACK = 0.25
+"""How long after a lease keepalive was sent the VIPs may still be refreshed on it.
+:func:`vip_takeover_grace` assumes the old holder's last refresh followed its last
+keepalive: refreshed at most this much later, its address lives until at most
+keepalive + lifetime + 1/2 s, when the new holder (key free at keepalive + TTL, then
+the grace) adds its own. A later refresh (an agent paused between the two) skips."""
+
+
 def vip_takeover_grace(lease_ttl: float) -> float:
     """How long a node that just took a VIP's key waits before adding the address:
     the previous holder's last refresh was at most about a TTL before the key

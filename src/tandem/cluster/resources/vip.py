@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import socket
 import struct
@@ -46,6 +47,8 @@ from tandem.cluster.resources.procs import ProcRef
 
 if TYPE_CHECKING:
     from tandem.lab.lab import Lab
+
+log = logging.getLogger(__name__)
 
 
 class Vip(Resource):
@@ -148,14 +151,26 @@ class Vip(Resource):
         n = self.config.lifetime
         return [] if n is None else ["valid_lft", str(n), "preferred_lft", str(n)]
 
-    async def refresh(self) -> bool:
+    async def refresh(self, valid_until: float | None = None) -> bool:
         """Extend the address's lifetime (and re-announce it, see `garp_refresh`) while
         this resource holds it up; False only
         when that failed (an address this node does not hold has nothing to extend:
         the agent asked every replica's VIPs at each renewal and logged a failure
-        four times a second, 80% of a replica's log)."""
+        four times a second, 80% of a replica's log).
+
+        `valid_until` (CLOCK_MONOTONIC): after it, the renewal this refresh rests on
+        is too old to vouch for it, and nothing is extended. `ip addr change` puts
+        back an address the kernel already expired: an agent SIGSTOPped between its
+        lease renewal and this refresh resumed 1.8 s after its lease ended and put
+        the DB VIP back beside the new holder's for a second (torture 64:47)."""
         async with self._lock:
             if not self._up:
+                return True
+            late = time.monotonic() - valid_until if valid_until is not None else 0.0
+            if late > 0:
+                log.warning("%s: not extending its lifetime: the lease renewal it rests on is"
+                            " %.2f s too old (the kernel removes the address unless a timely"
+                            " renewal extends it)", self.config.address.ip, late)
                 return True
             self._reannounce()
             return await self._change()
