@@ -215,3 +215,43 @@ def test_the_vip_watch_shares_our_mount_namespace(healed):
             assert proc.pid in pids_in_netns(lab.spec.netns(host)), "the monitor must die with its host"
     finally:
         watch.stop()
+
+
+def test_the_campaign_resumes_a_process_it_paused_just_after_its_start(healed, monkeypatch):
+    """Torture 66:3: the agent was paused the moment node1 came back; the process was
+    still nsenter in the root namespace, so at the heal it did not look like one of
+    node1's ("a recycled pid?") and was never resumed: node1 stayed Offline for good.
+    A process that has not entered its host's namespace yet looks like this one."""
+    import signal
+    import subprocess
+    from types import SimpleNamespace
+
+    from tandem.lab.torture_nemesis import Nemesis
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        nemesis = Nemesis(SimpleNamespace(lab=healed, leader=lambda: "node1"))
+        monkeypatch.setattr(nemesis, "_target", lambda p: ("node1", proc.pid))
+        assert not healed.supervisor("node1").owns(proc.pid)  # not (yet) in node1's namespace
+        nemesis._apply_pause({"host": "node1", "name": "agent"})
+        assert _state(proc.pid) == "T"
+        nemesis._heal_pause({"host": "node1", "name": "agent"})
+        assert _state(proc.pid) != "T", "the paused process was not resumed"
+        # a pid the kernel handed to another process meanwhile is left alone
+        nemesis._apply_pause({"host": "node1", "name": "agent"})
+        nemesis.paused[("node1", "agent")] = (proc.pid, -1)  # another start time
+        nemesis._heal_pause({"host": "node1", "name": "agent"})
+        assert _state(proc.pid) == "T"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def _state(pid: int) -> str:
+    for _ in range(100):  # the state changes asynchronously, shortly after the signal
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state not in ("R",):
+            return state
+        time.sleep(0.01)
+    return state

@@ -243,12 +243,14 @@ def _http_ok(url: str) -> bool:
 
 
 class SimHostProc:
-    def __init__(self, procs: Procs, op_seconds: float = 0.3, port: int | None = None):
+    def __init__(self, procs: Procs, op_seconds: float = 0.3, port: int | None = None,
+                 clock_offset: float = 0.0):
         self.port = port or free_port()
         self.dir = procs.root / "simhost"
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = procs.spawn("simhost", ["simhost", "--state-dir", str(self.dir), "--listen",
-                                            f"127.0.0.1:{self.port}", "--op-seconds", str(op_seconds)])
+                                            f"127.0.0.1:{self.port}", "--op-seconds", str(op_seconds),
+                                            "--clock-offset", str(clock_offset)])
         wait_for(lambda: self._up(procs), 30, "simhost")
 
     def _up(self, procs: Procs) -> bool:

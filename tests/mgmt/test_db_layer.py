@@ -23,12 +23,16 @@ class CommitEater(TcpProxy):
     def __init__(self, upstream_port: int):
         self.armed = threading.Event()
         self.eaten = 0
+        self.delay = 0.0
         super().__init__(upstream_port)
 
     def chunk_hook(self, data: bytes, to_server: bool, state: dict) -> bool:
-        if to_server and self.armed.is_set() and b"COMMIT" in data.upper():
+        # COM_QUERY "COMMIT" after the 4-byte packet header (not READ-COMMITTED in
+        # a new connection's init command)
+        if to_server and self.armed.is_set() and data[4:] == b"\x03COMMIT":
             self.armed.clear()
             state["eat"] = True
+            time.sleep(self.delay)  # the COMMIT is late (the client may give up on it)
         if not to_server and state.get("eat"):
             self.eaten += 1
             return False  # the server answered the COMMIT: the client never hears it
@@ -124,3 +128,27 @@ def test_connections_build_no_ssl_context(layer, monkeypatch):
         conn.close()
     assert asyncio.run(db.ping()) is True
     assert built == []
+
+
+def test_a_commit_still_running_when_its_outcome_is_checked_is_found(layer):
+    """The COMMIT reached the server only after the client's read timeout (a slow
+    link; on a cluster, also a COMMIT stalled while the volume fences its peer). A
+    plain read of the marker did not see the commit still in progress, the write
+    ran again, the first COMMIT went through meanwhile and the second attempt
+    failed on the duplicate marker: a committed write was reported as failed."""
+    db, proxy = layer
+    db.io_timeout = 1.0
+    while not db._idle.empty():  # connections made from here on time out after 1 s
+        db._idle.get_nowait().close()
+    calls = []
+
+    def insert(cur):
+        calls.append(1)
+        cur.execute("INSERT INTO t (v) VALUES (3)")
+        return "stored"
+
+    proxy.delay = 2.0
+    proxy.armed.set()
+    assert db.write_sync(insert) == "stored"
+    assert len(calls) == 1  # not run again: the late COMMIT was found
+    assert _count(db) == 1

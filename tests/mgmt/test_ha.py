@@ -4,6 +4,7 @@ survivor exactly once; conflicting operations on one VM are serialized."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -159,3 +160,62 @@ def test_paused_owner_cannot_commit_after_takeover(procs, mariadb, database):
     vm = made[0][0]
     assert a_api.wait_job(a_api("stopVirtualMachine", id=vm)["jobid"])["jobstatus"] == 1
     assert host.vms()[vm]["state"] == "Stopped"
+
+
+def test_a_dead_servers_lingering_transaction_holds_up_takeover_only_briefly(procs, mariadb, database):
+    """A server lost power inside a transaction that locked its job's row: no FIN
+    reaches MariaDB, so its session lingers with the lock (until TCP keepalive, hours).
+    The survivor's takeover waited for that lock at each try, and the heartbeat it
+    ran in stalled so long that the survivor looked dead too. Now the server ends a
+    session of ours idle in a transaction (IDLE_TRANSACTION_TIMEOUT) and takeover runs
+    apart from the heartbeat."""
+    from tandem.mgmt.db import IDLE_TRANSACTION_TIMEOUT, Database, DbUrl
+    host = SimHostProc(procs, op_seconds=2.0)
+    a = MgmtProc(procs, mariadb, database, host, "za", dead_after=1.5)
+    b = MgmtProc(procs, mariadb, database, host, "zb", dead_after=1.5)
+    admin = create_admin(procs, mariadb, database)
+    a_api = Api(a.endpoint, admin["apikey"], admin["secretkey"])
+    b_api = Api(b.endpoint, admin["apikey"], admin["secretkey"])
+    _, job = _deploy(a_api, "z1")
+    # the session "za" had open when its power went: a transaction holding the job's row
+    za_db = Database(DbUrl.parse(mariadb.url(database), password=mariadb.password))
+    lingering = za_db.connect()
+    try:
+        lingering.begin()
+        with lingering.cursor() as cur:
+            cur.execute("SELECT owner FROM async_job WHERE id=%s FOR UPDATE", (job,))
+            assert cur.fetchone()["owner"] == "za"
+        a.kill()
+        t0 = time.monotonic()
+        ages = []
+        with mariadb.root_conn() as root, root.cursor() as cur:
+            def finished():
+                cur.execute(f"SELECT TIMESTAMPDIFF(MICROSECOND, heartbeat, NOW(6)) / 1e6"
+                            f" FROM `{database}`.mgmt_server WHERE id='zb'")
+                ages.append(float(cur.fetchone()[0]))
+                return b_api("queryAsyncJobResult", jobid=job)["jobstatus"] != 0
+            wait_for(finished, IDLE_TRANSACTION_TIMEOUT + 25, "the survivor to finish the dead server's job",
+                     interval=0.2)
+        took = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(Exception):
+            lingering.close()
+        za_db.close()
+    assert b_api.wait_job(job)["jobstatus"] == 1
+    assert took < IDLE_TRANSACTION_TIMEOUT + 15, took
+    assert max(ages) < 1.5, f"the survivor's heartbeat stalled for {max(ages):.1f} s"
+    _exactly_once(host)
+
+
+def test_a_host_whose_clock_runs_ahead_fails_the_job_clearly(procs, mariadb, database):
+    """Every request reached a host whose clock ran ahead of the lease it carries, and
+    was refused as expired: the job retried at once, forever, hammering the host."""
+    host = SimHostProc(procs, clock_offset=60.0)
+    a = MgmtProc(procs, mariadb, database, host, "ca", dead_after=1.5, host_retry=3.0)
+    admin = create_admin(procs, mariadb, database)
+    api = Api(a.endpoint, admin["apikey"], admin["secretkey"])
+    _, job = _deploy(api, "c1")
+    result = api.wait_job(job, timeout=30)
+    assert result["jobstatus"] == 2, result
+    assert "clock" in procs.log("ca")
+    assert host.effects() == []  # nothing was applied

@@ -101,13 +101,15 @@ def serve(db: str = DbOpt, db_password_file: Path = PwFileOpt, key_file: Path = 
 def simhost(state_dir: Path = typer.Option(..., "--state-dir", help="directory for state and effect log"),
             listen: str = typer.Option("127.0.0.1:8250", help="ADDRESS:PORT"),
             op_seconds: float = typer.Option(0.5, help="how long each VM operation takes"),
+            clock_offset: float = typer.Option(0.0, help="seconds the host's clock runs ahead when"
+                                               " it checks request expiry (for tests)"),
             verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a simulated hypervisor host (idempotent operations, effect log)."""
     from tandem.mgmt.simhost import serve as run
     host, port = _listen(listen)
     _logging(verbose)
     try:
-        asyncio.run(run(state_dir, host, port, op_seconds))
+        asyncio.run(run(state_dir, host, port, op_seconds, clock_offset))
     except OSError as e:
         raise TandemError(f"cannot serve on {listen}: {e.strerror}") from None
 

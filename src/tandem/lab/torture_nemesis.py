@@ -19,6 +19,7 @@ from typing import Any
 
 from tandem.errors import LabError, TandemError
 from tandem.lab.stack import DATA_NODES, LabStack
+from tandem.lab.supervisor import start_ticks
 from tandem.lab.topology import NETWORKS
 from tandem.lab.torture_plan import Fault
 
@@ -29,7 +30,8 @@ class Nemesis:
         self.leader = leader or stack.leader  # callable: the node running the DB group now
         self.lab = stack.lab
         self.on_restart = on_restart  # callable(host): services beyond the stack's (the simulated host)
-        self.paused: dict[tuple[str, str], int] = {}  # (host, name) -> pid we stopped
+        #: (host, name) -> (pid, kernel start time) of the process we stopped
+        self.paused: dict[tuple[str, str], tuple[int, int | None]] = {}
 
     # --- one fault ---------------------------------------------------------------------
     def apply(self, fault: Fault, tag: dict[str, Any]) -> bool:
@@ -166,15 +168,21 @@ class Nemesis:
 
     def _apply_pause(self, p: dict) -> str:
         host, pid = self._target(p)
+        started = start_ticks(pid)
         os.kill(pid, signal.SIGSTOP)
-        self.paused[(host, p["name"])] = pid
+        self.paused[(host, p["name"])] = (pid, started)
         self.lab.events.record("fault", fault="pause", host=host, name=p["name"], pid=pid)
         return f"SIGSTOP {p['name']} pid {pid} on {host}"
 
     def _heal_pause(self, p: dict) -> None:
         key = next((k for k in self.paused if k[1] == p["name"] and p["host"] in (k[0], "leader")), None)
-        pid = self.paused.pop(key, None) if key else None
-        if pid is not None and self.lab.supervisor(key[0]).owns(pid):  # not a recycled pid
+        entry = self.paused.pop(key, None) if key else None
+        pid, started = entry if entry else (None, None)
+        # The very process we stopped (not a recycled pid): same kernel start time. Not
+        # "is it in the host's namespace": a process stopped just after its start may
+        # still be nsenter in the root namespace, and it was never resumed (torture 66:3:
+        # an agent paused at birth stayed stopped, its node Offline for good).
+        if pid is not None and started is not None and start_ticks(pid) == started:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
             self.lab.events.record("heal", fault="pause", host=key[0], name=p["name"], pid=pid)

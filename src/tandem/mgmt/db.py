@@ -114,6 +114,11 @@ def is_rolled_back(e: BaseException) -> bool:
     return isinstance(e, pymysql.err.OperationalError) and bool(e.args) and e.args[0] in ROLLED_BACK_ERRNOS
 
 
+IDLE_TRANSACTION_TIMEOUT = 10
+"""Seconds a session of ours may sit idle inside a transaction before the server ends
+it (and releases its locks). Our transactions run their statements back to back."""
+
+
 class _CommitUnknown(Exception):
     """COMMIT was sent but no answer came back."""
 
@@ -152,8 +157,13 @@ class Database:
             connect_timeout=max(1, int(self.connect_timeout)),
             read_timeout=self.io_timeout, write_timeout=self.io_timeout,
             # Short lock waits: our transactions are short, and a timeout is retried.
+            # idle_transaction_timeout: the server ends a session of ours that sits in
+            # an open transaction (our transactions never wait on the client): a
+            # server that lost power mid-transaction sends no FIN, and its row locks
+            # held up every takeover of its jobs until TCP gave up, hours later.
             init_command="SET SESSION tx_isolation='READ-COMMITTED', SESSION time_zone='+00:00',"
-                         " SESSION innodb_lock_wait_timeout=5",
+                         " SESSION innodb_lock_wait_timeout=5,"
+                         f" SESSION idle_transaction_timeout={IDLE_TRANSACTION_TIMEOUT}",
             **PLAIN_TCP,
         )
 
@@ -266,18 +276,23 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _marker_committed(self, marker: str, attempts) -> bool:
+        """Did the transaction that inserted `marker` commit? A locking read: a COMMIT
+        still running on the server (stalled longer than our read timeout) holds the
+        marker row, and a plain read would not see it yet: "not committed", the
+        write ran again and failed on the duplicate marker, and a committed write
+        was reported failed. The locking read waits for that transaction to end."""
         while True:
             conn = None
             try:
                 conn = self.connect()
                 with conn.cursor() as cur:
-                    cur.execute("SELECT 1 FROM txn_marker WHERE id=%s", (marker,))
+                    cur.execute("SELECT 1 FROM txn_marker WHERE id=%s LOCK IN SHARE MODE", (marker,))
                     found = cur.fetchone() is not None
                 self._give(conn)
                 return found
             except Exception as e:
                 _discard(conn)
-                if not (is_connection_error(e) or is_storage_error(e)):
+                if not is_transient(e):
                     raise
                 next(attempts)
 

@@ -171,6 +171,14 @@ class JobContext:
                 result = await self.host.op(self.job.id, op, vm, spec, valid_until=valid_until)
             except RequestExpired as e:
                 self.maybe_delivered |= e.maybe_delivered
+                if time.monotonic() > deadline:
+                    # Every attempt expired although our lease was valid when it left:
+                    # the host's clock runs ahead of ours by more than the lease leaves.
+                    raise HostUnavailable(
+                        f"{op} of {self.job.id}: the host refused every request as expired"
+                        f" for {budget:.0f} s; is its clock ahead of this server's? ({e})",
+                        maybe_delivered=self.maybe_delivered) from None
+                await asyncio.sleep(0.1)
                 continue
             except HostUnavailable as e:
                 self.maybe_delivered |= e.maybe_delivered
@@ -239,6 +247,7 @@ class JobManager:
         await self.db.write(self._register, idempotent=True)
         self.lease.beat_done(started, time.monotonic())
         self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                       asyncio.create_task(self._takeover_loop(), name="takeover"),
                        asyncio.create_task(self._dispatch_loop(), name="dispatch")]
 
     async def stop(self) -> None:
@@ -277,6 +286,23 @@ class JobManager:
             try:
                 await self.db.write(self._beat, idempotent=True)
                 self.lease.beat_done(started, time.monotonic())
+            except Exception as e:
+                self.lease.beat_failed()
+                if isinstance(e, DbUnavailable):
+                    log.warning("heartbeat failed: %s", e)
+                else:
+                    log.exception("heartbeat failed")
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def _takeover_loop(self) -> None:
+        """Takeover and housekeeping, apart from the heartbeat: their statements lock
+        rows of other servers' jobs, and a lock held by a dead server's session
+        (power lost mid-transaction: no FIN, the session lingers until the server's
+        idle-transaction timeout ends it) made each beat wait for lock timeouts,
+        long enough to look dead ourselves."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
                 if self.lease.may_take_over(time.monotonic()):
                     taken = await self.db.write(self._take_over, idempotent=True)
                     if taken:
@@ -285,13 +311,10 @@ class JobManager:
                 if time.monotonic() >= self._next_housekeeping:
                     await self.db.write(self._housekeeping, idempotent=True)
                     self._next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
-            except Exception as e:
-                self.lease.beat_failed()
-                if isinstance(e, DbUnavailable):
-                    log.warning("heartbeat failed: %s", e)
-                else:
-                    log.exception("heartbeat failed")
-            await asyncio.sleep(self.heartbeat_interval)
+            except DbUnavailable as e:
+                log.warning("takeover of dead servers' jobs failed, trying again: %s", e)
+            except Exception:
+                log.exception("takeover of dead servers' jobs failed, trying again")
 
     def _beat(self, cur: Cursor) -> None:
         cur.execute("UPDATE mgmt_server SET heartbeat=NOW(6) WHERE id=%s", (self.server_id,))

@@ -40,8 +40,9 @@ class OpRefused(Exception):
 class SimHost:
     """The host's state and its operations (the HTTP layer is `make_app`)."""
 
-    def __init__(self, state_dir: Path, op_seconds: float = 0.5):
+    def __init__(self, state_dir: Path, op_seconds: float = 0.5, clock_offset: float = 0.0):
         self.dir = Path(state_dir)
+        self.clock_offset = clock_offset  #: seconds this host's wall clock runs ahead (a test knob)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.op_seconds = op_seconds
         self.state_file = self.dir / "state.json"
@@ -162,7 +163,7 @@ def make_app(host: SimHost) -> web.Application:
             return web.json_response({"ok": False, "error": "need JSON with request_id, op, vm"}, status=400)
         if name not in OPS or not rid or not vm:
             return web.json_response({"ok": False, "error": f"unknown op {name!r}"}, status=400)
-        if expires is not None and time.time() > expires and not host.known(rid):
+        if expires is not None and time.time() + host.clock_offset > expires and not host.known(rid):
             return web.json_response({"ok": False, "expired": True,
                                       "error": f"request {rid} expired (its sender's job lease ran out)"},
                                      status=409)
@@ -189,9 +190,10 @@ def make_app(host: SimHost) -> web.Application:
     return app
 
 
-async def serve(state_dir: Path, host: str, port: int, op_seconds: float) -> None:
+async def serve(state_dir: Path, host: str, port: int, op_seconds: float,
+                clock_offset: float = 0.0) -> None:
     """Run the simulated host until cancelled."""
-    sim = SimHost(state_dir, op_seconds)
+    sim = SimHost(state_dir, op_seconds, clock_offset)
     runner = web.AppRunner(make_app(sim), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -267,6 +267,7 @@ class Server:
                 yield Sleep(INTERVAL)
         self.lease.beat_done(started, self.sim.now)
         self.spawn(self._heartbeat_loop())
+        self.spawn(self._takeover_loop())
         self.spawn(self._dispatch_loop())
 
     def _register(self, db: ModelDb) -> None:
@@ -278,14 +279,22 @@ class Server:
             try:
                 yield Db(self._register)
                 self.lease.beat_done(started, self.sim.now)
+            except DbUnavailable:
+                self.lease.beat_failed()
+            yield Sleep(INTERVAL)
+
+    def _takeover_loop(self) -> Generator:
+        """As in JobManager: apart from the heartbeat."""
+        while True:
+            yield Sleep(INTERVAL)
+            try:
                 if self.lease.may_take_over(self.sim.now):
                     taken = yield Db(self._take_over)
                     if taken:
                         self.sim.log(self.sid, f"took over {taken} job(s)")
                         self.set_wake()
             except DbUnavailable:
-                self.lease.beat_failed()
-            yield Sleep(INTERVAL)
+                pass
 
     def _take_over(self, db: ModelDb) -> int:
         now, n = self.world.sim.now, 0
