@@ -4,6 +4,7 @@ whatever happens to the test."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -39,6 +40,26 @@ def _loop_devices() -> dict[str, str]:
     out = subprocess.run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], capture_output=True,
                          text=True).stdout
     return {p[0]: (p[1] if len(p) > 1 else "") for p in (line.split(None, 1) for line in out.splitlines())}
+
+
+def _loops_of_other_labs(lab_root: Path) -> set[str]:
+    """Loop devices that labs of other runs recorded attaching (a fault campaign beside
+    the tests): a loop whose FUSE file was torn away shows a bare "/disk" as its
+    backing file, whoever's it is."""
+    from tandem.lab.lab import _state_files
+    from tandem.lab.topology import DEFAULT_ROOT
+    tops = [p / "hosts" for p in DEFAULT_ROOT.glob("*")]
+    tops += [p / "hosts" for run in lab_root.parent.glob("run*") if run != lab_root for p in run.glob("*")]
+    found = set()
+    for top in tops:
+        for state in _state_files(top):
+            try:
+                dev = json.loads(state.read_text()).get("loop")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if dev:
+                found.add(dev)
+    return found
 
 
 def fresh_lab_name(prefix: str = "t") -> str:
@@ -83,8 +104,10 @@ def lab(lab_root):
             if the_lab.spec.event_file.exists():
                 shutil.copy(the_lab.spec.event_file, dest / "events.jsonl")
         Lab.down_by_name(name, lab_root)
+        others = _loops_of_other_labs(lab_root)
         leaked = {d: f for d, f in _loop_devices().items()
-                  if d not in loops_before and (f == "/disk" or f.startswith(str(lab_root)))}
+                  if d not in loops_before and (f.startswith(str(lab_root))
+                                                or (f == "/disk" and d not in others))}
         assert not leaked, f"lab {name} left loop devices behind: {leaked}"
 
 
