@@ -13,17 +13,20 @@ from tests.conftest import fresh_lab_name, run_tandem
 from tests.lab.netprobe import ping
 
 
-def machine_snapshot() -> tuple[str, str, str, str]:
+def machine_snapshot(*labs: str) -> list[str]:
+    """What the machine holds of these labs: namespaces, loop devices, mounts and nft
+    tables that name them. Only theirs: other runs (a campaign) may be changing the
+    rest of the machine meanwhile."""
     def out(*cmd):
         return subprocess.run(cmd, capture_output=True, text=True).stdout
-    mounts = Path("/proc/mounts").read_text()
-    return (out("ip", "netns", "list"), out("losetup", "-a"), mounts,
-            out("nft", "list", "tables"))
+    lines = (out("ip", "netns", "list") + out("losetup", "-a") + Path("/proc/mounts").read_text()
+             + out("nft", "list", "tables")).splitlines()
+    return sorted(line for line in lines if any(lab in line for lab in labs))
 
 
 def test_two_labs_coexist_and_down_leaves_nothing(lab_root):
-    before = machine_snapshot()
     a, b = fresh_lab_name("a"), fresh_lab_name("b")
+    assert machine_snapshot(a, b) == []
     lab_a = Lab.up(a, root=lab_root)
     try:
         lab_b = Lab.up(b, root=lab_root)
@@ -49,7 +52,7 @@ def test_two_labs_coexist_and_down_leaves_nothing(lab_root):
         assert ping(lab_a, "node1", "node2")
     finally:
         lab_a.down()
-    assert machine_snapshot() == before
+    assert machine_snapshot(a, b) == []
 
 
 def test_up_twice_is_refused_and_down_is_idempotent(lab_root):

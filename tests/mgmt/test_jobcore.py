@@ -25,3 +25,21 @@ def test_a_gap_in_the_lease_demands_new_proof_of_ownership():
     assert not lease.may_send(25.6, 25.55)
     lease.beat_done(26.0, 26.1)
     assert not lease.may_send(26.2, 25.55) and lease.may_send(26.2, 26.15)
+
+
+def test_no_takeover_while_our_own_beat_is_stuck():
+    """Takeover runs apart from the heartbeat (a dead server's locks must not stall the
+    beat). While our beat hangs, the database may be failing over: once it is back,
+    every other server's heartbeat looks stale, so no takeover may start meanwhile."""
+    lease = Lease(dead_after=2.0, interval=0.5)
+    t = 0.0
+    for _ in range(6):  # steady beats for longer than dead_after
+        lease.beat_begun(t)
+        lease.beat_done(t, t + 0.01)
+        t += 0.5
+    assert lease.may_take_over(t)
+    lease.beat_begun(t)
+    assert lease.may_take_over(t + 0.4)  # a beat under way, not late yet
+    assert not lease.may_take_over(t + 0.6)  # stuck longer than the interval
+    lease.beat_done(t, t + 0.7)  # slow: the steady clock restarts
+    assert not lease.may_take_over(t + 0.8)

@@ -180,11 +180,17 @@ class Agent:
                 else:
                     self.lease_deadline = r.deadline
                     self.deadline_lease = self.dcs.lease_id
-                    # VIPs first: their refresh must follow the renewal closely (see
-                    # VIP_REFRESH_SLACK); the write lease has the deadline to go by.
-                    await self._refresh_vips(r.deadline - r.ttl + VIP_REFRESH_SLACK)
-                    if self.primary:
-                        await self._push_write_lease()
+                    # Side by side: the VIP refresh must follow the renewal closely (see
+                    # VIP_REFRESH_SLACK), and a slow or failing `ip` must not hold up
+                    # the volume's write lease (nor the other way round).
+                    vips, lease = await asyncio.gather(
+                        self._refresh_vips(r.deadline - r.ttl + VIP_REFRESH_SLACK),
+                        self._push_write_lease() if self.primary else asyncio.sleep(0),
+                        return_exceptions=True)
+                    if isinstance(vips, Exception):
+                        log.warning("VIP lifetimes not refreshed: %s", vips)
+                    if isinstance(lease, BaseException):
+                        raise lease
             except DCSError as e:
                 log.warning("lease renewal failed: %s", e)
                 self.wake.set()

@@ -54,8 +54,10 @@ class Lease:
     steady_since: float | None = None
     beat_started: float | None = None  #: when the last successful beat was sent
     stretch_since: float | None = None  #: start of the current unbroken run of valid beats
+    beat_in_flight_since: float | None = None  #: when the beat under way (if any) began
 
     def beat_done(self, started: float, finished: float) -> None:
+        self.beat_in_flight_since = None
         if self.steady_since is None or finished - started > self.interval:
             self.steady_since = finished
         until = self.requests_valid_until()
@@ -82,11 +84,19 @@ class Lease:
         return (until is not None and now < until and confirmed_at is not None
                 and self.stretch_since is not None and confirmed_at >= self.stretch_since)
 
+    def beat_begun(self, now: float) -> None:
+        self.beat_in_flight_since = now
+
     def beat_failed(self) -> None:
         self.steady_since = None
+        self.beat_in_flight_since = None
 
     def may_take_over(self, now: float) -> bool:
-        return self.steady_since is not None and now - self.steady_since >= self.dead_after
+        """Also false while a beat has been under way longer than the interval: the
+        database may be failing over, and once back every other server's heartbeat
+        looks stale (takeover runs apart from the beat, and retries)."""
+        stuck = self.beat_in_flight_since is not None and now - self.beat_in_flight_since > self.interval
+        return self.steady_since is not None and now - self.steady_since >= self.dead_after and not stuck
 
     def fenced(self, now: float) -> bool:
         return self.last_beat is None or now - self.last_beat > self.dead_after * 0.75

@@ -283,6 +283,7 @@ class JobManager:
     async def _heartbeat_loop(self) -> None:
         while True:
             started = time.monotonic()
+            self.lease.beat_begun(started)
             try:
                 await self.db.write(self._beat, idempotent=True)
                 self.lease.beat_done(started, time.monotonic())
@@ -322,6 +323,8 @@ class JobManager:
             self._register(cur)
 
     def _take_over(self, cur: Cursor) -> int:
+        if not self.lease.may_take_over(time.monotonic()):
+            return 0  # each try asks again: our own beat may be stuck meanwhile (see Lease)
         cur.execute(
             TAKEOVER_SQL,
             (self.server_id, self.server_id, int(self.dead_after * 1_000_000)))

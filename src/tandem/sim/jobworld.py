@@ -276,6 +276,7 @@ class Server:
     def _heartbeat_loop(self) -> Generator:
         while True:
             started = self.sim.now
+            self.lease.beat_begun(started)
             try:
                 yield Db(self._register)
                 self.lease.beat_done(started, self.sim.now)
@@ -298,6 +299,8 @@ class Server:
 
     def _take_over(self, db: ModelDb) -> int:
         now, n = self.world.sim.now, 0
+        if not self.lease.may_take_over(now):
+            return 0
         for j in db.jobs.values():
             hb = db.servers.get(j.owner)
             if self.world.broken("takeover_live"):  # BROKEN: the owner's heartbeat is not checked

@@ -424,6 +424,8 @@ class Replicator:
                 with self.io_lock:
                     self.bitmap.set_range(offset, n)
                     held = self._hold_for_link_loss(op)  # its peer half: the loss's outcome
+                if held:
+                    self._close_ended_link()
                 self.stats["bitmap_writes"] += 1
             self.store.pwrite(offset, data, durable)
         except OSError as e:
@@ -488,6 +490,8 @@ class Replicator:
             with self.io_lock:
                 if self._hold_for_link_loss(w):
                     registered.append(w)
+            if registered:
+                self._close_ended_link()
         waiter = registered[0] if registered else None
         self.store.flush()
         if waiter is not None:
@@ -599,6 +603,15 @@ class Replicator:
         else:
             self._pending_writes[self._held_seq] = (item, item.offset, item.n)
         return True
+
+    def _close_ended_link(self) -> None:
+        """Not under io_lock. A link in a terminal state is normally closed by whoever
+        ended it; one a failed send of ours left terminal (a local protocol error) or
+        whose closer is stuck would hold what _hold_for_link_loss gave its handler
+        for good: close it here, so the handler runs."""
+        link = self.link
+        if link is not None and not link.closed and link.state not in LIVE_LINK:
+            link.close(f"link ended: {link.state}")
 
     def _al_touch(self, offset: int, n: int) -> None:
         with self.meta_lock:
@@ -1347,9 +1360,9 @@ class Replicator:
         elif was_replicating:
             with self.meta_lock, contextlib.suppress(Exception):
                 self.meta.persist()
+        self.peer_status = None  # before the link: a new link's handshake sets it again
         self.link = None
         self._connect_wake.set()
-        self.peer_status = None
         if self.resync and not self.resync.finished:
             self.resync.finished = time.monotonic()
         if fence:
