@@ -606,3 +606,35 @@ def test_a_write_while_this_side_has_not_taken_in_the_decision_is_replicated(tmp
         assert rep.stats["bitmap_writes"] == 0 and rep.bitmap.weight == 0
     finally:
         _close(rep, link, theirs)
+
+
+def test_a_both_primary_refusal_is_tried_again_after_the_demotion(tmp_path, monkeypatch):
+    """Torture 71:19: node1's volume daemon, paused as Primary while node2 took over,
+    resumed and reconnected before its agent demoted it. "Both nodes are Primary" left
+    both sides StandAlone for good, although node1 was Secondary a moment later."""
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY  # no FUSE file: see the module docstring
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
+                          now=time.monotonic())
+    rep.link = link
+    try:
+        link.start()
+        theirs.sendall(peer.data_to_send())
+        _pump(theirs, peer, lambda: peer.peer_status is not None)
+        theirs.sendall(peer.send(status_exchange(Role.PRIMARY)))  # node2 promoted meanwhile
+        deadline = time.monotonic() + 5
+        while not link.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.closed and "both nodes are Primary" in rep.standalone_reason
+        assert rep._undecided_retry_at is not None, "StandAlone for good"
+        monkeypatch.setattr(rep, "fuse", None)
+        rep.demote(force=True)
+        assert rep._undecided_retry_at <= time.monotonic()  # the connect loop tries again now
+    finally:
+        link.close("test over")
+        theirs.close()
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

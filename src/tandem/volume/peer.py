@@ -144,6 +144,10 @@ class SyncDecided:
     reason: str
     local: StateExchange
     peer: StateExchange
+    #: refused for now only: a split-brain policy could not pick a side, or the roles
+    #: were wrong (both Primary: one of them is being demoted); the driver tries
+    #: again after a while or at its next role change
+    retry_later: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,16 +501,21 @@ class PeerConnection:
     def send_parts(self, msg: Message) -> list[Buffer]:
         """Like :meth:`send`, as buffers for ``sendmsg`` (Write data not copied)."""
         self._check_usable()
+        before, self._outbox = self._outbox, []
         try:
             if isinstance(msg, _AUTOMATIC):
                 raise LocalProtocolError(f"{type(msg).__name__} frames are sent automatically")
             parts = encode_parts(msg)
             self._input(Dir.SEND, msg)
         except ProtocolError as exc:
+            self._outbox = before + self._outbox
             self._poison(exc)
             raise
-        out, self._outbox = self._outbox, []
-        out.extend(parts)
+        # Frames this message made the machine queue go after it: sending our
+        # StateExchange decides the handshake, and a refusal's Disconnect sent ahead
+        # of it left the peer without our state (it saw a bare disconnect).
+        out = before + parts + self._outbox
+        self._outbox = []
         return out
 
     def data_to_send(self) -> bytes:
@@ -658,7 +667,8 @@ class PeerConnection:
         )
         refusal = _refusal(decision, local, peer)
         reason = refusal or decision.reason
-        self.decision = SyncDecided(decision, refusal is not None, reason, local, peer)
+        retry = refusal is not None and (decision.policy_undecided or refusal in _ROLE_REFUSALS)
+        self.decision = SyncDecided(decision, refusal is not None, reason, local, peer, retry)
         self._events.append(self.decision)
         if refusal is not None:
             self._fire(Trigger.REFUSED, refusal)
@@ -823,6 +833,11 @@ def _disconnect_frame(reason: str) -> bytes:
     return encode(Disconnect(raw.decode(errors="ignore")))
 
 
+BOTH_PRIMARY = "both nodes are Primary"
+PRIMARY_AS_TARGET = "the Primary would become a sync target"
+_ROLE_REFUSALS = (BOTH_PRIMARY, PRIMARY_AS_TARGET)
+
+
 def _refusal(decision: SyncDecision, local: StateExchange, peer: StateExchange) -> str | None:
     """Why the link must not proceed despite (or because of) the decision."""
     if local.split_brain_policy is not peer.split_brain_policy:
@@ -836,14 +851,14 @@ def _refusal(decision: SyncDecision, local: StateExchange, peer: StateExchange) 
     if local.block_size != peer.block_size:
         return f"bitmap block sizes differ ({local.block_size} here, {peer.block_size} there)"
     if local.role is Role.PRIMARY and peer.role is Role.PRIMARY:
-        return "both nodes are Primary"
+        return BOTH_PRIMARY
     out = decision.outcome
     for we_are, ours, theirs in ((out.is_source, local, peer), (out.is_target, peer, local)):
         if we_are:
             if not ours.disk.is_consistent:
                 return f"the sync source's disk is {ours.disk}"
             if theirs.role is Role.PRIMARY:
-                return "the Primary would become a sync target"
+                return PRIMARY_AS_TARGET
     return None
 
 

@@ -1218,7 +1218,10 @@ class Replicator:
             self.peer_disk = ev.peer.disk
             if ev.refused:
                 self.standalone_reason = ev.reason
-                if ev.decision.policy_undecided:
+                if ev.retry_later:
+                    # Torture 71:19: node1's volume daemon, paused as Primary, resumed and
+                    # reconnected before its agent demoted it: "both Primary" left both
+                    # sides StandAlone for good, the demotion a moment later notwithstanding.
                     self._undecided_retry_at = time.monotonic() + UNDECIDED_RETRY
                     log.error("connection refused: %s (StandAlone; trying again in %.0f s or at"
                               " the next role change)", ev.reason, UNDECIDED_RETRY)
