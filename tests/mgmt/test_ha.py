@@ -25,6 +25,17 @@ def _deploy(api: Api, name: str) -> tuple[str, str]:
     return r["id"], r["jobid"]
 
 
+def _owner_and_survivor(procs, mariadb, database, a_name: str, b_name: str, op_seconds: float,
+                        dead_after: float):
+    """A simulated host and two servers on one database, with an API client for each."""
+    host = SimHostProc(procs, op_seconds=op_seconds)
+    a = MgmtProc(procs, mariadb, database, host, a_name, dead_after=dead_after)
+    b = MgmtProc(procs, mariadb, database, host, b_name, dead_after=dead_after)
+    admin = create_admin(procs, mariadb, database)
+    return (host, a, b, Api(a.endpoint, admin["apikey"], admin["secretkey"]),
+            Api(b.endpoint, admin["apikey"], admin["secretkey"]))
+
+
 def _exactly_once(host: SimHostProc) -> list[dict]:
     effects = host.effects()
     assert not [e for e in effects if e.get("conflict")], "two operations ran on one VM at once"
@@ -137,12 +148,7 @@ def test_conflicting_operations_on_one_vm_are_serialized(procs, mariadb, databas
 def test_paused_owner_cannot_commit_after_takeover(procs, mariadb, database):
     """SIGSTOP the owner mid-job (it is alive but silent): a survivor takes over and
     finishes; when the owner wakes up it finds the job gone and commits nothing."""
-    host = SimHostProc(procs, op_seconds=1.0)
-    a = MgmtProc(procs, mariadb, database, host, "pa", dead_after=1.0)
-    b = MgmtProc(procs, mariadb, database, host, "pb", dead_after=1.0)
-    admin = create_admin(procs, mariadb, database)
-    a_api = Api(a.endpoint, admin["apikey"], admin["secretkey"])
-    b_api = Api(b.endpoint, admin["apikey"], admin["secretkey"])
+    host, a, b, a_api, b_api = _owner_and_survivor(procs, mariadb, database, "pa", "pb", 1.0, 1.0)
     made = [_deploy(a_api, f"p{i}") for i in range(2)]
     time.sleep(0.4)
     os.kill(a.proc.pid, signal.SIGSTOP)
@@ -170,12 +176,7 @@ def test_a_dead_servers_lingering_transaction_holds_up_takeover_only_briefly(pro
     session of ours idle in a transaction (IDLE_TRANSACTION_TIMEOUT) and takeover runs
     apart from the heartbeat."""
     from tandem.mgmt.db import IDLE_TRANSACTION_TIMEOUT, Database, DbUrl
-    host = SimHostProc(procs, op_seconds=2.0)
-    a = MgmtProc(procs, mariadb, database, host, "za", dead_after=1.5)
-    b = MgmtProc(procs, mariadb, database, host, "zb", dead_after=1.5)
-    admin = create_admin(procs, mariadb, database)
-    a_api = Api(a.endpoint, admin["apikey"], admin["secretkey"])
-    b_api = Api(b.endpoint, admin["apikey"], admin["secretkey"])
+    host, a, b, a_api, b_api = _owner_and_survivor(procs, mariadb, database, "za", "zb", 2.0, 1.5)
     _, job = _deploy(a_api, "z1")
     # the session "za" had open when its power went: a transaction holding the job's row
     za_db = Database(DbUrl.parse(mariadb.url(database), password=mariadb.password))

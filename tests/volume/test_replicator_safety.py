@@ -432,6 +432,14 @@ def _writer(rep: Replicator, offset: int, results: list):
     return t
 
 
+def _demote_and_see_the_write_fail(rep: Replicator, monkeypatch, writer, results: list) -> None:
+    """What the agent does when the fence fails: a forced demotion; the held write fails."""
+    monkeypatch.setattr(rep, "fuse", None)
+    rep.demote(force=True)
+    writer.join(5)
+    assert results and isinstance(results[0], OSError), results
+
+
 def _close(rep: Replicator, link: Link | None, theirs: socket.socket) -> None:
     if link is not None:
         link.close("test over")
@@ -500,10 +508,7 @@ def test_a_write_that_finds_the_link_gone_waits_for_the_fence(tmp_path, monkeypa
             writer.join(5)
             assert results == [None] and rep.peer_disk is DiskState.OUTDATED
         else:
-            monkeypatch.setattr(rep, "fuse", None)
-            rep.demote(force=True)  # what the agent does when it cannot fence
-            writer.join(5)
-            assert results and isinstance(results[0], OSError), results
+            _demote_and_see_the_write_fail(rep, monkeypatch, writer, results)
     finally:
         gate.set()
         allow.set()
@@ -537,11 +542,8 @@ def test_a_write_between_the_close_and_its_handling_waits_for_the_fence(tmp_path
             time.sleep(0.005)
         writer.join(0.2)
         assert writer.is_alive(), "the write completed before the peer was fenced"
-        allow.set()  # the fence fails: the agent demotes
-        monkeypatch.setattr(rep, "fuse", None)
-        rep.demote(force=True)
-        writer.join(5)
-        assert results and isinstance(results[0], OSError), results
+        allow.set()  # the fence fails
+        _demote_and_see_the_write_fail(rep, monkeypatch, writer, results)
     finally:
         proceed.set()
         allow.set()
