@@ -82,6 +82,19 @@ def test_errors_have_codes_and_change_nothing(cloud, mariadb):
     # expired signatureVersion 3
     text = _error(api.raw("listZones", expires_in=-5), 401, "listzonesresponse")
     assert "expired" in text
+    # an expired request re-cut so that the signed string stays the same but
+    # signatureVersion disappears (a name swallows it): refused, not replayable
+    p = api.params("listZones", expires_in=-5)
+    del p["response"], p["signatureVersion"]
+    p["response=json&signatureVersion"] = "3"
+    assert signing.signature_matches(p, api.secret, p["signature"])  # the forgery's premise
+    resp = requests.get(api.endpoint, params=p, timeout=10)
+    assert resp.status_code == 431 and "bad parameter name" in resp.text
+    # an expiry without signatureVersion is checked all the same
+    p = api.params("listZones", expires_in=-5)
+    del p["signatureVersion"]
+    p["signature"] = signing.sign(p, api.secret)
+    assert "expired" in _error(requests.get(api.endpoint, params=p, timeout=10), 401, "listzonesresponse")
     # no credentials at all
     _error(requests.get(api.endpoint, params={"command": "listZones", "response": "json"}, timeout=10),
            401, "listzonesresponse")
@@ -123,8 +136,12 @@ def test_post_form_login_session_and_logout(cloud):
     r = requests.get(server.endpoint, params={"command": "listZones", "response": "json",
                                               "sessionkey": login["sessionkey"]}, timeout=10)
     assert r.status_code == 200 and r.json()["listzonesresponse"]["count"] == 1
-    # the cookie alone also works (browsers)
-    assert s.get(server.endpoint, params={"command": "listZones", "response": "json"}).status_code == 200
+    # the cookie alone is not enough: a browser sends it with any request, also one that
+    # another site makes it send (CSRF); the session key must be a parameter, as in CloudStack
+    assert s.get(server.endpoint, params={"command": "listZones", "response": "json"}).status_code == 401
+    assert "samesite=strict" in r.headers.get("Set-Cookie", "").lower() or \
+        all(c.get_nonstandard_attr("SameSite", "").lower() == "strict" for c in s.cookies
+            if c.name in ("sessionkey", "JSESSIONID"))
     bad = requests.post(server.endpoint, data={"command": "login", "username": "admin", "password": "wrong",
                                                "response": "json"}, timeout=10)
     assert bad.status_code == 401 and bad.json()["loginresponse"]["errorcode"] == 401

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ log = logging.getLogger("tandem.mgmt.server")
 
 API_PATH = "/client/api"
 MAX_PARAMS = 200
+PARAM_NAME = re.compile(r"[A-Za-z0-9_.\[\]-]{1,100}")  #: what a parameter name may be
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,8 @@ class MgmtServer:
             resp = web.Response(text=text, status=200, headers={"Content-Type": ctype})
             for key, value in response.cookies.items():
                 if value:
-                    resp.set_cookie(key, value, path="/client", httponly=key in ("JSESSIONID", "sessionkey"))
+                    resp.set_cookie(key, value, path="/client", httponly=key in ("JSESSIONID", "sessionkey"),
+                                    samesite="Strict")
                 else:
                     resp.del_cookie(key, path="/client")
             status = 200
@@ -191,6 +194,13 @@ class MgmtServer:
                     merged.append((key, value))
         out: dict[str, str] = {}
         for key, value in merged:
+            if not PARAM_NAME.fullmatch(key):
+                # The signed string joins names and values with "=" and "&" unescaped in
+                # names: a name holding them can swallow its neighbours (a captured
+                # request re-cut to drop signatureVersion, and with it the expiry).
+                shown = key[:40].encode("unicode_escape").decode()
+                raise ApiError(PARAM_ERROR, f"bad parameter name {shown!r}: use only letters, digits"
+                                            " and _ . [ ] -")
             out.setdefault(key, value)
         if len(out) > MAX_PARAMS:
             raise ApiError(PARAM_ERROR, f"too many parameters: the limit is {MAX_PARAMS}")
@@ -207,7 +217,7 @@ class MgmtServer:
             if not signature:
                 raise ApiError(UNAUTHORIZED, "unable to verify user credentials: the request has an apiKey"
                                              " but no signature")
-            if lowered.get("signatureversion") == "3":
+            if lowered.get("signatureversion") == "3" or "expires" in lowered:
                 try:
                     signing.check_expires(lowered.get("expires"))
                 except signing.ExpiresError as e:
@@ -216,7 +226,9 @@ class MgmtServer:
             if found is None or not signing.signature_matches(raw, found[1], signature):
                 raise denied
             return found[0], None
-        sessionkey = lowered.get("sessionkey") or request.cookies.get("sessionkey")
+        # The session key must come as a parameter, as in CloudStack: a cookie is sent
+        # by the browser with any request, also one another site makes it send (CSRF).
+        sessionkey = lowered.get("sessionkey")
         if sessionkey:
             caller = await self.db.read(lambda cur: auth.by_session(cur, sessionkey))
             if caller is not None:
