@@ -640,3 +640,43 @@ def test_a_both_primary_refusal_is_tried_again_after_the_demotion(tmp_path, monk
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
+    """The listener has one link slot, taken before authentication: a stranger that
+    connected and stayed silent held it for the whole handshake timeout, again and
+    again, and kept the real peer out. Only the peer's replication address gets in."""
+    backing, meta = tmp_path / "node2.img", tmp_path / "node2.meta"
+    BackingStore.create(backing, SIZE)
+    MetaStore.create(meta, SIZE, "node2", disk=DiskState.UP_TO_DATE, generations=GenerationIds(GEN),
+                     al_slots=61, al_extent_size=EXTENT).close()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = VolumeSpec(resource="r0", node="node2", peer="node1", size=SIZE, backing=backing,
+                      metadata=meta, address="127.0.0.1", peer_address="127.0.0.2", port=port,
+                      ping_timeout=2.0, resync_rate=None, fence_peer_command=None, run_dir=tmp_path,
+                      secret_file=tmp_path / "secret", write_through=True)
+    rep = Replicator(spec, SECRET)
+    assert not spec.dials  # node2 listens
+    rep.start()
+    socks = []
+    try:
+        deadline = time.monotonic() + 5
+        while rep._listener is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stranger = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.3", 0))
+        socks.append(stranger)
+        stranger.settimeout(2)
+        assert stranger.recv(1) == b""  # closed at once, before any handshake
+        assert rep.link is None
+        peer = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+        socks.append(peer)
+        deadline = time.monotonic() + 5
+        while rep.link is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rep.link is not None  # the peer's address gets the slot (and its handshake)
+    finally:
+        for s in socks:
+            s.close()
+        rep.stop()

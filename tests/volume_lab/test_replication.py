@@ -230,7 +230,9 @@ def _link_port(vp) -> tuple[str, int]:
     return vp.lab.address("node2", "replication"), 7789
 
 
-def _stranger(vp, payload: bytes) -> bytes:
+def _stranger(vp, payload: bytes, host: str = "node1") -> bytes:
+    """Send `payload` to node2's replication port from `host` (by default from the peer's
+    own address, the only one the listener lets in) and return what came back."""
     code = (
         "import socket,sys\n"
         "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3)\n"
@@ -244,8 +246,8 @@ def _stranger(vp, payload: bytes) -> bytes:
         "except Exception: pass\n"
         "print(data.hex())\n")
     import sys
-    host, port = _link_port(vp)
-    out = vp.lab.run("witness", [sys.executable, "-c", code, host, str(port), payload.hex()],
+    addr, port = _link_port(vp)
+    out = vp.lab.run(host, [sys.executable, "-c", code, addr, str(port), payload.hex()],
                      timeout=20).stdout.strip()
     return bytes.fromhex(out)
 
@@ -266,7 +268,11 @@ def test_malformed_frames_and_wrong_secret_are_rejected(fresh):
     hs = Handshake(secret=b"not-the-secret-0123456789", node="node1", nonce=os.urandom(16),
                    initiator=True)
     _stranger(vp, wire.encode(hs.hello()))
+    # anyone but the peer is turned away before a byte is read (it would hold the one
+    # link slot through a silent handshake and keep the peer out)
+    assert _stranger(vp, wire.encode(hs.hello()), host="witness") == b""
     log = vp.log("node2")
+    assert "refused a replication connection from" in log
     assert "protocol error" in log
     assert "not-the-secret" not in log
     assert vp.backing("node2").read_bytes()[:8 * MiB] == before

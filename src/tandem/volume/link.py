@@ -292,8 +292,9 @@ class Link:
         for _ in range(8):  # each round needs a new state change: a few at most
             events: list[Event] = []
             with self.state_lock:
-                if self.peer.terminal:
-                    return
+                # Also once terminal: a refusal our own StateExchange decided queues its
+                # SyncDecided here, and dropping it left the reason untold (StandAlone
+                # with no reason in `status`, no log line; test_different_policies).
                 try:
                     while (ev := self.peer.next_event()) is not wire.NEED_DATA:
                         events.append(ev)

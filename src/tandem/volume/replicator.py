@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import ipaddress
 import logging
 import os
 import queue
@@ -308,6 +309,7 @@ class Replicator:
         self.lost_leadership = False
         self._pending_writes: dict[int, tuple[Waiter, int, int]] = {}
         self._pending_flushes: dict[int, Waiter] = {}
+        self._strangers: set[str] = set()  # addresses refused on the listener (logged once)
         self._loss_handled: Link | None = None  # the last link whose loss _on_link_closed took in
         self._held_seq = 0  # negative keys of writes/flushes held for a link loss (see _hold_for_link_loss)
         self._unflushed: dict[int, int] = {}
@@ -1078,6 +1080,16 @@ class Replicator:
         sock.settimeout(None)
         if self.link is not None:
             sock.close()
+            return None
+        if ipaddress.ip_address(addr[0]) != ipaddress.ip_address(self.spec.peer_address):
+            # The peer dials from its replication address. Anyone else would hold the
+            # one link slot through a silent handshake (5 s and more), again and again,
+            # and keep the real peer out: refused before it is authenticated at all.
+            sock.close()
+            if addr[0] not in self._strangers:
+                self._strangers.add(addr[0])
+                log.warning("refused a replication connection from %s: the peer %s connects from"
+                            " %s", addr[0], self.spec.peer, self.spec.peer_address)
             return None
         return sock
 
