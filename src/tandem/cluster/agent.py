@@ -178,13 +178,19 @@ class Agent:
                     self.lease_deadline = None
                     self.wake.set()
                 else:
+                    # A VIP is extended only on a lease renewed without a lapse: a fresh
+                    # lease after one carries none of our keys (torture 73:103: node1,
+                    # cut off while demoting, got a new lease when the partition healed
+                    # and kept re-adding the expired DB VIP beside node2's for 9 s).
+                    continuous = self.deadline_lease is not None and self.deadline_lease == self.dcs.lease_id
                     self.lease_deadline = r.deadline
                     self.deadline_lease = self.dcs.lease_id
                     # Side by side: the VIP refresh must follow the renewal closely (see
                     # VIP_REFRESH_SLACK), and a slow or failing `ip` must not hold up
                     # the volume's write lease (nor the other way round).
+                    vip_until = r.deadline - r.ttl + VIP_REFRESH_SLACK if continuous else -1.0
                     vips, lease = await asyncio.gather(
-                        self._refresh_vips(r.deadline - r.ttl + VIP_REFRESH_SLACK),
+                        self._refresh_vips(vip_until),
                         self._push_write_lease() if self.primary else asyncio.sleep(0),
                         return_exceptions=True)
                     if isinstance(vips, Exception):
