@@ -350,6 +350,12 @@ class CloneSet:
             return  # keep what we have: the lease check above bounds how long
         if mine:
             if not self.holding or not (await self.vip.monitor()).is_ok:
+                deadline = agent.lease_deadline
+                if deadline is None or deadline - agent.margin <= time.monotonic():
+                    # The claim and the monitor took the lease's whole life (a paused
+                    # agent, torture 72:163: it added the API VIP 3 s after its lease
+                    # ended, beside the new holder's): the next round decides afresh.
+                    return
                 r = await self.vip.start()
                 self.holding = r.ok
                 (log.info if r.ok else log.error)("API VIP: %s", r)
