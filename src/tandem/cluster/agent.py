@@ -188,9 +188,11 @@ class Agent:
                     # Side by side: the VIP refresh must follow the renewal closely (see
                     # VIP_REFRESH_SLACK), and a slow or failing `ip` must not hold up
                     # the volume's write lease (nor the other way round).
-                    vip_until = r.deadline - r.ttl + VIP_REFRESH_SLACK if continuous else -1.0
+                    if not continuous:
+                        log.info("lease granted anew: VIP lifetimes are not extended on it")
                     vips, lease = await asyncio.gather(
-                        self._refresh_vips(vip_until),
+                        self._refresh_vips(r.deadline - r.ttl + VIP_REFRESH_SLACK) if continuous
+                        else asyncio.sleep(0),
                         self._push_write_lease() if self.primary else asyncio.sleep(0),
                         return_exceptions=True)
                     if isinstance(vips, Exception):

@@ -514,9 +514,11 @@ class PeerConnection:
         # Frames this message made the machine queue go after it: sending our
         # StateExchange decides the handshake, and a refusal's Disconnect sent ahead
         # of it left the peer without our state (it saw a bare disconnect).
-        out = before + parts + self._outbox
-        self._outbox = []
-        return out
+        before.extend(parts)
+        if self._outbox:  # rare: no new list per Write on the hot path
+            before.extend(self._outbox)
+            self._outbox = []
+        return before
 
     def data_to_send(self) -> bytes:
         """Automatic frames queued by received messages or ``tick()``."""

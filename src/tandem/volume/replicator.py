@@ -423,11 +423,7 @@ class Replicator:
                     # bitmap and completes the peer's half, after a fence if needed.
                     link.send_write(offset, data, op.register, durable)
             if not op.replicated:
-                with self.io_lock:
-                    self.bitmap.set_range(offset, n)
-                    held = self._hold_for_link_loss(op)  # its peer half: the loss's outcome
-                if held:
-                    self._close_ended_link()
+                held = self._hold_unreplicated(op, (offset, n))  # peer half: the loss's outcome
                 self.stats["bitmap_writes"] += 1
             self.store.pwrite(offset, data, durable)
         except OSError as e:
@@ -489,11 +485,8 @@ class Replicator:
                 link.send_flush(register)
         if not registered:
             w = Waiter()
-            with self.io_lock:
-                if self._hold_for_link_loss(w):
-                    registered.append(w)
-            if registered:
-                self._close_ended_link()
+            if self._hold_unreplicated(w):
+                registered.append(w)
         waiter = registered[0] if registered else None
         self.store.flush()
         if waiter is not None:
@@ -606,14 +599,22 @@ class Replicator:
             self._pending_writes[self._held_seq] = (item, item.offset, item.n)
         return True
 
-    def _close_ended_link(self) -> None:
-        """Not under io_lock. A link in a terminal state is normally closed by whoever
-        ended it; one a failed send of ours left terminal (a local protocol error) or
-        whose closer is stuck would hold what _hold_for_link_loss gave its handler
-        for good: close it here, so the handler runs."""
+    def _hold_unreplicated(self, item: _WriteOp | Waiter,
+                           dirty: tuple[int, int] | None = None) -> bool:
+        """A write (its range `dirty` marked for the peer) or flush the peer will not
+        see: held while a link loss may need a fence (see _hold_for_link_loss).
+
+        A link in a terminal state is normally closed by whoever ended it; one a failed
+        send of ours left terminal (a local protocol error) or whose closer is stuck
+        would keep what it holds for good: it is closed here, so its handler runs."""
+        with self.io_lock:
+            if dirty is not None:
+                self.bitmap.set_range(*dirty)
+            held = self._hold_for_link_loss(item)
         link = self.link
-        if link is not None and not link.closed and link.state not in LIVE_LINK:
+        if held and link is not None and not link.closed and link.state not in LIVE_LINK:
             link.close(f"link ended: {link.state}")
+        return held
 
     def _al_touch(self, offset: int, n: int) -> None:
         with self.meta_lock:
@@ -692,9 +693,8 @@ class Replicator:
         while True:
             with self._status_lock:
                 link = self.link
-                if (link is None or link.closed
-                        or not (link.state is ConnectionState.WF_REPORT_PARAMS
-                                or (link.state in WRITABLE_LINK and self.peer_status is None))):
+                if (link is None or link.closed or link.state is ConnectionState.CONNECTING
+                        or not self._deciding(link)):
                     connected = self._promote_locked(force, peer_outdated)
                     if connected is None:
                         return  # Primary already
