@@ -169,6 +169,47 @@ asyncio.run(main())
     assert holders(lab, addr) == []
 
 
+def test_the_monitor_does_not_restart_an_expired_address_once_the_lease_ran_out(lab, resources):
+    """An agent paused while its monitor was in flight resumes after its lease ran
+    out and the kernel removed the VIP; the new holder has it up by then. The
+    monitor finds the address gone and restarts it: without a lease check at the
+    start itself that put the VIP back beside the new holder's (the same shape
+    as torture 72:163, through the group's recovery instead of the API VIP's
+    placement). The start refuses; with the lease valid the restart works."""
+    addr = str(lab.spec.vip(6))
+    script = f"""
+import asyncio, time
+from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources.group import ResourceGroup
+from tandem.cluster.resources.vip import Vip
+lease = [time.monotonic() + 60]
+async def main():
+    v = Vip(VipConfig(name="db-vip", address="{addr}/24", interface="pub0", lifetime=1))
+    v.may_hold = lambda: None if lease[0] > time.monotonic() else "lease ran out"
+    g = ResourceGroup("db", [v])
+    assert (await g.start()).ok
+    lease[0] = time.monotonic() - 0.1  # the agent paused: no renewal, no refresh
+    t0 = time.monotonic()
+    while (await v.monitor()).is_ok and time.monotonic() - t0 < 5:
+        await asyncio.sleep(0.1)
+    r = await g.check()
+    print("after lapse:", r.ok, (await v.monitor()).is_ok, "|", r.sentence)
+    lease[0] = time.monotonic() + 60  # a valid lease again: the restart goes ahead
+    g.failures.reset()  # (the refused restart counted as failures)
+    r = await g.check()
+    print("with lease:", r.ok, (await v.monitor()).is_ok, "|", r.sentence)
+    await g.stop()
+asyncio.run(main())
+"""
+    try:
+        out = lab.run("node1", [sys.executable, "-c", script]).stdout
+    finally:
+        lab.run("node1", ["ip", "addr", "del", f"{addr}/24", "dev", "pub0"], check=False)
+    assert "after lapse: False False" in out and "lease ran out" in out, out
+    assert "with lease: True True" in out, out
+    assert holders(lab, addr) == []
+
+
 def test_a_client_cut_off_during_the_move_is_pointed_at_the_new_holder_after_healing(lab, healed,
                                                                                        resources):
     """The client missed node2's announcement (partitioned from node2 when the VIP

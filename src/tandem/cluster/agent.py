@@ -123,6 +123,12 @@ class Agent:
         self._published: tuple[dict, float] | None = None
         self._fence_task: asyncio.Task | None = None
         self._peer_recorded_outdated = False  # what the last volume record said of the peer
+        with contextlib.suppress(KeyError):
+            db_vip = self.group.member("db-vip")
+            if isinstance(db_vip, Vip):
+                db_vip.may_hold = lambda: self._lease_refusal(self.key_deadline(), "the leader key's")
+        if self.clones is not None and self.clones.vip is not None:
+            self.clones.vip.may_hold = lambda: self._lease_refusal(self.lease_deadline, "this node's")
         #: revision of the volume record when the replication link was last seen up
         #: (-1: not seen since start; any Outdated record may be this disk's fence)
         self._record_rev_linked = -1
@@ -239,6 +245,13 @@ class Agent:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         await self.dcs._drop_client()
         raise DCSError(f"etcd: {what} did not return within {timeout:.2f} s")
+
+    def _lease_refusal(self, deadline: float | None, whose: str) -> str | None:
+        """Why a VIP resting on a lease with `deadline` may not go up now (see Vip.may_hold)."""
+        if deadline is None:
+            return f"{whose} lease is not held"
+        left = deadline - self.margin - time.monotonic()
+        return None if left > 0 else f"{whose} lease ran out {-left:.2f} s ago (less the margin)"
 
     def key_deadline(self) -> float | None:
         """The lease deadline that counts for leadership: only one measured on the

@@ -39,6 +39,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
@@ -66,6 +67,11 @@ class Vip(Resource):
         #: CLOCK_MONOTONIC time before which start() must not add the address (set
         #: by whoever just took the key, see dbgroup.vip_takeover_grace)
         self.hold_until = 0.0
+        #: Asked right before a start adds (or extends) the address: why this node may
+        #: not hold it now, or None. The agent answers from its lease, so that no path
+        #: to a start (a promotion, the monitor's restart of a vanished address, the API
+        #: VIP's placement) can put the address up on a lease that has run out.
+        self.may_hold: Callable[[], str | None] = lambda: None
         self._announced: tuple[float, dict] | None = None  #: (when, link) of the last announcement
 
     @property
@@ -137,6 +143,12 @@ class Vip(Resource):
             await asyncio.sleep(min(wait, 5.0))
         async with self._lock:
             have, link = await self._present()
+            why_not = self.may_hold()
+            if why_not:
+                # The kernel may have expired the address while this agent was paused,
+                # and the new holder has put it up: adding it back here (a monitor's
+                # restart that was in flight when the agent was stopped) makes two.
+                raise ResourceError(f"not adding {self._cidr}: {why_not}")
             if have:
                 await self._change()
                 self._up = True
