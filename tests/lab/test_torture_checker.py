@@ -220,3 +220,107 @@ def test_the_write_gap_is_the_longest_pause_around_the_fault_not_the_first_ack_a
     assert checker.writes_resumed(acks, 10.0) == 11.400
     assert checker.write_gap([{"acked": 9.0}], 10.0) is None  # nothing after the fault
     assert checker.write_gap([{"acked": 11.0}], 10.0) is None  # nothing before it
+
+
+def test_a_write_completed_after_the_lease_deadline_stretches_the_writable_interval():
+    """The volume says it stopped being writable at its lease deadline (4.5); a write
+    that completes at 6.0 (held, then let through) is evidence the checker takes over
+    that word: node2, writable from 5.0, overlaps it."""
+    lease_end = {"kind": "writable", "node": "node1", "writable": False, "t": 9.0, "since": 4.5}
+    done = {"kind": "write_completed", "node": "node1", "t": 6.0}
+    events = [_writable("node1", True, 0.0), _writable("node2", True, 5.0), lease_end]
+    assert checker.overlapping_writers(events) == []
+    [(a, b)] = checker.overlapping_writers([*events, done])
+    assert (a.node, a.end, b.node) == ("node1", 6.0, "node2")
+    # inside its own interval (a fence holding I/O of a writable node): nothing new
+    assert checker.overlapping_writers([_writable("node1", True, 0.0), {**done, "t": 1.0}]) == []
+    # a completion with no interval at all is a point the other node must not cover
+    assert checker.overlapping_writers([_writable("node2", True, 0.0), {**done, "t": 1.0}])
+
+
+def test_jobs_the_client_never_heard_of_are_held_to_the_same_rules():
+    jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"}]
+    # an unknown job applied twice
+    twice = checker.job_violations([], [{"request_id": "u1", "op": "start", "vm": "v1"}] * 2)
+    assert twice == ["job u1 (unknown to the client): applied 2 times on the host"]
+    # an orphan `stop` does not excuse a `start` that never happened
+    stray = checker.job_violations(jobs, [{"request_id": "u1", "op": "stop", "vm": "v1"}])
+    assert stray and "never applied" in stray[0]
+    assert checker.job_violations(jobs, [{"request_id": "u1", "op": "start", "vm": "v1"}]) == []
+    # with the database's jobs: an effect without a job, an unknown job left pending
+    effects = [{"request_id": "j1", "op": "start", "vm": "v1"}]
+    db = [{"jobid": "j1", "status": 1}, {"jobid": "u2", "status": 0}]
+    out = checker.job_violations(jobs, [*effects, {"request_id": "x", "op": "stop", "vm": "v1"}], db)
+    assert any("no such job in the database" in v for v in out), out
+    assert any("u2 (unknown to the client): still pending" in v for v in out), out
+    assert checker.job_violations(jobs, effects, [{"jobid": "j1", "status": 1}]) == []
+
+
+def test_an_empty_table_an_aborted_campaign_and_a_partial_verify_are_violations():
+    from tandem.lab.torture import verify_violations
+    sched = draw_schedule(1, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(10)]
+    empty = analyse([], acks, [], set(), [], [], [r], Options(), None)
+    assert len([v for v in empty["violations"] if v["check"] == "lost-write"]) == 10
+    stopped = analyse([], acks, [], {a["id"] for a in acks}, [], [], [r], Options(), "schedule 1:0 overran")
+    assert [v["check"] for v in stopped["violations"]] == ["aborted"]
+    whole = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
+    assert verify_violations(whole) == []
+    assert verify_violations({**whole, "done_bytes": 4096})
+    assert verify_violations({**whole, "finished": False})
+    assert verify_violations({"finished": True, "done_bytes": 1, "total_bytes": 1})  # no comparison count
+    assert "2 blocks differ" in verify_violations({**whole, "out_of_sync_blocks": 2})[0]
+    watcher = analyse([{"kind": "vipwatch_failed", "t": 1.0, "host": "node2", "error": "OSError: x"}],
+                      acks, [], {a["id"] for a in acks}, [], [], [r], Options(), None)
+    assert [v["check"] for v in watcher["violations"]] == ["two-vip-holders"]
+
+
+def test_the_vip_watcher_never_takes_a_failed_or_overtaken_look_for_a_release(tmp_path):
+    """A snapshot whose `ip` failed recorded "not held" for every VIP, and the monitor's
+    later report of the same holding was dropped as no change: the holding vanished
+    from the history. So did a look that a monitor report overtook."""
+    from types import SimpleNamespace
+
+    from tandem.lab.events import EventLog, monotonic
+    from tandem.lab.vipwatch import VipWatch
+    log = EventLog(tmp_path / "events.jsonl")
+    w = VipWatch(SimpleNamespace(events=log, spec=SimpleNamespace(host_names=["node1"])), [VIP], ["node1"])
+    began = monotonic()
+    w._set("node1", VIP, True, monotonic(), source="monitor")  # reported after the look began
+    w._set("node1", VIP, False, monotonic(), source="converge", unless_reported_since=began)
+    assert w.held[("node1", VIP)] is True
+    assert [e["held"] for e in log.read("vip")] == [True]
+    w._set("node1", VIP, False, monotonic(), source="converge", unless_reported_since=monotonic())
+    assert [e["held"] for e in log.read("vip")] == [True, False]
+
+
+def test_a_saved_campaign_is_judged_again_by_todays_checks(tmp_path):
+    """`tandem lab torture-recheck`: the saved history through the current checker,
+    which finds what the campaign's own (older, laxer) run did not: here a verify
+    that compared half the volume and a write completed after the lease deadline."""
+    import json
+
+    from tandem.lab import torture_report as rep
+    from tests.conftest import run_tandem
+    sched = draw_schedule(3, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
+    r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 4096, "total_bytes": 8192}
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(50)]
+    events = [_writable("node1", True, 0.0), _writable("node2", True, 5.0),
+              {"kind": "writable", "node": "node1", "writable": False, "t": 9.0, "since": 4.5},
+              {"kind": "write_completed", "node": "node1", "t": 6.0}]
+    res = analyse(events[:3], acks, [], {a["id"] for a in acks}, [], [], [r], Options(seed=3), None)
+    assert res["violations"] == []  # what the campaign itself saw (before both checks existed)
+    rep.write_json(res, tmp_path / "results.json")
+    rep.write_json({"stored": [a["id"] for a in acks], "jobs": [], "effects": []}, tmp_path / "history.json")
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (tmp_path / "writer.jsonl").write_text("".join(json.dumps(a) + "\n" for a in acks))
+    proc = run_tandem("lab", "torture-recheck", str(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "2 violation(s) (the campaign reported 0)" in proc.stdout, proc.stdout
+    assert "did not compare the whole volume" in proc.stdout and "two-writers" in proc.stdout
+    (tmp_path / "writer.jsonl").unlink()
+    bad = run_tandem("lab", "torture-recheck", str(tmp_path))
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "no writer.jsonl" in bad.stderr

@@ -189,6 +189,28 @@ def torture_summary(
         console.print(line, highlight=False)
 
 
+@app.command("torture-recheck")
+def torture_recheck(
+    reports: list[Path] = typer.Argument(..., help="--report directories of finished campaigns"),
+) -> None:
+    """Run today's checks again on finished campaigns' saved histories."""
+    from tandem.lab import torture_report as rep
+    bad = 0
+    for path in reports:
+        try:
+            out = rep.recheck(path)
+        except (OSError, ValueError, KeyError) as e:
+            raise TandemError(f"{path}: cannot recheck ({e}); give the --report directory of a"
+                              " finished `tandem lab torture`") from None
+        bad += len(out["violations"])
+        typer.echo(f"{path}: {out['schedules']} schedules, {len(out['violations'])} violation(s)"
+                   f" (the campaign reported {out['was']})")
+        for v in out["violations"]:
+            typer.echo(f"  {v['schedule'] or '-'} {v['check']}: {v['what']}")
+    if bad:
+        raise typer.Exit(1)
+
+
 @app.command("torture")
 def torture(
     schedules: int = typer.Option(10, min=1, help="randomized fault schedules to run"),

@@ -27,8 +27,14 @@ class Interval:
 
 
 def writable_intervals(events: Iterable[dict]) -> list[Interval]:
+    """Per node, when its volume was writable. A `write_completed` event (a write
+    the volume completed while its I/O was held, see the replicator) outside every
+    interval of its node stretches that node's last interval to it: the checker
+    does not take the volume's word that a write completing after `writable=False`
+    (or after a lease deadline `since`) cannot matter."""
     open_since: dict[str, float] = {}
     out: list[Interval] = []
+    late: list[tuple[str, float]] = []
     for ev in sorted(events, key=lambda e: e["t"]):
         if ev["kind"] == "writable":
             node = ev["node"]
@@ -39,11 +45,22 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
                 # daemon noticed later (it was paused: it records nothing while stopped)
                 start = open_since.pop(node)
                 out.append(Interval(node, start, max(start, min(ev["t"], ev.get("since", ev["t"])))))
+        elif ev["kind"] == "write_completed":
+            late.append((ev["node"], ev["t"]))
         elif ev["kind"] == "fault" and ev.get("fault") == "crash":
             node = ev["host"]
             if node in open_since:
                 out.append(Interval(node, open_since.pop(node), ev["t"]))
     out += [Interval(n, t, float("inf")) for n, t in open_since.items()]
+    for node, t in late:
+        if any(i.node == node and i.start <= t <= i.end for i in out):
+            continue
+        before = [k for k, i in enumerate(out) if i.node == node and i.end <= t]
+        if before:
+            k = max(before, key=lambda k: out[k].end)
+            out[k] = Interval(node, out[k].start, t)
+        else:
+            out.append(Interval(node, t, t))
     return sorted(out, key=lambda i: i.start)
 
 
@@ -118,42 +135,71 @@ def double_vip_holders(events: Iterable[dict],
 
 
 # --- jobs on the simulated host ---------------------------------------------------------
-def job_violations(jobs: Iterable[dict], effects: Iterable[dict]) -> list[str]:
+OPS = {"deployVirtualMachine": "create", "startVirtualMachine": "start", "stopVirtualMachine": "stop"}
+"""The simulated host's operation for each API command the campaign's clients send."""
+
+
+def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
+                   db_jobs: Iterable[dict] | None = None) -> list[str]:
     """Every accepted job completes exactly once on the simulated host.
 
     `jobs`: what the API accepted, each {"jobid", "command", "status"} with the final
     CloudStack jobstatus (0 pending, 1 succeeded, 2 failed); `effects`: the simulated
-    host's effect log (one line per operation applied, keyed by the job id).
+    host's effect log (one line per operation applied, keyed by the job id);
+    `db_jobs`: every job in the management database ({"jobid", "status"}), also
+    the ones whose submission the client never heard back about.
 
     A client that lost the answer to a submission and sent it again made two jobs:
     the first (unknown to the client) applied the effect, the second found the VM
     already in that state and finished without a host operation. So a job reported
-    done with no effect of its own is explained by at most one effect on the same VM
-    under an id the client never got back ("orphan"); anything else is a violation."""
+    done with no effect of its own is explained by at most one effect of the same
+    operation on the same VM under an id the client never got back ("orphan");
+    anything else is a violation. Orphans are held to the same rules: no request
+    id applied twice, every effect belongs to a job the database knows, and no job
+    in the database is left pending."""
     effects = list(effects)
+    jobs = list(jobs)
     accepted = {str(j["jobid"]) for j in jobs}
-    orphans: dict[str, int] = {}
+    orphans: dict[tuple[str, str], int] = {}
     for e in effects:
         if not e.get("conflict") and str(e.get("request_id")) not in accepted:
-            orphans[str(e.get("vm"))] = orphans.get(str(e.get("vm")), 0) + 1
+            key = (str(e.get("vm")), str(e.get("op")))
+            orphans[key] = orphans.get(key, 0) + 1
     out = [f"job {e.get('request_id')}: {e.get('op')} ran on VM {e.get('vm')} while another operation"
            " was running on it" for e in effects if e.get("conflict")]
     count: dict[str, int] = {}
     for e in effects:
         if not e.get("conflict"):
             count[str(e.get("request_id"))] = count.get(str(e.get("request_id")), 0) + 1
+    for rid, n in count.items():
+        if n > 1 and rid not in accepted:
+            out.append(f"job {rid} (unknown to the client): applied {n} times on the host")
     for j in jobs:
         n = count.get(j["jobid"], 0)
+        key = (str(j.get("vm")), OPS.get(j["command"], j["command"]))
         if n > 1:
             out.append(f"job {j['jobid']} ({j['command']}): applied {n} times on the host")
         elif j["status"] == 0:
             out.append(f"job {j['jobid']} ({j['command']}): accepted but never completed")
-        elif j["status"] == 1 and n == 0 and orphans.get(str(j.get("vm")), 0) > 0:
-            orphans[str(j.get("vm"))] -= 1
+        elif j["status"] == 1 and n == 0 and orphans.get(key, 0) > 0:
+            orphans[key] -= 1
         elif j["status"] == 1 and n == 0:
             out.append(f"job {j['jobid']} ({j['command']}): reported done but never applied on the host")
         elif j["status"] == 2 and n == 1:
             out.append(f"job {j['jobid']} ({j['command']}): reported failed but applied on the host")
+    if db_jobs is not None:
+        in_db = {str(j["jobid"]): j for j in db_jobs}
+        for rid in count:
+            if rid not in in_db:
+                out.append(f"job {rid}: applied on the host, but no such job in the database")
+        for rid, j in in_db.items():
+            if rid in accepted:
+                continue  # judged above, with what the client was told
+            if int(j["status"]) == 0:
+                out.append(f"job {rid} (unknown to the client): still pending in the database")
+            elif int(j["status"]) == 2 and count.get(rid, 0):
+                out.append(f"job {rid} (unknown to the client): failed in the database but applied"
+                           " on the host")
     return out
 
 

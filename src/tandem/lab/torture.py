@@ -247,12 +247,12 @@ class Campaign:
                                   f" {self._last_state}")
         else:
             ev.record("converged", schedule=sched.name, seconds=round(res.t_converged - res.t_healed, 3))
+            took = res.t_converged - res.t_healed
+            if took > self.opts.converge_bound:  # the last look began in time, ended late
+                res.violations.append(f"full redundancy only {took:.1f} s after healing (bound"
+                                      f" {self.opts.converge_bound:g} s)")
             res.verify = self.verify()
-            if res.verify.get("error"):
-                res.violations.append(f"online verify failed: {res.verify['error']}")
-            elif res.verify.get("out_of_sync_blocks"):
-                res.violations.append(f"online verify: {res.verify['out_of_sync_blocks']} blocks differ"
-                                      " between the disks after healing")
+            res.violations += verify_violations(res.verify)
         res.t_end = monotonic()
         ev.record("schedule", schedule=sched.name, phase="end", violations=res.violations)
         return res
@@ -401,11 +401,26 @@ class Campaign:
             stored = {r[0] for r in self.stack.query("SELECT id FROM tandem.acked")}
         except LabError:
             stored = None
+        db_jobs = self._db_jobs(timeout=120)
         events = self.lab.events.read()
+        effects = self.stack.effects()
         self.history = {"stored": sorted(stored) if stored is not None else None, "jobs": jobs,
-                        "effects": self.stack.effects()}
-        return analyse(events, acks, errors, stored, jobs, self.stack.effects(), self.results,
-                       self.opts, self.aborted)
+                        "effects": effects, "db_jobs": db_jobs}
+        return analyse(events, acks, errors, stored, jobs, effects, self.results,
+                       self.opts, self.aborted, db_jobs)
+
+    def _db_jobs(self, timeout: float) -> list[dict] | None:
+        """Every job in the management database, once none is pending (or at
+        `timeout`): also those the clients never heard back about."""
+        deadline = monotonic() + timeout
+        rows: list[dict] | None = None
+        while True:
+            with contextlib.suppress(LabError, json.JSONDecodeError, ValueError):
+                rows = [{"jobid": str(r[0]), "status": int(r[1])}
+                        for r in self.stack.query_cloud("SELECT id, status FROM async_job")]
+            if (rows is not None and all(r["status"] != 0 for r in rows)) or monotonic() > deadline:
+                return rows
+            time.sleep(1.0)
 
     def teardown(self) -> None:
         for part in (self.load, self.watch):
@@ -414,37 +429,76 @@ class Campaign:
                     part.stop()
 
 
-def _within(t: float, results: list[ScheduleResult]) -> str | None:
-    for r in results:
-        if r.t_start <= t <= (r.t_end or float("inf")):
-            return r.schedule.name
+def verify_violations(verify: dict[str, Any]) -> list[str]:
+    """What an online verify's result says against "both disks identical": an error,
+    blocks that differ, or a run that did not compare the whole volume."""
+    if verify.get("error"):
+        return [f"online verify failed: {verify['error']}"]
+    if verify.get("out_of_sync_blocks"):
+        return [f"online verify: {verify['out_of_sync_blocks']} blocks differ between the disks"
+                " after healing"]
+    if "out_of_sync_blocks" not in verify or not verify.get("finished") \
+            or verify.get("done_bytes") != verify.get("total_bytes"):
+        return [f"online verify did not compare the whole volume: {verify.get('done_bytes')} of"
+                f" {verify.get('total_bytes')} bytes, finished: {verify.get('finished')}"]
+    return []
+
+
+Span = tuple[str, float, float | None]
+"""A schedule's name, start and end on the lab clock."""
+
+
+def _within(t: float, spans: list[Span]) -> str | None:
+    for name, start, end in spans:
+        if start <= t <= (end or float("inf")):
+            return name
     return None
+
+
+def history_violations(events: list[dict], acks: list[dict], stored: set[str] | None, jobs: list[dict],
+                       effects: list[dict], db_jobs: list[dict] | None, spans: list[Span]
+                       ) -> list[dict[str, Any]]:
+    """The checks on the whole history (also run again on a saved campaign by
+    `tandem lab torture-recheck`): lost writes, two writers, two VIP holders, jobs."""
+    violations: list[dict[str, Any]] = []
+    for ev in events:
+        if ev["kind"] == "vipwatch_failed":
+            violations.append({"schedule": _within(ev["t"], spans), "check": "two-vip-holders",
+                               "what": f"the VIP watcher of {ev['host']} failed ({ev['error']}):"
+                                       " VIP holders there went unobserved"})
+    if stored is None:
+        violations.append({"schedule": None, "check": "lost-write",
+                           "what": "the table could not be read back: acknowledged writes unverified"})
+    for lost in checker.lost_writes(acks, stored if stored is not None else {a["id"] for a in acks}):
+        violations.append({"schedule": None, "check": "lost-write",
+                           "what": f"acknowledged id {lost} missing"})
+    for a, b in checker.overlapping_writers(events):
+        violations.append({"schedule": _within(max(a.start, b.start), spans), "check": "two-writers",
+                           "what": f"{a.node} writable {a.start:.3f}-{a.end:.3f} and {b.node}"
+                                   f" {b.start:.3f}-{b.end:.3f}"})
+    for addr, a, b in checker.double_vip_holders(events, VIP_TOLERANCE):
+        violations.append({"schedule": _within(max(a.start, b.start), spans), "check": "two-vip-holders",
+                           "what": f"{addr} on {a.node} {a.start:.3f}-{a.end:.3f} and on {b.node}"
+                                   f" {b.start:.3f}-{b.end:.3f}"})
+    for v in checker.job_violations(jobs, effects, db_jobs):
+        violations.append({"schedule": None, "check": "jobs", "what": v})
+    return violations
 
 
 def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: set[str] | None,
             jobs: list[dict],
             effects: list[dict], results: list[ScheduleResult], opts: Options,
-            aborted: str | None) -> dict[str, Any]:
-    """The campaign's verdict as JSON-ready data (pure: the tests feed it histories)."""
+            aborted: str | None, db_jobs: list[dict] | None = None) -> dict[str, Any]:
+    """The campaign's verdict as JSON-ready data (pure: the tests feed it histories).
+    A campaign that stopped early (`aborted`) counts as a violation: its last
+    schedule never finished, and nothing after it was tried."""
     violations: list[dict[str, Any]] = []
+    if aborted:
+        violations.append({"schedule": None, "check": "aborted", "what": aborted})
     for r in results:
         violations += [{"schedule": r.schedule.name, "check": "convergence", "what": v} for v in r.violations]
-    if stored is None:
-        violations.append({"schedule": None, "check": "lost-write",
-                           "what": "the table could not be read back: acknowledged writes unverified"})
-    for lost in checker.lost_writes(acks, stored or {a["id"] for a in acks}):
-        violations.append({"schedule": None, "check": "lost-write",
-                           "what": f"acknowledged id {lost} missing"})
-    for a, b in checker.overlapping_writers(events):
-        violations.append({"schedule": _within(max(a.start, b.start), results), "check": "two-writers",
-                           "what": f"{a.node} writable {a.start:.3f}-{a.end:.3f} and {b.node}"
-                                   f" {b.start:.3f}-{b.end:.3f}"})
-    for addr, a, b in checker.double_vip_holders(events, VIP_TOLERANCE):
-        violations.append({"schedule": _within(max(a.start, b.start), results), "check": "two-vip-holders",
-                           "what": f"{addr} on {a.node} {a.start:.3f}-{a.end:.3f} and on {b.node}"
-                                   f" {b.start:.3f}-{b.end:.3f}"})
-    for v in checker.job_violations(jobs, effects):
-        violations.append({"schedule": None, "check": "jobs", "what": v})
+    spans = [(r.schedule.name, r.t_start, r.t_end) for r in results]
+    violations += history_violations(events, acks, stored, jobs, effects, db_jobs, spans)
     ack_times = sorted(a["acked"] for a in acks)
     faults = []
     for r in results:
@@ -459,6 +513,7 @@ def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: se
         "seed": opts.seed, "duration": opts.duration, "schedules_planned": opts.schedules,
         "schedules_run": len(results), "aborted": aborted,
         "writes": {"acknowledged": len(acks), "errors": len(errors), "stored": len(stored or ())},
+        "jobs_in_db": None if db_jobs is None else len(db_jobs),
         "deaths": [{k: e[k] for k in ("t", "host", "name", "pid", "how")} for e in events
                    if e["kind"] == "proc_died"],
         "jobs": {"accepted": len(jobs), "succeeded": sum(j["status"] == 1 for j in jobs),

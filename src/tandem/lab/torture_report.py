@@ -166,3 +166,39 @@ def timeline_png(sched: dict[str, Any], events: list[dict], acks: list[dict], pa
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def recheck(report: Path, converge_bound: float = 120.0) -> dict[str, Any]:
+    """A finished campaign's saved history (events.jsonl, writer.jsonl, history.json,
+    results.json in its --report directory) through today's checks: a checker made
+    stricter after a long campaign judges that campaign too, without running it
+    again. Returns {"schedules", "violations", "was"} (`was`: the count the campaign
+    itself reported)."""
+    from tandem.lab.events import EventLog
+    from tandem.lab.torture import history_violations, verify_violations
+    from tandem.lab.writer import read_log
+    files = {n: report / n for n in ("results.json", "history.json", "events.jsonl", "writer.jsonl")}
+    missing = [n for n, f in files.items() if not f.exists()]
+    if missing:
+        raise ValueError(f"{report}: no {', '.join(missing)}; give the --report directory of a"
+                         " finished `tandem lab torture`")
+    result = json.loads(files["results.json"].read_text())
+    history = json.loads(files["history.json"].read_text())
+    events = EventLog(files["events.jsonl"]).read()
+    acks, _ = read_log(str(files["writer.jsonl"]))
+    scheds = result["schedules"]
+    violations: list[dict[str, Any]] = []
+    if result.get("aborted"):
+        violations.append({"schedule": None, "check": "aborted", "what": result["aborted"]})
+    for s in scheds:
+        own = [v for v in s.get("violations", []) if not v.startswith("online verify")]
+        if s.get("converge_s") is not None and s["converge_s"] > converge_bound:
+            own.append(f"full redundancy only {s['converge_s']:.1f} s after healing")
+        if s.get("converge_s") is not None:
+            own += verify_violations(s.get("verify") or {})
+        violations += [{"schedule": s["name"], "check": "convergence", "what": v} for v in own]
+    stored = set(history["stored"]) if history.get("stored") is not None else None
+    spans = [(s["name"], s["t_start"], s["t_end"]) for s in scheds]
+    violations += history_violations(events, acks, stored, history.get("jobs", []),
+                                     history.get("effects", []), history.get("db_jobs"), spans)
+    return {"schedules": len(scheds), "violations": violations, "was": len(result["violations"])}

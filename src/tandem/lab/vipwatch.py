@@ -53,6 +53,7 @@ class VipWatch:
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.threads: list[threading.Thread] = []
         self.held: dict[tuple[str, str], bool] = {}
+        self.reported: dict[tuple[str, str], float] = {}  # when a monitor last reported (monotonic)
         self.lock = threading.Lock()
         self.offset = 0.0  # wall - monotonic
         self.stopping = False
@@ -87,16 +88,25 @@ class VipWatch:
         return found
 
     def _snapshot_host(self, host: str, why: str) -> set[str]:
+        """A host's watched addresses now. A failed `ip` (a busy machine, a host
+        going down) records nothing: "could not look" is not "does not hold", and
+        recorded as that it would end a holding the monitor then never reports
+        again. Nor does a look that a monitor report overtook: the report is newer."""
+        began = monotonic()
         proc = in_ns(self.lab.spec.netns(host), ["ip", "-j", "-4", "addr", "show"], check=False)
         now = monotonic()
+        try:
+            links = json.loads(proc.stdout or "") if proc.returncode == 0 else None
+        except json.JSONDecodeError:
+            links = None
+        if not isinstance(links, list):
+            return {a for (h, a), on in list(self.held.items()) if h == host and on}
         have = set()
-        with contextlib.suppress(json.JSONDecodeError):
-            for link in json.loads(proc.stdout or "[]"):
-                have |= {a.get("local") for a in link.get("addr_info", [])}
+        for link in links:
+            have |= {a.get("local") for a in link.get("addr_info", [])}
         for addr in self.addresses:
-            self._set(host, addr, addr in have, now, source=why)
+            self._set(host, addr, addr in have, now, source=why, unless_reported_since=began)
         return have & self.addresses
-
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.snapshot("stop")
@@ -111,6 +121,13 @@ class VipWatch:
             t.join(5)
 
     def _read(self, host: str) -> None:
+        try:
+            self._follow(host)
+        except Exception as e:  # the checker must learn that this host went unwatched
+            if not self.stopping:
+                self.lab.events.record("vipwatch_failed", host=host, error=f"{type(e).__name__}: {e}")
+
+    def _follow(self, host: str) -> None:
         while not self.stopping:
             proc = self.procs[host]
             assert proc.stdout is not None
@@ -129,8 +146,14 @@ class VipWatch:
             with contextlib.suppress(Exception):
                 self._snapshot_host(host, "restart")
 
-    def _set(self, host: str, addr: str, held: bool, t: float, source: str) -> None:
+    def _set(self, host: str, addr: str, held: bool, t: float, source: str,
+             unless_reported_since: float | None = None) -> None:
         with self.lock:
+            if unless_reported_since is not None and \
+                    self.reported.get((host, addr), -1.0) >= unless_reported_since:
+                return
+            if source == "monitor":
+                self.reported[(host, addr)] = monotonic()
             if self.held.get((host, addr), False) == held:
                 return
             self.held[(host, addr)] = held

@@ -451,6 +451,11 @@ class Replicator:
                 self._writes_ended += 1
                 ticket = self._writes_ended
             self._al_complete(op.offset, op.n, ticket)
+            if op.error is None and not self.io_open.is_set():
+                # Completed while I/O is held (a fence, an expired write lease): the lab's
+                # checker takes this, not the volume's own `writable`, as the last moment
+                # this node completed a write.
+                lab_event("write_completed", node=self.spec.node, reason=self.suspended_reason)
         finally:  # whatever failed here (a bug), the write is never left hanging
             op.complete(op.error)
 
@@ -1459,8 +1464,9 @@ class Replicator:
             log.info("peer fenced (marked Outdated); I/O stays suspended: %s", self.suspended_reason)
         else:
             log.info("peer fenced (marked Outdated); resuming I/O")
-            self.suspended_reason = ""
-            self.io_open.set()
+            # Writable again: also after a write lease that ran out and was renewed during
+            # the fence (its `writable=False` must not be the checker's last word).
+            self.resume()
         for w, _, _ in writes:
             w.done()
         for w in flushes:
