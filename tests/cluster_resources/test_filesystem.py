@@ -156,3 +156,45 @@ def test_a_nearly_full_filesystem_is_reported_not_failed(lab, resources):
     assert "SPACE LOW" in health["message"] and "MiB free" in health["message"]
     filler.unlink()
     assert "SPACE LOW" not in must(lab, HOST, "filesystem", "monitor", cfg)["message"]
+
+
+def test_a_recorded_loop_number_attached_anew_is_not_ours(lab):
+    """Torture 74:132: node2 crashed (its loop detached with the crash), and its
+    restarted agent found the loop number its state file recorded attached again --
+    by another lab, to a volume file whose FUSE mount was torn away (backing path
+    "/disk", the same for every volume). It took that loop for its own, mounted
+    another lab's filesystem and MariaDB failed on it for 120 s. A loop is ours only
+    while it is the very attach we recorded (its diskseq), not just the same number
+    on the same path."""
+    import asyncio
+
+    from tandem.cluster.resources.config import FilesystemConfig
+    from tandem.cluster.resources.filesystem import Filesystem, loop_diskseq
+    cfg = FilesystemConfig(**fs_config(lab, "fs-seq"))
+    fs = Filesystem(cfg)
+    dev = None
+    try:
+        assert asyncio.run(fs.start()).ok
+        dev = fs.load_state()["loop"]
+        seq = loop_diskseq(dev)
+        assert seq is not None and fs.load_state()["diskseq"] == seq
+        # The node "crashes": its mount and loop go, its state file stays.
+        subprocess.run(["umount", str(cfg.mountpoint)], check=True)
+        subprocess.run(["losetup", "-d", dev], check=True)
+        # Someone else attaches that same loop number (here to the same path, which is
+        # what a torn-away "/disk" of another volume looks like to a path check).
+        subprocess.run(["losetup", "--direct-io=on", dev, str(cfg.device)], check=True)
+        assert loop_backing_file(dev) == str(Path(cfg.device).resolve())
+        assert loop_diskseq(dev) != seq
+        r = asyncio.run(fs.start())
+        # not taken for ours: a stranger's attach of our file, refused (the old code
+        # said "already attached by us" and mounted it)
+        assert not r.ok and "not by this resource" in r.sentence, r
+        subprocess.run(["losetup", "-d", dev], check=True)
+        r = asyncio.run(fs.start())
+        assert r.ok and "attached" in r.sentence and "by us" not in r.sentence, r
+    finally:
+        subprocess.run(["umount", str(cfg.mountpoint)], capture_output=True)
+        for d in subprocess.run(["losetup", "-n", "-O", "NAME", "-j", str(cfg.device)],
+                                capture_output=True, text=True).stdout.split():
+            subprocess.run(["losetup", "-d", d], capture_output=True)

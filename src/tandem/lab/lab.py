@@ -363,13 +363,17 @@ def _release_storage(lab_dir: Path) -> list[str]:
     attached = {line.split(None, 1)[0]: (line.split(None, 1) + [""])[1].strip() for line in
                 run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=False).stdout.splitlines()
                 if line.strip()}
+    from tandem.cluster.resources.filesystem import recorded_loop_is_current
     for state in _state_files(lab_dir / "hosts"):
         try:
-            dev = json.loads(state.read_text()).get("loop")
+            st = json.loads(state.read_text())
+            dev = st.get("loop")
         except (OSError, ValueError, AttributeError):
             continue
-        back = attached.get(dev)
-        if back is not None and dev not in loops and (back == "/disk" or back.startswith(prefix + "/")):
+        # Only while it is still the attach the resource recorded: a stale record's
+        # loop number may now be another lab's loop, also backed by a torn "/disk".
+        if dev in attached and dev not in loops and recorded_loop_is_current(
+                st, lambda back: back is not None and (back == "/disk" or back.startswith(prefix + "/"))):
             loops.append(dev)
     for mp in mounts_under(lab_dir):
         if sources.get(mp) in loops and run(["umount", mp], check=False, timeout=10).returncode != 0:

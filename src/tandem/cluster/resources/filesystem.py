@@ -116,6 +116,31 @@ def loop_backing_file(dev: str) -> str | None:
         return None
 
 
+def loop_diskseq(dev: str) -> int | None:
+    """The kernel's sequence number of what `dev` is attached to now: a new one for every
+    attach, never reused until reboot (Linux 5.15+; None where there is none). Loop
+    devices are shared by everything on the machine, and once a volume's FUSE file is
+    torn away a loop's backing path reads only "/disk" -- the same for every volume's
+    loop: the number, not the name, says a loop is still the one this resource attached
+    (a crashed node's restarted agent took another lab's stale loop0 for its own and
+    mounted it, torture 74:132)."""
+    try:
+        return int(Path(f"/sys/block/{Path(dev).name}/diskseq").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def recorded_loop_is_current(state: dict, backing_ok) -> bool:
+    """A filesystem resource's recorded loop device (`state`: its state file) still
+    attached to what it attached: same backing file (`backing_ok(path)`) and, where
+    recorded, the same diskseq."""
+    dev = state.get("loop")
+    if not dev or not backing_ok(loop_backing_file(dev)):
+        return False
+    seq = state.get("diskseq")
+    return seq is None or loop_diskseq(dev) == seq
+
+
 BLANK_BYTES = 1 << 20
 
 
@@ -172,13 +197,11 @@ class Filesystem(Resource):
 
     def _our_loop(self, facts: DeviceFacts) -> str | None:
         """The loop device recorded in our state, if it is still attached to our file."""
-        st = self.load_state()
-        dev = st.get("loop") if st else None
+        st = self.load_state() or {}
         # After the volume's FUSE file was torn away under it (forced demotion), the
         # loop device still exists but its backing path reads "/<file name>".
-        if dev and loop_backing_file(dev) in (facts.real, "/" + Path(self.config.device).name):
-            return dev
-        return None
+        names = (facts.real, "/" + Path(self.config.device).name)
+        return st["loop"] if recorded_loop_is_current(st, lambda back: back in names) else None
 
     async def _attach(self) -> tuple[str, str]:
         cfg = self.config
@@ -209,7 +232,7 @@ class Filesystem(Resource):
         dev = (await run_cmd([*args, real], timeout=30)).output.strip().splitlines()[-1]
         if not dev.startswith("/dev/loop"):
             raise ResourceError(f"losetup printed {dev!r}, not a loop device")
-        self.save_state({"loop": dev, "device": real})
+        self.save_state({"loop": dev, "device": real, "diskseq": loop_diskseq(dev)})
         return dev
 
     async def _ensure_fs(self, dev: str) -> str:
