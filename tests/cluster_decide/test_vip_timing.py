@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.cluster.dbgroup import vip_lifetime, vip_takeover_grace
+from tandem.cluster.dbgroup import VIP_REFRESH_SLACK, vip_lifetime, vip_takeover_grace
 
 KERNEL_LATE = 0.25  # an expired IPv4 address is removed up to HZ/4 late
-REFRESH_LAG = 0.2  # keepalive accepted by etcd -> lifetime refreshed on the holder
 
 
 @pytest.mark.parametrize("ttl", [1, 1.5, 2, 2.5, 3, 5, 10, 30, 60])
 def test_old_address_expires_before_the_new_holder_adds_it(ttl):
     # Worst case: the key frees exactly ttl after the last keepalive etcd accepted,
-    # and the frozen holder refreshed its address REFRESH_LAG after that keepalive.
-    old_gone = REFRESH_LAG + vip_lifetime(ttl) + KERNEL_LATE
+    # and the frozen holder set its address's lifetime as late after that keepalive
+    # as it may (VIP_REFRESH_SLACK: a refresh or a start any later does not happen).
+    old_gone = VIP_REFRESH_SLACK + vip_lifetime(ttl) + KERNEL_LATE
     new_up = ttl + vip_takeover_grace(ttl)
-    assert old_gone < new_up
+    assert old_gone <= new_up
     assert vip_lifetime(ttl) >= 1  # the kernel takes whole seconds, 0 means forever
 
 

@@ -46,7 +46,10 @@ def healthy(stack, healed):
     """Every test starts with node1 and node2 up, in sync, and the service on node1."""
     lab = stack.lab
     for h in ("node1", "node2"):
-        if h in lab.read_state()["down"]:
+        # A test that failed before restarting the host it crashed left it powered on
+        # by `healed` (cables in) but with nothing running: every later test then
+        # waited in vain for it.
+        if h in lab.read_state()["down"] or not lab.supervisor(h).running("agent"):
             stack.restart_host(h)
     for flag in ("maintenance",):
         stack.tandem("witness", flag, "off")

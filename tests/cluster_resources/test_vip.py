@@ -21,6 +21,14 @@ def client_neighbour(lab, addr: str) -> str | None:
     return entries[0].get("lladdr") if entries else None
 
 
+def run_script_on_node1(lab, script: str, addr: str) -> str:
+    """Run a Python script on node1; whatever it did, `addr` is gone afterwards."""
+    try:
+        return lab.run("node1", [sys.executable, "-c", script]).stdout
+    finally:
+        lab.run("node1", ["ip", "addr", "del", f"{addr}/24", "dev", "pub0"], check=False)
+
+
 def ping(lab, addr: str) -> bool:
     """Any of 3 echo requests in 0.4 s answered. The gratuitous ARP is sent by a
     background arping a moment after start returns (one lone ping raced it in CI);
@@ -185,7 +193,7 @@ from tandem.cluster.resources.vip import Vip
 lease = [time.monotonic() + 60]
 async def main():
     v = Vip(VipConfig(name="db-vip", address="{addr}/24", interface="pub0", lifetime=1))
-    v.may_hold = lambda: None if lease[0] > time.monotonic() else "lease ran out"
+    v.lease = lambda: (7, time.monotonic() + 0.2) if lease[0] > time.monotonic() else "lease ran out"
     g = ResourceGroup("db", [v])
     assert (await g.start()).ok
     lease[0] = time.monotonic() - 0.1  # the agent paused: no renewal, no refresh
@@ -201,12 +209,62 @@ async def main():
     await g.stop()
 asyncio.run(main())
 """
-    try:
-        out = lab.run("node1", [sys.executable, "-c", script]).stdout
-    finally:
-        lab.run("node1", ["ip", "addr", "del", f"{addr}/24", "dev", "pub0"], check=False)
+    out = run_script_on_node1(lab, script, addr)
     assert "after lapse: False False" in out and "lease ran out" in out, out
     assert "with lease: True True" in out, out
+    assert holders(lab, addr) == []
+
+
+def test_an_address_rests_only_on_a_fresh_renewal_of_the_lease_it_was_added_on(lab, resources):
+    """The takeover grace counts on every lifetime being set within VIP_REFRESH_SLACK of
+    a keepalive: a start late in the lease waits for the next renewal (and gives up
+    without one), and once the lease lapsed and a new one was granted, the address
+    added on the old lease is never extended again (the second renewal after a lapse
+    looked "continuous" and put it back), until a start adds it on the new lease."""
+    addr = str(lab.spec.vip(7))
+    script = f"""
+import asyncio, time
+from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources.vip import Vip
+state = {{"id": 1, "renewed": time.monotonic() - 1.0}}
+async def renewals(every):
+    while True:
+        await asyncio.sleep(every)
+        state["renewed"] = time.monotonic()
+async def main():
+    v = Vip(VipConfig(name="lvip", address="{addr}/24", interface="pub0", lifetime=1))
+    v.lease = lambda: (state["id"], state["renewed"] + 0.25)
+    r = await v.start()  # the last renewal is 1 s old, and none comes
+    print("stale:", r.ok, (await v.monitor()).is_ok, "|", r.sentence)
+    task = asyncio.create_task(renewals(0.25))
+    t0 = time.monotonic()
+    r = await v.start()
+    print("fresh:", r.ok, round(time.monotonic() - t0, 2), (await v.monitor()).is_ok)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.0:  # renewals of the lease it was added on: held
+        assert await v.refresh(state["renewed"] + 0.25, 1)
+        await asyncio.sleep(0.2)
+    print("held:", (await v.monitor()).is_ok)
+    state["id"] = 2  # a lapse: a new lease, renewed in time
+    t0, gone = time.monotonic(), None
+    while time.monotonic() - t0 < 3.0:
+        assert await v.refresh(state["renewed"] + 0.25, 2)
+        if gone is None and not (await v.monitor()).is_ok:
+            gone = time.monotonic() - t0
+        await asyncio.sleep(0.1)
+    print("new lease, gone after", gone)
+    r = await v.start()
+    print("restarted:", r.ok, (await v.monitor()).is_ok)
+    task.cancel()
+    await v.stop()
+asyncio.run(main())
+"""
+    out = run_script_on_node1(lab, script, addr)
+    assert "stale: False False" in out and "no lease renewal" in out, out
+    assert "fresh: True" in out and "held: True" in out, out
+    gone = float(out.split("gone after ")[1].split()[0])
+    assert gone <= 1.0 + 0.25 + 0.3, out
+    assert "restarted: True True" in out, out
     assert holders(lab, addr) == []
 
 

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tandem.cluster.dbgroup import VIP_REFRESH_SLACK, build_db_group, vip_takeover_grace
+from tandem.cluster.dbgroup import VIP_REFRESH_SLACK, build_db_group, vip_lifetime, vip_takeover_grace
 from tandem.cluster.decide import decide, fence_to_adopt
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
@@ -123,12 +123,13 @@ class Agent:
         self._published: tuple[dict, float] | None = None
         self._fence_task: asyncio.Task | None = None
         self._peer_recorded_outdated = False  # what the last volume record said of the peer
+        self.renewed_at: float | None = None  #: send time of the last successful lease renewal
         with contextlib.suppress(KeyError):
             db_vip = self.group.member("db-vip")
             if isinstance(db_vip, Vip):
-                db_vip.may_hold = lambda: self._lease_refusal(self.key_deadline(), "the leader key's")
+                db_vip.lease = self._db_vip_lease
         if self.clones is not None and self.clones.vip is not None:
-            self.clones.vip.may_hold = lambda: self._lease_refusal(self.lease_deadline, "this node's")
+            self.clones.vip.lease = lambda: self._vip_lease("this node's")
         #: revision of the volume record when the replication link was last seen up
         #: (-1: not seen since start; any Outdated record may be this disk's fence)
         self._record_rev_linked = -1
@@ -191,14 +192,15 @@ class Agent:
                     continuous = self.deadline_lease is not None and self.deadline_lease == self.dcs.lease_id
                     self.lease_deadline = r.deadline
                     self.deadline_lease = self.dcs.lease_id
+                    self.renewed_at = r.deadline - r.ttl
                     # Side by side: the VIP refresh must follow the renewal closely (see
                     # VIP_REFRESH_SLACK), and a slow or failing `ip` must not hold up
-                    # the volume's write lease (nor the other way round).
+                    # the volume's write lease (nor the other way round). Each VIP checks
+                    # that it was added on this lease (Vip.refresh).
                     if not continuous:
-                        log.info("lease granted anew: VIP lifetimes are not extended on it")
+                        log.info("lease granted anew: VIPs added on the old one are not extended")
                     vips, lease = await asyncio.gather(
-                        self._refresh_vips(r.deadline - r.ttl + VIP_REFRESH_SLACK) if continuous
-                        else asyncio.sleep(0),
+                        self._refresh_vips(self.renewed_at + VIP_REFRESH_SLACK, self.deadline_lease),
                         self._push_write_lease() if self.primary else asyncio.sleep(0),
                         return_exceptions=True)
                     if isinstance(vips, Exception):
@@ -219,14 +221,15 @@ class Agent:
                 log.warning("lease renewal was cancelled under us; retrying")
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
 
-    async def _refresh_vips(self, valid_until: float) -> None:
-        """Extend the kernel lifetime of the VIPs this node holds (see resources.vip),
-        until `valid_until`: later, the renewal is too old to extend them on."""
+    async def _refresh_vips(self, valid_until: float, lease_id: int | None) -> None:
+        """Extend the kernel lifetime of the VIPs this node holds on lease `lease_id`
+        (see resources.vip), until `valid_until`: later, the renewal is too old to
+        extend them on."""
         for m in self.group.members:
-            if isinstance(m, Vip) and not await m.refresh(valid_until):
+            if isinstance(m, Vip) and not await m.refresh(valid_until, lease_id):
                 log.warning("could not refresh the lifetime of %s", m.name)
         if self.clones is not None:
-            await self.clones.refresh_vip(valid_until)
+            await self.clones.refresh_vip(valid_until, lease_id)
 
     async def _bounded(self, coro, what: str, limit: float | None = None):
         """Await a DCS call for at most op_timeout + 0.2 s (or `limit`), whatever it
@@ -246,12 +249,27 @@ class Agent:
         await self.dcs._drop_client()
         raise DCSError(f"etcd: {what} did not return within {timeout:.2f} s")
 
-    def _lease_refusal(self, deadline: float | None, whose: str) -> str | None:
-        """Why a VIP resting on a lease with `deadline` may not go up now (see Vip.may_hold)."""
-        if deadline is None:
+    def _vip_lease(self, whose: str) -> tuple[int | None, float] | str:
+        """What a VIP may rest on now (see Vip.lease): our lease and the latest time a
+        lifetime may be set from its last renewal, or why not."""
+        deadline, renewed = self.lease_deadline, self.renewed_at
+        if deadline is None or renewed is None:
             return f"{whose} lease is not held"
         left = deadline - self.margin - time.monotonic()
-        return None if left > 0 else f"{whose} lease ran out {-left:.2f} s ago (less the margin)"
+        if left <= 0:
+            return f"{whose} lease ran out {-left:.2f} s ago (less the margin)"
+        return self.deadline_lease, renewed + VIP_REFRESH_SLACK
+
+    def _db_vip_lease(self) -> tuple[int | None, float] | str:
+        """The DB VIP rests on the leader key: only while this node holds it on the lease
+        being renewed (after a lapse the lease is new and the key gone, whatever our
+        own lease's deadline says)."""
+        leader = self.leader
+        if leader is None or leader.node != self.node:
+            return "this node does not hold the leader key"
+        if leader.lease and leader.lease != self.deadline_lease:
+            return "the leader key was on a lease that lapsed"
+        return self._vip_lease("the leader key's")
 
     def key_deadline(self) -> float | None:
         """The lease deadline that counts for leadership: only one measured on the
@@ -514,7 +532,11 @@ class Agent:
         self.leader = leader
         reason = ("fenced failover" if fenced is not None else
                   "switchover" if self.view.switchover else "failover")
-        if reason == "failover":  # the old holder may be frozen with its VIP still up
+        if fenced is None:
+            # The old holder may be frozen with its VIP still up: also in a switchover,
+            # whose old leader may have been paused or cut off while stepping down, and
+            # its key expired instead of being released (the group's start before the
+            # VIP normally outlasts the grace, so a switchover loses nothing by it).
             self._hold_vip(vip_takeover_grace(self.cfg.etcd.lease_ttl))
         extra = {"fenced": fenced.node} if fenced is not None else {}
         lab_event("leader_acquired", node=self.node, epoch=leader.epoch, **extra)
@@ -713,6 +735,18 @@ class Agent:
                   seconds=round(time.monotonic() - t0, 4))
         log.info("resource group stopped (%s): %s", why, res.sentence)
 
+    async def _vip_gone_before_release(self) -> None:
+        """A released key is free at once, and the next holder (a switchover: without a
+        grace) adds the DB VIP at once: if ours could not be removed, wait until its
+        kernel lifetime has run out (nothing refreshes it once stopped)."""
+        with contextlib.suppress(KeyError):
+            vip = self.group.member("db-vip")
+            if isinstance(vip, Vip) and vip.removal_failed:
+                wait = vip_lifetime(self.cfg.etcd.lease_ttl) + 2 * VIP_REFRESH_SLACK
+                log.error("the DB VIP could not be removed: releasing the leader key only after its"
+                          " lifetime, in %.2f s", wait)
+                await asyncio.sleep(wait)
+
     def _hold_vip(self, grace: float) -> None:
         with contextlib.suppress(KeyError):
             vip = self.group.member("db-vip")
@@ -730,6 +764,10 @@ class Agent:
         anything else (neither waits for the other: a paused volume daemon must not
         keep the address up while another node takes over)."""
         lab_event("demote_start", node=self.node, reason=why)
+        if self._monitor_task is not None:
+            # A recovery in flight would restart what this stops (asked to stop now;
+            # _stop_group waits for it to end).
+            self._monitor_task.cancel()
 
         async def suspend() -> None:
             with contextlib.suppress(TandemError):
@@ -749,6 +787,7 @@ class Agent:
                 await volume_call(self.spec.control_socket, "connect", timeout=2.0)
         await self._stop_group(why, graceful=False)
         if self.leader is not None:
+            await self._vip_gone_before_release()
             with contextlib.suppress(DCSError):
                 await self.dcs.release_leader(self.leader)
             self.leader = None
@@ -756,6 +795,7 @@ class Agent:
     async def _step_down(self, d: Decision) -> None:
         await self._stop_group(d.reason, graceful=True)
         if self.leader is not None:
+            await self._vip_gone_before_release()
             lab_event("leader_released", node=self.node, target=d.target)
             with contextlib.suppress(DCSError):
                 await self.dcs.release_leader(self.leader)

@@ -329,10 +329,10 @@ class CloneSet:
     def _key(self, agent: Agent) -> bytes:
         return (agent.dcs.keys.prefix + "apivip").encode()
 
-    async def refresh_vip(self, valid_until: float | None = None) -> None:
+    async def refresh_vip(self, valid_until: float | None = None, lease_id: int | None = None) -> None:
         """Called by the agent on every lease renewal: keeps the API VIP's kernel lifetime
-        (see :meth:`Vip.refresh` for `valid_until`)."""
-        if self.vip is not None and self.holding and not await self.vip.refresh(valid_until):
+        (see :meth:`Vip.refresh` for `valid_until` and `lease_id`)."""
+        if self.vip is not None and self.holding and not await self.vip.refresh(valid_until, lease_id):
             log.warning("could not refresh the lifetime of the API VIP")
 
     async def _place_vip(self, agent: Agent) -> None:
@@ -401,6 +401,11 @@ class CloneSet:
                 log.warning("API VIP removed (%s): %s", why, r)
                 from tandem.cluster.agent import lab_event
                 lab_event("api_vip", node=self.node, op="stop", ok=r.ok, reason=why)
+                if not r.ok:
+                    # Still up: freeing the key now would let the next holder add the address
+                    # at once, before this one's lifetime ends. Try again next tick; the key
+                    # goes with the lease if this never works.
+                    return
                 self.holding = False
         if release and self._had_key:
             with contextlib.suppress(DCSError):

@@ -68,17 +68,27 @@ def vip_lifetime(lease_ttl: float) -> int:
     return max(1, math.floor(lease_ttl - 0.5))
 
 
-VIP_REFRESH_SLACK = 0.25
-"""How long after a lease keepalive was sent the VIPs may still be refreshed on it.
-:func:`vip_takeover_grace` assumes the old holder's last refresh followed its last
-keepalive: refreshed at most this much later, its address lives until at most
-keepalive + lifetime + 1/2 s, when the new holder (key free at keepalive + TTL, then
-the grace) adds its own. A later refresh (an agent paused between the two) skips."""
+VIP_REFRESH_SLACK = 0.5
+"""How long after a lease keepalive was sent a VIP's lifetime may still be set (added
+or refreshed) on it. :func:`vip_takeover_grace` assumes the old holder's last
+lifetime was set at most this long after its last keepalive: its address lives
+until at most keepalive + slack + lifetime + KERNEL_LATE, when the new holder (key
+free at keepalive + TTL, then the grace) adds its own. A later refresh (an agent
+paused between the two) skips; a later start waits for the next renewal. Half a
+second: a keepalive's round trip on a loaded machine takes more than the quarter
+second this was (the refreshes were skipped, and the starts that wait for a fresh
+renewal waited in vain)."""
+
+KERNEL_LATE = 0.25
+"""How late the kernel removes an expired IPv4 address: its lifetime check runs at
+the next whole second if that is within HZ/4 (devinet.c check_lifetime). (Up to a
+second when another address's change ran the check just before: not counted.)"""
 
 
 def vip_takeover_grace(lease_ttl: float) -> float:
     """How long a node that just took a VIP's key waits before adding the address:
-    the previous holder's last refresh was at most about a TTL before the key
-    became free, so its address lives at most lifetime + 1/4 s beyond that. Zero
-    for TTLs of 2 s and more; 0.5 s with the lab's 1 s TTL."""
-    return max(0.0, vip_lifetime(lease_ttl) + 0.5 - lease_ttl)
+    the previous holder's last lifetime was set at most VIP_REFRESH_SLACK after its
+    last keepalive, so its address lives at most slack + lifetime + KERNEL_LATE
+    beyond that keepalive, and the key became free a TTL after it. Zero for TTLs of
+    2 s and more; 0.75 s with the lab's 1 s TTL."""
+    return max(0.0, vip_lifetime(lease_ttl) + VIP_REFRESH_SLACK + KERNEL_LATE - lease_ttl)

@@ -20,7 +20,8 @@ and :meth:`Vip.refresh` (called by the agent on every lease renewal) extends
 it: the kernel itself removes the address when the agent stops renewing (a
 SIGSTOPped or wedged agent can remove nothing, and without this it would keep
 the VIP on its node forever, beside the new holder's). Lifetimes have
-one-second resolution, so the bound is lifetime + 1 s after the last refresh.
+one-second resolution and the kernel removes an expired address a little late:
+dbgroup.vip_takeover_grace has the arithmetic.
 
 Monitor checks that the address is present and the link has carrier; stop
 removes the address. Deciding that only one node holds the VIP is the
@@ -34,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import socket
 import struct
@@ -67,11 +69,18 @@ class Vip(Resource):
         #: CLOCK_MONOTONIC time before which start() must not add the address (set
         #: by whoever just took the key, see dbgroup.vip_takeover_grace)
         self.hold_until = 0.0
-        #: Asked right before a start adds (or extends) the address: why this node may
-        #: not hold it now, or None. The agent answers from its lease, so that no path
-        #: to a start (a promotion, the monitor's restart of a vanished address, the API
-        #: VIP's placement) can put the address up on a lease that has run out.
-        self.may_hold: Callable[[], str | None] = lambda: None
+        #: The lease the address rests on, asked right before a start adds it: (lease id,
+        #: the latest CLOCK_MONOTONIC time its lifetime may be set at, i.e. the last
+        #: renewal's send time plus VIP_REFRESH_SLACK), or why this node may not hold the
+        #: address now. The agent answers from its lease, so that no path to a start (a
+        #: promotion, the monitor's restart of a vanished address, the API VIP's
+        #: placement) puts the address up on a lease that ran out, nor with a lifetime
+        #: that outlives the takeover grace (see dbgroup). Without an agent: no limit.
+        self.lease: Callable[[], tuple[int | None, float] | str] = lambda: (None, math.inf)
+        self._lease_id: int | None = None  #: the lease the address was added on
+        #: the last stop did not show the address gone: it may live until its lifetime
+        #: ends (no refresh extends it), and the key it rests on must not be freed sooner
+        self.removal_failed = False
         self._announced: tuple[float, dict] | None = None  #: (when, link) of the last announcement
 
     @property
@@ -143,27 +152,44 @@ class Vip(Resource):
             await asyncio.sleep(min(wait, 5.0))
         async with self._lock:
             have, link = await self._present()
-            why_not = self.may_hold()
-            if why_not:
-                # The kernel may have expired the address while this agent was paused,
-                # and the new holder has put it up: adding it back here (a monitor's
-                # restart that was in flight when the agent was stopped) makes two.
-                raise ResourceError(f"not adding {self._cidr}: {why_not}")
+            lease_id = await self._fresh_lease()
             if have:
                 await self._change()
-                self._up = True
-                return f"{self._cidr} already on {c.interface}, " + self._announce(link)
-            await run_cmd(["ip", "addr", "add", self._cidr, "dev", c.interface, *self._lifetime_args],
-                          timeout=5)
-            self._up = True
-        return f"added {self._cidr} to {c.interface}, " + self._announce(link)
+            else:
+                await run_cmd(["ip", "addr", "add", self._cidr, "dev", c.interface, *self._lifetime_args],
+                              timeout=5)
+            self._up, self._lease_id = True, lease_id
+            after = self.lease()
+            if isinstance(after, str) or after[0] != lease_id:
+                # Paused during `ip` (or it was slow) past the lease: announcing now would
+                # pull the neighbours to an address the new holder may have up already.
+                self._up = False
+                await run_cmd(["ip", "addr", "del", self._cidr, "dev", c.interface], timeout=5, check=False)
+                raise ResourceError(f"not announcing {self._cidr}: the lease ran out while adding it")
+        return (f"{self._cidr} already on {c.interface}, " if have else
+                f"added {self._cidr} to {c.interface}, ") + self._announce(link)
+
+    async def _fresh_lease(self, wait: float = 2.0) -> int | None:
+        """The lease to add the address on, once a renewal recent enough to set its
+        lifetime from has come (renewals come every TTL/4: normally at once)."""
+        give_up = time.monotonic() + wait
+        while True:
+            lease = self.lease()
+            if isinstance(lease, str):
+                raise ResourceError(f"not adding {self._cidr}: {lease}")
+            if time.monotonic() <= lease[1]:
+                return lease[0]
+            if time.monotonic() >= give_up:
+                raise ResourceError(f"not adding {self._cidr}: no lease renewal in {wait:g} s to rest"
+                                    " its lifetime on")
+            await asyncio.sleep(0.02)
 
     @property
     def _lifetime_args(self) -> list[str]:
         n = self.config.lifetime
         return [] if n is None else ["valid_lft", str(n), "preferred_lft", str(n)]
 
-    async def refresh(self, valid_until: float | None = None) -> bool:
+    async def refresh(self, valid_until: float | None = None, lease_id: int | None = None) -> bool:
         """Extend the address's lifetime (and re-announce it, see `garp_refresh`) while
         this resource holds it up; False only
         when that failed (an address this node does not hold has nothing to extend:
@@ -174,9 +200,18 @@ class Vip(Resource):
         is too old to vouch for it, and nothing is extended. `ip addr change` puts
         back an address the kernel already expired: an agent SIGSTOPped between its
         lease renewal and this refresh resumed 1.8 s after its lease ended and put
-        the DB VIP back beside the new holder's for a second (torture 64:47)."""
+        the DB VIP back beside the new holder's for a second (torture 64:47).
+        `lease_id`: the lease renewed; an address added on another one (before a
+        lapse: its keys are gone) is never extended again, only a new start puts it
+        up (torture 73:103, and the second renewal after a lapse)."""
         async with self._lock:
             if not self._up:
+                return True
+            if lease_id is not None and self._lease_id is not None and lease_id != self._lease_id:
+                log.warning("%s: not extending its lifetime: it was added on lease %x, this renewal"
+                            " is of lease %x (the kernel removes the address)", self.config.address.ip,
+                            self._lease_id, lease_id)
+                self._up = False
                 return True
             late = time.monotonic() - valid_until if valid_until is not None else 0.0
             if late > 0:
@@ -209,10 +244,13 @@ class Vip(Resource):
         async with self._lock:
             self._up = False
             self._announced = None
+            self.removal_failed = True  # until shown otherwise (a stop that raises or times out)
             have, _ = await self._present()
-            if not have:
-                return f"{c.address.ip} was not on {c.interface}"
-            await run_cmd(["ip", "addr", "del", self._cidr, "dev", c.interface], timeout=5)
+            if have:
+                await run_cmd(["ip", "addr", "del", self._cidr, "dev", c.interface], timeout=5)
+            self.removal_failed = False
+        if not have:
+            return f"{c.address.ip} was not on {c.interface}"
         return f"removed {self._cidr} from {c.interface}"
 
     async def _monitor(self) -> Health:
