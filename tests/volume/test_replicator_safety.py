@@ -680,3 +680,36 @@ def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
         for s in socks:
             s.close()
         rep.stop()
+
+
+def test_a_suspend_after_the_write_lease_ran_out_dates_the_end_of_writes_to_the_lease(
+        tmp_path, monkeypatch):
+    """Torture 75:81: node2's volume daemon was paused past its write lease; resumed,
+    it ran the agent's suspend-io first, which recorded "not writable" at that moment,
+    3 s after the lease had stopped every write: the checker saw two writers. The
+    lab event carries the lease deadline as `since`; and a write that completes while
+    I/O is held is recorded itself, for the checker not to take the volume's word."""
+    import json
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv("TANDEM_LAB_EVENTS", str(events))
+    rep = make_replicator(tmp_path)
+    try:
+        rep.role = Role.PRIMARY  # no link, no FUSE (see the module docstring)
+        deadline = time.monotonic() + 0.05
+        rep.set_write_lease(deadline)
+        rep.write(0, b"a" * BLOCK)  # within the lease
+        time.sleep(0.1)
+        rep.suspend("the agent demotes", timeout=0)
+        rec = [json.loads(line) for line in events.read_text().splitlines()]
+        [ev] = [e for e in rec if e["kind"] == "writable"]
+        assert ev["writable"] is False and ev["since"] == deadline, ev
+        # a suspend while the lease is valid: "now", as before
+        rep.set_write_lease(time.monotonic() + 60)
+        rep.resume()
+        rep.suspend("operator", timeout=0)
+        last = [json.loads(line) for line in events.read_text().splitlines()][-1]
+        assert last["kind"] == "writable" and "since" not in last, last
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

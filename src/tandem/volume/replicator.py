@@ -811,6 +811,13 @@ class Replicator:
         self.suspended_reason = reason
         self._held_by_operator = True
         self.io_open.clear()
+        lease = self._write_lease
+        if since is None and lease is not None and lease < time.monotonic():
+            # The write lease ran out before (a daemon paused past it runs the agent's
+            # suspend-io first when it resumes, before any write notices the lease):
+            # no write started since it (torture 75:81), and a held one that completes
+            # later says so itself (write_completed).
+            since = lease
         lab_event("writable", node=self.spec.node, writable=False, reason=reason,
                   **({} if since is None else {"since": since}))
         deadline = time.monotonic() + timeout
