@@ -255,6 +255,14 @@ async def main():
     print("new lease, gone after", gone)
     r = await v.start()
     print("restarted:", r.ok, (await v.monitor()).is_ok)
+    v.lease = lambda: "the leader key is gone"  # our lease renewed, the key not ours
+    t0, gone = time.monotonic(), None
+    while time.monotonic() - t0 < 3.0:
+        assert await v.refresh(state["renewed"] + 0.25, 2)
+        if gone is None and not (await v.monitor()).is_ok:
+            gone = time.monotonic() - t0
+        await asyncio.sleep(0.1)
+    print("key gone, gone after", gone)
     task.cancel()
     await v.stop()
 asyncio.run(main())
@@ -265,6 +273,8 @@ asyncio.run(main())
     gone = float(out.split("gone after ")[1].split()[0])
     assert gone <= 1.0 + 0.25 + 0.3, out
     assert "restarted: True True" in out, out
+    gone = float(out.split("key gone, gone after ")[1].split()[0])
+    assert gone <= 1.0 + 0.25 + 0.3, out
     assert holders(lab, addr) == []
 
 

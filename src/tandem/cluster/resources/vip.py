@@ -207,6 +207,12 @@ class Vip(Resource):
         async with self._lock:
             if not self._up:
                 return True
+            why_not = self.lease()
+            if isinstance(why_not, str):  # e.g. the leader key is gone, whatever our lease says
+                log.warning("%s: not extending its lifetime: %s (the kernel removes the address)",
+                            self.config.address.ip, why_not)
+                self._up = False
+                return True
             if lease_id is not None and self._lease_id is not None and lease_id != self._lease_id:
                 log.warning("%s: not extending its lifetime: it was added on lease %x, this renewal"
                             " is of lease %x (the kernel removes the address)", self.config.address.ip,
