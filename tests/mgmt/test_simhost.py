@@ -61,3 +61,28 @@ def test_an_expired_request_is_refused_unless_already_known(procs):
     assert [e["request_id"] for e in host.effects()] == ["j1"]
     bad = requests.post(host.url + "/v1/ops", json={**body, "request_id": "j2", "expires": "x"}, timeout=10)
     assert bad.status_code == 400
+
+
+def test_an_effect_the_crash_kept_out_of_the_log_is_written_at_the_next_start(tmp_path):
+    """Torture 74/76: the host was power-cut after it had saved an applied stop in its
+    state and before the effect line: the job was answered (a replay) after the
+    restart, and the log never had it ("reported done but never applied"). The next
+    start writes the missing line; a line the crash cut in half is dropped."""
+    from tandem.mgmt.simhost import SimHost
+    state = {"vms": {"vm1": {"state": "Stopped", "spec": {}, "boots": 1}},
+             "requests": {"r1": {"ok": True, "state": "Running", "request_id": "r1", "op": "create",
+                                 "vm": "vm1", "start": 1.0, "end": 1.5},
+                          "r2": {"ok": True, "state": "Stopped", "request_id": "r2", "op": "stop",
+                                 "vm": "vm1", "start": 2.0, "end": 2.5},
+                          "r3": {"ok": False, "error": "refused", "request_id": "r3", "op": "reboot",
+                                 "vm": "vm1"}}}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    (tmp_path / "effects.jsonl").write_text(
+        json.dumps({"request_id": "r1", "op": "create", "vm": "vm1", "start": 1.0, "end": 1.5,
+                    "state": "Running"}) + "\n" + '{"request_id": "r2", "op": "st')
+    SimHost(tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "effects.jsonl").read_text().splitlines()]
+    assert [(e["request_id"], e.get("recovered", False)) for e in lines] == [("r1", False), ("r2", True)]
+    assert lines[1]["op"] == "stop" and lines[1]["state"] == "Stopped"
+    SimHost(tmp_path)  # nothing twice
+    assert len((tmp_path / "effects.jsonl").read_text().splitlines()) == 2
