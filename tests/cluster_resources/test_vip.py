@@ -231,6 +231,14 @@ async def renewals(every):
     while True:
         await asyncio.sleep(every)
         state["renewed"] = time.monotonic()
+async def refreshed_until_gone(v):  # timely renewals of lease 2 for 3 s: when was it gone?
+    t0, gone = time.monotonic(), None
+    while time.monotonic() - t0 < 3.0:
+        assert await v.refresh(state["renewed"] + 0.25, 2)
+        if gone is None and not (await v.monitor()).is_ok:
+            gone = time.monotonic() - t0
+        await asyncio.sleep(0.1)
+    return gone
 async def main():
     v = Vip(VipConfig(name="lvip", address="{addr}/24", interface="pub0", lifetime=1))
     v.lease = lambda: (state["id"], state["renewed"] + 0.25)
@@ -246,23 +254,11 @@ async def main():
         await asyncio.sleep(0.2)
     print("held:", (await v.monitor()).is_ok)
     state["id"] = 2  # a lapse: a new lease, renewed in time
-    t0, gone = time.monotonic(), None
-    while time.monotonic() - t0 < 3.0:
-        assert await v.refresh(state["renewed"] + 0.25, 2)
-        if gone is None and not (await v.monitor()).is_ok:
-            gone = time.monotonic() - t0
-        await asyncio.sleep(0.1)
-    print("new lease, gone after", gone)
+    print("new lease, gone after", await refreshed_until_gone(v))
     r = await v.start()
     print("restarted:", r.ok, (await v.monitor()).is_ok)
     v.lease = lambda: "the leader key is gone"  # our lease renewed, the key not ours
-    t0, gone = time.monotonic(), None
-    while time.monotonic() - t0 < 3.0:
-        assert await v.refresh(state["renewed"] + 0.25, 2)
-        if gone is None and not (await v.monitor()).is_ok:
-            gone = time.monotonic() - t0
-        await asyncio.sleep(0.1)
-    print("key gone, gone after", gone)
+    print("key gone, gone after", await refreshed_until_gone(v))
     task.cancel()
     await v.stop()
 asyncio.run(main())
