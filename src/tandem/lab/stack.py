@@ -161,15 +161,20 @@ max_binlog_size = "16M"
 
     def wait_service(self, timeout: float = 60) -> str:
         """Until some node leads with its group started and the DB answers on the VIP."""
-        def ok():
+        def leader() -> str | None:
             st = self.status()
             lead = st.get("leader")
             if not lead:
                 return None
             row = next(n for n in st["nodes"] if n["node"] == lead["node"])
-            if row["role"] != "Leader" or not row["healthy"]:
-                return None
-            return lead["node"] if self.db_ping() else None
+            return lead["node"] if row["role"] == "Leader" and row["healthy"] else None
+
+        def ok():
+            # The leader before and after the ping: read before only, a crashed leader
+            # whose key had not expired yet was named when the new one answered the
+            # ping a moment later.
+            first = leader()
+            return first if first is not None and self.db_ping() and leader() == first else None
         return self.wait(ok, timeout, "the database service")
 
     def db_ping(self) -> bool:
