@@ -185,20 +185,17 @@ class Agent:
                     self.lease_deadline = None
                     self.wake.set()
                 else:
-                    # A VIP is extended only on a lease renewed without a lapse: a fresh
-                    # lease after one carries none of our keys (torture 73:103: node1,
-                    # cut off while demoting, got a new lease when the partition healed
-                    # and kept re-adding the expired DB VIP beside node2's for 9 s).
-                    continuous = self.deadline_lease is not None and self.deadline_lease == self.dcs.lease_id
+                    # A fresh lease after a lapse carries none of our keys: the VIPs added
+                    # on the old one are never extended on it (Vip.refresh checks the id;
+                    # torture 73:103, 76:93).
+                    if self.deadline_lease is not None and self.deadline_lease != self.dcs.lease_id:
+                        log.info("lease granted anew: VIPs added on the old one are not extended")
                     self.lease_deadline = r.deadline
                     self.deadline_lease = self.dcs.lease_id
                     self.renewed_at = r.deadline - r.ttl
                     # Side by side: the VIP refresh must follow the renewal closely (see
                     # VIP_REFRESH_SLACK), and a slow or failing `ip` must not hold up
-                    # the volume's write lease (nor the other way round). Each VIP checks
-                    # that it was added on this lease (Vip.refresh).
-                    if not continuous:
-                        log.info("lease granted anew: VIPs added on the old one are not extended")
+                    # the volume's write lease (nor the other way round).
                     vips, lease = await asyncio.gather(
                         self._refresh_vips(self.renewed_at + VIP_REFRESH_SLACK, self.deadline_lease),
                         self._push_write_lease() if self.primary else asyncio.sleep(0),
@@ -249,13 +246,18 @@ class Agent:
         await self.dcs._drop_client()
         raise DCSError(f"etcd: {what} did not return within {timeout:.2f} s")
 
+    def lease_left(self) -> float | None:
+        """Seconds our lease still vouches for us (its deadline less the margin; <= 0:
+        ran out), None when no lease is held."""
+        deadline = self.lease_deadline
+        return None if deadline is None else deadline - self.margin - time.monotonic()
+
     def _vip_lease(self, whose: str) -> tuple[int | None, float] | str:
         """What a VIP may rest on now (see Vip.lease): our lease and the latest time a
         lifetime may be set from its last renewal, or why not."""
-        deadline, renewed = self.lease_deadline, self.renewed_at
-        if deadline is None or renewed is None:
+        left, renewed = self.lease_left(), self.renewed_at
+        if left is None or renewed is None:
             return f"{whose} lease is not held"
-        left = deadline - self.margin - time.monotonic()
         if left <= 0:
             return f"{whose} lease ran out {-left:.2f} s ago (less the margin)"
         return self.deadline_lease, renewed + VIP_REFRESH_SLACK

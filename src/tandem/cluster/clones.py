@@ -289,12 +289,10 @@ class CloneSet:
             await asyncio.sleep(max(0.05, TICK - (time.monotonic() - t0)))
 
     async def tick(self, agent: Agent) -> None:
-        if self.vip is not None and self.holding:
-            deadline = agent.lease_deadline
-            if deadline is None or deadline - agent.margin <= time.monotonic():
-                # First, not after the members' restarts (seconds: torture 75:85 kept the
-                # API VIP for 1.1 s after a lapse while the management server restarted).
-                await self._drop(agent, "no valid lease", release=False)
+        if self.vip is not None and self.holding and not (agent.lease_left() or 0) > 0:
+            # First, not after the members' restarts (seconds: torture 75:85 kept the
+            # API VIP for 1.1 s after a lapse while the management server restarted).
+            await self._drop(agent, "no valid lease", release=False)
         healths = await asyncio.gather(*(m.monitor() for m in self.members))
         for m, h in zip(self.members, healths, strict=True):
             self.health[m.name] = h
@@ -343,8 +341,7 @@ class CloneSet:
 
     async def _place_vip(self, agent: Agent) -> None:
         assert self.vip is not None
-        deadline = agent.lease_deadline
-        lease_ok = deadline is not None and deadline - agent.margin > time.monotonic()
+        lease_ok = (agent.lease_left() or 0) > 0
         if not (lease_ok and self.haproxy_ok):
             why = "haproxy unhealthy" if lease_ok else "no valid lease"
             await self._drop(agent, why, release=lease_ok)
@@ -356,12 +353,8 @@ class CloneSet:
             return  # keep what we have: the lease check above bounds how long
         if mine:
             if not self.holding or not (await self.vip.monitor()).is_ok:
-                deadline = agent.lease_deadline
-                if deadline is None or deadline - agent.margin <= time.monotonic():
-                    # The claim and the monitor took the lease's whole life (a paused
-                    # agent, torture 72:163: it added the API VIP 3 s after its lease
-                    # ended, beside the new holder's): the next round decides afresh.
-                    return
+                # The start asks the lease again (Vip.lease): the claim and the monitor
+                # may have taken its whole life (a paused agent, torture 72:163).
                 r = await self.vip.start()
                 self.holding = r.ok
                 (log.info if r.ok else log.error)("API VIP: %s", r)

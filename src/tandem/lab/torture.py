@@ -247,12 +247,9 @@ class Campaign:
                                   f" {self._last_state}")
         else:
             ev.record("converged", schedule=sched.name, seconds=round(res.t_converged - res.t_healed, 3))
-            took = res.t_converged - res.t_healed
-            if took > self.opts.converge_bound:  # the last look began in time, ended late
-                res.violations.append(f"full redundancy only {took:.1f} s after healing (bound"
-                                      f" {self.opts.converge_bound:g} s)")
             res.verify = self.verify()
-            res.violations += verify_violations(res.verify)
+            res.violations += settled_violations(res.t_converged - res.t_healed, res.verify,
+                                                 self.opts.converge_bound)
         res.t_end = monotonic()
         ev.record("schedule", schedule=sched.name, phase="end", violations=res.violations)
         return res
@@ -427,6 +424,18 @@ class Campaign:
             if part is not None:
                 with contextlib.suppress(Exception):  # teardown goes on
                     part.stop()
+
+
+SETTLED_CHECKS = ("full redundancy only", "online verify")
+"""How the violations of `settled_violations` begin (a recheck replaces them)."""
+
+
+def settled_violations(converge_s: float, verify: dict[str, Any], bound: float) -> list[str]:
+    """What a schedule that converged owes: full redundancy within `bound` seconds of
+    healing (the last look may begin in time and end late), and both disks identical."""
+    late = [f"full redundancy only {converge_s:.1f} s after healing (bound {bound:g} s)"] \
+        if converge_s > bound else []
+    return late + verify_violations(verify)
 
 
 def verify_violations(verify: dict[str, Any]) -> list[str]:

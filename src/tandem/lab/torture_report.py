@@ -175,7 +175,7 @@ def recheck(report: Path, converge_bound: float = 120.0) -> dict[str, Any]:
     again. Returns {"schedules", "violations", "was"} (`was`: the count the campaign
     itself reported)."""
     from tandem.lab.events import EventLog
-    from tandem.lab.torture import history_violations, verify_violations
+    from tandem.lab.torture import SETTLED_CHECKS, history_violations, settled_violations
     from tandem.lab.writer import read_log
     files = {n: report / n for n in ("results.json", "history.json", "events.jsonl", "writer.jsonl")}
     missing = [n for n, f in files.items() if not f.exists()]
@@ -191,11 +191,9 @@ def recheck(report: Path, converge_bound: float = 120.0) -> dict[str, Any]:
     if result.get("aborted"):
         violations.append({"schedule": None, "check": "aborted", "what": result["aborted"]})
     for s in scheds:
-        own = [v for v in s.get("violations", []) if not v.startswith("online verify")]
-        if s.get("converge_s") is not None and s["converge_s"] > converge_bound:
-            own.append(f"full redundancy only {s['converge_s']:.1f} s after healing")
+        own = [v for v in s.get("violations", []) if not v.startswith(SETTLED_CHECKS)]
         if s.get("converge_s") is not None:
-            own += verify_violations(s.get("verify") or {})
+            own += settled_violations(s["converge_s"], s.get("verify") or {}, converge_bound)
         violations += [{"schedule": s["name"], "check": "convergence", "what": v} for v in own]
     stored = set(history["stored"]) if history.get("stored") is not None else None
     spans = [(s["name"], s["t_start"], s["t_end"]) for s in scheds]
