@@ -144,6 +144,11 @@ class Volume(Strict):
     ping_timeout: float = Field(default=0.5, gt=0, le=30)
     resync_rate: int | None = None  # bytes/s cap, None = controller decides
     fence_peer_command: str | None = None
+    #: "dcs": the volume daemon records the peer Outdated in the cluster's DCS itself,
+    #: under this node's leader key (what `tandem fence-peer` does, without starting
+    #: a process per attempt); for volumes run by the cluster agent. Either this or
+    #: fence_peer_command, not both.
+    fence_peer: Literal["dcs"] | None = None
     #: "write-through": a write completes only once durable on both disks, and the
     #: loop device on it is marked write-through, so ext4 sends no cache flushes
     #: (each one is a round trip to the peer). "write-back": writes complete when
@@ -163,6 +168,13 @@ class Volume(Strict):
     @classmethod
     def _size(cls, v: Any) -> Any:
         return None if v is None else parse_size(v)
+
+    @model_validator(mode="after")
+    def _one_fence_hook(self) -> Volume:
+        if self.fence_peer is not None and self.fence_peer_command is not None:
+            raise ValueError("fence_peer and fence_peer_command are both set; keep one"
+                             " (fence_peer = \"dcs\" needs no command)")
+        return self
 
 
 class Vip(Strict):
@@ -301,6 +313,14 @@ class Config(Strict):
                 problems.append(("mgmt.api_vip.address", f"{api} is already in use in this config"))
         if self.database and self.database.volume not in self.volumes:
             problems.append(("database.volume", f"no volume {self.database.volume!r} in volumes"))
+        elif self.database:
+            vol = self.volumes[self.database.volume]
+            if vol.fence_peer is None and vol.fence_peer_command is None:
+                # Without it, a Primary that lost its peer completes writes while the DCS
+                # may still call the peer's disk UpToDate: a crash then promotes stale data.
+                problems.append((f"volumes.{self.database.volume}.fence_peer",
+                                 'required for the database\'s volume: set fence_peer = "dcs"'
+                                 " (or a fence_peer_command)"))
         if self.agent.margin >= self.etcd.lease_ttl:
             problems.append(("agent.margin", "must be smaller than etcd.lease_ttl"))
         if any(not argv for argv in self.agent.notify):

@@ -141,6 +141,7 @@ def test_crash_of_the_secondary_keeps_the_service(healthy):
     assert not node2["online"]
     assert st["volumes"][0]["disks"]["node2"] == "Outdated"
     gap = write_gap(acks, t_fault)
+    print(f"\nwrite gap after the secondary's crash: {gap} s")
     assert gap is not None and gap < 3.0, gap
     assert_no_loss_no_overlap(stack, acks)
     stack.restart_host("node2")

@@ -51,6 +51,11 @@ def test_example_is_ok(cfgdir):
     ('address = "10.100.1.100/24"', 'address = "10.100.1.12/24"',
      "database.vip.address: 10.100.1.12 is already nodes.node2.public_address"),
     ('embedded = true', 'embedded = false', "etcd.endpoints: required when etcd.embedded = false"),
+    ('fence_peer = "dcs"', 'fence_peer = "etcd"', "volumes.db.fence_peer: Input should be 'dcs'"),
+    ('fence_peer = "dcs"', 'fence_peer = "dcs"\nfence_peer_command = "/bin/true"',
+     "volumes.db: fence_peer and fence_peer_command are both set; keep one"),
+    ('fence_peer = "dcs"', '',  # the database's volume without a fence-peer hook: unsafe
+     'volumes.db.fence_peer: required for the database\'s volume: set fence_peer = "dcs"'),
 ])
 def test_bad_values_are_named(cfgdir, old, new, expected):
     code, lines = check(edit(cfgdir, old, new))

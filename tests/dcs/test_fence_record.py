@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from tandem.dcs.base import Member, NodeRole
+from tandem.cluster.fence_peer import DcsFencer
+from tandem.dcs.base import DCSError, DiskState, Member, NodeRole
+from tandem.dcs.base import monotonic as mono
 from tandem.dcs.view import Fence
 from tests.cluster_lab.lab_prefix import lab_prefix
 from tests.dcs.conftest import run, session
@@ -62,3 +64,46 @@ def test_lease_silence_grows_only_when_keepalives_stop(etcd_ok, cluster_name):
     assert max(renewed) <= 1, renewed
     assert silent == sorted(silent) and silent[-1] >= 2, silent
     assert gone is None
+
+
+def test_the_volume_daemons_fencer_passes_over_a_paused_member_and_remembers_it(etcd_ok, cluster_name):
+    """fence_peer = "dcs": node1 (leader) lost its peer while its own etcd member is
+    paused. A `tandem fence-peer` process asked that member alone, on every attempt
+    (a fresh process starts there), and failed each time; the fencer moves on within
+    the call and asks the member that answered first on the next one."""
+    lab = etcd_ok.lab
+
+    async def lead():
+        async with session(etcd_ok, cluster_name, "node1", ttl=30) as a:
+            return await a.attempt_to_acquire_leader(await a.load())
+    assert run(lead()) is not None
+    op_timeout = 2.0
+    eps = {h: etcd_ok.endpoint(h) for h in ("node1", "node2", "witness")}
+    fencer = DcsFencer(cluster_name, "node1", "node2", "db", list(eps.values()), op_timeout)
+    not_leader = DcsFencer(cluster_name, "node2", "node1", "db", [eps["node2"], eps["witness"]], op_timeout)
+    try:
+        assert not not_leader(), "node2 does not hold the leader key: it must be refused"
+        lab.faults.pause("node1", etcd_ok.proc)
+        try:
+            async def node1_alone():
+                async with session(etcd_ok, cluster_name, "node1", op_timeout=1.0) as a:
+                    with pytest.raises(DCSError):
+                        await a.load()
+            run(node1_alone())  # the premise: node1's own member does not answer
+            assert fencer(), "node2 and the witness answer: the record must be made"
+            assert fencer.endpoint != eps["node1"], "the next fence would ask the paused member first"
+            t = mono()
+            assert fencer()
+            second = mono() - t
+        finally:
+            lab.faults.resume("node1", etcd_ok.proc)
+        assert second < op_timeout, f"{second:.2f} s: the second call waited on the paused member"
+
+        async def disks():
+            async with session(etcd_ok, cluster_name, "node2") as b:
+                vol = (await b.load()).volume("db")
+                return vol and (vol.disk("node1"), vol.disk("node2"))
+        assert run(disks()) == (None, DiskState.OUTDATED)
+    finally:
+        fencer.close()
+        not_leader.close()

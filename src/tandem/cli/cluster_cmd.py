@@ -218,23 +218,21 @@ def history(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--js
 def fence_peer(resource: str, config: Path = ConfigOpt) -> None:
     """Called by the volume daemon when the Primary loses its peer: record the
     peer's disk as Outdated in the DCS, fenced by this node's leader key.
-    Exit 0 only if the record is written."""
+    Exit 0 only if the record is written. (`fence_peer = "dcs"` in the volume's
+    config does the same inside the daemon, without starting this process.)"""
+    from tandem.cluster.fence_peer import record_peer_outdated
     from tandem.volume.spec import node_name
     cfg = _cfg(config)
     me = node_name(cfg, None)
     peer = next(n for n in cfg.nodes if n != me)
 
-    async def go() -> bool:
+    async def go() -> None:
         dcs = _dcs(cfg)
         try:
-            v = await dcs.load()
-            if v.leader is None or v.leader.node != me:
-                raise TandemError(f"fence-peer: {me} does not hold the leader key; refusing")
-            return await dcs.mark_peer_outdated(resource, peer, v.leader)
+            await record_peer_outdated(dcs, resource, me, peer, attempts=len(dcs.endpoints))
         finally:
             await dcs.close()
-    if not asyncio.run(go()):
-        raise TandemError(f"fence-peer: could not record {peer} Outdated (leadership changed?)")
+    asyncio.run(go())
     typer.echo(f"{peer}: Outdated for {resource}")
 
 

@@ -63,7 +63,11 @@ def up(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: P
     if not spec.metadata.exists():
         raise TandemError(f"{spec.metadata}: no metadata; run `tandem volume create {resource}`")
     setup_logging(log_level)
-    daemon.run(spec, cfg.cluster.secret.read())
+    fence = None
+    if cfg.volumes[resource].fence_peer == "dcs":
+        from tandem.cluster.fence_peer import DcsFencer
+        fence = DcsFencer.for_volume(cfg, spec)
+    daemon.run(spec, cfg.cluster.secret.read(), fence)
 
 
 def _simple(cmd: str, help_text: str, **fixed: Any):

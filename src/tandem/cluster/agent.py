@@ -13,7 +13,8 @@ Three concurrent duties, so that no slow call can delay a safety action:
 
 The leader also keeps the volume record in the DCS true: the peer is UpToDate
 there only while it is connected and in sync; the volume's fence-peer hook
-(`tandem fence-peer`) marks it Outdated before any write completes without it.
+(``fence_peer = "dcs"`` in the volume daemon, see cluster.fence_peer) marks it
+Outdated before any write completes without it.
 
 Fencing (``[fencing]``): a replica whose replication link to the leader is
 down, and whose DCS has seen no keepalive of the leader's lease for

@@ -14,8 +14,9 @@ from tandem.lab.shell import run
 
 
 def write_cluster_config(lab: Lab, *, volume_size: str = "256MiB", ping_timeout: float = 0.5,
-                         fence_peer_command: str | None = None, extra: str = "",
-                         cache: str = "write-through", after_split_brain: str = "disconnect") -> Path:
+                         fence_peer_command: str | None = None, fence_peer: str | None = None,
+                         extra: str = "", cache: str = "write-through",
+                         after_split_brain: str = "disconnect") -> Path:
     etc = lab.spec.dir / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     secret = etc / "secret"
@@ -23,6 +24,7 @@ def write_cluster_config(lab: Lab, *, volume_size: str = "256MiB", ping_timeout:
         secret.write_text(secrets.token_hex(32) + "\n")
         os.chmod(secret, 0o600)
     fence = f'fence_peer_command = "{fence_peer_command}"\n' if fence_peer_command else ""
+    fence += f'fence_peer = "{fence_peer}"\n' if fence_peer else ""
     text = f"""# written by the lab for lab {lab.spec.name}
 [cluster]
 name = "{lab.spec.name}"

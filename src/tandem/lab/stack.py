@@ -62,12 +62,12 @@ password_file = "{self.password_file}"
 binlog_expire_seconds = 300
 max_binlog_size = "16M"
 {extra_config}"""
-        fence = " ".join(tandem_argv("fence-peer", "db"))
+        # The volume daemon records "peer Outdated" in the DCS itself (fence_peer = "dcs").
         # The agent tells a volume when its node lost the leader key involuntarily:
         # after a partition, that side's writes were never acknowledged (held by the
         # fence-peer step), so the agent-managed cluster discards them by policy.
         self.config = write_cluster_config(lab, volume_size=volume_size, ping_timeout=ping_timeout,
-                                           fence_peer_command=fence, extra=extra,
+                                           fence_peer="dcs", extra=extra,
                                            after_split_brain="discard-least-recent-primary")
         self.etcd = LabEtcd(lab)
         self._cfg: tuple[int, Config] | None = None

@@ -10,8 +10,8 @@ over the node's network for every DCS change. Volume control calls are local
 and instant. Resources other than the volume start and stop instantly.
 
 ``Variant`` switches break the agent on purpose, so tests can prove the
-checker catches it; ``fence_loop`` is the volume's fence-peer hook running the
-``tandem fence-peer`` command (its own DCS session, not paused with the agent).
+checker catches it; ``fence_loop`` is the volume's fence-peer hook (the daemon's DCS fencer
+or the ``tandem fence-peer`` command: its own DCS session, not paused with the agent).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from tandem.errors import TandemError
@@ -74,11 +75,13 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
     }
 
 
-def run(spec: VolumeSpec, secret: bytes) -> None:
+def run(spec: VolumeSpec, secret: bytes, fence: Callable[[], bool] | None = None) -> None:
+    """`fence`: the fence-peer callback (default: `spec.fence_peer_command`, if any)."""
     import faulthandler
     import sys
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)  # thread dump on demand
-    fence = run_fence_command(spec.fence_peer_command, spec) if spec.fence_peer_command else None
+    if fence is None and spec.fence_peer_command:
+        fence = run_fence_command(spec.fence_peer_command, spec)
     rep = Replicator(spec, secret, fence_peer=fence, split_brain_policy=spec.after_split_brain)
     stop = threading.Event()
     server = ControlServer(spec.control_socket, handlers(rep, stop))
