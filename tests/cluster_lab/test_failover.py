@@ -130,6 +130,21 @@ def test_a_failed_disk_on_the_primary_moves_the_service_at_once_and_loses_nothin
         _replace_disk(stack, "node1")
 
 
+def test_fence_peer_command_records_the_peer_outdated_only_for_the_leader(healthy):
+    """`tandem fence-peer db`, the command form of the volume's fence-peer hook
+    (fence_peer_command; the lab's volumes use the daemon's own, fence_peer = "dcs")."""
+    stack = healthy
+    refused = stack.tandem("node2", "fence-peer", "db", check=False)
+    assert refused.returncode == 1
+    assert "node2 does not hold the leader key; refusing" in refused.stderr, refused.stderr
+    assert stack.status()["volumes"][0]["disks"]["node1"] == "UpToDate"
+    done = stack.tandem("node1", "fence-peer", "db")
+    assert done.stdout.strip() == "node2: Outdated for db"
+    # The leader records a connected, in-sync peer UpToDate again by itself.
+    stack.wait(lambda: stack.status()["volumes"][0]["disks"]["node2"] == "UpToDate", 30,
+               "node2 recorded UpToDate again by the leader")
+
+
 def test_crash_of_the_secondary_keeps_the_service(healthy):
     stack = healthy
     out, t_fault = run_writer_through(stack, lambda: stack.lab.faults.crash("node2"))
