@@ -100,3 +100,59 @@ def test_killing_one_server_behind_haproxy(procs, mariadb, database, haproxy_bin
         assert sorted(effects) == sorted(jobs)
     finally:
         _stop_pid(proxy)
+
+
+def test_every_api_request_gets_a_server_connection_of_its_own(tmp_path, haproxy_bin):
+    """A deploy must never ride a pooled server connection: a server SIGKILLed a
+    moment before leaves one behind that haproxy has not yet seen close, and a
+    deploy is not retried after it was sent (a 502, the flake of the test above).
+    A keep-alive HTTP/1.1 server counts the connections haproxy opens to it."""
+    import http.server
+    conns: dict[str, set[int]] = {"deploy": set(), "list": set()}
+    requests_seen = {"deploy": 0, "list": 0}
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: a connection outlives its request
+
+        def do_GET(self) -> None:
+            if "command=deploy" in self.path or "command=list" in self.path:
+                kind = "deploy" if "command=deploy" in self.path else "list"
+                with lock:
+                    conns[kind].add(self.client_address[1])
+                    requests_seen[kind] += 1
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    conf = HaproxyConfig(name="api", run_dir=tmp_path, bind_address="127.0.0.1", port=port,
+                         check_interval_ms=300,
+                         backends=[Backend(name="a", address="127.0.0.1", port=server.server_port)])
+    cfg.write_text(render(conf, str(tmp_path / "haproxy.sock")))
+    with open(tmp_path / "haproxy.log", "ab") as log:
+        proxy = subprocess.Popen([haproxy_bin, "-db", "-f", str(cfg)], stdout=log, stderr=log,
+                                 start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/client/api"
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), 10, "haproxy")
+        for i in range(20):
+            for command in ("deployVirtualMachine", "listVirtualMachines"):
+                # a new client connection per request, like the test above
+                assert requests.get(url, params={"command": command, "n": i}, timeout=10).ok
+        assert requests_seen == {"deploy": 20, "list": 20}
+        assert len(conns["deploy"]) == 20, f"20 deploys over {len(conns['deploy'])} server connections"
+        assert len(conns["list"]) == 20, f"20 lists over {len(conns['list'])} server connections"
+    finally:
+        _stop_pid(proxy)
+        server.shutdown()
+        server.server_close()

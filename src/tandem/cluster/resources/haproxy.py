@@ -21,6 +21,14 @@ management servers, which are stateless, so no stickiness):
   commands (:data:`READ_ONLY_COMMANDS`) are retried at layer 7. A deploy or
   stop whose answer was lost is not repeated behind the client's back: the
   client sees an error and can check ``listAsyncJobs``;
+- ``http-reuse never``: every request gets a server connection of its own.
+  With our ``retry-on`` set, haproxy 2.6 sends even a client's first request
+  over an idle pooled server connection ("safe" reuse deems the layer-7
+  retry enough), but the retry is off for commands that change things: a
+  deploy written into the pooled connection of a server SIGKILLed a moment
+  before got a 502 instead of going to the other server. A fresh connection
+  to a dead server is refused, and that is retried anywhere. The price, a
+  TCP connect per API call on the LAN, is small;
 - each server is listed a second time as an unchecked *backup*: when no
   server passes its check (during a database switchover every ``/health``
   fails for a moment) requests still go to a live server, which waits for
@@ -69,6 +77,7 @@ frontend {c.name}
 
 backend {c.name}-servers
     balance roundrobin
+    http-reuse never
     option allbackups
     option httpchk GET {c.health_path}
     http-check expect status 200
