@@ -63,11 +63,18 @@ def up(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: P
     if not spec.metadata.exists():
         raise TandemError(f"{spec.metadata}: no metadata; run `tandem volume create {resource}`")
     setup_logging(log_level)
-    fence = None
-    if cfg.volumes[resource].fence_peer == "dcs":
+    daemon.run(spec, cfg.cluster.secret.read(), _fence_hook(cfg, spec))
+
+
+def _fence_hook(cfg, spec):
+    """The volume's fence-peer callback, from its config (None: no fencing)."""
+    if cfg.volumes[spec.resource].fence_peer == "dcs":
         from tandem.cluster.fence_peer import DcsFencer
-        fence = DcsFencer.for_volume(cfg, spec)
-    daemon.run(spec, cfg.cluster.secret.read(), fence)
+        return DcsFencer.for_volume(cfg, spec)
+    if spec.fence_peer_command:
+        from tandem.volume.replicator import run_fence_command
+        return run_fence_command(spec.fence_peer_command, spec)
+    return None
 
 
 def _simple(cmd: str, help_text: str, **fixed: Any):

@@ -50,7 +50,7 @@ async def record_peer_outdated(dcs: DCS, resource: str, me: str, peer: str,
             view = await dcs.load()
             if view.leader is None or view.leader.node != me:
                 raise FencePeerRefused(f"fence-peer: {me} does not hold the leader key; refusing")
-            if await dcs.mark_peer_outdated(resource, peer, view.leader):
+            if await dcs.mark_peer_outdated(resource, peer, view.leader, view=view):
                 return
             raise FencePeerRefused(f"fence-peer: could not record {peer} Outdated"
                                    " (leadership changed?)")

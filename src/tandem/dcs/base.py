@@ -173,13 +173,15 @@ class DCS(ABC):
         completes writes; otherwise its I/O stays suspended."""
 
     async def mark_peer_outdated(self, resource: str, peer: str, leader: Leader,
-                                 attempts: int = 3) -> bool:
+                                 attempts: int = 3, view: ClusterView | None = None) -> bool:
         """Record `peer`'s disk as Outdated for `resource`, under `leader`.
 
         Read-modify-write over :meth:`set_volume_state`; retried when only the
-        record changed, stops when leadership did."""
-        for _ in range(attempts):
-            view = await self.load()
+        record changed, stops when leadership did. `view`: a snapshot just read
+        (the first try uses it instead of reading again)."""
+        for i in range(attempts):
+            if view is None or i > 0:
+                view = await self.load()
             if view.leader is None or view.leader.revision != leader.revision:
                 return False
             current = view.volume(resource) or VolumeState.empty(resource)

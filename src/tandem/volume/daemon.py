@@ -15,7 +15,7 @@ from typing import Any
 
 from tandem.errors import TandemError
 from tandem.volume.control import ControlServer
-from tandem.volume.replicator import Replicator, run_fence_command
+from tandem.volume.replicator import Replicator
 from tandem.volume.spec import VolumeSpec
 
 log = logging.getLogger("tandem.volume")
@@ -75,13 +75,11 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
     }
 
 
-def run(spec: VolumeSpec, secret: bytes, fence: Callable[[], bool] | None = None) -> None:
-    """`fence`: the fence-peer callback (default: `spec.fence_peer_command`, if any)."""
+def run(spec: VolumeSpec, secret: bytes, fence: Callable[[], bool] | None) -> None:
+    """`fence`: the fence-peer callback (None: none; see cli.volume_cmd)."""
     import faulthandler
     import sys
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)  # thread dump on demand
-    if fence is None and spec.fence_peer_command:
-        fence = run_fence_command(spec.fence_peer_command, spec)
     rep = Replicator(spec, secret, fence_peer=fence, split_brain_policy=spec.after_split_brain)
     stop = threading.Event()
     server = ControlServer(spec.control_socket, handlers(rep, stop))
