@@ -238,6 +238,36 @@ def test_a_write_completed_after_the_lease_deadline_stretches_the_writable_inter
     assert checker.overlapping_writers([_writable("node2", True, 0.0), {**done, "t": 1.0}])
 
 
+def _pause(node: str, t: float, heal: bool = False, pid: int = 7, name: str = "volume-db") -> dict:
+    return {"kind": "heal" if heal else "fault", "fault": "pause", "host": node, "name": name,
+            "pid": pid, "t": t}
+
+
+def test_a_stopped_volume_daemon_completes_no_write_until_it_runs_again():
+    """Torture 87:71: node2's volume daemon was SIGSTOPped as Primary, node1 promoted,
+    then node2 crashed: the daemon never ran again to record its lease deadline, so its
+    interval lasted until the crash and overlapped node1's. A stopped daemon answers
+    no FUSE request: its interval ends at the SIGSTOP."""
+    crash = {"kind": "fault", "fault": "crash", "host": "node2", "t": 9.0}
+    events = [_writable("node2", True, 0.0), _pause("node2", 3.0), _writable("node1", True, 5.0), crash]
+    assert checker.overlapping_writers(events) == []
+    assert [(i.node, i.start, i.end) for i in checker.writable_intervals(events)] == \
+        [("node2", 0.0, 3.0), ("node1", 5.0, float("inf"))]
+    # resumed (the same pid), it is writable again until its own word ends it
+    resumed = [*events[:3], _pause("node2", 8.0, heal=True)]
+    assert len(checker.overlapping_writers(resumed)) == 1
+    lease_end = {"kind": "writable", "node": "node2", "writable": False, "t": 8.01, "since": 3.5}
+    assert checker.overlapping_writers([*resumed, lease_end]) == []  # 86:38 with the volume's fix
+    # ... and a write it completes after resuming is still seen (86:38 before that fix)
+    done = {"kind": "write_completed", "node": "node2", "t": 8.02}
+    assert len(checker.overlapping_writers([*resumed, lease_end, done])) == 1
+    # the pause of another process, or the heal of an older pid, does not end anything
+    assert len(checker.overlapping_writers([events[0], _pause("node2", 3.0, name="agent"),
+                                           events[2]])) == 1
+    other_pid = [*events[:3], _pause("node2", 8.0, heal=True, pid=8)]
+    assert checker.overlapping_writers(other_pid) == []
+
+
 def test_jobs_the_client_never_heard_of_are_held_to_the_same_rules():
     jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"}]
     # an unknown job applied twice

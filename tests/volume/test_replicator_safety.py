@@ -713,3 +713,39 @@ def test_a_suspend_after_the_write_lease_ran_out_dates_the_end_of_writes_to_the_
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+@pytest.mark.parametrize("then", ["lease renewed", "demoted"])
+def test_a_write_whose_ack_comes_after_the_write_lease_ran_out_waits_for_the_next_lease(
+        tmp_path, monkeypatch, then):
+    """Torture 86:38 and 86:79: the Primary's volume daemon was paused with a write in
+    flight; the peer acknowledged it, lost the link and was promoted; 3-4 s later the
+    daemon resumed, found the ack and completed the write: "written", told to the
+    application long after this node's write lease had ended and the peer had become
+    the writer. Such a write waits: a renewed lease completes it, a demotion fails it."""
+    import json
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv("TANDEM_LAB_EVENTS", str(events))
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY  # no FUSE file: see the module docstring
+    link, peer, theirs = _connected(rep)
+    results: list = []
+    try:
+        rep.set_write_lease(time.monotonic() + 0.3)
+        writer = _writer(rep, 0, results)
+        (w,) = _received_writes(theirs, peer, 1)
+        time.sleep(0.4)  # the lease runs out with the write in flight
+        theirs.sendall(peer.send(wire.WriteAck(w.seq)))
+        writer.join(0.5)
+        assert writer.is_alive() and not results, f"completed past the write lease: {results}"
+        if then == "lease renewed":
+            rep.set_write_lease(time.monotonic() + 60)
+            writer.join(5)
+            assert results == [None]
+        else:
+            _demote_and_see_the_write_fail(rep, monkeypatch, writer, results)
+            rec = [json.loads(line) for line in events.read_text().splitlines()]
+            assert not [e for e in rec if e["kind"] == "write_completed"], rec
+        assert rep.store.pread(0, BLOCK) == b"w" * BLOCK  # on the disk either way (and the peer's)
+    finally:
+        _close(rep, link, theirs)

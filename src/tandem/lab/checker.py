@@ -31,26 +31,50 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
     the volume completed while its I/O was held, see the replicator) outside every
     interval of its node stretches that node's last interval to it: the checker
     does not take the volume's word that a write completing after `writable=False`
-    (or after a lease deadline `since`) cannot matter."""
+    (or after a lease deadline `since`) cannot matter.
+
+    The lab's own faults also bound an interval: a host crash ends it, and so does a
+    SIGSTOP of the volume daemon (a stopped daemon answers no FUSE request, so no
+    write completes; it records nothing either, so without this a daemon paused and
+    then crashed stayed writable until the crash: torture 87:71). Its interval
+    opens again when it is resumed, until the daemon's own word ends it."""
     open_since: dict[str, float] = {}
+    stopped: dict[str, tuple[object, bool]] = {}  # node -> (pid, writable when stopped)
     out: list[Interval] = []
     late: list[tuple[str, float]] = []
+
+    def close(node: str, end: float) -> None:
+        start = open_since.pop(node)
+        if end > start:  # an empty interval: no write completed in it (late ones say so)
+            out.append(Interval(node, start, end))
+
     for ev in sorted(events, key=lambda e: e["t"]):
-        if ev["kind"] == "writable":
+        kind = ev["kind"]
+        if kind == "writable":
             node = ev["node"]
             if ev["writable"] and node not in open_since:
                 open_since[node] = ev["t"]
             elif not ev["writable"] and node in open_since:
                 # `since`: the lease deadline after which no write started, when the
                 # daemon noticed later (it was paused: it records nothing while stopped)
-                start = open_since.pop(node)
-                out.append(Interval(node, start, max(start, min(ev["t"], ev.get("since", ev["t"])))))
-        elif ev["kind"] == "write_completed":
+                close(node, min(ev["t"], ev.get("since", ev["t"])))
+        elif kind == "write_completed":
             late.append((ev["node"], ev["t"]))
-        elif ev["kind"] == "fault" and ev.get("fault") == "crash":
+        elif ev.get("fault") == "crash" and kind == "fault":
             node = ev["host"]
+            stopped.pop(node, None)
             if node in open_since:
-                out.append(Interval(node, open_since.pop(node), ev["t"]))
+                close(node, ev["t"])
+        elif ev.get("fault") == "pause" and str(ev.get("name", "")).startswith("volume"):
+            node = ev["host"]
+            if kind == "fault":
+                stopped[node] = (ev.get("pid"), node in open_since)
+                if node in open_since:
+                    close(node, ev["t"])
+            elif kind == "heal" and node in stopped and stopped[node][0] == ev.get("pid"):
+                was_writable = stopped.pop(node)[1]
+                if was_writable and node not in open_since:
+                    open_since[node] = ev["t"]
     out += [Interval(n, t, float("inf")) for n, t in open_since.items()]
     for node, t in late:
         if any(i.node == node and i.start <= t <= i.end for i in out):

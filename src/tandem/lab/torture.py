@@ -85,6 +85,7 @@ class Campaign:
         self.results: list[ScheduleResult] = []
         self.aborted: str | None = None
         self.history: dict[str, Any] = {}
+        self._history_reported: set[tuple[str, str]] = set()
         self._http = client_session()  # what the checks read besides the logs, for a re-check
 
     def say(self, line: str) -> None:
@@ -139,6 +140,7 @@ class Campaign:
             self.say(f"schedule {sched.name}: {'; '.join(f['describe'] for f in res.faults) or 'no fault'}"
                      f" -> converged {f'in {conv:.1f} s' if conv is not None else 'NEVER'}"
                      f", {len(res.violations)} violation(s)")
+            self._report_history_so_far()
             if res.t_converged is not None:
                 full = self._db_volume_full()
                 if full:
@@ -173,6 +175,21 @@ class Campaign:
             return None
         return (f"the DB volume on {lead} is {used:.0%} full ({st.f_bavail * st.f_frsize >> 20} MiB left):"
                 " the campaign stops before the database wedges; give it more room with --volume-size")
+
+    def _report_history_so_far(self) -> None:
+        """Print the two-writer and VIP violations of the history so far that were not
+        printed yet (the verdict still comes from the check at the campaign's end)."""
+        spans = [(r.schedule.name, r.t_start, r.t_end) for r in self.results]
+        try:
+            found = event_violations(self.lab.events.read(), spans)
+        except (OSError, ValueError, KeyError) as e:
+            self.say(f"  history check failed: {e}")
+            return
+        for v in found:
+            key = (v["check"], v["what"])
+            if key not in self._history_reported:
+                self._history_reported.add(key)
+                self.say(f"  history check: [{v['schedule']}] {v['check']}: {v['what']}")
 
     def _abort(self, name: str, why: str) -> None:
         self.aborted = why
@@ -469,18 +486,29 @@ def history_violations(events: list[dict], acks: list[dict], stored: set[str] | 
                        ) -> list[dict[str, Any]]:
     """The checks on the whole history (also run again on a saved campaign by
     `tandem lab torture-recheck`): lost writes, two writers, two VIP holders, jobs."""
-    violations: list[dict[str, Any]] = []
-    for ev in events:
-        if ev["kind"] == "vipwatch_failed":
-            violations.append({"schedule": _within(ev["t"], spans), "check": "two-vip-holders",
-                               "what": f"the VIP watcher of {ev['host']} failed ({ev['error']}):"
-                                       " VIP holders there went unobserved"})
+    violations = event_violations(events, spans)
     if stored is None:
         violations.append({"schedule": None, "check": "lost-write",
                            "what": "the table could not be read back: acknowledged writes unverified"})
     for lost in checker.lost_writes(acks, stored if stored is not None else {a["id"] for a in acks}):
         violations.append({"schedule": None, "check": "lost-write",
                            "what": f"acknowledged id {lost} missing"})
+    for v in checker.job_violations(jobs, effects, db_jobs):
+        violations.append({"schedule": None, "check": "jobs", "what": v})
+    return violations
+
+
+def event_violations(events: list[dict], spans: list[Span]) -> list[dict[str, Any]]:
+    """The checks that need only the event log (two writers, two VIP holders): also run
+    after every schedule, on the history so far, so that a campaign says at once what
+    the end-of-campaign check will say (an interval's end may be recorded only
+    schedules later: torture 86:38 was first reported at the campaign's end)."""
+    violations: list[dict[str, Any]] = []
+    for ev in events:
+        if ev["kind"] == "vipwatch_failed":
+            violations.append({"schedule": _within(ev["t"], spans), "check": "two-vip-holders",
+                               "what": f"the VIP watcher of {ev['host']} failed ({ev['error']}):"
+                                       " VIP holders there went unobserved"})
     for a, b in checker.overlapping_writers(events):
         violations.append({"schedule": _within(max(a.start, b.start), spans), "check": "two-writers",
                            "what": f"{a.node} writable {a.start:.3f}-{a.end:.3f} and {b.node}"
@@ -489,8 +517,6 @@ def history_violations(events: list[dict], acks: list[dict], stored: set[str] | 
         violations.append({"schedule": _within(max(a.start, b.start), spans), "check": "two-vip-holders",
                            "what": f"{addr} on {a.node} {a.start:.3f}-{a.end:.3f} and on {b.node}"
                                    f" {b.start:.3f}-{b.end:.3f}"})
-    for v in checker.job_violations(jobs, effects, db_jobs):
-        violations.append({"schedule": None, "check": "jobs", "what": v})
     return violations
 
 

@@ -300,6 +300,7 @@ class Replicator:
         self._write_lease: float | None = None
         self._dumped = False
         self._lease_held_io = False
+        self._lease_parked: list[_WriteOp] = []  # ended after the write lease ran out (see _end_write)
         self.link: Link | None = None
         self.last_link_error = ""
         self.standalone_reason = ""
@@ -451,13 +452,45 @@ class Replicator:
                 self._writes_ended += 1
                 ticket = self._writes_ended
             self._al_complete(op.offset, op.n, ticket)
+            if op.error is None and self._park_past_lease(op):
+                return
             if op.error is None and not self.io_open.is_set():
                 # Completed while I/O is held (a fence, an expired write lease): the lab's
                 # checker takes this, not the volume's own `writable`, as the last moment
                 # this node completed a write.
                 lab_event("write_completed", node=self.spec.node, reason=self.suspended_reason)
-        finally:  # whatever failed here (a bug), the write is never left hanging
-            op.complete(op.error)
+        except BaseException:  # a bug: the write is never left hanging
+            op.complete(op.error or OSError(errno.EIO, "ending the write failed"))
+            raise
+        op.complete(op.error)
+
+    def _park_past_lease(self, op: _WriteOp) -> bool:
+        """True if the write lease ran out before this write's last half ended: it
+        then waits, written on both disks (or the peer fenced), for the lease to be
+        renewed (it completes) or for the demotion (it fails). Completing it now would
+        tell the application "written" after the moment the agent's leadership, and
+        with it this node's right to be the writer, may have ended: the peer may be
+        promoted by now (torture 86:38, 86:79: a daemon paused with a write in flight
+        found the peer's ack when it resumed, 3-4 s after the peer took over).
+        A flush is not held: it only confirms writes that completed within a lease."""
+        with self.io_lock:
+            lease = self._write_lease
+            if lease is None or time.monotonic() < lease:
+                return False
+            if self.role is not Role.PRIMARY:  # demoted already: nothing would complete it
+                op.error = OSError(errno.EIO, "demoted after the write lease ran out")
+                return False
+            self._lease_parked.append(op)
+            return True
+
+    def _complete_lease_parked(self, error: OSError | None) -> None:
+        with self.io_lock:
+            parked, self._lease_parked = self._lease_parked, []
+        if parked:
+            log.info("%d write(s) held past the write lease now %s", len(parked),
+                     "fail" if error else "complete (the lease was renewed)")
+        for op in parked:
+            op.complete(error)
 
     def flush(self) -> None:
         if self.role is not Role.PRIMARY:
@@ -789,6 +822,8 @@ class Replicator:
             self._lease_held_io = False
             if self._fencing is None:  # never reopen I/O in the middle of a fence
                 self.resume()
+        if (until is None or time.monotonic() < until) and self.role is Role.PRIMARY:
+            self._complete_lease_parked(None)
 
     def _lease_expired(self, deadline: float) -> None:
         if not self._lease_held_io:
@@ -856,6 +891,7 @@ class Replicator:
                     time.sleep(0.001)
             self.role = Role.SECONDARY
             self._fail_fenced_waiters()
+            self._complete_lease_parked(OSError(errno.EIO, "demoted after the write lease ran out"))
             self.io_open.set()  # blocked writers wake up and fail
             # No write can complete from here on: tell the peer at once, so it
             # may promote while the FUSE file is still being torn down.
@@ -871,6 +907,8 @@ class Replicator:
             self._retry_undecided_now()
             log.info("demoted to Secondary (forced)")
             return
+        # A write held past the lease would keep its FUSE request, and the unmount, waiting.
+        self._complete_lease_parked(OSError(errno.EIO, "demoted after the write lease ran out"))
         self._unmount()
         # Wait for writes still completing (FUSE is gone, so none start).
         deadline = time.monotonic() + 10
@@ -878,6 +916,7 @@ class Replicator:
             time.sleep(0.005)
         self.role = Role.SECONDARY
         self._fail_fenced_waiters()
+        self._complete_lease_parked(OSError(errno.EIO, "demoted after the write lease ran out"))
         self._held_by_operator = False
         self.suspended_reason = ""
         self.io_open.set()
