@@ -98,3 +98,13 @@ def test_broken_variants_are_caught(campaign):
     assert checks == {"two-writers", "two-vip-holders"}, out["violations"]
     assert any(other in v["what"] and lead in v["what"] for v in out["violations"]
                if v["check"] == "two-vip-holders")
+    # what the campaign prints after each schedule: the same violations, at once
+    # (before, a two-writer overlap surfaced only in the end-of-campaign check)
+    lines = campaign.lines
+    before = len(lines)
+    campaign._report_history_so_far()
+    printed = lines[before:]
+    assert any("history check:" in line and "two-writers" in line for line in printed), printed
+    assert any("two-vip-holders" in line for line in printed), printed
+    campaign._report_history_so_far()
+    assert len(lines) == before + len(printed)  # each is printed once
