@@ -10,10 +10,11 @@ parsed config (and anything that prints it) never holds a secret.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,6 +27,9 @@ from pydantic import (
 )
 
 from tandem.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tandem.dcs.pki import HostTls
 
 NAME_RE = r"^[a-z][a-z0-9-]{0,14}$"
 Name = Annotated[str, Field(pattern=NAME_RE)]
@@ -207,6 +211,9 @@ class Etcd(Strict):
     peer_port: int = Field(default=2380, ge=1, le=65535)
     lease_ttl: int = Field(default=1, ge=1, le=60)
     op_timeout: float = Field(default=0.5, gt=0, le=10)
+    #: the cluster's etcd PKI (ca.crt, HOST.crt, HOST.key; see tandem.dcs.pki): every
+    #: client and peer of etcd shows a certificate of this CA (mutual TLS)
+    tls_dir: Path | None = None
 
 
 class Agent(Strict):
@@ -327,6 +334,11 @@ class Config(Strict):
             problems.append(("agent.notify", "a command must not be empty"))
         if not self.etcd.embedded and not self.etcd.endpoints:
             problems.append(("etcd.endpoints", "required when etcd.embedded = false"))
+        if self.etcd.embedded and self.etcd.tls_dir is None:
+            # An etcd that answers anyone lets any host on the network take the leader key.
+            problems.append(("etcd.tls_dir", "required with embedded etcd (only holders of a"
+                             " certificate of the cluster's CA may use it): create the directory"
+                             " with `tandem pki init --config FILE`"))
         if problems:
             raise ValueError(";;".join(f"{k}: {m}" for k, m in problems))
         return self
@@ -385,6 +397,19 @@ def etcd_endpoints(cfg: Config, first: str | None = None) -> list[str]:
     return [f"{addr}:{cfg.etcd.client_port}" for _, addr in hosts]
 
 
+def etcd_tls(cfg: Config, host: str | None) -> HostTls | None:
+    """The TLS files `host` presents to etcd, or None for a plain etcd (external only).
+    Without a host (a command run outside a node's environment): the first host,
+    or the lab's "client", whose key this process can read."""
+    from tandem.dcs.pki import HostTls
+    if cfg.etcd.tls_dir is None:
+        return None
+    if host is None:
+        names = [*cfg.nodes, *([cfg.witness.name] if cfg.witness else []), "client"]
+        host = next((n for n in names if os.access(cfg.etcd.tls_dir / f"{n}.key", os.R_OK)), names[0])
+    return HostTls.of(cfg.etcd.tls_dir, host)
+
+
 def load_config(path: str | Path, check_secrets: bool = True) -> Config:
     """Read and validate a config file; raise ConfigError listing every problem."""
     path = Path(path)
@@ -402,8 +427,15 @@ def load_config(path: str | Path, check_secrets: bool = True) -> Config:
         secret = (path.parent / secret).resolve()
         cluster = cfg.cluster.model_copy(update={"secret": SecretRef(file=secret)})
         cfg = cfg.model_copy(update={"cluster": cluster})
+    tls_dir = cfg.etcd.tls_dir
+    if tls_dir is not None and not tls_dir.is_absolute():
+        etcd = cfg.etcd.model_copy(update={"tls_dir": (path.parent / tls_dir).resolve()})
+        cfg = cfg.model_copy(update={"etcd": etcd})
     if check_secrets:
         problems = []
+        if cfg.etcd.tls_dir is not None and not (cfg.etcd.tls_dir / "ca.crt").is_file():
+            problems.append(f"{path}: etcd.tls_dir: no CA certificate {cfg.etcd.tls_dir / 'ca.crt'}"
+                            f" (create the PKI with `tandem pki init --config {path}`)")
         if not secret.is_file():
             problems.append(f"{path}: cluster.secret.file: no such file {secret} (create it with"
                             " `head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE`)")

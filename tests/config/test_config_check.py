@@ -51,6 +51,8 @@ def test_example_is_ok(cfgdir):
     ('address = "10.100.1.100/24"', 'address = "10.100.1.12/24"',
      "database.vip.address: 10.100.1.12 is already nodes.node2.public_address"),
     ('embedded = true', 'embedded = false', "etcd.endpoints: required when etcd.embedded = false"),
+    ('tls_dir = "pki"', '', "etcd.tls_dir: required with embedded etcd"),  # an etcd open to anyone
+    ('tls_dir = "pki"', 'tls_dir = "nopki"', "etcd.tls_dir: no CA certificate"),
     ('fence_peer = "dcs"', 'fence_peer = "etcd"', "volumes.db.fence_peer: Input should be 'dcs'"),
     ('fence_peer = "dcs"', 'fence_peer = "dcs"\nfence_peer_command = "/bin/true"',
      "volumes.db: fence_peer and fence_peer_command are both set; keep one"),
@@ -116,3 +118,26 @@ def test_config_error_type():
     with pytest.raises(ConfigError) as err:
         parse_config({"cluster": {"name": "x"}, "nodes": {}})
     assert any("cluster.secret: required key is missing" in p for p in err.value.problems)
+
+
+def test_pki_init_makes_a_ca_and_a_certificate_per_host_and_never_overwrites(tmp_path):
+    import shutil
+
+    from cryptography import x509
+    shutil.copy(Path(__file__).parents[2] / "examples" / "cluster.toml", tmp_path / "cluster.toml")
+    proc = run_tandem("pki", "init", "--config", str(tmp_path / "cluster.toml"))
+    assert proc.returncode == 0, proc.stderr
+    pki_dir = tmp_path / "pki"
+    for host in ("node1", "node2", "witness"):
+        assert (pki_dir / f"{host}.key").stat().st_mode & 0o077 == 0  # private keys: 600
+        cert = x509.load_pem_x509_certificate((pki_dir / f"{host}.crt").read_bytes())
+        ca = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        ips = {str(ip) for ip in cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)}
+        assert "127.0.0.1" in ips and len(ips) == 3, ips  # public, replication, loopback
+    before = (pki_dir / "ca.key").read_bytes()
+    again = run_tandem("pki", "init", "--config", str(tmp_path / "cluster.toml"))
+    lines = again.stderr.strip().splitlines()
+    assert again.returncode != 0 and len(lines) == 1 and "a CA exists already" in lines[0], lines
+    assert (pki_dir / "ca.key").read_bytes() == before

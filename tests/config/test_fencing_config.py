@@ -74,4 +74,6 @@ def test_the_fencing_example_is_valid(tmp_path):
     shutil.copy(example, tmp_path / "cluster.toml")
     (tmp_path / "secret").write_text("0123456789abcdef0123456789abcdef\n")
     (tmp_path / "secret").chmod(0o600)
+    from tests.conftest import run_tandem
+    assert run_tandem("pki", "init", "--config", str(tmp_path / "cluster.toml")).returncode == 0
     assert check(tmp_path / "cluster.toml") == (0, ["ok"])

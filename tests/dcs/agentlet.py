@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from tandem.dcs.base import DCSError, monotonic
 from tandem.dcs.etcd import EtcdDCS
+from tandem.dcs.pki import HostTls
 
 
 async def hold(dcs: EtcdDCS) -> None:
@@ -48,8 +50,8 @@ async def probe(dcs: EtcdDCS) -> None:
 
 
 def main(argv: list[str]) -> None:
-    cmd, cluster, node, *endpoints = argv
-    dcs = EtcdDCS(cluster, node, endpoints, ttl=1, op_timeout=0.5)
+    cmd, cluster, node, tls_dir, *endpoints = argv  # tls_dir: the lab's PKI
+    dcs = EtcdDCS(cluster, node, endpoints, ttl=1, op_timeout=0.5, tls=HostTls.of(Path(tls_dir), node))
     asyncio.run({"hold": hold, "probe": probe}[cmd](dcs))
 
 

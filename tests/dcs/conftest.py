@@ -49,6 +49,7 @@ def session(etcd: LabEtcd, cluster: str, node: str, hosts: tuple[str, ...] | Non
             **kw) -> EtcdDCS:
     """A DCS session for `node`, talking to the members on `hosts` (default: its own)."""
     eps = [etcd.endpoint(h) for h in (hosts or (node,))]
+    kw.setdefault("tls", etcd.members[node].tls if node in etcd.members else etcd.client_tls)
     return EtcdDCS(cluster, node, eps, **kw)
 
 

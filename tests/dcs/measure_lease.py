@@ -44,12 +44,13 @@ def crash_holder(etcd: LabEtcd, cluster: str, host: str = "node1", observer: str
     key gone after the holder's last keepalive was sent), in seconds."""
     lab = etcd.lab
     rec = lab.spawn(host, "holder", [sys.executable, "-m", "tests.dcs.agentlet", "hold", cluster, host,
+                                     str(etcd.tls_dir),
                                      f"127.0.0.1:{etcd.members[host].client_port}"],
                     env={"PYTHONPATH": str(REPO)})
     log = Path(rec.log)
 
     async def scenario() -> tuple[float, float]:
-        async with EtcdDCS(cluster, observer, [etcd.endpoint(observer)]) as w:
+        async with EtcdDCS(cluster, observer, [etcd.endpoint(observer)], tls=etcd.members[observer].tls) as w:
             deadline = time.monotonic() + 10
             while (await w.load()).leader is None:
                 if time.monotonic() > deadline:

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import aetcd
 import pytest
 
 from tandem.dcs.base import DCSError, DiskState, HistoryEntry, Member, NodeRole, Switchover, VolumeState
@@ -33,7 +32,8 @@ def test_cluster_runs_with_its_leader_on_the_witness_and_a_1s_lease_floor(etcd_o
     assert etcd_ok.timing.min_lease_ttl == 1
 
     async def grant() -> int:
-        async with aetcd.Client(host=etcd_ok.lab.address("node1"), port=2379, timeout=2) as c:
+        dcs = session(etcd_ok, "lease-floor", "node1")
+        async with dcs._new_client(f"{etcd_ok.lab.address('node1')}:2379", 2) as c:
             return (await c.lease(1)).ttl
     assert run(grant()) == 1
 
@@ -46,7 +46,8 @@ def test_default_etcd_timing_has_a_2s_lease_floor(etcd_ok):
     slow.start()
     try:
         async def grant() -> int:
-            async with aetcd.Client(host=etcd_ok.lab.address("node1"), port=2479, timeout=2) as c:
+            dcs = session(etcd_ok, "lease-floor", "node1")
+            async with dcs._new_client(f"{etcd_ok.lab.address('node1')}:2479", 2) as c:
                 return (await c.lease(1)).ttl
         assert run(grant()) == 2
     finally:
@@ -217,7 +218,7 @@ def test_lost_lease_is_reported_and_replaced(etcd_ok, cluster_name):
         async with session(etcd_ok, cluster_name, "node1") as a:
             await a.touch_member(Member("node1"))
             first = a.lease_id
-            async with aetcd.Client(host=etcd_ok.lab.address("node2"), port=2379, timeout=2) as c:
+            async with a._new_client(f"{etcd_ok.lab.address('node2')}:2379", 2) as c:
                 await c.revoke_lease(first)
             assert (await a.renew_lease()).lost
             assert (await a.load()).member("node1") is None
@@ -226,7 +227,7 @@ def test_lost_lease_is_reported_and_replaced(etcd_ok, cluster_name):
             assert second not in (None, first)
             assert (await a.load()).member("node1") is not None
             # Expired behind the session's back: the write notices and uses a new lease.
-            async with aetcd.Client(host=etcd_ok.lab.address("node2"), port=2379, timeout=2) as c:
+            async with a._new_client(f"{etcd_ok.lab.address('node2')}:2379", 2) as c:
                 await c.revoke_lease(second)
             await a.touch_member(Member("node1"))
             assert a.lease_id not in (None, first, second)
@@ -257,7 +258,8 @@ def test_dcs_error_within_the_timeout_when_cut_off_from_the_majority(etcd_ok, cl
     assert worst < 0.5 + 0.3, f"a call took {worst:.2f} s with a 0.5 s operation timeout"
     # The agent on node1 with every endpoint: all unreachable or without quorum.
     out = lab.run("node1", ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "tests.dcs.agentlet",
-                            "probe", cluster_name, "node1", *etcd_ok.endpoints], timeout=30).stdout
+                            "probe", cluster_name, "node1", str(etcd_ok.tls_dir), *etcd_ok.endpoints],
+                  timeout=30).stdout
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 3 and not any(r["ok"] for r in rows), rows
     assert max(r["elapsed"] for r in rows) < 0.8, rows

@@ -79,8 +79,10 @@ def test_the_volume_daemons_fencer_passes_over_a_paused_member_and_remembers_it(
     assert run(lead()) is not None
     op_timeout = 2.0
     eps = {h: etcd_ok.endpoint(h) for h in ("node1", "node2", "witness")}
-    fencer = DcsFencer(cluster_name, "node1", "node2", "db", list(eps.values()), op_timeout)
-    not_leader = DcsFencer(cluster_name, "node2", "node1", "db", [eps["node2"], eps["witness"]], op_timeout)
+    fencer = DcsFencer(cluster_name, "node1", "node2", "db", list(eps.values()), op_timeout,
+                       etcd_ok.members["node1"].tls)
+    not_leader = DcsFencer(cluster_name, "node2", "node1", "db", [eps["node2"], eps["witness"]], op_timeout,
+                           etcd_ok.members["node2"].tls)
     try:
         assert not not_leader(), "node2 does not hold the leader key: it must be refused"
         lab.faults.pause("node1", etcd_ok.proc)

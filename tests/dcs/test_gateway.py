@@ -55,7 +55,8 @@ def test_the_gateway_reads_what_the_dcs_wrote(etcd_ok, cluster_name):
         finally:
             await dcs.close()
     revision = asyncio.run(write())
-    got_rev, kvs = read_prefix([etcd_ok.endpoint("witness")], Keys(cluster_name).prefix)
+    got_rev, kvs = read_prefix([etcd_ok.endpoint("witness")], Keys(cluster_name).prefix,
+                               tls=etcd_ok.client_tls)
     assert got_rev >= revision
     by_key = {kv.key: kv for kv in kvs}
     assert by_key[Keys(cluster_name).prefix + "bin"].value == bytes(range(256))

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from tandem.config import Config, etcd_endpoints, load_config
+from tandem.config import Config, etcd_endpoints, etcd_tls, load_config
 from tandem.errors import TandemError
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="cluster config (default $TANDEM_CONFIG"
@@ -27,7 +27,7 @@ def _dcs(cfg: Config, node: str = "cli"):
     from tandem.dcs.etcd import EtcdDCS
     me = os.environ.get("TANDEM_NODE")
     return EtcdDCS(cfg.cluster.name, node, etcd_endpoints(cfg, me), ttl=cfg.etcd.lease_ttl,
-                   op_timeout=max(1.0, cfg.etcd.op_timeout))
+                   op_timeout=max(1.0, cfg.etcd.op_timeout), tls=etcd_tls(cfg, me))
 
 
 async def _load(cfg: Config, also=None):

@@ -10,7 +10,17 @@ import sys
 
 import typer
 
-from tandem.cli import bench_cmd, cluster_cmd, config_cmd, demo_cmd, lab_cmd, mgmt_cmd, sim_cmd, volume_cmd
+from tandem.cli import (
+    bench_cmd,
+    cluster_cmd,
+    config_cmd,
+    demo_cmd,
+    lab_cmd,
+    mgmt_cmd,
+    pki_cmd,
+    sim_cmd,
+    volume_cmd,
+)
 from tandem.errors import TandemError
 
 app = typer.Typer(
@@ -26,6 +36,7 @@ app.add_typer(volume_cmd.app, name="volume")
 app.add_typer(mgmt_cmd.app, name="mgmt")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(sim_cmd.app, name="sim")
+app.add_typer(pki_cmd.app, name="pki")
 app.command("demo")(demo_cmd.demo)
 cluster_cmd.register(app)
 

@@ -44,7 +44,7 @@ from tandem.cluster.resources import ResourceGroup
 from tandem.cluster.resources.vip import Vip
 from tandem.cluster.view import Action, Decision, LocalState
 from tandem.cluster.volume_resource import volume_call
-from tandem.config import Config, etcd_endpoints
+from tandem.config import Config, etcd_endpoints, etcd_tls
 from tandem.dcs.base import DCSError
 from tandem.dcs.etcd import EtcdDCS
 from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, NodeRole, VolumeState
@@ -98,7 +98,7 @@ class Agent:
         self.margin = cfg.agent.margin
         self.interval = cfg.agent.interval
         self.dcs = EtcdDCS(cfg.cluster.name, node, etcd_endpoints(cfg, node), ttl=cfg.etcd.lease_ttl,
-                           op_timeout=cfg.etcd.op_timeout)
+                           op_timeout=cfg.etcd.op_timeout, tls=etcd_tls(cfg, node))
         self.group: ResourceGroup = build_db_group(cfg, spec, data_dir, run_dir)
         self.clones = None  # the management tier on every node ([mgmt]), see tandem.cluster.clones
         if cfg.mgmt is not None:

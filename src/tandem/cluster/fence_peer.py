@@ -28,6 +28,7 @@ from tandem.errors import TandemError
 
 if TYPE_CHECKING:
     from tandem.config import Config
+    from tandem.dcs.pki import HostTls
     from tandem.volume.spec import VolumeSpec
 
 log = logging.getLogger("tandem.volume")
@@ -69,18 +70,18 @@ class DcsFencer:
     answered."""
 
     def __init__(self, cluster: str, node: str, peer: str, resource: str,
-                 endpoints: Sequence[str], op_timeout: float):
+                 endpoints: Sequence[str], op_timeout: float, tls: HostTls | None = None):
         from tandem.dcs.etcd import EtcdDCS
         self.node, self.peer, self.resource = node, peer, resource
-        self._dcs = EtcdDCS(cluster, node, endpoints, op_timeout=op_timeout)
+        self._dcs = EtcdDCS(cluster, node, endpoints, op_timeout=op_timeout, tls=tls)
         self._loop = asyncio.new_event_loop()
         self._lock = threading.Lock()  # one event loop: one call at a time
 
     @classmethod
     def for_volume(cls, cfg: Config, spec: VolumeSpec) -> DcsFencer:
-        from tandem.config import etcd_endpoints
+        from tandem.config import etcd_endpoints, etcd_tls
         return cls(cfg.cluster.name, spec.node, spec.peer, spec.resource,
-                   etcd_endpoints(cfg, spec.node), cfg.etcd.op_timeout)
+                   etcd_endpoints(cfg, spec.node), cfg.etcd.op_timeout, etcd_tls(cfg, spec.node))
 
     @property
     def endpoint(self) -> str:

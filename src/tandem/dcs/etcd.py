@@ -31,10 +31,13 @@ import aetcd
 import aetcd.exceptions
 import aetcd.rpc
 import aetcd.utils
+import aetcd.watcher
+import grpc
 from aetcd import transactions as tx
 
 from tandem.dcs.base import DCS, Change, DCSError, Renewal, monotonic
 from tandem.dcs.keys import HISTORY_LIMIT, Keys, RawKV, decode, encode, view_from_kvs
+from tandem.dcs.pki import HostTls
 from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, Switchover, VolumeState
 
 T = TypeVar("T")
@@ -49,6 +52,33 @@ _CONNECTIVITY = (asyncio.TimeoutError, aetcd.exceptions.ConnectionFailedError,
                  aetcd.exceptions.ConnectionTimeoutError, OSError)
 
 
+class _TlsClient(aetcd.Client):
+    """aetcd's client over a TLS channel that presents this host's certificate
+    (aetcd 1.0 dials only plain channels). The stubs are aetcd's own."""
+
+    def __init__(self, *args, credentials: grpc.ChannelCredentials, **kw):
+        super().__init__(*args, **kw)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        self.channel = aetcd.rpc.secure_channel(f"{self._host}:{self._port}", self._credentials,
+                                                options=self._options.items())
+        self.kvstub = aetcd.rpc.KVStub(self.channel)
+        self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+        self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+        self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(aetcd.rpc.WatchStub(self.channel), timeout=self._timeout,
+                                              metadata=self.metadata)
+        self._connected.set()
+
+
+def tls_credentials(tls: HostTls) -> grpc.ChannelCredentials:
+    ca, key, cert = tls.read()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
 class EtcdDCS(DCS):
     """One node's session with etcd.
 
@@ -60,8 +90,10 @@ class EtcdDCS(DCS):
     """
 
     def __init__(self, cluster: str, node: str, endpoints: Sequence[str], *, ttl: int = 1,
-                 op_timeout: float = 0.5):
+                 op_timeout: float = 0.5, tls: HostTls | None = None):
         super().__init__(cluster, node, ttl)
+        #: mutual TLS (`tls`: this host's files, see tandem.dcs.pki), read once here
+        self._credentials = tls_credentials(tls) if tls is not None else None
         if not endpoints:
             raise ValueError("EtcdDCS needs at least one endpoint")
         self.keys = Keys(cluster)
@@ -82,6 +114,9 @@ class EtcdDCS(DCS):
 
     def _new_client(self, endpoint: str, timeout: float | None) -> aetcd.Client:
         host, _, port = endpoint.rpartition(":")
+        if self._credentials is not None:
+            return _TlsClient(host=host, port=int(port), timeout=timeout,  # type: ignore[arg-type]
+                              options=dict(_CHANNEL_OPTIONS), credentials=self._credentials)
         return aetcd.Client(host=host, port=int(port), timeout=timeout,  # type: ignore[arg-type]
                             options=dict(_CHANNEL_OPTIONS))
 

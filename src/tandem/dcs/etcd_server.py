@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tandem.dcs.base import DCSError
+from tandem.dcs.pki import HostTls
 
 if TYPE_CHECKING:
     from tandem.lab.lab import Lab
@@ -77,14 +78,19 @@ class EtcdMember:
     data_dir: Path
     client_port: int = CLIENT_PORT
     peer_port: int = PEER_PORT
+    tls: HostTls | None = None  # this member's certificate; None: plain (external etcd only)
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.address}:{self.peer_port}"
+        return f"{self.scheme}://{self.address}:{self.peer_port}"
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.address}:{self.client_port}"
+        return f"{self.scheme}://{self.address}:{self.client_port}"
 
     @property
     def endpoint(self) -> str:
@@ -99,7 +105,8 @@ def member_command(member: EtcdMember, cluster: Sequence[EtcdMember], token: str
     Also listens on 127.0.0.1 so the agent on the same host can use its local
     member without knowing the address; advertises only the routable one.
     Once the data dir exists etcd ignores the initial-cluster flags, so the
-    same command restarts a crashed member.
+    same command restarts a crashed member. With the member's `tls`, clients and
+    peers must show a certificate of the cluster's CA (see tandem.dcs.pki).
     """
     initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster)
     return [
@@ -108,7 +115,7 @@ def member_command(member: EtcdMember, cluster: Sequence[EtcdMember], token: str
         "--data-dir", str(member.data_dir),
         "--listen-peer-urls", member.peer_url,
         "--initial-advertise-peer-urls", member.peer_url,
-        "--listen-client-urls", f"{member.client_url},http://127.0.0.1:{member.client_port}",
+        "--listen-client-urls", f"{member.client_url},{member.scheme}://127.0.0.1:{member.client_port}",
         "--advertise-client-urls", member.client_url,
         "--initial-cluster", initial,
         "--initial-cluster-token", token,
@@ -121,12 +128,15 @@ def member_command(member: EtcdMember, cluster: Sequence[EtcdMember], token: str
         "--enable-v2=false",
         "--logger", "zap",
         "--log-level", "warn",
+        *(member.tls.etcd_server_args() if member.tls is not None else []),
     ]
 
 
-def _etcdctl(endpoints: Sequence[str], args: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
-    cmd = [ETCDCTL, f"--endpoints={','.join(endpoints)}", "--dial-timeout=1s",
-           f"--command-timeout={max(1, int(timeout))}s", *args]
+def _etcdctl(endpoints: Sequence[str], args: Sequence[str], timeout: float,
+             tls: HostTls | None) -> subprocess.CompletedProcess:
+    urls = [f"https://{e}" if tls is not None else e for e in endpoints]
+    cmd = [ETCDCTL, f"--endpoints={','.join(urls)}", "--dial-timeout=1s",
+           f"--command-timeout={max(1, int(timeout))}s", *(tls.etcdctl_args() if tls else []), *args]
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 2,
                               env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
@@ -134,19 +144,19 @@ def _etcdctl(endpoints: Sequence[str], args: Sequence[str], timeout: float) -> s
         raise DCSError(f"etcdctl {' '.join(args)}: timed out after {timeout}s") from None
 
 
-def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 5.0) -> str:
+def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 5.0, tls: HostTls | None = None) -> str:
     """Run etcdctl (v3 API) against `endpoints`; raise DCSError with its message."""
-    proc = _etcdctl(endpoints, args, timeout)
+    proc = _etcdctl(endpoints, args, timeout, tls)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         raise DCSError(f"etcdctl {' '.join(args)}: {lines[-1] if lines else proc.returncode}")
     return proc.stdout
 
 
-def endpoint_status(endpoints: Sequence[str], timeout: float = 2.0) -> list[dict]:
+def endpoint_status(endpoints: Sequence[str], timeout: float = 2.0, tls: HostTls | None = None) -> list[dict]:
     """Status of each endpoint that answered: endpoint, member_id, leader_id, raft_term.
     (etcdctl exits non-zero when one endpoint fails but still prints the others.)"""
-    out = _etcdctl(endpoints, ["endpoint", "status", "-w", "json"], timeout).stdout
+    out = _etcdctl(endpoints, ["endpoint", "status", "-w", "json"], timeout, tls).stdout
     try:
         rows = json.loads(out) if out.strip() else []
     except json.JSONDecodeError:
@@ -163,14 +173,18 @@ class LabEtcd:
                  name: str = "etcd", client_port: int = CLIENT_PORT, peer_port: int = PEER_PORT):
         """`name` names the process and data dir, so a second cluster (other
         ports) can run beside the first in the same lab."""
+        from tandem.lab.clusterconf import lab_pki
         self.lab = lab
         self.hosts = tuple(hosts)
         self.timing = timing
         self.proc = name
         self.token = f"tandem-{lab.spec.name}-{name}"
+        self.tls_dir = lab_pki(lab)
         self.members = {h: EtcdMember(h, lab.address(h), lab.host_dir(h) / "data" / name,
-                                      client_port, peer_port)
+                                      client_port, peer_port, HostTls.of(self.tls_dir, h))
                         for h in self.hosts}
+        #: what the lab's own tools (etcdctl from the root namespace) present
+        self.client_tls = HostTls.of(self.tls_dir, "client")
 
     @property
     def endpoints(self) -> list[str]:
@@ -208,7 +222,7 @@ class LabEtcd:
     def healthy(self, hosts: Sequence[str] | None = None) -> bool:
         eps = [self.endpoint(h) for h in (hosts or self.hosts)]
         try:
-            etcdctl(eps, "endpoint", "health", timeout=2)
+            etcdctl(eps, "endpoint", "health", timeout=2, tls=self.client_tls)
         except DCSError:
             return False
         return True
@@ -225,7 +239,7 @@ class LabEtcd:
         """The host whose member is etcd's raft leader, or None if unknown."""
         by_id = {}
         leader_ids = set()
-        for row in endpoint_status(self.endpoints):
+        for row in endpoint_status(self.endpoints, tls=self.client_tls):
             host = next(h for h, m in self.members.items() if m.endpoint in row["endpoint"])
             by_id[row["member_id"]] = host
             leader_ids.add(row["leader_id"])
@@ -242,10 +256,11 @@ class LabEtcd:
             if current == host:
                 return
             if current is not None:
-                rows = endpoint_status([self.endpoint(host)])
+                rows = endpoint_status([self.endpoint(host)], tls=self.client_tls)
                 # A failure means leadership moved meanwhile: look again.
                 with contextlib.suppress(DCSError, IndexError):
-                    etcdctl([self.endpoint(current)], "move-leader", format(rows[0]["member_id"], "x"))
+                    etcdctl([self.endpoint(current)], "move-leader", format(rows[0]["member_id"], "x"),
+                            tls=self.client_tls)
             if time.monotonic() > deadline:
                 raise DCSError(f"could not move etcd's leader to {host} (it is on {current})")
             time.sleep(0.1)

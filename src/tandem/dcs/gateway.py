@@ -17,6 +17,7 @@ import requests
 
 from tandem.dcs.base import DCSError
 from tandem.dcs.keys import RawKV
+from tandem.dcs.pki import HostTls
 
 
 def _b64(raw: bytes) -> str:
@@ -48,14 +49,19 @@ def parse_range(reply: dict) -> tuple[int, list[RawKV]]:
 
 
 def read_prefix(endpoints: Sequence[str], prefix: str, timeout: float = 2.0,
-                session: requests.Session | None = None) -> tuple[int, list[RawKV]]:
-    """Every key under `prefix`, from the first endpoint (host:port) that answers."""
+                session: requests.Session | None = None,
+                tls: HostTls | None = None) -> tuple[int, list[RawKV]]:
+    """Every key under `prefix`, from the first endpoint (host:port) that answers;
+    over mutual TLS with `tls` (the etcd of a tandem cluster takes nothing else)."""
     body = {"key": _b64(prefix.encode()), "range_end": _b64(prefix_end(prefix.encode()))}
     http = session or requests
+    scheme, extra = "http", {}
+    if tls is not None:
+        scheme, extra = "https", {"verify": str(tls.ca), "cert": (str(tls.cert), str(tls.key))}
     errors = []
     for ep in endpoints:
         try:
-            resp = http.post(f"http://{ep}/v3/kv/range", json=body, timeout=timeout)
+            resp = http.post(f"{scheme}://{ep}/v3/kv/range", json=body, timeout=timeout, **extra)
             if resp.status_code != 200:
                 errors.append(f"{ep}: HTTP {resp.status_code} {resp.text[:120]}")
                 continue

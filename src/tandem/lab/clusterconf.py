@@ -6,17 +6,40 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
 from tandem.lab.lab import Lab
 from tandem.lab.shell import run
 
+PKI_HOSTS = ("node1", "node2", "witness", "client")
+
+
+def lab_pki(lab: Lab) -> Path:
+    """The lab's etcd PKI (a CA, a certificate per host, and one for the lab's own
+    tools as "client"), made once per lab: etcd takes no client without one."""
+    from tandem.dcs import pki
+    tls_dir = lab.spec.dir / "etc" / "pki"
+    if (tls_dir / "client.key").exists():
+        return tls_dir
+    tmp = lab.spec.dir / "etc" / f"pki.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    hosts = {h: ([] if h == "client" else [lab.address(h, "public"), lab.address(h, "replication")])
+             for h in PKI_HOSTS}
+    pki.init(tmp, lab.spec.name, hosts)
+    try:
+        tmp.rename(tls_dir)  # all files at once; another process may have been first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tls_dir
+
 
 def write_cluster_config(lab: Lab, *, volume_size: str = "256MiB", ping_timeout: float = 0.5,
                          fence_peer_command: str | None = None, fence_peer: str | None = None,
                          extra: str = "", cache: str = "write-through",
-                         after_split_brain: str = "disconnect") -> Path:
+                         after_split_brain: str = "disconnect", etcd: str = "") -> Path:
+    """`etcd`: more keys of the [etcd] table (its tls_dir is the lab's PKI)."""
     etc = lab.spec.dir / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     secret = etc / "secret"
@@ -43,6 +66,9 @@ name = "witness"
 public_address = "{lab.address('witness', 'public')}"
 replication_address = "{lab.address('witness', 'replication')}"
 
+[etcd]
+tls_dir = "{lab_pki(lab)}"
+{etcd}
 [volumes.db]
 size = "{volume_size}"
 port = 7789

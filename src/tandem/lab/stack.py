@@ -49,10 +49,6 @@ class LabStack:
             os.chmod(self.password_file, 0o600)
         self.vip = str(lab.spec.vip(0))
         extra = f"""
-[etcd]
-embedded = true
-lease_ttl = {lease_ttl}
-
 [database]
 volume = "db"
 mountpoint = "dbmnt"
@@ -67,7 +63,7 @@ max_binlog_size = "16M"
         # after a partition, that side's writes were never acknowledged (held by the
         # fence-peer step), so the agent-managed cluster discards them by policy.
         self.config = write_cluster_config(lab, volume_size=volume_size, ping_timeout=ping_timeout,
-                                           fence_peer="dcs", extra=extra,
+                                           fence_peer="dcs", extra=extra, etcd=f"lease_ttl = {lease_ttl}\n",
                                            after_split_brain="discard-least-recent-primary")
         self.etcd = LabEtcd(lab)
         self._cfg: tuple[int, Config] | None = None
@@ -106,7 +102,8 @@ max_binlog_size = "16M"
         cfg = self.cluster_config()
         keys = Keys(cfg.cluster.name)
         try:
-            revision, kvs = read_prefix(etcd_endpoints(cfg, host), keys.prefix, session=self._session())
+            revision, kvs = read_prefix(etcd_endpoints(cfg, host), keys.prefix, session=self._session(),
+                                        tls=self.etcd.client_tls)
         except DCSError as e:
             raise LabError(str(e)) from None
         clones = clones_from_kvs(keys.prefix, [(kv.key, kv.value) for kv in kvs]) if cfg.mgmt else None

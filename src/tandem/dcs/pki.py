@@ -1,0 +1,161 @@
+"""The cluster's own certificate authority for etcd (mutual TLS).
+
+Why: the leader key, the lease keepalives (the heartbeat every failover hangs on)
+and the "peer Outdated" records live in etcd. An etcd that answers anyone on the
+public network lets any host there take the leader key or delete it. tandem's
+etcd therefore takes only clients and peers with a certificate of the cluster's
+CA (`--client-cert-auth`, `--peer-client-cert-auth`), and every tandem process
+presents its host's certificate (what Patroni users configure by hand with
+`cacert`/`cert`/`key`).
+
+Layout of a PKI directory (`[etcd] tls_dir`): ``ca.crt``, ``ca.key`` (needed only
+to issue more certificates; keep it offline once every host has its files),
+and ``HOST.crt``/``HOST.key`` for each node and the witness. One certificate per
+host serves both as etcd server (its IP addresses and 127.0.0.1 in the SAN) and
+as client. ECDSA P-256: a handshake costs about a millisecond, which matters
+when a client re-dials after a partition within the 0.5 s operation bound.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tandem.errors import TandemError
+
+VALIDITY = datetime.timedelta(days=3650)
+
+
+class PkiError(TandemError):
+    pass
+
+
+@dataclass(frozen=True)
+class HostTls:
+    """The files one host presents to etcd (and checks etcd against)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def of(cls, tls_dir: Path, host: str) -> HostTls:
+        return cls(tls_dir / "ca.crt", tls_dir / f"{host}.crt", tls_dir / f"{host}.key")
+
+    def problems(self) -> list[str]:
+        """What is wrong with these files, one line each (how to fix included)."""
+        out = []
+        for what, path in (("CA certificate", self.ca), ("certificate", self.cert), ("key", self.key)):
+            if not path.is_file():
+                out.append(f"{what} {path} is missing (create the PKI with `tandem pki init --config FILE`)")
+        if self.key.is_file() and self.key.stat().st_mode & 0o077:
+            out.append(f"key {self.key} is readable by others (chmod 600 it)")
+        return out
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(CA, key, certificate) as PEM bytes, as gRPC takes them."""
+        try:
+            return self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes()
+        except OSError as e:
+            raise PkiError(f"etcd TLS: cannot read {e.filename} ({e.strerror}); create the PKI with"
+                           " `tandem pki init --config FILE`") from None
+
+    def etcd_server_args(self) -> list[str]:
+        """etcd flags: serve clients and peers over TLS, and only to holders of a
+        certificate of this CA."""
+        files = ["--cert-file", str(self.cert), "--key-file", str(self.key),
+                 "--trusted-ca-file", str(self.ca), "--client-cert-auth"]
+        peer = ["--peer-cert-file", str(self.cert), "--peer-key-file", str(self.key),
+                "--peer-trusted-ca-file", str(self.ca), "--peer-client-cert-auth"]
+        return files + peer
+
+    def etcdctl_args(self) -> list[str]:
+        return [f"--cacert={self.ca}", f"--cert={self.cert}", f"--key={self.key}"]
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tandem"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def create_ca(tls_dir: Path, cluster: str) -> None:
+    """A new CA in `tls_dir` (refused if one is there: its certificates would all
+    stop being trusted)."""
+    if (tls_dir / "ca.crt").exists() or (tls_dir / "ca.key").exists():
+        raise PkiError(f"{tls_dir}: a CA exists already (ca.crt/ca.key); remove the directory to start"
+                       " over, or issue more host certificates from it")
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = _name(f"tandem etcd CA of {cluster}")
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    _write_private(tls_dir / "ca.key", _key_pem(key))
+    (tls_dir / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def issue(tls_dir: Path, host: str, addresses: Iterable[str]) -> HostTls:
+    """A certificate for `host`, valid for its `addresses` and 127.0.0.1, as etcd
+    server and as client, signed by the CA in `tls_dir`."""
+    try:
+        ca_key = serialization.load_pem_private_key((tls_dir / "ca.key").read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate((tls_dir / "ca.crt").read_bytes())
+    except OSError as e:
+        raise PkiError(f"{tls_dir}: no CA to sign with ({e.strerror}: {e.filename});"
+                       " `tandem pki init` creates one") from None
+    except ValueError as e:
+        raise PkiError(f"{tls_dir}: the CA files are not PEM ({e})") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{tls_dir}/ca.key: not an ECDSA key")
+    ips = sorted({ipaddress.ip_address(a) for a in [*addresses, "127.0.0.1"]}, key=str)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name(host)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host), x509.DNSName("localhost"),
+                                                        *(x509.IPAddress(ip) for ip in ips)]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = HostTls.of(tls_dir, host)
+    _write_private(files.key, _key_pem(key))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def init(tls_dir: Path, cluster: str, hosts: dict[str, list[str]]) -> list[HostTls]:
+    """A CA and one certificate per host (name -> its addresses)."""
+    create_ca(tls_dir, cluster)
+    return [issue(tls_dir, host, addrs) for host, addrs in hosts.items()]
