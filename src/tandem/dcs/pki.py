@@ -51,16 +51,6 @@ class HostTls:
     def of(cls, tls_dir: Path, host: str) -> HostTls:
         return cls(tls_dir / "ca.crt", tls_dir / f"{host}.crt", tls_dir / f"{host}.key")
 
-    def problems(self) -> list[str]:
-        """What is wrong with these files, one line each (how to fix included)."""
-        out = []
-        for what, path in (("CA certificate", self.ca), ("certificate", self.cert), ("key", self.key)):
-            if not path.is_file():
-                out.append(f"{what} {path} is missing (create the PKI with `tandem pki init --config FILE`)")
-        if self.key.is_file() and self.key.stat().st_mode & 0o077:
-            out.append(f"key {self.key} is readable by others (chmod 600 it)")
-        return out
-
     def read(self) -> tuple[bytes, bytes, bytes]:
         """(CA, key, certificate) as PEM bytes, as gRPC takes them."""
         try:

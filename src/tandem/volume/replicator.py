@@ -473,6 +473,9 @@ class Replicator:
         promoted by now (torture 86:38, 86:79: a daemon paused with a write in flight
         found the peer's ack when it resumed, 3-4 s after the peer took over).
         A flush is not held: it only confirms writes that completed within a lease."""
+        lease = self._write_lease
+        if lease is None or time.monotonic() < lease:
+            return False  # the usual case, without the lock (set_write_lease sets before it drains)
         with self.io_lock:
             lease = self._write_lease
             if lease is None or time.monotonic() < lease:
