@@ -18,6 +18,7 @@ from tandem.lab.torture import Campaign, Options, analyse
 from tandem.lab.torture_plan import draw_schedule
 from tandem.lab.vipwatch import VipWatch
 from tandem.lab.writer import read_log
+from tandem.volume import control
 from tests.conftest import _needs_root, fresh_lab_name
 
 SEED = 290  # schedule 0: crash node1 (the first leader); schedule 1: pause etcd on the witness (its leader)
@@ -84,6 +85,11 @@ def test_broken_variants_are_caught(campaign):
         # checker's tolerance): hold it still while the broken state lasts.
         lab.faults.pause(other, "agent")
         paused = True
+        # A broken agent also grants its volume a write lease: a forced Primary whose
+        # last lease (from an earlier term as leader) ran out completes no write, so
+        # without this the split brain is only real when `other` never led (CI, stop 19).
+        control.call(lab.host_dir(other) / "run" / "volume-db.sock", "write-lease", timeout=5,
+                     until=time.monotonic() + 30)
         stack.tandem(other, "volume", "primary", "db", "--force")
         lab.run(other, ["ip", "addr", "add", f"{stack.vip}/24", "dev", "pub0"])
         time.sleep(0.5)

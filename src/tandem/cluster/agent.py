@@ -623,11 +623,15 @@ class Agent:
             # the write lease runs out: waiting for the step's own timeout (MariaDB:
             # 120 s) kept the key's holder out of service and everyone else out of the
             # race (torture 40:38, 51:44). Give up now and demote.
-            await _cancel(starting, 10.0)  # the stop below waits for the group's lock anyway
+            why = "the lease ran out while the resource group was starting"
             lab_event("promote_abandoned", node=self.node, seconds=round(time.monotonic() - t0, 4))
-            log.warning("promotion abandoned after %.2f s: the lease ran out while the resource"
-                        " group was starting", time.monotonic() - t0)
-            await self._demote("the lease ran out while the resource group was starting")
+            log.warning("promotion abandoned after %.2f s: %s", time.monotonic() - t0, why)
+            # The volume first: a mount or mysqld blocked in the volume's held I/O
+            # sleeps uninterruptibly, and no SIGKILL of the cancel below takes it until
+            # the forced demotion fails that I/O (CI: the cancel waited out its 5 s reap).
+            await self._demote_volume(why)
+            await _cancel(starting, 10.0)  # the stop below waits for the group's lock anyway
+            await self._demote(why, volume_demoted=True)
             return
         res = starting.result()
         for op in res.ops:
@@ -762,7 +766,7 @@ class Agent:
             if not r.ok:
                 log.error("demotion: the DB VIP did not go: %s", r)
 
-    async def _demote(self, why: str) -> None:
+    async def _demote(self, why: str, volume_demoted: bool = False) -> None:
         """At once: the volume stops completing writes, and the DB VIP goes, before
         anything else (neither waits for the other: a paused volume daemon must not
         keep the address up while another node takes over)."""
@@ -771,6 +775,18 @@ class Agent:
             # A recovery in flight would restart what this stops (asked to stop now;
             # _stop_group waits for it to end).
             self._monitor_task.cancel()
+        if not volume_demoted:
+            await self._demote_volume(why)
+        await self._stop_group(why, graceful=False)
+        if self.leader is not None:
+            await self._vip_gone_before_release()
+            with contextlib.suppress(DCSError):
+                await self.dcs.release_leader(self.leader)
+            self.leader = None
+
+    async def _demote_volume(self, why: str) -> None:
+        """The volume Secondary by force (held writes fail with EIO) and the DB VIP
+        gone, concurrently: the first half of a demotion, which waits for nothing."""
 
         async def suspend() -> None:
             with contextlib.suppress(TandemError):
@@ -788,12 +804,6 @@ class Agent:
                 # A split brain refused while we were still Primary: ask again, now
                 # that the handshake carries "lost leadership" (after_split_brain).
                 await volume_call(self.spec.control_socket, "connect", timeout=2.0)
-        await self._stop_group(why, graceful=False)
-        if self.leader is not None:
-            await self._vip_gone_before_release()
-            with contextlib.suppress(DCSError):
-                await self.dcs.release_leader(self.leader)
-            self.leader = None
 
     async def _step_down(self, d: Decision) -> None:
         await self._stop_group(d.reason, graceful=True)
