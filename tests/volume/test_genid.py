@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -257,6 +258,28 @@ def test_discard_least_recent_primary() -> None:
     assert decide(SB_A, SB_B, SyncFlags(node="node1", role=Role.PRIMARY), both, policy) is Out.SPLIT_BRAIN
 
 
+def test_least_recent_primary_ranks_by_the_persistent_epoch_not_the_memory_of_losing() -> None:
+    """Torture 90:37: node2 (promoted at epoch 42) lost the key and was demoted, then
+    crashed: restarted, it no longer knew it had lost leadership. node1 (epoch 43)
+    wrote 675 acknowledged writes, then lost the key too and remembered it. The
+    in-memory mark alone made node1 the victim: the newer data went."""
+    policy = SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY
+    node1 = SyncFlags(node="node1", lost_leadership=True, primary_epoch=43)
+    node2 = SyncFlags(node="node2", lost_leadership=False, primary_epoch=42)
+    assert decide(SB_A, SB_B, node1, node2, policy) is Out.SOURCE_BITMAP
+    assert decide(SB_B, SB_A, node2, node1, policy) is Out.TARGET_BITMAP
+    # without epochs (promotions by hand) the mark still decides
+    assert decide(SB_A, SB_B, replace(node1, primary_epoch=0), node2, policy) is Out.TARGET_BITMAP
+
+
+def test_least_recent_primary_never_keeps_an_outdated_disk() -> None:
+    policy = SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY
+    outdated = SyncFlags(node="node1", disk=DiskState.OUTDATED, role=Role.PRIMARY, primary_epoch=9)
+    current = SyncFlags(node="node2", lost_leadership=True, primary_epoch=8)
+    assert decide(SB_A, SB_B, outdated, current, policy) is Out.TARGET_BITMAP
+    assert decide(SB_B, SB_A, current, outdated, policy) is Out.SOURCE_BITMAP
+
+
 # --- properties --------------------------------------------------------------
 
 pool = st.sampled_from([0, 1, 2, 3, 4])
@@ -274,6 +297,7 @@ def flags(node: str) -> st.SearchStrategy[SyncFlags]:
         crashed_primary=st.booleans(),
         discard_my_data=st.booleans(),
         lost_leadership=st.booleans(),
+        primary_epoch=st.sampled_from([0, 42, 43]),
         bitmap_weight=st.sampled_from([0, 7]),
     )
 
@@ -361,7 +385,14 @@ def test_policy_discards_the_side_its_rule_names(fa: SyncFlags, fb: SyncFlags,
     elif policy is SplitBrainPolicy.DISCARD_SECONDARY:
         assert victim.role is Role.SECONDARY and keeper.role is Role.PRIMARY
     elif policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY:
-        if victim.lost_leadership == keeper.lost_leadership:  # then the current Primary wins
+        # the strongest evidence that differs decides: Outdated, epochs, the mark, the role
+        outdated = (victim.disk is DiskState.OUTDATED, keeper.disk is DiskState.OUTDATED)
+        epochs = (victim.primary_epoch, keeper.primary_epoch)
+        if outdated[0] != outdated[1]:
+            assert outdated == (True, False)
+        elif all(epochs) and epochs[0] != epochs[1]:
+            assert epochs[0] < epochs[1]
+        elif victim.lost_leadership == keeper.lost_leadership:  # then the current Primary wins
             assert victim.role is Role.SECONDARY and keeper.role is Role.PRIMARY
         else:
             assert victim.lost_leadership and not keeper.lost_leadership

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tandem.errors import TandemError
 from tests.volume_lab.harness import VolumePair, pwrite_sync, read_range
 
 BLOCK = 4096
@@ -154,3 +155,44 @@ def test_an_undecided_split_brain_is_tried_again_after_a_role_change(least_recen
     assert read_range(vp.backing("node2"), 0, BLOCK) == b"1" * BLOCK  # node1 (Primary) kept
     assert read_range(vp.backing("node2"), BLOCK, BLOCK) != b"2" * BLOCK
     _identical(vp)
+
+
+def _call(vp: VolumePair, host: str, cmd: str, **args):
+    from tandem.volume import control
+    return control.call(vp.lab.host_dir(host) / "run" / "volume-db.sock", cmd, timeout=10, **args)
+
+
+def test_least_recent_primary_survives_a_restart_of_the_older_primary(least_recent):
+    """Torture 90:37: node2 led (epoch 42) and lost the key; node1 led next (epoch 43),
+    wrote, and lost the key in turn; node2 crashed and came back in between, so only
+    node1 remembered losing leadership. The policy kept node2 and threw away node1's
+    acknowledged writes. The promotion's epoch, kept in the metadata, ranks them."""
+    vp = least_recent
+    vp.fresh("node1")
+    vp.tandem("node1", "volume", "secondary", "db")
+    for bad in ("42", True, -1, 1.5):  # refused with a clear line, nothing changes
+        with pytest.raises(TandemError, match="'epoch' must be the leader epoch"):
+            _call(vp, "node2", "primary", epoch=bad)
+    assert vp.status("node2")["role"] == "Secondary" and vp.status("node2")["primary_epoch"] == 0
+    _call(vp, "node2", "primary", epoch=42)
+    assert vp.status("node2")["primary_epoch"] == 42
+    marks = {h: len(vp.log(h)) for h in ("node1", "node2")}
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node1")["peer"]["connection"] != "Connected", 10, "link down")
+    pwrite_sync(vp.device("node2"), 0, b"2" * BLOCK)  # never acknowledged in the cluster
+    _call(vp, "node2", "lost-leadership")
+    vp.tandem("node2", "volume", "secondary", "db")
+    _call(vp, "node1", "primary", epoch=43)
+    pwrite_sync(vp.device("node1"), BLOCK, b"1" * BLOCK)  # the acknowledged writes
+    _call(vp, "node1", "lost-leadership")
+    vp.tandem("node1", "volume", "secondary", "db")
+    vp.stop("node2")  # the crash: node2 forgets it lost the key; its epoch stays
+    vp.start("node2")
+    assert vp.status("node2")["primary_epoch"] == 42
+    vp.lab.faults.heal()
+    vp.wait_connected_uptodate()
+    assert read_range(vp.backing("node2"), BLOCK, BLOCK) == b"1" * BLOCK  # node1's data kept
+    assert read_range(vp.backing("node1"), 0, BLOCK) != b"2" * BLOCK
+    _identical(vp)
+    warn = _warnings(vp, "node1", marks)
+    assert len(warn) == 1 and "discarding the changes made on node2" in warn[0], warn

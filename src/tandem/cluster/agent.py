@@ -615,6 +615,7 @@ class Agent:
         # since): the promotion must not write where the cluster counts on the peer.
         volume = self.group.member("volume")
         volume.peer_outdated = self._peer_recorded_outdated  # type: ignore[attr-defined]
+        volume.epoch = self.leader.epoch if self.leader else None  # type: ignore[attr-defined]
         t0 = time.monotonic()
         lab_event("promote_start", node=self.node)
         starting = asyncio.ensure_future(self.group.start())

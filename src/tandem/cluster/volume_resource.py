@@ -54,11 +54,14 @@ class VolumeResource(Resource):
         # Set by the agent before a start: the DCS records the peer's disk Outdated
         # under this node's key, so a promotion with the link down needs no fence.
         self.peer_outdated = False
+        # The leader epoch the start promotes under (set by the agent): kept in the
+        # volume's metadata, it ranks the two sides of a split brain.
+        self.epoch: int | None = None
 
     async def _start(self) -> str:
         try:
             st = await volume_call(self.socket, "primary", timeout=self.config.start_timeout,
-                                   peer_outdated=self.peer_outdated)
+                                   peer_outdated=self.peer_outdated, epoch=self.epoch)
         except TandemError as e:
             raise ResourceError(f"volume {self.config.resource}: {e}") from None
         return f"volume {self.config.resource} is Primary (disk {st['disk']})"

@@ -26,7 +26,7 @@ from typing import Any
 import requests
 
 from tandem.errors import LabError
-from tandem.lab import checker
+from tandem.lab import ackcheck, checker
 from tandem.lab.events import monotonic
 from tandem.lab.lab import Lab
 from tandem.lab.mgmtstack import API_PORT, MgmtStack, client_session
@@ -86,6 +86,7 @@ class Campaign:
         self.aborted: str | None = None
         self.history: dict[str, Any] = {}
         self._history_reported: set[tuple[str, str]] = set()
+        self._acks: ackcheck.AckedWritesCheck | None = None
         self._http = client_session()  # what the checks read besides the logs, for a re-check
 
     def say(self, line: str) -> None:
@@ -112,6 +113,7 @@ class Campaign:
         self.watch = VipWatch(self.lab, [self.stack.vip, self.stack.api_vip])
         self.watch.start()
         self.writer_log = self.stack.start_writer("writer", duration=10 ** 6)
+        self._acks = ackcheck.AckedWritesCheck(self.writer_log, self.stack.query)
         admin = self.stack.admin
         self.load = ApiLoad(ApiClient(self.stack.endpoint, admin["apikey"], admin["secretkey"]),
                             workers=self.opts.api_workers, seed=self.opts.seed)
@@ -142,6 +144,7 @@ class Campaign:
                      f", {len(res.violations)} violation(s)")
             self._report_history_so_far()
             if res.t_converged is not None:
+                self._report_lost_writes_so_far(sched.name)
                 full = self._db_volume_full()
                 if full:
                     self._abort(sched.name, full)
@@ -190,6 +193,19 @@ class Campaign:
             if key not in self._history_reported:
                 self._history_reported.add(key)
                 self.say(f"  history check: [{v['schedule']}] {v['check']}: {v['what']}")
+
+    def _report_lost_writes_so_far(self, name: str) -> None:
+        """Look up the writes acknowledged since the last look (the verdict still
+        comes from reading the whole table back at the end)."""
+        if self._acks is None:
+            return
+        try:
+            lost = self._acks.run()
+        except (LabError, ValueError) as e:
+            self.say(f"  history check: [{name}] could not look up the acknowledged writes: {e}")
+            return
+        if lost:
+            self.say(f"  history check: [{name}] lost-write: {ackcheck.describe(lost)}")
 
     def _abort(self, name: str, why: str) -> None:
         self.aborted = why
@@ -490,8 +506,10 @@ def history_violations(events: list[dict], acks: list[dict], stored: set[str] | 
     if stored is None:
         violations.append({"schedule": None, "check": "lost-write",
                            "what": "the table could not be read back: acknowledged writes unverified"})
+    acked_at = {a["id"]: a.get("acked") for a in acks}
     for lost in checker.lost_writes(acks, stored if stored is not None else {a["id"] for a in acks}):
-        violations.append({"schedule": None, "check": "lost-write",
+        t = acked_at.get(lost)
+        violations.append({"schedule": None if t is None else _within(t, spans), "check": "lost-write",
                            "what": f"acknowledged id {lost} missing"})
     for v in checker.job_violations(jobs, effects, db_jobs):
         violations.append({"schedule": None, "check": "jobs", "what": v})

@@ -37,9 +37,18 @@ def _until(req: dict[str, Any]) -> float | None:
     return None if until is None else float(until)
 
 
+def _epoch(req: dict[str, Any]) -> int | None:
+    epoch = req.get("epoch")
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)
+                              or not 0 < epoch < 1 << 63):
+        raise TandemError("primary: 'epoch' must be the leader epoch, a positive integer, or null")
+    return epoch
+
+
 def handlers(rep: Replicator, stop: threading.Event) -> dict:
     def primary(req):
-        rep.promote(force=bool(req.get("force")), peer_outdated=bool(req.get("peer_outdated")))
+        rep.promote(force=bool(req.get("force")), peer_outdated=bool(req.get("peer_outdated")),
+                    epoch=_epoch(req))
         return rep.status()
 
     def secondary(req):

@@ -252,7 +252,9 @@ class SyncFlags:
     refuses a peer with our own name). ``bitmap_weight`` is the number of dirty
     blocks, i.e. the changes made while disconnected. ``lost_leadership`` is
     set by the agent on the node that was Primary less recently (it lost the
-    leader key to the other).
+    leader key to the other); it lives in memory only, so a restart forgets it.
+    ``primary_epoch`` is the cluster's leader epoch of the node's latest
+    promotion, kept in its metadata (0: never promoted by the agent).
     """
 
     node: str
@@ -261,6 +263,7 @@ class SyncFlags:
     crashed_primary: bool = False
     discard_my_data: bool = False
     lost_leadership: bool = False
+    primary_epoch: int = 0
     bitmap_weight: int = 0
 
 
@@ -439,12 +442,31 @@ def _policy_victim(policy: SplitBrainPolicy, lf: SyncFlags, pf: SyncFlags) -> st
             return "local" if ours else "peer"
         return None
     if policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY:
-        if lf.lost_leadership != pf.lost_leadership:
-            return "local" if lf.lost_leadership else "peer"
-        # Both (or neither) were told they lost leadership: a side that is Primary
-        # now is the most recent Primary (under the agent it holds the leader key).
-        ours, theirs = lf.role is Role.SECONDARY, pf.role is Role.SECONDARY
-        if ours != theirs:
-            return "local" if ours else "peer"
-        return None
+        return _least_recent_primary(lf, pf)
+    return None
+
+
+def _least_recent_primary(lf: SyncFlags, pf: SyncFlags) -> str | None:
+    """The side that was Primary less recently, from the strongest evidence first.
+
+    1. An Outdated disk: the cluster recorded that it lacks writes the other side
+       has, so it is never the side kept.
+    2. The lower leader epoch of the latest promotion. Persistent: the node that
+       lost the key and crashed before the reconnect has no memory of losing it,
+       while the later leader, demoted in turn, remembers (torture 90:37 kept the
+       older side that way and discarded 675 acknowledged writes).
+    3. The agent's in-memory "lost the leader key" mark, then the current role:
+       for nodes without epochs (promoted by hand)."""
+    ours, theirs = lf.disk is DiskState.OUTDATED, pf.disk is DiskState.OUTDATED
+    if ours != theirs:
+        return "local" if ours else "peer"
+    if lf.primary_epoch and pf.primary_epoch and lf.primary_epoch != pf.primary_epoch:
+        return "local" if lf.primary_epoch < pf.primary_epoch else "peer"
+    if lf.lost_leadership != pf.lost_leadership:
+        return "local" if lf.lost_leadership else "peer"
+    # Both (or neither) were told they lost leadership: a side that is Primary
+    # now is the most recent Primary (under the agent it holds the leader key).
+    ours, theirs = lf.role is Role.SECONDARY, pf.role is Role.SECONDARY
+    if ours != theirs:
+        return "local" if ours else "peer"
     return None

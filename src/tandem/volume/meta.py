@@ -56,6 +56,9 @@ class MetaState:
     disk: DiskState = DiskState.INCONSISTENT
     generations: GenerationIds = GenerationIds()
     peer_outdated: bool = False
+    #: the cluster's leader epoch of this node's latest promotion by the agent (0:
+    #: never): which side was Primary most recently, across crashes and restarts
+    primary_epoch: int = 0
     #: set while Primary; still set at open() means the Primary crashed
     primary: bool = False
     al_extents: tuple[int, ...] = ()

@@ -656,6 +656,7 @@ class PeerConnection:
                 crashed_primary=s.crashed_primary,
                 discard_my_data=s.discard_my_data,
                 lost_leadership=s.lost_leadership,
+                primary_epoch=s.primary_epoch,
                 bitmap_weight=s.bitmap_weight,
             )
             for name, s in ((self.config.node, local), (self._auth.peer_node or "", peer))

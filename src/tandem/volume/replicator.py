@@ -716,7 +716,8 @@ class Replicator:
             threading.Thread(target=link.disconnect, args=("peer disk failed",), daemon=True).start()
 
     # ================================================================ role changes
-    def promote(self, force: bool = False, peer_outdated: bool = False) -> None:
+    def promote(self, force: bool = False, peer_outdated: bool = False,
+                epoch: int | None = None) -> None:
         """Become Primary. Without a connection to the peer the new Primary's first
         writes would exist here only, while the cluster may still count the peer's
         disk as UpToDate (a link that dropped between the agent's check and this
@@ -729,14 +730,16 @@ class Replicator:
         a new generation, the SyncTarget of older data). Like DRBD, the role change
         waits until the handshake decided (up to PROMOTE_HANDSHAKE_WAIT, then
         refuses: the agent retries). Before our StateExchange is sent (Connecting),
-        the promotion goes ahead and that StateExchange announces it."""
+        the promotion goes ahead and that StateExchange announces it. `epoch`: the
+        leader epoch the agent promotes under, kept in the metadata for the
+        split-brain policy discard-least-recent-primary."""
         deadline = time.monotonic() + PROMOTE_HANDSHAKE_WAIT
         while True:
             with self._status_lock:
                 link = self.link
                 if (link is None or link.closed or link.state is ConnectionState.CONNECTING
                         or not self._deciding(link)):
-                    connected = self._promote_locked(force, peer_outdated)
+                    connected = self._promote_locked(force, peer_outdated, epoch)
                     if connected is None:
                         return  # Primary already
                     break
@@ -751,11 +754,15 @@ class Replicator:
         lab_event("writable", node=self.spec.node, writable=True, reason="promoted")
         log.info("promoted to Primary%s", " (forced)" if force else "")
 
-    def _promote_locked(self, force: bool, peer_outdated: bool = False) -> bool | None:
+    def _promote_locked(self, force: bool, peer_outdated: bool = False,
+                        epoch: int | None = None) -> bool | None:
         """promote() under the status lock: True if the peer must be told, None if
         this node was Primary already."""
         disk = self.meta.state.disk
         if self.role is Role.PRIMARY:
+            if epoch is not None and epoch != self.meta.state.primary_epoch:
+                with self.meta_lock:  # the same term's leader again, under a new key
+                    self.meta.update(primary_epoch=epoch)
             return None
         if disk is not DiskState.UP_TO_DATE and not force:
             raise VolumeError(f"refusing to promote: local disk is {disk} (not UpToDate); use"
@@ -773,6 +780,8 @@ class Replicator:
         forced_new_data = disk is not DiskState.UP_TO_DATE or self.meta.state.generations.is_fresh
         with self.meta_lock:
             changes: dict[str, Any] = {"primary": True, "disk": DiskState.UP_TO_DATE}
+            if epoch is not None:
+                changes["primary_epoch"] = epoch
             if not connected or forced_new_data:
                 changes["generations"] = genid.new_current(self.meta.state.generations, new_uuid())
             self.meta.update(**changes)
@@ -1069,7 +1078,8 @@ class Replicator:
             role=self.role, disk=st.disk, generations=st.generations, size=self.size,
             bitmap_weight=self.bitmap.weight, crashed_primary=self.crashed_primary,
             discard_my_data=self.discard_my_data, lost_leadership=self.lost_leadership,
-            block_size=st.block_size, split_brain_policy=self.policy)
+            primary_epoch=st.primary_epoch, block_size=st.block_size,
+            split_brain_policy=self.policy)
 
     def _send_status(self) -> None:
         link = self.link
@@ -1854,6 +1864,7 @@ class Replicator:
             "generations": {"current": f"{st.generations.current:016X}",
                             "bitmap": f"{st.generations.bitmap:016X}",
                             "history": [f"{h:016X}" for h in st.generations.history]},
+            "primary_epoch": st.primary_epoch,
             "out_of_sync_bytes": self.bitmap.weight * st.block_size,
             "suspended": not self.io_open.is_set(),
             "peer": {

@@ -41,7 +41,8 @@ from tandem.volume.genid import HISTORY_LEN, GenerationIds, SplitBrainPolicy
 from tandem.volume.states import DiskState, Role
 
 MAGIC = 0x544E444D  # "TNDM"
-VERSION = 3  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange
+VERSION = 4  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange;
+# 4: primary epoch in StateExchange
 HEADER = struct.Struct("!IBBHIQ")
 HEADER_SIZE = HEADER.size  # 20
 MAX_DATA = 1 << 20
@@ -58,8 +59,9 @@ _U64 = struct.Struct("!Q")
 _U64_U32 = struct.Struct("!QI")
 _U64_U8 = struct.Struct("!QB")
 _VERIFY_REQ = struct.Struct("!QII")
-# role, disk, flags, split-brain policy, size, block size, weight, current, bitmap, nhist
-_STATE = struct.Struct("!BBBBQIQQQB")
+# role, disk, flags, split-brain policy, size, block size, weight, primary epoch,
+# current, bitmap, nhist
+_STATE = struct.Struct("!BBBBQIQQQQB")
 
 Buffer = bytes | bytearray | memoryview
 
@@ -145,6 +147,8 @@ class StateExchange:
     crashed_primary: bool = False
     discard_my_data: bool = False
     lost_leadership: bool = False
+    #: the cluster's leader epoch of this node's latest promotion (0: none known)
+    primary_epoch: int = 0
     #: bytes per dirty-bitmap bit; both sides must agree to exchange bitmaps
     block_size: int = 4096
     #: the sender's after-split-brain policy; both sides must use the same one
@@ -456,6 +460,7 @@ def _enc_state(m: StateExchange) -> tuple[int, bytes]:
         m.size,
         m.block_size,
         m.bitmap_weight,
+        m.primary_epoch,
         g.current,
         g.bitmap,
         len(g.history),
@@ -621,7 +626,7 @@ def _dec_state(buf: bytearray, s: int, e: int, seq: int) -> StateExchange:
     _expect_no_seq("StateExchange", seq)
     if e - s < _STATE.size:
         raise _bad("StateExchange payload truncated")
-    role, disk, flags, policy, size, block_size, weight, cur, bm, nhist = _STATE.unpack_from(buf, s)
+    role, disk, flags, policy, size, block_size, weight, epoch, cur, bm, nhist = _STATE.unpack_from(buf, s)
     if nhist > HISTORY_LEN:
         raise _bad(f"StateExchange with {nhist} history entries")
     _expect_len("StateExchange", s, e, _STATE.size + 8 * nhist)
@@ -642,6 +647,7 @@ def _dec_state(buf: bytearray, s: int, e: int, seq: int) -> StateExchange:
         crashed_primary=bool(flags & _F_CRASHED),
         discard_my_data=bool(flags & _F_DISCARD),
         lost_leadership=bool(flags & _F_LOST),
+        primary_epoch=epoch,
         split_brain_policy=_POLICIES[policy],
     )
 
