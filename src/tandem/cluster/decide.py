@@ -65,10 +65,18 @@ def fence_to_adopt(volume: dict | None, record: VolumeState | None, node: str, p
     Only a record written since the link was last up counts (`rev_linked`, the
     record's revision then; -1 if never seen): an Outdated left from an earlier
     fence, not yet rewritten after the resync, says nothing about the disk now.
+    A record that calls this node Outdated while its link still looks up does not
+    move `rev_linked`: the leader's volume can notice a cut (and fence) before this
+    one's ping timeout does, and taking that fence's revision as "seen with the link
+    up" made the agent never adopt it (a lab test saw the disk stay UpToDate). At
+    worst an Outdated from before the last resync is adopted after the next drop,
+    when the leader fences anew anyway.
     Returns the new `rev_linked` and whether to outdate the disk."""
     revision = record.revision if record else 0
     v = volume or {}
     if (v.get("peer") or {}).get("connection") in LINK_UP:
+        if record is not None and record.disk(node) is DiskState.OUTDATED:
+            return rev_linked, False
         return revision, False
     adopt = (not primary and v.get("role") == "Secondary" and v.get("disk") == "UpToDate"
              and record is not None and record.disk(node) is DiskState.OUTDATED
