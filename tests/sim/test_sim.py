@@ -80,7 +80,10 @@ def test_as_is_two_writers_after_a_lease_regrant_and_its_fix():
     new lease, treats its deadline as the leader's and pushes it as the write lease; the
     volume's set_write_lease() resumes I/O in the middle of the fence: two writers."""
     faults = [generate(14518)[i] for i in (0, 1)]
-    assert {v.kind for v in run(14518, faults, as_is=True).violations} == {"two_writers"}
+    kinds = {v.kind for v in run(14518, faults, as_is=True).violations}
+    # and then a lost write: the split brain the two writers made is resolved by the
+    # policy, and one side's acknowledged writes go
+    assert kinds == {"two_writers", "lost_write"}, kinds
     assert run(14518, faults).ok
 
 
@@ -151,3 +154,17 @@ def test_the_checker_catches_an_operator_replacing_the_only_current_disk():
     bad = s["failures"][0]
     assert {v.kind for v in bad.violations} & {"lost_write", "liveness"}, [str(v) for v in bad.violations]
     assert run(bad.seed).ok  # the lab's rule (attach when the peer is not UpToDate) survives it
+
+
+def test_the_split_brain_policy_ranked_by_memory_loses_writes_and_by_epoch_does_not():
+    """Torture 90:37 in the simulation: the old rule of discard-least-recent-primary
+    (the agent's in-memory "lost the leader key" mark, which a crash forgets) made the
+    resync overwrite acknowledged writes; ranked by the persisted epoch of each side's
+    latest promotion (and never keeping an Outdated disk), the same schedule loses
+    nothing. Seed 1789 is the first of seeds 1..3000 that breaks the old rule."""
+    bad = run(1789, variant="policy_by_memory")
+    assert any(v.kind == "lost_write" and "overwrote" in v.detail for v in bad.violations), \
+        [str(v) for v in bad.violations]
+    assert "resolved by discard-least-recent-primary" in "\n".join(bad.trace)
+    good = run(1789)
+    assert good.ok, [str(v) for v in good.violations]

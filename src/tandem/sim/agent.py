@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 RESOURCE = "db"
 TTL, OP_TIMEOUT, INTERVAL, MARGIN, MONITOR_INTERVAL = 1.0, 0.5, 0.25, 0.3, 1.0
 
-VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk")
+VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
+            "policy_by_memory")
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -277,7 +278,8 @@ class SimAgent:
         self._push_write_lease()
         self.primary = True
         # the resource group: volume first, the rest instantly
-        err = self.vol.promote(peer_outdated=self._peer_recorded_outdated)
+        err = self.vol.promote(peer_outdated=self._peer_recorded_outdated,
+                               epoch=self.leader.epoch if self.leader else None)
         if err is None:
             self.healthy = True
             self._start_failures = 0
@@ -311,6 +313,7 @@ class SimAgent:
 
     def _demote(self, why: str) -> Coro:
         self.vol.suspend(why)
+        self.vol.lost_leadership = True  # the agent's "lost-leadership" call
         self.vol.demote(force=True)
         self._stop_group(why, graceful=False)
         if self.leader is not None:

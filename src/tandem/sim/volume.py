@@ -14,10 +14,16 @@ What is kept because safety depends on it:
   process, see ``tandem.sim.agent.fence_loop``) until it succeeds or the node
   is no longer Primary;
 - the replication link (:class:`Repl`): cut by faults, a handshake that picks
-  the sync source from generation ids (a Primary never becomes a target; a
-  split brain is refused, as the volume's "disconnect" policy does), a resync of
-  random duration that copies the source's data to the target (Inconsistent
-  until done). While connected, a write is on both disks before it is acked.
+  the sync source from generation ids (a Primary never becomes a target), a
+  resync of random duration that copies the source's data to the target
+  (Inconsistent until done). While connected, a write is on both disks before
+  it is acked;
+- a split brain is resolved as the lab cluster's volumes do, by the policy
+  discard-least-recent-primary (``genid.policy_victim``) on what it ranks by:
+  the disk state, the leader epoch of each side's latest promotion (kept on
+  disk) and the agent's "lost the leader key" mark (in memory: a crash forgets
+  it). The victim's changes are overwritten by the resync, so a victim holding
+  acknowledged writes is a lost write (torture 90:37).
 
 Writes are atomic (issued and acked in one instant): no write is ever "in
 flight" when the link drops, so the held-writes list of the real fencing
@@ -27,6 +33,7 @@ path is always empty and only the writes waiting on ``io_open`` matter.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from tandem.volume import genid
@@ -57,6 +64,8 @@ class SimVolume:
         self.fencing = False
         self.blocked: list[int] = []
         self.peer_disk: DiskState | None = None
+        self.primary_epoch = 0  # the metadata's: survives a crash
+        self.lost_leadership = False  # the daemon's memory: a crash forgets it
         self.repl: Repl = None  # type: ignore[assignment]  # set by the world
         # writable intervals on true time, for the checker
         self._open: float | None = None
@@ -163,7 +172,7 @@ class SimVolume:
         self.track()
         self._release_blocked()
 
-    def promote(self, peer_outdated: bool = False) -> str | None:
+    def promote(self, peer_outdated: bool = False, epoch: int | None = None) -> str | None:
         """None on success, else why the volume refuses. With the link down and the
         peer not known Outdated (`peer_outdated`: the agent recorded it), I/O waits
         for the fence-peer hook, as on a link lost while Primary."""
@@ -187,6 +196,9 @@ class SimVolume:
             # a suspend-io from an earlier demotion must not outlive it
             self.held_by_operator, self.lease_held_io, self.io_open = False, False, True
         self.role = Role.PRIMARY
+        self.lost_leadership = False
+        if epoch is not None:
+            self.primary_epoch = epoch
         if fence:
             self.fencing = True
             self.io_open = False
@@ -275,6 +287,7 @@ class SimVolume:
     def crash(self) -> None:
         self.up = False
         self.role = Role.SECONDARY
+        self.lost_leadership = False
         self.io_open, self.held_by_operator, self.lease_held_io = True, False, False
         self.fencing = False
         self.blocked.clear()
@@ -339,12 +352,16 @@ class Repl:
         elif gb in a.gens:
             source = a
         else:
-            # split brain: the volume's policy is "disconnect" (genid.SplitBrainPolicy.DISCONNECT,
-            # what Replicator uses): refuse and stay StandAlone until an operator decides
-            if not self.split_brain:
-                self.split_brain = True
-                self.sim.log("link", f"split brain (gens {ga} / {gb}): StandAlone")
-            return
+            victim = self._split_brain_victim()
+            if victim is None or victim.role is Role.PRIMARY:  # StandAlone until it can decide
+                if not self.split_brain:
+                    self.split_brain = True
+                    self.sim.log("link", f"split brain (gens {ga} / {gb}): StandAlone")
+                return
+            source = self.peer_of(victim)
+            self.sim.log("link", f"split brain (gens {ga} / {gb}) resolved by"
+                                 f" {self.world.split_brain_policy}: {victim.node}'s changes go")
+            self.split_brain = False
         target = self.peer_of(source)
         if target.role is Role.PRIMARY or source.disk is INC:
             return
@@ -355,11 +372,28 @@ class Repl:
                              f" (gens {source.gens[-1]} / {target.gens[-1]})")
         self.sim.after(self.sim.rng.uniform(0.02, 0.6), self._sync_done, self.session)
 
+    def _split_brain_victim(self) -> SimVolume | None:
+        policy = self.world.split_brain_policy
+        if policy is genid.SplitBrainPolicy.DISCONNECT:
+            return None
+        by_memory = self.world.variant == "policy_by_memory"  # BROKEN: the rule before 90:37
+
+        def flags(v: SimVolume) -> genid.SyncFlags:
+            return genid.SyncFlags(node=v.node, disk=v.disk, role=v.role, lost_leadership=v.lost_leadership,
+                                   primary_epoch=0 if by_memory else v.primary_epoch, bitmap_weight=1)
+        if by_memory:
+            a, b = (replace(flags(v), disk=UP) for v in (self.a, self.b))
+        else:
+            a, b = flags(self.a), flags(self.b)
+        victim = genid.policy_victim(policy, a, b)
+        return None if victim is None else self.a if victim == "local" else self.b
+
     def _sync_done(self, session: int) -> None:
         if session != self.session or self.state != "sync":
             return
         s, t = self.source, self.target
         assert s is not None and t is not None
+        self.world.check_overwrite(t, s)
         t.data = set(s.data)
         t.gens = s.gens
         t.disk = genid.disk_after_resync(s.disk)

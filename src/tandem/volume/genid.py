@@ -419,7 +419,7 @@ def resolve_split_brain(
         return replace(decision, reason="split brain: both sides asked to discard their data")
     if full or policy is SplitBrainPolicy.DISCONNECT:
         return decision
-    victim = _policy_victim(policy, local_flags, peer_flags)
+    victim = policy_victim(policy, local_flags, peer_flags)
     if victim is None:
         return replace(decision, reason=f"{decision.reason}; {policy} cannot decide",
                        policy_undecided=True)
@@ -427,7 +427,7 @@ def resolve_split_brain(
                    split_brain_resolved=True)
 
 
-def _policy_victim(policy: SplitBrainPolicy, lf: SyncFlags, pf: SyncFlags) -> str | None:
+def policy_victim(policy: SplitBrainPolicy, lf: SyncFlags, pf: SyncFlags) -> str | None:
     """Return "local" or "peer" for the side whose changes are discarded."""
     if policy is SplitBrainPolicy.DISCARD_ZERO_CHANGES:
         ours, theirs = lf.bitmap_weight == 0, pf.bitmap_weight == 0
