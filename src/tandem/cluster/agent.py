@@ -627,9 +627,12 @@ class Agent:
             why = "the lease ran out while the resource group was starting"
             lab_event("promote_abandoned", node=self.node, seconds=round(time.monotonic() - t0, 4))
             log.warning("promotion abandoned after %.2f s: %s", time.monotonic() - t0, why)
-            # The volume first: a mount or mysqld blocked in the volume's held I/O
-            # sleeps uninterruptibly, and no SIGKILL of the cancel below takes it until
-            # the forced demotion fails that I/O (CI: the cancel waited out its 5 s reap).
+            # Cancelled first, so that the step ends as cancelled and not as a resource
+            # failure (counted towards the member's max_failures) when the volume fails
+            # its I/O; then the volume: a mount or mysqld blocked in the held I/O sleeps
+            # uninterruptibly, and the cancel's SIGKILL takes it only once the forced
+            # demotion fails that I/O (CI: the cancel waited out its 5 s reap).
+            starting.cancel()
             await self._demote_volume(why)
             await _cancel(starting, 10.0)  # the stop below waits for the group's lock anyway
             await self._demote(why, volume_demoted=True)

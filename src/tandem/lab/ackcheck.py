@@ -56,10 +56,11 @@ class AckedWritesCheck:
             batch = self._pending[:BATCH]
             ids = ",".join(f"'{r['id']}'" for r in batch)  # ids checked against _ID above
             found = {str(row[0]) for row in self.query(f"SELECT id FROM acked WHERE id IN ({ids})")}
-            lost += [r for r in batch if r["id"] not in found]
+            gone = [r for r in batch if r["id"] not in found]
+            lost += gone
+            self.missing += gone  # kept even if a later batch's query fails
             del self._pending[:len(batch)]
             self.checked += len(batch)
-        self.missing += lost
         return lost
 
 

@@ -23,7 +23,10 @@ What is kept because safety depends on it:
   the disk state, the leader epoch of each side's latest promotion (kept on
   disk) and the agent's "lost the leader key" mark (in memory: a crash forgets
   it). The victim's changes are overwritten by the resync, so a victim holding
-  acknowledged writes is a lost write (torture 90:37).
+  acknowledged writes is a lost write (torture 90:37). The model resolves every
+  split brain so, where the real volume resolves only bitmap-repairable ones (the
+  others stay StandAlone): more chances to lose writes, none to find a cluster
+  stuck StandAlone.
 
 Writes are atomic (issued and acked in one instant): no write is ever "in
 flight" when the link drops, so the held-writes list of the real fencing
@@ -177,6 +180,8 @@ class SimVolume:
         peer not known Outdated (`peer_outdated`: the agent recorded it), I/O waits
         for the fence-peer hook, as on a link lost while Primary."""
         if self.role is Role.PRIMARY:
+            if epoch is not None:
+                self.primary_epoch = epoch
             return None
         if self.disk is not UP:
             return f"local disk is {self.disk}"
@@ -197,8 +202,7 @@ class SimVolume:
             self.held_by_operator, self.lease_held_io, self.io_open = False, False, True
         self.role = Role.PRIMARY
         self.lost_leadership = False
-        if epoch is not None:
-            self.primary_epoch = epoch
+        self.primary_epoch = epoch or 0
         if fence:
             self.fencing = True
             self.io_open = False
@@ -275,6 +279,7 @@ class SimVolume:
         generation, Inconsistent until a full sync fills it."""
         self.data, self.gens = set(), (self.world.new_gen(),)
         self.disk, self.failed_from = INC, None
+        self.primary_epoch = 0  # new metadata
         self.sim.log(self.node, "disk replaced: empty, Inconsistent")
 
     def attach(self) -> None:

@@ -779,9 +779,11 @@ class Replicator:
             raise VolumeError("refusing to promote: this node is a resync target")
         forced_new_data = disk is not DiskState.UP_TO_DATE or self.meta.state.generations.is_fresh
         with self.meta_lock:
-            changes: dict[str, Any] = {"primary": True, "disk": DiskState.UP_TO_DATE}
-            if epoch is not None:
-                changes["primary_epoch"] = epoch
+            # A promotion by hand (no epoch) says nothing comparable: 0 leaves the
+            # ranking to the role, so an operator's chosen Primary is not outranked
+            # by the epoch of an earlier leader.
+            changes: dict[str, Any] = {"primary": True, "disk": DiskState.UP_TO_DATE,
+                                       "primary_epoch": epoch or 0}
             if not connected or forced_new_data:
                 changes["generations"] = genid.new_current(self.meta.state.generations, new_uuid())
             self.meta.update(**changes)
