@@ -749,3 +749,39 @@ def test_a_write_whose_ack_comes_after_the_write_lease_ran_out_waits_for_the_nex
         assert rep.store.pread(0, BLOCK) == b"w" * BLOCK  # on the disk either way (and the peer's)
     finally:
         _close(rep, link, theirs)
+
+
+def test_a_forced_demotion_during_a_promotion_waits_for_it_and_leaves_no_front_end(
+        tmp_path, monkeypatch):
+    """Torture 93:41: the agent abandoned a start and demoted the volume while the
+    start's promotion was still mounting the FUSE front end. The demotion found no
+    front end to tear down, the promotion then mounted one and said "writable" on a
+    volume that was Secondary again. Role changes now take turns."""
+    import threading
+    rep = make_replicator(tmp_path)
+    mounting, stopped = threading.Event(), []
+
+    class FakeFrontEnd:
+        def stop(self, timeout: float = 0) -> None:
+            stopped.append(self)
+
+    def slow_mount() -> None:
+        mounting.set()
+        time.sleep(0.3)
+        rep.fuse = FakeFrontEnd()
+
+    monkeypatch.setattr(rep, "_mount", slow_mount)
+    try:
+        promoting = threading.Thread(target=rep.promote, kwargs={"epoch": 7}, daemon=True)
+        promoting.start()
+        assert mounting.wait(5)
+        rep.demote(force=True)  # while the promotion mounts
+        promoting.join(5)
+        assert not promoting.is_alive()
+        assert rep.role is Role.SECONDARY
+        assert rep.fuse is None and len(stopped) == 1  # the front end it mounted was torn down
+        assert not rep.meta.state.primary
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

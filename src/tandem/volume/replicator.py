@@ -290,6 +290,11 @@ class Replicator:
         # status goes out after the promotion (and announces it), or the promotion
         # waits for the decision that status leads to (see promote).
         self._status_lock = threading.Lock()
+        # One role change at a time. A promotion runs for a while (the handshake wait,
+        # the FUSE mount) and the agent's forced demotion came in the middle of one
+        # (torture 93:41): the demotion found no FUSE server yet, the promotion then
+        # mounted and reported "writable" on a volume that was Secondary again.
+        self._role_change = threading.Lock()
         self.io_open = threading.Event()
         self.io_open.set()
         self.suspended_reason = ""
@@ -718,6 +723,10 @@ class Replicator:
     # ================================================================ role changes
     def promote(self, force: bool = False, peer_outdated: bool = False,
                 epoch: int | None = None) -> None:
+        with self._role_change:
+            self._promote(force, peer_outdated, epoch)
+
+    def _promote(self, force: bool, peer_outdated: bool, epoch: int | None) -> None:
         """Become Primary. Without a connection to the peer the new Primary's first
         writes would exist here only, while the cluster may still count the peer's
         disk as UpToDate (a link that dropped between the agent's check and this
@@ -882,6 +891,10 @@ class Replicator:
         self.io_open.set()
 
     def demote(self, force: bool = False) -> None:
+        with self._role_change:
+            self._demote(force)
+
+    def _demote(self, force: bool) -> None:
         """Back to Secondary. `force`: writes blocked by a suspension fail with
         EIO and the FUSE file is torn away even if a loop device still holds it
         (what the agent does when its lease is gone)."""
