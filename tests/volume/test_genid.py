@@ -268,6 +268,8 @@ def test_least_recent_primary_ranks_by_the_persistent_epoch_not_the_memory_of_lo
     node2 = SyncFlags(node="node2", lost_leadership=False, primary_epoch=42)
     assert decide(SB_A, SB_B, node1, node2, policy) is Out.SOURCE_BITMAP
     assert decide(SB_B, SB_A, node2, node1, policy) is Out.TARGET_BITMAP
+    assert decide_sync(SB_A, SB_B, node1, node2, policy).reason.endswith(
+        "node2 was last promoted at epoch 42, node1 at 43")  # the log line says why
     # without epochs (promotions by hand) the mark still decides
     assert decide(SB_A, SB_B, replace(node1, primary_epoch=0), node2, policy) is Out.TARGET_BITMAP
 
@@ -278,6 +280,7 @@ def test_least_recent_primary_never_keeps_an_outdated_disk() -> None:
     current = SyncFlags(node="node2", lost_leadership=True, primary_epoch=8)
     assert decide(SB_A, SB_B, outdated, current, policy) is Out.TARGET_BITMAP
     assert decide(SB_B, SB_A, current, outdated, policy) is Out.SOURCE_BITMAP
+    assert decide_sync(SB_B, SB_A, current, outdated, policy).reason.endswith("node1's disk is Outdated")
 
 
 # --- properties --------------------------------------------------------------

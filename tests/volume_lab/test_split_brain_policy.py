@@ -196,3 +196,4 @@ def test_least_recent_primary_survives_a_restart_of_the_older_primary(least_rece
     _identical(vp)
     warn = _warnings(vp, "node1", marks)
     assert len(warn) == 1 and "discarding the changes made on node2" in warn[0], warn
+    assert "node2 was last promoted at epoch 42, node1 at 43" in warn[0], warn

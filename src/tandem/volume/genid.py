@@ -419,31 +419,48 @@ def resolve_split_brain(
         return replace(decision, reason="split brain: both sides asked to discard their data")
     if full or policy is SplitBrainPolicy.DISCONNECT:
         return decision
-    victim = policy_victim(policy, local_flags, peer_flags)
+    victim, why = _victim_and_why(policy, local_flags, peer_flags)
     if victim is None:
         return replace(decision, reason=f"{decision.reason}; {policy} cannot decide",
                        policy_undecided=True)
-    return replace(_source_if(victim == "peer", False, f"split brain resolved by {policy}"),
+    return replace(_source_if(victim == "peer", False, f"split brain resolved by {policy}: {why}"),
                    split_brain_resolved=True)
 
 
 def policy_victim(policy: SplitBrainPolicy, lf: SyncFlags, pf: SyncFlags) -> str | None:
     """Return "local" or "peer" for the side whose changes are discarded."""
+    return _victim_and_why(policy, lf, pf)[0]
+
+
+def _victim_and_why(policy: SplitBrainPolicy, lf: SyncFlags, pf: SyncFlags) -> tuple[str | None, str]:
+    """The victim and, for the log line, the fact that made it one."""
     if policy is SplitBrainPolicy.DISCARD_ZERO_CHANGES:
         ours, theirs = lf.bitmap_weight == 0, pf.bitmap_weight == 0
         if ours and theirs:
-            return "peer" if _we_win(lf, pf) else "local"
+            return ("peer" if _we_win(lf, pf) else "local"), "neither side changed anything"
         if ours != theirs:
-            return "local" if ours else "peer"
-        return None
+            return ("local" if ours else "peer"), f"{(lf if ours else pf).node} changed nothing"
+        return None, ""
     if policy is SplitBrainPolicy.DISCARD_SECONDARY:
         ours, theirs = lf.role is Role.SECONDARY, pf.role is Role.SECONDARY
         if ours != theirs:
-            return "local" if ours else "peer"
-        return None
+            return ("local" if ours else "peer"), f"{(lf if ours else pf).node} is Secondary"
+        return None, ""
     if policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY:
-        return _least_recent_primary(lf, pf)
-    return None
+        victim = _least_recent_primary(lf, pf)
+        if victim is None:
+            return None, ""
+        v, k = (lf, pf) if victim == "local" else (pf, lf)
+        if v.disk is DiskState.OUTDATED and k.disk is not DiskState.OUTDATED:
+            why = f"{v.node}'s disk is Outdated"
+        elif v.primary_epoch and k.primary_epoch and v.primary_epoch != k.primary_epoch:
+            why = f"{v.node} was last promoted at epoch {v.primary_epoch}, {k.node} at {k.primary_epoch}"
+        elif v.lost_leadership != k.lost_leadership:
+            why = f"{v.node} lost the leader key"
+        else:
+            why = f"{v.node} is Secondary, {k.node} Primary"
+        return victim, why
+    return None, ""
 
 
 def _least_recent_primary(lf: SyncFlags, pf: SyncFlags) -> str | None:
