@@ -46,6 +46,7 @@ away, or the connection is refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -447,23 +448,11 @@ def _victim_and_why(policy: SplitBrainPolicy, lf: SyncFlags, pf: SyncFlags) -> t
             return ("local" if ours else "peer"), f"{(lf if ours else pf).node} is Secondary"
         return None, ""
     if policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY:
-        victim = _least_recent_primary(lf, pf)
-        if victim is None:
-            return None, ""
-        v, k = (lf, pf) if victim == "local" else (pf, lf)
-        if v.disk is DiskState.OUTDATED and k.disk is not DiskState.OUTDATED:
-            why = f"{v.node}'s disk is Outdated"
-        elif v.primary_epoch and k.primary_epoch and v.primary_epoch != k.primary_epoch:
-            why = f"{v.node} was last promoted at epoch {v.primary_epoch}, {k.node} at {k.primary_epoch}"
-        elif v.lost_leadership != k.lost_leadership:
-            why = f"{v.node} lost the leader key"
-        else:
-            why = f"{v.node} is Secondary, {k.node} Primary"
-        return victim, why
+        return _least_recent_primary(lf, pf)
     return None, ""
 
 
-def _least_recent_primary(lf: SyncFlags, pf: SyncFlags) -> str | None:
+def _least_recent_primary(lf: SyncFlags, pf: SyncFlags) -> tuple[str | None, str]:
     """The side that was Primary less recently, from the strongest evidence first.
 
     1. An Outdated disk: the cluster recorded that it lacks writes the other side
@@ -474,16 +463,21 @@ def _least_recent_primary(lf: SyncFlags, pf: SyncFlags) -> str | None:
        older side that way and discarded 675 acknowledged writes).
     3. The agent's in-memory "lost the leader key" mark, then the current role:
        for nodes without epochs (promoted by hand)."""
+    def pick(local_loses: bool, why: Callable[[SyncFlags, SyncFlags], str]) -> tuple[str, str]:
+        v, k = (lf, pf) if local_loses else (pf, lf)
+        return ("local" if local_loses else "peer"), why(v, k)
+
     ours, theirs = lf.disk is DiskState.OUTDATED, pf.disk is DiskState.OUTDATED
     if ours != theirs:
-        return "local" if ours else "peer"
+        return pick(ours, lambda v, k: f"{v.node}'s disk is Outdated")
     if lf.primary_epoch and pf.primary_epoch and lf.primary_epoch != pf.primary_epoch:
-        return "local" if lf.primary_epoch < pf.primary_epoch else "peer"
+        return pick(lf.primary_epoch < pf.primary_epoch, lambda v, k: (
+            f"{v.node} was last promoted at epoch {v.primary_epoch}, {k.node} at {k.primary_epoch}"))
     if lf.lost_leadership != pf.lost_leadership:
-        return "local" if lf.lost_leadership else "peer"
+        return pick(lf.lost_leadership, lambda v, k: f"{v.node} lost the leader key")
     # Both (or neither) were told they lost leadership: a side that is Primary
     # now is the most recent Primary (under the agent it holds the leader key).
     ours, theirs = lf.role is Role.SECONDARY, pf.role is Role.SECONDARY
     if ours != theirs:
-        return "local" if ours else "peer"
-    return None
+        return pick(ours, lambda v, k: f"{v.node} is Secondary, {k.node} Primary")
+    return None, ""
