@@ -289,3 +289,29 @@ def test_unreachable_endpoint_fails_fast_and_the_next_one_is_used(etcd_ok, clust
             assert mono() - t < 0.8
             assert (await a.load()).cluster == cluster_name
     run(scenario())
+
+
+def test_a_recreated_dcs_hands_out_epochs_above_those_already_on_the_disks(etcd_ok, cluster_name):
+    """A fresh cluster prefix is what a wiped or rebuilt etcd looks like: its epoch key
+    is gone, but the volumes still hold the epochs of their last promotions, which the
+    split-brain policy compares. An epoch handed out at or below one of them would rank
+    the newest Primary as the older one."""
+    async def scenario():
+        async with session(etcd_ok, cluster_name, "node1") as a, \
+                   session(etcd_ok, cluster_name, "node2") as b:
+            await b.touch_member(Member("node2", NodeRole.REPLICA, DiskState.UP_TO_DATE, True,
+                                        epoch_seen=41))
+            view = await a.load()
+            assert view.epoch == 41 and view.epoch_revision == 0, "the floor comes from node2's record"
+            lead = await a.attempt_to_acquire_leader(view)
+            assert lead is not None and lead.epoch == 42
+            assert await a.release_leader(lead)
+            # This node's own volume saw a later promotion than any record says.
+            lead = await a.attempt_to_acquire_leader((await a.load()).with_epoch_floor(57))
+            assert lead is not None and lead.epoch == 58
+            assert await a.release_leader(lead)
+            # Garbage in a member record lifts nothing.
+            await b.touch_member(Member("node2", NodeRole.REPLICA, epoch_seen=True))  # type: ignore[arg-type]
+            lead = await a.attempt_to_acquire_leader(await a.load())
+            assert lead is not None and lead.epoch == 59, "the counter kept 58"
+    run(scenario())

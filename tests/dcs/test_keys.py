@@ -89,3 +89,16 @@ def test_a_fence_record_applies_only_to_the_leadership_it_names():
     assert view_from_kvs(K, 9, [kv("fence", fence)]).fenced_token() is None
     garbage = view_from_kvs(K, 9, [leader, kv("fence", b"{oops")])
     assert garbage.fence is None and garbage.fenced_token() is None
+
+
+def test_the_epoch_floor_is_the_highest_epoch_a_member_saw_and_garbage_lifts_nothing():
+    def view(*members: object) -> ClusterView:
+        return view_from_kvs(K, 9, [kv("epoch", {"epoch": 3}, mod=4),
+                                    *(kv(f"members/node{i}", m) for i, m in enumerate(members, 1))])
+
+    assert view({"role": "replica", "epoch_seen": 12}, {"role": "replica", "epoch_seen": 7}).epoch == 12
+    assert view({"role": "replica", "epoch_seen": 2}).epoch == 3, "the counter itself is higher"
+    for garbage in ("99", True, -5, 3.5e9, None, [99]):
+        assert view({"role": "replica", "epoch_seen": garbage}).epoch == 3, garbage
+    assert view().with_epoch_floor(2).epoch == 3 and view().with_epoch_floor(8).epoch == 8
+    assert view().with_epoch_floor(8).epoch_revision == 4, "the compare still guards the counter"

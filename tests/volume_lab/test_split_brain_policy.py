@@ -176,6 +176,9 @@ def test_least_recent_primary_survives_a_restart_of_the_older_primary(least_rece
     assert vp.status("node2")["role"] == "Secondary" and vp.status("node2")["primary_epoch"] == 0
     _call(vp, "node2", "primary", epoch=42)
     assert vp.status("node2")["primary_epoch"] == 42
+    # The peer's epoch is the floor of the cluster's epoch counter too (a recreated DCS).
+    vp.wait(lambda: vp.status("node1")["epoch_seen"] == 42, 10, "node1 sees node2's epoch")
+    assert vp.status("node1")["primary_epoch"] == 0
     marks = {h: len(vp.log(h)) for h in ("node1", "node2")}
     vp.lab.faults.partition(["node1"], ["node2"], net="replication")
     vp.wait(lambda: vp.status("node1")["peer"]["connection"] != "Connected", 10, "link down")
@@ -191,6 +194,7 @@ def test_least_recent_primary_survives_a_restart_of_the_older_primary(least_rece
     assert vp.status("node2")["primary_epoch"] == 42
     vp.lab.faults.heal()
     vp.wait_connected_uptodate()
+    assert vp.status("node2")["epoch_seen"] == 43 and vp.status("node1")["epoch_seen"] == 43
     assert read_range(vp.backing("node2"), BLOCK, BLOCK) == b"1" * BLOCK  # node1's data kept
     assert read_range(vp.backing("node1"), 0, BLOCK) != b"2" * BLOCK
     _identical(vp)

@@ -60,6 +60,13 @@ log = logging.getLogger("tandem.agent")
 MAX_RENEW_PERIOD = 0.5
 
 
+def _epoch_seen(volume_status: dict[str, Any]) -> int:
+    """The highest leader epoch the volume recorded a promotion under (its own or its
+    peer's); 0 from a status without it (a daemon older than the field)."""
+    seen = volume_status.get("epoch_seen", volume_status.get("primary_epoch", 0))
+    return seen if isinstance(seen, int) and not isinstance(seen, bool) and seen > 0 else 0
+
+
 def _really_cancelled() -> bool:
     """True if this task itself was asked to stop (not a gRPC call cancelled under it)."""
     task = asyncio.current_task()
@@ -482,7 +489,7 @@ class Agent:
             sync_percent=rs.get("percent") if rs and not rs.get("finished") else None,
             note=self.last.reason if self.last else "",
             failures=self.penalty.recent(time.monotonic()), last_failure=self.penalty.last_reason,
-            warnings=self._warnings)
+            warnings=self._warnings, epoch_seen=_epoch_seen(v))
         value, now = member.to_value(), time.monotonic()
         if self._published and self._published[0] == value and now - self._published[1] < 2.0:
             return
@@ -521,10 +528,11 @@ class Agent:
 
     async def _acquire(self, d: Decision, fenced: Leader | None = None) -> None:
         try:
+            view = self.view.with_epoch_floor(_epoch_seen(self.volume or {}))
             if fenced is not None:
-                leader = await self.dcs.take_over_leader(fenced, self.view)
+                leader = await self.dcs.take_over_leader(fenced, view)
             else:
-                leader = await self.dcs.attempt_to_acquire_leader(self.view)
+                leader = await self.dcs.attempt_to_acquire_leader(view)
         except DCSError as e:
             log.warning("could not race for the leader key: %s", e)
             return

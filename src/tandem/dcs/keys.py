@@ -20,6 +20,11 @@ Layout under ``/tandem/<cluster>/``::
     fence                Fence                      a confirmed fence of the leader key's node,
                                                     written only while that key exists
 
+The epoch counter's floor is also the highest ``epoch_seen`` of the members: each
+volume stores the epoch of its latest promotion, and the split-brain policy ranks
+by it, so a recreated DCS (an empty ``epoch`` key) must not hand out an epoch
+below one already on a disk.
+
 ``epoch`` and ``standby/`` are additions to the DESIGN list: the epoch must
 survive the leader key (which vanishes with its lease), and standby is an
 operator's order about a node that its own lease-bound member key cannot carry;
@@ -153,5 +158,6 @@ def view_from_kvs(keys: Keys, revision: int, kvs: Iterable[RawKV]) -> ClusterVie
                        switchover=switchover, maintenance=maintenance,
                        standby=frozenset(standby), history=history,
                        cleanups=tuple(sorted(cleanups.items())),
-                       epoch=max(epoch, leader.epoch if leader else 0), epoch_revision=epoch_rev,
+                       epoch=max(epoch, leader.epoch if leader else 0,
+                                 *(m.epoch_seen for m in members)), epoch_revision=epoch_rev,
                        fence=fence)

@@ -13,7 +13,7 @@ shown by ``tandem status --json``: add, never rename.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -72,6 +72,10 @@ class Member:
     failures: int = 0  #: resource failures in a row (each doubling the time out of the race)
     last_failure: str = ""  #: what failed last, in one sentence
     warnings: tuple[str, ...] = ()  #: healthy resources the operator should look at (space low)
+    #: The highest leader epoch this node's volume recorded a promotion under (its own
+    #: ``primary_epoch`` or its peer's, as last exchanged): a floor for the epoch
+    #: counter, which a recreated DCS would otherwise restart at 1.
+    epoch_seen: int = 0
     revision: int = 0  #: mod_revision of the key
 
     @classmethod
@@ -84,14 +88,15 @@ class Member:
                    api_url=str(data.get("api_url", "")), connection=str(data.get("connection", "")),
                    sync_percent=data.get("sync_percent"), note=str(data.get("note", "")),
                    failures=_count(data.get("failures")), last_failure=str(data.get("last_failure", "")),
-                   warnings=_strings(data.get("warnings")), revision=revision)
+                   warnings=_strings(data.get("warnings")), epoch_seen=_count(data.get("epoch_seen")),
+                   revision=revision)
 
     def to_value(self) -> dict[str, Any]:
         return {"role": self.role.value, "disk_state": self.disk_state.value if self.disk_state else None,
                 "healthy": self.healthy, "nofailover": self.nofailover, "api_url": self.api_url,
                 "connection": self.connection, "sync_percent": self.sync_percent, "note": self.note,
                 "failures": self.failures, "last_failure": self.last_failure,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "epoch_seen": self.epoch_seen}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,9 @@ class ClusterView:
     maintenance: bool = False
     standby: frozenset[str] = field(default_factory=frozenset)
     history: tuple[HistoryEntry, ...] = ()
-    epoch: int = 0  #: the last epoch handed out (key ``epoch``)
+    #: the last epoch handed out (key ``epoch``), or the highest a member's volume saw
+    #: if higher (after the DCS was recreated): the next leadership takes epoch + 1
+    epoch: int = 0
     epoch_revision: int = 0  #: mod_revision of the epoch key, 0 if absent
     fence: Fence | None = None  #: the last confirmed fence (of this or an older leadership)
     cleanups: tuple[tuple[str, int], ...] = ()  #: (node, revision of its cleanup key)
@@ -232,6 +239,12 @@ class ClusterView:
 
     def is_leader(self, node: str) -> bool:
         return self.leader is not None and self.leader.node == node
+
+    def with_epoch_floor(self, floor: int) -> ClusterView:
+        """This view with `epoch` raised to at least `floor`: an agent about to take the
+        leader key lifts the counter to what its own volume has seen, even before its
+        member record (which carries the same floor to the others) is in the DCS."""
+        return self if floor <= self.epoch else replace(self, epoch=floor)
 
     def member(self, node: str) -> Member | None:
         return next((m for m in self.members if m.node == node), None)

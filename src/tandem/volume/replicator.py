@@ -310,6 +310,9 @@ class Replicator:
         self.last_link_error = ""
         self.standalone_reason = ""
         self.peer_status: wire.StateExchange | None = None
+        #: the peer's highest primary_epoch seen since this daemon started (kept after
+        #: the link goes): with our own, the floor of the cluster's epoch counter
+        self.peer_epoch_seen = 0
         self.peer_disk: DiskState | None = DiskState.OUTDATED if st.peer_outdated else None
         self.discard_my_data = False
         self.lost_leadership = False
@@ -1306,6 +1309,7 @@ class Replicator:
                 link.send(self._status_msg())
         elif isinstance(ev, SyncDecided):
             self.peer_status = ev.peer
+            self.peer_epoch_seen = max(self.peer_epoch_seen, ev.peer.primary_epoch)
             self.peer_disk = ev.peer.disk
             if ev.refused:
                 self.standalone_reason = ev.reason
@@ -1363,6 +1367,7 @@ class Replicator:
             if old is None or (old.role, old.disk) != (ev.role, ev.disk):
                 log.info("peer %s is now %s, disk %s", self.spec.peer, ev.role, ev.disk)
             self.peer_status = ev
+            self.peer_epoch_seen = max(self.peer_epoch_seen, ev.primary_epoch)
             self.peer_disk = ev.disk
             if (link.state is ConnectionState.SYNC_TARGET and not self._rs_target_started
                     and ev.generations.bitmap):
@@ -1880,6 +1885,7 @@ class Replicator:
                             "bitmap": f"{st.generations.bitmap:016X}",
                             "history": [f"{h:016X}" for h in st.generations.history]},
             "primary_epoch": st.primary_epoch,
+            "epoch_seen": max(st.primary_epoch, self.peer_epoch_seen),
             "out_of_sync_bytes": self.bitmap.weight * st.block_size,
             "suspended": not self.io_open.is_set(),
             "peer": {
