@@ -177,6 +177,43 @@ asyncio.run(main())
     assert holders(lab, addr) == []
 
 
+def test_a_lifetime_is_set_at_the_check_not_when_a_slow_ip_process_gets_to_run(lab, resources):
+    """Torture 103:9: the API VIP outlived its holder's last keepalive by 2.8 s, where
+    the takeover grace allows 1.75 s: on a loaded machine the `ip addr change` that
+    set its lifetime ran long after the refresh had checked that the renewal was
+    recent. Here every `ip` process takes 1.5 s to start; a refresh on a renewal
+    valid for 0.25 s more must leave the address gone by then + lifetime + 1/4 s."""
+    addr = str(lab.spec.vip(7))
+    script = f"""
+import asyncio, json, os, shutil, subprocess, tempfile, time
+from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources.vip import Vip
+real_ip = shutil.which("ip")
+def present():
+    out = subprocess.run([real_ip, "-j", "addr", "show", "dev", "pub0"],
+                         capture_output=True, text=True).stdout
+    return any(a.get("local") == "{addr}" for link in json.loads(out) for a in link.get("addr_info", []))
+async def main():
+    v = Vip(VipConfig(name="slowip", address="{addr}/24", interface="pub0", lifetime=1))
+    assert (await v.start()).ok
+    slow = tempfile.mkdtemp()
+    with open(os.path.join(slow, "ip"), "w") as f:
+        f.write("#!/bin/sh\\nsleep 1.5\\nexec " + real_ip + " \\"$@\\"\\n")
+    os.chmod(os.path.join(slow, "ip"), 0o755)
+    os.environ["PATH"] = slow + ":" + os.environ["PATH"]
+    t1 = time.monotonic()
+    ok = await v.refresh(t1 + 0.25)
+    while present() and time.monotonic() - t1 < 5:
+        await asyncio.sleep(0.02)
+    print("refreshed", ok, "gone after", round(time.monotonic() - t1, 3))
+asyncio.run(main())
+"""
+    out = run_script_on_node1(lab, script, addr)
+    assert "refreshed True" in out, out
+    gone = float(out.split("gone after ")[1].split()[0])
+    assert gone <= 0.25 + 1.0 + 0.25 + 0.3, out
+
+
 def test_the_monitor_does_not_restart_an_expired_address_once_the_lease_ran_out(lab, resources):
     """An agent paused while its monitor was in flight resumes after its lease ran
     out and the kernel removed the VIP; the new holder has it up by then. The

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aetcd import transactions as tx
 
 from tandem.dcs.base import DCSError, DiskState, HistoryEntry, Member, NodeRole, Switchover, VolumeState
 from tandem.dcs.base import monotonic as mono
@@ -314,4 +315,49 @@ def test_a_recreated_dcs_hands_out_epochs_above_those_already_on_the_disks(etcd_
             await b.touch_member(Member("node2", NodeRole.REPLICA, epoch_seen=True))  # type: ignore[arg-type]
             lead = await a.attempt_to_acquire_leader(await a.load())
             assert lead is not None and lead.epoch == 59, "the counter kept 58"
+    run(scenario())
+
+
+def test_an_api_vip_key_found_ours_without_a_claim_seen_to_win_waits_the_takeover_grace(
+        etcd_ok, cluster_name, tmp_path):
+    """Torture 103:9: node2's claim of the `apivip` key timed out while etcd elected a
+    leader, and was applied after all once node1's lease ended. The next claim found
+    the key already node2's and started the VIP at once, 0.17 s before node1's address
+    (its agent stalled) was gone: the takeover grace was only waited after a claim
+    seen to succeed. Any key that is newly ours must be waited for."""
+    from types import SimpleNamespace
+
+    from tandem.cluster.clones import CloneSet
+    from tandem.cluster.resources.config import VipConfig
+    from tandem.cluster.resources.vip import Vip
+    from tandem.dcs.keys import encode
+
+    def clones(dcs) -> tuple[CloneSet, SimpleNamespace]:
+        c = object.__new__(CloneSet)  # only what the claim uses: no haproxy, no server
+        c.node, c.grace, c._had_key, c._key_revision = dcs.node, 0.75, False, 0
+        c.vip = Vip(VipConfig(name="api-vip", address="10.99.0.1/24", interface="pub0",
+                              lifetime=1, run_dir=tmp_path))
+        return c, SimpleNamespace(dcs=dcs)
+
+    async def scenario():
+        async with session(etcd_ok, cluster_name, "node2") as b:
+            c, agent = clones(b)
+            key = (b.keys.prefix + "apivip").encode()
+            # What the timed-out claim did, applied late: the key is node2's, on its lease.
+            await b._txn("late claim", [], [tx.Put(key, encode({"node": "node2"}), lease=await b._lease())])
+            t = time.monotonic()
+            assert await c._claim(agent)
+            assert c.vip.hold_until >= t + 0.75, "started at once beside the old holder's address"
+            held = c.vip.hold_until
+            assert await c._claim(agent) and c.vip.hold_until == held, "a key kept is not waited for again"
+            # Taken and lost (the lease lapsed) and taken again by a late claim: waited again.
+            await b._txn("key gone", [], [tx.Delete(key)])
+            await b._txn("late claim", [], [tx.Put(key, encode({"node": "node2"}), lease=await b._lease())])
+            assert await c._claim(agent) and c.vip.hold_until > held
+            # A claim seen to win waits too; another node's key is not ours.
+            await b._txn("key gone", [], [tx.Delete(key)])
+            c.vip.hold_until = 0.0
+            assert await c._claim(agent) and c.vip.hold_until > time.monotonic()
+            await b._txn("node1's key", [], [tx.Put(key, encode({"node": "node1"}))])
+            assert not await c._claim(agent)
     run(scenario())

@@ -361,7 +361,11 @@ class Agent:
         if self.leader and not self.view.is_leader(self.node) and dcs_ok:
             self.leader = None  # the key is gone (expired or released)
         if self.view.is_leader(self.node) and self.leader is None and self.view.leader:
-            self.leader = self.view.leader  # restarted agent still holding its key
+            # A restarted agent still holding its key, or an acquire whose call failed
+            # but was applied later (torture 103:9, the API VIP's key): the key may have
+            # been free only a moment ago, so the takeover grace holds here too.
+            self.leader = self.view.leader
+            self._hold_vip(vip_takeover_grace(self.cfg.etcd.lease_ttl))
         decision = decide(self.view, local, time.monotonic())
         if self.last is None or decision.reason != self.last.reason:
             log.info("%s", decision.reason, extra={"fields": {"action": str(decision.action)}})

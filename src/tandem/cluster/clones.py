@@ -243,6 +243,7 @@ class CloneSet:
         self.holding = False  #: the API VIP is on this node (as far as we did it)
         self._vip_checked = 0.0
         self._had_key = False
+        self._key_revision = 0  #: create_revision of the `apivip` key when we took it
         self._published: tuple[bytes, int] | None = None
 
     # --- what the agent publishes ---------------------------------------------------
@@ -368,13 +369,10 @@ class CloneSet:
         key = self._key(agent)
         lease = await agent.dcs._lease()
         value = encode({"node": self.node})
-        ok, responses, _ = await agent.dcs._txn(
+        ok, responses, revision = await agent.dcs._txn(
             "claim API VIP", [tx.Create(key) == 0], [tx.Put(key, value, lease=lease)], [tx.Get(key)])
         if ok:
-            log.info("API VIP: took the key")
-            self._had_key = True
-            if self.vip is not None:  # a frozen previous holder's address must expire first
-                self.vip.hold_until = time.monotonic() + self.grace
+            self._took_key(revision, "took the key")
             return True
         kvs = responses[0].response_range.kvs if responses else []
         if not kvs:
@@ -382,6 +380,12 @@ class CloneSet:
         holder = decode(kvs[0].value)
         if isinstance(holder, dict) and holder.get("node") == self.node:
             if kvs[0].lease == lease:
+                if kvs[0].create_revision != self._key_revision:
+                    # Torture 103:9: a claim whose call timed out (etcd electing a leader)
+                    # was applied after all, once the old holder's lease ended: the key is
+                    # ours, but nobody waited the grace for the old holder's address.
+                    self._took_key(kvs[0].create_revision,
+                                   "took the key (by an earlier claim that timed out)")
                 self._had_key = True
                 return True
             # ours from a previous lease (a restarted agent): free it, take it next tick
@@ -389,6 +393,16 @@ class CloneSet:
                                  [tx.Value(key) == value, tx.Mod(key) == kvs[0].mod_revision],
                                  [tx.Delete(key)])
         return False
+
+    def _took_key(self, create_revision: int, what: str) -> None:
+        """The `apivip` key is newly ours: the previous holder's address, frozen with
+        its agent, may live until its kernel lifetime ends, so the start waits the
+        takeover grace counted from now (the key was created at or before now)."""
+        log.info("API VIP: %s", what)
+        self._had_key = True
+        self._key_revision = create_revision
+        if self.vip is not None:
+            self.vip.hold_until = time.monotonic() + self.grace
 
     async def _drop(self, agent: Agent, why: str, release: bool, force_check: bool = False) -> None:
         assert self.vip is not None

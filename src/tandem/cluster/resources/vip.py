@@ -23,6 +23,13 @@ the VIP on its node forever, beside the new holder's). Lifetimes have
 one-second resolution and the kernel removes an expired address a little late:
 dbgroup.vip_takeover_grace has the arithmetic.
 
+The address and its lifetime are set over rtnetlink (:mod:`rtnl`), in the same
+synchronous step as the check that the lease renewal they rest on is recent enough:
+no await, no ``ip`` process to fork between the two. With ``ip addr change`` in a
+subprocess, a loaded machine set a lifetime a second or more after that check, and
+the address outlived the takeover grace (torture 103:9: the API VIP still up 2.8 s
+after its holder's last keepalive, beside the new holder's).
+
 Monitor checks that the address is present and the link has carrier; stop
 removes the address. Deciding that only one node holds the VIP is the
 cluster's job (leader lease, fencing), not this resource's; :func:`holders`
@@ -44,6 +51,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tandem.cluster.resources import rtnl
 from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
 from tandem.cluster.resources.config import VipConfig
 from tandem.cluster.resources.procs import ProcRef
@@ -86,6 +94,29 @@ class Vip(Resource):
     @property
     def _cidr(self) -> str:
         return str(self.config.address.with_prefixlen)
+
+    def _set_address(self, latest: float) -> bool:
+        """Add the address, or set its lifetime anew, unless CLOCK_MONOTONIC is past
+        `latest` (the last moment a lifetime may be set on the lease renewal it rests
+        on): False, nothing done. Synchronous on purpose (see the module docstring).
+        An address whose setting returned after `latest` (this process descheduled in
+        the call) may live too long: it is removed again, and ResourceError raised."""
+        c = self.config
+        if time.monotonic() > latest:
+            return False
+        try:
+            # Also adds a missing address (as `ip addr change` did): the callers hold
+            # self._lock and know the address is meant to be up.
+            rtnl.set_address(c.interface, str(c.address.ip), c.address.network.prefixlen, c.lifetime)
+        except OSError as e:
+            raise ResourceError(f"setting {self._cidr} on {c.interface}: {e}") from e
+        late = time.monotonic() - latest
+        if late > 0:
+            with contextlib.suppress(OSError):
+                rtnl.delete_address(c.interface, str(c.address.ip), c.address.network.prefixlen)
+            raise ResourceError(f"removed {self._cidr} again: its lifetime was set up to {late:.2f} s"
+                                " after the lease renewal allowed")
+        return True
 
     async def _link(self) -> dict:
         res = await run_cmd(["ip", "-j", "addr", "show", "dev", self.config.interface], timeout=5,
@@ -152,12 +183,10 @@ class Vip(Resource):
             await asyncio.sleep(min(wait, 5.0))
         async with self._lock:
             have, link = await self._present()
-            lease_id = await self._fresh_lease()
-            if have:
-                await self._change()
-            else:
-                await run_cmd(["ip", "addr", "add", self._cidr, "dev", c.interface, *self._lifetime_args],
-                              timeout=5)
+            while True:
+                lease_id, latest = await self._fresh_lease()
+                if self._set_address(latest):
+                    break
             self._up, self._lease_id = True, lease_id
             after = self.lease()
             if isinstance(after, str) or after[0] != lease_id:
@@ -169,25 +198,21 @@ class Vip(Resource):
         return (f"{self._cidr} already on {c.interface}, " if have else
                 f"added {self._cidr} to {c.interface}, ") + self._announce(link)
 
-    async def _fresh_lease(self, wait: float = 2.0) -> int | None:
-        """The lease to add the address on, once a renewal recent enough to set its
-        lifetime from has come (renewals come every TTL/4: normally at once)."""
+    async def _fresh_lease(self, wait: float = 2.0) -> tuple[int | None, float]:
+        """The lease to add the address on and the latest time its lifetime may be set,
+        once a renewal recent enough to set it from has come (renewals come every
+        TTL/4: normally at once)."""
         give_up = time.monotonic() + wait
         while True:
             lease = self.lease()
             if isinstance(lease, str):
                 raise ResourceError(f"not adding {self._cidr}: {lease}")
             if time.monotonic() <= lease[1]:
-                return lease[0]
+                return lease
             if time.monotonic() >= give_up:
                 raise ResourceError(f"not adding {self._cidr}: no lease renewal in {wait:g} s to rest"
                                     " its lifetime on")
             await asyncio.sleep(0.02)
-
-    @property
-    def _lifetime_args(self) -> list[str]:
-        n = self.config.lifetime
-        return [] if n is None else ["valid_lft", str(n), "preferred_lft", str(n)]
 
     async def refresh(self, valid_until: float | None = None, lease_id: int | None = None) -> bool:
         """Extend the address's lifetime (and re-announce it, see `garp_refresh`) while
@@ -219,14 +244,23 @@ class Vip(Resource):
                             self._lease_id, lease_id)
                 self._up = False
                 return True
-            late = time.monotonic() - valid_until if valid_until is not None else 0.0
-            if late > 0:
-                log.warning("%s: not extending its lifetime: the lease renewal it rests on is"
-                            " %.2f s too old (the kernel removes the address unless a timely"
-                            " renewal extends it)", self.config.address.ip, late)
+            if self.config.lifetime is None:  # nothing to extend
+                self._reannounce()
                 return True
+            latest = math.inf if valid_until is None else valid_until
+            try:
+                if not self._set_address(latest):
+                    log.warning("%s: not extending its lifetime: the lease renewal it rests on is"
+                                " %.2f s too old (the kernel removes the address unless a timely"
+                                " renewal extends it)", self.config.address.ip,
+                                time.monotonic() - latest)
+                    return True
+            except ResourceError as e:
+                log.warning("%s: %s", self.config.address.ip, e)
+                self._up = False
+                return False
             self._reannounce()
-            return await self._change()
+            return True
 
     def _reannounce(self) -> None:
         """A gratuitous ARP every `garp_refresh` seconds while held (see the config)."""
@@ -236,13 +270,6 @@ class Vip(Resource):
         self._announced = (time.monotonic(), last[1])
         with contextlib.suppress(OSError):
             self._garp_now(last[1])
-
-    async def _change(self) -> bool:
-        if self.config.lifetime is None:
-            return True
-        res = await run_cmd(["ip", "addr", "change", self._cidr, "dev", self.config.interface,
-                             *self._lifetime_args], timeout=2, check=False)
-        return res.returncode == 0
 
     async def _stop(self) -> str:
         c = self.config
