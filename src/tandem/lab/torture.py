@@ -202,7 +202,8 @@ class Campaign:
         try:
             lost = self._acks.run()
         except (LabError, ValueError) as e:
-            self.say(f"  history check: [{name}] could not look up the acknowledged writes: {e}")
+            why = str(e) if len(str(e)) <= 300 else f"{str(e)[:100]} ... {str(e)[-200:]}"  # not the query
+            self.say(f"  history check: [{name}] could not look up the acknowledged writes: {why}")
             return
         if lost:
             self.say(f"  history check: [{name}] lost-write: {ackcheck.describe(lost)}")
