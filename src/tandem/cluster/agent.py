@@ -47,7 +47,7 @@ from tandem.cluster.volume_resource import volume_call
 from tandem.config import Config, etcd_endpoints, etcd_tls
 from tandem.dcs.base import DCSError
 from tandem.dcs.etcd import EtcdDCS
-from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, NodeRole, VolumeState
+from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, NodeRole, VolumeState, count
 from tandem.errors import TandemError
 from tandem.lab.events import record_lab_event as lab_event
 from tandem.volume.spec import VolumeSpec
@@ -63,8 +63,7 @@ MAX_RENEW_PERIOD = 0.5
 def _epoch_seen(volume_status: dict[str, Any]) -> int:
     """The highest leader epoch the volume recorded a promotion under (its own or its
     peer's); 0 from a status without it (a daemon older than the field)."""
-    seen = volume_status.get("epoch_seen", volume_status.get("primary_epoch", 0))
-    return seen if isinstance(seen, int) and not isinstance(seen, bool) and seen > 0 else 0
+    return count(volume_status.get("epoch_seen", volume_status.get("primary_epoch")))
 
 
 def _really_cancelled() -> bool:

@@ -87,8 +87,8 @@ class Member:
                    nofailover=bool(data.get("nofailover", False)),
                    api_url=str(data.get("api_url", "")), connection=str(data.get("connection", "")),
                    sync_percent=data.get("sync_percent"), note=str(data.get("note", "")),
-                   failures=_count(data.get("failures")), last_failure=str(data.get("last_failure", "")),
-                   warnings=_strings(data.get("warnings")), epoch_seen=_count(data.get("epoch_seen")),
+                   failures=count(data.get("failures")), last_failure=str(data.get("last_failure", "")),
+                   warnings=_strings(data.get("warnings")), epoch_seen=count(data.get("epoch_seen")),
                    revision=revision)
 
     def to_value(self) -> dict[str, Any]:
@@ -285,8 +285,9 @@ def history_from_value(items: Iterable[Mapping[str, Any]]) -> tuple[HistoryEntry
     return tuple(HistoryEntry.from_value(i) for i in items)
 
 
-def _count(value: Any) -> int:
-    """A count from a member record; anything else (a newer or broken writer) is 0."""
+def count(value: Any) -> int:
+    """A count from a member record or a volume's status; anything else (a newer or
+    broken writer) is 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 

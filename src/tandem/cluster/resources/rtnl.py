@@ -13,7 +13,6 @@ import errno
 import os
 import socket
 import struct
-import threading
 
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 NLMSG_ERROR = 2
@@ -26,8 +25,7 @@ _ATTR = struct.Struct("=HH")  # rtattr: length, type
 _CACHEINFO = struct.Struct("=IIII")  # ifa_cacheinfo: preferred, valid, cstamp, tstamp
 _ERRNO = struct.Struct("=i")
 
-_seq_lock = threading.Lock()
-_seq = 0
+SEQ = 1  # one request per socket: the reply to match is the only one
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -37,16 +35,12 @@ def _attr(kind: int, payload: bytes) -> bytes:
 
 def _request(kind: int, flags: int, index: int, address: str, prefixlen: int,
              lifetime: int | None) -> None:
-    global _seq
-    with _seq_lock:
-        _seq += 1
-        seq = _seq
     ip = socket.inet_aton(address)
     body = (_IFADDR.pack(socket.AF_INET, prefixlen, 0, 0, index)
             + _attr(IFA_LOCAL, ip) + _attr(IFA_ADDRESS, ip))
     if lifetime is not None:
         body += _attr(IFA_CACHEINFO, _CACHEINFO.pack(lifetime, lifetime, 0, 0))
-    msg = _HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + body
+    msg = _HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, SEQ, 0) + body
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
         sock.settimeout(2.0)
         sock.bind((0, 0))
@@ -58,7 +52,7 @@ def _request(kind: int, flags: int, index: int, address: str, prefixlen: int,
                 length, rtype, _, rseq, _ = _HDR.unpack_from(reply, at)
                 if length < _HDR.size:
                     raise OSError(errno.EPROTO, "rtnetlink: malformed reply")
-                if rtype == NLMSG_ERROR and rseq == seq:
+                if rtype == NLMSG_ERROR and rseq == SEQ:
                     (code,) = _ERRNO.unpack_from(reply, at + _HDR.size)
                     if code:
                         raise OSError(-code, os.strerror(-code))
