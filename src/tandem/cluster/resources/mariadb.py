@@ -39,17 +39,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import signal
 import time
 from pathlib import Path
 
 from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
+from tandem.cluster.resources.binlog import PREPARED_AT_START, BinlogError, last_binlog, mark_in_use
 from tandem.cluster.resources.config import MariaDBConfig
 from tandem.cluster.resources.procs import ProcRef, spawn, tail, terminate
 
 CLIENT = "mariadb"
 INSTALL_DB = "mariadb-install-db"
+
+log = logging.getLogger(__name__)
 
 
 def native_password_hash(password: bytes) -> str:
@@ -146,23 +150,48 @@ class MariaDB(Resource):
                            "--auth-root-authentication-method=normal", "--skip-test-db"],
                           timeout=c.start_timeout)
             steps.append(f"initialised {c.datadir} in {time.monotonic() - t0:.1f} s")
-        for stale in ("mysqld.sock", "mysqld.sock.lock", "mariadbd.pid"):
-            (self.private_dir / stale).unlink(missing_ok=True)
         t0 = time.monotonic()
-        ref = spawn(self.argv(), self.log)
-        self.save_state(ref.to_json())
-        await self._wait_ready(ref)
+        try:
+            ref = await self._spawn_and_wait()
+        except ResourceError as e:
+            if PREPARED_AT_START not in str(e):
+                raise
+            steps.append(self._recover_prepared())
+            ref = await self._spawn_and_wait()
         await self._provision(password)
         steps.append(f"mariadbd pid {ref.pid} answering on {c.bind_address}:{c.port}"
                      f" after {time.monotonic() - t0:.1f} s")
         return ", ".join(steps)
+
+    async def _spawn_and_wait(self) -> ProcRef:
+        for stale in ("mysqld.sock", "mysqld.sock.lock", "mariadbd.pid"):
+            (self.private_dir / stale).unlink(missing_ok=True)
+        ref = spawn(self.argv(), self.log)
+        self.save_state(ref.to_json())
+        await self._wait_ready(ref)
+        return ref
+
+    def _recover_prepared(self) -> str:
+        """mariadbd found XA-prepared transactions and a cleanly closed binlog
+        (a crash during its own shutdown): mark the binlog in use, so the next
+        start recovers from it (see `binlog`)."""
+        try:
+            path = last_binlog(self.config.datadir)
+            mark_in_use(path)
+        except BinlogError as e:
+            raise ResourceError(f"mariadbd found prepared transactions and the binlog cannot be"
+                                f" marked for crash recovery: {e}") from None
+        what = (f"mariadbd found prepared transactions after a crash during shutdown:"
+                f" marked {path.name} in use so that it recovers them from the binlog")
+        log.warning("%s", what)
+        return what
 
     async def _wait_ready(self, ref: ProcRef) -> None:
         sock = self.private_dir / "mysqld.sock"
         while True:
             if not ref.alive():
                 self.clear_state()
-                raise ResourceError(f"mariadbd exited during startup: {tail(self.log, 2)}")
+                raise ResourceError(f"mariadbd exited during startup: {tail(self.log, 3)}")
             if not _accepts(sock):  # cheap probe first: a client process costs ~50 ms
                 await asyncio.sleep(0.02)
                 continue
