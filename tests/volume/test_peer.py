@@ -103,6 +103,13 @@ class Link:
         while (ev := p.next_event()) is not NEED_DATA:
             self.events[id(p)].append(ev)
 
+    def forge(self, sender: PeerConnection, *msgs: wire.Message) -> bytes:
+        """Frames as `sender` would put them on the wire, past its state machine:
+        what a buggy or hostile peer that holds the keys could send."""
+        sealer = sender._sealer
+        assert sealer is not None
+        return b"".join(sealer.seal_frame(wire.encode(m)) for m in msgs)
+
     def take(self, p: PeerConnection, kind: type | tuple[type, ...] = object) -> list[Event]:
         evs = self.events[id(p)]
         picked = [e for e in evs if isinstance(e, kind)]
@@ -258,7 +265,7 @@ def test_two_primaries_on_a_live_link_are_a_protocol_error() -> None:
         link.b.send(status(Role.PRIMARY))  # node1 is Primary
     link2 = connected_pair()
     link2.a.send(status(Role.PRIMARY, weight=3))  # a plain status update is fine
-    link2.a.receive_bytes(wire.encode(status(Role.PRIMARY)))  # node2 claims Primary too
+    link2.a.receive_bytes(link2.forge(link2.b, status(Role.PRIMARY)))  # node2 claims Primary too
     with pytest.raises(RemoteProtocolError, match="peer became Primary"):
         link2.a.next_event()
 
@@ -358,9 +365,9 @@ def test_secondary_may_not_write() -> None:
 
 def test_write_from_a_secondary_peer_is_a_remote_error() -> None:
     link = connected_pair()
-    link.b.receive_bytes(wire.encode(Write(1, 0, b"x")))  # pretend node1 were Secondary
+    link.b.receive_bytes(link.forge(link.a, Write(1, 0, b"x")))  # pretend node1 were Secondary
     link.b.next_event()  # fine: node1 is Primary
-    link.a.receive_bytes(wire.encode(Write(1, 0, b"x")))  # node2 is Secondary
+    link.a.receive_bytes(link.forge(link.b, Write(1, 0, b"x")))  # node2 is Secondary
     with pytest.raises(RemoteProtocolError, match="not Primary"):
         link.a.next_event()
 
@@ -377,11 +384,11 @@ def test_flush_completes_only_after_earlier_writes_and_its_ack() -> None:
     assert [type(e) for e in link.take(b)] == [Write, Write, Flush, Write]
     # the peer's FlushAck arrives before the ack of w1 (another implementation
     # may batch acks separately): the flush must wait for w1
-    a.receive_bytes(wire.encode(WriteAck(w2)) + wire.encode(FlushAck(f3)))
+    a.receive_bytes(link.forge(b, WriteAck(w2), FlushAck(f3)))
     link.drain(a)
     assert link.take(a) == [WritesAcked((w2,))]
     assert a.pending_flushes == 1
-    a.receive_bytes(wire.encode(WriteAck(w1)))
+    a.receive_bytes(link.forge(b, WriteAck(w1)))
     link.drain(a)
     assert link.take(a) == [WritesAcked((w1,)), FlushCompleted(f3)]
     assert a.in_flight_writes == 1 and a.pending_flushes == 0
@@ -406,11 +413,16 @@ def test_acks_for_unknown_requests_poison_the_link(bad: wire.Message) -> None:
     a = link.a
     link.send(a, Write(1, 0, b"x"))
     link.pump()
-    a.receive_bytes(wire.encode(bad))
+    a.receive_bytes(link.forge(link.b, bad))
     with pytest.raises(RemoteProtocolError):
         a.next_event()
     assert a.state is CS.PROTOCOL_ERROR
-    assert b"protocol error" in a.data_to_send()
+    told = a.data_to_send()
+    assert b"protocol error" not in told  # sealed: only the peer can read why
+    link.b.receive_bytes(told)
+    link.drain(link.b)
+    [bye] = link.take(link.b, Disconnect)
+    assert bye.reason.startswith("protocol error: "), bye
     with pytest.raises(RemoteProtocolError):
         a.send(Write(2, 0, b"y"))
 
@@ -424,7 +436,7 @@ def test_sequence_numbers_must_increase() -> None:
 
 def test_illegal_message_for_the_state_poisons() -> None:
     link = connected_pair()
-    link.a.receive_bytes(wire.encode(ResyncData(0, b"x")))  # Connected: no resync
+    link.a.receive_bytes(link.forge(link.b, ResyncData(0, b"x")))  # Connected: no resync
     with pytest.raises(RemoteProtocolError, match="ResyncData received in state Connected"):
         link.a.next_event()
     with pytest.raises(LocalProtocolError, match="ResyncRequest sent in state Connected"):
@@ -616,7 +628,7 @@ def test_online_verify_round_trip() -> None:
     link.send(b, wire.VerifyDigests(req.offset, (b"d" * 32,) * 3))
     link.pump()
     assert link.take(a, wire.VerifyDigests) == [wire.VerifyDigests(0, (b"d" * 32,) * 3)]
-    a.receive_bytes(wire.encode(wire.VerifyDigests(0, (b"d" * 32,))))  # unsolicited
+    a.receive_bytes(link.forge(link.b, wire.VerifyDigests(0, (b"d" * 32,))))  # unsolicited
     with pytest.raises(RemoteProtocolError):
         a.next_event()
 
@@ -666,7 +678,7 @@ def test_a_batch_answering_no_request_is_the_peers_fault() -> None:
     b = link.b
     link.send(b, ResyncRequests(((0, 4096),)))
     link.pump()
-    b.receive_bytes(wire.encode(ResyncDataBatch(((0, 4096), (0, 4096)), bytes(8192))))
+    b.receive_bytes(link.forge(link.a, ResyncDataBatch(((0, 4096), (0, 4096)), bytes(8192))))
     with pytest.raises(RemoteProtocolError, match="answers no request"):
         b.next_event()  # the second range answers a request already answered
 
@@ -676,7 +688,7 @@ def test_duplicate_ranges_in_one_request_frame_are_refused() -> None:
     with pytest.raises(LocalProtocolError, match="already in flight"):
         link.b.send(ResyncRequests(((0, 4096), (0, 4096))))
     link2 = _in_sync_target_state()
-    link2.a.receive_bytes(wire.encode(ResyncRequests(((0, 4096), (0, 4096)))))
+    link2.a.receive_bytes(link2.forge(link2.b, ResyncRequests(((0, 4096), (0, 4096)))))
     with pytest.raises(RemoteProtocolError, match="duplicate"):
         link2.a.next_event()
 
@@ -685,6 +697,6 @@ def test_batched_resync_messages_only_while_resyncing() -> None:
     link = connected_pair(status(Role.PRIMARY, GenerationIds(10)), status(Role.SECONDARY, GenerationIds(10)))
     with pytest.raises(LocalProtocolError, match="ResyncRequests sent in state Connected"):
         link.b.send(ResyncRequests(((0, 4096),)))
-    link.a.receive_bytes(wire.encode(ResyncDataBatch(((0, 1),), b"x")))
+    link.a.receive_bytes(link.forge(link.b, ResyncDataBatch(((0, 1),), b"x")))
     with pytest.raises(RemoteProtocolError, match="ResyncDataBatch received in state Connected"):
         link.a.next_event()

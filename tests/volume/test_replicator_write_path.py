@@ -121,3 +121,37 @@ def test_a_lost_link_completes_the_write_and_marks_it_out_of_sync(tmp_path):
         assert rep.stats["writes"] == 1 and not rep._pending_writes
     finally:
         _close(rep, link, theirs)
+
+
+def test_the_daemons_link_seals_what_it_replicates(tmp_path):
+    """The real Replicator's link config seals (a sealing peer decodes the Write;
+    the bytes on the TCP stream do not show the data); an unsealing peer fails."""
+    rep, link, peer, theirs = _connected_primary(tmp_path)
+    try:
+        assert rep._peer_config(True).seal_frames
+        block = b"card 4111-1111-1111-1111 exp 12/29 ".ljust(BLOCK, b"#")
+        rep.write_async(5 * BLOCK, memoryview(bytearray(block)), lambda error: None)
+        raw = bytearray()
+        theirs.settimeout(0.05)
+        writes: list[wire.Write] = []
+        deadline = time.monotonic() + 5
+        while not writes:
+            assert time.monotonic() < deadline, "no Write arrived"
+            try:
+                chunk = theirs.recv(1 << 16)
+            except TimeoutError:
+                continue
+            raw += chunk
+            peer.receive_bytes(chunk)
+            while (ev := peer.next_event()) is not wire.NEED_DATA:
+                if isinstance(ev, wire.Write):
+                    writes.append(ev)
+        assert bytes(writes[0].data) == block
+        assert b"4111-1111" not in raw and b"#" * 64 not in raw
+        plain = wire.FrameDecoder()  # read without the key: the header, and noise
+        plain.feed(bytes(raw))
+        got = plain.next_event()
+        assert isinstance(got, wire.Write) and got.seq == writes[0].seq
+        assert got.offset != 5 * BLOCK and block[:64] not in bytes(got.data)
+    finally:
+        _close(rep, link, theirs)

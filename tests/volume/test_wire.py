@@ -360,19 +360,6 @@ def test_large_stream_is_decoded_without_quadratic_copies() -> None:
     assert count == 2000
 
 
-def test_file_slice_is_passed_through_and_checked() -> None:
-    """ResyncData may carry a FileSlice (sent with sendfile by the link); the
-    size limit still applies and a plain encode() cannot copy it."""
-    fs = wire.FileSlice(fd=3, offset=4096, length=8192)
-    head, data = wire.encode_parts(wire.ResyncData(4096, fs))
-    assert data is fs
-    assert head == wire.encode(wire.ResyncData(4096, bytes(8192)))[: wire.WRITE_HEADER_SIZE]
-    with pytest.raises(wire.LocalProtocolError, match="above"):
-        wire.encode_parts(wire.ResyncData(0, wire.FileSlice(3, 0, wire.MAX_DATA + 1)))
-    with pytest.raises(wire.LocalProtocolError, match="FileSlice"):
-        wire.encode(wire.ResyncData(4096, fs))
-
-
 @SETTINGS
 @given(st.lists(messages, min_size=1, max_size=8), st.data())
 def test_kept_tails_decode_like_copies(msgs: list[wire.Message], data: st.DataObject) -> None:

@@ -155,7 +155,8 @@ class SimLink:
         self.rep, self.end = rep, end
         cfg = PeerConfig(node=rep.node, secret=SECRET, nonce=rep.world.nonce(), initiator=initiator,
                          ping_interval=PING_TIMEOUT / 4, ping_timeout=PING_TIMEOUT * 0.6,
-                         handshake_timeout=max(5.0, 4 * PING_TIMEOUT), split_brain_policy=rep.policy)
+                         handshake_timeout=max(5.0, 4 * PING_TIMEOUT), split_brain_policy=rep.policy,
+                         seal_frames=False)  # see PeerConfig: seeds replay with their byte counts
         self.peer = PeerConnection(cfg, now=rep.sim.now)
         self.closed = False
         self.close_reason = ""

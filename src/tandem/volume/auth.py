@@ -18,6 +18,12 @@ The handshake is done when we verified the peer *and* the peer told us it
 verified us (AuthOk); only then may data frames flow. Nonces come from the
 caller (``secrets.token_bytes(32)``), keeping this module deterministic.
 
+Once the peer's Hello is in, :meth:`Handshake.frame_keys` gives the two keys
+that seal every later frame (seal.py), one per direction:
+``key_x = HMAC(secret, frame label | tag_x | nonce_x | nonce_y | node_x | node_y)``
+for the frames x sends. Another label than the proofs', so a proof seen on the
+wire tells nothing about a key; fresh nonces make fresh keys per connection.
+
 The shared secret never appears in a repr or an exception message.
 """
 
@@ -37,6 +43,7 @@ from tandem.volume.wire import (
 )
 
 _LABEL = b"tandem-volume-auth-v1\x00"
+_FRAME_LABEL = b"tandem-volume-frames-v1\x00"
 _TAG_INITIATOR = b"I"
 _TAG_ACCEPTOR = b"A"
 
@@ -71,6 +78,31 @@ def compute_proof(
         )
     )
     return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def frame_key(
+    secret: bytes,
+    *,
+    initiator: bool,
+    sender_node: str,
+    receiver_node: str,
+    sender_nonce: bytes,
+    receiver_nonce: bytes,
+    size: int = 16,
+) -> bytes:
+    """The key that seals the frames ``sender_node`` sends on this connection."""
+    tag = _TAG_INITIATOR if initiator else _TAG_ACCEPTOR
+    msg = b"".join(
+        (
+            _FRAME_LABEL,
+            tag,
+            _field(sender_nonce),
+            _field(receiver_nonce),
+            _field(sender_node.encode()),
+            _field(receiver_node.encode()),
+        )
+    )
+    return hmac.new(secret, msg, hashlib.sha256).digest()[:size]
 
 
 class Handshake:
@@ -123,6 +155,18 @@ class Handshake:
     def done(self) -> bool:
         """Both sides proved knowledge of the secret to each other."""
         return self._peer_verified and self._we_verified
+
+    def frame_keys(self) -> tuple[bytes, bytes]:
+        """(key for the frames we send, key for those we receive); needs the
+        peer's Hello."""
+        if self._peer_nonce is None or self._peer_node is None:
+            raise AuthFailed("no frame keys before the peer's Hello")
+        me = {"sender_node": self._node, "receiver_node": self._peer_node,
+              "sender_nonce": self._nonce, "receiver_nonce": self._peer_nonce}
+        them = {"sender_node": self._peer_node, "receiver_node": self._node,
+                "sender_nonce": self._peer_nonce, "receiver_nonce": self._nonce}
+        return (frame_key(self._secret, initiator=self._initiator, **me),
+                frame_key(self._secret, initiator=not self._initiator, **them))
 
     def hello(self) -> Hello:
         return Hello(self._node, self._nonce)

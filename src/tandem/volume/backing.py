@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from tandem.volume.wire import MAX_DATA, FileSlice
+from tandem.volume.wire import MAX_DATA
 
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -108,12 +108,6 @@ class BackingStore:
         raise DiskFailed(err.errno or errno.EIO, str(err))
 
     # --- I/O -----------------------------------------------------------------------
-    def file_slice(self, offset: int, length: int) -> FileSlice:
-        """The range as a FileSlice, for a driver that sends it with sendfile
-        (checked like a read: failed disk, bounds, injected errors)."""
-        self._check(offset, length)
-        return FileSlice(self.fd, offset, length)
-
     def pread(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
         try:

@@ -64,6 +64,7 @@ from enum import Enum, StrEnum
 
 from tandem.volume.auth import Handshake
 from tandem.volume.genid import SplitBrainPolicy, SyncDecision, SyncFlags, decide_sync
+from tandem.volume.seal import TAG_SIZE, Opener, Sealer
 from tandem.volume.states import ConnectionState, Role
 from tandem.volume.wire import (
     DEFAULT_MAX_PAYLOAD,
@@ -280,6 +281,10 @@ class PeerConfig:
     handshake_timeout: float = 10.0
     split_brain_policy: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT
     max_payload: int = DEFAULT_MAX_PAYLOAD
+    #: seal every frame after the handshake (seal.py). Off only in the deterministic
+    #: simulation (tandem.sim), whose recorded seeds replay only with the byte counts
+    #: they were found with, and whose simulated TCP cannot alter a frame.
+    seal_frames: bool = True
 
 
 class _Ledger:
@@ -365,7 +370,10 @@ class PeerConnection:
             initiator=config.initiator,
         )
         self._events: deque[Event] = deque()
-        self._outbox: list[Buffer] = []
+        # Automatic frames not yet taken, each with "seal it": sealed only as they
+        # leave, so that the order of sealing is the order on the wire.
+        self._outbox: list[tuple[bytes, bool]] = []
+        self._sealer: Sealer | None = None  # from our AuthOk on
         self._error: ProtocolError | None = None
         self.local_status: StateExchange | None = None
         self.peer_status: StateExchange | None = None
@@ -413,6 +421,11 @@ class PeerConnection:
     def terminal(self) -> bool:
         """``state.is_terminal``, as a plain attribute (asked per received frame)."""
         return self._terminal
+
+    @property
+    def has_output(self) -> bool:
+        """Automatic frames wait for :meth:`data_to_send`."""
+        return bool(self._outbox)
 
     @property
     def has_events(self) -> bool:
@@ -499,7 +512,7 @@ class PeerConnection:
         return b"".join(self.send_parts(msg))
 
     def send_parts(self, msg: Message) -> list[Buffer]:
-        """Like :meth:`send`, as buffers for ``sendmsg`` (Write data not copied)."""
+        """Like :meth:`send`, as buffers for ``sendmsg``."""
         self._check_usable()
         before, self._outbox = self._outbox, []
         try:
@@ -514,16 +527,33 @@ class PeerConnection:
         # Frames this message made the machine queue go after it: sending our
         # StateExchange decides the handshake, and a refusal's Disconnect sent ahead
         # of it left the peer without our state (it saw a bare disconnect).
-        before.extend(parts)
-        if self._outbox:  # rare: no new list per Write on the hot path
-            before.extend(self._outbox)
+        out = self._leave(before) if before else []  # rare: no new list per Write otherwise
+        sealer = self._sealer
+        if sealer is None:
+            out.extend(parts)
+        elif out:
+            out.extend(sealer.seal(parts))
+        else:
+            out = sealer.seal(parts)
+        if self._outbox:
+            out.extend(self._leave(self._outbox))
             self._outbox = []
-        return before
+        return out
 
     def data_to_send(self) -> bytes:
         """Automatic frames queued by received messages or ``tick()``."""
         out, self._outbox = self._outbox, []
-        return b"".join(out)
+        return b"".join(self._leave(out))
+
+    def _leave(self, frames: list[tuple[bytes, bool]]) -> list[Buffer]:
+        out: list[Buffer] = []
+        for frame, sealed in frames:
+            if sealed:
+                assert self._sealer is not None
+                out.extend(self._sealer.seal([frame]))
+            else:
+                out.append(frame)
+        return out
 
     def send_failed(self) -> None:
         """The driver could not send: the link is down (NetworkFailure)."""
@@ -571,7 +601,8 @@ class PeerConnection:
             return
         self._error = exc
         if not self._terminal:
-            self._outbox.append(_disconnect_frame(f"protocol error: {exc.reason}"))
+            self._outbox.append((_disconnect_frame(f"protocol error: {exc.reason}"),
+                                 self._sealer is not None))
         self._state = _S.PROTOCOL_ERROR
         self._terminal = True
 
@@ -606,13 +637,17 @@ class PeerConnection:
     def _emit(self, msg: Message) -> None:
         """Queue an automatic frame (still checked against the table)."""
         self._input(Dir.SEND, msg)
-        self._outbox.append(encode(msg))
+        self._outbox.append((encode(msg), self._sealer is not None))
 
     # --- handlers: validation and bookkeeping of one input ---
 
     def _on_auth(self, msg: Message) -> None:
         for reply in self._auth.receive(msg):
             self._emit(reply)
+            if type(reply) is AuthOk and self.config.seal_frames:  # our frames after it are sealed
+                self._sealer = Sealer(self._auth.frame_keys()[0])
+        if type(msg) is AuthOk and self.config.seal_frames:  # the peer's frames after it are sealed
+            self._decoder.open_with(Opener(self._auth.frame_keys()[1]), TAG_SIZE)
         if self._auth.done and self._state is _S.CONNECTING:
             peer = self._auth.peer_node or "?"
             self._events.append(Authenticated(peer))
@@ -675,7 +710,7 @@ class PeerConnection:
         self._events.append(self.decision)
         if refusal is not None:
             self._fire(Trigger.REFUSED, refusal)
-            self._outbox.append(_disconnect_frame(refusal))
+            self._outbox.append((_disconnect_frame(refusal), self._sealer is not None))
         elif decision.outcome.is_source:
             self._fire(Trigger.SYNC_AS_SOURCE, reason)
         elif decision.outcome.is_target:

@@ -14,9 +14,8 @@ Resync is pulled by the target: it walks the union of both dirty bitmaps
 ResyncRequests frame, keeping at most RESYNC_WINDOW bytes in flight (optional
 rate cap). The source answers a slice of ranges under one range lock, so an
 application write to the same blocks can never be overtaken on the wire:
-ranges of SENDFILE_MIN or more go out as ResyncData with sendfile (page cache
-to socket, no copy in user space), small ones are read back to back and sent
-as ResyncDataBatch frames of ~1 MiB. (One frame per dirty run each way made
+ranges of LARGE_RANGE or more go out as one ResyncData each, small ones are
+read back to back and sent as ResyncDataBatch frames of ~1 MiB. (One frame per dirty run each way made
 per-frame work dominate a small resync.) The target writes each answer and
 only then clears its bits. A ResyncCheckpointer thread starts writeback while
 data arrives and makes a long resync resumable (snapshot bits, fdatasync,
@@ -72,7 +71,7 @@ from tandem.volume.states import ConnectionState, DiskState, Role
 log = logging.getLogger("tandem.volume")
 
 RESYNC_CHUNK = 1 << 20  # wire.MAX_DATA: fewer, larger messages for a full sync
-SENDFILE_MIN = 64 << 10  # resync ranges at least this long are sent with sendfile
+LARGE_RANGE = 64 << 10  # resync ranges at least this long get a frame of their own
 WRITEBACK_KICK = 0.005  # resync target: start writeback this often while data arrives
 RESYNC_WINDOW = 64 << 20  # bytes requested and not yet received
 RESYNC_BATCH = 512  # most ranges per ResyncRequests frame, and per answered slice
@@ -1585,28 +1584,23 @@ class Replicator:
 
     def _answer_resync(self, link: Link, ranges: list[tuple[int, int]]) -> None:
         # One token for the whole batch: read and sent before any application
-        # write to these blocks can take a sequence number. Large ranges go out
-        # with sendfile (no copy through user space); a later write to them may
-        # show up in the data already, but its Write follows on the wire anyway.
-        # Small ranges are read back to back into one buffer and sent as
-        # ResyncDataBatch frames: one frame per ~1 MiB, not one per block.
+        # write to these blocks can take a sequence number. Small ranges are read
+        # back to back into one buffer and sent as ResyncDataBatch frames: one
+        # frame per ~1 MiB, not one per block. (Large ones went out with sendfile
+        # once; sealed frames need the bytes in memory anyway.)
         token = self.ranges.acquire_many(ranges)
-        sliced = False
         try:
             store = self.store
             msgs: list[wire.Message] = []
             small = []
             for off, n in ranges:
-                if n >= SENDFILE_MIN:
-                    sliced = True
-                    msgs.append(wire.ResyncData(off, store.file_slice(off, n)))
+                if n >= LARGE_RANGE:
+                    msgs.append(wire.ResyncData(off, store.pread(off, n)))
                 else:
                     small.append((off, n))
             msgs.extend(self._read_batches(small))
             link.send_many(msgs)
         except (ConnectionError, wire.ProtocolError):
-            if sliced:
-                self._probe_read(ranges)  # was it the disk under sendfile?
             return
         except OSError as e:
             link.disconnect(f"sync source cannot read: {e}")
@@ -1629,7 +1623,7 @@ class Replicator:
                    and size + per_range + ranges[j][1] <= wire.DEFAULT_MAX_PAYLOAD):
                 size += per_range + ranges[j][1]
                 j += 1
-            j = max(j, i + 1)  # ranges are < SENDFILE_MIN, far below the limit; never stall
+            j = max(j, i + 1)  # ranges are < LARGE_RANGE, far below the limit; never stall
             part = tuple(ranges[i:j])
             buf = bytearray(sum(n for _, n in part))
             view = memoryview(buf)
@@ -1640,15 +1634,6 @@ class Replicator:
             out.append(wire.ResyncDataBatch(part, buf))
             i = j
         return out
-
-    def _probe_read(self, ranges: list[tuple[int, int]]) -> None:
-        """sendfile failed: a read error there looks like a send error. Read the
-        ranges once, so a failing disk is noticed (and reported Failed) here."""
-        try:
-            for off, n in ranges:
-                self.store.pread(off, n)
-        except OSError as e:
-            log.error("sync source cannot read: %s", e)
 
     def _finish_source(self) -> None:
         with self.meta_lock:

@@ -17,10 +17,8 @@ poisoned: a stream that lost its framing cannot be trusted again.
 
 Writes are the hot path: :func:`encode_write_header` / :func:`pack_write_header_into`
 produce only the 28 bytes in front of the data, so the driver can hand
-``[header, data]`` to ``socket.sendmsg`` without copying the data. The data of a
-ResyncData may also be a :class:`FileSlice` (a range of the sync source's backing
-file), which the driver sends with ``sendfile``: a full sync then never copies
-the volume through user space on the source.
+``[header, data]`` to ``socket.sendmsg`` without copying the data. (After the
+handshake every frame is sealed, see seal.py, which reads the data anyway.)
 
 A small resync has thousands of scattered dirty blocks, so ranges travel in
 bulk: ResyncRequests is ``count u32`` then ``count`` times ``offset u64 |
@@ -35,14 +33,17 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tandem.volume.genid import HISTORY_LEN, GenerationIds, SplitBrainPolicy
 from tandem.volume.states import DiskState, Role
 
+if TYPE_CHECKING:
+    from tandem.volume.seal import Opener
+
 MAGIC = 0x544E444D  # "TNDM"
-VERSION = 4  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange;
-# 4: primary epoch in StateExchange
+VERSION = 5  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange;
+# 4: primary epoch in StateExchange; 5: frames after the handshake sealed (seal.py)
 HEADER = struct.Struct("!IBBHIQ")
 HEADER_SIZE = HEADER.size  # 20
 MAX_DATA = 1 << 20
@@ -64,19 +65,6 @@ _VERIFY_REQ = struct.Struct("!QII")
 _STATE = struct.Struct("!BBBBQIQQQQB")
 
 Buffer = bytes | bytearray | memoryview
-
-
-@dataclass(frozen=True, slots=True)
-class FileSlice:
-    """``length`` bytes at ``offset`` of the open file ``fd``, to be sent as the
-    data of a ResyncData without reading them into memory (see link.py)."""
-
-    fd: int
-    offset: int
-    length: int
-
-    def __len__(self) -> int:
-        return self.length
 
 
 class ProtocolError(Exception):
@@ -209,7 +197,7 @@ class ResyncData:
     """Sync source's answer: the data of a requested range."""
 
     offset: int
-    data: Buffer | FileSlice
+    data: Buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,10 +386,7 @@ def encode_parts(msg: Message) -> list[Buffer]:
 
 def encode(msg: Message) -> bytes:
     """Encode ``msg`` as one frame (copies data; see :func:`encode_parts`)."""
-    parts = encode_parts(msg)
-    if any(isinstance(p, FileSlice) for p in parts):
-        raise LocalProtocolError("a FileSlice can only be sent by a driver (encode_parts)")
-    return b"".join(parts)  # type: ignore[arg-type]
+    return b"".join(encode_parts(msg))
 
 
 def coalesce_acks(seqs: Iterator[int] | list[int] | set[int]) -> list[WriteAck | AckRange]:
@@ -827,16 +812,25 @@ class FrameDecoder:
     (appended, sliced out, compacted): three extra copies of a full sync.
     """
 
-    __slots__ = ("_buf", "_pos", "_max_payload", "_error", "_lent", "_lent_pos", "_keep_tail")
+    __slots__ = ("_buf", "_pos", "_max_payload", "_limit", "_error", "_lent", "_lent_pos", "_keep_tail",
+                 "_opener")
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
         self._buf = bytearray()
         self._pos = 0
         self._max_payload = max_payload
+        self._limit = max_payload  # of a frame's length field (a sealed one carries a tag)
         self._error: RemoteProtocolError | None = None
         self._lent: memoryview | None = None
         self._lent_pos = 0
         self._keep_tail = False
+        self._opener: Opener | None = None
+
+    def open_with(self, opener: Opener, tag_size: int) -> None:
+        """Every frame after the one just returned is sealed (see seal.py):
+        ``opener.open(header, sealed payload)`` gives its payload or raises."""
+        self._opener = opener
+        self._limit = self._max_payload + tag_size
 
     @property
     def poisoned(self) -> bool:
@@ -916,18 +910,23 @@ class FrameDecoder:
             raise _bad(f"unknown message type {mtype}")
         if flags and (mtype != _WRITE_CODE or flags != F_DURABLE):
             raise _bad(f"reserved flags set: 0x{flags:04x} on message type {mtype}")
-        if length > self._max_payload:
-            raise _bad(f"frame payload of {length} bytes exceeds the limit {self._max_payload}")
+        if length > self._limit:
+            raise _bad(f"frame payload of {length} bytes exceeds the limit {self._limit}")
         end = pos + HEADER_SIZE + length
         return end if len(buf) >= end else None
 
-    @staticmethod
-    def _decode(buf: bytearray | memoryview, pos: int, end: int) -> Message:
+    def _decode(self, buf: bytearray | memoryview, pos: int, end: int) -> Message:
         _, _, mtype, flags, _, seq = HEADER.unpack_from(buf, pos)
+        s = pos + HEADER_SIZE  # the payload: buf[s:end]
+        if self._opener is not None:
+            # Opened into new memory: Write data is then a view into it, which no
+            # later receive reuses.
+            with memoryview(buf) as view:
+                buf = memoryview(self._opener.open(view[pos:s], view[s:end]))
+            s, end = 0, len(buf)
         if mtype == _WRITE_CODE:
             # The hot path, inline: one Write object per frame, durable flag included
             # (only F_DURABLE, and only on a Write, gets past _frame_end).
-            s = pos + HEADER_SIZE
             if end - s < 8:
                 raise _bad("Write payload truncated")
             if end - s - 8 > MAX_DATA:
@@ -935,7 +934,7 @@ class FrameDecoder:
             (offset,) = _U64.unpack_from(buf, s)
             data = buf[s + 8:end] if isinstance(buf, memoryview) else _take(buf, s + 8, end)
             return Write(seq, offset, data, flags == F_DURABLE)
-        return _DECODERS[mtype](buf, pos + HEADER_SIZE, end, seq)  # type: ignore[return-value]
+        return _DECODERS[mtype](buf, s, end, seq)  # type: ignore[return-value]
 
     def _next(self) -> Message | NeedData:
         buf, pos = self._buf, self._pos
