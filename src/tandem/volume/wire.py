@@ -4,7 +4,8 @@ Every frame is a fixed 20-byte header followed by a payload::
 
     magic u32 "TNDM" | version u8 | type u8 | flags u16 | length u32 | seq u64
 
-all big-endian. ``seq`` carries the sequence number of the messages that have
+all big-endian (after the handshake, the payload is sealed and ``length``
+counts its 16-byte tag: see seal.py). ``seq`` carries the sequence number of the messages that have
 one (Write, WriteAck, Flush, FlushAck and the last seq of an AckRange) and is 0
 for all others. ``flags`` is 0 except on a Write, which may carry
 :data:`F_DURABLE` ("make this write durable before you acknowledge it", the
