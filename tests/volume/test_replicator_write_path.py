@@ -155,3 +155,24 @@ def test_the_daemons_link_seals_what_it_replicates(tmp_path):
         assert got.offset != 5 * BLOCK and block[:64] not in bytes(got.data)
     finally:
         _close(rep, link, theirs)
+
+
+def test_an_ack_altered_on_the_way_closes_the_link_and_completes_nothing(tmp_path):
+    """A frame changed in flight (here: a WriteAck with one bit flipped) ends the
+    daemon's link with a clear reason; the write is not acknowledged by it."""
+    rep, link, peer, theirs = _connected_primary(tmp_path)
+    done: list = []
+    try:
+        rep.write_async(3 * BLOCK, memoryview(bytearray(b"a" * BLOCK)), done.append)
+        [w] = _receive_writes(theirs, peer)
+        frame = bytearray(peer.send(wire.WriteAck(w.seq)))
+        frame[12] ^= 0x01  # the seq field of the header: authenticated, not encrypted
+        theirs.sendall(bytes(frame))
+        deadline = time.monotonic() + 5
+        while not link.closed:
+            assert time.monotonic() < deadline, "the link took the altered frame"
+            time.sleep(0.01)
+        assert "failed authentication" in link.close_reason, link.close_reason
+        assert rep.stats["replicated_writes"] == 0  # completed, if at all, as not replicated
+    finally:
+        _close(rep, link, theirs)
