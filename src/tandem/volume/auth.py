@@ -66,18 +66,7 @@ def compute_proof(
     peer_nonce: bytes,
 ) -> bytes:
     """The proof the side described by the ``my_*`` arguments must send."""
-    tag = _TAG_INITIATOR if initiator else _TAG_ACCEPTOR
-    msg = b"".join(
-        (
-            _LABEL,
-            tag,
-            _field(peer_nonce),
-            _field(my_nonce),
-            _field(my_node.encode()),
-            _field(peer_node.encode()),
-        )
-    )
-    return hmac.new(secret, msg, hashlib.sha256).digest()
+    return _hmac(secret, _LABEL, initiator, peer_nonce, my_nonce, my_node.encode(), peer_node.encode())
 
 
 def frame_key(
@@ -91,18 +80,13 @@ def frame_key(
     size: int = 16,
 ) -> bytes:
     """The key that seals the frames ``sender_node`` sends on this connection."""
+    return _hmac(secret, _FRAME_LABEL, initiator, sender_nonce, receiver_nonce,
+                 sender_node.encode(), receiver_node.encode())[:size]
+
+
+def _hmac(secret: bytes, label: bytes, initiator: bool, *fields: bytes) -> bytes:
     tag = _TAG_INITIATOR if initiator else _TAG_ACCEPTOR
-    msg = b"".join(
-        (
-            _FRAME_LABEL,
-            tag,
-            _field(sender_nonce),
-            _field(receiver_nonce),
-            _field(sender_node.encode()),
-            _field(receiver_node.encode()),
-        )
-    )
-    return hmac.new(secret, msg, hashlib.sha256).digest()[:size]
+    return hmac.new(secret, b"".join((label, tag, *map(_field, fields))), hashlib.sha256).digest()
 
 
 class Handshake:

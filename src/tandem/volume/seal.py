@@ -35,19 +35,26 @@ KEY_SIZE = 16
 _PAD = bytes(4)
 
 
-class Sealer:
-    """Seals the frames of one direction, in wire order."""
-
+class _FrameCipher:
     __slots__ = ("_aead", "_count")
 
     def __init__(self, key: bytes):
         if len(key) != KEY_SIZE:
             raise ValueError(f"a frame key is {KEY_SIZE} bytes")
         self._aead = AESGCM(key)
-        self._count = 0
+        self._count = 0  # frames of this direction so far: the next one's nonce
 
     def __repr__(self) -> str:  # never the key
-        return f"<Sealer frames={self._count}>"
+        return f"<{type(self).__name__} frames={self._count}>"
+
+    def _nonce(self) -> bytes:
+        return _PAD + self._count.to_bytes(8, "big")
+
+
+class Sealer(_FrameCipher):
+    """Seals the frames of one direction, in wire order."""
+
+    __slots__ = ()
 
     def seal(self, parts: list[Buffer]) -> list[Buffer]:
         """One encoded frame (its parts, header first) as a sealed frame's parts."""
@@ -58,35 +65,25 @@ class Sealer:
         else:
             payload = b"".join([memoryview(head)[HEADER_SIZE:], *parts[1:]])
         new_head = HEADER.pack(magic, version, mtype, flags, length + TAG_SIZE, seq)
-        nonce = _PAD + self._count.to_bytes(8, "big")
+        sealed = self._aead.encrypt(self._nonce(), payload, new_head)
         self._count += 1
-        return [new_head, self._aead.encrypt(nonce, payload, new_head)]
+        return [new_head, sealed]
 
     def seal_frame(self, frame: bytes) -> bytes:
         return b"".join(self.seal([frame]))
 
 
-class Opener:
+class Opener(_FrameCipher):
     """Opens the sealed frames of one direction, in wire order."""
 
-    __slots__ = ("_aead", "_count")
-
-    def __init__(self, key: bytes):
-        if len(key) != KEY_SIZE:
-            raise ValueError(f"a frame key is {KEY_SIZE} bytes")
-        self._aead = AESGCM(key)
-        self._count = 0
-
-    def __repr__(self) -> str:
-        return f"<Opener frames={self._count}>"
+    __slots__ = ()
 
     def open(self, head: Buffer, sealed: Buffer) -> bytes:
         """The payload of a sealed frame; raises RemoteProtocolError if it fails."""
         if len(sealed) < TAG_SIZE:
             raise RemoteProtocolError("sealed frame shorter than its authentication tag")
-        nonce = _PAD + self._count.to_bytes(8, "big")
         try:
-            plain = self._aead.decrypt(nonce, sealed, head)
+            plain = self._aead.decrypt(self._nonce(), sealed, head)
         except InvalidTag:
             raise RemoteProtocolError(
                 f"frame {self._count} after the handshake failed authentication (altered,"
