@@ -39,7 +39,6 @@ _BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in struct tcp_info (Linux
 log = logging.getLogger("tandem.volume.link")
 
 RECV_SIZE = 4 << 20
-_IOV_MAX = 1024  # buffers per sendmsg (Linux's UIO_MAXIOV)
 HOT_THREAD_NICE = -10
 """Niceness of the threads on the I/O path (FUSE workers, link receivers). Like a
 kernel block driver, the volume serves other processes' I/O: a commit waits on
@@ -171,8 +170,7 @@ class Link:
                 raise ConnectionError(f"link closed: {self.close_reason}")
             return
         try:
-            for i in range(0, len(parts), _IOV_MAX):
-                self.bytes_sent += self._sendmsg_all(parts[i:i + _IOV_MAX], 0)
+            self.bytes_sent += self._sendmsg_all(parts, 0)
         except OSError as e:
             with self.state_lock:
                 self.peer.send_failed()
