@@ -15,6 +15,7 @@ from typing import Any
 
 from tandem.errors import TandemError
 from tandem.volume.control import ControlServer
+from tandem.volume.heap import keep_freed_memory
 from tandem.volume.replicator import Replicator
 from tandem.volume.spec import VolumeSpec
 
@@ -89,6 +90,7 @@ def run(spec: VolumeSpec, secret: bytes, fence: Callable[[], bool] | None) -> No
     import faulthandler
     import sys
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)  # thread dump on demand
+    keep_freed_memory()
     rep = Replicator(spec, secret, fence_peer=fence, split_brain_policy=spec.after_split_brain)
     stop = threading.Event()
     server = ControlServer(spec.control_socket, handlers(rep, stop))
