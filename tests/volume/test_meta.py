@@ -180,3 +180,66 @@ def test_persist_writes_a_bitmap_snapshot_not_the_live_bitmap(path: Path) -> Non
 def test_persist_rejects_a_snapshot_of_another_size(path: Path) -> None:
     with MetaStore.create(path, SIZE, "node1") as store, pytest.raises(MetaError, match="snapshot"):
         store.persist(b"\xff" * 7)
+
+
+def rewrite_json(path: Path, slot: int, edit) -> None:
+    """Rewrite one slot's JSON fields with ``edit`` and a valid checksum: what
+    another version of tandem would have written."""
+    import json
+    import struct
+
+    from tandem.volume.meta import _SLOT_HEADER, _digest
+    slot_size = path.stat().st_size // 2
+    with open(path, "r+b") as f:
+        f.seek(slot * slot_size)
+        data = f.read(slot_size)
+        magic, seq, length, _ = _SLOT_HEADER.unpack_from(data)
+        body = data[_SLOT_HEADER.size:_SLOT_HEADER.size + length]
+        (jlen,) = struct.unpack_from("!I", body)
+        fields = json.loads(body[4:4 + jlen])
+        edit(fields)
+        js = json.dumps(fields).encode()
+        body = struct.pack("!I", len(js)) + js + body[4 + jlen:]
+        f.seek(slot * slot_size)
+        f.write(_SLOT_HEADER.pack(magic, seq, len(body), _digest(seq, body)) + body)
+
+
+def test_a_format_1_file_opens_and_is_written_back_in_the_current_format(path: Path) -> None:
+    from tandem.volume.meta import FORMAT_VERSION
+
+    def as_format_1(fields):
+        fields["version"] = 1
+        del fields["primary_epoch"]  # format 2 added it
+    with MetaStore.create(path, SIZE, "node1", disk=DiskState.UP_TO_DATE) as store:
+        slot = newest_slot(store)
+    rewrite_json(path, slot, as_format_1)
+    with MetaStore.open(path) as store:
+        assert store.state.disk is DiskState.UP_TO_DATE and store.state.primary_epoch == 0
+        store.update(primary_epoch=7)
+    with MetaStore.open(path) as store:
+        assert store.state.primary_epoch == 7
+    assert f'"version":{FORMAT_VERSION}'.encode() in path.read_bytes()
+
+
+def test_a_newer_format_is_refused_without_falling_back_or_advising_a_recreate(path: Path) -> None:
+    with MetaStore.create(path, SIZE, "node1", disk=DiskState.UP_TO_DATE) as store:
+        store.update(disk=DiskState.OUTDATED)
+        slot = newest_slot(store)  # the other slot still holds an older, valid state
+    before = path.read_bytes()
+    rewrite_json(path, slot, lambda f: f.update(version=99, some_new_field=1))
+    written = path.read_bytes()
+    with pytest.raises(MetaError) as info:
+        MetaStore.open(path)
+    msg = str(info.value)
+    assert "format 99" in msg and "newer tandem" in msg and "Do not recreate" in msg
+    assert path.read_bytes() == written != before  # nothing touched by the refusal
+
+
+@pytest.mark.parametrize("version", [0, None, "2", True])
+def test_a_slot_with_a_bad_version_counts_as_corrupt(path: Path, version) -> None:
+    with MetaStore.create(path, SIZE, "node1") as store:
+        store.update(disk=DiskState.OUTDATED)
+        slot = newest_slot(store)
+    rewrite_json(path, slot, lambda f: f.update(version=version))
+    with MetaStore.open(path) as store:  # the other slot: the previous state
+        assert store.state.disk is DiskState.INCONSISTENT

@@ -39,11 +39,19 @@ _SLOT_HEADER = struct.Struct("!8sQI16s")
 _DIGEST = 16
 _ALIGN = 4096
 _MAX_JSON = 64 << 10
-FORMAT_VERSION = 1
+#: 2 added ``primary_epoch`` (session 15). Older formats are read (their missing
+#: fields take their defaults) and written back in this one.
+FORMAT_VERSION = 2
+OLDEST_READABLE = 1
 
 
 class MetaError(TandemError):
     """The metadata file cannot be used (both slots corrupt, wrong format...)."""
+
+
+class NewerFormat(ValueError):
+    """An intact slot written by a newer tandem: not corruption, and no reason to
+    fall back to the older slot (that would roll the disk's state back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +93,12 @@ class MetaState:
     @classmethod
     def from_json(cls, raw: bytes, seq: int) -> MetaState:
         data = json.loads(raw)
-        if data.pop("version", None) != FORMAT_VERSION:
-            raise ValueError("unknown metadata format version")
+        version = data.pop("version", None)
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            raise NewerFormat(f"format {version}, newer than this tandem reads"
+                              f" ({OLDEST_READABLE}-{FORMAT_VERSION})")
+        if not isinstance(version, int) or isinstance(version, bool) or version < OLDEST_READABLE:
+            raise ValueError(f"unknown metadata format version {version!r}")
         gen = data.pop("generations")
         return cls._build(data, gen, seq)
 
@@ -208,6 +220,12 @@ class MetaStore:
                 try:
                     state, bitmap = cls._read_slot(fd, slot, slot_size)
                     candidates.append((state.seq, slot, state, bitmap))
+                except NewerFormat as exc:
+                    raise MetaError(
+                        f"{path}: slot {slot} holds metadata {exc}: a newer tandem wrote it;"
+                        " run that version on this node again. Do not recreate the metadata:"
+                        " that throws away what this disk is worth"
+                    ) from None
                 except (ValueError, KeyError, TypeError, struct.error) as exc:
                     problems.append(f"slot {slot}: {exc}")
             if not candidates:
