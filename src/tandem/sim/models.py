@@ -27,7 +27,7 @@ class Model:
     generate: Callable[[int], list[Fault]]
     variants: tuple[str, ...]
     what: str  #: what `Result.acked` and `Result.promotions` count here
-    options: tuple[str, ...] = ()  #: keyword options of run (volume: cache)
+    options: tuple[str, ...] = ()  #: keyword options of run (volume: cache, sealed)
 
 
 def _ha_run(seed: int, faults: list[Fault] | None = None, variant: str = "none") -> Result:
@@ -37,7 +37,7 @@ def _ha_run(seed: int, faults: list[Fault] | None = None, variant: str = "none")
 MODELS = {
     "ha": Model("ha", _ha_run, ha_schedule.generate, HA_VARIANTS, "acked writes, promotions"),
     "volume": Model("volume", volworld.run, volworld.generate, volworld.VARIANTS,
-                    "acked writes, promotions", ("cache",)),
+                    "acked writes, promotions", ("cache", "sealed")),
     "jobs": Model("jobs", jobworld.run, jobworld.generate, jobworld.VARIANTS,
                   "jobs succeeded, takeovers"),
 }

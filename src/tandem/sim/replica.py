@@ -70,6 +70,7 @@ GRAIN = 2 * BLOCK  #: replicator.UNFLUSHED_GRAIN, scaled like the blocks
 RESYNC_CHUNK = 4 * BLOCK
 RESYNC_WINDOW = 4
 PING_TIMEOUT = 1.0  #: spec.ping_timeout
+LATE_BY = 0.005  #: variant late_automatic_frames: how much later the taken-out frames go
 SECRET = b"simulated shared secret for the replication link"
 WRITABLE_LINK = frozenset({ConnectionState.CONNECTED, ConnectionState.SYNC_SOURCE,
                            ConnectionState.SYNC_TARGET, ConnectionState.WF_BITMAP_S,
@@ -156,7 +157,7 @@ class SimLink:
         cfg = PeerConfig(node=rep.node, secret=SECRET, nonce=rep.world.nonce(), initiator=initiator,
                          ping_interval=PING_TIMEOUT / 4, ping_timeout=PING_TIMEOUT * 0.6,
                          handshake_timeout=max(5.0, 4 * PING_TIMEOUT), split_brain_policy=rep.policy,
-                         seal_frames=False)  # see PeerConfig: seeds replay with their byte counts
+                         seal_frames=rep.world.sealed)  # off by default: see VolWorld
         self.peer = PeerConnection(cfg, now=rep.sim.now)
         self.closed = False
         self.close_reason = ""
@@ -207,18 +208,21 @@ class SimLink:
             self.peer.receive_bytes(data)
             while (ev := self.peer.next_event()) is not wire.NEED_DATA:
                 events.append(ev)
-            auto = self.peer.data_to_send()
+            auto = self.peer.data_to_send()  # taken out (sealed) now: sent now
         except wire.ProtocolError as e:
             self.rep.world.protocol_error(self.rep.node, f"remote: {e.reason}")
             with contextlib.suppress(OSError):
                 self.end.send(self.peer.data_to_send())
             self.close(f"protocol error: {e.reason}")
             return
-        if auto:
+        late = self.rep.variant == "late_automatic_frames"  # BROKEN: see volworld
+        if auto and not late:
             with contextlib.suppress(ConnectionError):
                 self._send_raw(auto)
         if events:
             self.rep.on_events(self, events)
+        if auto and late:  # another thread's frames may go out in between
+            self.rep.sim.after(LATE_BY, self._send_late, auto)
         if self.closed:
             return
         if self.peer.state.is_terminal:
@@ -229,6 +233,10 @@ class SimLink:
             self.close(reason)
         elif not data:
             self.close("peer closed the connection")
+
+    def _send_late(self, data: bytes) -> None:
+        with contextlib.suppress(ConnectionError):
+            self._send_raw(data)
 
     def tick(self, now: float) -> None:
         if self.closed:
@@ -662,6 +670,7 @@ class Replica:
             with contextlib.suppress(ConnectionError, wire.ProtocolError):
                 link.send(self.status_msg())
         elif isinstance(ev, SyncDecided):
+            self.world.stats["sealed_links"] += link.peer.sealed
             self.peer_status = ev.peer
             self.peer_disk = ev.peer.disk
             if ev.refused:

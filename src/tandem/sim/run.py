@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", choices=("write-back", "write-through"), default=None,
                     help="volume: simulate only this cache mode (default: even seeds"
                          " write-through, odd seeds write-back)")
+    ap.add_argument("--sealed", action="store_true",
+                    help="volume: seal the replication frames as the daemon does (the recorded"
+                         " regression seeds replay unsealed, the default)")
     ap.add_argument("--replay", type=int, default=None, metavar="SEED",
                     help="run one schedule, print its trace")
     ap.add_argument("--keep", default=None, help="with --replay: only these fault indexes (e.g. 0,2)")
@@ -124,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.cache is not None and any("cache" not in MODELS[n].options for n in names):
         print("--cache applies to the volume model only", file=sys.stderr)
         return 2
+    if a.sealed and any("sealed" not in MODELS[n].options for n in names):
+        print("--sealed applies to the volume model only", file=sys.stderr)
+        return 2
     options = {"cache": a.cache} if a.cache is not None else {}
+    if a.sealed:
+        options["sealed"] = True
 
     def run_one(name: str, seed: int, faults=None) -> Result:
         if name == "ha" and ha_extra:
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             keep = ",".join(str(r.faults.index(f)) for f in sm.faults) or '""'
             print(f"\nVIOLATION — replay: tandem sim --model {name} --replay {seed} --keep {keep}"
                   + (f" --variant {a.variant}" if a.variant != "none" else "")
-                  + (f" --cache {a.cache}" if a.cache else "")
+                  + (f" --cache {a.cache}" if a.cache else "") + (" --sealed" if a.sealed else "")
                   + (" --as-is" if a.as_is else "") + (" --busy-watch" if a.busy_watch else ""))
             print(describe(sm, a.variant))
             sys.stdout.flush()

@@ -34,6 +34,15 @@ Invariants (checked on the history):
   role and disk, and the leader is Primary;
 - ``protocol_error``: neither side ever breaks the wire protocol.
 
+**Sealed frames** (``sealed=True``; ``tandem sim --sealed``): the frames after the handshake
+are sealed as the daemon seals them, so a frame that goes out of the order it was sealed in
+fails authentication at the peer, a ``protocol_error``. Broken variant:
+``late_automatic_frames`` takes out (and so seals) the frames the state machine queued by
+itself (pongs, a refusal's Disconnect) when the input is decoded, but sends them after the
+frames the driver sends while handling the same input: session 17's bug in the real link,
+where the receiver took pongs under the state lock alone and sent them later. Off by
+default: the recorded seeds replay only unsealed.
+
 **Cache modes**: both are simulated, even seeds write-through and odd ones write-back (or
 one forced with ``cache=``; ``tandem sim --cache``). Write-back: the application flushes,
 a crash loses what no flush covered. Write-through: the application never flushes (ext4
@@ -96,7 +105,8 @@ KIND_WEIGHTS = {"crash": 3, "partition": 3, "reset": 3, "slow": 1, "isolate": 2,
 DURATION = {"crash": (0.05, 2.5), "partition": (0.05, 2.5), "slow": (0.2, 2.5), "isolate": (0.2, 2.5)}
 VARIANTS = ("none", "ack_before_peer", "resync_wrong_direction", "skip_bitmap_mark", "promote_outdated",
             "no_fence", "no_fuse_teardown", "promote_in_handshake", "al_drop_unflushed",
-            "wt_ack_before_durable", "wt_no_local_sync", "al_kept_after_demote")
+            "wt_ack_before_durable", "wt_no_local_sync", "al_kept_after_demote",
+            "late_automatic_frames")
 CACHES = ("write-back", "write-through")
 
 
@@ -137,8 +147,14 @@ class VolWorld:
     #: checks, lost_write and replicas_differ, apply as well)
     check_at_ack = True
 
-    def __init__(self, seed: int, faults: list[Fault], variant: str = "none", cache: str | None = None):
+    def __init__(self, seed: int, faults: list[Fault], variant: str = "none", cache: str | None = None,
+                 sealed: bool = False):
         self.sim = Sim(seed)
+        #: seal the frames as the daemon does. Off by default: the recorded seeds replay
+        #: only with the byte counts they were found with (the simulated TCP draws its
+        #: segment cuts from the same RNG; 16 more bytes a frame give another schedule).
+        #: On, a frame sealed out of wire order fails authentication: a protocol_error.
+        self.sealed = sealed
         self.variant = variant
         self.cache = cache_of(seed, cache)
         self.write_through = self.cache == "write-through"
@@ -169,7 +185,7 @@ class VolWorld:
         self.discard_ok: set[str] = set()
         self.stats = {"writes_acked": 0, "flushes": 0, "promotions": 0, "standalone": 0,
                       "operator_discards": 0, "resyncs": 0, "fences": 0, "failed_ops": 0, "al_flushes": 0,
-                      "write_through_runs": int(self.write_through)}
+                      "write_through_runs": int(self.write_through), "sealed_links": 0}
         self.heal = healed_at(faults)
         self.workload_until = self.heal + SETTLE / 2
         for f in faults:
@@ -603,10 +619,11 @@ class VolWorld:
 
 
 def run(seed: int, faults: list[Fault] | None = None, variant: str = "none",
-        cache: str | None = None) -> Result:
-    """One schedule; `cache` forces the cache mode (default: by the seed, see cache_of)."""
+        cache: str | None = None, sealed: bool = False) -> Result:
+    """One schedule; `cache` forces the cache mode (default: by the seed, see cache_of);
+    `sealed`: see VolWorld."""
     faults = generate(seed) if faults is None else faults
-    w = VolWorld(seed, faults, variant, cache)
+    w = VolWorld(seed, faults, variant, cache, sealed)
     w.run()
     return Result(seed, faults, sorted(w.violations, key=lambda v: v.at), w.sim.trace,
                   w.stats["writes_acked"], w.stats["promotions"], w.sim.events, w.heal + SETTLE,

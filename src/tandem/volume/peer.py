@@ -511,6 +511,11 @@ class PeerConnection:
         """
         return b"".join(self.send_parts(msg))
 
+    @property
+    def sealed(self) -> bool:
+        """Our frames after the handshake are sealed (seal.py)."""
+        return self._sealer is not None
+
     def send_parts(self, msg: Message) -> list[Buffer]:
         """Like :meth:`send`, as buffers for ``sendmsg``."""
         self._check_usable()
