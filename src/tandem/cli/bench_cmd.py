@@ -63,6 +63,30 @@ def volume(
         render(res)
 
 
+@app.command("seal")
+def seal(
+    rounds: int = typer.Option(3, help="alternating plain/sealed rounds (medians reported)"),
+    writes: int = typer.Option(3000, help="4 KiB writes per round, one at a time"),
+    mib: int = typer.Option(512, help="MiB streamed in 1 MiB frames per round"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
+):
+    """What sealing the replication frames costs: the real link, plain vs sealed."""
+    from tandem.bench.seal import render, run
+
+    if rounds < 1 or writes < 100 or mib < 16:
+        raise TandemError("--rounds must be at least 1, --writes at least 100, --mib at least 16")
+
+    def say(msg: str) -> None:
+        if not as_json:
+            typer.echo(f"· {msg}", err=True)
+
+    res = run(rounds, writes, mib, say)
+    if as_json:
+        typer.echo(json.dumps(res, indent=1))
+    else:
+        render(res)
+
+
 @app.command("failover")
 def failover(
     crashes: int = typer.Option(5, help="hard-crash failovers of the primary (issue: repeated)"),
