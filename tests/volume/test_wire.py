@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -201,8 +202,10 @@ def test_bad_magic() -> None:
 
 def test_wrong_version() -> None:
     dec = FrameDecoder()
-    dec.feed(frame(16, struct.pack("!Q", 1), version=1))
-    assert_poisoned(dec, "version")
+    dec.feed(frame(16, struct.pack("!Q", 1), version=wire.VERSION - 1))  # the release before
+    assert_poisoned(dec, re.escape(f"unsupported protocol version {wire.VERSION - 1} (this node"
+                                   f" speaks {wire.VERSION}: both nodes of a volume must run the"
+                                   " same tandem release)"))
 
 
 def test_unknown_type() -> None:

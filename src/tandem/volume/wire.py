@@ -906,7 +906,8 @@ class FrameDecoder:
         if magic != MAGIC:
             raise _bad(f"bad magic 0x{magic:08x}")
         if version != VERSION:
-            raise _bad(f"unsupported protocol version {version}")
+            raise _bad(f"unsupported protocol version {version} (this node speaks {VERSION}:"
+                       " both nodes of a volume must run the same tandem release)")
         if mtype not in _DECODERS:
             raise _bad(f"unknown message type {mtype}")
         if flags and (mtype != _WRITE_CODE or flags != F_DURABLE):
