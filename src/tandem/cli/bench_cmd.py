@@ -75,16 +75,8 @@ def seal(
 
     if rounds < 1 or writes < 100 or mib < 16:
         raise TandemError("--rounds must be at least 1, --writes at least 100, --mib at least 16")
-
-    def say(msg: str) -> None:
-        if not as_json:
-            typer.echo(f"· {msg}", err=True)
-
-    res = run(rounds, writes, mib, say)
-    if as_json:
-        typer.echo(json.dumps(res, indent=1))
-    else:
-        render(res)
+    _run_and_report(lambda _opts, say: run(rounds, writes, mib, say),
+                    lambda res, _command: render(res), None, as_json, None)
 
 
 @app.command("failover")
@@ -138,7 +130,7 @@ def _parts(only: str, known: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _run_and_report(run, render, opts, as_json: bool, save: Path | None) -> None:
-    """Run a lab benchmark with progress on stderr; table or JSON on stdout, optional file."""
+    """Run a benchmark with progress on stderr; table or JSON on stdout, optional file."""
     def say(msg: str) -> None:
         if not as_json:
             typer.echo(f"· {msg}", err=True)
