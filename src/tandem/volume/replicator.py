@@ -27,7 +27,10 @@ blocks back (~20 us each on the lab VM's disk), not the protocol.
 
 Verify is run by the Primary: digests of a range are taken locally and
 requested from the peer at the same stream position, so concurrent writes
-never cause false differences.
+never cause false differences. The peer reads the range in its receiver thread
+(where the stream position is) and hashes it in the resync-source thread: the
+receiver also applies the Primary's writes, and a MiB of hashing there held up
+every write acknowledgement behind it while a verify ran.
 """
 
 from __future__ import annotations
@@ -1560,7 +1563,8 @@ class Replicator:
             link.send(self._status_msg())
 
     def _source_loop(self) -> None:
-        """Answer resync requests under the range lock (see the module docstring).
+        """Answer resync requests under the range lock (see the module docstring),
+        and hash the ranges the peer's verify asked for (read by the receiver).
 
         The receiver queues the requested ranges of one received batch together;
         they are answered in slices of at most RESYNC_BATCH ranges /
@@ -1572,7 +1576,11 @@ class Replicator:
             item = self._source_queue.get()
             if item is None:
                 return
-            link, ranges = item
+            link, work = item
+            if isinstance(work, VerifySnapshot):
+                self._send_verify_digests(link, work)
+                continue
+            ranges = work
             i = 0
             while i < len(ranges) and not link.closed:
                 j, nbytes = i, 0
@@ -1816,13 +1824,20 @@ class Replicator:
                               " Primary)")
 
     def _answer_verify(self, link: Link, ev: wire.VerifyRequest) -> None:
+        """Read here, at the request's stream position; hash in the source thread."""
         try:
-            digests = _digests(self.store.pread(ev.offset, ev.length))
+            data = self.store.pread(ev.offset, ev.length)
         except OSError as e:
             link.disconnect(f"verify: cannot read: {e}")
             return
+        self._source_queue.put((link, VerifySnapshot(ev.offset, data)))
+
+    @staticmethod
+    def _send_verify_digests(link: Link, snap: VerifySnapshot) -> None:
+        if link.closed:
+            return
         with contextlib.suppress(ConnectionError, wire.ProtocolError):
-            link.send(wire.VerifyDigests(ev.offset, tuple(digests)))
+            link.send(wire.VerifyDigests(snap.offset, tuple(_digests(snap.data))))
 
     def _compare_digests(self, ev: wire.VerifyDigests) -> None:
         if ev.offset not in self._verify_expected:
@@ -1899,10 +1914,20 @@ class Replicator:
 
 
 
+@dataclass(frozen=True, slots=True)
+class VerifySnapshot:
+    """A range the peer asked to verify, as read at the request's stream position."""
+
+    offset: int
+    data: bytes
+
+
 def _digests(data: bytes) -> list[bytes]:
+    """One digest per 4 KiB block: SHA-256 cut to 16 bytes (wire version 6). With
+    the CPU's SHA extensions it costs 0.9 ms per MiB here, BLAKE2b 1.5 ms."""
     mv = memoryview(data)
-    return [hashlib.blake2b(mv[i:i + 4096], digest_size=16).digest()
-            for i in range(0, len(data), 4096)]
+    sha256 = hashlib.sha256
+    return [sha256(mv[i:i + 4096]).digest()[:16] for i in range(0, len(data), 4096)]
 
 
 def run_fence_command(command: str, spec: VolumeSpec) -> Callable[[], bool]:

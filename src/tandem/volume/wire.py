@@ -43,8 +43,9 @@ if TYPE_CHECKING:
     from tandem.volume.seal import Opener
 
 MAGIC = 0x544E444D  # "TNDM"
-VERSION = 5  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange;
-# 4: primary epoch in StateExchange; 5: frames after the handshake sealed (seal.py)
+VERSION = 6  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange;
+# 4: primary epoch in StateExchange; 5: frames after the handshake sealed (seal.py); 6: verify
+# digests are SHA-256 (was BLAKE2b), cut to 16 bytes
 HEADER = struct.Struct("!IBBHIQ")
 HEADER_SIZE = HEADER.size  # 20
 MAX_DATA = 1 << 20

@@ -1,0 +1,90 @@
+"""The Secondary's side of an online verify with a real Replicator and a real Link over
+TCP: the range is read at the request's position in the stream (a Write right behind
+the request must not show up in the digests), and hashed off the receiver thread (the
+Write behind the request is acknowledged while the hashing still waits)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+from tandem.volume import wire
+from tandem.volume.genid import GenerationIds
+from tandem.volume.link import Link
+from tandem.volume.peer import PeerConfig, PeerConnection, WritesAcked
+from tandem.volume.states import ConnectionState, DiskState, Role
+from tests.volume.test_replicator_safety import BLOCK, GEN, SECRET, SIZE, _pump, _tcp_pair, make_replicator
+
+
+def _digest(block: bytes) -> bytes:
+    return hashlib.sha256(block).digest()[:16]
+
+
+def test_verify_reads_at_the_stream_position_and_hashes_off_the_receiver(tmp_path):
+    rep = make_replicator(tmp_path)  # a Secondary; the test plays the Primary
+    with open(rep.spec.backing, "r+b") as f:
+        f.write(b"o" * BLOCK + b"p" * BLOCK)
+    gate = threading.Event()
+    hashing_started = threading.Event()
+    send_digests = rep._send_verify_digests
+
+    def gated(link, snap):
+        hashing_started.set()
+        gate.wait(10)
+        send_digests(link, snap)
+
+    rep._send_verify_digests = gated
+    source = threading.Thread(target=rep._source_loop, daemon=True)
+    source.start()
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(False), rep._on_events, rep._on_link_closed)
+    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
+                                     initiator=True), now=time.monotonic())
+    rep.link = link
+    try:
+        link.start()
+        theirs.sendall(peer.data_to_send())
+        _pump(theirs, peer, lambda: peer.peer_status is not None)
+        state = wire.StateExchange(role=Role.PRIMARY, disk=DiskState.UP_TO_DATE,
+                                   generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0,
+                                   crashed_primary=False, discard_my_data=False,
+                                   lost_leadership=False, block_size=BLOCK)
+        theirs.sendall(peer.send(state))
+        _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED)
+        seq = peer.allocate_seq()
+        # one send: the request, then a Write to its first block right behind it
+        theirs.sendall(peer.send(wire.VerifyRequest(0, 2 * BLOCK, BLOCK))
+                       + peer.send(wire.Write(seq, 0, b"n" * BLOCK, True)))
+        got: list = []
+
+        def pump_until(pred):
+            theirs.settimeout(0.05)
+            deadline = time.monotonic() + 10
+            while not pred():
+                assert time.monotonic() < deadline, f"nothing more came: {got}"
+                try:
+                    peer.receive_bytes(theirs.recv(1 << 16))
+                except TimeoutError:
+                    continue
+                while (ev := peer.next_event()) is not wire.NEED_DATA:
+                    got.append(ev)
+
+        pump_until(lambda: any(isinstance(e, WritesAcked) and seq in e.seqs for e in got))
+        assert hashing_started.is_set() and not any(isinstance(e, wire.VerifyDigests) for e in got)
+        gate.set()  # the hashing may go on now: the Write is on disk by then
+        pump_until(lambda: any(isinstance(e, wire.VerifyDigests) for e in got))
+        (answer,) = [e for e in got if isinstance(e, wire.VerifyDigests)]
+        assert answer.offset == 0
+        assert answer.digests == (_digest(b"o" * BLOCK), _digest(b"p" * BLOCK))
+        with open(rep.spec.backing, "rb") as f:
+            assert f.read(BLOCK) == b"n" * BLOCK
+    finally:
+        gate.set()
+        link.disconnect("test over")
+        theirs.close()
+        rep._source_queue.put(None)
+        source.join(5)
+        rep.meta.close()
+        rep.store.close()
