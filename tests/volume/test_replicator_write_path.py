@@ -179,3 +179,48 @@ def test_an_ack_altered_on_the_way_closes_the_link_and_completes_nothing(tmp_pat
         assert rep.bitmap.weight >= 1
     finally:
         _close(rep, link, theirs)
+
+
+def test_a_write_that_found_no_link_goes_to_a_link_that_sent_its_bitmap_meanwhile(tmp_path):
+    """Torture 113:50: a write found no link (the old one lost), and before it marked its
+    block in the bitmap, a new link exchanged bitmaps without that bit; the end of that
+    resync cleared the bit, and the block differed between the disks for good. Now the
+    write looks again and goes to the new link."""
+    rep, link, peer, theirs = _connected_primary(tmp_path)
+    looks = []
+    real = rep._writable_link
+
+    def writable_link():
+        looks.append(1)
+        if len(looks) == 1:  # the old link is gone; meanwhile a new one sends its bitmap
+            with rep.io_lock:
+                rep._bitmaps_sent += 1
+            return None
+        return real()
+
+    rep._writable_link = writable_link
+    completed = threading.Event()
+    try:
+        rep.write_async(3 * BLOCK, b"r" * BLOCK, lambda error: completed.set())
+        writes = _receive_writes(theirs, peer)
+        assert [(w.offset, bytes(w.data)) for w in writes] == [(3 * BLOCK, b"r" * BLOCK)]
+        assert len(looks) == 2 and rep.stats["bitmap_writes"] == 0
+        assert rep.bitmap.weight == 0  # nothing marked that a resync's end would clear
+        theirs.sendall(peer.send(wire.WriteAck(writes[0].seq)))
+        assert completed.wait(5)
+    finally:
+        _close(rep, link, theirs)
+
+
+def test_a_write_with_no_link_and_no_new_bitmap_marks_its_block(tmp_path):
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY  # no link at all
+    completed = threading.Event()
+    try:
+        rep.write_async(4 * BLOCK, b"s" * BLOCK, lambda error: completed.set())
+        assert completed.wait(5)
+        assert rep.stats["bitmap_writes"] == 1 and rep.bitmap.weight == 1
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

@@ -88,6 +88,7 @@ WRITABLE_LINK = frozenset({ConnectionState.CONNECTED, ConnectionState.SYNC_SOURC
 HANDSHAKING = frozenset({ConnectionState.CONNECTING, ConnectionState.WF_REPORT_PARAMS})
 LIVE_LINK = WRITABLE_LINK | HANDSHAKING  #: any other state is terminal: the link is being closed
 PROMOTE_HANDSHAKE_WAIT = 2.0
+BITMAP_RACE_TRIES = 8  #: a write's looks for a link, each undone by a new link's bitmap
 #: seconds between handshakes while a split-brain policy cannot decide (both
 #: Primary, say): a role change in between retries at once
 UNDECIDED_RETRY = 5.0
@@ -336,6 +337,7 @@ class Replicator:
         self._source_queue: queue.Queue = queue.Queue()
         self._connect_wake = threading.Event()
         self._verify_expected: dict[int, list[bytes]] = {}
+        self._bitmaps_sent = 0  # bitmaps a link has sent to its peer (see write_async)
         self._verify_window = threading.Semaphore(VERIFY_WINDOW)
         self._verify_roles: tuple[Role, Role | None] | None = None  # both roles when the run began
         self.stats = {"writes": 0, "bytes_written": 0, "flushes": 0, "reads": 0,
@@ -427,15 +429,25 @@ class Replicator:
                 # Primary already, and a local-only write would make this disk differ
                 # from its copy while both look in sync (torture 59:71, 2 blocks).
                 raise OSError(errno.EIO, "volume was demoted during the write")
-            link = self._writable_link()
-            if link is not None:
-                with contextlib.suppress(ConnectionError, wire.ProtocolError):
-                    # Failed after the Write was registered: the link's loss marks the
-                    # bitmap and completes the peer's half, after a fence if needed.
-                    link.send_write(offset, data, op.register, durable)
-            if not op.replicated:
-                held = self._hold_unreplicated(op, (offset, n))  # peer half: the loss's outcome
-                self.stats["bitmap_writes"] += 1
+            for _ in range(BITMAP_RACE_TRIES):
+                sent_before = self._bitmaps_sent
+                link = self._writable_link()
+                if link is not None:
+                    with contextlib.suppress(ConnectionError, wire.ProtocolError):
+                        # Failed after the Write was registered: the link's loss marks the
+                        # bitmap and completes the peer's half, after a fence if needed.
+                        link.send_write(offset, data, op.register, durable)
+                if op.replicated:
+                    break
+                held = self._hold_unreplicated(op, (offset, n), sent_before)
+                if held is not None:  # peer half: the loss's outcome
+                    self.stats["bitmap_writes"] += 1
+                    break
+                # A new link sent its bitmap after we found no link: our bit would miss
+                # it, and the end of that resync would clear it (torture 113:50, one
+                # block differed for good): the write goes to that link instead.
+            else:
+                raise OSError(errno.EIO, "write raced with reconnects and found no way to the peer")
             self.store.pwrite(offset, data, durable)
         except OSError as e:
             error = e
@@ -650,15 +662,19 @@ class Replicator:
             self._pending_writes[self._held_seq] = (item, item.offset, item.n)
         return True
 
-    def _hold_unreplicated(self, item: _WriteOp | Waiter,
-                           dirty: tuple[int, int] | None = None) -> bool:
+    def _hold_unreplicated(self, item: _WriteOp | Waiter, dirty: tuple[int, int] | None = None,
+                           bitmaps_sent: int | None = None) -> bool | None:
         """A write (its range `dirty` marked for the peer) or flush the peer will not
         see: held while a link loss may need a fence (see _hold_for_link_loss).
+        None, with nothing marked, if a link has sent its bitmap since the caller saw
+        `bitmaps_sent` (_send_bitmap): the mark would miss that bitmap.
 
         A link in a terminal state is normally closed by whoever ended it; one a failed
         send of ours left terminal (a local protocol error) or whose closer is stuck
         would keep what it holds for good: it is closed here, so its handler runs."""
         with self.io_lock:
+            if bitmaps_sent is not None and self._bitmaps_sent != bitmaps_sent:
+                return None
             if dirty is not None:
                 self.bitmap.set_range(*dirty)
             held = self._hold_for_link_loss(item)
@@ -1411,6 +1427,7 @@ class Replicator:
     def _send_bitmap(self, link: Link) -> None:
         with self.io_lock:
             chunks = list(self.bitmap.chunks(32 << 10))
+            self._bitmaps_sent += 1  # a write that found no link must not mark after this
         msgs = [wire.BitmapChunk(off, data, False) for off, data in chunks]
         msgs.append(wire.BitmapChunk(0, b"", True))
         with contextlib.suppress(ConnectionError, wire.ProtocolError):
