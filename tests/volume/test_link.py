@@ -113,3 +113,49 @@ def test_a_state_change_caused_by_our_own_send_is_delivered_at_once() -> None:
     finally:
         a.close("test over")
         b.close("test over")
+
+
+def test_a_send_after_close_fails_before_registering() -> None:
+    """close() runs the close handler, which collects what was registered. A receive
+    error closes the link with its state machine still Connected: a write that went on
+    to register there was neither collected (its block missed the next resync) nor
+    ever completed. The send must fail before its register callback runs."""
+    a_sock, b_sock = _tcp_pair()
+    a_sock.settimeout(None)
+    b_sock.settimeout(None)
+
+    def handler(role: Role):
+        def on_events(link: Link, events: list) -> None:
+            for ev in events:
+                if isinstance(ev, Authenticated):
+                    link.send(_state(role))
+        return on_events
+
+    cfg = {"secret": SECRET, "ping_interval": 30.0, "ping_timeout": 60.0}
+    a = Link(a_sock, PeerConfig(node="n1", nonce=os.urandom(16), initiator=True, **cfg),
+             handler(Role.PRIMARY), lambda *_: None)
+    b = Link(b_sock, PeerConfig(node="n2", nonce=os.urandom(16), initiator=False, **cfg),
+             handler(Role.SECONDARY), lambda *_: None)
+    registered: list[int] = []
+    try:
+        a.start()
+        b.start()
+        deadline = 50
+        while a.state is not ConnectionState.CONNECTED and deadline:
+            threading.Event().wait(0.05)
+            deadline -= 1
+        assert a.state is ConnectionState.CONNECTED
+        a.close("receive failed: connection reset (as the receiver would)")
+        assert a.state is ConnectionState.CONNECTED  # the machine itself did not end
+        for send in (lambda: a.send_write(0, b"w" * 4096, registered.append, True),
+                     lambda: a.send_flush(registered.append),
+                     lambda: a.send(wire.Disconnect("x"), lambda: registered.append(0))):
+            try:
+                send()
+                raise AssertionError("a send on a closed link went through")
+            except ConnectionError as e:
+                assert "link closed" in str(e)
+        assert registered == []
+    finally:
+        a.close("test over")
+        b.close("test over")

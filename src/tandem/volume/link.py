@@ -123,6 +123,7 @@ class Link:
         state machine accepted it (to record a waiter before any ack can arrive)."""
         with self.send_lock:
             with self.state_lock:
+                self._check_open()
                 parts = self.peer.send_parts(msg)
                 token = register() if register else None
             self._send_raw(parts)
@@ -134,6 +135,7 @@ class Link:
         and put the Write on the wire."""
         with self.send_lock:
             with self.state_lock:
+                self._check_open()
                 seq = self.peer.allocate_seq()
                 parts = self.peer.send_parts(wire.Write(seq, offset, data, durable))
                 token = register(seq)
@@ -143,6 +145,7 @@ class Link:
     def send_flush(self, register: Callable[[int], Any]) -> Any:
         with self.send_lock:
             with self.state_lock:
+                self._check_open()
                 seq = self.peer.allocate_seq()
                 parts = self.peer.send_parts(wire.Flush(seq))
                 token = register(seq)
@@ -156,8 +159,20 @@ class Link:
             parts: list = []
             for m in msgs:  # the state lock per message: sealing 16 MiB of resync data takes ms
                 with self.state_lock:
+                    self._check_open()
                     parts.extend(self.peer.send_parts(m))
             self._send_raw(parts)
+
+    def _check_open(self) -> None:
+        """Under the state lock. close() sets `closed` under it, then runs the close
+        handler, which collects the writes and flushes registered so far (their
+        blocks go to the bitmap). A send after that must fail before its register
+        callback runs: a write registered on a closed link was neither marked nor
+        ever completed, and its block missed the next resync (a receive error closes
+        the link with its state machine still Connected, so the machine alone does
+        not refuse the send)."""
+        if self._closed.is_set():
+            raise ConnectionError(f"link closed: {self.close_reason}")
 
     def _take_automatic(self) -> bytes:
         with self.state_lock:
