@@ -11,11 +11,11 @@ import threading
 import time
 
 from tandem.volume import wire
-from tandem.volume.genid import GenerationIds
 from tandem.volume.link import Link
 from tandem.volume.peer import PeerConfig, PeerConnection, WritesAcked
-from tandem.volume.states import ConnectionState, DiskState, Role
-from tests.volume.test_replicator_safety import BLOCK, GEN, SECRET, SIZE, _pump, _tcp_pair, make_replicator
+from tandem.volume.states import Role
+from tests.volume.test_replicator_safety import BLOCK, SECRET, _tcp_pair, make_replicator
+from tests.volume.test_replicator_write_path import connect_test_peer
 
 
 def _digest(block: bytes) -> bytes:
@@ -42,17 +42,8 @@ def test_verify_reads_at_the_stream_position_and_hashes_off_the_receiver(tmp_pat
     link = Link(mine, rep._peer_config(False), rep._on_events, rep._on_link_closed)
     peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
                                      initiator=True), now=time.monotonic())
-    rep.link = link
     try:
-        link.start()
-        theirs.sendall(peer.data_to_send())
-        _pump(theirs, peer, lambda: peer.peer_status is not None)
-        state = wire.StateExchange(role=Role.PRIMARY, disk=DiskState.UP_TO_DATE,
-                                   generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0,
-                                   crashed_primary=False, discard_my_data=False,
-                                   lost_leadership=False, block_size=BLOCK)
-        theirs.sendall(peer.send(state))
-        _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED)
+        connect_test_peer(rep, link, theirs, peer, Role.PRIMARY)
         seq = peer.allocate_seq()
         # one send: the request, then a Write to its first block right behind it
         theirs.sendall(peer.send(wire.VerifyRequest(0, 2 * BLOCK, BLOCK))

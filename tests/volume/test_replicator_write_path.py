@@ -25,6 +25,21 @@ from tests.volume.test_replicator_safety import (
 )
 
 
+def connect_test_peer(rep, link: Link, theirs, peer: PeerConnection, their_role: Role) -> None:
+    """Start `link` as `rep`'s and drive the test's side (`peer` on socket `theirs`)
+    through the handshake until Connected, with the same generation (no resync)."""
+    rep.link = link
+    link.start()
+    theirs.sendall(peer.data_to_send())
+    _pump(theirs, peer, lambda: peer.peer_status is not None)
+    same = wire.StateExchange(role=their_role, disk=DiskState.UP_TO_DATE,
+                              generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0,
+                              crashed_primary=False, discard_my_data=False,
+                              lost_leadership=False, block_size=BLOCK)
+    theirs.sendall(peer.send(same))
+    _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED)
+
+
 def _connected_primary(tmp_path):
     rep = make_replicator(tmp_path)
     mine, theirs = _tcp_pair()
@@ -32,16 +47,7 @@ def _connected_primary(tmp_path):
     peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
                                      initiator=False), now=time.monotonic())
     rep.role = Role.PRIMARY  # no FUSE file: the test calls write_async itself
-    rep.link = link
-    link.start()
-    theirs.sendall(peer.data_to_send())
-    _pump(theirs, peer, lambda: peer.peer_status is not None)
-    same = wire.StateExchange(role=Role.SECONDARY, disk=DiskState.UP_TO_DATE,
-                              generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0,
-                              crashed_primary=False, discard_my_data=False,
-                              lost_leadership=False, block_size=BLOCK)
-    theirs.sendall(peer.send(same))
-    _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED)
+    connect_test_peer(rep, link, theirs, peer, Role.SECONDARY)
     deadline = time.monotonic() + 5
     while rep._writable_link() is None:
         assert time.monotonic() < deadline, "the Primary never saw the link Connected"
