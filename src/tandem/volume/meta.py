@@ -94,11 +94,11 @@ class MetaState:
     def from_json(cls, raw: bytes, seq: int) -> MetaState:
         data = json.loads(raw)
         version = data.pop("version", None)
-        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        if type(version) is not int or version < OLDEST_READABLE:  # bool is no version
+            raise ValueError(f"unknown metadata format version {version!r}")
+        if version > FORMAT_VERSION:
             raise NewerFormat(f"format {version}, newer than this tandem reads"
                               f" ({OLDEST_READABLE}-{FORMAT_VERSION})")
-        if not isinstance(version, int) or isinstance(version, bool) or version < OLDEST_READABLE:
-            raise ValueError(f"unknown metadata format version {version!r}")
         gen = data.pop("generations")
         return cls._build(data, gen, seq)
 

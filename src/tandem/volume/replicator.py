@@ -336,8 +336,8 @@ class Replicator:
         self._rs_target_since: float | None = None
         self._source_queue: queue.Queue = queue.Queue()
         self._connect_wake = threading.Event()
-        self._verify_expected: dict[int, list[bytes]] = {}
         self._bitmaps_sent = 0  # bitmaps a link has sent to its peer (see write_async)
+        self._verify_expected: dict[int, list[bytes]] = {}
         self._verify_window = threading.Semaphore(VERIFY_WINDOW)
         self._verify_roles: tuple[Role, Role | None] | None = None  # both roles when the run began
         self.stats = {"writes": 0, "bytes_written": 0, "flushes": 0, "reads": 0,
