@@ -119,31 +119,37 @@ def test_a_send_after_close_fails_before_registering() -> None:
     """close() runs the close handler, which collects what was registered. A receive
     error closes the link with its state machine still Connected: a write that went on
     to register there was neither collected (its block missed the next resync) nor
-    ever completed. The send must fail before its register callback runs."""
+    ever completed. The send must fail before its register callback runs.
+
+    a's receiver is held inside its event handler (on reaching Connected) while the
+    test closes and sends, so it cannot read the EOF and end the machine meanwhile."""
     a_sock, b_sock = _tcp_pair()
     a_sock.settimeout(None)
     b_sock.settimeout(None)
+    a_held = threading.Event()
+    release = threading.Event()
 
-    def handler(role: Role):
+    def handler(role: Role, hold: bool):
         def on_events(link: Link, events: list) -> None:
             for ev in events:
                 if isinstance(ev, Authenticated):
                     link.send(_state(role))
+                elif (hold and isinstance(ev, StateChanged)
+                      and ev.new is ConnectionState.CONNECTED):
+                    a_held.set()
+                    release.wait(10)
         return on_events
 
     cfg = {"secret": SECRET, "ping_interval": 30.0, "ping_timeout": 60.0}
     a = Link(a_sock, PeerConfig(node="n1", nonce=os.urandom(16), initiator=True, **cfg),
-             handler(Role.PRIMARY), lambda *_: None)
+             handler(Role.PRIMARY, True), lambda *_: None)
     b = Link(b_sock, PeerConfig(node="n2", nonce=os.urandom(16), initiator=False, **cfg),
-             handler(Role.SECONDARY), lambda *_: None)
+             handler(Role.SECONDARY, False), lambda *_: None)
     registered: list[int] = []
     try:
         a.start()
         b.start()
-        deadline = 50
-        while a.state is not ConnectionState.CONNECTED and deadline:
-            threading.Event().wait(0.05)
-            deadline -= 1
+        assert a_held.wait(3)
         assert a.state is ConnectionState.CONNECTED
         a.close("receive failed: connection reset (as the receiver would)")
         assert a.state is ConnectionState.CONNECTED  # the machine itself did not end
@@ -157,5 +163,8 @@ def test_a_send_after_close_fails_before_registering() -> None:
                 assert "link closed" in str(e)
         assert registered == []
     finally:
+        release.set()
         a.close("test over")
         b.close("test over")
+        a.join(5)
+        b.join(5)
