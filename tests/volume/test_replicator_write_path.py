@@ -230,3 +230,86 @@ def test_a_write_with_no_link_and_no_new_bitmap_marks_its_block(tmp_path):
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+# --- a link closed by another thread while its receiver still holds a batch -------
+
+def test_a_resync_done_taken_in_as_the_link_closed_keeps_the_blocks_the_close_marked(tmp_path):
+    """The receiver takes a ResyncDone off the wire; before it finishes the resync, a
+    ping timeout closes the link from the ticker, and the close handler marks the
+    write the peer had not acknowledged. The end of the resync emptied the bitmap,
+    that mark with it: the block never reached the peer."""
+    rep, link, peer, theirs = _connected_primary(tmp_path)
+    completed = threading.Event()
+    try:
+        rep.write_async(6 * BLOCK, b"d" * BLOCK, lambda error: completed.set())
+        _receive_writes(theirs, peer)  # sent, never acknowledged
+        link.close("no ping answer within 1.2 s (as the ticker would)")
+        assert completed.wait(5) and rep.bitmap.weight == 1
+        rep._on_control_event(link, wire.ResyncDone())  # the receiver, right after
+        assert rep.bitmap.weight == 1
+        assert list(rep.bitmap.dirty_runs(max_length=1 << 20)) == [(6 * BLOCK, BLOCK)]
+    finally:
+        _close(rep, link, theirs)
+
+
+def _connected_secondary(tmp_path):
+    rep = make_replicator(tmp_path)
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(False), rep._on_events, rep._on_link_closed)
+    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
+                                     initiator=True), now=time.monotonic())
+    connect_test_peer(rep, link, theirs, peer, Role.PRIMARY)
+    return rep, link, peer, theirs
+
+
+def _backing_block(rep, offset: int) -> bytes:
+    with open(rep.spec.backing, "rb") as f:
+        f.seek(offset)
+        return f.read(BLOCK)
+
+
+def test_the_rest_of_a_batch_is_not_applied_once_the_link_closed(tmp_path):
+    """A Write still in the receiver's batch when another thread closed the link is
+    dropped: the Primary marked it, unacknowledged, for the next resync; applied
+    late, it could land over what that resync wrote."""
+    rep, link, peer, theirs = _connected_secondary(tmp_path)
+    try:
+        link.close("no ping answer within 1.2 s (as the ticker would)")
+        rep._on_events(link, [wire.Write(7, 2 * BLOCK, b"o" * BLOCK, True)])
+        assert _backing_block(rep, 2 * BLOCK) == bytes(BLOCK)
+        assert rep.stats["writes"] == 0
+    finally:
+        _close(rep, link, theirs)
+
+
+def test_the_next_link_waits_until_the_old_receiver_is_done_with_its_batch(tmp_path):
+    """The old receiver is inside a slow pwrite when the ticker closes its link: no
+    new link (whose resync that Write could overwrite) until it is out."""
+    rep, link, peer, theirs = _connected_secondary(tmp_path)
+    inside, release = threading.Event(), threading.Event()
+    real = rep.store.pwrite_durable_direct
+
+    def slow_pwrite(offset, data):
+        inside.set()
+        release.wait(10)
+        real(offset, data)
+
+    rep.store.pwrite_durable_direct = slow_pwrite
+    rep._last_link = link  # as _connect_loop records it
+    try:
+        theirs.sendall(peer.send(wire.Write(peer.allocate_seq(), 2 * BLOCK, b"n" * BLOCK, True)))
+        assert inside.wait(5), "the Write never reached the receiver"
+        link.close("no ping answer within 1.2 s (as the ticker would)")
+        assert not rep._old_receiver_ended()
+        time.sleep(0.2)
+        assert not rep._old_receiver_ended()
+        release.set()
+        deadline = time.monotonic() + 5
+        while not rep._old_receiver_ended():
+            assert time.monotonic() < deadline, "the old receiver never ended"
+        assert rep._last_link is None
+        assert _backing_block(rep, 2 * BLOCK) == b"n" * BLOCK  # it finished its pwrite
+    finally:
+        release.set()
+        _close(rep, link, theirs)

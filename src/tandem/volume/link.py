@@ -358,6 +358,12 @@ class Link:
             self.sock.close()
         self._on_closed(self, reason)
 
+    @property
+    def receiving(self) -> bool:
+        """The receiver thread still runs: after a close, it may be inside the
+        handler with the rest of a batch it decoded before."""
+        return self._thread.is_alive()
+
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)

@@ -322,6 +322,9 @@ class Replicator:
         self._pending_writes: dict[int, tuple[Waiter, int, int]] = {}
         self._pending_flushes: dict[int, Waiter] = {}
         self._strangers: set[str] = set()  # addresses refused on the listener (logged once)
+        self._last_link: Link | None = None  # its receiver must end before the next link
+        self._old_receiver_since: float | None = None
+        self._old_receiver_logged = False
         self._loss_handled: Link | None = None  # the last link whose loss _on_link_closed took in
         self._held_seq = 0  # negative keys of writes/flushes held for a link loss (see _hold_for_link_loss)
         self._unflushed: dict[int, int] = {}
@@ -1148,6 +1151,8 @@ class Replicator:
                 self._connect_wake.wait(0.05)
                 self._connect_wake.clear()
                 continue
+            if not self._old_receiver_ended():
+                continue
             sock = self._dial() if self.spec.dials else self._accept()
             if sock is None:
                 continue
@@ -1155,11 +1160,37 @@ class Replicator:
                         self._on_link_closed)
             self._rs_target_started = False
             self._rs_target_since = None
-            self.link = link
+            self._last_link = self.link = link
             try:
                 link.start()
             except ConnectionError:
                 continue
+
+    def _old_receiver_ended(self) -> bool:
+        """One receiver at a time. A link closed by another thread (a ping timeout, a
+        failed send) leaves its receiver inside the batch it had decoded, perhaps
+        in a slow pwrite or fdatasync. A new link meanwhile could resync a block
+        that the old receiver then overwrites with the older Write it still held,
+        and the new link's sequence numbers start again, so an old ack could
+        complete a new write the peer never acknowledged. The next link waits.
+
+        _on_events stops at the next event once its link is closed; this covers
+        the event it is in."""
+        old = self._last_link
+        if old is None:
+            return True
+        old.join(0.05)
+        if old.receiving:
+            now = time.monotonic()
+            since = self._old_receiver_since = self._old_receiver_since or now
+            if since <= now - 1.0 and not self._old_receiver_logged:
+                self._old_receiver_logged = True
+                log.warning("the receiver of the closed link is still applying what it had"
+                            " received (a slow disk?); the next link waits for it")
+            return False
+        self._last_link = self._old_receiver_since = None
+        self._old_receiver_logged = False
+        return True
 
     def _dial(self) -> socket.socket | None:
         try:
@@ -1222,6 +1253,12 @@ class Replicator:
         alone = len(events) == 1
         self._unsynced = False
         for ev in events:
+            if link.closed:
+                # Closed by another thread since the batch came in: its handler took
+                # over (see _old_receiver_ended). A Write not applied here was not
+                # acknowledged, and the Primary marked it for the next resync; an
+                # ack not taken here belongs to a write the handler already marked.
+                return
             kind = type(ev)
             if kind is wire.Write:
                 if not self._apply_write(link, ev, alone):
@@ -1395,7 +1432,7 @@ class Replicator:
             with self.io_lock:
                 self.bitmap.or_bytes(ev.offset, ev.data)
         elif isinstance(ev, wire.ResyncDone):
-            self._finish_source()
+            self._finish_source(link)
         elif isinstance(ev, wire.VerifyRequest):
             self._answer_verify(link, ev)
         elif isinstance(ev, wire.VerifyDigests):
@@ -1660,10 +1697,20 @@ class Replicator:
             i = j
         return out
 
-    def _finish_source(self) -> None:
+    def _finish_source(self, link: Link) -> None:
+        """The target has every block: the bitmap empties and its identifier goes.
+
+        Not the bits, though, if the link closed meanwhile (the receiver took the
+        ResyncDone off the wire, then a ping timeout or a failed send closed it from
+        another thread): the close handler marked the writes the peer had not
+        acknowledged, and a write that found the link closed marked its own. They
+        must reach the peer at the next connect. `closed` is set before any of those
+        marks, and read here under the same io_lock, so no mark falls between."""
         with self.meta_lock:
             with self.io_lock:
-                self.bitmap.clear_all()
+                kept = link.closed
+                if not kept:
+                    self.bitmap.clear_all()
             ids = genid.finish_resync_source(self.meta.state.generations)
             peer_disk = genid.disk_after_resync(self.meta.state.disk)
             self.meta.update(generations=ids, peer_outdated=False)
@@ -1672,7 +1719,11 @@ class Replicator:
         if self.resync:
             self.resync.done = self.resync.total
             self.resync.finished = time.monotonic()
-        log.info("resync finished (source)")
+        if kept:
+            log.warning("resync finished (source) as the link closed: the %d blocks marked"
+                        " meanwhile stay for the next resync", self.bitmap.weight)
+        else:
+            log.info("resync finished (source)")
 
     def _start_target(self, link: Link, source: wire.StateExchange) -> None:
         with self.meta_lock:
