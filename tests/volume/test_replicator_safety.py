@@ -27,7 +27,7 @@ from tandem.volume.backing import BackingStore
 from tandem.volume.genid import GenerationIds
 from tandem.volume.link import Link
 from tandem.volume.meta import MetaStore
-from tandem.volume.peer import PeerConfig, PeerConnection
+from tandem.volume.peer import PeerConfig, PeerConnection, SyncDecided
 from tandem.volume.replicator import Replicator, VolumeError
 from tandem.volume.spec import VolumeSpec
 from tandem.volume.states import ConnectionState, DiskState, Role
@@ -634,6 +634,42 @@ def test_a_both_primary_refusal_is_tried_again_after_the_demotion(tmp_path, monk
         monkeypatch.setattr(rep, "fuse", None)
         rep.demote(force=True)
         assert rep._undecided_retry_at <= time.monotonic()  # the connect loop tries again now
+    finally:
+        link.close("test over")
+        theirs.close()
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()
+
+
+def test_a_refusal_that_another_thread_closed_first_still_leaves_the_volume_standalone(tmp_path):
+    """The receiver sends the refusal's Disconnect before it hands the SyncDecided on; a
+    writer that saw the link refused meanwhile closes it. The receiver, skipping what
+    is left of its batch on a closed link, must still take the refusal in: else the
+    connector redials at once, again and again, with no reason in the status."""
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY  # no FUSE file: see the module docstring
+    mine, theirs = _tcp_pair()
+
+    def on_events(lnk: Link, events: list) -> None:
+        if any(isinstance(ev, SyncDecided) for ev in events):
+            lnk.close("a writer found the link refused (as _hold_unreplicated would)")
+        rep._on_events(lnk, events)
+
+    link = Link(mine, rep._peer_config(True), on_events, rep._on_link_closed)
+    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
+                          now=time.monotonic())
+    rep.link = link
+    try:
+        link.start()
+        theirs.sendall(peer.data_to_send())
+        _pump(theirs, peer, lambda: peer.peer_status is not None)
+        theirs.sendall(peer.send(status_exchange(Role.PRIMARY)))
+        deadline = time.monotonic() + 5
+        while not rep.standalone_reason and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.closed and "both nodes are Primary" in rep.standalone_reason
+        assert rep._undecided_retry_at is not None
     finally:
         link.close("test over")
         theirs.close()

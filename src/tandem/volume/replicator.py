@@ -257,6 +257,11 @@ class _WriteOp:
             log.exception("ending the write at %d failed", self.offset)
 
 
+#: What a receiver no longer applies once its link is closed (see _on_events).
+DATA_EVENTS = frozenset({wire.Write, WritesAcked, FlushCompleted, wire.Flush, wire.ResyncDataBatch,
+                         wire.ResyncData, wire.ResyncRequests, wire.ResyncRequest})
+
+
 class Replicator:
     """The replicated device of one node (see the module docstring)."""
 
@@ -1151,8 +1156,9 @@ class Replicator:
                 self._connect_wake.wait(0.05)
                 self._connect_wake.clear()
                 continue
-            if not self._old_receiver_ended():
-                continue
+            if not self._old_receiver_ended() or self.standalone_reason or self.link is not None:
+                continue  # (the old receiver may have refused the connection as it ended)
+            self.peer_status = None  # nothing of the old link's may count on the new one
             sock = self._dial() if self.spec.dials else self._accept()
             if sock is None:
                 continue
@@ -1253,13 +1259,14 @@ class Replicator:
         alone = len(events) == 1
         self._unsynced = False
         for ev in events:
-            if link.closed:
+            kind = type(ev)
+            if kind in DATA_EVENTS and link.closed:
                 # Closed by another thread since the batch came in: its handler took
                 # over (see _old_receiver_ended). A Write not applied here was not
                 # acknowledged, and the Primary marked it for the next resync; an
                 # ack not taken here belongs to a write the handler already marked.
-                return
-            kind = type(ev)
+                # Control events still count: a refusal must leave us StandAlone.
+                continue
             if kind is wire.Write:
                 if not self._apply_write(link, ev, alone):
                     return
