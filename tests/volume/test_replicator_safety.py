@@ -15,6 +15,7 @@ promote() (which would mount the FUSE file)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -610,14 +611,15 @@ def test_a_write_while_this_side_has_not_taken_in_the_decision_is_replicated(tmp
         _close(rep, link, theirs)
 
 
-def test_a_both_primary_refusal_is_tried_again_after_the_demotion(tmp_path, monkeypatch):
-    """Torture 71:19: node1's volume daemon, paused as Primary while node2 took over,
-    resumed and reconnected before its agent demoted it. "Both nodes are Primary" left
-    both sides StandAlone for good, although node1 was Secondary a moment later."""
+@contextlib.contextmanager
+def _refused_as_both_primary(tmp_path, wrap_on_events=None):
+    """node1, Primary, connects to a node2 that was promoted meanwhile: the refusal.
+    Yields node1's Replicator once its link closed and the refusal was taken in."""
     rep = make_replicator(tmp_path)
     rep.role = Role.PRIMARY  # no FUSE file: see the module docstring
     mine, theirs = _tcp_pair()
-    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    on_events = wrap_on_events(rep) if wrap_on_events else rep._on_events
+    link = Link(mine, rep._peer_config(True), on_events, rep._on_link_closed)
     peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
                           now=time.monotonic())
     rep.link = link
@@ -627,55 +629,43 @@ def test_a_both_primary_refusal_is_tried_again_after_the_demotion(tmp_path, monk
         _pump(theirs, peer, lambda: peer.peer_status is not None)
         theirs.sendall(peer.send(status_exchange(Role.PRIMARY)))  # node2 promoted meanwhile
         deadline = time.monotonic() + 5
-        while not link.closed and time.monotonic() < deadline:
+        while not (link.closed and rep.standalone_reason) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert link.closed and "both nodes are Primary" in rep.standalone_reason
         assert rep._undecided_retry_at is not None, "StandAlone for good"
-        monkeypatch.setattr(rep, "fuse", None)
-        rep.demote(force=True)
-        assert rep._undecided_retry_at <= time.monotonic()  # the connect loop tries again now
+        yield rep
     finally:
         link.close("test over")
         theirs.close()
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+def test_a_both_primary_refusal_is_tried_again_after_the_demotion(tmp_path, monkeypatch):
+    """Torture 71:19: node1's volume daemon, paused as Primary while node2 took over,
+    resumed and reconnected before its agent demoted it. "Both nodes are Primary" left
+    both sides StandAlone for good, although node1 was Secondary a moment later."""
+    with _refused_as_both_primary(tmp_path) as rep:
+        monkeypatch.setattr(rep, "fuse", None)
+        rep.demote(force=True)
+        assert rep._undecided_retry_at <= time.monotonic()  # the connect loop tries again now
 
 
 def test_a_refusal_that_another_thread_closed_first_still_leaves_the_volume_standalone(tmp_path):
     """The receiver sends the refusal's Disconnect before it hands the SyncDecided on; a
-    writer that saw the link refused meanwhile closes it. The receiver, skipping what
-    is left of its batch on a closed link, must still take the refusal in: else the
-    connector redials at once, again and again, with no reason in the status."""
-    rep = make_replicator(tmp_path)
-    rep.role = Role.PRIMARY  # no FUSE file: see the module docstring
-    mine, theirs = _tcp_pair()
+    writer that saw the link refused meanwhile closes it. The receiver, skipping the
+    data events left in its batch on a closed link, must still take the refusal in:
+    else the connector redials at once, again and again, with no reason in the status."""
+    def closed_first(rep):
+        def on_events(lnk: Link, events: list) -> None:
+            if any(isinstance(ev, SyncDecided) for ev in events):
+                lnk.close("a writer found the link refused (as _hold_unreplicated would)")
+            rep._on_events(lnk, events)
+        return on_events
 
-    def on_events(lnk: Link, events: list) -> None:
-        if any(isinstance(ev, SyncDecided) for ev in events):
-            lnk.close("a writer found the link refused (as _hold_unreplicated would)")
-        rep._on_events(lnk, events)
-
-    link = Link(mine, rep._peer_config(True), on_events, rep._on_link_closed)
-    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
-                          now=time.monotonic())
-    rep.link = link
-    try:
-        link.start()
-        theirs.sendall(peer.data_to_send())
-        _pump(theirs, peer, lambda: peer.peer_status is not None)
-        theirs.sendall(peer.send(status_exchange(Role.PRIMARY)))
-        deadline = time.monotonic() + 5
-        while not rep.standalone_reason and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert link.closed and "both nodes are Primary" in rep.standalone_reason
-        assert rep._undecided_retry_at is not None
-    finally:
-        link.close("test over")
-        theirs.close()
-        rep.role = Role.SECONDARY
-        rep.meta.close()
-        rep.store.close()
+    with _refused_as_both_primary(tmp_path, closed_first):
+        pass  # the refusal is asserted on the way in
 
 
 def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):

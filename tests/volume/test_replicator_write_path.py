@@ -40,12 +40,18 @@ def connect_test_peer(rep, link: Link, theirs, peer: PeerConnection, their_role:
     _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED)
 
 
-def _connected_primary(tmp_path):
+def _linked_to_test_peer(tmp_path, dials: bool):
+    """node1's Replicator and Link on one end of a TCP pair, the test's peer on the other."""
     rep = make_replicator(tmp_path)
     mine, theirs = _tcp_pair()
-    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    link = Link(mine, rep._peer_config(dials), rep._on_events, rep._on_link_closed)
     peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
-                                     initiator=False), now=time.monotonic())
+                                     initiator=not dials), now=time.monotonic())
+    return rep, link, peer, theirs
+
+
+def _connected_primary(tmp_path):
+    rep, link, peer, theirs = _linked_to_test_peer(tmp_path, True)
     rep.role = Role.PRIMARY  # no FUSE file: the test calls write_async itself
     connect_test_peer(rep, link, theirs, peer, Role.SECONDARY)
     deadline = time.monotonic() + 5
@@ -254,11 +260,7 @@ def test_a_resync_done_taken_in_as_the_link_closed_keeps_the_blocks_the_close_ma
 
 
 def _connected_secondary(tmp_path):
-    rep = make_replicator(tmp_path)
-    mine, theirs = _tcp_pair()
-    link = Link(mine, rep._peer_config(False), rep._on_events, rep._on_link_closed)
-    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
-                                     initiator=True), now=time.monotonic())
+    rep, link, peer, theirs = _linked_to_test_peer(tmp_path, False)
     connect_test_peer(rep, link, theirs, peer, Role.PRIMARY)
     return rep, link, peer, theirs
 
