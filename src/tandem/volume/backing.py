@@ -192,9 +192,9 @@ class BackingStore:
         _sync_file_range(self.fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1  # no new I/O on a number the kernel may hand out again
+        if fd >= 0:
+            os.close(fd)
         if self._direct_fd >= 0:
             self._direct_view.release()
             self._direct_buf.close()

@@ -130,8 +130,13 @@ class FileBackend:
 
 
 def _errno_of(exc: BaseException) -> int:
-    """The errno to send for a backend exception: never 0, EIO if unknown."""
-    if isinstance(exc, OSError) and isinstance(exc.errno, int) and 0 < exc.errno < 4096:
+    """The errno to send for a backend exception: never 0, EIO if unknown.
+
+    The kernel takes ENOSYS on FSYNC (or FLUSH) as "not implemented" and answers
+    every later fsync itself, with success; it refuses a reply of errno 512 or more
+    and leaves its request waiting for good. Both go out as EIO."""
+    if (isinstance(exc, OSError) and isinstance(exc.errno, int) and 0 < exc.errno < 512
+            and exc.errno != errno.ENOSYS):
         return exc.errno
     return errno.EIO
 

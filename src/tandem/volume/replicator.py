@@ -368,8 +368,15 @@ class Replicator:
 
     def stop(self) -> None:
         if self.role is Role.PRIMARY:
-            with contextlib.suppress(TandemError):
+            try:
                 self.demote()
+            except TandemError as e:
+                # Still Primary, still serving writes until the store closes below:
+                # one landing after the metadata is saved would set its bit in memory
+                # only. Saved as Primary, the next start replays the activity log as
+                # after a crash, and that covers it (its extent was logged first).
+                log.error("stopping while Primary: %s; the next start resyncs the activity"
+                          " log as after a crash", e)
         self._running = False
         link = self.link
         if link:
@@ -382,13 +389,17 @@ class Replicator:
             t.join(timeout=3)
         with self.meta_lock:
             with contextlib.suppress(Exception):
-                self.meta.update(primary=False)
+                self.meta.update(primary=self.role is Role.PRIMARY)
             self.meta.close()
         self.store.close()
         self._stopped.set()
 
     # ================================================================= block API
     def read(self, offset: int, length: int) -> bytes:
+        # A forced demotion tells the peer it may promote before the FUSE file is
+        # gone: from then on, what this disk holds may be older than the peer's.
+        if self.role is not Role.PRIMARY:
+            raise OSError(errno.EIO, "volume is Secondary")
         self.stats["reads"] += 1
         return self.store.pread(offset, length)
 
