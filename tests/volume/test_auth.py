@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.volume.auth import AuthFailed, Handshake, compute_proof
+from tandem.volume.auth import AuthFailed, Handshake, compute_proof, link_secret
 from tandem.volume.wire import AuthOk, AuthResponse, Hello, Message, Ping
 
 SECRET = b"correct horse battery staple"
@@ -109,3 +109,20 @@ def test_short_nonce_or_empty_secret_rejected_locally() -> None:
         Handshake(secret=SECRET, node="n", nonce=b"short", initiator=True)
     with pytest.raises(ValueError):
         Handshake(secret=b"", node="n", nonce=NONCE_A, initiator=True)
+
+
+def test_each_volume_of_each_cluster_has_its_own_link_secret() -> None:
+    """Every volume reads the cluster's one secret file: a connection redirected to
+    another volume's port on the same peer must not authenticate there."""
+    r0 = link_secret(SECRET, cluster="prod", resource="r0")
+    assert r0 == link_secret(SECRET, cluster="prod", resource="r0")  # both sides agree
+    others = {link_secret(SECRET, cluster="prod", resource="r1"),
+              link_secret(SECRET, cluster="test", resource="r0"),
+              link_secret(SECRET, cluster="prodr", resource="0"),  # fields are length-prefixed
+              link_secret(b"another cluster secret", cluster="prod", resource="r0")}
+    assert r0 not in others and SECRET not in others | {r0} and len(others) == 4
+    a, b = pair(secret_a=r0, secret_b=link_secret(SECRET, cluster="prod", resource="r1"))
+    with pytest.raises(AuthFailed):
+        run(a, b)
+    with pytest.raises(ValueError):
+        link_secret(b"", cluster="prod", resource="r0")

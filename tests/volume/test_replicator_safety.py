@@ -24,6 +24,7 @@ import pytest
 
 from tandem.volume import replicator as rep_mod
 from tandem.volume import wire
+from tandem.volume.auth import link_secret
 from tandem.volume.backing import BackingStore
 from tandem.volume.genid import GenerationIds
 from tandem.volume.link import Link
@@ -34,6 +35,9 @@ from tandem.volume.spec import VolumeSpec
 from tandem.volume.states import ConnectionState, DiskState, Role
 
 SECRET = b"test secret for the replicator safety tests"
+#: what the replicator of resource r0 (make_replicator) authenticates with: a test
+#: peer must use it too
+LINK_SECRET = link_secret(SECRET, cluster="", resource="r0")
 SIZE = 1 << 20
 BLOCK = 4096
 EXTENT = 4 * BLOCK
@@ -128,7 +132,7 @@ def test_promote_waits_for_the_handshake_decision(tmp_path, monkeypatch):
     mine, theirs = _tcp_pair()
     link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
     rep.link = link
-    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
+    peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16), initiator=False),
                           now=time.monotonic())
     try:
         link.start()
@@ -172,7 +176,7 @@ def test_demotion_during_the_handshake_is_announced_after_the_decision(tmp_path)
     rep = make_replicator(tmp_path)
     mine, theirs = _tcp_pair()
     link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
-    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
+    peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16), initiator=False),
                           now=time.monotonic())
     try:
         rep.role = Role.PRIMARY  # see the module docstring (no FUSE file to tear down)
@@ -385,7 +389,7 @@ def _connected(rep: Replicator, on_closed=None):
     """node1 (`rep`) Connected to a PeerConnection the test drives, same generation."""
     mine, theirs = _tcp_pair()
     link = Link(mine, rep._peer_config(True), rep._on_events, on_closed or rep._on_link_closed)
-    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
+    peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16), initiator=False),
                           now=time.monotonic())
     rep.link = link
     link.start()
@@ -620,7 +624,7 @@ def _refused_as_both_primary(tmp_path, wrap_on_events=None):
     mine, theirs = _tcp_pair()
     on_events = wrap_on_events(rep) if wrap_on_events else rep._on_events
     link = Link(mine, rep._peer_config(True), on_events, rep._on_link_closed)
-    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16), initiator=False),
+    peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16), initiator=False),
                           now=time.monotonic())
     rep.link = link
     try:

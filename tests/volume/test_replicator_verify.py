@@ -14,7 +14,7 @@ from tandem.volume import wire
 from tandem.volume.link import Link
 from tandem.volume.peer import PeerConfig, PeerConnection, WritesAcked
 from tandem.volume.states import Role
-from tests.volume.test_replicator_safety import BLOCK, SECRET, _tcp_pair, make_replicator
+from tests.volume.test_replicator_safety import BLOCK, LINK_SECRET, _tcp_pair, make_replicator
 from tests.volume.test_replicator_write_path import connect_test_peer
 
 
@@ -40,7 +40,7 @@ def test_verify_reads_at_the_stream_position_and_hashes_off_the_receiver(tmp_pat
     source.start()
     mine, theirs = _tcp_pair()
     link = Link(mine, rep._peer_config(False), rep._on_events, rep._on_link_closed)
-    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
+    peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16),
                                      initiator=True), now=time.monotonic())
     try:
         connect_test_peer(rep, link, theirs, peer, Role.PRIMARY)

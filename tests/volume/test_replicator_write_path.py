@@ -5,6 +5,7 @@ acknowledgement arrives -- acknowledged = on both disks."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from tandem.volume.states import ConnectionState, DiskState, Role
 from tests.volume.test_replicator_safety import (
     BLOCK,
     GEN,
+    LINK_SECRET,
     SECRET,
     SIZE,
     _pump,
@@ -45,7 +47,7 @@ def _linked_to_test_peer(tmp_path, dials: bool):
     rep = make_replicator(tmp_path)
     mine, theirs = _tcp_pair()
     link = Link(mine, rep._peer_config(dials), rep._on_events, rep._on_link_closed)
-    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
+    peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16),
                                      initiator=not dials), now=time.monotonic())
     return rep, link, peer, theirs
 
@@ -314,4 +316,57 @@ def test_the_next_link_waits_until_the_old_receiver_is_done_with_its_batch(tmp_p
         assert _backing_block(rep, 2 * BLOCK) == b"n" * BLOCK  # it finished its pwrite
     finally:
         release.set()
+        _close(rep, link, theirs)
+
+
+def _wait_closed(link: Link, theirs, peer: PeerConnection) -> None:
+    theirs.settimeout(0.05)
+    deadline = time.monotonic() + 5
+    while not link.closed:
+        assert time.monotonic() < deadline, "the link stayed open"
+        with contextlib.suppress(TimeoutError, OSError, wire.ProtocolError):
+            peer.receive_bytes(theirs.recv(1 << 16))
+            while peer.next_event() is not wire.NEED_DATA:
+                pass
+        with contextlib.suppress(OSError, wire.ProtocolError):
+            theirs.sendall(peer.data_to_send())
+
+
+def test_a_peer_with_the_clusters_own_secret_is_refused(tmp_path):
+    """The volume's link authenticates with a secret bound to its cluster and resource:
+    the cluster secret itself (what another volume's link would be redirected with,
+    before its own derivation) does not get in."""
+    rep = make_replicator(tmp_path)
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    peer = PeerConnection(PeerConfig(node="node2", secret=SECRET, nonce=os.urandom(16),
+                                     initiator=False), now=time.monotonic())
+    rep.link = link
+    try:
+        link.start()
+        # Its Hello is taken in before ours goes, so our proof goes with our Hello
+        # (sent first, ours would fail on its proof before we sent any).
+        _wait_closed(link, theirs, peer)
+        assert link.close_reason.startswith("protocol error:") and "secret" in link.close_reason
+        assert rep.peer_status is None
+    finally:
+        _close(rep, link, theirs)
+
+
+def test_a_disconnect_before_authentication_is_shown_as_unverified(tmp_path):
+    """Anyone on the network can send a Disconnect before the handshake is over: its
+    text goes to the log and the status only labelled, and printable."""
+    rep = make_replicator(tmp_path)
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    stranger = PeerConnection(PeerConfig(node="node2", secret=b"x" * 32, nonce=os.urandom(16),
+                                         initiator=False), now=time.monotonic())
+    rep.link = link
+    try:
+        link.start()
+        theirs.sendall(stranger.send(wire.Disconnect("split brain: run discard-my-data\non node1")))
+        _wait_closed(link, theirs, stranger)
+        assert link.close_reason == ("disconnected before authenticating (its reason, not verified:"
+                                     " 'split brain: run discard-my-data?on node1')")
+    finally:
         _close(rep, link, theirs)

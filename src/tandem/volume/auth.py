@@ -24,6 +24,12 @@ that seal every later frame (seal.py), one per direction:
 for the frames x sends. Another label than the proofs', so a proof seen on the
 wire tells nothing about a key; fresh nonces make fresh keys per connection.
 
+The secret is not the cluster's own but :func:`link_secret`, derived from it for
+one volume of one cluster: every volume shares the cluster's secret file, so a
+connection redirected to another volume's port on the same peer (ARP spoofing on
+the replication network) would otherwise authenticate, and could fully sync that
+volume from the wrong one.
+
 The shared secret never appears in a repr or an exception message.
 """
 
@@ -42,6 +48,7 @@ from tandem.volume.wire import (
     ProtocolError,
 )
 
+_LINK_SECRET_LABEL = b"tandem-volume-link-secret-v1\x00"
 _LABEL = b"tandem-volume-auth-v1\x00"
 _FRAME_LABEL = b"tandem-volume-frames-v1\x00"
 _TAG_INITIATOR = b"I"
@@ -54,6 +61,15 @@ class AuthFailed(ProtocolError):
 
 def _field(raw: bytes) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
+
+
+def link_secret(cluster_secret: bytes, *, cluster: str, resource: str) -> bytes:
+    """The secret one volume's link authenticates and seals with (see the module
+    docstring): both sides derive it from the cluster's secret, so no new file."""
+    if not cluster_secret:
+        raise ValueError("the shared secret must not be empty")
+    msg = b"".join((_LINK_SECRET_LABEL, _field(cluster.encode()), _field(resource.encode())))
+    return hmac.new(cluster_secret, msg, hashlib.sha256).digest()
 
 
 def compute_proof(

@@ -255,7 +255,7 @@ class Link:
                     reason = f"link ended: {self.peer.state}"
                     for ev in events:
                         if isinstance(ev, wire.Disconnect):
-                            reason = f"peer disconnected: {ev.reason}"
+                            reason = disconnect_reason(ev, self.peer.peer_node is not None)
                     break
                 if n == 0:
                     reason = "peer closed the connection"
@@ -367,6 +367,16 @@ class Link:
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+
+def disconnect_reason(ev: wire.Disconnect, authenticated: bool) -> str:
+    """The peer's Disconnect as our logs and status show it. Before the handshake is
+    over, anyone on the network can send one: its text is not the peer's word, and
+    says so. Printable characters only, and at most 200 of them."""
+    text = "".join(c if c.isprintable() else "?" for c in ev.reason[:200])
+    if authenticated:
+        return f"peer disconnected: {text}"
+    return f"disconnected before authenticating (its reason, not verified: {text!r})"
 
 
 def new_nonce() -> bytes:

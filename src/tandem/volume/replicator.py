@@ -54,10 +54,11 @@ from typing import Any
 from tandem.errors import TandemError
 from tandem.lab.events import record_lab_event as lab_event
 from tandem.volume import genid, wire
+from tandem.volume.auth import link_secret
 from tandem.volume.backing import BackingStore
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull
 from tandem.volume.genid import SplitBrainPolicy
-from tandem.volume.link import Link, Waiter, new_nonce
+from tandem.volume.link import Link, Waiter, disconnect_reason, new_nonce
 from tandem.volume.meta import MetaStore
 from tandem.volume.peer import (
     Authenticated,
@@ -270,7 +271,7 @@ class Replicator:
                  split_brain_policy: SplitBrainPolicy | None = None):
         self.spec = spec
         self.size = spec.size
-        self._secret = secret
+        self._secret = link_secret(secret, cluster=spec.cluster, resource=spec.resource)
         self.fence_peer = fence_peer
         #: after-split-brain policy (default: the spec's); sent in our StateExchange
         self.policy = split_brain_policy or spec.after_split_brain
@@ -1456,7 +1457,7 @@ class Replicator:
         elif isinstance(ev, wire.VerifyDigests):
             self._compare_digests(ev)
         elif isinstance(ev, wire.Disconnect):
-            log.warning("peer disconnects: %s", ev.reason)
+            log.warning("%s", disconnect_reason(ev, link.peer.peer_node is not None))
 
     def _log_split_brain_resolved(self, ev: SyncDecided) -> None:
         """One WARNING line (and a lab event): whose changes go, by which rule, how much

@@ -38,6 +38,7 @@ class VolumeSpec:
     secret_file: Path
     write_through: bool = True  #: see config.Volume.cache
     after_split_brain: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT  #: config.Volume.after_split_brain
+    cluster: str = ""  #: config.Cluster.name: bound, with `resource`, into the link's secret
 
     @property
     def control_socket(self) -> Path:
@@ -101,4 +102,4 @@ def resolve(cfg: Config, resource: str, node: str, data: Path | None = None,
         port=vol.port, ping_timeout=vol.ping_timeout, resync_rate=vol.resync_rate,
         fence_peer_command=vol.fence_peer_command, run_dir=run_dir(run),
         secret_file=cfg.cluster.secret.file, write_through=vol.cache == "write-through",
-        after_split_brain=SplitBrainPolicy(vol.after_split_brain))
+        after_split_brain=SplitBrainPolicy(vol.after_split_brain), cluster=cfg.cluster.name)

@@ -43,9 +43,10 @@ if TYPE_CHECKING:
     from tandem.volume.seal import Opener
 
 MAGIC = 0x544E444D  # "TNDM"
-VERSION = 6  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange;
+VERSION = 7  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange;
 # 4: primary epoch in StateExchange; 5: frames after the handshake sealed (seal.py); 6: verify
-# digests are SHA-256 (was BLAKE2b), cut to 16 bytes
+# digests are SHA-256 (was BLAKE2b), cut to 16 bytes; 7: the link's secret is bound to the
+# cluster and the volume (auth.link_secret): a 6 would fail the handshake, and say "wrong secret"
 HEADER = struct.Struct("!IBBHIQ")
 HEADER_SIZE = HEADER.size  # 20
 MAX_DATA = 1 << 20
