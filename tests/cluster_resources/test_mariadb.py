@@ -99,6 +99,42 @@ def test_init_start_query_stop_restart_keeps_data(lab, resources, db_setup):
     assert rows(lab, password) == [1, 2, 3]
 
 
+#: a fresh install needs ~120 MiB for InnoDB (ibdata1, the redo log, ibtmp1), then
+#: ~6 MiB of system tables: with this much room it fails in those (or stalls, when an
+#: Aria table waits for space), after it made mysql/
+ROOM_FOR_INNODB_ONLY = 128 << 20
+
+
+def test_an_install_that_dies_halfway_leaves_no_datadir_that_looks_initialised(
+        lab, resources, db_setup):
+    """Torture 140: mariadb-install-db crashed halfway at the cluster's first start,
+    after it had made mysql/. The node that took over found that directory, took the
+    datadir for initialised and started MariaDB on a half-built one, which never
+    came up. Here the disk fills during the install (an error, or a stall that the
+    start timeout ends); the datadir must not look initialised, and a start with
+    room installs it whole."""
+    fs, db, password = db_setup
+    db = {**db, "start_timeout": 20}
+    resources.start(HOST, "filesystem", fs)
+    st = os.statvfs(fs["mountpoint"])
+    ballast = os.path.join(fs["mountpoint"], "ballast")
+    with open(ballast, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, st.f_bfree * st.f_frsize - ROOM_FOR_INNODB_ONLY)
+    failed = op(lab, HOST, "mariadb", "start", db)
+    assert not failed["ok"], failed["message"]
+    assert "No space left" in failed["message"] or "timed out" in failed["message"], failed
+    assert "initialising" in failed["message"]  # the install failed, not a later step
+    assert not os.path.exists(os.path.join(db["datadir"], "mysql"))
+    assert os.listdir(db["datadir"]) == []  # the staging directory went too
+    os.unlink(ballast)
+    again = must(lab, HOST, "mariadb", "start", db)
+    assert "initialised" in again["message"], again["message"]
+    with connect(lab, password) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM mysql.help_topic")
+        assert cur.fetchone()[0] > 0  # the table the full disk stalled in
+    must(lab, HOST, "mariadb", "stop", db)
+
+
 def test_old_binary_logs_expire_at_rotation(lab, resources, db_setup):
     """A lab campaign filled a 256 MiB volume with binary logs (one more per
     restart, none ever removed): MariaDB then could not start on either node."""

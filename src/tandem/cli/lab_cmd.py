@@ -267,7 +267,7 @@ def torture(
         if campaign.writer_log is not None and campaign.writer_log.exists():
             shutil.copy(campaign.writer_log, out / "writer.jsonl")
         for log in [*the_lab.spec.dir.glob("hosts/*/log/*.log"),
-                    *the_lab.spec.dir.glob("hosts/*/run/mariadb/*.log"),
+                    *the_lab.spec.dir.glob("hosts/*/run/mariadb/**/*.log"),
                     *the_lab.spec.dir.glob("hosts/*/run/clones/*/*.log")]:
             (out / "logs").mkdir(exist_ok=True)
             host = log.relative_to(the_lab.spec.dir / "hosts").parts[0]

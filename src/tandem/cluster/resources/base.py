@@ -243,7 +243,7 @@ async def run_cmd(argv: Sequence[str], *, timeout: float, input: bytes | None = 
                 with contextlib.suppress(TimeoutError):
                     await asyncio.shield(asyncio.wait_for(proc.wait(), 5))
         out.seek(0, os.SEEK_END)
-        out.seek(max(0, out.tell() - 4096))
+        out.seek(max(0, out.tell() - 16384))  # room for the errors before a page of advice
         text = out.read().decode(errors="replace")
     res = CmdResult(argv, proc.returncode or 0, text)
     if check and res.returncode != 0:

@@ -23,7 +23,9 @@ from /etc/mysql sneaks in):
   cache; data and log writes go straight to loop (fsync still follows).
 - ``skip_name_resolve``: a DNS hiccup must not stall logins during failover.
 
-First use initialises the datadir (``mariadb-install-db``). Every start then
+First use initialises the datadir (``mariadb-install-db``, see :meth:`MariaDB._initialise`:
+the datadir counts as initialised once it holds ``mysql/``, so that directory
+arrives last, whole). Every start then
 deletes anonymous users (they shadow '%' users on TCP logins) and creates or
 updates the application user from the password file. The password never
 reaches an argument list, a log or the binlog: we send only its
@@ -41,6 +43,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -145,10 +148,7 @@ class MariaDB(Resource):
         steps = []
         if not (c.datadir / "mysql").is_dir():
             t0 = time.monotonic()
-            c.datadir.mkdir(parents=True, exist_ok=True)
-            await run_cmd([INSTALL_DB, "--no-defaults", f"--datadir={c.datadir}", "--user=root",
-                           "--auth-root-authentication-method=normal", "--skip-test-db"],
-                          timeout=c.start_timeout)
+            await self._initialise()
             steps.append(f"initialised {c.datadir} in {time.monotonic() - t0:.1f} s")
         t0 = time.monotonic()
         try:
@@ -162,6 +162,46 @@ class MariaDB(Resource):
         steps.append(f"mariadbd pid {ref.pid} answering on {c.bind_address}:{c.port}"
                      f" after {time.monotonic() - t0:.1f} s")
         return ", ".join(steps)
+
+    async def _initialise(self) -> None:
+        """mariadb-install-db into a hidden directory inside the datadir (the same
+        filesystem), then its files moved up, ``mysql/`` last.
+
+        Torture 140: the install crashed halfway on node1 at the cluster's first
+        start, after it had made ``mysql/``. node2 took over, found that directory,
+        took the datadir for initialised and started MariaDB on a half-built one;
+        the database never came up. An install that dies now leaves no ``mysql/``,
+        and the next start (here or on the peer) installs again."""
+        c = self.config
+        staging = c.datadir / ".tandem-install"
+        c.datadir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # a start that died before
+        staging.mkdir()
+        try:
+            res = await run_cmd([INSTALL_DB, "--no-defaults", f"--datadir={staging}", "--user=root",
+                                 "--auth-root-authentication-method=normal", "--skip-test-db"],
+                                timeout=c.start_timeout, check=False)
+            if res.returncode != 0:
+                # Its last lines are a page of advice; what went wrong is in mariadbd's.
+                lines = [ln.strip() for ln in res.output.splitlines() if ln.strip()]
+                errors = [ln for ln in lines if "[ERROR]" in ln or ln.startswith("ERROR")][:3]
+                errors = errors or lines[-2:]
+                raise ResourceError(f"{INSTALL_DB} failed (exit {res.returncode}) initialising"
+                                    f" {c.datadir}: {' | '.join(errors)}")
+            for entry in sorted(staging.iterdir(), key=lambda e: e.name == "mysql"):
+                target = c.datadir / entry.name
+                if target.is_dir() and not target.is_symlink():  # left by an install before
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                os.rename(entry, target)
+            fd = os.open(c.datadir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     async def _spawn_and_wait(self) -> ProcRef:
         for stale in ("mysqld.sock", "mysqld.sock.lock", "mariadbd.pid"):
