@@ -1192,8 +1192,8 @@ class Replicator:
         and the new link's sequence numbers start again, so an old ack could
         complete a new write the peer never acknowledged. The next link waits.
 
-        _on_events stops at the next event once its link is closed; this covers
-        the event it is in."""
+        _on_events skips the data events left in its batch once its link is closed;
+        this covers the event it is in."""
         old = self._last_link
         if old is None:
             return True
