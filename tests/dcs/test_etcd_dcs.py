@@ -101,6 +101,25 @@ def test_acquire_rechecks_what_eligibility_was_decided_from(etcd_ok, cluster_nam
     run(scenario())
 
 
+def test_a_fence_of_a_peer_recorded_outdated_already_still_beats_an_older_read(etcd_ok, cluster_name):
+    """The leader's agent read the record (peer Outdated), then its volume (peer back,
+    UpToDate); the link dropped and the volume's fence-peer ran before the agent
+    wrote "peer UpToDate" on the revision it had read. That write must fail: the
+    volume completes writes without the peer once the fence returned True."""
+    async def scenario():
+        async with session(etcd_ok, cluster_name, "node1") as a:
+            lead = await a.attempt_to_acquire_leader(await a.load())
+            up, out = DiskState.UP_TO_DATE, DiskState.OUTDATED
+            assert await a.set_volume_state(VolumeState("r0").with_disk("node1", up)
+                                            .with_disk("node2", out), lead)
+            agent_read = (await a.load()).volume("r0")
+            assert agent_read.disk("node2") is out
+            assert await a.mark_peer_outdated("r0", "node2", lead)  # the volume's fence
+            assert not await a.set_volume_state(agent_read.with_disk("node2", up), lead)
+            assert (await a.load()).volume("r0").disk("node2") is out
+    run(scenario())
+
+
 def test_fenced_writes_fail_after_leadership_changed(etcd_ok, cluster_name):
     async def scenario():
         async with session(etcd_ok, cluster_name, "node1") as a, \

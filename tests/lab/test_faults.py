@@ -89,6 +89,9 @@ def test_crash_kills_every_process_of_the_host_and_restart_brings_links_back(hea
     assert not ping(lab, "node1", "node2", "public")
     crash_events = [e for e in lab.events.read("fault") if e["fault"] == "crash"]
     assert crash_events[-1]["host"] == "node2" and crash_events[-1]["t"] >= t0
+    # the checker ends the host's VIPs and writable interval when it is really down
+    [down] = [e for e in lab.events.read("host_down") if e["t"] >= t0]
+    assert down["host"] == "node2" and down["t"] > crash_events[-1]["t"]
     lab.faults.restart("node2")
     assert vip not in lab.run("node2", ["ip", "-4", "addr", "show", "dev", "pub0"]).stdout, \
         "a crashed host must come back without the virtual addresses its software added"

@@ -42,6 +42,31 @@ def test_a_vip_still_held_at_the_end_counts_until_forever():
     assert len(checker.double_vip_holders(events)) == 1
 
 
+def _crash(host: str, t: float, down: float | None) -> list[dict]:
+    out = [{"kind": "fault", "fault": "crash", "host": host, "t": t}]
+    return out + ([{"kind": "host_down", "host": host, "t": down}] if down is not None else [])
+
+
+def test_a_crashed_host_holds_its_vip_and_stays_writable_until_it_is_down():
+    """Killing a host's processes and pulling its cables takes time (~0.9 s under
+    load): a takeover inside that time is two holders and two writers."""
+    early = [_vip("node1", True, 1.0), *_crash("node1", 10.0, 10.9), _vip("node2", True, 10.5)]
+    [(_, a, b)] = checker.double_vip_holders(early)
+    assert (a.node, a.end, b.node) == ("node1", 10.9, "node2")
+    late = [_vip("node1", True, 1.0), *_crash("node1", 10.0, 10.9), _vip("node2", True, 11.5)]
+    assert checker.double_vip_holders(late) == []
+    writers = [_writable("node1", True, 1.0), *_crash("node1", 10.0, 10.9), _writable("node2", True, 10.5)]
+    [(a, b)] = checker.overlapping_writers(writers)
+    assert (a.node, a.end, b.node) == ("node1", 10.9, "node2")
+    # a history from before `host_down` was recorded: the crash itself ends them
+    old = [_vip("node1", True, 1.0), *_crash("node1", 10.0, None), _vip("node2", True, 10.5)]
+    assert checker.double_vip_holders(old) == []
+    # each crash is paired with its own `host_down`
+    ends = checker.crash_ends([*_crash("node1", 10.0, 10.9), *_crash("node1", 50.0, 50.2),
+                               *_crash("node2", 60.0, None)])
+    assert ends == {("node1", 10.0): 10.9, ("node1", 50.0): 50.2, ("node2", 60.0): 60.0}
+
+
 def test_a_resubmitted_job_is_explained_by_its_orphan_once():
     """The client lost the answer to j0 (start v1) and sent it again as j1: j0 did it."""
     jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"},

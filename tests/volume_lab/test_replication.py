@@ -587,3 +587,52 @@ def test_an_outdated_disk_behind_its_peer_stays_outdated_until_resynced(fresh):
     assert "the peer is UpToDate with the same data" not in vp.log("node2")[seen:]
     assert "resync" in vp.log("node2")[seen:].lower()
     assert read_range(vp.backing("node2"), 8192, 4096) == b"w" * 4096
+
+
+def test_only_the_agents_own_promotion_skips_the_fence(pair, healed):
+    """`VolumeResource.peer_outdated` is what the DCS said of the peer when the agent
+    promoted. A later start of the same resource (the monitor restarting a volume
+    daemon that died) must fence: the peer may have resynced and been recorded
+    UpToDate since, and a volume told "peer Outdated" writes without it. Every start
+    first awaits `before_start` (the agent pushes its write lease there)."""
+    import asyncio
+
+    from tandem.cluster.volume_resource import VolumeResource, VolumeResourceConfig
+    from tandem.volume import control
+    from tests.volume_lab.harness import VolumePair
+    calls = pair.lab.spec.dir / "fence-calls"
+    calls.unlink(missing_ok=True)
+    vp = VolumePair(pair.lab, fence_peer_command=f"echo $TANDEM_PEER >> {calls}")
+    try:
+        vp.fresh("node1")
+        vp.tandem("node1", "volume", "secondary", "db")
+        vp.stop("node2")
+        vp.wait(lambda: vp.status("node1")["peer"]["connection"] != "Connected", 10, "the link down")
+        calls.unlink(missing_ok=True)
+        sock = vp.lab.host_dir("node1") / "run" / "volume-db.sock"
+        res = VolumeResource(VolumeResourceConfig(name="volume", resource="db", control_socket=sock))
+        pushed: list[str] = []
+
+        async def push_lease() -> None:
+            pushed.append(vp.status("node1")["role"])  # before the promotion
+            control.call(sock, "write-lease", until=time.monotonic() + 60)
+
+        res.before_start = push_lease
+        res.peer_outdated = True  # the agent's promotion, on a record saying so
+        first = asyncio.run(res.start())
+        assert first.ok, first.sentence
+        assert not calls.exists(), "the agent's own promotion on a peer recorded Outdated fenced"
+        assert asyncio.run(res.stop()).ok
+        vp.start("node2")  # the peer comes back and resyncs: UpToDate again
+        vp.wait_connected_uptodate()
+        vp.stop("node2")
+        vp.wait(lambda: vp.status("node1")["peer"]["connection"] != "Connected", 10, "the link down")
+        second = asyncio.run(res.start())  # nobody said anything of the peer this time
+        assert second.ok, second.sentence
+        vp.wait(lambda: calls.exists(), 10, "the fence-peer command")
+        assert calls.read_text().split() == ["node2"]
+        assert pushed == ["Secondary", "Secondary"]
+    finally:
+        vp.teardown()
+        from tandem.lab.clusterconf import write_cluster_config
+        write_cluster_config(pair.lab, volume_size="64MiB")

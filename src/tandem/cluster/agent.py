@@ -137,6 +137,9 @@ class Agent:
                 db_vip.lease = self._db_vip_lease
         if self.clones is not None and self.clones.vip is not None:
             self.clones.vip.lease = lambda: self._vip_lease("this node's")
+        with contextlib.suppress(KeyError):
+            self.group.member("volume").before_start = (  # type: ignore[attr-defined]
+                lambda: self._push_write_lease(timeout=5.0))
         #: revision of the volume record when the replication link was last seen up
         #: (-1: not seen since start; any Outdated record may be this disk's fence)
         self._record_rev_linked = -1
@@ -288,12 +291,12 @@ class Agent:
             return None
         return self.lease_deadline
 
-    async def _push_write_lease(self) -> None:
+    async def _push_write_lease(self, timeout: float = 0.5) -> None:
         deadline = self.key_deadline()
         until = None if deadline is None else deadline - self.margin
         if until is None:
             raise TandemError("no lease deadline for the leader key yet")
-        await volume_call(self.spec.control_socket, "write-lease", timeout=0.5, until=until)
+        await volume_call(self.spec.control_socket, "write-lease", timeout=timeout, until=until)
 
     async def _watch_loop(self) -> None:
         while not self.stopping:

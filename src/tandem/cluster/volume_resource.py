@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,17 +52,26 @@ class VolumeResource(Resource):
     def __init__(self, config: VolumeResourceConfig):
         super().__init__(config)
         self.socket = config.control_socket
-        # Set by the agent before a start: the DCS records the peer's disk Outdated
-        # under this node's key, so a promotion with the link down needs no fence.
+        # Set by the agent before its promotion: the DCS records the peer's disk
+        # Outdated under this node's key, so a promotion with the link down needs no
+        # fence. That start only: a later one (the monitor restarting a volume daemon
+        # that died) fences, for the peer may have resynced and been recorded
+        # UpToDate since, and a volume told "peer Outdated" would write without it.
         self.peer_outdated = False
+        #: Awaited before every start: the agent pushes its write lease, so that a
+        #: restarted daemon (which has none: no bound) is never Primary without one.
+        self.before_start: Callable[[], Awaitable[None]] | None = None
         # The leader epoch the start promotes under (set by the agent): kept in the
         # volume's metadata, it ranks the two sides of a split brain.
         self.epoch: int | None = None
 
     async def _start(self) -> str:
+        peer_outdated, self.peer_outdated = self.peer_outdated, False
         try:
+            if self.before_start is not None:
+                await self.before_start()
             st = await volume_call(self.socket, "primary", timeout=self.config.start_timeout,
-                                   peer_outdated=self.peer_outdated, epoch=self.epoch)
+                                   peer_outdated=peer_outdated, epoch=self.epoch)
         except TandemError as e:
             raise ResourceError(f"volume {self.config.resource}: {e}") from None
         return f"volume {self.config.resource} is Primary (disk {st['disk']})"

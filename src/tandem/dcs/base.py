@@ -178,15 +178,20 @@ class DCS(ABC):
 
         Read-modify-write over :meth:`set_volume_state`; retried when only the
         record changed, stops when leadership did. `view`: a snapshot just read
-        (the first try uses it instead of reading again)."""
+        (the first try uses it instead of reading again).
+
+        A record that says Outdated already is written again all the same: the new
+        revision makes a compare-and-set based on the older one fail. Otherwise the
+        leader's agent, which read the record (peer Outdated) and then its volume
+        (peer Connected, UpToDate) just before the link dropped, would still write
+        "peer UpToDate" after this fence returned True without writing, and the peer
+        could take over with older data."""
         for i in range(attempts):
             if view is None or i > 0:
                 view = await self.load()
             if view.leader is None or view.leader.revision != leader.revision:
                 return False
             current = view.volume(resource) or VolumeState.empty(resource)
-            if current.disk(peer) is DiskState.OUTDATED:
-                return True
             if await self.set_volume_state(current.with_disk(peer, DiskState.OUTDATED), leader):
                 return True
         return False

@@ -26,6 +26,24 @@ class Interval:
         return self.start < other.end and other.start < self.end
 
 
+def crash_ends(events: Iterable[dict]) -> dict[tuple[str, float], float]:
+    """When each host crash (keyed by host and the `crash` event's time) took effect:
+    its `host_down` event, once every process of the host was killed and its cables
+    were out. Killing takes ~0.9 s under load; until then the host's VIPs answer and
+    its volume daemon runs, so ending its holdings at the `crash` event left that
+    much of the history unchecked. Histories from before `host_down` existed end
+    them at the `crash` event."""
+    ends: dict[tuple[str, float], float] = {}
+    pending: dict[str, float] = {}
+    for ev in sorted(events, key=lambda e: e["t"]):
+        if ev["kind"] == "fault" and ev.get("fault") == "crash":
+            pending[ev["host"]] = ev["t"]
+            ends[(ev["host"], ev["t"])] = ev["t"]
+        elif ev["kind"] == "host_down" and ev["host"] in pending:
+            ends[(ev["host"], pending.pop(ev["host"]))] = ev["t"]
+    return ends
+
+
 def writable_intervals(events: Iterable[dict]) -> list[Interval]:
     """Per node, when its volume was writable. A `write_completed` event (a write
     the volume completed while its I/O was held, see the replicator) outside every
@@ -33,11 +51,14 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
     does not take the volume's word that a write completing after `writable=False`
     (or after a lease deadline `since`) cannot matter.
 
-    The lab's own faults also bound an interval: a host crash ends it, and so does a
+    The lab's own faults also bound an interval: a host crash ends it (once the host
+    is down, see `crash_ends`), and so does a
     SIGSTOP of the volume daemon (a stopped daemon answers no FUSE request, so no
     write completes; it records nothing either, so without this a daemon paused and
     then crashed stayed writable until the crash: torture 87:71). Its interval
     opens again when it is resumed, until the daemon's own word ends it."""
+    events = list(events)
+    down_at = crash_ends(events)
     open_since: dict[str, float] = {}
     stopped: dict[str, tuple[object, bool]] = {}  # node -> (pid, writable when stopped)
     out: list[Interval] = []
@@ -64,7 +85,7 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
             node = ev["host"]
             stopped.pop(node, None)
             if node in open_since:
-                close(node, ev["t"])
+                close(node, down_at.get((node, ev["t"]), ev["t"]))
         elif ev.get("fault") == "pause" and str(ev.get("name", "")).startswith("volume"):
             node = ev["host"]
             if kind == "fault":
@@ -125,14 +146,17 @@ def _longest_gap(acks: list[dict], t_fault: float, window: float) -> tuple[float
 def vip_intervals(events: Iterable[dict]) -> dict[str, list[Interval]]:
     """Per address, the intervals each host held it (from the `vip` events of the
     VIP watcher, stamped `at` the moment the host's kernel reported the change)."""
+    events = list(events)
+    down_at = crash_ends(events)
     since: dict[tuple[str, str], float] = {}
     out: dict[str, list[Interval]] = {}
     relevant = (e for e in events
                 if e["kind"] == "vip" or (e["kind"] == "fault" and e.get("fault") == "crash"))
     for ev in sorted(relevant, key=lambda e: e.get("at", e["t"])):
-        if ev["kind"] == "fault":  # a crashed host (cables out, then its addresses gone) holds nothing
+        if ev["kind"] == "fault":  # a crashed host (once down: cables out) holds nothing
+            end = down_at.get((ev["host"], ev["t"]), ev["t"])
             for key in [k for k in since if k[1] == ev["host"]]:
-                out.setdefault(key[0], []).append(Interval(key[1], since.pop(key), ev["t"]))
+                out.setdefault(key[0], []).append(Interval(key[1], since.pop(key), end))
             continue
         key, t = (ev["address"], ev["host"]), ev.get("at", ev["t"])
         if ev["held"] and key not in since:

@@ -253,8 +253,6 @@ class SimDCS:
             if view.leader is None or view.leader.revision != leader.revision:
                 return False
             current = view.volume(resource) or VolumeState.empty(resource)
-            if current.disk(peer) is DiskState.OUTDATED:
-                return True
             if (yield from self.set_volume_state(current.with_disk(peer, DiskState.OUTDATED), leader)):
                 return True
         return False
