@@ -359,3 +359,46 @@ asyncio.run(main())
         lab.faults.heal()
         holder.join(30)
     assert out and "started" in out[0]
+
+
+def test_a_start_behind_a_slow_ip_does_not_hold_up_the_lease_loop_it_waits_for(lab, resources):
+    """The agent's lease loop renews, then refreshes the VIPs, then renews again. A
+    start holds the VIP's lock across `ip addr show`; when that took longer than
+    the slack after the last renewal, the start waited for the next renewal while
+    the loop waited for the lock in its refresh: after 2 s the start gave up (and
+    the promotion with it). The refresh now leaves a VIP being started alone."""
+    addr = str(lab.spec.vip(8))
+    script = f"""
+import asyncio, time
+from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources.vip import Vip
+state = {{"renewed": time.monotonic()}}
+async def lease_loop(v):  # as the agent's: renew, refresh the VIPs, wait
+    while True:
+        state["renewed"] = time.monotonic()
+        await v.refresh(state["renewed"] + 0.25, 7)
+        await asyncio.sleep(0.1)
+async def main():
+    v = Vip(VipConfig(name="lvip", address="{addr}/24", interface="pub0", lifetime=2))
+    v.lease = lambda: (7, state["renewed"] + 0.25)
+    present = v._present
+    async def slow_ip():  # `ip` on a loaded machine
+        await asyncio.sleep(0.6)
+        return await present()
+    v._present = slow_ip
+    task = asyncio.create_task(lease_loop(v))
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    r = await v.start()
+    print("start:", r.ok, round(time.monotonic() - t0, 2), (await v.monitor()).is_ok, "|", r.sentence)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.5:  # and the loop's refreshes keep it up past its lifetime
+        await asyncio.sleep(0.1)
+    print("held:", (await v.monitor()).is_ok)
+    task.cancel()
+    await v.stop()
+asyncio.run(main())
+"""
+    out = run_script_on_node1(lab, script, addr)
+    assert "start: True" in out and "held: True" in out, out
+    assert holders(lab, addr) == []

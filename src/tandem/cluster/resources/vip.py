@@ -228,7 +228,14 @@ class Vip(Resource):
         the DB VIP back beside the new holder's for a second (torture 64:47).
         `lease_id`: the lease renewed; an address added on another one (before a
         lapse: its keys are gone) is never extended again, only a new start puts it
-        up (torture 73:103, and the second renewal after a lapse)."""
+        up (torture 73:103, and the second renewal after a lapse).
+
+        While a start or stop holds the lock, nothing is done: the start sets the
+        lifetime itself, the stop removes the address. Waiting for it held up the
+        agent's lease loop, whose next renewal a start behind a slow `ip` waits for:
+        the start gave up after 2 s and the promotion failed (review, session 20)."""
+        if self._lock.locked():
+            return True
         async with self._lock:
             if not self._up:
                 return True
