@@ -258,3 +258,28 @@ def _state(pid: int) -> str:
             return state
         time.sleep(0.01)
     return state
+
+
+def test_the_vip_watch_corrects_a_change_its_monitor_missed(healed, monkeypatch):
+    """A monitor respawned after its host crashed may subscribe after the address
+    went: the watcher then believes the host still holds it, and its next real
+    "held" looked like no change (the holding vanished from the history). The
+    periodic look records what the kernel has."""
+    from tandem.lab import vipwatch
+    monkeypatch.setattr(vipwatch, "RECONCILE_EVERY", 0.5)
+    lab = healed
+    addr = str(lab.spec.vip(9))
+    watch = vipwatch.VipWatch(lab, [addr], hosts=["node1"])
+    watch.start()
+    try:
+        t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
+        with watch.lock:
+            watch.held[("node1", addr)] = True  # a deletion the monitor never saw
+        deadline = time.monotonic() + 10
+        seen = []
+        while time.monotonic() < deadline and not seen:
+            seen = [e for e in lab.events.read("vip") if e["t"] >= t0 and e["address"] == addr]
+            time.sleep(0.1)
+        assert [(e["host"], e["held"], e["source"]) for e in seen] == [("node1", False, "reconcile")]
+    finally:
+        watch.stop()

@@ -379,3 +379,26 @@ def test_a_saved_campaign_is_judged_again_by_todays_checks(tmp_path):
     bad = run_tandem("lab", "torture-recheck", str(tmp_path))
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "no writer.jsonl" in bad.stderr
+
+
+def test_a_write_missing_at_a_lookup_and_unread_jobs_are_violations_even_if_the_end_looks_fine():
+    """A lookup through the DB VIP after a schedule that did not find an acknowledged
+    id is a stale read (a client saw the database without it), even when the final
+    read finds it; jobs that could not be read back from the management database
+    leave jobs unchecked. Both were only printed before (review, session 20)."""
+    sched = draw_schedule(3, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
+    r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(50)]
+    stored = {a["id"] for a in acks}
+    clean = analyse([], acks, [], stored, [], [], [r], Options(seed=3), None, [])
+    assert clean["violations"] == []
+    missing = [{"schedule": sched.name, "id": "w-7", "acked": 0.71}]
+    stale = analyse([], acks, [], stored, [], [], [r], Options(seed=3), None, [], missing)
+    [v] = stale["violations"]
+    assert v["check"] == "lost-write" and "w-7" in v["what"] and v["schedule"] == sched.name
+    lost = analyse([], acks, [], stored - {"w-7"}, [], [], [r], Options(seed=3), None, [], missing)
+    assert [v["what"] for v in lost["violations"]] == ["acknowledged id w-7 missing"]  # once
+    unread = analyse([], acks, [], stored, [], [], [r], Options(seed=3), None, None, jobs_unread=True)
+    [v] = unread["violations"]
+    assert v["check"] == "jobs" and "could not be read back" in v["what"]

@@ -75,9 +75,12 @@ max_binlog_size = "16M"
 
     def tandem(self, host: str, *args: str, check: bool = True, timeout: float = 60,
                input: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*ns_prefix(self.lab.spec.netns(host)), *tandem_argv(*args)],
-                              capture_output=True, text=True, timeout=timeout, input=input,
-                              env={**os.environ, **self.env(host)})
+        try:
+            proc = subprocess.run([*ns_prefix(self.lab.spec.netns(host)), *tandem_argv(*args)],
+                                  capture_output=True, text=True, timeout=timeout, input=input,
+                                  env={**os.environ, **self.env(host)})
+        except subprocess.TimeoutExpired:  # a LabError, as lab.run's: the campaign's checks go on
+            raise LabError(f"{host}: tandem {' '.join(args)}: no answer within {timeout:g} s") from None
         if check and proc.returncode != 0:
             raise LabError(f"{host}: tandem {' '.join(args)}: {(proc.stderr or proc.stdout).strip()}")
         return proc

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ class Campaign:
         self.history: dict[str, Any] = {}
         self._history_reported: set[tuple[str, str]] = set()
         self._acks: ackcheck.AckedWritesCheck | None = None
+        #: acknowledged writes a lookup after a schedule did not find (see history_violations)
+        self.missing_at_lookup: list[dict] = []
         self._http = client_session()  # what the checks read besides the logs, for a re-check
 
     def say(self, line: str) -> None:
@@ -137,6 +140,10 @@ class Campaign:
             except Overran as e:
                 self._abort(sched.name, str(e))
                 break
+            except Exception as e:  # a bug of the harness: the history is still checked
+                self.say("".join(traceback.format_exception(e))[-4000:])
+                self._abort(sched.name, f"the harness failed: {type(e).__name__}: {e}")
+                break
             self.results.append(res)
             conv = res.converge_seconds
             self.say(f"schedule {sched.name}: {'; '.join(f['describe'] for f in res.faults) or 'no fault'}"
@@ -155,6 +162,10 @@ class Campaign:
                     repaired = self.repair(sched.name)
             except Overran as e:
                 self._abort(sched.name, str(e))
+                break
+            except Exception as e:
+                self.say("".join(traceback.format_exception(e))[-4000:])
+                self._abort(sched.name, f"the harness failed in the repair: {type(e).__name__}: {e}")
                 break
             if not repaired:
                 self._abort(sched.name, f"schedule {sched.name} did not converge within {bound:g} s,"
@@ -207,6 +218,7 @@ class Campaign:
             return
         if lost:
             self.say(f"  history check: [{name}] lost-write: {ackcheck.describe(lost)}")
+            self.missing_at_lookup += [{"schedule": name, "id": r["id"], "acked": r["acked"]} for r in lost]
 
     def _abort(self, name: str, why: str) -> None:
         self.aborted = why
@@ -425,7 +437,7 @@ class Campaign:
                     with contextlib.suppress(LabError):
                         self.nemesis.heal_all()
                     self.converge(self.opts.converge_bound, writer=False)  # the writer is stopped
-            except Overran as e:
+            except (Overran, LabError) as e:
                 self.aborted += f"; then {e}"
         jobs = self.load.final_status(timeout=120)
         self.watch.stop()
@@ -439,9 +451,11 @@ class Campaign:
         events = self.lab.events.read()
         effects = self.stack.effects()
         self.history = {"stored": sorted(stored) if stored is not None else None, "jobs": jobs,
-                        "effects": effects, "db_jobs": db_jobs}
+                        "effects": effects, "db_jobs": db_jobs,
+                        "missing_at_lookup": self.missing_at_lookup}
         return analyse(events, acks, errors, stored, jobs, effects, self.results,
-                       self.opts, self.aborted, db_jobs)
+                       self.opts, self.aborted, db_jobs, self.missing_at_lookup,
+                       jobs_unread=db_jobs is None)
 
     def _db_jobs(self, timeout: float) -> list[dict] | None:
         """Every job in the management database, once none is pending (or at
@@ -502,19 +516,36 @@ def _within(t: float, spans: list[Span]) -> str | None:
 
 
 def history_violations(events: list[dict], acks: list[dict], stored: set[str] | None, jobs: list[dict],
-                       effects: list[dict], db_jobs: list[dict] | None, spans: list[Span]
+                       effects: list[dict], db_jobs: list[dict] | None, spans: list[Span],
+                       missing_at_lookup: list[dict] | None = None, jobs_unread: bool = False
                        ) -> list[dict[str, Any]]:
     """The checks on the whole history (also run again on a saved campaign by
-    `tandem lab torture-recheck`): lost writes, two writers, two VIP holders, jobs."""
+    `tandem lab torture-recheck`): lost writes, two writers, two VIP holders, jobs.
+
+    `missing_at_lookup`: acknowledged writes a lookup through the DB VIP did not find
+    after a schedule converged. Each is a violation even if the final read finds it:
+    a client read the database without it (a stale primary, two databases).
+    `jobs_unread`: the campaign could not read the management database's jobs back
+    (`db_jobs` is then None): a violation, for what only they show went unchecked."""
     violations = event_violations(events, spans)
     if stored is None:
         violations.append({"schedule": None, "check": "lost-write",
                            "what": "the table could not be read back: acknowledged writes unverified"})
     acked_at = {a["id"]: a.get("acked") for a in acks}
-    for lost in checker.lost_writes(acks, stored if stored is not None else {a["id"] for a in acks}):
+    lost_at_end = checker.lost_writes(acks, stored if stored is not None else {a["id"] for a in acks})
+    for lost in lost_at_end:
         t = acked_at.get(lost)
         violations.append({"schedule": None if t is None else _within(t, spans), "check": "lost-write",
                            "what": f"acknowledged id {lost} missing"})
+    for m in missing_at_lookup or ():
+        if m["id"] not in lost_at_end:
+            violations.append({"schedule": m["schedule"], "check": "lost-write",
+                               "what": f"acknowledged id {m['id']} missing when looked up after schedule"
+                                       f" {m['schedule']} (present at the end: a stale read)"})
+    if jobs_unread:
+        violations.append({"schedule": None, "check": "jobs",
+                           "what": "the management database's jobs could not be read back: jobs the"
+                                   " clients never heard of, and jobs without an effect, unchecked"})
     for v in checker.job_violations(jobs, effects, db_jobs):
         violations.append({"schedule": None, "check": "jobs", "what": v})
     return violations
@@ -545,7 +576,8 @@ def event_violations(events: list[dict], spans: list[Span]) -> list[dict[str, An
 def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: set[str] | None,
             jobs: list[dict],
             effects: list[dict], results: list[ScheduleResult], opts: Options,
-            aborted: str | None, db_jobs: list[dict] | None = None) -> dict[str, Any]:
+            aborted: str | None, db_jobs: list[dict] | None = None,
+            missing_at_lookup: list[dict] | None = None, jobs_unread: bool = False) -> dict[str, Any]:
     """The campaign's verdict as JSON-ready data (pure: the tests feed it histories).
     A campaign that stopped early (`aborted`) counts as a violation: its last
     schedule never finished, and nothing after it was tried."""
@@ -555,7 +587,8 @@ def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: se
     for r in results:
         violations += [{"schedule": r.schedule.name, "check": "convergence", "what": v} for v in r.violations]
     spans = [(r.schedule.name, r.t_start, r.t_end) for r in results]
-    violations += history_violations(events, acks, stored, jobs, effects, db_jobs, spans)
+    violations += history_violations(events, acks, stored, jobs, effects, db_jobs, spans, missing_at_lookup,
+                                     jobs_unread)
     ack_times = sorted(a["acked"] for a in acks)
     faults = []
     for r in results:

@@ -198,5 +198,7 @@ def recheck(report: Path, converge_bound: float = 120.0) -> dict[str, Any]:
     stored = set(history["stored"]) if history.get("stored") is not None else None
     spans = [(s["name"], s["t_start"], s["t_end"]) for s in scheds]
     violations += history_violations(events, acks, stored, history.get("jobs", []),
-                                     history.get("effects", []), history.get("db_jobs"), spans)
+                                     history.get("effects", []), history.get("db_jobs"), spans,
+                                     history.get("missing_at_lookup"),
+                                     jobs_unread="db_jobs" in history and history["db_jobs"] is None)
     return {"schedules": len(scheds), "violations": violations, "was": len(result["violations"])}

@@ -5,8 +5,11 @@ VIP at any instant" must not trust them, so this looks at the kernels: one
 `ip -ts -o -4 monitor address` per host namespace reports every address added or
 deleted, stamped by `ip` the moment the kernel's netlink message arrives (far
 tighter than polling, and no CPU spent when nothing moves). A snapshot of every
-host at start (and at stop) anchors the history. Each change becomes a `vip`
-event in the lab's event log: host, address, held.
+host at start (and at stop) anchors the history, and one every RECONCILE_EVERY
+seconds corrects what a monitor missed (one respawned after a crash of its host
+may subscribe after a change; a missed deletion would otherwise hide the host's
+next "held" as no change). Each change becomes a `vip` event in the lab's event
+log: host, address, held.
 
 `ip -ts` stamps wall-clock time; it is turned into CLOCK_MONOTONIC (the lab's
 clock) with the offset measured at start, which is exact to well under a
@@ -27,6 +30,10 @@ from datetime import datetime
 from tandem.lab.events import monotonic
 from tandem.lab.lab import Lab
 from tandem.lab.shell import in_ns, ns_prefix
+
+RECONCILE_EVERY = 5.0
+"""Seconds between the looks that correct missed monitor reports (stamped when
+looked: a missed deletion counts as held until then, never shorter)."""
 
 _LINE = re.compile(r"^\[(?P<ts>[^\]]+)\]\s+(?P<deleted>Deleted\s+)?\d+:\s+\S+\s+inet\s+(?P<addr>[\d.]+)/")
 
@@ -68,6 +75,16 @@ class VipWatch:
             self.threads.append(t)
         time.sleep(0.1)  # monitors subscribed before the snapshot: no change falls between
         self.snapshot("start")
+        t = threading.Thread(target=self._reconcile, daemon=True, name="vipwatch-reconcile")
+        t.start()
+        self.threads.append(t)
+
+    def _reconcile(self) -> None:
+        while not self.stopping:
+            time.sleep(RECONCILE_EVERY)
+            if not self.stopping:
+                with contextlib.suppress(Exception):  # the next look tries again
+                    self.snapshot("reconcile")
 
     def _spawn(self, host: str) -> None:
         # In the host's network namespace: a crash of the host kills it with
