@@ -110,6 +110,10 @@ def test_errors_have_codes_and_change_nothing(cloud, mariadb):
                   431, "deployvirtualmachineresponse")
     assert "no such zone" in text
     _error(api.raw("listZones", pagesize="ten"), 431, "listzonesresponse")
+    for page in ("18446744073709551616", "-9223372036854775809"):  # beyond what LIMIT/OFFSET take
+        assert "out of range" in _error(api.raw("listZones", page=page, pagesize="1"), 431,
+                                        "listzonesresponse")
+    assert "out of range" in _error(api.raw("listZones", pagesize=str(2 ** 31)), 431, "listzonesresponse")
     _error(api.raw("listTemplates", templatefilter="bogus"), 431, "listtemplatesresponse")
     _error(api.raw("startVirtualMachine", id="00000000-0000-4000-8000-000000000000"), 431,
            "startvirtualmachineresponse")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 MAX_STRING = 4096
 DEFAULT_PAGE_SIZE = 500
+INT_MIN, INT_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,12 @@ class Param:
                 raise bad("not a UUID") from None
         if self.type == "integer":
             try:
-                return int(raw)
+                value = int(raw)
             except ValueError:
                 raise bad("not an integer") from None
+            if not INT_MIN <= value <= INT_MAX:  # CloudStack's are Java ints; MariaDB's LIMIT chokes
+                raise bad(f"out of range ({INT_MIN} to {INT_MAX})")
+            return value
         if self.type == "boolean":
             if raw.lower() not in ("true", "false"):
                 raise bad("not true or false")
