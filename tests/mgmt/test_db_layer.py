@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tandem.mgmt.db import Database, DbUnavailable, DbUrl
+from tandem.mgmt.db import Database, DbOutcomeUnknown, DbUnavailable, DbUrl
 from tandem.mgmt.migrations import migrate
 from tests.mgmt.conftest import free_port
 from tests.mgmt.tcpproxy import TcpProxy
@@ -152,3 +152,31 @@ def test_a_commit_still_running_when_its_outcome_is_checked_is_found(layer):
     assert db.write_sync(insert) == "stored"
     assert len(calls) == 1  # not run again: the late COMMIT was found
     assert _count(db) == 1
+
+
+def test_a_commit_whose_outcome_cannot_be_learned_is_reported_as_such(layer):
+    """The answer to the COMMIT was lost, and the database stayed unreachable for the
+    whole budget: the write may have been made (here it was), so the error must
+    not read as a plain "unreachable, try again" (a client's retry would accept a
+    second job)."""
+    db, proxy = layer
+    db.retry_budget = 1.5
+    while not db._idle.empty():  # the marker check must open a new connection
+        db._idle.get_nowait().close()
+    refuse = threading.Event()
+    proxy.accept_hook = lambda client: not refuse.is_set()  # type: ignore[method-assign]
+    calls = []
+
+    def insert(cur):
+        calls.append(1)
+        cur.execute("INSERT INTO t (v) VALUES (4)")
+        refuse.set()  # from the COMMIT on, no new connection gets through
+        return "stored"
+
+    proxy.armed.set()
+    with pytest.raises(DbOutcomeUnknown) as err:
+        db.write_sync(insert)
+    assert "may have been made" in str(err.value) and len(calls) == 1
+    refuse.clear()
+    db.retry_budget = 5
+    assert _count(db) == 1  # it was

@@ -67,6 +67,13 @@ class DbUnavailable(TandemError):
     """The database could not be reached within the retry budget."""
 
 
+class DbOutcomeUnknown(DbUnavailable):
+    """A COMMIT was sent, its answer lost, and the database could not be asked
+    within the retry budget whether it went through: the change may have been
+    made. Told apart so that a client is not invited to repeat it blindly (a job
+    accepted twice, two VMs for one deploy)."""
+
+
 @dataclass(frozen=True)
 class DbUrl:
     """Where the database is: parsed from `mysql://user:pass@host:port/db`."""
@@ -294,7 +301,11 @@ class Database:
                 _discard(conn)
                 if not is_transient(e):
                     raise
-                next(attempts)
+                try:
+                    next(attempts)
+                except DbUnavailable as gone:
+                    raise DbOutcomeUnknown(f"{gone}; a COMMIT was sent before: the change may have"
+                                           " been made") from None
 
     # -- asyncio face ----------------------------------------------------------------
     async def read(self, fn: Callable[[Cursor], T]) -> T:

@@ -28,7 +28,7 @@ from aiohttp import web
 from tandem.errors import TandemError
 from tandem.mgmt import auth, cmd_auth, cmd_catalog, cmd_vm, signing  # noqa: F401 - registers commands
 from tandem.mgmt.commands import REGISTRY, Call
-from tandem.mgmt.db import Database, DbUnavailable, DbUrl
+from tandem.mgmt.db import Database, DbOutcomeUnknown, DbUnavailable, DbUrl
 from tandem.mgmt.envelopes import (
     INTERNAL_ERROR,
     PARAM_ERROR,
@@ -160,8 +160,17 @@ class MgmtServer:
             status = 200
         except ApiError as e:
             resp, status = self._error(name, e, fmt), e.code
+        except DbOutcomeUnknown as e:
+            log.warning("command %s: %s", command[:64], e)
+            resp = self._error(name, ApiError(INTERNAL_ERROR, "the database became unreachable while this"
+                                              " request was being committed: it may have been carried out;"
+                                              " look (listAsyncJobs, or list what it changes) before sending"
+                                              " it again"), fmt)
+            status = INTERNAL_ERROR
         except DbUnavailable as e:
-            resp, status = self._error(name, ApiError(INTERNAL_ERROR, f"{e}; try again"), fmt), INTERNAL_ERROR
+            log.warning("command %s: %s", command[:64], e)  # where the database is stays in the log
+            resp = self._error(name, ApiError(INTERNAL_ERROR, "the database is unreachable; try again"), fmt)
+            status = INTERNAL_ERROR
         except Exception:
             log.exception("command %s failed", command[:64])
             resp = self._error(name, ApiError(INTERNAL_ERROR, "internal error; see the server log"), fmt)
