@@ -46,12 +46,13 @@ class Faults:
         from tandem.lab.lab import release_host_storage
         self.spec.host(host)
         self.lab.events.record("fault", fault="crash", host=host)
-        killed = self.lab.supervisor(host).kill_all()
+        # Cables first: a host without power answers nobody at once, while killing
+        # every process takes a while (and killing first left the VIPs answering ARP
+        # on a live link until the addresses went, seconds after the crash). The
+        # checker ends the host's VIP holdings and writable interval at `host_down`.
         self._links(host, "down")
-        # Only now is the host really gone (killing everything took ~0.9 s under load):
-        # the checker ends its VIP holdings and writable interval here, not at the
-        # `crash` event, which marks the start of the power cut.
         self.lab.events.record("host_down", host=host)
+        killed = self.lab.supervisor(host).kill_all()
         self._forget_addresses(host)
         release_host_storage(self.spec.host_dir(host))
         with self.lab.state() as st:

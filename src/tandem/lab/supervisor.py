@@ -178,11 +178,22 @@ class Supervisor:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         deadline = time.monotonic() + 5
+        swept = False
         while time.monotonic() < deadline:
             for pid in killed:
                 self._reap(pid)
-            if not any(pid_alive(p) for p in killed) and not pids_in_netns(self.netns):
-                break
+            if not any(pid_alive(p) for p in killed):
+                # Once more for anything that appeared meanwhile (a child forked as the
+                # kill came), then done: an observer restarted in the namespace at once
+                # (the lab's VIP watcher) kept this loop waiting its whole 5 s each time.
+                late = [p for p in pids_in_netns(self.netns) if p not in killed]
+                if swept or not late:
+                    break
+                for pid in late:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                swept = True
             time.sleep(0.02)
         for rec in self.records():
             self._record_path(rec.name).unlink(missing_ok=True)
