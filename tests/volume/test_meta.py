@@ -177,6 +177,34 @@ def test_persist_writes_a_bitmap_snapshot_not_the_live_bitmap(path: Path) -> Non
         assert store.bitmap.weight == live_weight + 256
 
 
+def test_bits_cleared_for_data_not_yet_synced_reach_the_file_set(path: Path) -> None:
+    """The sync source clears what it has sent, so the target's saved bitmap alone
+    says what it still lacks: any metadata write (a link loss, a failed disk, the
+    next connect) must keep the bits of data written but not yet fdatasync'ed set,
+    until the fdatasync that made them durable is noted."""
+    mib = 1 << 20
+    with MetaStore.create(path, SIZE, "node1") as store:
+        store.bitmap.set_all()
+        store.persist()
+        store.clear_written([(0, mib), (4 * mib, mib)])
+        store.clear_written([(8 * mib, mib)])
+        assert not store.bitmap.is_dirty(0, mib) and not store.bitmap.is_dirty(8 * mib, mib)
+        store.update(disk=DiskState.INCONSISTENT)  # e.g. the link went: not synced yet
+    with MetaStore.open(path) as store:
+        assert store.bitmap.is_dirty(0, mib) and store.bitmap.is_dirty(4 * mib, mib)
+        assert store.bitmap.is_dirty(8 * mib, mib) and store.bitmap.weight * 4096 == SIZE
+        # what a restart reads is all the store knows: its own clears start again
+        store.clear_written([(0, mib), (4 * mib, mib)])
+        mark = store.undurable_mark()
+        store.clear_written([(8 * mib, mib)])
+        store.durable_upto(mark)  # an fdatasync begun after the first two
+        store.persist()
+    with MetaStore.open(path) as store:
+        assert not store.bitmap.is_dirty(0, mib) and not store.bitmap.is_dirty(4 * mib, mib)
+        assert store.bitmap.is_dirty(8 * mib, mib)
+        assert store.bitmap.weight * 4096 == SIZE - 2 * mib
+
+
 def test_persist_rejects_a_snapshot_of_another_size(path: Path) -> None:
     with MetaStore.create(path, SIZE, "node1") as store, pytest.raises(MetaError, match="snapshot"):
         store.persist(b"\xff" * 7)

@@ -815,3 +815,37 @@ def test_a_forced_demotion_during_a_promotion_waits_for_it_and_leaves_no_front_e
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+def test_resync_data_a_target_wrote_stays_dirty_in_its_metadata_until_synced(tmp_path):
+    """The sync source clears what it has sent, so the target's saved bitmap alone
+    says what it still lacks. A metadata write between the target's write of resync
+    data and the fdatasync that makes it durable (its link closing, its disk
+    failing) must keep those bits set: after a power cut the page cache is gone."""
+    from tandem.volume import wire
+    rep = make_replicator(tmp_path)
+    try:
+        rep.bitmap.set_all()
+        rep.meta.update(disk=DiskState.INCONSISTENT)  # a sync target
+        rep._apply_resync(None, wire.ResyncData(0, b"r" * BLOCK))
+        rep._apply_resync_batch(None, wire.ResyncDataBatch(((BLOCK, BLOCK), (3 * BLOCK, BLOCK)),
+                                                           b"s" * (2 * BLOCK)))
+        assert rep.bitmap.weight * BLOCK == SIZE - 3 * BLOCK  # cleared in memory
+        rep.meta.persist()  # e.g. the link closed before any checkpoint
+        saved = MetaStore.open(tmp_path / "node1.meta")
+        try:
+            assert saved.bitmap.weight * BLOCK == SIZE, "bits of data not yet synced were saved clear"
+        finally:
+            saved.close()
+        mark = rep.meta.undurable_mark()
+        rep.store.flush()
+        rep.meta.durable_upto(mark)
+        rep.meta.persist()
+        saved = MetaStore.open(tmp_path / "node1.meta")
+        try:
+            assert saved.bitmap.weight * BLOCK == SIZE - 3 * BLOCK
+        finally:
+            saved.close()
+    finally:
+        rep.meta.close()
+        rep.store.close()

@@ -344,9 +344,10 @@ def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncF
         if source.disk is DiskState.UP_TO_DATE:
             src, dst = (local, peer) if lf.disk.is_consistent else (peer, local)
             if src.bitmap != 0 and dst.current == src.bitmap:
-                # A resync from this source, interrupted: the source clears its bitmap
-                # only when the resync is done, so its bitmap and the target's (what
-                # is still missing) cover every block that differs; no full sync.
+                # A resync from this source, interrupted: the source's bitmap (what it
+                # has not sent, and what was written since) and the target's saved one
+                # (what it has not written durably: MetaStore.clear_written) cover
+                # every block that differs; no full sync.
                 return _source_if(lf.disk.is_consistent, False,
                                   "one side Inconsistent, resuming its interrupted resync")
             return _source_if(lf.disk.is_consistent, True,

@@ -25,6 +25,8 @@ import hashlib
 import json
 import os
 import struct
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,11 @@ class MetaStore:
         self._slot = slot  # slot holding the newest state
         #: the file said "Primary" when opened: this node crashed as Primary
         self.crashed_primary = state.primary
+        #: (number, offset, length) of ranges whose bits a sync target cleared after
+        #: writing their data, before an fdatasync made that data durable: every
+        #: write of the live bitmap sets them again, until `durable_upto` drops them
+        self._undurable: deque[tuple[int, int, int]] = deque()
+        self._undurable_seq = 0
 
     def __repr__(self) -> str:
         return f"<MetaStore {str(self.path)!r} seq={self._state.seq} disk={self._state.disk}>"
@@ -277,6 +284,43 @@ class MetaStore:
             self.bitmap.set_range(offset, length)
         return self.update(**changes)
 
+    # --- bits a sync target cleared -------------------------------------------------
+    # The sync source clears what it has sent, so the target's saved bitmap is all
+    # that says which blocks it still lacks: no bit may reach the metadata cleared
+    # before its data is durable, whoever writes the metadata (a link loss, a failed
+    # disk, a stop, the next connect), not only the resync checkpoints.
+
+    def clear_written(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Clear the bits of ranges whose data was just written, not yet synced. Called
+        with the replicator's io_lock held (its one writer); noted before cleared, and
+        `_write` reads the bits before the notes, so no range is missed by both."""
+        ranges = list(ranges)
+        for off, n in ranges:
+            self._undurable_seq += 1
+            self._undurable.append((self._undurable_seq, off, n))
+        for off, n in ranges:
+            self.bitmap.clear_range(off, n)
+
+    def undurable_mark(self) -> int:
+        """The last clear so far: an fdatasync of the data begun after this call makes
+        every clear up to it durable (then `durable_upto(mark)`)."""
+        return self._undurable_seq
+
+    def durable_upto(self, mark: int) -> None:
+        while self._undurable and self._undurable[0][0] <= mark:
+            self._undurable.popleft()
+
+    def _bitmap_to_write(self) -> bytes:
+        raw = self.bitmap.raw
+        pending = list(self._undurable)  # after the bits: see clear_written
+        if not pending:
+            return raw
+        copy = DirtyBitmap(self.bitmap.size, self.bitmap.block_size)
+        copy.load_raw(raw)
+        for _, off, n in pending:
+            copy.set_range(off, n)
+        return copy.raw
+
     def persist(self, bitmap_raw: bytes | None = None) -> MetaState:
         """Write the current state and bitmap again (after bitmap changes).
 
@@ -290,7 +334,7 @@ class MetaStore:
         js = state.to_json()
         if len(js) > _MAX_JSON:
             raise MetaError(f"{self.path}: metadata fields too large ({len(js)} bytes)")
-        raw = self.bitmap.raw if bitmap_raw is None else bitmap_raw
+        raw = self._bitmap_to_write() if bitmap_raw is None else bitmap_raw
         if len(raw) != (self.bitmap.nbits + 7) // 8:
             raise MetaError(f"{self.path}: bitmap snapshot of {len(raw)} bytes does not fit")
         body = struct.pack("!I", len(js)) + js + raw
