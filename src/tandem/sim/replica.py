@@ -305,6 +305,10 @@ class Replica:
         self.extent_ended: dict[int, int] = {}  # AL extent -> writes_ended at its last write
         self.evict_flush: Op | None = None  # the flush an AL eviction waits for
         self.last_persist = self.sim.now
+        #: MetaStore.clear_written: (number, offset, length) of resync data written and
+        #: not yet flushed, whose bits every metadata write sets again
+        self.undurable: list[tuple[int, int, int]] = []
+        self.undurable_seq = 0
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -314,7 +318,21 @@ class Replica:
     def meta_update(self, **changes: Any) -> None:
         """MetaStore.update: fields and the bitmap as it is now, atomically and durably."""
         self.durable.meta = replace(self.durable.meta, **changes)
-        self.durable.bitmap_raw = self.bitmap.raw
+        undurable = getattr(self, "undurable", ())  # (none yet while __init__ replays a crash)
+        if not undurable:
+            self.durable.bitmap_raw = self.bitmap.raw
+            return
+        saved = DirtyBitmap(SIZE, BLOCK)
+        saved.load_raw(self.bitmap.raw)
+        for _, off, n in undurable:
+            saved.set_range(off, n)
+        self.durable.bitmap_raw = saved.raw
+
+    def flush_resync_data(self) -> None:
+        """The target's fdatasync: every clear noted before it is durable now."""
+        mark = self.undurable_seq
+        self.disk.flush()
+        self.undurable = [u for u in self.undurable if u[0] > mark]
 
     def log(self, what: str) -> None:
         self.sim.log(self.node, what)
@@ -797,8 +815,12 @@ class Replica:
     def _answer_resync(self, link: SimLink, req: wire.ResyncRequest) -> None:
         if link.closed or link is not self.link or not self.alive:
             return
-        with contextlib.suppress(ConnectionError, wire.ProtocolError):
+        try:
             link.send(wire.ResyncData(req.offset, self.disk.pread(req.offset, req.length)))
+        except (ConnectionError, wire.ProtocolError):
+            return
+        if not link.closed:  # sent: a resync cut short resumes where it was
+            self.bitmap.clear_range(req.offset, req.length)
 
     def _finish_source(self) -> None:
         self.bitmap.clear_all()
@@ -833,7 +855,7 @@ class Replica:
                 return
         if self.sim.now - self.last_persist > 1.0:
             self.last_persist = self.sim.now
-            self.disk.flush()
+            self.flush_resync_data()
             self.meta_update()
         if p["i"] >= len(runs) and p["out"] == 0:
             self._finish_target(link, p["source"])
@@ -842,6 +864,8 @@ class Replica:
         self.disk.pwrite(ev.offset, ev.data)
         for i in range(0, len(ev.data), BLOCK):
             self.world.applied(self.node, int.from_bytes(ev.data[i:i + 8], "big"), (ev.offset + i) // BLOCK)
+        self.undurable_seq += 1
+        self.undurable.append((self.undurable_seq, ev.offset, len(ev.data)))
         self.bitmap.clear_range(ev.offset, len(ev.data))
         p = self.pull
         if p is not None and p["link"] is link:
@@ -851,7 +875,7 @@ class Replica:
 
     def _finish_target(self, link: SimLink, source: wire.StateExchange) -> None:
         self.pull = None
-        self.disk.flush()
+        self.flush_resync_data()
         try:
             link.send(wire.ResyncDone())
         except (ConnectionError, wire.ProtocolError):
