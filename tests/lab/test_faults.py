@@ -283,3 +283,31 @@ def test_the_vip_watch_corrects_a_change_its_monitor_missed(healed, monkeypatch)
         assert [(e["host"], e["held"], e["source"]) for e in seen] == [("node1", False, "reconcile")]
     finally:
         watch.stop()
+
+
+def test_a_crash_whose_cables_would_not_come_out_still_kills_the_host(healed, monkeypatch):
+    """Cables come out first now; if `ip` fails there, the host must still end up
+    dead, down and restartable, with its `host_down` after the kill (the checker
+    would otherwise end its intervals at the crash while it ran on)."""
+    from tandem.errors import LabError
+    from tandem.lab.supervisor import pid_alive
+    lab = healed
+    a = lab.spawn("node2", "sleeper-a", ["sleep", "300"])
+    real = lab.faults._links
+
+    def stuck(host: str, updown: str) -> None:
+        if updown == "down":
+            raise LabError("ip link set: RTNETLINK answers: Device or resource busy")
+        real(host, updown)
+
+    monkeypatch.setattr(lab.faults, "_links", stuck)
+    t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
+    with pytest.raises(LabError):
+        lab.faults.crash("node2")
+    assert not pid_alive(a.pid)
+    assert "node2" in lab.read_state()["down"]
+    [down] = [e for e in lab.events.read("host_down") if e["t"] >= t0]
+    assert down["host"] == "node2"
+    monkeypatch.setattr(lab.faults, "_links", real)
+    lab.faults.restart("node2")
+    assert "node2" not in lab.read_state()["down"]

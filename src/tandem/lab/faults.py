@@ -50,14 +50,23 @@ class Faults:
         # every process takes a while (and killing first left the VIPs answering ARP
         # on a live link until the addresses went, seconds after the crash). The
         # checker ends the host's VIP holdings and writable interval at `host_down`.
-        self._links(host, "down")
-        self.lab.events.record("host_down", host=host)
+        cut: LabError | None = None
+        try:
+            self._links(host, "down")
+        except LabError as e:  # a cable left in: the host is down once its processes are
+            cut = e
+        else:
+            self.lab.events.record("host_down", host=host)
         killed = self.lab.supervisor(host).kill_all()
+        if cut is not None:
+            self.lab.events.record("host_down", host=host)
         self._forget_addresses(host)
         release_host_storage(self.spec.host_dir(host))
-        with self.lab.state() as st:
+        with self.lab.state() as st:  # down whatever happened: a restart puts the cables back
             if host not in st["down"]:
                 st["down"].append(host)
+        if cut is not None:
+            raise cut
         return killed
 
     def restart(self, host: str) -> None:

@@ -90,6 +90,7 @@ class Campaign:
         self._acks: ackcheck.AckedWritesCheck | None = None
         #: acknowledged writes a lookup after a schedule did not find (see history_violations)
         self.missing_at_lookup: list[dict] = []
+        self._missing_seen = 0
         self._http = client_session()  # what the checks read besides the logs, for a re-check
 
     def say(self, line: str) -> None:
@@ -211,11 +212,13 @@ class Campaign:
         if self._acks is None:
             return
         try:
-            lost = self._acks.run()
+            self._acks.run()
         except (LabError, ValueError) as e:
             why = str(e) if len(str(e)) <= 300 else f"{str(e)[:100]} ... {str(e)[-200:]}"  # not the query
             self.say(f"  history check: [{name}] could not look up the acknowledged writes: {why}")
-            return
+        # what every batch found missing, also those before a batch whose query failed
+        lost = self._acks.missing[self._missing_seen:]
+        self._missing_seen = len(self._acks.missing)
         if lost:
             self.say(f"  history check: [{name}] lost-write: {ackcheck.describe(lost)}")
             self.missing_at_lookup += [{"schedule": name, "id": r["id"], "acked": r["acked"]} for r in lost]

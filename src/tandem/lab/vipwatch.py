@@ -62,12 +62,17 @@ class VipWatch:
         self.held: dict[tuple[str, str], bool] = {}
         self.reported: dict[tuple[str, str], float] = {}  # when a monitor last reported (monotonic)
         self.lock = threading.Lock()
+        #: one look at a time: a look must not record what it saw after a later look
+        #: recorded what it saw (a crash's reconcile look and its restart look)
+        self.looking = threading.Lock()
+        self._stopped = threading.Event()
         self.offset = 0.0  # wall - monotonic
         self.stopping = False
 
     def start(self) -> None:
         self.offset = time.time() - monotonic()
         self.stopping = False
+        self._stopped.clear()
         for h in self.hosts:
             self._spawn(h)
             t = threading.Thread(target=self._read, args=(h,), daemon=True, name=f"vipwatch-{h}")
@@ -81,7 +86,8 @@ class VipWatch:
 
     def _reconcile(self) -> None:
         while not self.stopping:
-            time.sleep(RECONCILE_EVERY)
+            if self._stopped.wait(RECONCILE_EVERY):
+                return
             if not self.stopping:
                 with contextlib.suppress(Exception):  # the next look tries again
                     self.snapshot("reconcile")
@@ -109,25 +115,27 @@ class VipWatch:
         going down) records nothing: "could not look" is not "does not hold", and
         recorded as that it would end a holding the monitor then never reports
         again. Nor does a look that a monitor report overtook: the report is newer."""
-        began = monotonic()
-        proc = in_ns(self.lab.spec.netns(host), ["ip", "-j", "-4", "addr", "show"], check=False)
-        now = monotonic()
-        try:
-            links = json.loads(proc.stdout or "") if proc.returncode == 0 else None
-        except json.JSONDecodeError:
-            links = None
-        if not isinstance(links, list):
-            return {a for (h, a), on in list(self.held.items()) if h == host and on}
-        have = set()
-        for link in links:
-            have |= {a.get("local") for a in link.get("addr_info", [])}
-        for addr in self.addresses:
-            self._set(host, addr, addr in have, now, source=why, unless_reported_since=began)
-        return have & self.addresses
+        with self.looking:
+            began = monotonic()
+            proc = in_ns(self.lab.spec.netns(host), ["ip", "-j", "-4", "addr", "show"], check=False)
+            now = monotonic()
+            try:
+                links = json.loads(proc.stdout or "") if proc.returncode == 0 else None
+            except json.JSONDecodeError:
+                links = None
+            if not isinstance(links, list):
+                return {a for (h, a), on in list(self.held.items()) if h == host and on}
+            have = set()
+            for link in links:
+                have |= {a.get("local") for a in link.get("addr_info", [])}
+            for addr in self.addresses:
+                self._set(host, addr, addr in have, now, source=why, unless_reported_since=began)
+            return have & self.addresses
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.snapshot("stop")
         self.stopping = True
+        self._stopped.set()
         for proc in list(self.procs.values()):
             if proc.poll() is None:
                 proc.terminate()
