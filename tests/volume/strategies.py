@@ -76,7 +76,7 @@ messages = st.one_of(
     st.builds(wire.ResyncRequests, ranges),
     data_batches(),
     st.builds(wire.BitmapChunk, u64, st.binary(max_size=200), st.booleans()),
-    st.builds(wire.VerifyRequest, u64, u32_pos, u32_pos),
+    st.builds(wire.VerifyRequest, u64, st.integers(1, wire.MAX_DATA), st.just(wire.VERIFY_BLOCK)),
     verify_digests(),
     st.builds(wire.Ping, u64),
     st.builds(wire.Pong, u64),

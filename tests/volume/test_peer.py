@@ -372,6 +372,30 @@ def test_write_from_a_secondary_peer_is_a_remote_error() -> None:
         link.a.next_event()
 
 
+@pytest.mark.parametrize("bad", [
+    Write(1, SIZE - 4096, b"x" * 8192),  # runs past the end
+    Write(1, SIZE, b"x"),
+    wire.ResyncRequest(SIZE, 4096),
+    ResyncRequests(((0, 4096), (SIZE - 1, 4096))),
+    wire.VerifyRequest(SIZE - 4096, 8192, 4096),
+], ids=["write-across-end", "write-past-end", "resync-request", "resync-requests", "verify"])
+def test_a_range_outside_the_volume_poisons_the_link(bad: wire.Message) -> None:
+    """Written past the end it would grow the backing file; read past it, it comes back
+    short, and a short read fails our disk."""
+    if isinstance(bad, (wire.ResyncRequest, ResyncRequests)):  # the target asks the source
+        link = _in_sync_target_state()
+        sender, receiver = link.b, link.a
+    else:
+        link = connected_pair()
+        sender, receiver = link.a, link.b
+    receiver.receive_bytes(link.forge(sender, bad))
+    with pytest.raises(RemoteProtocolError, match="outside the volume"):
+        receiver.next_event()
+    link = connected_pair()
+    link.b.receive_bytes(link.forge(link.a, Write(1, SIZE - 4096, b"x" * 4096)))  # the last block: fine
+    assert isinstance(link.b.next_event(), Write)
+
+
 def test_flush_completes_only_after_earlier_writes_and_its_ack() -> None:
     link = connected_pair()
     a, b = link.a, link.b

@@ -289,6 +289,12 @@ def test_truncated_frame_waits_for_more() -> None:
         ),
         (wire.TYPE_CODES[wire.VerifyDigests], struct.pack("!QB", 0, 4) + b"abcdef", 0, "whole number"),
         (wire.TYPE_CODES[wire.ResyncRequest], struct.pack("!QI", 0, 0), 0, "out of range"),
+        # a verify answer is one pread: a huge request would come back short and fail the disk
+        (wire.TYPE_CODES[wire.VerifyRequest], struct.pack("!QII", 0, wire.MAX_DATA + 1, 4096), 0,
+         "need 1..1048576 bytes"),
+        (wire.TYPE_CODES[wire.VerifyRequest], struct.pack("!QII", 0, 0xFFFFFFFF, 4096), 0,
+         "need 1..1048576 bytes"),
+        (wire.TYPE_CODES[wire.VerifyRequest], struct.pack("!QII", 0, 8192, 1), 0, "in blocks of 4096"),
         (wire.TYPE_CODES[wire.BitmapChunk], struct.pack("!QB", 0, 2), 0, "last flag"),
         (wire.TYPE_CODES[wire.ResyncRequests], b"\x00\x00", 0, "truncated"),
         (wire.TYPE_CODES[wire.ResyncRequests], struct.pack("!I", 0), 0, "0 ranges"),

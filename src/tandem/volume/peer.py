@@ -728,9 +728,19 @@ class PeerConnection:
             raise LocalProtocolError("only a Primary sends Writes (send a StateExchange first)")
         self._tx.add(msg, LocalProtocolError)
 
+    def _in_volume(self, what: str, offset: int, length: int) -> None:
+        """A range the peer asks us to write, read or hash must lie inside the volume:
+        a write past its end would grow the backing file, a read past it comes back
+        short and fails our disk."""
+        local = self.local_status
+        if local is None or offset + length > local.size:
+            raise RemoteProtocolError(f"{what} of {length} bytes at {offset} is outside the"
+                                      f" volume ({local.size if local else 'unknown'} bytes)")
+
     def _on_recv_write(self, msg: Write) -> None:
         if self.peer_status is None or self.peer_status.role is not Role.PRIMARY:
             raise RemoteProtocolError("Write from a peer that is not Primary")
+        self._in_volume("Write", msg.offset, len(msg.data))
         self._rx.add(msg, RemoteProtocolError)
         self._events.append(msg)
 
@@ -786,6 +796,7 @@ class PeerConnection:
         self._rs_out[msg.offset] = msg.length
 
     def _on_recv_rs_request(self, msg: ResyncRequest) -> None:
+        self._in_volume("ResyncRequest", msg.offset, msg.length)
         if msg.offset in self._rs_in:
             raise RemoteProtocolError(f"duplicate ResyncRequest at {msg.offset}")
         self._rs_in[msg.offset] = msg.length
@@ -814,6 +825,7 @@ class PeerConnection:
     def _on_recv_rs_requests(self, msg: ResyncRequests) -> None:
         pending = self._rs_in
         for offset, length in msg.ranges:
+            self._in_volume("ResyncRequest", offset, length)
             if offset in pending:
                 raise RemoteProtocolError(f"duplicate ResyncRequest at {offset}")
             pending[offset] = length
@@ -847,6 +859,7 @@ class PeerConnection:
         self._verify_out[msg.offset] = -(-msg.length // msg.blocksize)
 
     def _on_recv_verify_req(self, msg: VerifyRequest) -> None:
+        self._in_volume("VerifyRequest", msg.offset, msg.length)
         self._verify_in[msg.offset] = -(-msg.length // msg.blocksize)
         self._events.append(msg)
 

@@ -54,6 +54,9 @@ MAX_DATA = 1 << 20
 DEFAULT_MAX_PAYLOAD = MAX_DATA + 64
 """Default payload limit: a full data block plus the fields in front of it."""
 
+VERIFY_BLOCK = 4096
+"""The only block size a VerifyRequest may ask digests for (the replicator hashes 4 KiB)."""
+
 F_DURABLE = 0x0001
 """Write flag: the peer acknowledges only once the data is on stable storage."""
 
@@ -516,8 +519,9 @@ def _enc_chunk(m: BitmapChunk) -> tuple[int, bytes]:
 
 
 def _enc_vreq(m: VerifyRequest) -> tuple[int, bytes]:
-    if m.blocksize <= 0 or m.length <= 0:
-        raise LocalProtocolError("VerifyRequest length and blocksize must be positive")
+    if not 0 < m.length <= MAX_DATA or m.blocksize != VERIFY_BLOCK:
+        raise LocalProtocolError(f"VerifyRequest of {m.length} bytes in blocks of {m.blocksize}:"
+                                 f" need 1..{MAX_DATA} bytes in blocks of {VERIFY_BLOCK}")
     return 0, _VERIFY_REQ.pack(m.offset, m.length, m.blocksize)
 
 
@@ -731,8 +735,11 @@ def _dec_vreq(buf: bytearray, s: int, e: int, seq: int) -> VerifyRequest:
     _expect_no_seq("VerifyRequest", seq)
     _expect_len("VerifyRequest", s, e, _VERIFY_REQ.size)
     offset, length, blocksize = _VERIFY_REQ.unpack_from(buf, s)
-    if length == 0 or blocksize == 0:
-        raise _bad("VerifyRequest with zero length or blocksize")
+    # The answer is one pread of `length` bytes: a peer asking for gigabytes would
+    # make that read come back short, and a short read fails our disk.
+    if not 0 < length <= MAX_DATA or blocksize != VERIFY_BLOCK:
+        raise _bad(f"VerifyRequest of {length} bytes in blocks of {blocksize}"
+                   f" (need 1..{MAX_DATA} bytes in blocks of {VERIFY_BLOCK})")
     return VerifyRequest(offset, length, blocksize)
 
 
