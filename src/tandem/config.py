@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -41,6 +42,20 @@ def _address_text(v: Any) -> Any:
         raise ValueError("not an IPv4 address (write it as a string, like \"10.0.0.1\")")
     return v
 
+
+SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+
+
+def _not_a_system_schema(v: str) -> str:
+    if v.lower() in SYSTEM_SCHEMAS:
+        raise ValueError(f"{v!r} is one of MariaDB's own schemas: the application user never gets"
+                         " rights on those")
+    return v
+
+
+#: a MariaDB database the application user owns
+DATABASE_NAME_RE = r"^[A-Za-z0-9_]{1,64}$"
+DatabaseName = Annotated[str, Field(pattern=DATABASE_NAME_RE), AfterValidator(_not_a_system_schema)]
 
 IPv4 = Annotated[ipaddress.IPv4Address, BeforeValidator(_address_text)]
 IPv4If = Annotated[ipaddress.IPv4Interface, BeforeValidator(_address_text)]
@@ -197,6 +212,10 @@ class Database(Strict):
     vip: Vip | None = None
     user: str = Field(default="tandem", pattern=r"^[A-Za-z0-9_]{1,32}$")
     password_file: Path | None = None  #: the application user's password (mode 600)
+    #: the databases the application user may use, with every privilege on them and
+    #: none on the server (CloudStack's two; [mgmt] db_name is added to these)
+    databases: list[DatabaseName] = Field(default_factory=lambda: ["cloud", "cloud_usage"],
+                                          min_length=1)
     buffer_pool_size: str = Field(default="128M", pattern=r"^\d+[KMG]?$")
     #: binary logs older than this go at the next rotation (restart, size limit):
     #: without it they fill the volume (a lab campaign did, after 78 failovers)
@@ -214,6 +233,9 @@ class Etcd(Strict):
     #: the cluster's etcd PKI (ca.crt, HOST.crt, HOST.key; see tandem.dcs.pki): every
     #: client and peer of etcd shows a certificate of this CA (mutual TLS)
     tls_dir: Path | None = None
+    #: an external etcd without TLS: leases and heartbeats unauthenticated, for a
+    #: network where nothing else can reach it. Never for the embedded one.
+    insecure: bool = False
 
 
 class Agent(Strict):
@@ -258,7 +280,7 @@ class Mgmt(Strict):
     server_port: int = Field(default=8081, ge=1, le=65535)  #: each management server
     api_vip: Vip | None = None
     simhost: str = Field(default="http://127.0.0.1:8250", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
-    db_name: str = Field(default="cloud", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    db_name: DatabaseName = "cloud"
     db_user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,32}$")
     dead_after: float = Field(default=3.0, gt=0, le=600)  #: heartbeat age before job takeover
     db_retry: float = Field(default=8.0, gt=0, le=600)  #: how long requests wait for the database
@@ -339,6 +361,13 @@ class Config(Strict):
             problems.append(("etcd.tls_dir", "required with embedded etcd (only holders of a"
                              " certificate of the cluster's CA may use it): create the directory"
                              " with `tandem pki init --config FILE`"))
+        elif self.etcd.embedded and self.etcd.insecure:
+            problems.append(("etcd.insecure", "only for an external etcd: the embedded one always"
+                             " uses the cluster's PKI"))
+        elif self.etcd.tls_dir is None and not self.etcd.insecure:
+            problems.append(("etcd.tls_dir", "required: an etcd without TLS lets anyone who reaches"
+                             " it take the leader key; give the directory of its client"
+                             " certificates, or set etcd.insecure = true to accept that"))
         if problems:
             raise ValueError(";;".join(f"{k}: {m}" for k, m in problems))
         return self
@@ -361,16 +390,27 @@ MESSAGES = {
     "list_type": "not a list",
     "path_type": "not a path",
     "literal_error": None,  # pydantic's text lists the allowed values
-    "string_pattern_mismatch": "not a valid name (lowercase letters, digits, '-', at most 15)",
 }
+#: what a value that does not match a pattern should look like
+PATTERNS = {
+    NAME_RE: "not a valid name (lowercase letters, digits, '-', at most 15)",
+    DATABASE_NAME_RE: "not a valid database name (letters, digits, '_', at most 64)",
+}
+
+
+def error_message(e: Any) -> str:
+    """One pydantic error in the words of our config errors."""
+    if e["type"] == "string_pattern_mismatch":
+        pattern = (e.get("ctx") or {}).get("pattern", "")
+        return PATTERNS.get(pattern, f"not valid: must match {pattern}")
+    return (MESSAGES.get(e["type"]) or e["msg"]).removeprefix("Value error, ")
 
 
 def _format_errors(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = MESSAGES.get(e["type"]) or e["msg"]
-        msg = msg.removeprefix("Value error, ")
+        msg = error_message(e)
         if e["type"] == "value_error" and ";;" in msg:  # a model validator's "key: problem;;" list
             lines.extend(f"{loc}.{part}" if loc else part for part in msg.split(";;") if part)
             continue

@@ -12,7 +12,7 @@ GOOD = [
     {"kind": "filesystem", "name": "fs", "device": "/r/volume-db/disk", "mountpoint": "/srv/db",
      "run_dir": "/run/tandem", "mkfs": True},
     {"kind": "mariadb", "name": "db", "datadir": "/srv/db/mysql", "require_mountpoint": "/srv/db",
-     "run_dir": "/run/tandem", "password_file": "/etc/tandem/db.pw"},
+     "run_dir": "/run/tandem", "password_file": "/etc/tandem/db.pw", "app_databases": ["cloud"]},
     {"kind": "vip", "name": "dbvip", "address": "10.0.1.100/24"},
     {"kind": "haproxy", "name": "api", "run_dir": "/run/tandem",
      "backends": [{"name": "node1", "address": "10.0.1.11", "port": 8081}]},

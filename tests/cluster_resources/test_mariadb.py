@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 
 import pymysql
 import pytest
@@ -31,7 +32,7 @@ def db_setup(lab, resources):
     os.chmod(pw_file, 0o600)
     db = {"name": "db", "datadir": str(mnt / "mysql"), "require_mountpoint": str(mnt),
           "run_dir": str(d / "run"), "password_file": str(pw_file), "port": 3306,
-          "buffer_pool_size": "64M", "log_file_size": "32M"}
+          "buffer_pool_size": "64M", "log_file_size": "32M", "app_databases": ["app", "app_2"]}
     return fs, db, password
 
 
@@ -44,6 +45,14 @@ def rows(lab, password: str) -> list[int]:
     with connect(lab, password) as conn, conn.cursor() as cur:
         cur.execute("SELECT id FROM app.t ORDER BY id")
         return [r[0] for r in cur.fetchall()]
+
+
+def root_sql(lab, sql: str) -> str:
+    """As root over the node-local socket (what the resource itself does)."""
+    sock = lab.host_dir(HOST) / "run" / "db" / "mysqld.sock"
+    return subprocess.run(["mariadb", "--no-defaults", f"--socket={sock}", "--user=root", "--batch",
+                           "--skip-column-names"], input=sql, capture_output=True, text=True,
+                          check=True, timeout=30).stdout
 
 
 def test_refuses_without_the_filesystem(lab, db_setup):
@@ -61,13 +70,13 @@ def test_init_start_query_stop_restart_keeps_data(lab, resources, db_setup):
     assert must(lab, HOST, "mariadb", "monitor", db)["message"].endswith("answers SELECT 1")
 
     with connect(lab, password) as conn, conn.cursor() as cur:
-        cur.execute("CREATE DATABASE app")
+        cur.execute("CREATE DATABASE IF NOT EXISTS app")  # made by the provisioning
         cur.execute("CREATE TABLE app.t (id INT PRIMARY KEY) ENGINE=InnoDB")
         cur.execute("INSERT INTO app.t VALUES (1), (2)")
-        cur.execute("SELECT COUNT(*) FROM mysql.global_priv WHERE User=''")
-        assert cur.fetchone()[0] == 0  # no anonymous users
         cur.execute("SELECT @@log_bin, @@sync_binlog, @@innodb_flush_log_at_trx_commit, @@innodb_doublewrite")
         assert cur.fetchone() == (1, 1, 1, 1)
+    # no anonymous users
+    assert root_sql(lab, "SELECT COUNT(*) FROM mysql.global_priv WHERE User=''").strip() == "0"
     with pytest.raises(pymysql.err.OperationalError):
         connect(lab, "wrong-" + password).close()
     # the password never reaches the logs
@@ -97,6 +106,50 @@ def test_init_start_query_stop_restart_keeps_data(lab, resources, db_setup):
     recovered = must(lab, HOST, "mariadb", "start", db)
     assert f"pid {pid}" not in recovered["message"]
     assert rows(lab, password) == [1, 2, 3]
+
+
+def _denied(cur, sql: str) -> int:
+    with pytest.raises(pymysql.err.MySQLError) as e:
+        cur.execute(sql)
+        cur.fetchall()
+    return e.value.args[0]
+
+
+def test_the_application_user_has_its_databases_and_nothing_on_the_server(lab, resources, db_setup):
+    """With ALL ON *.* (the old grant) its password, held by every management server,
+    read any file as root (the cluster secret with LOAD_FILE), wrote one with INTO
+    OUTFILE, and could grant itself more through the mysql schema."""
+    fs, db, password = db_setup
+    resources.start(HOST, "filesystem", fs)
+    resources.start(HOST, "mariadb", db)
+
+    def check() -> None:
+        with connect(lab, password) as conn, conn.cursor() as cur:
+            cur.execute("SHOW GRANTS")
+            grants = sorted(r[0] for r in cur.fetchall())
+            assert [g.split(" TO ")[0] for g in grants] == [
+                "GRANT ALL PRIVILEGES ON `app\\_2`.*", "GRANT ALL PRIVILEGES ON `app`.*",
+                "GRANT USAGE ON *.*"], grants
+            cur.execute("SELECT LOAD_FILE('/etc/hostname')")
+            assert cur.fetchone() == (None,)
+            cur.execute("CREATE TABLE IF NOT EXISTS app_2.t (id INT PRIMARY KEY)")  # its own: fine
+            assert _denied(cur, "SELECT * FROM mysql.global_priv") == 1142
+            assert _denied(cur, "CREATE DATABASE other") == 1044
+            assert _denied(cur, "CREATE DATABASE appX2") == 1044  # `_` in a GRANT is a wildcard
+            assert _denied(cur, f"SELECT 1 INTO OUTFILE '{lab.host_dir(HOST)}/out'") == 1227  # needs FILE
+            assert _denied(cur, "GRANT ALL ON *.* TO CURRENT_USER") in (1044, 1045, 1227)
+    check()
+    # an older provisioning (ALL ON *.*) is narrowed at the next start
+    must(lab, HOST, "mariadb", "stop", db)
+    must(lab, HOST, "mariadb", "start", db)
+    root_sql(lab, "GRANT ALL PRIVILEGES ON *.* TO 'tandem'@'%';")
+    (lab.host_dir(HOST) / "data" / "db-mnt" / "mysql" / ".tandem-provisioned").write_text("old\n")
+    with connect(lab, password) as conn, conn.cursor() as cur:
+        cur.execute("SHOW GRANTS")  # the grant really was there
+        assert any("ALL PRIVILEGES ON *.*" in r[0] for r in cur.fetchall())
+    must(lab, HOST, "mariadb", "stop", db)
+    must(lab, HOST, "mariadb", "start", db)
+    check()
 
 
 #: a fresh install needs ~120 MiB for InnoDB (ibdata1, the redo log, ibtmp1), then
@@ -129,9 +182,8 @@ def test_an_install_that_dies_halfway_leaves_no_datadir_that_looks_initialised(
     os.unlink(ballast)
     again = must(lab, HOST, "mariadb", "start", db)
     assert "initialised" in again["message"], again["message"]
-    with connect(lab, password) as conn, conn.cursor() as cur:
-        cur.execute("SELECT COUNT(*) FROM mysql.help_topic")
-        assert cur.fetchone()[0] > 0  # the table the full disk stalled in
+    # the table the full disk stalled in
+    assert int(root_sql(lab, "SELECT COUNT(*) FROM mysql.help_topic")) > 0
     must(lab, HOST, "mariadb", "stop", db)
 
 
@@ -146,14 +198,11 @@ def test_old_binary_logs_expire_at_rotation(lab, resources, db_setup):
     with connect(lab, password) as conn, conn.cursor() as cur:
         cur.execute("SELECT @@binlog_expire_logs_seconds, @@max_binlog_size")
         assert cur.fetchone() == (2, 4096)
-        cur.execute("SHOW BINARY LOGS")
-        first = cur.fetchall()[0][0]
-        cur.execute("FLUSH BINARY LOGS")
-        time.sleep(3)
-        cur.execute("FLUSH BINARY LOGS")  # rotation: logs older than 2 s go
-        cur.execute("SHOW BINARY LOGS")
-        names = [r[0] for r in cur.fetchall()]
-    assert first not in names, names
+    first = root_sql(lab, "SHOW BINARY LOGS").split()[0]  # the app user may not (no BINLOG MONITOR)
+    root_sql(lab, "FLUSH BINARY LOGS")
+    time.sleep(3)
+    names = root_sql(lab, "FLUSH BINARY LOGS; SHOW BINARY LOGS").split()  # rotation: logs older than 2 s go
+    assert first.startswith("mariadb-bin.") and first not in names, names
     must(lab, HOST, "mariadb", "stop", db)
 
 
@@ -185,7 +234,6 @@ def test_a_crash_during_shutdown_leaves_prepared_transactions_that_the_next_star
     resources.start(HOST, "filesystem", fs)
     resources.start(HOST, "mariadb", db)
     with connect(lab, password) as conn, conn.cursor() as cur:
-        cur.execute("CREATE DATABASE app")
         cur.execute("CREATE TABLE app.t (id INT PRIMARY KEY, w INT) ENGINE=InnoDB")
     run = lab.host_dir(HOST) / "run" / "db"
     acked: set[int] = set()

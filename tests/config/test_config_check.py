@@ -52,6 +52,13 @@ def test_example_is_ok(cfgdir):
      "database.vip.address: 10.100.1.12 is already nodes.node2.public_address"),
     ('embedded = true', 'embedded = false', "etcd.endpoints: required when etcd.embedded = false"),
     ('tls_dir = "pki"', '', "etcd.tls_dir: required with embedded etcd"),  # an etcd open to anyone
+    ('embedded = true\ntls_dir = "pki"', 'embedded = false\nendpoints = ["https://10.100.1.50:2379"]',
+     "etcd.tls_dir: required: an etcd without TLS lets anyone"),  # an external one: the same
+    ('embedded = true', 'embedded = true\ninsecure = true', "etcd.insecure: only for an external etcd"),
+    ('databases = ["cloud", "cloud_usage"]', 'databases = ["cloud", "mysql"]',
+     "database.databases.1: 'mysql' is one of MariaDB's own schemas"),
+    ('databases = ["cloud", "cloud_usage"]', 'databases = ["cloud; DROP"]',
+     "database.databases.0: not a valid database name"),
     ('tls_dir = "pki"', 'tls_dir = "nopki"', "etcd.tls_dir: no CA certificate"),
     ('fence_peer = "dcs"', 'fence_peer = "etcd"', "volumes.db.fence_peer: Input should be 'dcs'"),
     ('fence_peer = "dcs"', 'fence_peer = "dcs"\nfence_peer_command = "/bin/true"',

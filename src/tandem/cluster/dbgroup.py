@@ -42,6 +42,7 @@ def build_db_group(cfg: Config, spec: VolumeSpec, data_dir: Path, run_dir: Path)
                                stop_timeout=15, monitor_interval=cfg.agent.monitor_interval)),
         build(MariaDBConfig(name="mariadb", datadir=paths["datadir"], run_dir=paths["mariadb_run"],
                             require_mountpoint=paths["mount"], port=db.port, app_user=db.user,
+                            app_databases=app_databases(cfg),
                             password_file=db.password_file.resolve(),
                             buffer_pool_size=db.buffer_pool_size,
                             binlog_expire_seconds=db.binlog_expire_seconds,
@@ -53,6 +54,14 @@ def build_db_group(cfg: Config, spec: VolumeSpec, data_dir: Path, run_dir: Path)
                                        interface="pub0" if db.vip.network == "public" else "rep0",
                                        arp_count=1, lifetime=vip_lifetime(cfg.etcd.lease_ttl))))
     return ResourceGroup("db", members)
+
+
+def app_databases(cfg: Config) -> list[str]:
+    """[database] databases, and the management server's database if there is one."""
+    names = list(cfg.database.databases) if cfg.database else []
+    if cfg.mgmt is not None and cfg.mgmt.db_name not in names:
+        names.append(cfg.mgmt.db_name)
+    return names
 
 
 def vip_lifetime(lease_ttl: float) -> int:

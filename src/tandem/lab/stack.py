@@ -57,6 +57,7 @@ vip = {{ address = "{self.vip}/24" }}
 password_file = "{self.password_file}"
 binlog_expire_seconds = 300
 max_binlog_size = "16M"
+databases = ["tandem"]
 {extra_config}"""
         # The volume daemon records "peer Outdated" in the DCS itself (fence_peer = "dcs").
         # The agent tells a volume when its node lost the leader key involuntarily:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from tandem.config import MESSAGES, IPv4If, Name, Strict
+from tandem.config import DatabaseName, IPv4If, Name, Strict, error_message
 from tandem.errors import ConfigError
 
 
@@ -78,6 +78,9 @@ class MariaDBConfig(ResourceBase):
     port: Port = 3306
     app_user: str = Field(default="tandem", pattern=r"^[A-Za-z0-9_]{1,32}$")
     app_host: str = Field(default="%", pattern=r"^[A-Za-z0-9_.%:-]{1,60}$")
+    #: the only databases the application user may use (every privilege on them,
+    #: none on the server: no FILE, SUPER or GRANT, no access to the ``mysql`` schema)
+    app_databases: list[DatabaseName] = Field(min_length=1)
     password_file: AbsPath
     buffer_pool_size: str = Field(default="128M", pattern=r"^\d+[KMG]?$")
     log_file_size: str = Field(default="48M", pattern=r"^\d+[KMG]?$")
@@ -245,8 +248,7 @@ def _lines(err: ValidationError, prefix: str, data: Any) -> list[str]:
         elif e["type"] in _BOUNDS:
             msg = _BOUNDS[e["type"]].format(*e.get("ctx", {}).values())
         else:
-            msg = MESSAGES.get(e["type"]) or e["msg"]
-            msg = msg.removeprefix("Value error, ")
+            msg = error_message(e)
             if e["type"] == "value_error" and ": " in msg and msg.split(": ")[0].isidentifier() \
                     and e["loc"] and e["loc"][-1] != msg.split(": ")[0]:
                 # a model-level check names its key itself

@@ -111,10 +111,14 @@ class MariaDB(Resource):
         c = self.config
         d = self.private_dir
         (d / "tmp").mkdir(exist_ok=True)
+        (d / "files").mkdir(exist_ok=True)
         return [
             c.mariadbd, "--no-defaults", f"--datadir={c.datadir}", "--user=root",
             f"--socket={self.socket}", f"--pid-file={d / 'mariadbd.pid'}", f"--tmpdir={d / 'tmp'}",
             f"--bind-address={c.bind_address}", f"--port={c.port}", "--skip-name-resolve",
+            # LOAD_FILE / INTO OUTFILE only in an empty node-local directory, should
+            # any account ever hold FILE
+            f"--secure-file-priv={d / 'files'}",
             "--log-bin=mariadb-bin", "--server-id=1", "--binlog-format=ROW", "--sync-binlog=1",
             f"--binlog-expire-logs-seconds={c.binlog_expire_seconds}",
             f"--max-binlog-size={c.max_binlog_size}",
@@ -244,22 +248,34 @@ class MariaDB(Resource):
     async def _provision(self, password: bytes) -> None:
         """Users as configured. Skipped when the datadir (which travels with the
         volume) records that exactly this was done: it costs a client process and
-        a few hundred ms of every failover."""
+        a few hundred ms of every failover.
+
+        The application user gets its own databases and nothing on the server: with
+        ALL ON *.* (as before) anyone holding its password, which every management
+        server does and which crosses the network, could read any file as root
+        (LOAD_FILE of the cluster secret), write one (INTO OUTFILE) or grant itself
+        more through the ``mysql`` schema."""
         c = self.config
         user = f"'{c.app_user}'@'{c.app_host}'"
         pw = native_password_hash(password)
-        marker = c.datadir / ".tandem-provisioned"
-        want = hashlib.sha256(f"{user}\n{pw}".encode()).hexdigest()
-        with contextlib.suppress(OSError):
-            if marker.read_text().strip() == want:
-                return
-        await self.sql(
+        statements = (
             # no anonymous users; passwordless root only over the node-local socket
             "DELETE FROM mysql.global_priv WHERE User='' OR (User='root' AND Host<>'localhost');\n"
             "FLUSH PRIVILEGES;\n"
             f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY PASSWORD '{pw}';\n"
             f"ALTER USER {user} IDENTIFIED BY PASSWORD '{pw}';\n"
-            f"GRANT ALL PRIVILEGES ON *.* TO {user};\n", timeout=30)
+            # what an older provisioning or a hand granted beyond the databases goes
+            f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user};\n"
+            + "".join(f"CREATE DATABASE IF NOT EXISTS `{name}`;\n"
+                      # in a GRANT, _ is a wildcard: cloud_usage would match cloudXusage
+                      f"GRANT ALL PRIVILEGES ON `{name.replace('_', chr(92) + '_')}`.* TO {user};\n"
+                      for name in c.app_databases))
+        marker = c.datadir / ".tandem-provisioned"
+        want = hashlib.sha256(statements.encode()).hexdigest()
+        with contextlib.suppress(OSError):
+            if marker.read_text().strip() == want:
+                return
+        await self.sql(statements, timeout=30)
         with contextlib.suppress(OSError):
             marker.write_text(want + "\n")
 
