@@ -196,3 +196,37 @@ def test_secrets_never_logged(cloud, procs, mariadb):
     log = procs.log("mgmt1")
     for secret in (mariadb.password, cloud["admin"]["secretkey"], cloud["admin"]["password"]):
         assert secret not in log
+
+
+def _login(server, username: str, password: str) -> requests.Response:
+    return requests.post(server.endpoint, data={"command": "login", "username": username,
+                                                "password": password, "response": "json"}, timeout=30)
+
+
+def test_failed_logins_of_a_name_back_off_and_a_success_clears_them(cloud, mariadb):
+    """No limit let anyone guess passwords as fast as scrypt ran. Names that do not
+    exist are counted the same way, so the backoff does not tell which ones do."""
+    server, admin, db = cloud["server"], cloud["admin"], cloud["db"]
+    for name in ("admin", "nobody-here"):
+        for i in range(5):  # the free ones; case does not make a new name
+            r = _login(server, name.upper() if i % 2 else name, "wrong")
+            assert "unable to verify" in _error(r, 401, "loginresponse"), i
+        r = _login(server, name, admin["password"] if name == "admin" else "wrong")
+        assert "too many failed logins for this user: try again in 1 s" in _error(r, 401, "loginresponse")
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT name, failures FROM `{db}`.login_failure ORDER BY name")
+        assert cur.fetchall() == (("/admin", 5), ("/nobody-here", 5))
+        # a minute later: the wait (1 s after five failures) is over
+        cur.execute(f"UPDATE `{db}`.login_failure SET last_failure = last_failure - INTERVAL 1 MINUTE")
+        conn.commit()
+    assert _login(server, "admin", "wrong").status_code == 401  # the sixth failure: 2 s now
+    r = _login(server, "admin", admin["password"])
+    assert "try again in 2 s" in _error(r, 401, "loginresponse")
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        cur.execute(f"UPDATE `{db}`.login_failure SET last_failure = last_failure - INTERVAL 1 MINUTE")
+        conn.commit()
+    r = _login(server, "admin", admin["password"])
+    assert r.status_code == 200 and r.json()["loginresponse"]["sessionkey"]
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT name FROM `{db}`.login_failure")
+        assert cur.fetchall() == (("/nobody-here",),)  # a success clears its own name only

@@ -12,6 +12,7 @@ never logged and only returned by `registerUserKeys`/`getUserKeys`.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -138,14 +139,67 @@ def by_apikey(cur: Cursor, apikey: str, box: SecretBox) -> tuple[Caller, str] | 
     return _caller(row), box.open(row["secretkey"], row["user_id"])
 
 
-def by_password(cur: Cursor, username: str, password: str, domain: str | None) -> Caller | None:
+@functools.cache
+def _no_such_user_hash() -> str:
+    return hash_password(secrets.token_urlsafe(24))
+
+
+# -- logins ------------------------------------------------------------------------
+#: failed logins of one user name that cost nothing; each one more doubles the wait
+#: before the next try, up to LOGIN_MAX_WAIT_S (CloudStack disables the user after 5:
+#: anyone could then lock the admin out)
+LOGIN_FREE_FAILURES = 5
+LOGIN_MAX_WAIT_S = 300
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """What a login needs from the database, read before the (slow) password check so
+    that the check holds no database connection."""
+
+    key: str  #: the user name as the failure counter knows it
+    row: dict[str, Any] | None
+    wait_s: float  #: > 0: too many failures; try again after this
+
+
+def login_key(username: str, domain: str | None) -> tuple[str, str]:
     name = (domain or "").strip("/")
     domain_path = "/" if not name or name.upper() == "ROOT" else f"/{name}/"
+    return domain_path, f"{domain_path}{username}".lower()[:300]  # names compare case-blind
+
+
+def login_wait(failures: int, ago_s: float) -> float:
+    if failures < LOGIN_FREE_FAILURES:
+        return 0.0
+    return max(0.0, min(2.0 ** (failures - LOGIN_FREE_FAILURES), LOGIN_MAX_WAIT_S) - ago_s)
+
+
+def login_attempt(cur: Cursor, username: str, domain: str | None) -> LoginAttempt:
+    domain_path, key = login_key(username, domain)
+    cur.execute("SELECT failures, TIMESTAMPDIFF(MICROSECOND, last_failure, NOW(6)) AS ago_us"
+                " FROM login_failure WHERE name=%s", (key,))
+    f = cur.fetchone()
+    wait = login_wait(int(f["failures"]), int(f["ago_us"]) / 1e6) if f else 0.0
     cur.execute(_USER_SELECT + " WHERE u.username=%s AND d.path=%s", (username, domain_path))
-    row = cur.fetchone()
-    if not _enabled(row) or not check_password(password, row["password_hash"]):
-        return None
-    return _caller(row)
+    return LoginAttempt(key, cur.fetchone(), wait)
+
+
+def password_matches(attempt: LoginAttempt, password: str) -> Caller | None:
+    """The scrypt check, as long for a user that does not exist or is disabled as for
+    one that does (the time of the answer must not say which names exist)."""
+    row = attempt.row
+    stored = row["password_hash"] if _enabled(row) and row else _no_such_user_hash()
+    ok = check_password(password, stored)
+    return _caller(row) if ok and row and _enabled(row) else None
+
+
+def record_login_failure(cur: Cursor, key: str) -> None:
+    cur.execute("INSERT INTO login_failure (name, failures, last_failure) VALUES (%s, 1, NOW(6))"
+                " ON DUPLICATE KEY UPDATE failures = failures + 1, last_failure = NOW(6)", (key,))
+
+
+def clear_login_failures(cur: Cursor, key: str) -> None:
+    cur.execute("DELETE FROM login_failure WHERE name=%s", (key,))
 
 
 # -- sessions --------------------------------------------------------------------

@@ -6,6 +6,8 @@ gets from one server works on all of them, and survives the server's death.
 
 from __future__ import annotations
 
+import asyncio
+import math
 from typing import Any
 
 from tandem.mgmt import auth
@@ -17,20 +19,31 @@ from tandem.mgmt.envelopes import ACCOUNT_ERROR, UNAUTHORIZED, ApiError, ListRes
 @command("login", Param("username", required=True), Param("password", required=True, max_length=1024),
          Param("domain"), Param("domainid", "uuid"), needs_auth=False)
 async def login(call: Call) -> Response:
-    """Logs a user in with a password; answers a sessionkey valid on every server."""
+    """Logs a user in with a password; answers a sessionkey valid on every server.
+
+    The password check (scrypt, tens of ms) runs outside the database's threads, a
+    few at a time: a flood of logins used to hold every connection of the pool, and
+    the job manager's heartbeats behind them slipped until peers took our jobs over.
+    Failed logins of a name are counted in the database (every server sees them):
+    after five, each try waits twice as long as the last, up to five minutes."""
     p = call.params
-
-    def write(cur: Cursor) -> tuple[auth.Caller, str, str] | None:
-        caller = auth.by_password(cur, p["username"], p["password"], p.get("domain"))
-        if caller is None:
-            return None
-        key, jsession = auth.create_session(cur, caller.user_id)
-        return caller, key, jsession
-
-    got = await call.server.db.write(write)
-    if got is None:
+    db = call.server.db
+    attempt = await db.read(lambda cur: auth.login_attempt(cur, p["username"], p.get("domain")))
+    if attempt.wait_s > 0:
+        raise ApiError(UNAUTHORIZED, f"too many failed logins for this user: try again in"
+                                     f" {math.ceil(attempt.wait_s)} s")
+    async with call.server.password_checks:
+        caller = await asyncio.get_running_loop().run_in_executor(
+            None, auth.password_matches, attempt, p["password"])
+    if caller is None:
+        await db.write(lambda cur: auth.record_login_failure(cur, attempt.key), idempotent=True)
         raise ApiError(UNAUTHORIZED, "unable to verify user credentials")
-    caller, key, jsession = got
+
+    def write(cur: Cursor) -> tuple[str, str]:
+        auth.clear_login_failures(cur, attempt.key)
+        return auth.create_session(cur, caller.user_id)
+
+    key, jsession = await db.write(write)
     body = {"username": caller.username, "userid": caller.user_id, "domainid": caller.domain_id,
             "timeout": auth.SESSION_TIMEOUT_S, "account": caller.account, "firstname": caller.firstname,
             "lastname": caller.lastname, "type": caller.account_type, "registered": False,

@@ -332,8 +332,10 @@ class JobManager:
 
     @staticmethod
     def _housekeeping(cur: Cursor) -> None:
-        """Old commit markers and expired sessions go (any server may do it)."""
+        """Old commit markers, expired sessions and old login failures go (any server
+        may do it)."""
         cur.execute("DELETE FROM txn_marker WHERE created < NOW(6) - INTERVAL 1 HOUR LIMIT 5000")
+        cur.execute("DELETE FROM login_failure WHERE last_failure < NOW(6) - INTERVAL 1 DAY LIMIT 5000")
         cur.execute("DELETE FROM session WHERE last_used < NOW(6) - INTERVAL 1 DAY"
                     " OR TIMESTAMPDIFF(SECOND, last_used, NOW(6)) > timeout_s LIMIT 5000")
 

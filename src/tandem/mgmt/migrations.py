@@ -111,6 +111,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (6, "async_job.host_sent: a job's host request may have left (its effect may have happened)", [
         "ALTER TABLE async_job ADD COLUMN host_sent TINYINT NOT NULL DEFAULT 0",
     ]),
+    (7, "login_failure: failed logins per user name, for a backoff every server sees", [
+        """CREATE TABLE login_failure (
+            name VARCHAR(300) PRIMARY KEY, failures INT NOT NULL,
+            last_failure DATETIME(6) NOT NULL, KEY login_failure_last (last_failure)) ENGINE=InnoDB""",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]

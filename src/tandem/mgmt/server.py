@@ -82,6 +82,8 @@ class MgmtServer:
                                dead_after=config.dead_after)
         self._runner: web.AppRunner | None = None
         self.health_probe = SharedProbe(self.db.ping)
+        #: password checks (scrypt: 16 MiB and tens of ms each) running at once
+        self.password_checks = asyncio.Semaphore(2)
 
     # -- lifecycle -----------------------------------------------------------------
     def make_app(self) -> web.Application:
