@@ -284,6 +284,11 @@ class Mgmt(Strict):
     db_user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,32}$")
     dead_after: float = Field(default=3.0, gt=0, le=600)  #: heartbeat age before job takeover
     db_retry: float = Field(default=8.0, gt=0, le=600)  #: how long requests wait for the database
+    #: refuse signed API requests without an `expires` (signatureVersion 2 never expires,
+    #: so one seen on the wire can be replayed for ever); CloudStack clients that sign
+    #: version 2 only (libcloud) then cannot call
+    require_expires: bool = False
+    max_expires_ahead: float = Field(default=3600.0, ge=1, le=7 * 86400)  #: latest accepted `expires`
 
 
 class Config(Strict):

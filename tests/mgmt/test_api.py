@@ -230,3 +230,24 @@ def test_failed_logins_of_a_name_back_off_and_a_success_clears_them(cloud, maria
     with mariadb.root_conn() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT name FROM `{db}`.login_failure")
         assert cur.fetchall() == (("/nobody-here",),)  # a success clears its own name only
+
+
+def test_a_server_that_requires_expires_refuses_version_2_and_far_expiry(cloud, procs, mariadb):
+    """A version 2 request never expires: one seen on the wire (the API is plain HTTP
+    behind haproxy) could be sent again for ever. With --require-expires it is refused;
+    an `expires` beyond --max-expires-ahead is refused on every server."""
+    from tests.mgmt.conftest import MgmtProc
+    admin = cloud["admin"]
+    strict = MgmtProc(procs, mariadb, cloud["db"], cloud["host"], "mgmt-strict",
+                      extra=("--require-expires", "--max-expires-ahead", "900"))
+    api = Api(strict.endpoint, admin["apikey"], admin["secretkey"])
+    r = requests.get(api.endpoint, params=api.params("listZones", version3=False), timeout=10)
+    assert "needs an 'expires' parameter" in _error(r, 401, "listzonesresponse")
+    r = requests.get(api.endpoint, params=api.params("listZones", expires_in=3000), timeout=10)
+    assert "this server accepts at most 900 s" in _error(r, 401, "listzonesresponse")
+    assert api("listZones")["count"] == 1  # 600 s ahead, version 3: fine
+    lax = cloud["api"]  # the default server: version 2 still works (CloudStack clients that sign v2)
+    assert requests.get(lax.endpoint, params=lax.params("listZones", version3=False),
+                        timeout=10).status_code == 200
+    r = requests.get(lax.endpoint, params=lax.params("listZones", expires_in=3700), timeout=10)
+    assert "at most 3600 s" in _error(r, 401, "listzonesresponse")

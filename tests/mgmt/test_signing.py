@@ -68,5 +68,12 @@ def test_expires():
         signing.check_expires("tomorrow", now)
     with pytest.raises(signing.ExpiresError, match="needs"):
         signing.check_expires(None, now)
+    # signed to expire in the year 9999: replayable for ever
+    with pytest.raises(signing.ExpiresError, match="at most 3600 s"):
+        signing.check_expires("9999-12-31T23:59:59+0000", now)
+    assert signing.check_expires("2024-05-01T13:00:00+0000", now)  # exactly an hour: fine
+    with pytest.raises(signing.ExpiresError, match="3601 s ahead; this server accepts at most 3600 s"):
+        signing.check_expires("2024-05-01T13:00:01+0000", now)
+    assert signing.check_expires("2024-05-01T13:00:01+0000", now, max_ahead_s=7200)
     soon = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S%z")
     assert signing.check_expires(soon)

@@ -79,6 +79,10 @@ def serve(db: str = DbOpt, db_password_file: Path = PwFileOpt, key_file: Path = 
           db_retry: float = typer.Option(8.0, help="seconds to keep retrying when the database is away"),
           host_retry: float = typer.Option(20.0, help="seconds to keep retrying when the host is away"),
           no_migrate: bool = typer.Option(False, "--no-migrate", help="do not upgrade the schema at start"),
+          require_expires: bool = typer.Option(
+              False, "--require-expires",
+              help="refuse signed requests without an 'expires' (signatureVersion 2 never expires)"),
+          max_expires_ahead: float = typer.Option(3600.0, min=1, help="latest 'expires' accepted (s ahead)"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Serve the CloudStack API and execute async jobs."""
     from tandem.mgmt.server import MgmtConfig
@@ -89,7 +93,8 @@ def serve(db: str = DbOpt, db_password_file: Path = PwFileOpt, key_file: Path = 
     config = MgmtConfig(db=_db_url(db, db_password_file), host=host, port=port, server_id=server_id,
                         simhost=simhost, dead_after=dead_after, db_retry_budget=db_retry,
                         host_retry_budget=host_retry, key_file=_key_file(key_file),
-                        migrate=not no_migrate)
+                        migrate=not no_migrate, require_expires=require_expires,
+                        max_expires_ahead=max_expires_ahead)
     _logging(verbose)
     try:
         asyncio.run(run(config))

@@ -111,6 +111,8 @@ class MgmtServerConfig(ResourceBase):
     key_file: AbsPath  #: seals API secret keys in the database (the cluster secret file)
     simhost: str
     dead_after: Seconds = 3.0
+    require_expires: bool = False
+    max_expires_ahead: Seconds = 3600.0
     db_retry: Seconds = 8.0
     start_grace: Seconds = 30.0  #: monitor says "starting" this long before it wants the port
     start_timeout: Seconds = 10.0
@@ -167,7 +169,9 @@ class MgmtServer(Resource):
                 "--db", f"mysql://{c.db_user}@{c.db_host}:{c.db_port}/{c.db_name}",
                 "--db-password-file", str(c.password_file), "--key-file", str(c.key_file),
                 "--listen", f"{c.listen_address}:{c.port}", "--server-id", server_id,
-                "--simhost", c.simhost, "--dead-after", str(c.dead_after), "--db-retry", str(c.db_retry)]
+                "--simhost", c.simhost, "--dead-after", str(c.dead_after), "--db-retry", str(c.db_retry),
+                "--max-expires-ahead", str(c.max_expires_ahead),
+                *(["--require-expires"] if c.require_expires else [])]
         ref = spawn(argv, self.log_path)
         self.save_state({**ref.to_json(), "incarnation": incarnation, "server_id": server_id,
                          "started": time.monotonic()})
@@ -228,7 +232,8 @@ class CloneSet:
             db_host=str(db.vip.address.ip), db_port=db.port, db_name=m.db_name,
             db_user=m.db_user or db.user, password_file=db.password_file.resolve(),
             key_file=cfg.cluster.secret.file.resolve(),
-            simhost=m.simhost, dead_after=m.dead_after, db_retry=m.db_retry))
+            simhost=m.simhost, dead_after=m.dead_after, db_retry=m.db_retry,
+            require_expires=m.require_expires, max_expires_ahead=m.max_expires_ahead))
         self.members: list[Resource] = [self.haproxy, self.mgmt]
         self.vip: Vip | None = None
         self.grace = vip_takeover_grace(cfg.etcd.lease_ttl)

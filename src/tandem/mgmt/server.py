@@ -64,6 +64,10 @@ class MgmtConfig:
     db_retry_budget: float = 8.0
     host_retry_budget: float = 20.0
     max_request_bytes: int = 64 * 1024
+    #: refuse API-key requests without signatureVersion 3 and `expires` (version 2
+    #: requests never expire: one seen on the wire can be sent again for ever)
+    require_expires: bool = False
+    max_expires_ahead: float = 3600.0  #: the latest `expires` accepted, in seconds from now
     migrate: bool = True
     key_file: Path | None = None  #: seals API secret keys at rest (in a cluster: the cluster secret)
 
@@ -228,9 +232,10 @@ class MgmtServer:
             if not signature:
                 raise ApiError(UNAUTHORIZED, "unable to verify user credentials: the request has an apiKey"
                                              " but no signature")
-            if lowered.get("signatureversion") == "3" or "expires" in lowered:
+            if lowered.get("signatureversion") == "3" or "expires" in lowered \
+                    or self.config.require_expires:
                 try:
-                    signing.check_expires(lowered.get("expires"))
+                    signing.check_expires(lowered.get("expires"), max_ahead_s=self.config.max_expires_ahead)
                 except signing.ExpiresError as e:
                     raise ApiError(UNAUTHORIZED, f"unable to verify request signature: {e}") from None
             found = await self.db.read(lambda cur: auth.by_apikey(cur, apikey, self.box))

@@ -76,8 +76,10 @@ class ExpiresError(ValueError):
     """`expires` is missing, unreadable or in the past."""
 
 
-def check_expires(value: str | None, now: datetime | None = None) -> datetime:
-    """Parse a signatureVersion 3 `expires` and refuse it when it has passed."""
+def check_expires(value: str | None, now: datetime | None = None, max_ahead_s: float = 3600) -> datetime:
+    """Parse a signatureVersion 3 `expires` and refuse it when it has passed, or when
+    it lies more than `max_ahead_s` ahead: a request signed to expire in the year 9999
+    could be replayed for ever by whoever saw it go by."""
     if not value:
         raise ExpiresError("signatureVersion 3 needs an 'expires' parameter")
     try:
@@ -89,4 +91,8 @@ def check_expires(value: str | None, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     if when < now:
         raise ExpiresError(f"request expired at {when.isoformat()}")
+    ahead = (when - now).total_seconds()
+    if ahead > max_ahead_s:
+        raise ExpiresError(f"'expires' is {ahead:.0f} s ahead; this server accepts at most"
+                           f" {max_ahead_s:.0f} s (sign the request with a nearer time)")
     return when
