@@ -39,6 +39,26 @@ def test_operator_errors_are_one_line_without_secrets(mariadb, database, procs):
     assert out.returncode != 0 and out.stderr.strip() == "tandem: user 'ops' already exists"
 
 
+def test_secret_files_that_others_can_read_are_refused(mariadb, database, procs):
+    """A key or password file every local user can read is a secret in name only."""
+    key = procs.root / "key"
+    key.write_text("k" * 64)
+    key.chmod(0o644)
+    out = _run("create-admin", "--db", mariadb.url(database), "--key-file", str(key), "--username", "x",
+               "--password-file", str(key), env={"TANDEM_DB_PASSWORD": mariadb.password})
+    assert out.returncode != 0 and out.stderr.strip().splitlines() == [
+        f"tandem: key file {key} is readable by others (chmod 600 it)"]
+    pw = procs.root / "db-pw"
+    pw.write_text(mariadb.password)
+    pw.chmod(0o640)
+    out = _run("migrate", "--db", mariadb.url(database), "--db-password-file", str(pw))
+    assert out.returncode != 0 and out.stderr.strip().splitlines() == [
+        f"tandem: --db-password-file {pw} is readable by others (chmod 600 it)"]
+    assert mariadb.password not in out.stderr + out.stdout
+    pw.chmod(0o600)
+    assert _run("migrate", "--db", mariadb.url(database), "--db-password-file", str(pw)).returncode == 0
+
+
 def test_job_fails_with_534_when_the_host_is_gone(procs, mariadb, database):
     host = SimHostProc(procs, op_seconds=0.05)
     server = MgmtProc(procs, mariadb, database, host, "mgmt-h", host_retry=1.0)

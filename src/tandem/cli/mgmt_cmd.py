@@ -18,6 +18,7 @@ from pathlib import Path
 import typer
 
 from tandem.errors import TandemError
+from tandem.secretfile import read_private
 
 app = typer.Typer(help="CloudStack-compatible management server and simulated host.", no_args_is_help=True)
 
@@ -42,10 +43,7 @@ def _db_url(db: str, password_file: Path | None):
     from tandem.mgmt.db import DbUrl
     password = None
     if password_file is not None:
-        try:
-            password = password_file.read_text().strip()
-        except OSError as e:
-            raise TandemError(f"--db-password-file: cannot read {password_file} ({e.strerror})") from None
+        password = read_private(password_file, "--db-password-file").decode()
     elif os.environ.get("TANDEM_DB_PASSWORD"):
         password = os.environ["TANDEM_DB_PASSWORD"]
     return DbUrl.parse(db, password)

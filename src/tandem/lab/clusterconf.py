@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tandem.lab.lab import Lab
 from tandem.lab.shell import run
+from tandem.secretfile import write_private
 
 PKI_HOSTS = ("node1", "node2", "witness", "client")
 
@@ -44,8 +45,7 @@ def write_cluster_config(lab: Lab, *, volume_size: str = "256MiB", ping_timeout:
     etc.mkdir(parents=True, exist_ok=True)
     secret = etc / "secret"
     if not secret.exists():
-        secret.write_text(secrets.token_hex(32) + "\n")
-        os.chmod(secret, 0o600)
+        write_private(secret, (secrets.token_hex(32) + "\n").encode())
     fence = f'fence_peer_command = "{fence_peer_command}"\n' if fence_peer_command else ""
     fence += f'fence_peer = "{fence_peer}"\n' if fence_peer else ""
     text = f"""# written by the lab for lab {lab.spec.name}

@@ -20,6 +20,7 @@ from tandem.errors import LabError
 from tandem.lab.clusterconf import tandem_argv
 from tandem.lab.lab import Lab
 from tandem.lab.stack import DATA_NODES, LabStack
+from tandem.secretfile import write_private
 
 API_PORT = 8080
 SERVER_PORT = 8081
@@ -78,7 +79,7 @@ db_retry = {db_retry}
 
     def create_admin(self, username: str = "admin") -> dict[str, str]:
         pw = self.lab.spec.dir / "etc" / f"{username}.pw"
-        pw.write_text(f"s3cret-{username}-pass\n")
+        write_private(pw, f"s3cret-{username}-pass\n".encode())
         pw.chmod(0o600)
         # The agents' management servers create the database when they start;
         # do it here too so this does not wait for them.

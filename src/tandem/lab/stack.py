@@ -28,6 +28,7 @@ from tandem.lab.clusterconf import host_env, tandem_argv, write_cluster_config
 from tandem.lab.lab import Lab
 from tandem.lab.shell import ns_prefix
 from tandem.mgmt.db import answers
+from tandem.secretfile import write_private
 from tandem.volume import control
 from tandem.volume.control import ControlError
 from tandem.volume.spec import resolve
@@ -45,8 +46,7 @@ class LabStack:
         etc.mkdir(parents=True, exist_ok=True)
         self.password_file = etc / "db-password"
         if not self.password_file.exists():
-            self.password_file.write_text(secrets.token_hex(16) + "\n")
-            os.chmod(self.password_file, 0o600)
+            write_private(self.password_file, (secrets.token_hex(16) + "\n").encode())
         self.vip = str(lab.spec.vip(0))
         extra = f"""
 [database]

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tandem.errors import TandemError
+from tandem.secretfile import read_private
 
 log = logging.getLogger("tandem.mgmt.secretbox")
 
@@ -53,11 +54,7 @@ class SecretBox:
 
     @classmethod
     def from_file(cls, path: Path) -> SecretBox:
-        try:
-            material = path.read_bytes().strip()
-        except OSError as e:
-            raise TandemError(f"key file {path}: {e.strerror}") from None
-        return cls(material)
+        return cls(read_private(path, "key file"))
 
     def __repr__(self) -> str:
         return "SecretBox(<key hidden>)"
