@@ -29,6 +29,7 @@ def write_private(path: Path, data: bytes) -> None:
     and in place at once (a rename)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a stale tmp file from a crash keeps its old mode through O_CREAT
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)

@@ -4,6 +4,8 @@ nothing."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import re
 import xml.etree.ElementTree as ET
 
 import requests
@@ -207,29 +209,47 @@ def test_failed_logins_of_a_name_back_off_and_a_success_clears_them(cloud, maria
     """No limit let anyone guess passwords as fast as scrypt ran. Names that do not
     exist are counted the same way, so the backoff does not tell which ones do."""
     server, admin, db = cloud["server"], cloud["admin"], cloud["db"]
+
+    def failures() -> tuple:
+        with mariadb.root_conn() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT name, failures FROM `{db}`.login_failure ORDER BY name")
+            return cur.fetchall()
+
+    def set_row(sql: str) -> None:
+        with mariadb.root_conn() as conn, conn.cursor() as cur:
+            cur.execute(f"UPDATE `{db}`.login_failure SET {sql}")
+            conn.commit()
+
     for name in ("admin", "nobody-here"):
         for i in range(5):  # the free ones; case does not make a new name
+            set_row("last_failure = last_failure - INTERVAL 1 MINUTE")  # however slow the machine
             r = _login(server, name.upper() if i % 2 else name, "wrong")
             assert "unable to verify" in _error(r, 401, "loginresponse"), i
-        r = _login(server, name, admin["password"] if name == "admin" else "wrong")
-        assert "too many failed logins for this user: try again in 1 s" in _error(r, 401, "loginresponse")
-    with mariadb.root_conn() as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT name, failures FROM `{db}`.login_failure ORDER BY name")
-        assert cur.fetchall() == (("/admin", 5), ("/nobody-here", 5))
-        # a minute later: the wait (1 s after five failures) is over
-        cur.execute(f"UPDATE `{db}`.login_failure SET last_failure = last_failure - INTERVAL 1 MINUTE")
-        conn.commit()
-    assert _login(server, "admin", "wrong").status_code == 401  # the sixth failure: 2 s now
-    r = _login(server, "admin", admin["password"])
-    assert "try again in 2 s" in _error(r, 401, "loginresponse")
-    with mariadb.root_conn() as conn, conn.cursor() as cur:
-        cur.execute(f"UPDATE `{db}`.login_failure SET last_failure = last_failure - INTERVAL 1 MINUTE")
-        conn.commit()
+    assert failures() == (("/admin", 5), ("/nobody-here", 5))
+    set_row("failures = 9, last_failure = NOW(6)")  # the ninth failure just now: 16 s to wait
+    for name, password in (("admin", admin["password"]), ("nobody-here", "wrong")):
+        r = _login(server, name, password)  # not even the right password is looked at
+        text = _error(r, 401, "loginresponse")
+        assert re.fullmatch(r"too many failed logins for this user: try again in 1[0-6] s", text), text
+    assert failures() == (("/admin", 9), ("/nobody-here", 9))  # a refused try is not counted
+    set_row("last_failure = last_failure - INTERVAL 1 MINUTE")  # the wait is over
     r = _login(server, "admin", admin["password"])
     assert r.status_code == 200 and r.json()["loginresponse"]["sessionkey"]
-    with mariadb.root_conn() as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT name FROM `{db}`.login_failure")
-        assert cur.fetchall() == (("/nobody-here",),)  # a success clears its own name only
+    assert failures() == (("/nobody-here", 9),)  # a success clears its own name only
+
+
+def test_logins_sent_at_once_cannot_all_be_guesses(cloud, mariadb):
+    """Counted after the check, K requests in flight all read the same count and all
+    had their password checked: the backoff held back only one-at-a-time guessing."""
+    server = cloud["server"]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: _login(server, "admin", "wrong").json()["loginresponse"],
+                                range(16)))
+    checked = [a for a in answers if "unable to verify" in a["errortext"]]
+    refused = [a for a in answers if "too many failed logins" in a["errortext"]]
+    assert len(checked) + len(refused) == 16, answers
+    # five free failures, and the few that a slow machine lets in as a wait runs out
+    assert 5 <= len(checked) <= 8 and refused, [a["errortext"] for a in answers]
 
 
 def test_a_server_that_requires_expires_refuses_version_2_and_far_expiry(cloud, procs, mariadb):

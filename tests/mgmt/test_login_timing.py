@@ -41,4 +41,19 @@ def test_the_right_password_of_an_enabled_user_only():
 def test_the_wait_doubles_after_the_free_failures_and_is_capped():
     assert [auth.login_wait(n, 0.0) for n in (0, 4, 5, 6, 7)] == [0, 0, 1, 2, 4]
     assert auth.login_wait(40, 0.0) == auth.LOGIN_MAX_WAIT_S
+    assert auth.login_wait(2000, 0.0) == auth.LOGIN_MAX_WAIT_S  # 2.0 ** 1995 overflowed: a 530 for a day
     assert auth.login_wait(6, 1.5) == 0.5 and auth.login_wait(6, 3.0) == 0
+
+
+def test_every_max_expires_ahead_the_config_allows_reaches_the_server(tmp_path):
+    """[mgmt] allowed up to 7 days, the clone's own config only 3600 s: the agent
+    died at start on a config that `tandem config check` had passed."""
+    from tandem.cluster.clones import MgmtServerConfig
+    from tandem.config import Mgmt
+    longest = Mgmt.model_fields["max_expires_ahead"].metadata
+    assert any(getattr(m, "le", None) == 7 * 86400 for m in longest)
+    cfg = MgmtServerConfig(name="mgmt", node="node1", run_dir=tmp_path, listen_address="10.0.0.1",
+                           db_host="10.0.0.100", db_name="cloud", db_user="tandem",
+                           password_file=tmp_path / "pw", key_file=tmp_path / "key",
+                           simhost="http://127.0.0.1:8250", max_expires_ahead=7 * 86400)
+    assert cfg.max_expires_ahead == 7 * 86400

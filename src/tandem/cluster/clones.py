@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from aetcd import transactions as tx
+from pydantic import Field
 
 from tandem.cluster.dbgroup import vip_lifetime, vip_takeover_grace
 from tandem.cluster.resources.base import Health, Resource, ResourceError
@@ -112,7 +113,7 @@ class MgmtServerConfig(ResourceBase):
     simhost: str
     dead_after: Seconds = 3.0
     require_expires: bool = False
-    max_expires_ahead: Seconds = 3600.0
+    max_expires_ahead: float = Field(default=3600.0, ge=1, le=7 * 86400)  #: as [mgmt] allows
     db_retry: Seconds = 8.0
     start_grace: Seconds = 30.0  #: monitor says "starting" this long before it wants the port
     start_timeout: Seconds = 10.0

@@ -80,7 +80,6 @@ db_retry = {db_retry}
     def create_admin(self, username: str = "admin") -> dict[str, str]:
         pw = self.lab.spec.dir / "etc" / f"{username}.pw"
         write_private(pw, f"s3cret-{username}-pass\n".encode())
-        pw.chmod(0o600)
         # The agents' management servers create the database when they start;
         # do it here too so this does not wait for them.
         self._client_python(

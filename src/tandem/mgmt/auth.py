@@ -171,17 +171,25 @@ def login_key(username: str, domain: str | None) -> tuple[str, str]:
 def login_wait(failures: int, ago_s: float) -> float:
     if failures < LOGIN_FREE_FAILURES:
         return 0.0
-    return max(0.0, min(2.0 ** (failures - LOGIN_FREE_FAILURES), LOGIN_MAX_WAIT_S) - ago_s)
+    doublings = min(failures - LOGIN_FREE_FAILURES, 30)  # 2.0 ** 1024 overflows
+    return max(0.0, min(2.0 ** doublings, LOGIN_MAX_WAIT_S) - ago_s)
 
 
 def login_attempt(cur: Cursor, username: str, domain: str | None) -> LoginAttempt:
+    """Counted as a failure before the password is checked (a success takes it back):
+    counted after, K requests sent at once all read the same count and all got
+    their guess checked."""
     domain_path, key = login_key(username, domain)
     cur.execute("SELECT failures, TIMESTAMPDIFF(MICROSECOND, last_failure, NOW(6)) AS ago_us"
-                " FROM login_failure WHERE name=%s", (key,))
+                " FROM login_failure WHERE name=%s FOR UPDATE", (key,))
     f = cur.fetchone()
     wait = login_wait(int(f["failures"]), int(f["ago_us"]) / 1e6) if f else 0.0
+    if wait > 0:
+        return LoginAttempt(key, None, wait)
+    cur.execute("INSERT INTO login_failure (name, failures, last_failure) VALUES (%s, 1, NOW(6))"
+                " ON DUPLICATE KEY UPDATE failures = failures + 1, last_failure = NOW(6)", (key,))
     cur.execute(_USER_SELECT + " WHERE u.username=%s AND d.path=%s", (username, domain_path))
-    return LoginAttempt(key, cur.fetchone(), wait)
+    return LoginAttempt(key, cur.fetchone(), 0.0)
 
 
 def password_matches(attempt: LoginAttempt, password: str) -> Caller | None:
@@ -191,11 +199,6 @@ def password_matches(attempt: LoginAttempt, password: str) -> Caller | None:
     stored = row["password_hash"] if _enabled(row) and row else _no_such_user_hash()
     ok = check_password(password, stored)
     return _caller(row) if ok and row and _enabled(row) else None
-
-
-def record_login_failure(cur: Cursor, key: str) -> None:
-    cur.execute("INSERT INTO login_failure (name, failures, last_failure) VALUES (%s, 1, NOW(6))"
-                " ON DUPLICATE KEY UPDATE failures = failures + 1, last_failure = NOW(6)", (key,))
 
 
 def clear_login_failures(cur: Cursor, key: str) -> None:

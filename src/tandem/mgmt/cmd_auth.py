@@ -25,18 +25,18 @@ async def login(call: Call) -> Response:
     few at a time: a flood of logins used to hold every connection of the pool, and
     the job manager's heartbeats behind them slipped until peers took our jobs over.
     Failed logins of a name are counted in the database (every server sees them):
-    after five, each try waits twice as long as the last, up to five minutes."""
+    after five, each try waits twice as long as the last, up to five minutes. Each
+    attempt counts as a failure until its password proved right."""
     p = call.params
     db = call.server.db
-    attempt = await db.read(lambda cur: auth.login_attempt(cur, p["username"], p.get("domain")))
+    attempt = await db.write(lambda cur: auth.login_attempt(cur, p["username"], p.get("domain")))
     if attempt.wait_s > 0:
         raise ApiError(UNAUTHORIZED, f"too many failed logins for this user: try again in"
                                      f" {math.ceil(attempt.wait_s)} s")
     async with call.server.password_checks:
         caller = await asyncio.get_running_loop().run_in_executor(
             None, auth.password_matches, attempt, p["password"])
-    if caller is None:
-        await db.write(lambda cur: auth.record_login_failure(cur, attempt.key), idempotent=True)
+    if caller is None:  # counted already
         raise ApiError(UNAUTHORIZED, "unable to verify user credentials")
 
     def write(cur: Cursor) -> tuple[str, str]:

@@ -48,6 +48,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import pymysql
+
 from tandem.mgmt.db import Cursor, Database, DbUnavailable
 from tandem.mgmt.envelopes import INTERNAL_ERROR, RESOURCE_UNAVAILABLE, ApiError
 from tandem.mgmt.hostclient import HostClient, HostResult, HostUnavailable, RequestExpired
@@ -335,7 +337,11 @@ class JobManager:
         """Old commit markers, expired sessions and old login failures go (any server
         may do it)."""
         cur.execute("DELETE FROM txn_marker WHERE created < NOW(6) - INTERVAL 1 HOUR LIMIT 5000")
-        cur.execute("DELETE FROM login_failure WHERE last_failure < NOW(6) - INTERVAL 1 DAY LIMIT 5000")
+        # not there on a schema older than 7 (a server started with --no-migrate): a
+        # failed statement does not undo the two above
+        with contextlib.suppress(pymysql.err.ProgrammingError):
+            cur.execute("DELETE FROM login_failure WHERE last_failure < NOW(6) - INTERVAL 1 DAY"
+                        " LIMIT 5000")
         cur.execute("DELETE FROM session WHERE last_used < NOW(6) - INTERVAL 1 DAY"
                     " OR TIMESTAMPDIFF(SECOND, last_used, NOW(6)) > timeout_s LIMIT 5000")
 
