@@ -21,10 +21,11 @@ def client_neighbour(lab, addr: str) -> str | None:
     return entries[0].get("lladdr") if entries else None
 
 
-def run_script_on_node1(lab, script: str, addr: str) -> str:
+def run_script_on_node1(lab, script: str, addr: str, check: bool = True) -> str:
     """Run a Python script on node1; whatever it did, `addr` is gone afterwards."""
     try:
-        return lab.run("node1", [sys.executable, "-c", script]).stdout
+        proc = lab.run("node1", [sys.executable, "-c", script], check=check)
+        return proc.stdout + (f"\nexit {proc.returncode}: {proc.stderr[-2000:]}" if proc.returncode else "")
     finally:
         lab.run("node1", ["ip", "addr", "del", f"{addr}/24", "dev", "pub0"], check=False)
 
@@ -268,10 +269,16 @@ async def renewals(every):
     while True:
         await asyncio.sleep(every)
         state["renewed"] = time.monotonic()
+async def refreshed(v, lease_id):
+    if not await v.refresh(state["renewed"] + 0.25, lease_id):
+        # the only False: this process descheduled in the netlink call until after the
+        # renewal's slack, so the address went again (a loaded machine, not the rule)
+        print("DESCHEDULED")
+        raise SystemExit(3)
 async def refreshed_until_gone(v):  # timely renewals of lease 2 for 3 s: when was it gone?
     t0, gone = time.monotonic(), None
     while time.monotonic() - t0 < 3.0:
-        assert await v.refresh(state["renewed"] + 0.25, 2)
+        await refreshed(v, 2)
         if gone is None and not (await v.monitor()).is_ok:
             gone = time.monotonic() - t0
         await asyncio.sleep(0.1)
@@ -287,7 +294,7 @@ async def main():
     print("fresh:", r.ok, round(time.monotonic() - t0, 2), (await v.monitor()).is_ok)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 2.0:  # renewals of the lease it was added on: held
-        assert await v.refresh(state["renewed"] + 0.25, 1)
+        await refreshed(v, 1)
         await asyncio.sleep(0.2)
     print("held:", (await v.monitor()).is_ok)
     state["id"] = 2  # a lapse: a new lease, renewed in time
@@ -300,7 +307,10 @@ async def main():
     await v.stop()
 asyncio.run(main())
 """
-    out = run_script_on_node1(lab, script, addr)
+    for _ in range(3):  # bounded: a run descheduled past a renewal's slack proves nothing
+        out = run_script_on_node1(lab, script, addr, check=False)
+        if "DESCHEDULED" not in out:
+            break
     assert "stale: False False" in out and "no lease renewal" in out, out
     assert "fresh: True" in out and "held: True" in out, out
     gone = float(out.split("gone after ")[1].split()[0])
