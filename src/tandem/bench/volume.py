@@ -81,6 +81,7 @@ class BenchOptions:
     semisync: bool = True
     ext4_options: str = ""  # extra mount options for ext4 on the volume (documented)
     cache: str = "write-through"  # the volume's cache mode (config.Volume.cache)
+    mkfs_features: str = ""  # extra ext4 features for the volume's mkfs (-O), e.g. fast_commit
 
 
 @dataclass
@@ -365,7 +366,7 @@ def run(opts: BenchOptions, say: Callable[[str], None] = lambda s: None) -> dict
         "volume_size": opts.volume_size, "parts": list(opts.parts),
         "mariadb_options": list(COMMON_OPTIONS), "fio_common": list(FIO_COMMON),
         "fio_jobs": {k: list(v) for k, v in FIO_JOBS.items()},
-        "mkfs": " ".join(EXT4_MKFS), "ext4_extra_mount_options": opts.ext4_options,
+        "mkfs": " ".join(_mkfs_argv(opts)), "ext4_extra_mount_options": opts.ext4_options,
         "volume_cache": opts.cache}}
     say(f"lab {opts.lab}: up")
     lab = Lab.up(opts.lab)
@@ -386,7 +387,11 @@ def run(opts: BenchOptions, say: Callable[[str], None] = lambda s: None) -> dict
             mnt.mkdir(parents=True, exist_ok=True)
             loop = stack.enter_context(loop_device(
                 str(vol.device("node1")), write_through=opts.cache == "write-through"))
-            subprocess.run([*EXT4_MKFS, loop], check=True, capture_output=True, timeout=300)
+            made = subprocess.run([*_mkfs_argv(opts), loop], capture_output=True, text=True,
+                                  timeout=300)
+            if made.returncode != 0:
+                raise BenchError(f"mkfs.ext4 on the volume ({' '.join(_mkfs_argv(opts))}):"
+                                 f" {made.stderr.strip()[-300:]} (check --mkfs-features)")
             stack.enter_context(_ext4(loop, str(mnt), opts.ext4_options))
             stack.callback(_stop_all, dbs)  # before the unmount, whatever happens
             local_dir = n1 / "local"
@@ -412,6 +417,10 @@ def run(opts: BenchOptions, say: Callable[[str], None] = lambda s: None) -> dict
         Lab.down_by_name(opts.lab)
     result["summary"] = summarize(result)
     return result
+
+
+def _mkfs_argv(opts: BenchOptions) -> tuple[str, ...]:
+    return EXT4_MKFS + (("-O", opts.mkfs_features) if opts.mkfs_features else ())
 
 
 @contextlib.contextmanager

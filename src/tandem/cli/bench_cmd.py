@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def volume(
                              help="parts to run: sysbench,fio,resync"),
     semisync: bool = typer.Option(True, help="include (c) MariaDB semi-sync replication"),
     ext4_options: str = typer.Option("", help="extra ext4 mount options on the volume"),
+    mkfs_features: str = typer.Option("", help="extra ext4 features for the volume's mkfs"
+                                      " (mkfs.ext4 -O), e.g. fast_commit"),
     cache: str = typer.Option("write-through", help="the volume's cache mode: write-through"
                               " or write-back"),
     lab: str = typer.Option("bench", help="name of the private lab (created and removed)"),
@@ -43,6 +46,9 @@ def volume(
     parts = _parts(only, PARTS)
     if cache not in ("write-through", "write-back"):
         raise TandemError(f"--cache: {cache!r} is not write-through or write-back")
+    if mkfs_features and not re.fullmatch(r"\^?[a-z0-9_]+(,\^?[a-z0-9_]+)*", mkfs_features):
+        raise TandemError(f"--mkfs-features: {mkfs_features!r} is not a comma-separated list of"
+                          " ext4 features (e.g. fast_commit or ^metadata_csum)")
     try:
         thread_counts = tuple(int(t) for t in threads.split(",") if t.strip())
     except ValueError:
@@ -50,7 +56,7 @@ def volume(
     opts = BenchOptions(lab=lab, seconds=seconds, fio_seconds=fio_seconds,
                         threads=thread_counts, rounds=rounds, volume_size=size, parts=parts,
                         semisync=semisync, ext4_options=ext4_options, cache=cache,
-                        preallocate=not sparse)
+                        mkfs_features=mkfs_features, preallocate=not sparse)
 
     def say(msg: str) -> None:
         if not as_json:
