@@ -402,3 +402,38 @@ def test_a_write_missing_at_a_lookup_and_unread_jobs_are_violations_even_if_the_
     unread = analyse([], acks, [], stored, [], [], [r], Options(seed=3), None, None, jobs_unread=True)
     [v] = unread["violations"]
     assert v["check"] == "jobs" and "could not be read back" in v["what"]
+
+
+def _ack(i: int, sent: float, acked: float, node: str | None) -> dict:
+    rec = {"id": f"w-{i}", "sent": sent, "acked": acked}
+    if node is not None:
+        rec["by"] = f"/var/tmp/tandem-lab/tq1/hosts/{node}/run/mariadb/mariadb/mysqld.sock"
+    return rec
+
+
+def test_an_ack_from_a_node_outside_its_writable_intervals_is_a_two_writers_violation():
+    """The writable intervals come from the volume's own events; the writer says which
+    node's server committed each ack. A commit inside a window in which its node was
+    never writable (by the intervals) means the history missed a term: node1 told us
+    it stopped at its lease deadline (4.5) but committed a write sent at 5.2."""
+    lease_end = {"kind": "writable", "node": "node1", "writable": False, "t": 9.0, "since": 4.5}
+    events = [_writable("node1", True, 0.0), _writable("node2", True, 5.0), lease_end]
+    fine = [_ack(1, 1.0, 1.01, "node1"), _ack(2, 4.49, 4.6, "node1"), _ack(3, 5.5, 5.6, "node2"),
+            _ack(4, 0.5, 0.6, None)]
+    assert checker.overlapping_writers(events) == []
+    assert checker.acks_outside_writable(fine, events) == []
+    late = _ack(5, 5.2, 5.3, "node1")
+    assert checker.acks_outside_writable([*fine, late], events) == [(late, "node1")]
+    # a node with no interval at all, and one before its first
+    assert checker.acks_outside_writable([_ack(6, 1.0, 1.1, "node3")], events)[0][1] == "node3"
+    assert checker.acks_outside_writable([_ack(7, 1.0, 1.1, "node2")], events)[0][1] == "node2"
+    # the path names its node after "hosts"
+    assert checker.serving_node("/x/hosts/node2/run/m.sock") == "node2"
+    assert checker.serving_node("/run/mysqld/mysqld.sock") is None
+
+    sched = draw_schedule(1, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
+    acks = [*fine, late]
+    out = analyse(events, acks, [], {a["id"] for a in acks}, [], [], [r], Options(), None)
+    assert [v["check"] for v in out["violations"]] == ["two-writers"]
+    assert "w-5 was committed by node1" in out["violations"][0]["what"]

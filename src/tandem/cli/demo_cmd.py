@@ -18,7 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 from tandem.errors import LabError
-from tandem.lab.checker import lost_writes, overlapping_writers, write_gap, writes_resumed
+from tandem.lab.checker import (
+    acks_outside_writable,
+    lost_writes,
+    overlapping_writers,
+    serving_node,
+    write_gap,
+    writes_resumed,
+)
 from tandem.lab.lab import Lab
 from tandem.lab.shell import run
 from tandem.lab.writer import read_log
@@ -103,12 +110,17 @@ def demo(lab: str = typer.Option(None, "--lab", "-l", help="lab name (default: d
         console.print("[bold]4. proof[/bold]")
         stored = {r[0] for r in stack.query("SELECT id FROM tandem.acked")}
         lost = lost_writes(acks, stored)
-        overlaps = overlapping_writers(the_lab.events.read())
+        events = the_lab.events.read()
+        overlaps = overlapping_writers(events)
+        outside = acks_outside_writable(acks, events)
         console.print(f"   acknowledged writes: {len(acks)}; found in the database after failover:"
                       f" {len(acks) - len(lost)}; lost: {len(lost)}")
         console.print(f"   failed attempts during failover (never acknowledged, so not owed): {len(errors)}")
         console.print(f"   intervals with two writable nodes: {len(overlaps)}")
-        ok = not lost and not overlaps and gap is not None
+        console.print(f"   acks committed by a node outside its writable intervals: {len(outside)}"
+                      f" (of {sum(serving_node(a.get('by', '')) is not None for a in acks)} that"
+                      " name their node)")
+        ok = not lost and not overlaps and not outside and gap is not None
         console.print("[bold green]   PASS: nothing acknowledged was lost[/bold green]" if ok else
                       "[bold red]   FAIL[/bold red]")
     finally:

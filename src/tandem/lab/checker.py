@@ -4,7 +4,9 @@ one CLOCK_MONOTONIC every lab host shares.
 - no acknowledged write lost: every id the writer logged as acknowledged is in
   the table read back afterwards;
 - never two writers: the intervals in which a node's volume was writable
-  (from its `writable` events; a host crash ends its interval) never overlap;
+  (from its `writable` events; a host crash ends its interval) never overlap,
+  and every acknowledged write was committed by a node inside one of its own
+  intervals (the writer's record of the serving node, not the volume's word);
 - at most one holder of each VIP at any instant (the VIP watcher's `vip` events);
 - every accepted job applied exactly once on the simulated host;
 - unavailability: the gap in acknowledged writes around a fault.
@@ -112,6 +114,42 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
 def overlapping_writers(events: Iterable[dict]) -> list[tuple[Interval, Interval]]:
     iv = writable_intervals(events)
     return [(a, b) for i, a in enumerate(iv) for b in iv[i + 1:] if a.node != b.node and a.overlaps(b)]
+
+
+def serving_node(by: str) -> str | None:
+    """The lab host whose database server committed an ack: its socket path
+    (``.../hosts/<host>/run/...``, see the writer) names it."""
+    parts = by.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part == "hosts" and parts[i + 1]:
+            return parts[i + 1]
+    return None
+
+
+def acks_outside_writable(acks: Iterable[dict], events: Iterable[dict]) -> list[tuple[dict, str]]:
+    """Acknowledged writes whose node was not writable at any instant between the
+    write's send and its ack, by the intervals `writable_intervals` builds. A
+    commit is durable only once the node's volume completed its writes, inside
+    that window, so each such ack says the intervals missed a term of that node
+    (an event lost, or ended too early on the volume's word): the two-writers
+    check ran on a history that was not the whole story. Acks without a
+    serving node (histories from before the writer recorded it) are not judged."""
+    import bisect
+    starts: dict[str, list[float]] = {}
+    reach: dict[str, list[float]] = {}  # the latest end of the node's intervals so far
+    for iv in writable_intervals(events):  # sorted by start
+        starts.setdefault(iv.node, []).append(iv.start)
+        ends = reach.setdefault(iv.node, [])
+        ends.append(max(iv.end, ends[-1]) if ends else iv.end)
+    out = []
+    for a in acks:
+        node = serving_node(str(a.get("by", "")))
+        if node is None:
+            continue
+        k = bisect.bisect_right(starts.get(node, []), a["acked"]) - 1
+        if k < 0 or reach[node][k] < a["sent"]:
+            out.append((a, node))
+    return out
 
 
 def lost_writes(acks: Iterable[dict], stored_ids: set[str]) -> list[str]:

@@ -534,6 +534,16 @@ def history_violations(events: list[dict], acks: list[dict], stored: set[str] | 
     if stored is None:
         violations.append({"schedule": None, "check": "lost-write",
                            "what": "the table could not be read back: acknowledged writes unverified"})
+    outside = checker.acks_outside_writable(acks, events)
+    for a, node in outside[:20]:
+        violations.append({"schedule": _within(a["acked"], spans), "check": "two-writers",
+                           "what": f"acknowledged id {a['id']} was committed by {node} at"
+                                   f" {a['sent']:.3f}-{a['acked']:.3f}, outside every interval in"
+                                   f" which {node}'s volume was writable (a term the history missed)"})
+    if len(outside) > 20:
+        violations.append({"schedule": None, "check": "two-writers",
+                           "what": f"... and {len(outside) - 20} more acknowledged writes outside"
+                                   " their node's writable intervals"})
     acked_at = {a["id"]: a.get("acked") for a in acks}
     lost_at_end = checker.lost_writes(acks, stored if stored is not None else {a["id"] for a in acks})
     for lost in lost_at_end:

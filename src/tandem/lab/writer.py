@@ -1,7 +1,10 @@
 """A workload that proves durability: insert rows with unique ids through the
 DB VIP, one autocommit transaction each, and log every acknowledged id with
 CLOCK_MONOTONIC. After a failover the checker reads the table back; an id in
-the log that is missing from the table is a lost acknowledged write.
+the log that is missing from the table is a lost acknowledged write. Each ack
+also says which node's server committed it (its socket path, read once per
+connection): the checker holds that against the intervals in which the node's
+volume said it was writable, evidence that does not come from the volume.
 
 Run inside a lab host: `python -m tandem.lab.writer --host VIP --out FILE ...`.
 Errors (connection refused during failover) are logged too, so the checker can
@@ -37,6 +40,7 @@ def main() -> None:
     end = time.monotonic() + args.duration
     seq = 0
     conn = None
+    served_by = ""
     while time.monotonic() < end:
         try:
             if conn is None:
@@ -49,13 +53,15 @@ def main() -> None:
                     c.execute("USE tandem")
                     c.execute("CREATE TABLE IF NOT EXISTS acked (id VARCHAR(64) PRIMARY KEY,"
                               " t DOUBLE NOT NULL, pad VARBINARY(200)) ENGINE=InnoDB")
+                    c.execute("SELECT @@socket")  # node-local path: which node's server this is
+                    served_by = str(c.fetchone()[0])
             seq += 1
             rid = f"{args.writer_id}-{os.getpid()}-{seq:010d}"  # in order: dense pages
             t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
             with conn.cursor() as c:
                 c.execute("INSERT INTO acked (id, t, pad) VALUES (%s, %s, %s)", (rid, t0, os.urandom(32)))
             t1 = time.clock_gettime(time.CLOCK_MONOTONIC)
-            out.write(json.dumps({"id": rid, "sent": t0, "acked": t1}) + "\n")
+            out.write(json.dumps({"id": rid, "sent": t0, "acked": t1, "by": served_by}) + "\n")
         except Exception as e:  # any failure: log it, reconnect, go on
             out.write(json.dumps({"error": f"{type(e).__name__}: {e}"[:200],
                                   "t": time.clock_gettime(time.CLOCK_MONOTONIC)}) + "\n")
