@@ -118,7 +118,8 @@ class Fencing(Strict):
     # ipmitool
     address: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:-]{1,253}$")  #: the BMC
     user: str | None = Field(default=None, pattern=r"^[^\s]{1,64}$")
-    password_file: Path | None = None  #: the BMC password (passed to ipmitool -f, never read by us)
+    #: the BMC password (passed to ipmitool -f, never read by us); mode 600, checked at load
+    password_file: Path | None = None
     interface: Literal["lanplus", "lan"] = "lanplus"
     ipmitool: str = "ipmitool"  #: the executable (name on PATH or path)
     # lab
@@ -455,6 +456,24 @@ def etcd_tls(cfg: Config, host: str | None) -> HostTls | None:
     return HostTls.of(cfg.etcd.tls_dir, host)
 
 
+def _fencing_password_problems(cfg: Config) -> list[str]:
+    """The BMC password files (ipmitool -f) that are missing or readable by others:
+    any node may have to fence another, so each must be in place and private."""
+    tables = [("fencing", cfg.fencing)] + [(f"nodes.{n}.fencing", node.fencing)
+                                           for n, node in cfg.nodes.items()]
+    problems = []
+    for key, fencing in tables:
+        if fencing is None or fencing.agent != "ipmitool" or fencing.password_file is None:
+            continue
+        pw = fencing.password_file
+        if not pw.is_file():
+            problems.append(f"{key}.password_file: no such file {pw} (write the BMC password"
+                            " into it; chmod 600 it)")
+        elif pw.stat().st_mode & 0o077:
+            problems.append(f"{key}.password_file: {pw} is readable by others (chmod 600 it)")
+    return problems
+
+
 def load_config(path: str | Path, check_secrets: bool = True) -> Config:
     """Read and validate a config file; raise ConfigError listing every problem."""
     path = Path(path)
@@ -487,6 +506,7 @@ def load_config(path: str | Path, check_secrets: bool = True) -> Config:
         elif secret.stat().st_mode & 0o077:
             problems.append(f"{path}: cluster.secret.file: {secret} is readable by others"
                             " (chmod 600 it)")
+        problems += [f"{path}: {p}" for p in _fencing_password_problems(cfg)]
         if problems:
             raise ConfigError(problems)
     return cfg

@@ -131,6 +131,7 @@ def test_ipmitool_not_installed(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD)
+    pw.chmod(0o600)
     r = fence(ipmi(pw))
     assert not r.confirmed and "cannot run" in r.reason
 

@@ -55,6 +55,25 @@ def root_sql(lab, sql: str) -> str:
                           check=True, timeout=30).stdout
 
 
+def test_the_password_file_must_be_private_before_anything_else(tmp_path):
+    """One rule for every secret file (tandem.secretfile): a short password in a file
+    others can read is refused for being readable, first; errors stay ResourceErrors."""
+    from tandem.cluster.resources.base import ResourceError
+    from tandem.cluster.resources.mariadb import read_secret
+    pw = tmp_path / "pw"
+    pw.write_text("short\n")
+    pw.chmod(0o640)
+    with pytest.raises(ResourceError, match=r"^password file .* is readable by others \(chmod 600 it\)$"):
+        read_secret(pw)
+    pw.chmod(0o600)
+    with pytest.raises(ResourceError, match="password too short"):
+        read_secret(pw)
+    pw.write_text("long-enough-password\n")
+    assert read_secret(str(pw)) == b"long-enough-password"
+    with pytest.raises(ResourceError, match="No such file or directory"):
+        read_secret(tmp_path / "missing")
+
+
 def test_refuses_without_the_filesystem(lab, db_setup):
     _, db, _ = db_setup
     out = op(lab, HOST, "mariadb", "start", db)

@@ -143,6 +143,11 @@ def test_pki_init_makes_a_ca_and_a_certificate_per_host_and_never_overwrites(tmp
         ips = {str(ip) for ip in cert.extensions.get_extension_for_class(
             x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)}
         assert "127.0.0.1" in ips and len(ips) == 3, ips  # public, replication, loopback
+    lines = proc.stdout.strip().splitlines()  # each host: the CA's certificate and its own pair
+    assert lines[1:4] == [f"  {h}: ca.crt {h}.crt {h}.key" for h in ("node1", "node2", "witness")], lines
+    assert len(lines) == 5 and lines[4].startswith(f"{pki_dir / 'ca.key'} stays on this machine"), lines
+    help_text = run_tandem("pki", "init", "--help").stdout
+    assert "ca.key stays on" in " ".join(help_text.split()) and "Copy the directory" not in help_text
     before = (pki_dir / "ca.key").read_bytes()
     again = run_tandem("pki", "init", "--config", str(tmp_path / "cluster.toml"))
     lines = again.stderr.strip().splitlines()

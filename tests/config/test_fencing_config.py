@@ -38,15 +38,42 @@ def test_bad_fencing_and_notify_keys_are_named(cfgdir, text, expected):
     assert all(line.startswith("tandem: ") for line in lines)
 
 
+def bmc_password(cfgdir, mode: int = 0o600):
+    pw = cfgdir / "bmc-password"
+    pw.write_text("bmc-secret\n")
+    pw.chmod(mode)
+    return pw
+
+
 def test_good_fencing_per_node_overrides_the_cluster_wide_one(cfgdir):
     from tandem.config import load_config
     path = append(cfgdir, '[fencing]\nagent = "exec"\ncommand = ["fence-it", "{node}"]\n\n'
                           '[nodes.node2.fencing]\nagent = "ipmitool"\naddress = "10.9.0.12"\nuser = "admin"\n'
-                          'password_file = "/etc/tandem/bmc-node2"\n')
+                          f'password_file = "{bmc_password(cfgdir)}"\n')
     assert check(path) == (0, ["ok"])
     cfg = load_config(path)
     assert cfg.fencing_for("node1").agent == "exec"
     assert cfg.fencing_for("node2").agent == "ipmitool"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_bmc_password_file_others_can_read_is_refused(cfgdir, mode):
+    """ipmitool -f reads it: a password every local user can read is no password."""
+    pw = bmc_password(cfgdir, mode)
+    path = append(cfgdir, '[nodes.node2.fencing]\nagent = "ipmitool"\naddress = "10.9.0.12"\n'
+                          f'user = "admin"\npassword_file = "{pw}"\n')
+    assert check(path) == (2, [f"tandem: {path}: nodes.node2.fencing.password_file: {pw} is readable"
+                               " by others (chmod 600 it)"])
+    pw.chmod(0o600)
+    assert check(path) == (0, ["ok"])
+
+
+def test_a_missing_bmc_password_file_is_refused(cfgdir):
+    missing = cfgdir / "no-such-password"
+    path = append(cfgdir, f'[fencing]\nagent = "ipmitool"\naddress = "10.9.0.1"\nuser = "admin"\n'
+                          f'password_file = "{missing}"\n')
+    assert check(path) == (2, [f"tandem: {path}: fencing.password_file: no such file {missing} (write the"
+                               " BMC password into it; chmod 600 it)"])
 
 
 def test_watchdog_enabled_where_there_is_none_is_one_clear_line(cfgdir, tmp_path):
@@ -68,10 +95,10 @@ def test_watchdog_enabled_where_there_is_none_is_one_clear_line(cfgdir, tmp_path
 
 
 def test_the_fencing_example_is_valid(tmp_path):
-    import shutil
     from pathlib import Path
     example = Path(__file__).resolve().parents[2] / "examples" / "cluster-fencing.toml"
-    shutil.copy(example, tmp_path / "cluster.toml")
+    pw = bmc_password(tmp_path)
+    (tmp_path / "cluster.toml").write_text(example.read_text().replace("/etc/tandem/bmc-password", str(pw)))
     (tmp_path / "secret").write_text("0123456789abcdef0123456789abcdef\n")
     (tmp_path / "secret").chmod(0o600)
     from tests.conftest import run_tandem

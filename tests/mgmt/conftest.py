@@ -301,6 +301,7 @@ def create_admin(procs: Procs, mariadb: MariaDB, database: str, username: str = 
                  user: bool = False) -> dict[str, str]:
     pwfile = procs.root / f"{username}.pw"
     pwfile.write_text("s3cret-" + username)
+    pwfile.chmod(0o600)
     args = [*mgmt_cmd(), "create-admin", "--db", mariadb.url(database), "--username", username,
             "--password-file", str(pwfile), "--json"] + (["--user"] if user else [])
     out = subprocess.run(args, capture_output=True, text=True, timeout=60,

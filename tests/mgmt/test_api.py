@@ -238,6 +238,39 @@ def test_failed_logins_of_a_name_back_off_and_a_success_clears_them(cloud, maria
     assert failures() == (("/nobody-here", 9),)  # a success clears its own name only
 
 
+def test_a_name_the_database_cannot_hold_is_answered_like_an_unknown_one(cloud, mariadb):
+    """A name outside the columns' character set (latin1: the server's default) made
+    MariaDB refuse the comparison (1267) and the login answered 530. It names nobody:
+    401 as for any unknown name, counted (under a digest) and backed off the same."""
+    import hashlib
+    server, db = cloud["server"], cloud["db"]
+    names = ("\u540d\u524d", "bob\U0001f600")
+
+    def digests() -> tuple:
+        with mariadb.root_conn() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT name, failures FROM `{db}`.login_failure WHERE name LIKE '#%' ORDER BY name")
+            return cur.fetchall()
+
+    def set_digests(sql: str) -> None:
+        with mariadb.root_conn() as conn, conn.cursor() as cur:
+            cur.execute(f"UPDATE `{db}`.login_failure SET {sql} WHERE name LIKE '#%'")
+            conn.commit()
+
+    unknown = _login(server, "nobody-here", "wrong").json()
+    for name in names:
+        for i in range(5):
+            set_digests("last_failure = last_failure - INTERVAL 1 MINUTE")  # however slow the machine
+            r = _login(server, name, "wrong")
+            assert _error(r, 401, "loginresponse") == "unable to verify user credentials", i
+            assert r.json() == unknown
+    keys = sorted("#" + hashlib.sha256(f"/{n}".lower().encode()).hexdigest() for n in names)
+    assert digests() == tuple((k, 5) for k in keys)
+    set_digests("failures = 9, last_failure = NOW(6)")
+    for name in names:
+        text = _error(_login(server, name, "wrong"), 401, "loginresponse")
+        assert re.fullmatch(r"too many failed logins for this user: try again in 1[0-6] s", text), text
+
+
 def test_logins_sent_at_once_cannot_all_be_guesses(cloud, mariadb):
     """Counted after the check, K requests in flight all read the same count and all
     had their password checked: the backoff held back only one-at-a-time guessing."""

@@ -34,6 +34,7 @@ def test_operator_errors_are_one_line_without_secrets(mariadb, database, procs):
     assert out.returncode == 0 and "schema at version" in out.stdout
     create_admin(procs, mariadb, database, "ops")
     (procs.root / "pw").write_text("another-password")
+    (procs.root / "pw").chmod(0o600)
     out = _run("create-admin", "--db", mariadb.url(database), "--username", "ops", "--password-file",
                str(procs.root / "pw"), env=env)
     assert out.returncode != 0 and out.stderr.strip() == "tandem: user 'ops' already exists"
@@ -57,6 +58,24 @@ def test_secret_files_that_others_can_read_are_refused(mariadb, database, procs)
     assert mariadb.password not in out.stderr + out.stdout
     pw.chmod(0o600)
     assert _run("migrate", "--db", mariadb.url(database), "--db-password-file", str(pw)).returncode == 0
+
+
+def test_a_password_file_others_can_read_is_refused_before_the_database(tmp_path):
+    """create-admin's --password-file is held to the same rule as --db-password-file;
+    the refusal comes before any connection (the database here does not exist)."""
+    pw = tmp_path / "pw"
+    pw.write_text("a-good-long-password\n")
+    for mode in (0o644, 0o640):
+        pw.chmod(mode)
+        out = _run("create-admin", "--db", "mysql://x@127.0.0.1:1/nowhere", "--username", "x",
+                   "--password-file", str(pw))
+        assert out.returncode != 0 and out.stderr.strip().splitlines() == [
+            f"tandem: --password-file {pw} is readable by others (chmod 600 it)"]
+        assert "a-good-long-password" not in out.stderr + out.stdout
+    missing = tmp_path / "no"
+    out = _run("create-admin", "--db", "mysql://x@127.0.0.1:1/nowhere", "--password-file", str(missing))
+    assert out.returncode != 0 and out.stderr.strip().splitlines() == [
+        f"tandem: --password-file {missing}: No such file or directory"]
 
 
 def test_job_fails_with_534_when_the_host_is_gone(procs, mariadb, database):

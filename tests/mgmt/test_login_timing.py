@@ -45,6 +45,73 @@ def test_the_wait_doubles_after_the_free_failures_and_is_capped():
     assert auth.login_wait(6, 1.5) == 0.5 and auth.login_wait(6, 3.0) == 0
 
 
+class Latin1Cursor:
+    """MariaDB with latin1 columns, as far as a login goes: a parameter the column
+    cannot hold is refused (1267) like the server does; no user exists."""
+
+    def __init__(self):
+        self.failures: dict[str, int] = {}
+        self.statements: list[tuple[str, tuple]] = []
+        self._result = None
+
+    def execute(self, sql: str, args: tuple = ()) -> None:
+        import pymysql
+        self.statements.append((sql, args))
+        for a in args:
+            a.encode()  # what pymysql does first: a lone surrogate fails here, client-side
+            try:
+                a.encode("latin1")
+            except UnicodeEncodeError:
+                raise pymysql.err.OperationalError(
+                    1267, "Illegal mix of collations (latin1_swedish_ci,IMPLICIT) and"
+                          " (utf8mb4_general_ci,COERCIBLE) for operation '='") from None
+        if "FROM login_failure" in sql:
+            n = self.failures.get(args[0])
+            self._result = {"failures": n, "ago_us": 0} if n else None
+        elif "INSERT INTO login_failure" in sql:
+            self.failures[args[0]] = self.failures.get(args[0], 0) + 1
+        else:
+            self._result = None  # the user lookup: nobody
+
+    def fetchone(self):
+        return self._result
+
+
+@pytest.mark.parametrize("name", ["\u540d\u524d", "bob\U0001f600", "x\ud800"],
+                         ids=["cjk", "emoji", "surrogate"])
+def test_a_name_the_database_cannot_hold_is_an_unknown_user(monkeypatch, name):
+    """It used to reach MariaDB as a comparison with a latin1 column: error 1267 and
+    HTTP 530. Now: no user, one scrypt against the dummy hash, the failures counted
+    (under a digest of the name) and backed off like any unknown name's."""
+    cur = Latin1Cursor()
+    attempt = auth.login_attempt(cur, name, None)
+    assert attempt.row is None and attempt.wait_s == 0 and attempt.key.startswith("#")
+    assert cur.failures == {attempt.key: 1}
+    auth.password_matches(auth.LoginAttempt("/x", None, 0.0), "warm")  # the dummy hash, made once
+    checked = []
+    real = auth.check_password
+    monkeypatch.setattr(auth, "check_password", lambda pw, stored: checked.append(stored) or real(pw, stored))
+    assert auth.password_matches(attempt, "some-password") is None
+    assert checked == [auth._no_such_user_hash()]
+    for _ in range(auth.LOGIN_FREE_FAILURES - 1):
+        assert auth.login_attempt(cur, name, None).wait_s == 0
+    again = auth.login_attempt(cur, name, None)
+    assert again.key == attempt.key and again.wait_s > 0  # like "/nobody" after five failures
+    plain = Latin1Cursor()
+    assert auth.login_attempt(plain, "nobody", None).key == "/nobody"  # storable names keep their key
+
+
+def test_other_database_errors_still_fail_the_login():
+    import pymysql
+
+    class Broken(Latin1Cursor):
+        def execute(self, sql, args=()):
+            raise pymysql.err.OperationalError(1146, "Table 'login_failure' doesn't exist")
+
+    with pytest.raises(pymysql.err.OperationalError):
+        auth.login_attempt(Broken(), "\u540d\u524d", None)
+
+
 def test_every_max_expires_ahead_the_config_allows_reaches_the_server(tmp_path):
     """[mgmt] allowed up to 7 days, the clone's own config only 3600 s: the agent
     died at start on a config that `tandem config check` had passed."""

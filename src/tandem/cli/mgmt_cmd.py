@@ -133,7 +133,8 @@ def migrate_cmd(db: str = DbOpt, db_password_file: Path = PwFileOpt) -> None:
 @app.command("create-admin")
 def create_admin(db: str = DbOpt, db_password_file: Path = PwFileOpt, key_file: Path = KeyFileOpt,
                  username: str = typer.Option("admin", help="user (and account) name"),
-                 password_file: Path = typer.Option(None, help="file with the password (else a prompt)"),
+                 password_file: Path = typer.Option(
+                     None, help="file with the password, readable by its owner only (else a prompt)"),
                  user: bool = typer.Option(False, "--user", help="create a plain user, not an admin"),
                  json_out: bool = typer.Option(False, "--json")) -> None:
     """Create an admin (or --user) with a password and mint its API keys."""
@@ -144,9 +145,9 @@ def create_admin(db: str = DbOpt, db_password_file: Path = PwFileOpt, key_file: 
     box = SecretBox.from_file(_key_file(key_file))
     if password_file is not None:
         try:
-            password = password_file.read_text().strip()
-        except OSError as e:
-            raise TandemError(f"--password-file: cannot read {password_file} ({e.strerror})") from None
+            password = read_private(password_file, "--password-file").decode()
+        except UnicodeDecodeError:
+            raise TandemError(f"--password-file {password_file}: not UTF-8 text") from None
     else:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     if len(password) < 8:

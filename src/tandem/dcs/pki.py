@@ -8,12 +8,14 @@ CA (`--client-cert-auth`, `--peer-client-cert-auth`), and every tandem process
 presents its host's certificate (what Patroni users configure by hand with
 `cacert`/`cert`/`key`).
 
-Layout of a PKI directory (`[etcd] tls_dir`): ``ca.crt``, ``ca.key`` (needed only
-to issue more certificates; keep it offline once every host has its files),
-and ``HOST.crt``/``HOST.key`` for each node and the witness. One certificate per
-host serves both as etcd server (its IP addresses and 127.0.0.1 in the SAN) and
-as client. ECDSA P-256: a handshake costs about a millisecond, which matters
-when a client re-dials after a partition within the 0.5 s operation bound.
+Layout of a PKI directory (`[etcd] tls_dir`) where it is made: ``ca.crt``,
+``ca.key`` (needed only to issue more certificates: it stays there, never on a
+host) and ``HOST.crt``/``HOST.key`` for each node and the witness. Each host's
+tls_dir holds ``ca.crt`` and its own pair only (`HostTls`); a host with another's
+key could pose as it. One certificate per host serves both as etcd server (its
+IP addresses and 127.0.0.1 in the SAN) and as client. ECDSA P-256: a handshake
+costs about a millisecond, which matters when a client re-dials after a
+partition within the 0.5 s operation bound.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from tandem.mgmt.db import Cursor
+from tandem.mgmt.db import Cursor, is_charset_error
 from tandem.mgmt.migrations import ROOT_DOMAIN_ID
 from tandem.mgmt.secretbox import SecretBox
 
@@ -175,21 +175,63 @@ def login_wait(failures: int, ago_s: float) -> float:
     return max(0.0, min(2.0 ** doublings, LOGIN_MAX_WAIT_S) - ago_s)
 
 
-def login_attempt(cur: Cursor, username: str, domain: str | None) -> LoginAttempt:
-    """Counted as a failure before the password is checked (a success takes it back):
-    counted after, K requests sent at once all read the same count and all got
-    their guess checked."""
-    domain_path, key = login_key(username, domain)
+def _utf8(text: str) -> bool:
+    """False for text with lone surrogates, which the client library cannot send."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unstorable_key(key: str) -> str:
+    """The failure counter's name for a user name the database cannot hold: plain
+    ASCII, and never a real key (those start with "/")."""
+    return "#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _count_failure(cur: Cursor, key: str) -> float:
+    """The wait still due for `key`, or 0 after counting this attempt as a failure."""
     cur.execute("SELECT failures, TIMESTAMPDIFF(MICROSECOND, last_failure, NOW(6)) AS ago_us"
                 " FROM login_failure WHERE name=%s FOR UPDATE", (key,))
     f = cur.fetchone()
     wait = login_wait(int(f["failures"]), int(f["ago_us"]) / 1e6) if f else 0.0
+    if wait == 0:
+        cur.execute("INSERT INTO login_failure (name, failures, last_failure) VALUES (%s, 1, NOW(6))"
+                    " ON DUPLICATE KEY UPDATE failures = failures + 1, last_failure = NOW(6)", (key,))
+    return wait
+
+
+def login_attempt(cur: Cursor, username: str, domain: str | None) -> LoginAttempt:
+    """Counted as a failure before the password is checked (a success takes it back):
+    counted after, K requests sent at once all read the same count and all got
+    their guess checked.
+
+    A name the database cannot hold (a character outside its columns' character
+    set; text that is not even UTF-8) names nobody: it is an unknown user, counted
+    under a digest of itself, not a database error."""
+    domain_path, key = login_key(username, domain)
+    sendable = _utf8(username) and _utf8(domain or "")
+    if not sendable:
+        key = _unstorable_key(key)
+    try:
+        wait = _count_failure(cur, key)
+    except Exception as e:
+        if not is_charset_error(e):
+            raise
+        key = _unstorable_key(key)
+        wait = _count_failure(cur, key)
     if wait > 0:
         return LoginAttempt(key, None, wait)
-    cur.execute("INSERT INTO login_failure (name, failures, last_failure) VALUES (%s, 1, NOW(6))"
-                " ON DUPLICATE KEY UPDATE failures = failures + 1, last_failure = NOW(6)", (key,))
-    cur.execute(_USER_SELECT + " WHERE u.username=%s AND d.path=%s", (username, domain_path))
-    return LoginAttempt(key, cur.fetchone(), 0.0)
+    row = None
+    if sendable:
+        try:
+            cur.execute(_USER_SELECT + " WHERE u.username=%s AND d.path=%s", (username, domain_path))
+            row = cur.fetchone()
+        except Exception as e:
+            if not is_charset_error(e):
+                raise
+    return LoginAttempt(key, row, 0.0)
 
 
 def password_matches(attempt: LoginAttempt, password: str) -> Caller | None:

@@ -61,6 +61,11 @@ ROLLED_BACK_ERRNOS = {1205, 1213}
 # a verdict on the request: like a lost connection, it is repeated within the
 # budget, and a COMMIT that fails this way has an unknown outcome.
 STORAGE_ERRNOS = {1021, 1024, 1026, 1030, 1180}
+# A value the columns' character set cannot hold (our tables take the server's
+# default, latin1 under --no-defaults): compared with a column ("illegal mix of
+# collations") or, in strict mode, stored ("incorrect string value"). A verdict on
+# the value, not on the database; the transaction stays usable.
+CHARSET_ERRNOS = {1267, 1270, 1271, 1366}
 
 
 class DbUnavailable(TandemError):
@@ -110,6 +115,10 @@ def is_connection_error(e: BaseException) -> bool:
 def is_storage_error(e: BaseException) -> bool:
     return (isinstance(e, pymysql.err.OperationalError | pymysql.err.InternalError) and bool(e.args)
             and e.args[0] in STORAGE_ERRNOS)
+
+
+def is_charset_error(e: BaseException) -> bool:
+    return isinstance(e, pymysql.err.MySQLError) and bool(e.args) and e.args[0] in CHARSET_ERRNOS
 
 
 def is_transient(e: BaseException) -> bool:

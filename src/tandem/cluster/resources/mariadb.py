@@ -52,6 +52,8 @@ from tandem.cluster.resources.base import Health, Resource, ResourceError, run_c
 from tandem.cluster.resources.binlog import PREPARED_AT_START, BinlogError, last_binlog, mark_in_use
 from tandem.cluster.resources.config import MariaDBConfig
 from tandem.cluster.resources.procs import ProcRef, spawn, tail, terminate
+from tandem.errors import TandemError
+from tandem.secretfile import read_private
 
 CLIENT = "mariadb"
 INSTALL_DB = "mariadb-install-db"
@@ -79,15 +81,13 @@ def _accepts(sock: Path) -> bool:
 
 
 def read_secret(path: os.PathLike[str] | str) -> bytes:
+    """The application user's password: private (secretfile's rule) and long enough."""
     try:
-        with open(path, "rb") as f:
-            data = f.read().strip()
-    except OSError as e:
-        raise ResourceError(f"password file {path}: {e.strerror}") from None
+        data = read_private(Path(path), "password file")
+    except TandemError as e:
+        raise ResourceError(str(e)) from None
     if len(data) < 8:
         raise ResourceError(f"password file {path}: password too short (need at least 8 bytes)")
-    if os.stat(path).st_mode & 0o077:
-        raise ResourceError(f"password file {path} is readable by others (chmod 600 it)")
     return data
 
 
