@@ -457,8 +457,9 @@ def etcd_tls(cfg: Config, host: str | None) -> HostTls | None:
 
 
 def _fencing_password_problems(cfg: Config) -> list[str]:
-    """The BMC password files (ipmitool -f) that are missing or readable by others:
-    any node may have to fence another, so each must be in place and private."""
+    """The BMC password files (ipmitool -f) that others can read. A missing one is
+    not refused here: only the nodes that fence need it (the witness, or a host
+    running `tandem status`, may have none); the fencing step says so when used."""
     tables = [("fencing", cfg.fencing)] + [(f"nodes.{n}.fencing", node.fencing)
                                            for n, node in cfg.nodes.items()]
     problems = []
@@ -466,10 +467,7 @@ def _fencing_password_problems(cfg: Config) -> list[str]:
         if fencing is None or fencing.agent != "ipmitool" or fencing.password_file is None:
             continue
         pw = fencing.password_file
-        if not pw.is_file():
-            problems.append(f"{key}.password_file: no such file {pw} (write the BMC password"
-                            " into it; chmod 600 it)")
-        elif pw.stat().st_mode & 0o077:
+        if pw.is_file() and pw.stat().st_mode & 0o077:
             problems.append(f"{key}.password_file: {pw} is readable by others (chmod 600 it)")
     return problems
 
