@@ -402,3 +402,60 @@ def test_a_write_missing_at_a_lookup_and_unread_jobs_are_violations_even_if_the_
     unread = analyse([], acks, [], stored, [], [], [r], Options(seed=3), None, None, jobs_unread=True)
     [v] = unread["violations"]
     assert v["check"] == "jobs" and "could not be read back" in v["what"]
+
+
+def test_unknown_jobs_that_succeeded_without_an_effect_need_another_jobs_effect():
+    """Review, session 22: a job only the database knows of, done without a host
+    operation, went unjudged. A deploy always creates a VM: never explained. A start
+    or stop the client sent again after losing the answer is explained by the other
+    job's effect (known to the client or not), each effect explaining one job."""
+    def db(rid, cmd, vm, status=1):
+        return {"jobid": rid, "status": status, "command": cmd, "vm": vm}
+    start, stop, deploy = "startVirtualMachine", "stopVirtualMachine", "deployVirtualMachine"
+    known = [{"jobid": "j1", "command": start, "status": 1, "vm": "v1"}]
+    applied = [{"request_id": "j1", "op": "start", "vm": "v1"}]
+    # the client's job ran first and applied it; the lost one (u0) found the VM running
+    assert checker.job_violations(known, applied, [db("j1", start, "v1"), db("u0", start, "v1")]) == []
+    # an unknown deploy that succeeded with nothing created
+    out = checker.job_violations(known, applied, [db("j1", start, "v1"), db("u0", deploy, "v9")])
+    assert out == ["job u0 (unknown to the client, deployVirtualMachine of VM v9): succeeded in the"
+                   " database but created nothing on the host"]
+    # an effect of another op or VM explains nothing
+    for cmd, vm in ((stop, "v1"), (start, "v2")):
+        out = checker.job_violations(known, applied, [db("j1", start, "v1"), db("u0", cmd, vm)])
+        assert len(out) == 1 and out[0].startswith("job u0 (unknown") and "never applied" in out[0], out
+    # two unknown jobs, one of which applied it: fine; one effect for two effect-less jobs: not
+    both = [db("u1", stop, "v1"), db("u2", stop, "v1")]
+    assert checker.job_violations([], [{"request_id": "u1", "op": "stop", "vm": "v1"}], both) == []
+    out = checker.job_violations([], [{"request_id": "u1", "op": "stop", "vm": "v1"}],
+                                 [*both, db("u3", stop, "v1")])
+    assert len(out) == 1 and out[0].startswith("job u3 (unknown"), out
+    out = checker.job_violations(known, applied, [db("j1", start, "v1"), db("u0", start, "v1"),
+                                                  db("u5", start, "v1")])
+    assert len(out) == 1 and "never applied" in out[0], out
+    # an unknown job's effect that explained the client's own job explains no other
+    j2 = [{"jobid": "j2", "command": start, "status": 1, "vm": "v1"}]
+    orphan = [{"request_id": "u1", "op": "start", "vm": "v1"}]
+    assert checker.job_violations(j2, orphan, [db("j2", start, "v1"), db("u1", start, "v1")]) == []
+    out = checker.job_violations(j2, orphan, [db("j2", start, "v1"), db("u1", start, "v1"),
+                                              db("u2", start, "v1")])
+    assert len(out) == 1 and out[0].startswith("job u2 (unknown"), out
+    # failed or effect-less known jobs are judged as before; old histories (no command) skip the rule
+    assert checker.job_violations(known, applied, [{"jobid": "j1", "status": 1},
+                                                   {"jobid": "u0", "status": 1}]) == []
+
+
+def test_the_campaign_reads_each_database_jobs_command_and_vm():
+    from types import SimpleNamespace
+
+    from tandem.lab.torture import Campaign
+    asked = []
+
+    def query_cloud(sql):
+        asked.append(sql)
+        return [("u0", 1, "deployVirtualMachine", "v9"), ("j1", 2, "startVirtualMachine", "v1")]
+    fake = SimpleNamespace(stack=SimpleNamespace(query_cloud=query_cloud))
+    rows = Campaign._db_jobs(fake, timeout=0)
+    assert rows == [{"jobid": "u0", "status": 1, "command": "deployVirtualMachine", "vm": "v9"},
+                    {"jobid": "j1", "status": 2, "command": "startVirtualMachine", "vm": "v1"}]
+    assert asked == ["SELECT id, status, cmd, instance_id FROM async_job"]

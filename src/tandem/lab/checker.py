@@ -194,8 +194,9 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
     `jobs`: what the API accepted, each {"jobid", "command", "status"} with the final
     CloudStack jobstatus (0 pending, 1 succeeded, 2 failed); `effects`: the simulated
     host's effect log (one line per operation applied, keyed by the job id);
-    `db_jobs`: every job in the management database ({"jobid", "status"}), also
-    the ones whose submission the client never heard back about.
+    `db_jobs`: every job in the management database ({"jobid", "status", "command",
+    "vm"}: "vm" is the job's instance_id, for a deploy the new VM's id), also the
+    ones whose submission the client never heard back about.
 
     A client that lost the answer to a submission and sent it again made two jobs:
     the first (unknown to the client) applied the effect, the second found the VM
@@ -203,8 +204,9 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
     done with no effect of its own is explained by at most one effect of the same
     operation on the same VM under an id the client never got back ("orphan");
     anything else is a violation. Orphans are held to the same rules: no request
-    id applied twice, every effect belongs to a job the database knows, and no job
-    in the database is left pending."""
+    id applied twice, every effect belongs to a job the database knows, no job in
+    the database is left pending, and one that succeeded without an effect is
+    explained too (see `_unknown_done_without_effect`)."""
     effects = list(effects)
     jobs = list(jobs)
     accepted = {str(j["jobid"]) for j in jobs}
@@ -248,6 +250,42 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
             elif int(j["status"]) == 2 and count.get(rid, 0):
                 out.append(f"job {rid} (unknown to the client): failed in the database but applied"
                            " on the host")
+        out += _unknown_done_without_effect(in_db, accepted, effects, count, orphans)
+    return out
+
+
+def _unknown_done_without_effect(in_db: dict[str, dict], accepted: set[str], effects: list[dict],
+                                 count: dict[str, int], orphans: dict[tuple[str, str], int]) -> list[str]:
+    """Jobs the client never heard of that the database says succeeded, yet applied
+    nothing on the host. A deploy always creates a VM on the host: a violation. A
+    start or stop finds the VM already in that state when the client sent it again
+    after losing the answer, and the other of the two jobs (known to the client or
+    not; whichever ran first) applied the effect: so each one needs an effect of the
+    same operation on the same VM by another job, and each effect explains at most
+    one job without an effect. The pool: the unknown jobs' effects the client's own
+    jobs without an effect did not take (`orphans`, as `job_violations` left it),
+    and the client's jobs' effects (which explain none of the client's own jobs).
+    Database jobs from histories saved before their command and VM were read (no
+    "command") are not judged here."""
+    spare = dict(orphans)  # the unknown jobs' effects no job of the client's took
+    for _rid, vm, op in {(str(e.get("request_id")), str(e.get("vm")), str(e.get("op"))) for e in effects
+                        if not e.get("conflict") and str(e.get("request_id")) in accepted}:
+        spare[(vm, op)] = spare.get((vm, op), 0) + 1  # a client's job's effect, once however often
+    out = []
+    for rid, j in in_db.items():
+        if rid in accepted or int(j["status"]) != 1 or count.get(rid, 0) or j.get("command") is None:
+            continue
+        op = OPS.get(j["command"])
+        what = f"job {rid} (unknown to the client, {j['command']} of VM {j.get('vm')})"
+        if op == "create":
+            out.append(f"{what}: succeeded in the database but created nothing on the host")
+        elif op is not None:
+            key = (str(j.get("vm")), op)
+            if spare.get(key, 0) > 0:
+                spare[key] -= 1
+            else:
+                out.append(f"{what}: succeeded in the database but never applied on the host, and no"
+                           f" other job's {op} of that VM is left to explain it")
     return out
 
 

@@ -462,13 +462,15 @@ class Campaign:
 
     def _db_jobs(self, timeout: float) -> list[dict] | None:
         """Every job in the management database, once none is pending (or at
-        `timeout`): also those the clients never heard back about."""
+        `timeout`): also those the clients never heard back about. "vm" is the job's
+        instance_id: the VM's id, for a deploy the new VM's (what the effects and the
+        clients' jobs name it by)."""
         deadline = monotonic() + timeout
         rows: list[dict] | None = None
         while True:
-            with contextlib.suppress(LabError, json.JSONDecodeError, ValueError):
-                rows = [{"jobid": str(r[0]), "status": int(r[1])}
-                        for r in self.stack.query_cloud("SELECT id, status FROM async_job")]
+            with contextlib.suppress(LabError, json.JSONDecodeError, ValueError, IndexError):
+                rows = [{"jobid": str(r[0]), "status": int(r[1]), "command": str(r[2]), "vm": str(r[3])}
+                        for r in self.stack.query_cloud("SELECT id, status, cmd, instance_id FROM async_job")]
             if (rows is not None and all(r["status"] != 0 for r in rows)) or monotonic() > deadline:
                 return rows
             time.sleep(1.0)
