@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
+from tandem.errors import LabError
 from tandem.lab import checker
 from tandem.lab.torture import Options, ScheduleResult, analyse
 from tandem.lab.torture_plan import KINDS, SHAPES, draw_schedule
@@ -459,3 +462,61 @@ def test_the_campaign_reads_each_database_jobs_command_and_vm():
     assert rows == [{"jobid": "u0", "status": 1, "command": "deployVirtualMachine", "vm": "v9"},
                     {"jobid": "j1", "status": 2, "command": "startVirtualMachine", "vm": "v1"}]
     assert asked == ["SELECT id, status, cmd, instance_id FROM async_job"]
+
+
+def test_a_paused_process_is_recorded_resumed_before_it_runs_again(monkeypatch):
+    """Review, session 22: the heal event came after SIGCONT, so a resumed volume
+    daemon ran a moment outside every writable interval. Now it is recorded while
+    the process is still stopped; a SIGCONT that fails pauses it again in the history."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from types import SimpleNamespace
+
+    from tandem.lab import torture_nemesis
+    from tandem.lab.supervisor import start_ticks
+
+    def state(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    recorded = []
+
+    class Events:
+        def record(self, kind, **fields):
+            recorded.append({"kind": kind, **fields, "state": state(fields["pid"])})
+
+    nemesis = torture_nemesis.Nemesis(SimpleNamespace(lab=SimpleNamespace(events=Events()), leader=None))
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        for _ in range(1000):
+            if state(child.pid) == "T":
+                break
+            time.sleep(0.01)
+        nemesis.paused[("node1", "volume-db")] = (child.pid, start_ticks(child.pid))
+        nemesis._heal_pause({"host": "node1", "name": "volume-db"})
+        assert [(e["kind"], e["state"]) for e in recorded] == [("heal", "T")]  # still stopped then
+        assert nemesis.paused == {}
+        # a SIGCONT that fails: paused again to the checker, its writable interval ends
+        os.kill(child.pid, signal.SIGSTOP)
+        nemesis.paused[("node1", "volume-db")] = (child.pid, start_ticks(child.pid))
+        recorded.clear()
+
+        def kill(pid, sig, real=os.kill):
+            if sig == signal.SIGCONT:
+                raise PermissionError(1, "Operation not permitted")
+            real(pid, sig)
+        monkeypatch.setattr(torture_nemesis.os, "kill", kill)
+        with pytest.raises(LabError, match="could not resume volume-db"):
+            nemesis._heal_pause({"host": "node1", "name": "volume-db"})
+        assert [e["kind"] for e in recorded] == ["heal", "fault"] and recorded[1]["resume_failed"]
+        assert ("node1", "volume-db") in nemesis.paused  # still ours to resume
+        t = iter(range(10, 100))
+        history = [_writable("node1", True, 1.0), _pause("node1", 5.0, pid=child.pid),
+                   *({**e, "t": next(t) + 0.5} for e in recorded)]
+        assert [(i.start, i.end) for i in checker.writable_intervals(history)] == [(1.0, 5.0), (10.5, 11.5)]
+    finally:
+        child.kill()
+        child.wait()
