@@ -520,3 +520,39 @@ def test_a_paused_process_is_recorded_resumed_before_it_runs_again(monkeypatch):
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_recheck_judges_convergence_by_the_campaigns_own_bound(tmp_path):
+    """Review, session 22: `torture-recheck` judged every campaign by the default
+    120 s bound, so one run with --converge-bound 300 got violations it never had.
+    Old results.json (no bound saved) keep the default; old saved database jobs (no
+    command or VM) are still read, and new ones get the unknown-job rule."""
+    import json
+
+    from tandem.lab import torture_report as rep
+    sched = draw_schedule(3, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=210.0, t_end=215.0)
+    r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(50)]
+    jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"}]
+    effects = [{"request_id": "j1", "op": "start", "vm": "v1"}]
+    old_db = [{"jobid": "j1", "status": 1}, {"jobid": "u0", "status": 1}]
+    res = analyse([], acks, [], {a["id"] for a in acks}, jobs, effects, [r],
+                  Options(seed=3, converge_bound=300), None, old_db)
+    assert res["violations"] == [] and res["converge_bound"] == 300
+    rep.write_json(res, tmp_path / "results.json")
+    history = {"stored": [a["id"] for a in acks], "jobs": jobs, "effects": effects, "db_jobs": old_db}
+    rep.write_json(history, tmp_path / "history.json")
+    (tmp_path / "events.jsonl").write_text("")
+    (tmp_path / "writer.jsonl").write_text("".join(json.dumps(a) + "\n" for a in acks))
+    assert rep.recheck(tmp_path)["violations"] == []
+    [v] = rep.recheck(tmp_path, converge_bound=120.0)["violations"]
+    assert "200.0 s after healing (bound 120 s)" in v["what"]
+    del res["converge_bound"]  # a results.json from before the bound was saved
+    rep.write_json(res, tmp_path / "results.json")
+    [v] = rep.recheck(tmp_path)["violations"]
+    assert v["check"] == "convergence" and "(bound 120 s)" in v["what"]
+    new_db = [{**old_db[0], "command": "startVirtualMachine", "vm": "v1"},
+              {**old_db[1], "command": "deployVirtualMachine", "vm": "v9"}]
+    rep.write_json({**history, "db_jobs": new_db}, tmp_path / "history.json")
+    assert [v["check"] for v in rep.recheck(tmp_path)["violations"]] == ["convergence", "jobs"]

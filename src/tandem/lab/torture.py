@@ -606,6 +606,7 @@ def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: se
     sched_unavail = [checker.unavailability(ack_times, r.t_start, r.t_converged or r.t_end) for r in results]
     return {
         "seed": opts.seed, "duration": opts.duration, "schedules_planned": opts.schedules,
+        "converge_bound": opts.converge_bound,  # what `torture-recheck` judges convergence by
         "schedules_run": len(results), "aborted": aborted,
         "writes": {"acknowledged": len(acks), "errors": len(errors), "stored": len(stored or ())},
         "jobs_in_db": None if db_jobs is None else len(db_jobs),

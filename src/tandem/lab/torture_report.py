@@ -168,14 +168,16 @@ def timeline_png(sched: dict[str, Any], events: list[dict], acks: list[dict], pa
     plt.close(fig)
 
 
-def recheck(report: Path, converge_bound: float = 120.0) -> dict[str, Any]:
+def recheck(report: Path, converge_bound: float | None = None) -> dict[str, Any]:
     """A finished campaign's saved history (events.jsonl, writer.jsonl, history.json,
     results.json in its --report directory) through today's checks: a checker made
     stricter after a long campaign judges that campaign too, without running it
-    again. Returns {"schedules", "violations", "was"} (`was`: the count the campaign
-    itself reported)."""
+    again. Convergence is judged by `converge_bound` if given, else by the bound the
+    campaign ran with (the default bound for results.json saved before it was).
+    Returns {"schedules", "violations", "was"} (`was`: the count the campaign itself
+    reported)."""
     from tandem.lab.events import EventLog
-    from tandem.lab.torture import SETTLED_CHECKS, history_violations, settled_violations
+    from tandem.lab.torture import SETTLED_CHECKS, Options, history_violations, settled_violations
     from tandem.lab.writer import read_log
     files = {n: report / n for n in ("results.json", "history.json", "events.jsonl", "writer.jsonl")}
     missing = [n for n, f in files.items() if not f.exists()]
@@ -183,6 +185,8 @@ def recheck(report: Path, converge_bound: float = 120.0) -> dict[str, Any]:
         raise ValueError(f"{report}: no {', '.join(missing)}; give the --report directory of a"
                          " finished `tandem lab torture`")
     result = json.loads(files["results.json"].read_text())
+    if converge_bound is None:
+        converge_bound = float(result.get("converge_bound") or Options.converge_bound)
     history = json.loads(files["history.json"].read_text())
     events = EventLog(files["events.jsonl"]).read()
     acks, _ = read_log(str(files["writer.jsonl"]))
