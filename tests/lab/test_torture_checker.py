@@ -556,3 +556,32 @@ def test_a_recheck_judges_convergence_by_the_campaigns_own_bound(tmp_path):
               {**old_db[1], "command": "deployVirtualMachine", "vm": "v9"}]
     rep.write_json({**history, "db_jobs": new_db}, tmp_path / "history.json")
     assert [v["check"] for v in rep.recheck(tmp_path)["violations"]] == ["convergence", "jobs"]
+
+
+def test_schedules_whose_every_fault_was_skipped_are_counted_and_shown():
+    """Review, session 22: a schedule whose faults all found their target gone (skipped)
+    passed as a clean schedule, unseen. It still is no violation, but the summary
+    (the campaign's and torture-summary's, also of results.json saved before) says
+    how many there were."""
+    from tandem.lab import torture_report as rep
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(300)]
+    results = []
+    for k in range(3):
+        r = ScheduleResult(draw_schedule(4, k, 10), t_start=k * 10.0, t_healed=k * 10.0 + 8,
+                           t_converged=k * 10.0 + 9, t_end=k * 10.0 + 10)
+        r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
+        if k != 1:  # schedule 1: every fault skipped
+            r.faults = [{"index": 0, "kind": "crash", "describe": "crash node1", "start": k * 10.0 + 1,
+                         "end": k * 10.0 + 5}]
+        results.append(r)
+    res = analyse([], acks, [], {a["id"] for a in acks}, [], [], results, Options(seed=4), None, [])
+    assert res["violations"] == [] and res["schedules_without_faults"] == 1
+    [line] = [x for x in rep.summary_lines(res) if "no fault applied" in x]
+    assert "1 of 3" in line
+    clean = {**res, "schedules_without_faults": 0}
+    assert not [x for x in rep.summary_lines(clean) if "no fault applied" in x]
+    old = {k: v for k, v in res.items() if k != "schedules_without_faults"}  # saved before the count
+    combined = rep.combine([res, old])
+    assert combined["schedules_without_faults"] == 2 and combined["violations"] == []
+    assert [c["schedules_without_faults"] for c in combined["campaigns"]] == [1, 1]
+    assert any("2 of 6" in x for x in rep.summary_lines(combined))

@@ -608,6 +608,8 @@ def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: se
         "seed": opts.seed, "duration": opts.duration, "schedules_planned": opts.schedules,
         "converge_bound": opts.converge_bound,  # what `torture-recheck` judges convergence by
         "schedules_run": len(results), "aborted": aborted,
+        # every fault skipped (its target gone): such a schedule tested only the workload
+        "schedules_without_faults": sum(not r.faults for r in results),
         "writes": {"acknowledged": len(acks), "errors": len(errors), "stored": len(stored or ())},
         "jobs_in_db": None if db_jobs is None else len(db_jobs),
         "deaths": [{k: e[k] for k in ("t", "host", "name", "pid", "how")} for e in events
