@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
+from tandem.errors import LabError
 from tandem.lab import checker
 from tandem.lab.torture import Options, ScheduleResult, analyse
 from tandem.lab.torture_plan import KINDS, SHAPES, draw_schedule
@@ -437,3 +440,180 @@ def test_an_ack_from_a_node_outside_its_writable_intervals_is_a_two_writers_viol
     out = analyse(events, acks, [], {a["id"] for a in acks}, [], [], [r], Options(), None)
     assert [v["check"] for v in out["violations"]] == ["two-writers"]
     assert "w-5 was committed by node1" in out["violations"][0]["what"]
+
+
+def test_unknown_jobs_that_succeeded_without_an_effect_need_another_jobs_effect():
+    """Review, session 22: a job only the database knows of, done without a host
+    operation, went unjudged. A deploy always creates a VM: never explained. A start
+    or stop the client sent again after losing the answer is explained by an effect
+    of that operation on that VM (known to the client or not)."""
+    def db(rid, cmd, vm, status=1):
+        return {"jobid": rid, "status": status, "command": cmd, "vm": vm}
+    start, stop, deploy = "startVirtualMachine", "stopVirtualMachine", "deployVirtualMachine"
+    known = [{"jobid": "j1", "command": start, "status": 1, "vm": "v1"}]
+    applied = [{"request_id": "j1", "op": "start", "vm": "v1"}]
+    # the client's job ran first and applied it; the lost one (u0) found the VM running
+    assert checker.job_violations(known, applied, [db("j1", start, "v1"), db("u0", start, "v1")]) == []
+    # an unknown deploy that succeeded with nothing created
+    out = checker.job_violations(known, applied, [db("j1", start, "v1"), db("u0", deploy, "v9")])
+    assert out == ["job u0 (unknown to the client, deployVirtualMachine of VM v9): succeeded in the"
+                   " database but created nothing on the host"]
+    # an effect of another op or VM explains nothing
+    for cmd, vm in ((stop, "v1"), (start, "v2")):
+        out = checker.job_violations(known, applied, [db("j1", start, "v1"), db("u0", cmd, vm)])
+        assert len(out) == 1 and out[0].startswith("job u0 (unknown") and "never applied" in out[0], out
+    # a client that lost the answer again and again sent the same op again and again:
+    # one effect explains every later one (each found the VM already there)
+    both = [db("u1", stop, "v1"), db("u2", stop, "v1"), db("u3", stop, "v1")]
+    assert checker.job_violations([], [{"request_id": "u1", "op": "stop", "vm": "v1"}], both) == []
+    assert checker.job_violations(known, applied, [db("j1", start, "v1"), db("u0", start, "v1"),
+                                                   db("u5", start, "v1")]) == []
+    j2 = [{"jobid": "j2", "command": start, "status": 1, "vm": "v1"}]
+    orphan = [{"request_id": "u1", "op": "start", "vm": "v1"}]
+    assert checker.job_violations(j2, orphan, [db("j2", start, "v1"), db("u1", start, "v1"),
+                                               db("u2", start, "v1")]) == []
+    # but none at all: the success is not explained
+    out = checker.job_violations([], [], [db("u2", stop, "v1")])
+    assert len(out) == 1 and out[0].startswith("job u2 (unknown") and "never applied" in out[0], out
+    # failed or effect-less known jobs are judged as before; old histories (no command) skip the rule
+    assert checker.job_violations(known, applied, [{"jobid": "j1", "status": 1},
+                                                   {"jobid": "u0", "status": 1}]) == []
+
+
+def test_the_campaign_reads_each_database_jobs_command_and_vm():
+    from types import SimpleNamespace
+
+    from tandem.lab.torture import Campaign
+    asked = []
+
+    def query_cloud(sql):
+        asked.append(sql)
+        return [("u0", 1, "deployVirtualMachine", "v9"), ("j1", 2, "startVirtualMachine", "v1")]
+    fake = SimpleNamespace(stack=SimpleNamespace(query_cloud=query_cloud))
+    rows = Campaign._db_jobs(fake, timeout=0)
+    assert rows == [{"jobid": "u0", "status": 1, "command": "deployVirtualMachine", "vm": "v9"},
+                    {"jobid": "j1", "status": 2, "command": "startVirtualMachine", "vm": "v1"}]
+    assert asked == ["SELECT id, status, cmd, instance_id FROM async_job"]
+
+
+def test_a_paused_process_is_recorded_resumed_before_it_runs_again(monkeypatch):
+    """Review, session 22: the heal event came after SIGCONT, so a resumed volume
+    daemon ran a moment outside every writable interval. Now it is recorded while
+    the process is still stopped; a SIGCONT that fails pauses it again in the history."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from types import SimpleNamespace
+
+    from tandem.lab import torture_nemesis
+    from tandem.lab.supervisor import start_ticks
+
+    def state(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    recorded = []
+
+    class Events:
+        def record(self, kind, **fields):
+            recorded.append({"kind": kind, **fields, "state": state(fields["pid"])})
+
+    nemesis = torture_nemesis.Nemesis(SimpleNamespace(lab=SimpleNamespace(events=Events()), leader=None))
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        for _ in range(1000):
+            if state(child.pid) == "T":
+                break
+            time.sleep(0.01)
+        nemesis.paused[("node1", "volume-db")] = (child.pid, start_ticks(child.pid))
+        nemesis._heal_pause({"host": "node1", "name": "volume-db"})
+        assert [(e["kind"], e["state"]) for e in recorded] == [("heal", "T")]  # still stopped then
+        assert nemesis.paused == {}
+        # a SIGCONT that fails: paused again to the checker, its writable interval ends
+        os.kill(child.pid, signal.SIGSTOP)
+        nemesis.paused[("node1", "volume-db")] = (child.pid, start_ticks(child.pid))
+        recorded.clear()
+
+        def kill(pid, sig, real=os.kill):
+            if sig == signal.SIGCONT:
+                raise PermissionError(1, "Operation not permitted")
+            real(pid, sig)
+        monkeypatch.setattr(torture_nemesis.os, "kill", kill)
+        with pytest.raises(LabError, match="could not resume volume-db"):
+            nemesis._heal_pause({"host": "node1", "name": "volume-db"})
+        assert [e["kind"] for e in recorded] == ["heal", "fault"] and recorded[1]["resume_failed"]
+        assert ("node1", "volume-db") in nemesis.paused  # still ours to resume
+        t = iter(range(10, 100))
+        history = [_writable("node1", True, 1.0), _pause("node1", 5.0, pid=child.pid),
+                   *({**e, "t": next(t) + 0.5} for e in recorded)]
+        assert [(i.start, i.end) for i in checker.writable_intervals(history)] == [(1.0, 5.0), (10.5, 11.5)]
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_recheck_judges_convergence_by_the_campaigns_own_bound(tmp_path):
+    """Review, session 22: `torture-recheck` judged every campaign by the default
+    120 s bound, so one run with --converge-bound 300 got violations it never had.
+    Old results.json (no bound saved) keep the default; old saved database jobs (no
+    command or VM) are still read, and new ones get the unknown-job rule."""
+    import json
+
+    from tandem.lab import torture_report as rep
+    sched = draw_schedule(3, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=210.0, t_end=215.0)
+    r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(50)]
+    jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"}]
+    effects = [{"request_id": "j1", "op": "start", "vm": "v1"}]
+    old_db = [{"jobid": "j1", "status": 1}, {"jobid": "u0", "status": 1}]
+    res = analyse([], acks, [], {a["id"] for a in acks}, jobs, effects, [r],
+                  Options(seed=3, converge_bound=300), None, old_db)
+    assert res["violations"] == [] and res["converge_bound"] == 300
+    rep.write_json(res, tmp_path / "results.json")
+    history = {"stored": [a["id"] for a in acks], "jobs": jobs, "effects": effects, "db_jobs": old_db}
+    rep.write_json(history, tmp_path / "history.json")
+    (tmp_path / "events.jsonl").write_text("")
+    (tmp_path / "writer.jsonl").write_text("".join(json.dumps(a) + "\n" for a in acks))
+    assert rep.recheck(tmp_path)["violations"] == []
+    [v] = rep.recheck(tmp_path, converge_bound=120.0)["violations"]
+    assert "200.0 s after healing (bound 120 s)" in v["what"]
+    del res["converge_bound"]  # a results.json from before the bound was saved
+    rep.write_json(res, tmp_path / "results.json")
+    [v] = rep.recheck(tmp_path)["violations"]
+    assert v["check"] == "convergence" and "(bound 120 s)" in v["what"]
+    new_db = [{**old_db[0], "command": "startVirtualMachine", "vm": "v1"},
+              {**old_db[1], "command": "deployVirtualMachine", "vm": "v9"}]
+    rep.write_json({**history, "db_jobs": new_db}, tmp_path / "history.json")
+    assert [v["check"] for v in rep.recheck(tmp_path)["violations"]] == ["convergence", "jobs"]
+
+
+def test_schedules_whose_every_fault_was_skipped_are_counted_and_shown():
+    """Review, session 22: a schedule whose faults all found their target gone (skipped)
+    passed as a clean schedule, unseen. It still is no violation, but the summary
+    (the campaign's and torture-summary's, also of results.json saved before) says
+    how many there were."""
+    from tandem.lab import torture_report as rep
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(300)]
+    results = []
+    for k in range(3):
+        r = ScheduleResult(draw_schedule(4, k, 10), t_start=k * 10.0, t_healed=k * 10.0 + 8,
+                           t_converged=k * 10.0 + 9, t_end=k * 10.0 + 10)
+        r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
+        if k != 1:  # schedule 1: every fault skipped
+            r.faults = [{"index": 0, "kind": "crash", "describe": "crash node1", "start": k * 10.0 + 1,
+                         "end": k * 10.0 + 5}]
+        results.append(r)
+    res = analyse([], acks, [], {a["id"] for a in acks}, [], [], results, Options(seed=4), None, [])
+    assert res["violations"] == [] and res["schedules_without_faults"] == 1
+    [line] = [x for x in rep.summary_lines(res) if "no fault applied" in x]
+    assert "1 of 3" in line
+    clean = {**res, "schedules_without_faults": 0}
+    assert not [x for x in rep.summary_lines(clean) if "no fault applied" in x]
+    old = {k: v for k, v in res.items() if k != "schedules_without_faults"}  # saved before the count
+    combined = rep.combine([res, old])
+    assert combined["schedules_without_faults"] == 2 and combined["violations"] == []
+    assert [c["schedules_without_faults"] for c in combined["campaigns"]] == [1, 1]
+    assert any("2 of 6" in x for x in rep.summary_lines(combined))

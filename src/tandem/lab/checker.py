@@ -232,8 +232,9 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
     `jobs`: what the API accepted, each {"jobid", "command", "status"} with the final
     CloudStack jobstatus (0 pending, 1 succeeded, 2 failed); `effects`: the simulated
     host's effect log (one line per operation applied, keyed by the job id);
-    `db_jobs`: every job in the management database ({"jobid", "status"}), also
-    the ones whose submission the client never heard back about.
+    `db_jobs`: every job in the management database ({"jobid", "status", "command",
+    "vm"}: "vm" is the job's instance_id, for a deploy the new VM's id), also the
+    ones whose submission the client never heard back about.
 
     A client that lost the answer to a submission and sent it again made two jobs:
     the first (unknown to the client) applied the effect, the second found the VM
@@ -241,8 +242,9 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
     done with no effect of its own is explained by at most one effect of the same
     operation on the same VM under an id the client never got back ("orphan");
     anything else is a violation. Orphans are held to the same rules: no request
-    id applied twice, every effect belongs to a job the database knows, and no job
-    in the database is left pending."""
+    id applied twice, every effect belongs to a job the database knows, no job in
+    the database is left pending, and one that succeeded without an effect is
+    explained too (see `_unknown_done_without_effect`)."""
     effects = list(effects)
     jobs = list(jobs)
     accepted = {str(j["jobid"]) for j in jobs}
@@ -286,6 +288,36 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
             elif int(j["status"]) == 2 and count.get(rid, 0):
                 out.append(f"job {rid} (unknown to the client): failed in the database but applied"
                            " on the host")
+        out += _unknown_done_without_effect(in_db, accepted, effects)
+    return out
+
+
+def _unknown_done_without_effect(in_db: dict[str, dict], accepted: set[str],
+                                 effects: list[dict]) -> list[str]:
+    """Jobs the client never heard of that the database says succeeded, yet applied
+    nothing on the host. A deploy always creates a VM on the host: a violation. A
+    start or stop is explained by an effect of the same operation on the same VM:
+    a client that lost the answer still believes the old state and sends the same
+    operation again, maybe several times (a paused server answers none of them in
+    time), and every one that runs after the first finds the VM already there. So
+    one effect explains any number of them; without an effect of that operation
+    on that VM at all, the job's success is a lie. (This cannot tell whether the VM
+    was in that state when the job ran: the effect log has no order against the
+    database's jobs.) Database jobs from histories saved before their command and
+    VM were read (no "command") are not judged here."""
+    applied = {(str(e.get("vm")), str(e.get("op"))) for e in effects if not e.get("conflict")}
+    had_effect = {str(e.get("request_id")) for e in effects}
+    out = []
+    for rid, j in in_db.items():
+        if rid in accepted or int(j["status"]) != 1 or j.get("command") is None or rid in had_effect:
+            continue
+        op = OPS.get(j["command"])
+        what = f"job {rid} (unknown to the client, {j['command']} of VM {j.get('vm')})"
+        if op == "create":
+            out.append(f"{what}: succeeded in the database but created nothing on the host")
+        elif op is not None and (str(j.get("vm")), op) not in applied:
+            out.append(f"{what}: succeeded in the database but never applied on the host, and no"
+                       f" job's {op} of that VM explains it")
     return out
 
 

@@ -462,13 +462,15 @@ class Campaign:
 
     def _db_jobs(self, timeout: float) -> list[dict] | None:
         """Every job in the management database, once none is pending (or at
-        `timeout`): also those the clients never heard back about."""
+        `timeout`): also those the clients never heard back about. "vm" is the job's
+        instance_id: the VM's id, for a deploy the new VM's (what the effects and the
+        clients' jobs name it by)."""
         deadline = monotonic() + timeout
         rows: list[dict] | None = None
         while True:
-            with contextlib.suppress(LabError, json.JSONDecodeError, ValueError):
-                rows = [{"jobid": str(r[0]), "status": int(r[1])}
-                        for r in self.stack.query_cloud("SELECT id, status FROM async_job")]
+            with contextlib.suppress(LabError, json.JSONDecodeError, ValueError, IndexError):
+                rows = [{"jobid": str(r[0]), "status": int(r[1]), "command": str(r[2]), "vm": str(r[3])}
+                        for r in self.stack.query_cloud("SELECT id, status, cmd, instance_id FROM async_job")]
             if (rows is not None and all(r["status"] != 0 for r in rows)) or monotonic() > deadline:
                 return rows
             time.sleep(1.0)
@@ -614,7 +616,10 @@ def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: se
     sched_unavail = [checker.unavailability(ack_times, r.t_start, r.t_converged or r.t_end) for r in results]
     return {
         "seed": opts.seed, "duration": opts.duration, "schedules_planned": opts.schedules,
+        "converge_bound": opts.converge_bound,  # what `torture-recheck` judges convergence by
         "schedules_run": len(results), "aborted": aborted,
+        # every fault skipped (its target gone): such a schedule tested only the workload
+        "schedules_without_faults": sum(not r.faults for r in results),
         "writes": {"acknowledged": len(acks), "errors": len(errors), "stored": len(stored or ())},
         "jobs_in_db": None if db_jobs is None else len(db_jobs),
         "deaths": [{k: e[k] for k in ("t", "host", "name", "pid", "how")} for e in events

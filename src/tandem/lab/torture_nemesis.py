@@ -183,9 +183,22 @@ class Nemesis:
         # still be nsenter in the root namespace, and it was never resumed (torture 66:3:
         # an agent paused at birth stayed stopped, its node Offline for good).
         if pid is not None and started is not None and start_ticks(pid) == started:
-            with contextlib.suppress(ProcessLookupError):
+            # Recorded before the process can run again: the checker opens a resumed
+            # volume daemon's writable interval at this event, so recorded after
+            # SIGCONT it left the daemon's first moments running out of every interval.
+            host = key[0]
+            self.lab.events.record("heal", fault="pause", host=host, name=p["name"], pid=pid)
+            try:
                 os.kill(pid, signal.SIGCONT)
-            self.lab.events.record("heal", fault="pause", host=key[0], name=p["name"], pid=pid)
+            except OSError as e:
+                # Not resumed after all: to the checker, paused again (its interval ends
+                # here), with why. A process that is gone stays gone (the census finds
+                # it); one still there stays ours to resume.
+                self.lab.events.record("fault", fault="pause", host=host, name=p["name"], pid=pid,
+                                       resume_failed=str(e)[:300])
+                if not isinstance(e, ProcessLookupError):
+                    self.paused[key] = (pid, started)
+                    raise LabError(f"could not resume {p['name']} pid {pid} on {host}: {e}") from None
 
     # --- slow links ------------------------------------------------------------------------
     def _apply_slow(self, p: dict) -> str:

@@ -42,6 +42,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f" {j['effects']} effects on the simulated host",
         "convergence after healing (s): " + (", ".join(f"{k} {v:.1f}" for k, v in c.items()) or "-"),
     ]
+    bare = without_faults(result)
+    if bare:
+        lines.append(f"schedules with no fault applied (every fault skipped, its target gone): {bare} of"
+                     f" {result['schedules_run']}; they count as clean but tested only the workload")
     for d in result.get("deaths", []):
         lines.append(f"daemon died without a fault: {d['name']} on {d['host']} (pid {d['pid']}, {d['how']});"
                      " restarted")
@@ -54,6 +58,14 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                  (" (" + ", ".join(f"{k} {n}" for k, n in by_check.items()) + ")" if by_check else ""))
     lines += [f"  [{v['schedule'] or '-'}] {v['check']}: {v['what']}" for v in result["violations"][:20]]
     return lines
+
+
+def without_faults(result: dict[str, Any]) -> int:
+    """How many of a campaign's schedules had no fault applied (all skipped); counted
+    from the schedules for results.json saved before the count was."""
+    if "schedules_without_faults" in result:
+        return int(result["schedules_without_faults"])
+    return sum(not s.get("faults_applied") for s in result.get("schedules", []))
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
@@ -84,8 +96,10 @@ def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
     scheds = [s for r in results for s in r.get("schedules", [])]
     return {
         "campaigns": [{"seed": r["seed"], "schedules_run": r["schedules_run"], "aborted": r.get("aborted"),
-                       "violations": len(r["violations"])} for r in results],
+                       "violations": len(r["violations"]), "schedules_without_faults": without_faults(r)}
+                      for r in results],
         "schedules_run": sum(r["schedules_run"] for r in results),
+        "schedules_without_faults": sum(without_faults(r) for r in results),
         "duration": max((r["duration"] for r in results), default=0.0),
         "seed": ",".join(str(r["seed"]) for r in results),
         "writes": {k: sum(r["writes"][k] for r in results) for k in ("acknowledged", "errors", "stored")},
@@ -168,14 +182,16 @@ def timeline_png(sched: dict[str, Any], events: list[dict], acks: list[dict], pa
     plt.close(fig)
 
 
-def recheck(report: Path, converge_bound: float = 120.0) -> dict[str, Any]:
+def recheck(report: Path, converge_bound: float | None = None) -> dict[str, Any]:
     """A finished campaign's saved history (events.jsonl, writer.jsonl, history.json,
     results.json in its --report directory) through today's checks: a checker made
     stricter after a long campaign judges that campaign too, without running it
-    again. Returns {"schedules", "violations", "was"} (`was`: the count the campaign
-    itself reported)."""
+    again. Convergence is judged by `converge_bound` if given, else by the bound the
+    campaign ran with (the default bound for results.json saved before it was).
+    Returns {"schedules", "violations", "was"} (`was`: the count the campaign itself
+    reported)."""
     from tandem.lab.events import EventLog
-    from tandem.lab.torture import SETTLED_CHECKS, history_violations, settled_violations
+    from tandem.lab.torture import SETTLED_CHECKS, Options, history_violations, settled_violations
     from tandem.lab.writer import read_log
     files = {n: report / n for n in ("results.json", "history.json", "events.jsonl", "writer.jsonl")}
     missing = [n for n, f in files.items() if not f.exists()]
@@ -183,6 +199,8 @@ def recheck(report: Path, converge_bound: float = 120.0) -> dict[str, Any]:
         raise ValueError(f"{report}: no {', '.join(missing)}; give the --report directory of a"
                          " finished `tandem lab torture`")
     result = json.loads(files["results.json"].read_text())
+    if converge_bound is None:
+        converge_bound = float(result.get("converge_bound") or Options.converge_bound)
     history = json.loads(files["history.json"].read_text())
     events = EventLog(files["events.jsonl"]).read()
     acks, _ = read_log(str(files["writer.jsonl"]))
