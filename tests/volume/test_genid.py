@@ -129,6 +129,25 @@ def test_an_outdated_disk_on_the_same_data_as_an_up_to_date_peer_is_up_to_date()
     assert not d.same_data and d.outcome is Out.SOURCE_BITMAP
 
 
+def test_an_outdated_disk_with_marked_blocks_is_never_the_source_of_an_up_to_date_one() -> None:
+    """A disk back from a failure while its peer had every write (`attach`: Outdated,
+    its activity log in its bitmap), on the generation both still share: its marks,
+    or its crashed Primary's log, used to make it the source by the name tie-break
+    (or as the crashed Primary), overwriting the peer's copy of what it lacks."""
+    up, out = DiskState.UP_TO_DATE, DiskState.OUTDATED
+    same = GenerationIds(10)
+    for outdated in (SyncFlags(node="node2", disk=out, bitmap_weight=1024),
+                     SyncFlags(node="node2", disk=out, crashed_primary=True, bitmap_weight=1024)):
+        for current in (SyncFlags(node="node1", disk=up), SyncFlags(node="node3", disk=up, bitmap_weight=2)):
+            d = decide_sync(same, same, current, outdated)
+            assert d.outcome is Out.SOURCE_BITMAP, (current, outdated, d)
+            assert decide_sync(same, same, outdated, current).outcome is Out.TARGET_BITMAP
+    # both UpToDate: as before (the larger name, or the crashed Primary)
+    d = decide_sync(same, same, SyncFlags(node="node1", disk=up),
+                    SyncFlags(node="node2", disk=up, bitmap_weight=3))
+    assert d.outcome is Out.TARGET_BITMAP
+
+
 def test_lifecycle_disconnect_write_resync() -> None:
     both = GenerationIds(10)
     a = genid.new_current(both, 11)  # a Primary writes while b is away

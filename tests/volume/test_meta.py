@@ -142,6 +142,25 @@ def test_not_a_metadata_file(path: Path) -> None:
         MetaStore.open(path.with_name("missing"))
 
 
+@pytest.mark.parametrize("how", ["cut to one slot", "one slot longer", "one block longer"])
+def test_a_cut_or_extended_file_is_refused_not_read_one_update_old(path: Path, how: str) -> None:
+    """The slot size came from the file's size: cut or extended, the second slot was
+    read at the wrong offset, looked never written, and the first was taken silently:
+    one update older than the truth (before a fence's Outdated, before the Inconsistent
+    a resync target starts with)."""
+    store = MetaStore.create(path, SIZE, "node1", disk=DiskState.UP_TO_DATE)
+    store.update(disk=DiskState.OUTDATED)  # the newest state, in the second slot
+    store.close()
+    total = path.stat().st_size
+    with open(path, "r+b") as f:
+        if how == "cut to one slot":
+            f.truncate(total // 2)
+        else:
+            f.truncate(total + (total // 2 if how == "one slot longer" else 4096))
+    with pytest.raises(MetaError, match="truncated or extended"):
+        MetaStore.open(path)
+
+
 def test_update_rejects_managed_fields(path: Path) -> None:
     with MetaStore.create(path, SIZE, "node1") as store:
         with pytest.raises(ValueError):

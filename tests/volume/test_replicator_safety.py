@@ -849,3 +849,147 @@ def test_resync_data_a_target_wrote_stays_dirty_in_its_metadata_until_synced(tmp
     finally:
         rep.meta.close()
         rep.store.close()
+
+
+# --- the disk's own failures (review, session 22) ------------------------------------------
+
+def _saved(tmp_path):
+    saved = MetaStore.open(tmp_path / "node1.meta")
+    try:
+        return saved.state, saved.bitmap.weight, [saved.bitmap.test(b) for b in range(4)]
+    finally:
+        saved.close()
+
+
+def test_a_write_the_peer_took_while_ours_failed_is_recorded_and_the_disk_returns_outdated(
+        tmp_path, monkeypatch):
+    """Write-through, connected: the Write goes to the peer, which applies and
+    acknowledges it; our own write then fails (a real EIO comes after the device's
+    timeout, long after the ack). Nothing marked the block: `attach` took the disk
+    back UpToDate, both sides kept one generation, and they differed for good. The
+    activity log's extents go to the bitmap with the Failed state, and the disk comes
+    back Outdated: the peer had every acknowledged write."""
+    import threading
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY  # no FUSE file: see the module docstring
+    link, peer, theirs = _connected(rep)
+    results: list = []
+    acked = threading.Event()
+    real_pwrite = rep.store.pwrite
+
+    def fails_after_the_ack(offset, data, durable=False):
+        acked.wait(5)
+        rep.store.inject_errors([(offset, len(data))])
+        return real_pwrite(offset, data, durable)
+
+    monkeypatch.setattr(rep.store, "pwrite", fails_after_the_ack)
+    try:
+        writer = _writer(rep, 2 * BLOCK, results)
+        (w,) = _received_writes(theirs, peer, 1)
+        theirs.sendall(peer.send(wire.WriteAck(w.seq)))
+        deadline = time.monotonic() + 5
+        while rep._pending_writes and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not rep._pending_writes, "the peer's ack was not taken in"
+        acked.set()
+        writer.join(5)
+        assert results and isinstance(results[0], OSError), f"acknowledged: {results}"
+        state, weight, bits = _saved(tmp_path)
+        assert state.disk is DiskState.FAILED and state.failed_from is DiskState.OUTDATED
+        assert bits[2] and weight >= EXTENT // BLOCK, "the block the peer has and we may not is unmarked"
+    finally:
+        _close(rep, link, theirs)
+
+
+def test_a_failed_disk_without_a_peer_keeps_what_it_was(tmp_path):
+    """No peer took the writes: the disk may hold the only copy of the newest ones, so
+    `attach` brings it back as it was (UpToDate), its hot extents marked for the peer.
+    A fence while it is Failed (the peer promoted) makes that Outdated."""
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY
+    try:
+        rep.write(0, b"a" * BLOCK)
+        rep.store.inject_errors([(BLOCK, BLOCK)])
+        with pytest.raises(OSError):
+            rep.write(BLOCK, b"b" * BLOCK)
+        state, _weight, bits = _saved(tmp_path)
+        assert state.disk is DiskState.FAILED and state.failed_from is DiskState.UP_TO_DATE
+        assert bits[0] and bits[1]
+        rep.role = Role.SECONDARY
+        assert rep.outdate() is True
+        state, _weight, _bits = _saved(tmp_path)
+        assert state.disk is DiskState.FAILED and state.failed_from is DiskState.OUTDATED
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()
+
+
+def test_a_metadata_write_that_fails_fails_the_disk_and_leaves_no_hot_extent(tmp_path, monkeypatch):
+    """The first write into an extent logs it on disk first. That update failed (ENOSPC,
+    EIO): the write failed, but the extent stayed in the log in memory, so every later
+    write into it was acknowledged without the log on disk covering it (a crash then
+    resyncs nothing there). Now the extent is taken back and the disk fails, as DRBD
+    detaches on a meta-data I/O error: nothing more is acknowledged."""
+    import errno
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY
+    real_update = rep.meta.update
+
+    def full(**changes):
+        if "al_extents" in changes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_update(**changes)
+
+    try:
+        monkeypatch.setattr(rep.meta, "update", full)
+        with pytest.raises(OSError):
+            rep.write(0, b"x" * BLOCK)
+        assert 0 not in rep.al.extents() and rep.al.in_flight() == 0
+        monkeypatch.setattr(rep.meta, "update", real_update)
+        with pytest.raises(OSError):
+            rep.write(BLOCK, b"y" * BLOCK)  # same extent: would have looked hot
+        assert rep.store.failed is not None and "metadata write failed" in str(rep.store.failed)
+        assert rep.meta.state.disk is DiskState.FAILED
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()
+
+
+def test_a_promotion_connected_to_a_peer_without_a_disk_starts_a_new_generation(tmp_path, monkeypatch):
+    """The peer came back with its disk Failed and connected (no resync: it has no
+    usable disk). A promotion over that link kept the one generation both sides had,
+    so writes went to our bitmap only while the generations still matched: after the
+    peer's `attach`, a connect between two Secondaries broke the tie by name and could
+    make the stale disk the source of a bitmap resync."""
+    rep = make_replicator(tmp_path)
+    monkeypatch.setattr(rep, "_mount", lambda: None)
+    mine, theirs = _tcp_pair()
+    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    rep.link = link
+    peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16), initiator=False),
+                          now=time.monotonic())
+    try:
+        link.start()
+        theirs.sendall(peer.data_to_send())
+        _pump(theirs, peer, lambda: peer.peer_status is not None)
+        failed = wire.StateExchange(role=Role.SECONDARY, disk=DiskState.FAILED,
+                                    generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0)
+        theirs.sendall(peer.send(failed))
+        deadline = time.monotonic() + 5
+        while (rep.peer_status is None or link.state is not ConnectionState.CONNECTED) \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert link.state is ConnectionState.CONNECTED and not rep.peer_disk_usable()
+        rep.promote()
+        gens = rep.meta.state.generations
+        assert gens.current != GEN and gens.bitmap == GEN, gens
+        rep.write(0, b"p" * BLOCK)  # to the bitmap only
+        assert rep.bitmap.test(0)
+    finally:
+        link.disconnect("test over")
+        theirs.close()
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

@@ -86,10 +86,11 @@ from collections.abc import Iterator
 
 import tandem.volume.peer as peer_mod
 from tandem.sim.kernel import Sim
-from tandem.sim.replica import NBLOCKS, Durable, Op, Replica
+from tandem.sim.replica import BLOCK, NBLOCKS, SIZE, Durable, Op, Replica
 from tandem.sim.schedule import Result
 from tandem.sim.tcp import Wire
 from tandem.sim.world import Fault, Violation
+from tandem.volume.bitmap import DirtyBitmap
 from tandem.volume.genid import GenerationIds
 from tandem.volume.states import ConnectionState, DiskState, Role
 
@@ -262,6 +263,20 @@ class VolWorld:
                     rep.flush(op)
         self.sim.after(WRITE_EVERY * (0.5 + self.sim.rng.random()), self._app)
 
+    def _target_keeps(self, node: str, block: int) -> bool:
+        """`node` is a resync target that has the block still to receive, as its
+        metadata says (what survives a crash): Inconsistent, bit set. The source
+        clears its own bit once it sent the block (75d3c81), so a write whose ack
+        waited for the fence can find the block sent, not yet applied, and no bit
+        left on our side: the peer cannot be promoted and resyncs the block still
+        (volume sim seed 920690)."""
+        d = self.durable[node]
+        if d.meta.disk is not DiskState.INCONSISTENT:
+            return False
+        saved = DirtyBitmap(SIZE, BLOCK)
+        saved.load_raw(d.bitmap_raw)
+        return saved.test(block)
+
     def op_done(self, rep: Replica, op: Op) -> None:
         if op not in self.outstanding[rep.node]:
             return
@@ -274,7 +289,8 @@ class VolWorld:
             peer = self.reps[self.peer_of(rep.node)]
             # protocol C: the peer wrote it (to its page cache; a crash may lose it since)
             held = self.durable[peer.node].disk.view()[op.block]
-            fenced = self.recorded_outdated[peer.node] and rep.bitmap.test(op.block)
+            fenced = self.recorded_outdated[peer.node] and (rep.bitmap.test(op.block)
+                                                           or self._target_keeps(peer.node, op.block))
             if op.wid not in self.seen[peer.node] and not fenced:
                 self.violate("ack_unreplicated", f"write #{op.wid} (block {op.block}) acknowledged on"
                              f" {rep.node}; {peer.node} holds #{held} and is not fenced")

@@ -98,6 +98,11 @@ class BackingStore:
             if offset < start + n and start < offset + length:
                 self._fail(OSError(errno.EIO, f"injected I/O error at {start}+{n}"))
 
+    def fail(self, err: OSError) -> None:
+        """Fail the disk for an error found outside this store (its metadata could
+        not be written): from here on no I/O is acknowledged. Raises DiskFailed."""
+        self._fail(err)
+
     def _fail(self, err: OSError) -> None:
         with self._lock:
             first = self.failed is None

@@ -344,6 +344,16 @@ class ActivityLog:
         lru.move_to_end(e)
         return True
 
+    def untouch(self, offset: int, length: int, new: list[int]) -> None:
+        """Undo a ``touch()`` whose log could not be persisted: unpin its extents and
+        drop the ones it added (`new`, as touch returned them). Left in, they would
+        look hot to the next write, which would then skip the log on disk that does
+        not hold them (a crash would not resync it)."""
+        self.complete(offset, length)
+        for e in new:
+            if self._lru.get(e) == 0:
+                del self._lru[e]
+
     def complete(self, offset: int, length: int) -> None:
         """Unpin the extents of a finished write."""
         for e in self._span(offset, length):

@@ -358,6 +358,12 @@ def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncF
         ours_ok, theirs_ok = lf.disk.is_consistent, pf.disk.is_consistent
         if ours_ok != theirs_ok:
             return _source_if(ours_ok, True, "same generation, one side inconsistent")
+        if {lf.disk, pf.disk} == {DiskState.UP_TO_DATE, DiskState.OUTDATED} and (
+                lf.bitmap_weight or pf.bitmap_weight or lf.crashed_primary or pf.crashed_primary):
+            # An Outdated disk (fenced, or back from a failure while its peer had every
+            # write) is never the source of its UpToDate peer, whatever it marked.
+            return _source_if(lf.disk is DiskState.UP_TO_DATE, False,
+                              "same generation, blocks to resync from the UpToDate side")
         if lf.crashed_primary != pf.crashed_primary:
             return _source_if(lf.crashed_primary, False, "same generation, crashed primary's AL")
         if lf.crashed_primary:

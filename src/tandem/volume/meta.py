@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import struct
 from collections import deque
@@ -35,6 +36,8 @@ from tandem.errors import TandemError
 from tandem.volume.bitmap import BLOCK_SIZE, EXTENT_SIZE, DirtyBitmap
 from tandem.volume.genid import GenerationIds
 from tandem.volume.states import DiskState
+
+log = logging.getLogger("tandem.volume")
 
 _MAGIC = b"TNDMETA1"
 _SLOT_HEADER = struct.Struct("!8sQI16s")
@@ -220,7 +223,8 @@ class MetaStore:
         try:
             total = os.fstat(fd).st_size
             if total == 0 or total % (2 * _ALIGN):
-                raise MetaError(f"{path}: not a tandem metadata file (size {total})")
+                raise MetaError(f"{path}: not a tandem metadata file, or one truncated or extended"
+                                f" (size {total})")
             slot_size = total // 2
             candidates, problems = [], []
             for slot in (0, 1):
@@ -241,6 +245,18 @@ class MetaStore:
                     "recreate it and resync this node from its peer"
                 )
             _seq, slot, state, bitmap = max(candidates, key=lambda c: c[0])
+            if total != 2 * _slot_size(state.size, state.block_size):
+                # Cut or extended: the second slot was read at the wrong offset and
+                # looked "never written", so the first would be taken silently, one
+                # update (a fence, an Inconsistent mark) older than the truth.
+                raise MetaError(
+                    f"{path}: the file is {total} bytes but metadata for a {state.size}-byte"
+                    f" volume takes {2 * _slot_size(state.size, state.block_size)}: it was"
+                    " truncated or extended; restore it, or recreate it and resync this node"
+                    " from its peer")
+            if problems and "bad magic" not in problems[0]:  # never written: a new file
+                log.warning("%s: using slot %d (seq %d); the other is unusable: %s", path, slot,
+                            state.seq, "; ".join(problems))
         except BaseException:
             os.close(fd)
             raise

@@ -649,6 +649,13 @@ class Replicator:
         state = link.state
         return state in HANDSHAKING or (state in WRITABLE_LINK and self.peer_status is None)
 
+    def _peer_up_to_date_and_linked(self) -> bool:
+        """A peer with an UpToDate disk is replicating our writes now: every write
+        completed so far reached it."""
+        link, ps = self.link, self.peer_status
+        return (link is not None and not link.closed and link.state in WRITABLE_LINK
+                and ps is not None and ps.disk is DiskState.UP_TO_DATE)
+
     def peer_disk_usable(self) -> bool:
         ps = self.peer_status
         return ps is not None and ps.disk.has_disk
@@ -717,6 +724,7 @@ class Replicator:
         return held
 
     def _al_touch(self, offset: int, n: int) -> None:
+        meta_error: OSError | None = None
         with self.meta_lock:
             if self.al.touch_hot(offset, n):
                 return
@@ -751,8 +759,20 @@ class Replicator:
                 # Before the first write into a new extent: the log on disk must
                 # cover it, so a crash now resyncs it (and evicted extents' bits
                 # reach the disk with this update).
-                self.meta.update(al_extents=self.al.extents())
-                self.stats["al_updates"] += 1
+                try:
+                    self.meta.update(al_extents=self.al.extents())
+                    self.stats["al_updates"] += 1
+                except OSError as e:
+                    # Not on disk: taken back, or the next write into the extent
+                    # would find it hot and skip the log.
+                    self.al.untouch(offset, n, new)
+                    meta_error = e
+        if meta_error is not None:
+            # A disk whose metadata cannot be written cannot keep its promises (new
+            # generations, the bitmap, the log): like DRBD on a meta-data I/O error,
+            # it fails, and no further I/O is acknowledged (raises DiskFailed).
+            self.store.fail(OSError(meta_error.errno or errno.EIO,
+                                    f"metadata write failed: {meta_error.strerror or meta_error}"))
 
     def _al_complete(self, offset: int, n: int, ticket: int) -> None:
         size = self.al.extent_size
@@ -762,10 +782,32 @@ class Replicator:
                 self._extent_ended[e] = ticket
 
     def _disk_failed(self, err: OSError) -> None:
+        """The backing store failed. What the disk may lack is recorded with the Failed
+        state: every extent of the activity log (a write the peer applied and
+        acknowledged while ours failed, or, with the write-back cache, completed
+        writes a failed flush dropped from the page cache, are all in it), and, if a
+        peer with an UpToDate disk was replicating every write, that this disk comes
+        back Outdated (`attach`): the peer has everything acknowledged, this one may
+        not. Without a peer, the disk keeps what it was: it may hold the only copy."""
         log.error("backing store failed: %s; disk is Failed, no further I/O is acknowledged", err)
-        with contextlib.suppress(Exception), self.meta_lock:
-            if self.meta.state.disk is not DiskState.FAILED:
-                self.meta.update(disk=DiskState.FAILED, failed_from=self.meta.state.disk)
+        peer_has_all = self._peer_up_to_date_and_linked()
+        with self.meta_lock:
+            ranges = self.al.ranges(self.size)
+        with self.io_lock:
+            for off, n in ranges:
+                self.bitmap.set_range(off, n)
+        try:
+            with self.meta_lock:
+                st = self.meta.state
+                if st.disk is not DiskState.FAILED:
+                    was = st.disk
+                    if peer_has_all and was is DiskState.UP_TO_DATE:
+                        was = DiskState.OUTDATED
+                    self.meta.update(disk=DiskState.FAILED, failed_from=was)
+                else:
+                    self.meta.persist()
+        except Exception as e:  # the metadata may live on the failing disk
+            log.error("could not record the failed disk in the metadata: %s", e)
         if self.role is Role.PRIMARY:
             # No write completes from here on (the link goes too): for the lab's
             # checker this Primary stops being a writer now, not when its lease ends.
@@ -847,7 +889,12 @@ class Replicator:
             # by the epoch of an earlier leader.
             changes: dict[str, Any] = {"primary": True, "disk": DiskState.UP_TO_DATE,
                                        "primary_epoch": epoch or 0}
-            if not connected or forced_new_data:
+            # Connected to a peer whose disk cannot take writes (Failed, Diskless): our
+            # writes go to the bitmap only, as with no link at all, so they start a
+            # new generation too. Else both sides keep one generation while only ours
+            # changes, and a later connect could make the stale side the source.
+            peer_diskless = ps is not None and not ps.disk.has_disk
+            if not connected or forced_new_data or peer_diskless:
                 changes["generations"] = genid.new_current(self.meta.state.generations, new_uuid())
             self.meta.update(**changes)
         if connected and forced_new_data:
@@ -1075,9 +1122,14 @@ class Replicator:
                 d = link.peer.decision
                 if d is not None and not d.refused:
                     return False
-            marked = self.meta.state.disk is DiskState.UP_TO_DATE
+            st = self.meta.state
+            marked = st.disk is DiskState.UP_TO_DATE
             if marked:
                 self.meta.update(disk=DiskState.OUTDATED)
+            elif st.disk is DiskState.FAILED and st.failed_from is DiskState.UP_TO_DATE:
+                # A fence while the disk is Failed: `attach` brings it back Outdated.
+                self.meta.update(failed_from=DiskState.OUTDATED)
+                marked = True
         self._send_status()
         return marked
 
