@@ -16,8 +16,9 @@ from tandem.mgmt.db import Cursor
 from tandem.mgmt.envelopes import ACCOUNT_ERROR, UNAUTHORIZED, ApiError, ListResult, Response, param_error
 
 
-@command("login", Param("username", required=True), Param("password", required=True, max_length=1024),
-         Param("domain"), Param("domainid", "uuid"), needs_auth=False)
+@command("login", Param("username", required=True),
+         Param("password", required=True, max_length=1024, secret=True), Param("domain"),
+         Param("domainid", "uuid"), needs_auth=False)
 async def login(call: Call) -> Response:
     """Logs a user in with a password; answers a sessionkey valid on every server.
 
