@@ -539,3 +539,46 @@ def test_a_server_on_a_latin1_schema_answers_431_not_530(procs, mariadb, databas
     _error(r, 401, "listzonesresponse")
     assert "unable to verify" in _error(_login(server, "\u540d\u524d", "wrong"), 401, "loginresponse")
     _no_traceback(procs, "mgmt-old")
+
+
+def test_pages_of_a_list_are_complete_and_disjoint(cloud, mariadb):
+    """Lists sorted by a name many rows share had no tie-breaker: MariaDB's sort under
+    LIMIT is not stable, and a client paging through saw some rows twice and others
+    never. listUsers ignored page and pagesize altogether."""
+    from tandem.mgmt import auth
+    from tandem.mgmt.db import Database, DbUrl
+    api: Api = cloud["api"]
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        cur.execute(f"USE `{cloud['db']}`")
+        for _ in range(60):
+            cur.execute("INSERT INTO template (id, name, displaytext, ostypeid, zone_id, size) SELECT UUID(),"
+                        " 'same', 'same', ostypeid, zone_id, size FROM template WHERE name='tandem-linux'")
+    seen: list[str] = []
+    for page in range(1, 10):
+        got = api("listTemplates", templatefilter="all", name="same", page=page, pagesize=7)
+        assert got["count"] == 60
+        seen += [t["id"] for t in got["template"]]
+    assert len(seen) == 60 and len(set(seen)) == 60
+
+    db = Database(DbUrl(host="127.0.0.1", port=mariadb.port, user=mariadb.user, database=cloud["db"],
+                        password=mariadb.password))
+    try:
+        for name in ("carol", "dave", "erin"):
+            db.write_sync(lambda cur, name=name: auth.create_user(cur, name, "pw-123456"))
+    finally:
+        db.close()
+    everyone = api("listUsers", listall=True)
+    assert everyone["count"] == 4 and len(everyone["user"]) == 4
+    pages = [api("listUsers", listall=True, page=n, pagesize=3) for n in (1, 2)]
+    assert [p["count"] for p in pages] == [4, 4] and [len(p["user"]) for p in pages] == [3, 1]
+    assert sorted(u["id"] for p in pages for u in p["user"]) == sorted(u["id"] for u in everyone["user"])
+    assert [u["username"] for u in api("listUsers", listall=True, keyword="AR")["user"]] == ["carol"]
+
+
+def test_head_is_answered_like_get(cloud):
+    """CloudStack answers HEAD as GET (without the body); ours said 405."""
+    api: Api = cloud["api"]
+    r = requests.head(api.endpoint, params=api.params("listZones"), timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json") and not r.content
+    r = requests.head(api.endpoint, params={"command": "listZones", "response": "json"}, timeout=10)
+    assert r.status_code == 401

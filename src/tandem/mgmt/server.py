@@ -94,7 +94,7 @@ class MgmtServer:
     # -- lifecycle -----------------------------------------------------------------
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_request_bytes)
-        app.router.add_route("GET", API_PATH, self.handle)
+        app.router.add_get(API_PATH, self.handle)  # and HEAD, answered like GET as CloudStack does
         app.router.add_route("POST", API_PATH, self.handle)
         app.router.add_get("/health", self.health)
         app.router.add_get("/client/api/health", self.health)
