@@ -274,7 +274,7 @@ class SimHostProc:
 class MgmtProc:
     def __init__(self, procs: Procs, mariadb: MariaDB, database: str, simhost: SimHostProc, server_id: str,
                  dead_after: float = 3.0, db_retry: float = 8.0, host_retry: float = 20.0,
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), env: dict[str, str] | None = None):
         self.port = free_port()
         self.server_id = server_id
         self.endpoint = f"http://127.0.0.1:{self.port}/client/api"
@@ -284,7 +284,7 @@ class MgmtProc:
             "serve", "--db", mariadb.url(database), "--listen", f"127.0.0.1:{self.port}",
             "--server-id", server_id, "--simhost", simhost.url, "--dead-after", str(dead_after),
             "--db-retry", str(db_retry), "--host-retry", str(host_retry), *extra],
-            env={"TANDEM_DB_PASSWORD": mariadb.password})
+            env={"TANDEM_DB_PASSWORD": mariadb.password, **(env or {})})
         wait_for(self._up, 30, f"management server {server_id}")
 
     def _up(self) -> bool:

@@ -79,6 +79,9 @@ def test_libcloud_lifecycle(cloud):
     sizes = driver.list_sizes()
     images = driver.list_images()
     assert locations[0].name == "zone1" and sizes[0].ram == 512 and images[0].name == "tandem-linux"
+    [network] = driver.ex_list_networks()  # KeyError: networkofferingid
+    assert network.name == "defaultGuestNetwork" and network.zoneid == locations[0].id
+    assert network.networkofferingid and network.extra["traffic_type"] == "Guest"
     node = driver.create_node(name="lc1", size=sizes[0], image=images[0], location=locations[0],
                               ex_start_vm=True)
     assert node.state == NodeState.RUNNING and node.private_ips

@@ -207,9 +207,10 @@ def login_attempt(cur: Cursor, username: str, domain: str | None) -> LoginAttemp
     counted after, K requests sent at once all read the same count and all got
     their guess checked.
 
-    A name the database cannot hold (a character outside its columns' character
-    set; text that is not even UTF-8) names nobody: it is an unknown user, counted
-    under a digest of itself, not a database error."""
+    A name the database cannot hold (text that is not even UTF-8, which the API
+    refuses before it gets here; a character outside latin1 in a schema older than
+    migration 8, on a server started with --no-migrate) names nobody: it is an
+    unknown user, counted under a digest of itself, not a database error."""
     domain_path, key = login_key(username, domain)
     sendable = _utf8(username) and _utf8(domain or "")
     if not sendable:

@@ -13,11 +13,13 @@ from typing import Any
 from tandem.mgmt import auth
 from tandem.mgmt.commands import PAGING, Call, Param, command
 from tandem.mgmt.db import Cursor
-from tandem.mgmt.envelopes import ACCOUNT_ERROR, UNAUTHORIZED, ApiError, ListResult, Response, param_error
+from tandem.mgmt.envelopes import ACCOUNT_ERROR, UNAUTHORIZED, ApiError, Response, param_error
+from tandem.mgmt.listing import Query, run_list
 
 
-@command("login", Param("username", required=True), Param("password", required=True, max_length=1024),
-         Param("domain"), Param("domainid", "uuid"), needs_auth=False)
+@command("login", Param("username", required=True),
+         Param("password", required=True, max_length=1024, secret=True), Param("domain"),
+         Param("domainid", "uuid"), needs_auth=False)
 async def login(call: Call) -> Response:
     """Logs a user in with a password; answers a sessionkey valid on every server.
 
@@ -98,26 +100,16 @@ async def list_users(call: Call) -> Response:
     """Lists users (the caller alone unless an admin asks with listall)."""
     caller = call.caller
     assert caller is not None
-    where, args = [], []
+    q = Query("SELECT u.*, a.name AS account, a.type AS accounttype, a.domain_id, d.name AS domain"
+              " FROM user u JOIN account a ON a.id=u.account_id JOIN domain d ON d.id=a.domain_id",
+              "u.created, u.id")
+    q.filters(call, {"id": "u.id", "username": "u.username"}, ("u.username", "u.firstname", "u.lastname"))
     if not (caller.is_admin and call.params.get("listall")):
-        where.append("u.account_id=%s")
-        args.append(caller.account_id)
-    for param, col in (("id", "u.id"), ("username", "u.username")):
-        if param in call.params:
-            where.append(f"{col}=%s")
-            args.append(call.params[param])
-    sql = ("SELECT u.*, a.name AS account, a.type AS accounttype, a.domain_id, d.name AS domain FROM user u"
-           " JOIN account a ON a.id=u.account_id JOIN domain d ON d.id=a.domain_id"
-           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY u.created")
+        q.add("u.account_id=%s", caller.account_id)
+    return Response(await run_list(call, q, "user", _user))
 
-    def read(cur: Cursor) -> list[dict[str, Any]]:
-        cur.execute(sql, args)
-        return list(cur.fetchall())
 
-    rows = await call.server.db.read(read)
-    users = [{"id": r["id"], "username": r["username"], "firstname": r["firstname"],
-              "lastname": r["lastname"],
-              "email": r["email"], "account": r["account"], "accounttype": r["accounttype"],
-              "domainid": r["domain_id"], "domain": r["domain"], "state": r["state"],
-              "apikey": r["apikey"]} for r in rows]
-    return Response(ListResult("user", users))
+def _user(r: dict[str, Any]) -> dict[str, Any]:
+    return {"id": r["id"], "username": r["username"], "firstname": r["firstname"], "lastname": r["lastname"],
+            "email": r["email"], "account": r["account"], "accounttype": r["accounttype"],
+            "domainid": r["domain_id"], "domain": r["domain"], "state": r["state"], "apikey": r["apikey"]}

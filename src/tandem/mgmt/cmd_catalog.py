@@ -44,7 +44,7 @@ async def list_apis(call: Call) -> Response:
          Param("networktype"), Param("showcapacities", "boolean"), *PAGING)
 async def list_zones(call: Call) -> Response:
     """Lists zones."""
-    q = Query("SELECT * FROM zone", "name").filters(
+    q = Query("SELECT * FROM zone", "name, id").filters(
         call, {"id": "id", "name": "name", "networktype": "networktype"}, ("name", "description"))
     return Response(await run_list(call, q, "zone", views.zone))
 
@@ -53,7 +53,7 @@ async def list_zones(call: Call) -> Response:
          Param("zoneid", "uuid"), Param("issystem", "boolean"), *PAGING)
 async def list_service_offerings(call: Call) -> Response:
     """Lists service offerings (VM sizes)."""
-    q = Query("SELECT * FROM service_offering", "cpunumber, memory, name").filters(
+    q = Query("SELECT * FROM service_offering", "cpunumber, memory, name, id").filters(
         call, {"id": "id", "name": "name"}, ("name", "displaytext"))
     if call.params.get("issystem"):
         q.add("FALSE")
@@ -75,7 +75,7 @@ async def list_templates(call: Call) -> Response:
                           f" parameter templatefilter value={flt[:40]}: use one of"
                           f" {', '.join(TEMPLATE_FILTERS)}")
     q = Query("SELECT t.*, o.description AS ostypename, z.name AS zonename FROM template t"
-              " JOIN os_type o ON o.id=t.ostypeid JOIN zone z ON z.id=t.zone_id", "t.name").filters(
+              " JOIN os_type o ON o.id=t.ostypeid JOIN zone z ON z.id=t.zone_id", "t.name, t.id").filters(
         call, {"id": "t.id", "name": "t.name", "zoneid": "t.zone_id"}, ("t.name", "t.displaytext"))
     caller = call.caller
     assert caller is not None
@@ -95,7 +95,7 @@ async def list_templates(call: Call) -> Response:
          Param("listall", "boolean"), Param("projectid", "uuid"), Param("vpcid", "uuid"), *PAGING)
 async def list_networks(call: Call) -> Response:
     """Lists guest networks."""
-    q = Query("SELECT n.*, z.name AS zonename FROM network n JOIN zone z ON z.id=n.zone_id", "n.name")
+    q = Query("SELECT n.*, z.name AS zonename FROM network n JOIN zone z ON z.id=n.zone_id", "n.name, n.id")
     q.filters(
         call, {"id": "n.id", "name": "n.name", "zoneid": "n.zone_id", "type": "n.type"},
         ("n.name", "n.displaytext"))
@@ -109,7 +109,7 @@ async def list_networks(call: Call) -> Response:
 @command("listOsTypes", Param("id", "uuid"), Param("description"), Param("oscategoryid", "uuid"), *PAGING)
 async def list_os_types(call: Call) -> Response:
     """Lists guest operating system types."""
-    q = Query("SELECT * FROM os_type", "description").filters(
+    q = Query("SELECT * FROM os_type", "description, id").filters(
         call, {"id": "id", "description": "description"}, ("description",))
     return Response(await run_list(call, q, "ostype", views.os_type))
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tandem.mgmt.auth import Caller
     from tandem.mgmt.jobs import JobManager
 
-HOSTNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+HOSTNAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,62}")  #: fullmatch: `$` matches before a final newline
 VM_STATES = ("Starting", "Running", "Stopping", "Stopped", "Destroyed", "Expunging", "Error")
 
 
@@ -58,7 +58,7 @@ async def deploy_vm(call: Call) -> Response:
     caller = call.caller
     assert caller is not None
     name = p.get("name") or f"VM-{uuid.uuid4()}"
-    if p.get("name") and not HOSTNAME_RE.match(name):
+    if p.get("name") and not HOSTNAME_RE.fullmatch(name):
         raise param_error("Invalid name: it must be a hostname (letters, digits, '-', starting with a letter,"
                           " at most 63 characters)")
     if p.get("projectid") or p.get("diskofferingid"):
@@ -214,10 +214,10 @@ async def list_async_jobs(call: Call) -> Response:
     if call.params.get("startdate"):
         try:
             since = datetime.fromisoformat(call.params["startdate"].replace(" ", "+"))
-        except ValueError:
+            if since.tzinfo is not None:  # in UTC, year 1 or 9999 may fall outside (OverflowError)
+                since = since.astimezone(UTC).replace(tzinfo=None)
+        except (ValueError, OverflowError):
             raise param_error("Invalid parameter startdate: use yyyy-MM-dd'T'HH:mm:ssZ") from None
-        if since.tzinfo is not None:
-            since = since.astimezone(UTC).replace(tzinfo=None)
         q.add("created >= %s", since)
     _owner_scope(call, q, "account_id")
     result: ListResult = await run_list(call, q, "asyncjobs", views.async_job)

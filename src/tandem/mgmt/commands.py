@@ -33,9 +33,14 @@ class Param:
     required: bool = False
     description: str = ""
     max_length: int = 255
+    #: never shown in an error (a password: a 431 used to echo its first 60 characters)
+    secret: bool = False
 
     def parse(self, command: str, raw: str) -> Any:
         def bad(why: str) -> Exception:
+            if self.secret:
+                return param_error(f"Unable to execute API command {command.lower()} due to invalid value."
+                                   f" Invalid parameter {self.name}: {why}")
             shown = raw if len(raw) <= 60 else raw[:60] + "..."
             return param_error(f"Unable to execute API command {command.lower()} due to invalid value."
                                f" Invalid parameter {self.name} value={shown}: {why}")

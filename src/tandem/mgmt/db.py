@@ -61,10 +61,12 @@ ROLLED_BACK_ERRNOS = {1205, 1213}
 # a verdict on the request: like a lost connection, it is repeated within the
 # budget, and a COMMIT that fails this way has an unknown outcome.
 STORAGE_ERRNOS = {1021, 1024, 1026, 1030, 1180}
-# A value the columns' character set cannot hold (our tables take the server's
-# default, latin1 under --no-defaults): compared with a column ("illegal mix of
-# collations") or, in strict mode, stored ("incorrect string value"). A verdict on
-# the value, not on the database; the transaction stays usable.
+# A value the columns' character set cannot hold: compared with a column ("illegal
+# mix of collations") or, in strict mode, stored ("incorrect string value"). Our
+# tables are utf8mb4 since migration 8, which holds any text the API lets in; a
+# schema older than that (a server started with --no-migrate) took the server's
+# default, latin1. A verdict on the value, not on the database; the transaction
+# stays usable.
 CHARSET_ERRNOS = {1267, 1270, 1271, 1366}
 
 

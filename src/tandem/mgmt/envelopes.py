@@ -11,11 +11,18 @@ the HTTP status, `cserrorcode` (CloudStack's exception class number) and
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
 CLOUDSTACK_VERSION = "4.18.0.0"
+
+#: What XML 1.0 cannot carry (outside its `Char` production): the C0 controls but
+#: tab, LF and CR; lone surrogates (what is left of bytes that were not UTF-8); and
+#: U+FFFE, U+FFFF. Request parameters holding them are refused (`server._params`);
+#: text that reaches `to_xml` anyway is mended, never sent malformed.
+NOT_XML_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 # CloudStack's ApiErrorCode values.
 UNAUTHORIZED = 401
@@ -110,4 +117,10 @@ def _xml_fields(obj: dict[str, Any], out: list[str]) -> None:
                 continue
             else:
                 text = str(item).lower() if isinstance(item, bool) else str(item)
-                out.append(f"<{key}>{escape(text)}</{key}>")
+                out.append(f"<{key}>{xml_text(text)}</{key}>")
+
+
+def xml_text(text: str) -> str:
+    """`text` as XML character data: escaped, a character XML cannot carry replaced by
+    U+FFFD, and CR kept as a reference (a parser turns a literal one into LF)."""
+    return escape(NOT_XML_CHAR.sub("\ufffd", text), {"\r": "&#13;"})

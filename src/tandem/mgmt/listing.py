@@ -21,6 +21,8 @@ class Query:
     """A SELECT plus the WHERE terms that the call's parameters add to it."""
 
     select: str
+    #: ends with a unique column: LIMIT over a sort with ties is not stable in MariaDB,
+    #: and pages of rows sharing a name overlapped (some rows twice, others never)
     order: str
     where: list[str] = field(default_factory=list)
     args: list[Any] = field(default_factory=list)

@@ -5,7 +5,7 @@ Each migration is a list of statements applied once, in order, and recorded in
 against an empty database, so the upgrade holds a named lock (`GET_LOCK`) while it
 runs: the first server migrates, the others wait and then find nothing to do.
 Migrations only ever append: an applied number is never edited, a change is a new
-number.
+number. A new table says `TABLE_OPTIONS` (utf8mb4; see `COLLATION`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,25 @@ ROOT_DOMAIN_ID = "3f1e4c6a-0000-4000-8000-000000000001"
 ZONE_ID = "6c2b9a4e-0000-4000-8000-000000000001"
 NETWORK_ID = "9d1a7f3b-0000-4000-8000-000000000001"
 OSTYPE_ID = "0a1b2c3d-0000-4000-8000-000000000001"
+#: the offering of the one guest network (not a row: there is nothing to configure)
+NETWORK_OFFERING_ID = "4e8c1d2f-0000-4000-8000-000000000001"
+
+#: The character set of every table (from migration 8). Before it, tables took the
+#: server's default, latin1, and text outside it (名前, an emoji) in any filter or
+#: field made MariaDB refuse the statement: a 530 for every command. CloudStack's
+#: tables are UTF-8; utf8mb4 holds every character. The collation compares names
+#: the way the code expects: case-blind (`login_key` lower-cases; latin1_swedish_ci
+#: was case-blind too) but accent-sensitive (José is not Jose, as under
+#: latin1_swedish_ci) and with each emoji its own character (utf8mb4_general_ci and
+#: utf8mb4_unicode_ci take every character beyond U+FFFF for the same one). It
+#: needs MariaDB 10.10 or later. Keys stay within InnoDB's 3072 bytes (DYNAMIC row
+#: format): the longest, login_failure.name, is 300 characters = 1200 bytes.
+CHARSET = "utf8mb4"
+COLLATION = "utf8mb4_uca1400_as_ci"
+TABLE_OPTIONS = f"ENGINE=InnoDB DEFAULT CHARSET={CHARSET} COLLATE={COLLATION}"
+#: every table of the schema, as of migration 8
+TABLES = ("schema_version", "domain", "account", "user", "session", "txn_marker", "zone", "service_offering",
+          "os_type", "template", "network", "vm", "mgmt_server", "async_job", "login_failure")
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "users, accounts, domains, sessions", [
@@ -116,6 +135,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             name VARCHAR(300) PRIMARY KEY, failures INT NOT NULL,
             last_failure DATETIME(6) NOT NULL, KEY login_failure_last (last_failure)) ENGINE=InnoDB""",
     ]),
+    (8, f"every table in {CHARSET} ({COLLATION}): text outside latin1 was refused by the database", [
+        # The database's default too: tables of later migrations are created in it
+        # (they say TABLE_OPTIONS all the same).
+        f"ALTER DATABASE CHARACTER SET {CHARSET} COLLATE {COLLATION}",
+        *(f"ALTER TABLE `{t}` CONVERT TO CHARACTER SET {CHARSET} COLLATE {COLLATION}" for t in TABLES),
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]
@@ -123,7 +148,7 @@ LATEST = MIGRATIONS[-1][0]
 
 def current_version(cur: Cursor) -> int:
     cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INT PRIMARY KEY, description "
-                "VARCHAR(255) NOT NULL, applied DATETIME(6) NOT NULL DEFAULT NOW(6)) ENGINE=InnoDB")
+                f"VARCHAR(255) NOT NULL, applied DATETIME(6) NOT NULL DEFAULT NOW(6)) {TABLE_OPTIONS}")
     cur.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
     return int(cur.fetchone()["v"])
 

@@ -24,13 +24,15 @@ from pathlib import Path
 
 import pymysql
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tandem.errors import TandemError
 from tandem.mgmt import auth, cmd_auth, cmd_catalog, cmd_vm, signing  # noqa: F401 - registers commands
 from tandem.mgmt.commands import REGISTRY, Call
-from tandem.mgmt.db import Database, DbOutcomeUnknown, DbUnavailable, DbUrl
+from tandem.mgmt.db import Database, DbOutcomeUnknown, DbUnavailable, DbUrl, is_charset_error
 from tandem.mgmt.envelopes import (
     INTERNAL_ERROR,
+    NOT_XML_CHAR,
     PARAM_ERROR,
     UNAUTHORIZED,
     UNSUPPORTED_ACTION,
@@ -92,7 +94,7 @@ class MgmtServer:
     # -- lifecycle -----------------------------------------------------------------
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_request_bytes)
-        app.router.add_route("GET", API_PATH, self.handle)
+        app.router.add_get(API_PATH, self.handle)  # and HEAD, answered like GET as CloudStack does
         app.router.add_route("POST", API_PATH, self.handle)
         app.router.add_get("/health", self.health)
         app.router.add_get("/client/api/health", self.health)
@@ -107,6 +109,7 @@ class MgmtServer:
                 why = e.args[-1] if e.args else e
                 raise TandemError(f"database {self.config.db.safe()}: {why}") from None
         await self.jobs.start()
+        quiet_bad_requests()
         # Long request lines reach our handler, which answers them with a CloudStack error.
         limit = self.config.max_request_bytes
         self._runner = web.AppRunner(self.make_app(), access_log=None,
@@ -177,10 +180,19 @@ class MgmtServer:
             log.warning("command %s: %s", command[:64], e)  # where the database is stays in the log
             resp = self._error(name, ApiError(INTERNAL_ERROR, "the database is unreachable; try again"), fmt)
             status = INTERNAL_ERROR
-        except Exception:
-            log.exception("command %s failed", command[:64])
-            resp = self._error(name, ApiError(INTERNAL_ERROR, "internal error; see the server log"), fmt)
-            status = INTERNAL_ERROR
+        except Exception as e:
+            if is_charset_error(e):
+                # Only a schema older than migration 8 (latin1 tables, a server started
+                # with --no-migrate) refuses text the API lets in: the value's fault.
+                log.warning("command %s: the database refused a parameter's characters (error %s)",
+                            command[:64], e.args[0])  # its message would quote the value
+                resp = self._error(name, ApiError(PARAM_ERROR, "a parameter holds characters the database"
+                                                  " cannot store"), fmt)
+                status = PARAM_ERROR
+            else:
+                log.exception("command %s failed", command[:64])
+                resp = self._error(name, ApiError(INTERNAL_ERROR, "internal error; see the server log"), fmt)
+                status = INTERNAL_ERROR
         ms = round((time.monotonic() - started) * 1000, 1)
         log.info("api %s %s user=%s status=%d %.1fms", request.method, command[:64], user, status, ms,
                  extra={"fields": {"method": request.method, "command": command[:64], "user": user,
@@ -204,11 +216,19 @@ class MgmtServer:
             except web.HTTPRequestEntityTooLarge:
                 raise ApiError(PARAM_ERROR, f"request too large: the limit is {limit} bytes of parameters"
                                ) from None
+            except (ValueError, LookupError, HttpProcessingError):
+                # Bytes that are not in the declared charset (UnicodeDecodeError), a charset
+                # Python does not know (LookupError), multipart without a boundary or cut
+                # short (ValueError), a part's broken header (InvalidHeader): the
+                # client's mistake, not ours.
+                raise ApiError(PARAM_ERROR, "request body is not valid form data (send"
+                                            " application/x-www-form-urlencoded in UTF-8)") from None
             for key, value in form.items():
                 if isinstance(value, str):
                     merged.append((key, value))
         out: dict[str, str] = {}
         for key, value in merged:
+            _check_text(key, value)
             if not PARAM_NAME.fullmatch(key):
                 # The signed string joins names and values with "=" and "&" unescaped in
                 # names: a name holding them can swallow its neighbours (a captured
@@ -238,6 +258,8 @@ class MgmtServer:
                     signing.check_expires(lowered.get("expires"), max_ahead_s=self.config.max_expires_ahead)
                 except signing.ExpiresError as e:
                     raise ApiError(UNAUTHORIZED, f"unable to verify request signature: {e}") from None
+            if not apikey.isascii():  # ours are URL-safe base64: this one names nobody
+                raise denied
             found = await self.db.read(lambda cur: auth.by_apikey(cur, apikey, self.box))
             if found is None or not signing.signature_matches(raw, found[1], signature):
                 raise denied
@@ -250,6 +272,46 @@ class MgmtServer:
             if caller is not None:
                 return caller, sessionkey
         raise denied
+
+
+def _check_text(key: str, value: str) -> None:
+    """Refuse a parameter whose name or value is not text the API can take: bytes that
+    were not UTF-8 (aiohttp hands them over as lone surrogates, which nothing can
+    encode again: signing, the database and the answer all failed with a 530) or a
+    character XML 1.0 cannot carry (a control character: the XML answer echoing it
+    was not well-formed). The value is never shown: it may be a password."""
+    named = f"parameter {key}" if PARAM_NAME.fullmatch(key) else "a parameter"
+    for text, what in ((key, "a parameter name"), (value, f"the value of {named}")):
+        bad = NOT_XML_CHAR.search(text)
+        if bad is None:
+            continue
+        if "\ud800" <= bad.group() <= "\udfff":
+            raise ApiError(PARAM_ERROR, f"{what} is not valid UTF-8 (percent-encode UTF-8 text)")
+        kind = "a control character" if bad.group() < " " else "a noncharacter"
+        raise ApiError(PARAM_ERROR, f"{what} holds {kind} (U+{ord(bad.group()):04X}), which the API does"
+                                    " not take")
+
+
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs a request its HTTP parser refuses (a raw non-ASCII byte in the
+    query string, a broken request line) as an error with a traceback that quotes the
+    request line: the API key, the signature, a password sent as a query parameter.
+    Such a request is the client's mistake, answered 400 by aiohttp: one line without
+    the request instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        log.warning("refused a malformed HTTP request (%s, HTTP %s; the request is not logged: it may"
+                    " carry secrets)", type(exc).__name__, exc.code)
+        return False
+
+
+def quiet_bad_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _QuietBadRequests) for f in server_log.filters):
+        server_log.addFilter(_QuietBadRequests())
 
 
 async def serve(config: MgmtConfig) -> None:

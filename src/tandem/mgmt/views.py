@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from tandem.mgmt.db import Cursor
+from tandem.mgmt.migrations import NETWORK_OFFERING_ID
 
 
 def cs_time(t: datetime | None) -> str | None:
@@ -53,7 +54,9 @@ def network(row: dict[str, Any]) -> dict[str, Any]:
             "gateway": row["gateway"], "netmask": netmask(row["cidr"]), "state": row["state"],
             "type": row["type"],
             "traffictype": "Guest", "isdefault": True, "canusefordeploy": True, "broadcastdomaintype": "Vlan",
-            "networkofferingname": "DefaultSharedNetworkOffering", "acltype": "Domain",
+            "networkofferingid": NETWORK_OFFERING_ID, "networkofferingname": "DefaultSharedNetworkOffering",
+            "networkofferingdisplaytext": "Offering for Shared networks", "networkofferingavailability":
+            "Optional", "issystem": False, "related": row["id"], "acltype": "Domain",
             "specifyipranges": True, "restartrequired": False, "service": [], "tags": []}
 
 
