@@ -48,7 +48,7 @@ def default_hosts() -> list[HostSpec]:
 
 
 def check_lab_name(name: str) -> str:
-    if not LAB_NAME_RE.match(name):
+    if not LAB_NAME_RE.fullmatch(name):  # `$` also matches before a final newline
         raise LabError(f"lab name {name!r}: use 1-8 lowercase letters or digits, starting"
                        " with a letter (it prefixes interface names, which are short)")
     return name
