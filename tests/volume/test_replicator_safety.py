@@ -126,20 +126,27 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def test_promote_waits_for_the_handshake_decision(tmp_path, monkeypatch):
-    monkeypatch.setattr(rep_mod, "PROMOTE_HANDSHAKE_WAIT", 0.3)
-    rep = make_replicator(tmp_path)
+def _authenticated(rep: Replicator, on_closed=None):
+    """A real Link of `rep` to a PeerConnection the test drives, past authentication:
+    node1's StateExchange has reached the peer, whose own is not sent yet."""
     mine, theirs = _tcp_pair()
-    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    link = Link(mine, rep._peer_config(True), rep._on_events, on_closed or rep._on_link_closed)
     rep.link = link
     peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16), initiator=False),
                           now=time.monotonic())
+    link.start()
+    theirs.sendall(peer.data_to_send())
+    _pump(theirs, peer, lambda: peer.peer_status is not None)
+    return link, peer, theirs
+
+
+def test_promote_waits_for_the_handshake_decision(tmp_path, monkeypatch):
+    monkeypatch.setattr(rep_mod, "PROMOTE_HANDSHAKE_WAIT", 0.3)
+    rep = make_replicator(tmp_path)
+    link, peer, theirs = _authenticated(rep)
     try:
-        link.start()
-        theirs.sendall(peer.data_to_send())
-        # authenticated; node1's StateExchange (Secondary, generation GEN) reached the peer,
-        # whose own StateExchange is not sent yet: node1 waits in WFReportParams
-        _pump(theirs, peer, lambda: peer.peer_status is not None)
+        # node1's StateExchange (Secondary, generation GEN) reached the peer, whose own
+        # StateExchange is not sent yet: node1 waits in WFReportParams
         assert peer.peer_status.role is Role.SECONDARY and peer.peer_status.generations.current == GEN
         assert link.state is ConnectionState.WF_REPORT_PARAMS
         t0 = time.monotonic()
@@ -387,14 +394,7 @@ def test_verify_answers_after_a_failover_mark_nothing(tmp_path):
 
 def _connected(rep: Replicator, on_closed=None):
     """node1 (`rep`) Connected to a PeerConnection the test drives, same generation."""
-    mine, theirs = _tcp_pair()
-    link = Link(mine, rep._peer_config(True), rep._on_events, on_closed or rep._on_link_closed)
-    peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16), initiator=False),
-                          now=time.monotonic())
-    rep.link = link
-    link.start()
-    theirs.sendall(peer.data_to_send())
-    _pump(theirs, peer, lambda: peer.peer_status is not None)
+    link, peer, theirs = _authenticated(rep, on_closed)
     theirs.sendall(peer.send(status_exchange(Role.SECONDARY)))
     _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED)
     deadline = time.monotonic() + 5
@@ -965,15 +965,8 @@ def test_a_promotion_connected_to_a_peer_without_a_disk_starts_a_new_generation(
     make the stale disk the source of a bitmap resync."""
     rep = make_replicator(tmp_path)
     monkeypatch.setattr(rep, "_mount", lambda: None)
-    mine, theirs = _tcp_pair()
-    link = Link(mine, rep._peer_config(True), rep._on_events, rep._on_link_closed)
-    rep.link = link
-    peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16), initiator=False),
-                          now=time.monotonic())
+    link, peer, theirs = _authenticated(rep)
     try:
-        link.start()
-        theirs.sendall(peer.data_to_send())
-        _pump(theirs, peer, lambda: peer.peer_status is not None)
         failed = wire.StateExchange(role=Role.SECONDARY, disk=DiskState.FAILED,
                                     generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0)
         theirs.sendall(peer.send(failed))
