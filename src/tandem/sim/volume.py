@@ -237,6 +237,9 @@ class SimVolume:
         if marked:
             self.disk = OUT
             self.sim.log(self.node, "disk marked Outdated")
+        elif self.disk is FAILED and self.failed_from is UP:
+            self.failed_from, marked = OUT, True  # attach brings it back Outdated
+            self.sim.log(self.node, "failed disk marked Outdated")
         return marked
 
     # --- link events --------------------------------------------------------------------
@@ -269,8 +272,12 @@ class SimVolume:
         Failed (remembered across restarts), no write completes, the link drops."""
         if self.disk is FAILED:
             return
-        self.failed_from, self.disk = self.disk, FAILED
-        self.sim.log(self.node, f"disk Failed (was {self.failed_from})")
+        # a peer with an UpToDate disk took every write: this one comes back Outdated
+        was = self.disk
+        if was is UP and self.repl.state == "connected" and self.repl.peer_of(self).disk is UP:
+            was = OUT
+        self.failed_from, self.disk = was, FAILED
+        self.sim.log(self.node, f"disk Failed (back as {self.failed_from})")
         self.track()
         self.repl.drop("peer disk failed")
 
