@@ -986,3 +986,34 @@ def test_a_promotion_connected_to_a_peer_without_a_disk_starts_a_new_generation(
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+def test_a_lease_renewed_during_a_forced_demotion_does_not_reopen_io(tmp_path, monkeypatch):
+    """Torture 181:126: the agent's lease ran out, it demoted the volume by force, and the
+    forced demotion waited for a write still under way; meanwhile a late renewal pushed
+    a new write lease, which reopened I/O ("resumed", writable) on the Primary being
+    demoted. The demotion then set Secondary without saying so again, and the checker
+    saw node1 writable until its host crashed 36 s later, over node2's promotion. The
+    lease lifts its own hold only, and the forced demotion says "writable false" once
+    Secondary."""
+    import json
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv("TANDEM_LAB_EVENTS", str(events))
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY
+    monkeypatch.setattr(rep, "fuse", None)
+    try:
+        rep.set_write_lease(time.monotonic() - 1.0)
+        rep._lease_expired(rep._write_lease)  # a write noticed the lease had run out
+        rep.suspend("forced demotion", timeout=0)  # the demotion's own hold
+        rep.set_write_lease(time.monotonic() + 60)  # the late renewal
+        assert not rep.io_open.is_set(), "a renewed lease lifted the demotion's hold"
+        rep.demote(force=True)
+        rec = [json.loads(line) for line in events.read_text().splitlines()]
+        writable = [e for e in rec if e["kind"] == "writable"]
+        assert writable and writable[-1]["writable"] is False, writable
+        assert not [e for e in writable if e["writable"]], writable
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

@@ -944,7 +944,11 @@ class Replicator:
         self._write_lease = until
         if until is not None and time.monotonic() < until and self._lease_held_io:
             self._lease_held_io = False
-            if self._fencing is None:  # never reopen I/O in the middle of a fence
+            # Never reopen I/O in the middle of a fence, nor under another hold (a forced
+            # demotion's, the agent's suspend-io): the lease lifts its own hold only.
+            # Torture 181:126: a renewal that came while a forced demotion waited for
+            # writes reopened I/O on the Primary it was demoting.
+            if self._fencing is None and not self._held_by_operator:
                 self.resume()
         if (until is None or time.monotonic() < until) and self.role is Role.PRIMARY:
             self._complete_lease_parked(None)
@@ -1018,6 +1022,9 @@ class Replicator:
                 while self.ranges.busy() and time.monotonic() < deadline:
                     time.sleep(0.001)
             self.role = Role.SECONDARY
+            # Said again now that no write can complete: whatever happened since the
+            # suspension's own "writable false" (the checker must not find it open).
+            lab_event("writable", node=self.spec.node, writable=False, reason="demoted (forced)")
             self._fail_fenced_waiters()
             self._complete_lease_parked(OSError(errno.EIO, "demoted after the write lease ran out"))
             self.io_open.set()  # blocked writers wake up and fail
