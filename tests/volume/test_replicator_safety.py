@@ -981,11 +981,7 @@ def test_a_promotion_connected_to_a_peer_without_a_disk_starts_a_new_generation(
         rep.write(0, b"p" * BLOCK)  # to the bitmap only
         assert rep.bitmap.test(0)
     finally:
-        link.disconnect("test over")
-        theirs.close()
-        rep.role = Role.SECONDARY
-        rep.meta.close()
-        rep.store.close()
+        _close(rep, link, theirs)
 
 
 def test_a_lease_renewed_during_a_forced_demotion_does_not_reopen_io(tmp_path, monkeypatch):
