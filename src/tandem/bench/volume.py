@@ -429,8 +429,12 @@ def _ext4(device: str, mountpoint: str, options: str) -> Iterator[str]:
         with ext4_mount(device, mountpoint) as m:
             yield m
         return
-    subprocess.run(["mount", "-t", "ext4", "-o", options, device, mountpoint], check=True,
-                   capture_output=True, timeout=60)
+    mounted = subprocess.run(["mount", "-t", "ext4", "-o", options, device, mountpoint],
+                             capture_output=True, text=True, timeout=60)
+    if mounted.returncode != 0:
+        said = (mounted.stderr.strip().splitlines() or ["no message"])[-1]
+        raise BenchError(f"--ext4-options {options!r}: mount refused them ({said}); the kernel's"
+                         f" reason is in dmesg (journal_async_commit, for one, needs data=writeback)")
     try:
         yield mountpoint
     finally:
