@@ -67,6 +67,59 @@ def test_garbage_never_breaks_the_view_and_a_garbage_leader_still_holds_the_key(
     assert view.volume("r0").disk("node1") is DiskState.OUTDATED
 
 
+@pytest.mark.parametrize(("key", "value"), [
+    ("epoch", {"epoch": None}),
+    ("epoch", {"epoch": "7"}),
+    ("leader", {"node": "node1", "epoch": "x"}),
+    ("leader", {"node": "node1", "epoch": None}),
+    ("fence", {"node": "node1", "revision": None, "at": "yesterday"}),
+    ("history", [{"epoch": 1, "node": "node1", "at": None}, {"epoch": "2", "at": [1]}]),
+    ("volume/r0", {"disks": ["node1", "UpToDate"]}),
+    ("members/node1", {"role": "replica", "sync_percent": "half", "healthy": "false"}),
+    ("switchover", {"leader": 5, "candidate": {"node": "node2"}}),
+    ("members/node2", b"[" * 100_000 + b"]" * 100_000),
+])
+def test_a_field_of_the_wrong_type_never_breaks_the_view(key, value):
+    """Each of these (a hand repair with etcdctl, a newer or broken writer) raised
+    TypeError, ValueError or RecursionError out of the view: every agent's HA loop
+    then failed before it decided anything, for good (review 23)."""
+    view = view_from_kvs(K, 9, [kv("leader", {"node": "node1", "epoch": 3}, create=4, lease=8),
+                                kv("members/node3", {"role": "replica", "healthy": True}),
+                                kv(key, value)])
+    assert view.leader is not None and view.leader.node == "node1"
+    assert view.member("node3").healthy
+    if key == "fence":
+        assert view.fenced_token() is None, "a fence with no revision applies to no key"
+    if key.startswith("members/node1"):
+        m = view.member("node1")
+        assert m.sync_percent is None and not m.healthy, "the string 'false' is not healthy"
+    if key == "switchover":
+        assert view.switchover.leader is None and view.switchover.candidate is None
+    if key == "volume/r0":
+        assert view.volume("r0").disks == ()
+    assert view.epoch >= (0 if key == "leader" else 3)
+
+
+def test_a_key_that_is_not_utf8_is_read_not_raised():
+    """etcd keys are bytes: one written by hand under the prefix made every read of the
+    cluster fail ("malformed range reply"), `tandem status` with it."""
+    import base64
+
+    from tandem.dcs.gateway import parse_range
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    reply = {"header": {"revision": "9"}, "kvs": [
+        {"key": b64(K.prefix.encode() + b"members/\xff\xfe"), "value": b64(encode({"role": "replica"})),
+         "create_revision": "3", "mod_revision": "3"},
+        {"key": b64((K.prefix + "leader").encode()), "value": b64(encode({"node": "node1", "epoch": 2})),
+         "create_revision": "4", "mod_revision": "4", "lease": "8"}]}
+    revision, kvs = parse_range(reply)
+    view = view_from_kvs(K, revision, kvs)
+    assert view.leader.node == "node1" and len(view.members) == 1
+
+
 def test_empty_view():
     v = ClusterView.empty("prod")
     assert v.is_unlocked() and v.up_to_date_everywhere("node1") and v.last_failover is None

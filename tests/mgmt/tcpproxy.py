@@ -23,7 +23,8 @@ class TcpProxy:
     def accept_hook(self, client: socket.socket) -> bool:
         return True
 
-    def chunk_hook(self, data: bytes, to_server: bool, state: dict) -> bool:
+    def chunk_hook(self, data: bytes, to_server: bool, state: dict) -> bool | bytes:
+        """True: forward `data`; False: cut both sides; bytes: forward those instead."""
         return True
 
     def close(self) -> None:
@@ -49,9 +50,10 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, state: dict, to_server: bool) -> None:
         try:
             while data := src.recv(65536):
-                if not self.chunk_hook(data, to_server, state):
+                verdict = self.chunk_hook(data, to_server, state)
+                if verdict is False:
                     break
-                dst.sendall(data)
+                dst.sendall(verdict if isinstance(verdict, bytes) else data)
         except OSError:
             pass
         finally:

@@ -24,9 +24,12 @@ class CommitEater(TcpProxy):
         self.armed = threading.Event()
         self.eaten = 0
         self.delay = 0.0
+        #: (errno, message): answer the COMMIT the server took with this error instead
+        #: of closing the connection (what a failing disk's binlog fsync looks like)
+        self.error: tuple[int, str] | None = None
         super().__init__(upstream_port)
 
-    def chunk_hook(self, data: bytes, to_server: bool, state: dict) -> bool:
+    def chunk_hook(self, data: bytes, to_server: bool, state: dict) -> bool | bytes:
         # COM_QUERY "COMMIT" after the 4-byte packet header (not READ-COMMITTED in
         # a new connection's init command)
         if to_server and self.armed.is_set() and data[4:] == b"\x03COMMIT":
@@ -35,8 +38,17 @@ class CommitEater(TcpProxy):
             time.sleep(self.delay)  # the COMMIT is late (the client may give up on it)
         if not to_server and state.get("eat"):
             self.eaten += 1
+            if self.error is not None:
+                state["eat"] = False
+                return _err_packet(data[3], *self.error)
             return False  # the server answered the COMMIT: the client never hears it
         return True
+
+
+def _err_packet(seq: int, errno: int, message: str) -> bytes:
+    """A MySQL protocol ERR packet with sequence number `seq`."""
+    payload = b"\xff" + errno.to_bytes(2, "little") + b"#HY000" + message.encode()
+    return len(payload).to_bytes(3, "little") + bytes([seq]) + payload
 
 
 @pytest.fixture
@@ -180,3 +192,29 @@ def test_a_commit_whose_outcome_cannot_be_learned_is_reported_as_such(layer):
     refuse.clear()
     db.retry_budget = 5
     assert _count(db) == 1  # it was
+
+
+@pytest.mark.parametrize(("errno", "message"), [
+    (27, "Can't sync file './mariadb-bin.000044' to disk (Errcode: 5 \"Input/output error\")"),
+    (3, "Error writing file './mariadb-bin.000022' (Errcode: 30 \"Read-only file system\")"),
+])
+def test_a_commit_answered_with_a_file_error_is_checked_not_taken_as_a_failure(layer, errno, message):
+    """A binlog fsync that fails at COMMIT (the volume's disk failing under MariaDB)
+    comes back as the server's own file-layer error, numbered below 1000: the
+    transaction is prepared and in the binlog, and the next primary may commit it.
+    It was a plain failure: a client told "internal error" sent a deploy again and
+    got a second VM (review 23; 40 such errors in the campaign's logs). Here the
+    server did commit: the marker finds it, and the write is not run again."""
+    db, proxy = layer
+    calls = []
+
+    def insert(cur):
+        calls.append(1)
+        cur.execute("INSERT INTO t (v) VALUES (5)")
+        return "stored"
+
+    proxy.error = (errno, message)
+    proxy.armed.set()
+    assert db.write_sync(insert) == "stored"
+    assert proxy.eaten == 1 and len(calls) == 1
+    assert _count(db) == 1

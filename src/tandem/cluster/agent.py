@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.cluster.dbgroup import VIP_REFRESH_SLACK, build_db_group, vip_lifetime, vip_takeover_grace
-from tandem.cluster.decide import decide, fence_to_adopt
+from tandem.cluster.decide import decide, fence_to_adopt, leader_volume_record
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
 from tandem.cluster.penalty import FailurePenalty
@@ -584,21 +584,14 @@ class Agent:
         return ""
 
     async def _record_volume_state(self) -> bool:
-        """As leader: me UpToDate; the peer UpToDate only if it is connected and in sync.
-        Never while the local disk is not UpToDate (a resync made it a target since
-        the decision): that record would call the newer peer Outdated."""
+        """As leader: me UpToDate; the peer UpToDate only if it is connected and in sync
+        (decide.leader_volume_record). Nothing without a status of an UpToDate local disk."""
         if self.leader is None:
             return False
-        v = self.volume or {}
-        if v and v.get("disk") != "UpToDate":
-            return False
-        peer = v.get("peer") or {}
-        peer_ok = peer.get("connection") == "Connected" and peer.get("disk") == "UpToDate"
         current = self.view.volume(self.resource) or VolumeState.empty(self.resource)
-        want = current.with_disk(self.node, DiskState.UP_TO_DATE).with_disk(
-            self.peer, DiskState.UP_TO_DATE if peer_ok else
-            (current.disk(self.peer) if current.disk(self.peer) not in (None, DiskState.UP_TO_DATE)
-             else DiskState.OUTDATED))
+        want = leader_volume_record(self.volume, current, self.resource, self.node, self.peer)
+        if want is None:
+            return False
         if want.disks == current.disks:
             self._peer_recorded_outdated = want.disk(self.peer) is not DiskState.UP_TO_DATE
             return True
@@ -615,6 +608,9 @@ class Agent:
     async def _promote(self, why: str) -> None:
         # Taking the key took DCS round trips: record what the volume is now.
         self.volume = await self._volume_status()
+        if self.volume is None:
+            log.warning("not promoting yet: the volume daemon did not answer")
+            return
         if not await self._record_volume_state():
             log.warning("not promoting yet: the volume record could not be written")
             return

@@ -84,6 +84,26 @@ def fence_to_adopt(volume: dict | None, record: VolumeState | None, node: str, p
     return rev_linked, adopt
 
 
+def leader_volume_record(volume: dict | None, record: VolumeState | None, resource: str, node: str,
+                         peer: str) -> VolumeState | None:
+    """What the leader records of the volume: itself UpToDate, the peer UpToDate only
+    while connected and in sync, else Outdated (an Outdated or worse record of the
+    peer is kept). None when nothing may be recorded: without a status of the local
+    volume (the daemon slow or paused), the leader knows neither its own disk (a
+    resync may have made it a target since the decision) nor the peer's, and calling
+    an in-sync peer Outdated makes it outdate its complete disk once the leader dies
+    (fence_to_adopt): no node could be promoted without an operator."""
+    if not volume or volume.get("disk") != "UpToDate":
+        return None
+    peer_link = volume.get("peer") or {}
+    peer_ok = peer_link.get("connection") == "Connected" and peer_link.get("disk") == "UpToDate"
+    current = record or VolumeState.empty(resource)
+    was = current.disk(peer)
+    return current.with_disk(node, DiskState.UP_TO_DATE).with_disk(
+        peer, DiskState.UP_TO_DATE if peer_ok else
+        (was if was not in (None, DiskState.UP_TO_DATE) else DiskState.OUTDATED))
+
+
 def disk_problems(view: ClusterView, local: LocalState) -> list[str]:
     """Why this node's data may not be served as primary; empty if it may."""
     why = [] if local.disk_state is DiskState.UP_TO_DATE else [f"its disk is {local.disk_state or 'unknown'}"]

@@ -30,7 +30,7 @@ async def load_clones(dcs: Any) -> dict[str, Any]:
     prefix = dcs.keys.prefix
     rng = await dcs._call("read clones", lambda c: c.get_prefix((prefix + "clones/").encode()))
     got = await dcs._call("read apivip", lambda c: c.get((prefix + "apivip").encode()))
-    kvs = [(kv.key.decode(), kv.value) for kv in rng.kvs]
+    kvs = [(kv.key.decode(errors="replace"), kv.value) for kv in rng.kvs]
     if got is not None:
         kvs.append((prefix + "apivip", got.value))
     return clones_from_kvs(prefix, kvs)

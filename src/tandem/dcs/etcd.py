@@ -163,7 +163,7 @@ class EtcdDCS(DCS):
     # --- reading -----------------------------------------------------------------
     async def load(self) -> ClusterView:
         rng = await self._call("read", lambda c: c.get_prefix(self.keys.prefix.encode()))
-        kvs = [RawKV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+        kvs = [RawKV(kv.key.decode(errors="replace"), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
                for kv in rng.kvs]
         return view_from_kvs(self.keys, rng.header.revision, kvs)
 
@@ -180,7 +180,7 @@ class EtcdDCS(DCS):
                 raise DCSError(f"etcd {self.endpoint}: watch failed: {_reason(e)}") from e
             try:
                 async for ev in stream:
-                    yield Change(key=ev.kv.key.decode()[len(prefix):],
+                    yield Change(key=ev.kv.key.decode(errors="replace")[len(prefix):],
                                  deleted=ev.kind == aetcd.EventKind.DELETE, revision=ev.kv.mod_revision)
             except (*_CONNECTIVITY, aetcd.exceptions.ClientError) as e:
                 raise DCSError(f"etcd {self.endpoint}: watch broke: {_reason(e)}") from e

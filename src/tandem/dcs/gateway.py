@@ -39,7 +39,8 @@ def parse_range(reply: dict) -> tuple[int, list[RawKV]]:
     """(revision, keys) from a gateway range reply; int64 fields arrive as strings."""
     try:
         revision = int(reply["header"]["revision"])
-        kvs = [RawKV(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")),
+        kvs = [RawKV(base64.b64decode(kv["key"]).decode(errors="replace"),
+                     base64.b64decode(kv.get("value", "")),
                      int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)),
                      int(kv.get("lease", 0)))
                for kv in reply.get("kvs", [])]

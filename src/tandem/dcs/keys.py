@@ -46,6 +46,7 @@ from tandem.dcs.view import (
     Member,
     Switchover,
     VolumeState,
+    count,
     history_from_value,
 )
 
@@ -109,7 +110,7 @@ def encode(value: Any) -> bytes:
 def decode(raw: bytes) -> Any:
     try:
         return json.loads(raw) if raw else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         return None
 
 
@@ -118,7 +119,9 @@ def view_from_kvs(keys: Keys, revision: int, kvs: Iterable[RawKV]) -> ClusterVie
 
     Garbage in a value never breaks the view: an undecodable leader key still
     counts as held (nobody may take a key that exists), other undecodable keys
-    are skipped.
+    are skipped, and a field of the wrong type reads as absent. A view that
+    failed on one hand-edited value stopped every agent's HA loop before it
+    decided anything, and the volume's fence-peer with it (review 23).
     """
     leader = switchover = fence = None
     members: list[Member] = []
@@ -135,7 +138,7 @@ def view_from_kvs(keys: Keys, revision: int, kvs: Iterable[RawKV]) -> ClusterVie
             leader = Leader.from_value(data if ok else {"node": "<undecodable>"},
                                        kv.create_revision, kv.lease)
         elif kv.key == keys.epoch:
-            epoch, epoch_rev = (int(data.get("epoch", 0)) if ok else 0), kv.mod_revision
+            epoch, epoch_rev = (count(data.get("epoch")) if ok else 0), kv.mod_revision
         elif kv.key == keys.maintenance:
             maintenance = True
         elif kv.key == keys.switchover and ok:

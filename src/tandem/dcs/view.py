@@ -12,6 +12,7 @@ shown by ``tandem status --json``: add, never rename.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -45,7 +46,7 @@ class Leader:
 
     @classmethod
     def from_value(cls, data: Mapping[str, Any], revision: int, lease: int) -> Leader:
-        return cls(node=str(data.get("node", "")), epoch=int(data.get("epoch", 0)),
+        return cls(node=str(data.get("node", "")), epoch=count(data.get("epoch")),
                    revision=revision, lease=lease)
 
     def to_value(self) -> dict[str, Any]:
@@ -83,10 +84,10 @@ class Member:
         disk = data.get("disk_state")
         return cls(node=node, role=_enum(NodeRole, data.get("role"), NodeRole.STOPPED),
                    disk_state=_enum(DiskState, disk, None) if disk else None,
-                   healthy=bool(data.get("healthy", False)),
+                   healthy=data.get("healthy") is True,  # "false" (a string) is not healthy
                    nofailover=bool(data.get("nofailover", False)),
                    api_url=str(data.get("api_url", "")), connection=str(data.get("connection", "")),
-                   sync_percent=data.get("sync_percent"), note=str(data.get("note", "")),
+                   sync_percent=_number(data.get("sync_percent"), None), note=str(data.get("note", "")),
                    failures=count(data.get("failures")), last_failure=str(data.get("last_failure", "")),
                    warnings=_strings(data.get("warnings")), epoch_seen=count(data.get("epoch_seen")),
                    revision=revision)
@@ -115,7 +116,8 @@ class VolumeState:
 
     @classmethod
     def from_value(cls, resource: str, data: Mapping[str, Any], revision: int = 0) -> VolumeState:
-        disks = data.get("disks") or {}
+        disks = data.get("disks")
+        disks = disks if isinstance(disks, dict) else {}
         return cls(resource=resource,
                    disks=tuple(sorted((str(n), _enum(DiskState, s, DiskState.OUTDATED))
                                       for n, s in disks.items())),
@@ -156,7 +158,7 @@ class Switchover:
 
     @classmethod
     def from_value(cls, data: Mapping[str, Any], revision: int = 0) -> Switchover:
-        return cls(leader=data.get("leader") or None, candidate=data.get("candidate") or None,
+        return cls(leader=_name_or_none(data.get("leader")), candidate=_name_or_none(data.get("candidate")),
                    revision=revision)
 
     def to_value(self) -> dict[str, Any]:
@@ -174,8 +176,8 @@ class HistoryEntry:
 
     @classmethod
     def from_value(cls, data: Mapping[str, Any]) -> HistoryEntry:
-        return cls(epoch=int(data.get("epoch", 0)), node=str(data.get("node", "")),
-                   reason=str(data.get("reason", "")), at=float(data.get("at", 0.0)))
+        return cls(epoch=count(data.get("epoch")), node=str(data.get("node", "")),
+                   reason=str(data.get("reason", "")), at=_number(data.get("at"), 0.0))
 
     def to_value(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "node": self.node, "reason": self.reason, "at": self.at}
@@ -199,9 +201,9 @@ class Fence:
 
     @classmethod
     def from_value(cls, data: Mapping[str, Any]) -> Fence:
-        return cls(node=str(data.get("node", "")), revision=int(data.get("revision", 0)),
+        return cls(node=str(data.get("node", "")), revision=count(data.get("revision")),
                    by=str(data.get("by", "")), agent=str(data.get("agent", "")),
-                   reason=str(data.get("reason", "")), at=float(data.get("at", 0.0)))
+                   reason=str(data.get("reason", "")), at=_number(data.get("at"), 0.0))
 
     def to_value(self) -> dict[str, Any]:
         return {"node": self.node, "revision": self.revision, "by": self.by, "agent": self.agent,
@@ -289,6 +291,19 @@ def count(value: Any) -> int:
     """A count from a member record or a volume's status; anything else (a newer or
     broken writer) is 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _number(value: Any, default: Any) -> Any:
+    """A finite number from a record (a progress, a wall-clock time); anything else
+    (null, a string from a hand edit) is `default`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default
+
+
+def _name_or_none(value: Any) -> str | None:
+    """A node name from a record, None for anything else (an empty or non-text value)."""
+    return value if isinstance(value, str) and value else None
 
 
 def _strings(value: Any, most: int = 8, chars: int = 300) -> tuple[str, ...]:

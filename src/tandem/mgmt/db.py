@@ -61,6 +61,12 @@ ROLLED_BACK_ERRNOS = {1205, 1213}
 # a verdict on the request: like a lost connection, it is repeated within the
 # budget, and a COMMIT that fails this way has an unknown outcome.
 STORAGE_ERRNOS = {1021, 1024, 1026, 1030, 1180}
+# Below 1000: the server's own file layer (mysys) failed and passed its error on as
+# is: 3 "Error writing file", 27 "Can't sync file" (a binlog fsync at COMMIT on a
+# failing disk: the transaction is already prepared and in the binlog, and the next
+# primary's recovery may commit it). The campaign logs held 40 of these at COMMIT,
+# each answered as a plain failure (review 23): storage errors, like those above.
+MYSYS_ERRNO_LIMIT = 1000
 # A value the columns' character set cannot hold: compared with a column ("illegal
 # mix of collations") or, in strict mode, stored ("incorrect string value"). Our
 # tables are utf8mb4 since migration 8, which holds any text the API lets in; a
@@ -115,8 +121,10 @@ def is_connection_error(e: BaseException) -> bool:
 
 
 def is_storage_error(e: BaseException) -> bool:
-    return (isinstance(e, pymysql.err.OperationalError | pymysql.err.InternalError) and bool(e.args)
-            and e.args[0] in STORAGE_ERRNOS)
+    if not (isinstance(e, pymysql.err.OperationalError | pymysql.err.InternalError) and e.args
+            and isinstance(e.args[0], int)):
+        return False
+    return e.args[0] in STORAGE_ERRNOS or 0 < e.args[0] < MYSYS_ERRNO_LIMIT
 
 
 def is_charset_error(e: BaseException) -> bool:
