@@ -408,3 +408,87 @@ def test_cleanup_reaches_the_agent_of_that_node_once(healthy):
     time.sleep(1.0)  # several agent cycles: no request is taken twice, node1 took none
     assert len(cleanups("node2", t0)) == 2 and cleanups("node1", t0) == []
     assert all(r["healthy"] for r in stack.status()["nodes"])
+
+
+def _mariadb_log(stack, host: str):
+    return stack.lab.host_dir(host) / "run" / "mariadb" / "mariadb" / "mariadbd.log"
+
+
+def _log_since(path, offset: int) -> str:
+    return path.read_bytes()[offset:].decode(errors="replace") if path.exists() else ""
+
+
+def _size(path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _node1_back_as_replica(stack) -> None:
+    if not stack.lab.supervisor("node1").running("agent"):
+        stack.start_agent("node1")
+    stack.wait(lambda: next(n for n in stack.status()["nodes"] if n["node"] == "node1")["disk"]
+               == "UpToDate", 90, "node1 back as an in-sync replica")
+
+
+def test_stopping_the_primarys_agent_hands_over_after_a_clean_shutdown(healthy):
+    """`systemctl stop` of the primary's agent: the group stops under a lease still
+    renewed and the key is released. The lease task was stopped first: the volume's
+    write lease ran out under MariaDB's clean shutdown, which hung in the held I/O
+    until a forced demotion failed it (no clean shutdown, InnoDB crash recovery on
+    node2), and node2's promotion was refused all the while (review 23: 40-60 s)."""
+    import json
+    import os
+    import signal
+    import threading
+    stack = healthy
+    logs = {h: _mariadb_log(stack, h) for h in ("node1", "node2")}
+    seen = {h: _size(p) for h, p in logs.items()}
+    ref = json.loads((logs["node1"].parent / "state.json").read_text())
+    stopper = threading.Thread(target=stack.lab.stop, args=("node1", "agent"), kwargs={"timeout": 90})
+
+    def stop_agent_while_mariadb_is_slow() -> None:
+        # A shutdown that takes 2 s (a big buffer pool to flush), longer than the write
+        # lease the last renewal pushed (0.7 s): mariadbd takes the SIGTERM only then.
+        os.kill(ref["pid"], signal.SIGSTOP)
+        try:
+            stopper.start()
+            time.sleep(2.0)
+        finally:
+            os.kill(ref["pid"], signal.SIGCONT)
+
+    out, t_fault = run_writer_through(stack, stop_agent_while_mariadb_is_slow)
+    assert stack.wait_service(30) == "node2"
+    stopper.join(timeout=120)
+    acks, _ = finish_writer(stack, out)
+    assert_no_loss_no_overlap(stack, acks)
+    said = _log_since(logs["node1"], seen["node1"])
+    assert "Shutdown complete" in said, f"node1's MariaDB did not shut down cleanly: {said[-1500:]}"
+    assert "crash recovery" not in _log_since(logs["node2"], seen["node2"])
+    gap = write_gap(acks, t_fault)
+    assert gap is not None, "no write acknowledged after the handover"
+    _node1_back_as_replica(stack)
+
+
+def test_a_restarted_agent_demotes_the_primary_its_crashed_self_left_at_once(healthy):
+    """The primary's agent dies (kill -9) and comes back after node2 took the key: its
+    volume is still Primary (its write lease ran out: the I/O is held) and MariaDB
+    still runs. The new agent stopped them gracefully, which hung in the held I/O while
+    node2's promotion was refused ("the peer's volume is still Primary"), ~40 s; now
+    it demotes the volume by force first, as any demotion does."""
+    import signal
+    stack = healthy
+    out, t_fault = run_writer_through(stack, lambda: stack.lab.supervisor("node1").signal("agent",
+                                                                                        signal.SIGKILL))
+    stack.wait(lambda: stack.leader() == "node2", 30, "node2 to take the key")
+    assert stack.volume_status("node1")["role"] == "Primary", "the scenario needs the leftover Primary"
+    stack.lab.stop("node1", "agent")  # reap the killed one's record
+    stack.start_agent("node1")
+    # The graceful stop cannot end before MariaDB's stop gives up on the SIGTERM (15 s,
+    # then SIGKILL, which the held I/O also outlasts); the forced demotion is the
+    # agent's first act.
+    stack.wait(lambda: stack.volume_status("node1")["role"] == "Secondary", 12,
+               "node1's volume demoted by the restarted agent")
+    assert stack.wait_service(30) == "node2"
+    acks, _ = finish_writer(stack, out)
+    assert_no_loss_no_overlap(stack, acks)
+    assert stack.volume_status("node1")["role"] == "Secondary"
+    _node1_back_as_replica(stack)

@@ -30,6 +30,8 @@ WELL_BEFORE = 0.6  #: a fenced takeover comes within this fraction of the TTL af
 @pytest.fixture(scope="module")
 def fstack(lab):
     notify_log = lab.spec.dir / "etc" / "notify.log"
+    hook = ("echo $TANDEM_NODE $TANDEM_ROLE_OLD $TANDEM_ROLE_NEW $TANDEM_EPOCH"
+            f" leader=$TANDEM_LEADER >> {notify_log}")
     extra = lab_fencing(lab) + f"""
 [nodes.node1.fencing]
 agent = "exec"
@@ -37,7 +39,7 @@ command = ["sh", "-c", "echo no power switch answers for $TANDEM_FENCE_NODE >&2;
 timeout = 5
 
 [agent]
-notify = [["sh", "-c", "echo $TANDEM_NODE $TANDEM_ROLE_OLD $TANDEM_ROLE_NEW $TANDEM_EPOCH >> {notify_log}"]]
+notify = [["sh", "-c", "{hook}"]]
 notify_timeout = 5
 """
     st = LabStack(lab, volume_size="256MiB", lease_ttl=TTL, extra_config=extra)
@@ -135,3 +137,6 @@ def test_9_notify_hooks_saw_every_role_change(fstack):
     assert changes.count(("node1", "replica", "primary")) >= 2
     epochs = [int(x[3]) for x in lines if x[2] == "primary"]
     assert epochs == sorted(epochs) and len(set(epochs)) == len(epochs), lines
+    # The new primary names itself as the leader: the view read before the acquire
+    # said nobody, or the fenced node after a fenced takeover (review 23).
+    assert all(x[4] == f"leader={x[0]}" for x in lines if x[2] == "primary"), lines

@@ -166,8 +166,8 @@ class Agent:
         lab_event("agent_start", node=self.node)
         if self.watchdog is not None:
             self.watchdog.arm()
-        tasks = [asyncio.create_task(self._lease_loop(), name="lease"),
-                 asyncio.create_task(self._watch_loop(), name="watch")]
+        lease = asyncio.create_task(self._lease_loop(), name="lease")
+        tasks = [asyncio.create_task(self._watch_loop(), name="watch")]
         if self.clones is not None:  # on every node, whatever its role
             tasks.append(asyncio.create_task(self.clones.run(self), name="clones"))
         try:
@@ -177,12 +177,26 @@ class Agent:
                 t.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.gather(*tasks, return_exceptions=True)
-            await self._shutdown()
+            try:
+                # The lease task keeps renewing (and the volume's write lease and the
+                # VIPs' lifetimes with it) until the group has stopped and the key is
+                # released: stopped first, it let the write lease run out under
+                # MariaDB's clean shutdown, which then hung in held I/O until a forced
+                # demotion failed it, 40-60 s with the peer refused (review 23).
+                await self._shutdown()
+            finally:
+                lease.cancel()
+                with contextlib.suppress(Exception):
+                    await asyncio.gather(lease, return_exceptions=True)
+                if self.watchdog is not None:
+                    self.watchdog.disarm()
+                await self.dcs.close()
 
     async def _lease_loop(self) -> None:
+        """Until cancelled: after a stop request too, while the agent steps down."""
         period = min(self.cfg.etcd.lease_ttl / 4, MAX_RENEW_PERIOD)
         last = time.monotonic()
-        while not self.stopping:
+        while True:
             started = time.monotonic()
             if started - last > 3 * period:
                 log.warning("lease loop stalled for %.2f s", started - last)
@@ -454,7 +468,10 @@ class Agent:
         if role == self._role:
             return
         old, self._role = self._role, role
-        lead = self.view.leader
+        # Our own key once we lead: the view was read before the acquire (no leader
+        # in it, or the fenced one after a fenced takeover: a hook repointing DNS at
+        # $TANDEM_LEADER pointed it at the dead node).
+        lead = self.leader if role == "primary" and self.leader is not None else self.view.leader
         lab_event("role_change", node=self.node, old=old, new=role)
         if self.notifier.commands:
             self.notifier.role_changed(old, role, epoch=lead.epoch if lead else self.view.epoch,
@@ -511,8 +528,7 @@ class Agent:
         if a is Action.DEMOTE:
             await self._demote(d.reason)
         elif a is Action.FOLLOW:
-            if self.primary or (self.volume and self.volume.get("role") == "Primary"):
-                await self._stop_group(d.reason, graceful=True)
+            await self._stop_leftovers(d.reason)
         elif a is Action.ACQUIRE:
             await self._acquire(d)
         elif a in (Action.PROMOTE, Action.LEAD):
@@ -526,11 +542,20 @@ class Agent:
         elif a is Action.STEP_DOWN:
             await self._step_down(d)
         elif a is Action.FENCE_LEADER:
-            if self.primary or (self.volume and self.volume.get("role") == "Primary"):
-                await self._stop_group(d.reason, graceful=True)
+            await self._stop_leftovers(d.reason)
             self._start_fence(d)
         elif a is Action.FENCED_TAKEOVER:
             await self._acquire(d, fenced=self.view.leader)
+
+    async def _stop_leftovers(self, why: str) -> None:
+        """A Primary volume on a node that follows: left by an agent that died (a new
+        process does not lead; decide() gives DEMOTE to a node that does). Without the
+        key there is no write lease: the volume holds the I/O that a clean stop would
+        wait on, so the volume goes Secondary by force first, as in a demotion; a
+        graceful stop here hung in MariaDB's shutdown for ~40 s while the new leader's
+        promotion was refused (review 23)."""
+        if self.volume and self.volume.get("role") == "Primary":
+            await self._demote(f"{why} (a Primary volume left without leadership)")
 
     async def _acquire(self, d: Decision, fenced: Leader | None = None) -> None:
         try:
@@ -840,8 +865,11 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.clones.shutdown(self)
         if self.primary:
-            await self._step_down(Decision(Action.STEP_DOWN, "agent shutting down"))
+            deadline = self.key_deadline()
+            if deadline is None or deadline - self.margin <= time.monotonic():
+                # No lease to stop cleanly under: the volume already holds the I/O that
+                # a clean MariaDB shutdown would wait on. Demote by force, at once.
+                await self._demote("agent shutting down without a lease")
+            else:
+                await self._step_down(Decision(Action.STEP_DOWN, "agent shutting down"))
         await self.notifier.drain()
-        if self.watchdog is not None:
-            self.watchdog.disarm()
-        await self.dcs.close()
