@@ -109,3 +109,47 @@ def test_the_volume_daemons_fencer_passes_over_a_paused_member_and_remembers_it(
     finally:
         fencer.close()
         not_leader.close()
+
+
+def test_the_volume_daemons_unfence_records_the_peer_up_to_date_again_only_when_safe(etcd_ok, cluster_name):
+    """After a resync (or a fence that landed once the peer was back), the leader's
+    volume records its peer UpToDate again: a stale Outdated left behind while the
+    leader's agent was stepping down was adopted by the peer as its own fence, and
+    no disk could be promoted (torture 184:34). Only for the key's holder, only while
+    the replicator (asked after the record is read) says the peer has every write,
+    and a fence that comes after it wins."""
+    async def lead():
+        async with session(etcd_ok, cluster_name, "node1", ttl=30) as a:
+            return await a.attempt_to_acquire_leader(await a.load())
+    assert run(lead()) is not None
+    eps = [etcd_ok.endpoint(h) for h in ("node1", "node2", "witness")]
+    fencer = DcsFencer(cluster_name, "node1", "node2", "db", eps, 2.0, etcd_ok.members["node1"].tls)
+    not_leader = DcsFencer(cluster_name, "node2", "node1", "db", eps, 2.0, etcd_ok.members["node2"].tls)
+
+    async def disk(node: str):
+        async with session(etcd_ok, cluster_name, "witness") as w:
+            vol = (await w.load()).volume("db")
+            return vol and vol.disk(node)
+
+    asked = []
+
+    def in_sync(answer: bool):
+        def ask() -> bool:
+            asked.append(answer)
+            return answer
+        return ask
+
+    try:
+        assert not fencer.unfence(in_sync(True)), "no record yet: nothing to undo"
+        assert fencer(), "the fence"
+        assert run(disk("node2")) is DiskState.OUTDATED
+        assert not fencer.unfence(in_sync(False)) and asked == [False]
+        assert run(disk("node2")) is DiskState.OUTDATED, "not in sync: the fence stays"
+        assert not not_leader.unfence(in_sync(True)) and asked == [False], "only the key's holder"
+        assert fencer.unfence(in_sync(True)) and asked == [False, True]
+        assert run(disk("node2")) is DiskState.UP_TO_DATE
+        assert not fencer.unfence(in_sync(True)) and asked == [False, True], "already UpToDate"
+        assert fencer() and run(disk("node2")) is DiskState.OUTDATED, "a later fence writes over it"
+    finally:
+        fencer.close()
+        not_leader.close()

@@ -1013,3 +1013,81 @@ def test_a_lease_renewed_during_a_forced_demotion_does_not_reopen_io(tmp_path, m
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+class _Hook:
+    """The volume's fence hook as the replicator sees it (DcsFencer in a cluster): the
+    fence, and the unfence, which asks `in_sync()` after reading the record."""
+
+    def __init__(self):
+        import threading
+        self.fences = 0
+        self.unfenced: list[bool] = []
+        self.called = threading.Event()
+
+    def __call__(self) -> bool:
+        self.fences += 1
+        return True
+
+    def unfence(self, in_sync) -> bool:
+        self.unfenced.append(in_sync())
+        self.called.set()
+        return self.unfenced[-1]
+
+
+def test_a_disk_that_fails_while_the_peer_takes_every_write_has_the_peer_recorded_up_to_date(
+        tmp_path, monkeypatch):
+    """Torture 184:34: a fence that landed after the peer came back left it recorded
+    Outdated while the leader's agent was stepping down; then the Primary's disk failed,
+    the peer adopted the stale record, and no disk could be promoted although the peer
+    had every write. A Primary whose disk fails while an UpToDate peer is linked has
+    the peer recorded UpToDate again (the hook writes only if the record says
+    otherwise); no fence runs, and in_sync() stays true: nothing completes here since."""
+    rep = make_replicator(tmp_path)
+    hook = _Hook()
+    rep.fence_peer = hook
+    rep.role = Role.PRIMARY  # no FUSE file: see the module docstring
+    link, peer, theirs = _connected(rep)
+    try:
+        assert rep._peer_has_every_write(), "linked and in sync"
+        rep.store.inject_errors([(0, SIZE)])
+        with pytest.raises(OSError):
+            rep.write(0, b"x" * BLOCK)
+        assert hook.called.wait(5), "no unfence after the disk failed"
+        assert hook.unfenced == [True] and hook.fences == 0
+        deadline = time.monotonic() + 5
+        while rep.link is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rep._peer_has_every_write(), "the link is gone, but the peer still has every write"
+    finally:
+        _close(rep, rep.link, theirs)
+
+
+def test_a_disk_that_fails_without_the_peer_unfences_nothing(tmp_path):
+    rep = make_replicator(tmp_path)
+    hook = _Hook()
+    rep.fence_peer = hook
+    rep.role = Role.PRIMARY
+    try:
+        assert not rep._peer_has_every_write(), "no peer linked"
+        rep.store.inject_errors([(0, SIZE)])
+        with pytest.raises(OSError):
+            rep.write(0, b"x" * BLOCK)
+        assert not hook.called.wait(0.5) and not rep._peer_has_every_write()
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()
+
+
+def test_a_pending_fence_is_never_undone(tmp_path):
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY
+    link, peer, theirs = _connected(rep)
+    try:
+        assert rep._peer_has_every_write()
+        rep._fencing = ([], [])  # a fence of a loss before this link still holds writes
+        assert not rep._peer_has_every_write()
+    finally:
+        rep._fencing = None
+        _close(rep, link, theirs)

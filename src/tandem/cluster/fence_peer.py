@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tandem.dcs.base import DCS, DCSError
 from tandem.errors import TandemError
+from tandem.volume.states import DiskState
 
 if TYPE_CHECKING:
     from tandem.config import Config
@@ -104,6 +105,35 @@ class DcsFencer:
                 return False
         log.info("fence-peer: %s recorded Outdated for %s in the DCS", self.peer, self.resource)
         return True
+
+    async def _unfence(self, in_sync: Callable[[], bool]) -> bool:
+        try:
+            view = await self._dcs.load()
+            if view.leader is None or view.leader.node != self.node:
+                return False
+            record = view.volume(self.resource)
+            if record is None or record.disk(self.peer) in (None, DiskState.UP_TO_DATE):
+                return False
+            # Asked only now, after the record was read: a fence of a later loss runs
+            # after this call (the lock) and writes over it; a compare-and-set on the
+            # record's revision refuses this write if anything else wrote since.
+            if not in_sync():
+                return False
+            return await self._dcs.set_volume_state(record.with_disk(self.peer, DiskState.UP_TO_DATE),
+                                                    view.leader)
+        finally:
+            await self._dcs.close()
+
+    def unfence(self, in_sync: Callable[[], bool]) -> bool:
+        """Record the peer's disk UpToDate again, if the record says otherwise, this node
+        holds the leader key and `in_sync()` (asked after the record was read) says the
+        peer has every write: DRBD's unfence-peer after a resync. True if written."""
+        with self._lock:
+            try:
+                return self._loop.run_until_complete(self._unfence(in_sync))
+            except DCSError as e:
+                log.warning("unfence-peer: %s", e)
+                return False
 
     def close(self) -> None:
         with self._lock:

@@ -292,6 +292,8 @@ class Replicator:
                               f" {spec.size}")
         self.bitmap = self.meta.bitmap
         self.store = BackingStore(spec.backing, spec.size, on_failure=self._disk_failed)
+        #: our disk failed while an UpToDate peer took every write (see _peer_has_every_write)
+        self._failed_while_peer_had_all = False
         self.crashed_primary = self.meta.crashed_primary
         self.al = ActivityLog(st.al_slots, st.al_extent_size)
         if self.crashed_primary:
@@ -803,6 +805,7 @@ class Replicator:
                     was = st.disk
                     if peer_has_all and was is DiskState.UP_TO_DATE:
                         was = DiskState.OUTDATED
+                    self._failed_while_peer_had_all = peer_has_all
                     self.meta.update(disk=DiskState.FAILED, failed_from=was)
                 else:
                     self.meta.persist()
@@ -815,6 +818,42 @@ class Replicator:
         link = self.link
         if link is not None:
             threading.Thread(target=link.disconnect, args=("peer disk failed",), daemon=True).start()
+        if peer_has_all:
+            self._unfence_soon("this disk failed while the peer took every write")
+
+    # ================================================================ unfence
+    def _unfence_soon(self, why: str) -> None:
+        """Record the peer UpToDate again in the cluster's record, if it says otherwise
+        (DRBD's after-resync unfence-peer handler): a fence that landed after the peer
+        came back, or one whose resync has finished since, left the peer recorded
+        Outdated, and only the leader's agent rewrote it, while it leads. In torture
+        184:34 it was stepping down (a paused volume daemon), this disk then failed,
+        the peer adopted the stale record as its own fence, and neither disk could be
+        promoted although the peer had every write. The fence hook decides under its
+        own lock, after reading the record, with `_peer_has_every_write`: a later fence
+        always writes after it."""
+        unfence = getattr(self.fence_peer, "unfence", None)
+        if unfence is None or self.role is not Role.PRIMARY:
+            return
+
+        def run() -> None:
+            try:
+                if unfence(self._peer_has_every_write):
+                    log.info("unfence-peer: %s recorded UpToDate again (%s)", self.spec.peer, why)
+            except Exception as e:  # the agent's record, while it leads, is the fallback
+                log.warning("unfence-peer failed: %s", e)
+
+        threading.Thread(target=run, daemon=True, name="unfence-peer").start()
+
+    def _peer_has_every_write(self) -> bool:
+        """Whether the peer's disk may be recorded UpToDate now: it is linked, in sync and
+        no fence is pending, or our disk failed while it took every write (no write
+        completes on this node since)."""
+        if self._fencing is not None:
+            return False
+        if self.store.failed is not None:
+            return self._failed_while_peer_had_all
+        return self._peer_up_to_date_and_linked()
 
     # ================================================================ role changes
     def promote(self, force: bool = False, peer_outdated: bool = False,
@@ -1168,6 +1207,7 @@ class Replicator:
             self.store.pread(off, min(1 << 20, self.spec.size - off))  # OSError: still failing
         with self.meta_lock:
             self.meta.update(disk=st.failed_from or DiskState.OUTDATED, failed_from=None)
+            self._failed_while_peer_had_all = False
         log.warning("disk attached again as %s (it had failed)", self.meta.state.disk)
         self.reconnect("disk attached")
 
@@ -1686,6 +1726,7 @@ class Replicator:
             # The fence landed after the peer came back: its disk state is what the new
             # connection says (resync), not the Outdated the fence recorded.
             log.info("peer fenced, but it is connected again: its state comes from the link")
+            self._unfence_soon("the fence landed after it came back")
         if self._held_by_operator or self._lease_held_io:
             log.info("peer fenced (marked Outdated); I/O stays suspended: %s", self.suspended_reason)
         else:
@@ -1826,6 +1867,7 @@ class Replicator:
                         " meanwhile stay for the next resync", self.bitmap.weight)
         else:
             log.info("resync finished (source)")
+            self._unfence_soon("resynced")
 
     def _start_target(self, link: Link, source: wire.StateExchange) -> None:
         with self.meta_lock:
