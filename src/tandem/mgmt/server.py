@@ -216,11 +216,12 @@ class MgmtServer:
             except web.HTTPRequestEntityTooLarge:
                 raise ApiError(PARAM_ERROR, f"request too large: the limit is {limit} bytes of parameters"
                                ) from None
-            except (ValueError, LookupError, HttpProcessingError):
+            except (ValueError, LookupError, HttpProcessingError, RuntimeError):
                 # Bytes that are not in the declared charset (UnicodeDecodeError), a charset
                 # Python does not know (LookupError), multipart without a boundary or cut
-                # short (ValueError), a part's broken header (InvalidHeader): the
-                # client's mistake, not ours.
+                # short (ValueError), a part's broken header (InvalidHeader), a part's
+                # unknown transfer encoding or a too long _charset_ (aiohttp's
+                # RuntimeError): the client's mistake, not ours.
                 raise ApiError(PARAM_ERROR, "request body is not valid form data (send"
                                             " application/x-www-form-urlencoded in UTF-8)") from None
             for key, value in form.items():
