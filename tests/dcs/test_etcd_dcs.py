@@ -380,3 +380,31 @@ def test_an_api_vip_key_found_ours_without_a_claim_seen_to_win_waits_the_takeove
             await b._txn("node1's key", [], [tx.Put(key, encode({"node": "node1"}))])
             assert not await c._claim(agent)
     run(scenario())
+
+
+def test_late_failures_on_a_hung_members_channel_do_not_move_past_the_healthy_ones(etcd_ok, cluster_name):
+    """Three calls in flight on a hung member (the agent's read, a clone claim, a lease
+    look) fail one after the other. Each failure dropped whatever channel was current
+    and moved to the next endpoint: the second dropped the fresh channel to node2 (and
+    cancelled what ran on it, a lease renewal), the third moved back to the hung member,
+    and the next call timed out there again (review 23). Only the first moves on now."""
+    lab = etcd_ok.lab
+
+    async def scenario():
+        async with session(etcd_ok, cluster_name, "node1", hosts=("node1", "node2", "witness"),
+                           op_timeout=0.5) as a:
+            assert (await a.load()).cluster == cluster_name  # the channel to node1 is open
+            lab.faults.pause("node1", etcd_ok.proc)
+            try:
+                async def one(delay: float) -> None:
+                    await asyncio.sleep(delay)
+                    with pytest.raises(DCSError):
+                        await a.load()
+                await asyncio.gather(one(0.0), one(0.1), one(0.2))
+                assert a.endpoint == etcd_ok.endpoint("node2"), a.endpoint
+                t = mono()
+                assert (await a.load()).cluster == cluster_name
+                assert mono() - t < 0.5, "the next call went to the hung member"
+            finally:
+                lab.faults.resume("node1", etcd_ok.proc)
+    run(scenario())

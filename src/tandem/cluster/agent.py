@@ -256,6 +256,7 @@ class Agent:
         """Await a DCS call for at most op_timeout + 0.2 s (or `limit`), whatever it
         does: asyncio's wait_for waits for a cancelled gRPC call to unwind, which can
         take long."""
+        channel = self.dcs._client  # None: the call opens one (then it is the current one)
         task = asyncio.ensure_future(coro)
         timeout = self.cfg.etcd.op_timeout + 0.2
         if limit is not None:
@@ -267,7 +268,7 @@ class Agent:
             return task.result()
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        await self.dcs._drop_client()
+        await self.dcs._drop_client(channel)
         raise DCSError(f"etcd: {what} did not return within {timeout:.2f} s")
 
     def lease_left(self) -> float | None:

@@ -120,10 +120,19 @@ class EtcdDCS(DCS):
         return aetcd.Client(host=host, port=int(port), timeout=timeout,  # type: ignore[arg-type]
                             options=dict(_CHANNEL_OPTIONS))
 
-    async def _drop_client(self) -> None:
+    async def _drop_client(self, failed: aetcd.Client | None = None) -> None:
         """Forget the current channel and move to the next endpoint. The old
         channel is closed in the background: a gRPC close can ignore
-        cancellation for a long time, and no caller may wait for it."""
+        cancellation for a long time, and no caller may wait for it.
+
+        `failed`: the channel the failed call used. If it is no longer the current
+        one, it was dropped already and the current one is a fresh channel to the
+        next member: a late failure on the old one must not drop it (nor cancel the
+        calls in flight on it), nor move on again. Three calls timing out one after
+        the other on a hung member moved the index past both healthy members and
+        back to the hung one (review 23)."""
+        if failed is not None and failed is not self._client:
+            return
         client, self._client = self._client, None
         self._current = (self._current + 1) % len(self.endpoints)
         if client is not None:
@@ -134,16 +143,16 @@ class EtcdDCS(DCS):
         """Run one etcd request within op_timeout; map every failure to DCSError."""
         if self._client is None:
             self._client = self._new_client(self.endpoint, self.op_timeout)
-        endpoint = self.endpoint
+        endpoint, client = self.endpoint, self._client
         try:
-            return await asyncio.wait_for(fn(self._client), self.op_timeout)
+            return await asyncio.wait_for(fn(client), self.op_timeout)
         except _CONNECTIVITY as e:
-            await self._drop_client()
+            await self._drop_client(client)
             raise DCSError(f"etcd {endpoint}: {what} failed: {_reason(e)}") from e
         except aetcd.exceptions.ClientError as e:
             raise DCSError(f"etcd {endpoint}: {what} refused: {_reason(e)}") from e
         except Exception as e:  # gRPC surfaces some failures raw: the contract says DCSError
-            await self._drop_client()
+            await self._drop_client(client)
             raise DCSError(f"etcd {endpoint}: {what} failed: {type(e).__name__}: {_reason(e)}") from e
         except asyncio.CancelledError:
             # gRPC cancels calls whose channel was closed (by another caller's
@@ -151,7 +160,7 @@ class EtcdDCS(DCS):
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
-            await self._drop_client()
+            await self._drop_client(client)
             raise DCSError(f"etcd {endpoint}: {what} failed: call cancelled (channel closed)") from None
 
     async def close(self) -> None:
