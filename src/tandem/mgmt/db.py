@@ -168,6 +168,12 @@ class Database:
         self.io_timeout = io_timeout
         self._idle: queue.LifoQueue[pymysql.connections.Connection] = queue.LifoQueue()
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="tandem-db")
+        #: the job manager's heartbeat and takeover, apart from the requests' work: behind
+        #: a queue of API calls (a flood of logins, each a durable write, or calls waiting
+        #: on a paused peer's row locks) the beat came late enough for the server to
+        #: fence itself and its peers to take its jobs over (review 23). One thread for
+        #: the beat, one for takeover and housekeeping.
+        self._lease_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tandem-db-lease")
         self._lock = threading.Lock()
         self.retries = 0  # connection-level retries so far, for tests and status
 
@@ -221,6 +227,7 @@ class Database:
             with contextlib.suppress(Exception):  # closing a broken connection
                 conn.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._lease_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the retry loop ------------------------------------------------------------
     def _attempts(self, what: str):
@@ -327,12 +334,15 @@ class Database:
                                            " been made") from None
 
     # -- asyncio face ----------------------------------------------------------------
-    async def read(self, fn: Callable[[Cursor], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.read_sync, fn)
+    async def read(self, fn: Callable[[Cursor], T], *, lease: bool = False) -> T:
+        """`lease`: the job manager's heartbeat and takeover lane (see __init__)."""
+        pool = self._lease_executor if lease else self._executor
+        return await asyncio.get_running_loop().run_in_executor(pool, self.read_sync, fn)
 
-    async def write(self, fn: Callable[[Cursor], T], *, idempotent: bool = False) -> T:
+    async def write(self, fn: Callable[[Cursor], T], *, idempotent: bool = False, lease: bool = False) -> T:
+        pool = self._lease_executor if lease else self._executor
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self.write_sync(fn, idempotent=idempotent))
+        return await loop.run_in_executor(pool, lambda: self.write_sync(fn, idempotent=idempotent))
 
     async def ping(self, timeout: float = 1.0) -> bool:
         """One quick probe without retries: is the database answering right now?"""

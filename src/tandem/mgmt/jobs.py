@@ -246,7 +246,7 @@ class JobManager:
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
         started = time.monotonic()
-        await self.db.write(self._register, idempotent=True)
+        await self.db.write(self._register, idempotent=True, lease=True)
         self.lease.beat_done(started, time.monotonic())
         self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                        asyncio.create_task(self._takeover_loop(), name="takeover"),
@@ -287,7 +287,7 @@ class JobManager:
             started = time.monotonic()
             self.lease.beat_begun(started)
             try:
-                await self.db.write(self._beat, idempotent=True)
+                await self.db.write(self._beat, idempotent=True, lease=True)
                 self.lease.beat_done(started, time.monotonic())
             except Exception as e:
                 self.lease.beat_failed()
@@ -307,12 +307,12 @@ class JobManager:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 if self.lease.may_take_over(time.monotonic()):
-                    taken = await self.db.write(self._take_over, idempotent=True)
+                    taken = await self.db.write(self._take_over, idempotent=True, lease=True)
                     if taken:
                         log.warning("took over %d pending job(s) of dead management server(s)", taken)
                         self._wake.set()
                 if time.monotonic() >= self._next_housekeeping:
-                    await self.db.write(self._housekeeping, idempotent=True)
+                    await self.db.write(self._housekeeping, idempotent=True, lease=True)
                     self._next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
             except DbUnavailable as e:
                 log.warning("takeover of dead servers' jobs failed, trying again: %s", e)
