@@ -165,3 +165,40 @@ def test_a_restarted_server_does_not_fail_a_job_whose_earlier_run_reached_the_ho
     assert result["jobresult"]["virtualmachine"]["state"] == "Stopped"
     assert [e["op"] for e in _exactly_once(host) if e["request_id"] == job] == ["stop"]
     assert host.stats()["replayed"] >= 1
+
+
+FAILING_MARK_SENT = """
+CREATE TRIGGER fail_mark_sent BEFORE UPDATE ON async_job FOR EACH ROW BEGIN
+  IF NEW.host_sent <> OLD.host_sent THEN
+    SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'simulated failure before the host request';
+  END IF;
+END
+"""
+
+
+def _vm_state(api: Api, vm: str) -> str:
+    return api("listVirtualMachines", id=vm)["virtualmachine"][0]["state"]
+
+
+def test_a_job_that_fails_after_its_transitional_state_leaves_the_vm_usable(procs, mariadb, database):
+    """Review 23: a stop (or expunge) commits its transitional state (Stopping,
+    Expunging), then fails on a path that repaired nothing (here the write that marks
+    the host request as sent fails with an error that is not worth repeating): the VM
+    stayed Stopping, and an Expunging one refused every later command, for good. The
+    host never saw this request, so the VM is what it was; the next stop works."""
+    host = SimHostProc(procs)
+    api, vm, _ = _running_vm(procs, mariadb, database, host)
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        cur.execute(f"USE `{database}`")
+        cur.execute(FAILING_MARK_SENT)
+    try:
+        result = api.wait_job(api("stopVirtualMachine", id=vm)["jobid"], timeout=30)
+        assert result["jobstatus"] == 2, result
+        assert _vm_state(api, vm) == "Running", "left in its transitional state"
+    finally:
+        with mariadb.root_conn() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP TRIGGER IF EXISTS `{database}`.fail_mark_sent")
+    result = api.wait_job(api("stopVirtualMachine", id=vm)["jobid"], timeout=30)
+    assert result["jobstatus"] == 1, result
+    assert _vm_state(api, vm) == "Stopped" and host.vms()[vm]["state"] == "Stopped"
+    _exactly_once(host)

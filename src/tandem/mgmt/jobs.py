@@ -117,6 +117,9 @@ class JobContext:
         self.confirmed_at: float | None = None  #: when a guarded write last proved the job ours
         self.maybe_delivered = False  #: a request of this run may have reached the host
         self._marked = job.host_sent  #: host_sent is set in the job row
+        #: what a failure of this job must repair with it (a handler that committed a
+        #: transitional state sets it): every path that fails the job uses it
+        self.repair_on_failure: Callable[[], Callable[[Cursor], None] | None] | None = None
 
     @property
     def maybe_applied(self) -> bool:
@@ -440,8 +443,10 @@ class JobManager:
         return f"{text}; outcome on the host unknown after {time.monotonic() - u.since:.0f} s of retries"
 
     async def _fail_quietly(self, ctx: JobContext, error: ApiError) -> None:
+        """Fail the job with the handler's repair (a VM left in a transitional state such
+        as Expunging refused every later command, for good: review 23)."""
         try:
-            await ctx.fail(error)
+            await ctx.fail(error, ctx.repair_on_failure() if ctx.repair_on_failure else None)
         except LostJob:
             pass
         except Exception:

@@ -52,6 +52,12 @@ async def run_plan(ctx: JobContext, command: str, spec: dict[str, Any] | None = 
         return
     after = p.after
     if p.host_op is not None:
+        if p.during is not None:
+            # A failure from here on (a database error, an unknown outcome given up on)
+            # leaves the VM as it was if the host surely never saw the request, in
+            # Error otherwise (or when an earlier run left the transitional state).
+            ctx.repair_on_failure = lambda: _set_state(
+                vm_id, state if state != p.during and not ctx.maybe_applied else VmState.ERROR)
         if p.during is not None and p.during != state:
             await ctx.write(_set_state(vm_id, p.during))
         try:
