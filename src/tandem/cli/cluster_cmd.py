@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from tandem.config import Config, etcd_endpoints, etcd_tls, load_config
+from tandem.dcs.base import DCSError
 from tandem.errors import TandemError
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="cluster config (default $TANDEM_CONFIG"
@@ -160,11 +161,22 @@ def failover(config: Path = ConfigOpt, to: str = typer.Option(..., "--to")) -> N
 
 
 def _with_dcs(cfg: Config, request) -> None:
-    """Run one operator request (an async function of the DCS client), then close."""
+    """Run one operator request (an async function of the DCS client), then close.
+
+    The requests that come here set or clear one key: doing one twice is harmless, so
+    a failure on one etcd member is tried again on the next (the client has moved on).
+    A TLS handshake cut short on the local member under load failed `unstandby` once,
+    although the other two members answered (a lab test's set-up, session 23)."""
     async def go():
         dcs = _dcs(cfg)
         try:
-            await request(dcs)
+            for attempt in range(len(dcs.endpoints)):
+                try:
+                    await request(dcs)
+                    return
+                except DCSError:  # a DCS that cannot be reached: the CLI prints its one line
+                    if attempt == len(dcs.endpoints) - 1:
+                        raise
         finally:
             await dcs.close()
     asyncio.run(go())
