@@ -112,30 +112,46 @@ def test_the_volume_daemons_fencer_passes_over_a_paused_member_and_remembers_it(
 
 
 def test_the_volume_daemons_unfence_records_the_peer_up_to_date_again_only_when_safe(etcd_ok, cluster_name):
-    """After a resync (or a fence that landed once the peer was back), the leader's
-    volume records its peer UpToDate again: a stale Outdated left behind while the
-    leader's agent was stepping down was adopted by the peer as its own fence, and
-    no disk could be promoted (torture 184:34). Only for the key's holder, only while
-    the replicator (asked after the record is read) says the peer has every write,
-    and a fence that comes after it wins."""
+    """After a resync (or a fence that landed once the peer was back), the Primary's
+    volume records its peer UpToDate again: a stale Outdated left behind was adopted
+    by the peer as its own fence, and no disk could be promoted (torture 184:34). Only
+    while the replicator (asked after the record is read) says the peer has every
+    write; a fence that comes after it wins, also one that lands between its read and
+    its write. Not only as the leader key's holder: with the key expired under a
+    paused agent, the Primary was the only one that knew (simulation seed 185)."""
+    import threading
+
     async def lead():
         async with session(etcd_ok, cluster_name, "node1", ttl=30) as a:
             return await a.attempt_to_acquire_leader(await a.load())
     assert run(lead()) is not None
     eps = [etcd_ok.endpoint(h) for h in ("node1", "node2", "witness")]
     fencer = DcsFencer(cluster_name, "node1", "node2", "db", eps, 2.0, etcd_ok.members["node1"].tls)
-    not_leader = DcsFencer(cluster_name, "node2", "node1", "db", eps, 2.0, etcd_ok.members["node2"].tls)
+    other = DcsFencer(cluster_name, "node2", "node1", "db", eps, 2.0, etcd_ok.members["node2"].tls)
+    racing = DcsFencer(cluster_name, "node1", "node2", "db", eps, 2.0, etcd_ok.members["node1"].tls)
 
     async def disk(node: str):
         async with session(etcd_ok, cluster_name, "witness") as w:
             vol = (await w.load()).volume("db")
             return vol and vol.disk(node)
 
+    async def release():
+        async with session(etcd_ok, cluster_name, "witness") as w:
+            view = await w.load()
+            assert view.leader is not None and await w.release_leader(view.leader)
+
     asked = []
 
-    def in_sync(answer: bool):
+    def in_sync(*answers: bool, meanwhile=None):
+        left = list(answers)
+
         def ask() -> bool:
+            answer = left.pop(0) if len(left) > 1 else left[0]
             asked.append(answer)
+            if meanwhile is not None and len(asked) == 2:  # the first ask of this call
+                t = threading.Thread(target=meanwhile)  # its own event loop: this one runs
+                t.start()
+                t.join(30)
             return answer
         return ask
 
@@ -145,11 +161,20 @@ def test_the_volume_daemons_unfence_records_the_peer_up_to_date_again_only_when_
         assert run(disk("node2")) is DiskState.OUTDATED
         assert not fencer.unfence(in_sync(False)) and asked == [False]
         assert run(disk("node2")) is DiskState.OUTDATED, "not in sync: the fence stays"
-        assert not not_leader.unfence(in_sync(True)) and asked == [False], "only the key's holder"
-        assert fencer.unfence(in_sync(True)) and asked == [False, True]
+        assert not other.unfence(in_sync(True)) and asked == [False], "its peer is not fenced"
+        # A fence landing after the read, before the write: the compare-and-set refuses,
+        # and the record is read again (then the peer is gone: nothing is written).
+        assert not fencer.unfence(in_sync(True, False, meanwhile=racing))
+        assert asked == [False, True, False]
+        assert run(disk("node2")) is DiskState.OUTDATED, "the fence that came later stays"
+        # Without the leader key (an agent paused or stepping down), still unfenced.
+        run(release())
+        assert fencer.unfence(in_sync(True)) and asked == [False, True, False, True]
         assert run(disk("node2")) is DiskState.UP_TO_DATE
-        assert not fencer.unfence(in_sync(True)) and asked == [False, True], "already UpToDate"
+        assert not fencer.unfence(in_sync(True)) and len(asked) == 4, "already UpToDate"
+        assert run(lead()) is not None
         assert fencer() and run(disk("node2")) is DiskState.OUTDATED, "a later fence writes over it"
     finally:
         fencer.close()
-        not_leader.close()
+        other.close()
+        racing.close()

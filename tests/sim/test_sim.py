@@ -11,13 +11,38 @@ from tandem.sim.world import Fault
 
 CI_SCHEDULES = 300
 
+#: Schedules that regression tests replay, as generate() made them before it knew
+#: the volume daemon's pause (vpause): a new fault kind changes every seed's draw.
+SCHEDULES = {
+    32: [Fault('link_cut', None, 6.11, 1.123), Fault('partition', 'node2', 6.225, 4.003),
+         Fault('partition', 'node1', 9.1, 3.267), Fault('link_cut', None, 15.214, 2.732)],
+    14518: [Fault('partition_up', 'node2', 10.388, 1.041), Fault('link_cut', None, 10.685, 5.844),
+            Fault('crash', 'node2', 13.165, 2.681), Fault('pause', 'node2', 17.859, 2.845)],
+    68805: [Fault('skew', 'node1', 0.0, 0.0, -0.0046), Fault('skew', 'node2', 0.0, 0.0, -0.0109),
+            Fault('crash', 'node1', 2.882, 0.584), Fault('disk_fail', 'node1', 9.632, 3.081),
+            Fault('link_cut', None, 10.545, 2.158), Fault('link_cut', None, 12.66, 5.005)],
+    87905: [Fault('skew', 'node2', 0.0, 0.0, -0.00548), Fault('link_cut', None, 7.856, 1.514),
+            Fault('partition_down', 'node2', 11.828, 0.621), Fault('partition_up', 'node1', 13.156, 4.771),
+            Fault('link_cut', None, 14.63, 5.901), Fault('partition', 'node1', 17.105, 1.96)],
+    102590: [Fault('skew', 'node2', 0.0, 0.0, 0.00727), Fault('partition', 'node2', 4.389, 3.784),
+             Fault('link_cut', None, 12.971, 2.929), Fault('partition_up', 'node1', 13.653, 3.618)],
+    107336: [Fault('pause', 'node1', 6.305, 1.035), Fault('switchover', None, 6.877, 0.0),
+             Fault('disk_fail', 'node1', 7.962, 2.42), Fault('partition_up', 'node2', 10.866, 3.719),
+             Fault('partition_up', 'node1', 12.603, 0.262), Fault('pause', 'node1', 17.946, 2.586)],
+    118244: [Fault('pause', 'node2', 4.351, 0.705), Fault('link_cut', None, 9.169, 3.721),
+             Fault('switchover', None, 14.792, 0.0), Fault('link_cut', None, 16.453, 0.856)],
+    1789: [Fault('partition', 'node2', 3.906, 0.334), Fault('partition_down', 'node1', 5.729, 0.929),
+           Fault('link_cut', None, 6.035, 4.107), Fault('partition_up', 'node2', 6.658, 4.777),
+           Fault('crash', 'node1', 9.64, 1.103)],
+}
+
 
 def test_ci_batch_has_no_violations():
     s = batch(CI_SCHEDULES, seed=1)
     assert s["schedules"] == CI_SCHEDULES
     assert not s["failing_seeds"], [str(v) for r in s["failures"] for v in r.violations][:5]
     assert set(s["faults"]) >= {"crash", "partition", "partition_up", "partition_down", "link_cut",
-                                "pause", "loss", "skew", "switchover", "disk_fail"}
+                                "pause", "vpause", "loss", "skew", "switchover", "disk_fail"}
     assert s["promotions"] > CI_SCHEDULES  # failovers really happen
     assert s["acked_writes"] > 100 * CI_SCHEDULES
     # its speed is `tandem sim`'s own report, never a test's assertion (a loaded machine)
@@ -52,8 +77,8 @@ def test_as_is_liveness_bug_and_its_fix():
     """Seed 32 (found by a batch): the agent DEMOTEs a node that holds the key but has no
     lease deadline yet while it is still Secondary; suspend-io closes I/O and secondary
     --force returns early, so the volume's later promotion blocks every write."""
-    assert {v.kind for v in run(32, as_is=True).violations} == {"liveness"}
-    assert run(32).ok
+    assert {v.kind for v in run(32, SCHEDULES[32], as_is=True).violations} == {"liveness"}
+    assert run(32, SCHEDULES[32]).ok
 
 
 def test_a_link_cut_with_a_dcs_partition_fails_over_without_losing_writes():
@@ -76,7 +101,7 @@ def test_as_is_two_writers_after_a_lease_regrant_and_its_fix():
     the key expires and node1 takes over. When the path heals, node2's lease loop is granted a
     new lease, treats its deadline as the leader's and pushes it as the write lease; the
     volume's set_write_lease() resumes I/O in the middle of the fence: two writers."""
-    faults = [generate(14518)[i] for i in (0, 1)]
+    faults = [SCHEDULES[14518][i] for i in (0, 1)]
     kinds = {v.kind for v in run(14518, faults, as_is=True).violations}
     # and then a lost write: the split brain the two writers made is resolved by the
     # policy, and one side's acknowledged writes go
@@ -94,7 +119,7 @@ def test_a_promotion_with_the_link_down_fences_the_peer_first(seed):
     and the agent re-reads the volume before it records (which closes the window in
     the model; the volume's side is tested on the real Replicator in
     tests/volume/test_replicator_safety.py)."""
-    r = run(seed)
+    r = run(seed, SCHEDULES[seed])
     assert r.ok, [str(v) for v in r.violations]
 
 
@@ -105,7 +130,7 @@ def test_a_promotion_refused_by_a_resync_is_no_node_failure():
     nobody was writable 8 s after the faults healed. A refusal by the volume's own
     state is no failure now, and the record is never written from a disk that is
     not UpToDate."""
-    r = run(118244)
+    r = run(118244, SCHEDULES[118244])
     assert r.ok, [str(v) for v in r.violations]
 
 
@@ -159,9 +184,64 @@ def test_the_split_brain_policy_ranked_by_memory_loses_writes_and_by_epoch_does_
     resync overwrite acknowledged writes; ranked by the persisted epoch of each side's
     latest promotion (and never keeping an Outdated disk), the same schedule loses
     nothing. Seed 1789 is the first of seeds 1..3000 that breaks the old rule."""
-    bad = run(1789, variant="policy_by_memory")
+    bad = run(1789, SCHEDULES[1789], variant="policy_by_memory")
     assert any(v.kind == "lost_write" and "overwrote" in v.detail for v in bad.violations), \
         [str(v) for v in bad.violations]
     assert "resolved by discard-least-recent-primary" in "\n".join(bad.trace)
-    good = run(1789)
+    good = run(1789, SCHEDULES[1789])
     assert good.ok, [str(v) for v in good.violations]
+
+
+#: Simulation seed 185, found by the first batch that paused volume daemons.
+SEED_185 = [Fault("pause", "node2", 11.777, 2.909), Fault("vpause", "node1", 11.804, 2.302),
+            Fault("disk_fail", "node2", 14.778, 5.813)]
+
+
+@pytest.mark.parametrize("variant", ["unfence_as_leader", "no_unfence"])
+def test_a_stale_fence_is_undone_by_the_primary_that_resynced_its_peer(variant):
+    """Seed 185: node2 (Primary) fenced node1, whose volume daemon was paused; node2's
+    agent was paused too, so its key expired. When node1's daemon resumed, node2
+    resynced it, but its unfence-peer, allowed only under the leader key (session
+    23's rule), did nothing; node2's disk then failed, node1 adopted the stale
+    Outdated as its own fence, and no disk could be promoted although node1 had
+    every write. The unfence now needs no leadership: a compare-and-set on the
+    record, after which any fence writes a newer revision."""
+    bad = run(185, SEED_185, variant=variant)
+    assert {v.kind for v in bad.violations} == {"liveness", "redundancy"}, [str(v) for v in bad.violations]
+    good = run(185, SEED_185)
+    assert good.ok, [str(v) for v in good.violations]
+    assert any("unfence-peer: node1 recorded UpToDate again (resynced)" in ln for ln in good.trace)
+
+
+def test_a_short_volume_daemon_pause_on_the_primary_moves_nothing():
+    """agent.VOLUME_STATUS_GRACE in the model: a primary decides on the volume's last
+    status for 2.5 s while status calls time out, so a 1.5 s pause of its volume daemon
+    (peer's link dropped by the ping timeout, a fence, a resync after) is no failover;
+    without the grace, the first 1 s timeout makes the leader step down."""
+    from tandem.cluster.agent import VOLUME_STATUS_GRACE
+    from tandem.sim import agent as sim_agent
+    assert sim_agent.VOLUME_STATUS_GRACE == VOLUME_STATUS_GRACE
+    faults = [Fault("vpause", "node1", 5.0, 1.5)]  # seed 1: node1 leads
+    calm = run(1, faults)
+    assert calm.ok and calm.promotions == 1, [str(v) for v in calm.violations]
+    assert any("ping timeout (node1's volume daemon is silent)" in ln for ln in calm.trace)
+    jumpy = run(1, faults, variant="no_status_grace")
+    assert jumpy.ok and jumpy.promotions > 1
+
+
+def test_the_agents_volume_call_timeouts_are_the_real_ones():
+    from tandem.cluster import agent as real
+    from tandem.sim import agent as sim_agent
+    src = __import__("inspect").getsource(real.Agent)
+    for name, value in (("STATUS_TIMEOUT", '"status", timeout=1.0'),
+                        ("LEASE_PUSH_TIMEOUT", "_push_write_lease(self, timeout: float = 0.5)"),
+                        ("FORCE_TIMEOUT", '"secondary", timeout=5.0, force=True')):
+        assert value in src, name
+    sim = (sim_agent.STATUS_TIMEOUT, sim_agent.LEASE_PUSH_TIMEOUT, sim_agent.FORCE_TIMEOUT)
+    assert sim == (1.0, 0.5, 5.0)
+
+
+def test_the_unfence_retries_as_the_daemon_does():
+    from tandem.sim import agent as sim_agent
+    from tandem.volume import replicator
+    assert sim_agent.UNFENCE_ATTEMPTS == replicator.UNFENCE_ATTEMPTS

@@ -1063,6 +1063,36 @@ def test_a_disk_that_fails_while_the_peer_takes_every_write_has_the_peer_recorde
         _close(rep, rep.link, theirs)
 
 
+def test_a_secondary_unfences_too_and_tries_again_while_the_dcs_does_not_answer(tmp_path):
+    """Simulation seeds 3451 and 5236: the source of a resync (demoted meanwhile) or a
+    Secondary whose disk failed while its UpToDate peer was linked is as sure that the
+    peer has every write as a Primary, and may be the only node left that knows; and
+    the DCS may not answer at that moment (the node cut off from it): the daemon tries
+    again, 0.1 s to 1 s apart, while the peer still has every write."""
+    from tandem.dcs.base import DCSError
+
+    class Flaky(_Hook):
+        def unfence(self, in_sync) -> bool:
+            if len(self.unfenced) < 2:
+                self.unfenced.append(False)
+                raise DCSError("etcd: read did not return within 0.70 s")
+            return super().unfence(in_sync)
+
+    rep = make_replicator(tmp_path)
+    hook = Flaky()
+    rep.fence_peer = hook
+    link, peer, theirs = _connected(rep)
+    try:
+        assert rep.role is Role.SECONDARY and rep._peer_has_every_write()
+        rep.store.inject_errors([(0, SIZE)])
+        with pytest.raises(OSError):
+            rep.store.pwrite(0, b"x" * BLOCK)  # as the receiver applying a replicated write
+        assert hook.called.wait(5), "no unfence after the disk failed"
+        assert hook.unfenced == [False, False, True] and hook.fences == 0
+    finally:
+        _close(rep, rep.link, theirs)
+
+
 def test_a_disk_that_fails_without_the_peer_unfences_nothing(tmp_path):
     rep = make_replicator(tmp_path)
     hook = _Hook()

@@ -108,32 +108,31 @@ class DcsFencer:
 
     async def _unfence(self, in_sync: Callable[[], bool]) -> bool:
         try:
-            view = await self._dcs.load()
-            if view.leader is None or view.leader.node != self.node:
-                return False
-            record = view.volume(self.resource)
-            if record is None or record.disk(self.peer) in (None, DiskState.UP_TO_DATE):
-                return False
-            # Asked only now, after the record was read: a fence of a later loss runs
-            # after this call (the lock) and writes over it; a compare-and-set on the
-            # record's revision refuses this write if anything else wrote since.
-            if not in_sync():
-                return False
-            return await self._dcs.set_volume_state(record.with_disk(self.peer, DiskState.UP_TO_DATE),
-                                                    view.leader)
+            for _ in range(3):  # the record changed between the read and the write: again
+                view = await self._dcs.load()
+                record = view.volume(self.resource)
+                if record is None or record.disk(self.peer) in (None, DiskState.UP_TO_DATE):
+                    return False
+                # Asked only now, after the record was read: a fence of a later loss runs
+                # after this call (the lock) and writes over it; a compare-and-set on the
+                # record's revision refuses this write if anything else wrote since.
+                if not in_sync():
+                    return False
+                if await self._dcs.clear_volume_fence(record.with_disk(self.peer, DiskState.UP_TO_DATE)):
+                    return True
+            return False
         finally:
             await self._dcs.close()
 
     def unfence(self, in_sync: Callable[[], bool]) -> bool:
-        """Record the peer's disk UpToDate again, if the record says otherwise, this node
-        holds the leader key and `in_sync()` (asked after the record was read) says the
-        peer has every write: DRBD's unfence-peer after a resync. True if written."""
+        """Record the peer's disk UpToDate again, if the record says otherwise and
+        `in_sync()` (asked after the record was read) says the peer has every write:
+        DRBD's unfence-peer after a resync. Not only as the leader key's holder: a
+        Primary whose agent is paused or stepping down may be the only node that knows
+        (see DCS.clear_volume_fence). True if written, False if there was nothing to
+        write; DCSError if the DCS did not answer (the caller tries again)."""
         with self._lock:
-            try:
-                return self._loop.run_until_complete(self._unfence(in_sync))
-            except DCSError as e:
-                log.warning("unfence-peer: %s", e)
-                return False
+            return self._loop.run_until_complete(self._unfence(in_sync))
 
     def close(self) -> None:
         with self._lock:

@@ -172,6 +172,18 @@ class DCS(ABC):
         here ("peer Outdated" recorded under its own leadership) before it
         completes writes; otherwise its I/O stays suspended."""
 
+    @abstractmethod
+    async def clear_volume_fence(self, state: VolumeState) -> bool:
+        """Write a volume record with a compare-and-set on `state.revision` alone, under
+        no leader key: the volume daemon's unfence-peer, which records its peer
+        UpToDate again once the link says the peer has every write. Any later fence
+        writes a newer revision (a fence always writes), so it cannot be undone by
+        an unfence that read before it; and the unfence must not wait for leadership:
+        a Primary whose agent is paused or stepping down is the only one that knows
+        its peer is in sync again (simulation seed 185: the stale Outdated was
+        adopted by the peer, and after the Primary's disk failed no disk could be
+        promoted). False if the record changed since it was read."""
+
     async def mark_peer_outdated(self, resource: str, peer: str, leader: Leader,
                                  attempts: int = 3, view: ClusterView | None = None) -> bool:
         """Record `peer`'s disk as Outdated for `resource`, under `leader`.

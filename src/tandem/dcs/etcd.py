@@ -332,6 +332,12 @@ class EtcdDCS(DCS):
                                    [tx.Put(key, encode(state.to_value()))])
         return ok
 
+    async def clear_volume_fence(self, state: VolumeState) -> bool:
+        key = self.keys.volume(state.resource).encode()
+        ok, _, _ = await self._txn(f"unfence volume {state.resource}", [tx.Mod(key) == state.revision],
+                                   [tx.Put(key, encode(state.to_value()))])
+        return ok
+
     async def append_history(self, entry: HistoryEntry, leader: Leader) -> bool:
         key = self.keys.history.encode()
         got = await self._call("read history", lambda c: c.get(key))

@@ -6,8 +6,10 @@ Two coroutines per agent process, as in the real driver: the lease loop
 and the main loop (wait for a watch wake-up or the interval, capped at the
 lease deadline minus margin; then one cycle: load, volume status, decide,
 act, publish the member key). The watch task is the world delivering a wake-up
-over the node's network for every DCS change. Volume control calls are local
-and instant. Resources other than the volume start and stop instantly.
+over the node's network for every DCS change. Volume control calls are local and
+instant, unless the volume daemon is paused: then they wait, up to the real call's
+timeout, and one that times out still runs when the daemon resumes (it waits in
+the socket). Resources other than the volume start and stop instantly.
 
 ``Variant`` switches break the agent on purpose, so tests can prove the
 checker catches it; ``fence_loop`` is the volume's fence-peer hook (the daemon's DCS fencer
@@ -20,7 +22,7 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING
 
-from tandem.cluster.decide import decide, fence_to_adopt
+from tandem.cluster.decide import decide, fence_to_adopt, leader_volume_record
 from tandem.cluster.penalty import FailurePenalty
 from tandem.cluster.view import Action, Decision, LocalState
 from tandem.dcs.base import DCSError
@@ -35,9 +37,15 @@ if TYPE_CHECKING:
 
 RESOURCE = "db"
 TTL, OP_TIMEOUT, INTERVAL, MARGIN, MONITOR_INTERVAL = 1.0, 0.5, 0.25, 0.3, 1.0
+#: agent.py's control-call timeouts (status, write-lease push, outdate and suspend-io,
+#: forced secondary) and VOLUME_STATUS_GRACE (a test keeps them equal)
+STATUS_TIMEOUT, LEASE_PUSH_TIMEOUT, CALL_TIMEOUT, FORCE_TIMEOUT, STOP_TIMEOUT = 1.0, 0.5, 1.0, 5.0, 15.0
+VOLUME_STATUS_GRACE = 2.5
+TIMED_OUT = object()  #: what a control call to a paused volume daemon returns
+UNFENCE_ATTEMPTS = 20  #: replicator.UNFENCE_ATTEMPTS (a test keeps them equal)
 
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
-            "policy_by_memory")
+            "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace")
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -77,6 +85,7 @@ class SimAgent:
         self.primary = False
         self.healthy = True
         self.volume: dict | None = None
+        self._volume_seen: tuple[dict, float] | None = None  # the last status and when
         self.last: Decision | None = None
         self._last_monitor = 0.0
         self._start_failures = 0
@@ -115,17 +124,50 @@ class SimAgent:
                     self.lease_deadline = r.deadline
                     self.deadline_lease = self.dcs.lease_id
                     if self.primary:
-                        self._push_write_lease()
+                        yield from self._push_write_lease()
             except DCSError:
                 self.proc.set_wake()
             yield Sleep(max(0.0, period - (self.clock.now() - started)))
 
-    def _push_write_lease(self) -> None:
+    def _push_write_lease(self) -> Coro:
+        """True once the volume took it."""
         deadline = self.deadline()
         if deadline is None and "deadline_of_key_lease" in self.world.fixes:
-            return  # never push "no limit"; the old write lease runs out by itself
+            return False  # never push "no limit"; the old write lease runs out by itself
         until = None if deadline is None else deadline - self.margin
-        self.vol.set_write_lease(until)
+        got = yield from self._vcall(lambda: self.vol.set_write_lease(until), LEASE_PUSH_TIMEOUT)
+        return got is not TIMED_OUT
+
+    def _vcall(self, call, timeout: float, defer: bool = True) -> Coro:
+        """A control-socket call: its answer, or TIMED_OUT after `timeout` local seconds
+        of a paused daemon, which then runs it when it resumes (unless `defer` is False:
+        a status read)."""
+        vol, waited = self.vol, 0.0
+        while vol.daemon_paused and waited < timeout:
+            step = min(0.05, timeout - waited)
+            yield Sleep(step)
+            waited += step
+        if vol.daemon_paused:
+            if defer:
+                vol.deferred.append(call)
+            return TIMED_OUT
+        return call()
+
+    def _status(self) -> Coro:
+        """agent._volume_status: the status, or None if the daemon did not answer."""
+        st = yield from self._vcall(self.vol.status, STATUS_TIMEOUT, defer=False)
+        if st is TIMED_OUT:
+            return None
+        self._volume_seen = (st, self.clock.now())
+        return st
+
+    def _volume_for_decision(self) -> dict | None:
+        """agent._volume_for_decision: a primary decides on the last status for a while."""
+        if (self.volume is not None or not self.primary or self._volume_seen is None
+                or self.variant == "no_status_grace"):  # BROKEN: one timeout, a failover
+            return self.volume
+        status, at = self._volume_seen
+        return status if self.clock.now() - at < VOLUME_STATUS_GRACE else None
 
     def _main_loop(self) -> Coro:
         while True:
@@ -144,15 +186,17 @@ class SimAgent:
             self.view = yield from self.dcs.load()
         except DCSError:
             dcs_ok = False
-        self.volume = self.vol.status()
+        self.volume = yield from self._status()
         if dcs_ok and self.variant != "promote_outdated":  # BROKEN: it never reads the records
-            self._adopt_recorded_outdated()
+            yield from self._adopt_recorded_outdated()
         now = self.clock.now()
         if not self.healthy and not self.primary and self.penalty.served(now):
             self.healthy = True
-        disk = DiskState(self.volume["disk"])
-        local = LocalState(node=self.node, disk_state=disk, healthy=self.healthy, is_primary=self.primary,
-                           dcs_ok=dcs_ok, lease_deadline=self.deadline(), margin=self.margin)
+        seen = self._volume_for_decision()
+        disk = DiskState(seen["disk"]) if seen else None
+        local = LocalState(node=self.node, disk_state=disk, healthy=self.healthy and seen is not None,
+                           is_primary=self.primary, dcs_ok=dcs_ok, lease_deadline=self.deadline(),
+                           margin=self.margin)
         if ("key_on_my_lease" in self.world.fixes and dcs_ok and self.view.leader is not None
                 and self.view.leader.node == self.node and self.view.leader.lease != self.dcs.lease_id):
             self.log(f"the leader key is on lease {self.view.leader.lease}, not on this process's"
@@ -167,10 +211,10 @@ class SimAgent:
             self.leader = None
         if self.view.is_leader(self.node) and self.leader is None and self.view.leader:
             self.leader = self.view.leader
-        seen = self.view
+        view = self.view
         if self.variant == "promote_outdated":  # BROKEN: decide() never sees the volume records
-            seen = dataclasses.replace(seen, volumes=())
-        decision = decide(seen, local, now)
+            view = dataclasses.replace(view, volumes=())
+        decision = decide(view, local, now)
         if self.last is None or decision.reason != self.last.reason:
             self.log(f"{decision.action}: {decision.reason}")
         self.last = decision
@@ -179,13 +223,18 @@ class SimAgent:
             yield from self._publish()
         return decision
 
-    def _adopt_recorded_outdated(self) -> None:
+    def _adopt_recorded_outdated(self) -> Coro:
         """agent.py: mark the disk Outdated when the DCS records this node fenced."""
         self._record_rev_linked, adopt = fence_to_adopt(
             self.volume, self.view.volume(RESOURCE), self.node, self.primary, self._record_rev_linked)
-        if adopt and self.vol.outdate(unless_connected=True):
+        if not adopt:
+            return
+        marked = yield from self._vcall(lambda: self.vol.outdate(unless_connected=True), CALL_TIMEOUT)
+        if marked is TIMED_OUT:
+            return
+        self.volume = self.vol.status()  # the outdate call answers with the status
+        if marked:
             self.log("disk marked Outdated: the DCS records it so since the link was last up")
-            self.volume = self.vol.status()
 
     def _publish(self) -> Coro:
         v = self.volume or {}
@@ -213,8 +262,8 @@ class SimAgent:
         if a is Action.DEMOTE:
             yield from self._demote(d.reason)
         elif a is Action.FOLLOW:
-            if self.primary or (self.volume and self.volume.get("role") == "Primary"):
-                self._stop_group(d.reason, graceful=True)
+            if self.volume and self.volume.get("role") == "Primary":  # agent._stop_leftovers
+                yield from self._demote(f"{d.reason} (a Primary volume left without leadership)")
         elif a is Action.ACQUIRE:
             yield from self._acquire(d)
         elif a in (Action.PROMOTE, Action.LEAD):
@@ -245,16 +294,10 @@ class SimAgent:
     def _record_volume_state(self) -> Coro:
         if self.leader is None:
             return False
-        v = self.volume or {}
-        if v and v.get("disk") != "UpToDate":
-            return False
-        peer = v.get("peer") or {}
-        peer_ok = peer.get("connection") == "Connected" and peer.get("disk") == "UpToDate"
         current = self.view.volume(RESOURCE) or VolumeState.empty(RESOURCE)
-        want = current.with_disk(self.node, DiskState.UP_TO_DATE).with_disk(
-            self.peer, DiskState.UP_TO_DATE if peer_ok else
-            (current.disk(self.peer) if current.disk(self.peer) not in (None, DiskState.UP_TO_DATE)
-             else DiskState.OUTDATED))
+        want = leader_volume_record(self.volume, current, RESOURCE, self.node, self.peer)
+        if want is None:
+            return False
         if want.disks == current.disks:
             self._peer_recorded_outdated = want.disk(self.peer) is not DiskState.UP_TO_DATE
             return True
@@ -272,14 +315,27 @@ class SimAgent:
                 and (self.deadline() is None or self.deadline() - self.margin <= self.clock.now())):
             self.log("not promoting yet: no unexpired lease deadline")
             return
-        self.volume = self.vol.status()  # taking the key took DCS round trips
+        self.volume = yield from self._status()  # taking the key took DCS round trips
+        if self.volume is None:
+            self.log("not promoting yet: the volume daemon did not answer")
+            return
         if not (yield from self._record_volume_state()):
             return
-        self._push_write_lease()
+        if not (yield from self._push_write_lease()) and "deadline_of_key_lease" in self.world.fixes:
+            self.log("not promoting yet: the write lease was not pushed")
+            return
         self.primary = True
-        # the resource group: volume first, the rest instantly
-        err = self.vol.promote(peer_outdated=self._peer_recorded_outdated,
-                               epoch=self.leader.epoch if self.leader else None)
+        # the resource group: volume first, the rest instantly; waited for while the
+        # lease lasts (agent._within_lease), then abandoned with a demotion
+        deadline = self.deadline()
+        left = INTERVAL if deadline is None else deadline - self.margin - self.clock.now()
+        outdated, epoch = self._peer_recorded_outdated, self.leader.epoch if self.leader else None
+        err = yield from self._vcall(lambda: self.vol.promote(peer_outdated=outdated, epoch=epoch),
+                                     max(0.0, left))
+        if err is TIMED_OUT:
+            self.log("promotion abandoned: the lease ran out while the volume was starting")
+            yield from self._demote("the lease ran out while the resource group was starting")
+            return
         if err is None:
             self.healthy = True
             self._start_failures = 0
@@ -287,9 +343,9 @@ class SimAgent:
             self.log(f"resource group failed to start: {err}")
             self.primary = False
             self._start_failures += 1
-            st = self.vol.status()
-            if (st["disk"] != "UpToDate" or st["peer"]["connection"] == "SyncTarget"
-                    or (st["peer"]["connection"] == "Connected" and st["peer"]["role"] == "Primary")):
+            st = yield from self._status()
+            if st and (st["disk"] != "UpToDate" or st["peer"]["connection"] == "SyncTarget"
+                       or (st["peer"]["connection"] == "Connected" and st["peer"]["role"] == "Primary")):
                 self.log("not counted as a node failure: the volume is not ready")
             else:
                 self.healthy = False
@@ -302,27 +358,32 @@ class SimAgent:
         if now - self._last_monitor < MONITOR_INTERVAL:
             return
         self._last_monitor = now
+        if self.vol.daemon_paused:
+            return  # the monitor's 3 s status call: the status grace decides first
         if self.vol.role is not Role.PRIMARY:
             self.healthy = False
             self.penalty.record(now, "the volume is not Primary")
             self.proc.set_wake()
 
-    def _stop_group(self, why: str, graceful: bool) -> None:
-        self.vol.demote(force=False)
+    def _stop_group(self, why: str, graceful: bool) -> Coro:
+        yield from self._vcall(lambda: self.vol.demote(force=False), STOP_TIMEOUT)
         self.primary = False
 
     def _demote(self, why: str) -> Coro:
-        self.vol.suspend(why)
-        self.vol.lost_leadership = True  # the agent's "lost-leadership" call
-        self.vol.demote(force=True)
-        self._stop_group(why, graceful=False)
+        yield from self._vcall(lambda: self.vol.suspend(why), CALL_TIMEOUT)
+
+        def lost_leadership() -> None:
+            self.vol.lost_leadership = True  # the agent's "lost-leadership" call
+        yield from self._vcall(lost_leadership, CALL_TIMEOUT)
+        yield from self._vcall(lambda: self.vol.demote(force=True), FORCE_TIMEOUT)
+        yield from self._stop_group(why, graceful=False)
         if self.leader is not None:
             with contextlib.suppress(DCSError):
                 yield from self.dcs.release_leader(self.leader)
             self.leader = None
 
     def _step_down(self, d: Decision) -> Coro:
-        self._stop_group(d.reason, graceful=True)
+        yield from self._stop_group(d.reason, graceful=True)
         if self.leader is not None:
             with contextlib.suppress(DCSError):
                 yield from self.dcs.release_leader(self.leader)
@@ -363,3 +424,30 @@ def fence_loop(world: World, vol: SimVolume, proc: Process, variant: str) -> Cor
         return
     world.sim.log(vol.node, f"fence-peer done after {attempt} attempt(s)")
     vol.fence_done(True)
+
+
+def unfence_peer(world: World, vol: SimVolume, proc: Process, why: str) -> Coro:
+    """DcsFencer.unfence: record the peer UpToDate again if the record says otherwise and
+    the volume, asked after the read, says the peer has every write; a compare-and-set
+    on the record's revision alone (a later fence always writes a newer one)."""
+    dcs = SimDCS(world.cluster, vol.node, proc.clock, ttl=TTL, op_timeout=OP_TIMEOUT)
+    peer = world.peer_of(vol.node)
+    for attempt in range(UNFENCE_ATTEMPTS):
+        if attempt:
+            yield Sleep(min(1.0, 0.1 * attempt))
+        if not vol.up or not vol.peer_has_every_write():
+            return
+        try:
+            v = yield from dcs.load()
+            if world.variant == "unfence_as_leader" and (v.leader is None or v.leader.node != vol.node):
+                return  # session 23's rule: only under this node's leader key (seed 185)
+            record = v.volume(RESOURCE)
+            if record is None or record.disk(peer) in (None, DiskState.UP_TO_DATE):
+                return
+            if not vol.up or not vol.peer_has_every_write():
+                return
+            if (yield from dcs.clear_volume_fence(record.with_disk(peer, DiskState.UP_TO_DATE))):
+                world.sim.log(vol.node, f"unfence-peer: {peer} recorded UpToDate again ({why})")
+                return
+        except DCSError:
+            continue

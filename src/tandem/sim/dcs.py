@@ -246,6 +246,13 @@ class SimDCS:
                                         [("put", key, encode(state.to_value()), 0)])
         return ok
 
+    def clear_volume_fence(self, state: VolumeState) -> Coro:
+        """As EtcdDCS.clear_volume_fence: compare-and-set on the record alone."""
+        key = self.keys.volume(state.resource)
+        ok, _, _ = yield from self._txn([("mod", key, state.revision)],
+                                        [("put", key, encode(state.to_value()), 0)])
+        return ok
+
     def mark_peer_outdated(self, resource: str, peer: str, leader: Leader, attempts: int = 3) -> Coro:
         """As DCS.mark_peer_outdated (tandem.dcs.base)."""
         for _ in range(attempts):

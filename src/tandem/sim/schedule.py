@@ -11,10 +11,10 @@ from tandem.sim.world import NODES, Fault, Violation, World
 FAULT_WINDOW = (2.0, 18.0)  #: faults start in this window (cluster settled before)
 LIVENESS_BOUND = 8.0  #: seconds after the last heal by which some node must be writable
 KIND_WEIGHTS = {"crash": 3, "partition": 3, "partition_up": 1, "partition_down": 1, "link_cut": 3,
-                "pause": 2, "loss": 1, "switchover": 1, "skew": 1, "disk_fail": 1}
+                "pause": 2, "vpause": 2, "loss": 1, "switchover": 1, "skew": 1, "disk_fail": 1}
 DURATION = {"crash": (0.1, 5.0), "partition": (0.2, 6.0), "partition_up": (0.2, 6.0),
-            "partition_down": (0.2, 6.0), "link_cut": (0.2, 6.0), "pause": (0.1, 3.0), "loss": (0.5, 6.0),
-            "disk_fail": (0.2, 6.0)}
+            "partition_down": (0.2, 6.0), "link_cut": (0.2, 6.0), "pause": (0.1, 3.0), "vpause": (0.1, 4.0),
+            "loss": (0.5, 6.0), "disk_fail": (0.2, 6.0)}
 MAX_SKEW = 0.02  #: clock rates within 1 +- this (the design's margin tolerates far more)
 
 

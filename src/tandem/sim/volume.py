@@ -31,13 +31,31 @@ What is kept because safety depends on it:
 Writes are atomic (issued and acked in one instant): no write is ever "in
 flight" when the link drops, so the held-writes list of the real fencing
 path is always empty and only the writes waiting on ``io_open`` matter.
+The exception is a paused daemon (SIGSTOP, the lab's ``pause volume-db``):
+
+- the paused daemon completes nothing: writes wait in the kernel, control calls
+  wait in their socket (the agent times out, the daemon still runs them when it
+  resumes, in order), its fence-peer and unfence-peer calls stop where they are;
+- its peer's writes wait for its ack; after the ping timeout the peer drops the
+  link (a Primary peer fences), the paused side learns of the loss only when it
+  resumes, and its connector then dials at once;
+- a write the peer acknowledges late completes only within the write lease (it
+  waits for a renewal, or fails with the demotion: ``Replicator._park_past_lease``).
+
+**Unfence-peer** (``Replicator._unfence_soon``): a volume, whatever its role,
+records its peer UpToDate again after a resync as source, after a fence that
+landed once the peer was back, and when its own disk fails while the peer took
+every write; after reading the record, only while the peer still has every write,
+with a compare-and-set on the record alone (torture 184:34 and simulation seeds
+185, 3451 and 5236 lost no data but left no disk promotable without it).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tandem.volume import genid
 from tandem.volume.states import DiskState, Role
@@ -46,6 +64,7 @@ if TYPE_CHECKING:
     from tandem.sim.world import World
 
 UP, OUT, INC, FAILED = DiskState.UP_TO_DATE, DiskState.OUTDATED, DiskState.INCONSISTENT, DiskState.FAILED
+PING_TIMEOUT = 0.5  #: the lab's ping_timeout: a silent peer's link is dropped after this
 
 
 class SimVolume:
@@ -70,6 +89,14 @@ class SimVolume:
         self.primary_epoch = 0  # the metadata's: survives a crash
         self.lost_leadership = False  # the daemon's memory: a crash forgets it
         self.repl: Repl = None  # type: ignore[assignment]  # set by the world
+        # the daemon paused (SIGSTOP): see the module docstring
+        self.daemon_paused = 0
+        self.deferred: list[Callable[[], Any]] = []  # control calls waiting in the socket
+        self.paused_writes: list[int] = []  # writes waiting in the kernel
+        self.loss_pending = False  # the link dropped while paused: handled on resume
+        self.awaiting_peer: list[int] = []  # written here, the paused peer's ack outstanding
+        self.lease_parked: list[int] = []  # acknowledged by the peer after the write lease ran out
+        self.failed_while_peer_had_all = False
         # writable intervals on true time, for the checker
         self._open: float | None = None
         self._open_end = math.inf
@@ -123,6 +150,9 @@ class SimVolume:
 
     # --- the block API ---------------------------------------------------------------
     def write(self, wid: int) -> str:
+        if self.up and self.daemon_paused:
+            self.paused_writes.append(wid)  # the FUSE request waits for the daemon
+            return "blocked"
         if not self.up or self.role is not Role.PRIMARY:
             return "refused"
         if self.wlease is not None and self.clock.now() >= self.wlease:
@@ -139,8 +169,29 @@ class SimVolume:
         self.data.add(wid)
         r = self.repl
         if r.state == "connected" or (r.state == "sync" and r.source is self):
-            r.peer_of(self).data.add(wid)
+            peer = r.peer_of(self)
+            if peer.daemon_paused:
+                self.awaiting_peer.append(wid)  # its ack comes when the peer resumes
+                return
+            peer.data.add(wid)
         self.world.on_ack(wid, self)
+
+    def _ack_late(self, wid: int) -> None:
+        """A write whose last half ends now, long after it started (the peer's ack after
+        a pause): Replicator._end_write, with the write lease's parking."""
+        if self.wlease is not None and self.clock.now() >= self.wlease:
+            if self.role is Role.PRIMARY:
+                self.lease_parked.append(wid)
+            return  # demoted already: it fails
+        self.world.on_ack(wid, self)
+
+    def peer_acked(self) -> None:
+        """The paused peer resumed on a link still up: it applies and acks what waited."""
+        waiting, self.awaiting_peer = self.awaiting_peer, []
+        peer = self.repl.peer_of(self)
+        for wid in waiting:
+            peer.data.add(wid)
+            self._ack_late(wid)
 
     def _release_blocked(self) -> None:
         blocked, self.blocked = self.blocked, []
@@ -151,6 +202,10 @@ class SimVolume:
     # --- control socket commands ------------------------------------------------------
     def set_write_lease(self, until: float | None) -> None:
         self.wlease = until
+        if self.lease_parked and (until is None or self.clock.now() < until):
+            parked, self.lease_parked = self.lease_parked, []
+            for wid in parked:
+                self.world.on_ack(wid, self)  # the lease was renewed
         if until is not None and self.clock.now() < until and self.lease_held_io:
             self.lease_held_io = False
             if self.fencing and "fencing_survives_lease_renewal" in self.world.fixes:
@@ -216,12 +271,14 @@ class SimVolume:
     def demote(self, force: bool = False) -> None:
         if self.role is Role.SECONDARY:
             return
+        self.lease_parked.clear()  # they fail with EIO
         if force:
             self.suspend("forced demotion")
             self.role = Role.SECONDARY
             self.fencing = False  # _fail_fenced_waiters
             self.io_open = True
             self.blocked.clear()  # they fail with EIO
+            self.awaiting_peer.clear()
         else:
             self.role = Role.SECONDARY
         self.sim.log(self.node, "volume Secondary" + (" (forced)" if force else ""))
@@ -244,10 +301,15 @@ class SimVolume:
 
     # --- link events --------------------------------------------------------------------
     def on_link_lost(self) -> None:
+        if self.daemon_paused:
+            self.loss_pending = True  # its receiver notices when the daemon resumes
+            return
+        waiting, self.awaiting_peer = self.awaiting_peer, []
         if self.role is Role.PRIMARY and self.disk is not FAILED:  # a failed disk never fences (87dddc9)
             self.gens = (*self.gens, self.world.new_gen())
             self.fencing = True
             self.io_open = False
+            self.blocked[:0] = waiting  # held for the fence (_hold_for_link_loss)
             self.track()
             self.world.start_fence(self)
 
@@ -260,7 +322,11 @@ class SimVolume:
         if not self.fencing:
             return  # a forced demotion failed the held writes already
         self.fencing = False
-        self.peer_disk = OUT
+        if self.repl.state == "down":
+            self.peer_disk = OUT
+        else:
+            # the fence landed after the peer came back: its state comes from the link
+            self.world.start_unfence(self, "the fence landed after it came back")
         if not self.held_by_operator:
             self.io_open = True
             self.track()
@@ -274,18 +340,35 @@ class SimVolume:
             return
         # a peer with an UpToDate disk took every write: this one comes back Outdated
         was = self.disk
-        if was is UP and self.repl.state == "connected" and self.repl.peer_of(self).disk is UP:
+        peer_has_all = self.peer_up_to_date_and_linked()
+        if was is UP and peer_has_all:
             was = OUT
         self.failed_from, self.disk = was, FAILED
+        self.failed_while_peer_had_all = peer_has_all
         self.sim.log(self.node, f"disk Failed (back as {self.failed_from})")
         self.track()
         self.repl.drop("peer disk failed")
+        if peer_has_all:
+            self.world.start_unfence(self, "this disk failed while the peer took every write")
+
+    def peer_up_to_date_and_linked(self) -> bool:
+        r = self.repl
+        return r.state == "connected" and r.peer_of(self).disk is UP
+
+    def peer_has_every_write(self) -> bool:
+        """Replicator._peer_has_every_write: whether the peer may be recorded UpToDate now."""
+        if self.fencing:
+            return False
+        if self.disk is FAILED:
+            return self.failed_while_peer_had_all
+        return self.peer_up_to_date_and_linked() and not self.awaiting_peer
 
     def replace_disk(self) -> None:
         """`volume create` on a new disk (the host is powered off): empty, fresh
         generation, Inconsistent until a full sync fills it."""
         self.data, self.gens = set(), (self.world.new_gen(),)
         self.disk, self.failed_from = INC, None
+        self.failed_while_peer_had_all = False
         self.primary_epoch = 0  # new metadata
         self.sim.log(self.node, "disk replaced: empty, Inconsistent")
 
@@ -293,6 +376,7 @@ class SimVolume:
         """Replicator.attach: the same disk back, in the state it had when it failed."""
         if self.disk is FAILED:
             self.disk, self.failed_from = self.failed_from or OUT, None
+            self.failed_while_peer_had_all = False
             self.sim.log(self.node, f"disk attached again as {self.disk}")
 
     # --- host crash and restart ---------------------------------------------------------
@@ -304,6 +388,12 @@ class SimVolume:
         self.fencing = False
         self.blocked.clear()
         self.wlease = None
+        self.daemon_paused, self.loss_pending = 0, False  # the process is gone
+        self.deferred.clear()
+        self.paused_writes.clear()
+        self.awaiting_peer.clear()
+        self.lease_parked.clear()
+        self.failed_while_peer_had_all = False
         self.track()
         self.repl.drop("host crashed")
 
@@ -311,6 +401,46 @@ class SimVolume:
         self.up = True
         self.track()
         self.repl.try_connect()
+
+    # --- the daemon paused (SIGSTOP) and resumed --------------------------------------
+    def pause_daemon(self) -> None:
+        if not self.up:
+            return
+        self.daemon_paused += 1
+        if self.daemon_paused > 1:
+            return
+        self.sim.log(self.node, "volume daemon paused")
+        for p in self.world.nodes[self.node].fences:
+            p.pause()
+        r = self.repl
+        if r.state != "down":
+            self.sim.after(PING_TIMEOUT, r.ping_timeout, self, r.session)
+
+    def resume_daemon(self) -> None:
+        if not self.daemon_paused:
+            return  # crashed meanwhile: a new process, never paused
+        self.daemon_paused -= 1
+        if self.daemon_paused:
+            return
+        self.sim.log(self.node, "volume daemon resumed")
+        for p in self.world.nodes[self.node].fences:
+            p.resume()
+        calls, self.deferred = self.deferred, []
+        for call in calls:  # the agent's requests, in the order they were sent
+            call()
+        if self.loss_pending:
+            self.loss_pending = False
+            self.on_link_lost()
+        r = self.repl
+        if r.state != "down":
+            for v in (self, r.peer_of(self)):
+                if v.awaiting_peer and not v.daemon_paused and not r.peer_of(v).daemon_paused:
+                    v.peer_acked()
+        writes, self.paused_writes = self.paused_writes, []
+        for wid in writes:
+            self.write(wid)  # the kernel's requests, served now: the usual checks
+        self.track()
+        r.try_connect()  # the connector dials at once
 
 
 class Repl:
@@ -342,9 +472,15 @@ class Repl:
             if v.up:
                 v.on_link_lost()
 
+    def ping_timeout(self, v: SimVolume, session: int) -> None:
+        if session == self.session and self.state != "down" and v.daemon_paused:
+            self.drop(f"ping timeout ({v.node}'s volume daemon is silent)")
+
     def try_connect(self) -> None:
         a, b = self.a, self.b
         if self.state != "down" or self.cuts or not (a.up and b.up) or FAILED in (a.disk, b.disk):
+            return
+        if a.daemon_paused or b.daemon_paused:
             return
         if a.role is Role.PRIMARY and b.role is Role.PRIMARY:
             return
@@ -405,6 +541,9 @@ class Repl:
             return
         s, t = self.source, self.target
         assert s is not None and t is not None
+        if s.daemon_paused or t.daemon_paused:
+            self.sim.after(0.05, self._sync_done, session)  # the ping timeout may end it first
+            return
         self.world.check_overwrite(t, s)
         t.data = set(s.data)
         t.gens = s.gens
@@ -412,3 +551,4 @@ class Repl:
         self.world.resynced(t.node)
         self.state = "connected"
         self.sim.log("link", f"resync done: {t.node} UpToDate")
+        self.world.start_unfence(s, "resynced")

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from tandem.dcs.keys import Keys, decode, encode
-from tandem.sim.agent import FIXES, RESOURCE, SimAgent, fence_loop
+from tandem.sim.agent import FIXES, RESOURCE, SimAgent, fence_loop, unfence_peer
 from tandem.sim.dcs import ModelDCS
 from tandem.sim.kernel import Net, NodeClock, Process, Sim
 from tandem.sim.volume import Repl, SimVolume
@@ -21,9 +21,9 @@ WRITE_EVERY = 0.02  #: the workload's period (true seconds)
 @dataclass(frozen=True)
 class Fault:
     """One fault. kind: crash | partition (both ways) | partition_up (node -> DCS lost) |
-    partition_down (DCS -> node lost) | link_cut | pause (agent SIGSTOP) | loss (p = drop
-    probability on the node's DCS path) | skew (p = clock rate - 1, whole run) |
-    switchover (an operator request, instant)."""
+    partition_down (DCS -> node lost) | link_cut | pause (agent SIGSTOP) | vpause (volume
+    daemon SIGSTOP) | loss (p = drop probability on the node's DCS path) | skew (p = clock
+    rate - 1, whole run) | switchover (an operator request, instant)."""
 
     kind: str
     node: str | None
@@ -150,6 +150,19 @@ class World:
         node.fences.append(proc)
         proc.spawn(fence_loop(self, vol, proc, self.variant))
 
+    def start_unfence(self, vol: SimVolume, why: str) -> None:
+        """Replicator._unfence_soon, on a thread of the daemon, whatever its role."""
+        if self.variant == "no_unfence":  # BROKEN: 184:34
+            return
+        if self.variant == "unfence_as_leader" and vol.role.value != "Primary":
+            return  # BROKEN: session 23's rule (only a Primary, under the key): seed 185
+        node = self.nodes[vol.node]
+        proc = Process(self.sim, self.net, self.dcs, vol.node, self.clocks[vol.node], "unfence")
+        node.fences.append(proc)
+        if vol.daemon_paused:
+            proc.pause()
+        proc.spawn(unfence_peer(self, vol, proc, why))
+
     # --- workload and history ------------------------------------------------------------
     def _workload(self) -> None:
         for n in self.nodes.values():
@@ -214,6 +227,8 @@ class World:
             node.paused += 1
             if node.paused == 1 and node.agent:
                 node.agent.proc.pause()
+        elif f.kind == "vpause" and node:
+            node.vol.pause_daemon()
         elif f.kind == "loss" and node:
             self.net.loss[node.name] = f.p
         elif f.kind == "switchover":
@@ -240,6 +255,8 @@ class World:
             node.paused -= 1
             if node.paused == 0 and node.agent:
                 node.agent.proc.resume()
+        elif f.kind == "vpause" and node:
+            node.vol.resume_daemon()
         elif f.kind == "loss" and node:
             self.net.loss.pop(node.name, None)
 

@@ -93,6 +93,7 @@ HANDSHAKING = frozenset({ConnectionState.CONNECTING, ConnectionState.WF_REPORT_P
 LIVE_LINK = WRITABLE_LINK | HANDSHAKING  #: any other state is terminal: the link is being closed
 PROMOTE_HANDSHAKE_WAIT = 2.0
 BITMAP_RACE_TRIES = 8  #: a write's looks for a link, each undone by a new link's bitmap
+UNFENCE_ATTEMPTS = 20  #: unfence-peer tries while the DCS does not answer (0.1 s to 1 s apart)
 #: seconds between handshakes while a split-brain policy cannot decide (both
 #: Primary, say): a role change in between retries at once
 UNDECIDED_RETRY = 5.0
@@ -831,17 +832,30 @@ class Replicator:
         the peer adopted the stale record as its own fence, and neither disk could be
         promoted although the peer had every write. The fence hook decides under its
         own lock, after reading the record, with `_peer_has_every_write`: a later fence
-        always writes after it."""
+        always writes after it.
+
+        Whatever this node's role: a source that was demoted before its resync ended,
+        or a Secondary whose disk fails while its UpToDate peer is linked, is as sure
+        that the peer has every write as a Primary, and may be the only node that
+        knows (simulation seeds 3451 and 5236: the record's stale Outdated was adopted
+        after this disk failed, and neither disk could be promoted)."""
         unfence = getattr(self.fence_peer, "unfence", None)
-        if unfence is None or self.role is not Role.PRIMARY:
+        if unfence is None:
             return
 
         def run() -> None:
-            try:
-                if unfence(self._peer_has_every_write):
-                    log.info("unfence-peer: %s recorded UpToDate again (%s)", self.spec.peer, why)
-            except Exception as e:  # the agent's record, while it leads, is the fallback
-                log.warning("unfence-peer failed: %s", e)
+            for attempt in range(UNFENCE_ATTEMPTS):
+                if attempt:
+                    time.sleep(min(1.0, 0.1 * attempt))
+                if not self._running or not self._peer_has_every_write():
+                    return
+                try:
+                    if unfence(self._peer_has_every_write):
+                        log.info("unfence-peer: %s recorded UpToDate again (%s)", self.spec.peer, why)
+                    return
+                except Exception as e:  # the DCS unreachable for now (simulation seed 3451)
+                    log.warning("unfence-peer failed (attempt %d of %d): %s", attempt + 1,
+                                UNFENCE_ATTEMPTS, e)
 
         threading.Thread(target=run, daemon=True, name="unfence-peer").start()
 
