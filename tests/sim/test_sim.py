@@ -245,3 +245,22 @@ def test_the_unfence_retries_as_the_daemon_does():
     from tandem.sim import agent as sim_agent
     from tandem.volume import replicator
     assert sim_agent.UNFENCE_ATTEMPTS == replicator.UNFENCE_ATTEMPTS
+
+
+def test_an_outdated_disk_ahead_of_its_up_to_date_peer_is_the_resync_target():
+    """Torture 193:37 in the model: node1 (Primary) is cut off from everything and
+    demotes; node2 takes the key and records node1 Outdated, but its volume daemon
+    pauses before the promotion, so node2 never writes. node1 adopts the record. When
+    they reconnect, node1's generation is the newer one (its link loss started one):
+    as the source it made node2 Outdated too (resync from an Outdated disk), and no
+    disk could be promoted. The Outdated side's changes were never acknowledged: the
+    UpToDate side is the source now (genid._outdated_ahead)."""
+    faults = [Fault("link_cut", None, 3.0, 2.6), Fault("partition", "node1", 3.0, 2.6),
+              Fault("vpause", "node2", 3.793, 4.1)]  # seed 1: node1 leads; the pause
+    # falls between node2's volume record and its write-lease push
+    bad = run(1, faults, variant="outdated_source")
+    assert {v.kind for v in bad.violations} == {"liveness", "redundancy"}, [str(v) for v in bad.violations]
+    assert any("node1   disk marked Outdated" in ln for ln in bad.trace)
+    good = run(1, faults)
+    assert good.ok, [str(v) for v in good.violations]
+    assert any("node1 is ahead but Outdated: its changes go" in ln for ln in good.trace)

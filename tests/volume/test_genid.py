@@ -420,3 +420,27 @@ def test_policy_discards_the_side_its_rule_names(fa: SyncFlags, fb: SyncFlags,
             assert victim.lost_leadership and not keeper.lost_leadership
     else:
         pytest.fail(f"{policy} resolved a split brain: {ours}")
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_an_outdated_side_ahead_of_an_up_to_date_peer_is_the_target(full):
+    """Torture 193:37: the side with the newer generation is Outdated (it adopted its
+    successor's fence; what it wrote since was never acknowledged), the other is
+    UpToDate: the UpToDate side is the source, never the Outdated one (which made
+    both disks Outdated)."""
+    common = GenerationIds(current=5, bitmap=0, history=(3,))
+    if full:  # the bitmap does not reach back: the common generation is in history
+        ahead = GenerationIds(current=9, bitmap=8, history=(5, 3))
+    else:
+        ahead = GenerationIds(current=9, bitmap=5, history=(3,))
+    outdated = SyncFlags(node="node1", disk=DiskState.OUTDATED, bitmap_weight=2)
+    up = SyncFlags(node="node2", disk=DiskState.UP_TO_DATE)
+    d = decide_sync(ahead, common, outdated, up)
+    assert d.outcome is (SyncOutcome.TARGET_FULL if full else SyncOutcome.TARGET_BITMAP), d
+    assert decide_sync(common, ahead, up, outdated).outcome is d.outcome.mirror()
+    # Both UpToDate (or the ahead side UpToDate): the newer generation is the source.
+    d2 = decide_sync(ahead, common, SyncFlags(node="node1"), up)
+    assert d2.outcome is (SyncOutcome.SOURCE_FULL if full else SyncOutcome.SOURCE_BITMAP), d2
+    # Both Outdated: no UpToDate side to prefer; by generation, as before.
+    both = SyncFlags(node="node2", disk=DiskState.OUTDATED)
+    assert decide_sync(ahead, common, outdated, both).outcome.is_source

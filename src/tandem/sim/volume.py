@@ -493,12 +493,13 @@ class Repl:
             a.disk, b.disk = (genid.disk_after_connect(True, a.disk, b.disk),
                               genid.disk_after_connect(True, b.disk, a.disk))
             return
+        by_generation = False
         if a.disk is INC or b.disk is INC:  # never a sync source (a new disk: unrelated gens)
             source = b if a.disk is INC else a
         elif ga in b.gens:
-            source = b
+            source, by_generation = b, True
         elif gb in a.gens:
-            source = a
+            source, by_generation = a, True
         else:
             victim = self._split_brain_victim()
             if victim is None or victim.role is Role.PRIMARY:  # StandAlone until it can decide
@@ -511,6 +512,12 @@ class Repl:
                                  f" {self.world.split_brain_policy}: {victim.node}'s changes go")
             self.split_brain = False
         target = self.peer_of(source)
+        if (by_generation and source.disk is OUT and target.disk is UP
+                and self.world.variant != "outdated_source"):  # BROKEN: torture 193:37
+            # genid._outdated_ahead: an Outdated disk is never the source of its UpToDate
+            # peer; what it wrote since their common generation goes
+            self.sim.log("link", f"{source.node} is ahead but Outdated: its changes go")
+            source, target = target, source
         if target.role is Role.PRIMARY or source.disk is INC:
             return
         self.state, self.source, self.target = "sync", source, target
@@ -550,5 +557,5 @@ class Repl:
         t.disk = genid.disk_after_resync(s.disk)
         self.world.resynced(t.node)
         self.state = "connected"
-        self.sim.log("link", f"resync done: {t.node} UpToDate")
+        self.sim.log("link", f"resync done: {t.node} {t.disk}")
         self.world.start_unfence(s, "resynced")

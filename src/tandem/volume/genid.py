@@ -323,6 +323,21 @@ def _source_if(we_are_source: bool, full: bool, reason: str) -> SyncDecision:
     return SyncDecision(outcome, reason)
 
 
+def _outdated_ahead(lf: SyncFlags, pf: SyncFlags, we_are_ahead: bool) -> bool:
+    """The side with the newer generation is Outdated, the other UpToDate: an Outdated
+    disk is never the source of its UpToDate peer. What it wrote since their common
+    generation was never acknowledged: a Primary completes a write without its peer
+    only after recording the peer Outdated under its leader key, and a record calling
+    this side Outdated was written by the peer's leadership, which the peer could
+    only take while the record did not call *it* Outdated (or after an unfence, with
+    both in sync again). Torture 193:37: the old Primary, cut off with two writes in
+    flight and its fence refused, adopted the Outdated its successor recorded before
+    a paused volume daemon made that promotion fail; as the source of its newer
+    generation it made its UpToDate peer Outdated too, and no disk could be promoted."""
+    ahead, behind = (lf, pf) if we_are_ahead else (pf, lf)
+    return ahead.disk is DiskState.OUTDATED and behind.disk is DiskState.UP_TO_DATE
+
+
 def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncFlags) -> SyncDecision:
     if not (lf.disk.has_disk and pf.disk.has_disk):
         return SyncDecision(SyncOutcome.NO_SYNC, "a side has no usable disk")
@@ -381,11 +396,17 @@ def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncF
     peer_ahead = peer.bitmap != 0 and peer.bitmap == local.current
     we_ahead = local.bitmap != 0 and local.bitmap == peer.current
     if peer_ahead != we_ahead:
+        if _outdated_ahead(lf, pf, we_ahead):
+            return _source_if(not we_ahead, False, "the side that wrote since the other's"
+                              " generation is Outdated: its changes go, resync from the UpToDate side")
         return _source_if(we_ahead, False, "one side wrote since the other's generation")
 
     in_peer_history = local.current in peer.history
     in_our_history = peer.current in local.history
     if not (peer_ahead or we_ahead) and in_peer_history != in_our_history:
+        if _outdated_ahead(lf, pf, in_our_history):
+            return _source_if(not in_our_history, True, "the side ahead is Outdated: its changes"
+                              " go, full sync from the UpToDate side")
         return _source_if(in_our_history, True, "generation in history, bitmap too old")
 
     if local.bitmap != 0 and local.bitmap == peer.bitmap:
