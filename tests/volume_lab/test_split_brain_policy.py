@@ -151,7 +151,9 @@ def test_an_undecided_split_brain_is_tried_again_after_a_role_change(least_recen
     t0 = time.monotonic()
     vp.tandem("node2", "volume", "secondary", "db")
     vp.wait_connected_uptodate()
-    assert time.monotonic() - t0 < 10
+    # Without the retry both stay StandAlone for good; the bound leaves room for a
+    # loaded machine (10.5 s once with three torture labs running beside it).
+    assert time.monotonic() - t0 < 20
     assert read_range(vp.backing("node2"), 0, BLOCK) == b"1" * BLOCK  # node1 (Primary) kept
     assert read_range(vp.backing("node2"), BLOCK, BLOCK) != b"2" * BLOCK
     _identical(vp)
