@@ -1093,6 +1093,40 @@ def test_a_secondary_unfences_too_and_tries_again_while_the_dcs_does_not_answer(
         _close(rep, rep.link, theirs)
 
 
+def test_a_resync_target_does_not_have_every_write_of_its_source(tmp_path):
+    """Torture 196:24: node2, ahead, was the bitmap-resync source of node1, whose status
+    at the handshake still said UpToDate (it had not adopted the fence yet); node2's
+    disk failed mid-resync. The status taken for "the peer has every write" made the
+    failed disk come back Outdated and had node1 recorded UpToDate, although node1 was
+    an Inconsistent target and node2 held the only copy of the newest writes: neither
+    disk could be promoted. In sync means Connected, not during a resync."""
+    rep = make_replicator(tmp_path)
+    hook = _Hook()
+    rep.fence_peer = hook
+    with rep.meta_lock:
+        rep.meta.update(generations=GenerationIds(GEN + 1, GEN))  # wrote since GEN
+    with rep.io_lock:
+        rep.bitmap.set_range(0, BLOCK)
+    link, peer, theirs = _authenticated(rep)
+    try:
+        theirs.sendall(peer.send(status_exchange(Role.SECONDARY)))  # at GEN, "UpToDate"
+        _pump(theirs, peer, lambda: peer.state is ConnectionState.WF_BITMAP_T)
+        theirs.sendall(peer.send(wire.BitmapChunk(0, b"", last=True)))
+        deadline = time.monotonic() + 5
+        while link.state is not ConnectionState.SYNC_SOURCE and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert link.state is ConnectionState.SYNC_SOURCE
+        assert rep.peer_status.disk is DiskState.UP_TO_DATE  # what it said at the handshake
+        assert not rep._peer_has_every_write()
+        rep.store.inject_errors([(0, SIZE)])
+        with pytest.raises(OSError):
+            rep.store.pwrite(0, b"x" * BLOCK)
+        assert rep.meta.state.failed_from is DiskState.UP_TO_DATE, "it may hold the only copy"
+        assert not hook.called.wait(0.5), "the target was recorded UpToDate mid-resync"
+    finally:
+        _close(rep, rep.link, theirs)
+
+
 def test_a_disk_that_fails_without_the_peer_unfences_nothing(tmp_path):
     rep = make_replicator(tmp_path)
     hook = _Hook()

@@ -653,11 +653,16 @@ class Replicator:
         return state in HANDSHAKING or (state in WRITABLE_LINK and self.peer_status is None)
 
     def _peer_up_to_date_and_linked(self) -> bool:
-        """A peer with an UpToDate disk is replicating our writes now: every write
-        completed so far reached it."""
-        link, ps = self.link, self.peer_status
-        return (link is not None and not link.closed and link.state in WRITABLE_LINK
-                and ps is not None and ps.disk is DiskState.UP_TO_DATE)
+        """A peer with an UpToDate disk is replicating our writes now, in sync: every
+        write completed so far reached it. Only Connected: during a resync or the
+        bitmap exchange the peer's status is the one it sent when the link came up,
+        and a sync target is Inconsistent until the end (torture 196:24: the source's
+        disk failed mid-resync, was taken for one whose peer had every write and came
+        back Outdated, and the peer was recorded UpToDate: neither disk could be
+        promoted). `peer_disk` is what the link last said, or the end of our resync."""
+        link = self.link
+        return (link is not None and not link.closed and link.state is ConnectionState.CONNECTED
+                and self.peer_status is not None and self.peer_disk is DiskState.UP_TO_DATE)
 
     def peer_disk_usable(self) -> bool:
         ps = self.peer_status
@@ -847,8 +852,8 @@ class Replicator:
             for attempt in range(UNFENCE_ATTEMPTS):
                 if attempt:
                     time.sleep(min(1.0, 0.1 * attempt))
-                if not self._running or not self._peer_has_every_write():
-                    return
+                    if not self._running or not self._peer_has_every_write():
+                        return
                 try:
                     if unfence(self._peer_has_every_write):
                         log.info("unfence-peer: %s recorded UpToDate again (%s)", self.spec.peer, why)
