@@ -143,12 +143,13 @@ def test_the_volume_daemons_unfence_records_the_peer_up_to_date_again_only_when_
     asked = []
 
     def in_sync(*answers: bool, meanwhile=None):
-        left = list(answers)
+        left, first = list(answers), [True]
 
         def ask() -> bool:
             answer = left.pop(0) if len(left) > 1 else left[0]
             asked.append(answer)
-            if meanwhile is not None and len(asked) == 2:  # the first ask of this call
+            if meanwhile is not None and first[0]:  # between the first read and its write
+                first[0] = False
                 t = threading.Thread(target=meanwhile)  # its own event loop: this one runs
                 t.start()
                 t.join(30)
@@ -174,6 +175,12 @@ def test_the_volume_daemons_unfence_records_the_peer_up_to_date_again_only_when_
         assert not fencer.unfence(in_sync(True)) and len(asked) == 4, "already UpToDate"
         assert run(lead()) is not None
         assert fencer() and run(disk("node2")) is DiskState.OUTDATED, "a later fence writes over it"
+        # A leadership taken between the read and the write voids the unfence: its holder
+        # may promote on the record it read (review 24); read again, the peer is gone.
+        run(release())
+        assert not fencer.unfence(in_sync(True, False, meanwhile=lambda: run(lead())))
+        assert asked[-2:] == [True, False]
+        assert run(disk("node2")) is DiskState.OUTDATED
     finally:
         fencer.close()
         other.close()

@@ -437,10 +437,12 @@ def test_an_outdated_side_ahead_of_an_up_to_date_peer_is_the_target(full):
     up = SyncFlags(node="node2", disk=DiskState.UP_TO_DATE)
     d = decide_sync(ahead, common, outdated, up)
     assert d.outcome is (SyncOutcome.TARGET_FULL if full else SyncOutcome.TARGET_BITMAP), d
+    assert d.outdated_discarded, "logged as a discard (replicator._log_split_brain_resolved)"
     assert decide_sync(common, ahead, up, outdated).outcome is d.outcome.mirror()
     # Both UpToDate (or the ahead side UpToDate): the newer generation is the source.
     d2 = decide_sync(ahead, common, SyncFlags(node="node1"), up)
     assert d2.outcome is (SyncOutcome.SOURCE_FULL if full else SyncOutcome.SOURCE_BITMAP), d2
+    assert not d2.outdated_discarded
     # Both Outdated: no UpToDate side to prefer; by generation, as before.
     both = SyncFlags(node="node2", disk=DiskState.OUTDATED)
     assert decide_sync(ahead, common, outdated, both).outcome.is_source

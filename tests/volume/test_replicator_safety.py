@@ -1127,6 +1127,47 @@ def test_a_resync_target_does_not_have_every_write_of_its_source(tmp_path):
         _close(rep, rep.link, theirs)
 
 
+def test_a_promotion_after_an_unfence_was_sent_fences_a_peer_recorded_outdated(tmp_path, monkeypatch):
+    """Review 24: after a resync this Secondary sent an unfence-peer (the peer in sync)
+    whose answer was lost; the link dropped; the agent, on the record it had read (the
+    peer Outdated), promoted with peer_outdated and the volume skipped the fence. etcd
+    may still apply the lost request, recording the peer UpToDate after writes that
+    only this node has: the peer could be promoted without them. Since an unfence was
+    sent, a promotion without the link fences, whatever the agent read; a fence of ours
+    writes a newer revision, and only that makes "the peer is Outdated" trustworthy."""
+    from tandem.dcs.base import DCSError
+    monkeypatch.setattr(rep_mod, "UNFENCE_ATTEMPTS", 1)
+    monkeypatch.setattr(rep_mod, "PROMOTE_HANDSHAKE_WAIT", 0.2)
+
+    class LostAnswer(_Hook):
+        def unfence(self, in_sync) -> bool:
+            assert in_sync()  # read the record, in sync: the write goes out...
+            self.called.set()
+            raise DCSError("etcd: unfence volume db did not return within 0.70 s")  # ...unanswered
+
+    rep = make_replicator(tmp_path)
+    hook = LostAnswer()
+    rep.fence_peer = hook
+    link, peer, theirs = _connected(rep)
+    try:
+        rep._unfence_soon("resynced")
+        assert hook.called.wait(5)
+        link.close("the replication network is cut")
+        deadline = time.monotonic() + 5
+        while rep._loss_handled is not link and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert hook.fences == 0, "a Secondary's link loss fences nothing"
+        monkeypatch.setattr(rep, "_mount", lambda: None)  # the FUSE front end is not on this path
+        rep.promote(peer_outdated=True)
+        deadline = time.monotonic() + 5
+        while not (hook.fences and rep.io_open.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the fence thread ends by resuming I/O
+        assert hook.fences == 1, "promoted on a record an unfence may have changed, without a fence"
+        assert not rep._unfenced_since_fence, "our fence wrote a newer revision"
+    finally:
+        _close(rep, rep.link, theirs)
+
+
 def test_a_disk_that_fails_without_the_peer_unfences_nothing(tmp_path):
     rep = make_replicator(tmp_path)
     hook = _Hook()

@@ -113,7 +113,9 @@ def outdate(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_d
                      " DCS records this disk Outdated)"),
             json_out: bool = typer.Option(False, "--json")):
     """Mark this (Secondary) disk Outdated: it cannot be promoted without --force. A
-    connect to an UpToDate peer with the same data makes it UpToDate again."""
+    connect to an UpToDate peer with the same data makes it UpToDate again; at a connect
+    to an UpToDate peer, what this disk wrote since the peer's generation is discarded
+    (an Outdated disk is never the source of an UpToDate one)."""
     spec = _spec(resource, config, node, data_dir, run_dir)
     st = _call(spec, "outdate", unless_connected=unless_connected)
     typer.echo(json.dumps(st, indent=2) if json_out else render_status(st))

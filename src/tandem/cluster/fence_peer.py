@@ -118,7 +118,8 @@ class DcsFencer:
                 # record's revision refuses this write if anything else wrote since.
                 if not in_sync():
                     return False
-                if await self._dcs.clear_volume_fence(record.with_disk(self.peer, DiskState.UP_TO_DATE)):
+                if await self._dcs.clear_volume_fence(record.with_disk(self.peer, DiskState.UP_TO_DATE),
+                                                      view.leader):
                     return True
             return False
         finally:

@@ -173,16 +173,19 @@ class DCS(ABC):
         completes writes; otherwise its I/O stays suspended."""
 
     @abstractmethod
-    async def clear_volume_fence(self, state: VolumeState) -> bool:
-        """Write a volume record with a compare-and-set on `state.revision` alone, under
-        no leader key: the volume daemon's unfence-peer, which records its peer
+    async def clear_volume_fence(self, state: VolumeState, leader: Leader | None) -> bool:
+        """Write a volume record with a compare-and-set on `state.revision` and on the
+        leader key being the one read with it (`leader`; None: no key), not under this
+        node's own key: the volume daemon's unfence-peer, which records its peer
         UpToDate again once the link says the peer has every write. Any later fence
         writes a newer revision (a fence always writes), so it cannot be undone by
-        an unfence that read before it; and the unfence must not wait for leadership:
-        a Primary whose agent is paused or stepping down is the only one that knows
-        its peer is in sync again (simulation seed 185: the stale Outdated was
-        adopted by the peer, and after the Primary's disk failed no disk could be
-        promoted). False if the record changed since it was read."""
+        an unfence that read before it; a new leadership since the read voids it too
+        (its holder may promote on the record it read: review 24). The unfence must
+        not wait for leadership: a Primary whose agent is paused or stepping down is
+        the only one that knows its peer is in sync again (simulation seed 185: the
+        stale Outdated was adopted by the peer, and after the Primary's disk failed
+        no disk could be promoted). False if the record or the leadership changed
+        since they were read."""
 
     async def mark_peer_outdated(self, resource: str, peer: str, leader: Leader,
                                  attempts: int = 3, view: ClusterView | None = None) -> bool:

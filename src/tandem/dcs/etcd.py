@@ -332,9 +332,12 @@ class EtcdDCS(DCS):
                                    [tx.Put(key, encode(state.to_value()))])
         return ok
 
-    async def clear_volume_fence(self, state: VolumeState) -> bool:
+    async def clear_volume_fence(self, state: VolumeState, leader: Leader | None) -> bool:
         key = self.keys.volume(state.resource).encode()
-        ok, _, _ = await self._txn(f"unfence volume {state.resource}", [tx.Mod(key) == state.revision],
+        lead = self.keys.leader.encode()
+        ok, _, _ = await self._txn(f"unfence volume {state.resource}",
+                                   [tx.Mod(key) == state.revision,
+                                    tx.Create(lead) == (leader.revision if leader else 0)],
                                    [tx.Put(key, encode(state.to_value()))])
         return ok
 

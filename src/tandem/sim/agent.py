@@ -45,7 +45,8 @@ TIMED_OUT = object()  #: what a control call to a paused volume daemon returns
 UNFENCE_ATTEMPTS = 20  #: replicator.UNFENCE_ATTEMPTS (a test keeps them equal)
 
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
-            "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source")
+            "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source",
+            "trust_late_unfence")
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -428,15 +429,16 @@ def fence_loop(world: World, vol: SimVolume, proc: Process, variant: str) -> Cor
 
 def unfence_peer(world: World, vol: SimVolume, proc: Process, why: str) -> Coro:
     """DcsFencer.unfence: record the peer UpToDate again if the record says otherwise and
-    the volume, asked after the read, says the peer has every write; a compare-and-set
-    on the record's revision alone (a later fence always writes a newer one)."""
+    the volume, asked after the read, says the peer has every write; a compare-and-set on
+    the record's revision and the leader key read with it (a later fence always writes a
+    newer revision). The volume notes that it sent one (Replicator._unfenced_since_fence)."""
     dcs = SimDCS(world.cluster, vol.node, proc.clock, ttl=TTL, op_timeout=OP_TIMEOUT)
     peer = world.peer_of(vol.node)
     for attempt in range(UNFENCE_ATTEMPTS):
         if attempt:
             yield Sleep(min(1.0, 0.1 * attempt))
-        if not vol.up or not vol.peer_has_every_write():
-            return
+            if not vol.up or not vol.peer_has_every_write():
+                return
         try:
             v = yield from dcs.load()
             if world.variant == "unfence_as_leader" and (v.leader is None or v.leader.node != vol.node):
@@ -446,7 +448,8 @@ def unfence_peer(world: World, vol: SimVolume, proc: Process, why: str) -> Coro:
                 return
             if not vol.up or not vol.peer_has_every_write():
                 return
-            if (yield from dcs.clear_volume_fence(record.with_disk(peer, DiskState.UP_TO_DATE))):
+            vol.unfenced_since_fence = True
+            if (yield from dcs.clear_volume_fence(record.with_disk(peer, DiskState.UP_TO_DATE), v.leader)):
                 world.sim.log(vol.node, f"unfence-peer: {peer} recorded UpToDate again ({why})")
                 return
         except DCSError:

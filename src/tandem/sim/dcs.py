@@ -246,10 +246,11 @@ class SimDCS:
                                         [("put", key, encode(state.to_value()), 0)])
         return ok
 
-    def clear_volume_fence(self, state: VolumeState) -> Coro:
-        """As EtcdDCS.clear_volume_fence: compare-and-set on the record alone."""
+    def clear_volume_fence(self, state: VolumeState, leader: Leader | None) -> Coro:
+        """As EtcdDCS.clear_volume_fence: compare-and-set on the record and the leader key."""
         key = self.keys.volume(state.resource)
-        ok, _, _ = yield from self._txn([("mod", key, state.revision)],
+        ok, _, _ = yield from self._txn([("mod", key, state.revision),
+                                         ("create", self.keys.leader, leader.revision if leader else 0)],
                                         [("put", key, encode(state.to_value()), 0)])
         return ok
 

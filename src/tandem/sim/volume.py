@@ -97,6 +97,7 @@ class SimVolume:
         self.awaiting_peer: list[int] = []  # written here, the paused peer's ack outstanding
         self.lease_parked: list[int] = []  # acknowledged by the peer after the write lease ran out
         self.failed_while_peer_had_all = False
+        self.unfenced_since_fence = False  # Replicator._unfenced_since_fence
         # writable intervals on true time, for the checker
         self._open: float | None = None
         self._open_end = math.inf
@@ -251,7 +252,8 @@ class SimVolume:
             self.gens = (*self.gens, self.world.new_gen())
             if peer_outdated:
                 self.peer_disk = OUT
-            fence = self.peer_disk is not OUT
+            unfenced = self.unfenced_since_fence and self.world.variant != "trust_late_unfence"
+            fence = self.peer_disk is not OUT or unfenced  # BROKEN variant: review 24
         if "clear_hold_on_promote" in self.world.fixes and not self.fencing:
             # a suspend-io from an earlier demotion must not outlive it
             self.held_by_operator, self.lease_held_io, self.io_open = False, False, True
@@ -322,6 +324,7 @@ class SimVolume:
         if not self.fencing:
             return  # a forced demotion failed the held writes already
         self.fencing = False
+        self.unfenced_since_fence = False  # a late unfence's compare-and-set fails now
         if self.repl.state == "down":
             self.peer_disk = OUT
         else:
@@ -394,6 +397,7 @@ class SimVolume:
         self.awaiting_peer.clear()
         self.lease_parked.clear()
         self.failed_while_peer_had_all = False
+        self.unfenced_since_fence = False  # memory only (a late unfence lands within ms)
         self.track()
         self.repl.drop("host crashed")
 

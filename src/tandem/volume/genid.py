@@ -285,6 +285,9 @@ class SyncDecision:
     #: NO_SYNC because both sides hold the same data (same generation, nothing
     #: marked out of sync, no crashed Primary's activity log to replay)
     same_data: bool = field(default=False, compare=False)
+    #: the side ahead is Outdated: its changes since the common generation go
+    #: (see _outdated_ahead), logged like a resolved split brain
+    outdated_discarded: bool = field(default=False, compare=False)
 
     def mirror(self) -> SyncDecision:
         return replace(self, outcome=self.outcome.mirror())
@@ -397,16 +400,18 @@ def _compare(local: GenerationIds, peer: GenerationIds, lf: SyncFlags, pf: SyncF
     we_ahead = local.bitmap != 0 and local.bitmap == peer.current
     if peer_ahead != we_ahead:
         if _outdated_ahead(lf, pf, we_ahead):
-            return _source_if(not we_ahead, False, "the side that wrote since the other's"
-                              " generation is Outdated: its changes go, resync from the UpToDate side")
+            return replace(_source_if(not we_ahead, False, "the side that wrote since the other's"
+                                      " generation is Outdated: its changes go, resync from the"
+                                      " UpToDate side"), outdated_discarded=True)
         return _source_if(we_ahead, False, "one side wrote since the other's generation")
 
     in_peer_history = local.current in peer.history
     in_our_history = peer.current in local.history
     if not (peer_ahead or we_ahead) and in_peer_history != in_our_history:
         if _outdated_ahead(lf, pf, in_our_history):
-            return _source_if(not in_our_history, True, "the side ahead is Outdated: its changes"
-                              " go, full sync from the UpToDate side")
+            return replace(_source_if(not in_our_history, True, "the side ahead is Outdated: its"
+                                      " changes go, full sync from the UpToDate side"),
+                           outdated_discarded=True)
         return _source_if(in_our_history, True, "generation in history, bitmap too old")
 
     if local.bitmap != 0 and local.bitmap == peer.bitmap:

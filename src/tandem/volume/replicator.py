@@ -295,6 +295,9 @@ class Replicator:
         self.store = BackingStore(spec.backing, spec.size, on_failure=self._disk_failed)
         #: our disk failed while an UpToDate peer took every write (see _peer_has_every_write)
         self._failed_while_peer_had_all = False
+        #: an unfence-peer write was (or is being) sent since our last fence: the record may
+        #: call the peer UpToDate whatever the agent read before (see _promote_locked)
+        self._unfenced_since_fence = False
         self.crashed_primary = self.meta.crashed_primary
         self.al = ActivityLog(st.al_slots, st.al_extent_size)
         if self.crashed_primary:
@@ -848,6 +851,12 @@ class Replicator:
         if unfence is None:
             return
 
+        def in_sync() -> bool:
+            ok = self._peer_has_every_write()
+            if ok:
+                self._unfenced_since_fence = True  # before the write is sent
+            return ok
+
         def run() -> None:
             for attempt in range(UNFENCE_ATTEMPTS):
                 if attempt:
@@ -855,7 +864,7 @@ class Replicator:
                     if not self._running or not self._peer_has_every_write():
                         return
                 try:
-                    if unfence(self._peer_has_every_write):
+                    if unfence(in_sync):
                         log.info("unfence-peer: %s recorded UpToDate again (%s)", self.spec.peer, why)
                     return
                 except Exception as e:  # the DCS unreachable for now (simulation seed 3451)
@@ -977,8 +986,13 @@ class Replicator:
             if dropped:
                 connected = False
             self.role = Role.PRIMARY
+            # "Peer Outdated" (the agent's record, or our last fence) spares the fence
+            # only if no unfence-peer of ours was sent since: one may have landed, or
+            # land late (etcd applies a request whose answer was lost), after the agent
+            # read the record, and the peer could later be promoted without the writes
+            # made here (review 24).
             fence = (not connected and self.fence_peer is not None
-                     and self.peer_disk is not DiskState.OUTDATED)
+                     and (self.peer_disk is not DiskState.OUTDATED or self._unfenced_since_fence))
             if fence:
                 self.io_open.clear()
                 self.suspended_reason = "fencing the peer (promoted without a connection to it)"
@@ -1537,7 +1551,7 @@ class Replicator:
                 with self.meta_lock:
                     self.meta.update(peer_outdated=False)
             out = ev.decision.outcome
-            if ev.decision.split_brain_resolved:
+            if ev.decision.split_brain_resolved or ev.decision.outdated_discarded:
                 self._log_split_brain_resolved(ev)
             if out.is_target and out.is_full:
                 with self.io_lock:
@@ -1604,11 +1618,13 @@ class Replicator:
         ours, theirs = ev.local.bitmap_weight * block, ev.peer.bitmap_weight * block
         manual = ev.local.discard_my_data or ev.peer.discard_my_data
         how = "by the operator" if manual else "automatically"
-        log.warning("split brain resolved %s (%s): discarding the changes made on %s"
+        what = "split brain resolved" if ev.decision.split_brain_resolved else "Outdated disk ahead"
+        log.warning("%s %s (%s): discarding the changes made on %s"
                     " while disconnected, resyncing up to %d bytes from %s (%d dirty here, %d on"
-                    " the peer)", how, ev.reason, victim, ours + theirs, keeper, ours, theirs)
+                    " the peer)", what, how, ev.reason, victim, ours + theirs, keeper, ours, theirs)
         lab_event("split-brain-resolved", node=self.spec.node, victim=victim, keeper=keeper,
-                  reason=ev.reason, policy="discard-my-data" if manual else str(self.policy),
+                  reason=ev.reason, policy="discard-my-data" if manual else (
+                      str(self.policy) if ev.decision.split_brain_resolved else "outdated-ahead"),
                   resync_bytes_max=ours + theirs)
 
     def _send_bitmap(self, link: Link) -> None:
@@ -1737,6 +1753,9 @@ class Replicator:
             if self._fencing is not token:
                 return  # failed by a forced demotion, or taken over by a later fence
             self._fencing = None
+            # A fence always writes a new revision: an unfence sent before it fails its
+            # compare-and-set now, wherever it is.
+            self._unfenced_since_fence = False
         if self.link is None:
             self.peer_disk = DiskState.OUTDATED
             with self.meta_lock:
