@@ -46,7 +46,10 @@ UNFENCE_ATTEMPTS = 20  #: replicator.UNFENCE_ATTEMPTS (a test keeps them equal)
 
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
             "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source",
-            "trust_late_unfence")
+            "trust_late_unfence", *("undo_stale_adoption",))
+#: Variants that are not broken but proposed: rules the product does not have yet,
+#: tried here first (see SimAgent._undo_stale_adoption).
+PROPOSALS = ("undo_stale_adoption",)
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -87,6 +90,7 @@ class SimAgent:
         self.healthy = True
         self.volume: dict | None = None
         self._volume_seen: tuple[dict, float] | None = None  # the last status and when
+        self._adopted: tuple[int, tuple[int, ...]] | None = None  # record revision, generations
         self.last: Decision | None = None
         self._last_monitor = 0.0
         self._start_failures = 0
@@ -190,6 +194,8 @@ class SimAgent:
         self.volume = yield from self._status()
         if dcs_ok and self.variant != "promote_outdated":  # BROKEN: it never reads the records
             yield from self._adopt_recorded_outdated()
+            if self.variant == "undo_stale_adoption":
+                yield from self._undo_stale_adoption()
         now = self.clock.now()
         if not self.healthy and not self.primary and self.penalty.served(now):
             self.healthy = True
@@ -236,6 +242,35 @@ class SimAgent:
         self.volume = self.vol.status()  # the outdate call answers with the status
         if marked:
             self.log("disk marked Outdated: the DCS records it so since the link was last up")
+            record = self.view.volume(RESOURCE)
+            self._adopted = (record.revision if record else 0, self.vol.gens)
+
+    def _undo_stale_adoption(self) -> Coro:
+        """PROPOSED (not in agent.py yet): a disk this agent outdated from the record is
+        UpToDate again when a newer record calls it UpToDate and the disk has not changed
+        since (same generations, still Outdated, Secondary). Whoever writes "UpToDate"
+        for a node vouches that it has every write (the leader while connected and in
+        sync; the peer's unfence after reading the record, with compare-and-set), and a
+        later write without it needs a fence with a newer revision. Meant for the
+        stale fence the peer adopted just before the unfence landed (seeds 5236, 6898,
+        107079: both disks Outdated, every write on both)."""
+        adopted, v = self._adopted, self.volume
+        if adopted is None:
+            return
+        if not v or v.get("disk") != "Outdated" or self.vol.gens != adopted[1]:
+            self._adopted = None  # resynced, promoted by force, replaced: nothing to undo
+            return
+        record = self.view.volume(RESOURCE)
+        if (v.get("role") != "Secondary" or record is None or record.revision <= adopted[0]
+                or record.disk(self.node) is not DiskState.UP_TO_DATE):
+            return
+        gens = adopted[1]
+        done = yield from self._vcall(lambda: self.vol.undo_outdate(gens), CALL_TIMEOUT)
+        if done is True:
+            self._adopted = None
+            self.volume = self.vol.status()
+            self.log(f"disk UpToDate again: record revision {record.revision} calls it so, newer"
+                     f" than the fence adopted at {adopted[0]}")
 
     def _publish(self) -> Coro:
         v = self.volume or {}

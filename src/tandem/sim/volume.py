@@ -301,6 +301,15 @@ class SimVolume:
             self.sim.log(self.node, "failed disk marked Outdated")
         return marked
 
+    def undo_outdate(self, gens: tuple[int, ...]) -> bool:
+        """PROPOSED (see SimAgent._undo_stale_adoption): Outdated back to UpToDate if the
+        data is what it was when the agent outdated it."""
+        if not self.up or self.role is not Role.SECONDARY or self.disk is not OUT or self.gens != gens:
+            return False
+        self.disk = UP
+        self.sim.log(self.node, "disk UpToDate again (the agent's stale adoption undone)")
+        return True
+
     # --- link events --------------------------------------------------------------------
     def on_link_lost(self) -> None:
         if self.daemon_paused:
