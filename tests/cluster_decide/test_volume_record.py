@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.cluster.decide import fence_to_adopt, leader_volume_record
+from tandem.cluster.decide import fence_to_adopt, leader_volume_record, record_write_needed
 from tandem.dcs.view import VolumeState
 from tandem.volume.states import DiskState
 
@@ -44,3 +44,20 @@ def test_the_record_the_old_code_wrote_without_a_status_makes_the_peer_outdate_i
     bogus = rec(UP, OUT, revision=7)
     node2 = {"role": "Secondary", "disk": "UpToDate", "peer": {"connection": "Connecting"}}
     assert fence_to_adopt(node2, bogus, "node2", False, 6) == (6, True)
+
+
+def test_a_promotion_on_peer_outdated_writes_the_record_again() -> None:
+    """Review 24: the agent promoted on a record calling the peer Outdated without
+    writing (nothing had changed) and the volume skipped the fence; a request sent
+    before (our own record write that timed out, an unfence-peer) could still be applied
+    and call the peer UpToDate. Written again, the record's new revision fails them."""
+    same = rec(UP, OUT)
+    cut = leader_volume_record(status(connection="Connecting", peer_disk="DUnknown"), same,
+                               "r0", "node1", "node2")
+    assert cut.disks == same.disks
+    assert record_write_needed(cut, same, "node2", promoting=True)
+    assert not record_write_needed(cut, same, "node2", promoting=False), "a leader's cycle"
+    in_sync = leader_volume_record(status(), rec(UP, UP), "r0", "node1", "node2")
+    assert not record_write_needed(in_sync, rec(UP, UP), "node2", promoting=True), \
+        "the volume fences itself if the link drops: nothing to write"
+    assert record_write_needed(in_sync, rec(UP, OUT), "node2", promoting=False), "a change"

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.cluster.dbgroup import VIP_REFRESH_SLACK, build_db_group, vip_lifetime, vip_takeover_grace
-from tandem.cluster.decide import decide, fence_to_adopt, leader_volume_record
+from tandem.cluster.decide import decide, fence_to_adopt, leader_volume_record, record_write_needed
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
 from tandem.cluster.penalty import FailurePenalty
@@ -629,16 +629,19 @@ class Agent:
             return "the peer's volume is still Primary"
         return ""
 
-    async def _record_volume_state(self) -> bool:
+    async def _record_volume_state(self, promoting: bool = False) -> bool:
         """As leader: me UpToDate; the peer UpToDate only if it is connected and in sync
-        (decide.leader_volume_record). Nothing without a status of an UpToDate local disk."""
+        (decide.leader_volume_record). Nothing without a status of an UpToDate local disk.
+
+        `promoting`: the volume is about to be promoted on what the record says (see
+        decide.record_write_needed)."""
         if self.leader is None:
             return False
         current = self.view.volume(self.resource) or VolumeState.empty(self.resource)
         want = leader_volume_record(self.volume, current, self.resource, self.node, self.peer)
         if want is None:
             return False
-        if want.disks == current.disks:
+        if not record_write_needed(want, current, self.peer, promoting):
             self._peer_recorded_outdated = want.disk(self.peer) is not DiskState.UP_TO_DATE
             return True
         try:
@@ -657,7 +660,7 @@ class Agent:
         if self.volume is None:
             log.warning("not promoting yet: the volume daemon did not answer")
             return
-        if not await self._record_volume_state():
+        if not await self._record_volume_state(promoting=True):
             log.warning("not promoting yet: the volume record could not be written")
             return
         try:

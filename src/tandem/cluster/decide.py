@@ -104,6 +104,18 @@ def leader_volume_record(volume: dict | None, record: VolumeState | None, resour
         (was if was not in (None, DiskState.UP_TO_DATE) else DiskState.OUTDATED))
 
 
+def record_write_needed(want: VolumeState, current: VolumeState, peer: str, promoting: bool) -> bool:
+    """Whether the leader writes `want` (from leader_volume_record) over `current`: when
+    it differs, and, before a promotion on "peer Outdated", always. That promotion skips
+    fencing the peer, so the record must not change behind it: written again, its new
+    revision makes every older compare-and-set fail, also a request applied after its
+    answer was lost (our own earlier record write, an unfence-peer of either daemon),
+    just as a fence always writes (DCS.mark_peer_outdated; review 24)."""
+    if want.disks != current.disks:
+        return True
+    return promoting and want.disk(peer) is not DiskState.UP_TO_DATE
+
+
 def disk_problems(view: ClusterView, local: LocalState) -> list[str]:
     """Why this node's data may not be served as primary; empty if it may."""
     why = [] if local.disk_state is DiskState.UP_TO_DATE else [f"its disk is {local.disk_state or 'unknown'}"]

@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING
 
-from tandem.cluster.decide import decide, fence_to_adopt, leader_volume_record
+from tandem.cluster.decide import decide, fence_to_adopt, leader_volume_record, record_write_needed
 from tandem.cluster.penalty import FailurePenalty
 from tandem.cluster.view import Action, Decision, LocalState
 from tandem.dcs.base import DCSError
@@ -327,14 +327,14 @@ class SimAgent:
             yield from self.dcs.append_history(HistoryEntry(leader.epoch, self.node, "failover", 0.0), leader)
         yield from self._promote("acquired the leader key")
 
-    def _record_volume_state(self) -> Coro:
+    def _record_volume_state(self, promoting: bool = False) -> Coro:
         if self.leader is None:
             return False
         current = self.view.volume(RESOURCE) or VolumeState.empty(RESOURCE)
         want = leader_volume_record(self.volume, current, RESOURCE, self.node, self.peer)
         if want is None:
             return False
-        if want.disks == current.disks:
+        if not record_write_needed(want, current, self.peer, promoting):
             self._peer_recorded_outdated = want.disk(self.peer) is not DiskState.UP_TO_DATE
             return True
         try:
@@ -355,7 +355,7 @@ class SimAgent:
         if self.volume is None:
             self.log("not promoting yet: the volume daemon did not answer")
             return
-        if not (yield from self._record_volume_state()):
+        if not (yield from self._record_volume_state(promoting=True)):
             return
         if not (yield from self._push_write_lease()) and "deadline_of_key_lease" in self.world.fixes:
             self.log("not promoting yet: the write lease was not pushed")

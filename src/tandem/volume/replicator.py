@@ -296,7 +296,9 @@ class Replicator:
         #: our disk failed while an UpToDate peer took every write (see _peer_has_every_write)
         self._failed_while_peer_had_all = False
         #: an unfence-peer write was (or is being) sent since our last fence: the record may
-        #: call the peer UpToDate whatever the agent read before (see _promote_locked)
+        #: call the peer UpToDate whatever the agent read before (see _promote_locked).
+        #: One sent by an earlier process fails its compare-and-set: the agent writes the
+        #: record again before it promotes on "peer Outdated" (agent._record_volume_state).
         self._unfenced_since_fence = False
         self.crashed_primary = self.meta.crashed_primary
         self.al = ActivityLog(st.al_slots, st.al_extent_size)
@@ -852,10 +854,10 @@ class Replicator:
             return
 
         def in_sync() -> bool:
-            ok = self._peer_has_every_write()
-            if ok:
-                self._unfenced_since_fence = True  # before the write is sent
-            return ok
+            # Set before the check: a promotion between a "yes" and the flag would not
+            # see it and skip the fence (review 24). A needless flag costs one fence.
+            self._unfenced_since_fence = True
+            return self._peer_has_every_write()
 
         def run() -> None:
             for attempt in range(UNFENCE_ATTEMPTS):
