@@ -146,17 +146,17 @@ def failover(config: Path = ConfigOpt, to: str = typer.Option(..., "--to")) -> N
     if to not in cfg.nodes:
         raise TandemError(f"--to {to}: not a node of this cluster ({', '.join(cfg.nodes)})")
 
-    async def go():
-        dcs = _dcs(cfg)
-        try:
-            v = await dcs.load()
-            if v.leader is not None:
-                raise TandemError(f"{v.leader.node} is the leader: use `tandem switchover` instead")
-            if not await dcs.set_switchover(Switchover(leader=None, candidate=to)):
-                raise TandemError("another switchover/failover request is pending")
-        finally:
-            await dcs.close()
-    asyncio.run(go())
+    request = Switchover(leader=None, candidate=to)
+
+    async def ask(dcs) -> None:
+        v = await dcs.load()
+        if v.switchover is not None and (v.switchover.leader, v.switchover.candidate) == (None, to):
+            return  # ours, from an attempt whose answer was lost (see _with_dcs)
+        if v.leader is not None:
+            raise TandemError(f"{v.leader.node} is the leader: use `tandem switchover` instead")
+        if not await dcs.set_switchover(request):
+            raise TandemError("another switchover/failover request is pending")
+    _with_dcs(cfg, ask)
     typer.echo(f"failover to {to} requested")
 
 
