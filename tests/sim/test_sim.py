@@ -230,9 +230,11 @@ def test_a_short_volume_daemon_pause_on_the_primary_moves_nothing():
 
 
 def test_the_agents_volume_call_timeouts_are_the_real_ones():
+    import inspect
+
     from tandem.cluster import agent as real
     from tandem.sim import agent as sim_agent
-    src = __import__("inspect").getsource(real.Agent)
+    src = inspect.getsource(real.Agent)
     for name, value in (("STATUS_TIMEOUT", '"status", timeout=1.0'),
                         ("LEASE_PUSH_TIMEOUT", "_push_write_lease(self, timeout: float = 0.5)"),
                         ("FORCE_TIMEOUT", '"secondary", timeout=5.0, force=True')):

@@ -1620,13 +1620,14 @@ class Replicator:
         ours, theirs = ev.local.bitmap_weight * block, ev.peer.bitmap_weight * block
         manual = ev.local.discard_my_data or ev.peer.discard_my_data
         how = "by the operator" if manual else "automatically"
-        what = "split brain resolved" if ev.decision.split_brain_resolved else "Outdated disk ahead"
+        split = ev.decision.split_brain_resolved
+        what = "split brain resolved" if split else "Outdated disk ahead"
         log.warning("%s %s (%s): discarding the changes made on %s"
                     " while disconnected, resyncing up to %d bytes from %s (%d dirty here, %d on"
                     " the peer)", what, how, ev.reason, victim, ours + theirs, keeper, ours, theirs)
         lab_event("split-brain-resolved", node=self.spec.node, victim=victim, keeper=keeper,
                   reason=ev.reason, policy="discard-my-data" if manual else (
-                      str(self.policy) if ev.decision.split_brain_resolved else "outdated-ahead"),
+                      str(self.policy) if split else "outdated-ahead"),
                   resync_bytes_max=ours + theirs)
 
     def _send_bitmap(self, link: Link) -> None:
