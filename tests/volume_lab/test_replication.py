@@ -607,6 +607,39 @@ def test_an_outdated_disk_that_reconnects_on_the_same_data_is_up_to_date_again(f
     assert "disk Outdated -> UpToDate: the peer is UpToDate with the same data" in vp.log("node2")[seen:]
 
 
+def test_the_agents_undo_of_an_adopted_fence_checks_the_disk_is_unchanged(fresh):
+    """`undo-outdate` (the agent's decide.adoption_to_undo: a newer record calls the
+    disk UpToDate) makes the disk UpToDate only while the link is not up and only on
+    the generations the agent saw at the adoption; malformed ones are one clear error."""
+    from tandem.volume import control
+    from tandem.volume.control import ControlError
+
+    vp = fresh
+    sock = vp.lab.host_dir("node2") / "run" / "volume-db.sock"
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+    st = json.loads(vp.tandem("node2", "volume", "outdate", "db", "--unless-connected",
+                              "--json").stdout)
+    assert st["disk"] == "Outdated"
+    gens = st["generations"]
+    other = {**gens, "current": format(int(gens["current"], 16) ^ 1, "016X")}
+    assert control.call(sock, "undo-outdate", generations=other)["disk"] == "Outdated"
+    for bad in (None, "x", {**gens, "current": "0x" + gens["current"][2:]}, {**gens, "history": [1]},
+                {"current": gens["current"]}):
+        with pytest.raises(ControlError, match="'generations' must be"):
+            control.call(sock, "undo-outdate", generations=bad)
+    assert vp.status("node2")["disk"] == "Outdated"
+    seen = len(vp.log("node2"))
+    assert control.call(sock, "undo-outdate", generations=gens)["disk"] == "UpToDate"
+    assert "the agent undid a fence it had adopted" in vp.log("node2")[seen:]
+    # Connected, an Outdated disk is the link's business (an operator's outdate here).
+    vp.lab.faults.heal()
+    vp.wait_connected_uptodate(60)
+    st = json.loads(vp.tandem("node2", "volume", "outdate", "db", "--json").stdout)
+    assert st["disk"] == "Outdated" and st["peer"]["connection"] == "Connected"
+    assert control.call(sock, "undo-outdate", generations=st["generations"])["disk"] == "Outdated"
+
+
 def test_an_outdated_disk_behind_its_peer_stays_outdated_until_resynced(fresh):
     """The other side of the rule above: a fenced disk whose Primary wrote since is
     behind, and only the resync (not the connect) makes it UpToDate."""

@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from tandem.cluster.dbgroup import VIP_REFRESH_SLACK, build_db_group, vip_lifetime, vip_takeover_grace
-from tandem.cluster.decide import decide, fence_to_adopt, leader_volume_record, record_write_needed
+from tandem.cluster.decide import (
+    Adoption,
+    adoption_to_undo,
+    decide,
+    fence_to_adopt,
+    leader_volume_record,
+    record_write_needed,
+)
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
 from tandem.cluster.penalty import FailurePenalty
@@ -147,6 +154,7 @@ class Agent:
         #: revision of the volume record when the replication link was last seen up
         #: (-1: not seen since start; any Outdated record may be this disk's fence)
         self._record_rev_linked = -1
+        self._adopted: Adoption | None = None  # the fence adopted last (adoption_to_undo)
         self._fence_failed: dict[int, float] = {}  # leader token -> when its fence failed
         self.last_fence: FenceResult | None = None
         self.notifier = Notifier(cfg.agent.notify, cfg.agent.notify_timeout, node, cfg.cluster.name)
@@ -368,6 +376,7 @@ class Agent:
         self.volume = await self._volume_status()
         if dcs_ok:
             await self._adopt_recorded_outdated()
+            await self._undo_stale_adoption()
         if not self.healthy and not self.primary and self.penalty.served(time.monotonic()):
             log.info("resource failure penalty served (%g s after failure %d): eligible again",
                      self.penalty.penalty(), self.penalty.failures)
@@ -499,6 +508,26 @@ class Agent:
         if self.volume and self.volume.get("disk") == "Outdated":
             log.warning("disk marked Outdated: the DCS records it so since the replication"
                         " link was last up (the leader fenced this node)")
+            record = self.view.volume(self.resource)
+            self._adopted = (record.revision if record else 0, self.volume.get("generations"))
+
+    async def _undo_stale_adoption(self) -> None:
+        """Make the disk UpToDate again when a newer record says so (decide.adoption_to_undo)."""
+        record = self.view.volume(self.resource)
+        self._adopted, undo = adoption_to_undo(self._adopted, self.volume, record, self.node)
+        if not undo or self._adopted is None or record is None:
+            return
+        try:
+            self.volume = await volume_call(self.spec.control_socket, "undo-outdate", timeout=1.0,
+                                            generations=self._adopted[1])
+        except TandemError as e:
+            log.warning("could not undo the fence adopted from the DCS: %s", e)
+            return
+        if self.volume and self.volume.get("disk") == "UpToDate":
+            log.warning("disk UpToDate again: DCS record revision %d calls it so, newer than the"
+                        " fence adopted at revision %d, and the disk has not changed since",
+                        record.revision, self._adopted[0])
+            self._adopted = None
 
     async def _volume_status(self) -> dict[str, Any] | None:
         try:

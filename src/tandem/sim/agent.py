@@ -22,7 +22,14 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING
 
-from tandem.cluster.decide import decide, fence_to_adopt, leader_volume_record, record_write_needed
+from tandem.cluster.decide import (
+    Adoption,
+    adoption_to_undo,
+    decide,
+    fence_to_adopt,
+    leader_volume_record,
+    record_write_needed,
+)
 from tandem.cluster.penalty import FailurePenalty
 from tandem.cluster.view import Action, Decision, LocalState
 from tandem.dcs.base import DCSError
@@ -44,12 +51,9 @@ VOLUME_STATUS_GRACE = 2.5
 TIMED_OUT = object()  #: what a control call to a paused volume daemon returns
 UNFENCE_ATTEMPTS = 20  #: replicator.UNFENCE_ATTEMPTS (a test keeps them equal)
 
-#: Variants that are not broken but proposed: rules the product does not have yet,
-#: tried here first (see SimAgent._undo_stale_adoption).
-PROPOSALS = ("undo_stale_adoption",)
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
             "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source",
-            "trust_late_unfence", *PROPOSALS)
+            "trust_late_unfence", "keep_stale_adoption")
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -90,7 +94,7 @@ class SimAgent:
         self.healthy = True
         self.volume: dict | None = None
         self._volume_seen: tuple[dict, float] | None = None  # the last status and when
-        self._adopted: tuple[int, tuple[int, ...]] | None = None  # record revision, generations
+        self._adopted: Adoption | None = None  # the fence adopted last (adoption_to_undo)
         self.last: Decision | None = None
         self._last_monitor = 0.0
         self._start_failures = 0
@@ -194,7 +198,7 @@ class SimAgent:
         self.volume = yield from self._status()
         if dcs_ok and self.variant != "promote_outdated":  # BROKEN: it never reads the records
             yield from self._adopt_recorded_outdated()
-            if self.variant == "undo_stale_adoption":
+            if self.variant != "keep_stale_adoption":  # BROKEN (session 24's rules): stuck
                 yield from self._undo_stale_adoption()
         now = self.clock.now()
         if not self.healthy and not self.primary and self.penalty.served(now):
@@ -243,29 +247,17 @@ class SimAgent:
         if marked:
             self.log("disk marked Outdated: the DCS records it so since the link was last up")
             record = self.view.volume(RESOURCE)
-            self._adopted = (record.revision if record else 0, self.vol.gens)
+            self._adopted = (record.revision if record else 0, self.volume.get("generations"))
 
     def _undo_stale_adoption(self) -> Coro:
-        """PROPOSED (not in agent.py yet): a disk this agent outdated from the record is
-        UpToDate again when a newer record calls it UpToDate and the disk has not changed
-        since (same generations, still Outdated, Secondary). Whoever writes "UpToDate"
-        for a node vouches that it has every write (the leader while connected and in
-        sync; the peer's unfence after reading the record, with compare-and-set), and a
-        later write without it needs a fence with a newer revision. Meant for the
-        stale fence the peer adopted just before the unfence landed (seeds 5236, 6898,
-        107079: both disks Outdated, every write on both)."""
-        adopted, v = self._adopted, self.volume
-        if adopted is None:
-            return
-        if not v or v.get("disk") != "Outdated" or self.vol.gens != adopted[1]:
-            self._adopted = None  # resynced, promoted by force, replaced: nothing to undo
-            return
+        """agent.py: make the disk UpToDate again when a newer record says so
+        (decide.adoption_to_undo)."""
         record = self.view.volume(RESOURCE)
-        if (v.get("role") != "Secondary" or record is None or record.revision <= adopted[0]
-                or record.disk(self.node) is not DiskState.UP_TO_DATE):
+        self._adopted, undo = adoption_to_undo(self._adopted, self.volume, record, self.node)
+        if not undo or self._adopted is None or record is None:
             return
-        gens = adopted[1]
-        done = yield from self._vcall(lambda: self.vol.undo_outdate(gens), CALL_TIMEOUT)
+        adopted = self._adopted
+        done = yield from self._vcall(lambda: self.vol.undo_outdate(adopted[1]), CALL_TIMEOUT)
         if done is True:
             self._adopted = None
             self.volume = self.vol.status()

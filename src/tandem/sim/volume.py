@@ -114,7 +114,7 @@ class SimVolume:
             conn = ""
         peer = r.peer_of(self)
         pd = peer.disk if r.state != "down" else self.peer_disk
-        return {"role": self.role.value, "disk": self.disk.value,
+        return {"role": self.role.value, "disk": self.disk.value, "generations": self.gens,
                 "peer": {"connection": conn, "disk": pd.value if pd else None,
                          "role": peer.role.value if r.state != "down" else "Unknown"}}
 
@@ -301,10 +301,11 @@ class SimVolume:
             self.sim.log(self.node, "failed disk marked Outdated")
         return marked
 
-    def undo_outdate(self, gens: tuple[int, ...]) -> bool:
-        """PROPOSED (see SimAgent._undo_stale_adoption): Outdated back to UpToDate if the
-        data is what it was when the agent outdated it."""
-        if not self.up or self.role is not Role.SECONDARY or self.disk is not OUT or self.gens != gens:
+    def undo_outdate(self, gens: object) -> bool:
+        """Replicator.undo_outdate: Outdated back to UpToDate if the data is what it was
+        when the agent outdated it (no link past its handshake, the same generations)."""
+        if (not self.up or self.role is not Role.SECONDARY or self.repl.state != "down"
+                or self.disk is not OUT or self.gens != gens):
             return False
         self.disk = UP
         self.sim.log(self.node, "disk UpToDate again (the agent's stale adoption undone)")

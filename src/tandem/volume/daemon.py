@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import signal
+import string
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from tandem.errors import TandemError
 from tandem.volume.control import ControlServer
+from tandem.volume.genid import GenerationIds
 from tandem.volume.heap import keep_freed_memory
 from tandem.volume.replicator import Replicator
 from tandem.volume.spec import VolumeSpec
 
 log = logging.getLogger("tandem.volume")
+HEX = frozenset(string.hexdigits)
 
 
 def _ranges(req: dict[str, Any]) -> list[tuple[int, int]]:
@@ -36,6 +39,22 @@ def _until(req: dict[str, Any]) -> float | None:
     if until is not None and not isinstance(until, int | float):
         raise TandemError("write-lease: 'until' must be a CLOCK_MONOTONIC time in seconds or null")
     return None if until is None else float(until)
+
+
+def _generations(req: dict[str, Any]) -> GenerationIds:
+    """The `generations` of a status answer, as the agent sends them back."""
+    raw = req.get("generations")
+    try:
+        if not isinstance(raw, dict) or set(raw) != {"current", "bitmap", "history"}:
+            raise ValueError
+        hex_ids = [raw["current"], raw["bitmap"], *raw["history"]]
+        if not all(isinstance(h, str) and len(h) == 16 and set(h) <= HEX for h in hex_ids):
+            raise ValueError
+        ids = [int(h, 16) for h in hex_ids]
+        return GenerationIds(current=ids[0], bitmap=ids[1], history=tuple(ids[2:]))
+    except (ValueError, TypeError):
+        raise TandemError("undo-outdate: 'generations' must be the 'generations' object of a"
+                          " status answer (current, bitmap, history: 16 hex digits each)") from None
 
 
 def _epoch(req: dict[str, Any]) -> int | None:
@@ -76,6 +95,7 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
         "disconnect": lambda req: (rep.disconnect(), rep.status())[1],
         "outdate": lambda req: (rep.outdate(unless_connected=req.get("unless_connected") is True),
                                 rep.status())[1],
+        "undo-outdate": lambda req: (rep.undo_outdate(_generations(req)), rep.status())[1],
         "lost-leadership": lambda req: setattr(rep, "lost_leadership", True),
         "inject-eio": lambda req: rep.store.inject_errors(_ranges(req)),
         "suspend-io": suspend,

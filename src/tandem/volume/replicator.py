@@ -60,7 +60,7 @@ from tandem.volume import genid, wire
 from tandem.volume.auth import link_secret
 from tandem.volume.backing import BackingStore
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull
-from tandem.volume.genid import SplitBrainPolicy
+from tandem.volume.genid import GenerationIds, SplitBrainPolicy
 from tandem.volume.link import Link, Waiter, disconnect_reason, new_nonce
 from tandem.volume.meta import MetaStore
 from tandem.volume.peer import (
@@ -1198,11 +1198,8 @@ class Replicator:
         if self.role is Role.PRIMARY:
             raise VolumeError("refusing to outdate the Primary's disk")
         with self._status_lock, self.meta_lock:
-            link = self.link
-            if unless_connected and link is not None and not link.closed:
-                d = link.peer.decision
-                if d is not None and not d.refused:
-                    return False
+            if unless_connected and self._past_handshake():
+                return False
             st = self.meta.state
             marked = st.disk is DiskState.UP_TO_DATE
             if marked:
@@ -1213,6 +1210,34 @@ class Replicator:
                 marked = True
         self._send_status()
         return marked
+
+    def undo_outdate(self, generations: GenerationIds) -> bool:
+        """Make an Outdated disk UpToDate again: the agent undoing a fence it adopted
+        from a record that a newer one has since superseded, calling this disk
+        UpToDate (cluster.decide.adoption_to_undo has the argument). Only while
+        nothing can have changed the data since the agent outdated it: Secondary, the
+        link not past its handshake (a connected disk is settled by the link), and
+        the generations the agent saw at the adoption. Returns whether it was done."""
+        with self._status_lock, self.meta_lock:
+            if self.role is Role.PRIMARY or self._past_handshake():
+                return False
+            st = self.meta.state
+            if (self.store.failed or st.disk is not DiskState.OUTDATED
+                    or st.generations != generations):
+                return False
+            self.meta.update(disk=DiskState.UP_TO_DATE)
+        log.warning("disk Outdated -> UpToDate: the agent undid a fence it had adopted (a newer"
+                    " DCS record calls this disk UpToDate, and its generations are unchanged)")
+        self._send_status()
+        return True
+
+    def _past_handshake(self) -> bool:
+        """Whether a link is up and its handshake decided (a refused one does not count)."""
+        link = self.link
+        if link is None or link.closed:
+            return False
+        d = link.peer.decision
+        return d is not None and not d.refused
 
     def invalidate(self) -> None:
         """Throw away the local copy: full sync from the peer at the next connect."""
