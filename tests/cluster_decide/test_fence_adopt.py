@@ -43,23 +43,23 @@ def test_a_fence_older_than_the_link_is_not_adopted() -> None:
                               False, rev)[1]
 
 
-GENS = {"current": "00000000000000A1", "bitmap": "0000000000000000", "history": []}
+MARK = 41  # the volume's mark of the agent's outdate (its metadata's sequence number)
 
 
-def outdated(connection: str = "Connecting", gens: dict = GENS, role: str = "Secondary") -> dict:
-    return {"role": role, "disk": "Outdated", "generations": gens, "peer": {"connection": connection}}
+def outdated(connection: str = "Connecting", role: str = "Secondary") -> dict:
+    return {"role": role, "disk": "Outdated", "peer": {"connection": connection}}
 
 
 def test_a_fence_adopted_just_before_the_unfence_landed_is_undone() -> None:
     """Simulation seeds 5236, 6898, 107079: the resync source's unfence (record 14)
     lands just after this node adopted its stale fence (record 13); its own disk has
     failed since, so without the undo both disks stay Outdated for good."""
-    adopted = (13, GENS)
+    adopted = (13, MARK)
     assert adoption_to_undo(adopted, outdated(), record(UP, 14), "node2") == (adopted, True)
 
 
 def test_nothing_is_undone_on_the_fence_itself_or_on_a_newer_fence() -> None:
-    adopted = (13, GENS)
+    adopted = (13, MARK)
     assert adoption_to_undo(adopted, outdated(), record(OUT, 13), "node2") == (adopted, False)
     assert adoption_to_undo(adopted, outdated(), record(OUT, 15), "node2") == (adopted, False)
     assert adoption_to_undo(adopted, outdated(), None, "node2") == (adopted, False)
@@ -67,21 +67,18 @@ def test_nothing_is_undone_on_the_fence_itself_or_on_a_newer_fence() -> None:
     assert adoption_to_undo(adopted, outdated(), record(UP, 12), "node2") == (adopted, False)
 
 
-def test_a_disk_that_changed_since_the_adoption_is_never_undone() -> None:
-    """New generations (a resync, a forced promotion and demotion), a disk no longer
-    Outdated, or another role: the adoption is forgotten or waits, never applied."""
-    adopted = (13, GENS)
-    moved = {**GENS, "current": "00000000000000B2"}
-    assert adoption_to_undo(adopted, outdated(gens=moved), record(UP, 14), "node2") == (None, False)
-    assert adoption_to_undo(adopted, {**outdated(), "disk": "UpToDate"}, record(UP, 14),
-                            "node2") == (None, False)
-    assert adoption_to_undo(adopted, {**outdated(), "disk": "Inconsistent"}, record(UP, 14),
-                            "node2") == (None, False)
+def test_a_disk_no_longer_outdated_forgets_the_adoption_and_a_primary_waits() -> None:
+    """Resynced, attached, promoted by force: the adoption is forgotten, never applied
+    (the volume also refuses a mark its metadata has moved past)."""
+    adopted = (13, MARK)
+    for disk in ("UpToDate", "Inconsistent", "Failed"):
+        assert adoption_to_undo(adopted, {**outdated(), "disk": disk}, record(UP, 14),
+                                "node2") == (None, False)
     assert adoption_to_undo(adopted, outdated(role="Primary"), record(UP, 14), "node2") == (adopted, False)
 
 
 def test_a_connected_disk_is_left_to_the_link_and_an_unknown_status_keeps_the_adoption() -> None:
-    adopted = (13, GENS)
+    adopted = (13, MARK)
     assert adoption_to_undo(adopted, outdated("Connected"), record(UP, 14), "node2") == (adopted, False)
     assert adoption_to_undo(adopted, outdated("SyncTarget"), record(UP, 14), "node2") == (adopted, False)
     assert adoption_to_undo(adopted, None, record(UP, 14), "node2") == (adopted, False)

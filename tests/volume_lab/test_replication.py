@@ -609,35 +609,47 @@ def test_an_outdated_disk_that_reconnects_on_the_same_data_is_up_to_date_again(f
 
 def test_the_agents_undo_of_an_adopted_fence_checks_the_disk_is_unchanged(fresh):
     """`undo-outdate` (the agent's decide.adoption_to_undo: a newer record calls the
-    disk UpToDate) makes the disk UpToDate only while the link is not up and only on
-    the generations the agent saw at the adoption; malformed ones are one clear error."""
+    disk UpToDate) makes the disk UpToDate only with no link, only on the mark of the
+    outdate it undoes (the metadata unchanged since), and never past its deadline (a
+    request held in a paused daemon's socket, review 25). Bad arguments: one clear error."""
     from tandem.volume import control
     from tandem.volume.control import ControlError
 
     vp = fresh
     sock = vp.lab.host_dir("node2") / "run" / "volume-db.sock"
+
+    def undo(mark, until=None):
+        until = time.monotonic() + 5 if until is None else until
+        return control.call(sock, "undo-outdate", mark=mark, until=until)
+
     vp.lab.faults.partition(["node1"], ["node2"], net="replication")
     vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
-    st = json.loads(vp.tandem("node2", "volume", "outdate", "db", "--unless-connected",
-                              "--json").stdout)
-    assert st["disk"] == "Outdated"
-    gens = st["generations"]
-    other = {**gens, "current": format(int(gens["current"], 16) ^ 1, "016X")}
-    assert control.call(sock, "undo-outdate", generations=other)["disk"] == "Outdated"
-    for bad in (None, "x", {**gens, "current": "0x" + gens["current"][2:]}, {**gens, "history": [1]},
-                {"current": gens["current"]}):
-        with pytest.raises(ControlError, match="'generations' must be"):
-            control.call(sock, "undo-outdate", generations=bad)
+    st = control.call(sock, "outdate", unless_connected=True)
+    assert st["disk"] == "Outdated" and st["marked"]
+    again = control.call(sock, "outdate", unless_connected=True)  # already Outdated: no mark
+    assert not again["marked"] and again["mark"] is None
+    mark = st["mark"]
+    assert not undo(mark + 1)["undone"] and not undo(mark - 1)["undone"]
+    assert not undo(mark, until=time.monotonic() - 0.01)["undone"], "past its deadline"
+    for bad in ({"mark": None, "until": time.monotonic() + 5}, {"mark": True, "until": 1e12},
+                {"mark": "1", "until": 1e12}):
+        with pytest.raises(ControlError, match="undo-outdate: 'mark' must be"):
+            control.call(sock, "undo-outdate", **bad)
+    with pytest.raises(ControlError, match="undo-outdate: 'until' must be"):
+        control.call(sock, "undo-outdate", mark=mark, until="soon")
     assert vp.status("node2")["disk"] == "Outdated"
     seen = len(vp.log("node2"))
-    assert control.call(sock, "undo-outdate", generations=gens)["disk"] == "UpToDate"
+    done = undo(mark)
+    assert done["undone"] and done["disk"] == "UpToDate"
     assert "the agent undid a fence it had adopted" in vp.log("node2")[seen:]
-    # Connected, an Outdated disk is the link's business (an operator's outdate here).
+    assert not undo(mark)["undone"], "the undo wrote the metadata: its mark is spent"
+    # With a link, the disk is the link's business (an operator's outdate here).
     vp.lab.faults.heal()
     vp.wait_connected_uptodate(60)
-    st = json.loads(vp.tandem("node2", "volume", "outdate", "db", "--json").stdout)
+    st = control.call(sock, "outdate")
     assert st["disk"] == "Outdated" and st["peer"]["connection"] == "Connected"
-    assert control.call(sock, "undo-outdate", generations=st["generations"])["disk"] == "Outdated"
+    assert not undo(st["mark"])["undone"]
+    assert vp.status("node2")["disk"] == "Outdated"
 
 
 def test_an_outdated_disk_behind_its_peer_stays_outdated_until_resynced(fresh):

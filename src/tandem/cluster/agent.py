@@ -155,6 +155,9 @@ class Agent:
         #: (-1: not seen since start; any Outdated record may be this disk's fence)
         self._record_rev_linked = -1
         self._adopted: Adoption | None = None  # the fence adopted last (adoption_to_undo)
+        #: the undo's argument needs every fence of the peer in the DCS (fence_peer = "dcs"):
+        #: a fence_peer_command may fence without touching the record
+        self._undo_allowed = cfg.volumes[spec.resource].fence_peer == "dcs"
         self._fence_failed: dict[int, float] = {}  # leader token -> when its fence failed
         self.last_fence: FenceResult | None = None
         self.notifier = Notifier(cfg.agent.notify, cfg.agent.notify_timeout, node, cfg.cluster.name)
@@ -508,26 +511,30 @@ class Agent:
         if self.volume and self.volume.get("disk") == "Outdated":
             log.warning("disk marked Outdated: the DCS records it so since the replication"
                         " link was last up (the leader fenced this node)")
+        if self.volume and self.volume.get("marked") and self._undo_allowed:
+            # only an Outdated this call made (not an operator's, not attach's) is undone
             record = self.view.volume(self.resource)
-            self._adopted = (record.revision if record else 0, self.volume.get("generations"))
+            self._adopted = (record.revision if record else 0, self.volume.get("mark"))
 
     async def _undo_stale_adoption(self) -> None:
         """Make the disk UpToDate again when a newer record says so (decide.adoption_to_undo)."""
         record = self.view.volume(self.resource)
         self._adopted, undo = adoption_to_undo(self._adopted, self.volume, record, self.node)
-        if not undo or self._adopted is None or record is None:
+        adopted = self._adopted
+        if not undo or adopted is None or record is None:
             return
+        timeout = 1.0
         try:
-            self.volume = await volume_call(self.spec.control_socket, "undo-outdate", timeout=1.0,
-                                            generations=self._adopted[1])
-        except TandemError as e:
+            answer = await volume_call(self.spec.control_socket, "undo-outdate", timeout=timeout,
+                                       mark=adopted[1], until=time.monotonic() + timeout)
+        except TandemError as e:  # timed out: the daemon refuses it past `until`; try again
             log.warning("could not undo the fence adopted from the DCS: %s", e)
             return
-        if self.volume and self.volume.get("disk") == "UpToDate":
+        self.volume, self._adopted = answer, None  # done, or refused for good (the disk moved on)
+        if answer.get("undone"):
             log.warning("disk UpToDate again: DCS record revision %d calls it so, newer than the"
                         " fence adopted at revision %d, and the disk has not changed since",
-                        record.revision, self._adopted[0])
-            self._adopted = None
+                        record.revision, adopted[0])
 
     async def _volume_status(self) -> dict[str, Any] | None:
         try:

@@ -84,33 +84,35 @@ def fence_to_adopt(volume: dict | None, record: VolumeState | None, node: str, p
     return rev_linked, adopt
 
 
-#: A fence this agent adopted: the record's revision and the disk's generations then.
+#: A fence this agent adopted: the record's revision, and the mark of the volume's
+#: outdate (its metadata's sequence number then: Replicator.undo_outdate).
 Adoption = tuple[int, object]
 
 
 def adoption_to_undo(adopted: Adoption | None, volume: dict | None, record: VolumeState | None,
                      node: str) -> tuple[Adoption | None, bool]:
     """Whether to make a disk this agent outdated (fence_to_adopt) UpToDate again:
-    a newer record calls it UpToDate, and it is still the Outdated Secondary, on the
-    same generations, that the agent left. The stale fence of a resync source whose
-    unfence was delayed (cut off from the DCS) and whose own disk failed next: the
-    peer, with every write, adopted the fence moments before the unfence landed, and
-    both disks stayed Outdated for good (simulation seeds 5236, 6898, 107079).
+    a newer record calls it UpToDate, and it is still the Outdated Secondary the
+    agent left. The stale fence of a resync source whose unfence was delayed (cut
+    off from the DCS) and whose own disk failed next: the peer, with every write,
+    adopted the fence moments before the unfence landed, and both disks stayed
+    Outdated for good (simulation seeds 5236, 6898, 107079).
 
     Why it is safe: a record calls a node UpToDate only from a writer that saw it
     have every write. The leader writes that only while connected and in sync
     (leader_volume_record); an unfence is a compare-and-set on the record it read
     and the leader key, sent after its in-sync check. A write acknowledged without
-    this node needs a fence first, with a newer revision, which the agent adopts
-    again. The disk has lost nothing since: without a link past its handshake its
-    data does not change (the volume re-checks that and the generations; a resync,
-    a discard or a forced promotion changes them or leaves it not Outdated).
-    An agent restart forgets the adoption: nothing is undone then.
+    this node needs a fence first, with a newer revision (with fence_peer = "dcs";
+    the agent does not undo otherwise), which the agent adopts again. The disk has
+    lost nothing since: the volume undoes only with no link and its metadata
+    unchanged since the outdate, and never past the request's deadline (a request
+    held in a paused daemon's socket, review 25). Only an Outdated the agent's own
+    outdate made is undone, not an operator's; an agent restart forgets it.
     Returns the adoption to keep (None: forget it) and whether to undo it now."""
     if adopted is None or not volume:
         return adopted, False
-    if volume.get("disk") != "Outdated" or volume.get("generations") != adopted[1]:
-        return None, False  # resynced, promoted by force, replaced: nothing to undo
+    if volume.get("disk") != "Outdated":
+        return None, False  # resynced, attached, promoted by force: nothing to undo
     revision = record.revision if record else 0
     undo = (volume.get("role") == "Secondary" and record is not None and revision > adopted[0]
             and record.disk(node) is DiskState.UP_TO_DATE

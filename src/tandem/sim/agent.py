@@ -244,10 +244,10 @@ class SimAgent:
         if marked is TIMED_OUT:
             return
         self.volume = self.vol.status()  # the outdate call answers with the status
-        if marked:
+        if marked is not None:
             self.log("disk marked Outdated: the DCS records it so since the link was last up")
             record = self.view.volume(RESOURCE)
-            self._adopted = (record.revision if record else 0, self.volume.get("generations"))
+            self._adopted = (record.revision if record else 0, marked)
 
     def _undo_stale_adoption(self) -> Coro:
         """agent.py: make the disk UpToDate again when a newer record says so
@@ -256,11 +256,12 @@ class SimAgent:
         self._adopted, undo = adoption_to_undo(self._adopted, self.volume, record, self.node)
         if not undo or self._adopted is None or record is None:
             return
-        adopted = self._adopted
-        done = yield from self._vcall(lambda: self.vol.undo_outdate(adopted[1]), CALL_TIMEOUT)
-        if done is True:
-            self._adopted = None
-            self.volume = self.vol.status()
+        adopted, until = self._adopted, self.clock.now() + CALL_TIMEOUT
+        done = yield from self._vcall(lambda: self.vol.undo_outdate(adopted[1], until), CALL_TIMEOUT)
+        if done is TIMED_OUT:
+            return  # the daemon refuses it past `until`; tried again next cycle
+        self._adopted, self.volume = None, self.vol.status()
+        if done:
             self.log(f"disk UpToDate again: record revision {record.revision} calls it so, newer"
                      f" than the fence adopted at {adopted[0]}")
 

@@ -75,6 +75,9 @@ class SimVolume:
         self.clock = world.clocks[node]
         self.up = True
         self.role = Role.SECONDARY
+        #: the metadata's sequence number: every change of the disk state or the
+        #: generations writes it anew (Replicator.undo_outdate's mark)
+        self.meta_seq = 0
         self.disk = UP
         self.failed_from: DiskState | None = None  # what a Failed disk was before it failed
         self.data: set[int] = set()
@@ -103,6 +106,22 @@ class SimVolume:
         self._open_end = math.inf
         self.intervals: list[tuple[float, float]] = []
 
+    @property
+    def disk(self) -> DiskState:
+        return self._disk
+
+    @disk.setter
+    def disk(self, value: DiskState) -> None:
+        self._disk, self.meta_seq = value, self.meta_seq + 1
+
+    @property
+    def gens(self) -> tuple[int, ...]:
+        return self._gens
+
+    @gens.setter
+    def gens(self, value: tuple[int, ...]) -> None:
+        self._gens, self.meta_seq = value, self.meta_seq + 1
+
     # --- what the agent reads ----------------------------------------------------------
     def status(self) -> dict:
         r = self.repl
@@ -114,7 +133,7 @@ class SimVolume:
             conn = ""
         peer = r.peer_of(self)
         pd = peer.disk if r.state != "down" else self.peer_disk
-        return {"role": self.role.value, "disk": self.disk.value, "generations": self.gens,
+        return {"role": self.role.value, "disk": self.disk.value,
                 "peer": {"connection": conn, "disk": pd.value if pd else None,
                          "role": peer.role.value if r.state != "down" else "Unknown"}}
 
@@ -286,26 +305,33 @@ class SimVolume:
         self.sim.log(self.node, "volume Secondary" + (" (forced)" if force else ""))
         self.track()
 
-    def outdate(self, unless_connected: bool = False) -> bool:
-        """Replicator.outdate: the agent adopting the DCS record of a fence."""
+    def outdate(self, unless_connected: bool = False) -> int | None:
+        """Replicator.outdate: the agent adopting the DCS record of a fence. Returns
+        the mark (None: not marked)."""
         if self.role is Role.PRIMARY or not self.up:
-            return False
+            return None
         if unless_connected and self.repl.state != "down":
-            return False
-        marked = self.disk is UP
-        if marked:
+            return None
+        if self.disk is UP:
             self.disk = OUT
             self.sim.log(self.node, "disk marked Outdated")
         elif self.disk is FAILED and self.failed_from is UP:
-            self.failed_from, marked = OUT, True  # attach brings it back Outdated
+            self.failed_from = OUT  # attach brings it back Outdated
+            self.meta_seq += 1
             self.sim.log(self.node, "failed disk marked Outdated")
-        return marked
+        else:
+            return None
+        return self.meta_seq
 
-    def undo_outdate(self, gens: object) -> bool:
-        """Replicator.undo_outdate: Outdated back to UpToDate if the data is what it was
-        when the agent outdated it (no link past its handshake, the same generations)."""
+    def undo_outdate(self, mark: object, until: float) -> bool:
+        """Replicator.undo_outdate: Outdated back to UpToDate if nothing changed the disk
+        since the agent's outdate marked it, no link, and not past the request's deadline
+        (a request held while the daemon was paused)."""
+        if self.clock.now() > until:
+            self.sim.log(self.node, "undo of the agent's outdate refused: past its deadline")
+            return False
         if (not self.up or self.role is not Role.SECONDARY or self.repl.state != "down"
-                or self.disk is not OUT or self.gens != gens):
+                or self.disk is not OUT or self.meta_seq != mark):
             return False
         self.disk = UP
         self.sim.log(self.node, "disk UpToDate again (the agent's stale adoption undone)")

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import logging
 import signal
-import string
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from tandem.errors import TandemError
 from tandem.volume.control import ControlServer
-from tandem.volume.genid import GenerationIds
 from tandem.volume.heap import keep_freed_memory
 from tandem.volume.replicator import Replicator
 from tandem.volume.spec import VolumeSpec
 
 log = logging.getLogger("tandem.volume")
-HEX = frozenset(string.hexdigits)
 
 
 def _ranges(req: dict[str, Any]) -> list[tuple[int, int]]:
@@ -34,27 +31,11 @@ def _ranges(req: dict[str, Any]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in raw]
 
 
-def _until(req: dict[str, Any]) -> float | None:
+def _until(req: dict[str, Any], cmd: str = "write-lease") -> float | None:
     until = req.get("until")
-    if until is not None and not isinstance(until, int | float):
-        raise TandemError("write-lease: 'until' must be a CLOCK_MONOTONIC time in seconds or null")
+    if until is not None and (not isinstance(until, int | float) or isinstance(until, bool)):
+        raise TandemError(f"{cmd}: 'until' must be a CLOCK_MONOTONIC time in seconds or null")
     return None if until is None else float(until)
-
-
-def _generations(req: dict[str, Any]) -> GenerationIds:
-    """The `generations` of a status answer, as the agent sends them back."""
-    raw = req.get("generations")
-    try:
-        if not isinstance(raw, dict) or set(raw) != {"current", "bitmap", "history"}:
-            raise ValueError
-        hex_ids = [raw["current"], raw["bitmap"], *raw["history"]]
-        if not all(isinstance(h, str) and len(h) == 16 and set(h) <= HEX for h in hex_ids):
-            raise ValueError
-        ids = [int(h, 16) for h in hex_ids]
-        return GenerationIds(current=ids[0], bitmap=ids[1], history=tuple(ids[2:]))
-    except (ValueError, TypeError):
-        raise TandemError("undo-outdate: 'generations' must be the 'generations' object of a"
-                          " status answer (current, bitmap, history: 16 hex digits each)") from None
 
 
 def _epoch(req: dict[str, Any]) -> int | None:
@@ -79,6 +60,18 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
         drained = rep.suspend(str(req.get("reason", "suspended by the operator")))
         return {"drained": drained}
 
+    def outdate(req):
+        mark = rep.outdate(unless_connected=req.get("unless_connected") is True)
+        return {**rep.status(), "marked": mark is not None, "mark": mark}
+
+    def undo_outdate(req):
+        mark, until = req.get("mark"), _until(req, "undo-outdate")
+        if not isinstance(mark, int) or isinstance(mark, bool) or until is None:
+            raise TandemError("undo-outdate: 'mark' must be the 'mark' of the outdate answer and"
+                              " 'until' a CLOCK_MONOTONIC deadline in seconds")
+        undone = rep.undo_outdate(mark, until)
+        return {**rep.status(), "undone": undone}
+
     def down(req):
         stop.set()
         return "stopping"
@@ -93,9 +86,8 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
         "discard-my-data": lambda req: (rep.set_discard_my_data(), rep.status())[1],
         "connect": lambda req: (rep.reconnect("connect requested"), rep.status())[1],
         "disconnect": lambda req: (rep.disconnect(), rep.status())[1],
-        "outdate": lambda req: (rep.outdate(unless_connected=req.get("unless_connected") is True),
-                                rep.status())[1],
-        "undo-outdate": lambda req: (rep.undo_outdate(_generations(req)), rep.status())[1],
+        "outdate": outdate,
+        "undo-outdate": undo_outdate,
         "lost-leadership": lambda req: setattr(rep, "lost_leadership", True),
         "inject-eio": lambda req: rep.store.inject_errors(_ranges(req)),
         "suspend-io": suspend,

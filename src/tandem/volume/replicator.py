@@ -60,7 +60,7 @@ from tandem.volume import genid, wire
 from tandem.volume.auth import link_secret
 from tandem.volume.backing import BackingStore
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull
-from tandem.volume.genid import GenerationIds, SplitBrainPolicy
+from tandem.volume.genid import SplitBrainPolicy
 from tandem.volume.link import Link, Waiter, disconnect_reason, new_nonce
 from tandem.volume.meta import MetaStore
 from tandem.volume.peer import (
@@ -1187,47 +1187,55 @@ class Replicator:
         server.stop()
         self.fuse = None
 
-    def outdate(self, unless_connected: bool = False) -> bool:
+    def outdate(self, unless_connected: bool = False) -> int | None:
         """Mark our own disk Outdated (what a fence-peer handler asks of a peer).
 
         `unless_connected`: do nothing if the link is up and past its handshake
         (the agent adopting the DCS record: a connected replica is kept current by
         the link, and the record is stale). A handshake still in flight does not
         stop it: its NoSync on the same data makes the disk UpToDate again.
-        Returns whether the disk was marked."""
+        Returns the mark (the metadata's sequence number once marked: `undo_outdate`
+        wants it), or None if the disk was not marked."""
         if self.role is Role.PRIMARY:
             raise VolumeError("refusing to outdate the Primary's disk")
         with self._status_lock, self.meta_lock:
             if unless_connected and self._past_handshake():
                 return False
             st = self.meta.state
-            marked = st.disk is DiskState.UP_TO_DATE
-            if marked:
-                self.meta.update(disk=DiskState.OUTDATED)
+            mark = None
+            if st.disk is DiskState.UP_TO_DATE:
+                mark = self.meta.update(disk=DiskState.OUTDATED).seq
             elif st.disk is DiskState.FAILED and st.failed_from is DiskState.UP_TO_DATE:
                 # A fence while the disk is Failed: `attach` brings it back Outdated.
-                self.meta.update(failed_from=DiskState.OUTDATED)
-                marked = True
+                mark = self.meta.update(failed_from=DiskState.OUTDATED).seq
         self._send_status()
-        return marked
+        return mark
 
-    def undo_outdate(self, generations: GenerationIds) -> bool:
+    def undo_outdate(self, mark: int, until: float) -> bool:
         """Make an Outdated disk UpToDate again: the agent undoing a fence it adopted
         from a record that a newer one has since superseded, calling this disk
         UpToDate (cluster.decide.adoption_to_undo has the argument). Only while
-        nothing can have changed the data since the agent outdated it: Secondary, the
-        link not past its handshake (a connected disk is settled by the link), and
-        the generations the agent saw at the adoption. Returns whether it was done."""
+        nothing can have changed the disk since the agent's `outdate` marked it:
+        Secondary, no link at all (one in its handshake has told the peer Outdated
+        already), and the metadata unchanged since (`mark`: any change of the disk
+        state, the generations or the bitmap writes it anew). `until` (monotonic):
+        a request read after it, held in the socket while the daemon was paused, is
+        refused, for by then the record may call this disk Outdated again and a
+        write without it may have been acknowledged (review 25).
+        Returns whether it was done."""
+        if time.monotonic() > until:
+            log.warning("refused to undo the agent's outdate: the request came after its deadline")
+            return False
         with self._status_lock, self.meta_lock:
-            if self.role is Role.PRIMARY or self._past_handshake():
+            link = self.link
+            if self.role is Role.PRIMARY or (link is not None and not link.closed):
                 return False
             st = self.meta.state
-            if (self.store.failed or st.disk is not DiskState.OUTDATED
-                    or st.generations != generations):
+            if self.store.failed or st.disk is not DiskState.OUTDATED or st.seq != mark:
                 return False
             self.meta.update(disk=DiskState.UP_TO_DATE)
         log.warning("disk Outdated -> UpToDate: the agent undid a fence it had adopted (a newer"
-                    " DCS record calls this disk UpToDate, and its generations are unchanged)")
+                    " DCS record calls this disk UpToDate, and the disk is unchanged since)")
         self._send_status()
         return True
 
