@@ -5,6 +5,7 @@ holder, a job applied twice or never), and a seed must give the same faults."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -552,6 +553,63 @@ def test_a_paused_process_is_recorded_resumed_before_it_runs_again(monkeypatch):
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_pause_is_recorded_once_every_thread_of_the_process_has_stopped():
+    """Torture 205:31: kill(SIGSTOP) returns before a busy multi-threaded process
+    stops (one thread is woken to begin the group stop; on a loaded machine the
+    others ran on for milliseconds), and a volume daemon completed a commit 7 ms
+    after its pause was recorded. The event now comes once /proc shows every thread
+    stopped; one never seen stopped ends no interval."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from tandem.lab import torture_nemesis
+    from tandem.lab.supervisor import wait_stopped
+
+    def states(pid):
+        out = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                out.append(f.read().rsplit(")", 1)[1].split()[0])
+        return out
+
+    recorded = []
+
+    class Events:
+        def record(self, kind, **fields):
+            recorded.append({"kind": kind, **fields, "states": states(fields["pid"])})
+
+    busy = ("import threading\n"
+            "def spin():\n    while True: sum(range(1000))\n"
+            "for _ in range(6): threading.Thread(target=spin, daemon=True).start()\n"
+            "spin()\n")
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        for _ in range(500):
+            if len(states(child.pid)) == 7:
+                break
+            time.sleep(0.01)
+        assert len(states(child.pid)) == 7
+        assert not wait_stopped(child.pid, timeout=0.05), "running threads are not stopped"
+        lab = SimpleNamespace(events=Events(), host_dir=None, read_state=lambda: {"down": []},
+                              supervisor=lambda h: SimpleNamespace(
+                                  get=lambda n: SimpleNamespace(pid=child.pid),
+                                  alive=lambda rec: True))
+        nemesis = torture_nemesis.Nemesis(SimpleNamespace(lab=lab, leader=None))
+        nemesis._apply_pause({"host": "node1", "name": "volume-db"})
+        assert recorded[0]["stopped"] is True and set(recorded[0]["states"]) == {"T"}, recorded
+        os.kill(child.pid, signal.SIGCONT)
+    finally:
+        child.kill()
+        child.wait()
+    unseen = {**_pause("node2", 3.0), "stopped": False}
+    assert [(i.node, i.start, i.end) for i in checker.writable_intervals(
+        [_writable("node2", True, 0.0), unseen, _pause("node2", 8.0, heal=True)])] == \
+        [("node2", 0.0, float("inf"))]
 
 
 def test_a_recheck_judges_convergence_by_the_campaigns_own_bound(tmp_path):

@@ -57,7 +57,9 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
     is down, see `crash_ends`), and so does a
     SIGSTOP of the volume daemon (a stopped daemon answers no FUSE request, so no
     write completes; it records nothing either, so without this a daemon paused and
-    then crashed stayed writable until the crash: torture 87:71). Its interval
+    then crashed stayed writable until the crash: torture 87:71), recorded once
+    every thread has stopped (torture 205:31: the signal takes effect only when a
+    thread next runs; a pause not seen to take effect ends nothing). Its interval
     opens again when it is resumed, until the daemon's own word ends it."""
     events = list(events)
     down_at = crash_ends(events)
@@ -91,6 +93,8 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
         elif ev.get("fault") == "pause" and str(ev.get("name", "")).startswith("volume"):
             node = ev["host"]
             if kind == "fault":
+                if ev.get("stopped") is False:  # not seen stopped: it may still serve
+                    continue
                 stopped[node] = (ev.get("pid"), node in open_since)
                 if node in open_since:
                     close(node, ev["t"])

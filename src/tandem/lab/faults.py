@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from tandem.errors import LabError
 from tandem.lab.shell import in_ns, run
+from tandem.lab.supervisor import wait_stopped
 from tandem.lab.topology import NET_IFNAME, NETWORKS
 
 if TYPE_CHECKING:
@@ -159,8 +160,11 @@ class Faults:
 
     # --- processes ---------------------------------------------------------------
     def pause(self, host: str, name: str) -> None:
-        self.lab.supervisor(host).signal(name, signal.SIGSTOP)
-        self.lab.events.record("fault", fault="pause", host=host, name=name)
+        sup = self.lab.supervisor(host)
+        sup.signal(name, signal.SIGSTOP)
+        rec = sup.get(name)  # recorded once stopped (supervisor.wait_stopped)
+        stopped = rec is not None and wait_stopped(rec.pid)
+        self.lab.events.record("fault", fault="pause", host=host, name=name, stopped=stopped)
 
     def resume(self, host: str, name: str) -> None:
         self.lab.supervisor(host).signal(name, signal.SIGCONT)

@@ -54,6 +54,31 @@ def start_ticks(pid: int) -> int | None:
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
+def wait_stopped(pid: int, timeout: float = 2.0) -> bool:
+    """Whether every thread of `pid` is stopped (state T) within `timeout` seconds.
+
+    kill(SIGSTOP) returns before the process stops: the kernel wakes one thread to
+    begin the group stop, and until that thread runs (on a loaded machine, some
+    milliseconds) the others go on. Torture 205:31: a volume daemon completed a
+    commit 7 ms after its pause was recorded, and the checker, which ends a paused
+    daemon's writable interval at that event, called the write one of two writers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with (contextlib.suppress(FileNotFoundError, ProcessLookupError),
+                      open(f"/proc/{pid}/task/{tid}/stat") as f):
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        if states and all(s in ("T", "t") for s in states):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)
+
+
 def pid_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     return start_ticks(pid) is not None

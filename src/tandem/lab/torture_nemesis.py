@@ -19,7 +19,7 @@ from typing import Any
 
 from tandem.errors import LabError, TandemError
 from tandem.lab.stack import DATA_NODES, LabStack
-from tandem.lab.supervisor import start_ticks
+from tandem.lab.supervisor import start_ticks, wait_stopped
 from tandem.lab.topology import NETWORKS
 from tandem.lab.torture_plan import Fault
 
@@ -171,8 +171,12 @@ class Nemesis:
         started = start_ticks(pid)
         os.kill(pid, signal.SIGSTOP)
         self.paused[(host, p["name"])] = (pid, started)
-        self.lab.events.record("fault", fault="pause", host=host, name=p["name"], pid=pid)
-        return f"SIGSTOP {p['name']} pid {pid} on {host}"
+        # Recorded once every thread is stopped, not when the signal was sent: the
+        # checker ends a paused volume daemon's writable interval here (wait_stopped).
+        stopped = wait_stopped(pid)
+        self.lab.events.record("fault", fault="pause", host=host, name=p["name"], pid=pid,
+                               stopped=stopped)
+        return f"SIGSTOP {p['name']} pid {pid} on {host}" + ("" if stopped else " (not yet stopped)")
 
     def _heal_pause(self, p: dict) -> None:
         key = next((k for k in self.paused if k[1] == p["name"] and p["host"] in (k[0], "leader")), None)
