@@ -916,9 +916,10 @@ def test_a_failed_disk_without_a_peer_keeps_what_it_was(tmp_path):
         assert state.disk is DiskState.FAILED and state.failed_from is DiskState.UP_TO_DATE
         assert bits[0] and bits[1]
         rep.role = Role.SECONDARY
-        assert rep.outdate() is True
+        mark = rep.outdate()
         state, _weight, _bits = _saved(tmp_path)
         assert state.disk is DiskState.FAILED and state.failed_from is DiskState.OUTDATED
+        assert mark == state.seq
     finally:
         rep.role = Role.SECONDARY
         rep.meta.close()
@@ -1196,3 +1197,35 @@ def test_a_pending_fence_is_never_undone(tmp_path):
     finally:
         rep._fencing = None
         _close(rep, link, theirs)
+
+
+def test_the_agents_undo_of_its_outdate_needs_the_disk_unchanged_since(tmp_path):
+    """Replicator.undo_outdate (the agent's decide.adoption_to_undo): UpToDate again
+    only on the mark of the outdate it undoes; any metadata write since spends the
+    mark for good; a Primary or a request past its deadline (held in a paused
+    daemon's socket, review 25) is refused for now, to be asked again."""
+    rep = make_replicator(tmp_path)
+    try:
+        rep.role = Role.SECONDARY
+        mark = rep.outdate(unless_connected=True)
+        assert isinstance(mark, int) and rep.meta.state.disk is DiskState.OUTDATED
+        assert rep.outdate(unless_connected=True) is None, "already Outdated: nothing marked"
+        later = time.monotonic() + 5
+        assert rep.undo_outdate(mark + 1, later) == "spent"
+        assert rep.undo_outdate(mark, time.monotonic() - 0.001) == "retry"
+        rep.role = Role.PRIMARY
+        assert rep.undo_outdate(mark, later) == "retry"
+        rep.role = Role.SECONDARY
+        assert rep.meta.state.disk is DiskState.OUTDATED
+        assert rep.undo_outdate(mark, later) is None
+        assert _saved(tmp_path)[0].disk is DiskState.UP_TO_DATE
+        assert rep.undo_outdate(mark, later) == "spent", "done once: the mark is spent"
+        # a metadata write in between (a link that came and went saves the bitmap) spends it
+        mark = rep.outdate(unless_connected=True)
+        with rep.meta_lock:
+            rep.meta.persist()
+        assert rep.undo_outdate(mark, later) == "spent"
+        assert _saved(tmp_path)[0].disk is DiskState.OUTDATED
+    finally:
+        rep.meta.close()
+        rep.store.close()

@@ -629,8 +629,9 @@ def test_the_agents_undo_of_an_adopted_fence_checks_the_disk_is_unchanged(fresh)
     again = control.call(sock, "outdate", unless_connected=True)  # already Outdated: no mark
     assert not again["marked"] and again["mark"] is None
     mark = st["mark"]
-    assert not undo(mark + 1)["undone"] and not undo(mark - 1)["undone"]
-    assert not undo(mark, until=time.monotonic() - 0.01)["undone"], "past its deadline"
+    assert undo(mark + 1)["refused"] == "spent" and undo(mark - 1)["refused"] == "spent"
+    late = undo(mark, until=time.monotonic() - 0.01)
+    assert not late["undone"] and late["refused"] == "retry", "past its deadline"
     for bad in ({"mark": None, "until": time.monotonic() + 5}, {"mark": True, "until": 1e12},
                 {"mark": "1", "until": 1e12}):
         with pytest.raises(ControlError, match="undo-outdate: 'mark' must be"):
@@ -642,13 +643,16 @@ def test_the_agents_undo_of_an_adopted_fence_checks_the_disk_is_unchanged(fresh)
     done = undo(mark)
     assert done["undone"] and done["disk"] == "UpToDate"
     assert "the agent undid a fence it had adopted" in vp.log("node2")[seen:]
-    assert not undo(mark)["undone"], "the undo wrote the metadata: its mark is spent"
-    # With a link, the disk is the link's business (an operator's outdate here).
+    assert undo(mark)["refused"] == "spent", "the undo wrote the metadata: its mark is spent"
+    # With a link, the disk is the link's business: the agent's outdate marks nothing,
+    # and an undo is refused (an operator's outdate here).
     vp.lab.faults.heal()
     vp.wait_connected_uptodate(60)
+    st = control.call(sock, "outdate", unless_connected=True)
+    assert st["disk"] == "UpToDate" and st["marked"] is False and st["mark"] is None
     st = control.call(sock, "outdate")
     assert st["disk"] == "Outdated" and st["peer"]["connection"] == "Connected"
-    assert not undo(st["mark"])["undone"]
+    assert undo(st["mark"])["refused"] == "retry"
     assert vp.status("node2")["disk"] == "Outdated"
 
 

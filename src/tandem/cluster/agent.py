@@ -57,6 +57,7 @@ from tandem.dcs.etcd import EtcdDCS
 from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, NodeRole, VolumeState, count
 from tandem.errors import TandemError
 from tandem.lab.events import record_lab_event as lab_event
+from tandem.volume.control import ControlError
 from tandem.volume.spec import VolumeSpec
 from tandem.volume.states import DiskState
 
@@ -527,10 +528,16 @@ class Agent:
         try:
             answer = await volume_call(self.spec.control_socket, "undo-outdate", timeout=timeout,
                                        mark=adopted[1], until=time.monotonic() + timeout)
+        except ControlError as e:  # an error answer (or no daemon: a restart spends the mark)
+            log.warning("could not undo the fence adopted from the DCS: %s", e)
+            self._adopted = None
+            return
         except TandemError as e:  # timed out: the daemon refuses it past `until`; try again
             log.warning("could not undo the fence adopted from the DCS: %s", e)
             return
-        self.volume, self._adopted = answer, None  # done, or refused for good (the disk moved on)
+        self.volume = answer
+        if answer.get("refused") != "retry":
+            self._adopted = None  # done, or the disk moved on: the mark will never do
         if answer.get("undone"):
             log.warning("disk UpToDate again: DCS record revision %d calls it so, newer than the"
                         " fence adopted at revision %d, and the disk has not changed since",

@@ -260,8 +260,10 @@ class SimAgent:
         done = yield from self._vcall(lambda: self.vol.undo_outdate(adopted[1], until), CALL_TIMEOUT)
         if done is TIMED_OUT:
             return  # the daemon refuses it past `until`; tried again next cycle
-        self._adopted, self.volume = None, self.vol.status()
-        if done:
+        self.volume = self.vol.status()
+        if done != "retry":
+            self._adopted = None  # done, or the disk moved on: the mark will never do
+        if done is None:
             self.log(f"disk UpToDate again: record revision {record.revision} calls it so, newer"
                      f" than the fence adopted at {adopted[0]}")
 

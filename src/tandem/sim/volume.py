@@ -323,25 +323,30 @@ class SimVolume:
             return None
         return self.meta_seq
 
-    def undo_outdate(self, mark: object, until: float) -> bool:
+    def undo_outdate(self, mark: object, until: float) -> str | None:
         """Replicator.undo_outdate: Outdated back to UpToDate if nothing changed the disk
         since the agent's outdate marked it, no link, and not past the request's deadline
-        (a request held while the daemon was paused)."""
+        (a request held while the daemon was paused). None when done, else "spent" or
+        "retry"."""
+        if not self.up:
+            return "retry"
+        if self.disk is not OUT or self.meta_seq != mark:
+            return "spent"
+        if self.role is not Role.SECONDARY or self.repl.state != "down":
+            return "retry"
         if self.clock.now() > until:
             self.sim.log(self.node, "undo of the agent's outdate refused: past its deadline")
-            return False
-        if (not self.up or self.role is not Role.SECONDARY or self.repl.state != "down"
-                or self.disk is not OUT or self.meta_seq != mark):
-            return False
+            return "retry"
         self.disk = UP
         self.sim.log(self.node, "disk UpToDate again (the agent's stale adoption undone)")
-        return True
+        return None
 
     # --- link events --------------------------------------------------------------------
     def on_link_lost(self) -> None:
         if self.daemon_paused:
             self.loss_pending = True  # its receiver notices when the daemon resumes
             return
+        self.meta_seq += 1  # the replicator saves the bitmap when a replicating link drops
         waiting, self.awaiting_peer = self.awaiting_peer, []
         if self.role is Role.PRIMARY and self.disk is not FAILED:  # a failed disk never fences (87dddc9)
             self.gens = (*self.gens, self.world.new_gen())
@@ -439,6 +444,7 @@ class SimVolume:
 
     def restart(self) -> None:
         self.up = True
+        self.meta_seq += 1  # a daemon's start (and stop) writes its metadata
         self.track()
         self.repl.try_connect()
 

@@ -69,8 +69,8 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
         if not isinstance(mark, int) or isinstance(mark, bool) or until is None:
             raise TandemError("undo-outdate: 'mark' must be the 'mark' of the outdate answer and"
                               " 'until' a CLOCK_MONOTONIC deadline in seconds")
-        undone = rep.undo_outdate(mark, until)
-        return {**rep.status(), "undone": undone}
+        refused = rep.undo_outdate(mark, until)
+        return {**rep.status(), "undone": refused is None, "refused": refused}
 
     def down(req):
         stop.set()

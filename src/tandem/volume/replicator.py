@@ -1200,7 +1200,7 @@ class Replicator:
             raise VolumeError("refusing to outdate the Primary's disk")
         with self._status_lock, self.meta_lock:
             if unless_connected and self._past_handshake():
-                return False
+                return None
             st = self.meta.state
             mark = None
             if st.disk is DiskState.UP_TO_DATE:
@@ -1211,33 +1211,35 @@ class Replicator:
         self._send_status()
         return mark
 
-    def undo_outdate(self, mark: int, until: float) -> bool:
+    def undo_outdate(self, mark: int, until: float) -> str | None:
         """Make an Outdated disk UpToDate again: the agent undoing a fence it adopted
         from a record that a newer one has since superseded, calling this disk
         UpToDate (cluster.decide.adoption_to_undo has the argument). Only while
         nothing can have changed the disk since the agent's `outdate` marked it:
         Secondary, no link at all (one in its handshake has told the peer Outdated
-        already), and the metadata unchanged since (`mark`: any change of the disk
-        state, the generations or the bitmap writes it anew). `until` (monotonic):
-        a request read after it, held in the socket while the daemon was paused, is
-        refused, for by then the record may call this disk Outdated again and a
-        write without it may have been acknowledged (review 25).
-        Returns whether it was done."""
-        if time.monotonic() > until:
-            log.warning("refused to undo the agent's outdate: the request came after its deadline")
-            return False
+        already), and the metadata unchanged since (`mark`: every metadata write,
+        of the disk state, the generations, the bitmap, moves it on). `until`
+        (monotonic): a request read after it, held in the socket while the daemon
+        was paused, is refused, for by then the record may call this disk Outdated
+        again and a write without it may have been acknowledged (review 25).
+        Returns None when done, else why not: "spent" (the disk moved on: the
+        mark will never do) or "retry" (a link, the role, the deadline)."""
         with self._status_lock, self.meta_lock:
-            link = self.link
-            if self.role is Role.PRIMARY or (link is not None and not link.closed):
-                return False
             st = self.meta.state
             if self.store.failed or st.disk is not DiskState.OUTDATED or st.seq != mark:
-                return False
+                return "spent"
+            link = self.link
+            if self.role is Role.PRIMARY or (link is not None and not link.closed):
+                return "retry"
+            if time.monotonic() > until:  # checked last, under the locks it may have waited for
+                log.warning("refused to undo the agent's outdate: the request came after its"
+                            " deadline")
+                return "retry"
             self.meta.update(disk=DiskState.UP_TO_DATE)
         log.warning("disk Outdated -> UpToDate: the agent undid a fence it had adopted (a newer"
                     " DCS record calls this disk UpToDate, and the disk is unchanged since)")
         self._send_status()
-        return True
+        return None
 
     def _past_handshake(self) -> bool:
         """Whether a link is up and its handshake decided (a refused one does not count)."""
