@@ -286,3 +286,16 @@ def test_a_stale_fence_adopted_before_the_unfence_lands_is_undone(seed):
     fixed = run(seed)
     assert fixed.ok, [str(v) for v in fixed.violations]
     assert any("disk UpToDate again" in ln for ln in fixed.trace)
+
+
+def test_the_unfence_owed_by_a_failed_disk_outlives_a_power_cycle():
+    """Seed 318038: node1 resynced node2 while cut off from the DCS, then its disk
+    failed, so its unfence could not land; node2 adopted the stale fence; the disk's
+    heal power-cycles the host, which forgot that node2 had every write
+    (`forget_at_restart`): both disks Outdated and in sync for good. The mark is in
+    the metadata now (MetaState.peer_had_all): the restarted daemon unfences."""
+    bad = run(318038, variant="forget_at_restart")
+    assert {v.kind for v in bad.violations} == {"liveness", "redundancy"}, [str(v) for v in bad.violations]
+    good = run(318038)
+    assert good.ok, [str(v) for v in good.violations]
+    assert any("before a restart" in ln and "unfence-peer" in ln for ln in good.trace)

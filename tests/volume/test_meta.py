@@ -268,6 +268,18 @@ def test_a_format_1_file_opens_and_is_written_back_in_the_current_format(path: P
     assert f'"version":{FORMAT_VERSION}'.encode() in path.read_bytes()
 
 
+def test_a_format_2_file_opens_without_the_peer_had_all_mark(path: Path) -> None:
+    def as_format_2(fields):
+        fields["version"] = 2
+        del fields["peer_had_all"]  # format 3 added it
+    with MetaStore.create(path, SIZE, "node1", disk=DiskState.UP_TO_DATE) as store:
+        store.update(peer_had_all=True)
+        slot = newest_slot(store)
+    rewrite_json(path, slot, as_format_2)
+    with MetaStore.open(path) as store:
+        assert store.state.disk is DiskState.UP_TO_DATE and store.state.peer_had_all is False
+
+
 def test_a_newer_format_is_refused_without_falling_back_or_advising_a_recreate(path: Path) -> None:
     with MetaStore.create(path, SIZE, "node1", disk=DiskState.UP_TO_DATE) as store:
         store.update(disk=DiskState.OUTDATED)

@@ -1229,3 +1229,50 @@ def test_the_agents_undo_of_its_outdate_needs_the_disk_unchanged_since(tmp_path)
     finally:
         rep.meta.close()
         rep.store.close()
+
+
+def test_the_peer_had_every_write_mark_outlives_a_power_cycle_and_attach(tmp_path):
+    """Simulation seed 318038: node1's disk failed right after it resynced node2 while
+    node1 was cut off from the DCS, so the unfence could not land; the lab heals a
+    failed disk by power-cycling the host, which forgot that node2 had every write,
+    and node2 had adopted the stale fence: both disks Outdated for good. The mark is
+    in the metadata now: after the restart (which tries the unfence again) and after
+    `attach`, until this node is Primary again."""
+    from tandem.dcs.base import DCSError
+
+    class Unreachable(_Hook):
+        def unfence(self, in_sync) -> bool:
+            raise DCSError("etcd: no member answered")
+
+    rep = make_replicator(tmp_path)
+    rep.fence_peer = Unreachable()
+    link, peer, theirs = _connected(rep)
+    try:
+        assert rep.role is Role.SECONDARY and rep._peer_has_every_write()
+        rep.store.inject_errors([(0, SIZE)])
+        with pytest.raises(OSError):
+            rep.store.pwrite(0, b"x" * BLOCK)  # as the receiver applying a replicated write
+        rep._running = False  # the power goes: the unfence thread gives up
+    finally:
+        _close(rep, rep.link, theirs)
+    state = _saved(tmp_path)[0]
+    assert state.disk is DiskState.FAILED and state.peer_had_all
+    again = Replicator(rep.spec, SECRET)  # the host back on, the disk's cause fixed
+    hook = _Hook()
+    again.fence_peer = hook
+    try:
+        assert again._peer_has_every_write(), "failed, not attached: the mark says so"
+        again.start()
+        assert hook.called.wait(5), "no unfence after the restart"
+        assert hook.unfenced == [True]
+        again.attach()
+        assert again.meta.state.disk is DiskState.OUTDATED and again._peer_has_every_write()
+        again.meta.update(disk=DiskState.UP_TO_DATE)  # as an operator's forced promotion would
+        again.promote(force=True)
+        assert again.role is Role.PRIMARY and not again.meta.state.peer_had_all
+        assert not again._peer_has_every_write(), "Primary again: it may write without the peer"
+    finally:
+        again.stop()
+        again.role = Role.SECONDARY
+        again.meta.close()
+        again.store.close()

@@ -99,7 +99,9 @@ class SimVolume:
         self.loss_pending = False  # the link dropped while paused: handled on resume
         self.awaiting_peer: list[int] = []  # written here, the paused peer's ack outstanding
         self.lease_parked: list[int] = []  # acknowledged by the peer after the write lease ran out
-        self.failed_while_peer_had_all = False
+        #: MetaState.peer_had_all: the disk failed while the peer took every write, and
+        #: this node was not Primary nor connected since (kept across restarts)
+        self.peer_had_all = False
         self.unfenced_since_fence = False  # Replicator._unfenced_since_fence
         # writable intervals on true time, for the checker
         self._open: float | None = None
@@ -277,6 +279,7 @@ class SimVolume:
             # a suspend-io from an earlier demotion must not outlive it
             self.held_by_operator, self.lease_held_io, self.io_open = False, False, True
         self.role = Role.PRIMARY
+        self.peer_had_all = False  # it may write without the peer from here
         self.lost_leadership = False
         self.primary_epoch = epoch or 0
         if fence:
@@ -388,7 +391,7 @@ class SimVolume:
         if was is UP and peer_has_all:
             was = OUT
         self.failed_from, self.disk = was, FAILED
-        self.failed_while_peer_had_all = peer_has_all
+        self.peer_had_all = peer_has_all
         self.sim.log(self.node, f"disk Failed (back as {self.failed_from})")
         self.track()
         self.repl.drop("peer disk failed")
@@ -404,7 +407,9 @@ class SimVolume:
         if self.fencing:
             return False
         if self.disk is FAILED:
-            return self.failed_while_peer_had_all
+            return self.peer_had_all
+        if self.peer_had_all and self.role is not Role.PRIMARY:
+            return True
         return self.peer_up_to_date_and_linked() and not self.awaiting_peer
 
     def replace_disk(self) -> None:
@@ -412,7 +417,7 @@ class SimVolume:
         generation, Inconsistent until a full sync fills it."""
         self.data, self.gens = set(), (self.world.new_gen(),)
         self.disk, self.failed_from = INC, None
-        self.failed_while_peer_had_all = False
+        self.peer_had_all = False
         self.primary_epoch = 0  # new metadata
         self.sim.log(self.node, "disk replaced: empty, Inconsistent")
 
@@ -420,7 +425,8 @@ class SimVolume:
         """Replicator.attach: the same disk back, in the state it had when it failed."""
         if self.disk is FAILED:
             self.disk, self.failed_from = self.failed_from or OUT, None
-            self.failed_while_peer_had_all = False
+            if self.world.variant == "forget_at_restart":  # BROKEN: seed 318038
+                self.peer_had_all = False
             self.sim.log(self.node, f"disk attached again as {self.disk}")
 
     # --- host crash and restart ---------------------------------------------------------
@@ -437,7 +443,8 @@ class SimVolume:
         self.paused_writes.clear()
         self.awaiting_peer.clear()
         self.lease_parked.clear()
-        self.failed_while_peer_had_all = False
+        if self.world.variant == "forget_at_restart":  # BROKEN: memory only (seed 318038)
+            self.peer_had_all = False
         self.unfenced_since_fence = False  # memory only (a late unfence lands within ms)
         self.track()
         self.repl.drop("host crashed")
@@ -445,6 +452,9 @@ class SimVolume:
     def restart(self) -> None:
         self.up = True
         self.meta_seq += 1  # a daemon's start (and stop) writes its metadata
+        if self.peer_had_all:  # Replicator.start: the unfence still owed
+            self.world.start_unfence(self, "this disk failed while the peer took every write,"
+                                           " before a restart")
         self.track()
         self.repl.try_connect()
 
@@ -532,6 +542,7 @@ class Repl:
             return
         ga, gb = a.gens[-1], b.gens[-1]
         a.peer_disk = b.peer_disk = None  # from here on the link says what the peer's disk is
+        a.peer_had_all = b.peer_had_all = False  # ... and whether it has every write
         if ga == gb and a.disk is not INC and b.disk is not INC:
             self.state = "connected"
             self.session += 1

@@ -44,9 +44,10 @@ _SLOT_HEADER = struct.Struct("!8sQI16s")
 _DIGEST = 16
 _ALIGN = 4096
 _MAX_JSON = 64 << 10
-#: 2 added ``primary_epoch`` (session 15). Older formats are read (their missing
-#: fields take their defaults) and written back in this one.
-FORMAT_VERSION = 2
+#: 2 added ``primary_epoch`` (session 15), 3 ``peer_had_all`` (session 25). Older
+#: formats are read (their missing fields take their defaults) and written back in
+#: this one; an older tandem refuses this one clearly (NewerFormat).
+FORMAT_VERSION = 3
 OLDEST_READABLE = 1
 
 
@@ -79,6 +80,10 @@ class MetaState:
     al_extent_size: int = EXTENT_SIZE
     #: the disk state when the backing store failed (what `attach` restores)
     failed_from: DiskState | None = None
+    #: the disk failed while an UpToDate peer took every write, and this node has not
+    #: been Primary nor connected since: the peer may be recorded UpToDate (unfence),
+    #: also after a restart (Replicator._peer_has_every_write)
+    peer_had_all: bool = False
     seq: int = 0
 
     def to_json(self) -> bytes:

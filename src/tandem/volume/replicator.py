@@ -293,8 +293,6 @@ class Replicator:
                               f" {spec.size}")
         self.bitmap = self.meta.bitmap
         self.store = BackingStore(spec.backing, spec.size, on_failure=self._disk_failed)
-        #: our disk failed while an UpToDate peer took every write (see _peer_has_every_write)
-        self._failed_while_peer_had_all = False
         #: an unfence-peer write was (or is being) sent since our last fence: the record may
         #: call the peer UpToDate whatever the agent read before (see _promote_locked).
         #: One sent by an earlier process fails its compare-and-set: the agent writes the
@@ -383,6 +381,11 @@ class Replicator:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        if self.meta.state.peer_had_all:
+            # An unfence the last process could not land (cut off from the DCS) is
+            # still owed: the lab heals a failed disk by power-cycling the host
+            # (simulation seed 318038: both disks Outdated for good).
+            self._unfence_soon("this disk failed while the peer took every write, before a restart")
 
     def stop(self) -> None:
         if self.role is Role.PRIMARY:
@@ -816,8 +819,7 @@ class Replicator:
                     was = st.disk
                     if peer_has_all and was is DiskState.UP_TO_DATE:
                         was = DiskState.OUTDATED
-                    self._failed_while_peer_had_all = peer_has_all
-                    self.meta.update(disk=DiskState.FAILED, failed_from=was)
+                    self.meta.update(disk=DiskState.FAILED, failed_from=was, peer_had_all=peer_has_all)
                 else:
                     self.meta.persist()
         except Exception as e:  # the metadata may live on the failing disk
@@ -878,11 +880,15 @@ class Replicator:
     def _peer_has_every_write(self) -> bool:
         """Whether the peer's disk may be recorded UpToDate now: it is linked, in sync and
         no fence is pending, or our disk failed while it took every write (no write
-        completes on this node since)."""
+        completes on this node since; `MetaState.peer_had_all`, kept through `attach`
+        and restarts until this node is Primary or connected again)."""
         if self._fencing is not None:
             return False
+        had_all = self.meta.state.peer_had_all
         if self.store.failed is not None:
-            return self._failed_while_peer_had_all
+            return had_all
+        if had_all and self.role is not Role.PRIMARY:
+            return True
         return self._peer_up_to_date_and_linked()
 
     # ================================================================ role changes
@@ -957,7 +963,7 @@ class Replicator:
             # ranking to the role, so an operator's chosen Primary is not outranked
             # by the epoch of an earlier leader.
             changes: dict[str, Any] = {"primary": True, "disk": DiskState.UP_TO_DATE,
-                                       "primary_epoch": epoch or 0}
+                                       "primary_epoch": epoch or 0, "peer_had_all": False}
             # Connected to a peer whose disk cannot take writes (Failed, Diskless): our
             # writes go to the bitmap only, as with no link at all, so they start a
             # new generation too. Else both sides keep one generation while only ours
@@ -1276,8 +1282,9 @@ class Replicator:
         for off in range(0, self.spec.size, 1 << 20):
             self.store.pread(off, min(1 << 20, self.spec.size - off))  # OSError: still failing
         with self.meta_lock:
+            # peer_had_all stays: nothing was written here since, and the unfence it
+            # allows may not have landed yet (simulation seed 318038)
             self.meta.update(disk=st.failed_from or DiskState.OUTDATED, failed_from=None)
-            self._failed_while_peer_had_all = False
         log.warning("disk attached again as %s (it had failed)", self.meta.state.disk)
         self.reconnect("disk attached")
 
@@ -1581,6 +1588,9 @@ class Replicator:
                     log.error("connection refused: %s (StandAlone until resolved)", ev.reason)
                 return
             log.info("connected: %s (%s)", ev.decision.outcome, ev.reason)
+            if self.meta.state.peer_had_all:  # the link says from here on
+                with self.meta_lock:
+                    self.meta.update(peer_had_all=False)
             if self.meta.state.peer_outdated:
                 # What the peer's disk is now comes from the link (a resync target is
                 # Inconsistent until done): a stale mark would let a later promotion
