@@ -1276,3 +1276,30 @@ def test_the_peer_had_every_write_mark_outlives_a_power_cycle_and_attach(tmp_pat
         again.role = Role.SECONDARY
         again.meta.close()
         again.store.close()
+
+
+@pytest.mark.parametrize("disk", [DiskState.FAILED, DiskState.OUTDATED])
+def test_a_connect_to_the_outdated_peer_keeps_the_unfence_owed(tmp_path, disk):
+    """Review 25c: the restarted daemon connects before `attach` (its disk still Failed
+    in the metadata) or just after it, and the peer, which adopted the stale fence, is
+    Outdated on the same data: NoSync. Clearing the mark on any connect ended the
+    owed unfence there, and both disks stayed Outdated. Only a resync with this node
+    as the source (its data replacing the peer's) clears it."""
+    rep = make_replicator(tmp_path)
+    rep.meta.update(disk=disk, failed_from=DiskState.OUTDATED if disk is DiskState.FAILED else None,
+                    peer_had_all=True)
+    link, peer, theirs = _authenticated(rep)
+    try:
+        outdated = wire.StateExchange(role=Role.SECONDARY, disk=DiskState.OUTDATED,
+                                      generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0)
+        theirs.sendall(peer.send(outdated))
+        _pump(theirs, peer, lambda: peer.state is not ConnectionState.CONNECTING
+              and peer.decision is not None)
+        deadline = time.monotonic() + 5
+        while rep.peer_status is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.1)  # the connected event handled
+        assert rep.meta.state.peer_had_all, f"cleared on {peer.decision}"
+        assert rep._peer_has_every_write()
+    finally:
+        _close(rep, link, theirs)

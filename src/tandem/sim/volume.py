@@ -100,7 +100,7 @@ class SimVolume:
         self.awaiting_peer: list[int] = []  # written here, the paused peer's ack outstanding
         self.lease_parked: list[int] = []  # acknowledged by the peer after the write lease ran out
         #: MetaState.peer_had_all: the disk failed while the peer took every write, and
-        #: this node was not Primary nor connected since (kept across restarts)
+        #: this node was not Primary nor a resync source since (kept across restarts)
         self.peer_had_all = False
         self.unfenced_since_fence = False  # Replicator._unfenced_since_fence
         # writable intervals on true time, for the checker
@@ -391,7 +391,7 @@ class SimVolume:
         if was is UP and peer_has_all:
             was = OUT
         self.failed_from, self.disk = was, FAILED
-        self.peer_had_all = peer_has_all
+        self.peer_had_all = peer_has_all or self.peer_had_all  # one still owed stays owed
         self.sim.log(self.node, f"disk Failed (back as {self.failed_from})")
         self.track()
         self.repl.drop("peer disk failed")
@@ -542,7 +542,6 @@ class Repl:
             return
         ga, gb = a.gens[-1], b.gens[-1]
         a.peer_disk = b.peer_disk = None  # from here on the link says what the peer's disk is
-        a.peer_had_all = b.peer_had_all = False  # ... and whether it has every write
         if ga == gb and a.disk is not INC and b.disk is not INC:
             self.state = "connected"
             self.session += 1
@@ -578,6 +577,7 @@ class Repl:
         if target.role is Role.PRIMARY or source.disk is INC:
             return
         self.state, self.source, self.target = "sync", source, target
+        source.peer_had_all = False  # its data replaces the peer's (Replicator: on is_source)
         self.session += 1
         target.disk = INC
         self.sim.log("link", f"resync {source.node} -> {target.node}"

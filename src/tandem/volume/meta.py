@@ -81,8 +81,8 @@ class MetaState:
     #: the disk state when the backing store failed (what `attach` restores)
     failed_from: DiskState | None = None
     #: the disk failed while an UpToDate peer took every write, and this node has not
-    #: been Primary nor connected since: the peer may be recorded UpToDate (unfence),
-    #: also after a restart (Replicator._peer_has_every_write)
+    #: been Primary nor the source of a resync since: the peer may be recorded UpToDate
+    #: (unfence), also after a restart (Replicator._peer_has_every_write)
     peer_had_all: bool = False
     seq: int = 0
 

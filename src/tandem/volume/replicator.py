@@ -819,7 +819,9 @@ class Replicator:
                     was = st.disk
                     if peer_has_all and was is DiskState.UP_TO_DATE:
                         was = DiskState.OUTDATED
-                    self.meta.update(disk=DiskState.FAILED, failed_from=was, peer_had_all=peer_has_all)
+                    # an unfence still owed from an earlier failure stays owed
+                    self.meta.update(disk=DiskState.FAILED, failed_from=was,
+                                     peer_had_all=peer_has_all or st.peer_had_all)
                 else:
                     self.meta.persist()
         except Exception as e:  # the metadata may live on the failing disk
@@ -881,7 +883,7 @@ class Replicator:
         """Whether the peer's disk may be recorded UpToDate now: it is linked, in sync and
         no fence is pending, or our disk failed while it took every write (no write
         completes on this node since; `MetaState.peer_had_all`, kept through `attach`
-        and restarts until this node is Primary or connected again)."""
+        and restarts until this node is Primary or the source of a resync)."""
         if self._fencing is not None:
             return False
         had_all = self.meta.state.peer_had_all
@@ -1588,7 +1590,11 @@ class Replicator:
                     log.error("connection refused: %s (StandAlone until resolved)", ev.reason)
                 return
             log.info("connected: %s (%s)", ev.decision.outcome, ev.reason)
-            if self.meta.state.peer_had_all:  # the link says from here on
+            if self.meta.state.peer_had_all and ev.decision.outcome.is_source:
+                # Our data replaces the peer's: it has every write no more. Kept on
+                # anything else: the daemon connects before `attach` (the disk still
+                # Failed), and a peer that adopted the stale fence is Outdated, so the
+                # link alone never says it is in sync (review 25c).
                 with self.meta_lock:
                     self.meta.update(peer_had_all=False)
             if self.meta.state.peer_outdated:
