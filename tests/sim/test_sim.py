@@ -299,3 +299,26 @@ def test_the_unfence_owed_by_a_failed_disk_outlives_a_power_cycle():
     good = run(318038)
     assert good.ok, [str(v) for v in good.violations]
     assert any("before a restart" in ln and "unfence-peer" in ln for ln in good.trace)
+
+
+#: Simulation seed 911631 under a fault mix weighted to disk failures and paused volume
+#: daemons: node1 resynced node2, was cut off from the DCS, and its disk failed; node2
+#: adopted the stale fence; the disk's heal brought node1 back Outdated and connected
+#: to node2 on the same data before the unfence could land.
+SEED_911631 = [Fault("pause", "node1", 3.397, 2.998), Fault("vpause", "node2", 3.668, 3.805),
+               Fault("link_cut", None, 7.279, 1.057), Fault("partition_up", "node1", 8.565, 5.103),
+               Fault("disk_fail", "node1", 8.865, 4.158)]
+
+
+def test_two_outdated_disks_in_sync_are_the_known_residue_and_the_vouch_proposal_resolves_it():
+    """Both disks Outdated, connected on the same generation: no rule of the product
+    makes either UpToDate (the agent's undo wants no link), so an operator must promote
+    one; no write is lost. The proposal `vouch_at_connect`: the side whose disk failed
+    while the peer took every write (MetaState.peer_had_all) tells the peer so at the
+    handshake, and the peer is UpToDate."""
+    stuck = run(911631, SEED_911631)
+    assert {v.kind for v in stuck.violations} == {"liveness", "redundancy"}, \
+        [str(v) for v in stuck.violations]
+    fixed = run(911631, SEED_911631, variant="vouch_at_connect")
+    assert fixed.ok, [str(v) for v in fixed.violations]
+    assert any("vouches" in ln for ln in fixed.trace)

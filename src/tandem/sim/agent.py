@@ -51,9 +51,12 @@ VOLUME_STATUS_GRACE = 2.5
 TIMED_OUT = object()  #: what a control call to a paused volume daemon returns
 UNFENCE_ATTEMPTS = 20  #: replicator.UNFENCE_ATTEMPTS (a test keeps them equal)
 
+#: Variants that are not broken but proposed: rules the product does not have yet,
+#: tried here first (see Repl.try_connect).
+PROPOSALS = ("vouch_at_connect",)
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
             "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source",
-            "trust_late_unfence", "keep_stale_adoption", "forget_at_restart")
+            "trust_late_unfence", "keep_stale_adoption", "forget_at_restart", *PROPOSALS)
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.

@@ -546,6 +546,14 @@ class Repl:
             self.state = "connected"
             self.session += 1
             self.sim.log("link", f"connected, in sync (gen {ga})")
+            if self.world.variant == "vouch_at_connect":  # PROPOSED, not in the product yet
+                for x, y in ((a, b), (b, a)):
+                    if x.peer_had_all and x.role is not Role.PRIMARY and y.disk is OUT:
+                        # x's disk failed while y took every write, and x has not written
+                        # since: y has every write (the same generation: y wrote none alone)
+                        y.disk = UP
+                        self.sim.log("link", f"{x.node} vouches that {y.node} has every write:"
+                                             f" {y.node} UpToDate")
             a.disk, b.disk = (genid.disk_after_connect(True, a.disk, b.disk),
                               genid.disk_after_connect(True, b.disk, a.disk))
             return
