@@ -1036,6 +1036,14 @@ class _Hook:
         return self.unfenced[-1]
 
 
+def _fail_the_disk(rep: Replicator) -> None:
+    """Every block of the backing store fails, found by a write as the receiver would
+    make it (applying a replicated write)."""
+    rep.store.inject_errors([(0, SIZE)])
+    with pytest.raises(OSError):
+        rep.store.pwrite(0, b"x" * BLOCK)
+
+
 def test_a_disk_that_fails_while_the_peer_takes_every_write_has_the_peer_recorded_up_to_date(
         tmp_path, monkeypatch):
     """Torture 184:34: a fence that landed after the peer came back left it recorded
@@ -1085,9 +1093,7 @@ def test_a_secondary_unfences_too_and_tries_again_while_the_dcs_does_not_answer(
     link, peer, theirs = _connected(rep)
     try:
         assert rep.role is Role.SECONDARY and rep._peer_has_every_write()
-        rep.store.inject_errors([(0, SIZE)])
-        with pytest.raises(OSError):
-            rep.store.pwrite(0, b"x" * BLOCK)  # as the receiver applying a replicated write
+        _fail_the_disk(rep)
         assert hook.called.wait(5), "no unfence after the disk failed"
         assert hook.unfenced == [False, False, True] and hook.fences == 0
     finally:
@@ -1119,9 +1125,7 @@ def test_a_resync_target_does_not_have_every_write_of_its_source(tmp_path):
         assert link.state is ConnectionState.SYNC_SOURCE
         assert rep.peer_status.disk is DiskState.UP_TO_DATE  # what it said at the handshake
         assert not rep._peer_has_every_write()
-        rep.store.inject_errors([(0, SIZE)])
-        with pytest.raises(OSError):
-            rep.store.pwrite(0, b"x" * BLOCK)
+        _fail_the_disk(rep)
         assert rep.meta.state.failed_from is DiskState.UP_TO_DATE, "it may hold the only copy"
         assert not hook.called.wait(0.5), "the target was recorded UpToDate mid-resync"
     finally:
@@ -1249,9 +1253,7 @@ def test_the_peer_had_every_write_mark_outlives_a_power_cycle_and_attach(tmp_pat
     link, peer, theirs = _connected(rep)
     try:
         assert rep.role is Role.SECONDARY and rep._peer_has_every_write()
-        rep.store.inject_errors([(0, SIZE)])
-        with pytest.raises(OSError):
-            rep.store.pwrite(0, b"x" * BLOCK)  # as the receiver applying a replicated write
+        _fail_the_disk(rep)
         rep._running = False  # the power goes: the unfence thread gives up
     finally:
         _close(rep, rep.link, theirs)

@@ -1590,19 +1590,21 @@ class Replicator:
                     log.error("connection refused: %s (StandAlone until resolved)", ev.reason)
                 return
             log.info("connected: %s (%s)", ev.decision.outcome, ev.reason)
+            stale: dict[str, bool] = {}
             if self.meta.state.peer_had_all and ev.decision.outcome.is_source:
                 # Our data replaces the peer's: it has every write no more. Kept on
                 # anything else: the daemon connects before `attach` (the disk still
                 # Failed), and a peer that adopted the stale fence is Outdated, so the
                 # link alone never says it is in sync (review 25c).
-                with self.meta_lock:
-                    self.meta.update(peer_had_all=False)
+                stale["peer_had_all"] = False
             if self.meta.state.peer_outdated:
                 # What the peer's disk is now comes from the link (a resync target is
                 # Inconsistent until done): a stale mark would let a later promotion
                 # with the link down skip fencing a peer that is UpToDate by then.
+                stale["peer_outdated"] = False
+            if stale:
                 with self.meta_lock:
-                    self.meta.update(peer_outdated=False)
+                    self.meta.update(**stale)
             out = ev.decision.outcome
             if ev.decision.split_brain_resolved or ev.decision.outdated_discarded:
                 self._log_split_brain_resolved(ev)
