@@ -206,7 +206,7 @@ def test_a_stale_fence_is_undone_by_the_primary_that_resynced_its_peer(variant):
     Outdated as its own fence, and no disk could be promoted although node1 had
     every write. The unfence now needs no leadership: a compare-and-set on the
     record, after which any fence writes a newer revision."""
-    bad = run(185, SEED_185, variant=variant)
+    bad = run(185, SEED_185, variant=f"{variant}+no_vouch")  # the vouch would hide it
     assert {v.kind for v in bad.violations} == {"liveness", "redundancy"}, [str(v) for v in bad.violations]
     good = run(185, SEED_185)
     assert good.ok, [str(v) for v in good.violations]
@@ -281,7 +281,7 @@ def test_a_stale_fence_adopted_before_the_unfence_lands_is_undone(seed):
     under session 24's rules (`keep_stale_adoption`). The agent now undoes an
     adoption that a newer record supersedes while the disk is unchanged
     (decide.adoption_to_undo), and loses nothing."""
-    r = run(seed, variant="keep_stale_adoption")
+    r = run(seed, variant="keep_stale_adoption+no_vouch")  # the vouch would hide it
     assert {v.kind for v in r.violations} == {"liveness", "redundancy"}, [str(v) for v in r.violations]
     fixed = run(seed)
     assert fixed.ok, [str(v) for v in fixed.violations]
@@ -310,15 +310,15 @@ SEED_911631 = [Fault("pause", "node1", 3.397, 2.998), Fault("vpause", "node2", 3
                Fault("disk_fail", "node1", 8.865, 4.158)]
 
 
-def test_two_outdated_disks_in_sync_are_the_known_residue_and_the_vouch_proposal_resolves_it():
-    """Both disks Outdated, connected on the same generation: no rule of the product
-    makes either UpToDate (the agent's undo wants no link), so an operator must promote
-    one; no write is lost. The proposal `vouch_at_connect`: the side whose disk failed
-    while the peer took every write (MetaState.peer_had_all) tells the peer so at the
-    handshake, and the peer is UpToDate."""
-    stuck = run(911631, SEED_911631)
+def test_two_outdated_disks_in_sync_are_made_up_to_date_by_the_vouch_at_connect():
+    """Both disks Outdated, connected on the same generation: before session 26 no rule
+    made either UpToDate (the agent's undo wants no link), so an operator had to
+    promote one (variant `no_vouch`). Now the side whose disk failed while the peer
+    took every write (MetaState.peer_had_all) vouches for the peer at the handshake
+    (genid.apply_vouches), and the peer is UpToDate."""
+    stuck = run(911631, SEED_911631, variant="no_vouch")
     assert {v.kind for v in stuck.violations} == {"liveness", "redundancy"}, \
         [str(v) for v in stuck.violations]
-    fixed = run(911631, SEED_911631, variant="vouch_at_connect")
+    fixed = run(911631, SEED_911631)
     assert fixed.ok, [str(v) for v in fixed.violations]
     assert any("vouches" in ln for ln in fixed.trace)

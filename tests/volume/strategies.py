@@ -61,6 +61,7 @@ messages = st.one_of(
         crashed_primary=st.booleans(),
         discard_my_data=st.booleans(),
         lost_leadership=st.booleans(),
+        vouches_for_peer=st.booleans(),
         primary_epoch=u64,
         split_brain_policy=st.sampled_from(SplitBrainPolicy),
         block_size=st.integers(min_value=0, max_value=2**32 - 1),

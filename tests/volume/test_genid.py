@@ -321,6 +321,7 @@ def flags(node: str) -> st.SearchStrategy[SyncFlags]:
         lost_leadership=st.booleans(),
         primary_epoch=st.sampled_from([0, 42, 43]),
         bitmap_weight=st.sampled_from([0, 7]),
+        vouches_for_peer=st.booleans(),
     )
 
 
@@ -329,9 +330,53 @@ def flags(node: str) -> st.SearchStrategy[SyncFlags]:
 def test_decision_is_symmetric(
     a: GenerationIds, b: GenerationIds, fa: SyncFlags, fb: SyncFlags, policy: SplitBrainPolicy
 ) -> None:
-    ours = decide_sync(a, b, fa, fb, policy).outcome
-    theirs = decide_sync(b, a, fb, fa, policy).outcome
-    assert theirs is ours.mirror()
+    ours = decide_sync(a, b, fa, fb, policy)
+    theirs = decide_sync(b, a, fb, fa, policy)
+    assert theirs.outcome is ours.outcome.mirror()
+    assert theirs.vouched == ours.vouched
+
+
+@settings(max_examples=400, deadline=None)
+@given(small_ids, small_ids, flags("node1"), flags("node2"), st.sampled_from(SplitBrainPolicy))
+def test_a_vouch_only_lifts_an_outdated_disk_on_the_same_generation(
+    a: GenerationIds, b: GenerationIds, fa: SyncFlags, fb: SyncFlags, policy: SplitBrainPolicy
+) -> None:
+    """Only an Outdated disk is vouched for, only by a voucher, only on the same current
+    generation; with no vouch (or no Outdated disk), the decision is what it was."""
+    d = decide_sync(a, b, fa, fb, policy)
+    for side, other, ids in ((fa, fb, a), (fb, fa, b)):
+        if side.node in d.vouched:
+            assert side.disk is DiskState.OUTDATED and other.vouches_for_peer
+            assert ids.current == (b if ids is a else a).current and not ids.is_fresh
+    plain = decide_sync(a, b, replace(fa, vouches_for_peer=False), replace(fb, vouches_for_peer=False),
+                        policy)
+    if not d.vouched:
+        assert d == plain
+
+
+def test_two_outdated_disks_on_the_same_data_are_up_to_date_by_a_vouch() -> None:
+    """Simulation seed 911631: no UpToDate side, so no rule made either UpToDate."""
+    out1 = SyncFlags(node="node1", disk=DiskState.OUTDATED, vouches_for_peer=True)
+    out2 = SyncFlags(node="node2", disk=DiskState.OUTDATED)
+    d = decide_sync(GenerationIds(5), GenerationIds(5), out1, out2)
+    assert d.outcome is Out.NO_SYNC and d.same_data and d.vouched == ("node2",)
+    assert genid.disk_after_connect(d.same_data, DiskState.OUTDATED, DiskState.UP_TO_DATE) \
+        is DiskState.UP_TO_DATE  # the voucher, next to the peer it made UpToDate
+    plain = decide_sync(GenerationIds(5), GenerationIds(5), replace(out1, vouches_for_peer=False), out2)
+    assert plain.same_data and plain.vouched == ()
+
+
+def test_the_vouched_disk_is_the_source_of_the_vouchers_marked_blocks() -> None:
+    """The voucher's disk failed: its activity-log extents are marked, and may hold
+    older data than the peer's. With both Outdated the rule for blocks marked by a
+    verify picked the greater name (node2, the voucher here); the disk vouched for
+    has every write, so it is the source."""
+    voucher = SyncFlags(node="node2", disk=DiskState.OUTDATED, vouches_for_peer=True, bitmap_weight=3)
+    other = SyncFlags(node="node1", disk=DiskState.OUTDATED)
+    d = decide_sync(GenerationIds(5), GenerationIds(5), other, voucher)
+    assert d.outcome is Out.SOURCE_BITMAP and d.vouched == ("node1",)
+    plain = decide_sync(GenerationIds(5), GenerationIds(5), other, replace(voucher, vouches_for_peer=False))
+    assert plain.outcome is Out.TARGET_BITMAP
 
 
 @settings(max_examples=150, deadline=None)

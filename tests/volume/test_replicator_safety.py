@@ -1305,3 +1305,89 @@ def test_a_connect_to_the_outdated_peer_keeps_the_unfence_owed(tmp_path, disk):
         assert rep._peer_has_every_write()
     finally:
         _close(rep, link, theirs)
+
+
+def _connect_to_an_outdated_peer(rep: Replicator, vouch: bool = False,
+                                 gens: GenerationIds = GenerationIds(GEN)):
+    """Authenticate, then the test's peer sends an Outdated StateExchange with `gens`;
+    returns once `rep` has handled the decision."""
+    link, peer, theirs = _authenticated(rep)
+    outdated = wire.StateExchange(role=Role.SECONDARY, disk=DiskState.OUTDATED, generations=gens,
+                                  size=SIZE, bitmap_weight=0, vouches_for_peer=vouch)
+    theirs.sendall(peer.send(outdated))
+    _pump(theirs, peer, lambda: peer.state is not ConnectionState.CONNECTING
+          and peer.decision is not None)
+    deadline = time.monotonic() + 5
+    while rep.peer_status is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.1)  # the connected event handled
+    return link, peer, theirs
+
+
+@pytest.mark.parametrize("disk", [DiskState.FAILED, DiskState.OUTDATED])
+def test_a_disk_that_failed_while_the_peer_took_every_write_vouches_for_the_outdated_peer(tmp_path, disk):
+    """Simulation seeds 332150 and 911631: both disks Outdated on the same data, neither
+    promotable. The side that knows the peer had every write (MetaState.peer_had_all)
+    says so in its StateExchange, and both sides decide the peer is UpToDate
+    (genid.apply_vouches); an Outdated voucher then has the same data as an UpToDate
+    peer, so it is UpToDate too. A Failed one stays Failed (attach first)."""
+    rep = make_replicator(tmp_path)
+    rep.meta.update(disk=disk, failed_from=DiskState.OUTDATED if disk is DiskState.FAILED else None,
+                    peer_had_all=True)
+    link, peer, theirs = _connect_to_an_outdated_peer(rep)
+    try:
+        assert peer.peer_status.vouches_for_peer
+        assert peer.decision.decision.vouched == ("node2",), peer.decision
+        assert rep.peer_disk is DiskState.UP_TO_DATE
+        assert rep.meta.state.disk is (DiskState.FAILED if disk is DiskState.FAILED
+                                       else DiskState.UP_TO_DATE)
+        assert rep.meta.state.peer_had_all  # nothing written here since, still
+    finally:
+        _close(rep, link, theirs)
+
+
+def test_an_outdated_disk_the_peer_vouches_for_is_up_to_date_and_says_so(tmp_path):
+    """The other half: the peer vouches for this Outdated disk on the same generation.
+    It is UpToDate, and its next StateExchange tells the peer."""
+    rep = make_replicator(tmp_path)
+    rep.meta.update(disk=DiskState.OUTDATED)
+    link, peer, theirs = _connect_to_an_outdated_peer(rep, vouch=True)
+    try:
+        assert not peer.peer_status.vouches_for_peer  # no peer_had_all here
+        assert peer.decision.decision.vouched == ("node1",)
+        assert rep.meta.state.disk is DiskState.UP_TO_DATE
+        _pump(theirs, peer, lambda: peer.peer_status.disk is DiskState.UP_TO_DATE)
+    finally:
+        _close(rep, link, theirs)
+
+
+@pytest.mark.parametrize("case", ["other generation", "no vouch"])
+def test_an_outdated_disk_is_not_vouched_for_without_every_condition(tmp_path, case):
+    """A vouch needs the same current generation (a side that wrote alone since has a
+    new one) and the voucher's mark."""
+    rep = make_replicator(tmp_path)
+    rep.meta.update(disk=DiskState.OUTDATED)
+    # the other generation: the peer wrote since ours, and would be the resync source
+    gens = GenerationIds(0x2222, GEN) if case == "other generation" else GenerationIds(GEN)
+    link, peer, theirs = _connect_to_an_outdated_peer(rep, vouch=case != "no vouch", gens=gens)
+    try:
+        assert not peer.decision.refused
+        assert peer.decision.decision.vouched == ()
+        assert rep.meta.state.disk is DiskState.OUTDATED
+    finally:
+        _close(rep, link, theirs)
+
+
+def test_a_primary_never_vouches(tmp_path):
+    """A promotion clears the mark; the role covers a promotion between setting the
+    role and writing the metadata."""
+    rep = make_replicator(tmp_path)
+    try:
+        rep.meta.update(peer_had_all=True)
+        assert rep._status_msg().vouches_for_peer
+        rep.role = Role.PRIMARY
+        assert not rep._status_msg().vouches_for_peer
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

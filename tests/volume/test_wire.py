@@ -180,11 +180,12 @@ def test_state_exchange_fields_survive() -> None:
         crashed_primary=True,
         lost_leadership=True,
         split_brain_policy=SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY,
+        vouches_for_peer=True,
     )
     dec = FrameDecoder()
     dec.feed(wire.encode(msg))
     (got,) = decode_all(dec)
-    assert got == msg and got.lost_leadership and not got.discard_my_data
+    assert got == msg and got.lost_leadership and not got.discard_my_data and got.vouches_for_peer
     assert got.split_brain_policy is SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY
 
 
@@ -268,6 +269,12 @@ def test_truncated_frame_waits_for_more() -> None:
             struct.pack("!BBBBQIQQQQB", 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2),
             0,
             "expected",
+        ),
+        (
+            wire.TYPE_CODES[wire.StateExchange],
+            struct.pack("!BBBBQIQQQQB", 1, 1, 16, 0, 0, 0, 0, 0, 0, 0, 0),  # 8 is the vouch
+            0,
+            "unknown flags",
         ),
         (
             wire.TYPE_CODES[wire.StateExchange],

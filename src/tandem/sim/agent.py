@@ -52,11 +52,11 @@ TIMED_OUT = object()  #: what a control call to a paused volume daemon returns
 UNFENCE_ATTEMPTS = 20  #: replicator.UNFENCE_ATTEMPTS (a test keeps them equal)
 
 #: Variants that are not broken but proposed: rules the product does not have yet,
-#: tried here first (see Repl.try_connect).
-PROPOSALS = ("vouch_at_connect",)
+#: tried here first (none now: vouch_at_connect is the product's genid.apply_vouches).
+PROPOSALS: tuple[str, ...] = ()
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
             "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source",
-            "trust_late_unfence", "keep_stale_adoption", "forget_at_restart", *PROPOSALS)
+            "trust_late_unfence", "keep_stale_adoption", "forget_at_restart", "no_vouch", *PROPOSALS)
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -82,13 +82,12 @@ FIXES = {
 
 
 class SimAgent:
-    def __init__(self, world: World, node: str, proc: Process, vol: SimVolume, variant: str = "none"):
+    def __init__(self, world: World, node: str, proc: Process, vol: SimVolume):
         self.world, self.node, self.proc, self.vol = world, node, proc, vol
         self.sim = world.sim
         self.clock = proc.clock
         self.peer = world.peer_of(node)
-        self.variant = variant
-        self.margin = 0.0 if variant == "no_margin" else MARGIN
+        self.margin = 0.0 if world.broken("no_margin") else MARGIN
         self.dcs = SimDCS(world.cluster, node, self.clock, ttl=TTL, op_timeout=OP_TIMEOUT)
         self.view = ClusterView.empty(world.cluster)
         self.leader: Leader | None = None
@@ -176,7 +175,7 @@ class SimAgent:
     def _volume_for_decision(self) -> dict | None:
         """agent._volume_for_decision: a primary decides on the last status for a while."""
         if (self.volume is not None or not self.primary or self._volume_seen is None
-                or self.variant == "no_status_grace"):  # BROKEN: one timeout, a failover
+                or self.world.broken("no_status_grace")):  # BROKEN: one timeout, a failover
             return self.volume
         status, at = self._volume_seen
         return status if self.clock.now() - at < VOLUME_STATUS_GRACE else None
@@ -199,9 +198,9 @@ class SimAgent:
         except DCSError:
             dcs_ok = False
         self.volume = yield from self._status()
-        if dcs_ok and self.variant != "promote_outdated":  # BROKEN: it never reads the records
+        if dcs_ok and not self.world.broken("promote_outdated"):  # BROKEN: it never reads the records
             yield from self._adopt_recorded_outdated()
-            if self.variant != "keep_stale_adoption":  # BROKEN (session 24's rules): stuck
+            if not self.world.broken("keep_stale_adoption"):  # BROKEN (session 24's rules): stuck
                 yield from self._undo_stale_adoption()
         now = self.clock.now()
         if not self.healthy and not self.primary and self.penalty.served(now):
@@ -226,7 +225,7 @@ class SimAgent:
         if self.view.is_leader(self.node) and self.leader is None and self.view.leader:
             self.leader = self.view.leader
         view = self.view
-        if self.variant == "promote_outdated":  # BROKEN: decide() never sees the volume records
+        if self.world.broken("promote_outdated"):  # BROKEN: decide() never sees the volume records
             view = dataclasses.replace(view, volumes=())
         decision = decide(view, local, now)
         if self.last is None or decision.reason != self.last.reason:
@@ -441,12 +440,12 @@ def fence_peer_command(world: World, node: str, proc: Process) -> Coro:
         return False
 
 
-def fence_loop(world: World, vol: SimVolume, proc: Process, variant: str) -> Coro:
+def fence_loop(world: World, vol: SimVolume, proc: Process) -> Coro:
     """Replicator._fence_and_resume: retry the hook while Primary."""
     attempt = 0
     while vol.up and vol.role is Role.PRIMARY:
         attempt += 1
-        if variant == "skip_fence":  # BROKEN: resume without recording the peer Outdated
+        if world.broken("skip_fence"):  # BROKEN: resume without recording the peer Outdated
             ok = True
         else:
             ok = yield from fence_peer_command(world, vol.node, proc)
@@ -474,7 +473,7 @@ def unfence_peer(world: World, vol: SimVolume, proc: Process, why: str) -> Coro:
                 return
         try:
             v = yield from dcs.load()
-            if world.variant == "unfence_as_leader" and (v.leader is None or v.leader.node != vol.node):
+            if world.broken("unfence_as_leader") and (v.leader is None or v.leader.node != vol.node):
                 return  # session 23's rule: only under this node's leader key (seed 185)
             record = v.volume(RESOURCE)
             if record is None or record.disk(peer) in (None, DiskState.UP_TO_DATE):

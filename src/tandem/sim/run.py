@@ -116,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     names = list(MODELS) if a.model == "all" else [a.model]
     for name in names:
-        if a.variant not in MODELS[name].variants:
+        parts = a.variant.split("+")
+        if any(p not in MODELS[name].variants for p in parts) or (len(parts) > 1 and name != "ha"):
             print(f"--variant: {a.variant!r} is not a variant of the {name} model"
-                  f" ({', '.join(MODELS[name].variants)})", file=sys.stderr)
+                  f" ({', '.join(MODELS[name].variants)}; the ha model also takes two joined"
+                  f" by '+')", file=sys.stderr)
             return 2
     if a.schedules < 1 or a.workers < 1:
         print("--schedules and --workers must be at least 1", file=sys.stderr)

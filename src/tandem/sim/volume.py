@@ -273,7 +273,7 @@ class SimVolume:
             self.gens = (*self.gens, self.world.new_gen())
             if peer_outdated:
                 self.peer_disk = OUT
-            unfenced = self.unfenced_since_fence and self.world.variant != "trust_late_unfence"
+            unfenced = self.unfenced_since_fence and not self.world.broken("trust_late_unfence")
             fence = self.peer_disk is not OUT or unfenced  # BROKEN variant: review 24
         if "clear_hold_on_promote" in self.world.fixes and not self.fencing:
             # a suspend-io from an earlier demotion must not outlive it
@@ -425,7 +425,7 @@ class SimVolume:
         """Replicator.attach: the same disk back, in the state it had when it failed."""
         if self.disk is FAILED:
             self.disk, self.failed_from = self.failed_from or OUT, None
-            if self.world.variant == "forget_at_restart":  # BROKEN: seed 318038
+            if self.world.broken("forget_at_restart"):  # BROKEN: seed 318038
                 self.peer_had_all = False
             self.sim.log(self.node, f"disk attached again as {self.disk}")
 
@@ -443,7 +443,7 @@ class SimVolume:
         self.paused_writes.clear()
         self.awaiting_peer.clear()
         self.lease_parked.clear()
-        if self.world.variant == "forget_at_restart":  # BROKEN: memory only (seed 318038)
+        if self.world.broken("forget_at_restart"):  # BROKEN: memory only (seed 318038)
             self.peer_had_all = False
         self.unfenced_since_fence = False  # memory only (a late unfence lands within ms)
         self.track()
@@ -546,11 +546,12 @@ class Repl:
             self.state = "connected"
             self.session += 1
             self.sim.log("link", f"connected, in sync (gen {ga})")
-            if self.world.variant == "vouch_at_connect":  # PROPOSED, not in the product yet
+            if not self.world.broken("no_vouch"):  # BROKEN: the rule before session 26 (seed 911631)
                 for x, y in ((a, b), (b, a)):
                     if x.peer_had_all and x.role is not Role.PRIMARY and y.disk is OUT:
-                        # x's disk failed while y took every write, and x has not written
-                        # since: y has every write (the same generation: y wrote none alone)
+                        # genid.apply_vouches: x's disk failed while y took every write, and
+                        # x has not been Primary since: y has every write (the same
+                        # generation: y wrote none alone)
                         y.disk = UP
                         self.sim.log("link", f"{x.node} vouches that {y.node} has every write:"
                                              f" {y.node} UpToDate")
@@ -577,7 +578,7 @@ class Repl:
             self.split_brain = False
         target = self.peer_of(source)
         if (by_generation and source.disk is OUT and target.disk is UP
-                and self.world.variant != "outdated_source"):  # BROKEN: torture 193:37
+                and not self.world.broken("outdated_source")):  # BROKEN: torture 193:37
             # genid._outdated_ahead: an Outdated disk is never the source of its UpToDate
             # peer; what it wrote since their common generation goes
             self.sim.log("link", f"{source.node} is ahead but Outdated: its changes go")
@@ -596,7 +597,7 @@ class Repl:
         policy = self.world.split_brain_policy
         if policy is genid.SplitBrainPolicy.DISCONNECT:
             return None
-        by_memory = self.world.variant == "policy_by_memory"  # BROKEN: the rule before 90:37
+        by_memory = self.world.broken("policy_by_memory")  # BROKEN: the rule before 90:37
 
         def flags(v: SimVolume) -> genid.SyncFlags:
             return genid.SyncFlags(node=v.node, disk=v.disk, role=v.role, lost_leadership=v.lost_leadership,

@@ -61,7 +61,7 @@ class Node:
     def start_agent(self) -> None:
         w = self.world
         proc = Process(w.sim, w.net, w.dcs, self.name, w.clocks[self.name], "agent")
-        self.agent = SimAgent(w, self.name, proc, self.vol, w.variant)
+        self.agent = SimAgent(w, self.name, proc, self.vol)
         self.agent.start()
         if self.paused:
             proc.pause()
@@ -75,6 +75,9 @@ class World:
         self.fixes = frozenset(FIXES) if fixes is None else fixes
         self.busy_watch = busy_watch
         self.variant = variant
+        #: "a+b" runs two broken rules at once: a later rule can hide an old one's
+        #: failure (the vouch at connect resolves what a missing unfence left stuck)
+        self.variants = frozenset(variant.split("+")) - {"none"}
         #: what the lab cluster's volumes use (LabStack)
         self.split_brain_policy = genid.SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY
         self.cluster = "sim"
@@ -110,6 +113,10 @@ class World:
         self.sim.at(0.5, self._reconnect_timer)
 
     # --- plumbing ---------------------------------------------------------------------
+    def broken(self, rule: str) -> bool:
+        """Whether this run uses the broken (or old) rule named by a variant."""
+        return rule in self.variants
+
     def peer_of(self, node: str) -> str:
         return NODES[1] if node == NODES[0] else NODES[0]
 
@@ -148,13 +155,13 @@ class World:
         node = self.nodes[vol.node]
         proc = Process(self.sim, self.net, self.dcs, vol.node, self.clocks[vol.node], "fence")
         node.fences.append(proc)
-        proc.spawn(fence_loop(self, vol, proc, self.variant))
+        proc.spawn(fence_loop(self, vol, proc))
 
     def start_unfence(self, vol: SimVolume, why: str) -> None:
         """Replicator._unfence_soon, on a thread of the daemon, whatever its role."""
-        if self.variant == "no_unfence":  # BROKEN: 184:34
+        if self.broken("no_unfence"):  # BROKEN: 184:34
             return
-        if self.variant == "unfence_as_leader" and vol.role.value != "Primary":
+        if self.broken("unfence_as_leader") and vol.role.value != "Primary":
             return  # BROKEN: session 23's rule (only a Primary, under the key): seed 185
         node = self.nodes[vol.node]
         proc = Process(self.sim, self.net, self.dcs, vol.node, self.clocks[vol.node], "unfence")
@@ -289,7 +296,7 @@ class World:
         peer_ok = (peer.up and peer.disk is DiskState.UP_TO_DATE
                    and record is not None and record.disk(peer.node) is DiskState.UP_TO_DATE)
         self._power_off(node)
-        if peer_ok or self.variant == "replace_failed_disk":  # BROKEN: 25:15, writes lost
+        if peer_ok or self.broken("replace_failed_disk"):  # BROKEN: 25:15, writes lost
             vol.replace_disk()
         else:
             vol.attach()

@@ -28,7 +28,8 @@ in order:
 3. One side fresh: full sync from the other.
 4. Same current: no sync, unless one side crashed as Primary (its activity
    log extents are in its bitmap: bitmap resync from it) or one side is
-   Inconsistent (full sync from the consistent one).
+   Inconsistent (full sync from the consistent one). An Outdated side the
+   other vouches for counts as UpToDate (:func:`apply_vouches`).
 5. Peer's bitmap == our current: the peer wrote since our generation, we are
    the bitmap-sync target; the mirror case makes us the source.
 6. Our current in the peer's history: the peer is ahead but its bitmap does
@@ -266,6 +267,9 @@ class SyncFlags:
     lost_leadership: bool = False
     primary_epoch: int = 0
     bitmap_weight: int = 0
+    #: this side's disk failed while the other took every write, and this side has
+    #: not been Primary since (MetaState.peer_had_all): see apply_vouches
+    vouches_for_peer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +292,9 @@ class SyncDecision:
     #: the side ahead is Outdated: its changes since the common generation go
     #: (see _outdated_ahead), logged like a resolved split brain
     outdated_discarded: bool = field(default=False, compare=False)
+    #: the nodes whose Outdated disk is UpToDate by the other side's vouch
+    #: (apply_vouches); by name, so the mirrored decision says the same
+    vouched: tuple[str, ...] = field(default=(), compare=False)
 
     def mirror(self) -> SyncDecision:
         return replace(self, outcome=self.outcome.mirror())
@@ -305,10 +312,40 @@ def decide_sync(
     A split brain is handed to :func:`resolve_split_brain` with ``policy``;
     the result is still SPLIT_BRAIN if nothing resolves it.
     """
+    local_flags, peer_flags, vouched = apply_vouches(local, peer, local_flags, peer_flags)
     decision = _compare(local, peer, local_flags, peer_flags)
     if decision.outcome is SyncOutcome.SPLIT_BRAIN:
         return resolve_split_brain(decision, policy, local_flags, peer_flags)
-    return decision
+    return replace(decision, vouched=vouched) if vouched else decision
+
+
+def apply_vouches(local: GenerationIds, peer: GenerationIds, lf: SyncFlags,
+                  pf: SyncFlags) -> tuple[SyncFlags, SyncFlags, tuple[str, ...]]:
+    """An Outdated disk with the same current generation as a peer that vouches for
+    it counts as UpToDate; returns the flags to decide on and the names vouched for.
+
+    The voucher's disk failed while this disk took every write (it was linked, in
+    sync and UpToDate), and the voucher has not been Primary since: no write was
+    acknowledged without this disk. The same current generation says this disk
+    wrote nothing alone either (a Primary without its peer starts a new one). So
+    the "Outdated" can only be a stale fence, adopted from a record written before
+    the voucher's unfence could land (the unfence owed by a failed disk). Without
+    this, the two Outdated disks stayed connected on the same data and neither
+    could be promoted without force (simulation seeds 332150 and 911631): the
+    agent's undo of a stale adoption wants no link, and "same data" upgrades an
+    Outdated disk only next to an UpToDate one. The voucher's own disk, Outdated
+    since its failure, is then UpToDate too by the usual rules: the same data as
+    an UpToDate peer, or its resync target."""
+    if local.is_fresh or peer.is_fresh or local.current != peer.current:
+        return lf, pf, ()
+    vouched: list[str] = []
+    if pf.vouches_for_peer and lf.disk is DiskState.OUTDATED:
+        lf = replace(lf, disk=DiskState.UP_TO_DATE)
+        vouched.append(lf.node)
+    if lf.vouches_for_peer and pf.disk is DiskState.OUTDATED:
+        pf = replace(pf, disk=DiskState.UP_TO_DATE)
+        vouched.append(pf.node)
+    return lf, pf, tuple(sorted(vouched))
 
 
 def _we_win(local_flags: SyncFlags, peer_flags: SyncFlags) -> bool:

@@ -698,6 +698,7 @@ class PeerConnection:
                 lost_leadership=s.lost_leadership,
                 primary_epoch=s.primary_epoch,
                 bitmap_weight=s.bitmap_weight,
+                vouches_for_peer=s.vouches_for_peer,
             )
             for name, s in ((self.config.node, local), (self._auth.peer_node or "", peer))
         ]

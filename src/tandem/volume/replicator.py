@@ -1326,7 +1326,10 @@ class Replicator:
             bitmap_weight=self.bitmap.weight, crashed_primary=self.crashed_primary,
             discard_my_data=self.discard_my_data, lost_leadership=self.lost_leadership,
             primary_epoch=st.primary_epoch, block_size=st.block_size,
-            split_brain_policy=self.policy)
+            split_brain_policy=self.policy,
+            # the flag is cleared by a promotion; the role is checked for a Primary
+            # whose promotion has not reached the metadata yet
+            vouches_for_peer=st.peer_had_all and self.role is not Role.PRIMARY)
 
     def _send_status(self) -> None:
         link = self.link
@@ -1608,6 +1611,13 @@ class Replicator:
             out = ev.decision.outcome
             if ev.decision.split_brain_resolved or ev.decision.outdated_discarded:
                 self._log_split_brain_resolved(ev)
+            peer_disk = ev.peer.disk
+            if self.spec.peer in ev.decision.vouched:
+                peer_disk = self.peer_disk = DiskState.UP_TO_DATE
+                log.warning("vouched for %s: its disk is UpToDate (ours failed while it took every"
+                            " write, and nothing was written here since)", self.spec.peer)
+                self._unfence_soon("vouched for it at connect")
+            upgraded = self.spec.node in ev.decision.vouched and self._accept_vouch()
             if out.is_target and out.is_full:
                 with self.io_lock:
                     self.bitmap.set_all()
@@ -1617,13 +1627,12 @@ class Replicator:
                 self.discard_my_data = False
             with self.meta_lock:
                 disk = self.meta.state.disk
-                after = genid.disk_after_connect(ev.decision.same_data, disk, ev.peer.disk)
+                after = genid.disk_after_connect(ev.decision.same_data, disk, peer_disk)
                 if after is not disk:
                     self.meta.update(disk=after)
             if after is not disk:
-                log.info("disk %s -> %s: the peer is %s with the same data", disk, after,
-                         ev.peer.disk)
-            if after is not disk or ev.local.role is not self.role:
+                log.info("disk %s -> %s: the peer is %s with the same data", disk, after, peer_disk)
+            if upgraded or after is not disk or ev.local.role is not self.role:
                 # The peer decided on our old state: the disk just upgraded, or a
                 # demotion while the handshake was deciding (a StateExchange is not
                 # sent then), and it would refuse to promote.
@@ -1658,6 +1667,19 @@ class Replicator:
             self._compare_digests(ev)
         elif isinstance(ev, wire.Disconnect):
             log.warning("%s", disconnect_reason(ev, link.peer.peer_node is not None))
+
+    def _accept_vouch(self) -> bool:
+        """The peer vouched for this Outdated disk at the handshake (genid.apply_vouches):
+        it is UpToDate. Returns whether the disk changed."""
+        with self.meta_lock:
+            if self.meta.state.disk is not DiskState.OUTDATED:
+                return False
+            self.meta.update(disk=DiskState.UP_TO_DATE)
+        log.warning("disk Outdated -> UpToDate: %s vouched for it at connect (its disk failed"
+                    " while this one took every write, and it has not been Primary since)",
+                    self.spec.peer)
+        lab_event("vouched", node=self.spec.node, voucher=self.spec.peer)
+        return True
 
     def _log_split_brain_resolved(self, ev: SyncDecided) -> None:
         """One WARNING line (and a lab event): whose changes go, by which rule, how much

@@ -43,10 +43,11 @@ if TYPE_CHECKING:
     from tandem.volume.seal import Opener
 
 MAGIC = 0x544E444D  # "TNDM"
-VERSION = 7  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange;
+VERSION = 8  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: policy in StateExchange;
 # 4: primary epoch in StateExchange; 5: frames after the handshake sealed (seal.py); 6: verify
 # digests are SHA-256 (was BLAKE2b), cut to 16 bytes; 7: the link's secret is bound to the
-# cluster and the volume (auth.link_secret): a 6 would fail the handshake, and say "wrong secret"
+# cluster and the volume (auth.link_secret): a 6 would fail the handshake, and say "wrong secret";
+# 8: the vouch flag in StateExchange (a 7 would refuse the unknown flag)
 HEADER = struct.Struct("!IBBHIQ")
 HEADER_SIZE = HEADER.size  # 20
 MAX_DATA = 1 << 20
@@ -148,6 +149,10 @@ class StateExchange:
     #: the sender's after-split-brain policy; both sides must use the same one
     #: (like DRBD's after-sb-*), else the decision would not be symmetric
     split_brain_policy: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT
+    #: the sender's disk failed while the peer took every write, and the sender has
+    #: not been Primary since (`MetaState.peer_had_all`): the peer has every write
+    #: (genid.vouched_disks)
+    vouches_for_peer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +333,7 @@ _DISK_CODES = {
 }
 _ROLES = {v: k for k, v in _ROLE_CODES.items()}
 _DISKS = {v: k for k, v in _DISK_CODES.items()}
-_F_CRASHED, _F_DISCARD, _F_LOST = 1, 2, 4
+_F_CRASHED, _F_DISCARD, _F_LOST, _F_VOUCH = 1, 2, 4, 8
 _POLICY_CODES = {
     SplitBrainPolicy.DISCONNECT: 0,
     SplitBrainPolicy.DISCARD_ZERO_CHANGES: 1,
@@ -442,6 +447,7 @@ def _enc_state(m: StateExchange) -> tuple[int, bytes]:
         (_F_CRASHED if m.crashed_primary else 0)
         | (_F_DISCARD if m.discard_my_data else 0)
         | (_F_LOST if m.lost_leadership else 0)
+        | (_F_VOUCH if m.vouches_for_peer else 0)
     )
     head = _STATE.pack(
         _ROLE_CODES[m.role],
@@ -624,7 +630,7 @@ def _dec_state(buf: bytearray, s: int, e: int, seq: int) -> StateExchange:
     _expect_len("StateExchange", s, e, _STATE.size + 8 * nhist)
     if role not in _ROLES or disk not in _DISKS:
         raise _bad("StateExchange with unknown role or disk state")
-    if flags & ~(_F_CRASHED | _F_DISCARD | _F_LOST):
+    if flags & ~(_F_CRASHED | _F_DISCARD | _F_LOST | _F_VOUCH):
         raise _bad("StateExchange with unknown flags")
     if policy not in _POLICIES:
         raise _bad(f"StateExchange with unknown split-brain policy code {policy}")
@@ -639,6 +645,7 @@ def _dec_state(buf: bytearray, s: int, e: int, seq: int) -> StateExchange:
         crashed_primary=bool(flags & _F_CRASHED),
         discard_my_data=bool(flags & _F_DISCARD),
         lost_leadership=bool(flags & _F_LOST),
+        vouches_for_peer=bool(flags & _F_VOUCH),
         primary_epoch=epoch,
         split_brain_policy=_POLICIES[policy],
     )
