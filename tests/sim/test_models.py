@@ -94,6 +94,11 @@ def test_cli_replay_and_errors(capsys):
     assert main(["--model", "jobs", "--variant", "skip_fence", "--schedules", "1"]) == 2
     assert "not a variant of the jobs model" in capsys.readouterr().err
     assert main(["--model", "volume", "--replay", "5", "--keep", "9"]) == 2
+    assert main(["--model", "ha", "--variant", "no_unfence+no_vouch", "--replay", "5"]) in (0, 1)
+    assert main(["--model", "ha", "--variant", "no_unfence+no_vouhc", "--schedules", "1"]) == 2
+    assert "not a variant of the ha model" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown variant"):  # a typo is not a broken rule
+        MODELS["ha"].run(5, variant="no_vouhc")
 
 
 def test_cli_reports_a_failing_seed_with_a_replay_line(capsys):

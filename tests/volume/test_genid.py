@@ -352,6 +352,13 @@ def test_a_vouch_only_lifts_an_outdated_disk_on_the_same_generation(
                         policy)
     if not d.vouched:
         assert d == plain
+    for side in (fa, fb):
+        if side.node in d.vouched:  # it receives nothing: UpToDate before any resync
+            assert not (d.outcome.is_target if side is fa else d.outcome.is_source)
+    if DiskState.UP_TO_DATE in (fa.disk, fb.disk) and fa.vouches_for_peer != fb.vouches_for_peer:
+        voucher = fa if fa.vouches_for_peer else fb
+        if voucher.disk is DiskState.UP_TO_DATE:  # a stale mark changes nothing (review 26)
+            assert d == plain and not d.vouched
 
 
 def test_two_outdated_disks_on_the_same_data_are_up_to_date_by_a_vouch() -> None:
@@ -364,6 +371,28 @@ def test_two_outdated_disks_on_the_same_data_are_up_to_date_by_a_vouch() -> None
         is DiskState.UP_TO_DATE  # the voucher, next to the peer it made UpToDate
     plain = decide_sync(GenerationIds(5), GenerationIds(5), replace(out1, vouches_for_peer=False), out2)
     assert plain.same_data and plain.vouched == ()
+
+
+@pytest.mark.parametrize("case", ["voucher UpToDate", "both vouch", "vouched crashed as Primary"])
+def test_no_vouch_from_a_stale_mark(case: str) -> None:
+    """Review 26: node1's disk failed while node2 had every write (node1's mark), node1
+    was resynced UpToDate, node2 was promoted on the same generation, and node2's disk
+    failed as Primary: its activity-log blocks may lack writes node1 has. node2 comes
+    back Outdated and a crashed Primary. A vouch from node1's stale mark made node2 the
+    source of those blocks; none may apply, and node1 stays the source."""
+    node1 = SyncFlags(node="node1", disk=DiskState.UP_TO_DATE, vouches_for_peer=True)
+    node2 = SyncFlags(node="node2", disk=DiskState.OUTDATED, crashed_primary=True, bitmap_weight=4)
+    if case == "voucher UpToDate":
+        node2 = replace(node2, crashed_primary=False)
+    elif case == "both vouch":  # node1 was recorded Outdated after node2's failure
+        node1 = replace(node1, disk=DiskState.OUTDATED)
+        node2 = replace(node2, crashed_primary=False, vouches_for_peer=True)
+    else:
+        node1 = replace(node1, disk=DiskState.OUTDATED)
+    d = decide_sync(GenerationIds(5), GenerationIds(5), node1, node2)
+    assert d.vouched == ()
+    if case == "voucher UpToDate":
+        assert d.outcome is Out.SOURCE_BITMAP, d
 
 
 def test_the_vouched_disk_is_the_source_of_the_vouchers_marked_blocks() -> None:

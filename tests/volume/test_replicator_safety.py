@@ -1211,6 +1211,7 @@ def test_the_agents_undo_of_its_outdate_needs_the_disk_unchanged_since(tmp_path)
     rep = make_replicator(tmp_path)
     try:
         rep.role = Role.SECONDARY
+        rep.meta.update(peer_had_all=True)
         mark = rep.outdate(unless_connected=True)
         assert isinstance(mark, int) and rep.meta.state.disk is DiskState.OUTDATED
         assert rep.outdate(unless_connected=True) is None, "already Outdated: nothing marked"
@@ -1223,6 +1224,7 @@ def test_the_agents_undo_of_its_outdate_needs_the_disk_unchanged_since(tmp_path)
         assert rep.meta.state.disk is DiskState.OUTDATED
         assert rep.undo_outdate(mark, later) is None
         assert _saved(tmp_path)[0].disk is DiskState.UP_TO_DATE
+        assert not _saved(tmp_path)[0].peer_had_all, "UpToDate again: a stale mark (review 26)"
         assert rep.undo_outdate(mark, later) == "spent", "done once: the mark is spent"
         # a metadata write in between (a link that came and went saves the bitmap) spends it
         mark = rep.outdate(unless_connected=True)
@@ -1280,13 +1282,14 @@ def test_the_peer_had_every_write_mark_outlives_a_power_cycle_and_attach(tmp_pat
         again.store.close()
 
 
-@pytest.mark.parametrize("disk", [DiskState.FAILED, DiskState.OUTDATED])
+@pytest.mark.parametrize("disk", [DiskState.FAILED])
 def test_a_connect_to_the_outdated_peer_keeps_the_unfence_owed(tmp_path, disk):
     """Review 25c: the restarted daemon connects before `attach` (its disk still Failed
-    in the metadata) or just after it, and the peer, which adopted the stale fence, is
-    Outdated on the same data: NoSync. Clearing the mark on any connect ended the
-    owed unfence there, and both disks stayed Outdated. Only a resync with this node
-    as the source (its data replacing the peer's) clears it."""
+    in the metadata), and the peer, which adopted the stale fence, is Outdated on the
+    same data: NoSync. Clearing the mark on any connect ended the owed unfence there,
+    and both disks stayed Outdated. Only a resync with this node as the source (its
+    data replacing the peer's), or this disk in sync and UpToDate again, clears it
+    (just after `attach` the vouch makes both UpToDate: the next test)."""
     rep = make_replicator(tmp_path)
     rep.meta.update(disk=disk, failed_from=DiskState.OUTDATED if disk is DiskState.FAILED else None,
                     peer_had_all=True)
@@ -1339,9 +1342,11 @@ def test_a_disk_that_failed_while_the_peer_took_every_write_vouches_for_the_outd
         assert peer.peer_status.vouches_for_peer
         assert peer.decision.decision.vouched == ("node2",), peer.decision
         assert rep.peer_disk is DiskState.UP_TO_DATE
-        assert rep.meta.state.disk is (DiskState.FAILED if disk is DiskState.FAILED
-                                       else DiskState.UP_TO_DATE)
-        assert rep.meta.state.peer_had_all  # nothing written here since, still
+        failed = disk is DiskState.FAILED
+        assert rep.meta.state.disk is (DiskState.FAILED if failed else DiskState.UP_TO_DATE)
+        # in sync and UpToDate, the mark is spent: kept, it would vouch for the peer after
+        # the peer's own disk failed (review 26); still owed while this disk is Failed
+        assert rep.meta.state.peer_had_all is failed
     finally:
         _close(rep, link, theirs)
 

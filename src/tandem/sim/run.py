@@ -116,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     names = list(MODELS) if a.model == "all" else [a.model]
     for name in names:
-        parts = a.variant.split("+")
-        if any(p not in MODELS[name].variants for p in parts) or (len(parts) > 1 and name != "ha"):
+        known = MODELS[name].variants
+        joined = name == "ha" and all(p in known for p in a.variant.split("+"))
+        if a.variant not in known and not joined:
             print(f"--variant: {a.variant!r} is not a variant of the {name} model"
-                  f" ({', '.join(MODELS[name].variants)}; the ha model also takes two joined"
-                  f" by '+')", file=sys.stderr)
+                  f" ({', '.join(MODELS[name].variants)}; the ha model also takes several"
+                  f" joined by '+', as no_unfence+no_vouch)", file=sys.stderr)
             return 2
     if a.schedules < 1 or a.workers < 1:
         print("--schedules and --workers must be at least 1", file=sys.stderr)

@@ -341,6 +341,7 @@ class SimVolume:
             self.sim.log(self.node, "undo of the agent's outdate refused: past its deadline")
             return "retry"
         self.disk = UP
+        self.peer_had_all = False  # Replicator._MARK_SPENT
         self.sim.log(self.node, "disk UpToDate again (the agent's stale adoption undone)")
         return None
 
@@ -546,17 +547,22 @@ class Repl:
             self.state = "connected"
             self.session += 1
             self.sim.log("link", f"connected, in sync (gen {ga})")
-            if not self.world.broken("no_vouch"):  # BROKEN: the rule before session 26 (seed 911631)
-                for x, y in ((a, b), (b, a)):
-                    if x.peer_had_all and x.role is not Role.PRIMARY and y.disk is OUT:
-                        # genid.apply_vouches: x's disk failed while y took every write, and
-                        # x has not been Primary since: y has every write (the same
-                        # generation: y wrote none alone)
-                        y.disk = UP
-                        self.sim.log("link", f"{x.node} vouches that {y.node} has every write:"
-                                             f" {y.node} UpToDate")
-            a.disk, b.disk = (genid.disk_after_connect(True, a.disk, b.disk),
-                              genid.disk_after_connect(True, b.disk, a.disk))
+            vouching = [v for v in (a, b) if v.peer_had_all and v.role is not Role.PRIMARY]
+            if len(vouching) == 1 and not self.world.broken("no_vouch"):  # BROKEN: before session 26
+                # genid.apply_vouches: x's disk failed while y took every write, and x has
+                # not been Primary since: y has every write (the same generation: y wrote
+                # none alone). Not from an UpToDate x: in sync since, its mark is stale.
+                x = vouching[0]
+                y = self.peer_of(x)
+                if x.disk is not UP and y.disk is OUT:
+                    y.disk = UP
+                    y.peer_had_all = False  # Replicator._MARK_SPENT
+                    self.sim.log("link", f"{x.node} vouches that {y.node} has every write:"
+                                         f" {y.node} UpToDate")
+            for v, after in ((a, genid.disk_after_connect(True, a.disk, b.disk)),
+                             (b, genid.disk_after_connect(True, b.disk, a.disk))):
+                if after is not v.disk:
+                    v.disk, v.peer_had_all = after, False  # Replicator._MARK_SPENT
             return
         by_generation = False
         if a.disk is INC or b.disk is INC:  # never a sync source (a new disk: unrelated gens)
@@ -621,6 +627,8 @@ class Repl:
         t.data = set(s.data)
         t.gens = s.gens
         t.disk = genid.disk_after_resync(s.disk)
+        if t.disk is UP:
+            t.peer_had_all = False  # Replicator._MARK_SPENT
         self.world.resynced(t.node)
         self.state = "connected"
         self.sim.log("link", f"resync done: {t.node} {t.disk}")

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from tandem.dcs.keys import Keys, decode, encode
-from tandem.sim.agent import FIXES, RESOURCE, SimAgent, fence_loop, unfence_peer
+from tandem.sim.agent import FIXES, RESOURCE, VARIANTS, SimAgent, fence_loop, unfence_peer
 from tandem.sim.dcs import ModelDCS
 from tandem.sim.kernel import Net, NodeClock, Process, Sim
 from tandem.sim.volume import Repl, SimVolume
@@ -78,6 +78,10 @@ class World:
         #: "a+b" runs two broken rules at once: a later rule can hide an old one's
         #: failure (the vouch at connect resolves what a missing unfence left stuck)
         self.variants = frozenset(variant.split("+")) - {"none"}
+        unknown = self.variants - set(VARIANTS)
+        if unknown:  # a typo would run the product's rule and pass for a broken one
+            raise ValueError(f"unknown variant(s) {', '.join(sorted(unknown))}"
+                             f" (known: {', '.join(VARIANTS)})")
         #: what the lab cluster's volumes use (LabStack)
         self.split_brain_policy = genid.SplitBrainPolicy.DISCARD_LEAST_RECENT_PRIMARY
         self.cluster = "sim"

@@ -316,6 +316,11 @@ def decide_sync(
     decision = _compare(local, peer, local_flags, peer_flags)
     if decision.outcome is SyncOutcome.SPLIT_BRAIN:
         return resolve_split_brain(decision, policy, local_flags, peer_flags)
+    out = decision.outcome
+    # A side that is to receive data is not UpToDate before the resync ends (review 26:
+    # the link could drop first); with the rules below a disk vouched for never is.
+    vouched = tuple(n for n in vouched if not (n == local_flags.node and out.is_target
+                                               or n == peer_flags.node and out.is_source))
     return replace(decision, vouched=vouched) if vouched else decision
 
 
@@ -335,17 +340,25 @@ def apply_vouches(local: GenerationIds, peer: GenerationIds, lf: SyncFlags,
     agent's undo of a stale adoption wants no link, and "same data" upgrades an
     Outdated disk only next to an UpToDate one. The voucher's own disk, Outdated
     since its failure, is then UpToDate too by the usual rules: the same data as
-    an UpToDate peer, or its resync target."""
+    an UpToDate peer, or its resync target.
+
+    Never when both vouch (each disk failed while the other was in sync: neither
+    knows what the other missed since), when the voucher's disk is UpToDate (it
+    was in sync again since its failure, so the mark is stale and the usual rules
+    apply; the replicator clears it then), or for a side that crashed as Primary
+    (its activity log's blocks may lack writes the voucher has; review 26)."""
     if local.is_fresh or peer.is_fresh or local.current != peer.current:
         return lf, pf, ()
-    vouched: list[str] = []
-    if pf.vouches_for_peer and lf.disk is DiskState.OUTDATED:
-        lf = replace(lf, disk=DiskState.UP_TO_DATE)
-        vouched.append(lf.node)
-    if lf.vouches_for_peer and pf.disk is DiskState.OUTDATED:
-        pf = replace(pf, disk=DiskState.UP_TO_DATE)
-        vouched.append(pf.node)
-    return lf, pf, tuple(sorted(vouched))
+    if lf.vouches_for_peer == pf.vouches_for_peer:
+        return lf, pf, ()
+    voucher, other = (lf, pf) if lf.vouches_for_peer else (pf, lf)
+    if (voucher.disk is DiskState.UP_TO_DATE or other.disk is not DiskState.OUTDATED
+            or other.crashed_primary):
+        return lf, pf, ()
+    other = replace(other, disk=DiskState.UP_TO_DATE)
+    if other.node == lf.node:
+        return other, pf, (other.node,)
+    return lf, other, (other.node,)
 
 
 def _we_win(local_flags: SyncFlags, peer_flags: SyncFlags) -> bool:

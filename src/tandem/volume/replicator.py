@@ -92,12 +92,16 @@ WRITABLE_LINK = frozenset({ConnectionState.CONNECTED, ConnectionState.SYNC_SOURC
 HANDSHAKING = frozenset({ConnectionState.CONNECTING, ConnectionState.WF_REPORT_PARAMS})
 LIVE_LINK = WRITABLE_LINK | HANDSHAKING  #: any other state is terminal: the link is being closed
 PROMOTE_HANDSHAKE_WAIT = 2.0
+"""How long promote() waits for a connection handshake to decide the resync direction."""
 BITMAP_RACE_TRIES = 8  #: a write's looks for a link, each undone by a new link's bitmap
 UNFENCE_ATTEMPTS = 20  #: unfence-peer tries while the DCS does not answer (0.1 s to 1 s apart)
 #: seconds between handshakes while a split-brain policy cannot decide (both
 #: Primary, say): a role change in between retries at once
 UNDECIDED_RETRY = 5.0
-"""How long promote() waits for a connection handshake to decide the resync direction."""
+#: what goes with a disk becoming UpToDate other than by promotion: "the peer had every
+#: write" (MetaState.peer_had_all) spoke of a disk that lagged, and this one is in sync
+#: now; kept, it would vouch for the peer after the peer's own disk failed (review 26)
+_MARK_SPENT: dict[str, Any] = {"peer_had_all": False}
 
 
 class VolumeError(TandemError):
@@ -1243,7 +1247,7 @@ class Replicator:
                 log.warning("refused to undo the agent's outdate: the request came after its"
                             " deadline")
                 return "retry"
-            self.meta.update(disk=DiskState.UP_TO_DATE)
+            self.meta.update(disk=DiskState.UP_TO_DATE, peer_had_all=False)
         log.warning("disk Outdated -> UpToDate: the agent undid a fence it had adopted (a newer"
                     " DCS record calls this disk UpToDate, and the disk is unchanged since)")
         self._send_status()
@@ -1629,7 +1633,7 @@ class Replicator:
                 disk = self.meta.state.disk
                 after = genid.disk_after_connect(ev.decision.same_data, disk, peer_disk)
                 if after is not disk:
-                    self.meta.update(disk=after)
+                    self.meta.update(disk=after, **_MARK_SPENT)
             if after is not disk:
                 log.info("disk %s -> %s: the peer is %s with the same data", disk, after, peer_disk)
             if upgraded or after is not disk or ev.local.role is not self.role:
@@ -1674,7 +1678,7 @@ class Replicator:
         with self.meta_lock:
             if self.meta.state.disk is not DiskState.OUTDATED:
                 return False
-            self.meta.update(disk=DiskState.UP_TO_DATE)
+            self.meta.update(disk=DiskState.UP_TO_DATE, **_MARK_SPENT)
         log.warning("disk Outdated -> UpToDate: %s vouched for it at connect (its disk failed"
                     " while this one took every write, and it has not been Primary since)",
                     self.spec.peer)
@@ -2024,7 +2028,9 @@ class Replicator:
             with self.io_lock:
                 self.bitmap.clear_all()
             ids = genid.finish_resync_target(self.meta.state.generations, source.generations.current)
-            self.meta.update(generations=ids, disk=genid.disk_after_resync(source.disk))
+            disk = genid.disk_after_resync(source.disk)
+            self.meta.update(generations=ids, disk=disk,
+                             **(_MARK_SPENT if disk is DiskState.UP_TO_DATE else {}))
         self.crashed_primary = False
         progress.done = total
         progress.finished = time.monotonic()

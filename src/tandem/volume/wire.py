@@ -47,7 +47,7 @@ VERSION = 8  # 2: F_DURABLE on Writes, ResyncRequests and ResyncDataBatch; 3: po
 # 4: primary epoch in StateExchange; 5: frames after the handshake sealed (seal.py); 6: verify
 # digests are SHA-256 (was BLAKE2b), cut to 16 bytes; 7: the link's secret is bound to the
 # cluster and the volume (auth.link_secret): a 6 would fail the handshake, and say "wrong secret";
-# 8: the vouch flag in StateExchange (a 7 would refuse the unknown flag)
+# 8: the vouch flag in StateExchange (genid.apply_vouches; a 7 refuses the frame header)
 HEADER = struct.Struct("!IBBHIQ")
 HEADER_SIZE = HEADER.size  # 20
 MAX_DATA = 1 << 20
@@ -151,7 +151,7 @@ class StateExchange:
     split_brain_policy: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT
     #: the sender's disk failed while the peer took every write, and the sender has
     #: not been Primary since (`MetaState.peer_had_all`): the peer has every write
-    #: (genid.vouched_disks)
+    #: (genid.apply_vouches)
     vouches_for_peer: bool = False
 
 
