@@ -1396,3 +1396,28 @@ def test_a_primary_never_vouches(tmp_path):
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+@pytest.mark.parametrize(("disk", "failed_from", "kept"), [
+    (DiskState.UP_TO_DATE, None, False),
+    (DiskState.FAILED, DiskState.UP_TO_DATE, False),
+    (DiskState.OUTDATED, None, True),
+    (DiskState.FAILED, DiskState.OUTDATED, True),
+])
+def test_a_mark_left_by_older_code_on_a_disk_in_sync_since_is_cleared_at_start(tmp_path, disk,
+                                                                                failed_from, kept):
+    """Review 26b: before session 26 the mark outlived this disk's own resync, and
+    metadata format 3 still loads. On an UpToDate disk (or one that failed UpToDate)
+    it is stale: it would vouch for a peer whose disk failed since."""
+    rep = make_replicator(tmp_path)
+    rep.meta.update(disk=disk, failed_from=failed_from, peer_had_all=True)
+    rep.meta.close()
+    rep.store.close()
+    again = Replicator(rep.spec, SECRET)
+    try:
+        assert again.meta.state.peer_had_all is kept
+        assert _saved(tmp_path)[0].peer_had_all is kept
+        assert again._status_msg().vouches_for_peer is kept
+    finally:
+        again.meta.close()
+        again.store.close()

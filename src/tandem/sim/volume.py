@@ -102,6 +102,7 @@ class SimVolume:
         #: MetaState.peer_had_all: the disk failed while the peer took every write, and
         #: this node was not Primary nor a resync source since (kept across restarts)
         self.peer_had_all = False
+        self.vouch_retries = 0  #: Replicator._vouch_retries
         self.unfenced_since_fence = False  # Replicator._unfenced_since_fence
         # writable intervals on true time, for the checker
         self._open: float | None = None
@@ -633,3 +634,8 @@ class Repl:
         self.state = "connected"
         self.sim.log("link", f"resync done: {t.node} {t.disk}")
         self.world.start_unfence(s, "resynced")
+        if t.disk is OUT and t.peer_had_all and s.disk is OUT and t.vouch_retries < 3:
+            # Replicator._pull: a new handshake decides the vouch (the product's source
+            # may have been a crashed Primary, whom no vouch covers; not modelled here)
+            t.vouch_retries += 1
+            self.drop("resync done: the peer can be vouched for now")

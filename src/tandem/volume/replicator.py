@@ -98,6 +98,7 @@ UNFENCE_ATTEMPTS = 20  #: unfence-peer tries while the DCS does not answer (0.1 
 #: seconds between handshakes while a split-brain policy cannot decide (both
 #: Primary, say): a role change in between retries at once
 UNDECIDED_RETRY = 5.0
+VOUCH_RETRIES = 3  #: per daemon: a handshake after a resync from an Outdated crashed Primary
 #: what goes with a disk becoming UpToDate other than by promotion: "the peer had every
 #: write" (MetaState.peer_had_all) spoke of a disk that lagged, and this one is in sync
 #: now; kept, it would vouch for the peer after the peer's own disk failed (review 26)
@@ -302,6 +303,8 @@ class Replicator:
         #: One sent by an earlier process fails its compare-and-set: the agent writes the
         #: record again before it promotes on "peer Outdated" (agent._record_volume_state).
         self._unfenced_since_fence = False
+        #: reconnects after a resync from an Outdated source, to decide the vouch again
+        self._vouch_retries = 0
         self.crashed_primary = self.meta.crashed_primary
         self.al = ActivityLog(st.al_slots, st.al_extent_size)
         if self.crashed_primary:
@@ -310,6 +313,13 @@ class Replicator:
             self.meta.mark_dirty_and_persist(ranges, primary=False, al_extents=())
             log.warning("crashed while Primary: %d activity-log extents marked for resync",
                         len(ranges))
+        UP = DiskState.UP_TO_DATE
+        if st.peer_had_all and UP in (st.disk, st.failed_from):
+            # Written before session 26, which kept the mark after this disk was in sync
+            # again: it would vouch for a peer whose own disk failed since (review 26b).
+            self.meta.update(**_MARK_SPENT)
+            log.info("metadata: the mark 'peer had every write' is stale (the disk was in sync"
+                     " since): cleared")
         self.role = Role.SECONDARY
         self.ranges = RangeLock()
         self.io_lock = threading.Lock()
@@ -1621,7 +1631,10 @@ class Replicator:
                 log.warning("vouched for %s: its disk is UpToDate (ours failed while it took every"
                             " write, and nothing was written here since)", self.spec.peer)
                 self._unfence_soon("vouched for it at connect")
-            upgraded = self.spec.node in ev.decision.vouched and self._accept_vouch()
+            if self.spec.node in ev.decision.vouched and self._accept_vouch():
+                # before the bitmap: a target in SyncTarget takes a StateExchange with a
+                # bitmap identifier for the start of the resync (review 26b)
+                self._send_status()
             if out.is_target and out.is_full:
                 with self.io_lock:
                     self.bitmap.set_all()
@@ -1632,11 +1645,15 @@ class Replicator:
             with self.meta_lock:
                 disk = self.meta.state.disk
                 after = genid.disk_after_connect(ev.decision.same_data, disk, peer_disk)
+                owed = after is not disk and self.meta.state.peer_had_all
                 if after is not disk:
                     self.meta.update(disk=after, **_MARK_SPENT)
             if after is not disk:
                 log.info("disk %s -> %s: the peer is %s with the same data", disk, after, peer_disk)
-            if upgraded or after is not disk or ev.local.role is not self.role:
+            if owed and self.spec.peer not in ev.decision.vouched:
+                # the unfence the mark owed goes on while the link says the peer is in sync
+                self._unfence_soon("in sync again")
+            if after is not disk or ev.local.role is not self.role:
                 # The peer decided on our old state: the disk just upgraded, or a
                 # demotion while the handshake was deciding (a StateExchange is not
                 # sent then), and it would refuse to promote.
@@ -2029,6 +2046,7 @@ class Replicator:
                 self.bitmap.clear_all()
             ids = genid.finish_resync_target(self.meta.state.generations, source.generations.current)
             disk = genid.disk_after_resync(source.disk)
+            marked = self.meta.state.peer_had_all
             self.meta.update(generations=ids, disk=disk,
                              **(_MARK_SPENT if disk is DiskState.UP_TO_DATE else {}))
         self.crashed_primary = False
@@ -2039,6 +2057,14 @@ class Replicator:
                  " after %.3fs)", total, len(runs), progress.finished - progress.started,
                  received - progress.started)
         self._send_status()
+        if marked and disk is DiskState.UP_TO_DATE:
+            self._unfence_soon("resynced from it")  # what the spent mark owed
+        elif marked and source.disk is DiskState.OUTDATED and self._vouch_retries < VOUCH_RETRIES:
+            # The source was an Outdated crashed Primary, whom no vouch covers (genid.
+            # apply_vouches); its activity log is resynced now, and a new handshake can
+            # decide the vouch, else both disks stay Outdated on a live link (review 26b).
+            self._vouch_retries += 1
+            self.reconnect("resync done: the peer can be vouched for now")
 
     def _request_all(self, link: Link, runs: list[tuple[int, int]], window: ResyncWindow,
                      progress: Progress) -> bool:
