@@ -1282,34 +1282,6 @@ def test_the_peer_had_every_write_mark_outlives_a_power_cycle_and_attach(tmp_pat
         again.store.close()
 
 
-@pytest.mark.parametrize("disk", [DiskState.FAILED])
-def test_a_connect_to_the_outdated_peer_keeps_the_unfence_owed(tmp_path, disk):
-    """Review 25c: the restarted daemon connects before `attach` (its disk still Failed
-    in the metadata), and the peer, which adopted the stale fence, is Outdated on the
-    same data: NoSync. Clearing the mark on any connect ended the owed unfence there,
-    and both disks stayed Outdated. Only a resync with this node as the source (its
-    data replacing the peer's), or this disk in sync and UpToDate again, clears it
-    (just after `attach` the vouch makes both UpToDate: the next test)."""
-    rep = make_replicator(tmp_path)
-    rep.meta.update(disk=disk, failed_from=DiskState.OUTDATED if disk is DiskState.FAILED else None,
-                    peer_had_all=True)
-    link, peer, theirs = _authenticated(rep)
-    try:
-        outdated = wire.StateExchange(role=Role.SECONDARY, disk=DiskState.OUTDATED,
-                                      generations=GenerationIds(GEN), size=SIZE, bitmap_weight=0)
-        theirs.sendall(peer.send(outdated))
-        _pump(theirs, peer, lambda: peer.state is not ConnectionState.CONNECTING
-              and peer.decision is not None)
-        deadline = time.monotonic() + 5
-        while rep.peer_status is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(0.1)  # the connected event handled
-        assert rep.meta.state.peer_had_all, f"cleared on {peer.decision}"
-        assert rep._peer_has_every_write()
-    finally:
-        _close(rep, link, theirs)
-
-
 def _connect_to_an_outdated_peer(rep: Replicator, vouch: bool = False,
                                  gens: GenerationIds = GenerationIds(GEN)):
     """Authenticate, then the test's peer sends an Outdated StateExchange with `gens`;
@@ -1333,7 +1305,9 @@ def test_a_disk_that_failed_while_the_peer_took_every_write_vouches_for_the_outd
     promotable. The side that knows the peer had every write (MetaState.peer_had_all)
     says so in its StateExchange, and both sides decide the peer is UpToDate
     (genid.apply_vouches); an Outdated voucher then has the same data as an UpToDate
-    peer, so it is UpToDate too. A Failed one stays Failed (attach first)."""
+    peer, so it is UpToDate too. A Failed one stays Failed (attach first), and keeps
+    the unfence it owes: the daemon connects before `attach`, and clearing the mark on
+    that NoSync connect left both disks Outdated (review 25c)."""
     rep = make_replicator(tmp_path)
     rep.meta.update(disk=disk, failed_from=DiskState.OUTDATED if disk is DiskState.FAILED else None,
                     peer_had_all=True)
@@ -1346,7 +1320,8 @@ def test_a_disk_that_failed_while_the_peer_took_every_write_vouches_for_the_outd
         assert rep.meta.state.disk is (DiskState.FAILED if failed else DiskState.UP_TO_DATE)
         # in sync and UpToDate, the mark is spent: kept, it would vouch for the peer after
         # the peer's own disk failed (review 26); still owed while this disk is Failed
-        assert rep.meta.state.peer_had_all is failed
+        assert rep.meta.state.peer_had_all is failed, f"on {peer.decision}"
+        assert rep._peer_has_every_write()
     finally:
         _close(rep, link, theirs)
 
