@@ -607,6 +607,44 @@ def test_an_outdated_disk_that_reconnects_on_the_same_data_is_up_to_date_again(f
     assert "disk Outdated -> UpToDate: the peer is UpToDate with the same data" in vp.log("node2")[seen:]
 
 
+def test_a_disk_that_failed_while_its_peer_took_every_write_vouches_for_it(fresh):
+    """Simulation seeds 332150 and 911631, on real daemons: node1's disk fails while
+    node2 is in sync, node2 then takes a stale fence (the agent adopting an old record),
+    and node1 comes back Outdated from a power cycle and `attach`: two Outdated disks on
+    the same data, which no rule made UpToDate before session 26. node1 vouches for
+    node2 at the handshake (genid.apply_vouches): both UpToDate, node2 promotable
+    without force, with every write."""
+    from tandem.volume import control
+    vp = fresh
+    dev = vp.device("node1")
+    pwrite_sync(dev, 0, b"v" * 4096)
+    control.call(vp.lab.host_dir("node1") / "run" / "volume-db.sock", "inject-eio",
+                 ranges=[[0, 64 * MiB]])
+    with pytest.raises(OSError):
+        pwrite_sync(dev, 4096, b"x" * 4096)
+    assert vp.status("node1")["disk"] == "Failed"
+    vp.lab.faults.partition(["node1"], ["node2"], net="replication")
+    vp.wait(lambda: vp.status("node2")["peer"]["connection"] != "Connected", 10, "link down")
+    sock = vp.lab.host_dir("node1") / "run" / "volume-db.sock"
+    control.call(sock, "secondary", force=True)  # as the agent demotes a failed Primary
+    st = json.loads(vp.tandem("node2", "volume", "outdate", "db", "--unless-connected",
+                              "--json").stdout)
+    assert st["disk"] == "Outdated"  # the stale fence
+    vp.lab.faults.crash("node1")  # power cycle: the error was transient
+    vp.lab.faults.restart("node1")
+    vp.start("node1")
+    vp.tandem("node1", "volume", "attach", "db")
+    assert vp.status("node1")["disk"] == "Outdated"  # the peer had every write
+    seen = len(vp.log("node2"))
+    vp.lab.faults.heal()
+    vp.wait_connected_uptodate(60)
+    assert "vouched for it at connect" in vp.log("node2")[seen:]
+    vp.tandem("node2", "volume", "primary", "db")  # no force: UpToDate
+    assert read_range(vp.device("node2"), 0, 4096) == b"v" * 4096
+    res = json.loads(vp.tandem("node2", "volume", "verify", "db", "--json").stdout)
+    assert res["out_of_sync_blocks"] == 0
+
+
 def test_the_agents_undo_of_an_adopted_fence_checks_the_disk_is_unchanged(fresh):
     """`undo-outdate` (the agent's decide.adoption_to_undo: a newer record calls the
     disk UpToDate) makes the disk UpToDate only with no link, only on the mark of the
