@@ -1396,3 +1396,18 @@ def test_a_mark_left_by_older_code_on_a_disk_in_sync_since_is_cleared_at_start(t
     finally:
         again.meta.close()
         again.store.close()
+
+
+def test_two_vouchers_spend_both_marks_and_leave_it_to_an_operator(tmp_path):
+    """Review 26c: both disks failed while each saw the other in sync. The handshake
+    vouches for neither, and both sides spend their mark: else a resync by name spent
+    only the source's, and the next handshake vouched after all."""
+    rep = make_replicator(tmp_path)
+    rep.meta.update(disk=DiskState.OUTDATED, peer_had_all=True)
+    link, peer, theirs = _connect_to_an_outdated_peer(rep, vouch=True)
+    try:
+        assert peer.peer_status.vouches_for_peer and peer.decision.decision.vouched == ()
+        assert rep.meta.state.disk is DiskState.OUTDATED
+        assert not rep.meta.state.peer_had_all and not rep._status_msg().vouches_for_peer
+    finally:
+        _close(rep, link, theirs)

@@ -549,6 +549,8 @@ class Repl:
             self.session += 1
             self.sim.log("link", f"connected, in sync (gen {ga})")
             vouching = [v for v in (a, b) if v.peer_had_all and v.role is not Role.PRIMARY]
+            if len(vouching) == 2:  # Replicator: both failed in sync, an operator decides
+                a.peer_had_all = b.peer_had_all = False
             if len(vouching) == 1 and not self.world.broken("no_vouch"):  # BROKEN: before session 26
                 # genid.apply_vouches: x's disk failed while y took every write, and x has
                 # not been Primary since: y has every write (the same generation: y wrote

@@ -1614,6 +1614,13 @@ class Replicator:
                 # Failed), and a peer that adopted the stale fence is Outdated, so the
                 # link alone never says it is in sync (review 25c).
                 stale["peer_had_all"] = False
+            if self.meta.state.peer_had_all and ev.local.vouches_for_peer and ev.peer.vouches_for_peer:
+                # Both disks failed while each saw the other in sync: no vouch, now or
+                # after the resync by name this handshake may start (review 26c); an
+                # operator decides. Both sides spend their mark.
+                stale["peer_had_all"] = False
+                log.warning("both disks failed while in sync: no vouch either way, the disks"
+                            " stay Outdated until an operator promotes one")
             if self.meta.state.peer_outdated:
                 # What the peer's disk is now comes from the link (a resync target is
                 # Inconsistent until done): a stale mark would let a later promotion
@@ -1650,6 +1657,8 @@ class Replicator:
                     self.meta.update(disk=after, **_MARK_SPENT)
             if after is not disk:
                 log.info("disk %s -> %s: the peer is %s with the same data", disk, after, peer_disk)
+            if owed:
+                self._vouch_retries = 0
             if owed and self.spec.peer not in ev.decision.vouched:
                 # the unfence the mark owed goes on while the link says the peer is in sync
                 self._unfence_soon("in sync again")
@@ -2058,13 +2067,16 @@ class Replicator:
                  received - progress.started)
         self._send_status()
         if marked and disk is DiskState.UP_TO_DATE:
+            self._vouch_retries = 0
             self._unfence_soon("resynced from it")  # what the spent mark owed
-        elif marked and source.disk is DiskState.OUTDATED and self._vouch_retries < VOUCH_RETRIES:
+        elif (marked and source.disk is DiskState.OUTDATED and self._vouch_retries < VOUCH_RETRIES
+              and self.link is link and not link.closed):
             # The source was an Outdated crashed Primary, whom no vouch covers (genid.
             # apply_vouches); its activity log is resynced now, and a new handshake can
             # decide the vouch, else both disks stay Outdated on a live link (review 26b).
+            # Only this link, and not `reconnect`: an operator's disconnect stands (26c).
             self._vouch_retries += 1
-            self.reconnect("resync done: the peer can be vouched for now")
+            link.disconnect("resync done: the peer can be vouched for now")
 
     def _request_all(self, link: Link, runs: list[tuple[int, int]], window: ResyncWindow,
                      progress: Progress) -> bool:
