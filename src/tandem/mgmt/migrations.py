@@ -6,6 +6,14 @@ against an empty database, so the upgrade holds a named lock (`GET_LOCK`) while 
 runs: the first server migrates, the others wait and then find nothing to do.
 Migrations only ever append: an applied number is never edited, a change is a new
 number. A new table says `TABLE_OPTIONS` (utf8mb4; see `COLLATION`).
+
+Every statement can run twice (`IF NOT EXISTS`, `_once`, conversions that are
+already done): MariaDB commits each DDL statement at once, so a server that loses
+its connection in the middle of a migration leaves some of its statements applied
+and no version row. The next server runs that migration again, whole. Before,
+the first statement applied twice ("Table 'vm' already exists") stopped every
+server at start until someone fixed the schema by hand. Atomic DDL (MariaDB 10.6)
+means one statement is applied whole or not at all.
 """
 
 from __future__ import annotations
@@ -40,67 +48,74 @@ TABLE_OPTIONS = f"ENGINE=InnoDB DEFAULT CHARSET={CHARSET} COLLATE={COLLATION}"
 TABLES = ("schema_version", "domain", "account", "user", "session", "txn_marker", "zone", "service_offering",
           "os_type", "template", "network", "vm", "mgmt_server", "async_job", "login_failure")
 
+
+def _once(insert: str) -> str:
+    """A seed row that a migration run again finds in place: kept as it is."""
+    return f"{insert} ON DUPLICATE KEY UPDATE id = id"
+
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "users, accounts, domains, sessions", [
-        """CREATE TABLE domain (
+        """CREATE TABLE IF NOT EXISTS domain (
             id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL, path VARCHAR(1024) NOT NULL,
             parent_id CHAR(36) NULL, created DATETIME(6) NOT NULL DEFAULT NOW(6)) ENGINE=InnoDB""",
-        """CREATE TABLE account (
+        """CREATE TABLE IF NOT EXISTS account (
             id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL, domain_id CHAR(36) NOT NULL,
             type TINYINT NOT NULL DEFAULT 0, state VARCHAR(16) NOT NULL DEFAULT 'enabled',
             created DATETIME(6) NOT NULL DEFAULT NOW(6),
             UNIQUE KEY account_name (domain_id, name)) ENGINE=InnoDB""",
-        """CREATE TABLE user (
+        """CREATE TABLE IF NOT EXISTS user (
             id CHAR(36) PRIMARY KEY, account_id CHAR(36) NOT NULL, username VARCHAR(255) NOT NULL,
             password_hash VARCHAR(255) NOT NULL, firstname VARCHAR(255) NOT NULL DEFAULT '',
             lastname VARCHAR(255) NOT NULL DEFAULT '', email VARCHAR(255) NOT NULL DEFAULT '',
             apikey VARCHAR(128) NULL, secretkey VARCHAR(128) NULL,
             state VARCHAR(16) NOT NULL DEFAULT 'enabled', created DATETIME(6) NOT NULL DEFAULT NOW(6),
             UNIQUE KEY user_apikey (apikey), UNIQUE KEY user_name (account_id, username)) ENGINE=InnoDB""",
-        """CREATE TABLE session (
+        """CREATE TABLE IF NOT EXISTS session (
             key_hash CHAR(64) PRIMARY KEY, user_id CHAR(36) NOT NULL, jsessionid CHAR(32) NOT NULL,
             created DATETIME(6) NOT NULL DEFAULT NOW(6), last_used DATETIME(6) NOT NULL DEFAULT NOW(6),
             timeout_s INT NOT NULL DEFAULT 1800, KEY session_user (user_id)) ENGINE=InnoDB""",
-        """CREATE TABLE txn_marker (
+        """CREATE TABLE IF NOT EXISTS txn_marker (
             id CHAR(32) PRIMARY KEY, created DATETIME(6) NOT NULL DEFAULT NOW(6)) ENGINE=InnoDB""",
-        f"""INSERT INTO domain (id, name, path) VALUES ('{ROOT_DOMAIN_ID}', 'ROOT', '/')""",
+        _once(f"""INSERT INTO domain (id, name, path) VALUES ('{ROOT_DOMAIN_ID}', 'ROOT', '/')"""),
     ]),
     (2, "zones, offerings, templates, networks, os types", [
-        """CREATE TABLE zone (
+        """CREATE TABLE IF NOT EXISTS zone (
             id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL UNIQUE, description VARCHAR(1024) NOT NULL,
             networktype VARCHAR(16) NOT NULL DEFAULT 'Advanced', allocationstate VARCHAR(16) NOT NULL
             DEFAULT 'Enabled') ENGINE=InnoDB""",
-        """CREATE TABLE service_offering (
+        """CREATE TABLE IF NOT EXISTS service_offering (
             id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL UNIQUE, displaytext VARCHAR(1024) NOT NULL,
             cpunumber INT NOT NULL, cpuspeed INT NOT NULL, memory INT NOT NULL,
             created DATETIME(6) NOT NULL DEFAULT NOW(6)) ENGINE=InnoDB""",
-        """CREATE TABLE os_type (
+        """CREATE TABLE IF NOT EXISTS os_type (
             id CHAR(36) PRIMARY KEY, description VARCHAR(255) NOT NULL) ENGINE=InnoDB""",
-        """CREATE TABLE template (
+        """CREATE TABLE IF NOT EXISTS template (
             id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL, displaytext VARCHAR(1024) NOT NULL,
             ostypeid CHAR(36) NOT NULL, zone_id CHAR(36) NOT NULL, featured BOOL NOT NULL DEFAULT TRUE,
             public BOOL NOT NULL DEFAULT TRUE, account_id CHAR(36) NULL, size BIGINT NOT NULL,
             format VARCHAR(16) NOT NULL DEFAULT 'QCOW2', created DATETIME(6) NOT NULL DEFAULT NOW(6))
             ENGINE=InnoDB""",
-        """CREATE TABLE network (
+        """CREATE TABLE IF NOT EXISTS network (
             id CHAR(36) PRIMARY KEY, name VARCHAR(255) NOT NULL, displaytext VARCHAR(1024) NOT NULL,
             zone_id CHAR(36) NOT NULL, cidr VARCHAR(32) NOT NULL, gateway VARCHAR(32) NOT NULL,
             state VARCHAR(16) NOT NULL DEFAULT 'Implemented', type VARCHAR(16) NOT NULL DEFAULT 'Shared')
             ENGINE=InnoDB""",
-        f"""INSERT INTO zone (id, name, description) VALUES ('{ZONE_ID}', 'zone1', 'Simulated zone')""",
-        f"""INSERT INTO os_type (id, description) VALUES ('{OSTYPE_ID}', 'Other Linux (64-bit)')""",
-        """INSERT INTO service_offering (id, name, displaytext, cpunumber, cpuspeed, memory) VALUES
+        _once(f"""INSERT INTO zone (id, name, description)
+            VALUES ('{ZONE_ID}', 'zone1', 'Simulated zone')"""),
+        _once(f"""INSERT INTO os_type (id, description) VALUES ('{OSTYPE_ID}', 'Other Linux (64-bit)')"""),
+        _once("""INSERT INTO service_offering (id, name, displaytext, cpunumber, cpuspeed, memory) VALUES
             ('5b7f0c1e-0000-4000-8000-000000000001', 'Small Instance', '1 vCPU, 512 MB', 1, 1000, 512),
-            ('5b7f0c1e-0000-4000-8000-000000000002', 'Medium Instance', '2 vCPU, 2 GB', 2, 2000, 2048)""",
-        f"""INSERT INTO template (id, name, displaytext, ostypeid, zone_id, size) VALUES
+            ('5b7f0c1e-0000-4000-8000-000000000002', 'Medium Instance', '2 vCPU, 2 GB', 2, 2000, 2048)"""),
+        _once(f"""INSERT INTO template (id, name, displaytext, ostypeid, zone_id, size) VALUES
             ('7e4d2a9c-0000-4000-8000-000000000001', 'tandem-linux', 'Simulated Linux', '{OSTYPE_ID}',
-             '{ZONE_ID}', 2147483648)""",
-        f"""INSERT INTO network (id, name, displaytext, zone_id, cidr, gateway) VALUES
+             '{ZONE_ID}', 2147483648)"""),
+        _once(f"""INSERT INTO network (id, name, displaytext, zone_id, cidr, gateway) VALUES
             ('{NETWORK_ID}', 'defaultGuestNetwork', 'Default guest network', '{ZONE_ID}',
-             '10.1.0.0/16', '10.1.0.1')""",
+             '10.1.0.0/16', '10.1.0.1')"""),
     ]),
     (3, "virtual machines, async jobs, management servers", [
-        """CREATE TABLE vm (
+        """CREATE TABLE IF NOT EXISTS vm (
             id CHAR(36) PRIMARY KEY, seq BIGINT NOT NULL AUTO_INCREMENT UNIQUE,
             name VARCHAR(255) NOT NULL, displayname VARCHAR(255) NOT NULL,
             account_id CHAR(36) NOT NULL, zone_id CHAR(36) NOT NULL, template_id CHAR(36) NOT NULL,
@@ -108,10 +123,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             keypair VARCHAR(255) NULL, vmgroup VARCHAR(255) NULL,
             state VARCHAR(16) NOT NULL, created DATETIME(6) NOT NULL DEFAULT NOW(6),
             removed DATETIME(6) NULL, KEY vm_account (account_id)) ENGINE=InnoDB""",
-        """CREATE TABLE mgmt_server (
+        """CREATE TABLE IF NOT EXISTS mgmt_server (
             id VARCHAR(64) PRIMARY KEY, address VARCHAR(255) NOT NULL, heartbeat DATETIME(6) NOT NULL,
             started DATETIME(6) NOT NULL) ENGINE=InnoDB""",
-        """CREATE TABLE async_job (
+        """CREATE TABLE IF NOT EXISTS async_job (
             id CHAR(36) PRIMARY KEY, seq BIGINT NOT NULL AUTO_INCREMENT UNIQUE,
             cmd VARCHAR(64) NOT NULL, instance_type VARCHAR(32) NOT NULL, instance_id CHAR(36) NOT NULL,
             params TEXT NOT NULL, account_id CHAR(36) NOT NULL, user_id CHAR(36) NOT NULL,
@@ -121,17 +136,17 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             KEY job_queue (instance_id, status, seq), KEY job_owner (owner, status)) ENGINE=InnoDB""",
     ]),
     (4, "indexes for housekeeping", [
-        "CREATE INDEX txn_marker_created ON txn_marker (created)",
-        "CREATE INDEX session_last_used ON session (last_used)",
+        "CREATE INDEX IF NOT EXISTS txn_marker_created ON txn_marker (created)",
+        "CREATE INDEX IF NOT EXISTS session_last_used ON session (last_used)",
     ]),
     (5, "room for sealed API secret keys (secretbox; rows are sealed at server start)", [
         "ALTER TABLE user MODIFY secretkey VARCHAR(255) NULL",
     ]),
     (6, "async_job.host_sent: a job's host request may have left (its effect may have happened)", [
-        "ALTER TABLE async_job ADD COLUMN host_sent TINYINT NOT NULL DEFAULT 0",
+        "ALTER TABLE async_job ADD COLUMN IF NOT EXISTS host_sent TINYINT NOT NULL DEFAULT 0",
     ]),
     (7, "login_failure: failed logins per user name, for a backoff every server sees", [
-        """CREATE TABLE login_failure (
+        """CREATE TABLE IF NOT EXISTS login_failure (
             name VARCHAR(300) PRIMARY KEY, failures INT NOT NULL,
             last_failure DATETIME(6) NOT NULL, KEY login_failure_last (last_failure)) ENGINE=InnoDB""",
     ]),
@@ -142,7 +157,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         *(f"ALTER TABLE `{t}` CONVERT TO CHARACTER SET {CHARSET} COLLATE {COLLATION}" for t in TABLES),
     ]),
     (9, "async_job by status: the takeover pass (every 0.75 s per server) read every job ever made", [
-        "CREATE INDEX job_pending ON async_job (status, owner)",
+        "CREATE INDEX IF NOT EXISTS job_pending ON async_job (status, owner)",
     ]),
 ]
 
@@ -170,8 +185,8 @@ def migrate(db: Database, target: int = LATEST) -> list[int]:
                 for version, description, statements in MIGRATIONS:
                     if version <= have or version > target:
                         continue
-                    # MariaDB commits DDL implicitly: a failure midway is fixed by hand,
-                    # which is why each migration is small.
+                    # MariaDB commits DDL implicitly: a run cut short midway is
+                    # finished by the next one (every statement can run twice).
                     for stmt in statements:
                         cur.execute(stmt)
                     cur.execute("INSERT INTO schema_version (version, description) VALUES (%s, %s)",
