@@ -181,13 +181,15 @@ class Database:
         return f"Database({self.url.safe()})"
 
     # -- connections -------------------------------------------------------------
-    def connect(self, database: bool = True) -> pymysql.connections.Connection:
+    def connect(self, database: bool = True,
+                io_timeout: float | None = None) -> pymysql.connections.Connection:
+        io_timeout = self.io_timeout if io_timeout is None else io_timeout
         return pymysql.connect(
             host=self.url.host, port=self.url.port, user=self.url.user, password=self.url.password,
             database=self.url.database if database else None, unix_socket=self.url.unix_socket,
             autocommit=True, charset="utf8mb4", cursorclass=Cursor,
             connect_timeout=max(1, int(self.connect_timeout)),
-            read_timeout=self.io_timeout, write_timeout=self.io_timeout,
+            read_timeout=io_timeout, write_timeout=io_timeout,
             # Short lock waits: our transactions are short, and a timeout is retried.
             # idle_transaction_timeout: the server ends a session of ours that sits in
             # an open transaction (our transactions never wait on the client): a
@@ -208,11 +210,11 @@ class Database:
     def _give(self, conn: pymysql.connections.Connection) -> None:
         self._idle.put(conn)
 
-    def connect_retrying(self) -> pymysql.connections.Connection:
+    def connect_retrying(self, io_timeout: float | None = None) -> pymysql.connections.Connection:
         """A new connection of the caller's own, found within the retry budget."""
         for _ in self._attempts("connect"):
             try:
-                return self.connect()
+                return self.connect(io_timeout=io_timeout)
             except Exception as e:
                 if not is_connection_error(e):
                     raise

@@ -7,19 +7,26 @@ runs: the first server migrates, the others wait and then find nothing to do.
 Migrations only ever append: an applied number is never edited, a change is a new
 number. A new table says `TABLE_OPTIONS` (utf8mb4; see `COLLATION`).
 
-Every statement can run twice (`IF NOT EXISTS`, `_once`, conversions that are
+Every statement can run twice (`IF NOT EXISTS`, `_seed`, conversions that are
 already done): MariaDB commits each DDL statement at once, so a server that loses
 its connection in the middle of a migration leaves some of its statements applied
 and no version row. The next server runs that migration again, whole. Before,
 the first statement applied twice ("Table 'vm' already exists") stopped every
 server at start until someone fixed the schema by hand. Atomic DDL (MariaDB 10.6)
-means one statement is applied whole or not at all.
+means one statement is applied whole or not at all. `IF NOT EXISTS` goes by the
+name alone: a table or index of that name with another definition (a repair by
+hand) is taken as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
+import pymysql
+
+from tandem.errors import TandemError
 from tandem.mgmt.db import Cursor, Database
 
 log = logging.getLogger("tandem.mgmt.migrations")
@@ -49,9 +56,13 @@ TABLES = ("schema_version", "domain", "account", "user", "session", "txn_marker"
           "os_type", "template", "network", "vm", "mgmt_server", "async_job", "login_failure")
 
 
-def _once(insert: str) -> str:
-    """A seed row that a migration run again finds in place: kept as it is."""
-    return f"{insert} ON DUPLICATE KEY UPDATE id = id"
+def _seed(table: str, **row: str | int) -> str:
+    """Insert a seed row unless a row with its id is there (a migration run again):
+    a row with another id and the same unique name still fails, loudly."""
+    def literal(v: str | int) -> str:
+        return str(v) if isinstance(v, int) else "'" + v.replace("'", "''") + "'"
+    return (f"INSERT INTO {table} ({', '.join(row)}) SELECT {', '.join(map(literal, row.values()))}"
+            f" FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE id = {literal(row['id'])})")
 
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -77,7 +88,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             timeout_s INT NOT NULL DEFAULT 1800, KEY session_user (user_id)) ENGINE=InnoDB""",
         """CREATE TABLE IF NOT EXISTS txn_marker (
             id CHAR(32) PRIMARY KEY, created DATETIME(6) NOT NULL DEFAULT NOW(6)) ENGINE=InnoDB""",
-        _once(f"""INSERT INTO domain (id, name, path) VALUES ('{ROOT_DOMAIN_ID}', 'ROOT', '/')"""),
+        _seed("domain", id=ROOT_DOMAIN_ID, name="ROOT", path="/"),
     ]),
     (2, "zones, offerings, templates, networks, os types", [
         """CREATE TABLE IF NOT EXISTS zone (
@@ -101,18 +112,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             zone_id CHAR(36) NOT NULL, cidr VARCHAR(32) NOT NULL, gateway VARCHAR(32) NOT NULL,
             state VARCHAR(16) NOT NULL DEFAULT 'Implemented', type VARCHAR(16) NOT NULL DEFAULT 'Shared')
             ENGINE=InnoDB""",
-        _once(f"""INSERT INTO zone (id, name, description)
-            VALUES ('{ZONE_ID}', 'zone1', 'Simulated zone')"""),
-        _once(f"""INSERT INTO os_type (id, description) VALUES ('{OSTYPE_ID}', 'Other Linux (64-bit)')"""),
-        _once("""INSERT INTO service_offering (id, name, displaytext, cpunumber, cpuspeed, memory) VALUES
-            ('5b7f0c1e-0000-4000-8000-000000000001', 'Small Instance', '1 vCPU, 512 MB', 1, 1000, 512),
-            ('5b7f0c1e-0000-4000-8000-000000000002', 'Medium Instance', '2 vCPU, 2 GB', 2, 2000, 2048)"""),
-        _once(f"""INSERT INTO template (id, name, displaytext, ostypeid, zone_id, size) VALUES
-            ('7e4d2a9c-0000-4000-8000-000000000001', 'tandem-linux', 'Simulated Linux', '{OSTYPE_ID}',
-             '{ZONE_ID}', 2147483648)"""),
-        _once(f"""INSERT INTO network (id, name, displaytext, zone_id, cidr, gateway) VALUES
-            ('{NETWORK_ID}', 'defaultGuestNetwork', 'Default guest network', '{ZONE_ID}',
-             '10.1.0.0/16', '10.1.0.1')"""),
+        _seed("zone", id=ZONE_ID, name="zone1", description="Simulated zone"),
+        _seed("os_type", id=OSTYPE_ID, description="Other Linux (64-bit)"),
+        _seed("service_offering", id="5b7f0c1e-0000-4000-8000-000000000001", name="Small Instance",
+              displaytext="1 vCPU, 512 MB", cpunumber=1, cpuspeed=1000, memory=512),
+        _seed("service_offering", id="5b7f0c1e-0000-4000-8000-000000000002", name="Medium Instance",
+              displaytext="2 vCPU, 2 GB", cpunumber=2, cpuspeed=2000, memory=2048),
+        _seed("template", id="7e4d2a9c-0000-4000-8000-000000000001", name="tandem-linux",
+              displaytext="Simulated Linux", ostypeid=OSTYPE_ID, zone_id=ZONE_ID, size=2147483648),
+        _seed("network", id=NETWORK_ID, name="defaultGuestNetwork", displaytext="Default guest network",
+              zone_id=ZONE_ID, cidr="10.1.0.0/16", gateway="10.1.0.1"),
     ]),
     (3, "virtual machines, async jobs, management servers", [
         """CREATE TABLE IF NOT EXISTS vm (
@@ -162,6 +171,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 LATEST = MIGRATIONS[-1][0]
+#: seconds one statement may take on the migrating connection (a conversion of a big
+#: table; the pool's 5 s would give up while the server goes on) and the lock's wait
+MIGRATE_IO_TIMEOUT = 600.0
+LOCK_WAIT = 60
+#: the database server ends the migrating session after this long idle (see migrate)
+MIGRATE_IDLE_TIMEOUT = 60
 
 
 def current_version(cur: Cursor) -> int:
@@ -172,29 +187,52 @@ def current_version(cur: Cursor) -> int:
 
 
 def migrate(db: Database, target: int = LATEST) -> list[int]:
-    """Bring the schema to `target`; return the versions applied now."""
-    conn = db.connect_retrying()
+    """Bring the schema to `target`; return the versions applied now.
+
+    A start with nothing to do asks on a connection with the pool's short timeouts.
+    Only with migrations pending is the lock taken, on a connection that waits as
+    long as a statement may take (`MIGRATE_IO_TIMEOUT`), and that the database
+    server drops once idle for `MIGRATE_IDLE_TIMEOUT`: a server that lost power
+    holding the lock sends no FIN, and the lock would stop every other server's
+    start for `wait_timeout` (8 hours by default)."""
+    with _connection(db) as cur:
+        if current_version(cur) >= target:
+            return []
     applied: list[int] = []
+    with _connection(db, MIGRATE_IO_TIMEOUT) as cur:
+        cur.execute(f"SET SESSION wait_timeout = {MIGRATE_IDLE_TIMEOUT}")
+        cur.execute("SELECT GET_LOCK('tandem_migrate', %s) AS got", (LOCK_WAIT,))
+        if cur.fetchone()["got"] != 1:
+            raise TandemError(f"database {db.url.safe()}: another management server has held the"
+                              f" schema migration lock for {LOCK_WAIT} s; start this one again once"
+                              " that one has finished or stopped")
+        try:
+            have = current_version(cur)
+            for version, description, statements in MIGRATIONS:
+                if version <= have or version > target:
+                    continue
+                # MariaDB commits DDL implicitly: a run cut short midway is
+                # finished by the next one (every statement can run twice).
+                for stmt in statements:
+                    cur.execute(stmt)
+                cur.execute("INSERT INTO schema_version (version, description) VALUES (%s, %s)",
+                            (version, description))
+                log.info("schema migrated to %d: %s", version, description)
+                applied.append(version)
+        finally:
+            # After a lost connection this fails as well, and its error would hide the
+            # first one; the lock ends with the session anyway.
+            with contextlib.suppress(pymysql.err.MySQLError):
+                cur.execute("DO RELEASE_LOCK('tandem_migrate')")
+    return applied
+
+
+@contextlib.contextmanager
+def _connection(db: Database, io_timeout: float | None = None) -> Iterator[Cursor]:
+    conn = db.connect_retrying(io_timeout)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT GET_LOCK('tandem_migrate', 60) AS got")
-            if cur.fetchone()["got"] != 1:
-                raise RuntimeError("another server holds the migration lock for 60 s")
-            try:
-                have = current_version(cur)
-                for version, description, statements in MIGRATIONS:
-                    if version <= have or version > target:
-                        continue
-                    # MariaDB commits DDL implicitly: a run cut short midway is
-                    # finished by the next one (every statement can run twice).
-                    for stmt in statements:
-                        cur.execute(stmt)
-                    cur.execute("INSERT INTO schema_version (version, description) VALUES (%s, %s)",
-                                (version, description))
-                    log.info("schema migrated to %d: %s", version, description)
-                    applied.append(version)
-            finally:
-                cur.execute("DO RELEASE_LOCK('tandem_migrate')")
+            yield cur
     finally:
-        conn.close()
-    return applied
+        with contextlib.suppress(pymysql.err.MySQLError):  # already lost
+            conn.close()
