@@ -322,3 +322,18 @@ def test_two_outdated_disks_in_sync_are_made_up_to_date_by_the_vouch_at_connect(
     fixed = run(911631, SEED_911631)
     assert fixed.ok, [str(v) for v in fixed.violations]
     assert any("vouches" in ln for ln in fixed.trace)
+
+
+def test_a_promotion_that_reaches_the_volume_after_the_write_lease_is_refused():
+    """Seed 518200: node1's agent took the key, pushed its write lease and was paused
+    (2.2 s) before its promotion reached the volume; meanwhile its lease lapsed, node2
+    took the key, was promoted and fenced node1. Resumed, node1's agent promoted its
+    volume anyway (`promote_past_lease`, the rule before session 27): a Primary of stale
+    data recorded Outdated. The volume now refuses the agent's promotion once the
+    write lease it pushed has run out."""
+    bad = run(518200, variant="promote_past_lease")
+    assert {v.kind for v in bad.violations} == {"lost_write", "outdated_promoted"}, \
+        [str(v) for v in bad.violations]
+    good = run(518200)
+    assert good.ok, [str(v) for v in good.violations]
+    assert any("write lease has run out" in ln for ln in good.trace)

@@ -1411,3 +1411,30 @@ def test_two_vouchers_spend_both_marks_and_leave_it_to_an_operator(tmp_path):
         assert not rep.meta.state.peer_had_all and not rep._status_msg().vouches_for_peer
     finally:
         _close(rep, link, theirs)
+
+
+def test_the_agents_promotion_is_refused_once_its_write_lease_ran_out(tmp_path):
+    """Simulation seed 518200: the agent pushed its write lease, then was paused past
+    it before the promotion reached the volume; the peer had taken the key and fenced
+    this disk, and the late promotion made a Primary of stale data (a new generation,
+    a split brain at the next connect). The volume refuses the agent's promotion (it
+    carries the leader epoch) once the lease it pushed has run out; an operator's
+    (no epoch) is not refused for it."""
+    rep = make_replicator(tmp_path)
+    try:
+        rep.set_write_lease(time.monotonic() - 0.5)
+        with pytest.raises(VolumeError, match="write lease ran out"):
+            rep._promote_locked(False, False, epoch=4)
+        assert rep.role is Role.SECONDARY
+        assert rep.meta.state.generations == GenerationIds(GEN)  # nothing new, nothing written
+        rep.set_write_lease(time.monotonic() + 60)
+        rep._promote_locked(False, False, epoch=4)
+        assert rep.role is Role.PRIMARY
+        rep.role = Role.SECONDARY
+        rep.set_write_lease(time.monotonic() - 0.5)
+        rep._promote_locked(False, False, epoch=None)  # by hand
+        assert rep.role is Role.PRIMARY
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

@@ -56,7 +56,8 @@ UNFENCE_ATTEMPTS = 20  #: replicator.UNFENCE_ATTEMPTS (a test keeps them equal)
 PROPOSALS: tuple[str, ...] = ()
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
             "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source",
-            "trust_late_unfence", "keep_stale_adoption", "forget_at_restart", "no_vouch", *PROPOSALS)
+            "trust_late_unfence", "keep_stale_adoption", "forget_at_restart", "no_vouch",
+            "promote_past_lease", *PROPOSALS)
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.

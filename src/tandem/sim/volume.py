@@ -263,6 +263,12 @@ class SimVolume:
             return None
         if self.disk is not UP:
             return f"local disk is {self.disk}"
+        if (epoch is not None and self.wlease is not None and self.clock.now() >= self.wlease
+                and not self.world.broken("promote_past_lease")):  # BROKEN: before seed 518200
+            # Replicator._promote_locked: the agent's promotion with its write lease run
+            # out (it was paused between pushing the lease and this call, and the key
+            # may be the peer's now)
+            return "the agent's write lease has run out"
         r = self.repl
         peer = r.peer_of(self)
         if r.state != "down" and peer.role is Role.PRIMARY:

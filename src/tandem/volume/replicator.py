@@ -965,6 +965,16 @@ class Replicator:
                               " --force only if you know this copy is the one to keep")
         if not disk.has_disk:
             raise VolumeError(f"cannot promote: local disk is {disk}")
+        lease = self._write_lease
+        if epoch is not None and lease is not None and time.monotonic() >= lease:
+            # The agent pushed the lease just before this call: it was paused in
+            # between, past the lease, and the leader key may be the peer's by now,
+            # with this disk recorded Outdated (simulation seed 518200: promoted on
+            # stale data, a new generation, a split brain at the next connect). An
+            # operator's promotion (no epoch) is not the agent's to refuse.
+            raise VolumeError(f"refusing to promote: the agent's write lease ran out"
+                              f" {time.monotonic() - lease:.2f} s ago (its leadership may have"
+                              " passed on); the agent renews it before promoting")
         ps = self.peer_status
         link = self.link
         connected = link is not None and not link.closed and link.state in WRITABLE_LINK
