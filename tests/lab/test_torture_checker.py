@@ -62,6 +62,14 @@ def test_a_crashed_host_holds_its_vip_and_stays_writable_until_it_is_down():
     writers = [_writable("node1", True, 1.0), *_crash("node1", 10.0, 10.9), _writable("node2", True, 10.5)]
     [(a, b)] = checker.overlapping_writers(writers)
     assert (a.node, a.end, b.node) == ("node1", 10.9, "node2")
+    # torture 234:46: a promotion that finished after the crash began (the daemon still
+    # ran) is writable until the host is down, not until its next crash
+    [fault, down] = _crash("node1", 10.0, 10.2)
+    dying = [fault, _writable("node1", True, 10.1), _vip("node1", True, 10.15), down,
+             _writable("node2", True, 15.0), _vip("node2", True, 15.0), *_crash("node1", 50.0, 50.1)]
+    assert checker.overlapping_writers(dying) == []
+    assert [(i.node, i.start, i.end) for i in checker.writable_intervals(dying)][0] == ("node1", 10.1, 10.2)
+    assert checker.double_vip_holders(dying) == []
     # a history from before `host_down` was recorded: the crash itself ends them
     old = [_vip("node1", True, 1.0), *_crash("node1", 10.0, None), _vip("node2", True, 10.5)]
     assert checker.double_vip_holders(old) == []

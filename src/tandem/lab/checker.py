@@ -54,7 +54,8 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
     (or after a lease deadline `since`) cannot matter.
 
     The lab's own faults also bound an interval: a host crash ends it (once the host
-    is down, see `crash_ends`), and so does a
+    is down, see `crash_ends`; one opened after the crash began ends at `host_down`),
+    and so does a
     SIGSTOP of the volume daemon (a stopped daemon answers no FUSE request, so no
     write completes; it records nothing either, so without this a daemon paused and
     then crashed stayed writable until the crash: torture 87:71), recorded once
@@ -90,6 +91,11 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
             stopped.pop(node, None)
             if node in open_since:
                 close(node, down_at.get((node, ev["t"]), ev["t"]))
+        elif kind == "host_down" and ev["host"] in open_since:
+            # opened between the crash and the host being down: the daemon was still
+            # running and recorded "writable" (torture 234:46, a promotion finishing
+            # 0.1 s into the crash), and nothing else ends it
+            close(ev["host"], ev["t"])
         elif ev.get("fault") == "pause" and str(ev.get("name", "")).startswith("volume"):
             node = ev["host"]
             if kind == "fault":
@@ -192,10 +198,11 @@ def vip_intervals(events: Iterable[dict]) -> dict[str, list[Interval]]:
     down_at = crash_ends(events)
     since: dict[tuple[str, str], float] = {}
     out: dict[str, list[Interval]] = {}
-    relevant = (e for e in events
-                if e["kind"] == "vip" or (e["kind"] == "fault" and e.get("fault") == "crash"))
+    relevant = (e for e in events if e["kind"] in ("vip", "host_down")
+                or (e["kind"] == "fault" and e.get("fault") == "crash"))
     for ev in sorted(relevant, key=lambda e: e.get("at", e["t"])):
-        if ev["kind"] == "fault":  # a crashed host (once down: cables out) holds nothing
+        if ev["kind"] in ("fault", "host_down"):  # a crashed host (once down: cables out) holds nothing
+            # (host_down: a VIP the host reported between the crash and then)
             end = down_at.get((ev["host"], ev["t"]), ev["t"])
             for key in [k for k in since if k[1] == ev["host"]]:
                 out.setdefault(key[0], []).append(Interval(key[1], since.pop(key), end))
