@@ -337,3 +337,22 @@ def test_a_promotion_that_reaches_the_volume_after_the_write_lease_is_refused():
     good = run(518200)
     assert good.ok, [str(v) for v in good.violations]
     assert any("write lease has run out" in ln for ln in good.trace)
+
+
+#: Simulation seed 652145 (the faults as generate() made them in session 27).
+SEED_652145 = [Fault("vpause", "node2", 10.601, 3.989), Fault("partition_up", "node1", 12.439, 3.203),
+               Fault("partition_up", "node2", 14.354, 0.346), Fault("vpause", "node2", 15.419, 2.289),
+               Fault("partition", "node1", 16.831, 1.629)]
+
+
+def test_a_fence_of_an_earlier_term_does_not_finish_in_the_next_one():
+    """Seed 652145, the model's own defect: node2's paused volume daemon resumed as
+    Primary with a link loss to handle and started a fence; the agent's step-down then
+    demoted it, and its next term began while that fence still retried. The model's
+    fence went on into the new term, and its success kept I/O shut under the hold the
+    demotion's suspend-io had left: no node writable after the heal. The replicator
+    fails a fence's writes at a demotion and stops a fence that is no longer its
+    current one (Replicator._fence_and_resume's token); the model now does the same."""
+    r = run(652145, SEED_652145)
+    assert r.ok, [str(v) for v in r.violations]
+    assert any("fence-peer done" in ln for ln in r.trace)

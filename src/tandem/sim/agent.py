@@ -441,10 +441,16 @@ def fence_peer_command(world: World, node: str, proc: Process) -> Coro:
         return False
 
 
-def fence_loop(world: World, vol: SimVolume, proc: Process) -> Coro:
-    """Replicator._fence_and_resume: retry the hook while Primary."""
+def fence_loop(world: World, vol: SimVolume, proc: Process, token: int) -> Coro:
+    """Replicator._fence_and_resume: retry the hook while Primary, and only while this
+    fence (`token`) is the volume's: a later one, or a demotion, took its writes."""
+    def mine() -> bool:
+        return vol.fencing and vol.fence_seq == token
+
     attempt = 0
     while vol.up and vol.role is Role.PRIMARY:
+        if not mine():
+            return
         attempt += 1
         if world.broken("skip_fence"):  # BROKEN: resume without recording the peer Outdated
             ok = True
@@ -454,7 +460,10 @@ def fence_loop(world: World, vol: SimVolume, proc: Process) -> Coro:
             break
         yield Sleep(min(1.0, 0.1 * attempt))
     else:
-        vol.fence_done(False)
+        if mine():
+            vol.fence_done(False)
+        return
+    if not mine():
         return
     world.sim.log(vol.node, f"fence-peer done after {attempt} attempt(s)")
     vol.fence_done(True)

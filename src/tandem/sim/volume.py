@@ -87,6 +87,10 @@ class SimVolume:
         self.held_by_operator = False
         self.lease_held_io = False
         self.fencing = False
+        #: Replicator._begin_fence's token: a fence loop stops once a later fence or a
+        #: demotion took its writes (seed 652145: a fence of an earlier term succeeded
+        #: in the next one and left I/O shut)
+        self.fence_seq = 0
         self.blocked: list[int] = []
         self.peer_disk: DiskState | None = None
         self.primary_epoch = 0  # the metadata's: survives a crash
@@ -301,6 +305,8 @@ class SimVolume:
 
     def demote(self, force: bool = False) -> None:
         if self.role is Role.SECONDARY:
+            if force and not self.fencing and "clear_hold_on_promote" in self.world.fixes:
+                self.held_by_operator, self.io_open = False, True  # a hold left by suspend-io
             return
         self.lease_parked.clear()  # they fail with EIO
         if force:
@@ -311,7 +317,13 @@ class SimVolume:
             self.blocked.clear()  # they fail with EIO
             self.awaiting_peer.clear()
         else:
+            # Replicator._demote: writes held by a fence fail, and the gate opens (a
+            # Secondary refuses writes anyway); a hold of the term ends with it
             self.role = Role.SECONDARY
+            self.fencing = False
+            self.blocked.clear()
+            if "clear_hold_on_promote" in self.world.fixes:
+                self.held_by_operator, self.io_open = False, True
         self.sim.log(self.node, "volume Secondary" + (" (forced)" if force else ""))
         self.track()
 

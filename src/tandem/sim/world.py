@@ -159,7 +159,8 @@ class World:
         node = self.nodes[vol.node]
         proc = Process(self.sim, self.net, self.dcs, vol.node, self.clocks[vol.node], "fence")
         node.fences.append(proc)
-        proc.spawn(fence_loop(self, vol, proc))
+        vol.fence_seq += 1
+        proc.spawn(fence_loop(self, vol, proc, vol.fence_seq))
 
     def start_unfence(self, vol: SimVolume, why: str) -> None:
         """Replicator._unfence_soon, on a thread of the daemon, whatever its role."""
