@@ -1438,3 +1438,58 @@ def test_the_agents_promotion_is_refused_once_its_write_lease_ran_out(tmp_path):
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+def test_a_fence_of_the_last_term_ending_as_the_next_one_begins_leaves_its_fence_alone(
+        tmp_path, monkeypatch):
+    """Review 28 (the product's side of simulation seed 652145): a fence thread whose
+    node was demoted leaves its loop; a promotion with a fence of its own lands just
+    before that thread fails its writes. It cleared the new term's fence, whose thread
+    then stopped at its token check: a Primary with I/O shut and nothing to open it.
+    The old thread now fails only its own fence."""
+    import threading
+    first, second = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def fence() -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            first.wait(5)
+            return False  # the DCS refused: this fence retries, and meanwhile...
+        second.wait(5)
+        return True
+
+    rep = _fenced_replicator(tmp_path, monkeypatch, fence)
+    monkeypatch.setattr(rep, "fuse", None)
+    real = rep._fail_fenced_waiters
+    promoted = threading.Event()
+
+    def promotion_first(*args):
+        if threading.current_thread().name == "fence-peer" and not promoted.is_set():
+            # the old fence thread, past its role check
+            rep.promote()  # the next term, without the peer: a fence of its own
+            real(*args)
+            promoted.set()
+            second.set()  # the new term's fence-peer answers now
+            return
+        real(*args)
+
+    monkeypatch.setattr(rep, "_fail_fenced_waiters", promotion_first)
+    try:
+        rep.promote()  # no link: fence-peer (the first call hangs, then fails)
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.005)
+        rep.demote(force=True)  # the term ends while its fence is still trying
+        first.set()
+        assert promoted.wait(5), "the old fence thread never left its loop"
+        assert rep.role is Role.PRIMARY
+        assert rep.io_open.wait(5), "the new term's I/O stayed shut"
+        assert rep.role is Role.PRIMARY and rep._fencing is None and len(calls) == 2
+        rep.write(0, b"w" * BLOCK)
+    finally:
+        first.set()
+        second.set()
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()

@@ -1821,11 +1821,23 @@ class Replicator:
             for w in flushes:
                 w.done(err)
 
-    def _fail_fenced_waiters(self) -> None:
+    def _fail_fenced_waiters(self, token: tuple[list, list] | None = None) -> None:
         """The fence never succeeded and we are no longer Primary: the writes it
-        held were not replicated, so they fail instead of completing."""
+        held were not replicated, so they fail instead of completing.
+
+        `token`: only if that fence is still the current one, and then, if the node is
+        still not Primary, the gate opens for the next promotion. A fence thread that
+        found the node Secondary can be overtaken by a promotion that started a fence
+        of its own: clearing that one left a Primary with I/O shut and no fence to
+        open it (review 28)."""
         with self.io_lock:
+            if token is not None and self._fencing is not token:
+                return
             held, self._fencing = self._fencing, None
+            if token is not None and self.role is not Role.PRIMARY:
+                # A Secondary refuses writes anyway: leave the gate open for the next promotion.
+                self.suspended_reason = ""
+                self.io_open.set()
         if held is not None:
             writes, flushes = held
             err = OSError(errno.EIO, "demoted before the peer could be fenced")
@@ -1861,11 +1873,7 @@ class Replicator:
             self.suspended_reason = f"fencing the peer (attempt {attempt} failed, retrying)"
             time.sleep(min(1.0, 0.1 * attempt))
         else:
-            self._fail_fenced_waiters()
-            if self.role is not Role.PRIMARY:
-                # A Secondary refuses writes anyway: leave the gate open for the next promotion.
-                self.suspended_reason = ""
-                self.io_open.set()
+            self._fail_fenced_waiters(token)
             return
         with self.io_lock:
             if self._fencing is not token:
