@@ -235,16 +235,21 @@ class SimVolume:
                 self.world.on_ack(wid, self)  # the lease was renewed
         if until is not None and self.clock.now() < until and self.lease_held_io:
             self.lease_held_io = False
-            if self.fencing and "fencing_survives_lease_renewal" in self.world.fixes:
-                self.held_by_operator = False  # the fence reopens I/O when it succeeds
-            else:
+            # Replicator.set_write_lease: the lease lifts its own hold only, never in the
+            # middle of a fence (the fence reopens I/O when it succeeds) nor under an
+            # operator's (suspend-io, a forced demotion's)
+            if "fencing_survives_lease_renewal" not in self.world.fixes:
+                self.resume()  # the bug: I/O reopened in the middle of a fence
+            elif not self.fencing and not self.held_by_operator:
                 self.resume()
         self.track()
 
     def _lease_expired(self) -> None:
+        """Replicator._lease_expired: a hold of the lease's own, apart from the operator's."""
         if not self.lease_held_io:
             self.lease_held_io = True
-            self.suspend("the agent's write lease expired")
+            self.io_open = False
+            self.track()
 
     def suspend(self, reason: str) -> None:
         self.held_by_operator = True
@@ -286,9 +291,10 @@ class SimVolume:
                 self.peer_disk = OUT
             unfenced = self.unfenced_since_fence and not self.world.broken("trust_late_unfence")
             fence = self.peer_disk is not OUT or unfenced  # BROKEN variant: review 24
-        if "clear_hold_on_promote" in self.world.fixes and not self.fencing:
-            # a suspend-io from an earlier demotion must not outlive it
-            self.held_by_operator, self.lease_held_io, self.io_open = False, False, True
+        if "clear_hold_on_promote" in self.world.fixes and not self.fencing and not self.lease_held_io:
+            # a suspend-io from an earlier demotion must not outlive it (the lease's own
+            # hold is lifted by the next lease, which the agent pushes before this)
+            self.held_by_operator, self.io_open = False, True
         self.role = Role.PRIMARY
         self.peer_had_all = False  # it may write without the peer from here
         self.lost_leadership = False
@@ -322,8 +328,7 @@ class SimVolume:
             self.role = Role.SECONDARY
             self.fencing = False
             self.blocked.clear()
-            if "clear_hold_on_promote" in self.world.fixes:
-                self.held_by_operator, self.io_open = False, True
+            self.held_by_operator, self.io_open = False, True
         self.sim.log(self.node, "volume Secondary" + (" (forced)" if force else ""))
         self.track()
 
@@ -394,7 +399,7 @@ class SimVolume:
         else:
             # the fence landed after the peer came back: its state comes from the link
             self.world.start_unfence(self, "the fence landed after it came back")
-        if not self.held_by_operator:
+        if not self.held_by_operator and not self.lease_held_io:
             self.io_open = True
             self.track()
             self._release_blocked()
