@@ -356,3 +356,25 @@ def test_a_fence_of_an_earlier_term_does_not_finish_in_the_next_one():
     r = run(652145, SEED_652145)
     assert r.ok, [str(v) for v in r.violations]
     assert any("fence-peer done" in ln for ln in r.trace)
+
+
+def test_the_models_lease_hold_is_apart_from_the_operators_as_in_the_replicator():
+    """Review 28: the model merged the write lease's hold with suspend-io's, so a lease
+    renewal reopened I/O that an operator (or a demotion) had shut, where the volume
+    keeps it shut (Replicator.set_write_lease lifts the lease's own hold only)."""
+    from tandem.sim.world import World
+    w = World(7, [])
+    w.sim.run(1.0)  # a leader, a Primary
+    vol = next(n.vol for n in w.nodes.values() if n.vol.role.value == "Primary")
+    now = vol.clock.now()
+    vol.suspend("suspend-io")
+    vol.wlease = now - 0.1  # the lease ran out
+    assert vol.write(10 ** 6) == "blocked" and vol.lease_held_io
+    vol.set_write_lease(now + 5)
+    assert not vol.io_open and not vol.lease_held_io and vol.held_by_operator  # the operator's stays
+    vol.resume()
+    assert vol.io_open and vol.write(10 ** 6 + 1) == "acked"
+    vol.wlease = now - 0.1
+    assert vol.write(10 ** 6 + 2) == "blocked" and not vol.held_by_operator
+    vol.set_write_lease(now + 5)  # the lease's own hold: lifted by the next lease
+    assert vol.io_open
