@@ -419,7 +419,7 @@ def test_a_write_missing_at_a_lookup_and_unread_jobs_are_violations_even_if_the_
 def _ack(i: int, sent: float, acked: float, node: str | None) -> dict:
     rec = {"id": f"w-{i}", "sent": sent, "acked": acked}
     if node is not None:
-        rec["by"] = f"/var/tmp/tandem-lab/tq1/hosts/{node}/run/mariadb/mariadb/mysqld.sock"
+        rec["by"] = f"/var/tmp/tandem-lab/tq1/hosts/{node}/run/mariadb/mariadb/server/mysqld.sock"
     return rec
 
 

@@ -152,7 +152,7 @@ class Nemesis:
         if host == "leader":
             host = self.leader() or "node1"
         if name == "mariadb":  # started by the agent, not by the lab: its pid file
-            pidfile = self.lab.host_dir(host) / "run" / "mariadb" / "mariadb" / "mariadbd.pid"
+            pidfile = self.lab.host_dir(host) / "run" / "mariadb" / "mariadb" / "server" / "mariadbd.pid"
             try:
                 pid = int(pidfile.read_text().split()[0])
             except (OSError, ValueError, IndexError):

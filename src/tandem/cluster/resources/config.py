@@ -89,6 +89,10 @@ class MariaDBConfig(ResourceBase):
     max_connections: int = Field(default=400, ge=10, le=100000)
     extra_options: list[str] = Field(default_factory=list)
     mariadbd: str = "/usr/sbin/mariadbd"
+    #: the system user mariadbd runs as: it owns the datadir and the server's socket
+    #: and temporary directory, and nothing else on the node (the mariadb-server
+    #: package creates ``mysql``)
+    run_as: str = Field(default="mysql", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     start_timeout: Seconds = 120.0
     stop_timeout: Seconds = 60.0
 

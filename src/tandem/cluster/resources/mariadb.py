@@ -31,6 +31,14 @@ updates the application user from the password file. The password never
 reaches an argument list, a log or the binlog: we send only its
 mysql_native_password hash, over stdin.
 
+mariadbd runs as ``run_as`` (``mysql``), not root: a flaw in the server, or an
+account that gains FILE, then reaches the database's own files and no others
+(not the cluster's secrets, not the agent's state). That user owns the datadir
+(one written by an older version, as root, is handed over at start, its top
+directory last, so a start cut short hands it over again) and ``server/`` in the
+run dir (socket, pid file, tmpdir); the resource's state file and the server's
+log stay root's.
+
 ``require_mountpoint`` guards the classic HA accident: when the replicated
 filesystem is not mounted, a fresh empty datadir would be initialised on the
 root disk and served as if it were the database.
@@ -43,6 +51,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import pwd
 import shutil
 import signal
 import time
@@ -80,6 +89,22 @@ def _accepts(sock: Path) -> bool:
         s.close()
 
 
+def hand_over(path: Path, uid: int, gid: int) -> int:
+    """Make `path` and everything under it belong to uid:gid, its top last (what
+    the next call checks: a walk cut short is done again). Returns the entries
+    changed, 0 when the top belonged to them already."""
+    st = os.lstat(path)
+    if (st.st_uid, st.st_gid) == (uid, gid):
+        return 0
+    n = 0
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files + dirs:
+            os.lchown(os.path.join(root, name), uid, gid)
+            n += 1
+    os.lchown(path, uid, gid)
+    return n + 1
+
+
 def read_secret(path: os.PathLike[str] | str) -> bytes:
     """The application user's password: private (secretfile's rule) and long enough."""
     try:
@@ -96,8 +121,17 @@ class MariaDB(Resource):
     config: MariaDBConfig
 
     @property
+    def server_dir(self) -> Path:
+        """The one node-local directory mariadbd may write: socket, pid file, tmpdir."""
+        return self.private_dir / "server"
+
+    @property
     def socket(self) -> str:
-        return str(self.private_dir / "mysqld.sock")
+        sock = self.server_dir / "mysqld.sock"
+        old = self.private_dir / "mysqld.sock"
+        if not sock.exists() and old.exists():  # a server an older agent started, as root
+            return str(old)
+        return str(sock)
 
     @property
     def log(self):
@@ -109,16 +143,14 @@ class MariaDB(Resource):
 
     def argv(self) -> list[str]:
         c = self.config
-        d = self.private_dir
-        (d / "tmp").mkdir(exist_ok=True)
-        (d / "files").mkdir(exist_ok=True)
+        d = self.server_dir
         return [
-            c.mariadbd, "--no-defaults", f"--datadir={c.datadir}", "--user=root",
-            f"--socket={self.socket}", f"--pid-file={d / 'mariadbd.pid'}", f"--tmpdir={d / 'tmp'}",
+            c.mariadbd, "--no-defaults", f"--datadir={c.datadir}", f"--user={c.run_as}",
+            f"--socket={d / 'mysqld.sock'}", f"--pid-file={d / 'mariadbd.pid'}", f"--tmpdir={d / 'tmp'}",
             f"--bind-address={c.bind_address}", f"--port={c.port}", "--skip-name-resolve",
-            # LOAD_FILE / INTO OUTFILE only in an empty node-local directory, should
-            # any account ever hold FILE
-            f"--secure-file-priv={d / 'files'}",
+            # LOAD_FILE / INTO OUTFILE only in an empty node-local directory (root's:
+            # the server cannot write there), should any account ever hold FILE
+            f"--secure-file-priv={self.private_dir / 'files'}",
             "--log-bin=mariadb-bin", "--server-id=1", "--binlog-format=ROW", "--sync-binlog=1",
             f"--binlog-expire-logs-seconds={c.binlog_expire_seconds}",
             f"--max-binlog-size={c.max_binlog_size}",
@@ -149,11 +181,17 @@ class MariaDB(Resource):
             raise ResourceError(f"{c.require_mountpoint} is not mounted: refusing to start MariaDB"
                                 " (it would serve an empty datadir from the wrong disk)")
         password = read_secret(c.password_file)
+        uid, gid = self._service_user()
         steps = []
         if not (c.datadir / "mysql").is_dir():
             t0 = time.monotonic()
-            await self._initialise()
+            await self._initialise(uid, gid)
             steps.append(f"initialised {c.datadir} in {time.monotonic() - t0:.1f} s")
+        handed = hand_over(c.datadir, uid, gid)
+        if handed:
+            log.warning("datadir %s handed over to user %s (%d entries): mariadbd no longer runs"
+                        " as root", c.datadir, c.run_as, handed)
+            steps.append(f"datadir handed over to {c.run_as} ({handed} entries)")
         t0 = time.monotonic()
         try:
             ref = await self._spawn_and_wait()
@@ -167,7 +205,16 @@ class MariaDB(Resource):
                      f" after {time.monotonic() - t0:.1f} s")
         return ", ".join(steps)
 
-    async def _initialise(self) -> None:
+    def _service_user(self) -> tuple[int, int]:
+        name = self.config.run_as
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise ResourceError(f"run_as: there is no user {name!r} on this node (the mariadb-server"
+                                " package creates 'mysql'; or name an existing system user)") from None
+        return pw.pw_uid, pw.pw_gid
+
+    async def _initialise(self, uid: int, gid: int) -> None:
         """mariadb-install-db into a hidden directory inside the datadir (the same
         filesystem), then its files moved up, ``mysql/`` last.
 
@@ -181,10 +228,18 @@ class MariaDB(Resource):
         c.datadir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # a start that died before
         staging.mkdir()
+        os.chown(staging, uid, gid)
         try:
-            res = await run_cmd([INSTALL_DB, "--no-defaults", f"--datadir={staging}", "--user=root",
-                                 "--auth-root-authentication-method=normal", "--skip-test-db"],
-                                timeout=c.start_timeout, check=False)
+            try:
+                # within the start's own timeout, so that a stalled install (an Aria
+                # table waiting for space) is reported as what it is
+                res = await run_cmd([INSTALL_DB, "--no-defaults", f"--datadir={staging}",
+                                     f"--user={c.run_as}", "--auth-root-authentication-method=normal",
+                                     "--skip-test-db"],
+                                    timeout=max(1.0, c.start_timeout - min(5.0, c.start_timeout / 4)),
+                                    check=False)
+            except ResourceError as e:
+                raise ResourceError(f"{e} initialising {c.datadir}") from None
             if res.returncode != 0:
                 # Its last lines are a page of advice; what went wrong is in mariadbd's.
                 lines = [ln.strip() for ln in res.output.splitlines() if ln.strip()]
@@ -208,8 +263,15 @@ class MariaDB(Resource):
             shutil.rmtree(staging, ignore_errors=True)
 
     async def _spawn_and_wait(self) -> ProcRef:
+        uid, gid = self._service_user()
         for stale in ("mysqld.sock", "mysqld.sock.lock", "mariadbd.pid"):
-            (self.private_dir / stale).unlink(missing_ok=True)
+            (self.server_dir / stale).unlink(missing_ok=True)
+            (self.private_dir / stale).unlink(missing_ok=True)  # an older agent's
+        (self.server_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.private_dir / "files").mkdir(exist_ok=True)
+        for d in (self.server_dir / "tmp", self.server_dir):
+            os.chown(d, uid, gid)
+        self.server_dir.chmod(0o750)
         ref = spawn(self.argv(), self.log)
         self.save_state(ref.to_json())
         await self._wait_ready(ref)
@@ -231,7 +293,7 @@ class MariaDB(Resource):
         return what
 
     async def _wait_ready(self, ref: ProcRef) -> None:
-        sock = self.private_dir / "mysqld.sock"
+        sock = self.server_dir / "mysqld.sock"
         while True:
             if not ref.alive():
                 self.clear_state()
