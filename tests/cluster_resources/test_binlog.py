@@ -49,3 +49,32 @@ def test_a_missing_or_empty_index_is_a_clear_error(tmp_path):
         last_binlog(tmp_path)
     with pytest.raises(BinlogError, match="No such file"):
         mark_in_use(tmp_path / "mariadb-bin.000009")
+
+
+def test_files_the_database_user_controls_are_opened_as_root_only_when_plain(tmp_path):
+    """mariadbd runs as its own user and writes the index and the binlogs; the repair
+    runs as root. A symlink (to any file root may write), a FIFO (which would block
+    the agent) or an index naming a file outside the datadir is refused untouched."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(HEADER + b"not a binlog of ours")
+    datadir = tmp_path / "data"
+    datadir.mkdir()
+    (datadir / "mariadb-bin.000001").symlink_to(victim)
+    with pytest.raises(BinlogError, match="Too many levels of symbolic links"):
+        mark_in_use(datadir / "mariadb-bin.000001")
+    assert victim.read_bytes() == HEADER + b"not a binlog of ours"
+    (datadir / "mariadb-bin.index").write_text(f"{victim}\n")
+    with pytest.raises(BinlogError, match="outside the datadir"):
+        last_binlog(datadir)
+    (datadir / "mariadb-bin.index").write_text("../victim\n")
+    with pytest.raises(BinlogError, match="outside the datadir"):
+        last_binlog(datadir)
+    (datadir / "mariadb-bin.index").unlink()
+    (datadir / "mariadb-bin.index").symlink_to(victim)
+    with pytest.raises(BinlogError, match="symbolic links"):
+        last_binlog(datadir)
+    (datadir / "mariadb-bin.index").unlink()
+    import os
+    os.mkfifo(datadir / "mariadb-bin.index")
+    with pytest.raises(BinlogError, match="not a regular file"):
+        last_binlog(datadir)

@@ -137,10 +137,11 @@ def _uid_of(pid: int) -> int:
 
 def test_mariadbd_runs_as_its_own_user_and_takes_over_a_datadir_root_owned(lab, resources, db_setup):
     """Not root: a flaw in the server, or an account that gains FILE, reaches the
-    database's files and no others. A datadir an older version wrote as root (and
-    a handover cut short: only its top directory still root's is enough to redo
-    it) is handed over at start; the resource's state stays root's; an unknown
-    user is one line."""
+    database's files and no others. A datadir an older version wrote as root, and
+    root's files below a top that is the server's, are handed over at start; what
+    the server's user could plant for root (a symlink for tmp/, for the agent's
+    note in the datadir) is not followed; the resource's state stays root's; an
+    unknown user is one line."""
     import pwd
     mysql = pwd.getpwnam("mysql")
     fs, db, password = db_setup
@@ -169,13 +170,30 @@ def test_mariadbd_runs_as_its_own_user_and_takes_over_a_datadir_root_owned(lab, 
     assert "handed over to mysql" in again["message"], again["message"]
     assert rows(lab, password) == [1]
     must(lab, HOST, "mariadb", "stop", db)
-    # a handover cut short: the top directory (what is checked) is the last to go
-    os.lchown(os.path.join(datadir, "app"), 0, 0)
-    os.lchown(datadir, 0, 0)
+    # below a top that is the server's: what a server running as root made (an older
+    # agent on the peer during a rolling upgrade, a restore by hand)
+    app = os.path.join(datadir, "app")
+    os.lchown(app, 0, 0)
+    for n in os.listdir(app):
+        os.lchown(os.path.join(app, n), 0, 0)
+        os.chmod(os.path.join(app, n), 0o600)
+    # and traps the server's user could set for root in the directories it owns
+    victim = lab.host_dir(HOST) / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("untouched\n")
+    server_tmp = run / "server" / "tmp"
+    os.rmdir(server_tmp)
+    server_tmp.symlink_to(victim)
+    marker = Path(datadir) / ".tandem-provisioned"
+    marker.unlink()
+    marker.symlink_to(victim / "file")
     must(lab, HOST, "mariadb", "start", db)
     with connect(lab, password) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO app.t VALUES (2)")  # app/ is writable again
+        cur.execute("INSERT INTO app.t VALUES (2)")  # app/ is the server's again
     assert rows(lab, password) == [1, 2]
+    assert victim.stat().st_uid == 0 and (victim / "file").read_text() == "untouched\n"
+    assert not server_tmp.is_symlink() and server_tmp.stat().st_uid == mysql.pw_uid
+    assert not marker.is_symlink()
     must(lab, HOST, "mariadb", "stop", db)
 
     nobody = op(lab, HOST, "mariadb", "start", {**db, "run_as": "tandem_no_such_user"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from tandem.errors import LabError, TandemError
@@ -159,6 +160,13 @@ class Nemesis:
                 raise LabError(f"no MariaDB running on {host}") from None
             if not self.lab.supervisor(host).owns(pid):  # a stale pid file: the pid may be anyone's now
                 raise LabError(f"no MariaDB running on {host} (pid {pid} of its pid file is not there)")
+            try:  # the pid file is the server user's to write: pause only a mariadbd
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                comm = ""
+            if comm != "mariadbd":
+                raise LabError(f"no MariaDB running on {host} (pid {pid} of its pid file is"
+                               f" {comm or 'gone'})")
             return host, pid
         sup = self.lab.supervisor(host)
         rec = sup.get(name)

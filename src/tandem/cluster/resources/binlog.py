@@ -25,6 +25,7 @@ computed with the in-use flag cleared, so setting it needs no new checksum.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 MAGIC = b"\xfebin"
@@ -40,24 +41,38 @@ class BinlogError(Exception):
     """The binlog is not what we expect; we change nothing."""
 
 
-def last_binlog(datadir: Path, index: str = "mariadb-bin.index") -> Path:
-    """The binlog MariaDB will look at first: the last line of its index."""
+def _open_regular(path: Path, flags: int) -> int:
+    """Open a file the database server's user controls, as root: never through a
+    symlink, never blocking on a FIFO, and only a regular file."""
     try:
-        names = [n.strip() for n in (datadir / index).read_text().splitlines() if n.strip()]
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
-        raise BinlogError(f"{datadir / index}: {e.strerror}") from None
+        raise BinlogError(f"{path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BinlogError(f"{path} is not a regular file: not touched")
+    return fd
+
+
+def last_binlog(datadir: Path, index: str = "mariadb-bin.index") -> Path:
+    """The binlog MariaDB will look at first: the last line of its index (one in the
+    datadir: the index is the server's to write, and we open what it names as root)."""
+    fd = _open_regular(datadir / index, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        text = f.read(1 << 20).decode(errors="replace")
+    names = [n.strip() for n in text.splitlines() if n.strip()]
     if not names:
         raise BinlogError(f"{datadir / index} lists no binlog")
     path = Path(names[-1])
-    return path if path.is_absolute() else datadir / path
+    path = path if path.is_absolute() else datadir / path
+    if os.path.dirname(os.path.normpath(path)) != os.path.normpath(datadir):
+        raise BinlogError(f"{datadir / index} names {names[-1]!r}, outside the datadir: not touched")
+    return path
 
 
 def mark_in_use(path: Path) -> bool:
     """Set the in-use flag of binlog `path` durably. False if it was set already."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError as e:
-        raise BinlogError(f"{path}: {e.strerror}") from None
+    fd = _open_regular(path, os.O_RDWR)
     try:
         head = os.pread(fd, FLAGS_OFFSET + 2, 0)
         if len(head) < FLAGS_OFFSET + 2 or head[:4] != MAGIC or head[TYPE_OFFSET] != FORMAT_DESCRIPTION_EVENT:

@@ -34,8 +34,8 @@ mysql_native_password hash, over stdin.
 mariadbd runs as ``run_as`` (``mysql``), not root: a flaw in the server, or an
 account that gains FILE, then reaches the database's own files and no others
 (not the cluster's secrets, not the agent's state). That user owns the datadir
-(one written by an older version, as root, is handed over at start, its top
-directory last, so a start cut short hands it over again) and ``server/`` in the
+(what a server running as root left there, an older version's datadir or one
+restored by hand, is handed over at every start: see `hand_over`) and ``server/`` in the
 run dir (socket, pid file, tmpdir); the resource's state file and the server's
 log stay root's.
 
@@ -54,6 +54,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -89,20 +90,58 @@ def _accepts(sock: Path) -> bool:
         s.close()
 
 
-def hand_over(path: Path, uid: int, gid: int) -> int:
-    """Make `path` and everything under it belong to uid:gid, its top last (what
-    the next call checks: a walk cut short is done again). Returns the entries
-    changed, 0 when the top belonged to them already."""
-    st = os.lstat(path)
-    if (st.st_uid, st.st_gid) == (uid, gid):
-        return 0
-    n = 0
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files + dirs:
-            os.lchown(os.path.join(root, name), uid, gid)
-            n += 1
-    os.lchown(path, uid, gid)
-    return n + 1
+def hand_over(path: Path, uid: int, gid: int) -> tuple[int, int | None]:
+    """Make every entry under `path`, and `path`, belong to uid:gid. Returns how many
+    changed, and the owner the top had if it was another non-root user (a datadir
+    last run on a node whose server user has another uid).
+
+    Every entry is looked at on every start, not only the top: a server that ran as
+    root on this datadir (an older agent on the peer, during a rolling upgrade; a
+    restore by hand) leaves files of root's below a top that is ours. Walks by
+    directory descriptor and never follows a symlink, in a directory the server's
+    user can change under us."""
+    top = os.lstat(path)
+    foreign = top.st_uid if top.st_uid not in (0, uid) else None
+    changed = 0
+
+    def fail(e: OSError) -> None:
+        raise e
+
+    for _, dirs, files, dfd in os.fwalk(path, onerror=fail, follow_symlinks=False):
+        for name in dirs + files:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+                changed += 1
+    if (top.st_uid, top.st_gid) != (uid, gid):
+        os.lchown(path, uid, gid)
+        changed += 1
+    return changed, foreign
+
+
+def _read_note(path: Path) -> str | None:
+    """A small file of ours in a directory the server's user owns: read as root only
+    if it is a plain file (a symlink or a FIFO there is refused, not followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read(4096).decode(errors="replace")
+
+
+def _write_note(path: Path, text: str) -> None:
+    """Write it whole under a new name, then rename over whatever is there (a rename
+    replaces a symlink; it never writes through one)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def read_secret(path: os.PathLike[str] | str) -> bytes:
@@ -187,10 +226,13 @@ class MariaDB(Resource):
             t0 = time.monotonic()
             await self._initialise(uid, gid)
             steps.append(f"initialised {c.datadir} in {time.monotonic() - t0:.1f} s")
-        handed = hand_over(c.datadir, uid, gid)
+        handed, foreign = await asyncio.to_thread(hand_over, c.datadir, uid, gid)
+        if foreign is not None:
+            log.error("datadir %s belonged to uid %d, not %s (uid %d): the server's user must have"
+                      " the same uid and gid on every node, or each failover re-owns every file",
+                      c.datadir, foreign, c.run_as, uid)
         if handed:
-            log.warning("datadir %s handed over to user %s (%d entries): mariadbd no longer runs"
-                        " as root", c.datadir, c.run_as, handed)
+            log.warning("datadir %s: %d entries handed over to user %s", c.datadir, handed, c.run_as)
             steps.append(f"datadir handed over to {c.run_as} ({handed} entries)")
         t0 = time.monotonic()
         try:
@@ -228,7 +270,7 @@ class MariaDB(Resource):
         c.datadir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # a start that died before
         staging.mkdir()
-        os.chown(staging, uid, gid)
+        os.lchown(staging, uid, gid)
         try:
             try:
                 # within the start's own timeout, so that a stalled install (an Aria
@@ -267,15 +309,32 @@ class MariaDB(Resource):
         for stale in ("mysqld.sock", "mysqld.sock.lock", "mariadbd.pid"):
             (self.server_dir / stale).unlink(missing_ok=True)
             (self.private_dir / stale).unlink(missing_ok=True)  # an older agent's
-        (self.server_dir / "tmp").mkdir(parents=True, exist_ok=True)
-        (self.private_dir / "files").mkdir(exist_ok=True)
-        for d in (self.server_dir / "tmp", self.server_dir):
-            os.chown(d, uid, gid)
-        self.server_dir.chmod(0o750)
+        self._prepare_server_dir(uid, gid)
         ref = spawn(self.argv(), self.log)
         self.save_state(ref.to_json())
         await self._wait_ready(ref)
         return ref
+
+    def _prepare_server_dir(self, uid: int, gid: int) -> None:
+        """server/ and its tmp/ for the server's user. What that user left in server/
+        is not trusted: tmp/ is made anew, so a symlink there (to /etc, say) is
+        removed, not chowned through."""
+        private, d = self.private_dir, self.server_dir
+        # the server's user must reach server/ whatever root's umask made of this
+        os.chmod(private, (os.lstat(private).st_mode & 0o777) | 0o011)
+        (private / "files").mkdir(exist_ok=True)
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            d.unlink()
+        d.mkdir(exist_ok=True)
+        os.lchown(d, uid, gid)
+        os.chmod(d, 0o750)
+        tmp = d / "tmp"
+        if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
+            tmp.unlink()
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        os.lchown(tmp, uid, gid)
 
     def _recover_prepared(self) -> str:
         """mariadbd found XA-prepared transactions and a cleanly closed binlog
@@ -334,12 +393,11 @@ class MariaDB(Resource):
                       for name in c.app_databases))
         marker = c.datadir / ".tandem-provisioned"
         want = hashlib.sha256(statements.encode()).hexdigest()
-        with contextlib.suppress(OSError):
-            if marker.read_text().strip() == want:
-                return
+        if (_read_note(marker) or "").strip() == want:
+            return
         await self.sql(statements, timeout=30)
         with contextlib.suppress(OSError):
-            marker.write_text(want + "\n")
+            _write_note(marker, want + "\n")
 
     # --- stop / monitor ------------------------------------------------------------------
     async def _stop(self) -> str:
