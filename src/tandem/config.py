@@ -222,6 +222,11 @@ class Database(Strict):
     #: without it they fill the volume (a lab campaign did, after 78 failovers)
     binlog_expire_seconds: int = Field(default=86400, ge=0)
     max_binlog_size: str = Field(default="256M", pattern=r"^\d+[KMG]?$")
+    #: TLS between MariaDB and its clients over TCP (the management servers, over the
+    #: DB VIP): the server shows its node's certificate of the database CA in [etcd]
+    #: tls_dir (db-ca.crt, HOST-db.crt/key: `tandem pki db`) and takes no TCP client
+    #: without TLS; clients check it against that CA. None: on once that CA is there.
+    tls: bool | None = None
 
 
 class Etcd(Strict):
@@ -356,6 +361,9 @@ class Config(Strict):
                 problems.append((f"volumes.{self.database.volume}.fence_peer",
                                  'required for the database\'s volume: set fence_peer = "dcs"'
                                  " (or a fence_peer_command)"))
+        if self.database and self.database.tls and self.etcd.tls_dir is None:
+            problems.append(("database.tls", "needs the cluster's PKI: set etcd.tls_dir (MariaDB"
+                             " shows its host's certificate from it), or database.tls = false"))
         if self.agent.margin >= self.etcd.lease_ttl:
             problems.append(("agent.margin", "must be smaller than etcd.lease_ttl"))
         if any(not argv for argv in self.agent.notify):
@@ -456,6 +464,25 @@ def etcd_tls(cfg: Config, host: str | None) -> HostTls | None:
     return HostTls.of(cfg.etcd.tls_dir, host)
 
 
+def db_tls_ca(cfg: Config) -> Path | None:
+    """The CA a database client checks the server against (the database CA of the
+    cluster's PKI, see tandem.dcs.pki.init_db), or None: plain TCP. With tls unset,
+    TLS is on once that CA is there (`tandem pki db` makes it on a cluster made
+    before it)."""
+    tls_dir = cfg.etcd.tls_dir
+    if cfg.database is None or cfg.database.tls is False or tls_dir is None:
+        return None
+    ca = tls_dir / "db-ca.crt"
+    return ca if cfg.database.tls or ca.is_file() else None
+
+
+def db_tls(cfg: Config, host: str) -> HostTls | None:
+    """MariaDB's TLS files on `host`, or None when the database speaks plain TCP."""
+    from tandem.dcs.pki import HostTls
+    ca = db_tls_ca(cfg)
+    return None if ca is None else HostTls.db_of(ca.parent, host)
+
+
 def _fencing_password_problems(cfg: Config) -> list[str]:
     """The BMC password files (ipmitool -f) that others can read. A missing one is
     not refused here: only the nodes that fence need it (the witness, or a host
@@ -498,6 +525,10 @@ def load_config(path: str | Path, check_secrets: bool = True) -> Config:
         if cfg.etcd.tls_dir is not None and not (cfg.etcd.tls_dir / "ca.crt").is_file():
             problems.append(f"{path}: etcd.tls_dir: no CA certificate {cfg.etcd.tls_dir / 'ca.crt'}"
                             f" (create the PKI with `tandem pki init --config {path}`)")
+        db_ca = db_tls_ca(cfg)
+        if db_ca is not None and not db_ca.is_file():
+            problems.append(f"{path}: database.tls: no database CA {db_ca} (create it with"
+                            f" `tandem pki db --config {path}`, or set database.tls = false)")
         if not secret.is_file():
             problems.append(f"{path}: cluster.secret.file: no such file {secret} (create it with"
                             " `head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE`)")

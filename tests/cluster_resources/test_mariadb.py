@@ -202,6 +202,82 @@ def test_mariadbd_runs_as_its_own_user_and_takes_over_a_datadir_root_owned(lab, 
     assert "\n" not in nobody["message"]
 
 
+def test_tls_the_server_takes_no_plain_tcp_client_and_shows_a_certificate_of_the_cluster_ca(
+        lab, resources, db_setup, tmp_path):
+    """[database] tls: mariadbd shows its host's certificate of the cluster PKI and
+    refuses TCP clients without TLS (an attacker on the public network reads no rows
+    and cannot strip the TLS offer: pymysql then refuses the server); a client
+    checking against another CA refuses the server; the server's user reads its copy
+    of the key and cannot change it; a missing key file is one line."""
+    import grp
+    import ssl
+
+    from tandem.dcs import pki
+    from tandem.mgmt.db import transport
+    mysql = pwd_of("mysql")
+    fs, db, password = db_setup
+    tls_dir, other_dir = tmp_path / "pki", tmp_path / "other-pki"
+    pki.init(tls_dir, "c1", {HOST: [lab.address(HOST)]}, db_hosts={HOST: [lab.address(HOST)]})
+    pki.init(other_dir, "c2", {HOST: [lab.address(HOST)]}, db_hosts={HOST: [lab.address(HOST)]})
+    mine = pki.HostTls.db_of(tls_dir, HOST)
+    tls = {"tls_ca": str(mine.ca), "tls_cert": str(mine.cert), "tls_key": str(mine.key)}
+    resources.start(HOST, "filesystem", fs)
+    resources.start(HOST, "mariadb", {**db, **tls})
+    assert must(lab, HOST, "mariadb", "monitor", {**db, **tls})["message"].endswith("answers SELECT 1")
+
+    with pytest.raises(pymysql.err.OperationalError) as plain:
+        pymysql.connect(host=lab.address(HOST), port=3306, user="tandem", password=password,
+                        connect_timeout=3, ssl_disabled=True).close()
+    # MariaDB answers "access denied" (MySQL: 3159, insecure transport); the same
+    # credentials over TLS get in just below
+    assert plain.value.args[0] in (1045, 3159), plain.value
+    conn = pymysql.connect(host=lab.address(HOST), port=3306, user="tandem", password=password,
+                           connect_timeout=3, autocommit=True, **transport(str(mine.ca)))
+    with conn, conn.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        assert cur.fetchone()[1] in ("TLSv1.2", "TLSv1.3")
+    with pytest.raises(pymysql.err.OperationalError) as wrong:
+        pymysql.connect(host=lab.address(HOST), port=3306, user="tandem", password=password,
+                        connect_timeout=3, **transport(str(other_dir / "db-ca.crt"))).close()
+    assert isinstance(wrong.value.__cause__ or wrong.value.__context__, ssl.SSLError) \
+        or "CERTIFICATE_VERIFY_FAILED" in str(wrong.value), wrong.value
+
+    copy = lab.host_dir(HOST) / "run" / "db" / "tls"
+    key = copy / "server.key"
+    assert key.read_bytes() == mine.key.read_bytes()  # the database's key, never etcd's
+    assert key.read_bytes() != (tls_dir / f"{HOST}.key").read_bytes()
+    with pytest.raises(pymysql.err.OperationalError):  # etcd's CA does not vouch for it
+        pymysql.connect(host=lab.address(HOST), port=3306, user="tandem", password=password,
+                        connect_timeout=3, **transport(str(tls_dir / "ca.crt"))).close()
+    st, dst = key.stat(), copy.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, mysql.pw_gid, 0o640)
+    assert (dst.st_uid, dst.st_gid, dst.st_mode & 0o777) == (0, mysql.pw_gid, 0o750)
+    assert grp.getgrgid(st.st_gid).gr_name == grp.getgrgid(mysql.pw_gid).gr_name
+    key_text = mine.key.read_text().splitlines()[1]
+    run = lab.host_dir(HOST) / "run" / "db"
+    assert all(key_text not in p.read_text(errors="replace") for p in run.glob("*.log"))
+    must(lab, HOST, "mariadb", "stop", db)
+    must(lab, HOST, "mariadb", "start", db)  # TLS off: no copy of the key left behind
+    assert not copy.exists()
+    with connect(lab, password) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    must(lab, HOST, "mariadb", "stop", db)
+
+    gone = op(lab, HOST, "mariadb", "start", {**db, **tls, "tls_key": str(tmp_path / "no.key")})
+    assert not gone["ok"] and "\n" not in gone["message"]
+    assert gone["message"].startswith(f"TLS file {tmp_path / 'no.key'}: No such file or directory"), gone
+    from pydantic import ValidationError
+
+    from tandem.cluster.resources.config import MariaDBConfig
+    with pytest.raises(ValidationError, match="tls_ca, tls_cert and tls_key go together"):
+        MariaDBConfig(**{**db, "tls_ca": tls["tls_ca"]})
+
+
+def pwd_of(name: str):
+    import pwd
+    return pwd.getpwnam(name)
+
+
 def _denied(cur, sql: str) -> int:
     with pytest.raises(pymysql.err.MySQLError) as e:
         cur.execute(sql)

@@ -61,6 +61,8 @@ def test_example_is_ok(cfgdir):
      "database.databases.0: not a valid database name"),
     ('tls_dir = "pki"', 'tls_dir = "nopki"', "etcd.tls_dir: no CA certificate"),
     ('fence_peer = "dcs"', 'fence_peer = "etcd"', "volumes.db.fence_peer: Input should be 'dcs'"),
+    ('databases = ["cloud", "cloud_usage"]', 'databases = ["cloud"]\ntls = "yes please"',
+     "database.tls: not true or false"),
     ('fence_peer = "dcs"', 'fence_peer = "dcs"\nfence_peer_command = "/bin/true"',
      "volumes.db: fence_peer and fence_peer_command are both set; keep one"),
     ('fence_peer = "dcs"', '',  # the database's volume without a fence-peer hook: unsafe
@@ -72,6 +74,35 @@ def test_bad_values_are_named(cfgdir, old, new, expected):
     assert any(expected in line for line in lines), lines
     assert all(line.startswith("tandem: ") for line in lines)
     assert not any("Traceback" in line for line in lines)
+
+
+def test_database_tls_is_on_with_the_cluster_pki_and_needs_it(cfgdir):
+    """MariaDB's TLS uses the cluster's PKI: on by default when there is one, off
+    without (an external etcd without TLS), and asked for without one: one line."""
+    from tandem.config import db_tls, db_tls_ca
+    from tandem.dcs import pki
+    cfg = load_config(cfgdir / "cluster.toml")
+    assert cfg.database.tls is None and db_tls_ca(cfg) is None  # no database CA yet: plain TCP
+    on = load_config(edit(cfgdir, "port = 3306\n", "port = 3306\ntls = true\n"), check_secrets=False)
+    assert db_tls_ca(on) == cfg.etcd.tls_dir / "db-ca.crt"
+    code, lines = check(cfgdir / "cluster.toml")  # asked for, and not there: one line
+    assert code == 2 and any("database.tls: no database CA" in ln and "tandem pki db" in ln
+                             for ln in lines), lines
+    pki.init_db(cfg.etcd.tls_dir, "cloud", {"node2": ["10.100.1.12"]})
+    assert check(cfgdir / "cluster.toml") == (0, ["ok"])
+    edit(cfgdir, "tls = true\n", "")
+    cfg = load_config(cfgdir / "cluster.toml")
+    assert db_tls_ca(cfg) == cfg.etcd.tls_dir / "db-ca.crt"  # there: on by default
+    assert db_tls(cfg, "node2").key == cfg.etcd.tls_dir / "node2-db.key"
+    off = load_config(edit(cfgdir, "port = 3306\n", "port = 3306\ntls = false\n"))
+    assert db_tls(off, "node2") is None and db_tls_ca(off) is None
+    edit(cfgdir, "tls = false\n", "tls = true\n")
+    path = edit(cfgdir, 'embedded = true\ntls_dir = "pki"',
+                'embedded = false\nendpoints = ["http://10.100.1.50:2379"]\ninsecure = true')
+    code, lines = check(path)
+    assert code == 2 and any("database.tls: needs the cluster's PKI" in ln for ln in lines), lines
+    edit(cfgdir, "tls = true\n", "")
+    assert db_tls_ca(load_config(path)) is None  # no PKI: plain TCP
 
 
 def test_every_problem_is_reported_at_once(cfgdir):
@@ -131,6 +162,7 @@ def test_pki_init_makes_a_ca_and_a_certificate_per_host_and_never_overwrites(tmp
     import shutil
 
     from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
     shutil.copy(Path(__file__).parents[2] / "examples" / "cluster.toml", tmp_path / "cluster.toml")
     proc = run_tandem("pki", "init", "--config", str(tmp_path / "cluster.toml"))
     assert proc.returncode == 0, proc.stderr
@@ -144,8 +176,27 @@ def test_pki_init_makes_a_ca_and_a_certificate_per_host_and_never_overwrites(tmp
             x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)}
         assert "127.0.0.1" in ips and len(ips) == 3, ips  # public, replication, loopback
     lines = proc.stdout.strip().splitlines()  # each host: the CA's certificate and its own pair
-    assert lines[1:4] == [f"  {h}: ca.crt {h}.crt {h}.key" for h in ("node1", "node2", "witness")], lines
-    assert len(lines) == 5 and lines[4].startswith(f"{pki_dir / 'ca.key'} stays on this machine"), lines
+    db = " db-ca.crt {h}-db.crt {h}-db.key"  # the data nodes: the database's too
+    assert lines[1:4] == [f"  {h}: ca.crt {h}.crt {h}.key" + (db.format(h=h) if h != "witness" else "")
+                          for h in ("node1", "node2", "witness")], lines
+    assert len(lines) == 5 and lines[4].startswith(f"{pki_dir / 'ca.key'} and"), lines
+    assert "stay on this machine" in lines[4]
+    db_ca = x509.load_pem_x509_certificate((pki_dir / "db-ca.crt").read_bytes())
+    for host in ("node1", "node2"):
+        assert (pki_dir / f"{host}-db.key").stat().st_mode & 0o077 == 0
+        cert = x509.load_pem_x509_certificate((pki_dir / f"{host}-db.crt").read_bytes())
+        cert.verify_directly_issued_by(db_ca)  # not etcd's: etcd never takes it
+        with pytest.raises((ValueError, TypeError, InvalidSignature)):
+            cert.verify_directly_issued_by(ca)
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(usage) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]  # a server's only
+    assert not (pki_dir / "witness-db.key").exists()
+    # strict X.509 (Python 3.13's default): key identifiers on every certificate
+    import subprocess
+    for crt, issuer in (("node1.crt", "ca.crt"), ("node1-db.crt", "db-ca.crt")):
+        out = subprocess.run(["openssl", "verify", "-x509_strict", "-CAfile", str(pki_dir / issuer),
+                              str(pki_dir / crt)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
     help_text = run_tandem("pki", "init", "--help").stdout
     assert "ca.key stays on" in " ".join(help_text.split()) and "Copy the directory" not in help_text
     before = (pki_dir / "ca.key").read_bytes()
@@ -153,3 +204,26 @@ def test_pki_init_makes_a_ca_and_a_certificate_per_host_and_never_overwrites(tmp
     lines = again.stderr.strip().splitlines()
     assert again.returncode != 0 and len(lines) == 1 and "a CA exists already" in lines[0], lines
     assert (pki_dir / "ca.key").read_bytes() == before
+
+
+def test_pki_db_adds_the_database_ca_to_a_pki_made_before_it(tmp_path):
+    """A cluster whose PKI predates MariaDB's TLS: plain TCP until `tandem pki db` made
+    the database CA (tls unset: on once it is there); made once, never overwritten."""
+    import shutil
+
+    from tandem.config import db_tls, db_tls_ca
+    from tandem.dcs import pki
+    shutil.copy(Path(__file__).parents[2] / "examples" / "cluster.toml", tmp_path / "cluster.toml")
+    pki.init(tmp_path / "pki", "cloud", {"node1": ["10.100.1.11"]})  # etcd's only
+    cfg = load_config(tmp_path / "cluster.toml", check_secrets=False)
+    assert db_tls_ca(cfg) is None and db_tls(cfg, "node1") is None
+    proc = run_tandem("pki", "db", "--config", str(tmp_path / "cluster.toml"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:2] == [f"  {h}: db-ca.crt {h}-db.crt {h}-db.key"
+                                            for h in ("node1", "node2")]
+    assert db_tls_ca(cfg) == tmp_path / "pki" / "db-ca.crt"
+    assert db_tls(cfg, "node2").key == tmp_path / "pki" / "node2-db.key"
+    before = (tmp_path / "pki" / "db-ca.key").read_bytes()
+    again = run_tandem("pki", "db", "--config", str(tmp_path / "cluster.toml"))
+    assert again.returncode != 0 and "a CA exists already (db-ca.crt/db-ca.key)" in again.stderr
+    assert (tmp_path / "pki" / "db-ca.key").read_bytes() == before

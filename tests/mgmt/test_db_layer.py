@@ -205,3 +205,34 @@ def test_a_commit_whose_outcome_cannot_be_learned_is_reported_as_such(layer):
     db.retry_budget = 5
     assert _count(db) == 1  # it was
 
+
+
+def test_the_url_names_its_tls_ca_and_bad_options_are_one_line(tmp_path):
+    """`?ssl-ca=CA_FILE` (MySQL's URI option): TLS, the server checked against that CA.
+    Any other option, an empty or a repeated one, and a CA that cannot be loaded are
+    one line each, at start, not at the first query."""
+    from tandem.dcs import pki
+    from tandem.errors import TandemError
+    plain = DbUrl.parse("mysql://u@127.0.0.1/db")
+    assert plain.ssl_ca is None and Database(plain)._transport == {"ssl_disabled": True}
+    pki.init(tmp_path / "pki", "c1", {"node1": ["127.0.0.1"]}, db_hosts={"node1": ["127.0.0.1"]})
+    ca = tmp_path / "pki" / "db-ca.crt"
+    url = DbUrl.parse(f"mysql://u:pw@127.0.0.1:3307/db?ssl-ca={ca}")
+    assert (url.ssl_ca, url.port, url.password) == (str(ca), 3307, "pw")
+    assert url.safe() == f"mysql://u@127.0.0.1:3307/db?ssl-ca={ca}"
+    db = Database(url)
+    ctx = db._transport["ssl"]
+    assert ctx.verify_mode.name == "CERT_REQUIRED" and not ctx.check_hostname
+    assert Database(url)._transport["ssl"] is ctx  # one context per CA file
+    db.close()
+    for bad in ("?sslmode=disable", f"?ssl-ca={ca}&ssl-ca={ca}", "?ssl-ca=", "?ssl-ca"):
+        with pytest.raises(TandemError) as e:
+            DbUrl.parse(f"mysql://u@127.0.0.1/db{bad}")
+        assert "\n" not in str(e.value) and "?ssl-ca=CA_FILE" in str(e.value), bad
+    with pytest.raises(TandemError) as e:
+        Database(DbUrl.parse(f"mysql://u@127.0.0.1/db?ssl-ca={tmp_path / 'none.crt'}"))
+    assert str(e.value).startswith(f"--db ssl-ca {tmp_path / 'none.crt'}: cannot load the CA")
+    assert "\n" not in str(e.value)
+    (tmp_path / "junk.crt").write_text("not a certificate\n")
+    with pytest.raises(TandemError, match="cannot load the CA"):
+        Database(DbUrl.parse(f"mysql://u@127.0.0.1/db?ssl-ca={tmp_path / 'junk.crt'}"))

@@ -463,19 +463,10 @@ class Bench:
         return self.res
 
     def start_writer(self, duration: float) -> Path:
-        if self.opts.connect_timeout is None:
-            self.res["writer"] = "tandem.lab.writer (connect timeout 0.3 s, read/write timeouts 1 s)"
-            return self.stack.start_writer("benchw", duration=duration)
-        st = self.stack
-        out = self.lab.host_dir("client") / "data" / "benchw.jsonl"
-        out.unlink(missing_ok=True)
-        self.lab.spawn("client", "benchw", [
-            sys.executable, "-m", "tandem.lab.writer", "--host", st.vip, "--password-file",
-            str(st.password_file), "--out", str(out), "--duration", str(duration), "--writer-id", "benchw",
-            "--connect-timeout", str(self.opts.connect_timeout), "--io-timeout", "1"])
-        self.res["writer"] = (f"tandem.lab.writer (connect timeout {self.opts.connect_timeout:g} s,"
-                              " read/write timeouts 1 s)")
-        return out
+        timeout = 0.3 if self.opts.connect_timeout is None else self.opts.connect_timeout
+        self.res["writer"] = f"tandem.lab.writer (connect timeout {timeout:g} s, read/write timeouts 1 s)"
+        return self.stack.start_writer("benchw", duration=duration,
+                                       extra=("--connect-timeout", str(timeout), "--io-timeout", "1"))
 
     def part(self, name: str, fn: Callable[[], dict]) -> None:
         try:

@@ -22,7 +22,8 @@ from tandem.secretfile import read_private
 
 app = typer.Typer(help="CloudStack-compatible management server and simulated host.", no_args_is_help=True)
 
-DbOpt = typer.Option(..., "--db", help="mysql://USER@HOST:PORT/DATABASE (password: see --db-password-file)")
+DbOpt = typer.Option(..., "--db", help="mysql://USER@HOST:PORT/DATABASE[?ssl-ca=CA_FILE] (password: see"
+                     " --db-password-file; ssl-ca: TLS, the server checked against that CA)")
 PwFileOpt = typer.Option(None, "--db-password-file", help="file holding the database password")
 KeyFileOpt = typer.Option(None, "--key-file", envvar="TANDEM_MGMT_KEY_FILE",
                           help="file whose contents key the encryption of API secret keys in the database"

@@ -1,4 +1,5 @@
-"""`tandem pki ...`: the cluster's etcd certificate authority (see tandem.dcs.pki)."""
+"""`tandem pki ...`: the cluster's certificate authorities, etcd's and the database's (see
+tandem.dcs.pki)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,34 @@ def init(config: Path = typer.Option(..., "--config", "-c", help="the cluster's 
     hosts = {name: [str(h.public_address), *([str(h.replication_address)] if h.replication_address else [])]
              for name, h in members}
     issued = pki.init(tls_dir, cfg.cluster.name, hosts)
+    db = pki.init_db(tls_dir, cfg.cluster.name, _data_nodes(cfg))
     typer.echo(f"created {tls_dir}; copy to each host's tls_dir only its own files (keys mode 600):")
+    dbs = {f.cert.name.removesuffix("-db.crt"): f for f in db}
     for host, files in zip(hosts, issued, strict=True):
+        extra = f" {dbs[host].ca.name} {dbs[host].cert.name} {dbs[host].key.name}" if host in dbs else ""
+        typer.echo(f"  {host}: {files.ca.name} {files.cert.name} {files.key.name}{extra}")
+    typer.echo(f"{tls_dir / 'ca.key'} and {tls_dir / 'db-ca.key'} stay on this machine, offline if you"
+               " can: never copy them to a host (with them anyone can make certificates etcd or the"
+               " database's clients accept)")
+
+
+@app.command("db")
+def init_db(config: Path = typer.Option(..., "--config", "-c", help="the cluster's TOML file")) -> None:
+    """Add the database's CA and a server certificate per data node to etcd.tls_dir
+    (a PKI made before tandem had MariaDB's TLS). The database takes TCP clients over
+    TLS only once these are on the data nodes and their agents restarted MariaDB."""
+    from tandem.dcs import pki
+    cfg = load_config(config, check_secrets=False)
+    tls_dir = cfg.etcd.tls_dir
+    if tls_dir is None:
+        raise TandemError(f"{config}: etcd.tls_dir is not set; add it to [etcd] (e.g. tls_dir = \"pki\")")
+    for files in pki.init_db(tls_dir, cfg.cluster.name, _data_nodes(cfg)):
+        host = files.cert.name.removesuffix("-db.crt")
         typer.echo(f"  {host}: {files.ca.name} {files.cert.name} {files.key.name}")
-    typer.echo(f"{tls_dir / 'ca.key'} stays on this machine, offline if you can: never copy it to a host"
-               " (with it anyone can make certificates etcd accepts)")
+    typer.echo(f"{tls_dir / 'db-ca.key'} stays on this machine; copy db-ca.crt to every node first"
+               " (its management server checks the database with it), then each node's pair")
+
+
+def _data_nodes(cfg) -> dict[str, list[str]]:
+    return {name: [str(n.public_address), *([str(n.replication_address)] if n.replication_address else [])]
+            for name, n in cfg.nodes.items()}

@@ -61,6 +61,7 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from aetcd import transactions as tx
 from pydantic import Field
@@ -79,9 +80,10 @@ from tandem.cluster.resources.config import (
 from tandem.cluster.resources.haproxy import Haproxy
 from tandem.cluster.resources.procs import ProcRef, spawn, tail, terminate
 from tandem.cluster.resources.vip import Vip
-from tandem.config import Config
+from tandem.config import Config, db_tls_ca
 from tandem.dcs.base import DCSError
 from tandem.dcs.keys import decode, encode
+from tandem.errors import TandemError
 
 if TYPE_CHECKING:
     from tandem.cluster.agent import Agent
@@ -108,6 +110,7 @@ class MgmtServerConfig(ResourceBase):
     db_port: Port = 3306
     db_name: str
     db_user: str
+    db_ssl_ca: AbsPath | None = None  #: TLS to the database, checked against this CA
     password_file: AbsPath
     key_file: AbsPath  #: seals API secret keys in the database (the cluster secret file)
     simhost: str
@@ -142,12 +145,15 @@ class MgmtServer(Resource):
     def _ensure_database(self) -> None:
         """Create the database if missing (best effort: the DB may not be up yet)."""
         import pymysql
+
+        from tandem.mgmt.db import transport
         c = self.config
         try:
             conn = pymysql.connect(host=c.db_host, port=c.db_port, user=c.db_user,
                                    password=c.password_file.read_text().strip(), connect_timeout=1,
-                                   read_timeout=3, write_timeout=3, ssl_disabled=True)
-        except (pymysql.err.MySQLError, OSError):
+                                   read_timeout=3, write_timeout=3,
+                                   **transport(str(c.db_ssl_ca) if c.db_ssl_ca else None))
+        except (pymysql.err.MySQLError, OSError, TandemError):
             return
         try:
             with conn.cursor() as cur:
@@ -166,8 +172,9 @@ class MgmtServer(Resource):
         st = self.load_state() or {}
         incarnation = int(st.get("incarnation", 0)) + 1
         server_id = f"{c.node}-{incarnation}"
+        tls = f"?ssl-ca={quote(str(c.db_ssl_ca), safe='/')}" if c.db_ssl_ca else ""
         argv = [*tandem_exe(), "mgmt", "serve",
-                "--db", f"mysql://{c.db_user}@{c.db_host}:{c.db_port}/{c.db_name}",
+                "--db", f"mysql://{c.db_user}@{c.db_host}:{c.db_port}/{c.db_name}{tls}",
                 "--db-password-file", str(c.password_file), "--key-file", str(c.key_file),
                 "--listen", f"{c.listen_address}:{c.port}", "--server-id", server_id,
                 "--simhost", c.simhost, "--dead-after", str(c.dead_after), "--db-retry", str(c.db_retry),
@@ -223,6 +230,7 @@ class CloneSet:
         self.port = m.port
         rd = (run_dir / "clones").resolve()
         rd.mkdir(parents=True, exist_ok=True)
+        ca = db_tls_ca(cfg)
         self.haproxy = Haproxy(HaproxyConfig(
             name="haproxy", run_dir=rd, port=m.port, check_interval_ms=300, fall=2, rise=1,
             retries=3, connect_timeout_ms=1000, server_timeout_ms=60000, monitor_timeout=2,
@@ -231,7 +239,8 @@ class CloneSet:
         self.mgmt = MgmtServer(MgmtServerConfig(
             name="mgmt", node=node, run_dir=rd, listen_address=self.address, port=m.server_port,
             db_host=str(db.vip.address.ip), db_port=db.port, db_name=m.db_name,
-            db_user=m.db_user or db.user, password_file=db.password_file.resolve(),
+            db_user=m.db_user or db.user, db_ssl_ca=ca.resolve() if ca else None,
+            password_file=db.password_file.resolve(),
             key_file=cfg.cluster.secret.file.resolve(),
             simhost=m.simhost, dead_after=m.dead_after, db_retry=m.db_retry,
             require_expires=m.require_expires, max_expires_ahead=m.max_expires_ahead))

@@ -10,7 +10,7 @@ from pathlib import Path
 from tandem.cluster.resources import ResourceGroup, build
 from tandem.cluster.resources.config import FilesystemConfig, MariaDBConfig, VipConfig
 from tandem.cluster.volume_resource import VolumeResource, VolumeResourceConfig
-from tandem.config import Config
+from tandem.config import Config, db_tls
 from tandem.errors import ConfigError
 from tandem.volume.spec import VolumeSpec
 
@@ -33,6 +33,9 @@ def build_db_group(cfg: Config, spec: VolumeSpec, data_dir: Path, run_dir: Path)
     paths = db_paths(cfg, data_dir, run_dir)
     for p in paths.values():
         p.mkdir(parents=True, exist_ok=True)
+    tls = db_tls(cfg, spec.node)
+    tls_files = {} if tls is None else {"tls_ca": tls.ca.resolve(), "tls_cert": tls.cert.resolve(),
+                                        "tls_key": tls.key.resolve()}
     members = [
         VolumeResource(VolumeResourceConfig(name="volume", resource=spec.resource,
                                             control_socket=spec.control_socket)),
@@ -47,7 +50,7 @@ def build_db_group(cfg: Config, spec: VolumeSpec, data_dir: Path, run_dir: Path)
                             buffer_pool_size=db.buffer_pool_size,
                             binlog_expire_seconds=db.binlog_expire_seconds,
                             max_binlog_size=db.max_binlog_size, start_timeout=120,
-                            stop_timeout=20, monitor_timeout=5)),
+                            stop_timeout=20, monitor_timeout=5, **tls_files)),
     ]
     if db.vip is not None:
         members.append(build(VipConfig(name="db-vip", address=db.vip.address,

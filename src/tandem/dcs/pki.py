@@ -1,4 +1,4 @@
-"""The cluster's own certificate authority for etcd (mutual TLS).
+"""The cluster's own certificate authorities: etcd's (mutual TLS) and the database's.
 
 Why: the leader key, the lease keepalives (the heartbeat every failover hangs on)
 and the "peer Outdated" records live in etcd. An etcd that answers anyone on the
@@ -16,6 +16,11 @@ key could pose as it. One certificate per host serves both as etcd server (its
 IP addresses and 127.0.0.1 in the SAN) and as client. ECDSA P-256: a handshake
 costs about a millisecond, which matters when a client re-dials after a
 partition within the 0.5 s operation bound.
+
+The database has a CA of its own (``db-ca.crt``/``db-ca.key``) and a server-only
+certificate per data node (``HOST-db.crt``/``HOST-db.key``): MariaDB's TLS for the
+management servers and other clients over the DB VIP (see `init_db` for why not
+etcd's). Data nodes also hold ``db-ca.crt``: their management servers are clients.
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ class HostTls:
     def of(cls, tls_dir: Path, host: str) -> HostTls:
         return cls(tls_dir / "ca.crt", tls_dir / f"{host}.crt", tls_dir / f"{host}.key")
 
+    @classmethod
+    def db_of(cls, tls_dir: Path, host: str) -> HostTls:
+        """MariaDB's files on `host` (the database CA's, see `init_db`)."""
+        return cls(tls_dir / "db-ca.crt", tls_dir / f"{host}-db.crt", tls_dir / f"{host}-db.key")
+
     def read(self) -> tuple[bytes, bytes, bytes]:
         """(CA, key, certificate) as PEM bytes, as gRPC takes them."""
         try:
@@ -84,42 +94,51 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def create_ca(tls_dir: Path, cluster: str) -> None:
+def create_ca(tls_dir: Path, cluster: str, prefix: str = "") -> None:
     """A new CA in `tls_dir` (refused if one is there: its certificates would all
-    stop being trusted)."""
-    if (tls_dir / "ca.crt").exists() or (tls_dir / "ca.key").exists():
-        raise PkiError(f"{tls_dir}: a CA exists already (ca.crt/ca.key); remove the directory to start"
-                       " over, or issue more host certificates from it")
+    stop being trusted). `prefix` "db-": the database's own CA (see `init`)."""
+    crt, key_file = tls_dir / f"{prefix}ca.crt", tls_dir / f"{prefix}ca.key"
+    if crt.exists() or key_file.exists():
+        raise PkiError(f"{tls_dir}: a CA exists already ({crt.name}/{key_file.name}); remove the"
+                       " directory to start over, or issue more host certificates from it")
     tls_dir.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    name = _name(f"tandem etcd CA of {cluster}")
+    name = _name(f"tandem {'database' if prefix else 'etcd'} CA of {cluster}")
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            # key identifiers: Python 3.13's strict X.509 checking wants them
+            .add_extension(ski, critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                           critical=False)
             .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
                                          key_encipherment=False, data_encipherment=False,
                                          key_agreement=False, key_cert_sign=True, crl_sign=True,
                                          encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    write_private(tls_dir / "ca.key", _key_pem(key))
-    (tls_dir / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(key_file, _key_pem(key))
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def issue(tls_dir: Path, host: str, addresses: Iterable[str]) -> HostTls:
+def issue(tls_dir: Path, host: str, addresses: Iterable[str], db: bool = False) -> HostTls:
     """A certificate for `host`, valid for its `addresses` and 127.0.0.1, as etcd
-    server and as client, signed by the CA in `tls_dir`."""
+    server and as client, signed by the CA in `tls_dir`. `db`: MariaDB's server
+    certificate instead, signed by the database CA (server use only)."""
+    files = HostTls.db_of(tls_dir, host) if db else HostTls.of(tls_dir, host)
+    ca_key_file = files.ca.with_suffix(".key")
     try:
-        ca_key = serialization.load_pem_private_key((tls_dir / "ca.key").read_bytes(), None)
-        ca_cert = x509.load_pem_x509_certificate((tls_dir / "ca.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
     except OSError as e:
         raise PkiError(f"{tls_dir}: no CA to sign with ({e.strerror}: {e.filename});"
-                       " `tandem pki init` creates one") from None
+                       f" `tandem pki {'db' if db else 'init'}` creates one") from None
     except ValueError as e:
         raise PkiError(f"{tls_dir}: the CA files are not PEM ({e})") from None
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise PkiError(f"{tls_dir}/ca.key: not an ECDSA key")
+        raise PkiError(f"{ca_key_file}: not an ECDSA key")
     ips = sorted({ipaddress.ip_address(a) for a in [*addresses, "127.0.0.1"]}, key=str)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -130,16 +149,35 @@ def issue(tls_dir: Path, host: str, addresses: Iterable[str]) -> HostTls:
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(host), x509.DNSName("localhost"),
                                                         *(x509.IPAddress(ip) for ip in ips)]),
                            critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH] if db
+                else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
             .sign(ca_key, hashes.SHA256()))
-    files = HostTls.of(tls_dir, host)
     write_private(files.key, _key_pem(key))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return files
 
 
-def init(tls_dir: Path, cluster: str, hosts: dict[str, list[str]]) -> list[HostTls]:
-    """A CA and one certificate per host (name -> its addresses)."""
+def init(tls_dir: Path, cluster: str, hosts: dict[str, list[str]],
+         db_hosts: dict[str, list[str]] | None = None) -> list[HostTls]:
+    """A CA and one certificate per host (name -> its addresses); with `db_hosts`,
+    the database's PKI too (`init_db`)."""
     create_ca(tls_dir, cluster)
-    return [issue(tls_dir, host, addrs) for host, addrs in hosts.items()]
+    issued = [issue(tls_dir, host, addrs) for host, addrs in hosts.items()]
+    if db_hosts:
+        init_db(tls_dir, cluster, db_hosts)
+    return issued
+
+
+def init_db(tls_dir: Path, cluster: str, hosts: dict[str, list[str]]) -> list[HostTls]:
+    """The database's own CA and a server certificate per data node.
+
+    Not etcd's: mariadbd runs as its own user and must read its key, and a user who
+    took the server over must get nothing etcd accepts (etcd has no access control:
+    its client key is the leader key). The database's clients trust this CA alone,
+    so no etcd certificate (the witness's, a tool's) can pose as the database."""
+    create_ca(tls_dir, cluster, prefix="db-")
+    return [issue(tls_dir, host, addrs, db=True) for host, addrs in hosts.items()]

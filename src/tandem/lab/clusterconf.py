@@ -28,7 +28,7 @@ def lab_pki(lab: Lab) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     hosts = {h: ([] if h == "client" else [lab.address(h, "public"), lab.address(h, "replication")])
              for h in PKI_HOSTS}
-    pki.init(tmp, lab.spec.name, hosts)
+    pki.init(tmp, lab.spec.name, hosts, db_hosts={h: hosts[h] for h in ("node1", "node2")})
     try:
         tmp.rename(tls_dir)  # all files at once; another process may have been first
     except OSError:

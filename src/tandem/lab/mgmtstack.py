@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -61,7 +62,8 @@ db_retry = {db_retry}
         return f"http://{self.lab.address(node)}:{SERVER_PORT}/client/api"
 
     def db_url(self) -> str:
-        return f"mysql://tandem@{self.vip}:3306/{DB_NAME}"
+        ca = self.db_ca
+        return f"mysql://tandem@{self.vip}:3306/{DB_NAME}" + (f"?ssl-ca={quote(ca, safe='/')}" if ca else "")
 
     # --- life cycle --------------------------------------------------------------------
     def start(self, timeout: float = 120) -> None:
@@ -82,12 +84,7 @@ db_retry = {db_retry}
         write_private(pw, f"s3cret-{username}-pass\n".encode())
         # The agents' management servers create the database when they start;
         # do it here too so this does not wait for them.
-        self._client_python(
-            "import pymysql,sys\n"
-            "c=pymysql.connect(host=sys.argv[1],user='tandem',password=open(sys.argv[2]).read().strip(),"
-            "connect_timeout=2)\n"
-            f"c.cursor().execute('CREATE DATABASE IF NOT EXISTS `{DB_NAME}`')\n",
-            self.vip, str(self.password_file))
+        self.sql(f"CREATE DATABASE IF NOT EXISTS `{DB_NAME}`", database=None)
         proc = self.lab.run("client", [*tandem_argv("mgmt", "create-admin", "--db", self.db_url(),
                                                     "--db-password-file", str(self.password_file),
                                                     "--key-file", str(self.key_file),
@@ -119,13 +116,7 @@ db_retry = {db_retry}
 
     def query_cloud(self, sql: str, *args: str) -> list[tuple]:
         """Rows of `sql` (with %s parameters `args`) in the management database, via the DB VIP."""
-        code = ("import pymysql,sys,json\n"
-                "c=pymysql.connect(host=sys.argv[1],user='tandem',password=open(sys.argv[2]).read().strip(),"
-                f"database='{DB_NAME}',connect_timeout=2,read_timeout=30)\n"
-                "cur=c.cursor();cur.execute(sys.argv[3],sys.argv[4:] or None)\n"
-                "print(json.dumps([list(r) for r in cur.fetchall()],default=str))\n")
-        proc = self._client_python(code, self.vip, str(self.password_file), sql, *args)
-        return [tuple(r) for r in json.loads(proc.stdout)]
+        return [tuple(r) for r in self.sql(sql, *args, database=DB_NAME)["rows"]]
 
     def api_vip_holders(self) -> list[str]:
         from tandem.cluster.resources.vip import holders

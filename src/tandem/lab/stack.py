@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 from tandem.cluster.status import clones_from_kvs, status_dict
-from tandem.config import Config, etcd_endpoints, load_config
+from tandem.config import Config, db_tls_ca, etcd_endpoints, load_config
 from tandem.dcs.base import DCSError
 from tandem.dcs.etcd_server import LabEtcd
 from tandem.dcs.gateway import read_prefix
@@ -178,27 +178,40 @@ databases = ["tandem"]
             return first if first is not None and self.db_ping() and leader() == first else None
         return self.wait(ok, timeout, "the database service")
 
+    @property
+    def db_ca(self) -> str | None:
+        """The CA a database client checks MariaDB against (None: plain TCP)."""
+        ca = db_tls_ca(self.cluster_config())
+        return None if ca is None else str(ca)
+
     def db_ping(self) -> bool:
         """The DB VIP answers a query (from the root namespace, on the public bridge)."""
         return answers(connect_timeout=1, read_timeout=5, write_timeout=5, host=self.vip, user="tandem",
-                       password=self.password_file.read_text().strip())
+                       password=self.password_file.read_text().strip(), ssl_ca=self.db_ca)
+
+    def sql(self, sql: str, *params: str, database: str | None = "tandem", host: str = "client") -> dict:
+        """One statement through the DB VIP from a lab host (tandem.lab.dbquery): its
+        rows and row count."""
+        ca = self.db_ca
+        proc = self.lab.run(host, [sys.executable, "-m", "tandem.lab.dbquery", "--host", self.vip,
+                                   "--password-file", str(self.password_file),
+                                   *(["--ssl-ca", ca] if ca else []),
+                                   *(["--database", database] if database else []), "--", sql, *params],
+                            timeout=60)
+        return json.loads(proc.stdout)
 
     def query(self, sql: str, host: str = "client") -> list[tuple]:
-        code = ("import pymysql,sys,json\n"
-                "c=pymysql.connect(host=sys.argv[1],user='tandem',password=open(sys.argv[2]).read().strip(),"
-                "database='tandem',connect_timeout=2,read_timeout=30)\n"
-                "cur=c.cursor();cur.execute(sys.argv[3]);print(json.dumps([list(r) for r in cur.fetchall()],"
-                "default=str))\n")
-        proc = self.lab.run(host, [sys.executable, "-c", code, self.vip, str(self.password_file), sql],
-                            timeout=60)
-        return [tuple(r) for r in json.loads(proc.stdout)]
+        return [tuple(r) for r in self.sql(sql, host=host)["rows"]]
 
-    def start_writer(self, name: str = "writer", duration: float = 600) -> Path:
+    def start_writer(self, name: str = "writer", duration: float = 600, extra: tuple[str, ...] = ()) -> Path:
+        """tandem.lab.writer on the client, through the DB VIP; `extra`: more of its options."""
         out = self.lab.host_dir("client") / "data" / f"{name}.jsonl"
         out.unlink(missing_ok=True)
+        ca = self.db_ca
         self.lab.spawn("client", name, [sys.executable, "-m", "tandem.lab.writer", "--host", self.vip,
                                         "--password-file", str(self.password_file), "--out", str(out),
-                                        "--duration", str(duration), "--writer-id", name])
+                                        "--duration", str(duration), "--writer-id", name,
+                                        *(["--ssl-ca", ca] if ca else []), *extra])
         return out
 
     def leader(self) -> str | None:

@@ -33,8 +33,12 @@ def main() -> None:
     ap.add_argument("--connect-timeout", type=float, default=0.3,
                     help="client connect timeout: how soon a client retries after the VIP moved")
     ap.add_argument("--io-timeout", type=float, default=1.0)
+    ap.add_argument("--ssl-ca", default=None, help="TLS, the server checked against this CA")
     args = ap.parse_args()
     import pymysql
+
+    from tandem.mgmt.db import transport
+    link = transport(args.ssl_ca)  # one TLS context for every reconnection
     password = Path(args.password_file).read_text().strip()
     out = open(args.out, "a", buffering=1)  # noqa: SIM115 (open for the whole run)
     end = time.monotonic() + args.duration
@@ -46,8 +50,7 @@ def main() -> None:
             if conn is None:
                 conn = pymysql.connect(host=args.host, port=args.port, user=args.user, password=password,
                                        connect_timeout=args.connect_timeout, read_timeout=args.io_timeout,
-                                       write_timeout=args.io_timeout, autocommit=True,
-                                       ssl_disabled=True)  # no TLS on the lab DB: skip the SSL context
+                                       write_timeout=args.io_timeout, autocommit=True, **link)
                 with conn.cursor() as c:
                     c.execute("CREATE DATABASE IF NOT EXISTS tandem")
                     c.execute("USE tandem")

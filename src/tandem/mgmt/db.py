@@ -29,15 +29,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 import pymysql.cursors
@@ -97,19 +99,28 @@ class DbUrl:
     database: str
     password: str = field(default="", repr=False)
     unix_socket: str | None = None
+    #: TLS: the CA file the server's certificate must come from (`?ssl-ca=PATH`, as in
+    #: MySQL's URIs); None: plain TCP
+    ssl_ca: str | None = None
 
     @classmethod
     def parse(cls, url: str, password: str | None = None) -> DbUrl:
         parts = urlsplit(url)
         if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not parts.path.strip("/"):
-            raise TandemError("--db: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+            raise TandemError("--db: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?ssl-ca=CA_FILE]")
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+        unknown = sorted(set(query) - {"ssl-ca"})
+        if unknown or len(query.get("ssl-ca", [])) > 1 or query.get("ssl-ca") == [""]:
+            raise TandemError(f"--db: unknown or repeated option {', '.join(unknown) or 'ssl-ca'!s}"
+                              " (the one option is ?ssl-ca=CA_FILE, for TLS)")
         pw = password if password is not None else unquote(parts.password or "")
         return cls(host=parts.hostname, port=parts.port or 3306, user=unquote(parts.username or "root"),
-                   database=parts.path.strip("/"), password=pw)
+                   database=parts.path.strip("/"), password=pw, ssl_ca=(query.get("ssl-ca") or [None])[0])
 
     def safe(self) -> str:
         """The URL without its password, fit for logs and messages."""
-        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+        tls = f"?ssl-ca={self.ssl_ca}" if self.ssl_ca else ""
+        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}{tls}"
 
 
 def is_connection_error(e: BaseException) -> bool:
@@ -149,12 +160,50 @@ class _CommitUnknown(Exception):
     """COMMIT was sent but no answer came back."""
 
 
-#: MariaDB here has no TLS certificates (neither the cluster config nor the lab
-#: sets any), so pymysql's default, "TLS if the server offers it", built an SSL
-#: context per connection -- loading every system CA: 30-150 ms of CPU -- and then
-#: spoke plain TCP anyway. With haproxy probing /health four times a second that
-#: was most of a management server's CPU. Say what the link is instead.
+#: pymysql's default, "TLS if the server offers it", builds an SSL context per
+#: connection -- loading every system CA: 30-150 ms of CPU -- and falls back to plain
+#: TCP when a man in the middle strips the offer. With haproxy probing /health four
+#: times a second that was most of a management server's CPU. Say what the link is
+#: instead: plain, or TLS with one context made once (`transport`).
 PLAIN_TCP = {"ssl_disabled": True}
+
+
+def tls_context(ca: str) -> ssl.SSLContext:
+    """TLS to MariaDB, whose certificate must come from the cluster's database CA. The
+    name in it is not checked: clients dial the DB VIP, which no certificate names;
+    that CA signs the data nodes' database certificates and nothing else."""
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as e:
+        raise TandemError(f"--db ssl-ca {ca}: cannot load the CA ({getattr(e, 'strerror', None) or e}):"
+                          " give the cluster's db-ca.crt ([etcd] tls_dir)") from None
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)  # Python 3.13 sets it (as pymysql)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+_TLS_CONTEXTS: dict[tuple[str, int, int], ssl.SSLContext] = {}
+_TLS_LOCK = threading.Lock()
+
+
+def transport(ssl_ca: str | None) -> dict[str, Any]:
+    """pymysql.connect's arguments for the link: plain TCP, or TLS required (pymysql
+    refuses a server that does not offer it) with a context made once per CA file
+    (made again when the file is replaced)."""
+    if not ssl_ca:
+        return dict(PLAIN_TCP)
+    try:
+        st = os.stat(ssl_ca)
+        key = (ssl_ca, st.st_ino, st.st_mtime_ns)
+    except OSError:
+        key = (ssl_ca, 0, 0)  # tls_context says what is wrong
+    with _TLS_LOCK:
+        ctx = _TLS_CONTEXTS.get(key)
+        if ctx is None:
+            ctx = _TLS_CONTEXTS[key] = tls_context(ssl_ca)
+    return {"ssl": ctx}
 
 
 class Database:
@@ -163,6 +212,7 @@ class Database:
     def __init__(self, url: DbUrl, *, retry_budget: float = 8.0, pool_size: int = 8,
                  connect_timeout: float = 2.0, io_timeout: float = 5.0):
         self.url = url
+        self._transport = transport(url.ssl_ca)  # a CA that cannot be read fails here, once
         self.retry_budget = retry_budget
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
@@ -198,7 +248,7 @@ class Database:
             init_command="SET SESSION tx_isolation='READ-COMMITTED', SESSION time_zone='+00:00',"
                          " SESSION innodb_lock_wait_timeout=5,"
                          f" SESSION idle_transaction_timeout={IDLE_TRANSACTION_TIMEOUT}",
-            **PLAIN_TCP,
+            **self._transport,
         )
 
     def _take(self) -> pymysql.connections.Connection:
@@ -351,16 +401,17 @@ class Database:
         u = self.url
         return await asyncio.get_running_loop().run_in_executor(None, lambda: answers(
             connect_timeout=max(1, int(timeout)), read_timeout=timeout, host=u.host, port=u.port,
-            user=u.user, password=u.password, database=u.database, unix_socket=u.unix_socket))
+            user=u.user, password=u.password, database=u.database, unix_socket=u.unix_socket,
+            ssl_ca=u.ssl_ca))
 
 
-def answers(connect_timeout: float, read_timeout: float, **connect: Any) -> bool:
-    """One ``SELECT 1`` on a new plain-TCP connection, no retries (pymysql.connect's
-    `connect` arguments): does the database answer right now?"""
+def answers(connect_timeout: float, read_timeout: float, ssl_ca: str | None = None, **connect: Any) -> bool:
+    """One ``SELECT 1`` on a new connection (TLS with `ssl_ca`), no retries
+    (pymysql.connect's `connect` arguments): does the database answer right now?"""
     conn = None
     try:
         conn = pymysql.connect(connect_timeout=connect_timeout, read_timeout=read_timeout, **connect,
-                               **PLAIN_TCP)
+                               **transport(ssl_ca))
         with conn.cursor() as cur:
             cur.execute("SELECT 1")
         return True

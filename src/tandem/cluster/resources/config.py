@@ -93,6 +93,11 @@ class MariaDBConfig(ResourceBase):
     #: and temporary directory, and nothing else on the node (the mariadb-server
     #: package creates ``mysql``)
     run_as: str = Field(default="mysql", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    #: TLS for TCP clients (PEM files, root's: the server gets a copy it can read):
+    #: the CA, this host's certificate and key. Set: no TCP client without TLS.
+    tls_ca: AbsPath | None = None
+    tls_cert: AbsPath | None = None
+    tls_key: AbsPath | None = None
     start_timeout: Seconds = 120.0
     stop_timeout: Seconds = 60.0
 
@@ -101,6 +106,13 @@ class MariaDBConfig(ResourceBase):
     def _addr(cls, v: str) -> str:
         ipaddress.IPv4Address(v)
         return v
+
+    @model_validator(mode="after")
+    def _tls_whole(self) -> MariaDBConfig:
+        given = [f for f in ("tls_ca", "tls_cert", "tls_key") if getattr(self, f) is not None]
+        if given and len(given) != 3:
+            raise ValueError("tls_ca, tls_cert and tls_key go together (TLS needs all three)")
+        return self
 
     @field_validator("extra_options")
     @classmethod

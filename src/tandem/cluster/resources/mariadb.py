@@ -196,8 +196,57 @@ class MariaDB(Resource):
             "--innodb-flush-log-at-trx-commit=1", "--innodb-doublewrite=1",
             "--innodb-flush-method=O_DIRECT", f"--innodb-buffer-pool-size={c.buffer_pool_size}",
             f"--innodb-log-file-size={c.log_file_size}", f"--max-connections={c.max_connections}",
+            *self._tls_argv(),
             *c.extra_options,
         ]
+
+    @property
+    def tls_dir(self) -> Path:
+        """The server's copy of its TLS files: root's, readable by the server's group."""
+        return self.private_dir / "tls"
+
+    def _tls_argv(self) -> list[str]:
+        if self.config.tls_ca is None:
+            return []
+        d = self.tls_dir
+        # A unix socket counts as secure: the agent's own client needs no certificate.
+        return [f"--ssl-ca={d / 'ca.crt'}", f"--ssl-cert={d / 'server.crt'}", f"--ssl-key={d / 'server.key'}",
+                "--require-secure-transport=ON", "--tls-version=TLSv1.2,TLSv1.3"]
+
+    def _prepare_tls(self, gid: int) -> None:
+        """Copy the node's database certificate and key where the server's user can read
+        them and not change them (the key is root's, mode 600, where the PKI keeps it).
+        They are the database CA's, never etcd's (tandem.dcs.pki.init_db). Copied at
+        every start: a renewed certificate is taken at the next one."""
+        c = self.config
+        d = self.tls_dir
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            d.unlink()
+        if c.tls_ca is None or c.tls_cert is None or c.tls_key is None:
+            shutil.rmtree(d, ignore_errors=True)  # no key copy left behind with TLS off
+            return
+        d.mkdir(mode=0o750, exist_ok=True)
+        os.chown(d, 0, gid, follow_symlinks=False)
+        os.chmod(d, 0o750, follow_symlinks=False)
+        for stale in d.glob(".*.tmp"):  # a copy cut short, by an agent with another pid
+            stale.unlink(missing_ok=True)
+        for src, name in ((c.tls_ca, "ca.crt"), (c.tls_cert, "server.crt"), (c.tls_key, "server.key")):
+            try:
+                data = src.read_bytes()
+            except OSError as e:
+                raise ResourceError(f"TLS file {src}: {e.strerror}: the host's PKI files must be"
+                                    " readable by root (`tandem pki init` makes them)") from None
+            tmp = d / f".{name}.{os.getpid()}.tmp"
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                os.fchown(fd, 0, gid)
+                os.fchmod(fd, 0o640)
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, d / name)
 
     async def sql(self, statements: str, timeout: float) -> str:
         """Run SQL as root over the unix socket with the mariadb client (a
@@ -310,6 +359,7 @@ class MariaDB(Resource):
             (self.server_dir / stale).unlink(missing_ok=True)
             (self.private_dir / stale).unlink(missing_ok=True)  # an older agent's
         self._prepare_server_dir(uid, gid)
+        self._prepare_tls(gid)
         ref = spawn(self.argv(), self.log)
         self.save_state(ref.to_json())
         await self._wait_ready(ref)
@@ -320,8 +370,9 @@ class MariaDB(Resource):
         is not trusted: tmp/ is made anew, so a symlink there (to /etc, say) is
         removed, not chowned through."""
         private, d = self.private_dir, self.server_dir
-        # the server's user must reach server/ whatever root's umask made of this
-        os.chmod(private, (os.lstat(private).st_mode & 0o777) | 0o011)
+        # the server's user must reach server/ whatever root's umask made of this, and
+        # never write here (root writes tls/ and the state here)
+        os.chmod(private, (os.lstat(private).st_mode & 0o755) | 0o011)
         (private / "files").mkdir(exist_ok=True)
         if d.is_symlink() or (d.exists() and not d.is_dir()):
             d.unlink()
