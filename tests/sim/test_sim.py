@@ -378,3 +378,22 @@ def test_the_models_lease_hold_is_apart_from_the_operators_as_in_the_replicator(
     assert vol.write(10 ** 6 + 2) == "blocked" and not vol.held_by_operator
     vol.set_write_lease(now + 5)  # the lease's own hold: lifted by the next lease
     assert vol.io_open
+
+
+#: Simulation seed 1007364 (session 28; the faults as generate() made them).
+SEED_1007364 = [Fault("skew", "node1", 0.0, 0.0, -0.01335), Fault("skew", "node1", 0.0, 0.0, -0.00817),
+                Fault("partition", "node1", 5.308, 4.124), Fault("partition", "node2", 7.793, 0.734),
+                Fault("crash", "node2", 16.134, 2.492), Fault("pause", "node1", 17.047, 1.628)]
+
+
+def test_a_promotion_refused_for_the_lease_costs_the_node_no_penalty():
+    """Seed 1007364: node1 took the key and was paused before its promotion reached the
+    volume, which refused it for the write lease that had run out (seed 518200's rule).
+    Counted as a node failure (`count_lease_refusal`), that kept node1, the only UpToDate
+    disk, out of the race for the penalty's 10 s while the record kept node2 Outdated:
+    no writer. Not the node's fault, it now races again at once."""
+    stuck = run(1007364, SEED_1007364, variant="count_lease_refusal")
+    assert {v.kind for v in stuck.violations} == {"liveness"}, [str(v) for v in stuck.violations]
+    fixed = run(1007364, SEED_1007364)
+    assert fixed.ok, [str(v) for v in fixed.violations]
+    assert any("not counted as a node failure: the leader key's lease ran out" in ln for ln in fixed.trace)

@@ -43,6 +43,7 @@ from tandem.cluster.decide import (
     fence_to_adopt,
     leader_volume_record,
     record_write_needed,
+    start_failure_excuse,
 )
 from tandem.cluster.fencing import FenceResult, fence_agent
 from tandem.cluster.notify import Notifier
@@ -656,21 +657,12 @@ class Agent:
                              at=time.time()), leader)
         await self._promote("acquired the leader key")
 
-    async def _volume_not_ready(self) -> str:
-        """Why the local volume cannot be promoted now by its own state (empty if it can)."""
+    async def _start_failure_excuse(self) -> str:
+        """Why the group's failed start is not this node's fault (decide.start_failure_excuse)."""
         self.volume = await self._volume_status()
-        v = self.volume or {}
-        conn = (v.get("peer") or {}).get("connection")
-        if v and v.get("disk") != "UpToDate":
-            return f"local disk is {v.get('disk')}"
-        if conn in ("SyncTarget", "WFBitMapT"):
-            return "this node is a resync target"
-        if conn == "Connected" and (v.get("peer") or {}).get("role") == "Primary":
-            # The old leader's volume is still Primary (its agent frozen: its write
-            # lease holds the I/O): it demotes when that agent runs again or the node
-            # is fenced. Not a fault of this node (torture 15:41 counted 5 in 5 s).
-            return "the peer's volume is still Primary"
-        return ""
+        deadline = self.key_deadline()
+        left = None if deadline is None else deadline - self.margin - time.monotonic()
+        return start_failure_excuse(self.volume, left)
 
     async def _record_volume_state(self, promoting: bool = False) -> bool:
         """As leader: me UpToDate; the peer UpToDate only if it is connected and in sync
@@ -752,13 +744,13 @@ class Agent:
             self.primary = False
             self._start_failures += 1
             log.error("resource group failed to start: %s", res.sentence)
-            not_ready = await self._volume_not_ready()
-            if not_ready:
-                # The volume refused because of its disk (a resync began since the
+            excuse = await self._start_failure_excuse()
+            if excuse:
+                # E.g. the volume refused because of its disk (a resync began since the
                 # decision to take the key): not a fault of this node, and the disk
                 # state alone keeps it out of the race until it is UpToDate again. A
                 # 10 s health penalty here left the cluster with no writer at all.
-                log.warning("not counted as a node failure: %s", not_ready)
+                log.warning("not counted as a node failure: %s", excuse)
             else:
                 self._failed(res.sentence)
             # Do not hammer: back off (up to 2 s) before the next attempt.

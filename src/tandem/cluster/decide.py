@@ -152,6 +152,33 @@ def record_write_needed(want: VolumeState, current: VolumeState, peer: str, prom
     return promoting and want.disk(peer) is not DiskState.UP_TO_DATE
 
 
+def start_failure_excuse(volume: dict | None, lease_left: float | None) -> str:
+    """Why a resource group that failed to start is not this node's fault (empty if it
+    is): the volume refused for its own state, or for the leader key's lease. A fault
+    costs the node a health penalty, out of the race for the key for a while.
+
+    `volume`: its status read after the failure; `lease_left`: what the key's lease
+    still vouches for, less the margin (None: no lease). The volume refuses the
+    agent's promotion once the write lease it pushed has run out (an agent paused
+    between the two, simulation seed 518200). Counted as a failure, that left the only
+    UpToDate node unhealthy while the record kept its peer Outdated: no writer until
+    the penalty was served (simulation seed 1007364)."""
+    if lease_left is None or lease_left <= 0:
+        return "the leader key's lease ran out before the volume took the promotion"
+    v = volume or {}
+    peer = v.get("peer") or {}
+    if v and v.get("disk") != "UpToDate":
+        return f"local disk is {v.get('disk')}"
+    if peer.get("connection") in ("SyncTarget", "WFBitMapT"):
+        return "this node is a resync target"
+    if peer.get("connection") == "Connected" and peer.get("role") == "Primary":
+        # The old leader's volume is still Primary (its agent frozen: its write
+        # lease holds the I/O): it demotes when that agent runs again or the node
+        # is fenced. Not a fault of this node (torture 15:41 counted 5 in 5 s).
+        return "the peer's volume is still Primary"
+    return ""
+
+
 def disk_problems(view: ClusterView, local: LocalState) -> list[str]:
     """Why this node's data may not be served as primary; empty if it may."""
     why = [] if local.disk_state is DiskState.UP_TO_DATE else [f"its disk is {local.disk_state or 'unknown'}"]

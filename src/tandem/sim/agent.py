@@ -29,6 +29,7 @@ from tandem.cluster.decide import (
     fence_to_adopt,
     leader_volume_record,
     record_write_needed,
+    start_failure_excuse,
 )
 from tandem.cluster.penalty import FailurePenalty
 from tandem.cluster.view import Action, Decision, LocalState
@@ -57,7 +58,7 @@ PROPOSALS: tuple[str, ...] = ()
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
             "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source",
             "trust_late_unfence", "keep_stale_adoption", "forget_at_restart", "no_vouch",
-            "promote_past_lease", *PROPOSALS)
+            "promote_past_lease", "count_lease_refusal", *PROPOSALS)
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -378,9 +379,13 @@ class SimAgent:
             self.primary = False
             self._start_failures += 1
             st = yield from self._status()
-            if st and (st["disk"] != "UpToDate" or st["peer"]["connection"] == "SyncTarget"
-                       or (st["peer"]["connection"] == "Connected" and st["peer"]["role"] == "Primary")):
-                self.log("not counted as a node failure: the volume is not ready")
+            deadline = self.deadline()
+            left = None if deadline is None else deadline - self.margin - self.clock.now()
+            if self.world.broken("count_lease_refusal") and left is not None and left <= 0:
+                left = 1.0  # BROKEN: before seed 1007364
+            excuse = start_failure_excuse(st, left)
+            if excuse:
+                self.log(f"not counted as a node failure: {excuse}")
             else:
                 self.healthy = False
                 self.penalty.record(self.clock.now(), f"start failed: {err}")
