@@ -12,13 +12,18 @@ import json
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser()
+def add_connection_options(ap: argparse.ArgumentParser) -> None:
+    """How a lab client reaches the database (also tandem.lab.writer's)."""
     ap.add_argument("--host", required=True)
     ap.add_argument("--port", type=int, default=3306)
     ap.add_argument("--user", default="tandem")
     ap.add_argument("--password-file", required=True)
-    ap.add_argument("--ssl-ca", default=None)
+    ap.add_argument("--ssl-ca", default=None, help="TLS, the server checked against this CA")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    add_connection_options(ap)
     ap.add_argument("--database", default=None)
     ap.add_argument("sql")
     ap.add_argument("params", nargs="*")

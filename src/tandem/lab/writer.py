@@ -20,20 +20,18 @@ import os
 import time
 from pathlib import Path
 
+from tandem.lab.dbquery import add_connection_options
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--host", required=True)
-    ap.add_argument("--port", type=int, default=3306)
-    ap.add_argument("--user", default="tandem")
-    ap.add_argument("--password-file", required=True)
+    add_connection_options(ap)
     ap.add_argument("--out", required=True)
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--writer-id", default="w1")
     ap.add_argument("--connect-timeout", type=float, default=0.3,
                     help="client connect timeout: how soon a client retries after the VIP moved")
     ap.add_argument("--io-timeout", type=float, default=1.0)
-    ap.add_argument("--ssl-ca", default=None, help="TLS, the server checked against this CA")
     args = ap.parse_args()
     import pymysql
 
