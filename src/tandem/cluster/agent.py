@@ -657,12 +657,15 @@ class Agent:
                              at=time.time()), leader)
         await self._promote("acquired the leader key")
 
-    async def _start_failure_excuse(self) -> str:
-        """Why the group's failed start is not this node's fault (decide.start_failure_excuse)."""
-        self.volume = await self._volume_status()
+    def _key_lease_left(self) -> float | None:
         deadline = self.key_deadline()
-        left = None if deadline is None else deadline - self.margin - time.monotonic()
-        return start_failure_excuse(self.volume, left)
+        return None if deadline is None else deadline - self.margin - time.monotonic()
+
+    async def _start_failure_excuse(self, lease_left: float | None) -> str:
+        """Why the group's failed start is not this node's fault (decide.start_failure_excuse);
+        `lease_left` measured when the start ended, before a renewal could hide a lapse."""
+        self.volume = await self._volume_status()
+        return start_failure_excuse(self.volume, lease_left)
 
     async def _record_volume_state(self, promoting: bool = False) -> bool:
         """As leader: me UpToDate; the peer UpToDate only if it is connected and in sync
@@ -732,6 +735,7 @@ class Agent:
             await self._demote(why, volume_demoted=True)
             return
         res = starting.result()
+        lease_left = self._key_lease_left()  # before any await (review 28c)
         for op in res.ops:
             lab_event("resource", node=self.node, resource=op.resource, op=op.op, ok=op.ok,
                       seconds=round(op.seconds, 4))
@@ -744,7 +748,7 @@ class Agent:
             self.primary = False
             self._start_failures += 1
             log.error("resource group failed to start: %s", res.sentence)
-            excuse = await self._start_failure_excuse()
+            excuse = await self._start_failure_excuse(lease_left)
             if excuse:
                 # E.g. the volume refused because of its disk (a resync began since the
                 # decision to take the key): not a fault of this node, and the disk
@@ -760,8 +764,7 @@ class Agent:
         """Wait for `task` while the leader key's lease (minus the margin) lasts:
         True if it ended in time, False once the lease ran out first."""
         while not task.done():
-            deadline = self.key_deadline()
-            left = None if deadline is None else deadline - self.margin - time.monotonic()
+            left = self._key_lease_left()
             if left is None or left <= 0:
                 return False
             await asyncio.wait({task}, timeout=min(left, 0.1))

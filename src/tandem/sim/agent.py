@@ -58,7 +58,7 @@ PROPOSALS: tuple[str, ...] = ()
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
             "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source",
             "trust_late_unfence", "keep_stale_adoption", "forget_at_restart", "no_vouch",
-            "promote_past_lease", "count_lease_refusal", *PROPOSALS)
+            "promote_past_lease", "late_start", *PROPOSALS)
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -363,10 +363,15 @@ class SimAgent:
         # the resource group: volume first, the rest instantly; waited for while the
         # lease lasts (agent._within_lease), then abandoned with a demotion
         deadline = self.deadline()
-        left = INTERVAL if deadline is None else deadline - self.margin - self.clock.now()
+        left = None if deadline is None else deadline - self.margin - self.clock.now()
         outdated, epoch = self._peer_recorded_outdated, self.leader.epoch if self.leader else None
-        err = yield from self._vcall(lambda: self.vol.promote(peer_outdated=outdated, epoch=epoch),
-                                     max(0.0, left))
+        if (left is None or left <= 0) and not self.world.broken("late_start"):
+            err = TIMED_OUT  # agent._within_lease looks before the start has run
+        else:
+            # late_start: the start reaches the volume after that look, as when the agent
+            # is paused between the two (a window of the real agent): the volume decides
+            err = yield from self._vcall(lambda: self.vol.promote(peer_outdated=outdated, epoch=epoch),
+                                         max(0.0, INTERVAL if left is None else left))
         if err is TIMED_OUT:
             self.log("promotion abandoned: the lease ran out while the volume was starting")
             yield from self._demote("the lease ran out while the resource group was starting")
@@ -378,11 +383,9 @@ class SimAgent:
             self.log(f"resource group failed to start: {err}")
             self.primary = False
             self._start_failures += 1
-            st = yield from self._status()
-            deadline = self.deadline()
+            deadline = self.deadline()  # when the start ended, before the status call
             left = None if deadline is None else deadline - self.margin - self.clock.now()
-            if self.world.broken("count_lease_refusal") and left is not None and left <= 0:
-                left = 1.0  # BROKEN: before seed 1007364
+            st = yield from self._status()
             excuse = start_failure_excuse(st, left)
             if excuse:
                 self.log(f"not counted as a node failure: {excuse}")
