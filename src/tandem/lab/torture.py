@@ -444,7 +444,12 @@ class Campaign:
                 self.aborted += f"; then {e}"
         jobs = self.load.final_status(timeout=120)
         self.watch.stop()
-        acks, errors = read_log(str(self.writer_log))
+        if self.writer_log is not None and self.writer_log.exists():
+            acks, errors = read_log(str(self.writer_log))
+        else:  # stopped before the writer opened its log (a STOP during the set-up)
+            acks, errors = [], []
+            if self.results:
+                self._abort("finish", f"the writer left no log ({self.writer_log})")
         stored: set[str] | None
         try:
             stored = {r[0] for r in self.stack.query("SELECT id FROM tandem.acked")}
