@@ -26,7 +26,14 @@ def test_operator_errors_are_one_line_without_secrets(mariadb, database, procs):
     assert "Access denied" in out.stderr and wrong not in out.stderr + out.stdout
     out = _run("serve", "--db", "postgres://x@y/z", "--server-id", "x")
     assert out.returncode != 0 and out.stderr.strip().splitlines() == [
-        "tandem: --db: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"]
+        "tandem: --db: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?ssl-ca=CA_FILE]"]
+    out = _run("serve", "--db", mariadb.url(database) + "?sslmode=disable", "--server-id", "x")
+    assert out.returncode != 0 and out.stderr.strip().splitlines() == [
+        "tandem: --db: unknown or repeated option sslmode (the one option is ?ssl-ca=CA_FILE, for TLS)"]
+    out = _run("serve", "--db", mariadb.url(database) + "?ssl-ca=/nonexistent/ca.crt", "--server-id", "x")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1, lines
+    assert lines[0].startswith("tandem: --db ssl-ca /nonexistent/ca.crt: cannot load the CA"), lines
     out = _run("serve", "--db", mariadb.url(database), "--server-id", "x", "--listen", "nowhere")
     assert out.stderr.strip() == "tandem: --listen: expected ADDRESS:PORT, got 'nowhere'"
     env = {"TANDEM_DB_PASSWORD": mariadb.password}
