@@ -20,15 +20,11 @@ def init(config: Path = typer.Option(..., "--config", "-c", help="the cluster's 
     Each host gets ca.crt and its own HOST.crt and HOST.key only; ca.key stays on
     this machine (whoever has it can make certificates etcd accepts)."""
     from tandem.dcs import pki
-    cfg = load_config(config, check_secrets=False)
-    tls_dir = cfg.etcd.tls_dir
-    if tls_dir is None:
-        raise TandemError(f"{config}: etcd.tls_dir is not set; add it to [etcd] (e.g. tls_dir = \"pki\")")
+    cfg, tls_dir = _config(config)
     members = [*cfg.nodes.items(), *([(cfg.witness.name, cfg.witness)] if cfg.witness else [])]
-    hosts = {name: [str(h.public_address), *([str(h.replication_address)] if h.replication_address else [])]
-             for name, h in members}
+    hosts = {name: _addresses(h) for name, h in members}
     issued = pki.init(tls_dir, cfg.cluster.name, hosts)
-    db = pki.init_db(tls_dir, cfg.cluster.name, _data_nodes(cfg))
+    db = pki.init_db(tls_dir, cfg.cluster.name, {name: hosts[name] for name in cfg.nodes})
     typer.echo(f"created {tls_dir}; copy to each host's tls_dir only its own files (keys mode 600):")
     dbs = {f.cert.name.removesuffix("-db.crt"): f for f in db}
     for host, files in zip(hosts, issued, strict=True):
@@ -45,17 +41,22 @@ def init_db(config: Path = typer.Option(..., "--config", "-c", help="the cluster
     (a PKI made before tandem had MariaDB's TLS). The database takes TCP clients over
     TLS only once these are on the data nodes and their agents restarted MariaDB."""
     from tandem.dcs import pki
-    cfg = load_config(config, check_secrets=False)
-    tls_dir = cfg.etcd.tls_dir
-    if tls_dir is None:
-        raise TandemError(f"{config}: etcd.tls_dir is not set; add it to [etcd] (e.g. tls_dir = \"pki\")")
-    for files in pki.init_db(tls_dir, cfg.cluster.name, _data_nodes(cfg)):
+    cfg, tls_dir = _config(config)
+    nodes = {name: _addresses(n) for name, n in cfg.nodes.items()}
+    for files in pki.init_db(tls_dir, cfg.cluster.name, nodes):
         host = files.cert.name.removesuffix("-db.crt")
         typer.echo(f"  {host}: {files.ca.name} {files.cert.name} {files.key.name}")
     typer.echo(f"{tls_dir / 'db-ca.key'} stays on this machine; copy db-ca.crt to every node first"
                " (its management server checks the database with it), then each node's pair")
 
 
-def _data_nodes(cfg) -> dict[str, list[str]]:
-    return {name: [str(n.public_address), *([str(n.replication_address)] if n.replication_address else [])]
-            for name, n in cfg.nodes.items()}
+def _config(config: Path):
+    """The cluster config and its etcd.tls_dir, where both CAs live."""
+    cfg = load_config(config, check_secrets=False)
+    if cfg.etcd.tls_dir is None:
+        raise TandemError(f"{config}: etcd.tls_dir is not set; add it to [etcd] (e.g. tls_dir = \"pki\")")
+    return cfg, cfg.etcd.tls_dir
+
+
+def _addresses(host) -> list[str]:
+    return [str(host.public_address), *([str(host.replication_address)] if host.replication_address else [])]
