@@ -61,7 +61,6 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote
 
 from aetcd import transactions as tx
 from pydantic import Field
@@ -147,6 +146,7 @@ class MgmtServer(Resource):
         import pymysql
 
         from tandem.mgmt.db import transport
+
         c = self.config
         try:
             conn = pymysql.connect(host=c.db_host, port=c.db_port, user=c.db_user,
@@ -164,6 +164,7 @@ class MgmtServer(Resource):
             conn.close()
 
     async def _start(self) -> str:
+        from tandem.mgmt.db import DbUrl
         ref = self.ref()
         if ref is not None and ref.alive():
             return f"already running (pid {ref.pid})"
@@ -172,9 +173,9 @@ class MgmtServer(Resource):
         st = self.load_state() or {}
         incarnation = int(st.get("incarnation", 0)) + 1
         server_id = f"{c.node}-{incarnation}"
-        tls = f"?ssl-ca={quote(str(c.db_ssl_ca), safe='/')}" if c.db_ssl_ca else ""
         argv = [*tandem_exe(), "mgmt", "serve",
-                "--db", f"mysql://{c.db_user}@{c.db_host}:{c.db_port}/{c.db_name}{tls}",
+                "--db", DbUrl(host=c.db_host, port=c.db_port, user=c.db_user, database=c.db_name,
+                              ssl_ca=str(c.db_ssl_ca) if c.db_ssl_ca else None).safe(),
                 "--db-password-file", str(c.password_file), "--key-file", str(c.key_file),
                 "--listen", f"{c.listen_address}:{c.port}", "--server-id", server_id,
                 "--simhost", c.simhost, "--dead-after", str(c.dead_after), "--db-retry", str(c.db_retry),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
@@ -21,6 +20,7 @@ from tandem.errors import LabError
 from tandem.lab.clusterconf import tandem_argv
 from tandem.lab.lab import Lab
 from tandem.lab.stack import DATA_NODES, LabStack
+from tandem.mgmt.db import DbUrl
 from tandem.secretfile import write_private
 
 API_PORT = 8080
@@ -62,8 +62,7 @@ db_retry = {db_retry}
         return f"http://{self.lab.address(node)}:{SERVER_PORT}/client/api"
 
     def db_url(self) -> str:
-        ca = self.db_ca
-        return f"mysql://tandem@{self.vip}:3306/{DB_NAME}" + (f"?ssl-ca={quote(ca, safe='/')}" if ca else "")
+        return DbUrl(host=self.vip, port=3306, user="tandem", database=DB_NAME, ssl_ca=self.db_ca).safe()
 
     # --- life cycle --------------------------------------------------------------------
     def start(self, timeout: float = 120) -> None:

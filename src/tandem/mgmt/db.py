@@ -39,7 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pymysql
 import pymysql.cursors
@@ -118,8 +118,9 @@ class DbUrl:
                    database=parts.path.strip("/"), password=pw, ssl_ca=(query.get("ssl-ca") or [None])[0])
 
     def safe(self) -> str:
-        """The URL without its password, fit for logs and messages."""
-        tls = f"?ssl-ca={self.ssl_ca}" if self.ssl_ca else ""
+        """The URL without its password, fit for logs, messages and a command line
+        (the password goes by file); `parse` reads it back."""
+        tls = f"?ssl-ca={quote(self.ssl_ca, safe='/')}" if self.ssl_ca else ""
         return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}{tls}"
 
 
