@@ -92,6 +92,9 @@ def test_crash_kills_every_process_of_the_host_and_restart_brings_links_back(hea
     # the checker ends the host's VIPs and writable interval when it is really down
     [down] = [e for e in lab.events.read("host_down") if e["t"] >= t0]
     assert down["host"] == "node2" and down["t"] > crash_events[-1]["t"]
+    # ... and its volume's writable interval once every process is dead (review 29)
+    [dead] = [e for e in lab.events.read("host_killed") if e["t"] >= t0]
+    assert dead["host"] == "node2" and dead["t"] > down["t"] and dead["pids"] >= 2
     lab.faults.restart("node2")
     assert vip not in lab.run("node2", ["ip", "-4", "addr", "show", "dev", "pub0"]).stdout, \
         "a crashed host must come back without the virtual addresses its software added"

@@ -79,6 +79,49 @@ def test_a_crashed_host_holds_its_vip_and_stays_writable_until_it_is_down():
     assert ends == {("node1", 10.0): 10.9, ("node1", 50.0): 50.2, ("node2", 60.0): 60.0}
 
 
+def test_a_crashed_hosts_volume_is_writable_until_its_processes_are_killed():
+    """Review 29: `host_down` (cables out) comes before the kill; a Primary already
+    cut off from its peer completes local writes until its daemon dies (torture
+    247:6: `writable False` 2 ms after `host_down`). The writable interval ends at
+    `host_killed`; histories from before it at the nemesis's record of the crash
+    (written once the kill returned); the VIPs still end at `host_down`."""
+    killed = {"kind": "host_killed", "host": "node1", "t": 10.8}
+    writers = [_writable("node1", True, 1.0), *_crash("node1", 10.0, 10.2), killed,
+               _writable("node2", True, 10.5)]
+    [(a, b)] = checker.overlapping_writers(writers)
+    assert (a.node, a.end, b.node) == ("node1", 10.8, "node2")
+    assert checker.crash_ends(writers) == {("node1", 10.0): 10.2}
+    assert checker.crash_ends(writers, "killed") == {("node1", 10.0): 10.8}
+    # a writable that opened after the crash began also ends at the kill
+    late_open = [*_crash("node1", 10.0, 10.2), _writable("node1", True, 10.3), killed]
+    assert [(i.start, i.end) for i in checker.writable_intervals(late_open)] == [(10.3, 10.8)]
+    # an old history: the nemesis's record of the crash, not another host's
+    nemesis = {"kind": "nemesis", "fault_kind": "crash", "phase": "start", "detail": "crashed node1",
+               "t": 10.9}
+    other = {**nemesis, "detail": "crashed node2", "t": 10.6}
+    old = [_writable("node1", True, 1.0), *_crash("node1", 10.0, 10.2), other, nemesis,
+           _writable("node2", True, 10.5)]
+    [(a, _)] = checker.overlapping_writers(old)
+    assert a.end == 10.9
+    assert checker.overlapping_writers([*old[:-1], _writable("node2", True, 11.0)]) == []
+    # no record of the kill at all: `host_down`, as before
+    assert checker.crash_ends(_crash("node1", 10.0, 10.2), "killed") == {("node1", 10.0): 10.2}
+
+
+def test_a_crashed_host_holds_no_vip_until_its_cables_are_back():
+    """A look at a crashed host can find its VIP before the crash removes the
+    addresses; that holds nothing while the cables are out. If it was never seen
+    removed, the address comes back held with the cables (the restart)."""
+    restart = {"kind": "heal", "fault": "restart", "host": "node1", "t": 20.0}
+    seen = [_vip("node1", True, 1.0), *_crash("node1", 10.0, 10.2), _vip("node1", True, 10.5),
+            _vip("node2", True, 12.0)]
+    assert checker.double_vip_holders(seen) == []
+    [(_, a, b)] = checker.double_vip_holders([*seen, restart])
+    assert {(a.node, a.start), (b.node, b.start)} == {("node1", 20.0), ("node2", 12.0)}
+    removed = [*seen, _vip("node1", False, 11.0), restart]
+    assert checker.double_vip_holders(removed) == []
+
+
 def test_a_resubmitted_job_is_explained_by_its_orphan_once():
     """The client lost the answer to j0 (start v1) and sent it again as j1: j0 did it."""
     jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"},
@@ -159,7 +202,8 @@ def test_analyse_turns_each_broken_history_into_a_violation():
 
     assert checks(stored=stored - {"w-77"}) == ["lost-write"]
     assert checks(events=[*clean, _writable("node1", True, 4.0)]) == ["two-writers"]
-    assert checks(events=[*clean, _vip("node1", True, 5.0)]) == ["two-vip-holders"]
+    restarted = {"kind": "heal", "fault": "restart", "host": "node1", "t": 4.5}
+    assert checks(events=[*clean, restarted, _vip("node1", True, 5.0)]) == ["two-vip-holders"]
     assert checks(effects=effects * 2) == ["jobs"]
 
 
@@ -362,6 +406,28 @@ def test_the_vip_watcher_never_takes_a_failed_or_overtaken_look_for_a_release(tm
     assert [e["held"] for e in log.read("vip")] == [True, False]
 
 
+def test_the_vip_watcher_keeps_the_kernels_earlier_stamp_and_what_a_crashed_host_still_had(tmp_path):
+    """Review 29 (torture 220:50): a look recorded a new holding at the moment `ip`
+    returned, and the monitor's report of the same change, stamped 40 ms earlier by
+    the kernel, was dropped as no change; the holding started late in the history.
+    And the look after a host's monitor died (its host crashed) records what it
+    finds even if unchanged: the checker brings it back with the cables."""
+    from types import SimpleNamespace
+
+    from tandem.lab.events import EventLog
+    from tandem.lab.vipwatch import VipWatch
+    log = EventLog(tmp_path / "events.jsonl")
+    w = VipWatch(SimpleNamespace(events=log, spec=SimpleNamespace(host_names=["node1"])), [VIP], ["node1"])
+    w._set("node1", VIP, True, 10.171, source="reconcile")
+    w._set("node1", VIP, True, 10.131, source="monitor")  # the same change, as the kernel stamped it
+    w._set("node1", VIP, True, 10.2, source="monitor")  # later and unchanged: nothing new
+    w._set("node1", VIP, True, 15.0, source="reconcile")
+    assert [(e["at"], e["source"]) for e in log.read("vip")] == [(10.171, "reconcile"), (10.131, "monitor")]
+    assert [(i.start, i.end) for i in checker.vip_intervals(log.read())[VIP]] == [(10.131, float("inf"))]
+    w._set("node1", VIP, True, 20.0, source="restart", always=True)
+    assert [e["source"] for e in log.read("vip")][-1] == "restart"
+
+
 def test_a_saved_campaign_is_judged_again_by_todays_checks(tmp_path):
     """`tandem lab torture-recheck`: the saved history through the current checker,
     which finds what the campaign's own (older, laxer) run did not: here a verify
@@ -376,7 +442,7 @@ def test_a_saved_campaign_is_judged_again_by_todays_checks(tmp_path):
     acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(50)]
     events = [_writable("node1", True, 0.0), _writable("node2", True, 5.0),
               {"kind": "writable", "node": "node1", "writable": False, "t": 9.0, "since": 4.5},
-              {"kind": "write_completed", "node": "node1", "t": 6.0}]
+              {"kind": "write_completed", "node": "node1", "t": 6.0}, *_marks(r)]
     res = analyse(events[:3], acks, [], {a["id"] for a in acks}, [], [], [r], Options(seed=3), None)
     assert res["violations"] == []  # what the campaign itself saw (before both checks existed)
     rep.write_json(res, tmp_path / "results.json")
@@ -620,6 +686,53 @@ def test_a_pause_is_recorded_once_every_thread_of_the_process_has_stopped():
         [("node2", 0.0, float("inf"))]
 
 
+def _marks(r: ScheduleResult) -> list[dict]:
+    """The event log's records of a schedule's start and end."""
+    return [{"kind": "schedule", "schedule": r.schedule.name, "phase": "start", "t": r.t_start},
+            {"kind": "schedule", "schedule": r.schedule.name, "phase": "end", "t": r.t_end}]
+
+
+def test_a_saved_history_shorter_than_the_campaigns_own_counts_is_a_violation(tmp_path):
+    """Review 29: every check passes on an empty or truncated history, so a recheck
+    holds the saved files to the counts the campaign judged them by: acknowledged
+    writes, jobs, effects, database jobs, each schedule's start and end in the event
+    log, and no unreadable line but a last one cut by a crash."""
+    import json
+
+    from tandem.lab import torture_report as rep
+    sched = draw_schedule(3, 0, 10)
+    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
+    r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(50)]
+    jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"}]
+    effects = [{"request_id": "j1", "op": "start", "vm": "v1"}]
+    db = [{"jobid": "j1", "status": 1, "command": "startVirtualMachine", "vm": "v1"}]
+    res = analyse(_marks(r), acks, [], {a["id"] for a in acks}, jobs, effects, [r], Options(seed=3), None, db)
+    assert res["violations"] == []
+    rep.write_json(res, tmp_path / "results.json")
+    history = {"stored": [a["id"] for a in acks], "jobs": jobs, "effects": effects, "db_jobs": db}
+
+    def save(events=_marks(r), lines=None, **changed):
+        rep.write_json({**history, **changed}, tmp_path / "history.json")
+        (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        lines = [json.dumps(a) for a in acks] if lines is None else lines
+        (tmp_path / "writer.jsonl").write_text("".join(line + "\n" for line in lines))
+        return [v["what"] for v in rep.recheck(tmp_path)["violations"]]
+
+    assert save() == []
+    assert save(lines=[json.dumps(a) for a in acks] + ['{"id": "w-50", "se']) == []  # cut by a crash
+    [v] = save(lines=[json.dumps(a) for a in acks[:-1]])
+    assert "49 acknowledged writes; the campaign counted 50" in v
+    bad_middle = [json.dumps(a) for a in acks[:10]] + ["garbage"] + [json.dumps(a) for a in acks[10:]]
+    [v] = save(lines=bad_middle)
+    assert "1 unreadable line(s) before the last" in v
+    # (a missing job or effect also fails the job checks; the count says why)
+    assert "the saved history has 0 accepted jobs; the campaign counted 1" in save(jobs=[])
+    assert "the saved history has 0 effects; the campaign counted 1" in save(effects=[])
+    assert "the saved history has 0 database jobs; the campaign counted 1" in save(db_jobs=[])
+    assert save(events=_marks(r)[:1]) == [f"schedule {r.schedule.name}: no end record in the event log"]
+
+
 def test_a_recheck_judges_convergence_by_the_campaigns_own_bound(tmp_path):
     """Review, session 22: `torture-recheck` judged every campaign by the default
     120 s bound, so one run with --converge-bound 300 got violations it never had.
@@ -641,7 +754,7 @@ def test_a_recheck_judges_convergence_by_the_campaigns_own_bound(tmp_path):
     rep.write_json(res, tmp_path / "results.json")
     history = {"stored": [a["id"] for a in acks], "jobs": jobs, "effects": effects, "db_jobs": old_db}
     rep.write_json(history, tmp_path / "history.json")
-    (tmp_path / "events.jsonl").write_text("")
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in _marks(r)))
     (tmp_path / "writer.jsonl").write_text("".join(json.dumps(a) + "\n" for a in acks))
     assert rep.recheck(tmp_path)["violations"] == []
     [v] = rep.recheck(tmp_path, converge_bound=120.0)["violations"]

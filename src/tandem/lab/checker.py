@@ -28,21 +28,40 @@ class Interval:
         return self.start < other.end and other.start < self.end
 
 
-def crash_ends(events: Iterable[dict]) -> dict[tuple[str, float], float]:
-    """When each host crash (keyed by host and the `crash` event's time) took effect:
-    its `host_down` event, once every process of the host was killed and its cables
-    were out. Killing takes ~0.9 s under load; until then the host's VIPs answer and
-    its volume daemon runs, so ending its holdings at the `crash` event left that
-    much of the history unchecked. Histories from before `host_down` existed end
-    them at the `crash` event."""
+def crash_ends(events: Iterable[dict], until: str = "down") -> dict[tuple[str, float], float]:
+    """When each host crash (keyed by host and the `crash` event's time) took effect.
+
+    until="down": its `host_down` event, once its cables were out. Nobody reaches
+    the host from then on, so that ends its VIP holdings: an address on a host no
+    frame leaves is held by nobody anyone can see.
+
+    until="killed": its `host_killed` event, once every process of the host was
+    killed, which ends its volume's writable interval. With its cables out but its
+    daemon still running, a Primary already cut off from its peer could complete
+    local writes for as long as killing takes (0.1-0.8 s under load; review 29:
+    torture 247:6, node2's volume recorded `writable False` 2 ms after `host_down`).
+    Histories from before `host_killed` end it at the nemesis's `start` record of
+    the crash, written once the crash (kill included) returned, else at `host_down`.
+
+    Histories from before `host_down` existed end both at the `crash` event."""
     ends: dict[tuple[str, float], float] = {}
-    pending: dict[str, float] = {}
+    down: dict[str, float] = {}  # host -> time of its crash still waiting for `host_down`
+    killed: dict[str, float] = {}  # ... still waiting for the kill
     for ev in sorted(events, key=lambda e: e["t"]):
-        if ev["kind"] == "fault" and ev.get("fault") == "crash":
-            pending[ev["host"]] = ev["t"]
-            ends[(ev["host"], ev["t"])] = ev["t"]
-        elif ev["kind"] == "host_down" and ev["host"] in pending:
-            ends[(ev["host"], pending.pop(ev["host"]))] = ev["t"]
+        kind, host = ev["kind"], ev.get("host")
+        if kind == "fault" and ev.get("fault") == "crash":
+            down[host] = killed[host] = ev["t"]
+            ends[(host, ev["t"])] = ev["t"]
+        elif kind == "host_down" and host in down:
+            t0 = down.pop(host)
+            if until == "down" or host in killed:  # the kill's record may come later
+                ends[(host, t0)] = ev["t"]
+        elif until == "killed" and killed and (
+                (kind == "host_killed" and host in killed)
+                or (kind == "nemesis" and ev.get("fault_kind") == "crash" and ev.get("phase") == "start"
+                    and str(ev.get("detail", "")).removeprefix("crashed ") in killed)):
+            host = host if kind == "host_killed" else str(ev["detail"]).removeprefix("crashed ")
+            ends[(host, killed.pop(host))] = ev["t"]
     return ends
 
 
@@ -53,9 +72,9 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
     does not take the volume's word that a write completing after `writable=False`
     (or after a lease deadline `since`) cannot matter.
 
-    The lab's own faults also bound an interval: a host crash ends it (once the host
-    is down, see `crash_ends`; one opened after the crash began ends at `host_down`),
-    and so does a
+    The lab's own faults also bound an interval: a host crash ends it (once the
+    host's processes are killed, see `crash_ends`; also one opened after the crash
+    began), and so does a
     SIGSTOP of the volume daemon (a stopped daemon answers no FUSE request, so no
     write completes; it records nothing either, so without this a daemon paused and
     then crashed stayed writable until the crash: torture 87:71), recorded once
@@ -63,7 +82,10 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
     thread next runs; a pause not seen to take effect ends nothing). Its interval
     opens again when it is resumed, until the daemon's own word ends it."""
     events = list(events)
-    down_at = crash_ends(events)
+    # a crash ends the interval once the host's processes are killed, whatever
+    # opened between the crash and then (torture 234:46: a promotion finishing
+    # 0.1 s into a crash; nothing else ends it)
+    ended = [{"kind": "_crash_end", "host": h, "t": t} for (h, _), t in crash_ends(events, "killed").items()]
     open_since: dict[str, float] = {}
     stopped: dict[str, tuple[object, bool]] = {}  # node -> (pid, writable when stopped)
     out: list[Interval] = []
@@ -74,7 +96,7 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
         if end > start:  # an empty interval: no write completed in it (late ones say so)
             out.append(Interval(node, start, end))
 
-    for ev in sorted(events, key=lambda e: e["t"]):
+    for ev in sorted(events + ended, key=lambda e: e["t"]):
         kind = ev["kind"]
         if kind == "writable":
             node = ev["node"]
@@ -87,14 +109,8 @@ def writable_intervals(events: Iterable[dict]) -> list[Interval]:
         elif kind == "write_completed":
             late.append((ev["node"], ev["t"]))
         elif ev.get("fault") == "crash" and kind == "fault":
-            node = ev["host"]
-            stopped.pop(node, None)
-            if node in open_since:
-                close(node, down_at.get((node, ev["t"]), ev["t"]))
-        elif kind == "host_down" and ev["host"] in open_since:
-            # opened between the crash and the host being down: the daemon was still
-            # running and recorded "writable" (torture 234:46, a promotion finishing
-            # 0.1 s into the crash), and nothing else ends it
+            stopped.pop(ev["host"], None)
+        elif kind == "_crash_end" and ev["host"] in open_since:
             close(ev["host"], ev["t"])
         elif ev.get("fault") == "pause" and str(ev.get("name", "")).startswith("volume"):
             node = ev["host"]
@@ -193,25 +209,53 @@ def _longest_gap(acks: list[dict], t_fault: float, window: float) -> tuple[float
 # --- VIP holders -----------------------------------------------------------------------
 def vip_intervals(events: Iterable[dict]) -> dict[str, list[Interval]]:
     """Per address, the intervals each host held it (from the `vip` events of the
-    VIP watcher, stamped `at` the moment the host's kernel reported the change)."""
+    VIP watcher, stamped `at` the moment the host's kernel reported the change).
+
+    A crashed host holds nothing from `host_down` (cables out, see `crash_ends`)
+    until its restart puts the cables back: a look that still finds the address
+    there meanwhile (the watcher's restart look can come before the crash removes
+    the addresses) opens nothing, but an address held when it went down comes back
+    held with the cables unless it was seen gone meanwhile."""
     events = list(events)
     down_at = crash_ends(events)
     since: dict[tuple[str, str], float] = {}
+    down: set[str] = set()
+    held_while_down: dict[tuple[str, str], bool] = {}
     out: dict[str, list[Interval]] = {}
+
+    def end(key: tuple[str, str], t: float) -> None:
+        out.setdefault(key[0], []).append(Interval(key[1], since.pop(key), t))
+
     relevant = (e for e in events if e["kind"] in ("vip", "host_down")
-                or (e["kind"] == "fault" and e.get("fault") == "crash"))
+                or (e["kind"] in ("fault", "heal") and e.get("fault") in ("crash", "restart")))
     for ev in sorted(relevant, key=lambda e: e.get("at", e["t"])):
-        if ev["kind"] in ("fault", "host_down"):  # a crashed host (once down: cables out) holds nothing
+        kind = ev["kind"]
+        if kind == "heal":  # the restart: cables in
+            host = ev["host"]
+            down.discard(host)
+            for key in [k for k in held_while_down if k[1] == host]:
+                if held_while_down.pop(key) and key not in since:
+                    since[key] = ev["t"]
+            continue
+        if kind in ("fault", "host_down"):  # a crashed host (once down: cables out) holds nothing
             # (host_down: a VIP the host reported between the crash and then)
-            end = down_at.get((ev["host"], ev["t"]), ev["t"])
-            for key in [k for k in since if k[1] == ev["host"]]:
-                out.setdefault(key[0], []).append(Interval(key[1], since.pop(key), end))
+            host = ev["host"]
+            t_end = down_at.get((host, ev["t"]), ev["t"])
+            if kind == "host_down" or t_end == ev["t"]:  # down now (no `host_down`: an old history)
+                down.add(host)
+            for key in [k for k in since if k[1] == host]:
+                end(key, t_end)
+                held_while_down[key] = True  # until it is seen gone
             continue
         key, t = (ev["address"], ev["host"]), ev.get("at", ev["t"])
+        if ev["host"] in down:
+            held_while_down[key] = bool(ev["held"])
+            continue
+        held_while_down.pop(key, None)
         if ev["held"] and key not in since:
             since[key] = t
         elif not ev["held"] and key in since:
-            out.setdefault(key[0], []).append(Interval(key[1], since.pop(key), t))
+            end(key, t)
     for (addr, host), t in since.items():
         out.setdefault(addr, []).append(Interval(host, t, float("inf")))
     return {a: sorted(iv, key=lambda i: i.start) for a, iv in out.items()}

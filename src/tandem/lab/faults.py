@@ -50,7 +50,9 @@ class Faults:
         # Cables first: a host without power answers nobody at once, while killing
         # every process takes a while (and killing first left the VIPs answering ARP
         # on a live link until the addresses went, seconds after the crash). The
-        # checker ends the host's VIP holdings and writable interval at `host_down`.
+        # checker ends the host's VIP holdings at `host_down` and its writable
+        # interval at `host_killed` (with the cables out, a running volume daemon
+        # can still complete local writes).
         cut: LabError | None = None
         try:
             self._links(host, "down")
@@ -59,6 +61,7 @@ class Faults:
         else:
             self.lab.events.record("host_down", host=host)
         killed = self.lab.supervisor(host).kill_all()
+        self.lab.events.record("host_killed", host=host, pids=len(killed))
         if cut is not None:
             self.lab.events.record("host_down", host=host)
         self._forget_addresses(host)

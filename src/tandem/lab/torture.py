@@ -120,7 +120,9 @@ class Campaign:
         self._acks = ackcheck.AckedWritesCheck(self.writer_log, self.stack.query)
         admin = self.stack.admin
         self.load = ApiLoad(ApiClient(self.stack.endpoint, admin["apikey"], admin["secretkey"]),
-                            workers=self.opts.api_workers, seed=self.opts.seed)
+                            workers=self.opts.api_workers, seed=self.opts.seed,
+                            on_death=lambda w, why: self.lab.events.record("workload_died", worker=w,
+                                                                          why=why))
         self.load.start()
         self.say(f"cluster up in {time.monotonic() - t0:.1f} s; writer and {self.opts.api_workers} API"
                  " clients running")
@@ -582,6 +584,10 @@ def event_violations(events: list[dict], spans: list[Span]) -> list[dict[str, An
             violations.append({"schedule": _within(ev["t"], spans), "check": "two-vip-holders",
                                "what": f"the VIP watcher of {ev['host']} failed ({ev['error']}):"
                                        " VIP holders there went unobserved"})
+        elif ev["kind"] == "workload_died":
+            violations.append({"schedule": _within(ev["t"], spans), "check": "jobs",
+                               "what": f"API client {ev['worker']} died ({ev['why']}): no jobs submitted"
+                                       " by it from then on"})
     for a, b in checker.overlapping_writers(events):
         violations.append({"schedule": _within(max(a.start, b.start), spans), "check": "two-writers",
                            "what": f"{a.node} writable {a.start:.3f}-{a.end:.3f} and {b.node}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,8 +50,13 @@ class ApiClient:
 class ApiLoad:
     """`workers` threads, each: deploy a VM now and then, stop/start its VMs, list."""
 
-    def __init__(self, client: ApiClient, workers: int = 2, seed: int = 0, pause: float = 0.3):
+    def __init__(self, client: ApiClient, workers: int = 2, seed: int = 0, pause: float = 0.3,
+                 on_death: Callable[[int, str], None] | None = None):
         self.client = client
+        #: called with (worker, error) when a worker dies of an error its loop does not
+        #: expect: the campaign records it, for "every accepted job completes" holds
+        #: vacuously once nobody submits jobs (review 29)
+        self.on_death = on_death
         self.workers = workers
         self.seed = seed
         self.pause = pause
@@ -107,6 +113,14 @@ class ApiLoad:
         return None
 
     def _worker(self, w: int) -> None:
+        try:
+            self._work(w)
+        except Exception as e:
+            if self.on_death is None:
+                raise
+            self.on_death(w, f"{type(e).__name__}: {e}"[:300])
+
+    def _work(self, w: int) -> None:
         rng = random.Random(f"{self.seed}:api:{w}")
         vms: dict[str, str] = {}  # id -> Running/Stopped, as last reported
         i = 0

@@ -196,8 +196,7 @@ def recheck(report: Path, converge_bound: float | None = None) -> dict[str, Any]
     files = {n: report / n for n in ("results.json", "history.json", "events.jsonl", "writer.jsonl")}
     missing = [n for n, f in files.items() if not f.exists()]
     if missing:
-        raise ValueError(f"{report}: no {', '.join(missing)}; give the --report directory of a"
-                         " finished `tandem lab torture`")
+        raise ValueError(f"no {', '.join(missing)}")
     result = json.loads(files["results.json"].read_text())
     if converge_bound is None:
         converge_bound = float(result.get("converge_bound") or Options.converge_bound)
@@ -219,4 +218,47 @@ def recheck(report: Path, converge_bound: float | None = None) -> dict[str, Any]
                                      history.get("effects", []), history.get("db_jobs"), spans,
                                      history.get("missing_at_lookup"),
                                      jobs_unread="db_jobs" in history and history["db_jobs"] is None)
+    violations += saved_history_gaps(result, history, events, files["writer.jsonl"])
     return {"schedules": len(scheds), "violations": violations, "was": len(result["violations"])}
+
+
+def saved_history_gaps(result: dict[str, Any], history: dict[str, Any], events: list[dict],
+                       writer_log: Path) -> list[dict[str, Any]]:
+    """What a saved campaign lacks against its own counts: every check passes on an
+    empty or truncated history, so the files must hold what the campaign counted
+    when it judged them (review 29): as many acknowledged writes, jobs, effects and
+    database jobs, the start and end of every schedule in the event log, and no
+    unreadable line in the writer's log but a last one cut by a crash."""
+    from tandem.lab.writer import read_log
+    out: list[dict[str, Any]] = []
+
+    def gap(what: str) -> None:
+        out.append({"schedule": None, "check": "history", "what": what})
+
+    lines = writer_log.read_text(errors="replace").splitlines()
+    bad = 0
+    for line in lines[:-1]:
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+    if bad:
+        gap(f"{writer_log}: {bad} unreadable line(s) before the last")
+    acks, _ = read_log(str(writer_log))
+    writes, jobs = result.get("writes", {}), result.get("jobs", {})
+    have = {"acknowledged writes": (len(acks), writes.get("acknowledged")),
+            "stored ids": (None if history.get("stored") is None else len(history["stored"]),
+                           writes.get("stored") if history.get("stored") is not None else None),
+            "accepted jobs": (len(history.get("jobs", [])), jobs.get("accepted")),
+            "effects": (len(history.get("effects", [])), jobs.get("effects")),
+            "database jobs": (None if history.get("db_jobs") is None else len(history["db_jobs"]),
+                              result.get("jobs_in_db"))}
+    for what, (saved, counted) in have.items():
+        if saved is not None and counted is not None and saved != counted:
+            gap(f"the saved history has {saved} {what}; the campaign counted {counted}")
+    marks = {(e.get("schedule"), e.get("phase")) for e in events if e["kind"] == "schedule"}
+    for s in result["schedules"]:
+        missing = [p for p in ("start", "end") if (s["name"], p) not in marks]
+        if missing:
+            gap(f"schedule {s['name']}: no {' or '.join(missing)} record in the event log")
+    return out

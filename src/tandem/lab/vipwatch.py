@@ -60,6 +60,7 @@ class VipWatch:
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.threads: list[threading.Thread] = []
         self.held: dict[tuple[str, str], bool] = {}
+        self.stamped: dict[tuple[str, str], float] = {}  # `at` of the last change recorded
         self.reported: dict[tuple[str, str], float] = {}  # when a monitor last reported (monotonic)
         self.lock = threading.Lock()
         #: one look at a time: a look must not record what it saw after a later look
@@ -129,8 +130,10 @@ class VipWatch:
             for link in links:
                 have |= {a.get("local") for a in link.get("addr_info", [])}
             for addr in self.addresses:
-                self._set(host, addr, addr in have, now, source=why, unless_reported_since=began)
+                self._set(host, addr, addr in have, now, source=why, unless_reported_since=began,
+                          always=why == "restart")
             return have & self.addresses
+
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.snapshot("stop")
@@ -172,14 +175,24 @@ class VipWatch:
                 self._snapshot_host(host, "restart")
 
     def _set(self, host: str, addr: str, held: bool, t: float, source: str,
-             unless_reported_since: float | None = None) -> None:
+             unless_reported_since: float | None = None, always: bool = False) -> None:
+        """Record a change. Also recorded although nothing changed:
+        - a monitor report stamped before the look that recorded its change (the
+          look ran first; its stamp is when it looked, the kernel's is when it
+          happened, and the checker takes the earlier: review 29, torture 220:50
+          stamped a holding 40 ms late);
+        - `always`: the look after a host's monitor died (its host crashed), so
+          the checker learns what a crashed host still had before its cables are
+          back, also when that is no change."""
+        key = (host, addr)
         with self.lock:
-            if unless_reported_since is not None and \
-                    self.reported.get((host, addr), -1.0) >= unless_reported_since:
+            if unless_reported_since is not None and self.reported.get(key, -1.0) >= unless_reported_since:
                 return
             if source == "monitor":
-                self.reported[(host, addr)] = monotonic()
-            if self.held.get((host, addr), False) == held:
+                self.reported[key] = monotonic()
+            same = self.held.get(key, False) == held
+            if same and not always and not (source == "monitor" and t < self.stamped.get(key, -1.0)):
                 return
-            self.held[(host, addr)] = held
+            self.held[key] = held
+            self.stamped[key] = min(t, self.stamped.get(key, t)) if same else t
             self.lab.events.record("vip", host=host, address=addr, held=held, at=t, source=source)
