@@ -134,6 +134,33 @@ def test_a_resubmitted_job_is_explained_by_its_orphan_once():
     assert checker.job_violations(jobs[:1], effects) == []
 
 
+def test_a_job_reported_done_before_the_host_did_it_is_a_violation():
+    """Review 29: the checks took any effect of a job, or any orphan of the same
+    operation on the same VM, whenever it happened. With the time the client saw
+    the job done, the effect that explains it must have ended before that."""
+    offset = 1000.0  # wall - monotonic
+    events = [{"kind": "x", "t": 1.0, "wall": 1001.0}, {"kind": "x", "t": 2.0, "wall": 1002.0}]
+    assert checker.wall_offset(events) == offset and checker.wall_offset([]) is None
+    job = {"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1", "done": 10.0}
+    own = {"request_id": "j1", "op": "start", "vm": "v1", "start": 1009.0, "end": 1009.5}
+    assert checker.job_violations([job], [own], offset=offset) == []
+    early = checker.job_violations([job], [{**own, "end": 1011.0}], offset=offset)
+    assert len(early) == 1 and "before its effect on the host ended" in early[0]
+    assert checker.job_violations([job], [{**own, "end": 1011.0}]) == []  # no clock: not judged
+    assert checker.job_violations([{**job, "done": None}], [{**own, "end": 1011.0}], offset=offset) == []
+    # orphans: one that ended in time explains the job; one that ended after does not
+    orphan = {**own, "request_id": "j0"}
+    assert checker.job_violations([job], [orphan], offset=offset) == []
+    late = checker.job_violations([job], [{**orphan, "end": 1012.0}], offset=offset)
+    assert len(late) == 1 and "that could explain it ended at 1012.000, after" in late[0]
+    # each orphan explains one job: the one closest to its job's time, so an
+    # earlier job keeps the earlier orphan whatever the order the jobs come in
+    jobs = [{**job, "jobid": "j2", "done": 20.0}, {**job, "jobid": "j3", "done": 10.0}]
+    orphans = [{**orphan, "end": 1009.0}, {**orphan, "request_id": "j4", "end": 1019.0}]
+    assert checker.job_violations(jobs, orphans, offset=offset) == []
+    assert len(checker.job_violations(jobs, orphans[1:], offset=offset)) == 1
+
+
 def test_jobs_exactly_once():
     jobs = [{"jobid": "j1", "command": "deployVirtualMachine", "status": 1},
             {"jobid": "j2", "command": "stopVirtualMachine", "status": 1},

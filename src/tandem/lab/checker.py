@@ -280,8 +280,22 @@ OPS = {"deployVirtualMachine": "create", "startVirtualMachine": "start", "stopVi
 """The simulated host's operation for each API command the campaign's clients send."""
 
 
+DONE_SLACK = 0.05
+"""Seconds an effect's end (the simulated host's wall clock) may pass the moment
+the client saw its job done (the lab's CLOCK_MONOTONIC, turned into wall time by
+the event log's pairs): the two clocks are read by different processes."""
+
+
+def wall_offset(events: Iterable[dict]) -> float | None:
+    """Wall time minus CLOCK_MONOTONIC, from the event log's records (each has both):
+    the median, None without such records."""
+    import statistics
+    diffs = [e["wall"] - e["t"] for e in events if "wall" in e and "t" in e]
+    return statistics.median(diffs) if diffs else None
+
+
 def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
-                   db_jobs: Iterable[dict] | None = None) -> list[str]:
+                   db_jobs: Iterable[dict] | None = None, offset: float | None = None) -> list[str]:
     """Every accepted job completes exactly once on the simulated host.
 
     `jobs`: what the API accepted, each {"jobid", "command", "status"} with the final
@@ -299,15 +313,31 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
     anything else is a violation. Orphans are held to the same rules: no request
     id applied twice, every effect belongs to a job the database knows, no job in
     the database is left pending, and one that succeeded without an effect is
-    explained too (see `_unknown_done_without_effect`)."""
+    explained too (see `_unknown_done_without_effect`).
+
+    In time (review 29), when the client recorded when it saw a job done (`done`,
+    monotonic) and `offset` (wall minus monotonic, see `wall_offset`) is known: a
+    job's own effect, and the orphan that explains it, ended before the client was
+    told it succeeded (a host that had not done it yet was reported done). Older
+    histories have no `done` and are judged without time."""
     effects = list(effects)
     jobs = list(jobs)
     accepted = {str(j["jobid"]) for j in jobs}
-    orphans: dict[tuple[str, str], int] = {}
+    orphans: dict[tuple[str, str], list[float]] = {}  # (vm, op) -> the effects' ends (wall)
     for e in effects:
         if not e.get("conflict") and str(e.get("request_id")) not in accepted:
             key = (str(e.get("vm")), str(e.get("op")))
-            orphans[key] = orphans.get(key, 0) + 1
+            orphans.setdefault(key, []).append(float(e.get("end") or 0.0))
+    for ends in orphans.values():
+        ends.sort()
+    ended: dict[str, float] = {}
+    for e in effects:
+        if not e.get("conflict") and e.get("end") is not None:
+            rid = str(e.get("request_id"))
+            ended[rid] = max(ended.get(rid, 0.0), float(e["end"]))
+
+    def told_done(j: dict) -> float | None:  # wall time, when known
+        return None if offset is None or j.get("done") is None else float(j["done"]) + offset
     out = [f"job {e.get('request_id')}: {e.get('op')} ran on VM {e.get('vm')} while another operation"
            " was running on it" for e in effects if e.get("conflict")]
     count: dict[str, int] = {}
@@ -324,10 +354,23 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
             out.append(f"job {j['jobid']} ({j['command']}): applied {n} times on the host")
         elif j["status"] == 0:
             out.append(f"job {j['jobid']} ({j['command']}): accepted but never completed")
-        elif j["status"] == 1 and n == 0 and orphans.get(key, 0) > 0:
-            orphans[key] -= 1
+        elif j["status"] == 1 and n == 0 and orphans.get(key):
+            done = told_done(j)
+            ends = orphans[key]
+            if done is None:
+                ends.pop()
+            elif ends[0] <= done + DONE_SLACK:
+                ends.pop(max(k for k, t in enumerate(ends) if t <= done + DONE_SLACK))
+            else:
+                out.append(f"job {j['jobid']} ({j['command']}): reported done at {done:.3f} (wall), but"
+                           f" the only {key[1]} of VM {key[0]} that could explain it ended at"
+                           f" {ends[0]:.3f}, after")
         elif j["status"] == 1 and n == 0:
             out.append(f"job {j['jobid']} ({j['command']}): reported done but never applied on the host")
+        elif j["status"] == 1 and n == 1 and (done := told_done(j)) is not None \
+                and ended.get(j["jobid"], 0.0) > done + DONE_SLACK:
+            out.append(f"job {j['jobid']} ({j['command']}): reported done at {done:.3f} (wall), before its"
+                       f" effect on the host ended at {ended[j['jobid']]:.3f}")
         elif j["status"] == 2 and n == 1:
             out.append(f"job {j['jobid']} ({j['command']}): reported failed but applied on the host")
     if db_jobs is not None:

@@ -103,11 +103,22 @@ class ApiLoad:
                               "accepted": monotonic()})
         return out["jobid"]
 
+    def _saw_done(self, jobid: str) -> None:
+        """Stamp when this client first saw the job finished (`done`, monotonic): the
+        checker wants the host's effect of a job that succeeded before it."""
+        t = monotonic()
+        with self.lock:
+            for job in reversed(self.jobs):
+                if job["jobid"] == jobid:
+                    job.setdefault("done", t)
+                    return
+
     def _wait(self, jobid: str, timeout: float = 30) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stop_event.is_set():
             res = self._call("queryAsyncJobResult", jobid=jobid)
             if res is not None and res.get("jobstatus") != 0:
+                self._saw_done(jobid)
                 return res
             time.sleep(0.2)
         return None
@@ -167,5 +178,7 @@ class ApiLoad:
                 if status != 0 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
+            if status != 0:
+                self._saw_done(job["jobid"])
             out.append({**job, "status": status})
         return out
