@@ -719,6 +719,19 @@ def _marks(r: ScheduleResult) -> list[dict]:
             {"kind": "schedule", "schedule": r.schedule.name, "phase": "end", "t": r.t_end}]
 
 
+def _one_schedule_with_a_job(t_converged: float = 12.0
+                             ) -> tuple[ScheduleResult, list[dict], list[dict], list[dict]]:
+    """A finished schedule (whole verify), 50 acknowledged writes, one started VM's
+    job and its effect: the parts of a saved campaign."""
+    r = ScheduleResult(draw_schedule(3, 0, 10), t_start=0.0, t_healed=10.0, t_converged=t_converged,
+                       t_end=t_converged + 5.0)
+    r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
+    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(50)]
+    jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"}]
+    effects = [{"request_id": "j1", "op": "start", "vm": "v1"}]
+    return r, acks, jobs, effects
+
+
 def test_a_saved_history_shorter_than_the_campaigns_own_counts_is_a_violation(tmp_path):
     """Review 29: every check passes on an empty or truncated history, so a recheck
     holds the saved files to the counts the campaign judged them by: acknowledged
@@ -727,12 +740,7 @@ def test_a_saved_history_shorter_than_the_campaigns_own_counts_is_a_violation(tm
     import json
 
     from tandem.lab import torture_report as rep
-    sched = draw_schedule(3, 0, 10)
-    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=12.0, t_end=15.0)
-    r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
-    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(50)]
-    jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"}]
-    effects = [{"request_id": "j1", "op": "start", "vm": "v1"}]
+    r, acks, jobs, effects = _one_schedule_with_a_job()
     db = [{"jobid": "j1", "status": 1, "command": "startVirtualMachine", "vm": "v1"}]
     res = analyse(_marks(r), acks, [], {a["id"] for a in acks}, jobs, effects, [r], Options(seed=3), None, db)
     assert res["violations"] == []
@@ -768,12 +776,7 @@ def test_a_recheck_judges_convergence_by_the_campaigns_own_bound(tmp_path):
     import json
 
     from tandem.lab import torture_report as rep
-    sched = draw_schedule(3, 0, 10)
-    r = ScheduleResult(sched, t_start=0.0, t_healed=10.0, t_converged=210.0, t_end=215.0)
-    r.verify = {"out_of_sync_blocks": 0, "finished": True, "done_bytes": 8192, "total_bytes": 8192}
-    acks = [{"id": f"w-{i}", "sent": i * 0.1, "acked": i * 0.1 + 0.01} for i in range(50)]
-    jobs = [{"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1"}]
-    effects = [{"request_id": "j1", "op": "start", "vm": "v1"}]
+    r, acks, jobs, effects = _one_schedule_with_a_job(t_converged=210.0)
     old_db = [{"jobid": "j1", "status": 1}, {"jobid": "u0", "status": 1}]
     res = analyse([], acks, [], {a["id"] for a in acks}, jobs, effects, [r],
                   Options(seed=3, converge_bound=300), None, old_db)
