@@ -130,8 +130,7 @@ class VipWatch:
             for link in links:
                 have |= {a.get("local") for a in link.get("addr_info", [])}
             for addr in self.addresses:
-                self._set(host, addr, addr in have, now, source=why, unless_reported_since=began,
-                          always=why == "restart")
+                self._set(host, addr, addr in have, now, source=why, unless_reported_since=began)
             return have & self.addresses
 
     def stop(self) -> None:
@@ -176,14 +175,13 @@ class VipWatch:
 
     def _set(self, host: str, addr: str, held: bool, t: float, source: str,
              unless_reported_since: float | None = None, always: bool = False) -> None:
-        """Record a change. Also recorded although nothing changed:
-        - a monitor report stamped before the look that recorded its change (the
-          look ran first; its stamp is when it looked, the kernel's is when it
-          happened, and the checker takes the earlier: review 29, torture 220:50
-          stamped a holding 40 ms late);
-        - `always`: the look after a host's monitor died (its host crashed), so
-          the checker learns what a crashed host still had before its cables are
-          back, also when that is no change."""
+        """Record a change; also a monitor report stamped before the look that
+        recorded its change (the look ran first; its stamp is when it looked, the
+        kernel's is when it happened, and the checker takes the earlier: review 29,
+        torture 220:50 stamped a holding 40 ms late). `always` records even no
+        change (not used by the looks: a look's stale finding, stamped when it
+        returned, sorted after the monitor's report of a change it missed, torture
+        256:7)."""
         key = (host, addr)
         with self.lock:
             if unless_reported_since is not None and self.reported.get(key, -1.0) >= unless_reported_since:
