@@ -124,6 +124,10 @@ def test_a_crashed_host_holds_no_vip_until_its_cables_are_back():
     # stamped after the monitor's report of the deletion, brings back nothing
     stale_look = {**_vip("node1", True, 11.0005), "source": "restart"}
     assert checker.double_vip_holders([*seen, _vip("node1", False, 11.0), stale_look, restart]) == []
+    # torture 254:0: the monitor, killed with its host, missed the deletion; the look saw it
+    looks = [{**_vip("node1", False, 10.3), "source": "restart", "looked_from": 10.25}]
+    assert checker.double_vip_holders([*_crash("node1", 10.0, 10.2), *looks, _vip("node2", True, 12.0),
+                                       restart, _vip("node1", True, 1.0)]) == []
 
 
 def test_a_resubmitted_job_is_explained_by_its_orphan_once():

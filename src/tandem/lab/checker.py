@@ -207,6 +207,11 @@ def _longest_gap(acks: list[dict], t_fault: float, window: float) -> tuple[float
 
 
 # --- VIP holders -----------------------------------------------------------------------
+LOOK_WINDOW = 0.1
+"""Seconds a VIP watcher's look is taken to span when its event has no `looked_from`
+(histories from before it was recorded)."""
+
+
 def vip_intervals(events: Iterable[dict]) -> dict[str, list[Interval]]:
     """Per address, the intervals each host held it (from the `vip` events of the
     VIP watcher, stamped `at` the moment the host's kernel reported the change).
@@ -221,6 +226,7 @@ def vip_intervals(events: Iterable[dict]) -> dict[str, list[Interval]]:
     since: dict[tuple[str, str], float] = {}
     down: set[str] = set()
     held_while_down: dict[tuple[str, str], bool] = {}
+    last_report: dict[tuple[str, str], float] = {}  # the kernel's last report of each (address, host)
     out: dict[str, list[Interval]] = {}
 
     def end(key: tuple[str, str], t: float) -> None:
@@ -248,11 +254,15 @@ def vip_intervals(events: Iterable[dict]) -> dict[str, list[Interval]]:
                 held_while_down[key] = True  # until it is seen gone
             continue
         key, t = (ev["address"], ev["host"]), ev.get("at", ev["t"])
+        if ev.get("source", "monitor") == "monitor":
+            last_report[key] = t
         if ev["host"] in down:
-            # only the kernel's own reports: a look's finding is stamped when the look
-            # returned, and one that read the address just before the crash removed
-            # it was stamped after the monitor's deletion (torture 256:7)
-            if ev.get("source", "monitor") == "monitor":
+            # a look's finding holds for some instant between the look's start and its
+            # stamp; a kernel report inside that window is the newer word (torture
+            # 256:7: a look read the address just before the crash removed it and was
+            # stamped after the monitor's deletion; 254:0: only the looks saw it go)
+            if ev.get("source", "monitor") == "monitor" or \
+                    last_report.get(key, float("-inf")) < ev.get("looked_from", t - LOOK_WINDOW):
                 held_while_down[key] = bool(ev["held"])
             continue
         held_while_down.pop(key, None)

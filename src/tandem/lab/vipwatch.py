@@ -193,4 +193,5 @@ class VipWatch:
                 return
             self.held[key] = held
             self.stamped[key] = min(t, self.stamped.get(key, t)) if same else t
-            self.lab.events.record("vip", host=host, address=addr, held=held, at=t, source=source)
+            extra = {} if unless_reported_since is None else {"looked_from": unless_reported_since}
+            self.lab.events.record("vip", host=host, address=addr, held=held, at=t, source=source, **extra)
