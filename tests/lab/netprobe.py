@@ -56,3 +56,9 @@ def udp_reaches(lab, src: str, dst: str, net: str = "public", port: int = 9999,
 def ping(lab, src: str, dst: str, net: str = "public") -> bool:
     proc = lab.run(src, ["ping", "-c", "1", "-W", "1", lab.address(dst, net)], check=False)
     return proc.returncode == 0
+
+
+def ping_within(lab, src: str, dst: str, net: str = "public", tries: int = 5) -> bool:
+    """A link just brought back up may drop the first frames (bridge port, ARP):
+    up to `tries` pings of one second each."""
+    return any(ping(lab, src, dst, net) for _ in range(tries))

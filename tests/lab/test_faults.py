@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tandem.errors import LabError
-from tests.lab.netprobe import ping, udp_reaches
+from tests.lab.netprobe import ping, ping_within, udp_reaches
 
 HTTP_GET = (
     "import sys, urllib.request\n"
@@ -99,8 +99,8 @@ def test_crash_kills_every_process_of_the_host_and_restart_brings_links_back(hea
     assert vip not in lab.run("node2", ["ip", "-4", "addr", "show", "dev", "pub0"]).stdout, \
         "a crashed host must come back without the virtual addresses its software added"
     assert lab.address("node2") in lab.run("node2", ["ip", "-4", "addr", "show", "dev", "pub0"]).stdout
-    assert ping(lab, "node1", "node2", "public")
-    assert ping(lab, "node1", "node2", "replication")
+    assert ping_within(lab, "node1", "node2", "public")
+    assert ping_within(lab, "node1", "node2", "replication")
     lab.stop("node1", "sleeper")
     assert not pid_alive(other.pid)
 
