@@ -56,12 +56,13 @@ def crash_ends(events: Iterable[dict], until: str = "down") -> dict[tuple[str, f
             t0 = down.pop(host)
             if until == "down" or host in killed:  # the kill's record may come later
                 ends[(host, t0)] = ev["t"]
-        elif until == "killed" and killed and (
-                (kind == "host_killed" and host in killed)
-                or (kind == "nemesis" and ev.get("fault_kind") == "crash" and ev.get("phase") == "start"
-                    and str(ev.get("detail", "")).removeprefix("crashed ") in killed)):
-            host = host if kind == "host_killed" else str(ev["detail"]).removeprefix("crashed ")
-            ends[(host, killed.pop(host))] = ev["t"]
+        elif until == "killed":
+            if kind == "nemesis" and ev.get("fault_kind") == "crash" and ev.get("phase") == "start":
+                host = str(ev.get("detail", "")).removeprefix("crashed ")
+            elif kind != "host_killed":
+                continue
+            if host in killed:
+                ends[(host, killed.pop(host))] = ev["t"]
     return ends
 
 

@@ -174,14 +174,13 @@ class VipWatch:
                 self._snapshot_host(host, "restart")
 
     def _set(self, host: str, addr: str, held: bool, t: float, source: str,
-             unless_reported_since: float | None = None, always: bool = False) -> None:
+             unless_reported_since: float | None = None) -> None:
         """Record a change; also a monitor report stamped before the look that
         recorded its change (the look ran first; its stamp is when it looked, the
         kernel's is when it happened, and the checker takes the earlier: review 29,
-        torture 220:50 stamped a holding 40 ms late). `always` records even no
-        change (not used by the looks: a look's stale finding, stamped when it
-        returned, sorted after the monitor's report of a change it missed, torture
-        256:7)."""
+        torture 220:50 stamped a holding 40 ms late). A look records changes only:
+        its stale finding, stamped when it returned, sorts after the monitor's
+        report of a change it missed (torture 256:7)."""
         key = (host, addr)
         with self.lock:
             if unless_reported_since is not None and self.reported.get(key, -1.0) >= unless_reported_since:
@@ -189,7 +188,7 @@ class VipWatch:
             if source == "monitor":
                 self.reported[key] = monotonic()
             same = self.held.get(key, False) == held
-            if same and not always and not (source == "monitor" and t < self.stamped.get(key, -1.0)):
+            if same and not (source == "monitor" and t < self.stamped.get(key, -1.0)):
                 return
             self.held[key] = held
             self.stamped[key] = min(t, self.stamped.get(key, t)) if same else t
