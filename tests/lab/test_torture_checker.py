@@ -774,6 +774,43 @@ def test_a_saved_history_shorter_than_the_campaigns_own_counts_is_a_violation(tm
     assert save(events=_marks(r)[:1]) == [f"schedule {r.schedule.name}: no end record in the event log"]
 
 
+def test_a_lab_event_that_could_not_be_recorded_is_a_violation(tmp_path):
+    """Review 29: a process that could not write a lab event (a full disk, no file
+    descriptor) went on in silence, and the checker judged a history with a hole: a
+    lost `writable True` hides a second writer. The process says so in its log, the
+    campaign reads every host's logs for it, and the history fails, also rechecked."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tandem.lab import torture_report as rep
+    from tandem.lab.events import lost_lab_events
+    logs = tmp_path / "hosts" / "node1" / "log"
+    logs.mkdir(parents=True)
+    with open(logs / "volume-db.log", "wb") as out:  # a real process, its stderr the log
+        subprocess.run([sys.executable, "-c", "from tandem.lab.events import record_lab_event as e; "
+                        "e('writable', node='node1', writable=True, reason='promoted')"],
+                       stdout=out, stderr=subprocess.STDOUT, check=True, timeout=60,
+                       env={**os.environ, "TANDEM_LAB_EVENTS": str(tmp_path / "gone" / "events.jsonl")})
+    (logs / "agent.log").write_text("nothing of the kind\n")
+    [line] = lost_lab_events([logs, tmp_path / "hosts" / "node2" / "log"])
+    assert line.startswith("volume-db.log: ") and "writable" in line and "promoted" in line, line
+    r, acks, jobs, effects = _one_schedule_with_a_job()
+    db = [{"jobid": "j1", "status": 1, "command": "startVirtualMachine", "vm": "v1"}]
+    args = (_marks(r), acks, [], {a["id"] for a in acks}, jobs, effects, [r], Options(seed=3), None, db)
+    assert analyse(*args)["violations"] == []
+    res = analyse(*args, not_recorded=[line])
+    [v] = res["violations"]
+    assert v["check"] == "history" and "not recorded" in v["what"], v
+    rep.write_json(res, tmp_path / "results.json")
+    rep.write_json({"stored": [a["id"] for a in acks], "jobs": jobs, "effects": effects, "db_jobs": db,
+                    "not_recorded": [line]}, tmp_path / "history.json")
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in _marks(r)))
+    (tmp_path / "writer.jsonl").write_text("".join(json.dumps(a) + "\n" for a in acks))
+    assert [v["check"] for v in rep.recheck(tmp_path)["violations"]] == ["history"]
+
+
 def test_a_recheck_judges_convergence_by_the_campaigns_own_bound(tmp_path):
     """Review, session 22: `torture-recheck` judged every campaign by the default
     120 s bound, so one run with --converge-bound 300 got violations it never had.

@@ -901,6 +901,45 @@ def test_a_write_the_peer_took_while_ours_failed_is_recorded_and_the_disk_return
         _close(rep, link, theirs)
 
 
+def test_a_write_whose_ack_comes_after_the_disk_failed_is_recorded_for_the_checker(
+        tmp_path, monkeypatch):
+    """Review 29: "disk failed" records this Primary not writable, but a write whose
+    local half had ended before the failure still completes when the peer's ack
+    comes. The lab's checker took the volume's word and saw no writer after it: such
+    a write is recorded (`write_completed`), as one completing while I/O is held."""
+    import json
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv("TANDEM_LAB_EVENTS", str(events))
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY  # no FUSE file: see the module docstring
+    link, peer, theirs = _connected(rep)
+    monkeypatch.setattr(link, "disconnect", lambda why: None)  # the acks still arrive
+    results_a: list = []
+    results_b: list = []
+    try:
+        writer_a = _writer(rep, 0, results_a)
+        (wa,) = _received_writes(theirs, peer, 1)
+        deadline = time.monotonic() + 5
+        while rep.store.pread(0, BLOCK) != b"w" * BLOCK and time.monotonic() < deadline:
+            time.sleep(0.005)
+        rep.store.inject_errors([(BLOCK, BLOCK)])
+        writer_b = _writer(rep, BLOCK, results_b)
+        (wb,) = _received_writes(theirs, peer, 1)
+        while rep.store.failed is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert rep.store.failed is not None
+        theirs.sendall(peer.send(wire.WriteAck(wa.seq)) + peer.send(wire.WriteAck(wb.seq)))
+        writer_a.join(5)
+        writer_b.join(5)
+        assert results_a == [None] and isinstance(results_b[0], OSError), (results_a, results_b)
+        rec = [json.loads(line) for line in events.read_text().splitlines()]
+        failed = [e for e in rec if e["kind"] == "writable" and e.get("reason") == "disk failed"]
+        done = [e for e in rec if e["kind"] == "write_completed"]
+        assert failed and done and done[-1]["t"] > failed[0]["t"], rec
+    finally:
+        _close(rep, link, theirs)
+
+
 def test_a_failed_disk_without_a_peer_keeps_what_it_was(tmp_path):
     """No peer took the writes: the disk may hold the only copy of the newest ones, so
     `attach` brings it back as it was (UpToDate), its hot extents marked for the peer.

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,32 @@ class EventLog:
                     yield event
 
 
+#: How a process's log says that a lab event could not be recorded (the lab's
+#: campaign looks for it in every host's logs: see `lost_lab_events`).
+NOT_RECORDED = "lab event not recorded"
+
+
 def record_lab_event(kind: str, **fields: Any) -> None:
     """Record a fact for the lab's checker when running in a lab ($TANDEM_LAB_EVENTS),
-    never failing the caller."""
+    never failing the caller. One that cannot be written (a full disk, no file
+    descriptor left) is said in the process's log instead: the checker would judge
+    a history with a hole in it, a lost `writable True` hiding a second writer."""
     path = os.environ.get("TANDEM_LAB_EVENTS")
     if path:
-        with contextlib.suppress(OSError):
+        try:
             EventLog(path).record(kind, **fields)
+        except OSError as e:
+            logging.getLogger(__name__).error("%s: %s %s (%s: %s)", NOT_RECORDED, kind,
+                                              json.dumps(fields, sort_keys=True, default=str),
+                                              path, e.strerror or e)
+
+
+def lost_lab_events(log_dirs: Iterable[Path]) -> list[str]:
+    """The lines of the logs in `log_dirs` that say a lab event was not recorded."""
+    lost: list[str] = []
+    for d in log_dirs:
+        for log in sorted(Path(d).glob("*.log")):
+            with contextlib.suppress(OSError), log.open("rb") as f:
+                lost += [f"{log.name}: {line.decode(errors='replace').strip()[:400]}"
+                         for line in f if NOT_RECORDED.encode() in line]
+    return lost

@@ -28,7 +28,7 @@ import requests
 
 from tandem.errors import LabError
 from tandem.lab import ackcheck, checker
-from tandem.lab.events import monotonic
+from tandem.lab.events import lost_lab_events, monotonic
 from tandem.lab.lab import Lab
 from tandem.lab.mgmtstack import API_PORT, MgmtStack, client_session
 from tandem.lab.stack import DATA_NODES
@@ -460,12 +460,13 @@ class Campaign:
         db_jobs = self._db_jobs(timeout=120)
         events = self.lab.events.read()
         effects = self.stack.effects()
+        not_recorded = lost_lab_events(self.lab.host_dir(h.name) / "log" for h in self.lab.spec.hosts)
         self.history = {"stored": sorted(stored) if stored is not None else None, "jobs": jobs,
                         "effects": effects, "db_jobs": db_jobs,
-                        "missing_at_lookup": self.missing_at_lookup}
+                        "missing_at_lookup": self.missing_at_lookup, "not_recorded": not_recorded}
         return analyse(events, acks, errors, stored, jobs, effects, self.results,
                        self.opts, self.aborted, db_jobs, self.missing_at_lookup,
-                       jobs_unread=db_jobs is None)
+                       jobs_unread=db_jobs is None, not_recorded=not_recorded)
 
     def _db_jobs(self, timeout: float) -> list[dict] | None:
         """Every job in the management database, once none is pending (or at
@@ -529,8 +530,8 @@ def _within(t: float, spans: list[Span]) -> str | None:
 
 def history_violations(events: list[dict], acks: list[dict], stored: set[str] | None, jobs: list[dict],
                        effects: list[dict], db_jobs: list[dict] | None, spans: list[Span],
-                       missing_at_lookup: list[dict] | None = None, jobs_unread: bool = False
-                       ) -> list[dict[str, Any]]:
+                       missing_at_lookup: list[dict] | None = None, jobs_unread: bool = False,
+                       not_recorded: list[str] | None = None) -> list[dict[str, Any]]:
     """The checks on the whole history (also run again on a saved campaign by
     `tandem lab torture-recheck`): lost writes, two writers, two VIP holders, jobs.
 
@@ -538,8 +539,12 @@ def history_violations(events: list[dict], acks: list[dict], stored: set[str] | 
     after a schedule converged. Each is a violation even if the final read finds it:
     a client read the database without it (a stale primary, two databases).
     `jobs_unread`: the campaign could not read the management database's jobs back
-    (`db_jobs` is then None): a violation, for what only they show went unchecked."""
+    (`db_jobs` is then None): a violation, for what only they show went unchecked.
+    `not_recorded`: the log lines of processes that could not record a lab event
+    (`lost_lab_events`): the history has a hole, which every check would pass."""
     violations = event_violations(events, spans)
+    violations += [{"schedule": None, "check": "history", "what": f"a lab event was not recorded: {line}"}
+                   for line in not_recorded or ()]
     if stored is None:
         violations.append({"schedule": None, "check": "lost-write",
                            "what": "the table could not be read back: acknowledged writes unverified"})
@@ -603,7 +608,8 @@ def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: se
             jobs: list[dict],
             effects: list[dict], results: list[ScheduleResult], opts: Options,
             aborted: str | None, db_jobs: list[dict] | None = None,
-            missing_at_lookup: list[dict] | None = None, jobs_unread: bool = False) -> dict[str, Any]:
+            missing_at_lookup: list[dict] | None = None, jobs_unread: bool = False,
+            not_recorded: list[str] | None = None) -> dict[str, Any]:
     """The campaign's verdict as JSON-ready data (pure: the tests feed it histories).
     A campaign that stopped early (`aborted`) counts as a violation: its last
     schedule never finished, and nothing after it was tried."""
@@ -614,7 +620,7 @@ def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: se
         violations += [{"schedule": r.schedule.name, "check": "convergence", "what": v} for v in r.violations]
     spans = [(r.schedule.name, r.t_start, r.t_end) for r in results]
     violations += history_violations(events, acks, stored, jobs, effects, db_jobs, spans, missing_at_lookup,
-                                     jobs_unread)
+                                     jobs_unread, not_recorded)
     ack_times = sorted(a["acked"] for a in acks)
     faults = []
     for r in results:

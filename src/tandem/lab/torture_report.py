@@ -217,7 +217,8 @@ def recheck(report: Path, converge_bound: float | None = None) -> dict[str, Any]
     violations += history_violations(events, acks, stored, history.get("jobs", []),
                                      history.get("effects", []), history.get("db_jobs"), spans,
                                      history.get("missing_at_lookup"),
-                                     jobs_unread="db_jobs" in history and history["db_jobs"] is None)
+                                     jobs_unread="db_jobs" in history and history["db_jobs"] is None,
+                                     not_recorded=history.get("not_recorded"))
     violations += saved_history_gaps(result, history, events, files["writer.jsonl"])
     return {"schedules": len(scheds), "violations": violations, "was": len(result["violations"])}
 

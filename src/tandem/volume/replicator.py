@@ -530,11 +530,14 @@ class Replicator:
             self._al_complete(op.offset, op.n, ticket)
             if op.error is None and self._park_past_lease(op):
                 return
-            if op.error is None and not self.io_open.is_set():
-                # Completed while I/O is held (a fence, an expired write lease): the lab's
-                # checker takes this, not the volume's own `writable`, as the last moment
-                # this node completed a write.
-                lab_event("write_completed", node=self.spec.node, reason=self.suspended_reason)
+            if op.error is None and (not self.io_open.is_set() or self.store.failed is not None):
+                # Completed while I/O is held (a fence, an expired write lease), or after
+                # the disk failed (its local half had ended before, the peer's ack came
+                # after "disk failed" said not writable): the lab's checker takes this,
+                # not the volume's own `writable`, as the last moment this node
+                # completed a write.
+                reason = "after the disk failed" if self.io_open.is_set() else self.suspended_reason
+                lab_event("write_completed", node=self.spec.node, reason=reason)
         except BaseException:  # a bug: the write is never left hanging
             op.complete(op.error or OSError(errno.EIO, "ending the write failed"))
             raise
@@ -841,8 +844,9 @@ class Replicator:
         except Exception as e:  # the metadata may live on the failing disk
             log.error("could not record the failed disk in the metadata: %s", e)
         if self.role is Role.PRIMARY:
-            # No write completes from here on (the link goes too): for the lab's
-            # checker this Primary stops being a writer now, not when its lease ends.
+            # No write starts from here on (the link goes too): for the lab's checker
+            # this Primary stops being a writer now, not when its lease ends. One whose
+            # local half ended before and whose ack comes later says so (`_end_write`).
             lab_event("writable", node=self.spec.node, writable=False, reason="disk failed")
         link = self.link
         if link is not None:
