@@ -163,10 +163,42 @@ def test_a_job_reported_done_before_the_host_did_it_is_a_violation():
     assert len(late) == 1 and "that could explain it ended at 1012.000, after" in late[0]
     # each orphan explains one job: the one closest to its job's time, so an
     # earlier job keeps the earlier orphan whatever the order the jobs come in
-    jobs = [{**job, "jobid": "j2", "done": 20.0}, {**job, "jobid": "j3", "done": 10.0}]
-    orphans = [{**orphan, "end": 1009.0}, {**orphan, "request_id": "j4", "end": 1019.0}]
-    assert checker.job_violations(jobs, orphans, offset=offset) == []
-    assert len(checker.job_violations(jobs, orphans[1:], offset=offset)) == 1
+    # (a stop between the two starts: two in a row is itself a violation, see below)
+    stop = {"request_id": "j5", "op": "stop", "vm": "v1", "start": 1014.5, "end": 1015.0}
+    jobs = [{**job, "jobid": "j2", "done": 20.0}, {**job, "jobid": "j3", "done": 10.0},
+            {**job, "jobid": "j5", "command": "stopVirtualMachine", "done": 15.5}]
+    orphans = [{**orphan, "end": 1009.0}, {**orphan, "request_id": "j4", "start": 1018.5, "end": 1019.0}]
+    assert checker.job_violations(jobs, [*orphans, stop], offset=offset) == []
+    assert len(checker.job_violations(jobs, [*orphans[1:], stop], offset=offset)) == 1
+
+
+def test_effects_on_a_vm_in_an_order_that_makes_no_sense_are_a_violation():
+    """Review 30: the simulated host applies a stop to a Stopped VM, and the checks
+    explained a job that succeeded without touching the host by any orphan of the
+    same operation, whatever came after it. Lost answer O1 (stop, applied); then
+    stop J2 is applied on the Stopped VM (a stale state); start J3; stop J4 succeeds
+    without an operation although the VM is Running: both passed."""
+    offset = 1000.0
+    create = {"request_id": "j0", "op": "create", "vm": "v1", "start": 1000.5, "end": 1001.0,
+              "state": "Running"}
+    o1 = {"request_id": "o1", "op": "stop", "vm": "v1", "start": 1001.5, "end": 1002.0, "state": "Stopped"}
+    j2 = {"request_id": "j2", "op": "stop", "vm": "v1", "start": 1003.5, "end": 1004.0, "state": "Stopped"}
+    j3 = {"request_id": "j3", "op": "start", "vm": "v1", "start": 1005.5, "end": 1006.0, "state": "Running"}
+    jobs = [{"jobid": "j0", "command": "deployVirtualMachine", "status": 1, "vm": "v1", "done": 1.2},
+            {"jobid": "j2", "command": "stopVirtualMachine", "status": 1, "vm": "v1", "done": 4.2},
+            {"jobid": "j3", "command": "startVirtualMachine", "status": 1, "vm": "v1", "done": 6.2},
+            {"jobid": "j4", "command": "stopVirtualMachine", "status": 1, "vm": "v1", "done": 8.2}]
+    out = checker.job_violations(jobs, [create, o1, j2, j3], offset=offset)
+    assert len(out) == 2, out
+    assert "job j2: stop of VM v1 applied on the host while the VM was Stopped" in out[0]
+    assert "job j4 (stopVirtualMachine): reported done at 1008.200" in out[1] and "was Running" in out[1]
+    # the legitimate history: O1 applied, then J2 (the client's resubmission) finds
+    # the VM Stopped and succeeds without an operation; J3 starts it, J4 stops it
+    j4 = {"request_id": "j4", "op": "stop", "vm": "v1", "start": 1007.5, "end": 1008.0, "state": "Stopped"}
+    assert checker.job_violations(jobs, [create, o1, j3, j4], offset=offset) == []
+    # a failed job leaves the VM in Error, from which a stop goes to the host whatever its state
+    failed = {"jobid": "j1", "command": "stopVirtualMachine", "status": 2, "vm": "v1", "done": 3.0}
+    assert checker.job_violations([*jobs[:3], failed], [create, o1, j2, j3], offset=offset) == []
 
 
 def test_jobs_exactly_once():

@@ -7,10 +7,10 @@ from __future__ import annotations
 import socket
 import threading
 
-from tandem.lab.torture_load import ApiClient, ApiLoad
+from tandem.lab.torture_load import GIVE_UP_AFTER, ApiClient, ApiLoad
 
 
-def test_past_the_deadline_a_silent_api_is_asked_once_not_once_per_job():
+def test_past_the_deadline_a_silent_api_is_asked_a_few_times_not_once_per_job():
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(64)
@@ -40,28 +40,22 @@ def test_past_the_deadline_a_silent_api_is_asked_once_not_once_per_job():
         srv.close()
     assert [j["status"] for j in out] == [0] * 40  # unknown counts as pending
     assert [j["jobid"] for j in out] == [f"job-{i}" for i in range(40)]
-    assert len(accepted) == 1, f"{len(accepted)} requests to an API that answers nothing"
+    assert len(accepted) == GIVE_UP_AFTER, f"{len(accepted)} requests to an API that answers nothing"
 
 
-def test_an_api_client_that_dies_says_so():
-    """Review 29: a worker killed by an error its loop does not expect (an answer
-    without the VM) stopped submitting jobs in silence, and "every accepted job
-    completes" then held for want of jobs. It reports its death, and the campaign
-    counts that as a violation."""
+def _api(answer):
+    """A real HTTP server on loopback whose every answer is `answer(command, query)`:
+    (HTTP status, the response's value)."""
     import json
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import parse_qs, urlsplit
 
-    from tandem.lab.torture import Options, ScheduleResult, analyse
-    from tandem.lab.torture_plan import draw_schedule
-
     class Api(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            command = parse_qs(urlsplit(self.path).query).get("command", [""])[0]
-            body = {"deployVirtualMachine": {"jobid": "j1", "id": "v1"},
-                    "queryAsyncJobResult": {"jobstatus": 1, "jobresult": {}}}.get(command, {})
+            query = parse_qs(urlsplit(self.path).query)
+            code, body = answer(query.get("command", [""])[0], query)
             data = json.dumps({"response": body}).encode()
-            self.send_response(200)
+            self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -71,8 +65,56 @@ def test_an_api_client_that_dies_says_so():
             pass
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Api)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_past_the_deadline_one_failed_question_does_not_end_the_asking():
+    """Review 30: past the deadline, the first failed question ended the asking, and
+    a long campaign's thousands of questions outlast the deadline: one transient
+    error left every job not asked yet "accepted but never completed"."""
+    asked: list[str] = []
+
+    def answer(command, query):
+        asked.append(query["jobid"][0])
+        return (500, {}) if len(asked) == 3 else (200, {"jobstatus": 1, "jobresult": {}})
+    srv = _api(answer)
+    try:
+        load = ApiLoad(ApiClient(f"http://127.0.0.1:{srv.server_address[1]}/client/api", "key", "secret",
+                                 timeout=2))
+        load.jobs = [{"jobid": f"job-{i}", "command": "startVirtualMachine"} for i in range(10)]
+        out = load.final_status(timeout=0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [j["status"] for j in out] == [1] * 10, asked
+    assert [j["seen"] for j in out] == [1] * 10
+
+
+def test_a_job_whose_status_changed_after_the_client_was_told_is_a_violation():
+    """Review 30: the client's own view of a finished job was thrown away, and only
+    the final status judged: told "failed" about an operation the host applied (a
+    takeover re-ran it to success), the client passed."""
+    from tandem.lab import checker
+    job = {"jobid": "j1", "command": "stopVirtualMachine", "vm": "v1", "status": 1, "seen": 2}
+    effect = {"request_id": "j1", "op": "stop", "vm": "v1"}
+    [v] = checker.job_violations([job], [effect])
+    assert "told it failed, but it succeeded in the end" in v
+    assert checker.job_violations([{**job, "seen": 1}], [effect]) == []
+    assert checker.job_violations([{**job, "seen": None}], [effect]) == []  # older histories
+
+
+def test_an_api_client_that_dies_says_so():
+    """Review 29: a worker killed by an error its loop does not expect (an answer
+    without the VM) stopped submitting jobs in silence, and "every accepted job
+    completes" then held for want of jobs. It reports its death, and the campaign
+    counts that as a violation."""
+    from tandem.lab.torture import Options, ScheduleResult, analyse
+    from tandem.lab.torture_plan import draw_schedule
+
+    srv = _api(lambda command, query: (200, {"deployVirtualMachine": {"jobid": "j1", "id": "v1"},
+                                             "queryAsyncJobResult": {"jobstatus": 1, "jobresult": {}}
+                                             }.get(command, {})))
     deaths: list[tuple[int, str]] = []
     try:
         load = ApiLoad(ApiClient(f"http://127.0.0.1:{srv.server_address[1]}/client/api", "key", "secret",

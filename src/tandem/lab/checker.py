@@ -295,6 +295,9 @@ OPS = {"deployVirtualMachine": "create", "startVirtualMachine": "start", "stopVi
 """The simulated host's operation for each API command the campaign's clients send."""
 
 
+STATUS = {0: "was pending", 1: "succeeded", 2: "failed"}
+"""CloudStack's jobstatus values, as the checker's messages say them."""
+
 DONE_SLACK = 0.05
 """Seconds an effect's end (the simulated host's wall clock) may pass the moment
 the client saw its job done (the lab's CLOCK_MONOTONIC, turned into wall time by
@@ -334,7 +337,15 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
     monotonic) and `offset` (wall minus monotonic, see `wall_offset`) is known: a
     job's own effect, and the orphan that explains it, ended before the client was
     told it succeeded (a host that had not done it yet was reported done). Older
-    histories have no `done` and are judged without time."""
+    histories have no `done` and are judged without time.
+
+    A job's status never changes once its client was told it finished (`seen`,
+    review 30): a client told "failed" about an operation that was applied, or
+    "succeeded" about one that never was, was told a lie.
+
+    In order (review 30, `_replay`): each effect makes sense in the state the one
+    before left on that VM, and a job explained by an orphan finds the VM still in
+    that state when it was reported done."""
     effects = list(effects)
     jobs = list(jobs)
     accepted = {str(j["jobid"]) for j in jobs}
@@ -355,6 +366,9 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
         return None if offset is None or j.get("done") is None else float(j["done"]) + offset
     out = [f"job {e.get('request_id')}: {e.get('op')} ran on VM {e.get('vm')} while another operation"
            " was running on it" for e in effects if e.get("conflict")]
+    failed = {str(j.get("vm")) for j in [*jobs, *(db_jobs or ())] if int(j.get("status") or 0) == 2}
+    stale, steps = _replay(effects, failed)
+    out += stale
     count: dict[str, int] = {}
     for e in effects:
         if not e.get("conflict"):
@@ -365,6 +379,9 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
     for j in jobs:
         n = count.get(j["jobid"], 0)
         key = (str(j.get("vm")), OPS.get(j["command"], j["command"]))
+        if j.get("seen") is not None and j["status"] != 0 and j["seen"] != j["status"]:
+            out.append(f"job {j['jobid']} ({j['command']}): the client was told it {STATUS[j['seen']]},"
+                       f" but it {STATUS[j['status']]} in the end")
         if n > 1:
             out.append(f"job {j['jobid']} ({j['command']}): applied {n} times on the host")
         elif j["status"] == 0:
@@ -376,6 +393,11 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
                 ends.pop()
             elif ends[0] <= done + DONE_SLACK:
                 ends.pop(max(k for k, t in enumerate(ends) if t <= done + DONE_SLACK))
+                # and no later effect undid it before the client was told (review 30)
+                now = _state_at(steps.get(key[0], []), done)
+                if key[1] in AFTER and now != AFTER[key[1]] and key[0] not in failed:
+                    out.append(f"job {j['jobid']} ({j['command']}): reported done at {done:.3f} (wall)"
+                               f" without an operation on the host, but VM {key[0]} was {now} there then")
             else:
                 out.append(f"job {j['jobid']} ({j['command']}): reported done at {done:.3f} (wall), but"
                            f" the only {key[1]} of VM {key[0]} that could explain it ended at"
@@ -403,6 +425,49 @@ def job_violations(jobs: Iterable[dict], effects: Iterable[dict],
                            " on the host")
         out += _unknown_done_without_effect(in_db, accepted, effects)
     return out
+
+
+NEEDS = {"start": "Stopped", "stop": "Running"}
+"""The state the simulated host's VM must be in for the management tier to ask it
+for each operation (`tandem.mgmt.vmstates`: a start of a Running VM succeeds
+without asking the host). From a VM in Error it asks whatever the host's state."""
+AFTER = {"start": "Running", "stop": "Stopped"}
+
+
+Steps = dict[str, list[tuple[float, str | None]]]
+"""Per VM, (end, the VM's state after) of each effect on the simulated host, in order."""
+
+
+def _replay(effects: list[dict], failed: set[str]) -> tuple[list[str], Steps]:
+    """The effects on each VM in order (one operation at a time per VM; overlaps
+    are reported as conflicts), each of which must make sense in the state the one
+    before left (review 30): a stop of a Stopped VM, or a start of a Running one,
+    is an operation the management tier decided on a stale state, unless a job on
+    that VM failed (`failed`: it leaves the VM in Error, from which either is
+    sent). Returns the violations and, per VM, (end, state after) of each effect."""
+    by_vm: dict[str, list[dict]] = {}
+    for e in effects:
+        if not e.get("conflict") and e.get("start") is not None:
+            by_vm.setdefault(str(e.get("vm")), []).append(e)
+    out: list[str] = []
+    steps: Steps = {}
+    for vm, es in by_vm.items():
+        es.sort(key=lambda e: float(e["start"]))
+        state: str | None = None
+        for e in es:
+            op = str(e.get("op"))
+            if op in NEEDS and state is not None and state != NEEDS[op] and vm not in failed:
+                out.append(f"job {e.get('request_id')}: {op} of VM {vm} applied on the host while the VM"
+                           f" was {state} there (the management tier's state was stale)")
+            state = None if op == "destroy" else e.get("state") or AFTER.get(op)
+            steps.setdefault(vm, []).append((float(e.get("end") or e["start"]), state))
+    return out, steps
+
+
+def _state_at(steps: list[tuple[float, str | None]], t: float) -> str | None:
+    """A VM's state on the host at wall time `t`, after the effects that ended by then."""
+    then = [state for end, state in steps if end <= t + DONE_SLACK]
+    return then[-1] if then else None
 
 
 def _unknown_done_without_effect(in_db: dict[str, dict], accepted: set[str],

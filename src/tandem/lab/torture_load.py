@@ -103,22 +103,25 @@ class ApiLoad:
                               "accepted": monotonic()})
         return out["jobid"]
 
-    def _saw_done(self, jobid: str) -> None:
-        """Stamp when this client first saw the job finished (`done`, monotonic): the
-        checker wants the host's effect of a job that succeeded before it."""
+    def _saw_done(self, jobid: str, status: int, job: dict[str, Any] | None = None) -> None:
+        """Stamp when this client first saw the job finished (`done`, monotonic) and
+        how (`seen`, its jobstatus then): the checker wants the host's effect of a
+        job that succeeded before it, and the status never to change after it was
+        told (review 30: a client told "failed" about an operation that was applied)."""
         t = monotonic()
         with self.lock:
-            for job in reversed(self.jobs):
-                if job["jobid"] == jobid:
-                    job.setdefault("done", t)
-                    return
+            if job is None:
+                job = next((j for j in reversed(self.jobs) if j["jobid"] == jobid), None)
+            if job is not None:
+                job.setdefault("done", t)
+                job.setdefault("seen", status)
 
     def _wait(self, jobid: str, timeout: float = 30) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stop_event.is_set():
             res = self._call("queryAsyncJobResult", jobid=jobid)
             if res is not None and res.get("jobstatus") != 0:
-                self._saw_done(jobid)
+                self._saw_done(jobid, res.get("jobstatus"))
                 return res
             time.sleep(0.2)
         return None
@@ -160,25 +163,37 @@ class ApiLoad:
     def final_status(self, timeout: float = 120) -> list[dict[str, Any]]:
         """Every accepted job with its final jobstatus (0 if still pending at `timeout`).
 
-        Past `timeout`, the first request that fails ends the asking: the rest
+        Past `timeout`, a few requests failing in a row end the asking: the rest
         count as pending. A campaign that stopped because the cluster could not
         recover has thousands of jobs, and asking a dead API about each one took
-        more than 20 minutes (107:77)."""
+        more than 20 minutes (107:77). (One failure alone ended it, and a long
+        campaign's thousands of questions outlast `timeout`: one transient error
+        would have left every job not asked yet "never completed", review 30.)"""
         deadline = time.monotonic() + timeout
         out = []
-        reachable = True
-        for job in list(self.jobs):
+        failures = 0  # in a row, past the deadline
+        with self.lock:
+            jobs = list(self.jobs)
+        for job in jobs:
             status = 0
-            while reachable:
+            while failures < GIVE_UP_AFTER:
                 try:
                     status = self.client.job_status(job["jobid"])["jobstatus"]
+                    failures = 0
                 except (requests.RequestException, RuntimeError, ValueError):
                     status = 0
-                    reachable = time.monotonic() <= deadline
+                    if time.monotonic() > deadline:
+                        failures += 1
+                        time.sleep(0.2)
+                        continue
                 if status != 0 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
             if status != 0:
-                self._saw_done(job["jobid"])
+                self._saw_done(job["jobid"], status, job)
             out.append({**job, "status": status})
         return out
+
+
+GIVE_UP_AFTER = 5
+"""Failed questions in a row, past its timeout, after which `final_status` stops asking."""
