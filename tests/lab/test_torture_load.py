@@ -133,3 +133,20 @@ def test_an_api_client_that_dies_says_so():
     out = analyse([died], [], [], set(), [], [], [r], Options(), None)
     [v] = [v for v in out["violations"] if "API client 3 died" in v["what"]]
     assert v["check"] == "jobs" and v["schedule"] == r.schedule.name
+
+
+def test_an_api_load_that_gets_no_job_done_after_a_schedule_is_a_violation():
+    """Review 30: a load whose every job failed (or whose every submission did)
+    went on looping, and every job check then held for want of jobs. A schedule
+    converges only once the client saw a job succeed since healing, and the
+    history must show one between the healing and the schedule's end."""
+    from tandem.lab.torture import idle_api_violations
+    jobs = [{"jobid": f"j{i}", "status": 2, "accepted": 100.0 + i, "done": 100.5 + i} for i in range(60)]
+    [v] = idle_api_violations([("1:0", 110.0, 125.0)], jobs)
+    assert v["schedule"] == "1:0" and v["check"] == "jobs" and "saw no job succeed" in v["what"]
+    jobs[20]["status"] = 1  # done at 120.5
+    assert idle_api_violations([("1:0", 110.0, 125.0)], jobs) == []
+    assert len(idle_api_violations([("1:0", 110.0, 120.0)], jobs)) == 1  # after the end
+    assert len(idle_api_violations([("1:0", 110.0, 125.0)], jobs[:5])) == 1  # none accepted since
+    # older histories, without `done`: not judged
+    assert idle_api_violations([("1:0", 110.0, 125.0)], [{**j, "done": None} for j in jobs]) == []

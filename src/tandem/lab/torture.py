@@ -15,6 +15,7 @@ per fault kind.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -359,6 +360,11 @@ class Campaign:
             # client that missed the VIP's announcement can still be sending elsewhere)
             self._last_state = "the writer has acknowledged nothing since healing"
             return False
+        if self._writes_since is not None and self.load is not None \
+                and self.load.last_success < self._writes_since:
+            # the job checks hold for want of jobs otherwise (review 30)
+            self._last_state = "the API load has seen no job succeed since healing"
+            return False
         try:  # from the operator's seat (the root namespace reaches the public bridge)
             code = self._http.get(f"http://{self.stack.api_vip}:{API_PORT}/health", timeout=5).status_code
         except requests.RequestException as e:
@@ -578,6 +584,27 @@ def history_violations(events: list[dict], acks: list[dict], stored: set[str] | 
     return violations
 
 
+def idle_api_violations(healed: list[tuple[str, float, float]], jobs: list[dict]) -> list[dict[str, Any]]:
+    """Every job check holds for want of jobs (review 30): an API load whose every
+    submission failed, or whose every job failed, went on looping, and the
+    campaign passed. So a schedule converges only once the client has seen a job
+    succeed since healing (`converged`), and the history shows it: for each
+    schedule that converged (`healed`: name, healed, end), a job the client saw
+    succeed between its healing and its end. Older histories have no `done`
+    stamps: not judged."""
+    if not any(j.get("done") is not None for j in jobs):
+        return []
+    done = sorted(float(j["done"]) for j in jobs if j.get("done") is not None and j.get("status") == 1)
+    out = []
+    for name, t_healed, t_end in healed:
+        k = bisect.bisect_left(done, t_healed)
+        if k == len(done) or done[k] > t_end:
+            out.append({"schedule": name, "check": "jobs",
+                        "what": f"the API load saw no job succeed between healing ({t_healed:.3f}) and the"
+                                f" schedule's end ({t_end:.3f}): the job checks held for want of jobs"})
+    return out
+
+
 def event_violations(events: list[dict], spans: list[Span]) -> list[dict[str, Any]]:
     """The checks that need only the event log (two writers, two VIP holders): also run
     after every schedule, on the history so far, so that a campaign says at once what
@@ -621,6 +648,8 @@ def analyse(events: list[dict], acks: list[dict], errors: list[dict], stored: se
     spans = [(r.schedule.name, r.t_start, r.t_end) for r in results]
     violations += history_violations(events, acks, stored, jobs, effects, db_jobs, spans, missing_at_lookup,
                                      jobs_unread, not_recorded)
+    violations += idle_api_violations([(r.schedule.name, r.t_healed, r.t_end) for r in results
+                                       if r.t_converged is not None], jobs)
     ack_times = sorted(a["acked"] for a in acks)
     faults = []
     for r in results:

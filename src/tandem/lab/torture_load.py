@@ -66,6 +66,9 @@ class ApiLoad:
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
         self.ids: dict[str, str] = {}
+        #: when a worker last saw a job succeed (monotonic): the campaign converges only
+        #: once one did since healing
+        self.last_success = float("-inf")
 
     def start(self) -> None:
         self.ids = {
@@ -122,6 +125,8 @@ class ApiLoad:
             res = self._call("queryAsyncJobResult", jobid=jobid)
             if res is not None and res.get("jobstatus") != 0:
                 self._saw_done(jobid, res.get("jobstatus"))
+                if res.get("jobstatus") == 1:
+                    self.last_success = monotonic()
                 return res
             time.sleep(0.2)
         return None

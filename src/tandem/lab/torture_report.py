@@ -191,7 +191,13 @@ def recheck(report: Path, converge_bound: float | None = None) -> dict[str, Any]
     Returns {"schedules", "violations", "was"} (`was`: the count the campaign itself
     reported)."""
     from tandem.lab.events import EventLog
-    from tandem.lab.torture import SETTLED_CHECKS, Options, history_violations, settled_violations
+    from tandem.lab.torture import (
+        SETTLED_CHECKS,
+        Options,
+        history_violations,
+        idle_api_violations,
+        settled_violations,
+    )
     from tandem.lab.writer import read_log
     files = {n: report / n for n in ("results.json", "history.json", "events.jsonl", "writer.jsonl")}
     missing = [n for n, f in files.items() if not f.exists()]
@@ -219,6 +225,8 @@ def recheck(report: Path, converge_bound: float | None = None) -> dict[str, Any]
                                      history.get("missing_at_lookup"),
                                      jobs_unread="db_jobs" in history and history["db_jobs"] is None,
                                      not_recorded=history.get("not_recorded"))
+    violations += idle_api_violations([(s["name"], s["t_healed"], s["t_end"]) for s in scheds
+                                       if s.get("converge_s") is not None], history.get("jobs", []))
     violations += saved_history_gaps(result, history, events, files["writer.jsonl"])
     return {"schedules": len(scheds), "violations": violations, "was": len(result["violations"])}
 
