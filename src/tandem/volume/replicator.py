@@ -50,7 +50,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1922,9 +1922,12 @@ class Replicator:
 
         The receiver queues the requested ranges of one received batch together;
         they are answered in slices of at most RESYNC_BATCH ranges /
-        RESYNC_BATCH_BYTES: ranges held, read, and sent in one sendmsg, so
-        scattered small blocks do not cost a queue hand-off, a system call and
-        a peer wakeup each.
+        RESYNC_BATCH_BYTES: ranges held together, so scattered small blocks do
+        not cost a queue hand-off and a lock each; each frame (up to ~1 MiB) is
+        sent as soon as it is read and sealed, so the link carries one while the
+        next is read (one sendmsg for the whole slice left the socket idle while
+        16 MiB were read and sealed, and held the link's send lock, and with it
+        every application write, through all of that).
         """
         while True:
             item = self._source_queue.get()
@@ -1953,15 +1956,14 @@ class Replicator:
         token = self.ranges.acquire_many(ranges)
         try:
             store = self.store
-            msgs: list[wire.Message] = []
             small = []
             for off, n in ranges:
                 if n >= LARGE_RANGE:
-                    msgs.append(wire.ResyncData(off, store.pread(off, n)))
+                    link.send(wire.ResyncData(off, store.pread(off, n)))
                 else:
                     small.append((off, n))
-            msgs.extend(self._read_batches(small))
-            link.send_many(msgs)
+            for batch in self._read_batches(small):
+                link.send(batch)
             # Sent: the source's bits go, so that a resync the link interrupts resumes
             # where it was (torture 151:37: a full sync of 512 MiB over a link that
             # dropped every ~5 s began again from the first byte each time, and never
@@ -1985,9 +1987,9 @@ class Replicator:
         if self.resync:
             self.resync.done += sent
 
-    def _read_batches(self, ranges: list[tuple[int, int]]) -> list[wire.ResyncDataBatch]:
-        """ResyncDataBatch frames for small ranges, each within the payload limit."""
-        out = []
+    def _read_batches(self, ranges: list[tuple[int, int]]) -> Iterator[wire.ResyncDataBatch]:
+        """ResyncDataBatch frames for small ranges, each within the payload limit,
+        each read when the one before was taken."""
         i = 0
         while i < len(ranges):
             j, size = i, wire.batch_payload_size([])
@@ -2004,9 +2006,8 @@ class Replicator:
             for off, n in part:
                 self.store.pread_into(off, view[pos:pos + n])
                 pos += n
-            out.append(wire.ResyncDataBatch(part, buf))
+            yield wire.ResyncDataBatch(part, buf)
             i = j
-        return out
 
     def _finish_source(self, link: Link) -> None:
         """The target has every block: the bitmap empties and its identifier goes.
