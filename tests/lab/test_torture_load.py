@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from tandem.lab.torture_load import GIVE_UP_AFTER, ApiClient, ApiLoad
+from tandem.lab.torture_load import GIVE_UP_AFTER, TRIES_PAST_DEADLINE, ApiClient, ApiLoad
 
 
 def test_past_the_deadline_a_silent_api_is_asked_a_few_times_not_once_per_job():
@@ -40,7 +40,8 @@ def test_past_the_deadline_a_silent_api_is_asked_a_few_times_not_once_per_job():
         srv.close()
     assert [j["status"] for j in out] == [0] * 40  # unknown counts as pending
     assert [j["jobid"] for j in out] == [f"job-{i}" for i in range(40)]
-    assert len(accepted) == GIVE_UP_AFTER, f"{len(accepted)} requests to an API that answers nothing"
+    assert len(accepted) == GIVE_UP_AFTER * TRIES_PAST_DEADLINE, \
+        f"{len(accepted)} requests to an API that answers nothing"
 
 
 def _api(answer):
@@ -89,6 +90,23 @@ def test_past_the_deadline_one_failed_question_does_not_end_the_asking():
         srv.server_close()
     assert [j["status"] for j in out] == [1] * 10, asked
     assert [j["seen"] for j in out] == [1] * 10
+
+
+def test_past_the_deadline_a_job_the_api_cannot_answer_for_does_not_end_the_asking():
+    """Review 30: the same job asked again and again past the deadline (one the
+    database lost: "Unable to find async job") used up the failures allowed in a
+    row, and every later job counted as "never completed"."""
+    srv = _api(lambda command, query: (431, {"errortext": "Unable to find async job"})
+               if query["jobid"][0] == "job-2" else (200, {"jobstatus": 1, "jobresult": {}}))
+    try:
+        load = ApiLoad(ApiClient(f"http://127.0.0.1:{srv.server_address[1]}/client/api", "key", "secret",
+                                 timeout=2))
+        load.jobs = [{"jobid": f"job-{i}", "command": "startVirtualMachine"} for i in range(10)]
+        out = load.final_status(timeout=0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [j["status"] for j in out] == [1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
 
 
 def test_a_job_whose_status_changed_after_the_client_was_told_is_a_violation():
@@ -141,12 +159,15 @@ def test_an_api_load_that_gets_no_job_done_after_a_schedule_is_a_violation():
     converges only once the client saw a job succeed since healing, and the
     history must show one between the healing and the schedule's end."""
     from tandem.lab.torture import idle_api_violations
-    jobs = [{"jobid": f"j{i}", "status": 2, "accepted": 100.0 + i, "done": 100.5 + i} for i in range(60)]
+    jobs = [{"jobid": f"j{i}", "status": 2, "seen": 2, "accepted": 100.0 + i, "done": 100.5 + i}
+            for i in range(60)]
     [v] = idle_api_violations([("1:0", 110.0, 125.0)], jobs)
     assert v["schedule"] == "1:0" and v["check"] == "jobs" and "saw no job succeed" in v["what"]
-    jobs[20]["status"] = 1  # done at 120.5
+    jobs[20]["status"] = 1  # the final status is not what the client saw then
+    assert len(idle_api_violations([("1:0", 110.0, 125.0)], jobs)) == 1
+    jobs[20]["seen"] = 1  # done at 120.5
     assert idle_api_violations([("1:0", 110.0, 125.0)], jobs) == []
     assert len(idle_api_violations([("1:0", 110.0, 120.0)], jobs)) == 1  # after the end
     assert len(idle_api_violations([("1:0", 110.0, 125.0)], jobs[:5])) == 1  # none accepted since
-    # older histories, without `done`: not judged
-    assert idle_api_violations([("1:0", 110.0, 125.0)], [{**j, "done": None} for j in jobs]) == []
+    # histories from before the rule, without `seen`: not judged
+    assert idle_api_violations([("1:0", 110.0, 125.0)], [{**j, "seen": None} for j in jobs]) == []

@@ -454,8 +454,12 @@ def _replay(effects: list[dict], failed: set[str]) -> tuple[list[str], Steps]:
     for vm, es in by_vm.items():
         es.sort(key=lambda e: float(e["start"]))
         state: str | None = None
+        ran: set[str] = set()
         for e in es:
             op = str(e.get("op"))
+            if str(e.get("request_id")) in ran:
+                continue  # applied twice: reported as that, not as a stale decision too
+            ran.add(str(e.get("request_id")))
             if op in NEEDS and state is not None and state != NEEDS[op] and vm not in failed:
                 out.append(f"job {e.get('request_id')}: {op} of VM {vm} applied on the host while the VM"
                            f" was {state} there (the management tier's state was stale)")

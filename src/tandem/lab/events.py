@@ -61,9 +61,11 @@ NOT_RECORDED = "lab event not recorded"
 
 def record_lab_event(kind: str, **fields: Any) -> None:
     """Record a fact for the lab's checker when running in a lab ($TANDEM_LAB_EVENTS),
-    never failing the caller. One that cannot be written (a full disk, no file
-    descriptor left) is said in the process's log instead: the checker would judge
-    a history with a hole in it, a lost `writable True` hiding a second writer."""
+    never failing the caller. One that cannot be written (no file descriptor
+    left, a permission error) is said in the process's log instead: the checker
+    would judge a history with a hole in it, a lost `writable True` hiding a
+    second writer. (A full disk takes the log with it: the lab keeps both on one
+    file system.)"""
     path = os.environ.get("TANDEM_LAB_EVENTS")
     if path:
         try:

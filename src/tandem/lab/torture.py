@@ -360,9 +360,10 @@ class Campaign:
             # client that missed the VIP's announcement can still be sending elsewhere)
             self._last_state = "the writer has acknowledged nothing since healing"
             return False
-        if self._writes_since is not None and self.load is not None \
+        if self._writes_since is not None and self.load is not None and self.load.alive() \
                 and self.load.last_success < self._writes_since:
-            # the job checks hold for want of jobs otherwise (review 30)
+            # the job checks hold for want of jobs otherwise (review 30); a load whose
+            # workers died is a violation of its own (`workload_died`)
             self._last_state = "the API load has seen no job succeed since healing"
             return False
         try:  # from the operator's seat (the root namespace reaches the public bridge)
@@ -590,11 +591,11 @@ def idle_api_violations(healed: list[tuple[str, float, float]], jobs: list[dict]
     campaign passed. So a schedule converges only once the client has seen a job
     succeed since healing (`converged`), and the history shows it: for each
     schedule that converged (`healed`: name, healed, end), a job the client saw
-    succeed between its healing and its end. Older histories have no `done`
-    stamps: not judged."""
-    if not any(j.get("done") is not None for j in jobs):
+    succeed between its healing and its end (`seen`: what the client was told
+    then). Histories from before the rule (no `seen`) ran without it: not judged."""
+    if not any(j.get("seen") is not None for j in jobs):
         return []
-    done = sorted(float(j["done"]) for j in jobs if j.get("done") is not None and j.get("status") == 1)
+    done = sorted(float(j["done"]) for j in jobs if j.get("done") is not None and j.get("seen") == 1)
     out = []
     for name, t_healed, t_end in healed:
         k = bisect.bisect_left(done, t_healed)

@@ -81,6 +81,10 @@ class ApiLoad:
             t.start()
             self.threads.append(t)
 
+    def alive(self) -> bool:
+        """Some worker still submits jobs."""
+        return any(t.is_alive() for t in self.threads)
+
     def stop(self) -> None:
         self.stop_event.set()
         for t in self.threads:
@@ -168,29 +172,33 @@ class ApiLoad:
     def final_status(self, timeout: float = 120) -> list[dict[str, Any]]:
         """Every accepted job with its final jobstatus (0 if still pending at `timeout`).
 
-        Past `timeout`, a few requests failing in a row end the asking: the rest
-        count as pending. A campaign that stopped because the cluster could not
-        recover has thousands of jobs, and asking a dead API about each one took
-        more than 20 minutes (107:77). (One failure alone ended it, and a long
-        campaign's thousands of questions outlast `timeout`: one transient error
-        would have left every job not asked yet "never completed", review 30.)"""
+        Past `timeout`, each job is asked at most `TRIES_PAST_DEADLINE` times,
+        and after `GIVE_UP_AFTER` jobs in a row without an answer the asking ends:
+        the rest count as pending. A campaign that stopped because the cluster
+        could not recover has thousands of jobs, and asking a dead API about each
+        one took more than 20 minutes (107:77). (One failure alone ended it, and a
+        long campaign's thousands of questions outlast `timeout`: one transient
+        error, or one job the API cannot answer for, would have left every job not
+        asked yet "never completed", review 30.)"""
         deadline = time.monotonic() + timeout
         out = []
-        failures = 0  # in a row, past the deadline
+        unanswered = 0  # jobs in a row, past the deadline, without an answer
         with self.lock:
             jobs = list(self.jobs)
         for job in jobs:
-            status = 0
-            while failures < GIVE_UP_AFTER:
+            status, tries = 0, 0
+            while unanswered < GIVE_UP_AFTER:
                 try:
                     status = self.client.job_status(job["jobid"])["jobstatus"]
-                    failures = 0
                 except (requests.RequestException, RuntimeError, ValueError):
-                    status = 0
                     if time.monotonic() > deadline:
-                        failures += 1
-                        time.sleep(0.2)
-                        continue
+                        tries += 1
+                        if tries >= TRIES_PAST_DEADLINE:
+                            unanswered += 1
+                            break
+                    time.sleep(0.2)
+                    continue
+                unanswered = 0
                 if status != 0 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
@@ -201,4 +209,6 @@ class ApiLoad:
 
 
 GIVE_UP_AFTER = 5
-"""Failed questions in a row, past its timeout, after which `final_status` stops asking."""
+"""Jobs in a row without an answer, past its timeout, after which `final_status` stops asking."""
+TRIES_PAST_DEADLINE = 3
+"""Questions about one job past `final_status`'s timeout before it counts as unanswered."""
