@@ -70,15 +70,8 @@ def _api(answer):
     return srv
 
 
-def test_past_the_deadline_one_failed_question_does_not_end_the_asking():
-    """Review 30: past the deadline, the first failed question ended the asking, and
-    a long campaign's thousands of questions outlast the deadline: one transient
-    error left every job not asked yet "accepted but never completed"."""
-    asked: list[str] = []
-
-    def answer(command, query):
-        asked.append(query["jobid"][0])
-        return (500, {}) if len(asked) == 3 else (200, {"jobstatus": 1, "jobresult": {}})
+def _final_status_of_ten_jobs(answer) -> list[dict]:
+    """`final_status(timeout=0)` of ten jobs, asked of an `_api(answer)`."""
     srv = _api(answer)
     try:
         load = ApiLoad(ApiClient(f"http://127.0.0.1:{srv.server_address[1]}/client/api", "key", "secret",
@@ -88,6 +81,19 @@ def test_past_the_deadline_one_failed_question_does_not_end_the_asking():
     finally:
         srv.shutdown()
         srv.server_close()
+    return out
+
+
+def test_past_the_deadline_one_failed_question_does_not_end_the_asking():
+    """Review 30: past the deadline, the first failed question ended the asking, and
+    a long campaign's thousands of questions outlast the deadline: one transient
+    error left every job not asked yet "accepted but never completed"."""
+    asked: list[str] = []
+
+    def answer(command, query):
+        asked.append(query["jobid"][0])
+        return (500, {}) if len(asked) == 3 else (200, {"jobstatus": 1, "jobresult": {}})
+    out = _final_status_of_ten_jobs(answer)
     assert [j["status"] for j in out] == [1] * 10, asked
     assert [j["seen"] for j in out] == [1] * 10
 
@@ -96,16 +102,9 @@ def test_past_the_deadline_a_job_the_api_cannot_answer_for_does_not_end_the_aski
     """Review 30: the same job asked again and again past the deadline (one the
     database lost: "Unable to find async job") used up the failures allowed in a
     row, and every later job counted as "never completed"."""
-    srv = _api(lambda command, query: (431, {"errortext": "Unable to find async job"})
-               if query["jobid"][0] == "job-2" else (200, {"jobstatus": 1, "jobresult": {}}))
-    try:
-        load = ApiLoad(ApiClient(f"http://127.0.0.1:{srv.server_address[1]}/client/api", "key", "secret",
-                                 timeout=2))
-        load.jobs = [{"jobid": f"job-{i}", "command": "startVirtualMachine"} for i in range(10)]
-        out = load.final_status(timeout=0)
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    lost = (431, {"errortext": "Unable to find async job"})
+    out = _final_status_of_ten_jobs(lambda command, query: lost if query["jobid"][0] == "job-2"
+                                    else (200, {"jobstatus": 1, "jobresult": {}}))
     assert [j["status"] for j in out] == [1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
 
 
