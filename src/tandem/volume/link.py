@@ -157,7 +157,7 @@ class Link:
             return
         with self.send_lock:
             parts: list = []
-            for m in msgs:  # the state lock per message: sealing 16 MiB of resync data takes ms
+            for m in msgs:  # the state lock per message: sealing takes time, and the receiver needs it
                 with self.state_lock:
                     self._check_open()
                     parts.extend(self.peer.send_parts(m))
