@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tandem.bench import repl_floor
 from tandem.bench.mariadb import (
     COMMON_OPTIONS,
     BenchError,
@@ -57,7 +58,7 @@ from tandem.volume import control
 from tandem.volume.fuse_stack import ext4_mount, loop_device
 
 MiB = 1 << 20
-PARTS = ("sysbench", "fio", "resync")
+PARTS = ("sysbench", "fio", "floor", "resync")
 TARGETS = {"sysbench_1t_ratio": 0.5, "resync_vs_raw": 0.8, "resync_1pct_vs_full": 0.03}
 FIO_COMMON = ("--ioengine=psync", "--direct=1", "--fallocate=none", "--time_based",
               "--output-format=json")
@@ -82,6 +83,7 @@ class BenchOptions:
     ext4_options: str = ""  # extra mount options for ext4 on the volume (documented)
     cache: str = "write-through"  # the volume's cache mode (config.Volume.cache)
     mkfs_features: str = ""  # extra ext4 features for the volume's mkfs (-O), e.g. fast_commit
+    floor_writes: int = 4000  # 4 KiB writes per kind in the floor part (repl_floor)
 
 
 @dataclass
@@ -403,7 +405,12 @@ def run(opts: BenchOptions, say: Callable[[str], None] = lambda s: None) -> dict
                 _stop_all(dbs)
             if "fio" in opts.parts:
                 result["fio"] = _fio(local_dir, mnt, opts, say)
-        # ext4 unmounted, loop detached: the FUSE file is free for the resync runs
+        # ext4 unmounted, loop detached: the FUSE file is free for the floor and resync runs
+        if "floor" in opts.parts:
+            say(f"floor: {opts.floor_writes} 4 KiB writes per kind, local / replicated by the"
+                " simplest programs / the volume")
+            result["floor"] = repl_floor.measure(lab, opts.floor_writes, opts.rounds,
+                                                 vol.device("node1"))
         if "resync" in opts.parts:
             result["resync"] = _resync(lab, vol, size, say)
     finally:
@@ -562,6 +569,11 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
         metric = "iops" if "4k" in job else "mib_s"
         if rows["local"][metric]:
             s[f"{job}_ratio"] = round(rows["tandem"][metric] / rows["local"][metric], 3)
+    fl = res.get("floor")
+    if fl:
+        for mode in repl_floor.MODES[1:]:
+            if mode in fl:
+                s[f"floor_local_over_{mode}"] = fl[mode]["local_over_this"]
     rs = res.get("resync")
     if rs:
         s["resync_vs_raw"] = round(rs["full_sync"]["mib_s"] / rs["raw_copy"]["mib_s"], 3)
@@ -625,6 +637,30 @@ def render(res: dict[str, Any]) -> None:
                       f"{rows['local']['clat_mean_us']:.0f}",
                       f"{rows['tandem']['clat_mean_us']:.0f}")
         console.print(t)
+    fl = res.get("floor")
+    if fl:
+        t = Table(title=f"one 4 KiB write at a time, O_DIRECT + RWF_DSYNC, {fl['writes_per_mode']}"
+                  f" writes per kind in {res['options']['rounds']} interleaved slices")
+        for col in ("write", "mean µs", "p50 µs", "p90 µs", "local / this"):
+            t.add_column(col, justify="right")
+        names = {"local": "node1's disk alone",
+                 "durable": "replicated, peer writes durably (floor of protocol C, write-through)",
+                 "received": "replicated, peer answers on receipt (a semi-sync replica's ack)",
+                 "volume": "tandem volume: the Primary's FUSE file"}
+        for mode in repl_floor.MODES:
+            if mode in fl:
+                row = fl[mode]
+                t.add_row(names[mode], f"{row['mean_us']:.0f}", f"{row['p50_us']:.0f}",
+                          f"{row['p90_us']:.0f}", f"{row.get('local_over_this', 1.0):.2f}")
+        console.print(t)
+        msg = ("A commit here is mostly its device writes, one after another, and with"
+               " protocol C each waits for the peer: with durable peer writes the commit rate"
+               f" stays near {fl['durable']['local_over_this']:.2f}x the local one for any"
+               " implementation (the 'durable' row).")
+        if "volume" in fl:
+            over = fl["volume"]["mean_us"] - fl["durable"]["mean_us"]
+            msg += f" The volume's own cost above that floor: {over:.0f} µs per write."
+        console.print(msg)
     rs = res.get("resync")
     if rs:
         t = Table(title="resync over the lab replication network")

@@ -29,8 +29,9 @@ def volume(
                                " the same background load)"),
     sparse: bool = typer.Option(False, help="sparse backing files instead of zero-filled ones"),
     size: str = typer.Option("1GiB", help="volume size (also the full-sync/raw-copy size)"),
-    only: str = typer.Option(",".join(("sysbench", "fio", "resync")),
-                             help="parts to run: sysbench,fio,resync"),
+    only: str = typer.Option(",".join(("sysbench", "fio", "floor", "resync")),
+                             help="parts to run: sysbench,fio,floor,resync"),
+    floor_writes: int = typer.Option(4000, help="4 KiB writes per kind in the floor part"),
     semisync: bool = typer.Option(True, help="include (c) MariaDB semi-sync replication"),
     ext4_options: str = typer.Option("", help="extra ext4 mount options on the volume"),
     mkfs_features: str = typer.Option("", help="extra ext4 features for the volume's mkfs"
@@ -49,6 +50,8 @@ def volume(
     if mkfs_features and not re.fullmatch(r"\^?[a-z0-9_]+(,\^?[a-z0-9_]+)*", mkfs_features):
         raise TandemError(f"--mkfs-features: {mkfs_features!r} is not a comma-separated list of"
                           " ext4 features (e.g. fast_commit or ^metadata_csum)")
+    if not 100 <= floor_writes <= 1_000_000:
+        raise TandemError(f"--floor-writes: {floor_writes} is not within 100..1000000")
     try:
         thread_counts = tuple(int(t) for t in threads.split(",") if t.strip())
     except ValueError:
@@ -56,7 +59,8 @@ def volume(
     opts = BenchOptions(lab=lab, seconds=seconds, fio_seconds=fio_seconds,
                         threads=thread_counts, rounds=rounds, volume_size=size, parts=parts,
                         semisync=semisync, ext4_options=ext4_options, cache=cache,
-                        mkfs_features=mkfs_features, preallocate=not sparse)
+                        mkfs_features=mkfs_features, preallocate=not sparse,
+                        floor_writes=floor_writes)
 
     def say(msg: str) -> None:
         if not as_json:
