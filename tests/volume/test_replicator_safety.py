@@ -712,6 +712,55 @@ def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
         rep.stop()
 
 
+def test_a_silent_connection_from_the_peers_address_gives_its_slot_to_the_next(tmp_path):
+    """Any process on the peer's host can connect from the peer's address and stay
+    silent: it held the one link slot for the whole handshake timeout (20 s here) and
+    kept the real peer out. Once it has been unauthenticated for a second and the
+    address connects again, the new connection gets the slot; a real peer's handshake
+    takes a round trip, so it is never the one replaced."""
+    backing, meta = tmp_path / "node2.img", tmp_path / "node2.meta"
+    BackingStore.create(backing, SIZE)
+    MetaStore.create(meta, SIZE, "node2", disk=DiskState.UP_TO_DATE, generations=GenerationIds(GEN),
+                     al_slots=61, al_extent_size=EXTENT).close()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = VolumeSpec(resource="r0", node="node2", peer="node1", size=SIZE, backing=backing,
+                      metadata=meta, address="127.0.0.1", peer_address="127.0.0.2", port=port,
+                      ping_timeout=5.0, resync_rate=None, fence_peer_command=None, run_dir=tmp_path,
+                      secret_file=tmp_path / "secret", write_through=True)
+    rep = Replicator(spec, SECRET)
+    assert rep._peer_config(False).handshake_timeout == 20.0
+    rep.start()
+    socks = []
+    try:
+        deadline = time.monotonic() + 5
+        while rep._listener is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        silent = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+        socks.append(silent)
+        while rep.link is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        held = rep.link
+        assert held is not None and not held.authenticated
+        # The real peer (node1 dials): a PeerConnection the test drives.
+        real = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+        socks.append(real)
+        peer = PeerConnection(PeerConfig(node="node1", secret=LINK_SECRET, nonce=os.urandom(16),
+                                         initiator=True), now=time.monotonic())
+        real.sendall(peer.data_to_send())
+        _pump(real, peer, lambda: peer.peer_node is not None, timeout=10)  # well within 20 s
+        assert held.closed and "not authenticated within" in held.close_reason
+        assert rep.link is not held and rep.link.authenticated
+        silent.settimeout(5)
+        while silent.recv(1 << 16):  # our hello, then the close (a TimeoutError if open)
+            pass
+    finally:
+        for s in socks:
+            s.close()
+        rep.stop()
+
+
 def test_a_suspend_after_the_write_lease_ran_out_dates_the_end_of_writes_to_the_lease(
         tmp_path, monkeypatch):
     """Torture 75:81: node2's volume daemon was paused past its write lease; resumed,

@@ -102,6 +102,7 @@ class Link:
         self.close_reason = ""
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.started_at = time.monotonic()
         tune_socket(sock)
         self._thread = threading.Thread(target=self._receive_loop, name="link-recv", daemon=True)
 
@@ -112,6 +113,11 @@ class Link:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    @property
+    def authenticated(self) -> bool:
+        """The peer proved it knows the secret (see tandem.volume.auth)."""
+        return self.peer.peer_node is not None
 
     @property
     def state(self) -> ConnectionState:

@@ -93,6 +93,10 @@ HANDSHAKING = frozenset({ConnectionState.CONNECTING, ConnectionState.WF_REPORT_P
 LIVE_LINK = WRITABLE_LINK | HANDSHAKING  #: any other state is terminal: the link is being closed
 PROMOTE_HANDSHAKE_WAIT = 2.0
 """How long promote() waits for a connection handshake to decide the resync direction."""
+UNAUTHENTICATED_GRACE = 1.0
+"""Seconds a connection from the peer's address may stay unauthenticated while
+another one from that address waits: the real peer's challenge and answer take a
+round trip, not a second (see Replicator._replace_silent_link)."""
 BITMAP_RACE_TRIES = 8  #: a write's looks for a link, each undone by a new link's bitmap
 UNFENCE_ATTEMPTS = 20  #: unfence-peer tries while the DCS does not answer (0.1 s to 1 s apart)
 #: seconds between handshakes while a split-brain policy cannot decide (both
@@ -357,6 +361,7 @@ class Replicator:
         self._pending_writes: dict[int, tuple[Waiter, int, int]] = {}
         self._pending_flushes: dict[int, Waiter] = {}
         self._strangers: set[str] = set()  # addresses refused on the listener (logged once)
+        self._waiting_sock: socket.socket | None = None  # took a silent link's place
         self._last_link: Link | None = None  # its receiver must end before the next link
         self._old_receiver_since: float | None = None
         self._old_receiver_logged = False
@@ -422,6 +427,9 @@ class Replicator:
         self._source_queue.put(None)
         for t in self._threads:
             t.join(timeout=3)
+        waiting, self._waiting_sock = self._waiting_sock, None
+        if waiting is not None:
+            waiting.close()
         with self.meta_lock:
             with contextlib.suppress(Exception):
                 self.meta.update(primary=self.role is Role.PRIMARY)
@@ -1385,6 +1393,7 @@ class Replicator:
                 self._undecided_retry_at = None
                 self.standalone_reason = ""
             if self.link is not None or self.standalone_reason or self.store.failed:
+                self._replace_silent_link()
                 # Woken at once when a link ends or the operator asks to connect:
                 # a reconnect costs a handshake, not a polling interval.
                 self._connect_wake.wait(0.05)
@@ -1393,7 +1402,9 @@ class Replicator:
             if not self._old_receiver_ended() or self.standalone_reason or self.link is not None:
                 continue  # (the old receiver may have refused the connection as it ended)
             self.peer_status = None  # nothing of the old link's may count on the new one
-            sock = self._dial() if self.spec.dials else self._accept()
+            sock, self._waiting_sock = self._waiting_sock, None
+            if sock is None:
+                sock = self._dial() if self.spec.dials else self._accept()
             if sock is None:
                 continue
             link = Link(sock, self._peer_config(self.spec.dials), self._on_events,
@@ -1442,16 +1453,51 @@ class Replicator:
             time.sleep(0.1)
             return None
 
+    def _replace_silent_link(self) -> None:
+        """A link from the peer's address that has not authenticated within
+        UNAUTHENTICATED_GRACE gives its place to the next connection from that address.
+
+        The listener has one link slot, taken before authentication. Any process on
+        the peer's host can connect from the peer's address (binding a local address
+        needs no privilege) and stay silent: it held the slot for the whole handshake
+        timeout (5 s and more), again and again, and kept the real peer out. The real
+        peer authenticates in a round trip, so it is never the one replaced."""
+        link, listener = self.link, self._listener
+        if (listener is None or link is None or self._waiting_sock is not None
+                or link.authenticated
+                or time.monotonic() - link.started_at < UNAUTHENTICATED_GRACE):
+            return
+        try:
+            listener.settimeout(0)
+            sock = self._accept_from_peer()
+        finally:
+            listener.settimeout(0.2)
+        if sock is None:
+            return
+        if self.link is not link or link.authenticated:
+            sock.close()  # it authenticated (or ended) meanwhile: keep to the rule
+            return
+        self._waiting_sock = sock
+        log.warning("replication connection from %s not authenticated after %.0f s: closed for"
+                    " the next one from that address", self.spec.peer_address,
+                    UNAUTHENTICATED_GRACE)
+        link.close(f"not authenticated within {UNAUTHENTICATED_GRACE:.0f} s, and the peer's"
+                   " address connected again")
+
     def _accept(self) -> socket.socket | None:
+        sock = self._accept_from_peer()
+        if sock is not None and self.link is not None:
+            sock.close()
+            return None
+        return sock
+
+    def _accept_from_peer(self) -> socket.socket | None:
         assert self._listener
         try:
             sock, addr = self._listener.accept()
-        except (TimeoutError, OSError):
+        except (TimeoutError, BlockingIOError, OSError):
             return None
         sock.settimeout(None)
-        if self.link is not None:
-            sock.close()
-            return None
         if ipaddress.ip_address(addr[0]) != ipaddress.ip_address(self.spec.peer_address):
             # The peer dials from its replication address. Anyone else would hold the
             # one link slot through a silent handshake (5 s and more), again and again,
