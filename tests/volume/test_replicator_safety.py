@@ -751,7 +751,11 @@ def test_a_silent_connection_from_the_peers_address_gives_its_slot_to_the_next(t
         real.sendall(peer.data_to_send())
         _pump(real, peer, lambda: peer.peer_node is not None, timeout=10)  # well within 20 s
         assert held.closed and "not authenticated within" in held.close_reason
+        while not (rep.link is not None and rep.link.authenticated) and time.monotonic() < deadline + 10:
+            time.sleep(0.01)  # our receiver takes the last auth message in its own time
         assert rep.link is not held and rep.link.authenticated
+        assert not rep.link.close_if_unauthenticated("test"), "an authenticated link was closed"
+        assert not rep.link.closed
         silent.settimeout(5)
         while silent.recv(1 << 16):  # our hello, then the close (a TimeoutError if open)
             pass

@@ -358,6 +358,21 @@ class Link:
                 return
             self._closed.set()
             self.close_reason = reason
+        self._closed_now(reason)
+
+    def close_if_unauthenticated(self, reason: str) -> bool:
+        """Close, unless the peer has authenticated: checked and marked under the state
+        lock, where the receiver completes authentication, so a link that has just
+        authenticated (its decision perhaps on the way) is never taken for a silent one."""
+        with self.state_lock:
+            if self._closed.is_set() or self.peer.peer_node is not None:
+                return False
+            self._closed.set()
+            self.close_reason = reason
+        self._closed_now(reason)
+        return True
+
+    def _closed_now(self, reason: str) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):

@@ -362,6 +362,7 @@ class Replicator:
         self._pending_flushes: dict[int, Waiter] = {}
         self._strangers: set[str] = set()  # addresses refused on the listener (logged once)
         self._waiting_sock: socket.socket | None = None  # took a silent link's place
+        self._silent_logged_at = -60.0
         self._last_link: Link | None = None  # its receiver must end before the next link
         self._old_receiver_since: float | None = None
         self._old_receiver_logged = False
@@ -1393,6 +1394,9 @@ class Replicator:
                 self._undecided_retry_at = None
                 self.standalone_reason = ""
             if self.link is not None or self.standalone_reason or self.store.failed:
+                if self.link is None and self._waiting_sock is not None:
+                    self._waiting_sock.close()  # no link is wanted now: it would be stale
+                    self._waiting_sock = None
                 self._replace_silent_link()
                 # Woken at once when a link ends or the operator asks to connect:
                 # a reconnect costs a handshake, not a polling interval.
@@ -1461,7 +1465,10 @@ class Replicator:
         the peer's host can connect from the peer's address (binding a local address
         needs no privilege) and stay silent: it held the slot for the whole handshake
         timeout (5 s and more), again and again, and kept the real peer out. The real
-        peer authenticates in a round trip, so it is never the one replaced."""
+        peer authenticates in a round trip, so it is never the one replaced; one that
+        authenticates while the next connection is being taken keeps its place
+        (Link.close_if_unauthenticated). Still open: several silent connections
+        queued ahead of the peer's each hold the slot for the grace in turn."""
         link, listener = self.link, self._listener
         if (listener is None or link is None or self._waiting_sock is not None
                 or link.authenticated
@@ -1470,19 +1477,25 @@ class Replicator:
         try:
             listener.settimeout(0)
             sock = self._accept_from_peer()
+        except OSError:  # the listener closed under us: stopping
+            return
         finally:
-            listener.settimeout(0.2)
+            with contextlib.suppress(OSError):
+                listener.settimeout(0.2)
         if sock is None:
             return
-        if self.link is not link or link.authenticated:
-            sock.close()  # it authenticated (or ended) meanwhile: keep to the rule
+        if (self.link is link and not link.close_if_unauthenticated(
+                f"not authenticated within {UNAUTHENTICATED_GRACE:.0f} s, and the peer's"
+                " address connected again") and link.authenticated):
+            sock.close()  # it authenticated meanwhile: the real peer keeps its place
             return
-        self._waiting_sock = sock
-        log.warning("replication connection from %s not authenticated after %.0f s: closed for"
-                    " the next one from that address", self.spec.peer_address,
-                    UNAUTHENTICATED_GRACE)
-        link.close(f"not authenticated within {UNAUTHENTICATED_GRACE:.0f} s, and the peer's"
-                   " address connected again")
+        self._waiting_sock = sock  # the slot is free (replaced, or the link ended meanwhile)
+        now = time.monotonic()
+        if now - self._silent_logged_at >= 60:
+            self._silent_logged_at = now
+            log.warning("replication connection from %s not authenticated after %.0f s: closed"
+                        " for the next one from that address",
+                        self.spec.peer_address, UNAUTHENTICATED_GRACE)
 
     def _accept(self) -> socket.socket | None:
         sock = self._accept_from_peer()
