@@ -162,19 +162,22 @@ def _slice(lab: Lab, mode: str, n: int, files: dict[str, Path], volume_file: Pat
                                 *_module("peer", addr, str(port), str(files["node2"]),
                                          "--durable" if mode == "durable" else "--no-durable")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started = False
         try:
-            assert srv.stdout is not None and srv.stderr is not None
-            if srv.stdout.readline().strip() != "ready":
-                raise BenchError(f"floor peer did not start: {srv.stderr.read()[-300:]}")
-            out = subprocess.run([*n1, *_module("writer", str(files["node1"]), str(n),
-                                                "--peer", addr, "--port", str(port), "--source",
-                                                lab.address("node1", "replication"))],
-                                 capture_output=True, text=True, timeout=600)
-            srv.wait(timeout=IO_TIMEOUT)
+            assert srv.stdout is not None
+            started = srv.stdout.readline().strip() == "ready"
+            if started:
+                out = subprocess.run([*n1, *_module("writer", str(files["node1"]), str(n),
+                                                    "--peer", addr, "--port", str(port), "--source",
+                                                    lab.address("node1", "replication"))],
+                                     capture_output=True, text=True, timeout=600)
+                srv.wait(timeout=IO_TIMEOUT)  # the writer hung up: the peer ends
         finally:
             if srv.poll() is None:
                 srv.kill()
-                srv.wait()
+            _, err = srv.communicate()  # reaps it and closes its pipes
+        if not started:
+            raise BenchError(f"floor peer did not start: {err.strip()[-300:]}")
     if out.returncode != 0:
         raise BenchError(f"floor {mode}: {out.stderr.strip()[-300:]}")
     return [float(x) for x in out.stdout.split()]
