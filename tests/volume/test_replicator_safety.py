@@ -1108,6 +1108,50 @@ def test_a_lease_renewed_during_a_forced_demotion_does_not_reopen_io(tmp_path, m
         rep.store.close()
 
 
+def test_a_suspend_that_comes_while_a_renewed_lease_reopens_io_is_not_undone(tmp_path, monkeypatch):
+    """Torture 267:2: the write lease ran out and held I/O; the renewal came late, found
+    no hold but the lease's own, and reopened I/O; between its check and the opening,
+    the agent (which had decided to demote on the old deadline) suspended I/O. The
+    renewal's opening then undid the suspension: node1 completed writes for 58 ms of
+    its demotion, and its "writable" events came out in the wrong order. The check and
+    the opening are one step now; the suspension lands after it and holds."""
+    import json
+    import threading
+
+    from tandem.volume import replicator as replicator_module
+
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv("TANDEM_LAB_EVENTS", str(events))
+    rep = make_replicator(tmp_path)
+    rep.role = Role.PRIMARY
+    real_event = replicator_module.lab_event
+    agent = threading.Thread(target=rep.suspend, args=("demoting: the lease deadline passed",),
+                             kwargs={"timeout": 0}, daemon=True)
+
+    def event(kind, **fields):
+        real_event(kind, **fields)
+        if fields.get("reason") == "resumed" and not agent.is_alive():
+            agent.start()  # the agent's suspend-io, in the middle of the reopening
+            agent.join(0.5)  # blocked until the reopening is over, or done at once (the bug)
+
+    monkeypatch.setattr(replicator_module, "lab_event", event)
+    try:
+        rep.set_write_lease(time.monotonic() - 1.0)
+        rep._lease_expired(rep._write_lease)  # a write noticed the lease had run out
+        rep.set_write_lease(time.monotonic() + 60)  # the late renewal
+        agent.join(5)
+        assert not agent.is_alive()
+        assert not rep.io_open.is_set(), "the renewal undid the agent's suspension"
+        assert rep.suspended_reason.startswith("demoting")
+        rec = [json.loads(line) for line in events.read_text().splitlines()]
+        writable = [(e["writable"], e["reason"]) for e in rec if e["kind"] == "writable"]
+        assert writable[-1] == (False, "demoting: the lease deadline passed"), writable
+    finally:
+        rep.role = Role.SECONDARY
+        rep.meta.close()
+        rep.store.close()
+
+
 class _Hook:
     """The volume's fence hook as the replicator sees it (DcsFencer in a cluster): the
     fence, and the unfence, which asks `in_sync()` after reading the record."""

@@ -339,6 +339,12 @@ class Replicator:
         self._role_change = threading.Lock()
         self.io_open = threading.Event()
         self.io_open.set()
+        # The gate and the holds on it change together under this lock (taken inside
+        # io_lock where both are needed, never the other way round): a lease renewal
+        # that found no hold but the lease's own, then opened the gate, could open it
+        # just after the agent's suspend-io had closed it (torture 267:2: node1 went on
+        # completing writes for 58 ms of a demotion, its "writable" events out of order).
+        self._hold_lock = threading.Lock()
         self.suspended_reason = ""
         self._held_by_operator = False
         self._fencing: tuple[list, list] | None = None
@@ -1041,9 +1047,10 @@ class Replicator:
             fence = (not connected and self.fence_peer is not None
                      and (self.peer_disk is not DiskState.OUTDATED or self._unfenced_since_fence))
             if fence:
-                self.io_open.clear()
-                self.suspended_reason = "fencing the peer (promoted without a connection to it)"
-                token = self._begin_fence([], [])
+                with self._hold_lock:
+                    self.io_open.clear()
+                    self.suspended_reason = "fencing the peer (promoted without a connection to it)"
+                    token = self._begin_fence([], [])
         self.lost_leadership = False
         if dropped:
             log.warning("the link dropped while promoting: new generation")
@@ -1062,25 +1069,31 @@ class Replicator:
         renewed. A hung or paused agent thus cannot leave a writable Primary behind."""
         self._write_lease = until
         if until is not None and time.monotonic() < until and self._lease_held_io:
-            self._lease_held_io = False
-            # Never reopen I/O in the middle of a fence, nor under another hold (a forced
-            # demotion's, the agent's suspend-io): the lease lifts its own hold only.
-            # Torture 181:126: a renewal that came while a forced demotion waited for
-            # writes reopened I/O on the Primary it was demoting.
-            if self._fencing is None and not self._held_by_operator:
-                self.resume()
+            with self._hold_lock:
+                if self._lease_held_io:
+                    self._lease_held_io = False
+                    # Never reopen I/O in the middle of a fence, nor under another hold (a
+                    # forced demotion's, the agent's suspend-io): the lease lifts its own
+                    # hold only. Torture 181:126: a renewal that came while a forced
+                    # demotion waited for writes reopened I/O on the Primary it was demoting.
+                    if self._fencing is None and not self._held_by_operator:
+                        self._open_io()
         if (until is None or time.monotonic() < until) and self.role is Role.PRIMARY:
             self._complete_lease_parked(None)
 
     def _lease_expired(self, deadline: float) -> None:
-        if not self._lease_held_io:
+        if self._lease_held_io:
+            return
+        with self._hold_lock:
+            if self._lease_held_io:
+                return
             self._lease_held_io = True
             operator = self._held_by_operator
             # Noticed now (a paused daemon notices only when it runs again: torture
             # 16:10), but no write has started since the deadline: the lab's checker
             # ends this node's writable interval there. A write already past its
             # check finishes only if the peer acknowledged it or a fence succeeds.
-            self.suspend("the agent's write lease expired", timeout=0, since=deadline)
+            self._close_io("the agent's write lease expired", since=deadline)
             # This hold is the lease's: the next lease lifts it, not an operator. (Counted
             # as an operator's, a lease renewed during a fence left I/O shut for good.)
             self._held_by_operator = operator
@@ -1090,6 +1103,15 @@ class Replicator:
         block, and this returns once no write is between "started" and
         "acknowledged" (True), or after `timeout` (False). `since`: when writes
         stopped starting, if before now (the lease deadline)."""
+        with self._hold_lock:
+            self._close_io(reason, since)
+        deadline = time.monotonic() + timeout
+        while self.ranges.busy() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return not self.ranges.busy()
+
+    def _close_io(self, reason: str, since: float | None) -> None:
+        """Under _hold_lock: the gate shuts, held by `reason` (an operator's hold)."""
         self.suspended_reason = reason
         self._held_by_operator = True
         self.io_open.clear()
@@ -1102,12 +1124,13 @@ class Replicator:
             since = lease
         lab_event("writable", node=self.spec.node, writable=False, reason=reason,
                   **({} if since is None else {"since": since}))
-        deadline = time.monotonic() + timeout
-        while self.ranges.busy() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        return not self.ranges.busy()
 
     def resume(self) -> None:
+        with self._hold_lock:
+            self._open_io()
+
+    def _open_io(self) -> None:
+        """Under _hold_lock: every hold lifted, the gate open."""
         if self.role is Role.PRIMARY and not self.io_open.is_set() and self.meta.state.disk.has_disk:
             lab_event("writable", node=self.spec.node, writable=True, reason="resumed")
         self._held_by_operator = False
@@ -1843,9 +1866,10 @@ class Replicator:
             if self.role is not Role.PRIMARY:
                 self._lost_as_secondary = link  # a promotion racing this loss must know
             if fence:
-                self.io_open.clear()
-                self.suspended_reason = "fencing the peer"
-                token = self._begin_fence(writes, flushes)
+                with self._hold_lock:
+                    self.io_open.clear()
+                    self.suspended_reason = "fencing the peer"
+                    token = self._begin_fence(writes, flushes)
             # Handled: from here a write the peer does not see is held by the fence or
             # completes as StandAlone's (see _hold_for_link_loss).
             self._loss_handled = link
@@ -1954,13 +1978,16 @@ class Replicator:
             # connection says (resync), not the Outdated the fence recorded.
             log.info("peer fenced, but it is connected again: its state comes from the link")
             self._unfence_soon("the fence landed after it came back")
-        if self._held_by_operator or self._lease_held_io:
+        with self._hold_lock:
+            held = self._held_by_operator or self._lease_held_io
+            if not held:
+                # Writable again: also after a write lease that ran out and was renewed
+                # during the fence (its `writable=False` must not be the checker's last word).
+                self._open_io()
+        if held:
             log.info("peer fenced (marked Outdated); I/O stays suspended: %s", self.suspended_reason)
         else:
-            log.info("peer fenced (marked Outdated); resuming I/O")
-            # Writable again: also after a write lease that ran out and was renewed during
-            # the fence (its `writable=False` must not be the checker's last word).
-            self.resume()
+            log.info("peer fenced (marked Outdated); I/O resumed")
         for w, _, _ in writes:
             w.done()
         for w in flushes:
