@@ -57,7 +57,8 @@ def _source(tmp_path, role: Role) -> tuple[Replicator, object, PeerConnection, s
         size=SIZE, bitmap_weight=0)))
     _pump(theirs, peer, lambda: peer.state is ConnectionState.WF_BITMAP_T)
     theirs.sendall(peer.send(wire.BitmapChunk(0, b"", last=True)))
-    _pump(theirs, peer, lambda: link.state is ConnectionState.SYNC_SOURCE)
+    _pump(theirs, peer, lambda: link.state is ConnectionState.SYNC_SOURCE
+          and peer.state is ConnectionState.SYNC_TARGET)  # both sides have taken the bitmaps
     source = threading.Thread(target=rep._source_loop, name="resync-source", daemon=True)
     source.start()
     rep._threads.append(source)

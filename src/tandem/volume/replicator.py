@@ -966,7 +966,11 @@ class Replicator:
             self._send_status()
         self._retry_undecided_now()
         self._mount()
-        lab_event("writable", node=self.spec.node, writable=True, reason="promoted")
+        with self._hold_lock:
+            # Said only with the gate open: one shut meanwhile (a fence, the write lease
+            # noticed run out during the mount) says "resumed" when it opens.
+            if self.io_open.is_set() and self.role is Role.PRIMARY:
+                lab_event("writable", node=self.spec.node, writable=True, reason="promoted")
         log.info("promoted to Primary%s", " (forced)" if force else "")
 
     def _promote_locked(self, force: bool, peer_outdated: bool = False,
@@ -1026,11 +1030,12 @@ class Replicator:
             self.peer_disk = DiskState.OUTDATED
             with self.meta_lock:
                 self.meta.update(peer_outdated=True)
-        if self._fencing is None and not self._lease_held_io:
-            # Whatever suspended I/O belonged to an earlier term as Primary.
-            self._held_by_operator = False
-            self.suspended_reason = ""
-            self.io_open.set()
+        with self._hold_lock:
+            if self._fencing is None and not self._lease_held_io:
+                # Whatever suspended I/O belonged to an earlier term as Primary.
+                self._held_by_operator = False
+                self.suspended_reason = ""
+                self.io_open.set()
         with self.io_lock:
             # The link may have dropped since `connected` was read, and its loss been
             # handled as a Secondary's (no new generation, no fence): handle it here.
@@ -1085,8 +1090,10 @@ class Replicator:
         if self._lease_held_io:
             return
         with self._hold_lock:
-            if self._lease_held_io:
-                return
+            lease = self._write_lease
+            if (self._lease_held_io or self.role is not Role.PRIMARY or lease is None
+                    or time.monotonic() < lease):
+                return  # renewed since the caller looked, or nothing to hold (review 31)
             self._lease_held_io = True
             operator = self._held_by_operator
             # Noticed now (a paused daemon notices only when it runs again: torture
@@ -1979,7 +1986,9 @@ class Replicator:
             log.info("peer fenced, but it is connected again: its state comes from the link")
             self._unfence_soon("the fence landed after it came back")
         with self._hold_lock:
-            held = self._held_by_operator or self._lease_held_io
+            # Another fence may have begun since ours ended (the link came back and
+            # dropped again): it holds the gate too (review 31).
+            held = self._fencing is not None or self._held_by_operator or self._lease_held_io
             if not held:
                 # Writable again: also after a write lease that ran out and was renewed
                 # during the fence (its `writable=False` must not be the checker's last word).
