@@ -1072,17 +1072,16 @@ class Replicator:
         """The agent's leadership, as seen by the volume: after `until` (CLOCK_MONOTONIC,
         shared by every process on the machine) no write completes until the lease is
         renewed. A hung or paused agent thus cannot leave a writable Primary behind."""
-        self._write_lease = until
-        if until is not None and time.monotonic() < until and self._lease_held_io:
-            with self._hold_lock:
-                if self._lease_held_io:
-                    self._lease_held_io = False
-                    # Never reopen I/O in the middle of a fence, nor under another hold (a
-                    # forced demotion's, the agent's suspend-io): the lease lifts its own
-                    # hold only. Torture 181:126: a renewal that came while a forced
-                    # demotion waited for writes reopened I/O on the Primary it was demoting.
-                    if self._fencing is None and not self._held_by_operator:
-                        self._open_io()
+        with self._hold_lock:  # with _lease_expired's look at the lease (review 31c)
+            self._write_lease = until
+            if until is not None and self._lease_held_io and time.monotonic() < until:
+                self._lease_held_io = False
+                # Never reopen I/O in the middle of a fence, nor under another hold (a
+                # forced demotion's, the agent's suspend-io): the lease lifts its own hold
+                # only. Torture 181:126: a renewal that came while a forced demotion
+                # waited for writes reopened I/O on the Primary it was demoting.
+                if self._fencing is None and not self._held_by_operator:
+                    self._open_io()
         if (until is None or time.monotonic() < until) and self.role is Role.PRIMARY:
             self._complete_lease_parked(None)
 
