@@ -672,10 +672,9 @@ def test_a_refusal_that_another_thread_closed_first_still_leaves_the_volume_stan
         pass  # the refusal is asserted on the way in
 
 
-def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
-    """The listener has one link slot, taken before authentication: a stranger that
-    connected and stayed silent held it for the whole handshake timeout, again and
-    again, and kept the real peer out. Only the peer's replication address gets in."""
+def _listening_node2(tmp_path, ping_timeout: float) -> tuple[Replicator, int]:
+    """node2 (the side that listens) started on a free loopback port; its peer node1
+    connects from 127.0.0.2."""
     backing, meta = tmp_path / "node2.img", tmp_path / "node2.meta"
     BackingStore.create(backing, SIZE)
     MetaStore.create(meta, SIZE, "node2", disk=DiskState.UP_TO_DATE, generations=GenerationIds(GEN),
@@ -685,11 +684,19 @@ def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
         port = probe.getsockname()[1]
     spec = VolumeSpec(resource="r0", node="node2", peer="node1", size=SIZE, backing=backing,
                       metadata=meta, address="127.0.0.1", peer_address="127.0.0.2", port=port,
-                      ping_timeout=2.0, resync_rate=None, fence_peer_command=None, run_dir=tmp_path,
-                      secret_file=tmp_path / "secret", write_through=True)
+                      ping_timeout=ping_timeout, resync_rate=None, fence_peer_command=None,
+                      run_dir=tmp_path, secret_file=tmp_path / "secret", write_through=True)
     rep = Replicator(spec, SECRET)
     assert not spec.dials  # node2 listens
     rep.start()
+    return rep, port
+
+
+def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
+    """The listener has one link slot, taken before authentication: a stranger that
+    connected and stayed silent held it for the whole handshake timeout, again and
+    again, and kept the real peer out. Only the peer's replication address gets in."""
+    rep, port = _listening_node2(tmp_path, ping_timeout=2.0)
     socks = []
     try:
         deadline = time.monotonic() + 5
@@ -718,20 +725,8 @@ def test_a_silent_connection_from_the_peers_address_gives_its_slot_to_the_next(t
     kept the real peer out. Once it has been unauthenticated for a second and the
     address connects again, the new connection gets the slot; a real peer's handshake
     takes a round trip, so it is never the one replaced."""
-    backing, meta = tmp_path / "node2.img", tmp_path / "node2.meta"
-    BackingStore.create(backing, SIZE)
-    MetaStore.create(meta, SIZE, "node2", disk=DiskState.UP_TO_DATE, generations=GenerationIds(GEN),
-                     al_slots=61, al_extent_size=EXTENT).close()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    spec = VolumeSpec(resource="r0", node="node2", peer="node1", size=SIZE, backing=backing,
-                      metadata=meta, address="127.0.0.1", peer_address="127.0.0.2", port=port,
-                      ping_timeout=5.0, resync_rate=None, fence_peer_command=None, run_dir=tmp_path,
-                      secret_file=tmp_path / "secret", write_through=True)
-    rep = Replicator(spec, SECRET)
+    rep, port = _listening_node2(tmp_path, ping_timeout=5.0)
     assert rep._peer_config(False).handshake_timeout == 20.0
-    rep.start()
     socks = []
     try:
         deadline = time.monotonic() + 5
