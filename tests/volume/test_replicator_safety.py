@@ -689,6 +689,9 @@ def _listening_node2(tmp_path, ping_timeout: float) -> tuple[Replicator, int]:
     rep = Replicator(spec, SECRET)
     assert not spec.dials  # node2 listens
     rep.start()
+    deadline = time.monotonic() + 5
+    while rep._listener is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return rep, port
 
 
@@ -699,9 +702,6 @@ def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
     rep, port = _listening_node2(tmp_path, ping_timeout=2.0)
     socks = []
     try:
-        deadline = time.monotonic() + 5
-        while rep._listener is None and time.monotonic() < deadline:
-            time.sleep(0.01)
         stranger = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.3", 0))
         socks.append(stranger)
         stranger.settimeout(2)
@@ -730,8 +730,6 @@ def test_a_silent_connection_from_the_peers_address_gives_its_slot_to_the_next(t
     socks = []
     try:
         deadline = time.monotonic() + 5
-        while rep._listener is None and time.monotonic() < deadline:
-            time.sleep(0.01)
         silent = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
         socks.append(silent)
         while rep.link is None and time.monotonic() < deadline:
