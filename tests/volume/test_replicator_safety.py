@@ -695,10 +695,43 @@ def _listening_node2(tmp_path, ping_timeout: float) -> tuple[Replicator, int]:
     return rep, port
 
 
+def _from_peer_address(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+
+
+def _authenticate_as_node1(sock: socket.socket, timeout: float) -> PeerConnection:
+    """The real peer (node1 dials): a PeerConnection the test drives through the
+    mutual authentication."""
+    peer = PeerConnection(PeerConfig(node="node1", secret=LINK_SECRET, nonce=os.urandom(16),
+                                     initiator=True), now=time.monotonic())
+    sock.sendall(peer.data_to_send())
+    _pump(sock, peer, lambda: peer.peer_node is not None, timeout=timeout)
+    return peer
+
+
+def _wait_for_authenticated_link(rep: Replicator, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not (rep.link is not None and rep.link.authenticated) and time.monotonic() < deadline:
+        time.sleep(0.01)  # our receiver takes the last auth message in its own time
+    assert rep.link is not None and rep.link.authenticated and not rep.link.closed
+
+
+def _closed_by_node2(sock: socket.socket, timeout: float) -> bool:
+    """Our Hello, then EOF within `timeout` (False: still open)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
 def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
-    """The listener has one link slot, taken before authentication: a stranger that
-    connected and stayed silent held it for the whole handshake timeout, again and
-    again, and kept the real peer out. Only the peer's replication address gets in."""
+    """A stranger is closed before any handshake; the peer's address gets a handshake
+    (our Hello), and the link once it has authenticated."""
     rep, port = _listening_node2(tmp_path, ping_timeout=2.0)
     socks = []
     try:
@@ -706,52 +739,117 @@ def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
         socks.append(stranger)
         stranger.settimeout(2)
         assert stranger.recv(1) == b""  # closed at once, before any handshake
-        assert rep.link is None
-        peer = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
-        socks.append(peer)
-        deadline = time.monotonic() + 5
-        while rep.link is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert rep.link is not None  # the peer's address gets the slot (and its handshake)
+        assert rep._listener.pending == []
+        real = _from_peer_address(port)
+        socks.append(real)
+        _authenticate_as_node1(real, timeout=5)
+        _wait_for_authenticated_link(rep, timeout=5)
     finally:
         for s in socks:
             s.close()
         rep.stop()
 
 
-def test_a_silent_connection_from_the_peers_address_gives_its_slot_to_the_next(tmp_path):
+def test_silent_connections_from_the_peers_address_do_not_keep_the_peer_out(tmp_path):
     """Any process on the peer's host can connect from the peer's address and stay
-    silent: it held the one link slot for the whole handshake timeout (20 s here) and
-    kept the real peer out. Once it has been unauthenticated for a second and the
-    address connects again, the new connection gets the slot; a real peer's handshake
-    takes a round trip, so it is never the one replaced."""
+    silent. The listener's one link slot used to go to the first connection, before it
+    authenticated: a silent one held it for the handshake timeout (20 s here), and a
+    queue of them, each in turn, kept the real peer out. Now every connection from that
+    address authenticates side by side and the first to succeed gets the link. More
+    silent ones than fit: the oldest, unauthenticated for a second, make room."""
+    from tandem.volume.listener import MAX_PENDING
     rep, port = _listening_node2(tmp_path, ping_timeout=5.0)
     assert rep._peer_config(False).handshake_timeout == 20.0
     socks = []
     try:
+        silent = [_from_peer_address(port) for _ in range(3)]
+        socks += silent
         deadline = time.monotonic() + 5
-        silent = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
-        socks.append(silent)
-        while rep.link is None and time.monotonic() < deadline:
+        while len(rep._listener.pending) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-        held = rep.link
-        assert held is not None and not held.authenticated
-        # The real peer (node1 dials): a PeerConnection the test drives.
-        real = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+        assert len(rep._listener.pending) == 3 and rep.link is None
+        real = _from_peer_address(port)
         socks.append(real)
-        peer = PeerConnection(PeerConfig(node="node1", secret=LINK_SECRET, nonce=os.urandom(16),
-                                         initiator=True), now=time.monotonic())
-        real.sendall(peer.data_to_send())
-        _pump(real, peer, lambda: peer.peer_node is not None, timeout=10)  # well within 20 s
-        assert held.closed and "not authenticated within" in held.close_reason
-        while not (rep.link is not None and rep.link.authenticated) and time.monotonic() < deadline + 10:
-            time.sleep(0.01)  # our receiver takes the last auth message in its own time
-        assert rep.link is not held and rep.link.authenticated
+        t0 = time.monotonic()
+        _authenticate_as_node1(real, timeout=5)
+        # No wait for the silent ones (one at a time, each would have held the
+        # slot for the 1 s grace: 3 s at least).
+        assert time.monotonic() - t0 < 2.0
+        _wait_for_authenticated_link(rep, timeout=5)
+        for s in silent:  # the others are closed once the peer took the link
+            assert _closed_by_node2(s, timeout=5), "a silent connection stayed open"
+        assert rep._listener.pending == []
+        first = rep.link
+
+        # The link goes; then more silent connections than can pend, ahead of the peer's.
+        first.close("test: the link drops")
+        silent = [_from_peer_address(port) for _ in range(MAX_PENDING + 3)]
+        socks += silent
+        real = _from_peer_address(port)
+        socks.append(real)
+        t0 = time.monotonic()
+        _authenticate_as_node1(real, timeout=8)
+        # One grace for the first ones to be replaced, then a poll per connection:
+        # in turn, MAX_PENDING + 3 graces (11 s).
+        assert time.monotonic() - t0 < 4.0
+        _wait_for_authenticated_link(rep, timeout=5)
+        assert rep.link is not first
         assert not rep.link.close_if_unauthenticated("test"), "an authenticated link was closed"
-        assert not rep.link.closed
-        silent.settimeout(5)
-        while silent.recv(1 << 16):  # our hello, then the close (a TimeoutError if open)
-            pass
+        for s in silent:  # made room, or closed when the peer took the link
+            assert _closed_by_node2(s, timeout=5), "a silent connection stayed open"
+        assert rep._listener.pending == []
+    finally:
+        for s in socks:
+            s.close()
+        rep.stop()
+
+
+def test_a_wrong_secret_or_name_on_the_listener_is_reported_and_the_peer_still_gets_in(tmp_path):
+    """A connection from the peer's address that fails its handshake (wrong secret)
+    or authenticates under another name is closed before it can take the link, and
+    the status says why the listening side has none; the real peer, connecting while
+    they are pending, gets the link."""
+    import json
+    rep, port = _listening_node2(tmp_path, ping_timeout=2.0)
+    socks = []
+    try:
+        wrong = _from_peer_address(port)
+        socks.append(wrong)
+        bad = PeerConnection(PeerConfig(node="node1", secret=b"not the secret" * 3,
+                                        nonce=os.urandom(16), initiator=True), now=time.monotonic())
+        wrong.sendall(bad.data_to_send())
+        with contextlib.suppress(wire.ProtocolError, OSError, AssertionError):
+            _pump(wrong, bad, lambda: bad.peer_node is not None or bad.terminal, timeout=3)
+        with contextlib.suppress(wire.ProtocolError, OSError):
+            # Our proof, if node2's failed our check before it left (it was queued)
+            wrong.sendall(bad.data_to_send())
+        assert _closed_by_node2(wrong, timeout=5)
+        deadline = time.monotonic() + 5
+        while "ended before authenticating" not in rep.status()["peer"].get("last_error", "") \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        status = json.dumps(rep.status())
+        assert "ended before authenticating" in status and rep.link is None, status
+        assert LINK_SECRET.hex() not in status
+
+        impostor = _from_peer_address(port)
+        socks.append(impostor)
+        other = PeerConnection(PeerConfig(node="node3", secret=LINK_SECRET, nonce=os.urandom(16),
+                                          initiator=True), now=time.monotonic())
+        impostor.sendall(other.data_to_send())
+        real = _from_peer_address(port)  # pending beside it, silent for now
+        socks.append(real)
+        deadline = time.monotonic() + 5
+        while len(rep._listener.pending) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(rep._listener.pending) == 2
+        with contextlib.suppress(wire.ProtocolError, OSError, AssertionError):
+            _pump(impostor, other, lambda: other.terminal, timeout=3)
+        assert _closed_by_node2(impostor, timeout=5)
+        assert rep.link is None and "got node3" in rep.status()["peer"]["last_error"]
+        _authenticate_as_node1(real, timeout=5)  # not closed with the impostor
+        _wait_for_authenticated_link(rep, timeout=5)
+        assert rep.link.peer.peer_node == "node1" and not rep.link.closed
     finally:
         for s in socks:
             s.close()

@@ -110,6 +110,10 @@ class Link:
         self._send_raw([self._take_automatic()])
         self._thread.start()
 
+    def redirect_events(self, on_events: Callable[[Link, list[Event]], None]) -> None:
+        """From the receiver thread (inside `on_events`): later batches go to `on_events`."""
+        self._on_events = on_events
+
     @property
     def closed(self) -> bool:
         return self._closed.is_set()

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import ipaddress
 import logging
 import os
 import queue
@@ -62,6 +61,7 @@ from tandem.volume.backing import BackingStore
 from tandem.volume.bitmap import ActivityLog, ActivityLogFull
 from tandem.volume.genid import SplitBrainPolicy
 from tandem.volume.link import Link, Waiter, disconnect_reason, new_nonce
+from tandem.volume.listener import PeerListener
 from tandem.volume.meta import MetaStore
 from tandem.volume.peer import (
     Authenticated,
@@ -93,10 +93,6 @@ HANDSHAKING = frozenset({ConnectionState.CONNECTING, ConnectionState.WF_REPORT_P
 LIVE_LINK = WRITABLE_LINK | HANDSHAKING  #: any other state is terminal: the link is being closed
 PROMOTE_HANDSHAKE_WAIT = 2.0
 """How long promote() waits for a connection handshake to decide the resync direction."""
-UNAUTHENTICATED_GRACE = 1.0
-"""Seconds a connection from the peer's address may stay unauthenticated while
-another one from that address waits: the real peer's challenge and answer take a
-round trip, not a second (see Replicator._replace_silent_link)."""
 BITMAP_RACE_TRIES = 8  #: a write's looks for a link, each undone by a new link's bitmap
 UNFENCE_ATTEMPTS = 20  #: unfence-peer tries while the DCS does not answer (0.1 s to 1 s apart)
 #: seconds between handshakes while a split-brain policy cannot decide (both
@@ -366,9 +362,6 @@ class Replicator:
         self.lost_leadership = False
         self._pending_writes: dict[int, tuple[Waiter, int, int]] = {}
         self._pending_flushes: dict[int, Waiter] = {}
-        self._strangers: set[str] = set()  # addresses refused on the listener (logged once)
-        self._waiting_sock: socket.socket | None = None  # took a silent link's place
-        self._silent_logged_at = -60.0
         self._last_link: Link | None = None  # its receiver must end before the next link
         self._old_receiver_since: float | None = None
         self._old_receiver_logged = False
@@ -396,7 +389,10 @@ class Replicator:
                       "flushes_skipped": 0}
         self._running = True
         self._stopped = threading.Event()
-        self._listener: socket.socket | None = None
+        self._listener: PeerListener | None = None
+        #: a link the listener hands over (_claim_link) is set under it: stop() and
+        #: disconnect() see it, and the last link's receiver is checked
+        self._claim_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.fuse = None
 
@@ -424,7 +420,8 @@ class Replicator:
                 # after a crash, and that covers it (its extent was logged first).
                 log.error("stopping while Primary: %s; the next start resyncs the activity"
                           " log as after a crash", e)
-        self._running = False
+        with self._claim_lock:  # a listener's link claimed now is seen below
+            self._running = False
         link = self.link
         if link:
             link.disconnect("peer is going down")
@@ -434,9 +431,6 @@ class Replicator:
         self._source_queue.put(None)
         for t in self._threads:
             t.join(timeout=3)
-        waiting, self._waiting_sock = self._waiting_sock, None
-        if waiting is not None:
-            waiting.close()
         with self.meta_lock:
             with contextlib.suppress(Exception):
                 self.meta.update(primary=self.role is Role.PRIMARY)
@@ -1379,7 +1373,8 @@ class Replicator:
 
     def disconnect(self, reason: str = "disconnected by the operator") -> None:
         self._undecided_retry_at = None
-        self.standalone_reason = reason
+        with self._claim_lock:  # a listener's link claimed now is seen below
+            self.standalone_reason = reason
         link = self.link
         if link is not None:
             link.disconnect(reason)
@@ -1413,9 +1408,13 @@ class Replicator:
 
     def _connect_loop(self) -> None:
         if not self.spec.dials:
-            self._listener = socket.create_server((self.spec.address, self.spec.port),
-                                                  reuse_port=False, backlog=4)
-            self._listener.settimeout(0.2)
+            self._listener = PeerListener(
+                self.spec.address, self.spec.port, self.spec.peer_address, self.spec.peer,
+                make_link=lambda sock, on_events, on_closed: Link(
+                    sock, self._peer_config(False), on_events, on_closed),
+                claim=self._claim_link, on_events=self._on_events,
+                on_closed=self._on_link_closed, on_failed=self._handshake_failed)
+        listener = self._listener
         while self._running:
             retry = self._undecided_retry_at
             if (self.standalone_reason and retry is not None and time.monotonic() >= retry
@@ -1423,10 +1422,8 @@ class Replicator:
                 self._undecided_retry_at = None
                 self.standalone_reason = ""
             if self.link is not None or self.standalone_reason or self.store.failed:
-                if self.link is None and self._waiting_sock is not None:
-                    self._waiting_sock.close()  # no link is wanted now: it would be stale
-                    self._waiting_sock = None
-                self._replace_silent_link()
+                if listener is not None:  # (accepted while another took the link)
+                    listener.drop_pending("no replication link is wanted now")
                 # Woken at once when a link ends or the operator asks to connect:
                 # a reconnect costs a handshake, not a polling interval.
                 self._connect_wake.wait(0.05)
@@ -1434,14 +1431,14 @@ class Replicator:
                 continue
             if not self._old_receiver_ended() or self.standalone_reason or self.link is not None:
                 continue  # (the old receiver may have refused the connection as it ended)
+            if listener is not None:
+                listener.poll()  # the first to authenticate takes the link (_claim_link)
+                continue
             self.peer_status = None  # nothing of the old link's may count on the new one
-            sock, self._waiting_sock = self._waiting_sock, None
-            if sock is None:
-                sock = self._dial() if self.spec.dials else self._accept()
+            sock = self._dial()
             if sock is None:
                 continue
-            link = Link(sock, self._peer_config(self.spec.dials), self._on_events,
-                        self._on_link_closed)
+            link = Link(sock, self._peer_config(True), self._on_events, self._on_link_closed)
             self._rs_target_started = False
             self._rs_target_since = None
             self._last_link = self.link = link
@@ -1449,6 +1446,25 @@ class Replicator:
                 link.start()
             except ConnectionError:
                 continue
+
+    def _claim_link(self, link: Link) -> bool:
+        """The listener's pending `link` authenticated first: it becomes the link, if
+        one is wanted. Called from its receiver thread, before its first events are
+        handled, under the listener's lock. The listener took it only once the last
+        link's receiver had ended and none has been claimed since; checked again."""
+        with self._claim_lock:
+            old = self._last_link
+            if (not self._running or self.link is not None or self.standalone_reason
+                    or self.store.failed or (old is not None and old.receiving)):
+                return False
+            self.peer_status = None  # nothing of the old link's may count on the new one
+            self._rs_target_started = False
+            self._rs_target_since = None
+            self._last_link = self.link = link
+            return True
+
+    def _handshake_failed(self, reason: str) -> None:
+        self.last_link_error = reason
 
     def _old_receiver_ended(self) -> bool:
         """One receiver at a time. A link closed by another thread (a ping timeout, a
@@ -1472,7 +1488,10 @@ class Replicator:
                 log.warning("the receiver of the closed link is still applying what it had"
                             " received (a slow disk?); the next link waits for it")
             return False
-        self._last_link = self._old_receiver_since = None
+        with self._claim_lock:  # not a link the listener handed over meanwhile
+            if self._last_link is old:
+                self._last_link = None
+        self._old_receiver_since = None
         self._old_receiver_logged = False
         return True
 
@@ -1486,72 +1505,6 @@ class Replicator:
             time.sleep(0.1)
             return None
 
-    def _replace_silent_link(self) -> None:
-        """A link from the peer's address that has not authenticated within
-        UNAUTHENTICATED_GRACE gives its place to the next connection from that address.
-
-        The listener has one link slot, taken before authentication. Any process on
-        the peer's host can connect from the peer's address (binding a local address
-        needs no privilege) and stay silent: it held the slot for the whole handshake
-        timeout (5 s and more), again and again, and kept the real peer out. The real
-        peer authenticates in a round trip, so it is never the one replaced; one that
-        authenticates while the next connection is being taken keeps its place
-        (Link.close_if_unauthenticated). Still open: several silent connections
-        queued ahead of the peer's each hold the slot for the grace in turn."""
-        link, listener = self.link, self._listener
-        if (listener is None or link is None or self._waiting_sock is not None
-                or link.authenticated
-                or time.monotonic() - link.started_at < UNAUTHENTICATED_GRACE):
-            return
-        try:
-            listener.settimeout(0)
-            sock = self._accept_from_peer()
-        except OSError:  # the listener closed under us: stopping
-            return
-        finally:
-            with contextlib.suppress(OSError):
-                listener.settimeout(0.2)
-        if sock is None:
-            return
-        if (self.link is link and not link.close_if_unauthenticated(
-                f"not authenticated within {UNAUTHENTICATED_GRACE:.0f} s, and the peer's"
-                " address connected again") and link.authenticated):
-            sock.close()  # it authenticated meanwhile: the real peer keeps its place
-            return
-        self._waiting_sock = sock  # the slot is free (replaced, or the link ended meanwhile)
-        now = time.monotonic()
-        if now - self._silent_logged_at >= 60:
-            self._silent_logged_at = now
-            log.warning("replication connection from %s not authenticated after %.0f s: closed"
-                        " for the next one from that address",
-                        self.spec.peer_address, UNAUTHENTICATED_GRACE)
-
-    def _accept(self) -> socket.socket | None:
-        sock = self._accept_from_peer()
-        if sock is not None and self.link is not None:
-            sock.close()
-            return None
-        return sock
-
-    def _accept_from_peer(self) -> socket.socket | None:
-        assert self._listener
-        try:
-            sock, addr = self._listener.accept()
-        except (TimeoutError, BlockingIOError, OSError):
-            return None
-        sock.settimeout(None)
-        if ipaddress.ip_address(addr[0]) != ipaddress.ip_address(self.spec.peer_address):
-            # The peer dials from its replication address. Anyone else would hold the
-            # one link slot through a silent handshake (5 s and more), again and again,
-            # and keep the real peer out: refused before it is authenticated at all.
-            sock.close()
-            if addr[0] not in self._strangers:
-                self._strangers.add(addr[0])
-                log.warning("refused a replication connection from %s: the peer %s connects from"
-                            " %s", addr[0], self.spec.peer, self.spec.peer_address)
-            return None
-        return sock
-
     def _tick_loop(self) -> None:
         interval = min(0.05, self.spec.ping_timeout / 10)
         last_persist = time.monotonic()
@@ -1561,6 +1514,8 @@ class Replicator:
             if link is not None:
                 link.tick(time.monotonic())
             now = time.monotonic()
+            if self._listener is not None:
+                self._listener.tick(now)
             if self._pending_writes and not self._dumped:
                 self._check_stuck_writes(now)
             lease = self._write_lease
