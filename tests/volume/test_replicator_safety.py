@@ -1727,3 +1727,24 @@ def test_a_fence_of_the_last_term_ending_as_the_next_one_begins_leaves_its_fence
         rep.role = Role.SECONDARY
         rep.meta.close()
         rep.store.close()
+
+
+def test_protocol_errors_are_logged_at_most_once_a_second(caplog, monkeypatch):
+    """Connections from the peer's address that send garbage must not flood the log:
+    one warning a second, and the next one counts those left out."""
+    import logging
+
+    from tandem.volume import link as link_module
+    clock = [1000.0]
+    monkeypatch.setattr(link_module.time, "monotonic", lambda: clock[0])
+    limited = link_module._RateLimitedWarning()
+    caplog.set_level(logging.DEBUG, logger="tandem.volume.link")
+    for i in range(5):
+        limited.log("replication link: %s; closing", f"protocol error {i}")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["replication link: protocol error 0; closing"]
+    clock[0] += 1.5
+    limited.log("replication link: %s; closing", "protocol error 5")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[-1] == ("replication link: protocol error 5; closing (4 more like it"
+                            " since the last one, not logged)")

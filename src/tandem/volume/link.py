@@ -45,6 +45,34 @@ kernel block driver, the volume serves other processes' I/O: a commit waits on
 several of its thread wakeups, so they should not queue behind ordinary work."""
 
 
+class _RateLimitedWarning:
+    """At most one warning a second; the ones left out are counted in the next.
+    Connections from the peer's address that send garbage must not flood the log."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = -1.0
+        self._left_out = 0
+
+    def log(self, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < 1.0:
+                self._left_out += 1
+                left_out = -1
+            else:
+                self._last, left_out, self._left_out = now, self._left_out, 0
+        if left_out < 0:
+            log.debug(fmt, *args)
+        elif left_out:
+            log.warning(fmt + " (%d more like it since the last one, not logged)", *args, left_out)
+        else:
+            log.warning(fmt, *args)
+
+
+_protocol_errors = _RateLimitedWarning()
+
+
 def boost_thread(nice: int = HOT_THREAD_NICE) -> bool:
     """Give the calling thread (not the process) a higher scheduling priority."""
     try:
@@ -245,7 +273,7 @@ class Link:
                         auto = self.peer.has_output
                 except wire.ProtocolError as e:
                     reason = f"protocol error: {e.reason}"
-                    log.warning("replication link: %s; closing", reason)
+                    _protocol_errors.log("replication link: %s; closing", reason)
                     # The peer's reason for the log there; not if a sender is stuck.
                     if self.send_lock.acquire(timeout=1.0):
                         try:

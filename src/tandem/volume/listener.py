@@ -203,8 +203,9 @@ class PeerListener:
                 self._pending.remove(link)
                 others = []
         if not won:
-            self._close(link, "another connection from the peer took the link, or none is"
-                        " wanted now")
+            self._ours.add(link)
+            link.disconnect("another connection from the peer took the link, or none is"
+                            " wanted now")
             return
         for other in others:
             self._close(other, "another connection from the peer authenticated first")

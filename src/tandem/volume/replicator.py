@@ -1446,6 +1446,8 @@ class Replicator:
                 link.start()
             except ConnectionError:
                 continue
+        if listener is not None:  # (stop() may have come before it was made)
+            listener.close()
 
     def _claim_link(self, link: Link) -> bool:
         """The listener's pending `link` authenticated first: it becomes the link, if
@@ -1464,7 +1466,8 @@ class Replicator:
             return True
 
     def _handshake_failed(self, reason: str) -> None:
-        self.last_link_error = reason
+        if self.link is None:  # (one accepted as another took the link says nothing)
+            self.last_link_error = reason
 
     def _old_receiver_ended(self) -> bool:
         """One receiver at a time. A link closed by another thread (a ping timeout, a
@@ -1479,6 +1482,8 @@ class Replicator:
         old = self._last_link
         if old is None:
             return True
+        if old is self.link:
+            return False  # just handed over by the listener: not an old one
         old.join(0.05)
         if old.receiving:
             now = time.monotonic()
