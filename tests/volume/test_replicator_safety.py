@@ -729,6 +729,21 @@ def _closed_by_node2(sock: socket.socket, timeout: float) -> bool:
     return True
 
 
+def _the_peer_gets_in_past(rep: Replicator, port: int, silent: list, socks: list,
+                           within: float) -> None:
+    """The real peer connects after the `silent` ones, authenticates `within` seconds
+    and gets the link; every silent one is closed (it made room, or another won)."""
+    real = _from_peer_address(port)
+    socks.append(real)
+    t0 = time.monotonic()
+    _authenticate_as_node1(real, timeout=8)
+    assert time.monotonic() - t0 < within
+    _wait_for_authenticated_link(rep, timeout=5)
+    for s in silent:
+        assert _closed_by_node2(s, timeout=5), "a silent connection stayed open"
+    assert rep._listener.pending == []
+
+
 def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
     """A stranger is closed before any handshake; the peer's address gets a handshake
     (our Hello), and the link once it has authenticated."""
@@ -768,36 +783,19 @@ def test_silent_connections_from_the_peers_address_do_not_keep_the_peer_out(tmp_
         while len(rep._listener.pending) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(rep._listener.pending) == 3 and rep.link is None
-        real = _from_peer_address(port)
-        socks.append(real)
-        t0 = time.monotonic()
-        _authenticate_as_node1(real, timeout=5)
         # No wait for the silent ones (one at a time, each would have held the
         # slot for the 1 s grace: 3 s at least).
-        assert time.monotonic() - t0 < 2.0
-        _wait_for_authenticated_link(rep, timeout=5)
-        for s in silent:  # the others are closed once the peer took the link
-            assert _closed_by_node2(s, timeout=5), "a silent connection stayed open"
-        assert rep._listener.pending == []
+        _the_peer_gets_in_past(rep, port, silent, socks, within=2.0)
         first = rep.link
 
         # The link goes; then more silent connections than can pend, ahead of the peer's.
         first.close("test: the link drops")
         silent = [_from_peer_address(port) for _ in range(MAX_PENDING + 3)]
         socks += silent
-        real = _from_peer_address(port)
-        socks.append(real)
-        t0 = time.monotonic()
-        _authenticate_as_node1(real, timeout=8)
-        # One grace for the first ones to be replaced, then a poll per connection:
-        # in turn, MAX_PENDING + 3 graces (11 s).
-        assert time.monotonic() - t0 < 4.0
-        _wait_for_authenticated_link(rep, timeout=5)
+        # One grace for the first ones to be replaced, then a poll per connection
+        # (in turn, one grace each: 7 s).
+        _the_peer_gets_in_past(rep, port, silent, socks, within=4.0)
         assert rep.link is not first
-        assert not rep.link.close_if_unauthenticated("test"), "an authenticated link was closed"
-        for s in silent:  # made room, or closed when the peer took the link
-            assert _closed_by_node2(s, timeout=5), "a silent connection stayed open"
-        assert rep._listener.pending == []
     finally:
         for s in socks:
             s.close()
