@@ -151,10 +151,15 @@ def test_crash_of_the_secondary_keeps_the_service(healthy):
     time.sleep(2.0)
     acks, _ = finish_writer(stack, out)
     assert stack.leader() == "node1"
-    st = stack.status()
-    node2 = next(n for n in st["nodes"] if n["node"] == "node2")
-    assert not node2["online"]
-    assert st["volumes"][0]["disks"]["node2"] == "Outdated"
+
+    def node2_seen_down():
+        st = stack.status()
+        node2 = next(n for n in st["nodes"] if n["node"] == "node2")
+        return not node2["online"] and st["volumes"][0]["disks"]["node2"] == "Outdated"
+
+    # Offline once etcd expires its lease, Outdated once node1's fence lands.
+    stack.wait(node2_seen_down, 15, "node2 offline and recorded Outdated")
+    assert stack.leader() == "node1"
     gap = write_gap(acks, t_fault)
     print(f"\nwrite gap after the secondary's crash: {gap} s")
     assert gap is not None and gap < 3.0, gap

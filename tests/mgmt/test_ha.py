@@ -77,7 +77,12 @@ def test_killed_server_jobs_finish_exactly_once(procs, mariadb, database):
     jobs = [job for _, job in (_deploy(a_api, f"new{i}") for i in range(3))]
     jobs.append(a_api("stopVirtualMachine", id=ready[0][0])["jobid"])
     jobs.append(a_api("rebootVirtualMachine", id=ready[1][0])["jobid"])
-    time.sleep(0.7)  # A polls within 0.2 s; each operation takes 1.5 s on the host
+    # A polls within 0.2 s and runs them side by side; each takes 1.5 s on the host.
+    # Killed once they run (a fixed wait could end before A took any on a loaded machine)
+    wait_for(lambda: sum(f"job {j} " in line and ": running" in line
+                         for line in procs.log("ka").splitlines() for j in jobs) >= len(jobs),
+             10, "A running its jobs")
+    time.sleep(0.3)  # their host requests on the way
     servers[0].kill()
     killed_at = time.monotonic()
     assert not {e["request_id"] for e in host.effects()} & set(jobs), "A finished before it was killed"

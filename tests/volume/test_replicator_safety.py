@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -126,11 +127,12 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def _authenticated(rep: Replicator, on_closed=None):
+def _authenticated(rep: Replicator, on_closed=None, on_events=None):
     """A real Link of `rep` to a PeerConnection the test drives, past authentication:
     node1's StateExchange has reached the peer, whose own is not sent yet."""
     mine, theirs = _tcp_pair()
-    link = Link(mine, rep._peer_config(True), rep._on_events, on_closed or rep._on_link_closed)
+    link = Link(mine, rep._peer_config(True), on_events or rep._on_events,
+                on_closed or rep._on_link_closed)
     rep.link = link
     peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16), initiator=False),
                           now=time.monotonic())
@@ -398,8 +400,8 @@ def _connected(rep: Replicator, on_closed=None):
     theirs.sendall(peer.send(status_exchange(Role.SECONDARY)))
     _pump(theirs, peer, lambda: peer.state is ConnectionState.CONNECTED)
     deadline = time.monotonic() + 5
-    while (rep.peer_status is None or link.state is not ConnectionState.CONNECTED) \
-            and time.monotonic() < deadline:
+    while (rep.peer_status is None or rep.peer_disk is None
+           or link.state is not ConnectionState.CONNECTED) and time.monotonic() < deadline:
         time.sleep(0.005)
     assert rep._writable_link() is link
     return link, peer, theirs
@@ -505,7 +507,10 @@ def test_a_write_that_finds_the_link_gone_waits_for_the_fence(tmp_path, monkeypa
             time.sleep(0.005)
         assert rep._fencing is not None, "the loss did not start a fence"
         gate.set()
-        writer.join(0.3)
+        deadline = time.monotonic() + 5  # its activity log and the loss's metadata: fdatasyncs
+        while rep.bitmap.weight != 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        writer.join(0.1)
         assert writer.is_alive() and not results, "the write completed before the peer was fenced"
         assert rep.bitmap.weight == 1  # written here, marked for the peer
         allow.set()
@@ -785,7 +790,7 @@ def test_silent_connections_from_the_peers_address_do_not_keep_the_peer_out(tmp_
         assert len(rep._listener.pending) == 3 and rep.link is None
         # No wait for the silent ones (one at a time, each would have held the
         # slot for the 1 s grace: 3 s at least).
-        _the_peer_gets_in_past(rep, port, silent, socks, within=2.0)
+        _the_peer_gets_in_past(rep, port, silent, socks, within=2.9)
         first = rep.link
 
         # The link goes; then more silent connections than can pend, ahead of the peer's.
@@ -794,7 +799,7 @@ def test_silent_connections_from_the_peers_address_do_not_keep_the_peer_out(tmp_
         socks += silent
         # One grace for the first ones to be replaced, then a poll per connection
         # (in turn, one grace each: 7 s).
-        _the_peer_gets_in_past(rep, port, silent, socks, within=4.0)
+        _the_peer_gets_in_past(rep, port, silent, socks, within=6.5)
         assert rep.link is not first
     finally:
         for s in socks:
@@ -867,10 +872,11 @@ def test_a_suspend_after_the_write_lease_ran_out_dates_the_end_of_writes_to_the_
     rep = make_replicator(tmp_path)
     try:
         rep.role = Role.PRIMARY  # no link, no FUSE (see the module docstring)
-        deadline = time.monotonic() + 0.05
-        rep.set_write_lease(deadline)
+        rep.set_write_lease(time.monotonic() + 60)
         rep.write(0, b"a" * BLOCK)  # within the lease
-        time.sleep(0.1)
+        # (a lease set to run out 50 ms later could run out under the write's fdatasyncs)
+        deadline = time.monotonic() - 0.05
+        rep.set_write_lease(deadline)  # ran out (the daemon was paused past it)
         rep.suspend("the agent demotes", timeout=0)
         rec = [json.loads(line) for line in events.read_text().splitlines()]
         [ev] = [e for e in rec if e["kind"] == "writable"]
@@ -903,10 +909,10 @@ def test_a_write_whose_ack_comes_after_the_write_lease_ran_out_waits_for_the_nex
     link, peer, theirs = _connected(rep)
     results: list = []
     try:
-        rep.set_write_lease(time.monotonic() + 0.3)
+        rep.set_write_lease(time.monotonic() + 60)
         writer = _writer(rep, 0, results)
         (w,) = _received_writes(theirs, peer, 1)
-        time.sleep(0.4)  # the lease runs out with the write in flight
+        rep.set_write_lease(time.monotonic() - 0.01)  # it ran out with the write in flight
         theirs.sendall(peer.send(wire.WriteAck(w.seq)))
         writer.join(0.5)
         assert writer.is_alive() and not results, f"completed past the write lease: {results}"
@@ -1518,16 +1524,20 @@ def _connect_to_an_outdated_peer(rep: Replicator, vouch: bool = False,
                                  gens: GenerationIds = GenerationIds(GEN)):
     """Authenticate, then the test's peer sends an Outdated StateExchange with `gens`;
     returns once `rep` has handled the decision."""
-    link, peer, theirs = _authenticated(rep)
+    handled = threading.Event()
+
+    def on_events(link, events):
+        rep._on_events(link, events)
+        if any(isinstance(ev, SyncDecided) for ev in events):
+            handled.set()  # its metadata updates (fdatasync each) done too
+
+    link, peer, theirs = _authenticated(rep, on_events=on_events)
     outdated = wire.StateExchange(role=Role.SECONDARY, disk=DiskState.OUTDATED, generations=gens,
                                   size=SIZE, bitmap_weight=0, vouches_for_peer=vouch)
     theirs.sendall(peer.send(outdated))
     _pump(theirs, peer, lambda: peer.state is not ConnectionState.CONNECTING
           and peer.decision is not None)
-    deadline = time.monotonic() + 5
-    while rep.peer_status is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(0.1)  # the connected event handled
+    assert handled.wait(10), "the decision was never handled"
     return link, peer, theirs
 
 

@@ -183,7 +183,7 @@ def test_an_ack_altered_on_the_way_closes_the_link_and_completes_nothing(tmp_pat
         frame[12] ^= 0x01  # the seq field of the header: authenticated, not encrypted
         theirs.sendall(bytes(frame))
         deadline = time.monotonic() + 5
-        while not link.closed:
+        while not (link.closed and link.close_reason):  # (the flag is set first)
             assert time.monotonic() < deadline, "the link took the altered frame"
             time.sleep(0.01)
         assert "failed authentication" in link.close_reason, link.close_reason
@@ -322,7 +322,7 @@ def test_the_next_link_waits_until_the_old_receiver_is_done_with_its_batch(tmp_p
 def _wait_closed(link: Link, theirs, peer: PeerConnection) -> None:
     theirs.settimeout(0.05)
     deadline = time.monotonic() + 5
-    while not link.closed:
+    while not (link.closed and link.close_reason):  # (the flag is set first)
         assert time.monotonic() < deadline, "the link stayed open"
         with contextlib.suppress(TimeoutError, OSError, wire.ProtocolError):
             peer.receive_bytes(theirs.recv(1 << 16))

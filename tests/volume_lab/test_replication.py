@@ -335,7 +335,10 @@ def test_fence_peer_suspends_writes_until_it_succeeds(pair, healed, tmp_path):
 
     t = threading.Thread(target=write)
     t.start()
-    time.sleep(2.0)
+    # The loss is noticed (ping timeout) and the command run (a shell) in their own time.
+    vp.wait(lambda: calls.exists() and calls.read_text().split()
+            and "fencing" in vp.status("node1").get("suspended_reason", ""), 20, "the fence to start")
+    time.sleep(0.5)  # it keeps failing meanwhile
     assert not done.is_set(), "a write must not complete before the peer is fenced"
     st = vp.status("node1")
     assert st["suspended"] and "fencing" in st["suspended_reason"]
