@@ -1737,6 +1737,58 @@ def test_a_fence_of_the_last_term_ending_as_the_next_one_begins_leaves_its_fence
         rep.store.close()
 
 
+def test_the_listener_hands_over_a_link_only_when_one_is_wanted(tmp_path):
+    """`_claim_link`, what the listener asks when a pending link authenticated first:
+    not while the last link's receiver still applies what it had (one receiver at a
+    time), nor StandAlone, nor with a link up, nor once stopping; otherwise it becomes
+    the link, with nothing of the old link's peer status."""
+    rep = make_replicator(tmp_path)
+    pairs = [_tcp_pair() for _ in range(3)]
+    release = threading.Event()
+    in_batch = threading.Event()
+
+    def busy(link, events):
+        in_batch.set()
+        release.wait(10)
+
+    old = Link(pairs[0][0], rep._peer_config(True), busy, lambda link, reason: None)
+    new = Link(pairs[1][0], rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    other = Link(pairs[2][0], rep._peer_config(True), rep._on_events, rep._on_link_closed)
+    try:
+        old.start()  # its receiver takes the peer's Hello and stays in the handler
+        peer = PeerConnection(PeerConfig(node="node2", secret=LINK_SECRET, nonce=os.urandom(16),
+                                         initiator=False), now=time.monotonic())
+        pairs[0][1].sendall(peer.data_to_send())
+        # (a Hello makes no event; a Disconnect does, and the receiver stays in `busy`)
+        pairs[0][1].sendall(peer.send(wire.Disconnect("bye")))
+        assert in_batch.wait(5)
+        old.close("test: closed by another thread")
+        rep._last_link = old
+        assert old.receiving and not rep._claim_link(new), "claimed beside a running receiver"
+        release.set()
+        old.join(5)
+        assert not old.receiving
+        rep.standalone_reason = "disconnected by the operator"
+        assert not rep._claim_link(new), "claimed while StandAlone"
+        rep.standalone_reason = ""
+        rep.peer_status = status_exchange(Role.SECONDARY)  # the old link's
+        assert rep._claim_link(new) and rep.link is new and rep._last_link is new
+        assert rep.peer_status is None
+        assert not rep._claim_link(other), "a second link claimed the slot"
+        rep.link = None
+        rep._running = False
+        assert not rep._claim_link(other), "claimed while stopping"
+    finally:
+        release.set()
+        for link in (old, new, other):
+            link.close("test over")
+        for a, b in pairs:
+            a.close()
+            b.close()
+        rep.meta.close()
+        rep.store.close()
+
+
 def test_protocol_errors_are_logged_at_most_once_a_second(caplog, monkeypatch):
     """Connections from the peer's address that send garbage must not flood the log:
     one warning a second, and the next one counts those left out."""
