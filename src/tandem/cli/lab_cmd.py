@@ -240,7 +240,7 @@ def torture(
     opts = Options(schedules=schedules, seed=seed, duration=duration, only=only,
                    converge_bound=converge_bound, volume_size=volume_size,
                    progress=lambda line: console.print(line, highlight=False),
-                   stop_file=out / "STOP")
+                   stop_file=out / "STOP", evidence_dir=out / "evidence")
     (out / "STOP").unlink(missing_ok=True)
     console.print(f"lab {name}; to end early (with the checks): touch {out / 'STOP'}", highlight=False)
     campaign = Campaign(the_lab, opts)

@@ -28,7 +28,7 @@ from typing import Any
 import requests
 
 from tandem.errors import LabError
-from tandem.lab import ackcheck, checker
+from tandem.lab import ackcheck, checker, evidence
 from tandem.lab.events import lost_lab_events, monotonic
 from tandem.lab.lab import Lab
 from tandem.lab.mgmtstack import API_PORT, MgmtStack, client_session
@@ -56,6 +56,7 @@ class Options:
     volume_size: str = "512MiB"  # the DB volume: the writer's table grows by ~40 MB an hour
     progress: Any = None  # callable(str) for a line per schedule
     stop_file: Path | None = None  # if it appears: no further schedule, straight to the checks
+    evidence_dir: Path | None = None  # the logs of each failed schedule go there (see evidence)
 
 
 @dataclass
@@ -153,6 +154,8 @@ class Campaign:
             self.say(f"schedule {sched.name}: {'; '.join(f['describe'] for f in res.faults) or 'no fault'}"
                      f" -> converged {f'in {conv:.1f} s' if conv is not None else 'NEVER'}"
                      f", {len(res.violations)} violation(s)")
+            if res.violations:
+                self._keep_evidence(sched.name)
             self._report_history_so_far()
             if res.t_converged is not None:
                 self._report_lost_writes_so_far(sched.name)
@@ -230,6 +233,17 @@ class Campaign:
         self.aborted = why
         self.lab.events.record("aborted", schedule=name, why=why)
         self.say(f"campaign aborted: {why}")
+
+    def _keep_evidence(self, name: str) -> None:
+        if self.opts.evidence_dir is None:
+            return
+        dest = self.opts.evidence_dir / name.replace(":", "-")
+        try:
+            kept = evidence.keep_tails(self.lab.spec.dir, dest)
+        except OSError as e:
+            self.say(f"  evidence not kept: {e}")
+            return
+        self.say(f"  evidence: the end of {len(kept)} logs in {dest}")
 
     def repair(self, name: str) -> bool:
         """After a schedule that never converged (already a violation), what an operator
