@@ -448,3 +448,61 @@ def test_a_crash_during_shutdown_leaves_prepared_transactions_that_the_next_star
         if recovered >= 2:
             break
     assert recovered, "no kill left a prepared transaction: the case was never tried"
+
+
+def test_a_replicated_filesystem_that_does_not_answer_leaves_the_event_loop_running(
+        tmp_path, monkeypatch):
+    """The start looks at the replicated filesystem (mounted? initialised? provisioned?).
+    When its writes are held (the write lease ran out, a fence), even a lookup can wait in
+    FUSE behind them. Made on the agent's event loop, that froze the agent, and with it
+    the lease loop whose next push releases them (the likely cause of torture 279:164).
+    Here the mount check hangs for a while: the loop keeps running meanwhile."""
+    import asyncio
+    import threading
+    import time
+
+    from tandem.cluster.resources.base import ResourceError
+    from tandem.cluster.resources.config import MariaDBConfig
+    from tandem.cluster.resources.mariadb import MariaDB
+
+    pw = tmp_path / "db.password"
+    pw.write_text(secrets.token_urlsafe(18) + "\n")
+    os.chmod(pw, 0o600)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    db = MariaDB(MariaDBConfig(name="db", datadir=mnt / "mysql", require_mountpoint=mnt,
+                               run_dir=tmp_path / "run", password_file=pw, app_databases=["app"]))
+    answered = threading.Event()
+    real_ismount = os.path.ismount
+
+    def ismount(path):
+        if str(path) == str(mnt):
+            answered.wait(5)  # a lookup held in the kernel
+            return False
+        return real_ismount(path)
+
+    monkeypatch.setattr(os.path, "ismount", ismount)
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def lease_loop():  # what must not stop
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(lease_loop())
+        start = asyncio.create_task(db._start())
+        await asyncio.sleep(0.5)
+        seen = ticks
+        answered.set()
+        with pytest.raises(ResourceError, match="not mounted"):
+            await start
+        ticker.cancel()
+        return seen
+
+    t0 = time.monotonic()
+    seen = asyncio.run(scenario())
+    assert seen >= 10, f"the event loop ran {seen} times in 0.5 s while the mount check hung"
+    assert time.monotonic() - t0 < 5

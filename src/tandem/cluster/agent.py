@@ -46,6 +46,7 @@ from tandem.cluster.decide import (
     start_failure_excuse,
 )
 from tandem.cluster.fencing import FenceResult, fence_agent
+from tandem.cluster.loopwatch import LoopWatch
 from tandem.cluster.notify import Notifier
 from tandem.cluster.penalty import FailurePenalty
 from tandem.cluster.resources import ResourceGroup
@@ -184,6 +185,9 @@ class Agent:
         if self.watchdog is not None:
             self.watchdog.arm()
         lease = asyncio.create_task(self._lease_loop(), name="lease")
+        loop_watch = LoopWatch()  # until the very end: the shutdown can freeze too
+        loop_watch.start()
+        beat = asyncio.create_task(loop_watch.beat(), name="loop-watch")
         tasks = [asyncio.create_task(self._watch_loop(), name="watch")]
         if self.clones is not None:  # on every node, whatever its role
             tasks.append(asyncio.create_task(self.clones.run(self), name="clones"))
@@ -207,6 +211,8 @@ class Agent:
                     await asyncio.gather(lease, return_exceptions=True)
                 if self.watchdog is not None:
                     self.watchdog.disarm()
+                loop_watch.stop()
+                beat.cancel()
                 await self.dcs.close()
 
     async def _lease_loop(self) -> None:

@@ -56,7 +56,9 @@ import shutil
 import signal
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tandem.cluster.resources.base import Health, Resource, ResourceError, run_cmd
 from tandem.cluster.resources.binlog import PREPARED_AT_START, BinlogError, last_binlog, mark_in_use
@@ -69,6 +71,7 @@ CLIENT = "mariadb"
 INSTALL_DB = "mariadb-install-db"
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def native_password_hash(password: bytes) -> str:
@@ -119,6 +122,16 @@ def hand_over(path: Path, uid: int, gid: int) -> tuple[int, int | None]:
     return changed, foreign
 
 
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Whatever touches the replicated filesystem runs in a thread, never on the
+    agent's event loop. Its writes may be held (the write lease run out under load,
+    a fence), and then even a lookup can wait in FUSE behind them: on the loop, that
+    froze the whole agent, and with it the lease loop whose next push is what
+    releases them (the likely cause of torture 279:164: node2 Offline for 120 s).
+    A call stuck in the kernel keeps its thread; the start's timeout still ends it."""
+    return await asyncio.to_thread(fn, *args)
+
+
 def _read_note(path: Path) -> str | None:
     """A small file of ours in a directory the server's user owns: read as root only
     if it is a plain file (a symlink or a FIFO there is refused, not followed)."""
@@ -142,6 +155,29 @@ def _write_note(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _new_staging(datadir: Path, staging: Path, uid: int, gid: int) -> None:
+    datadir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)  # a start that died before
+    staging.mkdir()
+    os.lchown(staging, uid, gid)
+
+
+def _move_up(staging: Path, datadir: Path) -> None:
+    """The installed files into the datadir, ``mysql/`` last, then made durable."""
+    for entry in sorted(staging.iterdir(), key=lambda e: e.name == "mysql"):
+        target = datadir / entry.name
+        if target.is_dir() and not target.is_symlink():  # left by an install before
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.rename(entry, target)
+    fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_secret(path: os.PathLike[str] | str) -> bytes:
@@ -265,13 +301,14 @@ class MariaDB(Resource):
         if ref is not None and ref.alive():
             await self.sql("SELECT 1", timeout=c.monitor_timeout)
             return f"already running (pid {ref.pid})"
-        if c.require_mountpoint is not None and not os.path.ismount(c.require_mountpoint):
+        if c.require_mountpoint is not None and not await _off_loop(os.path.ismount,
+                                                                     c.require_mountpoint):
             raise ResourceError(f"{c.require_mountpoint} is not mounted: refusing to start MariaDB"
                                 " (it would serve an empty datadir from the wrong disk)")
         password = read_secret(c.password_file)
         uid, gid = self._service_user()
         steps = []
-        if not (c.datadir / "mysql").is_dir():
+        if not await _off_loop((c.datadir / "mysql").is_dir):
             t0 = time.monotonic()
             await self._initialise(uid, gid)
             steps.append(f"initialised {c.datadir} in {time.monotonic() - t0:.1f} s")
@@ -289,7 +326,7 @@ class MariaDB(Resource):
         except ResourceError as e:
             if PREPARED_AT_START not in str(e):
                 raise
-            steps.append(self._recover_prepared())
+            steps.append(await _off_loop(self._recover_prepared))
             ref = await self._spawn_and_wait()
         await self._provision(password)
         steps.append(f"mariadbd pid {ref.pid} answering on {c.bind_address}:{c.port}"
@@ -316,10 +353,7 @@ class MariaDB(Resource):
         and the next start (here or on the peer) installs again."""
         c = self.config
         staging = c.datadir / ".tandem-install"
-        c.datadir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)  # a start that died before
-        staging.mkdir()
-        os.lchown(staging, uid, gid)
+        await _off_loop(_new_staging, c.datadir, staging, uid, gid)
         try:
             try:
                 # within the start's own timeout, so that a stalled install (an Aria
@@ -338,20 +372,9 @@ class MariaDB(Resource):
                 errors = errors or lines[-2:]
                 raise ResourceError(f"{INSTALL_DB} failed (exit {res.returncode}) initialising"
                                     f" {c.datadir}: {' | '.join(errors)}")
-            for entry in sorted(staging.iterdir(), key=lambda e: e.name == "mysql"):
-                target = c.datadir / entry.name
-                if target.is_dir() and not target.is_symlink():  # left by an install before
-                    shutil.rmtree(target)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
-                os.rename(entry, target)
-            fd = os.open(c.datadir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            await _off_loop(_move_up, staging, c.datadir)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            await _off_loop(shutil.rmtree, staging, True)
 
     async def _spawn_and_wait(self) -> ProcRef:
         uid, gid = self._service_user()
@@ -444,11 +467,11 @@ class MariaDB(Resource):
                       for name in c.app_databases))
         marker = c.datadir / ".tandem-provisioned"
         want = hashlib.sha256(statements.encode()).hexdigest()
-        if (_read_note(marker) or "").strip() == want:
+        if (await _off_loop(_read_note, marker) or "").strip() == want:
             return
         await self.sql(statements, timeout=30)
         with contextlib.suppress(OSError):
-            _write_note(marker, want + "\n")
+            await _off_loop(_write_note, marker, want + "\n")
 
     # --- stop / monitor ------------------------------------------------------------------
     async def _stop(self) -> str:
