@@ -211,9 +211,11 @@ class Agent:
                     await asyncio.gather(lease, return_exceptions=True)
                 if self.watchdog is not None:
                     self.watchdog.disarm()
-                loop_watch.stop()
-                beat.cancel()
-                await self.dcs.close()
+                try:
+                    await self.dcs.close()
+                finally:
+                    loop_watch.stop()
+                    beat.cancel()
 
     async def _lease_loop(self) -> None:
         """Until cancelled: after a stop request too, while the agent steps down."""

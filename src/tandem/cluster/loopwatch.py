@@ -39,13 +39,17 @@ class LoopWatch:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stopped.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
+        self._stopped.set()  # (a daemon thread: not joined from the loop)
 
     def _watch(self) -> None:
-        while not self._stopped.wait(min(0.5, self.stall / 4)):
-            silent = time.monotonic() - self._beat
+        period = min(0.5, self.stall / 4)
+        woke = baseline = time.monotonic()
+        while not self._stopped.wait(period):
+            now = time.monotonic()
+            if now - woke > period + 1.0:
+                baseline = now  # this thread was stopped too (SIGSTOP, a paused VM): not the loop
+            woke = now
+            silent = now - max(self._beat, baseline)
             if silent < self.stall:
                 if self._stuck_since is not None:
                     log.warning("the event loop runs again after %.1f s",

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -57,6 +58,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,14 +124,19 @@ def hand_over(path: Path, uid: int, gid: int) -> tuple[int, int | None]:
     return changed, foreign
 
 
-async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+_DATADIR_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="datadir")
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Whatever touches the replicated filesystem runs in a thread, never on the
     agent's event loop. Its writes may be held (the write lease run out under load,
     a fence), and then even a lookup can wait in FUSE behind them: on the loop, that
     froze the whole agent, and with it the lease loop whose next push is what
     releases them (the likely cause of torture 279:164: node2 Offline for 120 s).
-    A call stuck in the kernel keeps its thread; the start's timeout still ends it."""
-    return await asyncio.to_thread(fn, *args)
+    A call stuck in the kernel keeps its thread (the start's timeout ends the wait,
+    not the call): they have a pool of their own, so that others are not starved."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _DATADIR_POOL, functools.partial(fn, *args, **kwargs))
 
 
 def _read_note(path: Path) -> str | None:
@@ -165,19 +172,24 @@ def _new_staging(datadir: Path, staging: Path, uid: int, gid: int) -> None:
 
 
 def _move_up(staging: Path, datadir: Path) -> None:
-    """The installed files into the datadir, ``mysql/`` last, then made durable."""
-    for entry in sorted(staging.iterdir(), key=lambda e: e.name == "mysql"):
-        target = datadir / entry.name
-        if target.is_dir() and not target.is_symlink():  # left by an install before
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        os.rename(entry, target)
-    fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY)
+    """The installed files into the datadir, ``mysql/`` last, then made durable; the
+    staging directory goes in the end, whatever happened (in this thread: a start
+    cancelled meanwhile must not remove it while its files are being moved)."""
     try:
-        os.fsync(fd)
+        for entry in sorted(staging.iterdir(), key=lambda e: e.name == "mysql"):
+            target = datadir / entry.name
+            if target.is_dir() and not target.is_symlink():  # left by an install before
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.rename(entry, target)
+        fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_secret(path: os.PathLike[str] | str) -> bytes:
@@ -354,6 +366,7 @@ class MariaDB(Resource):
         c = self.config
         staging = c.datadir / ".tandem-install"
         await _off_loop(_new_staging, c.datadir, staging, uid, gid)
+        moving = False
         try:
             try:
                 # within the start's own timeout, so that a stalled install (an Aria
@@ -372,9 +385,11 @@ class MariaDB(Resource):
                 errors = errors or lines[-2:]
                 raise ResourceError(f"{INSTALL_DB} failed (exit {res.returncode}) initialising"
                                     f" {c.datadir}: {' | '.join(errors)}")
+            moving = True  # from here its thread cleans up: never beside the move
             await _off_loop(_move_up, staging, c.datadir)
         finally:
-            await _off_loop(shutil.rmtree, staging, True)
+            if not moving:
+                await _off_loop(shutil.rmtree, staging, ignore_errors=True)
 
     async def _spawn_and_wait(self) -> ProcRef:
         uid, gid = self._service_user()
