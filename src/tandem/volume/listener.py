@@ -64,7 +64,6 @@ class PeerListener:
                  on_failed: Callable[[str], None]):
         self._sock = socket.create_server((address, port), reuse_port=False, backlog=BACKLOG)
         self._sock.settimeout(0.2)
-        self.port = self._sock.getsockname()[1]
         self._peer_ip = ipaddress.ip_address(peer_address)
         self._peer_address = peer_address
         self._peer = peer

@@ -324,7 +324,7 @@ class MariaDB(Resource):
             t0 = time.monotonic()
             await self._initialise(uid, gid)
             steps.append(f"initialised {c.datadir} in {time.monotonic() - t0:.1f} s")
-        handed, foreign = await asyncio.to_thread(hand_over, c.datadir, uid, gid)
+        handed, foreign = await _off_loop(hand_over, c.datadir, uid, gid)
         if foreign is not None:
             log.error("datadir %s belonged to uid %d, not %s (uid %d): the server's user must have"
                       " the same uid and gid on every node, or each failover re-owns every file",
