@@ -74,3 +74,14 @@ def test_haproxy_config_has_checks_and_redispatch():
     for line in ("option httpchk GET /health", "option redispatch", "retries 3",
                  "server node1 10.0.1.11:8081 check"):
         assert line in text
+
+
+def test_mkfs_features_are_checked_before_they_reach_mkfs():
+    """A feature list goes onto mkfs.ext4's command line: one line naming the key,
+    never an option smuggled in."""
+    fs = parse_resources([GOOD[0]])[0]
+    assert fs.mkfs_features == ["fast_commit"]
+    assert parse_resources([{**GOOD[0], "mkfs_features": ["^metadata_csum"]}])[0].mkfs_features == [
+        "^metadata_csum"]
+    out = problems([{**GOOD[0], "mkfs_features": ["fast_commit,-E discard"]}])
+    assert len(out) == 1 and out[0].startswith("config: resources.fs.mkfs_features.0: "), out

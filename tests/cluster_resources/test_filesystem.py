@@ -45,6 +45,26 @@ def test_start_monitor_stop_cycle(lab, resources):
     assert (lab.host_dir(HOST) / "data" / "fs1-mnt" / ".tandem-probe").exists()
 
 
+def _features(dev: str) -> set[str]:
+    out = subprocess.run(["dumpe2fs", "-h", dev], capture_output=True, text=True, check=True,
+                         timeout=30).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("Filesystem features:"))
+    return set(line.split(":", 1)[1].split())
+
+
+def test_mkfs_makes_fast_commit_unless_the_config_says_otherwise(lab, resources):
+    """fast_commit saves a replicated write in a row on every fdatasync that grew a
+    file (config.EXT4_FEATURES); a config can name its own features, or none."""
+    default = fs_config(lab, "fs-fc")
+    resources.start(HOST, "filesystem", default)
+    assert "fast_commit" in _features(mount_source(default["mountpoint"]))
+    plain = {**fs_config(lab, "fs-nofc"), "mkfs_features": []}
+    resources.start(HOST, "filesystem", plain)
+    assert "fast_commit" not in _features(mount_source(plain["mountpoint"]))
+    must(lab, HOST, "filesystem", "stop", plain)
+    must(lab, HOST, "filesystem", "stop", default)
+
+
 def _write_cache(dev: str) -> str:
     return Path(f"/sys/block/{dev.rsplit('/', 1)[-1]}/queue/write_cache").read_text().strip()
 

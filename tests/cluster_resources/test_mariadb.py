@@ -15,6 +15,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from tandem.cluster.resources.unwritten import unwritten_ranges
 from tests.cluster_resources.conftest import must, op, sparse_file
 
 HOST = "node1"
@@ -88,6 +89,15 @@ def test_init_start_query_stop_restart_keeps_data(lab, resources, db_setup):
     first = resources.start(HOST, "mariadb", db)
     assert "initialised" in first["message"], first["message"]
     assert must(lab, HOST, "mariadb", "monitor", db)["message"].endswith("answers SELECT 1")
+    # InnoDB preallocated its redo log; the start wrote it out, so that no commit's
+    # fdatasync has an extent conversion to journal (one more replicated write).
+    assert "redo log written out" in first["message"], first["message"]
+    fd = os.open(Path(db["datadir"]) / "ib_logfile0", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_size == 32 << 20  # made at install with the server's size
+        assert unwritten_ranges(fd) == []
+    finally:
+        os.close(fd)
 
     with connect(lab, password) as conn, conn.cursor() as cur:
         cur.execute("CREATE DATABASE IF NOT EXISTS app")  # made by the provisioning
@@ -110,7 +120,7 @@ def test_init_start_query_stop_restart_keeps_data(lab, resources, db_setup):
     must(lab, HOST, "filesystem", "stop", fs)
     must(lab, HOST, "filesystem", "start", fs)
     again = must(lab, HOST, "mariadb", "start", db)
-    assert "initialised" not in again["message"]
+    assert "initialised" not in again["message"] and "redo log" not in again["message"]
     assert rows(lab, password) == [1, 2]
 
     # A killed mariadbd: monitor says FAILED; the next start recovers every committed row.
@@ -322,11 +332,12 @@ def test_the_application_user_has_its_databases_and_nothing_on_the_server(lab, r
     check()
 
 
-#: a fresh install needs ~120 MiB for InnoDB (ibdata1, the redo log, ibtmp1), then
-#: ~6 MiB of system tables: with this much room for mariadbd's user (ext4 keeps its
-#: reserved blocks for root) it fails in those, or stalls (an Aria table waiting for
-#: space) until its timeout, after it made mysql/
-ROOM_FOR_INNODB_ONLY = 122 << 20
+#: a fresh install needs ~26 MiB for InnoDB (ibdata1, ibtmp1) plus the redo log
+#: (log_file_size of db_setup: 32 MiB), then ~6 MiB of system tables: with this much
+#: room for mariadbd's user (ext4 keeps its reserved blocks for root) it fails in
+#: those, or stalls (an Aria table waiting for space) until its timeout, after it
+#: made mysql/
+ROOM_FOR_INNODB_ONLY = (26 + 32) << 20
 
 
 def test_an_install_that_dies_halfway_leaves_no_datadir_that_looks_initialised(

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tandem.cluster.resources.mariadb import REDO_LOG
+from tandem.cluster.resources.unwritten import write_out_unwritten
 from tandem.errors import TandemError
 from tandem.lab.lab import Lab
 
@@ -78,6 +80,7 @@ class MariaDB:
                              f" {(proc.stderr or proc.stdout).strip()[-400:]}")
 
     def start(self, timeout: float = 60) -> None:
+        write_out_unwritten(self.datadir / REDO_LOG)  # as the agent's start does, on every instance
         argv = ["mariadbd", "--no-defaults", f"--datadir={self.datadir}",
                 f"--socket={self.socket}", f"--pid-file={self.rundir / 'mariadbd.pid'}",
                 f"--port={self.port}", "--bind-address=0.0.0.0", "--user=root",

@@ -51,6 +51,7 @@ from tandem.bench.mariadb import (
     sysbench_insert,
     sysbench_prepare,
 )
+from tandem.cluster.resources.config import EXT4_FEATURES
 from tandem.lab.clusterconf import host_env, tandem_argv, write_cluster_config
 from tandem.lab.lab import Lab
 from tandem.lab.shell import ns_prefix
@@ -82,7 +83,7 @@ class BenchOptions:
     semisync: bool = True
     ext4_options: str = ""  # extra mount options for ext4 on the volume (documented)
     cache: str = "write-through"  # the volume's cache mode (config.Volume.cache)
-    mkfs_features: str = ""  # extra ext4 features for the volume's mkfs (-O), e.g. fast_commit
+    mkfs_features: str = ",".join(EXT4_FEATURES)  # the volume's mkfs -O: the agent's by default
     floor_writes: int = 4000  # 4 KiB writes per kind in the floor part (repl_floor)
 
 
@@ -687,6 +688,7 @@ def render(res: dict[str, Any]) -> None:
     console.print("backing files: " + ("preallocated (zero-filled, thick)"
                                        if res["options"]["preallocated_backing"] else "sparse")
                   + f"; volume cache: {res['options'].get('volume_cache', 'write-back')}")
-    console.print("mariadb (all instances): " + " ".join(res["options"]["mariadb_options"]))
+    console.print("mariadb (all instances): " + " ".join(res["options"]["mariadb_options"])
+                  + "; redo log written out before start, as the agent does")
     for name, ok in s.get("targets_met", {}).items():
         console.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'NOT met'}[/]: {name}")

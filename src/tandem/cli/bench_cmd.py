@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from tandem.cluster.resources.config import EXT4_FEATURES
 from tandem.errors import TandemError
 
 app = typer.Typer(help="Benchmarks against peers, measured side by side (not tests).",
@@ -34,8 +35,10 @@ def volume(
     floor_writes: int = typer.Option(4000, help="4 KiB writes per kind in the floor part"),
     semisync: bool = typer.Option(True, help="include (c) MariaDB semi-sync replication"),
     ext4_options: str = typer.Option("", help="extra ext4 mount options on the volume"),
-    mkfs_features: str = typer.Option("", help="extra ext4 features for the volume's mkfs"
-                                      " (mkfs.ext4 -O), e.g. fast_commit"),
+    mkfs_features: str = typer.Option(",".join(EXT4_FEATURES),
+                                      help="ext4 features for the volume's mkfs (mkfs.ext4 -O):"
+                                      " by default those the agent's filesystem resource makes;"
+                                      " '' for none"),
     cache: str = typer.Option("write-through", help="the volume's cache mode: write-through"
                               " or write-back"),
     lab: str = typer.Option("bench", help="name of the private lab (created and removed)"),

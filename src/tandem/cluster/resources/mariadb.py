@@ -66,11 +66,15 @@ from tandem.cluster.resources.base import Health, Resource, ResourceError, run_c
 from tandem.cluster.resources.binlog import PREPARED_AT_START, BinlogError, last_binlog, mark_in_use
 from tandem.cluster.resources.config import MariaDBConfig
 from tandem.cluster.resources.procs import ProcRef, spawn, tail, terminate
+from tandem.cluster.resources.unwritten import write_out_unwritten
 from tandem.errors import TandemError
 from tandem.secretfile import read_private
 
 CLIENT = "mariadb"
 INSTALL_DB = "mariadb-install-db"
+REDO_LOG = "ib_logfile0"
+"""Preallocated by InnoDB; written out before each start (unwritten.py says why).
+A log made anew by a changed ``log_file_size`` is written out at the next start."""
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -332,6 +336,13 @@ class MariaDB(Resource):
         if handed:
             log.warning("datadir %s: %d entries handed over to user %s", c.datadir, handed, c.run_as)
             steps.append(f"datadir handed over to {c.run_as} ({handed} entries)")
+        try:
+            converted = await _off_loop(write_out_unwritten, c.datadir / REDO_LOG)
+        except OSError as e:
+            raise ResourceError(f"writing out the preallocated redo log {c.datadir / REDO_LOG}:"
+                                f" {e.strerror or e}") from None
+        if converted:
+            steps.append(f"redo log written out ({converted / (1 << 20):.0f} MiB of preallocation)")
         t0 = time.monotonic()
         try:
             ref = await self._spawn_and_wait()
@@ -373,7 +384,10 @@ class MariaDB(Resource):
                 # table waiting for space) is reported as what it is
                 res = await run_cmd([INSTALL_DB, "--no-defaults", f"--datadir={staging}",
                                      f"--user={c.run_as}", "--auth-root-authentication-method=normal",
-                                     "--skip-test-db"],
+                                     "--skip-test-db",
+                                     # the server's own size: its first start does not
+                                     # make the log anew (preallocated, see REDO_LOG)
+                                     f"--innodb-log-file-size={c.log_file_size}"],
                                     timeout=max(1.0, c.start_timeout - min(5.0, c.start_timeout / 4)),
                                     check=False)
             except ResourceError as e:
