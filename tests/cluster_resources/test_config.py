@@ -85,3 +85,7 @@ def test_mkfs_features_are_checked_before_they_reach_mkfs():
         "^metadata_csum"]
     out = problems([{**GOOD[0], "mkfs_features": ["fast_commit,-E discard"]}])
     assert len(out) == 1 and out[0].startswith("config: resources.fs.mkfs_features.0: "), out
+    # mounted without fsck after a failover: a journal is not optional
+    assert problems([{**GOOD[0], "mkfs_features": ["fast_commit", "^has_journal"]}]) == [
+        "config: resources.fs.mkfs_features.1: ^has_journal: the filesystem is mounted without fsck"
+        " after a crash or a failover, which only a journal makes safe (remove it)"]

@@ -332,12 +332,12 @@ def test_the_application_user_has_its_databases_and_nothing_on_the_server(lab, r
     check()
 
 
-#: a fresh install needs ~26 MiB for InnoDB (ibdata1, ibtmp1) plus the redo log
-#: (log_file_size of db_setup: 32 MiB), then ~6 MiB of system tables: with this much
-#: room for mariadbd's user (ext4 keeps its reserved blocks for root) it fails in
-#: those, or stalls (an Aria table waiting for space) until its timeout, after it
-#: made mysql/
-ROOM_FOR_INNODB_ONLY = (26 + 32) << 20
+#: a fresh install needs 24 MiB for InnoDB (ibdata1, ibtmp1: 12 MiB each) plus the
+#: redo log (log_file_size of db_setup: 32 MiB), then ~6 MiB of system tables: with
+#: 2 MiB of those for mariadbd's user (ext4 keeps its reserved blocks for root) it
+#: fails in them, or stalls (an Aria table waiting for space) until its timeout,
+#: after it made mysql/
+ROOM_FOR_INNODB_ONLY = (24 + 32 + 2) << 20
 
 
 def test_an_install_that_dies_halfway_leaves_no_datadir_that_looks_initialised(

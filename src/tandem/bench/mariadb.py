@@ -78,9 +78,9 @@ class MariaDB:
         if proc.returncode != 0:
             raise BenchError(f"mariadb-install-db for {self.name} failed:"
                              f" {(proc.stderr or proc.stdout).strip()[-400:]}")
+        write_out_unwritten(self.datadir / REDO_LOG)  # as the agent's install does, on every instance
 
     def start(self, timeout: float = 60) -> None:
-        write_out_unwritten(self.datadir / REDO_LOG)  # as the agent's start does, on every instance
         argv = ["mariadbd", "--no-defaults", f"--datadir={self.datadir}",
                 f"--socket={self.socket}", f"--pid-file={self.rundir / 'mariadbd.pid'}",
                 f"--port={self.port}", "--bind-address=0.0.0.0", "--user=root",

@@ -689,6 +689,6 @@ def render(res: dict[str, Any]) -> None:
                                        if res["options"]["preallocated_backing"] else "sparse")
                   + f"; volume cache: {res['options'].get('volume_cache', 'write-back')}")
     console.print("mariadb (all instances): " + " ".join(res["options"]["mariadb_options"])
-                  + "; redo log written out before start, as the agent does")
+                  + "; redo log written out after the install, as the agent does")
     for name, ok in s.get("targets_met", {}).items():
         console.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'NOT met'}[/]: {name}")

@@ -34,7 +34,17 @@ AbsPath = Annotated[Path, AfterValidator(_absolute)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Command = str | list[str]  #: a string runs with /bin/sh -c, a list is an argv
-Ext4Feature = Annotated[str, Field(pattern=r"^\^?[a-z0-9_]{1,32}$")]  #: fast_commit, ^metadata_csum
+
+
+def _keeps_the_journal(feature: str) -> str:
+    if feature == "^has_journal":
+        raise ValueError("^has_journal: the filesystem is mounted without fsck after a crash or"
+                         " a failover, which only a journal makes safe (remove it)")
+    return feature
+
+
+#: fast_commit, ^metadata_csum: one mkfs.ext4 -O feature, never an option
+Ext4Feature = Annotated[str, Field(pattern=r"^\^?[a-z0-9_]{1,32}$"), AfterValidator(_keeps_the_journal)]
 
 EXT4_FEATURES: tuple[str, ...] = ("fast_commit",)
 """What mkfs gives a filesystem resource's ext4 unless its config says otherwise.
@@ -48,7 +58,14 @@ is one journal block after the data. Traced on a loop device (block_rq_issue):
 4 writes in a row per commit without, 3 with (and the redo log written out, see
 unwritten.write_out_unwritten); ``tandem bench volume`` measured the commit rate
 on the volume at 0.21x the local disk's, 0.16-0.17x without (session 33).
-Needs Linux 5.10 and e2fsprogs 1.46; ``mkfs_features = []`` opts out."""
+
+The crash-safety argument is ext4's own: the fast-commit block is written after
+the data it describes has completed (so it is durable on both disks: the loop
+device is write-through), and carries a checksum, so a torn one is ignored at
+replay; the peer's copy after a failover is that of a power loss. Kernels: its
+known data-loss bugs were fixed by 5.17; a replay could loop forever before the
+fix for CVE-2024-43828 (6.1.106, 6.6.47, 6.10.6). Needs e2fsprogs 1.46.
+``mkfs_features = []`` opts out."""
 
 
 class ResourceBase(Strict):
@@ -71,7 +88,7 @@ class FilesystemConfig(ResourceBase):
     mountpoint: AbsPath
     run_dir: AbsPath  #: node-local: the state file naming the loop device we attached
     mkfs: bool = False  #: make ext4 when blkid finds no filesystem at all
-    #: ext4 features for that mkfs (``mkfs.ext4 -O``): see filesystem.EXT4_FEATURES
+    #: ext4 features for that mkfs (``mkfs.ext4 -O``): see EXT4_FEATURES
     mkfs_features: list[Ext4Feature] = Field(default_factory=lambda: list(EXT4_FEATURES))
     fstype: Literal["ext4"] = "ext4"
     options: list[str] = Field(default_factory=list)  #: extra mount options

@@ -73,8 +73,10 @@ from tandem.secretfile import read_private
 CLIENT = "mariadb"
 INSTALL_DB = "mariadb-install-db"
 REDO_LOG = "ib_logfile0"
-"""Preallocated by InnoDB; written out before each start (unwritten.py says why).
-A log made anew by a changed ``log_file_size`` is written out at the next start."""
+"""Preallocated by InnoDB; written out once, at the install (unwritten.py says why).
+A log made anew by a changed ``log_file_size`` journals its extent conversions
+until it has wrapped once: writing it out under a server, or beside a start, could
+put zeros over redo records, so it is never done outside the install."""
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -175,11 +177,22 @@ def _new_staging(datadir: Path, staging: Path, uid: int, gid: int) -> None:
     os.lchown(staging, uid, gid)
 
 
-def _move_up(staging: Path, datadir: Path) -> None:
+def _move_up(staging: Path, datadir: Path) -> int:
     """The installed files into the datadir, ``mysql/`` last, then made durable; the
     staging directory goes in the end, whatever happened (in this thread: a start
-    cancelled meanwhile must not remove it while its files are being moved)."""
+    cancelled meanwhile must not remove it while its files are being moved).
+
+    First the fresh redo log's preallocated extents are written out (REDO_LOG):
+    here, on the staging copy, no server can have the file open, and a start
+    cancelled meanwhile cannot spawn one beside this thread. Only a speed-up: an
+    error is logged, not raised. Returns the bytes written out."""
     try:
+        converted = 0
+        try:
+            converted = write_out_unwritten(staging / REDO_LOG)
+        except OSError as e:
+            log.warning("could not write out the preallocated redo log %s (commits will"
+                        " journal its extent conversions until it wraps): %s", staging / REDO_LOG, e)
         for entry in sorted(staging.iterdir(), key=lambda e: e.name == "mysql"):
             target = datadir / entry.name
             if target.is_dir() and not target.is_symlink():  # left by an install before
@@ -192,6 +205,7 @@ def _move_up(staging: Path, datadir: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return converted
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -251,6 +265,15 @@ class MariaDB(Resource):
             *self._tls_argv(),
             *c.extra_options,
         ]
+
+    def _log_file_size(self) -> str:
+        """The redo log size the server will use: extra_options may name its own."""
+        size = self.config.log_file_size
+        for opt in self.config.extra_options:
+            name, _, value = opt.partition("=")
+            if name.replace("_", "-") == "--innodb-log-file-size" and value:
+                size = value
+        return size
 
     @property
     def tls_dir(self) -> Path:
@@ -326,8 +349,10 @@ class MariaDB(Resource):
         steps = []
         if not await _off_loop((c.datadir / "mysql").is_dir):
             t0 = time.monotonic()
-            await self._initialise(uid, gid)
+            converted = await self._initialise(uid, gid)
             steps.append(f"initialised {c.datadir} in {time.monotonic() - t0:.1f} s")
+            if converted:
+                steps.append(f"redo log written out ({converted / (1 << 20):.0f} MiB of preallocation)")
         handed, foreign = await _off_loop(hand_over, c.datadir, uid, gid)
         if foreign is not None:
             log.error("datadir %s belonged to uid %d, not %s (uid %d): the server's user must have"
@@ -336,13 +361,6 @@ class MariaDB(Resource):
         if handed:
             log.warning("datadir %s: %d entries handed over to user %s", c.datadir, handed, c.run_as)
             steps.append(f"datadir handed over to {c.run_as} ({handed} entries)")
-        try:
-            converted = await _off_loop(write_out_unwritten, c.datadir / REDO_LOG)
-        except OSError as e:
-            raise ResourceError(f"writing out the preallocated redo log {c.datadir / REDO_LOG}:"
-                                f" {e.strerror or e}") from None
-        if converted:
-            steps.append(f"redo log written out ({converted / (1 << 20):.0f} MiB of preallocation)")
         t0 = time.monotonic()
         try:
             ref = await self._spawn_and_wait()
@@ -365,7 +383,7 @@ class MariaDB(Resource):
                                 " package creates 'mysql'; or name an existing system user)") from None
         return pw.pw_uid, pw.pw_gid
 
-    async def _initialise(self, uid: int, gid: int) -> None:
+    async def _initialise(self, uid: int, gid: int) -> int:
         """mariadb-install-db into a hidden directory inside the datadir (the same
         filesystem), then its files moved up, ``mysql/`` last.
 
@@ -387,7 +405,7 @@ class MariaDB(Resource):
                                      "--skip-test-db",
                                      # the server's own size: its first start does not
                                      # make the log anew (preallocated, see REDO_LOG)
-                                     f"--innodb-log-file-size={c.log_file_size}"],
+                                     f"--innodb-log-file-size={self._log_file_size()}"],
                                     timeout=max(1.0, c.start_timeout - min(5.0, c.start_timeout / 4)),
                                     check=False)
             except ResourceError as e:
@@ -400,7 +418,7 @@ class MariaDB(Resource):
                 raise ResourceError(f"{INSTALL_DB} failed (exit {res.returncode}) initialising"
                                     f" {c.datadir}: {' | '.join(errors)}")
             moving = True  # from here its thread cleans up: never beside the move
-            await _off_loop(_move_up, staging, c.datadir)
+            return await _off_loop(_move_up, staging, c.datadir)
         finally:
             if not moving:
                 await _off_loop(shutil.rmtree, staging, ignore_errors=True)

@@ -11,8 +11,10 @@ server starts, makes them ordinary written blocks.
 
 The bytes written are the bytes read back (an unwritten extent reads as zeros),
 so the file's content is the same before, during and after, also if this is cut
-off halfway. It must never run while the server has the file open: a read and
-write-back could undo a write made in between. A filesystem without FIEMAP
+off halfway. It must never run while the server has the file open, nor beside a
+start that could spawn one: a read and write-back would undo a write made in
+between. The MariaDB resource therefore does it only on a fresh install's staging
+copy, in the thread that then moves the install into place. A filesystem without FIEMAP
 (tmpfs, FUSE) has nothing to convert and is left alone.
 """
 
@@ -33,7 +35,7 @@ _HEAD = struct.Struct("=QQIIII")  # start, length, flags, mapped_extents, extent
 _EXTENT = struct.Struct("=QQQQQIIII")  # logical, physical, length, reserved64[2], flags, reserved[3]
 _BATCH = 64  # extents asked for per ioctl
 CHUNK = 1 << 20
-_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL)
+_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTTY)
 
 
 def unwritten_ranges(fd: int) -> list[tuple[int, int]]:
@@ -61,6 +63,9 @@ def unwritten_ranges(fd: int) -> list[tuple[int, int]]:
             end = min(logical + length, size)
             if flags & FIEMAP_EXTENT_UNWRITTEN and end > logical:
                 found.append((logical, end - logical))
+            if logical + length <= start:  # no progress: never loop on a strange answer
+                last = True
+                break
             start = logical + length
             last = bool(flags & FIEMAP_EXTENT_LAST)
         if last:
