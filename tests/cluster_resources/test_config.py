@@ -89,3 +89,13 @@ def test_mkfs_features_are_checked_before_they_reach_mkfs():
     assert problems([{**GOOD[0], "mkfs_features": ["fast_commit", "^has_journal"]}]) == [
         "config: resources.fs.mkfs_features.1: ^has_journal: the filesystem is mounted without fsck"
         " after a crash or a failover, which only a journal makes safe (remove it)"]
+
+
+def test_the_install_makes_the_redo_log_the_size_the_server_will_use():
+    """The install's log must be the server's, or the first start makes a new one
+    (preallocated again, unwritten.py): extra_options may name its own size."""
+    db = build(parse_resources([GOOD[1]])[0])
+    assert db._log_file_size() == "48M"
+    assert f"--innodb-log-file-size={db._log_file_size()}" in db.argv()
+    own = build(parse_resources([{**GOOD[1], "extra_options": ["--innodb_log_file_size=256M"]}])[0])
+    assert own._log_file_size() == "256M" and own.argv()[-1] == "--innodb_log_file_size=256M"
