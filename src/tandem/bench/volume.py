@@ -176,9 +176,20 @@ def wait(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0
 
 
 def mount_options(path: Path) -> str:
-    proc = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,OPTIONS", "-T", str(path)],
+    """Type and options of the filesystem holding ``path``, and whether an ext4 one
+    has a journal: a journal-less local disk pays no journal writes per commit, the
+    volume's ext4 always does (it is mounted without fsck after a failover)."""
+    proc = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,OPTIONS,SOURCE", "-T", str(path)],
                           capture_output=True, text=True)
-    return proc.stdout.strip()
+    fields = proc.stdout.split()
+    if len(fields) < 3:
+        return proc.stdout.strip()
+    fstype, options, source = fields[0], fields[1], fields[2]
+    desc = f"{fstype} {options}"
+    if fstype == "ext4" and source.startswith("/dev/"):
+        journal = Path("/proc/fs/jbd2") / f"{source.rsplit('/', 1)[-1]}-8"
+        desc += "" if journal.exists() else " (no journal)"
+    return desc
 
 
 # --------------------------------------------------------------------------- fio
