@@ -65,6 +65,10 @@ def test_example_is_ok(cfgdir):
      "database.tls: not true or false"),
     ('fence_peer = "dcs"', 'fence_peer = "dcs"\nfence_peer_command = "/bin/true"',
      "volumes.db: fence_peer and fence_peer_command are both set; keep one"),
+    ('mkfs_features = ["fast_commit"]', 'mkfs_features = ["^has_journal"]',
+     "database.mkfs_features.0: ^has_journal: the filesystem is mounted without fsck"),
+    ('mkfs_features = ["fast_commit"]', 'mkfs_features = ["fast_commit -E x"]',
+     "database.mkfs_features.0: "),
     ('fence_peer = "dcs"', '',  # the database's volume without a fence-peer hook: unsafe
      'volumes.db.fence_peer: required for the database\'s volume: set fence_peer = "dcs"'),
 ])
@@ -227,3 +231,25 @@ def test_pki_db_adds_the_database_ca_to_a_pki_made_before_it(tmp_path):
     again = run_tandem("pki", "db", "--config", str(tmp_path / "cluster.toml"))
     assert again.returncode != 0 and "a CA exists already (db-ca.crt/db-ca.key)" in again.stderr
     assert (tmp_path / "pki" / "db-ca.key").read_bytes() == before
+
+
+def test_the_database_volumes_mkfs_features_reach_its_filesystem(cfgdir, tmp_path):
+    """[database] mkfs_features is what the DB group's filesystem makes at the mkfs of a
+    blank volume: fast_commit unless the config says otherwise."""
+    from tandem.cluster.dbgroup import build_db_group
+    from tandem.volume.spec import resolve
+
+    pw = tmp_path / "db.password"
+    pw.write_text("a-password-long-enough\n")
+    pw.chmod(0o600)
+
+    def features(path: Path) -> list[str]:
+        cfg = load_config(path, check_secrets=False)
+        cfg = cfg.model_copy(update={"database": cfg.database.model_copy(update={"password_file": pw})})
+        spec = resolve(cfg, "db", "node1", tmp_path / "data", tmp_path / "run")
+        group = build_db_group(cfg, spec, tmp_path / "data", tmp_path / "run")
+        fs = next(m for m in group.members if m.kind == "filesystem")
+        return fs.config.mkfs_features
+
+    assert features(cfgdir / "cluster.toml") == ["fast_commit"]
+    assert features(edit(cfgdir, 'mkfs_features = ["fast_commit"]', "mkfs_features = []")) == []

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from tandem.config import DatabaseName, IPv4If, Name, Strict, error_message
+from tandem.config import EXT4_FEATURES, DatabaseName, Ext4Feature, IPv4If, Name, Strict, error_message
 from tandem.errors import ConfigError
 
 
@@ -35,37 +35,6 @@ Seconds = Annotated[float, Field(gt=0, le=3600)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Command = str | list[str]  #: a string runs with /bin/sh -c, a list is an argv
 
-
-def _keeps_the_journal(feature: str) -> str:
-    if feature == "^has_journal":
-        raise ValueError("^has_journal: the filesystem is mounted without fsck after a crash or"
-                         " a failover, which only a journal makes safe (remove it)")
-    return feature
-
-
-#: fast_commit, ^metadata_csum: one mkfs.ext4 -O feature, never an option
-Ext4Feature = Annotated[str, Field(pattern=r"^\^?[a-z0-9_]{1,32}$"), AfterValidator(_keeps_the_journal)]
-
-EXT4_FEATURES: tuple[str, ...] = ("fast_commit",)
-"""What mkfs gives a filesystem resource's ext4 unless its config says otherwise.
-
-Why fast_commit: with protocol C every device write of a commit waits for the
-peer, so a commit costs its writes *in a row*. A MariaDB commit with the binlog
-(``sync_binlog=1``) fdatasyncs a binlog that has grown: the size change is
-metadata, and a full jbd2 commit writes its descriptor and metadata blocks, waits,
-then writes the commit block, two writes in a row after the data. A fast commit
-is one journal block after the data. Traced on a loop device (block_rq_issue):
-4 writes in a row per commit without, 3 with (and the redo log written out, see
-unwritten.write_out_unwritten); ``tandem bench volume`` measured the commit rate
-on the volume at 0.21x the local disk's, 0.16-0.17x without (session 33).
-
-The crash-safety argument is ext4's own: the fast-commit block is written after
-the data it describes has completed (so it is durable on both disks: the loop
-device is write-through), and carries a checksum, so a torn one is ignored at
-replay; the peer's copy after a failover is that of a power loss. Kernels: its
-known data-loss bugs were fixed by 5.17; a replay could loop forever before the
-fix for CVE-2024-43828 (6.1.106, 6.6.47, 6.10.6). Needs e2fsprogs 1.46.
-``mkfs_features = []`` opts out."""
 
 
 class ResourceBase(Strict):
