@@ -68,28 +68,34 @@ def _keeps_the_journal(feature: str) -> str:
 #: fast_commit, ^metadata_csum: one mkfs.ext4 -O feature, never an option
 Ext4Feature = Annotated[str, Field(pattern=r"^\^?[a-z0-9_]{1,32}$"), AfterValidator(_keeps_the_journal)]
 
-EXT4_FEATURES: tuple[str, ...] = ("fast_commit",)
+EXT4_FEATURES: tuple[str, ...] = ()
 """What mkfs gives a filesystem resource's ext4 (and the database's volume, [database]
-mkfs_features) unless its config says otherwise.
+mkfs_features) unless its config says otherwise: ext4's own defaults.
 
-Why fast_commit: with protocol C every device write of a commit waits for the
-peer, so a commit costs its writes *in a row*. A MariaDB commit with the binlog
-(``sync_binlog=1``) fdatasyncs a binlog that has grown: the size change is
-metadata, and a full jbd2 commit writes its descriptor and metadata blocks, waits,
-then writes the commit block, two writes in a row after the data. A fast commit
-is one journal block after the data. Traced on a loop device (block_rq_issue):
-4 writes in a row per commit without, 3 with (and the redo log written out, see
-tandem.cluster.resources.unwritten); ``tandem bench volume`` measured the commit rate
-on the volume at 0.21x the local disk's, 0.16-0.17x without (session 33).
+``fast_commit`` is the one worth knowing, and it is a trade, measured here
+(session 33), not a free speed-up:
 
-The crash-safety argument is ext4's own: the fast-commit block is written after
-the data it describes has completed (so it is durable on both disks: the loop
-device is write-through), and carries a checksum, so a torn one is ignored at
-replay; the peer's copy after a failover is that of a power loss. Kernels: its
-known data-loss bugs were fixed by 5.17; a replay could loop forever before the
-fix for CVE-2024-43828 (6.1.106, 6.6.47, 6.10.6). Needs e2fsprogs 1.46.
-``mkfs_features = []`` opts out; it only matters at the mkfs of a blank volume
-(``tune2fs -O fast_commit`` or ``-O ^fast_commit`` changes an unmounted one)."""
+- For: with protocol C every device write of a commit waits for the peer, so a
+  commit costs its writes *in a row*. A MariaDB commit with the binlog
+  (``sync_binlog=1``) fdatasyncs a binlog that has grown: its size is metadata,
+  and a jbd2 commit writes its descriptor and metadata blocks, waits, then writes
+  the commit block. A fast commit is one journal block after the data. Traced on
+  a loop device (block_rq_issue): 4 writes in a row per commit without, 3 with;
+  ``tandem bench volume`` measured the commit rate at 0.21-0.22x the local disk's
+  with it, 0.16-0.17x without.
+- Against: the mount after a crash replays the fast commits with *writes*, one
+  after another, where jbd2's replay of full commits mostly reads (a crash image
+  of MariaDB under load: 648 writes and 825 reads at mount with it, 10 writes and
+  5,718 reads without). On the volume each of those writes is replicated, so the
+  failover's mount took seconds: in the lab campaign the filesystem start after a
+  failover took 1.2-4.8 s (median per seed), up to 16.5 s, against 0.12-0.16 s
+  without, and the unavailability per schedule doubled.
+
+A failover that takes seconds longer is the failure this product exists to
+prevent, so fast_commit is left to those who want the commit rate more. Kernels:
+its known data-loss bugs were fixed by 5.17; its replay could loop forever before
+the fix for CVE-2024-43828 (6.1.106, 6.6.47, 6.10.6). ``tune2fs -O fast_commit``
+or ``-O ^fast_commit`` changes an unmounted filesystem."""
 
 IPv4 = Annotated[ipaddress.IPv4Address, BeforeValidator(_address_text)]
 IPv4If = Annotated[ipaddress.IPv4Interface, BeforeValidator(_address_text)]
@@ -256,7 +262,7 @@ class Database(Strict):
     #: without it they fill the volume (a lab campaign did, after 78 failovers)
     binlog_expire_seconds: int = Field(default=86400, ge=0)
     max_binlog_size: str = Field(default="256M", pattern=r"^\d+[KMG]?$")
-    #: ext4 features for the mkfs of a blank volume (see EXT4_FEATURES); [] for none
+    #: ext4 features for the mkfs of a blank volume, e.g. ["fast_commit"] (see EXT4_FEATURES)
     mkfs_features: list[Ext4Feature] = Field(default_factory=lambda: list(EXT4_FEATURES))
     #: TLS between MariaDB and its clients over TCP (the management servers, over the
     #: DB VIP): the server shows its node's certificate of the database CA in [etcd]

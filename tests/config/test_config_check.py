@@ -65,9 +65,9 @@ def test_example_is_ok(cfgdir):
      "database.tls: not true or false"),
     ('fence_peer = "dcs"', 'fence_peer = "dcs"\nfence_peer_command = "/bin/true"',
      "volumes.db: fence_peer and fence_peer_command are both set; keep one"),
-    ('mkfs_features = ["fast_commit"]', 'mkfs_features = ["^has_journal"]',
+    ('mkfs_features = []', 'mkfs_features = ["^has_journal"]',
      "database.mkfs_features.0: ^has_journal: the filesystem is mounted without fsck"),
-    ('mkfs_features = ["fast_commit"]', 'mkfs_features = ["fast_commit -E x"]',
+    ('mkfs_features = []', 'mkfs_features = ["fast_commit -E x"]',
      "database.mkfs_features.0: "),
     ('fence_peer = "dcs"', '',  # the database's volume without a fence-peer hook: unsafe
      'volumes.db.fence_peer: required for the database\'s volume: set fence_peer = "dcs"'),
@@ -235,7 +235,7 @@ def test_pki_db_adds_the_database_ca_to_a_pki_made_before_it(tmp_path):
 
 def test_the_database_volumes_mkfs_features_reach_its_filesystem(cfgdir, tmp_path):
     """[database] mkfs_features is what the DB group's filesystem makes at the mkfs of a
-    blank volume: fast_commit unless the config says otherwise."""
+    blank volume: ext4's defaults unless the config names some."""
     from tandem.cluster.dbgroup import build_db_group
     from tandem.volume.spec import resolve
 
@@ -251,5 +251,6 @@ def test_the_database_volumes_mkfs_features_reach_its_filesystem(cfgdir, tmp_pat
         fs = next(m for m in group.members if m.kind == "filesystem")
         return fs.config.mkfs_features
 
-    assert features(cfgdir / "cluster.toml") == ["fast_commit"]
-    assert features(edit(cfgdir, 'mkfs_features = ["fast_commit"]', "mkfs_features = []")) == []
+    assert features(cfgdir / "cluster.toml") == []
+    assert features(edit(cfgdir, "mkfs_features = []", 'mkfs_features = ["fast_commit"]')) == [
+        "fast_commit"]

@@ -57,7 +57,7 @@ class FilesystemConfig(ResourceBase):
     mountpoint: AbsPath
     run_dir: AbsPath  #: node-local: the state file naming the loop device we attached
     mkfs: bool = False  #: make ext4 when blkid finds no filesystem at all
-    #: ext4 features for that mkfs (``mkfs.ext4 -O``): see EXT4_FEATURES
+    #: ext4 features for that mkfs (``mkfs.ext4 -O``), e.g. ["fast_commit"]: see EXT4_FEATURES
     mkfs_features: list[Ext4Feature] = Field(default_factory=lambda: list(EXT4_FEATURES))
     fstype: Literal["ext4"] = "ext4"
     options: list[str] = Field(default_factory=list)  #: extra mount options

@@ -23,10 +23,9 @@ filesystem needs. Mount options, and why, for a journal on a replicated file:
   ``errors=panic`` would take down every host sharing the kernel.
 - no ``journal_async_commit``: ext4 refuses it with data=ordered, and it
   trades a flush for replay-time checks we do not want to depend on.
-- mkfs makes the ``fast_commit`` feature (config.EXT4_FEATURES): an fdatasync
-  that only grew a file (MariaDB's binlog, at every commit) then writes one
-  journal block after the data instead of a jbd2 commit's two writes in a row,
-  each of which waits for the peer.
+- mkfs makes ext4's default features unless ``mkfs_features`` names others;
+  ``fast_commit`` saves a replicated write per commit but makes the failover's
+  mount replay with writes, seconds longer (tandem.config.EXT4_FEATURES).
 
 Stop unmounts (retrying briefly), and when the mount stays busy it names the
 processes that hold it (a /proc scan) and fails: killing unknown processes or
