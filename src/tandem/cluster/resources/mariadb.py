@@ -56,6 +56,7 @@ import pwd
 import shutil
 import signal
 import stat
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -170,11 +171,30 @@ def _write_note(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _new_staging(datadir: Path, staging: Path, uid: int, gid: int) -> None:
-    datadir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)  # a start that died before
-    staging.mkdir()
-    os.lchown(staging, uid, gid)
+_INSTALL_LOCK = threading.Lock()
+"""Held by a move-up from start to end, and taken by a new staging directory: a
+start cancelled while its thread still writes out or moves the install (the volume
+slow, or its writes held) must not have a retried start put a new staging
+directory, with a half-made install in it, under that thread's feet."""
+INSTALL_WAIT = 30.0  # seconds a new install waits for an earlier one's move-up
+
+
+def _new_staging(datadir: Path, staging: Path, uid: int, gid: int) -> bool:
+    """A fresh staging directory; False if an earlier start's move-up, waited for
+    here, has initialised the datadir meanwhile."""
+    if not _INSTALL_LOCK.acquire(timeout=INSTALL_WAIT):
+        raise ResourceError(f"an earlier install into {datadir} is still moving its files after"
+                            f" {INSTALL_WAIT:.0f} s (is the volume's I/O held?)")
+    try:
+        if (datadir / "mysql").is_dir():
+            return False
+        datadir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # a start that died before
+        staging.mkdir()
+        os.lchown(staging, uid, gid)
+        return True
+    finally:
+        _INSTALL_LOCK.release()
 
 
 def _move_up(staging: Path, datadir: Path) -> int:
@@ -186,6 +206,11 @@ def _move_up(staging: Path, datadir: Path) -> int:
     here, on the staging copy, no server can have the file open, and a start
     cancelled meanwhile cannot spawn one beside this thread. Only a speed-up: an
     error is logged, not raised. Returns the bytes written out."""
+    with _INSTALL_LOCK:
+        return _move_up_locked(staging, datadir)
+
+
+def _move_up_locked(staging: Path, datadir: Path) -> int:
     try:
         converted = 0
         try:
@@ -394,7 +419,8 @@ class MariaDB(Resource):
         and the next start (here or on the peer) installs again."""
         c = self.config
         staging = c.datadir / ".tandem-install"
-        await _off_loop(_new_staging, c.datadir, staging, uid, gid)
+        if not await _off_loop(_new_staging, c.datadir, staging, uid, gid):
+            return 0  # an earlier start's install ended meanwhile
         moving = False
         try:
             try:
