@@ -197,6 +197,15 @@ def _new_staging(datadir: Path, staging: Path, uid: int, gid: int) -> bool:
         _INSTALL_LOCK.release()
 
 
+def _write_out_redo_log(staging: Path) -> int:
+    try:
+        return write_out_unwritten(staging / REDO_LOG)
+    except OSError as e:
+        log.warning("could not write out the preallocated redo log %s (commits will journal"
+                    " its extent conversions until it wraps): %s", staging / REDO_LOG, e)
+        return 0
+
+
 def _move_up(staging: Path, datadir: Path) -> int:
     """The installed files into the datadir, ``mysql/`` last, then made durable; the
     staging directory goes in the end, whatever happened (in this thread: a start
@@ -207,32 +216,23 @@ def _move_up(staging: Path, datadir: Path) -> int:
     cancelled meanwhile cannot spawn one beside this thread. Only a speed-up: an
     error is logged, not raised. Returns the bytes written out."""
     with _INSTALL_LOCK:
-        return _move_up_locked(staging, datadir)
-
-
-def _move_up_locked(staging: Path, datadir: Path) -> int:
-    try:
-        converted = 0
         try:
-            converted = write_out_unwritten(staging / REDO_LOG)
-        except OSError as e:
-            log.warning("could not write out the preallocated redo log %s (commits will"
-                        " journal its extent conversions until it wraps): %s", staging / REDO_LOG, e)
-        for entry in sorted(staging.iterdir(), key=lambda e: e.name == "mysql"):
-            target = datadir / entry.name
-            if target.is_dir() and not target.is_symlink():  # left by an install before
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-            os.rename(entry, target)
-        fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
+            converted = _write_out_redo_log(staging)
+            for entry in sorted(staging.iterdir(), key=lambda e: e.name == "mysql"):
+                target = datadir / entry.name
+                if target.is_dir() and not target.is_symlink():  # left by an install before
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                os.rename(entry, target)
+            fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return converted
         finally:
-            os.close(fd)
-        return converted
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_secret(path: os.PathLike[str] | str) -> bytes:
