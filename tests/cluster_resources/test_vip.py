@@ -8,6 +8,7 @@ import json
 import sys
 import time
 
+from tandem.cluster.dbgroup import KERNEL_LATE
 from tandem.cluster.resources.vip import holders
 from tests.cluster_resources.conftest import must, op
 
@@ -120,14 +121,23 @@ async def main():
     print("refresh after stop", await v.refresh(), "present", (await v.monitor()).is_ok)
     # A new holder waits out hold_until; an unrefreshed address is gone about
     # `lifetime` after it was added, at most 1/4 s late (the takeover rule relies on it).
+    # Bracketed: "last seen" is when a look that found it began (a lower bound of its
+    # removal whatever this process's scheduling), "expired" when the first look that
+    # missed it ended (an upper bound).
     v.hold_until = time.monotonic() + 0.6
     t0 = time.monotonic()
     assert (await v.start()).ok
-    print("held back", round(time.monotonic() - t0, 3))
-    added = time.monotonic()
-    while (await v.monitor()).is_ok and time.monotonic() - added < 5:
+    added = time.monotonic()  # its lifetime was set before this
+    print("held back", round(added - t0, 3))
+    last_seen = added
+    while time.monotonic() - added < 5:
+        looked = time.monotonic()
+        if not (await v.monitor()).is_ok:
+            break
+        last_seen = looked
         await asyncio.sleep(0.05)
     print("expired after", round(time.monotonic() - added, 3))
+    print("last seen", round(last_seen - added, 3))
     await v.stop()
 asyncio.run(main())
 """
@@ -135,9 +145,12 @@ asyncio.run(main())
     # nothing held, nothing to extend (no failure to log), and nothing added back
     assert "held True" in out and "refresh after stop True present False" in out, out
     values = dict(line.rsplit(" ", 1) for line in out.splitlines()
-                  if line.startswith(("held back", "expired")))
+                  if line.startswith(("held back", "expired", "last seen")))
     assert float(values["held back"]) >= 0.6
-    assert 0.7 <= float(values["expired after"]) <= 1.0 + 0.25 + 0.2, out
+    # the kernel's removal: not before the lifetime, and (dbgroup.KERNEL_LATE) at most a
+    # quarter of a second late, with 0.2 s for the look itself
+    assert float(values["expired after"]) >= 0.7, out
+    assert float(values["last seen"]) <= 1.0 + KERNEL_LATE + 0.2, out
     assert holders(lab, addr) == []
 
 
@@ -151,30 +164,40 @@ def test_a_refresh_too_long_after_its_lease_renewal_does_not_put_the_address_bac
     script = f"""
 import asyncio, time
 from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources import rtnl
 from tandem.cluster.resources.vip import Vip
 async def main():
     v = Vip(VipConfig(name="latevip", address="{addr}/24", interface="pub0", lifetime=1))
     assert (await v.start()).ok
+    stamps = set()
     t0 = time.monotonic()
     while time.monotonic() - t0 < 2.0:  # timely renewals: held
         assert await v.refresh(time.monotonic() + 0.25)
+        stamps.add(rtnl.lifetime_set_at("{addr}"))
         await asyncio.sleep(0.2)
-    print("held", (await v.monitor()).is_ok)
+    print("held", (await v.monitor()).is_ok, "extended", len(stamps))
+    last = rtnl.lifetime_set_at("{addr}")
     t0 = time.monotonic()
-    gone = None
+    gone, extended = None, 0
     while time.monotonic() - t0 < 3.0:  # every renewal too old: nothing extended
         assert await v.refresh(time.monotonic() - 0.01)
+        now = rtnl.lifetime_set_at("{addr}")
+        extended += now is not None and now != last
         if gone is None and not (await v.monitor()).is_ok:
             gone = time.monotonic() - t0
         await asyncio.sleep(0.1)
-    print("gone after", gone, "present", (await v.monitor()).is_ok)
+    print("stale extended", extended, "gone after", gone, "present", (await v.monitor()).is_ok)
     await v.stop()
 asyncio.run(main())
 """
     out = lab.run("node1", [sys.executable, "-c", script]).stdout
-    assert "held True" in out and "present False" in out, out
-    gone = float(out.split("gone after ")[1].split()[0])
-    assert gone <= 1.0 + 0.25 + 0.3, out
+    # The kernel's own record of when each lifetime was set: every timely refresh moved
+    # it, no stale one did. (When the kernel then removed the address is its lifetime
+    # check's business, timed in test_vip_lifetime_bounds_a_frozen_holder: a loaded
+    # machine runs that check late, and CI once saw it 0.5 s late here.)
+    assert "held True" in out and "stale extended 0 " in out and "present False" in out, out
+    assert int(out.split("extended ")[1].split()[0]) >= 5, out
+    assert "gone after None" not in out, out
     assert holders(lab, addr) == []
 
 
@@ -188,6 +211,7 @@ def test_a_lifetime_is_set_at_the_check_not_when_a_slow_ip_process_gets_to_run(l
     script = f"""
 import asyncio, json, os, shutil, subprocess, tempfile, time
 from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources import rtnl
 from tandem.cluster.resources.vip import Vip
 real_ip = shutil.which("ip")
 def present():
@@ -196,7 +220,9 @@ def present():
     return any(a.get("local") == "{addr}" for link in json.loads(out) for a in link.get("addr_info", []))
 async def main():
     v = Vip(VipConfig(name="slowip", address="{addr}/24", interface="pub0", lifetime=1))
+    before_start = time.monotonic()
     assert (await v.start()).ok
+    started = rtnl.lifetime_set_at("{addr}")
     slow = tempfile.mkdtemp()
     with open(os.path.join(slow, "ip"), "w") as f:
         f.write("#!/bin/sh\\nsleep 1.5\\nexec " + real_ip + " \\"$@\\"\\n")
@@ -204,6 +230,9 @@ async def main():
     os.environ["PATH"] = slow + ":" + os.environ["PATH"]
     t1 = time.monotonic()
     ok = await v.refresh(t1 + 0.25)
+    refreshed = rtnl.lifetime_set_at("{addr}")
+    # on the kernel's clock, since the start set it; the refresh may set it until t1 + 0.25
+    print("set", round(refreshed - started, 3), "allowed", round(t1 + 0.25 - before_start, 3))
     while present() and time.monotonic() - t1 < 5:
         await asyncio.sleep(0.02)
     print("refreshed", ok, "gone after", round(time.monotonic() - t1, 3))
@@ -211,8 +240,9 @@ asyncio.run(main())
 """
     out = run_script_on_node1(lab, script, addr)
     assert "refreshed True" in out, out
-    gone = float(out.split("gone after ")[1].split()[0])
-    assert gone <= 0.25 + 1.0 + 0.25 + 0.3, out
+    set_at, allowed = (float(x) for x in out.split("set ")[1].split("\n")[0].split(" allowed "))
+    assert 0 < set_at <= allowed + 0.02, out  # 0.01 s: the kernel's stamp's resolution
+    assert float(out.split("gone after ")[1].split()[0]) < 5, out
 
 
 def test_the_monitor_does_not_restart_an_expired_address_once_the_lease_ran_out(lab, resources):
@@ -263,6 +293,7 @@ def test_an_address_rests_only_on_a_fresh_renewal_of_the_lease_it_was_added_on(l
     script = f"""
 import asyncio, time
 from tandem.cluster.resources.config import VipConfig
+from tandem.cluster.resources import rtnl
 from tandem.cluster.resources.vip import Vip
 state = {{"id": 1, "renewed": time.monotonic() - 1.0}}
 async def renewals(every):
@@ -275,14 +306,17 @@ async def refreshed(v, lease_id):
         # renewal's slack, so the address went again (a loaded machine, not the rule)
         print("DESCHEDULED")
         raise SystemExit(3)
-async def refreshed_until_gone(v):  # timely renewals of lease 2 for 3 s: when was it gone?
-    t0, gone = time.monotonic(), None
+async def refreshed_until_gone(v):  # timely renewals of lease 2 for 3 s: extended? gone?
+    last = rtnl.lifetime_set_at("{addr}")
+    t0, gone, extended = time.monotonic(), None, 0
     while time.monotonic() - t0 < 3.0:
         await refreshed(v, 2)
+        now = rtnl.lifetime_set_at("{addr}")
+        extended += now is not None and now != last
         if gone is None and not (await v.monitor()).is_ok:
             gone = time.monotonic() - t0
         await asyncio.sleep(0.1)
-    return gone
+    return f"extended {{extended}} gone after {{gone}}"
 async def main():
     v = Vip(VipConfig(name="lvip", address="{addr}/24", interface="pub0", lifetime=1))
     v.lease = lambda: (state["id"], state["renewed"] + 0.25)
@@ -298,11 +332,11 @@ async def main():
         await asyncio.sleep(0.2)
     print("held:", (await v.monitor()).is_ok)
     state["id"] = 2  # a lapse: a new lease, renewed in time
-    print("new lease, gone after", await refreshed_until_gone(v))
+    print("new lease,", await refreshed_until_gone(v))
     r = await v.start()
     print("restarted:", r.ok, (await v.monitor()).is_ok)
     v.lease = lambda: "the leader key is gone"  # our lease renewed, the key not ours
-    print("key gone, gone after", await refreshed_until_gone(v))
+    print("key gone,", await refreshed_until_gone(v))
     task.cancel()
     await v.stop()
 asyncio.run(main())
@@ -313,11 +347,12 @@ asyncio.run(main())
             break
     assert "stale: False False" in out and "no lease renewal" in out, out
     assert "fresh: True" in out and "held: True" in out, out
-    gone = float(out.split("gone after ")[1].split()[0])
-    assert gone <= 1.0 + 0.25 + 0.3, out
+    # neither renewal extended the address (the kernel's stamp of its lifetime did not
+    # move), and the kernel removed it
+    for phase in ("new lease", "key gone"):
+        assert f"{phase}, extended 0 gone after " in out, out
+        assert f"{phase}, extended 0 gone after None" not in out, out
     assert "restarted: True True" in out, out
-    gone = float(out.split("key gone, gone after ")[1].split()[0])
-    assert gone <= 1.0 + 0.25 + 0.3, out
     assert holders(lab, addr) == []
 
 

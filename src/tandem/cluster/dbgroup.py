@@ -95,7 +95,10 @@ renewal waited in vain)."""
 KERNEL_LATE = 0.25
 """How late the kernel removes an expired IPv4 address: its lifetime check runs at
 the next whole second if that is within HZ/4 (devinet.c check_lifetime). (Up to a
-second when another address's change ran the check just before: not counted.)"""
+second when another address's change ran the check just before: not counted. The
+check runs in a kworker, so a machine too loaded to run it in time removes the
+address later still: the campaign's overlap check has never caught it, but this is
+a bound of the kernel's, not of ours.)"""
 
 
 def vip_takeover_grace(lease_ttl: float) -> float:

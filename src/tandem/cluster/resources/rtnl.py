@@ -1,10 +1,11 @@
-"""Add, replace and delete an IPv4 address over rtnetlink, synchronously.
+"""Add, replace and delete an IPv4 address over rtnetlink, synchronously, and read
+when its lifetime was last set.
 
 Why not ``ip``: a VIP's lifetime must be set right after the check that the lease
 renewal it rests on is recent enough (see :mod:`tandem.cluster.resources.vip`),
 and a forked ``ip`` runs whenever a loaded machine gets to it. Why not pyroute2:
 its 0.9 synchronous API runs an asyncio loop of its own and refuses to run inside
-the agent's. The three messages needed here are a few dozen bytes each.
+the agent's. The four messages needed here are a few dozen bytes each.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import os
 import socket
 import struct
 
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x100, 0x400, 0x300
 IFA_ADDRESS, IFA_LOCAL, IFA_CACHEINFO = 1, 2, 6
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
@@ -33,6 +34,24 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    sock.settimeout(2.0)
+    sock.bind((0, 0))
+    return sock
+
+
+def _messages(reply: bytes):
+    """(type, sequence, payload) of each netlink message in one datagram."""
+    at = 0
+    while at + _HDR.size <= len(reply):
+        length, rtype, _, rseq, _ = _HDR.unpack_from(reply, at)
+        if length < _HDR.size or at + length > len(reply):
+            raise OSError(errno.EPROTO, "rtnetlink: malformed reply")
+        yield rtype, rseq, reply[at + _HDR.size:at + length]
+        at += (length + 3) & ~3
+
+
 def _request(kind: int, flags: int, index: int, address: str, prefixlen: int,
              lifetime: int | None) -> None:
     ip = socket.inet_aton(address)
@@ -41,23 +60,15 @@ def _request(kind: int, flags: int, index: int, address: str, prefixlen: int,
     if lifetime is not None:
         body += _attr(IFA_CACHEINFO, _CACHEINFO.pack(lifetime, lifetime, 0, 0))
     msg = _HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, SEQ, 0) + body
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.settimeout(2.0)
-        sock.bind((0, 0))
+    with _socket() as sock:
         sock.send(msg)
         while True:
-            reply = sock.recv(65536)
-            at = 0
-            while at + _HDR.size <= len(reply):
-                length, rtype, _, rseq, _ = _HDR.unpack_from(reply, at)
-                if length < _HDR.size:
-                    raise OSError(errno.EPROTO, "rtnetlink: malformed reply")
+            for rtype, rseq, payload in _messages(sock.recv(65536)):
                 if rtype == NLMSG_ERROR and rseq == SEQ:
-                    (code,) = _ERRNO.unpack_from(reply, at + _HDR.size)
+                    (code,) = _ERRNO.unpack_from(payload)
                     if code:
                         raise OSError(-code, os.strerror(-code))
                     return
-                at += (length + 3) & ~3
 
 
 def set_address(interface: str, address: str, prefixlen: int, lifetime: int | None) -> None:
@@ -76,3 +87,41 @@ def delete_address(interface: str, address: str, prefixlen: int) -> bool:
             return False
         raise
     return True
+
+
+def lifetime_set_at(address: str) -> float | None:
+    """When the kernel last set `address`'s lifetime (added it, or replaced the
+    lifetime), in seconds on the kernel's own clock (jiffies since boot: a constant
+    offset from CLOCK_BOOTTIME, so only differences mean anything); None if no
+    interface of this namespace has it, or it has no lifetime. `ip` does not print
+    it. It shows exactly whether a refresh extended an address, where its removal
+    time shows the kernel's lateness too (its lifetime check runs in a kworker)."""
+    body = _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)
+    msg = _HDR.pack(_HDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, SEQ, 0) + body
+    wanted = socket.inet_aton(address)
+    found = None
+    with _socket() as sock:
+        sock.send(msg)
+        while True:
+            for rtype, _, payload in _messages(sock.recv(65536)):
+                if rtype == NLMSG_DONE:
+                    return found
+                if rtype == NLMSG_ERROR:
+                    (code,) = _ERRNO.unpack_from(payload)
+                    raise OSError(-code, os.strerror(-code))
+                if rtype != RTM_NEWADDR:
+                    continue
+                local = cacheinfo = None
+                at = _IFADDR.size
+                while at + _ATTR.size <= len(payload):
+                    length, kind = _ATTR.unpack_from(payload, at)
+                    if length < _ATTR.size:
+                        raise OSError(errno.EPROTO, "rtnetlink: malformed attribute")
+                    value = payload[at + _ATTR.size:at + length]
+                    if kind == IFA_LOCAL:
+                        local = value
+                    elif kind == IFA_CACHEINFO and len(value) >= _CACHEINFO.size:
+                        cacheinfo = _CACHEINFO.unpack_from(value)
+                    at += (length + 3) & ~3
+                if local == wanted and cacheinfo is not None and cacheinfo[1] != 0xFFFFFFFF:
+                    found = cacheinfo[3] / 100  # tstamp, in hundredths of a second
