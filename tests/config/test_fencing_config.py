@@ -30,6 +30,7 @@ def append(cfgdir, text: str):
     ('[agent]\nfailure_timeout = 30\nfailure_timeout_max = 20\n',
      "agent: failure_timeout_max (20) is below failure_timeout (30): make it at least as long"),
     ('[agent]\nfailure_reset = 0\n', "agent.failure_reset: Input should be greater than 0"),
+    ('[agent]\ncycle_timeout = 5\n', "agent.cycle_timeout: Input should be greater than or equal to 10"),
 ])
 def test_bad_fencing_and_notify_keys_are_named(cfgdir, text, expected):
     code, lines = check(append(cfgdir, text))

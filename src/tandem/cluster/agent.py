@@ -165,6 +165,9 @@ class Agent:
         self.last_fence: FenceResult | None = None
         self.notifier = Notifier(cfg.agent.notify, cfg.agent.notify_timeout, node, cfg.cluster.name)
         self._role = "replica"
+        #: when the HA cycle in progress began or last showed progress; None between cycles
+        self._cycle_busy_since: float | None = None
+        self._cycle_stall_logged = False
         self.watchdog = None
         if cfg.agent.watchdog is not None:
             from tandem.cluster.watchdog import Watchdog
@@ -226,6 +229,9 @@ class Agent:
             if started - last > 3 * period:
                 log.warning("lease loop stalled for %.2f s", started - last)
             last = started
+            if self._cycle_stalled(started):
+                await asyncio.sleep(period)
+                continue
             if self.watchdog is not None:
                 self.watchdog.pet()
             try:
@@ -267,6 +273,27 @@ class Agent:
                 log.warning("lease renewal was cancelled under us; retrying")
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
 
+    def _cycle_stalled(self, now: float) -> bool:
+        """True while the HA cycle has been busy for more than agent.cycle_timeout
+        without progress: a hung agent must not keep its key (and the volume's write
+        lease) alive by renewals alone, as Patroni's leader key is updated by its HA
+        loop. Nothing is renewed and the watchdog is not fed: the key expires and
+        another node takes over (with a watchdog device, after this node is reset)."""
+        since = self._cycle_busy_since
+        if since is None or now - since <= self.cfg.agent.cycle_timeout:
+            if self._cycle_stall_logged:
+                log.warning("the HA cycle moved on again: renewing the lease")
+                self._cycle_stall_logged = False
+            return False
+        if not self._cycle_stall_logged:
+            self._cycle_stall_logged = True
+            log.error("the HA cycle has been stuck for %.0f s (agent.cycle_timeout %g s): no longer"
+                      " renewing the lease, so that another node takes over; tasks follow",
+                      now - since, self.cfg.agent.cycle_timeout)
+            lab_event("cycle_stalled", node=self.node, seconds=round(now - since, 1))
+            _dump_tasks()
+        return True
+
     async def _refresh_vips(self, valid_until: float, lease_id: int | None) -> None:
         """Extend the kernel lifetime of the VIPs this node holds on lease `lease_id`
         (see resources.vip), until `valid_until`: later, the renewal is too old to
@@ -277,13 +304,14 @@ class Agent:
         if self.clones is not None:
             await self.clones.refresh_vip(valid_until, lease_id)
 
-    async def _bounded(self, coro, what: str, limit: float | None = None):
-        """Await a DCS call for at most op_timeout + 0.2 s (or `limit`), whatever it
-        does: asyncio's wait_for waits for a cancelled gRPC call to unwind, which can
-        take long."""
+    async def _bounded(self, coro, what: str, limit: float | None = None, calls: int = 1):
+        """Await a DCS call of `calls` round trips for at most op_timeout each + 0.2 s
+        (or `limit`), whatever it does: asyncio's wait_for waits for a cancelled gRPC
+        call to unwind, which can take long, and an HA cycle stuck in one keeps the
+        lease loop renewing a key the cycle does nothing with."""
         channel = self.dcs._client  # None: the call opens one (then it is the current one)
         task = asyncio.ensure_future(coro)
-        timeout = self.cfg.etcd.op_timeout + 0.2
+        timeout = calls * self.cfg.etcd.op_timeout + 0.2
         if limit is not None:
             timeout = max(0.01, min(timeout, limit))
         done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -360,6 +388,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
             self.wake.clear()
+            self._cycle_busy_since = time.monotonic()
             try:
                 await self.cycle()
             except Exception:
@@ -369,6 +398,8 @@ class Agent:
                 if _really_cancelled():
                     raise
                 log.warning("HA cycle: a call was cancelled under us; next cycle")
+            finally:
+                self._cycle_busy_since = None
 
     # ====================================================================== one cycle
     async def cycle(self) -> Decision:
@@ -611,7 +642,7 @@ class Agent:
                 await self._lead()
             if d.clear_switchover:
                 with contextlib.suppress(DCSError):
-                    await self.dcs.clear_switchover()
+                    await self._bounded(self.dcs.clear_switchover(), "clear switchover")
         elif a is Action.STEP_DOWN:
             await self._step_down(d)
         elif a is Action.FENCE_LEADER:
@@ -633,10 +664,13 @@ class Agent:
     async def _acquire(self, d: Decision, fenced: Leader | None = None) -> None:
         try:
             view = self.view.with_epoch_floor(_epoch_seen(self.volume or {}))
-            if fenced is not None:
-                leader = await self.dcs.take_over_leader(fenced, view)
-            else:
-                leader = await self.dcs.attempt_to_acquire_leader(view)
+            # (abandoned, an attempt may still have won: the next view shows the key ours)
+            if fenced is not None:  # delete; lease grant; acquire; revoke the fenced lease
+                leader = await self._bounded(self.dcs.take_over_leader(fenced, view), "fenced takeover",
+                                             calls=4)
+            else:  # lease grant; acquire
+                leader = await self._bounded(self.dcs.attempt_to_acquire_leader(view), "acquire leader",
+                                             calls=2)
         except DCSError as e:
             log.warning("could not race for the leader key: %s", e)
             return
@@ -659,10 +693,10 @@ class Agent:
                  f" from fenced {fenced.node}" if fenced is not None else "")
         prev = self.view.history[-1].node if self.view.history else None
         with contextlib.suppress(DCSError):
-            await self.dcs.append_history(
+            await self._bounded(self.dcs.append_history(
                 HistoryEntry(epoch=leader.epoch, node=self.node,
                              reason=f"{reason}: {d.reason}" + (f" (after {prev})" if prev else ""),
-                             at=time.time()), leader)
+                             at=time.time()), leader), "append history", calls=2)
         await self._promote("acquired the leader key")
 
     def _key_lease_left(self) -> float | None:
@@ -775,6 +809,7 @@ class Agent:
             left = self._key_lease_left()
             if left is None or left <= 0:
                 return False
+            self._cycle_busy_since = time.monotonic()  # progress: bounded by the lease
             await asyncio.wait({task}, timeout=min(left, 0.1))
         return True
 
@@ -890,7 +925,7 @@ class Agent:
         if self.leader is not None:
             await self._vip_gone_before_release()
             with contextlib.suppress(DCSError):
-                await self.dcs.release_leader(self.leader)
+                await self._bounded(self.dcs.release_leader(self.leader), "release leader")
             self.leader = None
 
     async def _demote_volume(self, why: str) -> None:
@@ -920,11 +955,11 @@ class Agent:
             await self._vip_gone_before_release()
             lab_event("leader_released", node=self.node, target=d.target)
             with contextlib.suppress(DCSError):
-                await self.dcs.release_leader(self.leader)
+                await self._bounded(self.dcs.release_leader(self.leader), "release leader")
             self.leader = None
         if d.clear_switchover:
             with contextlib.suppress(DCSError):
-                await self.dcs.clear_switchover()
+                await self._bounded(self.dcs.clear_switchover(), "clear switchover")
 
     async def _shutdown(self) -> None:
         if self._fence_task is not None:
