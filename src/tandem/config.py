@@ -303,10 +303,11 @@ class Agent(Strict):
     failure_timeout: float = Field(default=10.0, gt=0, le=3600)
     failure_timeout_max: float = Field(default=300.0, gt=0, le=86400)
     failure_reset: float = Field(default=600.0, gt=0, le=86400)
-    #: an HA cycle busy this long (a promotion's start waiting within the lease counts
-    #: as progress) is taken for a hung agent: the lease is no longer renewed (nor the
+    #: an HA cycle busy this long since it began or since its last resource start or
+    #: stop began is taken for a hung agent: the lease is no longer renewed (nor the
     #: watchdog fed), so the key and the volume's write lease run out and another node
-    #: takes over. Above the longest stop of the resource group (MariaDB: 60 s).
+    #: takes over. Keep it well above the longest start or stop timeout of a resource
+    #: (MariaDB's start: 120 s); the agent warns if it is not 30 s above.
     cycle_timeout: float = Field(default=300.0, ge=10, le=86400)
 
     @model_validator(mode="after")

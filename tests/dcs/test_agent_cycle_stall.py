@@ -38,11 +38,12 @@ def _config(tmp_path: Path, cluster: str):
     return load_config(tmp_path / "cluster.toml")
 
 
-def test_a_hung_ha_cycle_stops_renewing_the_lease_and_a_busy_one_does_not(etcd_ok, cluster_name, tmp_path,
-                                                                          caplog):
-    """node1's HA cycle never returns; node2's returns at once. Both run the agent's
-    real lease loop for cycle_timeout + 3 s: node1's lease must have run out in etcd
-    (so its key would be free for the peer), node2's must still be renewed."""
+def test_a_hung_ha_cycle_stops_renewing_the_lease_and_a_long_one_that_progresses_does_not(
+        etcd_ok, cluster_name, tmp_path, caplog):
+    """node1's HA cycle never returns. node2's is as long, but starts a resource of its
+    group every 2 s (as a promotion does, each step bounded by its own timeout). Both
+    run the agent's real lease loop for cycle_timeout + 4.5 s: node1's lease must have
+    run out in etcd (its key would be free for the peer), node2's must still be renewed."""
     cfg = _config(tmp_path, cluster_name)
     assert cfg.agent.cycle_timeout == CYCLE_TIMEOUT and cfg.etcd.lease_ttl == TTL
 
@@ -53,22 +54,25 @@ def test_a_hung_ha_cycle_stops_renewing_the_lease_and_a_busy_one_does_not(etcd_o
         a.dcs = session(etcd_ok, cluster_name, node, ttl=TTL)
         return a
 
-    async def hung_cycle():
-        await asyncio.Event().wait()
-
-    async def quick_cycle():
-        return None
-
     async def scenario():
         hung, busy = agent("node1"), agent("node2")
-        hung.cycle, busy.cycle = hung_cycle, quick_cycle
+
+        async def hung_cycle():
+            await asyncio.Event().wait()
+
+        async def progressing_cycle():
+            while True:
+                busy.group.on_step("mariadb")
+                await asyncio.sleep(2.0)
+
+        hung.cycle, busy.cycle = hung_cycle, progressing_cycle
         tasks = [asyncio.create_task(coro) for a in (hung, busy)
                  for coro in (a._main_loop(), a._lease_loop())]
         try:
             await asyncio.sleep(1.0)
             leases = {a.node: a.dcs.lease_id for a in (hung, busy)}
             assert None not in leases.values(), leases
-            await asyncio.sleep(CYCLE_TIMEOUT + 2.0)
+            await asyncio.sleep(CYCLE_TIMEOUT + 3.5)
             async with session(etcd_ok, cluster_name, "witness", ttl=10) as observer:
                 return {node: await observer.lease_silence(lease) for node, lease in leases.items()}
         finally:
@@ -83,6 +87,8 @@ def test_a_hung_ha_cycle_stops_renewing_the_lease_and_a_busy_one_does_not(etcd_o
     caplog.set_level(logging.WARNING, logger="tandem")
     silence = run(scenario())
     assert silence["node1"] is None, f"the hung agent's lease is still alive: {silence}"
-    assert silence["node2"] is not None, f"the busy agent lost its lease: {silence}"
+    assert silence["node2"] is not None, f"the progressing agent lost its lease: {silence}"
     stuck = [r.getMessage() for r in caplog.records if "HA cycle has been stuck" in r.getMessage()]
     assert len(stuck) == 1, stuck  # node1's, once
+    # the config's 10 s is below MariaDB's 120 s start: the agent said so
+    assert any("agent.cycle_timeout (10 s) is not 30 s above" in r.getMessage() for r in caplog.records)

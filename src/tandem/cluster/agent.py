@@ -165,9 +165,16 @@ class Agent:
         self.last_fence: FenceResult | None = None
         self.notifier = Notifier(cfg.agent.notify, cfg.agent.notify_timeout, node, cfg.cluster.name)
         self._role = "replica"
-        #: when the HA cycle in progress began or last showed progress; None between cycles
+        #: when the HA cycle in progress began, or a resource step of it; None between cycles
         self._cycle_busy_since: float | None = None
         self._cycle_stall_logged = False
+        self.group.on_step = self._cycle_progress
+        longest = max((max(m.config.start_timeout, m.config.stop_timeout) for m in self.group.members),
+                      default=0.0)
+        if cfg.agent.cycle_timeout < longest + 30:
+            log.warning("agent.cycle_timeout (%g s) is not 30 s above the longest start or stop of a"
+                        " resource (%g s): a slow one may be taken for a hung agent; raise it",
+                        cfg.agent.cycle_timeout, longest)
         self.watchdog = None
         if cfg.agent.watchdog is not None:
             from tandem.cluster.watchdog import Watchdog
@@ -272,6 +279,11 @@ class Agent:
                     raise
                 log.warning("lease renewal was cancelled under us; retrying")
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+    def _cycle_progress(self, step: str) -> None:
+        """A resource of the group starts or stops (bounded by its own timeout)."""
+        if self._cycle_busy_since is not None:
+            self._cycle_busy_since = time.monotonic()
 
     def _cycle_stalled(self, now: float) -> bool:
         """True while the HA cycle has been busy for more than agent.cycle_timeout
@@ -809,7 +821,6 @@ class Agent:
             left = self._key_lease_left()
             if left is None or left <= 0:
                 return False
-            self._cycle_busy_since = time.monotonic()  # progress: bounded by the lease
             await asyncio.wait({task}, timeout=min(left, 0.1))
         return True
 

@@ -83,6 +83,9 @@ class ResourceGroup:
         self.history: deque[tuple[float, str]] = deque(maxlen=history_size)
         self.started = False  #: desired state: the group should be running
         self._lock = asyncio.Lock()
+        #: told the name of each member before its start or stop (its own timeout bounds
+        #: it): the agent's hung-cycle guard counts a long start or stop as progress
+        self.on_step: Callable[[str], None] | None = None
 
     def _note(self, text: str) -> None:
         self.history.append((self.clock(), text))
@@ -92,6 +95,10 @@ class ResourceGroup:
         end: a start that hangs is then found by its last line (torture 40:38)."""
         self._note(str(r))
         (log.info if r.ok else log.warning)("%s", r)
+
+    def _step(self, m: Resource) -> None:
+        if self.on_step is not None:
+            self.on_step(m.name)
 
     def member(self, name: str) -> Resource:
         for m in self.members:
@@ -117,6 +124,7 @@ class ResourceGroup:
     async def _start_from(self, index: int) -> tuple[list[OpResult], OpResult | None]:
         ops = []
         for m in self.members[index:]:
+            self._step(m)
             r = await m.start()
             ops.append(r)
             self._done(r)
@@ -140,6 +148,7 @@ class ResourceGroup:
     async def _stop_members(self, members: Sequence[Resource]) -> list[OpResult]:
         ops = []
         for m in members:
+            self._step(m)
             r = await m.stop()  # never raises: a failed stop is a result, and we carry on
             ops.append(r)
             self._done(r)

@@ -10,6 +10,7 @@ the agent's. The four messages needed here are a few dozen bytes each.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -18,6 +19,7 @@ import struct
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x100, 0x400, 0x300
+NLM_F_DUMP_INTR = 0x10  # the table changed during the dump: it may have missed entries
 IFA_ADDRESS, IFA_LOCAL, IFA_CACHEINFO = 1, 2, 6
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
@@ -34,6 +36,10 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
+class _DumpInterrupted(Exception):
+    pass
+
+
 def _socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     sock.settimeout(2.0)
@@ -45,9 +51,11 @@ def _messages(reply: bytes):
     """(type, sequence, payload) of each netlink message in one datagram."""
     at = 0
     while at + _HDR.size <= len(reply):
-        length, rtype, _, rseq, _ = _HDR.unpack_from(reply, at)
+        length, rtype, flags, rseq, _ = _HDR.unpack_from(reply, at)
         if length < _HDR.size or at + length > len(reply):
             raise OSError(errno.EPROTO, "rtnetlink: malformed reply")
+        if flags & NLM_F_DUMP_INTR:
+            raise _DumpInterrupted
         yield rtype, rseq, reply[at + _HDR.size:at + length]
         at += (length + 3) & ~3
 
@@ -92,10 +100,17 @@ def delete_address(interface: str, address: str, prefixlen: int) -> bool:
 def lifetime_set_at(address: str) -> float | None:
     """When the kernel last set `address`'s lifetime (added it, or replaced the
     lifetime), in seconds on the kernel's own clock (jiffies since boot: a constant
-    offset from CLOCK_BOOTTIME, so only differences mean anything); None if no
+    offset from CLOCK_MONOTONIC, so only differences mean anything); None if no
     interface of this namespace has it, or it has no lifetime. `ip` does not print
     it. It shows exactly whether a refresh extended an address, where its removal
     time shows the kernel's lateness too (its lifetime check runs in a kworker)."""
+    for _ in range(3):  # a dump the table changed under may have missed it
+        with contextlib.suppress(_DumpInterrupted):
+            return _lifetime_dump(address)
+    raise OSError(errno.EAGAIN, "rtnetlink: the address dump was interrupted three times")
+
+
+def _lifetime_dump(address: str) -> float | None:
     body = _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)
     msg = _HDR.pack(_HDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, SEQ, 0) + body
     wanted = socket.inet_aton(address)
