@@ -60,6 +60,17 @@ def _messages(reply: bytes):
         at += (length + 3) & ~3
 
 
+def _attributes(raw: bytes):
+    """(type, value) of each rtattr in `raw`."""
+    at = 0
+    while at + _ATTR.size <= len(raw):
+        length, kind = _ATTR.unpack_from(raw, at)
+        if length < _ATTR.size:
+            raise OSError(errno.EPROTO, "rtnetlink: malformed attribute")
+        yield kind, raw[at + _ATTR.size:at + length]
+        at += (length + 3) & ~3
+
+
 def _request(kind: int, flags: int, index: int, address: str, prefixlen: int,
              lifetime: int | None) -> None:
     ip = socket.inet_aton(address)
@@ -126,17 +137,9 @@ def _lifetime_dump(address: str) -> float | None:
                     raise OSError(-code, os.strerror(-code))
                 if rtype != RTM_NEWADDR:
                     continue
-                local = cacheinfo = None
-                at = _IFADDR.size
-                while at + _ATTR.size <= len(payload):
-                    length, kind = _ATTR.unpack_from(payload, at)
-                    if length < _ATTR.size:
-                        raise OSError(errno.EPROTO, "rtnetlink: malformed attribute")
-                    value = payload[at + _ATTR.size:at + length]
-                    if kind == IFA_LOCAL:
-                        local = value
-                    elif kind == IFA_CACHEINFO and len(value) >= _CACHEINFO.size:
-                        cacheinfo = _CACHEINFO.unpack_from(value)
-                    at += (length + 3) & ~3
-                if local == wanted and cacheinfo is not None and cacheinfo[1] != 0xFFFFFFFF:
-                    found = cacheinfo[3] / 100  # tstamp, in hundredths of a second
+                attrs = dict(_attributes(payload[_IFADDR.size:]))
+                info = attrs.get(IFA_CACHEINFO, b"")
+                if attrs.get(IFA_LOCAL) == wanted and len(info) >= _CACHEINFO.size:
+                    _, valid, _, tstamp = _CACHEINFO.unpack_from(info)
+                    if valid != 0xFFFFFFFF:  # a finite lifetime
+                        found = tstamp / 100  # in hundredths of a second
