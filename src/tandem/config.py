@@ -223,11 +223,26 @@ class Volume(Strict):
     #: handshake refuses otherwise); one that cannot decide leaves the split brain refused.
     after_split_brain: Literal["disconnect", "discard-zero-changes", "discard-secondary",
                                "discard-least-recent-primary"] = "disconnect"
+    #: Seconds a Primary's write lease (the cluster agent's leadership, pushed by the
+    #: agent) may stay run out before the daemon demotes itself by force, like DRBD's
+    #: on-suspended-primary-outdated force-secondary; 0: never. Until then the I/O is
+    #: only held. A dead or hung agent (no watchdog, no fencing agent) otherwise left
+    #: the volume Primary for good, and the peer, holding the leader key, could not
+    #: promote while connected to a Primary. Off while the cluster is in maintenance.
+    force_secondary_after: float = Field(default=10.0, ge=0, le=3600)
 
     @field_validator("size", "resync_rate", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
         return None if v is None else parse_size(v)
+
+    @field_validator("force_secondary_after")
+    @classmethod
+    def _not_within_a_pause(cls, v: float) -> float:
+        if 0 < v < 2:
+            raise ValueError("must be 0 (never) or at least 2 seconds: a lease renewal that"
+                             " is merely late must not demote the Primary")
+        return v
 
     @model_validator(mode="after")
     def _one_fence_hook(self) -> Volume:

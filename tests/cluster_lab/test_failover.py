@@ -503,6 +503,34 @@ def test_a_restarted_agent_demotes_the_primary_its_crashed_self_left_at_once(hea
     _node1_back_as_replica(stack)
 
 
+def test_the_primarys_agent_dead_for_good_the_peer_serves_after_force_secondary_after(healthy):
+    """The primary's agent dies (kill -9) and nothing restarts it (no watchdog, no
+    fencing agent). node2 took the key, but its promotion was refused for as long as
+    node1's volume stayed Primary ("the peer's volume is still Primary"): no
+    database until an operator came. Now node1's volume, its write lease run out for
+    force_secondary_after (10 s), demotes itself, and node2 serves with every
+    acknowledged write."""
+    import signal
+    stack = healthy
+    t0 = monotonic()
+    out, t_fault = run_writer_through(stack, lambda: stack.lab.supervisor("node1").signal(
+        "agent", signal.SIGKILL))
+    stack.wait(lambda: stack.leader() == "node2", 30, "node2 to take the key")
+    assert stack.volume_status("node1")["role"] == "Primary", "the scenario needs the leftover Primary"
+    assert stack.wait_service(40) == "node2"
+    forced = [e for e in stack.lab.events.read("forced_secondary") if e["t"] > t0]
+    assert [e["node"] for e in forced] == ["node1"], forced
+    assert forced[0]["seen_for"] >= 10.0, forced
+    st = stack.volume_status("node1")
+    assert st["role"] == "Secondary" and "write lease ran out" in st["forced_secondary"], st
+    acks, _ = finish_writer(stack, out)
+    assert_no_loss_no_overlap(stack, acks)
+    gap = write_gap(acks, t_fault)
+    assert gap is not None, "no write acknowledged after the handover"
+    stack.lab.stop("node1", "agent")  # reap the killed one's record
+    _node1_back_as_replica(stack)
+
+
 def test_a_volume_daemon_paused_for_a_moment_moves_nothing(healthy):
     """The primary's volume daemon stops answering for 1.8 s (paused: a machine under
     load, a stalled disk). One failed 1 s status call made the leader step down: a

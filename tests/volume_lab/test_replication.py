@@ -762,3 +762,64 @@ def test_only_the_agents_own_promotion_skips_the_fence(pair, healed):
         vp.teardown()
         from tandem.lab.clusterconf import write_cluster_config
         write_cluster_config(pair.lab, volume_size="64MiB")
+
+
+def test_a_primary_whose_write_lease_stays_run_out_demotes_itself(fresh):
+    """A dead or hung agent left its Primary with the I/O held for good, and the peer,
+    holding the leader key by then, could not promote while connected to a Primary.
+    After force_secondary_after (10 s) of a lease left run out, the volume demotes
+    itself: the held write fails, and the peer promotes with every acknowledged write.
+    A lease renewed before then starts the count again; in maintenance (the agent's
+    `force_secondary: false`) the Primary only holds its I/O."""
+    from tandem.volume import control
+    vp = fresh
+    dev = vp.device("node1")
+    socks = {h: vp.lab.host_dir(h) / "run" / "volume-db.sock" for h in ("node1", "node2")}
+    control.call(socks["node1"], "write-lease", until=time.monotonic() + 60)
+    pwrite_sync(dev, 0, b"a" * 4096)  # acknowledged: must survive
+    # Run out for 6 s, then renewed: the count starts again from the next lapse.
+    control.call(socks["node1"], "write-lease", until=time.monotonic() + 0.3)
+    time.sleep(6.3)
+    st = vp.status("node1")
+    assert st["role"] == "Primary" and st["suspended"], st
+    control.call(socks["node1"], "write-lease", until=time.monotonic() + 60)
+    pwrite_sync(dev, 4096, b"b" * 4096)
+    out = time.monotonic() + 0.3
+    control.call(socks["node1"], "write-lease", until=out)
+    result: list[BaseException | None] = []
+
+    def held_write() -> None:
+        try:
+            pwrite_sync(dev, 8192, b"c" * 4096)
+            result.append(None)
+        except OSError as e:
+            result.append(e)
+
+    time.sleep(0.5)
+    t = threading.Thread(target=held_write, daemon=True)
+    t.start()
+    vp.wait(lambda: vp.status("node1")["role"] == "Secondary", 20, "node1 to demote itself")
+    demoted = time.monotonic()
+    # Counted from when the daemon saw the lapse (a tick after `out`), never from
+    # the earlier one that the renewal ended.
+    assert 10.0 <= demoted - out <= 13.0, demoted - out
+    t.join(10)
+    assert result and isinstance(result[0], OSError), f"a write after the lease completed: {result}"
+    st = vp.status("node1")
+    assert "write lease ran out" in st["forced_secondary"], st
+    forced = [e for e in vp.lab.events.read("forced_secondary") if e["node"] == "node1"]
+    assert forced and forced[-1]["seen_for"] >= 10.0, forced
+    assert "demoting to Secondary by force" in vp.log("node1")
+    # The peer, connected to a Secondary now, promotes as the agent would (no force).
+    vp.wait(lambda: vp.status("node2")["peer"]["role"] == "Secondary", 10, "node2 to see it")
+    vp.tandem("node2", "volume", "primary", "db")
+    dev2 = vp.device("node2")
+    assert read_range(dev2, 0, 8192) == b"a" * 4096 + b"b" * 4096
+    # Maintenance: the agent says no forced demotion; the lease runs out and stays so.
+    control.call(socks["node2"], "write-lease", until=time.monotonic() + 0.3,
+                 force_secondary=False)
+    time.sleep(12.5)
+    st = vp.status("node2")
+    assert st["role"] == "Primary" and st["suspended"], st
+    assert "forced_secondary" not in st
+    vp.tandem("node2", "volume", "secondary", "db")

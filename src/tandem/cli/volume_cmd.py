@@ -174,6 +174,8 @@ def render_status(st: dict) -> str:
         lines.append(f"    standalone: {p['standalone_reason']}")
     if st.get("suspended_reason"):
         lines.append(f"  suspended: {st['suspended_reason']}")
+    if st.get("forced_secondary"):
+        lines.append(f"  forced to Secondary: {st['forced_secondary']}")
     if st.get("disk_error"):
         lines.append(f"  disk error: {st['disk_error']}")
     if st.get("device"):

@@ -376,7 +376,10 @@ class Agent:
         until = None if deadline is None else deadline - self.margin
         if until is None:
             raise TandemError("no lease deadline for the leader key yet")
-        await volume_call(self.spec.control_socket, "write-lease", timeout=timeout, until=until)
+        # In maintenance the agents leave resources alone: a lease that runs out then
+        # (the DCS unreachable) holds the volume's I/O, but never demotes it.
+        await volume_call(self.spec.control_socket, "write-lease", timeout=timeout, until=until,
+                          force_secondary=not self.view.maintenance)
 
     async def _watch_loop(self) -> None:
         while not self.stopping:

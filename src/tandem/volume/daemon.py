@@ -91,7 +91,8 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
         "lost-leadership": lambda req: setattr(rep, "lost_leadership", True),
         "inject-eio": lambda req: rep.store.inject_errors(_ranges(req)),
         "suspend-io": suspend,
-        "write-lease": lambda req: rep.set_write_lease(_until(req)),
+        "write-lease": lambda req: rep.set_write_lease(
+            _until(req), force_secondary=req.get("force_secondary") is not False),
         "resume-io": lambda req: rep.resume(),
         "down": down,
     }

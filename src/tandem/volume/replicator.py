@@ -98,6 +98,7 @@ UNFENCE_ATTEMPTS = 20  #: unfence-peer tries while the DCS does not answer (0.1 
 #: seconds between handshakes while a split-brain policy cannot decide (both
 #: Primary, say): a role change in between retries at once
 UNDECIDED_RETRY = 5.0
+TICK_PAUSED = 1.0  #: a tick this long after the last: the daemon itself was paused (or starved)
 VOUCH_RETRIES = 3  #: per daemon: a handshake after a resync from an Outdated crashed Primary
 #: what goes with a disk becoming UpToDate other than by promotion: "the peer had every
 #: write" (MetaState.peer_had_all) spoke of a disk that lagged, and this one is in sync
@@ -347,6 +348,13 @@ class Replicator:
         self._lost_as_secondary: Link | None = None
         self._undecided_retry_at: float | None = None  # see UNDECIDED_RETRY
         self._write_lease: float | None = None
+        # see _watch_expired_lease: when the tick loop, running without a pause, first
+        # found the write lease run out; whether the agent allows the forced demotion
+        # (not in maintenance); the thread that makes it, once
+        self._lease_out_since: float | None = None
+        self._force_secondary_allowed = True
+        self._forcing_secondary = False
+        self.forced_secondary_reason = ""
         self._dumped = False
         self._lease_held_io = False
         self._lease_parked: list[_WriteOp] = []  # ended after the write lease ran out (see _end_write)
@@ -1038,6 +1046,7 @@ class Replicator:
             if dropped:
                 connected = False
             self.role = Role.PRIMARY
+            self.forced_secondary_reason = ""
             # "Peer Outdated" (the agent's record, or our last fence) spares the fence
             # only if no unfence-peer of ours was sent since: one may have landed, or
             # land late (etcd applies a request whose answer was lost), after the agent
@@ -1062,10 +1071,13 @@ class Replicator:
                              name="fence-peer").start()
         return connected
 
-    def set_write_lease(self, until: float | None) -> None:
+    def set_write_lease(self, until: float | None, force_secondary: bool = True) -> None:
         """The agent's leadership, as seen by the volume: after `until` (CLOCK_MONOTONIC,
         shared by every process on the machine) no write completes until the lease is
-        renewed. A hung or paused agent thus cannot leave a writable Primary behind."""
+        renewed. A hung or paused agent thus cannot leave a writable Primary behind.
+        `force_secondary`: whether a lease left run out for spec.force_secondary_after
+        demotes this Primary (the agent says no while the cluster is in maintenance)."""
+        self._force_secondary_allowed = force_secondary
         with self._hold_lock:  # with _lease_expired's look at the lease (review 31c)
             self._write_lease = until
             if until is not None and self._lease_held_io and time.monotonic() < until:
@@ -1097,6 +1109,53 @@ class Replicator:
             # This hold is the lease's: the next lease lifts it, not an operator. (Counted
             # as an operator's, a lease renewed during a fence left I/O shut for good.)
             self._held_by_operator = operator
+
+    def _watch_expired_lease(self, now: float, paused: bool) -> None:
+        """Tick loop, the write lease run out on a Primary: once it has stayed so for
+        spec.force_secondary_after, demote by force (in a thread of its own).
+
+        Why: the lease holds the I/O, which keeps the data safe, but nothing else
+        ends this Primary. Its agent dead or hung (the hung-cycle guard lets the key
+        run out on purpose), with no watchdog and no fencing agent, the peer took the
+        leader key and could never promote: a Primary was connected to it (DRBD 9
+        answers the same case with on-suspended-primary-outdated force-secondary).
+
+        Counted only while this daemon runs: after a pause of its own (`paused`), the
+        count starts again, and the agent, which may have renewed at once, has the
+        whole delay to say so."""
+        delay = self.spec.force_secondary_after
+        since = self._lease_out_since
+        if since is None or paused:
+            self._lease_out_since = now
+            return
+        if (delay <= 0 or now - since < delay or self._forcing_secondary
+                or not self._force_secondary_allowed):
+            return
+        self._forcing_secondary = True
+        threading.Thread(target=self._force_secondary, args=(now - since,), daemon=True,
+                         name="force-secondary").start()
+
+    def _force_secondary(self, seen_for: float) -> None:
+        try:
+            with self._role_change:
+                lease = self._write_lease
+                if (self.role is not Role.PRIMARY or lease is None or time.monotonic() < lease
+                        or not self._force_secondary_allowed):
+                    return  # renewed, demoted, or maintenance since
+                expired = time.monotonic() - lease
+                reason = (f"the agent's write lease ran out {expired:.1f} s ago and was not"
+                          f" renewed (force_secondary_after {self.spec.force_secondary_after:g} s)")
+                log.error("demoting to Secondary by force: %s; the node holding the leader key"
+                          " may promote its volume now", reason)
+                lab_event("forced_secondary", node=self.spec.node, expired_for=round(expired, 3),
+                          seen_for=round(seen_for, 3))
+                self.forced_secondary_reason = reason
+                self._demote(force=True)
+        except Exception:  # a failed demotion leaves the I/O held, as before
+            log.exception("forced demotion after the write lease ran out failed")
+        finally:
+            self._lease_out_since = None
+            self._forcing_secondary = False
 
     def suspend(self, reason: str, timeout: float = 2.0, since: float | None = None) -> bool:
         """Stop completing writes at once (the agent lost its lease): new writes
@@ -1512,13 +1571,14 @@ class Replicator:
 
     def _tick_loop(self) -> None:
         interval = min(0.05, self.spec.ping_timeout / 10)
-        last_persist = time.monotonic()
+        last_persist = last_tick = time.monotonic()
         while self._running:
             time.sleep(interval)
             link = self.link
             if link is not None:
                 link.tick(time.monotonic())
             now = time.monotonic()
+            paused, last_tick = now - last_tick > TICK_PAUSED, now
             if self._listener is not None:
                 self._listener.tick(now)
             if self._pending_writes and not self._dumped:
@@ -1526,6 +1586,9 @@ class Replicator:
             lease = self._write_lease
             if self.role is Role.PRIMARY and lease is not None and now >= lease:
                 self._lease_expired(lease)
+                self._watch_expired_lease(now, paused)
+            elif not self._forcing_secondary:
+                self._lease_out_since = None
             if now - last_persist > 1.0:
                 last_persist = now
                 if self.link is None and self.role is Role.PRIMARY:
@@ -2350,6 +2413,8 @@ class Replicator:
         }
         if self.suspended_reason:
             out["suspended_reason"] = self.suspended_reason
+        if self.forced_secondary_reason and self.role is Role.SECONDARY:
+            out["forced_secondary"] = self.forced_secondary_reason
         if self.standalone_reason:
             out["peer"]["standalone_reason"] = self.standalone_reason
         if self.last_link_error:

@@ -39,6 +39,7 @@ class VolumeSpec:
     write_through: bool = True  #: see config.Volume.cache
     after_split_brain: SplitBrainPolicy = SplitBrainPolicy.DISCONNECT  #: config.Volume.after_split_brain
     cluster: str = ""  #: config.Cluster.name: bound, with `resource`, into the link's secret
+    force_secondary_after: float = 10.0  #: config.Volume.force_secondary_after (0: never)
 
     @property
     def control_socket(self) -> Path:
@@ -102,4 +103,5 @@ def resolve(cfg: Config, resource: str, node: str, data: Path | None = None,
         port=vol.port, ping_timeout=vol.ping_timeout, resync_rate=vol.resync_rate,
         fence_peer_command=vol.fence_peer_command, run_dir=run_dir(run),
         secret_file=cfg.cluster.secret.file, write_through=vol.cache == "write-through",
-        after_split_brain=SplitBrainPolicy(vol.after_split_brain), cluster=cfg.cluster.name)
+        after_split_brain=SplitBrainPolicy(vol.after_split_brain), cluster=cfg.cluster.name,
+        force_secondary_after=vol.force_secondary_after)
