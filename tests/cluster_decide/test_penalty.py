@@ -112,3 +112,18 @@ def test_broken_warnings_in_a_member_record_read_as_none(bad):
 def test_a_broken_failure_count_in_a_member_record_reads_as_zero(bad):
     assert Member.from_value("node1", {"failures": bad}).failures == 0
 
+
+
+def test_status_prints_text_from_the_dcs_as_it_is_never_as_markup():
+    """Failure reasons carry log tails: haproxy writes `parsing [/etc/x.cfg:12]`. Taken
+    for rich markup, `[/...]` ended `tandem status` with a traceback and `[note]` was
+    silently dropped (review 35)."""
+    reason = "haproxy exited 1: parsing [/etc/haproxy/x.cfg:12] : unknown keyword [note] here"
+    failing = Member("node2", healthy=False, failures=1, last_failure=reason,
+                     warnings=("odd [bold]text[/bold] [/",))
+    st_ = status_dict(view("node1", members=(member("node1"), failing)), ["node1", "node2"], None)
+    console = Console(record=True, width=300)
+    render(st_, console)
+    out = console.export_text()
+    assert f"last: {reason}" in out
+    assert "node2 warning: odd [bold]text[/bold] [/" in out

@@ -351,6 +351,19 @@ def test_switchover_round_trip(healthy):
 
 def test_standby_moves_everything_off_a_node(healthy):
     stack = healthy
+    # Not the leader while no other node could take over: the database would stop.
+    stack.tandem("witness", "standby", "node2")
+    try:
+        proc = stack.tandem("witness", "standby", "node1", check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+        assert "node1 runs the service and no other node is eligible" in lines[0]
+        assert "--force" in lines[0]
+        assert not next(n for n in stack.status()["nodes"] if n["node"] == "node1")["standby"]
+    finally:
+        stack.tandem("witness", "unstandby", "node2")
+    stack.wait(lambda: next(n for n in stack.status()["nodes"] if n["node"] == "node2")["eligible"],
+               30, "node2 eligible again")
     stack.tandem("witness", "standby", "node1")
     stack.wait(lambda: stack.leader() == "node2", 30, "service on node2")
     stack.wait_service(30)
@@ -366,7 +379,14 @@ def test_maintenance_leaves_resources_alone(healthy):
     stack = healthy
     stack.tandem("witness", "maintenance", "on")
     time.sleep(0.5)
-    # A switchover request and a standby order are both ignored in maintenance.
+    # A switchover is refused: the agents would not act on it, and it would fire,
+    # unannounced, when maintenance ends (review 35).
+    proc = stack.tandem("witness", "switchover", "--to", "node2", "--force", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "maintenance mode is on: the agents would not act on a switchover" in lines[0]
+    assert stack.status()["switchover"] is None
+    # A standby order is ignored in maintenance.
     stack.tandem("witness", "standby", "node1")
     time.sleep(3.0)
     assert stack.leader() == "node1"

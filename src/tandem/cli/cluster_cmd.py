@@ -73,7 +73,8 @@ def agent(config: Path = ConfigOpt, node: str = typer.Option(None, "--node"),
 
 
 def status(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--json"),
-           watch: float = typer.Option(0, "--watch", help="refresh every N seconds")) -> None:
+           watch: float = typer.Option(0, "--watch", min=0, max=3600,
+                                       help="refresh every N seconds")) -> None:
     """Nodes, roles, disks (reported and recorded), replication, resources, last failover."""
     from tandem.cluster.status import load_clones, render, status_dict
     cfg = _cfg(config)
@@ -97,7 +98,7 @@ def status(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--jso
 
 def switchover(config: Path = ConfigOpt, to: str = typer.Option(None, "--to"),
                force: bool = typer.Option(False, "--force", help="do not ask for confirmation"),
-               timeout: float = typer.Option(30.0)) -> None:
+               timeout: float = typer.Option(30.0, min=1.0, max=3600.0)) -> None:
     """Move the database service to the other node, gracefully and in order."""
     from tandem.cluster.decide import peer_is_eligible
     from tandem.dcs.view import Switchover
@@ -105,6 +106,11 @@ def switchover(config: Path = ConfigOpt, to: str = typer.Option(None, "--to"),
     view = asyncio.run(_load(cfg))
     if view.leader is None:
         raise TandemError("no leader: use `tandem failover --to NODE` instead")
+    if view.maintenance:
+        # The agents act on nothing in maintenance: the request would wait, and fire
+        # unannounced the moment maintenance ends (review 35).
+        raise TandemError("maintenance mode is on: the agents would not act on a switchover;"
+                          " run `tandem maintenance off` first")
     cur = view.leader.node
     candidates = [n for n in cfg.nodes if n != cur]
     target = to or (candidates[0] if candidates else None)
@@ -130,7 +136,16 @@ def switchover(config: Path = ConfigOpt, to: str = typer.Option(None, "--to"),
                 if v.leader and v.leader.node == target and m and m.role.value == "primary":
                     return v, time.monotonic() - t0
                 await asyncio.sleep(0.05)
-            raise TandemError(f"switchover to {target} did not finish in {timeout:g} s")
+            # Not left behind to fire later, unannounced: withdrawn if the leader has not
+            # taken it up yet (still ours, the same revision, and the leader unchanged).
+            v = await dcs.load()
+            sw = v.switchover
+            withdrawn = (sw is not None and (sw.leader, sw.candidate) == (cur, target)
+                         and v.leader is not None and v.leader.node == cur
+                         and await dcs.clear_switchover(sw))
+            raise TandemError(f"switchover to {target} did not finish in {timeout:g} s"
+                              + ("; the request was withdrawn" if withdrawn else
+                                 "; it may still complete (see `tandem status`)"))
         finally:
             await dcs.close()
 
@@ -189,9 +204,21 @@ def _node_cfg(config: Path | None, node: str) -> Config:
     return cfg
 
 
-def standby(node: str, config: Path = ConfigOpt) -> None:
+def standby(node: str, config: Path = ConfigOpt,
+            force: bool = typer.Option(False, "--force",
+                                       help="even if no other node can take the service over")) -> None:
     """Move everything off NODE and keep it from taking over."""
-    _with_dcs(_node_cfg(config, node), lambda dcs: dcs.set_standby(node, True))
+    from tandem.cluster.decide import peer_is_eligible
+    cfg = _node_cfg(config, node)
+    view = asyncio.run(_load(cfg))
+    others = [n for n in cfg.nodes if n != node]
+    if (not force and view.leader is not None and view.leader.node == node
+            and not any(peer_is_eligible(view, n) for n in others)):
+        # The leader would step down with nobody to hand over to: the service stops.
+        raise TandemError(f"{node} runs the service and no other node is eligible to take it"
+                          " over (see `tandem status`): the database would stop; add --force"
+                          " to stop it anyway")
+    _with_dcs(cfg, lambda dcs: dcs.set_standby(node, True))
     typer.echo(f"{node}: standby")
 
 

@@ -844,9 +844,17 @@ class Agent:
             res = await self.group.check()
             self._warnings = tuple(h.warning for h in res.health.values() if h.warning)
             if not res.ok and res.failover_needed and self.primary:
-                log.error("%s", res.sentence)
-                self._failed(res.sentence)
+                if res.new_failure:  # (a resource given up on already is not one more)
+                    log.error("%s", res.sentence)
+                    self._failed(res.sentence)
                 self.wake.set()
+            elif res.ok and self.primary and not self.healthy and all(
+                    h.is_ok for h in res.health.values()) and res.health:
+                # Restarted once its failures were forgotten (a leader with no peer to
+                # hand over to): healthy again, so it keeps the service when the peer
+                # becomes eligible, as Pacemaker keeps a resource running where it is.
+                log.info("every resource is healthy again: %s", res.sentence)
+                self.healthy = True
         except Exception:
             log.exception("monitoring failed")
         finally:

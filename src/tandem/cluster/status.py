@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tandem.cluster.decide import peer_is_eligible
@@ -150,7 +151,8 @@ def render(st: dict[str, Any], console: Console | None = None) -> None:
         repl = n["connection"] or "-"
         if n["sync_percent"] is not None:
             repl += f" {n['sync_percent']:.1f}%"
-        table.add_row(n["node"], n["role"], n["disk"] or "-", rec, repl, health)
+        table.add_row(*(escape(str(c)) for c in (n["node"], n["role"], n["disk"] or "-", rec, repl,
+                                                 health)))
     console.print(table)
     db = st["resources"]["db"]
     where = db["running_on"] or "[red]stopped[/red]"
@@ -168,23 +170,25 @@ def render(st: dict[str, Any], console: Console | None = None) -> None:
             for c in CLONES:
                 state = row[c]["state"]
                 color = {"running": "green", "starting": "yellow"}.get(state, "red")
-                text = f"[{color}]{state}[/{color}]"
+                text = f"[{color}]{escape(str(state))}[/{color}]"
                 if row[c].get("server_id"):
-                    text += f" {row[c]['server_id']}"
+                    text += f" {escape(str(row[c]['server_id']))}"
                 if state not in ("running", "starting") and row[c]["detail"]:
-                    text += f" ({row[c]['detail'][:80]})"
+                    text += f" ({escape(str(row[c]['detail'])[:80])})"
                 cells.append(text)
             ct.add_row(node, *cells, "holds" if row["api_vip"] else "")
         console.print(ct)
     for n in st["nodes"]:
         if n.get("not_promotable_because"):
-            console.print(f"  {n['node']} cannot be promoted: {', '.join(n['not_promotable_because'])}")
+            console.print(f"  {n['node']} cannot be promoted:"
+                          f" {escape(', '.join(n['not_promotable_because']))}")
         for w in n.get("warnings") or []:
-            console.print(f"  [yellow]{n['node']} warning: {w}[/yellow]")
+            console.print(f"  [yellow]{n['node']} warning: {escape(str(w))}[/yellow]")
         if n.get("failures") and n.get("last_failure"):
-            console.print(f"  {n['node']} failed {n['failures']} time(s) in a row, last: {n['last_failure']}")
+            console.print(f"  {n['node']} failed {n['failures']} time(s) in a row, last:"
+                          f" {escape(str(n['last_failure']))}")
     last = st["last_failover"]
     if last:
         ago = time.time() - last["at"]
         console.print(f"Last leader change: epoch {last['epoch']} -> {last['node']}, {ago:.0f} s ago"
-                      f" ({last['reason']})")
+                      f" ({escape(str(last['reason']))})")

@@ -38,6 +38,9 @@ class GroupResult:
     ok: bool
     sentence: str
     failover_needed: bool = False
+    #: False for a check that found a resource the group has given up on already: the
+    #: same failure again, not one more to count against the node
+    new_failure: bool = True
     stop_failed: tuple[str, ...] = ()  #: members that may still be running
     ops: tuple[OpResult, ...] = ()
     health: dict[str, Health] = field(default_factory=dict)
@@ -47,10 +50,18 @@ class GroupResult:
 
 
 class FailureCounter:
-    """Failures per resource within a sliding window (on the caller's clock)."""
+    """Failures per resource within a sliding window (on the caller's clock), and
+    when the group gave up on a resource (see ResourceGroup._recover)."""
 
     def __init__(self) -> None:
         self._times: dict[str, deque[float]] = {}
+        self._gave_up: dict[str, float] = {}
+
+    def give_up(self, name: str, now: float) -> None:
+        self._gave_up[name] = now
+
+    def gave_up_at(self, name: str) -> float | None:
+        return self._gave_up.get(name)
 
     def record(self, name: str, now: float, window: float) -> int:
         q = self._times.setdefault(name, deque())
@@ -66,8 +77,10 @@ class FailureCounter:
     def reset(self, name: str | None = None) -> None:
         if name is None:
             self._times.clear()
+            self._gave_up.clear()
         else:
             self._times.pop(name, None)
+            self._gave_up.pop(name, None)
 
 
 class ResourceGroup:
@@ -195,8 +208,25 @@ class ResourceGroup:
     async def _recover(self, bad: Resource, health: dict[str, Health]) -> GroupResult:
         cfg = bad.config
         why = health[bad.name].reason
-        n = self.failures.record(bad.name, self.clock(), cfg.failure_window)
+        now = self.clock()
+        # Given up already: the checks that follow (a leader with no peer to hand over
+        # to goes on monitoring) see the same failure, not new ones. Each counted one
+        # more, the window never emptied and the resource was never restarted again
+        # (review 35). Now its failures are forgotten failure_window after the group
+        # gave up, and it is restarted (Pacemaker's failure-timeout).
+        gave_up = self.failures.gave_up_at(bad.name)
+        if gave_up is not None and now - gave_up < cfg.failure_window:
+            n = self.failures.count(bad.name, now, cfg.failure_window)
+            return GroupResult(False, f"{bad.name} failed {n} times within {cfg.failure_window:g} s"
+                                      f" (last: {why}): given up on this node, failover needed;"
+                                      f" restarted here in {cfg.failure_window - (now - gave_up):.0f} s"
+                                      " if no other node takes over", failover_needed=True,
+                               new_failure=False, health=health)
+        if gave_up is not None:
+            self.failures.reset(bad.name)
+        n = self.failures.record(bad.name, now, cfg.failure_window)
         if n >= cfg.max_failures:
+            self.failures.give_up(bad.name, now)
             return GroupResult(False, f"{bad.name} failed {n} times within {cfg.failure_window:g} s"
                                       f" (last: {why}): giving up on this node, failover needed",
                                failover_needed=True, health=health)
