@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tandem.volume import peer as peer_mod
 from tandem.volume import wire
 from tandem.volume.auth import AuthFailed
 from tandem.volume.bitmap import DirtyBitmap
@@ -724,3 +725,87 @@ def test_batched_resync_messages_only_while_resyncing() -> None:
     link.a.receive_bytes(link.forge(link.b, ResyncDataBatch(((0, 1),), b"x")))
     with pytest.raises(RemoteProtocolError, match="ResyncDataBatch received in state Connected"):
         link.a.next_event()
+
+
+def test_an_authenticated_peer_cannot_queue_unbounded_verify_reads() -> None:
+    """Each VerifyRequest is a read of up to 1 MiB on our receiver thread: a peer that
+    sent them without waiting for answers queued reads without bound (52 bytes on the
+    wire per MiB read), and a repeated offset was taken too, then made our own answer a
+    protocol error (review 35)."""
+    link = connected_pair()
+    a, b = link.a, link.b
+    a.receive_bytes(link.forge(b, wire.VerifyRequest(0, 4096, 4096), wire.VerifyRequest(0, 4096, 4096)))
+    assert isinstance(a.next_event(), wire.VerifyRequest)
+    with pytest.raises(RemoteProtocolError, match="duplicate VerifyRequest at 0"):
+        a.next_event()
+    link = connected_pair()
+    a, b = link.a, link.b
+    flood = [wire.VerifyRequest(i << 20, 1 << 20, 4096) for i in range(peer_mod.MAX_VERIFY_ASKED + 1)]
+    a.receive_bytes(link.forge(b, *flood))
+    for _ in range(peer_mod.MAX_VERIFY_ASKED):
+        assert isinstance(a.next_event(), wire.VerifyRequest)
+    with pytest.raises(RemoteProtocolError, match="VerifyRequests unanswered"):
+        a.next_event()
+    # Our own side: a second request at an offset whose answer has not come (an
+    # aborted run's) is refused before it leaves; answered, the offset is free again.
+    link = connected_pair()
+    a, b = link.a, link.b
+    link.send(a, wire.VerifyRequest(0, 4096, 4096))
+    assert a.verify_in_flight == 1
+    with pytest.raises(LocalProtocolError, match="already in flight"):
+        PeerConnection.send(a, wire.VerifyRequest(0, 4096, 4096))
+    link = connected_pair()
+    a, b = link.a, link.b
+    link.send(a, wire.VerifyRequest(0, 4096, 4096))
+    link.pump()
+    link.take(b, wire.VerifyRequest)
+    link.send(b, wire.VerifyDigests(0, (b"d" * 32,)))
+    link.pump()
+    assert link.take(a, wire.VerifyDigests) and a.verify_in_flight == 0
+    link.send(a, wire.VerifyRequest(0, 4096, 4096))
+
+
+def test_an_authenticated_peer_cannot_ask_for_unbounded_resync_data() -> None:
+    """The source queued every range asked of it: 2.5 MB of ResyncRequests asked for
+    200 GiB of reads (review 35). What is asked and not yet answered is bounded; an
+    answer makes room again."""
+    link = _in_sync_target_state()
+    a, b = link.a, link.b  # b asks, a answers
+    per_frame = ResyncRequests(tuple((i * 4096, 1 << 20) for i in range(128)))  # 128 MiB
+    a.receive_bytes(link.forge(b, per_frame))
+    assert isinstance(a.next_event(), ResyncRequests)
+    more = ResyncRequests(tuple((i * 4096, 1 << 20) for i in range(128, 256)))
+    a.receive_bytes(link.forge(b, more))
+    assert isinstance(a.next_event(), ResyncRequests)  # 256 MiB: the limit, not past it
+    link = _in_sync_target_state()
+    a, b = link.a, link.b
+    a.receive_bytes(link.forge(b, per_frame, more, wire.ResyncRequest(4 << 20, 4096)))
+    a.next_event()
+    a.next_event()
+    with pytest.raises(RemoteProtocolError, match="resync requests for more than 256 MiB"):
+        a.next_event()
+    link = _in_sync_target_state()
+    a, b = link.a, link.b
+    a.receive_bytes(link.forge(b, per_frame, more))
+    a.next_event()
+    a.next_event()
+    PeerConnection.send(a, ResyncData(0, b"r" * (1 << 20)))  # answered: room for 1 MiB
+    a.receive_bytes(link.forge(b, wire.ResyncRequest(4 << 20, 1 << 20)))
+    assert isinstance(a.next_event(), wire.ResyncRequest)
+
+
+def test_a_bitmap_chunk_outside_the_bitmap_is_a_protocol_error() -> None:
+    """It reached the bitmap's own check, a ValueError in the receiver: a traceback
+    logged as a crash, not the one line of a protocol error (review 35)."""
+    bitmap_bytes = SIZE // 4096 // 8
+    for chunk, ok in ((BitmapChunk(bitmap_bytes - 1, b"\x01", True), True),
+                      (BitmapChunk(bitmap_bytes, b"\x01", True), False),
+                      (BitmapChunk(1 << 40, b"\xff" * 10, True), False)):
+        link = connected_pair(status(Role.PRIMARY, GenerationIds(11, 10)),
+                              status(Role.SECONDARY, GenerationIds(10)))
+        link.b.receive_bytes(link.forge(link.a, chunk))
+        if ok:
+            assert link.b.next_event() == chunk
+        else:
+            with pytest.raises(RemoteProtocolError, match="outside the"):
+                link.b.next_event()

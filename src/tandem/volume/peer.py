@@ -192,6 +192,15 @@ Event = (
     | Disconnect
 )
 
+# --- what an authenticated peer may ask of us at once ------------------------
+MAX_RESYNC_ASKED = 256 << 20
+"""Bytes of resync data the peer may have asked of us and not yet had: ours asks at
+most a 64 MiB window (replicator.RESYNC_WINDOW). Beyond it, a peer's requests would
+queue reads, and their ranges memory, without bound (review 35)."""
+MAX_VERIFY_ASKED = 16
+"""VerifyRequests unanswered at once (ours keeps replicator.VERIFY_WINDOW, 4, in
+flight): each is a read of up to 1 MiB on the receiver thread."""
+
 # --- the transition table -------------------------------------------------
 
 _S = ConnectionState
@@ -387,6 +396,7 @@ class PeerConnection:
         self._bitmap_received_last = False
         self._rs_out: dict[int, int] = {}  # target: offset -> length requested
         self._rs_in: dict[int, int] = {}  # source: offset -> length asked of us
+        self._rs_in_bytes = 0  # their sum (MAX_RESYNC_ASKED)
         self._verify_out: dict[int, int] = {}  # offset -> expected digest count
         self._verify_in: dict[int, int] = {}
         self.resync_bytes = 0
@@ -783,6 +793,13 @@ class PeerConnection:
     def _on_recv_chunk(self, msg: BitmapChunk) -> None:
         if self._bitmap_received_last:
             raise RemoteProtocolError("BitmapChunk after the last one")
+        local = self.local_status
+        if local is not None and local.block_size > 0:
+            nbits = -(-local.size // local.block_size)  # one bit per block, rounded up
+            end = (nbits + 7) // 8  # the raw bitmap's bytes (DirtyBitmap.raw)
+            if msg.offset + len(msg.data) > end:
+                raise RemoteProtocolError(f"BitmapChunk of {len(msg.data)} bytes at {msg.offset}"
+                                          f" is outside the {end}-byte bitmap")
         self._bitmap_received_last = msg.last
         self._events.append(msg)
         self._bitmaps_done()
@@ -796,17 +813,27 @@ class PeerConnection:
             raise LocalProtocolError(f"ResyncRequest at {msg.offset} already in flight")
         self._rs_out[msg.offset] = msg.length
 
+    def _asked(self, offset: int, length: int) -> None:
+        """One more range the peer asks us to resync: inside the volume, not asked
+        already, and within MAX_RESYNC_ASKED of what it asked and has not had yet."""
+        self._in_volume("ResyncRequest", offset, length)
+        if offset in self._rs_in:
+            raise RemoteProtocolError(f"duplicate ResyncRequest at {offset}")
+        self._rs_in_bytes += length
+        if self._rs_in_bytes > MAX_RESYNC_ASKED:
+            raise RemoteProtocolError(f"resync requests for more than {MAX_RESYNC_ASKED >> 20} MiB"
+                                      " at once")
+        self._rs_in[offset] = length
+
     def _on_recv_rs_request(self, msg: ResyncRequest) -> None:
-        self._in_volume("ResyncRequest", msg.offset, msg.length)
-        if msg.offset in self._rs_in:
-            raise RemoteProtocolError(f"duplicate ResyncRequest at {msg.offset}")
-        self._rs_in[msg.offset] = msg.length
+        self._asked(msg.offset, msg.length)
         self._events.append(msg)
 
     def _on_send_rs_data(self, msg: ResyncData) -> None:
         if self._rs_in.get(msg.offset) != len(msg.data):
             raise LocalProtocolError(f"ResyncData at {msg.offset} answers no request")
         del self._rs_in[msg.offset]
+        self._rs_in_bytes -= len(msg.data)
         self.resync_bytes += len(msg.data)
 
     def _on_recv_rs_data(self, msg: ResyncData) -> None:
@@ -824,12 +851,8 @@ class PeerConnection:
             out[offset] = length
 
     def _on_recv_rs_requests(self, msg: ResyncRequests) -> None:
-        pending = self._rs_in
         for offset, length in msg.ranges:
-            self._in_volume("ResyncRequest", offset, length)
-            if offset in pending:
-                raise RemoteProtocolError(f"duplicate ResyncRequest at {offset}")
-            pending[offset] = length
+            self._asked(offset, length)
         self._events.append(msg)
 
     def _on_send_rs_batch(self, msg: ResyncDataBatch) -> None:
@@ -837,6 +860,7 @@ class PeerConnection:
         for offset, length in msg.ranges:
             if pending.pop(offset, None) != length:
                 raise LocalProtocolError(f"ResyncDataBatch range at {offset} answers no request")
+            self._rs_in_bytes -= length
         self.resync_bytes += len(msg.data)
 
     def _on_recv_rs_batch(self, msg: ResyncDataBatch) -> None:
@@ -857,12 +881,25 @@ class PeerConnection:
         self._events.append(msg)
 
     def _on_send_verify_req(self, msg: VerifyRequest) -> None:
+        # An answer could not tell two requests at one offset apart: the second run
+        # of a verify must wait for the first one's answers (Replicator.verify).
+        if msg.offset in self._verify_out:
+            raise LocalProtocolError(f"VerifyRequest at {msg.offset} already in flight")
         self._verify_out[msg.offset] = -(-msg.length // msg.blocksize)
 
     def _on_recv_verify_req(self, msg: VerifyRequest) -> None:
         self._in_volume("VerifyRequest", msg.offset, msg.length)
+        if msg.offset in self._verify_in:
+            raise RemoteProtocolError(f"duplicate VerifyRequest at {msg.offset}")
+        if len(self._verify_in) >= MAX_VERIFY_ASKED:
+            raise RemoteProtocolError(f"more than {MAX_VERIFY_ASKED} VerifyRequests unanswered")
         self._verify_in[msg.offset] = -(-msg.length // msg.blocksize)
         self._events.append(msg)
+
+    @property
+    def verify_in_flight(self) -> int:
+        """Our VerifyRequests not answered yet (an aborted run's too)."""
+        return len(self._verify_out)
 
     def _on_send_digests(self, msg: VerifyDigests) -> None:
         if self._verify_in.pop(msg.offset, None) != len(msg.digests):

@@ -85,6 +85,7 @@ RESYNC_BATCH = 512  # most ranges per ResyncRequests frame, and per answered sli
 RESYNC_BATCH_BYTES = 16 << 20  # most bytes asked for in one batch
 VERIFY_CHUNK = 1 << 20
 VERIFY_WINDOW = 4
+VERIFY_DRAIN_WAIT = 10.0  #: seconds a verify waits for an aborted run's answers
 UNFLUSHED_GRAIN = 64 << 10
 WRITABLE_LINK = frozenset({ConnectionState.CONNECTED, ConnectionState.SYNC_SOURCE,
                            ConnectionState.SYNC_TARGET, ConnectionState.WF_BITMAP_S,
@@ -2293,6 +2294,16 @@ class Replicator:
         ps = self.peer_status
         if ps is not None and ps.role is Role.PRIMARY:
             raise VolumeError(f"run verify on the Primary ({self.spec.peer})")
+        # An aborted run (a timeout, a role change) may still have requests in flight
+        # on this link: an answer to one would be taken for the new run's request at
+        # that offset (two runs' digests compared), and the new request itself is a
+        # protocol error (review 35). Wait for them; they come within a round trip.
+        drained = time.monotonic() + VERIFY_DRAIN_WAIT
+        while link.peer.verify_in_flight and not link.closed:
+            if time.monotonic() > drained:
+                raise VolumeError(f"an earlier verify's {link.peer.verify_in_flight} requests are"
+                                  " still unanswered; retry shortly")
+            time.sleep(0.01)
         progress = self.verify_progress = Progress("verify", self.size)
         self._verify_expected.clear()
         # Digests compare only while the roles stay: the node that writes is the one
