@@ -587,3 +587,51 @@ def test_head_is_answered_like_get(cloud):
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json") and not r.content
     r = requests.head(api.endpoint, params={"command": "listZones", "response": "json"}, timeout=10)
     assert r.status_code == 401
+
+
+def test_a_job_row_that_cannot_be_read_fails_and_the_server_runs_the_next(cloud, mariadb):
+    """A pending job whose params are not JSON (a hand edit, a newer schema) raised out
+    of the dispatch loop and ended it for good while the heartbeat went on: no job of
+    that server ran again, and none was taken over (review 35)."""
+    import uuid
+    api: Api = cloud["api"]
+    server = cloud["server"]
+    db = cloud["db"]
+    bad = str(uuid.uuid4())
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT account_id, id FROM `{db}`.user WHERE username='admin'")
+        account, user = cur.fetchone()
+        cur.execute(f"INSERT INTO `{db}`.async_job (id, cmd, instance_type, instance_id, params,"
+                    " account_id, user_id, owner, status) VALUES (%s, 'deployVirtualMachine',"
+                    " 'VirtualMachine', %s, '{not json', %s, %s, %s, 0)",
+                    (bad, str(uuid.uuid4()), account, user, server.server_id))
+    vm = api("deployVirtualMachine", zoneid=ZONE1, serviceofferingid=SMALL, templateid=TEMPLATE,
+             name="after-bad-row")
+    assert api.wait_job(vm["jobid"])["jobstatus"] == 1
+    failed = api.wait_job(bad)
+    assert failed["jobstatus"] == 2, failed
+    assert "cannot be read" in failed["jobresult"]["errortext"], failed
+    assert f"job {bad}: cannot read its row" in server.procs.log(server.server_id)
+
+
+def test_a_private_featured_template_is_listed_only_to_its_account(cloud, procs, mariadb):
+    """templatefilter=featured asked only for the flag, not who may see it: a private
+    template marked featured was listed to every account (review 35)."""
+    import uuid
+    api: Api = cloud["api"]
+    db = cloud["db"]
+    bob = create_admin(procs, mariadb, db, "bob", user=True)
+    bob_api = Api(api.endpoint, bob["apikey"], bob["secretkey"])
+    private = str(uuid.uuid4())
+    with mariadb.root_conn() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT account_id FROM `{db}`.user WHERE username='admin'")
+        (admin_account,) = cur.fetchone()
+        cur.execute(f"INSERT INTO `{db}`.template (id, name, displaytext, ostypeid, zone_id, featured,"
+                    " public, account_id, size) SELECT %s, 'admins-own', 'private', ostypeid, zone_id,"
+                    f" TRUE, FALSE, %s, 1 FROM `{db}`.template WHERE id=%s",
+                    (private, admin_account, TEMPLATE))
+
+    def featured(client: Api) -> set[str]:
+        return {t["id"] for t in client("listTemplates", templatefilter="featured")["template"]}
+    assert featured(api) == {TEMPLATE, private}
+    assert featured(bob_api) == {TEMPLATE}

@@ -113,13 +113,23 @@ def find_user_id(cur: Cursor, username: str, domain_id: str = ROOT_DOMAIN_ID) ->
     return row["id"] if row else None
 
 
-def register_keys(cur: Cursor, user_id: str, box: SecretBox) -> tuple[str, str] | None:
-    """Mint a new API key pair for a user (replacing any old one); the secret is stored sealed."""
-    apikey = secrets.token_urlsafe(64)[:86]
-    secretkey = secrets.token_urlsafe(64)[:86]
+def new_keys() -> tuple[str, str]:
+    """A fresh API key pair (apikey, secretkey)."""
+    return secrets.token_urlsafe(64)[:86], secrets.token_urlsafe(64)[:86]
+
+
+def register_keys(cur: Cursor, user_id: str, box: SecretBox,
+                  keys: tuple[str, str] | None = None) -> tuple[str, str] | None:
+    """Store an API key pair for a user (replacing any old one; `keys`: minted by the
+    caller, so that a write run again after a commit whose answer was lost stores the
+    same pair it answers); the secret is stored sealed. None: no such user."""
+    apikey, secretkey = keys or new_keys()
+    cur.execute("SELECT id FROM user WHERE id=%s FOR UPDATE", (user_id,))
+    if cur.fetchone() is None:
+        return None
     cur.execute("UPDATE user SET apikey=%s, secretkey=%s WHERE id=%s",
                 (apikey, box.seal(secretkey, user_id), user_id))
-    return (apikey, secretkey) if cur.rowcount == 1 else None
+    return apikey, secretkey
 
 
 def get_keys(cur: Cursor, user_id: str, box: SecretBox) -> tuple[str | None, str | None] | None:

@@ -78,7 +78,14 @@ async def register_user_keys(call: Call) -> Response:
     user_id = call.params["id"]
     _may_manage(call, user_id)
     box = call.server.box
-    keys = await call.server.db.write(lambda cur: auth.register_keys(cur, user_id, box), idempotent=True)
+    # Not idempotent: the old pair stops working once this commits. Run as idempotent,
+    # a commit whose answer was lost was run again, and a database still unreachable
+    # then said "unreachable; try again" with the old key already dead and the new
+    # pair never told (review 35). Now a lost answer is looked up by the commit's
+    # marker, and one that cannot be learned is reported as such. Minted once, so a
+    # run repeated before any commit stores the pair it answers.
+    minted = auth.new_keys()
+    keys = await call.server.db.write(lambda cur: auth.register_keys(cur, user_id, box, minted))
     if keys is None:
         raise param_error(f"Unable to find user by id {user_id}")
     return Response({"userkeys": {"apikey": keys[0], "secretkey": keys[1]}})

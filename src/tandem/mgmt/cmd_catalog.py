@@ -81,6 +81,8 @@ async def list_templates(call: Call) -> Response:
     assert caller is not None
     if flt == "featured":
         q.add("t.featured")
+        if not caller.is_admin:  # featured is not public: a private one stays its owner's
+            q.add("(t.public OR t.account_id = %s)", caller.account_id)
     elif flt in ("self", "selfexecutable"):
         q.add("t.account_id = %s", caller.account_id)
     elif flt in ("executable", "community", "sharedexecutable") or flt == "all" and not caller.is_admin:

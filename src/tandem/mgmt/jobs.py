@@ -374,9 +374,35 @@ class JobManager:
                     continue
                 if len(self.running) >= self.max_parallel:
                     break
-                job = Job.from_row(row)
+                try:
+                    job = Job.from_row(row)
+                except Exception as e:  # a row no server can run: it ends, failed, not this loop
+                    await self._fail_unreadable(row, e)
+                    continue
                 task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
                 self.running[job.id] = task
+
+    async def _fail_unreadable(self, row: dict[str, Any], error: Exception) -> None:
+        """A job row that does not parse (its params not JSON: a hand edit, a newer
+        schema) raised out of the dispatch loop and ended it for good, silently, while
+        the heartbeat went on: this server's jobs were neither run nor taken over
+        (review 35). It is failed instead, under the ownership guard, once."""
+        job_id = str(row.get("id"))
+        log.error("job %s: cannot read its row (%s: %s); failing it", job_id, type(error).__name__,
+                  str(error)[:200])
+        self._ended.add(job_id)
+        failure = ApiError(INTERNAL_ERROR, f"the job's stored request cannot be read"
+                                           f" ({type(error).__name__})")
+
+        def write(cur: Cursor) -> None:
+            self._lock_owned(cur, job_id)
+            self._complete(cur, job_id, FAILED, failure.code, failure.body())
+        try:
+            await self.db.write(write, idempotent=True)  # (guarded: a second run is a LostJob)
+        except LostJob:
+            pass
+        except Exception as e:
+            log.warning("job %s: could not record its failure: %s", job_id, e)
 
     def _runnable(self, cur: Cursor) -> list[dict[str, Any]]:
         cur.execute(RUNNABLE_SQL, (self.server_id, self.max_parallel))

@@ -80,9 +80,25 @@ VM_SELECT = """SELECT v.*, z.name AS zonename, t.name AS templatename, t.display
     JOIN domain d ON d.id=a.domain_id"""
 
 
-def vm_ip(seq: int) -> str:
-    """The guest address of a VM, derived from its sequence number (10.1.0.0/16)."""
-    return f"10.1.{seq // 250}.{seq % 250 + 2}"
+def vm_ip(seq: int, cidr: str = "10.1.0.0/16", gateway: str = "10.1.0.1") -> str:
+    """The guest address of a VM, derived from its sequence number: a host address of
+    its network other than the gateway. The sequence counts every VM ever deployed,
+    so after as many VMs as the network has addresses it wraps around (the simulated
+    hosts give VMs no real network). It ran past the /16 before: 10.1.256.2 for the
+    64,000th VM, which libcloud's list_nodes fails on (review 35)."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+        gw = ipaddress.ip_address(gateway)
+    except ValueError:
+        net, gw = ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_address("10.1.0.1")
+    first = int(net.network_address) + (1 if net.num_addresses > 2 else 0)
+    usable = max(1, net.num_addresses - (2 if net.num_addresses > 2 else 0))
+    skip_gw = net.num_addresses > 3 and gw in net and first <= int(gw) < first + usable
+    n = seq % (usable - 1 if skip_gw else usable)
+    addr = first + n
+    if skip_gw and addr >= int(gw):
+        addr += 1
+    return str(ipaddress.ip_address(addr))
 
 
 def virtual_machine(row: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +107,8 @@ def virtual_machine(row: dict[str, Any]) -> dict[str, Any]:
     nic = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "tandem-nic:" + row["id"])),
            "networkid": row["network_id"],
            "networkname": row["networkname"], "netmask": netmask(row["cidr"]),
-           "gateway": row["gateway"], "ipaddress": vm_ip(seq), "isdefault": True, "type": row["networktype"],
+           "gateway": row["gateway"], "ipaddress": vm_ip(seq, row["cidr"], row["gateway"]),
+           "isdefault": True, "type": row["networktype"],
            "traffictype": "Guest", "macaddress": mac,
            "broadcasturi": "vlan://untagged", "isolationuri": "vlan://untagged"}
     vm = {"id": row["id"], "name": row["name"], "displayname": row["displayname"],
