@@ -58,6 +58,24 @@ def test_exec_hang_is_killed_at_the_timeout(tmp_path):
         os.kill(pid, 0)
 
 
+def test_exec_that_leaves_a_child_behind_is_judged_by_its_exit(tmp_path):
+    """A fence script that starts a background job (`logger ... &`, a notifier) and
+    exits 0 kept its output pipe open through the child: the call waited for the pipe
+    until the timeout and reported no confirmation, and the child lived on (review 35).
+    Its exit is the answer; the child dies with the call."""
+    pidfile = tmp_path / "child"
+    cmd = script(tmp_path / "fence.sh", f"echo 'outlet off'; sleep 30 & echo $! > {pidfile}; exit 0\n")
+    r = fence(Fencing(agent="exec", command=[str(cmd)], timeout=5))
+    assert r.confirmed, r.reason
+    assert r.seconds < 2, r.seconds
+    pid = int(pidfile.read_text())
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("Z", "gone"), f"the fence script's child {pid} outlived the call ({state})"
+
+
 def test_exec_missing_command_is_a_failure_not_a_crash(tmp_path):
     r = fence(Fencing(agent="exec", command=[str(tmp_path / "nope")]))
     assert not r.confirmed and "cannot run" in r.reason

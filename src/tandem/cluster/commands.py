@@ -27,22 +27,50 @@ class Ran:
         return lines[-1][:200] if lines else "no output"
 
 
+OUTPUT_GRACE = 0.2
+EXIT_POLL = 0.02
+"""Seconds to read what an exited command wrote, if a child it left holds its output open."""
+
+
 async def run_bounded(argv: list[str], deadline: float, env: dict[str, str] | None = None) -> Ran:
-    """Run `argv` until it exits or the monotonic `deadline`; then kill its process group."""
+    """Run `argv` until it exits or the monotonic `deadline`; then kill its process group.
+
+    The answer is its exit, not the end of its output: a script that leaves a child
+    behind (`sleep 3 &`) keeps the pipe open, and waiting for EOF made a fence that
+    had exited 0 look killed at the deadline, unconfirmed (review 35). Whatever is
+    left of its process group is killed when it ends, that child too."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
     except OSError as e:
         return Ran(127, f"{argv[0]}: cannot run ({e.strerror or e})")
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(65536):
+            chunks.append(chunk)
+
+    reader = asyncio.ensure_future(read())
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), max(0.0, deadline - time.monotonic()))
-        return Ran(proc.returncode, out.decode(errors="replace"))
-    except TimeoutError:
-        return Ran(None, "")
-    finally:  # timed out or cancelled (agent stopping): nothing of it may outlive the call
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait(), 2.0)
+        # Polled: asyncio's Process.wait() (Python 3.11) also waits for the pipes to close.
+        while proc.returncode is None:
+            if time.monotonic() >= deadline:
+                return Ran(None, b"".join(chunks).decode(errors="replace"))
+            pause = min(EXIT_POLL, max(0.0, deadline - time.monotonic()))
+            if reader.done():  # (its output closed, the command still running)
+                await asyncio.sleep(pause)
+            else:
+                await asyncio.wait({reader}, timeout=pause)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(reader), OUTPUT_GRACE)
+        return Ran(proc.returncode, b"".join(chunks).decode(errors="replace"))
+    finally:  # exited, timed out or cancelled (agent stopping): nothing of it may outlive the call
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(proc.wait(), 2.0)
+        with contextlib.suppress(BaseException):
+            await reader
