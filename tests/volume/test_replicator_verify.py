@@ -5,6 +5,7 @@ Write behind the request is acknowledged while the hashing still waits)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -81,3 +82,78 @@ def test_verify_reads_at_the_stream_position_and_hashes_off_the_receiver(tmp_pat
         source.join(5)
         rep.meta.close()
         rep.store.close()
+
+
+def test_a_verify_after_an_aborted_one_never_takes_its_answers(tmp_path):
+    """A verify aborted on a live link (a timeout, a role change) leaves requests in
+    flight. The next run asked again at the same offsets: an old answer was compared
+    with the new run's reads, differences that are not there were marked out of sync,
+    and the new answer then found no request and dropped the link (review 35). Now the
+    next run waits until the old answers have come, and an old answer handled after
+    it began is matched to the run that asked for it."""
+    import pytest
+
+    from tandem.volume.replicator import VolumeError, _digests
+    from tests.volume.test_replicator_safety import SIZE
+    from tests.volume.test_replicator_write_path import _connected_primary
+    rep, link, peer, theirs = _connected_primary(tmp_path)
+    try:
+        with pytest.raises(VolumeError, match="verify aborted"):
+            rep.verify(timeout=0.2)  # the test's peer does not answer in time
+        assert link.peer.verify_in_flight == 1
+        old = _digests(rep.store.pread(0, SIZE))  # what the first run read, and the peer too
+        rep.store.pwrite(0, b"n" * 4096)  # a write since (the peer has it as well)
+        # The receiver is slow to handle the old answer: the next run has asked by then.
+        compare = rep._compare_digests
+        held = threading.Event()
+
+        def slow_compare(on_link, ev):
+            if not held.is_set():
+                held.set()
+                deadline = time.monotonic() + 5
+                while link.peer.verify_in_flight == 0 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            compare(on_link, ev)
+
+        rep._compare_digests = slow_compare
+        second: dict = {}
+
+        def run() -> None:
+            try:
+                second["result"] = rep.verify(timeout=10)
+            except Exception as e:  # (reported below)
+                second["error"] = e
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        requests: list[wire.VerifyRequest] = []
+        theirs.settimeout(0.05)
+
+        def take_requests(n: int) -> None:
+            deadline = time.monotonic() + 5
+            while len(requests) < n:
+                assert time.monotonic() < deadline, f"{len(requests)} requests came, not {n}"
+                try:
+                    peer.receive_bytes(theirs.recv(1 << 16))
+                except TimeoutError:
+                    continue
+                while (ev := peer.next_event()) is not wire.NEED_DATA:
+                    if isinstance(ev, wire.VerifyRequest):
+                        requests.append(ev)
+
+        take_requests(1)
+        time.sleep(0.3)  # the second run must not ask while the first's request is unanswered
+        with contextlib.suppress(TimeoutError):
+            peer.receive_bytes(theirs.recv(1 << 16))
+        while (ev := peer.next_event()) is not wire.NEED_DATA:
+            assert not isinstance(ev, wire.VerifyRequest), "asked again at an offset in flight"
+        theirs.sendall(peer.send(wire.VerifyDigests(0, tuple(old))))  # the first run's answer
+        take_requests(2)
+        theirs.sendall(peer.send(wire.VerifyDigests(0, tuple(_digests(rep.store.pread(0, SIZE))))))
+        t.join(10)
+        assert "error" not in second, second
+        assert second["result"]["out_of_sync_blocks"] == 0, second
+        assert rep.bitmap.weight == 0, "the old answer was compared with the new run's reads"
+        assert not link.closed, link.close_reason
+    finally:
+        rep.stop()

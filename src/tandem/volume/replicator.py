@@ -38,6 +38,7 @@ every write acknowledgement behind it while a verify ran.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -392,6 +393,13 @@ class Replicator:
         self._verify_expected: dict[int, list[bytes]] = {}
         self._verify_window = threading.Semaphore(VERIFY_WINDOW)
         self._verify_roles: tuple[Role, Role | None] | None = None  # both roles when the run began
+        # (link, run, offset) of each VerifyRequest sent, in order: an answer belongs to the
+        # run that asked, and an aborted run's late answer is never compared with the
+        # reads of the next (review 35)
+        self._verify_asked: collections.deque[tuple[Link, int, int]] = collections.deque()
+        self._verify_asked_lock = threading.Lock()
+        self._verify_run = 0
+        self._verify_one = threading.Lock()  # one run at a time
         self.stats = {"writes": 0, "bytes_written": 0, "flushes": 0, "reads": 0,
                       "replicated_writes": 0, "bitmap_writes": 0, "resync_bytes_received": 0,
                       "resync_bytes_sent": 0, "al_updates": 0,
@@ -1820,7 +1828,7 @@ class Replicator:
         elif isinstance(ev, wire.VerifyRequest):
             self._answer_verify(link, ev)
         elif isinstance(ev, wire.VerifyDigests):
-            self._compare_digests(ev)
+            self._compare_digests(link, ev)
         elif isinstance(ev, wire.Disconnect):
             log.warning("%s", disconnect_reason(ev, link.peer.peer_node is not None))
 
@@ -2288,6 +2296,14 @@ class Replicator:
 
     # =================================================================== verify
     def verify(self, timeout: float = 600) -> dict[str, Any]:
+        if not self._verify_one.acquire(blocking=False):
+            raise VolumeError("a verify is running already (see status)")
+        try:
+            return self._verify(timeout)
+        finally:
+            self._verify_one.release()
+
+    def _verify(self, timeout: float) -> dict[str, Any]:
         link = self.link
         if link is None or link.closed or link.state is not ConnectionState.CONNECTED:
             raise VolumeError("verify needs a Connected peer (not resyncing)")
@@ -2304,6 +2320,11 @@ class Replicator:
                 raise VolumeError(f"an earlier verify's {link.peer.verify_in_flight} requests are"
                                   " still unanswered; retry shortly")
             time.sleep(0.01)
+        with self._verify_asked_lock:
+            self._verify_run += 1
+            run = self._verify_run
+            # a closed link's answers are not coming (nor taken: see _compare_digests)
+            self._verify_asked = collections.deque(e for e in self._verify_asked if e[0] is link)
         progress = self.verify_progress = Progress("verify", self.size)
         self._verify_expected.clear()
         # Digests compare only while the roles stay: the node that writes is the one
@@ -2323,6 +2344,8 @@ class Replicator:
             self._verify_roles_unchanged(roles)
             with self.ranges.hold(off, n):
                 self._verify_expected[off] = _digests(self.store.pread(off, n))
+                with self._verify_asked_lock:
+                    self._verify_asked.append((link, run, off))
                 try:
                     link.send(wire.VerifyRequest(off, n, 4096))
                 except (ConnectionError, wire.ProtocolError) as e:
@@ -2364,7 +2387,17 @@ class Replicator:
         with contextlib.suppress(ConnectionError, wire.ProtocolError):
             link.send(wire.VerifyDigests(snap.offset, tuple(_digests(snap.data))))
 
-    def _compare_digests(self, ev: wire.VerifyDigests) -> None:
+    def _compare_digests(self, link: Link, ev: wire.VerifyDigests) -> None:
+        with self._verify_asked_lock:
+            asked = next((e for e in self._verify_asked if e[0] is link and e[2] == ev.offset), None)
+            if asked is None:
+                return
+            self._verify_asked.remove(asked)
+            if asked[1] != self._verify_run:
+                # An aborted run's answer, handled after the next run began (decoded
+                # before: the next run waits for that): compared, it marked blocks out of
+                # sync that were not (review 35). Its permit belongs to an old window.
+                return
         if ev.offset not in self._verify_expected:
             return  # an answer to an aborted run: its permit belongs to an old window
         mine = self._verify_expected.pop(ev.offset)
