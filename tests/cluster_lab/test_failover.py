@@ -549,6 +549,13 @@ def test_the_primarys_agent_dead_for_good_the_peer_serves_after_force_secondary_
     assert gap is not None, "no write acknowledged after the handover"
     stack.lab.stop("node1", "agent")  # reap the killed one's record
     _node1_back_as_replica(stack)
+    # The agent, back, stops what ran on the volume before it demoted itself (MariaDB on
+    # EIO, ext4 read-only over a loop device whose file is gone): the service can come
+    # back to node1 (it could not: MariaDB's start failed on the stale mount).
+    said = (stack.lab.host_dir("node1") / "log" / "agent.log").read_text()
+    assert "what ran on the volume before it demoted itself" in said
+    stack.tandem("witness", "switchover", "--to", "node1", "--force", timeout=60)
+    assert stack.wait_service(30) == "node1"
 
 
 def test_a_volume_daemon_paused_for_a_moment_moves_nothing(healthy):

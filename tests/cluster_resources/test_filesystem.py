@@ -220,3 +220,49 @@ def test_a_recorded_loop_number_attached_anew_is_not_ours(lab):
         for d in subprocess.run(["losetup", "-n", "-O", "NAME", "-j", str(cfg.device)],
                                 capture_output=True, text=True).stdout.split():
             subprocess.run(["losetup", "-d", d], capture_output=True)
+
+
+def test_a_loop_device_whose_file_was_torn_away_is_stopped_before_a_start(lab):
+    """The volume demoted itself under a running group (force_secondary_after, its agent
+    dead): its FUSE file went, the loop device and the ext4 mount on it stayed (the
+    loop's backing path then reads "/<file name>"). A later start here took that loop
+    for ours and current, said "already mounted", and MariaDB failed on the stale,
+    read-only filesystem (review 35). Here a tmpfs lazily unmounted plays the FUSE
+    mount torn away: the start stops the stale mount and loop, then attaches the new
+    file."""
+    import asyncio
+
+    from tandem.cluster.resources.config import FilesystemConfig
+    from tandem.cluster.resources.filesystem import Filesystem
+    d = lab.host_dir(HOST) / "data"
+    under = d / "torn-under"
+    under.mkdir(parents=True, exist_ok=True)
+    mnt = d / "torn-mnt"
+
+    def fresh_volume_file() -> Path:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(under)], check=True)
+        return sparse_file(under / "vol.img", 64 << 20)
+
+    img = fresh_volume_file()
+    cfg = FilesystemConfig(name="fs-torn", device=str(img), mountpoint=str(mnt),
+                           run_dir=str(lab.host_dir(HOST) / "run"), mkfs=True)
+    fs = Filesystem(cfg)
+    loops: list[str] = []
+    try:
+        assert asyncio.run(fs.start()).ok
+        old = fs.load_state()["loop"]
+        loops.append(old)
+        subprocess.run(["umount", "-l", str(under)], check=True)  # the volume file torn away
+        assert loop_backing_file(old) == "/vol.img"
+        fresh_volume_file()  # promoted again: a new file at the same path
+        r = asyncio.run(fs.start())
+        assert r.ok, r.sentence
+        assert "stale" in r.sentence and f"detached {old}" in r.sentence, r.sentence
+        dev = mount_source(str(mnt))
+        loops.append(dev)
+        assert dev and loop_backing_file(dev) == str(img), (dev, loop_backing_file(dev or ""))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        for dev in loops:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        subprocess.run(["umount", "-l", str(under)], capture_output=True)

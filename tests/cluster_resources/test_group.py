@@ -102,6 +102,62 @@ def test_restart_threshold_then_failover_and_window(tmp_path):
     assert all(r.ok for r in given_up[29:])
 
 
+def test_a_give_up_ends_when_the_resource_runs_again_or_the_group_starts(tmp_path):
+    """Given up on, then found running again (a transient fault, or an operator's
+    start) before failure_window passed: the next failure was taken for the old one,
+    neither restarted nor counted, and a leader marked healthy meanwhile kept a dead
+    database (review 35). It is a new failure: counted, and given up on again at once
+    (the earlier ones are still in the window), which asks for a failover."""
+    clock = Clock()
+    group = ResourceGroup("g", [member(tmp_path, "a", max_failures=3, failure_window=60)],
+                          clock=clock)
+
+    async def go():
+        assert (await group.start()).ok
+        for _ in range(3):
+            (tmp_path / "a.on").unlink()
+            clock.now += 1
+            await group.check()
+        assert not (tmp_path / "a.on").exists()  # given up at the third: not restarted
+        (tmp_path / "a.on").touch()  # running again
+        clock.now += 1
+        assert (await group.check()).ok
+        (tmp_path / "a.on").unlink()
+        clock.now += 1
+        again = await group.check()
+        assert not again.ok and again.failover_needed and again.new_failure, again
+        assert "giving up on this node" in again.sentence
+        # A fresh start (a promotion, here or after a failover back): no give-up left.
+        await group.stop()
+        assert (await group.start()).ok
+        (tmp_path / "a.on").unlink()
+        clock.now += 61  # the old failures have left the window
+        return await group.check()
+
+    after_start = asyncio.run(go())
+    assert after_start.ok and "restarted a after failure 1/3" in after_start.sentence
+
+
+def test_a_single_failure_threshold_still_retries_after_the_window(tmp_path):
+    """max_failures = 1: give up at the first failure. After failure_window the group
+    restarts it once (it gave up again at once before, for ever)."""
+    clock = Clock()
+    group = ResourceGroup("g", [member(tmp_path, "a", max_failures=1, failure_window=30)],
+                          clock=clock)
+
+    async def go():
+        assert (await group.start()).ok
+        (tmp_path / "a.on").unlink()
+        clock.now += 1
+        first = await group.check()
+        clock.now += 31
+        return first, await group.check()
+
+    first, retried = asyncio.run(go())
+    assert not first.ok and first.failover_needed
+    assert retried.ok and "restarted a" in retried.sentence and (tmp_path / "a.on").exists()
+
+
 def test_failed_start_rolls_back_in_reverse(tmp_path):
     group = ResourceGroup("g", [member(tmp_path, "a"), member(tmp_path, "b"),
                                 member(tmp_path, "c", fail_start=True), member(tmp_path, "d")])

@@ -142,6 +142,7 @@ class Agent:
         self.deadline_lease: int | None = None
         self._published: tuple[dict, float] | None = None
         self._fence_task: asyncio.Task | None = None
+        self._leftovers_stopped = ""  # the volume's forced_secondary whose leftovers we stopped
         self._peer_recorded_outdated = False  # what the last volume record said of the peer
         self.renewed_at: float | None = None  #: send time of the last successful lease renewal
         self._volume_seen: tuple[dict[str, Any], float] | None = None  #: last status and when
@@ -675,6 +676,16 @@ class Agent:
         promotion was refused (review 23)."""
         if self.volume and self.volume.get("role") == "Primary":
             await self._demote(f"{why} (a Primary volume left without leadership)")
+            return
+        forced = (self.volume or {}).get("forced_secondary")
+        if forced and forced != self._leftovers_stopped:
+            # The volume demoted itself (force_secondary_after: this agent was dead or
+            # hung): what ran on it is still here, MariaDB failing on EIO and ext4
+            # mounted read-only over a loop device whose file is gone. Stopped once per
+            # such demotion; left, the next promotion here tripped over them (review 35).
+            self._leftovers_stopped = forced
+            await self._demote(f"{why} (what ran on the volume before it demoted itself: {forced})",
+                               volume_demoted=True)
 
     async def _acquire(self, d: Decision, fenced: Leader | None = None) -> None:
         try:
@@ -750,6 +761,9 @@ class Agent:
         return ok
 
     async def _promote(self, why: str) -> None:
+        if self.leader is None:  # (the volume takes a promotion without an epoch for a hand's)
+            log.warning("not promoting: the leader key is not ours any more")
+            return
         # Taking the key took DCS round trips: record what the volume is now.
         self.volume = await self._volume_status()
         if self.volume is None:

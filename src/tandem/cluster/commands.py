@@ -63,14 +63,12 @@ async def run_bounded(argv: list[str], deadline: float, env: dict[str, str] | No
                 await asyncio.sleep(pause)
             else:
                 await asyncio.wait({reader}, timeout=pause)
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(reader), OUTPUT_GRACE)
+        await asyncio.wait({reader}, timeout=OUTPUT_GRACE)  # (a cancel of ours goes through)
         return Ran(proc.returncode, b"".join(chunks).decode(errors="replace"))
     finally:  # exited, timed out or cancelled (agent stopping): nothing of it may outlive the call
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         reader.cancel()
-        with contextlib.suppress(BaseException):
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(proc.wait(), 2.0)
-        with contextlib.suppress(BaseException):
-            await reader
+        await asyncio.wait({reader}, timeout=1.0)  # (its own cancellation is not raised here)

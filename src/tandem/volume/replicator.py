@@ -1042,6 +1042,13 @@ class Replicator:
             with self.meta_lock:
                 self.meta.update(peer_outdated=True)
         with self._hold_lock:
+            if epoch is None:
+                # A promotion by hand: the operator, not an agent's leadership, is in
+                # charge now. A write lease left from an agent's earlier term (and its
+                # hold) would hold the writes at once, and then demote this Primary
+                # (force_secondary_after; review 35b).
+                self._write_lease = None
+                self._lease_held_io = False
             if self._fencing is None and not self._lease_held_io:
                 # Whatever suspended I/O belonged to an earlier term as Primary.
                 self._held_by_operator = False
@@ -1603,6 +1610,7 @@ class Replicator:
                 if self.link is None and self.role is Role.PRIMARY:
                     with self.meta_lock, contextlib.suppress(Exception):
                         self.meta.persist()
+                    last_tick = time.monotonic()  # a slow fsync here is not a pause of ours
 
     def _on_events(self, link: Link, events: list) -> None:
         acks: list[int] = []

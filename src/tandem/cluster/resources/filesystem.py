@@ -261,9 +261,25 @@ class Filesystem(Resource):
             raise ResourceError(f"{cfg.device} holds {fstype}, not {cfg.fstype}: refusing to mount")
         return f"found {fstype}"
 
+    async def _drop_stale_loop(self) -> str:
+        """Our recorded loop device, if its volume file was torn away under it (a forced
+        demotion; the volume's own force_secondary_after) is stopped first: unmounted
+        (refused while in use, naming who uses it) and detached. Taken for ours and
+        current, its stale mount (read-only after the I/O errors) was reported
+        "already mounted", and MariaDB's start failed on it (review 35)."""
+        st = self.load_state() or {}
+        torn = "/" + Path(self.config.device).name
+        if not st.get("loop") or not recorded_loop_is_current(st, lambda back: back == torn):
+            return ""
+        log.warning("%s: loop device %s is left from a volume file torn away: stopping it first",
+                    self.name, st["loop"])
+        return f"stale {await self._stop()}; "
+
     async def _start(self) -> str:
         cfg = self.config
+        stale = await self._drop_stale_loop()
         dev, attached = await self._attach()
+        attached = stale + attached
         if dev.startswith("/dev/loop"):  # stated every time: the setting outlives a detach
             try:
                 await asyncio.to_thread(set_write_through, dev, cfg.write_through)

@@ -63,6 +63,11 @@ class FailureCounter:
     def gave_up_at(self, name: str) -> float | None:
         return self._gave_up.get(name)
 
+    def recovered(self, name: str) -> None:
+        """`name` runs again (monitored healthy, or the group started anew): a failure
+        from now on is a new one, counted, restarted or given up on as usual."""
+        self._gave_up.pop(name, None)
+
     def record(self, name: str, now: float, window: float) -> int:
         q = self._times.setdefault(name, deque())
         q.append(now)
@@ -123,6 +128,8 @@ class ResourceGroup:
     async def start(self) -> GroupResult:
         async with self._lock:
             self.started = True
+            for m in self.members:  # started anew (a promotion): no give-up carries over
+                self.failures.recovered(m.name)
             ops, failed = await self._start_from(0)
             if failed is None:
                 res = GroupResult(True, f"started {', '.join(m.name for m in self.members)} in order",
@@ -198,6 +205,9 @@ class ResourceGroup:
                 running = [n for n, h in health.items() if h.state is not HealthState.STOPPED]
                 return GroupResult(True, "group is stopped" + (f"; still running: {', '.join(running)}"
                                                                if running else ""), health=health)
+            for m in self.members:
+                if health[m.name].is_ok:  # given up on and running again: that give-up is over
+                    self.failures.recovered(m.name)  # (review 35: a new failure was not counted)
             bad = next((m for m in self.members if not health[m.name].is_ok), None)
             if bad is None:
                 return GroupResult(True, f"all {len(self.members)} resources healthy", health=health)
@@ -222,10 +232,11 @@ class ResourceGroup:
                                       f" restarted here in {cfg.failure_window - (now - gave_up):.0f} s"
                                       " if no other node takes over", failover_needed=True,
                                new_failure=False, health=health)
-        if gave_up is not None:
+        retry = gave_up is not None
+        if retry:  # one restart, whatever max_failures (1 would give up again at once)
             self.failures.reset(bad.name)
         n = self.failures.record(bad.name, now, cfg.failure_window)
-        if n >= cfg.max_failures:
+        if n >= cfg.max_failures and not retry:
             self.failures.give_up(bad.name, now)
             return GroupResult(False, f"{bad.name} failed {n} times within {cfg.failure_window:g} s"
                                       f" (last: {why}): giving up on this node, failover needed",
