@@ -386,6 +386,24 @@ def test_maintenance_leaves_resources_alone(healthy):
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert "maintenance mode is on: the agents would not act on a switchover" in lines[0]
     assert stack.status()["switchover"] is None
+    # One left pending (its CLI timed out before the leader acted) is withdrawn when
+    # maintenance goes on, and said so: it would fire, unannounced, when it ends.
+    import asyncio
+
+    from tandem.cli.cluster_cmd import _dcs
+    from tandem.dcs.view import Switchover
+
+    async def leave_a_request() -> None:
+        dcs = _dcs(stack.cluster_config())
+        try:
+            assert await dcs.set_switchover(Switchover(leader="node1", candidate="node2"))
+        finally:
+            await dcs.close()
+    asyncio.run(leave_a_request())
+    assert stack.status()["switchover"] == {"from": "node1", "to": "node2"}
+    out = stack.tandem("witness", "maintenance", "on").stdout.strip()
+    assert out == "maintenance on (the pending switchover to node2 was withdrawn)", out
+    assert stack.status()["switchover"] is None
     # A standby order is ignored in maintenance.
     stack.tandem("witness", "standby", "node1")
     time.sleep(3.0)
@@ -556,6 +574,31 @@ def test_the_primarys_agent_dead_for_good_the_peer_serves_after_force_secondary_
     assert "what ran on the volume before it demoted itself" in said
     stack.tandem("witness", "switchover", "--to", "node1", "--force", timeout=60)
     assert stack.wait_service(30) == "node1"
+
+
+def test_a_restarted_agent_that_takes_the_key_at_once_clears_what_its_volume_left(healthy):
+    """node2 down, node1's agent killed: its volume demotes itself after
+    force_secondary_after, with MariaDB and the ext4 mount left on it. The agent comes
+    back and, node2 being down, takes the key at once (it never follows): the group's
+    start failed on the stale, busy mount, and its rollback left the old MariaDB
+    running, again and again (review 35c). Now what ran there is stopped first."""
+    import signal
+    stack = healthy
+    stack.lab.faults.crash("node2")  # nobody else may take over
+    try:
+        stack.wait(lambda: stack.db_ping(), 30, "the service on node1 without node2")
+        stack.lab.supervisor("node1").signal("agent", signal.SIGKILL)
+        stack.wait(lambda: stack.volume_status("node1")["role"] == "Secondary", 40,
+                   "node1's volume to demote itself")
+        assert "write lease ran out" in stack.volume_status("node1")["forced_secondary"]
+        stack.lab.stop("node1", "agent")  # reap the killed one's record
+        stack.start_agent("node1")
+        assert stack.wait_service(60) == "node1"
+        said = (stack.lab.host_dir("node1") / "log" / "agent.log").read_text()
+        assert "what ran on the volume before it demoted itself" in said
+        assert stack.db_ping()
+    finally:
+        stack.restart_host("node2")
 
 
 def test_a_volume_daemon_paused_for_a_moment_moves_nothing(healthy):

@@ -233,8 +233,20 @@ def maintenance(state: str = typer.Argument(..., help="on or off"), config: Path
     """on: agents stop acting and leave resources alone; off: they resume."""
     if state not in ("on", "off"):
         raise TandemError(f"maintenance {state!r}: say `on` or `off`")
-    _with_dcs(_cfg(config), lambda dcs: dcs.set_maintenance(state == "on"))
-    typer.echo(f"maintenance {state}")
+    withdrawn: list[str] = []
+
+    async def set_it(dcs) -> None:
+        await dcs.set_maintenance(state == "on")
+        if state != "on":
+            return
+        # A switchover still pending (one whose CLI timed out) would fire, unannounced,
+        # when maintenance ends (review 35c): withdrawn, and said.
+        sw = (await dcs.load()).switchover
+        if sw is not None and await dcs.clear_switchover(sw):
+            withdrawn.append(sw.candidate or "any node")
+    _with_dcs(_cfg(config), set_it)
+    typer.echo(f"maintenance {state}" + (f" (the pending switchover to {withdrawn[0]} was withdrawn)"
+                                         if withdrawn else ""))
 
 
 def history(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--json")) -> None:

@@ -142,7 +142,7 @@ class Agent:
         self.deadline_lease: int | None = None
         self._published: tuple[dict, float] | None = None
         self._fence_task: asyncio.Task | None = None
-        self._leftovers_stopped = ""  # the volume's forced_secondary whose leftovers we stopped
+        self._leftovers_stopped: float | None = None  # see _stop_what_ran_on_a_self_demoted_volume
         self._peer_recorded_outdated = False  # what the last volume record said of the peer
         self.renewed_at: float | None = None  #: send time of the last successful lease renewal
         self._volume_seen: tuple[dict[str, Any], float] | None = None  #: last status and when
@@ -677,15 +677,22 @@ class Agent:
         if self.volume and self.volume.get("role") == "Primary":
             await self._demote(f"{why} (a Primary volume left without leadership)")
             return
-        forced = (self.volume or {}).get("forced_secondary")
-        if forced and forced != self._leftovers_stopped:
-            # The volume demoted itself (force_secondary_after: this agent was dead or
-            # hung): what ran on it is still here, MariaDB failing on EIO and ext4
-            # mounted read-only over a loop device whose file is gone. Stopped once per
-            # such demotion; left, the next promotion here tripped over them (review 35).
-            self._leftovers_stopped = forced
-            await self._demote(f"{why} (what ran on the volume before it demoted itself: {forced})",
-                               volume_demoted=True)
+        await self._stop_what_ran_on_a_self_demoted_volume(why)
+
+    async def _stop_what_ran_on_a_self_demoted_volume(self, why: str) -> None:
+        """The volume demoted itself (force_secondary_after: this agent was dead or hung),
+        and what ran on it is still here: MariaDB failing on EIO, ext4 mounted read-only
+        over a loop device whose file is gone. Left, the next promotion here tripped over
+        them (review 35). Stopped before this node follows or promotes, once per such
+        demotion (its time in the volume's status), again while the stop fails."""
+        v = self.volume or {}
+        mark = v.get("forced_secondary_at")
+        if not v.get("forced_secondary") or mark is None or mark == self._leftovers_stopped:
+            return
+        ok = await self._stop_group(f"{why} (what ran on the volume before it demoted itself:"
+                                    f" {v['forced_secondary']})", graceful=False)
+        if ok:
+            self._leftovers_stopped = mark
 
     async def _acquire(self, d: Decision, fenced: Leader | None = None) -> None:
         try:
@@ -769,6 +776,10 @@ class Agent:
         if self.volume is None:
             log.warning("not promoting yet: the volume daemon did not answer")
             return
+        # A restarted agent that takes the key at once (its peer down) never followed:
+        # what ran on a volume that demoted itself goes first, or the start fails on it
+        # (a busy stale mount) and its rollback leaves the old MariaDB running (review 35c).
+        await self._stop_what_ran_on_a_self_demoted_volume(why)
         if not await self._record_volume_state(promoting=True):
             log.warning("not promoting yet: the volume record could not be written")
             return
@@ -908,7 +919,8 @@ class Agent:
                 await _cancel(task, 2.0)
         self._monitor_task = None
 
-    async def _stop_group(self, why: str, graceful: bool) -> None:
+    async def _stop_group(self, why: str, graceful: bool) -> bool:
+        """True if every member stopped."""
         t0 = time.monotonic()
         await self._cancel_monitor()
         if graceful:
@@ -921,6 +933,7 @@ class Agent:
         lab_event("demoted", node=self.node, graceful=graceful, ok=res.ok,
                   seconds=round(time.monotonic() - t0, 4))
         log.info("resource group stopped (%s): %s", why, res.sentence)
+        return res.ok
 
     async def _vip_gone_before_release(self) -> None:
         """A released key is free at once, and the next holder (a switchover: without a

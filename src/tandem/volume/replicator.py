@@ -357,6 +357,7 @@ class Replicator:
         self._force_secondary_allowed = True
         self._forcing_secondary = False
         self.forced_secondary_reason = ""
+        self.forced_secondary_at: float | None = None
         self._dumped = False
         self._lease_held_io = False
         self._lease_parked: list[_WriteOp] = []  # ended after the write lease ran out (see _end_write)
@@ -1166,6 +1167,7 @@ class Replicator:
                 lab_event("forced_secondary", node=self.spec.node, expired_for=round(expired, 3),
                           seen_for=round(seen_for, 3))
                 self.forced_secondary_reason = reason
+                self.forced_secondary_at = round(time.monotonic(), 3)  # (tells such demotions apart)
                 self._demote(force=True)
         except Exception:  # a failed demotion leaves the I/O held, as before
             log.exception("forced demotion after the write lease ran out failed")
@@ -2467,6 +2469,7 @@ class Replicator:
             out["suspended_reason"] = self.suspended_reason
         if self.forced_secondary_reason and self.role is Role.SECONDARY:
             out["forced_secondary"] = self.forced_secondary_reason
+            out["forced_secondary_at"] = self.forced_secondary_at
         if self.standalone_reason:
             out["peer"]["standalone_reason"] = self.standalone_reason
         if self.last_link_error:
