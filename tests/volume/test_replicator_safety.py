@@ -375,12 +375,15 @@ def test_verify_answers_after_a_failover_mark_nothing(tmp_path):
         rep._verify_roles = rep._roles()
         rep._verify_window = window = threading.Semaphore(0)
         same, other = b"\x01" * 16, b"\x02" * 16
+        link = object()  # the link the requests went out on (answers are matched to it)
+        rep._verify_run = 1
+        rep._verify_asked.extend([(link, 1, 0), (link, 1, 2 * BLOCK)])
         rep._verify_expected[0] = [same, same]
-        rep._compare_digests(wire.VerifyDigests(0, (same, other)))  # roles unchanged: marked
+        rep._compare_digests(link, wire.VerifyDigests(0, (same, other)))  # roles unchanged: marked
         assert rep.bitmap.weight == 1 and window.acquire(blocking=False)
         rep._verify_expected[2 * BLOCK] = [same, same]
         rep.role, rep.peer_status = Role.SECONDARY, status_exchange(Role.PRIMARY)  # failover
-        rep._compare_digests(wire.VerifyDigests(2 * BLOCK, (other, other)))
+        rep._compare_digests(link, wire.VerifyDigests(2 * BLOCK, (other, other)))
         assert rep.bitmap.weight == 1  # nothing more marked
         assert window.acquire(blocking=False)  # the permit still comes back
         with pytest.raises(VolumeError, match="a role changed"):
