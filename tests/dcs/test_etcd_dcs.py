@@ -257,6 +257,33 @@ def test_lost_lease_is_reported_and_replaced(etcd_ok, cluster_name):
     run(scenario())
 
 
+def test_an_acquire_and_a_renewal_that_both_find_no_lease_share_one_grant(etcd_ok, cluster_name):
+    """After a lapse the agent's lease loop and its race for the key both find no lease.
+    Two grants put the key on one lease while the session renewed the other: the key
+    died a TTL later. Both orders of the two calls, a few times each."""
+    async def scenario():
+        async with session(etcd_ok, cluster_name, "node1") as a:
+            for i in range(6):
+                await a.renew_lease()
+                old = a.lease_id
+                async with a._new_client(f"{etcd_ok.lab.address('node2')}:2379", 2) as c:
+                    await c.revoke_lease(old)
+                assert (await a.renew_lease()).lost and a.lease_id is None
+                view = await a.load()
+                if i % 2:
+                    renewal, leader = await asyncio.gather(a.renew_lease(),
+                                                           a.attempt_to_acquire_leader(view))
+                else:
+                    leader, renewal = await asyncio.gather(a.attempt_to_acquire_leader(view),
+                                                           a.renew_lease())
+                assert leader is not None
+                assert leader.lease == a.lease_id == renewal.lease, (i, leader, a.lease_id, renewal)
+                assert a.granted is not None and a.granted.lease == leader.lease
+                assert a.granted.deadline <= mono() + TTL
+                assert await a.release_leader(leader)
+    run(scenario())
+
+
 def test_dcs_error_within_the_timeout_when_cut_off_from_the_majority(etcd_ok, cluster_name):
     lab = etcd_ok.lab
 

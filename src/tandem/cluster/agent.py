@@ -54,7 +54,7 @@ from tandem.cluster.resources.vip import Vip
 from tandem.cluster.view import Action, Decision, LocalState
 from tandem.cluster.volume_resource import volume_call
 from tandem.config import Config, etcd_endpoints, etcd_tls
-from tandem.dcs.base import DCSError
+from tandem.dcs.base import DCSError, Renewal
 from tandem.dcs.etcd import EtcdDCS
 from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, NodeRole, VolumeState, count
 from tandem.errors import TandemError
@@ -248,14 +248,7 @@ class Agent:
                     self.lease_deadline = None
                     self.wake.set()
                 else:
-                    # A fresh lease after a lapse carries none of our keys: the VIPs added
-                    # on the old one are never extended on it (Vip.refresh checks the id;
-                    # torture 73:103, 76:93).
-                    if self.deadline_lease is not None and self.deadline_lease != self.dcs.lease_id:
-                        log.info("lease granted anew: VIPs added on the old one are not extended")
-                    self.lease_deadline = r.deadline
-                    self.deadline_lease = self.dcs.lease_id
-                    self.renewed_at = r.deadline - r.ttl
+                    self._take_renewal(r)
                     # Side by side: the VIP refresh must follow the renewal closely (see
                     # VIP_REFRESH_SLACK), and a slow or failing `ip` must not hold up
                     # the volume's write lease (nor the other way round).
@@ -280,6 +273,19 @@ class Agent:
                     raise
                 log.warning("lease renewal was cancelled under us; retrying")
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+    def _take_renewal(self, r: Renewal) -> None:
+        """What a keepalive (or a grant) vouches for becomes the lease deadline."""
+        if self.renewed_at is not None and r.lease == self.deadline_lease and \
+                r.deadline - r.ttl < self.renewed_at:
+            return  # an older answer of the same lease (a grant read after a keepalive)
+        # A fresh lease after a lapse carries none of our keys: the VIPs added on the
+        # old one are never extended on it (Vip.refresh checks the id; torture 73:103, 76:93).
+        if self.deadline_lease is not None and self.deadline_lease != r.lease:
+            log.info("lease granted anew: VIPs added on the old one are not extended")
+        self.lease_deadline = r.deadline
+        self.deadline_lease = r.lease
+        self.renewed_at = r.deadline - r.ttl
 
     def _cycle_progress(self, step: str) -> None:
         """A resource of the group starts or stops (bounded by its own timeout)."""
@@ -712,6 +718,13 @@ class Agent:
                      f"fenced takeover from {fenced.node} refused: its key or the records changed")
             return
         self.leader = leader
+        grant = self.dcs.granted
+        if self.key_deadline() is None and grant is not None and grant.lease == leader.lease:
+            # The key went on a lease granted for it (ours had lapsed): its grant says how
+            # long it lives. Waiting for the lease loop's first keepalive instead, the
+            # next cycle found the key held "without a lease it has renewed" and gave it
+            # up, three times in 0.2 s after a 15 s pause (torture 309).
+            self._take_renewal(grant)
         reason = ("fenced failover" if fenced is not None else
                   "switchover" if self.view.switchover else "failover")
         if fenced is None:

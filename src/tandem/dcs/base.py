@@ -64,6 +64,7 @@ class Renewal:
 
     ttl: float
     deadline: float
+    lease: int | None = None  #: the lease kept alive (or granted)
 
     @property
     def lost(self) -> bool:
@@ -86,6 +87,9 @@ class DCS(ABC):
         self.cluster = cluster
         self.node = node
         self.ttl = ttl
+        #: the last lease this session was granted, and what the grant vouches for:
+        #: an acquire on a fresh lease knows its deadline before the first keepalive
+        self.granted: Renewal | None = None
 
     # --- reading -----------------------------------------------------------------
     @abstractmethod

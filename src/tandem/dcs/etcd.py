@@ -102,6 +102,9 @@ class EtcdDCS(DCS):
         self._current = 0
         self._client: aetcd.Client | None = None
         self._lease_id: int | None = None
+        #: one grant at a time: a renewal and an acquire that both found no lease
+        #: granted two, and the key could go on the one not renewed after
+        self._grant_lock = asyncio.Lock()
 
     # --- plumbing ----------------------------------------------------------------
     @property
@@ -202,23 +205,33 @@ class EtcdDCS(DCS):
 
     # --- lease -------------------------------------------------------------------
     async def _lease(self) -> int:
-        if self._lease_id is None:
-            lease = await self._call("lease grant", lambda c: c.lease(self.ttl))
-            self._lease_id = lease.id
+        await self._grant()
+        assert self._lease_id is not None
         return self._lease_id
 
-    async def renew_lease(self) -> Renewal:
-        sent = monotonic()
-        if self._lease_id is None:
+    async def _grant(self) -> Renewal | None:
+        """Grant a lease if none is held; its Renewal, or None when one was held."""
+        async with self._grant_lock:
+            if self._lease_id is not None:
+                return None
+            sent = monotonic()
             lease = await self._call("lease grant", lambda c: c.lease(self.ttl))
             self._lease_id = lease.id
-            return Renewal(float(lease.ttl), sent + lease.ttl)
+            self.granted = Renewal(float(lease.ttl), sent + lease.ttl, lease.id)
+            return self.granted
+
+    async def renew_lease(self) -> Renewal:
+        granted = await self._grant()
+        if granted is not None:
+            return granted
+        sent = monotonic()
         lease_id = self._lease_id
+        assert lease_id is not None
         reply = await self._call("lease keepalive", lambda c: c.refresh_lease(lease_id))
         ttl = float(reply.TTL) if reply is not None else 0.0
-        if ttl <= 0:
+        if ttl <= 0 and self._lease_id == lease_id:
             self._lease_id = None
-        return Renewal(ttl, sent + ttl)
+        return Renewal(ttl, sent + ttl, lease_id)
 
     # --- transactions ------------------------------------------------------------
     async def _txn(self, what: str, compare: list, success: list, failure: list | None = None
@@ -323,7 +336,8 @@ class EtcdDCS(DCS):
             except DCSError as e:
                 if attempt == 2 or "lease not found" not in str(e):
                     raise
-                self._lease_id = None  # expired: grant a new one and write again
+                if self._lease_id == lease:
+                    self._lease_id = None  # expired: grant a new one and write again
 
     async def set_volume_state(self, state: VolumeState, leader: Leader) -> bool:
         key = self.keys.volume(state.resource).encode()
