@@ -16,6 +16,7 @@ promote() (which would mount the FUSE file)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -750,6 +751,39 @@ def _the_peer_gets_in_past(rep: Replicator, port: int, silent: list, socks: list
     for s in silent:
         assert _closed_by_node2(s, timeout=5), "a silent connection stayed open"
     assert rep._listener.pending == []
+
+
+def test_strangers_from_many_addresses_are_logged_and_remembered_within_a_bound(tmp_path, caplog):
+    """A scan from many addresses: each refused at once, the first
+    STRANGERS_REMEMBERED logged once each, the rest in one line a minute; the set of
+    remembered addresses stops growing, and the peer still gets in."""
+    from tandem.volume.listener import STRANGERS_REMEMBERED
+    caplog.set_level(logging.WARNING, logger="tandem.volume")
+    rep, port = _listening_node2(tmp_path, ping_timeout=2.0)
+    socks = []
+    try:
+        n = STRANGERS_REMEMBERED + 40
+        for i in range(n):
+            source = f"127.0.{3 + i // 250}.{1 + i % 250}"
+            with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as s:
+                s.settimeout(2)
+                assert s.recv(1) == b"", source  # closed at once
+            if i < 3:  # the same address again: logged once
+                with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as s:
+                    s.settimeout(2)
+                    assert s.recv(1) == b""
+        refused = [r.getMessage() for r in caplog.records if "refused a replication" in r.getMessage()]
+        assert len(refused) == STRANGERS_REMEMBERED + 1, len(refused)
+        assert "logged once a minute" in refused[-1]
+        assert len(rep._listener._strangers) == STRANGERS_REMEMBERED
+        real = _from_peer_address(port)
+        socks.append(real)
+        _authenticate_as_node1(real, timeout=5)
+        _wait_for_authenticated_link(rep, timeout=5)
+    finally:
+        for s in socks:
+            s.close()
+        rep.stop()
 
 
 def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):

@@ -44,6 +44,8 @@ UNAUTHENTICATED_GRACE = 1.0
 """Seconds a pending connection may stay unauthenticated while the pending set is
 full and another connection waits: the real peer's handshake takes a round trip."""
 BACKLOG = 16
+STRANGERS_REMEMBERED = 256
+"""Refused addresses logged once each; past this many, one line a minute says more come."""
 
 Handler = Callable[..., None]
 
@@ -75,6 +77,7 @@ class PeerListener:
         self._lock = threading.Lock()
         self._pending: list[Link] = []
         self._strangers: set[str] = set()  # addresses refused (logged once each)
+        self._strangers_logged_at = -60.0
         self._evicted_logged_at = -60.0
         self._failed_logged_at = -60.0
         self._ours: weakref.WeakSet[Link] = weakref.WeakSet()  # closed by us: no warning
@@ -104,10 +107,7 @@ class PeerListener:
             return
         if ipaddress.ip_address(addr[0]) != self._peer_ip:
             sock.close()
-            if addr[0] not in self._strangers:
-                self._strangers.add(addr[0])
-                log.warning("refused a replication connection from %s: the peer %s connects from"
-                            " %s", addr[0], self._peer, self._peer_address)
+            self._refused(addr[0])
             return
         sock.settimeout(None)
         link = self._make_link(sock, self._pending_events, self._pending_closed)
@@ -120,6 +120,23 @@ class PeerListener:
             return
         with contextlib.suppress(ConnectionError):  # closed: _pending_closed took it out
             link.start()
+
+    def _refused(self, address: str) -> None:
+        """Log a refused address once; a scan from many addresses must not grow the set
+        (nor the log) without bound."""
+        if address in self._strangers:
+            return
+        if len(self._strangers) < STRANGERS_REMEMBERED:
+            self._strangers.add(address)
+            log.warning("refused a replication connection from %s: the peer %s connects from"
+                        " %s", address, self._peer, self._peer_address)
+            return
+        now = time.monotonic()
+        if now - self._strangers_logged_at >= 60:
+            self._strangers_logged_at = now
+            log.warning("refused a replication connection from %s: the peer %s connects from"
+                        " %s (more than %d other addresses refused; logged once a minute now)",
+                        address, self._peer, self._peer_address, STRANGERS_REMEMBERED)
 
     def _make_room(self) -> bool:
         """True if a connection may be taken now. Full: the oldest pending link that
