@@ -46,3 +46,82 @@ def test_a_daemon_that_accepts_and_never_answers_gives_one_line(tmp_path):
         server.close()
     assert "did not answer 'status' within 0.5 s" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def _full_queue(path) -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket that never accepts (a paused daemon), its queue filled."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    queued = []
+    for _ in range(64):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.setblocking(False)
+        try:
+            c.connect(str(path))
+        except BlockingIOError:
+            c.close()
+            return server, queued
+        queued.append(c)
+    raise AssertionError("the listen queue never filled")
+
+
+def test_a_paused_daemon_with_a_full_queue_is_one_line_for_the_agent_and_the_cli(tmp_path):
+    """A volume daemon paused long enough fills its control socket's queue; connect
+    then fails at once with EAGAIN. The agent's calls raised BlockingIOError: 23 HA
+    cycles and 72 lease renewals of the last campaign ended in tracebacks, and a
+    cycle that raised decided nothing while the daemon stayed paused."""
+    import asyncio
+    import time
+
+    from tandem.cluster.volume_resource import volume_call
+    from tandem.errors import TandemError
+    from tandem.volume import control
+
+    path = tmp_path / "volume-db.sock"
+    server, queued = _full_queue(path)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(control.ControlError) as err:
+            control.call(path, "status", timeout=0.5)
+        waited = time.monotonic() - t0
+        assert "accepted no connection within 0.5 s" in str(err.value), err.value
+        assert 0.4 <= waited < 3, waited  # tried again until its deadline, not at once
+        with pytest.raises(TandemError) as err2:
+            asyncio.run(volume_call(path, "write-lease", timeout=0.3, until=1.0))
+        assert "queue is full" in str(err2.value) and "\n" not in str(err2.value)
+    finally:
+        for c in queued:
+            c.close()
+        server.close()
+
+
+def test_a_reply_that_is_not_json_or_a_reset_is_one_line(tmp_path):
+    from tandem.volume import control
+
+    path = tmp_path / "volume-db.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    replies = [b"garbage\n", b"[1, 2]\n", None]
+
+    def serve() -> None:
+        for reply in replies:
+            conn = server.accept()[0]
+            with conn:
+                conn.recv(65536)
+                if reply is not None:
+                    conn.sendall(reply)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        msgs = []
+        for _ in replies:
+            with pytest.raises(control.ControlError) as err:
+                control.call(path, "status", timeout=2)
+            msgs.append(str(err.value))
+    finally:
+        t.join(5)
+        server.close()
+    assert "not JSON" in msgs[0] and "[1, 2]" in msgs[1] and "closed the connection" in msgs[2], msgs

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,20 +103,62 @@ def _read_line(conn: socket.socket) -> bytes:
 
 
 def call(path: Path, cmd: str, timeout: float = 60, **args: Any) -> Any:
-    """Send one command to a daemon; raise ControlError with its message on failure."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        raise ControlError(f"no volume daemon at {path} (start it with `tandem volume up`)") from None
+    """Send one command to a daemon; raise ControlError with one line on any failure:
+    its own error, no daemon, no answer within `timeout`, a broken connection."""
+    deadline = time.monotonic() + timeout
+    sock = _connect(path, timeout, deadline)
     with sock:
-        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        raw = _read_line(sock)
+        try:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            raw = _read_line(sock)
+        except TimeoutError:
+            raise ControlError(f"volume daemon at {path} did not answer {cmd!r} within {timeout:g} s"
+                               " (busy, or paused?); see its log") from None
+        except (OSError, ValueError) as e:
+            raise ControlError(f"volume daemon at {path}: {cmd!r} failed: {_why(e)}") from None
     if not raw:
         raise ControlError(f"volume daemon at {path} closed the connection")
-    reply = json.loads(raw)
-    if not reply.get("ok"):
-        raise ControlError(reply.get("error", "unknown error"))
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise ControlError(f"volume daemon at {path} answered {cmd!r} with something not JSON:"
+                           f" {raw[:80]!r}") from None
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        raise ControlError(reply.get("error", "unknown error") if isinstance(reply, dict)
+                           else f"volume daemon at {path} answered {cmd!r} with {reply!r:.80}")
     return reply.get("result")
+
+
+def _connect(path: Path, timeout: float, deadline: float) -> socket.socket:
+    """A connected socket. A daemon that is paused or stuck accepts nothing, and once
+    its listen queue is full connect fails at once with EAGAIN (a Unix socket with a
+    timeout does not wait): tried again until the deadline, then one line. The
+    agent's calls came out of it as BlockingIOError tracebacks, and an HA cycle that
+    failed on one made no decision at all while the daemon stayed paused."""
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise ControlError(f"no volume daemon at {path} (start it with `tandem volume up`)") from None
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() + 0.02 >= deadline:
+                raise ControlError(f"volume daemon at {path} accepted no connection within"
+                                   f" {timeout:g} s (its queue is full: paused or stuck?)") from None
+            time.sleep(0.02)
+        except TimeoutError:
+            sock.close()
+            raise ControlError(f"volume daemon at {path} accepted no connection within {timeout:g} s"
+                               " (busy, or paused?)") from None
+        except OSError as e:
+            sock.close()
+            raise ControlError(f"cannot reach the volume daemon at {path}: {_why(e)}") from None
+
+
+def _why(e: Exception) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
