@@ -257,6 +257,25 @@ def test_lost_lease_is_reported_and_replaced(etcd_ok, cluster_name):
     run(scenario())
 
 
+def test_an_acquire_on_a_lease_that_ran_out_unnoticed_takes_the_key_on_a_new_one(etcd_ok,
+                                                                                 cluster_name):
+    """After a pause the session still names a lease etcd has dropped: the race for
+    the key failed with "requested lease not found" and waited for the next cycle."""
+    async def scenario():
+        async with session(etcd_ok, cluster_name, "node1") as a:
+            await a.renew_lease()
+            old = a.lease_id
+            async with a._new_client(f"{etcd_ok.lab.address('node2')}:2379", 2) as c:
+                await c.revoke_lease(old)
+            assert a.lease_id == old  # not noticed yet
+            leader = await a.attempt_to_acquire_leader(await a.load())
+            assert leader is not None and leader.lease not in (None, old)
+            assert leader.lease == a.lease_id
+            assert (await a.load()).is_leader("node1")
+            assert await a.release_leader(leader)
+    run(scenario())
+
+
 def test_an_acquire_and_a_renewal_that_both_find_no_lease_share_one_grant(etcd_ok, cluster_name):
     """After a lapse the agent's lease loop and its race for the key both find no lease.
     Two grants put the key on one lease while the session renewed the other: the key

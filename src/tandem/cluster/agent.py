@@ -706,10 +706,10 @@ class Agent:
             # (abandoned, an attempt may still have won: the next view shows the key ours)
             if fenced is not None:  # delete; lease grant; acquire; revoke the fenced lease
                 leader = await self._bounded(self.dcs.take_over_leader(fenced, view), "fenced takeover",
-                                             calls=4)
-            else:  # lease grant; acquire
+                                             calls=5)
+            else:  # lease grant; acquire (again on a new lease if ours ran out unnoticed)
                 leader = await self._bounded(self.dcs.attempt_to_acquire_leader(view), "acquire leader",
-                                             calls=2)
+                                             calls=3)
         except DCSError as e:
             log.warning("could not race for the leader key: %s", e)
             return

@@ -272,7 +272,20 @@ class EtcdDCS(DCS):
 
     # --- leadership --------------------------------------------------------------
     async def attempt_to_acquire_leader(self, view: ClusterView) -> Leader | None:
-        lease = await self._lease()
+        for attempt in (1, 2):
+            lease = await self._lease()
+            try:
+                return await self._acquire_on(lease, view)
+            except DCSError as e:
+                # Our lease ran out before the lease loop noticed (a pause): the key
+                # goes on a new one now rather than at the next cycle.
+                if attempt == 2 or "lease not found" not in str(e):
+                    raise
+                if self._lease_id == lease:
+                    self._lease_id = None
+        raise AssertionError("unreachable")
+
+    async def _acquire_on(self, lease: int, view: ClusterView) -> Leader | None:
         epoch = view.epoch + 1
         value = encode({"node": self.node, "epoch": epoch})
         ok, responses, revision = await self._txn(
