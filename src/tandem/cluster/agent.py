@@ -245,7 +245,10 @@ class Agent:
             try:
                 r = await self._bounded(self.dcs.renew_lease(), "lease renewal")
                 if r.lost:
-                    self.lease_deadline = None
+                    if r.lease is None or r.lease == self.deadline_lease:
+                        # (a late answer about a lease already replaced says nothing
+                        # about the one the deadline is on)
+                        self.lease_deadline = None
                     self.wake.set()
                 else:
                     self._take_renewal(r)
@@ -286,6 +289,17 @@ class Agent:
         self.lease_deadline = r.deadline
         self.deadline_lease = r.lease
         self.renewed_at = r.deadline - r.ttl
+
+    def _take_grant_of(self, leader: Leader | None) -> None:
+        """The key is ours on a lease granted for it (ours had lapsed): its grant says
+        how long it lives. Waiting for the lease loop's first keepalive instead, the
+        next cycle found the key held "without a lease it has renewed" and gave it up,
+        three times in 0.2 s after a 15 s pause (torture 309). Also for a key an
+        acquire won after its call was abandoned, found ours by the next cycle."""
+        grant = self.dcs.granted
+        if (leader is not None and leader.node == self.node and grant is not None
+                and grant.lease == leader.lease and grant.lease != self.deadline_lease):
+            self._take_renewal(grant)
 
     def _cycle_progress(self, step: str) -> None:
         """A resource of the group starts or stops (bounded by its own timeout)."""
@@ -450,6 +464,8 @@ class Agent:
         seen = self._volume_for_decision()
         disk = DiskState(seen["disk"]) if seen else None
         fencing, unreachable = await self._fencing_inputs(dcs_ok)
+        if dcs_ok and self.view.is_leader(self.node):
+            self._take_grant_of(self.view.leader)
         local = LocalState(
             node=self.node, disk_state=disk, healthy=self.healthy and seen is not None,
             is_primary=self.primary, dcs_ok=dcs_ok, lease_deadline=self.key_deadline(),
@@ -718,13 +734,7 @@ class Agent:
                      f"fenced takeover from {fenced.node} refused: its key or the records changed")
             return
         self.leader = leader
-        grant = self.dcs.granted
-        if self.key_deadline() is None and grant is not None and grant.lease == leader.lease:
-            # The key went on a lease granted for it (ours had lapsed): its grant says how
-            # long it lives. Waiting for the lease loop's first keepalive instead, the
-            # next cycle found the key held "without a lease it has renewed" and gave it
-            # up, three times in 0.2 s after a 15 s pause (torture 309).
-            self._take_renewal(grant)
+        self._take_grant_of(leader)
         reason = ("fenced failover" if fenced is not None else
                   "switchover" if self.view.switchover else "failover")
         if fenced is None:

@@ -210,8 +210,19 @@ class EtcdDCS(DCS):
         return self._lease_id
 
     async def _grant(self) -> Renewal | None:
-        """Grant a lease if none is held; its Renewal, or None when one was held."""
-        async with self._grant_lock:
+        """Grant a lease if none is held; its Renewal, or None when one was held.
+
+        The wait for another grant is bounded: one abandoned by its caller (the agent
+        cancels a call at its bound) can take long to unwind gRPC's cancel, and every
+        renewal and acquire would queue behind it unbounded."""
+        if self._lease_id is not None:
+            return None
+        try:
+            await asyncio.wait_for(self._grant_lock.acquire(), self.op_timeout)
+        except TimeoutError:
+            raise DCSError(f"etcd {self.endpoint}: lease grant: an earlier grant has not ended"
+                           f" within {self.op_timeout:g} s") from None
+        try:
             if self._lease_id is not None:
                 return None
             sent = monotonic()
@@ -219,6 +230,8 @@ class EtcdDCS(DCS):
             self._lease_id = lease.id
             self.granted = Renewal(float(lease.ttl), sent + lease.ttl, lease.id)
             return self.granted
+        finally:
+            self._grant_lock.release()
 
     async def renew_lease(self) -> Renewal:
         granted = await self._grant()

@@ -135,7 +135,7 @@ class SimAgent:
                     self.proc.set_wake()
                 else:
                     self.lease_deadline = r.deadline
-                    self.deadline_lease = self.dcs.lease_id
+                    self.deadline_lease = r.lease
                     if self.primary:
                         yield from self._push_write_lease()
             except DCSError:

@@ -187,12 +187,12 @@ class SimDCS:
         if self.lease_id is None:
             lid, ttl = yield from self._call("grant", self.ttl)
             self.lease_id = lid
-            return Renewal(float(ttl), sent + ttl)
+            return Renewal(float(ttl), sent + ttl, lid)
         lid = self.lease_id
         ttl = yield from self._call("keepalive", lid)
-        if ttl <= 0:
+        if ttl <= 0 and self.lease_id == lid:
             self.lease_id = None
-        return Renewal(float(ttl), sent + ttl)
+        return Renewal(float(ttl), sent + ttl, lid)
 
     # --- compares (as EtcdDCS._fenced / _eligible_as_in) -----------------------------
     def _fenced(self, leader: Leader) -> list:

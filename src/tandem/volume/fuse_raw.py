@@ -375,7 +375,9 @@ class FuseServer:
         if self.io_flusher is None:
             self.io_flusher = ok
             if not ok:
-                log.warning("fuse: PR_SET_IO_FLUSHER not permitted")
+                log.warning("fuse: PR_SET_IO_FLUSHER not permitted (needs CAP_SYS_RESOURCE): under"
+                            " memory pressure, reclaim in this daemon may wait on writeback"
+                            " through its own volume; give the daemon that capability")
         buf = mmap.mmap(-1, self._bufsize())
         mv = memoryview(buf)
         base = PAGE - abi.WRITE_DATA_OFFSET
