@@ -14,7 +14,8 @@ then. The real peer answers in a round trip, so silent or stalled connections
 cost it nothing while there is room. When there is none and another connection
 waits, the oldest that has stayed unauthenticated for UNAUTHENTICATED_GRACE makes
 room. What is left to an attacker on the peer's host is to open connections
-faster than that, which it could also do to the peer's own sockets.
+faster than that (MAX_PENDING / UNAUTHENTICATED_GRACE: 32 a second, and each
+its own handshake), which it could also do to the peer's own sockets.
 
 A connection from any other address is closed before its handshake (logged once
 per address): the peer dials from its replication address.
@@ -37,12 +38,14 @@ from tandem.volume.peer import Authenticated
 
 log = logging.getLogger("tandem.volume")
 
-MAX_PENDING = 4
+MAX_PENDING = 8
 """Connections from the peer's address authenticating at once (each has a receiver
 thread and a 4 MiB buffer)."""
-UNAUTHENTICATED_GRACE = 1.0
+UNAUTHENTICATED_GRACE = 0.25
 """Seconds a pending connection may stay unauthenticated while the pending set is
-full and another connection waits: the real peer's handshake takes a round trip."""
+full and another connection waits: the real peer's handshake takes two round trips
+(milliseconds; 1 s before session 36 let 4 silent connections a second keep the
+peer out). Nothing is closed for it while there is room."""
 BACKLOG = 16
 STRANGERS_REMEMBERED = 256
 """Refused addresses logged once each; past this many, one line a minute says more come."""
@@ -157,7 +160,7 @@ class PeerListener:
             return False
         self._ours.add(oldest)
         if not oldest.close_if_unauthenticated(
-                f"not authenticated within {UNAUTHENTICATED_GRACE:.0f} s while"
+                f"not authenticated within {UNAUTHENTICATED_GRACE:g} s while"
                 f" {MAX_PENDING} connections were pending and another waited"):
             self._ours.discard(oldest)
             return False  # it has just authenticated (or ended): the next poll sees
@@ -165,7 +168,7 @@ class PeerListener:
         if now - self._evicted_logged_at >= 60:
             self._evicted_logged_at = now
             log.warning("%d replication connections from %s pending, none authenticated"
-                        " within %.0f s: closing the oldest for the next",
+                        " within %g s: closing the oldest for the next",
                         MAX_PENDING, self._peer_address, UNAUTHENTICATED_GRACE)
         return True
 
