@@ -86,6 +86,7 @@ def test_a_paused_daemon_with_a_full_queue_is_one_line_for_the_agent_and_the_cli
             control.call(path, "status", timeout=0.5)
         waited = time.monotonic() - t0
         assert "accepted no connection within 0.5 s" in str(err.value), err.value
+        assert isinstance(err.value, control.ControlUnanswered)
         assert 0.4 <= waited < 3, waited  # tried again until its deadline, not at once
         with pytest.raises(TandemError) as err2:
             asyncio.run(volume_call(path, "write-lease", timeout=0.3, until=1.0))
@@ -97,18 +98,26 @@ def test_a_paused_daemon_with_a_full_queue_is_one_line_for_the_agent_and_the_cli
 
 
 def test_a_reply_that_is_not_json_or_a_reset_is_one_line(tmp_path):
+    """Error answers are ControlError; a connection that broke or closed without an
+    answer is ControlUnanswered (the request may still be carried out: the agent
+    tries an undo-outdate again then, and gives it up after an error answer)."""
+    import time
+
     from tandem.volume import control
 
     path = tmp_path / "volume-db.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(4)
-    replies = [b"garbage\n", b"[1, 2]\n", None]
+    replies = [b"garbage\n", b"[1, 2]\n", b'{"ok": false, "error": "refused: no"}\n', "reset", None]
 
     def serve() -> None:
         for reply in replies:
             conn = server.accept()[0]
             with conn:
+                if reply == "reset":  # closed with the request unread: ECONNRESET
+                    time.sleep(0.2)
+                    continue
                 conn.recv(65536)
                 if reply is not None:
                     conn.sendall(reply)
@@ -116,12 +125,18 @@ def test_a_reply_that_is_not_json_or_a_reset_is_one_line(tmp_path):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        msgs = []
+        errors = []
         for _ in replies:
             with pytest.raises(control.ControlError) as err:
                 control.call(path, "status", timeout=2)
-            msgs.append(str(err.value))
+            errors.append(err.value)
     finally:
         t.join(5)
         server.close()
-    assert "not JSON" in msgs[0] and "[1, 2]" in msgs[1] and "closed the connection" in msgs[2], msgs
+    msgs = [str(e) for e in errors]
+    assert "not JSON" in msgs[0] and "[1, 2]" in msgs[1] and msgs[2] == "refused: no", msgs
+    assert "'status' failed: Connection reset by peer" in msgs[3], msgs
+    assert "closed the connection without an answer" in msgs[4], msgs
+    unanswered = [isinstance(e, control.ControlUnanswered) for e in errors]
+    assert unanswered == [False, False, False, True, True], msgs
+    assert all("\n" not in m for m in msgs)

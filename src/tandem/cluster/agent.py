@@ -59,7 +59,7 @@ from tandem.dcs.etcd import EtcdDCS
 from tandem.dcs.view import ClusterView, Fence, HistoryEntry, Leader, Member, NodeRole, VolumeState, count
 from tandem.errors import TandemError
 from tandem.lab.events import record_lab_event as lab_event
-from tandem.volume.control import ControlError
+from tandem.volume.control import ControlError, ControlUnanswered
 from tandem.volume.spec import VolumeSpec
 from tandem.volume.states import DiskState
 
@@ -298,7 +298,8 @@ class Agent:
         acquire won after its call was abandoned, found ours by the next cycle."""
         grant = self.dcs.granted
         if (leader is not None and leader.node == self.node and grant is not None
-                and grant.lease == leader.lease and grant.lease != self.deadline_lease):
+                and grant.lease == leader.lease == self.dcs.lease_id
+                and grant.lease != self.deadline_lease):  # (lease_id: not seen lost since)
             self._take_renewal(grant)
 
     def _cycle_progress(self, step: str) -> None:
@@ -606,6 +607,9 @@ class Agent:
         try:
             answer = await volume_call(self.spec.control_socket, "undo-outdate", timeout=timeout,
                                        mark=adopted[1], until=time.monotonic() + timeout)
+        except ControlUnanswered as e:  # the daemon refuses it past `until`: try again
+            log.warning("could not undo the fence adopted from the DCS: %s", e)
+            return
         except ControlError as e:  # an error answer (or no daemon: a restart spends the mark)
             log.warning("could not undo the fence adopted from the DCS: %s", e)
             self._adopted = None

@@ -211,6 +211,9 @@ class EtcdDCS(DCS):
 
     async def _grant(self) -> Renewal | None:
         """Grant a lease if none is held; its Renewal, or None when one was held.
+        A caller that waited for another's grant gets that grant's Renewal: it is as
+        fresh as a keepalive, and a keepalive after the wait could overrun the
+        caller's bound.
 
         The wait for another grant is bounded: one abandoned by its caller (the agent
         cancels a call at its bound) can take long to unwind gRPC's cancel, and every
@@ -224,7 +227,8 @@ class EtcdDCS(DCS):
                            f" within {self.op_timeout:g} s") from None
         try:
             if self._lease_id is not None:
-                return None
+                granted = self.granted
+                return granted if granted is not None and granted.lease == self._lease_id else None
             sent = monotonic()
             lease = await self._call("lease grant", lambda c: c.lease(self.ttl))
             self._lease_id = lease.id

@@ -27,6 +27,12 @@ class ControlError(TandemError):
     pass
 
 
+class ControlUnanswered(ControlError):
+    """The daemon is there but gave no answer: no connection accepted or no reply in
+    time (paused, stuck), or the connection broke. Unlike an error answer or no daemon
+    at all, the request may still be carried out later, and trying again is right."""
+
+
 Handler = Callable[[dict[str, Any]], Any]
 
 
@@ -113,12 +119,12 @@ def call(path: Path, cmd: str, timeout: float = 60, **args: Any) -> Any:
             sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
             raw = _read_line(sock)
         except TimeoutError:
-            raise ControlError(f"volume daemon at {path} did not answer {cmd!r} within {timeout:g} s"
-                               " (busy, or paused?); see its log") from None
+            raise ControlUnanswered(f"volume daemon at {path} did not answer {cmd!r} within"
+                                    f" {timeout:g} s (busy, or paused?); see its log") from None
         except (OSError, ValueError) as e:
-            raise ControlError(f"volume daemon at {path}: {cmd!r} failed: {_why(e)}") from None
+            raise ControlUnanswered(f"volume daemon at {path}: {cmd!r} failed: {_why(e)}") from None
     if not raw:
-        raise ControlError(f"volume daemon at {path} closed the connection")
+        raise ControlUnanswered(f"volume daemon at {path} closed the connection without an answer")
     try:
         reply = json.loads(raw)
     except ValueError:
@@ -148,16 +154,17 @@ def _connect(path: Path, timeout: float, deadline: float) -> socket.socket:
         except BlockingIOError:
             sock.close()
             if time.monotonic() + 0.02 >= deadline:
-                raise ControlError(f"volume daemon at {path} accepted no connection within"
-                                   f" {timeout:g} s (its queue is full: paused or stuck?)") from None
+                raise ControlUnanswered(f"volume daemon at {path} accepted no connection within"
+                                        f" {timeout:g} s (its queue is full: paused or stuck?)"
+                                        ) from None
             time.sleep(0.02)
         except TimeoutError:
             sock.close()
-            raise ControlError(f"volume daemon at {path} accepted no connection within {timeout:g} s"
-                               " (busy, or paused?)") from None
+            raise ControlUnanswered(f"volume daemon at {path} accepted no connection within"
+                                    f" {timeout:g} s (busy, or paused?)") from None
         except OSError as e:
             sock.close()
-            raise ControlError(f"cannot reach the volume daemon at {path}: {_why(e)}") from None
+            raise ControlUnanswered(f"cannot reach the volume daemon at {path}: {_why(e)}") from None
 
 
 def _why(e: Exception) -> str:
