@@ -9,6 +9,7 @@ role without any network exposure. Errors come back as {"ok": false, "error":
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 from tandem.errors import TandemError
 
 MAX_REQUEST = 64 * 1024
+MAX_REPLY = 16 << 20
 
 
 class ControlError(TandemError):
@@ -96,35 +98,46 @@ class ControlServer:
                 conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _read_line(conn: socket.socket, limit: int = MAX_REQUEST) -> bytes:
     buf = b""
     while not buf.endswith(b"\n"):
         chunk = conn.recv(65536)
         if not chunk:
             break
         buf += chunk
-        if len(buf) > MAX_REQUEST:
-            raise ValueError("request too large")
+        if len(buf) > limit:
+            raise ValueError(f"more than {limit} bytes without a newline")
     return buf
+
+
+#: errnos of a connection that broke or was never taken: the daemon may still carry
+#: the request out (a paused one does when it resumes), so trying again is right
+_UNANSWERED_ERRNOS = frozenset({errno.EAGAIN, errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED,
+                                errno.ETIMEDOUT})
 
 
 def call(path: Path, cmd: str, timeout: float = 60, **args: Any) -> Any:
     """Send one command to a daemon; raise ControlError with one line on any failure:
-    its own error, no daemon, no answer within `timeout`, a broken connection."""
+    its own error, no daemon, a socket we may not use; ControlUnanswered when it gave
+    no answer (none within `timeout`, the connection broke or closed first)."""
     deadline = time.monotonic() + timeout
     sock = _connect(path, timeout, deadline)
     with sock:
         try:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-            raw = _read_line(sock)
+            raw = _read_line(sock, MAX_REPLY)
         except TimeoutError:
             raise ControlUnanswered(f"volume daemon at {path} did not answer {cmd!r} within"
                                     f" {timeout:g} s (busy, or paused?); see its log") from None
-        except (OSError, ValueError) as e:
-            raise ControlUnanswered(f"volume daemon at {path}: {cmd!r} failed: {_why(e)}") from None
-    if not raw:
-        raise ControlUnanswered(f"volume daemon at {path} closed the connection without an answer")
+        except OSError as e:
+            kind = ControlUnanswered if e.errno in _UNANSWERED_ERRNOS else ControlError
+            raise kind(f"volume daemon at {path}: {cmd!r} failed: {_why(e)}") from None
+        except ValueError as e:
+            raise ControlError(f"volume daemon at {path}: {cmd!r}: the answer is too long: {e}") from None
+    if not raw.endswith(b"\n"):  # (EOF first: the daemon died or closed mid-answer)
+        raise ControlUnanswered(f"volume daemon at {path} closed the connection without"
+                                f" {'a whole' if raw else 'an'} answer")
     try:
         reply = json.loads(raw)
     except ValueError:
@@ -164,7 +177,8 @@ def _connect(path: Path, timeout: float, deadline: float) -> socket.socket:
                                     f" {timeout:g} s (busy, or paused?)") from None
         except OSError as e:
             sock.close()
-            raise ControlUnanswered(f"cannot reach the volume daemon at {path}: {_why(e)}") from None
+            kind = ControlUnanswered if e.errno in _UNANSWERED_ERRNOS else ControlError
+            raise kind(f"cannot reach the volume daemon at {path}: {_why(e)}") from None
 
 
 def _why(e: Exception) -> str:
