@@ -67,3 +67,30 @@ def test_an_undo_the_daemon_did_not_answer_is_tried_again_and_one_refused_is_giv
         t.join(5)
         server.close()
     assert agent._adopted is None, "an undo the daemon refused must be given up"
+
+
+def test_an_outdate_the_daemon_did_not_answer_is_adopted_once_carried_out(tmp_path):
+    """The agent adopts a fence (outdate), the daemon is paused and answers nothing,
+    then carries it out when it resumes. The agent never had the mark: the disk stayed
+    Outdated for good once a newer record called it UpToDate. Now the status's mark
+    of the agent's outdate is adopted at the next cycle."""
+    agent = _agent(tmp_path)
+    agent._adopted = None
+    fenced = VolumeState(agent.resource, (("node1", DiskState.OUTDATED), ("node2", UP)), "g1",
+                         revision=12)
+    agent.view = dataclasses.replace(agent.view, volumes=(fenced,))
+    agent.volume = {"disk": "UpToDate", "role": "Secondary", "peer": {"connection": "Connecting"}}
+    path = agent.spec.control_socket
+    server, queued = _full_queue(path)
+    try:
+        asyncio.run(agent._adopt_recorded_outdated())
+    finally:
+        for c in queued:
+            c.close()
+        server.close()
+    assert agent._adopted is None and agent._outdate_unanswered == 12
+    # The daemon resumed and carried it out: its status shows the mark.
+    agent.volume = {"disk": "Outdated", "role": "Secondary", "peer": {"connection": "Connecting"},
+                    "agent_outdate_mark": 41}
+    asyncio.run(agent._adopt_recorded_outdated())
+    assert agent._adopted == (12, 41) and agent._outdate_unanswered is None

@@ -159,6 +159,8 @@ class Agent:
         #: (-1: not seen since start; any Outdated record may be this disk's fence)
         self._record_rev_linked = -1
         self._adopted: Adoption | None = None  # the fence adopted last (adoption_to_undo)
+        #: the record revision of an outdate asked for but not answered (daemon paused)
+        self._outdate_unanswered: int | None = None
         #: the undo's argument needs every fence of the peer in the DCS (fence_peer = "dcs"):
         #: a fence_peer_command may fence without touching the record
         self._undo_allowed = cfg.volumes[spec.resource].fence_peer == "dcs"
@@ -577,6 +579,7 @@ class Agent:
 
     async def _adopt_recorded_outdated(self) -> None:
         """Mark the disk Outdated when the DCS records this node fenced (decide.fence_to_adopt)."""
+        self._take_unanswered_outdate()
         self._record_rev_linked, adopt = fence_to_adopt(
             self.volume, self.view.volume(self.resource), self.node, self.primary,
             self._record_rev_linked)
@@ -585,9 +588,19 @@ class Agent:
         try:
             self.volume = await volume_call(self.spec.control_socket, "outdate", timeout=1.0,
                                             unless_connected=True)
+        except ControlUnanswered as e:
+            # A paused daemon carries it out when it resumes: its status then shows the
+            # mark, for the undo (below). Without it the disk stayed Outdated for good
+            # once a newer record called it UpToDate (review 36c).
+            log.warning("could not mark the disk Outdated as the DCS records it: %s", e)
+            record = self.view.volume(self.resource)
+            if self._undo_allowed:
+                self._outdate_unanswered = record.revision if record else 0
+            return
         except TandemError as e:
             log.warning("could not mark the disk Outdated as the DCS records it: %s", e)
             return
+        self._outdate_unanswered = None
         if self.volume and self.volume.get("disk") == "Outdated":
             log.warning("disk marked Outdated: the DCS records it so since the replication"
                         " link was last up (the leader fenced this node)")
@@ -595,6 +608,20 @@ class Agent:
             # only an Outdated this call made (not an operator's, not attach's) is undone
             record = self.view.volume(self.resource)
             self._adopted = (record.revision if record else 0, self.volume.get("mark"))
+
+    def _take_unanswered_outdate(self) -> None:
+        """An outdate asked for and not answered, found carried out: adopted as if
+        answered (the volume shows the mark while its metadata is as that outdate
+        left it; the undo checks the same mark)."""
+        if self._outdate_unanswered is None or self._adopted is not None:
+            return
+        mark = (self.volume or {}).get("agent_outdate_mark")
+        if mark is None:
+            return
+        self._adopted = (self._outdate_unanswered, mark)
+        self._outdate_unanswered = None
+        log.info("the outdate asked for at DCS record revision %d was carried out late: adopted"
+                 " (undone if a newer record calls this disk UpToDate)", self._adopted[0])
 
     async def _undo_stale_adoption(self) -> None:
         """Make the disk UpToDate again when a newer record says so (decide.adoption_to_undo)."""

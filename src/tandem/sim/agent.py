@@ -58,7 +58,7 @@ PROPOSALS: tuple[str, ...] = ()
 VARIANTS = ("none", "skip_fence", "promote_outdated", "no_margin", "replace_failed_disk",
             "policy_by_memory", "no_unfence", "unfence_as_leader", "no_status_grace", "outdated_source",
             "trust_late_unfence", "keep_stale_adoption", "forget_at_restart", "no_vouch",
-            "promote_past_lease", "late_start", *PROPOSALS)
+            "promote_past_lease", "late_start", "no_late_outdate_adoption", *PROPOSALS)
 
 #: Fixes for bugs this simulation found in the real code (see the README of
 #: tests/sim). The world applies all of them unless asked to run the code as is.
@@ -99,6 +99,7 @@ class SimAgent:
         self.volume: dict | None = None
         self._volume_seen: tuple[dict, float] | None = None  # the last status and when
         self._adopted: Adoption | None = None  # the fence adopted last (adoption_to_undo)
+        self._outdate_unanswered: int | None = None  # agent._outdate_unanswered
         self.last: Decision | None = None
         self._last_monitor = 0.0
         self._start_failures = 0
@@ -240,13 +241,22 @@ class SimAgent:
 
     def _adopt_recorded_outdated(self) -> Coro:
         """agent.py: mark the disk Outdated when the DCS records this node fenced."""
+        if self._outdate_unanswered is not None and self._adopted is None \
+                and "no_late_outdate_adoption" not in self.world.variants:
+            mark = (self.volume or {}).get("agent_outdate_mark")
+            if mark is not None:  # agent._take_unanswered_outdate
+                self._adopted, self._outdate_unanswered = (self._outdate_unanswered, mark), None
+                self.log("the outdate asked for earlier was carried out late: adopted")
         self._record_rev_linked, adopt = fence_to_adopt(
             self.volume, self.view.volume(RESOURCE), self.node, self.primary, self._record_rev_linked)
         if not adopt:
             return
         marked = yield from self._vcall(lambda: self.vol.outdate(unless_connected=True), CALL_TIMEOUT)
         if marked is TIMED_OUT:
+            record = self.view.volume(RESOURCE)
+            self._outdate_unanswered = record.revision if record else 0
             return
+        self._outdate_unanswered = None
         self.volume = self.vol.status()  # the outdate call answers with the status
         if marked is not None:
             self.log("disk marked Outdated: the DCS records it so since the link was last up")

@@ -78,6 +78,7 @@ class SimVolume:
         #: the metadata's sequence number: every change of the disk state or the
         #: generations writes it anew (Replicator.undo_outdate's mark)
         self.meta_seq = 0
+        self.agent_outdate_mark: int | None = None  # Replicator._agent_outdate_mark
         self.disk = UP
         self.failed_from: DiskState | None = None  # what a Failed disk was before it failed
         self.data: set[int] = set()
@@ -140,9 +141,12 @@ class SimVolume:
             conn = ""
         peer = r.peer_of(self)
         pd = peer.disk if r.state != "down" else self.peer_disk
-        return {"role": self.role.value, "disk": self.disk.value,
-                "peer": {"connection": conn, "disk": pd.value if pd else None,
-                         "role": peer.role.value if r.state != "down" else "Unknown"}}
+        out = {"role": self.role.value, "disk": self.disk.value,
+               "peer": {"connection": conn, "disk": pd.value if pd else None,
+                        "role": peer.role.value if r.state != "down" else "Unknown"}}
+        if self.disk is OUT and self.meta_seq == self.agent_outdate_mark:
+            out["agent_outdate_mark"] = self.meta_seq
+        return out
 
     # --- writable intervals ------------------------------------------------------------
     def writable(self) -> bool:
@@ -348,6 +352,8 @@ class SimVolume:
             self.sim.log(self.node, "failed disk marked Outdated")
         else:
             return None
+        if unless_connected:
+            self.agent_outdate_mark = self.meta_seq
         return self.meta_seq
 
     def undo_outdate(self, mark: object, until: float) -> str | None:
