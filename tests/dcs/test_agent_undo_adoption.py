@@ -88,9 +88,17 @@ def test_an_outdate_the_daemon_did_not_answer_is_adopted_once_carried_out(tmp_pa
         for c in queued:
             c.close()
         server.close()
-    assert agent._adopted is None and agent._outdate_unanswered == 12
-    # The daemon resumed and carried it out: its status shows the mark.
-    agent.volume = {"disk": "Outdated", "role": "Secondary", "peer": {"connection": "Connecting"},
-                    "agent_outdate_mark": 41}
+    assert agent._adopted is None and agent._outdate_unanswered is not None
+    revision, nonce = agent._outdate_unanswered
+    assert revision == 12
+    outdated = {"disk": "Outdated", "role": "Secondary", "peer": {"connection": "Connecting"}}
+    # An outdate that is not ours (an operator's: no nonce; another request's) is not
+    # adopted, nor one not carried out yet.
+    for shown in (None, {"mark": 40, "nonce": nonce + 1}):
+        agent.volume = {**outdated, **({"agent_outdate": shown} if shown else {})}
+        asyncio.run(agent._adopt_recorded_outdated())
+        assert agent._adopted is None and agent._outdate_unanswered == (12, nonce)
+    # The daemon resumed and carried ours out: its status shows the mark and our nonce.
+    agent.volume = {**outdated, "agent_outdate": {"mark": 41, "nonce": nonce}}
     asyncio.run(agent._adopt_recorded_outdated())
     assert agent._adopted == (12, 41) and agent._outdate_unanswered is None

@@ -788,28 +788,30 @@ def test_strangers_from_many_addresses_are_logged_and_remembered_within_a_bound(
 
 def test_the_status_shows_the_mark_of_the_agents_outdate_while_nothing_changed_since(tmp_path):
     """The agent's outdate request can go unanswered (a paused daemon) and still be
-    carried out: the status then shows its mark, for the agent's undo, but only while
-    the metadata is as that outdate left it, and never for an operator's outdate."""
+    carried out: the status then shows its mark and the request's nonce, for the
+    agent's undo, but only while the metadata is as that outdate left it, and never
+    for an operator's outdate (no nonce), with or without --unless-connected."""
     rep, _ = _listening_node2(tmp_path, ping_timeout=2.0)
     try:
-        assert rep.status()["disk"] == "UpToDate" and "agent_outdate_mark" not in rep.status()
-        mark = rep.outdate(unless_connected=True)
-        assert mark is not None and rep.status()["agent_outdate_mark"] == mark
+        assert rep.status()["disk"] == "UpToDate" and "agent_outdate" not in rep.status()
+        mark = rep.outdate(unless_connected=True, nonce=7)
+        assert mark is not None and rep.status()["agent_outdate"] == {"mark": mark, "nonce": 7}
         assert rep.undo_outdate(mark, time.monotonic() + 5) is None
-        assert rep.status()["disk"] == "UpToDate" and "agent_outdate_mark" not in rep.status()
-        mark2 = rep.outdate(unless_connected=True)
-        assert rep.status()["agent_outdate_mark"] == mark2 != mark
+        assert rep.status()["disk"] == "UpToDate" and "agent_outdate" not in rep.status()
+        mark2 = rep.outdate(unless_connected=True, nonce=8)
+        assert rep.status()["agent_outdate"] == {"mark": mark2, "nonce": 8} and mark2 != mark
         with rep.meta_lock:  # any metadata write after it (a bitmap saved, ...): the
             rep.meta.update(peer_had_all=False)  # mark will never do
-        assert rep.status()["disk"] == "Outdated" and "agent_outdate_mark" not in rep.status()
+        assert rep.status()["disk"] == "Outdated" and "agent_outdate" not in rep.status()
     finally:
         rep.stop()
-    rep, _ = _listening_node2(tmp_path / "again", ping_timeout=2.0)
-    try:
-        assert rep.outdate() is not None  # the operator's (`tandem volume outdate`)
-        assert rep.status()["disk"] == "Outdated" and "agent_outdate_mark" not in rep.status()
-    finally:
-        rep.stop()
+    for i, unless in enumerate((False, True)):
+        rep, _ = _listening_node2(tmp_path / f"operator{i}", ping_timeout=2.0)
+        try:
+            assert rep.outdate(unless_connected=unless) is not None  # `tandem volume outdate`
+            assert rep.status()["disk"] == "Outdated" and "agent_outdate" not in rep.status()
+        finally:
+            rep.stop()
 
 
 def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,9 @@ class Agent:
         #: (-1: not seen since start; any Outdated record may be this disk's fence)
         self._record_rev_linked = -1
         self._adopted: Adoption | None = None  # the fence adopted last (adoption_to_undo)
-        #: the record revision of an outdate asked for but not answered (daemon paused)
-        self._outdate_unanswered: int | None = None
+        #: the record revision and nonce of an outdate asked for but not answered (the
+        #: daemon paused): adopted if the status shows it carried out
+        self._outdate_unanswered: tuple[int, int] | None = None
         #: the undo's argument needs every fence of the peer in the DCS (fence_peer = "dcs"):
         #: a fence_peer_command may fence without touching the record
         self._undo_allowed = cfg.volumes[spec.resource].fence_peer == "dcs"
@@ -585,17 +587,18 @@ class Agent:
             self._record_rev_linked)
         if not adopt:
             return
+        nonce = secrets.randbits(62)
         try:
             self.volume = await volume_call(self.spec.control_socket, "outdate", timeout=1.0,
-                                            unless_connected=True)
+                                            unless_connected=True, nonce=nonce)
         except ControlUnanswered as e:
             # A paused daemon carries it out when it resumes: its status then shows the
-            # mark, for the undo (below). Without it the disk stayed Outdated for good
-            # once a newer record called it UpToDate (review 36c).
+            # mark with our nonce, for the undo (below). Without it the disk stayed
+            # Outdated for good once a newer record called it UpToDate (review 36c).
             log.warning("could not mark the disk Outdated as the DCS records it: %s", e)
             record = self.view.volume(self.resource)
             if self._undo_allowed:
-                self._outdate_unanswered = record.revision if record else 0
+                self._outdate_unanswered = (record.revision if record else 0, nonce)
             return
         except TandemError as e:
             log.warning("could not mark the disk Outdated as the DCS records it: %s", e)
@@ -615,10 +618,11 @@ class Agent:
         left it; the undo checks the same mark)."""
         if self._outdate_unanswered is None or self._adopted is not None:
             return
-        mark = (self.volume or {}).get("agent_outdate_mark")
-        if mark is None:
-            return
-        self._adopted = (self._outdate_unanswered, mark)
+        late = (self.volume or {}).get("agent_outdate") or {}
+        revision, nonce = self._outdate_unanswered
+        if late.get("nonce") != nonce or late.get("mark") is None:
+            return  # not (yet) carried out, or not ours (an operator's outdate has none)
+        self._adopted = (revision, late["mark"])
         self._outdate_unanswered = None
         log.info("the outdate asked for at DCS record revision %d was carried out late: adopted"
                  " (undone if a newer record calls this disk UpToDate)", self._adopted[0])

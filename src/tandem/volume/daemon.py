@@ -61,7 +61,11 @@ def handlers(rep: Replicator, stop: threading.Event) -> dict:
         return {"drained": drained}
 
     def outdate(req):
-        mark = rep.outdate(unless_connected=req.get("unless_connected") is True)
+        nonce = req.get("nonce")
+        if nonce is not None and (not isinstance(nonce, int) or isinstance(nonce, bool)):
+            raise TandemError("outdate: 'nonce' must be an integer (the agent's, to find a late"
+                              " outdate in the status)")
+        mark = rep.outdate(unless_connected=req.get("unless_connected") is True, nonce=nonce)
         return {**rep.status(), "marked": mark is not None, "mark": mark}
 
     def undo_outdate(req):

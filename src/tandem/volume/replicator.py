@@ -358,11 +358,11 @@ class Replicator:
         self._forcing_secondary = False
         self.forced_secondary_reason = ""
         self.forced_secondary_at: float | None = None
-        #: the mark of the last outdate the agent asked for (an adopted fence): shown in
-        #: the status while the metadata is still as that outdate left it, so that an
-        #: agent whose request went unanswered (this daemon paused; it ran later) can
-        #: still undo it (review 36)
-        self._agent_outdate_mark: int | None = None
+        #: (mark, nonce) of the last outdate the agent asked for (an adopted fence; its
+        #: request carries a nonce): shown in the status while the metadata is still as
+        #: that outdate left it, so that an agent whose request went unanswered (this
+        #: daemon paused; it ran later) can still undo it (review 36)
+        self._agent_outdate: tuple[int, int] | None = None
         self._dumped = False
         self._lease_held_io = False
         self._lease_parked: list[_WriteOp] = []  # ended after the write lease ran out (see _end_write)
@@ -1337,7 +1337,7 @@ class Replicator:
         server.stop()
         self.fuse = None
 
-    def outdate(self, unless_connected: bool = False) -> int | None:
+    def outdate(self, unless_connected: bool = False, nonce: int | None = None) -> int | None:
         """Mark our own disk Outdated (what a fence-peer handler asks of a peer).
 
         `unless_connected`: do nothing if the link is up and past its handshake
@@ -1358,8 +1358,8 @@ class Replicator:
             elif st.disk is DiskState.FAILED and st.failed_from is DiskState.UP_TO_DATE:
                 # A fence while the disk is Failed: `attach` brings it back Outdated.
                 mark = self.meta.update(failed_from=DiskState.OUTDATED).seq
-            if unless_connected and mark is not None:
-                self._agent_outdate_mark = mark
+            if nonce is not None and mark is not None:
+                self._agent_outdate = (mark, nonce)
         self._send_status()
         return mark
 
@@ -2474,8 +2474,10 @@ class Replicator:
         }
         if self.suspended_reason:
             out["suspended_reason"] = self.suspended_reason
-        if st.disk is DiskState.OUTDATED and st.seq == self._agent_outdate_mark:
-            out["agent_outdate_mark"] = st.seq
+        ao = self._agent_outdate
+        if (ao is not None and st.disk is DiskState.OUTDATED and not self.store.failed
+                and st.seq == ao[0]):
+            out["agent_outdate"] = {"mark": ao[0], "nonce": ao[1]}
         if self.forced_secondary_reason and self.role is Role.SECONDARY:
             out["forced_secondary"] = self.forced_secondary_reason
             out["forced_secondary_at"] = self.forced_secondary_at
