@@ -14,7 +14,7 @@ from tandem.dcs.view import VolumeState
 from tandem.volume.spec import resolve
 from tandem.volume.states import DiskState
 from tests.dcs.test_agent_cycle_stall import _config
-from tests.volume.test_volume_cli_errors import _full_queue
+from tests.volume.test_volume_cli_errors import full_queue
 
 UP = DiskState.UP_TO_DATE
 
@@ -39,14 +39,8 @@ def test_an_undo_the_daemon_did_not_answer_is_tried_again_and_one_refused_is_giv
     for good, leaving the disk Outdated. An error answer gives it up."""
     agent = _agent(tmp_path)
     path = agent.spec.control_socket
-    server, queued = _full_queue(path)
-    try:
+    with full_queue(path):
         asyncio.run(agent._undo_stale_adoption())
-    finally:
-        for c in queued:
-            c.close()
-        server.close()
-        path.unlink()
     assert agent._adopted == (5, 17), "an unanswered undo must be tried again"
 
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -81,13 +75,8 @@ def test_an_outdate_the_daemon_did_not_answer_is_adopted_once_carried_out(tmp_pa
     agent.view = dataclasses.replace(agent.view, volumes=(fenced,))
     agent.volume = {"disk": "UpToDate", "role": "Secondary", "peer": {"connection": "Connecting"}}
     path = agent.spec.control_socket
-    server, queued = _full_queue(path)
-    try:
+    with full_queue(path):
         asyncio.run(agent._adopt_recorded_outdated())
-    finally:
-        for c in queued:
-            c.close()
-        server.close()
     assert agent._adopted is None and agent._outdate_unanswered is not None
     revision, nonce = agent._outdate_unanswered
     assert revision == 12

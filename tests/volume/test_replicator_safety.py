@@ -725,6 +725,14 @@ def _wait_for_authenticated_link(rep: Replicator, timeout: float) -> None:
     assert rep.link is not None and rep.link.authenticated and not rep.link.closed
 
 
+def _the_peer_gets_the_link(rep: Replicator, port: int, timeout: float) -> socket.socket:
+    """The real peer connects, authenticates and gets the link; its socket."""
+    real = _from_peer_address(port)
+    _authenticate_as_node1(real, timeout=timeout)
+    _wait_for_authenticated_link(rep, timeout=timeout)
+    return real
+
+
 def _closed_by_node2(sock: socket.socket, timeout: float) -> bool:
     """Our Hello, then EOF within `timeout` (False: still open)."""
     sock.settimeout(timeout)
@@ -776,10 +784,7 @@ def test_strangers_from_many_addresses_are_logged_and_remembered_within_a_bound(
         assert len(refused) == STRANGERS_REMEMBERED + 1, len(refused)
         assert "logged once a minute" in refused[-1]
         assert len(rep._listener._strangers) == STRANGERS_REMEMBERED
-        real = _from_peer_address(port)
-        socks.append(real)
-        _authenticate_as_node1(real, timeout=5)
-        _wait_for_authenticated_link(rep, timeout=5)
+        socks.append(_the_peer_gets_the_link(rep, port, timeout=5))
     finally:
         for s in socks:
             s.close()
@@ -825,10 +830,7 @@ def test_the_listener_refuses_connections_from_anyone_but_the_peer(tmp_path):
         stranger.settimeout(2)
         assert stranger.recv(1) == b""  # closed at once, before any handshake
         assert rep._listener.pending == []
-        real = _from_peer_address(port)
-        socks.append(real)
-        _authenticate_as_node1(real, timeout=5)
-        _wait_for_authenticated_link(rep, timeout=5)
+        socks.append(_the_peer_gets_the_link(rep, port, timeout=5))
     finally:
         for s in socks:
             s.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -48,22 +50,32 @@ def test_a_daemon_that_accepts_and_never_answers_gives_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def _full_queue(path) -> tuple[socket.socket, list[socket.socket]]:
-    """A listening socket that never accepts (a paused daemon), its queue filled."""
+@contextlib.contextmanager
+def full_queue(path) -> Iterator[None]:
+    """A listening socket at `path` that never accepts (a paused daemon), its queue
+    filled; closed and removed at the end."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(1)
-    queued = []
-    for _ in range(64):
-        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        c.setblocking(False)
-        try:
-            c.connect(str(path))
-        except BlockingIOError:
+    queued: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.setblocking(False)
+            try:
+                c.connect(str(path))
+            except BlockingIOError:
+                c.close()
+                break
+            queued.append(c)
+        else:
+            raise AssertionError("the listen queue never filled")
+        yield
+    finally:
+        for c in queued:
             c.close()
-            return server, queued
-        queued.append(c)
-    raise AssertionError("the listen queue never filled")
+        server.close()
+        path.unlink(missing_ok=True)
 
 
 def test_a_paused_daemon_with_a_full_queue_is_one_line_for_the_agent_and_the_cli(tmp_path):
@@ -79,8 +91,7 @@ def test_a_paused_daemon_with_a_full_queue_is_one_line_for_the_agent_and_the_cli
     from tandem.volume import control
 
     path = tmp_path / "volume-db.sock"
-    server, queued = _full_queue(path)
-    try:
+    with full_queue(path):
         t0 = time.monotonic()
         with pytest.raises(control.ControlError) as err:
             control.call(path, "status", timeout=0.5)
@@ -91,10 +102,6 @@ def test_a_paused_daemon_with_a_full_queue_is_one_line_for_the_agent_and_the_cli
         with pytest.raises(TandemError) as err2:
             asyncio.run(volume_call(path, "write-lease", timeout=0.3, until=1.0))
         assert "queue is full" in str(err2.value) and "\n" not in str(err2.value)
-    finally:
-        for c in queued:
-            c.close()
-        server.close()
 
 
 def test_a_reply_that_is_not_json_or_a_reset_is_one_line(tmp_path):
