@@ -288,19 +288,21 @@ class EtcdDCS(DCS):
         ]
 
     # --- leadership --------------------------------------------------------------
+    async def _on_live_lease(self, op: Callable[[int], Awaitable[T]]) -> T:
+        """`op(lease)` on our lease; if etcd dropped it before the lease loop noticed
+        (a pause), once more on a new one, now rather than at the next cycle."""
+        lease = await self._lease()
+        try:
+            return await op(lease)
+        except DCSError as e:
+            if "lease not found" not in str(e):
+                raise
+        if self._lease_id == lease:
+            self._lease_id = None
+        return await op(await self._lease())
+
     async def attempt_to_acquire_leader(self, view: ClusterView) -> Leader | None:
-        for attempt in (1, 2):
-            lease = await self._lease()
-            try:
-                return await self._acquire_on(lease, view)
-            except DCSError as e:
-                # Our lease ran out before the lease loop noticed (a pause): the key
-                # goes on a new one now rather than at the next cycle.
-                if attempt == 2 or "lease not found" not in str(e):
-                    raise
-                if self._lease_id == lease:
-                    self._lease_id = None
-        raise AssertionError("unreachable")
+        return await self._on_live_lease(lambda lease: self._acquire_on(lease, view))
 
     async def _acquire_on(self, lease: int, view: ClusterView) -> Leader | None:
         epoch = view.epoch + 1
@@ -357,17 +359,9 @@ class EtcdDCS(DCS):
     async def touch_member(self, member: Member) -> None:
         if member.node != self.node:
             raise ValueError(f"{self.node} may only write its own member key, not {member.node}'s")
-        for attempt in (1, 2):
-            lease = await self._lease()
-            try:
-                await self._call("touch member", lambda c, lease=lease: c.put(
-                    self.keys.member(member.node).encode(), encode(member.to_value()), lease=lease))
-                return
-            except DCSError as e:
-                if attempt == 2 or "lease not found" not in str(e):
-                    raise
-                if self._lease_id == lease:
-                    self._lease_id = None  # expired: grant a new one and write again
+        key, value = self.keys.member(member.node).encode(), encode(member.to_value())
+        await self._on_live_lease(lambda lease: self._call(
+            "touch member", lambda c: c.put(key, value, lease=lease)))
 
     async def set_volume_state(self, state: VolumeState, leader: Leader) -> bool:
         key = self.keys.volume(state.resource).encode()

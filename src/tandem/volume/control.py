@@ -131,8 +131,7 @@ def call(path: Path, cmd: str, timeout: float = 60, **args: Any) -> Any:
             raise ControlUnanswered(f"volume daemon at {path} did not answer {cmd!r} within"
                                     f" {timeout:g} s (busy, or paused?); see its log") from None
         except OSError as e:
-            kind = ControlUnanswered if e.errno in _UNANSWERED_ERRNOS else ControlError
-            raise kind(f"volume daemon at {path}: {cmd!r} failed: {_why(e)}") from None
+            raise _failure(e)(f"volume daemon at {path}: {cmd!r} failed: {_why(e)}") from None
         except ValueError as e:
             raise ControlError(f"volume daemon at {path}: {cmd!r}: the answer is too long: {e}") from None
     if not raw.endswith(b"\n"):  # (EOF first: the daemon died or closed mid-answer)
@@ -177,8 +176,11 @@ def _connect(path: Path, timeout: float, deadline: float) -> socket.socket:
                                     f" {timeout:g} s (busy, or paused?)") from None
         except OSError as e:
             sock.close()
-            kind = ControlUnanswered if e.errno in _UNANSWERED_ERRNOS else ControlError
-            raise kind(f"cannot reach the volume daemon at {path}: {_why(e)}") from None
+            raise _failure(e)(f"cannot reach the volume daemon at {path}: {_why(e)}") from None
+
+
+def _failure(e: OSError) -> type[ControlError]:
+    return ControlUnanswered if e.errno in _UNANSWERED_ERRNOS else ControlError
 
 
 def _why(e: Exception) -> str:
