@@ -205,7 +205,7 @@ class Agent:
         beat = asyncio.create_task(loop_watch.beat(), name="loop-watch")
         tasks = [asyncio.create_task(self._watch_loop(), name="watch")]
         if self.clones is not None:  # on every node, whatever its role
-            tasks.append(asyncio.create_task(self.clones.run(self), name="clones"))
+            tasks.append(asyncio.create_task(self.clones.supervise(self), name="clones-supervisor"))
         try:
             await self._main_loop()
         finally:
@@ -347,24 +347,9 @@ class Agent:
             await self.clones.refresh_vip(valid_until, lease_id)
 
     async def _bounded(self, coro, what: str, limit: float | None = None, calls: int = 1):
-        """Await a DCS call of `calls` round trips for at most op_timeout each + 0.2 s
-        (or `limit`), whatever it does: asyncio's wait_for waits for a cancelled gRPC
-        call to unwind, which can take long, and an HA cycle stuck in one keeps the
-        lease loop renewing a key the cycle does nothing with."""
-        channel = self.dcs._client  # None: the call opens one (then it is the current one)
-        task = asyncio.ensure_future(coro)
-        timeout = calls * self.cfg.etcd.op_timeout + 0.2
-        if limit is not None:
-            timeout = max(0.01, min(timeout, limit))
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if task in done:
-            if task.cancelled():
-                raise DCSError(f"etcd: {what} was cancelled (channel closed)")
-            return task.result()
-        task.cancel()
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        await self.dcs._drop_client(channel)
-        raise DCSError(f"etcd: {what} did not return within {timeout:.2f} s")
+        """A DCS call under :meth:`EtcdDCS.bounded`: an HA cycle stuck in one kept the
+        lease loop renewing a key the cycle did nothing with."""
+        return await self.dcs.bounded(coro, what, limit, calls)
 
     def lease_left(self) -> float | None:
         """Seconds our lease still vouches for us (its deadline less the margin; <= 0:

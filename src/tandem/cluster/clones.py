@@ -253,6 +253,14 @@ class CloneSet:
                                      interface="pub0" if m.api_vip.network == "public" else "rep0",
                                      arp_count=1, run_dir=rd, lifetime=vip_lifetime(cfg.etcd.lease_ttl)))
         self.health: dict[str, Health] = {}
+        #: when the tick in progress began, or its last step; None between ticks
+        self.busy_since: float | None = None
+        #: a tick with no step for this long is hung (see :meth:`stalled`): the longest
+        #: single step (a member's start, stop or monitor; a DCS call is shorter) and 20 s
+        ops = [*self.members, *([self.vip] if self.vip is not None else [])]
+        self.stall_after = 20.0 + max(max(m.config.start_timeout, m.config.stop_timeout,
+                                          m.config.monitor_timeout) for m in ops)
+        self._stall_logged = False
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self.haproxy_ok = False
@@ -294,7 +302,7 @@ class CloneSet:
     # --- the task -------------------------------------------------------------------
     async def run(self, agent: Agent) -> None:
         while not agent.stopping:
-            t0 = time.monotonic()
+            t0 = self.busy_since = time.monotonic()
             try:
                 await self.tick(agent)
             except asyncio.CancelledError:
@@ -303,7 +311,55 @@ class CloneSet:
                     raise
             except Exception:  # this task must not die
                 log.exception("clone tick failed")
+            finally:
+                self.busy_since = None
             await asyncio.sleep(max(0.05, TICK - (time.monotonic() - t0)))
+
+    async def supervise(self, agent: Agent, check_every: float = 1.0) -> None:
+        """Run :meth:`run` and start it again when its tick hangs. Every step of a tick
+        is bounded (members' operations by their timeouts, DCS calls by
+        :meth:`EtcdDCS.bounded`), so a hung tick is a bug or an await that never
+        unwinds; a task that does not end when cancelled is waited for, never run
+        twice beside itself (two ticks would race on the VIP)."""
+        from tandem.cluster.agent import _dump_tasks, lab_event
+        while not agent.stopping:
+            task = asyncio.create_task(self.run(agent), name="clones")
+            try:
+                while not task.done() and not self.stalled(time.monotonic()):
+                    await asyncio.wait({task}, timeout=check_every)
+                if task.done():
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("the clones' task ended: %r", task.exception())
+                    await asyncio.sleep(TICK)
+                    continue
+                log.error("the clones' tick has made no step for %.0f s (over %g s): restarting"
+                          " the task; tasks follow", time.monotonic() - (self.busy_since or 0),
+                          self.stall_after)
+                lab_event("clones_stalled", node=self.node)
+                _dump_tasks()
+                task.cancel()
+                while not task.done() and not agent.stopping:
+                    await asyncio.wait({task}, timeout=10 * check_every)
+                    if not task.done():
+                        log.error("the hung clones' task has not ended since its cancel")
+                self.busy_since = None
+            except BaseException:  # our own cancel: the tick's too, and a moment to unwind
+                task.cancel()
+                await asyncio.wait({task}, timeout=5.0)
+                raise
+
+    def _step(self) -> None:
+        """A step of the tick begins: each is bounded by its own timeout."""
+        if self.busy_since is not None:
+            self.busy_since = time.monotonic()
+
+    def stalled(self, now: float) -> bool:
+        """True while a tick has gone `stall_after` without a step: it is hung (the HA
+        cycle's guard, for the clones). Its API VIP is then no longer extended, so the
+        address leaves this node within its kernel lifetime although the lease lives
+        on, and the agent restarts the task (:meth:`supervise`)."""
+        since = self.busy_since
+        return since is not None and now - since > self.stall_after
 
     async def tick(self, agent: Agent) -> None:
         if self.vip is not None and self.holding and not (agent.lease_left() or 0) > 0:
@@ -325,13 +381,17 @@ class CloneSet:
             self._retry_at[m.name] = now + backoff
             if h.state.value == "failed":
                 log.warning("clone %s unhealthy (%s): restarting", m.name, h.reason)
+                self._step()
                 await m.stop()
+            self._step()
             r = await m.start()
             (log.info if r.ok else log.error)("clone %s", r)
         self.haproxy_ok = self.health.get("haproxy") is not None and self.health["haproxy"].is_ok
         if self.vip is not None:
+            self._step()
             await self._place_vip(agent)
         try:
+            self._step()
             await self._publish(agent)
         except DCSError as e:
             log.debug("publishing the clones' state: %s", e)
@@ -339,11 +399,12 @@ class CloneSet:
     async def _publish(self, agent: Agent) -> None:
         """``clones/<node>`` on our lease, when it changed (or the lease did)."""
         value = encode(self.published())
-        lease = await agent.dcs._lease()
+        lease = await agent.dcs.bounded(agent.dcs._lease(), "lease for the clones' state", calls=2)
         if self._published == (value, lease):
             return
         key = (agent.dcs.keys.prefix + "clones/" + self.node).encode()
-        await agent.dcs._txn("publish clones", [], [tx.Put(key, value, lease=lease)])
+        await agent.dcs.bounded(agent.dcs._txn("publish clones", [], [tx.Put(key, value, lease=lease)]),
+                             "publish clones")
         self._published = (value, lease)
 
     # --- the API VIP ----------------------------------------------------------------
@@ -353,7 +414,16 @@ class CloneSet:
     async def refresh_vip(self, valid_until: float | None = None, lease_id: int | None = None) -> None:
         """Called by the agent on every lease renewal: keeps the API VIP's kernel lifetime
         (see :meth:`Vip.refresh` for `valid_until` and `lease_id`)."""
-        if self.vip is not None and self.holding and not await self.vip.refresh(valid_until, lease_id):
+        if self.vip is None or not self.holding:
+            return
+        if self.stalled(time.monotonic()):
+            if not self._stall_logged:
+                self._stall_logged = True
+                log.error("the clones' tick has been stuck for over %g s: the API VIP's lifetime"
+                          " is no longer extended", self.stall_after)
+            return
+        self._stall_logged = False
+        if not await self.vip.refresh(valid_until, lease_id):
             log.warning("could not refresh the lifetime of the API VIP")
 
     async def _place_vip(self, agent: Agent) -> None:
@@ -383,10 +453,11 @@ class CloneSet:
     async def _claim(self, agent: Agent) -> bool:
         """Hold (or take, if free) the `apivip` key on our lease; True if ours."""
         key = self._key(agent)
-        lease = await agent.dcs._lease()
+        lease = await agent.dcs.bounded(agent.dcs._lease(), "lease for the API VIP key", calls=2)
         value = encode({"node": self.node})
-        ok, responses, revision = await agent.dcs._txn(
-            "claim API VIP", [tx.Create(key) == 0], [tx.Put(key, value, lease=lease)], [tx.Get(key)])
+        ok, responses, revision = await agent.dcs.bounded(agent.dcs._txn(
+            "claim API VIP", [tx.Create(key) == 0], [tx.Put(key, value, lease=lease)], [tx.Get(key)]),
+            "claim API VIP")
         if ok:
             self._took_key(revision, "took the key")
             return True
@@ -405,9 +476,9 @@ class CloneSet:
                 self._had_key = True
                 return True
             # ours from a previous lease (a restarted agent): free it, take it next tick
-            await agent.dcs._txn("drop stale API VIP key",
-                                 [tx.Value(key) == value, tx.Mod(key) == kvs[0].mod_revision],
-                                 [tx.Delete(key)])
+            await agent.dcs.bounded(agent.dcs._txn(
+                "drop stale API VIP key", [tx.Value(key) == value, tx.Mod(key) == kvs[0].mod_revision],
+                [tx.Delete(key)]), "drop stale API VIP key")
         return False
 
     def _took_key(self, create_revision: int, what: str) -> None:
@@ -439,8 +510,9 @@ class CloneSet:
         if release and self._had_key:
             with contextlib.suppress(DCSError):
                 key = self._key(agent)
-                await agent.dcs._txn("release API VIP", [tx.Value(key) == encode({"node": self.node})],
-                                     [tx.Delete(key)])
+                await agent.dcs.bounded(agent.dcs._txn(
+                    "release API VIP", [tx.Value(key) == encode({"node": self.node})],
+                    [tx.Delete(key)]), "release API VIP")
             self._had_key = False
 
     async def shutdown(self, agent: Agent) -> None:

@@ -166,6 +166,26 @@ class EtcdDCS(DCS):
             await self._drop_client(client)
             raise DCSError(f"etcd {endpoint}: {what} failed: call cancelled (channel closed)") from None
 
+    async def bounded(self, coro, what: str, limit: float | None = None, calls: int = 1):
+        """Await a DCS call of `calls` round trips for at most op_timeout each + 0.2 s
+        (or `limit`), whatever it does: asyncio's wait_for waits for a cancelled gRPC
+        call to unwind, which can take long. Past the bound the call is abandoned (it
+        unwinds in the background) and its channel dropped."""
+        channel = self._client  # None: the call opens one (then it is the current one)
+        task = asyncio.ensure_future(coro)
+        timeout = calls * self.op_timeout + 0.2
+        if limit is not None:
+            timeout = max(0.01, min(timeout, limit))
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if task in done:
+            if task.cancelled():
+                raise DCSError(f"etcd: {what} was cancelled (channel closed)")
+            return task.result()
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await self._drop_client(channel)
+        raise DCSError(f"etcd: {what} did not return within {timeout:.2f} s")
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:

@@ -1,0 +1,151 @@
+"""A hung tick of the management tier's clones must not keep the API VIP on its node
+for good: the agent's supervisor starts the task again, and while the tick hangs
+the API VIP's lifetime is not extended. The hang is injected into our own code
+(the tick), as in test_agent_cycle_stall; nothing else is simulated."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+from tandem.cluster.agent import Agent
+from tandem.config import load_config
+from tandem.dcs import pki
+from tandem.volume.spec import resolve
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster.toml"
+STALL_AFTER = 0.6  # the product's is 20 s above its longest step; short here to test
+CHECK_EVERY = 0.05
+
+
+def _agent(tmp_path: Path) -> Agent:
+    text = EXAMPLE.read_text().replace("[database]\n", '[database]\npassword_file = "dbpass"\n', 1)
+    text += '\n[mgmt]\nport = 8080\nserver_port = 8081\napi_vip = { address = "10.100.1.101/24" }\n'
+    (tmp_path / "dbpass").write_text("not-used-here\n")
+    os.chmod(tmp_path / "dbpass", 0o600)
+    (tmp_path / "cluster.toml").write_text(text)
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    os.chmod(secret, 0o600)
+    pki.init(tmp_path / "pki", "cloud", {"node1": ["10.100.1.11"], "node2": ["10.100.1.12"]})
+    cfg = load_config(tmp_path / "cluster.toml")
+    d = tmp_path / "node1"
+    return Agent(cfg, "node1", resolve(cfg, "db", "node1", d / "data", d / "run"), d / "data", d / "run")
+
+
+class Ticks:
+    """The clones' tick, replaced: the first `hung` ticks never end by themselves
+    (`deaf`: not even when cancelled, until released), the others end at once."""
+
+    def __init__(self, hung: int, deaf: bool = False):
+        self.hung, self.deaf = hung, deaf
+        self.started = self.running = self.most_at_once = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, agent: Agent) -> None:
+        self.started += 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            if self.started <= self.hung:
+                while True:
+                    try:
+                        await self.release.wait()
+                        return
+                    except asyncio.CancelledError:
+                        if not self.deaf:
+                            raise
+        finally:
+            self.running -= 1
+
+
+def _supervise(agent: Agent, tick, seconds: float, meanwhile=None,
+               check_every: float = CHECK_EVERY) -> None:
+    """Run the agent's clones supervisor for `seconds` with `tick` as the clones' tick
+    and the coroutine function `meanwhile` beside it, then stop the agent."""
+    clones = agent.clones
+    assert clones is not None
+    clones.tick = tick
+    clones.stall_after = STALL_AFTER
+
+    async def scenario() -> None:
+        task = asyncio.create_task(clones.supervise(agent, check_every=check_every))
+        try:
+            await asyncio.gather(asyncio.sleep(seconds), *([meanwhile()] if meanwhile else []))
+        finally:
+            agent.stopping = True
+            if isinstance(tick, Ticks):
+                tick.release.set()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_clones_tick_is_restarted_and_its_api_vip_not_extended_meanwhile(tmp_path, caplog):
+    agent = _agent(tmp_path)
+    clones = agent.clones
+    assert clones is not None and clones.vip is not None
+    # the product's bound: its longest step (a member's 30 s start or stop) and 20 s
+    assert clones.stall_after == 50.0
+    refused: list[bool] = []
+
+    async def renewal_while_hung() -> None:
+        """A lease renewal's refresh while the first tick hangs past the bound."""
+        await asyncio.sleep(STALL_AFTER + 0.1)
+        clones.holding = True
+        refused.append(clones.stalled(time.monotonic()))
+        await clones.refresh_vip()
+
+    ticks = Ticks(hung=1)
+    caplog.set_level(logging.WARNING, logger="tandem")
+    # checks every 0.5 s: the stall (past 0.6 s) is seen at 1.0 s, after the renewal's probe
+    _supervise(agent, ticks, STALL_AFTER + 1.5, renewal_while_hung, check_every=0.5)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("has made no step" in m for m in msgs) == 1, msgs
+    assert ticks.started >= 3, f"the clones' task was not started again: {ticks.started} tick(s)"
+    assert ticks.most_at_once == 1
+    assert refused == [True]
+    assert sum("API VIP's lifetime is no longer extended" in m for m in msgs) == 1, msgs
+
+
+def test_a_clones_task_deaf_to_its_cancel_is_never_run_twice_at_once(tmp_path, caplog):
+    """Two ticks side by side would race on the API VIP: the supervisor waits for the
+    hung task to end, however long, before it starts the next."""
+    agent = _agent(tmp_path)
+    ticks = Ticks(hung=1, deaf=True)
+    caplog.set_level(logging.WARNING, logger="tandem")
+
+    async def release_later() -> None:
+        await asyncio.sleep(STALL_AFTER + 1.5)
+        assert ticks.started == 1  # the deaf tick still runs: no second one beside it
+        ticks.release.set()
+
+    _supervise(agent, ticks, STALL_AFTER + 2.5, release_later)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("has made no step" in m for m in msgs) == 1, msgs
+    assert ticks.most_at_once == 1
+    assert ticks.started >= 3, f"no tick after the deaf one ended: {ticks.started}"
+
+
+def test_a_tick_that_steps_is_not_taken_for_a_hung_one(tmp_path, caplog):
+    """A tick longer than the bound whose steps (each bounded) keep coming."""
+    agent = _agent(tmp_path)
+    clones = agent.clones
+    assert clones is not None
+    ended = 0
+
+    async def slow_tick(a: Agent) -> None:
+        nonlocal ended
+        for _ in range(6):
+            clones._step()
+            await asyncio.sleep(STALL_AFTER / 3)
+        ended += 1
+
+    caplog.set_level(logging.WARNING, logger="tandem")
+    _supervise(agent, slow_tick, 3 * STALL_AFTER)
+    assert not any("has made no step" in r.getMessage() for r in caplog.records)
+    # 1.2 s each, twice the bound: the one under way at the stop ends too, none cut short
+    assert ended == 2
