@@ -175,8 +175,10 @@ def mgmt(
     save: Path = typer.Option(None, "--save", help="also write the results as JSON to this file"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ):
-    """Management API throughput with one vs two servers; failed requests and lost or
-    duplicated jobs across a DB switchover and a DB primary crash (issue 6 benchmark)."""
+    """Management API throughput with one vs two servers (issue 6 benchmark).
+
+    Also failed requests and lost or duplicated jobs across a DB switchover and a
+    DB primary crash."""
 
     from tandem.bench.mgmt import PARTS, MgmtBenchOptions, render, run
 

@@ -262,10 +262,12 @@ def history(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--js
 
 
 def fence_peer(resource: str, config: Path = ConfigOpt) -> None:
-    """Called by the volume daemon when the Primary loses its peer: record the
-    peer's disk as Outdated in the DCS, fenced by this node's leader key.
-    Exit 0 only if the record is written. (`fence_peer = "dcs"` in the volume's
-    config does the same inside the daemon, without starting this process.)"""
+    """Record the peer's disk Outdated in the DCS (the volume's fence-peer command).
+
+    Called by the volume daemon when the Primary loses its peer; the write is
+    fenced by this node's leader key. Exit 0 only if the record is written.
+    (`fence_peer = "dcs"` in the volume's config does the same inside the daemon,
+    without starting this process.)"""
     from tandem.cluster.fence_peer import record_peer_outdated
     from tandem.volume.spec import node_name
     cfg = _cfg(config)

@@ -30,8 +30,9 @@ def _require_root() -> None:
 
 @app.command("up")
 def up(lab: str = LabOpt) -> None:
-    """Create the lab: hosts node1, node2, witness, client on a public and a
-    replication network."""
+    """Create the lab: hosts node1, node2, witness, client.
+
+    They share a public and a replication network."""
     _require_root()
     created = Lab.up(lab_name(lab))
     _print_status(created.status())
@@ -225,8 +226,10 @@ def torture(
                                            " (default: the lab's directory)"),
     keep: bool = typer.Option(False, help="leave the lab up afterwards"),
 ) -> None:
-    """Fault campaign: one cluster, N seeded schedules of crashes, partitions, pauses,
-    slow links and disk errors under DB and API load; heal, converge, check."""
+    """Fault campaign: N seeded fault schedules on one cluster, each checked.
+
+    Crashes, partitions, pauses, slow links and disk errors under DB and API
+    load; then heal, converge, check."""
     from tandem.lab import torture_report as rep
     from tandem.lab.torture import Campaign, Options
     from tandem.lab.writer import read_log

@@ -37,8 +37,9 @@ def init(config: Path = typer.Option(..., "--config", "-c", help="the cluster's 
 
 @app.command("db")
 def init_db(config: Path = typer.Option(..., "--config", "-c", help="the cluster's TOML file")) -> None:
-    """Add the database's CA and a server certificate per data node to etcd.tls_dir
-    (a PKI made before tandem had MariaDB's TLS). The database takes TCP clients over
+    """Add the database's CA and a server certificate per data node to etcd.tls_dir.
+
+    For a PKI made before tandem had MariaDB's TLS. The database takes TCP clients over
     TLS only once these are on the data nodes and their agents restarted MariaDB."""
     from tandem.dcs import pki
     cfg, tls_dir = _config(config)

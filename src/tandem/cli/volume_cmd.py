@@ -113,8 +113,9 @@ def outdate(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_d
                 help="do nothing while the link to the peer is up (what the agent does when the"
                      " DCS records this disk Outdated)"),
             json_out: bool = typer.Option(False, "--json")):
-    """Mark this (Secondary) disk Outdated: it cannot be promoted without --force. A
-    connect to an UpToDate peer with the same data makes it UpToDate again; at a connect
+    """Mark this (Secondary) disk Outdated: not promotable without --force.
+
+    A connect to an UpToDate peer with the same data makes it UpToDate again; at a connect
     to an UpToDate peer, what this disk wrote since the peer's generation is discarded
     (an Outdated disk is never the source of an UpToDate one)."""
     spec = _spec(resource, config, node, data_dir, run_dir)
@@ -144,8 +145,9 @@ def status(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_di
 @app.command("verify")
 def verify(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: Path = DataOpt,
            run_dir: Path = RunOpt, json_out: bool = typer.Option(False, "--json")):
-    """Compare block checksums with the peer (run on the Primary); differences are
-    marked out of sync and resynced at the next connect."""
+    """Compare block checksums with the peer (run on the Primary).
+
+    Differences are marked out of sync and resynced at the next connect."""
     spec = _spec(resource, config, node, data_dir, run_dir)
     res = _call(spec, "verify", timeout=3600)
     if json_out:

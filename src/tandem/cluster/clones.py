@@ -255,11 +255,13 @@ class CloneSet:
         self.health: dict[str, Health] = {}
         #: when the tick in progress began, or its last step; None between ticks
         self.busy_since: float | None = None
-        #: a tick with no step for this long is hung (see :meth:`stalled`): the longest
-        #: single step (a member's start, stop or monitor; a DCS call is shorter) and 20 s
+        #: a tick with no step for this long is hung (see :meth:`stalled`): 20 s above
+        #: its longest step, a member's start, stop or monitor, or the claim of the API
+        #: VIP's key (at most 4 DCS round trips, see EtcdDCS.bounded)
         ops = [*self.members, *([self.vip] if self.vip is not None else [])]
-        self.stall_after = 20.0 + max(max(m.config.start_timeout, m.config.stop_timeout,
-                                          m.config.monitor_timeout) for m in ops)
+        self.stall_after = 20.0 + max(4 * cfg.etcd.op_timeout + 1, *(
+            max(m.config.start_timeout, m.config.stop_timeout, m.config.monitor_timeout)
+            for m in ops))
         self._stall_logged = False
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
@@ -302,6 +304,9 @@ class CloneSet:
     # --- the task -------------------------------------------------------------------
     async def run(self, agent: Agent) -> None:
         while not agent.stopping:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError  # a tick swallowed the cancel: end as asked
             t0 = self.busy_since = time.monotonic()
             try:
                 await self.tick(agent)
@@ -319,34 +324,45 @@ class CloneSet:
         """Run :meth:`run` and start it again when its tick hangs. Every step of a tick
         is bounded (members' operations by their timeouts, DCS calls by
         :meth:`EtcdDCS.bounded`), so a hung tick is a bug or an await that never
-        unwinds; a task that does not end when cancelled is waited for, never run
-        twice beside itself (two ticks would race on the VIP)."""
+        unwinds. A task that does not end when cancelled is waited for (and cancelled
+        again), never run twice beside itself: two ticks would race on the VIP."""
         from tandem.cluster.agent import _dump_tasks, lab_event
         while not agent.stopping:
             task = asyncio.create_task(self.run(agent), name="clones")
             try:
                 while not task.done() and not self.stalled(time.monotonic()):
                     await asyncio.wait({task}, timeout=check_every)
-                if task.done():
-                    if not task.cancelled() and task.exception() is not None:
-                        log.error("the clones' task ended: %r", task.exception())
-                    await asyncio.sleep(TICK)
-                    continue
-                log.error("the clones' tick has made no step for %.0f s (over %g s): restarting"
-                          " the task; tasks follow", time.monotonic() - (self.busy_since or 0),
-                          self.stall_after)
-                lab_event("clones_stalled", node=self.node)
-                _dump_tasks()
-                task.cancel()
-                while not task.done() and not agent.stopping:
-                    await asyncio.wait({task}, timeout=10 * check_every)
-                    if not task.done():
-                        log.error("the hung clones' task has not ended since its cancel")
-                self.busy_since = None
-            except BaseException:  # our own cancel: the tick's too, and a moment to unwind
-                task.cancel()
-                await asyncio.wait({task}, timeout=5.0)
+                if not task.done():
+                    log.error("the clones' tick has made no step for %.1f s (over %g s): restarting"
+                              " the task; tasks follow", time.monotonic() - (self.busy_since or 0),
+                              self.stall_after)
+                    lab_event("clones_stalled", node=self.node)
+                    _dump_tasks()
+                    task.cancel()
+                    while not task.done() and not agent.stopping:
+                        await asyncio.wait({task}, timeout=10 * check_every)
+                        if not task.done():
+                            log.error("the hung clones' task has not ended since its cancel;"
+                                      " cancelling it again")
+                            task.cancel()
+                    if task.done():  # the next tick sees the VIP afresh: start it, or check it gone
+                        self.holding, self._vip_checked = False, 0.0
+            except BaseException:  # our own cancel: the task's too, with a moment to unwind
+                await self._end(task)
                 raise
+            if not task.done():  # the agent stops while the task hangs
+                await self._end(task)
+                return
+            if not task.cancelled() and task.exception() is not None:
+                log.error("the clones' task ended: %r", task.exception())
+            await asyncio.sleep(TICK)
+
+    @staticmethod
+    async def _end(task: asyncio.Task) -> None:
+        task.cancel()
+        await asyncio.wait({task}, timeout=5.0)
+        if not task.done():  # its tick's busy_since stays set: the API VIP is not extended
+            log.error("the clones' task has not ended 5 s after its cancel")
 
     def _step(self) -> None:
         """A step of the tick begins: each is bounded by its own timeout."""
@@ -421,6 +437,7 @@ class CloneSet:
                 self._stall_logged = True
                 log.error("the clones' tick has been stuck for over %g s: the API VIP's lifetime"
                           " is no longer extended", self.stall_after)
+            self.vip.let_lapse("the clones' tick is stuck")
             return
         self._stall_logged = False
         if not await self.vip.refresh(valid_until, lease_id):
@@ -438,8 +455,10 @@ class CloneSet:
         except DCSError as e:
             log.warning("API VIP: DCS: %s", e)
             return  # keep what we have: the lease check above bounds how long
+        self._step()
         if mine:
             if not self.holding or not (await self.vip.monitor()).is_ok:
+                self._step()
                 # The start asks the lease again (Vip.lease): the claim and the monitor
                 # may have taken its whole life (a paused agent, torture 72:163).
                 r = await self.vip.start()

@@ -176,7 +176,12 @@ class EtcdDCS(DCS):
         timeout = calls * self.op_timeout + 0.2
         if limit is not None:
             timeout = max(0.01, min(timeout, limit))
-        done, _ = await asyncio.wait({task}, timeout=timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:  # the caller's cancel: the call must not land later
+            task.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            raise
         if task in done:
             if task.cancelled():
                 raise DCSError(f"etcd: {what} was cancelled (channel closed)")

@@ -91,6 +91,14 @@ class Vip(Resource):
         self.removal_failed = False
         self._announced: tuple[float, dict] | None = None  #: (when, link) of the last announcement
 
+    def let_lapse(self, why: str) -> None:
+        """Extend the address no more: the kernel removes it when its lifetime ends,
+        and only a new start puts it up again (as refresh does after a lease lapse)."""
+        if self._up:
+            log.warning("%s: not extending its lifetime: %s (the kernel removes the address)",
+                        self.config.address.ip, why)
+        self._up = False
+
     @property
     def _cidr(self) -> str:
         return str(self.config.address.with_prefixlen)
