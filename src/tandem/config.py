@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -122,8 +122,26 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def _admits_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_admits_bool(a) for a in get_args(annotation))
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_switch_as_number(cls, data: Any) -> Any:
+        """true/false where a number or a text belongs: pydantic took `port = true`
+        for port 1."""
+        if isinstance(data, dict):
+            wrong = [k for k, v in data.items() if isinstance(v, bool) and k in cls.model_fields
+                     and not _admits_bool(cls.model_fields[k].annotation)]
+            if wrong:
+                raise ValueError("".join(f"{k}: true/false is not a value for this key;;" for k in wrong))
+        return data
 
 
 class SecretRef(Strict):
@@ -286,9 +304,20 @@ class Database(Strict):
     tls: bool | None = None
 
 
+ENDPOINT_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
+
+
+def _endpoint(value: str) -> str:
+    m = ENDPOINT_RE.match(value)
+    if m is None or not 1 <= int(m.group(1)) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (like 10.100.1.11:2379; no scheme: TLS is"
+                         " etcd.tls_dir's)")
+    return value
+
+
 class Etcd(Strict):
     embedded: bool = True
-    endpoints: list[str] = Field(default_factory=list)
+    endpoints: list[Annotated[str, AfterValidator(_endpoint)]] = Field(default_factory=list)
     client_port: int = Field(default=2379, ge=1, le=65535)
     peer_port: int = Field(default=2380, ge=1, le=65535)
     lease_ttl: int = Field(default=1, ge=1, le=60)
@@ -562,6 +591,25 @@ def _fencing_password_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def _password_files_from(base: Path, cfg: Config) -> Config:
+    """Relative password files are relative to the config file, as the secret and
+    etcd.tls_dir are (they were taken from the working directory: `config check`
+    judged another file than the agent read)."""
+    def fix(fencing: Fencing | None) -> Fencing | None:
+        pw = fencing.password_file if fencing is not None else None
+        if fencing is None or pw is None or pw.is_absolute():
+            return fencing
+        return fencing.model_copy(update={"password_file": (base / pw).resolve()})
+
+    update: dict[str, Any] = {"fencing": fix(cfg.fencing)}
+    update["nodes"] = {n: node.model_copy(update={"fencing": fix(node.fencing)})
+                       for n, node in cfg.nodes.items()}
+    db = cfg.database
+    if db is not None and db.password_file is not None and not db.password_file.is_absolute():
+        update["database"] = db.model_copy(update={"password_file": (base / db.password_file).resolve()})
+    return cfg.model_copy(update=update)
+
+
 def load_config(path: str | Path, check_secrets: bool = True) -> Config:
     """Read and validate a config file; raise ConfigError listing every problem."""
     path = Path(path)
@@ -583,6 +631,7 @@ def load_config(path: str | Path, check_secrets: bool = True) -> Config:
     if tls_dir is not None and not tls_dir.is_absolute():
         etcd = cfg.etcd.model_copy(update={"tls_dir": (path.parent / tls_dir).resolve()})
         cfg = cfg.model_copy(update={"etcd": etcd})
+    cfg = _password_files_from(path.parent, cfg)
     if check_secrets:
         problems = []
         if cfg.etcd.tls_dir is not None and not (cfg.etcd.tls_dir / "ca.crt").is_file():
@@ -597,6 +646,13 @@ def load_config(path: str | Path, check_secrets: bool = True) -> Config:
                             " `head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE`)")
         elif secret.stat().st_mode & 0o077:
             problems.append(f"{path}: cluster.secret.file: {secret} is readable by others"
+                            " (chmod 600 it)")
+        elif len(secret.read_bytes().strip()) < 16:
+            problems.append(f"{path}: cluster.secret.file: {secret} holds fewer than 16 bytes (make"
+                            " it anew: `head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE`)")
+        db_pw = cfg.database.password_file if cfg.database is not None else None
+        if db_pw is not None and db_pw.is_file() and db_pw.stat().st_mode & 0o077:
+            problems.append(f"{path}: database.password_file: {db_pw} is readable by others"
                             " (chmod 600 it)")
         problems += [f"{path}: {p}" for p in _fencing_password_problems(cfg)]
         if problems:

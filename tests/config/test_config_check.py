@@ -38,6 +38,16 @@ def test_example_is_ok(cfgdir):
      "nodes.node2.replication_address: not an IPv4 address"),
     ('port = 7789', 'port = "seven"', "volumes.db.port: not an integer"),
     ('port = 7789', 'port = 70000', "volumes.db.port: Input should be less than or equal to 65535"),
+    ('embedded = true\ntls_dir = "pki"',
+     'embedded = false\ntls_dir = "pki"\nendpoints = ["https://10.100.1.50:2379"]',
+     "etcd.endpoints.0: 'https://10.100.1.50:2379' is not HOST:PORT"),  # it was dialled as a host name
+    ('embedded = true\ntls_dir = "pki"',
+     'embedded = false\ntls_dir = "pki"\nendpoints = ["10.100.1.50:99999"]',
+     "etcd.endpoints.0: '10.100.1.50:99999' is not HOST:PORT"),
+    # a switch where a number belongs (pydantic took it for port 1)
+    ('port = 7789', 'port = true', "volumes.db.port: true/false is not a value for this key"),
+    ('force_secondary_after = 10', 'force_secondary_after = false',
+     "volumes.db.force_secondary_after: true/false is not a value for this key"),
     ('ping_timeout = 0.5', 'ping_timout = 0.5', "volumes.db.ping_timout: unknown key"),
     ('force_secondary_after = 10', 'force_secondary_after = 0.5',
      "volumes.db.force_secondary_after: must be 0 (never) or at least 2 seconds"),
@@ -56,7 +66,7 @@ def test_example_is_ok(cfgdir):
      "database.vip.address: 10.100.1.12 is already nodes.node2.public_address"),
     ('embedded = true', 'embedded = false', "etcd.endpoints: required when etcd.embedded = false"),
     ('tls_dir = "pki"', '', "etcd.tls_dir: required with embedded etcd"),  # an etcd open to anyone
-    ('embedded = true\ntls_dir = "pki"', 'embedded = false\nendpoints = ["https://10.100.1.50:2379"]',
+    ('embedded = true\ntls_dir = "pki"', 'embedded = false\nendpoints = ["10.100.1.50:2379"]',
      "etcd.tls_dir: required: an etcd without TLS lets anyone"),  # an external one: the same
     ('embedded = true', 'embedded = true\ninsecure = true', "etcd.insecure: only for an external etcd"),
     ('databases = ["cloud", "cloud_usage"]', 'databases = ["cloud", "mysql"]',
@@ -106,7 +116,7 @@ def test_database_tls_is_on_with_the_cluster_pki_and_needs_it(cfgdir):
     assert db_tls(off, "node2") is None and db_tls_ca(off) is None
     edit(cfgdir, "tls = false\n", "tls = true\n")
     path = edit(cfgdir, 'embedded = true\ntls_dir = "pki"',
-                'embedded = false\nendpoints = ["http://10.100.1.50:2379"]\ninsecure = true')
+                'embedded = false\nendpoints = ["10.100.1.50:2379"]\ninsecure = true')
     code, lines = check(path)
     assert code == 2 and any("database.tls: needs the cluster's PKI" in ln for ln in lines), lines
     edit(cfgdir, "tls = true\n", "")
@@ -132,6 +142,35 @@ def test_secret_readable_by_others_is_refused(cfgdir):
     os.chmod(cfgdir / "secret", 0o644)
     code, lines = check(cfgdir / "cluster.toml")
     assert code == 2 and "readable by others" in lines[0]
+
+
+def test_short_secret_is_refused_by_the_check_not_only_by_the_daemon(cfgdir):
+    (cfgdir / "secret").write_text("q7Zx9\n")
+    code, lines = check(cfgdir / "cluster.toml")
+    assert code == 2 and len(lines) == 1 and "holds fewer than 16 bytes" in lines[0], lines
+    assert "q7Zx9" not in lines[0]
+
+
+def test_password_files_are_relative_to_the_config_and_private(cfgdir, tmp_path_factory):
+    """As the secret and etcd.tls_dir: a relative database.password_file was read
+    from the working directory, so `config check` judged another file than the
+    agent's."""
+    pw = cfgdir / "dbpass"
+    pw.write_text("a-password\n")
+    os.chmod(pw, 0o600)
+    path = edit(cfgdir, "[database]\n", '[database]\npassword_file = "dbpass"\n')
+    elsewhere = tmp_path_factory.mktemp("cwd")
+    old = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        assert load_config(path).database.password_file == pw.resolve()
+        os.chmod(pw, 0o644)
+        code, lines = check(path)
+    finally:
+        os.chdir(old)
+    assert code == 2 and lines == [f"tandem: {path}: database.password_file: {pw.resolve()} is"
+                                   " readable by others (chmod 600 it)"], lines
+    assert "a-password" not in "".join(lines)
 
 
 def test_secret_never_printed(cfgdir):

@@ -229,6 +229,12 @@ def test_the_url_names_its_tls_ca_and_bad_options_are_one_line(tmp_path):
         with pytest.raises(TandemError) as e:
             DbUrl.parse(f"mysql://u@127.0.0.1/db{bad}")
         assert "\n" not in str(e.value) and "?ssl-ca=CA_FILE" in str(e.value), bad
+    # a port that is not one, a broken IPv6 address: one line too (a ValueError's
+    # traceback before)
+    for bad in ("mysql://u@127.0.0.1:notaport/db", "mysql://u@127.0.0.1:99999/db", "mysql://u@[::1/db"):
+        with pytest.raises(TandemError) as e:
+            DbUrl.parse(bad)
+        assert "\n" not in str(e.value) and str(e.value).startswith("--db: expected mysql://"), bad
     with pytest.raises(TandemError) as e:
         Database(DbUrl.parse(f"mysql://u@127.0.0.1/db?ssl-ca={tmp_path / 'none.crt'}"))
     assert str(e.value).startswith(f"--db ssl-ca {tmp_path / 'none.crt'}: cannot load the CA")

@@ -96,13 +96,17 @@ def status(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--jso
         time.sleep(watch)
 
 
-def switchover(config: Path = ConfigOpt, to: str = typer.Option(None, "--to"),
+def switchover(config: Path = ConfigOpt,
+               to: str = typer.Option(None, "--to", help="the node to move to (default: the other one)"),
                force: bool = typer.Option(False, "--force", help="do not ask for confirmation"),
-               timeout: float = typer.Option(30.0, min=1.0, max=3600.0)) -> None:
-    """Move the database service to the other node, gracefully and in order."""
+               timeout: float = typer.Option(30.0, min=1.0, max=3600.0,
+                                             help="seconds to wait for the new leader")) -> None:
+    """Move the database service to another node, gracefully and in order."""
     from tandem.cluster.decide import peer_is_eligible
     from tandem.dcs.view import Switchover
     cfg = _cfg(config)
+    if to is not None and to not in cfg.nodes:  # before asking etcd anything
+        raise TandemError(f"--to {to}: not a node of this cluster ({', '.join(cfg.nodes)})")
     view = asyncio.run(_load(cfg))
     if view.leader is None:
         raise TandemError("no leader: use `tandem failover --to NODE` instead")
@@ -149,8 +153,9 @@ def switchover(config: Path = ConfigOpt, to: str = typer.Option(None, "--to"),
                f" ({took:.2f} s)")
 
 
-def failover(config: Path = ConfigOpt, to: str = typer.Option(..., "--to")) -> None:
-    """With no leader, ask for NODE to take over (it must still be eligible)."""
+def failover(config: Path = ConfigOpt,
+             to: str = typer.Option(..., "--to", help="the node to take over")) -> None:
+    """With no leader, ask the node given by --to to take over (it must still be eligible)."""
     from tandem.dcs.view import Switchover
     cfg = _cfg(config)
     if to not in cfg.nodes:

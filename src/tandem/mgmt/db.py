@@ -105,16 +105,21 @@ class DbUrl:
 
     @classmethod
     def parse(cls, url: str, password: str | None = None) -> DbUrl:
-        parts = urlsplit(url)
+        usage = "--db: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?ssl-ca=CA_FILE]"
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # raises on a port that is not a number in 0-65535
+        except ValueError as e:
+            raise TandemError(f"{usage} ({e})") from None
         if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not parts.path.strip("/"):
-            raise TandemError("--db: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?ssl-ca=CA_FILE]")
+            raise TandemError(usage)
         query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
         unknown = sorted(set(query) - {"ssl-ca"})
         if unknown or len(query.get("ssl-ca", [])) > 1 or query.get("ssl-ca") == [""]:
             raise TandemError(f"--db: unknown or repeated option {', '.join(unknown) or 'ssl-ca'!s}"
                               " (the one option is ?ssl-ca=CA_FILE, for TLS)")
         pw = password if password is not None else unquote(parts.password or "")
-        return cls(host=parts.hostname, port=parts.port or 3306, user=unquote(parts.username or "root"),
+        return cls(host=parts.hostname, port=port or 3306, user=unquote(parts.username or "root"),
                    database=parts.path.strip("/"), password=pw, ssl_ca=(query.get("ssl-ca") or [None])[0])
 
     def safe(self) -> str:
