@@ -120,7 +120,10 @@ def test_a_hung_clones_tick_is_restarted_and_its_api_vip_not_extended_meanwhile(
         clones.busy_since = time.monotonic() - STALL_AFTER - 0.1
         refused.append(clones.stalled(time.monotonic()))
         await clones.refresh_vip()
-        refused.append(not clones.vip._up)  # a later refresh extends nothing either
+        refused.append(not clones.vip.extending)
+        clones.busy_since = time.monotonic()  # the tick steps again: still nothing to extend
+        await clones.refresh_vip()
+        refused.append(not clones.vip.extending)
 
     ticks = Ticks(hung=1)
     caplog.set_level(logging.WARNING, logger="tandem")
@@ -129,7 +132,7 @@ def test_a_hung_clones_tick_is_restarted_and_its_api_vip_not_extended_meanwhile(
     assert sum("has made no step" in m for m in msgs) == 1, msgs
     assert len(ticks.tasks) >= 2, "the clones' task was not started again"
     assert ticks.started >= 3 and ticks.most_at_once == 1
-    assert refused == [True, True]
+    assert refused == [True, True, True]
     assert sum("API VIP's lifetime is no longer extended" in m for m in msgs) == 1, msgs
     assert not clones.holding  # the restarted task starts the VIP afresh, or finds it gone
 
@@ -179,6 +182,33 @@ def test_an_agent_stopping_beside_a_hung_deaf_tick_does_not_wait_for_ever(tmp_pa
     assert 4.5 < took < 8, took
     assert stalled
     assert any("has not ended 5 s after its cancel" in r.getMessage() for r in caplog.records)
+
+
+def test_the_agents_cancel_does_not_cut_the_hung_tasks_grace_short(tmp_path, caplog):
+    """Agent.run cancels the supervisor at its stop, possibly while it gives the hung
+    task its 5 s: the grace runs out all the same."""
+    agent = _agent(tmp_path)
+    clones = agent.clones
+    assert clones is not None
+    ticks = Ticks(hung=1, on_cancel="deaf")
+    clones.tick, clones.stall_after = ticks, STALL_AFTER
+
+    async def scenario() -> float:
+        sup = asyncio.create_task(clones.supervise(agent, check_every=CHECK_EVERY))
+        try:
+            await asyncio.sleep(STALL_AFTER + 0.5)
+            agent.stopping = True
+            await asyncio.sleep(1.0)  # the supervisor is in its 5 s for the deaf task
+            t0 = time.monotonic()
+            sup.cancel()
+            await asyncio.wait({sup}, timeout=10)
+            return time.monotonic() - t0
+        finally:
+            ticks.on_cancel = "raise"
+            ticks.release.set()
+
+    took = asyncio.run(scenario())
+    assert 3.0 < took < 8, took
 
 
 def test_a_tick_that_steps_is_not_taken_for_a_hung_one(tmp_path, caplog):

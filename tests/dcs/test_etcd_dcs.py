@@ -401,7 +401,7 @@ def test_an_api_vip_key_found_ours_without_a_claim_seen_to_win_waits_the_takeove
 
     def clones(dcs) -> tuple[CloneSet, SimpleNamespace]:
         c = object.__new__(CloneSet)  # only what the claim uses: no haproxy, no server
-        c.node, c.grace, c._had_key, c._key_revision = dcs.node, 0.75, False, 0
+        c.node, c.grace, c._had_key, c._key_revision, c.closing = dcs.node, 0.75, False, 0, False
         c.vip = Vip(VipConfig(name="api-vip", address="10.99.0.1/24", interface="pub0",
                               lifetime=1, run_dir=tmp_path))
         return c, SimpleNamespace(dcs=dcs)

@@ -263,6 +263,9 @@ class CloneSet:
             max(m.config.start_timeout, m.config.stop_timeout, m.config.monitor_timeout)
             for m in ops))
         self._stall_logged = False
+        #: the agent is stopping (see :meth:`shutdown`): no tick claims the API VIP's key or
+        #: starts the address again, not even a hung one that wakes up after the release
+        self.closing = False
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self.haproxy_ok = False
@@ -329,6 +332,7 @@ class CloneSet:
         from tandem.cluster.agent import _dump_tasks, lab_event
         while not agent.stopping:
             task = asyncio.create_task(self.run(agent), name="clones")
+            ending = False  # _end began: it has its grace, even under our own cancel
             try:
                 while not task.done() and not self.stalled(time.monotonic()):
                     await asyncio.wait({task}, timeout=check_every)
@@ -347,22 +351,32 @@ class CloneSet:
                             task.cancel()
                     if task.done():  # the next tick sees the VIP afresh: start it, or check it gone
                         self.holding, self._vip_checked = False, 0.0
+                if not task.done():  # the agent stops while the task hangs
+                    ending = True
+                    await self._end(task)
+                    return
             except BaseException:  # our own cancel: the task's too, with a moment to unwind
-                await self._end(task)
+                if not ending:
+                    await self._end(task)
                 raise
-            if not task.done():  # the agent stops while the task hangs
-                await self._end(task)
-                return
             if not task.cancelled() and task.exception() is not None:
                 log.error("the clones' task ended: %r", task.exception())
             await asyncio.sleep(TICK)
 
     @staticmethod
     async def _end(task: asyncio.Task) -> None:
+        """Cancel `task` and give it 5 s, all of them even if we are cancelled meanwhile
+        (the agent's stop cancels the supervisor while it waits here)."""
         task.cancel()
-        await asyncio.wait({task}, timeout=5.0)
-        if not task.done():  # its tick's busy_since stays set: the API VIP is not extended
-            log.error("the clones' task has not ended 5 s after its cancel")
+        waited = asyncio.ensure_future(asyncio.wait({task}, timeout=5.0))
+        try:
+            await asyncio.shield(waited)
+        except asyncio.CancelledError:
+            await waited
+            raise
+        finally:
+            if not task.done():  # its tick's busy_since stays set: the API VIP is not extended
+                log.error("the clones' task has not ended 5 s after its cancel")
 
     def _step(self) -> None:
         """A step of the tick begins: each is bounded by its own timeout."""
@@ -456,9 +470,14 @@ class CloneSet:
             log.warning("API VIP: DCS: %s", e)
             return  # keep what we have: the lease check above bounds how long
         self._step()
+        if self.closing:  # the agent began to stop meanwhile: its shutdown has the VIP
+            return
         if mine:
-            if not self.holding or not (await self.vip.monitor()).is_ok:
+            # (not extending: a stall let it lapse; a start puts it up on the lease anew)
+            if not self.holding or not self.vip.extending or not (await self.vip.monitor()).is_ok:
                 self._step()
+                if self.closing:
+                    return
                 # The start asks the lease again (Vip.lease): the claim and the monitor
                 # may have taken its whole life (a paused agent, torture 72:163).
                 r = await self.vip.start()
@@ -471,6 +490,8 @@ class CloneSet:
 
     async def _claim(self, agent: Agent) -> bool:
         """Hold (or take, if free) the `apivip` key on our lease; True if ours."""
+        if self.closing:
+            return False
         key = self._key(agent)
         lease = await agent.dcs.bounded(agent.dcs._lease(), "lease for the API VIP key", calls=2)
         value = encode({"node": self.node})
@@ -536,6 +557,7 @@ class CloneSet:
 
     async def shutdown(self, agent: Agent) -> None:
         """Agent stopping: the VIP and its key first, then haproxy and the server."""
+        self.closing = True
         if self.vip is not None:
             with contextlib.suppress(Exception):
                 self._had_key = True

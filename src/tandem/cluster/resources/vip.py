@@ -91,9 +91,16 @@ class Vip(Resource):
         self.removal_failed = False
         self._announced: tuple[float, dict] | None = None  #: (when, link) of the last announcement
 
+    @property
+    def extending(self) -> bool:
+        """Renewals extend the address's lifetime (it was started and not let lapse)."""
+        return self._up
+
     def let_lapse(self, why: str) -> None:
         """Extend the address no more: the kernel removes it when its lifetime ends,
-        and only a new start puts it up again (as refresh does after a lease lapse)."""
+        and only a new start puts it up again (as refresh does after a lease lapse).
+        Without the lock: its one caller is the lease loop, which also makes every
+        refresh, one after the other; a start under way sets the lifetime itself."""
         if self._up:
             log.warning("%s: not extending its lifetime: %s (the kernel removes the address)",
                         self.config.address.ip, why)
