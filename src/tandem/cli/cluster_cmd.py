@@ -16,6 +16,9 @@ from tandem.config import Config, etcd_endpoints, etcd_tls, load_config
 from tandem.dcs.base import DCSError
 from tandem.errors import TandemError
 
+ResourceArg = typer.Argument(..., help="the volume: NAME, as in the config's volumes.NAME table",
+                             show_default=False)
+JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
 ConfigOpt = typer.Option(None, "--config", "-c", help="cluster config (default $TANDEM_CONFIG"
                          " or /etc/tandem/cluster.toml)")
 
@@ -72,7 +75,7 @@ def agent(config: Path = ConfigOpt, node: str = typer.Option(None, "--node"),
     asyncio.run(ag.run())
 
 
-def status(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--json"),
+def status(config: Path = ConfigOpt, json_out: bool = JsonOpt,
            watch: float = typer.Option(0, "--watch", min=0, max=3600,
                                        help="refresh every N seconds")) -> None:
     """Nodes, roles, disks (reported and recorded), replication, resources, last failover."""
@@ -254,7 +257,7 @@ def maintenance(state: str = typer.Argument(..., help="on or off"), config: Path
                                          if withdrawn else ""))
 
 
-def history(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--json")) -> None:
+def history(config: Path = ConfigOpt, json_out: bool = JsonOpt) -> None:
     """Leader changes, newest last."""
     view = asyncio.run(_load(_cfg(config)))
     rows = [{"epoch": h.epoch, "node": h.node, "reason": h.reason, "at": h.at} for h in view.history]
@@ -266,7 +269,7 @@ def history(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--js
                    f"  {r['node']:<8} {r['reason']}")
 
 
-def fence_peer(resource: str, config: Path = ConfigOpt) -> None:
+def fence_peer(resource: str = ResourceArg, config: Path = ConfigOpt) -> None:
     """Record the peer's disk Outdated in the DCS (the volume's fence-peer command).
 
     Called by the volume daemon when the Primary loses its peer; the write is

@@ -16,6 +16,9 @@ from tandem.volume.spec import VolumeSpec, node_name, resolve
 
 app = typer.Typer(help="The replicated volume (the DRBD role).", no_args_is_help=True)
 
+ResourceArg = typer.Argument(..., help="the volume: NAME, as in the config's volumes.NAME table",
+                             show_default=False)
+JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
 ConfigOpt = typer.Option(None, "--config", "-c", help="cluster config (default $TANDEM_CONFIG"
                          " or /etc/tandem/cluster.toml)")
 NodeOpt = typer.Option(None, "--node", help="this node's name (default $TANDEM_NODE or hostname)")
@@ -36,7 +39,8 @@ def _call(spec: VolumeSpec, cmd: str, timeout: float = 60, **args: Any) -> Any:
 
 
 @app.command("create")
-def create(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: Path = DataOpt,
+def create(resource: str = ResourceArg, config: Path = ConfigOpt, node: str = NodeOpt,
+           data_dir: Path = DataOpt,
            run_dir: Path = RunOpt,
            force: bool = typer.Option(False, help="overwrite existing metadata (loses its state)"),
            preallocate: bool = typer.Option(False, help="write the new part of the backing file"
@@ -53,7 +57,8 @@ def create(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_di
 
 
 @app.command("up")
-def up(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: Path = DataOpt,
+def up(resource: str = ResourceArg, config: Path = ConfigOpt, node: str = NodeOpt,
+       data_dir: Path = DataOpt,
        run_dir: Path = RunOpt, log_level: str = typer.Option("info")):
     """Run the volume daemon in the foreground (Secondary until promoted)."""
     from tandem.logs import setup_logging
@@ -79,9 +84,9 @@ def _fence_hook(cfg, spec):
 
 
 def _simple(cmd: str, help_text: str, **fixed: Any):
-    def command(resource: str, config: Path = ConfigOpt, node: str = NodeOpt,
+    def command(resource: str = ResourceArg, config: Path = ConfigOpt, node: str = NodeOpt,
                 data_dir: Path = DataOpt, run_dir: Path = RunOpt,
-                json_out: bool = typer.Option(False, "--json")):
+                json_out: bool = JsonOpt):
         spec = _spec(resource, config, node, data_dir, run_dir)
         result = _call(spec, cmd, **fixed)
         if json_out:
@@ -106,13 +111,14 @@ app.command("disconnect")(_simple("disconnect", "Drop the link and stay StandAlo
 
 
 @app.command("outdate")
-def outdate(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: Path = DataOpt,
+def outdate(resource: str = ResourceArg, config: Path = ConfigOpt, node: str = NodeOpt,
+            data_dir: Path = DataOpt,
             run_dir: Path = RunOpt,
             unless_connected: bool = typer.Option(
                 False, "--unless-connected",
                 help="do nothing while the link to the peer is up (what the agent does when the"
                      " DCS records this disk Outdated)"),
-            json_out: bool = typer.Option(False, "--json")):
+            json_out: bool = JsonOpt):
     """Mark this (Secondary) disk Outdated: not promotable without --force.
 
     A connect to an UpToDate peer with the same data makes it UpToDate again; at a connect
@@ -124,7 +130,8 @@ def outdate(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_d
 
 
 @app.command("primary")
-def primary(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: Path = DataOpt,
+def primary(resource: str = ResourceArg, config: Path = ConfigOpt, node: str = NodeOpt,
+            data_dir: Path = DataOpt,
             run_dir: Path = RunOpt,
             force: bool = typer.Option(False, "--force", help="promote a disk that is not UpToDate")):
     """Promote to Primary: the volume appears as <run-dir>/volume-RES/disk."""
@@ -134,8 +141,9 @@ def primary(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_d
 
 
 @app.command("status")
-def status(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: Path = DataOpt,
-           run_dir: Path = RunOpt, json_out: bool = typer.Option(False, "--json")):
+def status(resource: str = ResourceArg, config: Path = ConfigOpt, node: str = NodeOpt,
+           data_dir: Path = DataOpt,
+           run_dir: Path = RunOpt, json_out: bool = JsonOpt):
     """Role, disk and peer states, resync progress (rate and ETA)."""
     spec = _spec(resource, config, node, data_dir, run_dir)
     st = _call(spec, "status")
@@ -143,8 +151,9 @@ def status(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_di
 
 
 @app.command("verify")
-def verify(resource: str, config: Path = ConfigOpt, node: str = NodeOpt, data_dir: Path = DataOpt,
-           run_dir: Path = RunOpt, json_out: bool = typer.Option(False, "--json")):
+def verify(resource: str = ResourceArg, config: Path = ConfigOpt, node: str = NodeOpt,
+           data_dir: Path = DataOpt,
+           run_dir: Path = RunOpt, json_out: bool = JsonOpt):
     """Compare block checksums with the peer (run on the Primary).
 
     Differences are marked out of sync and resynced at the next connect."""
