@@ -201,6 +201,8 @@ def test_the_agents_cancel_does_not_cut_the_hung_tasks_grace_short(tmp_path, cap
             await asyncio.sleep(1.0)  # the supervisor is in its 5 s for the deaf task
             t0 = time.monotonic()
             sup.cancel()
+            await asyncio.sleep(1.0)
+            sup.cancel()  # and again (asyncio.run's own teardown does)
             await asyncio.wait({sup}, timeout=10)
             return time.monotonic() - t0
         finally:
@@ -230,3 +232,17 @@ def test_a_tick_that_steps_is_not_taken_for_a_hung_one(tmp_path, caplog):
     assert not any("has made no step" in r.getMessage() for r in caplog.records)
     # 1.2 s each, twice the bound: the one under way at the stop ends too, none cut short
     assert ended == 2
+
+
+def test_once_the_agent_stops_no_tick_claims_the_key_or_starts_the_api_vip(tmp_path):
+    """The shutdown releases the API VIP's key and removes its address; a tick still
+    under way (one deaf to its cancel) must not put either back: the claim says not
+    ours, and the VIP's lease, which its start asks under its lock, refuses."""
+    agent = _agent(tmp_path)
+    clones = agent.clones
+    assert clones is not None and clones.vip is not None
+    agent.lease_deadline, agent.deadline_lease, agent.renewed_at = time.monotonic() + 5, 7, time.monotonic()
+    assert clones.vip.lease() == (7, agent.renewed_at + 0.5)  # a start may rest on it
+    clones.closing = True
+    assert clones.vip.lease() == "the agent is stopping"
+    assert asyncio.run(clones._claim(agent)) is False  # before any DCS call

@@ -152,7 +152,11 @@ class Agent:
             if isinstance(db_vip, Vip):
                 db_vip.lease = self._db_vip_lease
         if self.clones is not None and self.clones.vip is not None:
-            self.clones.vip.lease = lambda: self._vip_lease("this node's")
+            # (refused once the agent stops: a start under way when the shutdown released
+            # the key then takes its address back down, see Vip._start)
+            clones = self.clones
+            self.clones.vip.lease = lambda: ("the agent is stopping" if clones.closing
+                                             else self._vip_lease("this node's"))
         with contextlib.suppress(KeyError):
             self.group.member("volume").before_start = (  # type: ignore[attr-defined]
                 lambda: self._push_write_lease(timeout=5.0))
@@ -209,6 +213,8 @@ class Agent:
         try:
             await self._main_loop()
         finally:
+            if self.clones is not None:  # no claim of the API VIP's key from here on
+                self.clones.closing = True
             for t in tasks:
                 t.cancel()
             with contextlib.suppress(Exception):

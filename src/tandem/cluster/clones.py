@@ -369,14 +369,16 @@ class CloneSet:
         (the agent's stop cancels the supervisor while it waits here)."""
         task.cancel()
         waited = asyncio.ensure_future(asyncio.wait({task}, timeout=5.0))
-        try:
-            await asyncio.shield(waited)
-        except asyncio.CancelledError:
-            await waited
-            raise
-        finally:
-            if not task.done():  # its tick's busy_since stays set: the API VIP is not extended
-                log.error("the clones' task has not ended 5 s after its cancel")
+        cancelled = False
+        while not waited.done():
+            try:
+                await asyncio.shield(waited)
+            except asyncio.CancelledError:
+                cancelled = True
+        if not task.done():  # its tick's busy_since stays set: the API VIP is not extended
+            log.error("the clones' task has not ended 5 s after its cancel")
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _step(self) -> None:
         """A step of the tick begins: each is bounded by its own timeout."""
@@ -480,8 +482,8 @@ class CloneSet:
                     return
                 # The start asks the lease again (Vip.lease): the claim and the monitor
                 # may have taken its whole life (a paused agent, torture 72:163).
-                r = await self.vip.start()
-                self.holding = r.ok
+                r = await self.vip.start()  # (refused once closing: see Agent's vip.lease)
+                self.holding = r.ok and not self.closing
                 (log.info if r.ok else log.error)("API VIP: %s", r)
                 from tandem.cluster.agent import lab_event
                 lab_event("api_vip", node=self.node, op="start", ok=r.ok)
@@ -494,6 +496,8 @@ class CloneSet:
             return False
         key = self._key(agent)
         lease = await agent.dcs.bounded(agent.dcs._lease(), "lease for the API VIP key", calls=2)
+        if self.closing:  # (again: the agent's stop may have released the key meanwhile)
+            return False
         value = encode({"node": self.node})
         ok, responses, revision = await agent.dcs.bounded(agent.dcs._txn(
             "claim API VIP", [tx.Create(key) == 0], [tx.Put(key, value, lease=lease)], [tx.Get(key)]),
