@@ -24,9 +24,11 @@ CYCLE_TIMEOUT = 10  # the config's least
 TTL = 1
 
 
-def _config(tmp_path: Path, cluster: str):
+def _config(tmp_path: Path, cluster: str, extra: str = ""):
+    """The example config for an in-process agent, with `extra` tables appended."""
     text = EXAMPLE.read_text().replace('name = "cloud"', f'name = "{cluster}"', 1)
     text = text.replace("[etcd]\n", f"[agent]\ncycle_timeout = {CYCLE_TIMEOUT}\n\n[etcd]\n", 1)
+    text += extra
     text = text.replace("[database]\n", '[database]\npassword_file = "dbpass"\n', 1)
     (tmp_path / "dbpass").write_text("not-used-here\n")
     os.chmod(tmp_path / "dbpass", 0o600)

@@ -7,31 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 
 from tandem.cluster.agent import Agent
-from tandem.config import load_config
-from tandem.dcs import pki
 from tandem.volume.spec import resolve
+from tests.dcs.test_agent_cycle_stall import _config
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster.toml"
 STALL_AFTER = 0.6  # the product's is 20 s above its longest step; short here to test
 CHECK_EVERY = 0.05
 
 
 def _agent(tmp_path: Path) -> Agent:
-    text = EXAMPLE.read_text().replace("[database]\n", '[database]\npassword_file = "dbpass"\n', 1)
-    text += '\n[mgmt]\nport = 8080\nserver_port = 8081\napi_vip = { address = "10.100.1.101/24" }\n'
-    (tmp_path / "dbpass").write_text("not-used-here\n")
-    os.chmod(tmp_path / "dbpass", 0o600)
-    (tmp_path / "cluster.toml").write_text(text)
-    secret = tmp_path / "secret"
-    secret.write_text("0123456789abcdef0123456789abcdef\n")
-    os.chmod(secret, 0o600)
-    pki.init(tmp_path / "pki", "cloud", {"node1": ["10.100.1.11"], "node2": ["10.100.1.12"]})
-    cfg = load_config(tmp_path / "cluster.toml")
+    cfg = _config(tmp_path, "cloud", '\n[mgmt]\nport = 8080\nserver_port = 8081\n'
+                  'api_vip = { address = "10.100.1.101/24" }\n')
     d = tmp_path / "node1"
     return Agent(cfg, "node1", resolve(cfg, "db", "node1", d / "data", d / "run"), d / "data", d / "run")
 
