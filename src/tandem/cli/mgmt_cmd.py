@@ -181,7 +181,9 @@ def _db_call(fn, database):
     from tandem.mgmt.db import DbUnavailable
     try:
         return fn()
-    except (pymysql.err.MySQLError, DbUnavailable) as e:
+    except DbUnavailable as e:  # names the database itself
+        raise TandemError(str(e)) from None
+    except pymysql.err.MySQLError as e:
         raise TandemError(f"database {database.url.safe()}: {e.args[-1] if e.args else e}") from None
 
 

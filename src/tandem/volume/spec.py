@@ -75,7 +75,7 @@ def node_name(cfg: Config, explicit: str | None = None) -> str:
         name = socket.gethostname().split(".")[0]
     if name not in cfg.nodes:
         raise TandemError(f"node {name!r} is not in nodes of the config ({', '.join(cfg.nodes)});"
-                          " pass --node NAME")
+                          " set TANDEM_NODE=NAME (or pass --node NAME where the command has it)")
     return name
 
 
