@@ -172,6 +172,27 @@ def test_a_job_reported_done_before_the_host_did_it_is_a_violation():
     assert len(checker.job_violations(jobs, [*orphans[1:], stop], offset=offset)) == 1
 
 
+def test_a_step_of_the_wall_clock_is_not_taken_for_jobs_reported_early():
+    """The wall clock stepped 11.6 s forward mid-campaign (NTP, session 37): with one
+    median offset, every job after the step looked reported done before its effect
+    ended. The offset of the event-log record nearest in time judges each job."""
+    before = [{"kind": "x", "t": float(t), "wall": 1000.0 + t} for t in range(0, 60)]
+    after = [{"kind": "x", "t": float(t), "wall": 1011.6 + t} for t in range(60, 90)]
+    events = before + after
+    job = {"jobid": "j1", "command": "startVirtualMachine", "status": 1, "vm": "v1", "done": 80.0}
+    own = {"request_id": "j1", "op": "start", "vm": "v1", "start": 1090.6, "end": 1091.1}  # new clock
+    median = checker.wall_offset(events)
+    assert median == 1000.0
+    assert len(checker.job_violations([job], [own], offset=median)) == 1  # the false report
+    by_time = checker.wall_offsets(events)
+    assert by_time is not None and by_time(10.0) == 1000.0 and abs(by_time(80.0) - 1011.6) < 1e-6
+    assert checker.job_violations([job], [own], offset=by_time) == []
+    # and a job really reported early after the step is still caught
+    late = {**own, "end": 1093.0}
+    assert len(checker.job_violations([job], [late], offset=by_time)) == 1
+    assert checker.wall_offsets([]) is None
+
+
 def test_effects_on_a_vm_in_an_order_that_makes_no_sense_are_a_violation():
     """Review 30: the simulated host applies a stop to a Stopped VM, and the checks
     explained a job that succeeded without touching the host by any orphan of the

@@ -594,7 +594,7 @@ def history_violations(events: list[dict], acks: list[dict], stored: set[str] | 
         violations.append({"schedule": None, "check": "jobs",
                            "what": "the management database's jobs could not be read back: jobs the"
                                    " clients never heard of, and jobs without an effect, unchecked"})
-    for v in checker.job_violations(jobs, effects, db_jobs, checker.wall_offset(events)):
+    for v in checker.job_violations(jobs, effects, db_jobs, checker.wall_offsets(events)):
         violations.append({"schedule": None, "check": "jobs", "what": v})
     return violations
 
